@@ -1,0 +1,149 @@
+/* daemon_proc.c: process control of the real daemon for integration tests (see daemon_proc.h). */
+#include "tests/support/daemon_proc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+static int read_port(const char *path, uint16_t *port)
+{
+    FILE *fp = fopen(path, "r");
+    unsigned p = 0;
+    if (!fp)
+        return -1;
+    int ok = fscanf(fp, "%u", &p) == 1 && p > 0 && p < 65536;
+    fclose(fp);
+    if (!ok)
+        return -1;
+    *port = (uint16_t)p;
+    return 0;
+}
+
+void test_daemon_dump_log(const struct test_daemon *d)
+{
+    FILE *fp = fopen(d->log_path, "r");
+    char line[1024];
+    if (!fp)
+        return;
+    fprintf(stderr, "---- tpvd log (%s) ----\n", d->log_path);
+    while (fgets(line, sizeof line, fp))
+        fputs(line, stderr);
+    fprintf(stderr, "---- end of log ----\n");
+    fclose(fp);
+}
+
+int test_daemon_start(struct test_daemon *d, const char *const extra_args[])
+{
+    const char *bin = getenv("TPVD_BIN");
+    if (!bin) {
+        fprintf(stderr, "TPVD_BIN is not set (run through meson test)\n");
+        return -1;
+    }
+    if (!d->dir[0]) {
+        snprintf(d->dir, sizeof d->dir, "/tmp/tpvd-test-XXXXXX");
+        if (!mkdtemp(d->dir)) {
+            perror("mkdtemp");
+            return -1;
+        }
+    }
+    char port_file[300];
+    snprintf(d->data_dir, sizeof d->data_dir, "%s/data", d->dir);
+    snprintf(d->log_path, sizeof d->log_path, "%s/tpvd.log", d->dir);
+    snprintf(port_file, sizeof port_file, "%s/port", d->dir);
+    unlink(port_file);
+
+    const char *argv[64];
+    int argc = 0;
+    argv[argc++] = bin;
+    argv[argc++] = "--listen";
+    argv[argc++] = "127.0.0.1:0";
+    argv[argc++] = "--data-dir";
+    argv[argc++] = d->data_dir;
+    argv[argc++] = "--port-file";
+    argv[argc++] = port_file;
+    for (int i = 0; extra_args && extra_args[i] && argc < 63; i++)
+        argv[argc++] = extra_args[i];
+    argv[argc] = NULL;
+
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        return -1;
+    }
+    if (pid == 0) {
+        int fd = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, STDOUT_FILENO);
+            dup2(fd, STDERR_FILENO);
+            close(fd);
+        }
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    d->pid = pid;
+    for (int waited = 0; waited < 10000; waited += 20) {
+        if (read_port(port_file, &d->port) == 0) {
+            snprintf(d->base_url, sizeof d->base_url, "http://127.0.0.1:%u", d->port);
+            return 0;
+        }
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            fprintf(stderr, "tpvd exited during start-up (status %d)\n", status);
+            test_daemon_dump_log(d);
+            d->pid = 0;
+            return -1;
+        }
+        sleep_ms(20);
+    }
+    fprintf(stderr, "tpvd did not write its port file within 10 s\n");
+    test_daemon_dump_log(d);
+    return -1;
+}
+
+int test_daemon_stop(struct test_daemon *d, int sig)
+{
+    int status;
+    if (d->pid <= 0)
+        return -1;
+    kill(d->pid, sig);
+    for (int waited = 0; waited < 20000; waited += 10) {
+        pid_t r = waitpid(d->pid, &status, WNOHANG);
+        if (r == d->pid) {
+            d->pid = 0;
+            if (WIFEXITED(status))
+                return WEXITSTATUS(status);
+            return 128 + WTERMSIG(status);
+        }
+        if (r < 0)
+            return -1;
+        sleep_ms(10);
+    }
+    fprintf(stderr, "tpvd did not stop within 20 s of signal %d; killing it\n", sig);
+    kill(d->pid, SIGKILL);
+    waitpid(d->pid, &status, 0);
+    d->pid = 0;
+    return -1;
+}
+
+void test_daemon_cleanup(struct test_daemon *d)
+{
+    if (!d->dir[0] || strncmp(d->dir, "/tmp/tpvd-test-", 15) != 0)
+        return;
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", d->dir);
+    d->dir[0] = '\0';
+}
