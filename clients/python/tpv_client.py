@@ -1,0 +1,257 @@
+"""tpv_client: a client for the tpvd REST API (DESIGN.md section 5) using only the standard library.
+
+    from tpv_client import Client
+    c = Client("http://127.0.0.1:8080", token=None)       # or TPV_URL / TPV_TOKEN
+    study = c.create_study("sweep", [{"name": "iso", "kind": "isotropic", "sigma": 0.01}])
+    c.set_inputs(study["id"], "fit", "x_fit.npy")
+    r = c.add_candidate(study["id"], "w128", spec="spec.json", weights="w128.safetensors",
+                        metadata={"train_loss": 0.02})
+    c.wait_job(r["job"]["id"])
+    for item in c.ranking(study["id"])["items"]:
+        print(item["rank"], item["name"], item["value"])
+
+Every failed call raises TPVError carrying the server's error code, message and details.
+Blobs are uploaded by digest and skipped when the server already has them (HEAD first).
+"""
+
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+__all__ = ["Client", "TPVError", "sha256_file"]
+
+_CHUNK = 1 << 20
+
+
+class TPVError(Exception):
+    """An error answered by tpvd (or a transport failure, with code "unavailable")."""
+
+    def __init__(self, status, code, message, details=None):
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+def sha256_file(path):
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _FileBody:
+    """A file object urllib can stream, reporting progress to an optional callback(done, total)."""
+
+    def __init__(self, path, progress=None):
+        self._f = open(path, "rb")
+        self.total = os.fstat(self._f.fileno()).st_size
+        self.done = 0
+        self._progress = progress
+
+    def read(self, n=-1):
+        data = self._f.read(_CHUNK if n is None or n < 0 else n)
+        self.done += len(data)
+        if self._progress:
+            self._progress(self.done, self.total)
+        return data
+
+    def close(self):
+        self._f.close()
+
+
+class Client:
+    """One tpvd server.  url defaults to $TPV_URL or http://127.0.0.1:8080; token to $TPV_TOKEN."""
+
+    def __init__(self, url=None, token=None, timeout=60.0):
+        self.url = (url or os.environ.get("TPV_URL") or "http://127.0.0.1:8080").rstrip("/")
+        self.token = token if token is not None else os.environ.get("TPV_TOKEN")
+        self.timeout = timeout
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _request(self, method, path, body=None, headers=None, query=None, timeout=None,
+                 expect=(200, 201, 202, 204)):
+        """Returns (status, headers, parsed JSON or None).  Raises TPVError for other statuses."""
+        url = self.url + path
+        if query:
+            q = {k: v for k, v in query.items() if v is not None}
+            if q:
+                url += "?" + urllib.parse.urlencode(q)
+        hdrs = dict(headers or {})
+        data = None
+        if isinstance(body, (dict, list)):
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        elif body is not None:
+            data = body
+        if self.token:
+            hdrs["Authorization"] = "Bearer " + self.token
+        req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+                status, rh, raw = resp.status, resp.headers, resp.read()
+        except urllib.error.HTTPError as e:
+            status, rh, raw = e.code, e.headers, e.read()
+        except (urllib.error.URLError, OSError) as e:
+            raise TPVError(0, "unavailable", f"cannot reach {self.url}: {e}") from e
+        parsed = None
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+        if status in expect:
+            return status, rh, parsed
+        err = (parsed or {}).get("error", {}) if isinstance(parsed, dict) else {}
+        raise TPVError(status, err.get("code", "unknown"),
+                       err.get("message", raw[:200].decode(errors="replace")),
+                       err.get("details"))
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def has_blob(self, digest):
+        status, _, _ = self._request("HEAD", "/v1/blobs/" + digest, expect=(200, 404))
+        return status == 200
+
+    def put_blob(self, path, progress=None):
+        """Uploads a file unless the server has it; returns "sha256:<hex>"."""
+        digest = "sha256:" + sha256_file(path)
+        if self.has_blob(digest):
+            if progress:
+                size = os.path.getsize(path)
+                progress(size, size)
+            return digest
+        body = _FileBody(path, progress)
+        try:
+            hdrs = {"Content-Type": "application/octet-stream",
+                    "Content-Length": str(body.total)}
+            _, _, resp = self._request("PUT", "/v1/blobs/" + digest, body=body, headers=hdrs,
+                                       timeout=max(self.timeout, 600))
+        finally:
+            body.close()
+        if resp and resp.get("digest") != digest:
+            raise TPVError(0, "internal", f"server stored {resp.get('digest')}, expected {digest}")
+        return digest
+
+    def _blob_ref(self, value):
+        """A path is uploaded; "sha256:..." and {"url": ...} pass through."""
+        if value is None or isinstance(value, dict):
+            return value
+        if isinstance(value, str) and value.startswith("sha256:"):
+            return value
+        return self.put_blob(value)
+
+    # -- studies -----------------------------------------------------------------------------
+
+    def create_study(self, name, noise_models, rank_by=None, description="", metadata=None,
+                     webhook_url=None):
+        body = {"name": name, "description": description, "noise_models": noise_models,
+                "rank_by": rank_by or noise_models[0]["name"]}
+        if metadata is not None:
+            body["metadata"] = metadata
+        if webhook_url:
+            body["webhook_url"] = webhook_url
+        return self._request("POST", "/v1/studies", body)[2]
+
+    def get_study(self, sid):
+        return self._request("GET", f"/v1/studies/{sid}")[2]
+
+    def _pages(self, path, page_size):
+        token = None
+        while True:
+            page = self._request("GET", path, query={"page_size": page_size,
+                                                     "page_token": token})[2]
+            yield from page["items"]
+            token = page.get("next_page_token")
+            if not token:
+                return
+
+    def list_studies(self, page_size=100):
+        return list(self._pages("/v1/studies", page_size))
+
+    def set_inputs(self, sid, split, path_or_digest):
+        """split is "fit" or "probe"; a path is uploaded first."""
+        blob = self._blob_ref(path_or_digest)
+        return self._request("PUT", f"/v1/studies/{sid}/inputs/{split}", {"blob": blob})[2]
+
+    # -- candidates and jobs -----------------------------------------------------------------
+
+    def add_candidate(self, sid, name, spec=None, weights=None, jacobian_fit=None,
+                      jacobian_probe=None, layout=None, metadata=None, idempotency_key=None):
+        """A checkpoint (spec: dict, path of a JSON file, or digest; weights: path or digest)
+        or a Jacobian dump (jacobian_fit/jacobian_probe: paths or digests).  Returns
+        {"candidate": ..., "job": ...}."""
+        body = {"name": name, "metadata": metadata or {}}
+        if jacobian_fit is not None:
+            jac = {"fit": self._blob_ref(jacobian_fit)}
+            if jacobian_probe is not None:
+                jac["probe"] = self._blob_ref(jacobian_probe)
+            if layout is not None:
+                jac["layout"] = list(layout)
+            body["jacobian"] = jac
+            if weights is not None:
+                body["weights"] = self._blob_ref(weights)
+        else:
+            if isinstance(spec, str) and not spec.startswith("sha256:"):
+                with open(spec) as f:
+                    spec = json.load(f)
+            body["model"] = {"spec": spec, "weights": self._blob_ref(weights)}
+        hdrs = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return self._request("POST", f"/v1/studies/{sid}/candidates", body, headers=hdrs)[2]
+
+    def get_candidate(self, sid, cid):
+        return self._request("GET", f"/v1/studies/{sid}/candidates/{cid}")[2]
+
+    def list_candidates(self, sid, page_size=100):
+        return list(self._pages(f"/v1/studies/{sid}/candidates", page_size))
+
+    def get_job(self, jid):
+        return self._request("GET", f"/v1/jobs/{jid}")[2]
+
+    def cancel_job(self, jid):
+        return self._request("DELETE", f"/v1/jobs/{jid}")[2]
+
+    def wait_job(self, jid, timeout=600.0, poll=0.2, progress=None):
+        """Polls until the job is terminal; returns it.  Raises TPVError("deadline_exceeded")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get_job(jid)
+            if progress:
+                progress(job)
+            if job["state"] in ("succeeded", "failed", "canceled"):
+                return job
+            if time.monotonic() > deadline:
+                raise TPVError(0, "deadline_exceeded", f"job {jid} still {job['state']}")
+            time.sleep(poll)
+
+    def jbr(self, sid, cid, confidence=None, batch_size=None):
+        body = {}
+        if confidence is not None:
+            body["confidence"] = confidence
+        if batch_size is not None:
+            body["batch_size"] = batch_size
+        return self._request("POST", f"/v1/studies/{sid}/candidates/{cid}/jbr", body)[2]
+
+    # -- rankings ----------------------------------------------------------------------------
+
+    def ranking(self, sid, by=None, split=None, max_train_loss=None, etag=None, wait=None):
+        """The ranking, or None when `etag` is still current (304).  With wait=s and etag, the
+        server holds the request until the ranking changes or s seconds pass.  The ETag of the
+        returned ranking is in its "etag" key."""
+        hdrs = {"If-None-Match": etag} if etag else None
+        status, rh, body = self._request(
+            "GET", f"/v1/studies/{sid}/ranking", headers=hdrs,
+            query={"by": by, "split": split, "max_train_loss": max_train_loss, "wait": wait},
+            timeout=(wait or 0) + self.timeout, expect=(200, 304))
+        if status == 304:
+            return None
+        body["etag"] = rh.get("ETag")
+        return body
