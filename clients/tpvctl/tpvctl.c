@@ -1,0 +1,593 @@
+/* tpvctl: command-line client of tpvd (libcurl).  Server URL and token from --url/--token or
+ * TPV_URL/TPV_TOKEN; errors are the server's JSON errors; exit codes in ctl_http.h and --help. */
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "clients/tpvctl/ctl_http.h"
+
+static bool json_output;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "Usage: tpvctl [--url URL] [--token T] [--json] [--quiet] COMMAND ...\n"
+        "\n"
+        "  study create --name N --noise MODEL [--noise MODEL]... [--rank-by NAME]\n"
+        "               [--description D] [--webhook URL]\n"
+        "      MODEL is JSON ('{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.01}') or\n"
+        "      key=value pairs (name=iso,kind=isotropic,sigma=0.01); prints the study id\n"
+        "  study list | study get SID\n"
+        "  inputs put SID fit|probe FILE            upload an input set (.npy/.safetensors)\n"
+        "  candidate add SID --name N (--spec SPEC.json --weights W | --jacobian-fit F\n"
+        "               [--jacobian-probe F] [--layout a,b,..] [--weights W])\n"
+        "               [--train-loss X] [--epoch E] [--run R] [--meta k=v]... [--wait]\n"
+        "      uploads files the server lacks (HEAD first), prints the job id\n"
+        "  candidate list SID | candidate get SID CID\n"
+        "  job get JID | job cancel JID | job wait JID [--timeout S]\n"
+        "  ranking SID [--by NAME] [--split fit|probe] [--max-train-loss X]\n"
+        "  jbr SID CID [--confidence C] [--batch-size B] [--wait]\n"
+        "  blob put FILE                             prints the digest\n"
+        "\n"
+        "Environment: TPV_URL (default http://127.0.0.1:8080), TPV_TOKEN.\n"
+        "Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 server unreachable,\n"
+        "            4 job failed or canceled, 5 timeout, 6 local file error.\n");
+}
+
+__attribute__((format(printf, 1, 2)))
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "tpvctl: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see tpvctl --help)\n");
+    va_end(ap);
+    return CTL_ERR_USAGE;
+}
+
+static const char *str_or(const json_t *j, const char *fallback)
+{
+    const char *s = json_string_value(j);
+    return s ? s : fallback;
+}
+
+static void print_json(const json_t *j)
+{
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+    if (text)
+        puts(text);
+    free(text);
+}
+
+/* "3", "0.5", "true" become numbers/booleans, anything else a string. */
+static json_t *scalar_from_text(const char *v)
+{
+    char *end;
+    double d = strtod(v, &end);
+    if (*v && *end == '\0' && isfinite(d)) {
+        long long i = strtoll(v, &end, 10);
+        return *end == '\0' ? json_integer(i) : json_real(d);
+    }
+    if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0)
+        return json_boolean(v[0] == 't');
+    return json_string(v);
+}
+
+/* Adds "k=v,k=v" pairs to obj; returns 0 or -1 on a pair without '='. */
+static int add_pairs(json_t *obj, const char *text, char sep)
+{
+    char *copy = strdup(text), *save = NULL;
+    char delims[2] = { sep, '\0' };
+    int rc = 0;
+    for (char *tok = strtok_r(copy, delims, &save); tok; tok = strtok_r(NULL, delims, &save)) {
+        char *eq = strchr(tok, '=');
+        if (!eq) {
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        json_object_set_new(obj, tok, scalar_from_text(eq + 1));
+    }
+    free(copy);
+    return rc;
+}
+
+static json_t *noise_from_arg(const char *arg)
+{
+    if (arg[0] == '{')
+        return json_loads(arg, 0, NULL);
+    json_t *obj = json_object();
+    if (add_pairs(obj, arg, ',') != 0) {
+        json_decref(obj);
+        return NULL;
+    }
+    return obj;
+}
+
+/* --- study ------------------------------------------------------------------------------- */
+
+static int cmd_study_create(const struct ctl *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "name", required_argument, 0, 'n' }, { "noise", required_argument, 0, 'm' },
+        { "rank-by", required_argument, 0, 'r' }, { "description", required_argument, 0, 'd' },
+        { "webhook", required_argument, 0, 'w' }, { 0, 0, 0, 0 } };
+    json_t *body = json_object(), *models = json_array();
+    int opt, rc = CTL_OK;
+    optind = 1;
+    while (rc == CTL_OK && (opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'n': json_object_set_new(body, "name", json_string(optarg)); break;
+        case 'r': json_object_set_new(body, "rank_by", json_string(optarg)); break;
+        case 'd': json_object_set_new(body, "description", json_string(optarg)); break;
+        case 'w': json_object_set_new(body, "webhook_url", json_string(optarg)); break;
+        case 'm': {
+            json_t *m = noise_from_arg(optarg);
+            if (!m)
+                rc = usage_error("--noise '%s' is neither JSON nor key=value pairs", optarg);
+            else
+                json_array_append_new(models, m);
+            break;
+        }
+        default: rc = CTL_ERR_USAGE;
+        }
+    }
+    if (rc == CTL_OK && (!json_object_get(body, "name") || json_array_size(models) == 0))
+        rc = usage_error("study create needs --name and at least one --noise");
+    json_t *resp = NULL;
+    if (rc == CTL_OK) {
+        if (!json_object_get(body, "rank_by"))
+            json_object_set(body, "rank_by", json_object_get(json_array_get(models, 0), "name"));
+        json_object_set(body, "noise_models", models);
+        rc = ctl_call(c, "POST", "/v1/studies", body, NULL, NULL, NULL, &resp);
+    }
+    if (rc == CTL_OK) {
+        if (json_output)
+            print_json(resp);
+        else
+            printf("%s\n", json_string_value(json_object_get(resp, "id")));
+    }
+    json_decref(resp);
+    json_decref(models);
+    json_decref(body);
+    return rc;
+}
+
+/* Fetches every page of a list route and prints items (JSON) or their id and name. */
+static int list_all(const struct ctl *c, const char *route)
+{
+    json_t *all = json_array();
+    char *token = NULL;
+    int rc;
+    do {
+        char path[1024];
+        snprintf(path, sizeof path, "%s?page_size=100%s%s", route, token ? "&page_token=" : "",
+                 token ? token : "");
+        free(token);
+        token = NULL;
+        json_t *page = NULL;
+        rc = ctl_call(c, "GET", path, NULL, NULL, NULL, NULL, &page);
+        if (rc == CTL_OK) {
+            json_array_extend(all, json_object_get(page, "items"));
+            const char *next = json_string_value(json_object_get(page, "next_page_token"));
+            token = next ? curl_easy_escape(NULL, next, 0) : NULL;
+        }
+        json_decref(page);
+    } while (rc == CTL_OK && token);
+    if (rc == CTL_OK && json_output) {
+        print_json(all);
+    } else if (rc == CTL_OK) {
+        size_t i;
+        json_t *item;
+        json_array_foreach(all, i, item)
+            printf("%-24s %-24s %s\n", json_string_value(json_object_get(item, "id")),
+                   json_string_value(json_object_get(item, "name")),
+                   str_or(json_object_get(item, "state"), ""));
+    }
+    curl_free(token);
+    json_decref(all);
+    return rc;
+}
+
+static int get_and_print(const struct ctl *c, const char *path)
+{
+    json_t *resp = NULL;
+    int rc = ctl_call(c, "GET", path, NULL, NULL, NULL, NULL, &resp);
+    if (rc == CTL_OK)
+        print_json(resp);
+    json_decref(resp);
+    return rc;
+}
+
+/* --- jobs -------------------------------------------------------------------------------- */
+
+static void draw_job_progress(const json_t *job, bool final)
+{
+    double p = json_number_value(json_object_get(job, "progress"));
+    int filled = (int)(p * 30);
+    fprintf(stderr, "\rjob %-20.20s %-9s [%.*s%*s] %3.0f%%%s",
+            json_string_value(json_object_get(job, "id")),
+            json_string_value(json_object_get(job, "state")), filled,
+            "##############################", 30 - filled, "", p * 100, final ? "\n" : "");
+}
+
+static int job_wait(const struct ctl *c, const char *jid, double timeout_s)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/jobs/%s", jid);
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        json_t *job = NULL;
+        int rc = ctl_call(c, "GET", path, NULL, NULL, NULL, NULL, &job);
+        if (rc != CTL_OK)
+            return rc;
+        const char *state = json_string_value(json_object_get(job, "state"));
+        bool done = state && (!strcmp(state, "succeeded") || !strcmp(state, "failed") ||
+                              !strcmp(state, "canceled"));
+        if (c->progress)
+            draw_job_progress(job, done);
+        if (done) {
+            if (json_output)
+                print_json(job);
+            else if (strcmp(state, "succeeded") == 0)
+                printf("%s succeeded\n", jid);
+            rc = strcmp(state, "succeeded") == 0 ? CTL_OK : CTL_ERR_JOB;
+            if (rc != CTL_OK) {
+                const json_t *e = json_object_get(job, "error");
+                fprintf(stderr, "tpvctl: job %s %s: %s: %s\n", jid, state,
+                        str_or(json_object_get(e, "code"), "-"),
+                        str_or(json_object_get(e, "message"), "-"));
+            }
+            json_decref(job);
+            return rc;
+        }
+        json_decref(job);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (timeout_s > 0 && (double)(now.tv_sec - start.tv_sec) > timeout_s) {
+            if (c->progress)
+                fputc('\n', stderr);
+            fprintf(stderr, "tpvctl: job %s not finished after %.0f s\n", jid, timeout_s);
+            return CTL_ERR_TIMEOUT;
+        }
+        struct timespec pause = { 0, 250 * 1000000L };
+        nanosleep(&pause, NULL);
+    }
+}
+
+/* --- candidates ---------------------------------------------------------------------------- */
+
+struct candidate_args {
+    const char *name, *spec, *weights, *jac_fit, *jac_probe, *layout;
+    json_t *metadata;
+    bool wait;
+    double timeout;
+};
+
+static int candidate_body(const struct ctl *c, const struct candidate_args *a, json_t **out)
+{
+    json_t *body = json_pack("{s:s,s:O}", "name", a->name, "metadata", a->metadata);
+    int rc = CTL_OK;
+    if (a->jac_fit) {
+        json_t *jac = json_object();
+        json_object_set_new(body, "jacobian", jac);
+        json_t *ref = ctl_blob_ref(c, a->jac_fit, &rc);
+        if (ref)
+            json_object_set_new(jac, "fit", ref);
+        if (rc == CTL_OK && a->jac_probe && (ref = ctl_blob_ref(c, a->jac_probe, &rc)))
+            json_object_set_new(jac, "probe", ref);
+        if (a->layout) {
+            json_t *names = json_array();
+            char *copy = strdup(a->layout), *save = NULL;
+            for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+                json_array_append_new(names, json_string(t));
+            free(copy);
+            json_object_set_new(jac, "layout", names);
+        }
+        if (rc == CTL_OK && a->weights && (ref = ctl_blob_ref(c, a->weights, &rc)))
+            json_object_set_new(body, "weights", ref);
+    } else {
+        json_error_t jerr;
+        json_t *spec = strncmp(a->spec, "sha256:", 7) == 0 ? json_string(a->spec)
+                                                           : json_load_file(a->spec, 0, &jerr);
+        if (!spec) {
+            fprintf(stderr, "tpvctl: %s: %s (line %d)\n", a->spec, jerr.text, jerr.line);
+            rc = CTL_ERR_LOCAL;
+        }
+        json_t *weights = rc == CTL_OK ? ctl_blob_ref(c, a->weights, &rc) : NULL;
+        if (rc == CTL_OK)
+            json_object_set_new(body, "model", json_pack("{s:o,s:o}", "spec", spec, "weights", weights));
+        else
+            json_decref(spec), json_decref(weights);
+    }
+    if (rc != CTL_OK) {
+        json_decref(body);
+        return rc;
+    }
+    *out = body;
+    return CTL_OK;
+}
+
+static int cmd_candidate_add(const struct ctl *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "name", required_argument, 0, 'n' }, { "spec", required_argument, 0, 's' },
+        { "weights", required_argument, 0, 'w' }, { "jacobian-fit", required_argument, 0, 'f' },
+        { "jacobian-probe", required_argument, 0, 'p' }, { "layout", required_argument, 0, 'l' },
+        { "train-loss", required_argument, 0, 'L' }, { "epoch", required_argument, 0, 'E' },
+        { "run", required_argument, 0, 'R' }, { "meta", required_argument, 0, 'M' },
+        { "wait", no_argument, 0, 'W' }, { "timeout", required_argument, 0, 'T' },
+        { 0, 0, 0, 0 } };
+    if (argc < 2)
+        return usage_error("candidate add needs a study id");
+    const char *sid = argv[1];
+    struct candidate_args a = { .metadata = json_object() };
+    int opt, rc = CTL_OK;
+    optind = 2;
+    while (rc == CTL_OK && (opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'n': a.name = optarg; break;
+        case 's': a.spec = optarg; break;
+        case 'w': a.weights = optarg; break;
+        case 'f': a.jac_fit = optarg; break;
+        case 'p': a.jac_probe = optarg; break;
+        case 'l': a.layout = optarg; break;
+        case 'L': json_object_set_new(a.metadata, "train_loss", json_real(atof(optarg))); break;
+        case 'E': json_object_set_new(a.metadata, "epoch", json_integer(atoll(optarg))); break;
+        case 'R': json_object_set_new(a.metadata, "run", json_string(optarg)); break;
+        case 'M':
+            if (add_pairs(a.metadata, optarg, '\x01') != 0)
+                rc = usage_error("--meta '%s' is not key=value", optarg);
+            break;
+        case 'W': a.wait = true; break;
+        case 'T': a.timeout = atof(optarg); break;
+        default: rc = CTL_ERR_USAGE;
+        }
+    }
+    if (rc == CTL_OK && (!a.name || (!a.jac_fit && (!a.spec || !a.weights))))
+        rc = usage_error("candidate add needs --name and either --spec with --weights or "
+                         "--jacobian-fit");
+    json_t *body = NULL, *resp = NULL;
+    if (rc == CTL_OK)
+        rc = candidate_body(c, &a, &body);
+    if (rc == CTL_OK) {
+        char path[256];
+        snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+        rc = ctl_call(c, "POST", path, body, NULL, NULL, NULL, &resp);
+    }
+    if (rc == CTL_OK) {
+        const char *jid = json_string_value(json_object_get(json_object_get(resp, "job"), "id"));
+        if (json_output && !a.wait)
+            print_json(resp);
+        else if (!a.wait)
+            printf("%s\n", jid ? jid : "");
+        if (a.wait && jid)
+            rc = job_wait(c, jid, a.timeout);
+    }
+    json_decref(resp);
+    json_decref(body);
+    json_decref(a.metadata);
+    return rc;
+}
+
+/* --- ranking ------------------------------------------------------------------------------- */
+
+static void print_ranking_table(const json_t *r)
+{
+    size_t i;
+    json_t *item;
+    printf("%-5s %-28s %-14s %-12s %s\n", "rank", "candidate", "tpv", "stderr", "flags");
+    json_array_foreach(json_object_get(r, "items"), i, item) {
+        char flags[256] = "";
+        size_t j;
+        json_t *f;
+        json_array_foreach(json_object_get(item, "flags"), j, f) {
+            size_t used = strlen(flags);
+            snprintf(flags + used, sizeof flags - used, "%s%s", j ? "," : "", json_string_value(f));
+        }
+        printf("%-5lld %-28.28s %-14.6g %-12.3g %s\n",
+               (long long)json_integer_value(json_object_get(item, "rank")),
+               json_string_value(json_object_get(item, "name")),
+               json_number_value(json_object_get(item, "value")),
+               json_number_value(json_object_get(item, "stderr")), flags);
+    }
+    size_t nex = json_array_size(json_object_get(r, "excluded"));
+    printf("by %s on the %s split, study version %lld%s", json_string_value(json_object_get(r, "by")),
+           json_string_value(json_object_get(r, "split")),
+           (long long)json_integer_value(json_object_get(r, "version")), nex ? "; " : "\n");
+    if (nex)
+        printf("%zu candidate(s) excluded by --max-train-loss\n", nex);
+}
+
+static int cmd_ranking(const struct ctl *c, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "by", required_argument, 0, 'b' }, { "split", required_argument, 0, 's' },
+        { "max-train-loss", required_argument, 0, 'm' }, { 0, 0, 0, 0 } };
+    if (argc < 2)
+        return usage_error("ranking needs a study id");
+    char path[1024];
+    int len = snprintf(path, sizeof path, "/v1/studies/%s/ranking?", argv[1]);
+    int opt;
+    optind = 2;
+    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        const char *key = opt == 'b' ? "by" : opt == 's' ? "split" : opt == 'm' ? "max_train_loss" : NULL;
+        if (!key)
+            return CTL_ERR_USAGE;
+        char *esc = curl_easy_escape(NULL, optarg, 0);
+        len += snprintf(path + len, sizeof path - (size_t)len, "%s=%s&", key, esc);
+        curl_free(esc);
+        if ((size_t)len >= sizeof path)
+            return usage_error("arguments too long");
+    }
+    json_t *resp = NULL;
+    int rc = ctl_call(c, "GET", path, NULL, NULL, NULL, NULL, &resp);
+    if (rc == CTL_OK) {
+        if (json_output)
+            print_json(resp);
+        else
+            print_ranking_table(resp);
+    }
+    json_decref(resp);
+    return rc;
+}
+
+/* --- dispatch ------------------------------------------------------------------------------ */
+
+static double timeout_arg(int argc, char **argv)
+{
+    for (int i = 0; i + 1 < argc; i++)
+        if (strcmp(argv[i], "--timeout") == 0)
+            return atof(argv[i + 1]);
+    return 0;
+}
+
+static int cmd_jbr(const struct ctl *c, int argc, char **argv)
+{
+    if (argc < 3)
+        return usage_error("jbr needs a study id and a candidate id");
+    json_t *body = json_object();
+    bool wait = false;
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--wait") == 0)
+            wait = true;
+        else if (strcmp(argv[i], "--confidence") == 0 && i + 1 < argc)
+            json_object_set_new(body, "confidence", json_real(atof(argv[++i])));
+        else if (strcmp(argv[i], "--batch-size") == 0 && i + 1 < argc)
+            json_object_set_new(body, "batch_size", json_integer(atoll(argv[++i])));
+        else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
+            i++;
+        else {
+            json_decref(body);
+            return usage_error("unknown jbr option '%s'", argv[i]);
+        }
+    }
+    char path[512];
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s/jbr", argv[1], argv[2]);
+    json_t *resp = NULL;
+    int rc = ctl_call(c, "POST", path, body, NULL, NULL, NULL, &resp);
+    json_decref(body);
+    const char *jid = json_string_value(json_object_get(json_object_get(resp, "job"), "id"));
+    if (rc == CTL_OK && wait && jid)
+        rc = job_wait(c, jid, timeout_arg(argc, argv));
+    else if (rc == CTL_OK && json_output)
+        print_json(resp);
+    else if (rc == CTL_OK)
+        printf("%s\n", jid ? jid : "");
+    json_decref(resp);
+    return rc;
+}
+
+static int dispatch(const struct ctl *c, int argc, char **argv)
+{
+    char path[512];
+    const char *group = argv[0], *verb = argc > 1 ? argv[1] : "";
+#define IS(g, v) (strcmp(group, g) == 0 && strcmp(verb, v) == 0)
+    if (IS("study", "create"))
+        return cmd_study_create(c, argc - 1, argv + 1);
+    if (IS("study", "list"))
+        return list_all(c, "/v1/studies");
+    if (IS("study", "get") && argc > 2) {
+        snprintf(path, sizeof path, "/v1/studies/%s", argv[2]);
+        return get_and_print(c, path);
+    }
+    if (IS("inputs", "put") && argc > 4) {
+        int rc;
+        json_t *ref = ctl_blob_ref(c, argv[4], &rc);
+        if (!ref)
+            return rc;
+        json_t *body = json_pack("{s:o}", "blob", ref), *resp = NULL;
+        snprintf(path, sizeof path, "/v1/studies/%s/inputs/%s", argv[2], argv[3]);
+        rc = ctl_call(c, "PUT", path, body, NULL, NULL, NULL, &resp);
+        if (rc == CTL_OK && json_output)
+            print_json(resp);
+        json_decref(body);
+        json_decref(resp);
+        return rc;
+    }
+    if (IS("candidate", "add"))
+        return cmd_candidate_add(c, argc - 1, argv + 1);
+    if (IS("candidate", "list") && argc > 2) {
+        snprintf(path, sizeof path, "/v1/studies/%s/candidates", argv[2]);
+        return list_all(c, path);
+    }
+    if (IS("candidate", "get") && argc > 3) {
+        snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", argv[2], argv[3]);
+        return get_and_print(c, path);
+    }
+    if (IS("job", "get") && argc > 2) {
+        snprintf(path, sizeof path, "/v1/jobs/%s", argv[2]);
+        return get_and_print(c, path);
+    }
+    if (IS("job", "cancel") && argc > 2) {
+        snprintf(path, sizeof path, "/v1/jobs/%s", argv[2]);
+        json_t *resp = NULL;
+        int rc = ctl_call(c, "DELETE", path, NULL, NULL, NULL, NULL, &resp);
+        if (rc == CTL_OK && json_output)
+            print_json(resp);
+        json_decref(resp);
+        return rc;
+    }
+    if (IS("job", "wait") && argc > 2)
+        return job_wait(c, argv[2], timeout_arg(argc, argv));
+    if (strcmp(group, "ranking") == 0)
+        return cmd_ranking(c, argc, argv);
+    if (strcmp(group, "jbr") == 0)
+        return cmd_jbr(c, argc, argv);
+    if (IS("blob", "put") && argc > 2) {
+        char digest[72];
+        bool uploaded;
+        int rc = ctl_blob_put(c, argv[2], digest, &uploaded);
+        if (rc == CTL_OK)
+            printf("%s%s\n", digest, uploaded ? "" : " (already present)");
+        return rc;
+    }
+#undef IS
+    return usage_error("unknown command '%s'", group);
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        { "url", required_argument, 0, 'u' }, { "token", required_argument, 0, 't' },
+        { "json", no_argument, 0, 'j' },      { "quiet", no_argument, 0, 'q' },
+        { "help", no_argument, 0, 'h' },      { 0, 0, 0, 0 } };
+    struct ctl c = { .url = getenv("TPV_URL"), .token = getenv("TPV_TOKEN") };
+    bool quiet = false;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'u': c.url = optarg; break;
+        case 't': c.token = optarg; break;
+        case 'j': json_output = true; break;
+        case 'q': quiet = true; break;
+        case 'h': usage(stdout); return CTL_OK;
+        default: usage(stderr); return CTL_ERR_USAGE;
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return CTL_ERR_USAGE;
+    }
+    char url[2048];
+    snprintf(url, sizeof url, "%s", c.url && c.url[0] ? c.url : "http://127.0.0.1:8080");
+    for (size_t n = strlen(url); n > 0 && url[n - 1] == '/'; n--)
+        url[n - 1] = '\0';
+    c.url = url;
+    if (c.token && !c.token[0])
+        c.token = NULL;
+    c.progress = !quiet && isatty(STDERR_FILENO);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = dispatch(&c, argc - optind, argv + optind);
+    curl_global_cleanup();
+    return rc;
+}
