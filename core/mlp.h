@@ -1,0 +1,124 @@
+/* mlp.h: the model runtime for checkpoints: a `tpv.sequential/v1` spec (DESIGN.md section 4) bound
+ * to its weights, a batched float64 forward pass that keeps what the structured Jacobian products
+ * (core/mlp_source.c) and JBR (core/jbr.c) need.
+ *
+ * The network is a chain of stages: an optional elementwise chain on the input, then per linear
+ * layer l: z_l = W_l a_{l-1} + b_l, a_l = phi_l(z_l) with phi_l the (possibly empty) chain of
+ * elementwise activations that follows it; f(x) = a_L.  identity and flatten are no-ops on the
+ * row-major flattened sample, so the runtime only ever sees flat vectors. */
+#ifndef TPV_MLP_H
+#define TPV_MLP_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/jacobian.h"
+#include "core/tensor.h"
+#include "core/tpv_error.h"
+
+#define TPV_MLP_FORMAT "tpv.sequential/v1"
+#define TPV_MLP_MAX_LAYERS 1024          /* entries of "layers" */
+#define TPV_MLP_MAX_WIDTH (1ull << 28)   /* elements of one sample at any stage */
+
+enum tpv_act_kind {
+    TPV_ACT_RELU = 0,
+    TPV_ACT_LEAKY_RELU, /* p1 = negative_slope (default 0.01) */
+    TPV_ACT_TANH,
+    TPV_ACT_SIGMOID,
+    TPV_ACT_GELU,       /* erf form (PyTorch approximate="none") */
+    TPV_ACT_SOFTPLUS,   /* p1 = beta (default 1), p2 = threshold (default 20) */
+};
+
+struct tpv_act {
+    enum tpv_act_kind kind;
+    double p1, p2;
+};
+
+/* One linear layer and the elementwise chain that follows it.  W is row-major out x in. */
+struct tpv_mlp_layer {
+    uint64_t in, out;
+    const double *W;       /* points into the model's parameter vector */
+    const double *b;       /* NULL without bias */
+    uint64_t w_off, b_off; /* parameter columns of W and b in the layout */
+    const char *w_name;    /* the weight tensor's name (JBR reports units by it) */
+    size_t spec_index;     /* index of the linear entry in "layers" */
+    struct tpv_act *acts;
+    size_t nacts;
+};
+
+/* A bound model.  Fields are read-only for users; free with tpv_mlp_free. */
+struct tpv_mlp {
+    int input_rank;
+    uint64_t input_shape[TPV_MAX_RANK - 1];
+    uint64_t d;            /* input elements per sample (product of input_shape) */
+    uint64_t K;            /* outputs */
+    struct tpv_act *pre;   /* elementwise chain applied to the input before layer 0 */
+    size_t npre;
+    struct tpv_mlp_layer *layers;
+    size_t L;
+    struct tpv_layout layout;
+    double *params;        /* all p parameters in layout order */
+};
+
+/* Parses `spec` and binds it to weights found by name through find(ctx, name) (NULL = missing).
+ * Weights (F16/BF16/F32/F64) are converted once to float64; the tensors need not outlive the call.
+ * On success *out owns its memory (tpv_mlp_free).  Errors, with err->field the JSON path
+ * ("layers[3].type", "layers[2].weight", "input_shape"): TPV_EINVAL for a malformed spec, unknown
+ * keys or layer types, missing tensors, wrong ranks, dtypes or shape chains (both numbers are in
+ * the message); TPV_EFORMAT for non-finite weights; TPV_ENOMEM. */
+int tpv_mlp_bind(struct tpv_mlp **out, const json_t *spec,
+                 const struct tpv_tensor *(*find)(void *ctx, const char *name), void *ctx,
+                 struct tpv_err *err);
+
+/* NULL is a no-op. */
+void tpv_mlp_free(struct tpv_mlp *m);
+
+/* Checks an input set against the spec: a float tensor of shape (n, *input_shape), n >= 1, with
+ * finite values.  TPV_EINVAL (err->field "inputs") naming both shapes, TPV_EFORMAT for a non-finite
+ * value (the message gives sample and element). */
+int tpv_mlp_check_inputs(const struct tpv_mlp *m, const struct tpv_tensor *inputs,
+                         struct tpv_err *err);
+
+/* The parameter layout (one block per tensor: weight then bias, in layer order). */
+const struct tpv_layout *tpv_mlp_layout(const struct tpv_mlp *m);
+
+/* All p parameters in layout order (valid while m lives). */
+const double *tpv_mlp_param_values(const struct tpv_mlp *m);
+
+/* out (n x K, row-major) = f(x) for x (n x d, row-major).  Works in batches so memory stays
+ * bounded.  TPV_ENOMEM only. */
+int tpv_mlp_forward(const struct tpv_mlp *m, const double *x, size_t n, double *out);
+
+/* Converts rows [first, first + rows) of an input tensor (n, *input_shape) to float64,
+ * row-major flattened (rows x d).  The caller checked the tensor with tpv_mlp_check_inputs. */
+void tpv_mlp_read_inputs(const struct tpv_mlp *m, const struct tpv_tensor *inputs, uint64_t first,
+                         size_t rows, double *out);
+
+/* ---- Runtime pieces shared with mlp_source.c and jbr.c ---- */
+
+/* Forward storage for up to `cap` samples: a0 (cap x d) and per layer z, a, dphi (cap x out_l),
+ * dphi = phi_l'(z_l) elementwise (1 where the chain is empty). */
+struct tpv_mlp_ws {
+    size_t cap;
+    size_t rows; /* samples of the last forward */
+    double *a0;
+    double **z, **a, **dphi;
+    size_t nlayers_; /* private */
+};
+
+/* Bytes tpv_mlp_ws_init allocates for `cap` samples (saturates at UINT64_MAX). */
+uint64_t tpv_mlp_ws_bytes(const struct tpv_mlp *m, size_t cap);
+int tpv_mlp_ws_init(struct tpv_mlp_ws *ws, const struct tpv_mlp *m, size_t cap,
+                    struct tpv_err *err);
+void tpv_mlp_ws_free(struct tpv_mlp_ws *ws);
+
+/* Forward pass of `rows` <= ws->cap samples x (rows x d); fills ws. */
+void tpv_mlp_ws_forward(const struct tpv_mlp *m, struct tpv_mlp_ws *ws, const double *x,
+                        size_t rows);
+
+/* Applies a chain of activations elementwise: y = phi(x) and, if dy is not NULL, dy = phi'(x). */
+void tpv_act_chain(const struct tpv_act *acts, size_t nacts, const double *x, double *y,
+                   double *dy, size_t count);
+
+#endif
