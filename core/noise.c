@@ -187,9 +187,11 @@ static int parse_common(struct parse_ctx *pc, struct tpv_noise *nm)
         rc = get_number(pc, "max_samples", false, 1, true, 1e7, &max_samples);
     if (rc == TPV_OK)
         rc = get_number(pc, "seed", false, 0, true, 9007199254740991.0, &seed);
-    if (rc == TPV_OK && (max_samples != floor(max_samples) || seed != floor(seed)))
-        rc = tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, "seed"),
-                         "%s.max_samples and %s.seed must be integers", pc->field, pc->field);
+    if (rc == TPV_OK && (max_samples != floor(max_samples) || seed != floor(seed))) {
+        const char *bad = max_samples != floor(max_samples) ? "max_samples" : "seed";
+        rc = tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, bad), "%s must be an integer",
+                         path_of(pc, bad));
+    }
     nm->estimator = (enum tpv_estimator)est;
     nm->max_samples = (unsigned long)max_samples;
     nm->seed = (unsigned long long)seed;
@@ -294,7 +296,7 @@ int tpv_noise_list_parse(const json_t *array, struct tpv_noise **out, size_t *co
     if (!models)
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     for (size_t i = 0; i < n; i++) {
-        char field[32];
+        char field[48]; /* "noise_models[" + any size_t + "]" */
         snprintf(field, sizeof field, "noise_models[%zu]", i);
         int rc = tpv_noise_parse(&models[i], json_array_get(array, i), field, err);
         for (size_t j = 0; rc == TPV_OK && j < i; j++)
