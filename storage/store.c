@@ -1,26 +1,348 @@
-/* store.c: SQLite-backed storage: connection setup and schema migrations (see store.h). */
-#include "storage/store.h"
+/* store.c: SQLite backend of storage/: opening, the connection pool, schema migrations, ids, times,
+ * page tokens, idempotency keys and statistics (see store.h; schema design: DESIGN.md sections
+ * 2, 5, 6).  Studies and candidates live in studies.c, the job queue in queue.c, blobs in blobs.c. */
+#include "storage/store_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
-
-struct store {
-    sqlite3 *db;
-    pthread_mutex_t lock; /* one connection, serialised; see store_open */
-};
+#include <time.h>
+#include <unistd.h>
 
 /* Migration i brings the schema from user_version i to i+1.  Append only, never edit. */
 static const char *const migrations[] = {
-    /* 0 -> 1: bookkeeping table; the service tables arrive with the service issue. */
+    /* 0 -> 1: bookkeeping table. */
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;",
+    /* 1 -> 2: the service tables (DESIGN.md section 5).  seq columns give creation order for
+     * keyset pagination (AUTOINCREMENT: never reused, so tokens stay valid under deletes). */
+    "CREATE TABLE studies ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  name TEXT NOT NULL,"
+    "  description TEXT NOT NULL,"
+    "  noise_models TEXT NOT NULL,"
+    "  rank_by TEXT NOT NULL,"
+    "  webhook_url TEXT,"
+    "  metadata TEXT NOT NULL,"
+    "  version INTEGER NOT NULL DEFAULT 1,"
+    "  has_probe_dumps INTEGER NOT NULL DEFAULT 0,"
+    "  created_at TEXT NOT NULL) STRICT;"
+    "CREATE TABLE input_sets ("
+    "  study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,"
+    "  split TEXT NOT NULL CHECK (split IN ('fit', 'probe')),"
+    "  digest TEXT NOT NULL,"
+    "  n INTEGER,"
+    "  updated_at TEXT NOT NULL,"
+    "  PRIMARY KEY (study_id, split)) STRICT;"
+    "CREATE TABLE blobs ("
+    "  digest TEXT PRIMARY KEY,"
+    "  size INTEGER NOT NULL,"
+    "  created_at TEXT NOT NULL) STRICT;"
+    "CREATE TABLE candidates ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,"
+    "  name TEXT NOT NULL,"
+    "  metadata TEXT NOT NULL,"
+    "  source_kind TEXT NOT NULL CHECK (source_kind IN ('model', 'jacobian')),"
+    "  source TEXT NOT NULL,"
+    "  train_loss REAL,"
+    "  epoch REAL,"
+    "  run TEXT,"
+    "  state TEXT NOT NULL,"
+    "  stability TEXT,"
+    "  job_id TEXT,"
+    "  created_at TEXT NOT NULL,"
+    "  UNIQUE (study_id, name)) STRICT;"
+    "CREATE INDEX candidates_by_study ON candidates (study_id, seq);"
+    "CREATE TABLE jobs ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('score', 'jbr')),"
+    "  study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,"
+    "  candidate_id TEXT NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,"
+    "  state TEXT NOT NULL CHECK (state IN ('queued','running','succeeded','failed','canceled')),"
+    "  progress REAL NOT NULL DEFAULT 0,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  params TEXT,"
+    "  result TEXT,"
+    "  error_code TEXT,"
+    "  error_message TEXT,"
+    "  cancel_requested INTEGER NOT NULL DEFAULT 0,"
+    "  lease_owner TEXT,"
+    "  lease_expires REAL,"
+    "  created_at TEXT NOT NULL,"
+    "  started_at TEXT,"
+    "  finished_at TEXT) STRICT;"
+    "CREATE INDEX jobs_by_state ON jobs (state, seq);"
+    "CREATE TABLE scores ("
+    "  candidate_id TEXT NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,"
+    "  noise TEXT NOT NULL,"
+    "  kind TEXT NOT NULL,"
+    "  split TEXT NOT NULL CHECK (split IN ('fit', 'probe')),"
+    "  value REAL,"
+    "  stderr REAL,"
+    "  estimator TEXT,"
+    "  samples INTEGER,"
+    "  seed INTEGER,"
+    "  wall_seconds REAL,"
+    "  details TEXT,"
+    "  PRIMARY KEY (candidate_id, noise, split)) STRICT;"
+    "CREATE TABLE tokens ("
+    "  id TEXT PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  hash TEXT NOT NULL UNIQUE,"
+    "  role TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),"
+    "  created_at TEXT NOT NULL,"
+    "  revoked_at TEXT) STRICT;"
+    "CREATE TABLE idempotency_keys ("
+    "  scope TEXT NOT NULL,"
+    "  key TEXT NOT NULL,"
+    "  request_hash TEXT NOT NULL,"
+    "  status INTEGER NOT NULL,"
+    "  body TEXT NOT NULL,"
+    "  location TEXT,"
+    "  created_at TEXT NOT NULL,"
+    "  PRIMARY KEY (scope, key)) STRICT;"
+    "CREATE TABLE webhook_outbox ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,"
+    "  event TEXT NOT NULL,"
+    "  payload TEXT NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  next_attempt_at REAL NOT NULL,"
+    "  delivered_at TEXT,"
+    "  created_at TEXT NOT NULL) STRICT;"
+    "CREATE INDEX webhook_outbox_due ON webhook_outbox (delivered_at, next_attempt_at);",
 };
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
+
+static const char *const stmt_sql[STMT_COUNT] = {
+#define STORE_SQL_TEXT_(id, sql) [STMT_##id] = sql,
+    STORE_SQL(STORE_SQL_TEXT_)
+#undef STORE_SQL_TEXT_
+};
+
+/* ---- small helpers shared by the backend ---- */
+
+int db_fail(struct store_conn *c, int sqlite_rc, const char *what, struct tpv_err *err)
+{
+    int code;
+    switch (sqlite_rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: code = TPV_EUNAVAILABLE; break;
+    case SQLITE_FULL: code = TPV_ENOSPACE; break;
+    case SQLITE_CONSTRAINT: code = TPV_EEXIST; break;
+    case SQLITE_NOMEM: code = TPV_ENOMEM; break;
+    case SQLITE_IOERR:
+    case SQLITE_CANTOPEN: code = TPV_EIO; break;
+    default: code = TPV_EINTERNAL; break;
+    }
+    return tpv_err_set(err, code, NULL, "database: %s: %s", what,
+                       c && c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(sqlite_rc));
+}
+
+sqlite3_stmt *conn_stmt(struct store_conn *c, enum store_stmt id, struct tpv_err *err)
+{
+    if (!c->stmts[id]) {
+        int rc = sqlite3_prepare_v3(c->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
+                                    &c->stmts[id], NULL);
+        if (rc != SQLITE_OK) {
+            db_fail(c, rc, "prepare", err);
+            c->stmts[id] = NULL;
+            return NULL;
+        }
+    }
+    return c->stmts[id];
+}
+
+void stmt_done(sqlite3_stmt *s)
+{
+    if (s) {
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+    }
+}
+
+int stmt_exec(struct store_conn *c, sqlite3_stmt *s, struct tpv_err *err)
+{
+    int rc = sqlite3_step(s);
+    while (rc == SQLITE_ROW)
+        rc = sqlite3_step(s);
+    int out = rc == SQLITE_DONE ? TPV_OK : db_fail(c, rc, "write", err);
+    stmt_done(s);
+    return out;
+}
+
+static int run_simple(struct store_conn *c, enum store_stmt id, struct tpv_err *err)
+{
+    sqlite3_stmt *s = conn_stmt(c, id, err);
+    return s ? stmt_exec(c, s, err) : err ? err->code : TPV_EINTERNAL;
+}
+
+int tx_begin(struct store_conn *c, struct tpv_err *err)
+{
+    return run_simple(c, STMT_BEGIN, err);
+}
+
+int tx_commit(struct store_conn *c, struct tpv_err *err)
+{
+    int rc = run_simple(c, STMT_COMMIT, err);
+    if (rc != TPV_OK)
+        tx_rollback(c);
+    return rc;
+}
+
+void tx_rollback(struct store_conn *c)
+{
+    if (!sqlite3_get_autocommit(c->db))
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+void bind_text(sqlite3_stmt *s, int i, const char *text)
+{
+    if (text)
+        sqlite3_bind_text(s, i, text, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(s, i);
+}
+
+const char *col_text(sqlite3_stmt *s, int i)
+{
+    const unsigned char *t = sqlite3_column_text(s, i);
+    return t ? (const char *)t : "";
+}
+
+char *col_strdup(sqlite3_stmt *s, int i)
+{
+    const unsigned char *t = sqlite3_column_text(s, i);
+    return t ? strdup((const char *)t) : NULL;
+}
+
+int study_bump(struct store_conn *c, const char *study_id, int64_t *version, struct tpv_err *err)
+{
+    sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_BUMP, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, study_id);
+    int rc = sqlite3_step(s);
+    int out = TPV_OK;
+    if (rc == SQLITE_ROW)
+        *version = sqlite3_column_int64(s, 0);
+    else if (rc == SQLITE_DONE)
+        out = tpv_err_set(err, TPV_ENOTFOUND, "study", "study %s not found", study_id);
+    else
+        out = db_fail(c, rc, "bump study version", err);
+    stmt_done(s);
+    return out;
+}
+
+void notify_study(struct store *st, const char *study_id, int64_t version)
+{
+    if (st->hooks.study_changed)
+        st->hooks.study_changed(st->hooks.ctx, study_id, version);
+}
+
+void notify_job(struct store *st)
+{
+    if (st->hooks.job_queued)
+        st->hooks.job_queued(st->hooks.ctx);
+}
+
+void store_set_hooks(struct store *st, const struct store_hooks *hooks)
+{
+    st->hooks = *hooks;
+}
+
+double store_clock_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void store_now_rfc3339(char out[STORE_TIME_MAX])
+{
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(out, STORE_TIME_MAX, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, STORE_TIME_MAX - n, ".%03ldZ", ts.tv_nsec / 1000000L);
+}
+
+void store_id_new(char out[STORE_ID_MAX], const char *prefix)
+{
+    unsigned char r[8];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+        /* getrandom on Linux >= 3.17 does not fail for 8 bytes once seeded; keep ids unique
+         * anyway with a clock + counter fallback. */
+        static _Atomic unsigned long counter;
+        unsigned long long v = (unsigned long long)time(NULL) << 20 ^ counter++;
+        memcpy(r, &v, sizeof r);
+    }
+    snprintf(out, STORE_ID_MAX, "%.8s_%02x%02x%02x%02x%02x%02x%02x%02x", prefix, r[0], r[1], r[2],
+             r[3], r[4], r[5], r[6], r[7]);
+}
+
+/* Tokens hide the row position behind a fixed mask and a check nibble so that a client can
+ * neither read them as numbers nor forge a neighbour by accident. */
+#define TOKEN_MASK 0x5f3759df9e3779b9ULL
+void store_page_token_encode(int64_t seq, char out[STORE_TOKEN_MAX])
+{
+    uint64_t v = (uint64_t)seq ^ TOKEN_MASK;
+    unsigned check = 0;
+    for (int i = 0; i < 16; i++)
+        check ^= (unsigned)(v >> (4 * i)) & 0xf;
+    snprintf(out, STORE_TOKEN_MAX, "%016llx%x", (unsigned long long)v, check);
+}
+
+int store_page_token_decode(const char *token, int64_t *seq)
+{
+    if (!token || strlen(token) != 17 || strspn(token, "0123456789abcdef") != 17)
+        return TPV_EINVAL;
+    char hex[17];
+    memcpy(hex, token, 16);
+    hex[16] = '\0';
+    uint64_t v = strtoull(hex, NULL, 16);
+    unsigned check = 0;
+    for (int i = 0; i < 16; i++)
+        check ^= (unsigned)(v >> (4 * i)) & 0xf;
+    unsigned given = (unsigned)(token[16] <= '9' ? token[16] - '0' : token[16] - 'a' + 10);
+    uint64_t raw = v ^ TOKEN_MASK;
+    if (given != check || raw > INT64_MAX)
+        return TPV_EINVAL;
+    *seq = (int64_t)raw;
+    return TPV_OK;
+}
+
+/* ---- pool ---- */
+
+struct store_conn *conn_get(struct store *st)
+{
+    pthread_mutex_lock(&st->lock);
+    while (st->nfree == 0)
+        pthread_cond_wait(&st->cond, &st->lock);
+    struct store_conn *c = &st->conns[st->free_list[--st->nfree]];
+    pthread_mutex_unlock(&st->lock);
+    return c;
+}
+
+void conn_put(struct store *st, struct store_conn *c)
+{
+    if (!sqlite3_get_autocommit(c->db)) /* a forgotten transaction must not leak to the next user */
+        tx_rollback(c);
+    pthread_mutex_lock(&st->lock);
+    st->free_list[st->nfree++] = (int)(c - st->conns);
+    pthread_cond_signal(&st->cond);
+    pthread_mutex_unlock(&st->lock);
+}
 
 static int make_dir(const char *path, struct tpv_err *err)
 {
@@ -81,36 +403,86 @@ static int migrate(sqlite3 *db, struct tpv_err *err)
     return TPV_OK;
 }
 
+static int conn_open(struct store_conn *c, const char *path, const struct store_options *o,
+                     bool first, struct tpv_err *err)
+{
+    if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                        SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
+        return tpv_err_set(err, TPV_EIO, "data_dir", "cannot open %s: %s", path,
+                           c->db ? sqlite3_errmsg(c->db) : "out of memory");
+    sqlite3_busy_timeout(c->db, o->busy_timeout_ms);
+    char pragmas[160];
+    snprintf(pragmas, sizeof pragmas, "%s PRAGMA synchronous=%s; PRAGMA foreign_keys=ON;",
+             first ? "PRAGMA journal_mode=WAL;" : "", o->synchronous_full ? "FULL" : "NORMAL");
+    int rc = exec_sql(c->db, pragmas, err);
+    if (rc == TPV_OK && first)
+        rc = migrate(c->db, err);
+    return rc;
+}
+
 int store_open(struct store **out, const char *data_dir, struct tpv_err *err)
 {
+    return store_open_with(out, data_dir, NULL, err);
+}
+
+int store_open_with(struct store **out, const char *data_dir, const struct store_options *opts,
+                    struct tpv_err *err)
+{
     char path[PATH_MAX];
-    struct store *st;
+    struct store_options o = { .pool_size = 8, .synchronous_full = true, .busy_timeout_ms = 5000 };
     int rc;
 
     *out = NULL;
+    if (opts) {
+        o = *opts;
+        if (o.pool_size <= 0)
+            o.pool_size = 8;
+        if (o.busy_timeout_ms <= 0)
+            o.busy_timeout_ms = 5000;
+    }
+    if (o.pool_size > 256)
+        o.pool_size = 256;
     rc = make_dir(data_dir, err);
     if (rc != TPV_OK)
         return rc;
-    if ((size_t)snprintf(path, sizeof path, "%s/tpvd.db", data_dir) >= sizeof path)
+    if ((size_t)snprintf(path, sizeof path, "%s/tpvd.db", data_dir) >= sizeof path - 64)
         return tpv_err_set(err, TPV_EINVAL, "data_dir", "data directory path too long");
 
-    st = calloc(1, sizeof *st);
+    struct store *st = calloc(1, sizeof *st);
     if (!st)
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    st->lock_fd = -1;
     pthread_mutex_init(&st->lock, NULL);
-    if (sqlite3_open_v2(path, &st->db,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                        NULL) != SQLITE_OK) {
-        rc = tpv_err_set(err, TPV_EIO, "data_dir", "cannot open %s: %s", path,
-                         st->db ? sqlite3_errmsg(st->db) : "out of memory");
+    pthread_cond_init(&st->cond, NULL);
+    st->data_dir = strdup(data_dir);
+    st->conns = calloc((size_t)o.pool_size, sizeof *st->conns);
+    st->free_list = calloc((size_t)o.pool_size, sizeof *st->free_list);
+    if (!st->data_dir || !st->conns || !st->free_list) {
+        store_close(st);
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    st->nconns = o.pool_size;
+
+    /* One daemon per data dir: a second one would break the blob store's temp cleanup and the
+     * queue's crash recovery.  flock is released by the kernel when a process dies. */
+    char lock_path[PATH_MAX];
+    snprintf(lock_path, sizeof lock_path, "%s/lock", data_dir);
+    st->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (st->lock_fd < 0 || flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        rc = tpv_err_set(err, st->lock_fd < 0 ? TPV_EIO : TPV_EPRECONDITION, "data_dir",
+                         "data dir %s is in use by another tpvd (%s)", data_dir, strerror(errno));
         store_close(st);
         return rc;
     }
-    sqlite3_busy_timeout(st->db, 5000);
-    rc = exec_sql(st->db,
-                  "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;", err);
-    if (rc == TPV_OK)
-        rc = migrate(st->db, err);
+    for (int i = 0; i < st->nconns; i++) {
+        rc = conn_open(&st->conns[i], path, &o, i == 0, err);
+        if (rc != TPV_OK) {
+            store_close(st);
+            return rc;
+        }
+        st->free_list[st->nfree++] = i;
+    }
+    rc = blobs_init(st, err);
     if (rc != TPV_OK) {
         store_close(st);
         return rc;
@@ -123,25 +495,181 @@ void store_close(struct store *st)
 {
     if (!st)
         return;
-    sqlite3_close(st->db);
+    for (int i = 0; st->conns && i < st->nconns; i++) {
+        for (int j = 0; j < STMT_COUNT; j++)
+            sqlite3_finalize(st->conns[i].stmts[j]);
+        if (st->conns[i].db)
+            sqlite3_close(st->conns[i].db);
+    }
+    if (st->lock_fd >= 0)
+        close(st->lock_fd); /* releases the flock */
+    free(st->conns);
+    free(st->free_list);
+    free(st->data_dir);
+    free(st->blob_dir);
+    pthread_cond_destroy(&st->cond);
     pthread_mutex_destroy(&st->lock);
     free(st);
 }
 
 int store_ping(struct store *st, struct tpv_err *err)
 {
+    struct store_conn *c = conn_get(st);
     int rc = TPV_OK;
-    pthread_mutex_lock(&st->lock);
-    if (read_user_version(st->db) < 0)
+    sqlite3_stmt *s = conn_stmt(c, STMT_PING, err);
+    if (!s || sqlite3_step(s) != SQLITE_ROW)
         rc = tpv_err_set(err, TPV_EUNAVAILABLE, NULL, "database not reachable");
-    pthread_mutex_unlock(&st->lock);
+    stmt_done(s);
+    conn_put(st, c);
     return rc;
 }
 
 int store_schema_version(struct store *st)
 {
-    pthread_mutex_lock(&st->lock);
-    int v = read_user_version(st->db);
-    pthread_mutex_unlock(&st->lock);
+    struct store_conn *c = conn_get(st);
+    int v = read_user_version(c->db);
+    conn_put(st, c);
     return v;
+}
+
+/* ---- idempotency ---- */
+
+void store_replay_free(struct store_replay *r)
+{
+    if (!r)
+        return;
+    free(r->body);
+    free(r->location);
+    memset(r, 0, sizeof *r);
+}
+
+int idem_lookup_conn(struct store_conn *c, const struct store_idem *idem, struct store_replay *out,
+                     struct tpv_err *err)
+{
+    memset(out, 0, sizeof *out);
+    sqlite3_stmt *s = conn_stmt(c, STMT_IDEM_GET, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, idem->scope);
+    bind_text(s, 2, idem->key);
+    int rc = sqlite3_step(s), out_rc;
+    if (rc == SQLITE_ROW) {
+        if (strcmp(col_text(s, 0), idem->request_hash) != 0) {
+            out_rc = tpv_err_set(err, TPV_EPRECONDITION, "Idempotency-Key",
+                                 "Idempotency-Key '%s' was already used with a different request",
+                                 idem->key);
+        } else {
+            out->status = sqlite3_column_int(s, 1);
+            out->body = col_strdup(s, 2);
+            out->location = col_strdup(s, 3);
+            out_rc = out->body ? TPV_OK : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        }
+    } else if (rc == SQLITE_DONE) {
+        out_rc = TPV_ENOTFOUND;
+    } else {
+        out_rc = db_fail(c, rc, "idempotency lookup", err);
+    }
+    stmt_done(s);
+    return out_rc;
+}
+
+int idem_store_conn(struct store_conn *c, const struct store_idem *idem,
+                    const struct store_reply *reply, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    sqlite3_stmt *s = conn_stmt(c, STMT_IDEM_PUT, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, idem->scope);
+    bind_text(s, 2, idem->key);
+    bind_text(s, 3, idem->request_hash);
+    sqlite3_bind_int(s, 4, reply->status);
+    bind_text(s, 5, reply->body);
+    bind_text(s, 6, reply->location);
+    bind_text(s, 7, now);
+    int rc = stmt_exec(c, s, err);
+    if (rc == TPV_EEXIST)
+        tpv_err_set(err, TPV_EEXIST, "Idempotency-Key", "Idempotency-Key '%s' is in use",
+                    idem->key);
+    return rc;
+}
+
+int store_idem_lookup(struct store *st, const struct store_idem *idem, struct store_replay *out,
+                      struct tpv_err *err)
+{
+    struct store_conn *c = conn_get(st);
+    int rc = idem_lookup_conn(c, idem, out, err);
+    conn_put(st, c);
+    return rc;
+}
+
+/* ---- statistics ---- */
+
+int store_stats(struct store *st, struct store_stats *out, struct tpv_err *err)
+{
+    memset(out, 0, sizeof *out);
+    struct store_conn *c = conn_get(st);
+    int rc = TPV_OK, step;
+    sqlite3_stmt *s = conn_stmt(c, STMT_STATS_JOBS, err);
+    if (!s) {
+        rc = err->code;
+        goto done;
+    }
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *state = col_text(s, 0);
+        int64_t n = sqlite3_column_int64(s, 1);
+        if (strcmp(state, "queued") == 0)
+            out->jobs_queued = n;
+        else if (strcmp(state, "running") == 0)
+            out->jobs_running = n;
+        else if (strcmp(state, "succeeded") == 0)
+            out->jobs_succeeded = n;
+        else if (strcmp(state, "failed") == 0)
+            out->jobs_failed = n;
+        else if (strcmp(state, "canceled") == 0)
+            out->jobs_canceled = n;
+    }
+    stmt_done(s);
+    if (step != SQLITE_DONE) {
+        rc = db_fail(c, step, "stats", err);
+        goto done;
+    }
+    s = conn_stmt(c, STMT_STATS_BLOBS, err);
+    if (!s || sqlite3_step(s) != SQLITE_ROW) {
+        rc = s ? db_fail(c, SQLITE_ERROR, "stats", err) : err->code;
+        stmt_done(s);
+        goto done;
+    }
+    out->blobs = sqlite3_column_int64(s, 0);
+    out->blob_bytes = sqlite3_column_int64(s, 1);
+    stmt_done(s);
+    s = conn_stmt(c, STMT_STATS_COUNTS, err);
+    if (!s || sqlite3_step(s) != SQLITE_ROW) {
+        rc = s ? db_fail(c, SQLITE_ERROR, "stats", err) : err->code;
+        stmt_done(s);
+        goto done;
+    }
+    out->studies = sqlite3_column_int64(s, 0);
+    out->candidates = sqlite3_column_int64(s, 1);
+    stmt_done(s);
+done:
+    conn_put(st, c);
+    return rc;
+}
+
+int store_jobs_queued(struct store *st, int64_t *n, struct tpv_err *err)
+{
+    struct store_conn *c = conn_get(st);
+    int rc = TPV_OK;
+    sqlite3_stmt *s = conn_stmt(c, STMT_JOBS_QUEUED, err);
+    if (!s)
+        rc = err->code;
+    else if (sqlite3_step(s) == SQLITE_ROW)
+        *n = sqlite3_column_int64(s, 0);
+    else
+        rc = db_fail(c, SQLITE_ERROR, "count queued jobs", err);
+    stmt_done(s);
+    conn_put(st, c);
+    return rc;
 }

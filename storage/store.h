@@ -1,26 +1,338 @@
 /* store.h: the whole interface of storage/ (SQLite database, blob store, durable job queue).
  *
  * Nothing outside storage/ sees SQL or sqlite3 types: callers hold an opaque `struct store` so that
- * a PostgreSQL backend can be added behind the same functions (DESIGN.md section 7). */
+ * a PostgreSQL backend can be added behind the same functions (DESIGN.md section 7).  Read views
+ * come back as jansson objects already in the API shapes of DESIGN.md section 5 (one query, or a
+ * constant number, per call: never one per row); writes take plain C values.
+ *
+ * Threads: every function is safe to call from any thread.  The SQLite backend keeps a small pool
+ * of connections (WAL lets readers run beside the one writer); each write is one transaction. */
 #ifndef TPV_STORE_H
 #define TPV_STORE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "core/tpv_error.h"
 
 struct store;
 
-/* Opens (creating if needed) the data directory `data_dir` and its database `tpvd.db`, with WAL,
- * foreign keys and a busy timeout, and migrates the schema to the current version.
- * On success *out owns the handle (free with store_close).  Errors: TPV_EIO, TPV_EINTERNAL. */
-int store_open(struct store **out, const char *data_dir, struct tpv_err *err);
+#define STORE_ID_MAX 32     /* "st_" + 16 hex + NUL, with room */
+#define STORE_DIGEST_MAX 72 /* "sha256:" + 64 hex + NUL */
+#define STORE_TIME_MAX 32   /* "2026-01-02T03:04:05.678Z" */
+#define STORE_TOKEN_MAX 40  /* opaque page token */
 
-/* Closes the database; NULL is a no-op. */
+struct store_options {
+    int pool_size;         /* connections; 0 = 8 */
+    bool synchronous_full; /* PRAGMA synchronous=FULL (else NORMAL); the default is FULL */
+    int busy_timeout_ms;   /* 0 = 5000 */
+};
+
+/* Opens (creating if needed) the data directory `data_dir`, its database `tpvd.db` (WAL, foreign
+ * keys, busy timeout, synchronous) and its blob store `blobs/`, takes an exclusive lock on the
+ * folder (one daemon per data dir), removes stale upload temporaries and migrates the schema.
+ * `opts` may be NULL for the defaults.  On success *out owns the handle (free with store_close).
+ * Errors: TPV_EIO, TPV_EINTERNAL, TPV_EPRECONDITION (newer schema, folder in use). */
+int store_open(struct store **out, const char *data_dir, struct tpv_err *err);
+int store_open_with(struct store **out, const char *data_dir, const struct store_options *opts,
+                    struct tpv_err *err);
+
+/* Closes every connection and releases the lock; NULL is a no-op. */
 void store_close(struct store *st);
 
 /* Cheap liveness probe for /readyz: runs a trivial query.  0 or TPV_EUNAVAILABLE. */
 int store_ping(struct store *st, struct tpv_err *err);
 
-/* The schema version the database is at (PRAGMA user_version). */
+/* The schema version the database is at (PRAGMA user_version); -1 on error. */
 int store_schema_version(struct store *st);
+
+/* Fresh opaque id "<prefix>_<16 hex>" from the kernel's random source. */
+void store_id_new(char out[STORE_ID_MAX], const char *prefix);
+
+/* The current time, RFC 3339 UTC with milliseconds. */
+void store_now_rfc3339(char out[STORE_TIME_MAX]);
+
+/* Notifications, called after the transaction that caused them committed (from the writing
+ * thread; keep them short).  `study_changed` gets the study whose version was bumped;
+ * `job_queued` fires when a job became claimable.  Set before serving; not thread-safe. */
+struct store_hooks {
+    void (*study_changed)(void *ctx, const char *study_id, int64_t version);
+    void (*job_queued)(void *ctx);
+    void *ctx;
+};
+void store_set_hooks(struct store *st, const struct store_hooks *hooks);
+
+/* ---- page tokens (keyset pagination on creation order) ---- */
+
+/* Encodes the position after row `seq`; decodes a client's token (TPV_EINVAL when garbled). */
+void store_page_token_encode(int64_t seq, char out[STORE_TOKEN_MAX]);
+int store_page_token_decode(const char *token, int64_t *seq);
+
+/* ---- idempotency keys ---- */
+
+/* A request that carries an Idempotency-Key.  `scope` binds the key to a route ("POST /v1/...");
+ * `request_hash` is a digest of the body: a retry with another body is refused. */
+struct store_idem {
+    const char *scope;
+    const char *key;
+    const char *request_hash;
+};
+
+/* The response stored for a replayed request; free with store_replay_free. */
+struct store_replay {
+    int status;
+    char *body;
+    char *location; /* may be NULL */
+};
+void store_replay_free(struct store_replay *r);
+
+/* Looks a key up.  TPV_OK with *out filled when it was seen with the same request hash,
+ * TPV_ENOTFOUND when new, TPV_EPRECONDITION when it was used with a different body. */
+int store_idem_lookup(struct store *st, const struct store_idem *idem, struct store_replay *out,
+                      struct tpv_err *err);
+
+/* The response to remember with a write (stored in the write's transaction). */
+struct store_reply {
+    int status;
+    const char *body;
+    const char *location; /* may be NULL */
+};
+
+/* ---- studies ---- */
+
+struct store_study_new {
+    const char *id;
+    const char *name;
+    const char *description;
+    const char *noise_models; /* JSON array text (canonical, from tpv_noise_to_json) */
+    const char *rank_by;
+    const char *webhook_url;  /* may be NULL */
+    const char *metadata;     /* JSON object text */
+    const char *created_at;
+};
+
+/* Creates a study (and, when idem is not NULL, remembers `reply` under its key in the same
+ * transaction).  TPV_EEXIST if the idempotency key was taken meanwhile (look it up again). */
+int store_study_create(struct store *st, const struct store_study_new *s,
+                       const struct store_idem *idem, const struct store_reply *reply,
+                       struct tpv_err *err);
+
+/* The study in API shape (new reference in *out).  TPV_ENOTFOUND. */
+int store_study_get(struct store *st, const char *id, json_t **out, struct tpv_err *err);
+
+/* The study's version only (the ranking's ETag): one indexed read.  TPV_ENOTFOUND. */
+int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err);
+
+/* What ranking and submission need to know about a study, without JSON.  Free with
+ * store_study_info_free. */
+struct store_study_info {
+    char *noise_models;  /* JSON text */
+    char *rank_by;
+    char fit_digest[STORE_DIGEST_MAX];   /* "" when unset */
+    char probe_digest[STORE_DIGEST_MAX]; /* "" when unset */
+    bool has_probe_dumps; /* some candidate brought a probe Jacobian */
+    int64_t version;
+};
+int store_study_info(struct store *st, const char *id, struct store_study_info *out,
+                     struct tpv_err *err);
+void store_study_info_free(struct store_study_info *info);
+
+/* A page of studies in creation order after `after_seq` (0 = from the start); *items (new
+ * reference) is an array; *next_seq is the position for the next page, 0 when this was the last. */
+int store_study_list(struct store *st, int64_t after_seq, int limit, json_t **items,
+                     int64_t *next_seq, struct tpv_err *err);
+
+/* Sets the study's fit or probe input set ("fit"/"probe") to a blob; n < 0 records null.
+ * Bumps the version.  TPV_ENOTFOUND for the study. */
+int store_input_set(struct store *st, const char *study_id, const char *split, const char *digest,
+                    int64_t n, struct tpv_err *err);
+
+/* ---- candidates and jobs ---- */
+
+struct store_candidate_new {
+    const char *id;
+    const char *study_id;
+    const char *name;
+    const char *metadata;    /* JSON object text */
+    const char *source_kind; /* "model" | "jacobian" */
+    const char *source;      /* JSON text: everything the worker needs to find the files */
+    bool has_train_loss;
+    double train_loss;
+    bool has_epoch;
+    double epoch;
+    const char *run;         /* metadata.run, or NULL */
+    bool has_probe_dump;
+    const char *job_id;
+    const char *created_at;
+};
+
+/* Creates the candidate and its queued score job in one transaction, bumps the study version
+ * and remembers `reply` under the idempotency key when idem is not NULL.
+ * Errors: TPV_ENOTFOUND (study), TPV_EEXIST with field "name" (a candidate of that name exists)
+ * or field "Idempotency-Key" (the key was taken meanwhile), TPV_EBUSY when `max_queued` jobs are
+ * already queued. */
+int store_candidate_create(struct store *st, const struct store_candidate_new *c,
+                           int64_t max_queued, const struct store_idem *idem,
+                           const struct store_reply *reply, struct tpv_err *err);
+
+/* The candidate in API shape, with its scores (TPV_ENOTFOUND).  `study_id` must match. */
+int store_candidate_get(struct store *st, const char *study_id, const char *id, json_t **out,
+                        struct tpv_err *err);
+
+/* The stored source JSON of a candidate (malloc'd text in *source, *kind "model"/"jacobian"). */
+int store_candidate_source(struct store *st, const char *study_id, const char *id, char **source,
+                           char kind[16], struct tpv_err *err);
+
+/* A page of a study's candidates with their scores (two queries whatever the page size). */
+int store_candidate_list(struct store *st, const char *study_id, int64_t after_seq, int limit,
+                         json_t **items, int64_t *next_seq, struct tpv_err *err);
+
+/* Queues a JBR job for a candidate ("params" JSON text).  TPV_ENOTFOUND, TPV_EBUSY. */
+int store_jbr_create(struct store *st, const char *study_id, const char *candidate_id,
+                     const char *job_id, const char *params, int64_t max_queued,
+                     struct tpv_err *err);
+
+/* The job in API shape.  TPV_ENOTFOUND. */
+int store_job_get(struct store *st, const char *id, json_t **out, struct tpv_err *err);
+
+/* Cancels a job: a queued job becomes canceled at once, a running one is asked to stop (its
+ * worker sees it at the next progress report).  *out gets the job afterwards.  TPV_ENOTFOUND;
+ * TPV_EPRECONDITION when it already succeeded or failed. */
+int store_job_cancel(struct store *st, const char *id, json_t **out, struct tpv_err *err);
+
+/* A claimed job and what the worker needs to run it; free with store_claim_free. */
+struct store_claim {
+    char id[STORE_ID_MAX];
+    char kind[16]; /* "score" | "jbr" */
+    char study_id[STORE_ID_MAX];
+    char candidate_id[STORE_ID_MAX];
+    int attempts;        /* including this one */
+    char *source;        /* candidate source JSON */
+    char *noise_models;  /* study noise models JSON */
+    char *params;        /* job params JSON or NULL */
+};
+void store_claim_free(struct store_claim *c);
+
+/* Claims the oldest queued job for `owner` with a lease of `lease_s` seconds: state running,
+ * attempts + 1, in one transaction (two workers never get the same job).  TPV_ENOTFOUND when
+ * nothing is queued. */
+int store_job_claim(struct store *st, const char *owner, double lease_s, struct store_claim *out,
+                    struct tpv_err *err);
+
+/* Records progress (0..1) and renews the lease; *cancel tells whether a cancel was asked.
+ * TPV_EPRECONDITION when the job is no longer this owner's (the lease was lost). */
+int store_job_progress(struct store *st, const char *id, const char *owner, double progress,
+                       double lease_s, bool *cancel, struct tpv_err *err);
+
+struct store_score {
+    const char *noise;
+    const char *kind;
+    const char *split; /* "fit" | "probe" */
+    double value;
+    double stderr_value;
+    const char *estimator;
+    uint64_t samples;
+    uint64_t seed;
+    double wall_seconds;
+    const char *details; /* JSON text */
+};
+
+/* Finishes a job as succeeded: writes its scores (score jobs), the candidate's stability, the job
+ * result (jbr), the state, and bumps the study version, all in one transaction.
+ * TPV_EPRECONDITION when the job is no longer this owner's. */
+int store_job_succeed(struct store *st, const char *id, const char *owner,
+                      const struct store_score *scores, size_t nscores, const char *stability,
+                      const char *result, struct tpv_err *err);
+
+/* Finishes a job as "failed" or "canceled" with an error {code, message}. */
+int store_job_finish(struct store *st, const char *id, const char *owner, const char *state,
+                     const char *code, const char *message, struct tpv_err *err);
+
+/* Gives a running job back to the queue (shutdown); the attempt is not counted. */
+int store_job_release(struct store *st, const char *id, const char *owner, struct tpv_err *err);
+
+/* Start-up recovery: jobs left running by a crash are re-queued, or failed with a clear error
+ * when they already had `max_attempts` attempts.  Counts go to *requeued / *failed. */
+int store_jobs_recover(struct store *st, int max_attempts, int *requeued, int *failed,
+                       struct tpv_err *err);
+
+/* Same for running jobs whose lease expired before `now` (seconds since the epoch; pass 0 for
+ * the current time). */
+int store_jobs_requeue_expired(struct store *st, int max_attempts, double now, int *requeued,
+                               int *failed, struct tpv_err *err);
+
+/* ---- ranking ---- */
+
+struct store_rank_row {
+    char id[STORE_ID_MAX];
+    char *name;
+    char *metadata; /* JSON text */
+    char state[16];
+    bool has_train_loss, has_epoch, has_value;
+    double train_loss, epoch, value, stderr_value;
+    char *run; /* NULL when absent */
+};
+
+/* Every candidate of a study with its score under (noise, split), scored ones first in
+ * ascending value, in one query.  *rows is malloc'd; free with store_rank_rows_free. */
+int store_rank_rows(struct store *st, const char *study_id, const char *noise, const char *split,
+                    struct store_rank_row **rows, size_t *nrows, struct tpv_err *err);
+void store_rank_rows_free(struct store_rank_row *rows, size_t n);
+
+/* ---- statistics for /metrics ---- */
+
+struct store_stats {
+    int64_t jobs_queued, jobs_running, jobs_succeeded, jobs_failed, jobs_canceled;
+    int64_t blobs, blob_bytes;
+    int64_t studies, candidates;
+};
+int store_stats(struct store *st, struct store_stats *out, struct tpv_err *err);
+
+/* Number of queued jobs (the queue depth). */
+int store_jobs_queued(struct store *st, int64_t *n, struct tpv_err *err);
+
+/* ---- content-addressed blob store (storage/blobs.c) ---- */
+
+/* True for "sha256:" followed by 64 lowercase hex digits. */
+bool store_digest_valid(const char *digest);
+
+/* An upload in progress: bytes go to a temporary file under <data>/blobs/tmp while being hashed;
+ * commit makes the blob appear atomically at <data>/blobs/sha256/ab/<hex>. */
+struct store_blob_writer;
+
+/* Starts an upload.  `expect` is the digest the body must hash to, or NULL; `max_size` bounds
+ * the body.  On success *out owns the temporary file (store_blob_writer_free removes it unless
+ * committed). */
+int store_blob_writer_open(struct store *st, const char *expect, uint64_t max_size,
+                           struct store_blob_writer **out, struct tpv_err *err);
+
+/* Appends bytes.  TPV_ETOOLARGE past max_size, TPV_EIO/TPV_ENOSPACE when the disk refuses. */
+int store_blob_writer_write(struct store_blob_writer *w, const void *data, size_t len,
+                            struct tpv_err *err);
+
+/* Finishes: fsync, verify against `expect` (TPV_EINVAL, field "digest", when it differs), rename
+ * into place, fsync the folder and record the blob.  *existed tells whether the blob was already
+ * there.  The writer must still be freed. */
+int store_blob_writer_commit(struct store_blob_writer *w, char digest[STORE_DIGEST_MAX],
+                             uint64_t *size, bool *existed, struct tpv_err *err);
+
+/* Bytes received so far. */
+uint64_t store_blob_writer_size(const struct store_blob_writer *w);
+
+/* Removes the temporary file unless committed, frees; NULL is a no-op. */
+void store_blob_writer_free(struct store_blob_writer *w);
+
+/* Whether a blob is present (TPV_OK with *size) or not (TPV_ENOTFOUND); TPV_EINVAL for a
+ * malformed digest. */
+int store_blob_stat(struct store *st, const char *digest, uint64_t *size, struct tpv_err *err);
+
+/* The local path of a blob (whether or not it exists).  TPV_EINVAL for a malformed digest. */
+int store_blob_path(struct store *st, const char *digest, char *buf, size_t cap,
+                    struct tpv_err *err);
+
+/* Number of temporaries left in blobs/tmp (tests check that aborted uploads leave none). */
+int store_blob_temp_count(struct store *st);
 
 #endif

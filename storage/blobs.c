@@ -1,0 +1,265 @@
+/* blobs.c: the content-addressed blob store (DESIGN.md sections 2, 5, 6): uploads stream into a
+ * temporary file under <data>/blobs/tmp while hashed with SHA-256, then fsync, rename into
+ * <data>/blobs/sha256/ab/<hex> and fsync of the folder, so a blob either exists whole or not at all,
+ * even across kill -9.  Temporaries of aborted uploads are removed when the request ends, and any
+ * left by a crash when the store opens. */
+#include "storage/store_int.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct store_blob_writer {
+    struct store *st;
+    int fd;
+    char tmp_path[PATH_MAX];
+    EVP_MD_CTX *md;
+    uint64_t size, max_size;
+    char expect[STORE_DIGEST_MAX];
+    bool committed;
+};
+
+bool store_digest_valid(const char *d)
+{
+    if (!d || strncmp(d, "sha256:", 7) != 0 || strlen(d) != 7 + 64)
+        return false;
+    return strspn(d + 7, "0123456789abcdef") == 64;
+}
+
+static int mkdir_p1(const char *path, struct tpv_err *err)
+{
+    if (mkdir(path, 0750) == 0 || errno == EEXIST)
+        return TPV_OK;
+    return tpv_err_set(err, TPV_EIO, "data_dir", "cannot create %s: %s", path, strerror(errno));
+}
+
+static int fsync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int blobs_init(struct store *st, struct tpv_err *err)
+{
+    char path[PATH_MAX];
+    if (asprintf(&st->blob_dir, "%s/blobs", st->data_dir) < 0) {
+        st->blob_dir = NULL;
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    int rc = mkdir_p1(st->blob_dir, err);
+    snprintf(path, sizeof path, "%s/sha256", st->blob_dir);
+    if (rc == TPV_OK)
+        rc = mkdir_p1(path, err);
+    snprintf(path, sizeof path, "%s/tmp", st->blob_dir);
+    if (rc == TPV_OK)
+        rc = mkdir_p1(path, err);
+    if (rc != TPV_OK)
+        return rc;
+    /* Stale temporaries: uploads cut off by a crash.  We hold the data-dir lock, so none is
+     * being written. */
+    DIR *dir = opendir(path);
+    if (!dir)
+        return tpv_err_set(err, TPV_EIO, "data_dir", "cannot read %s: %s", path, strerror(errno));
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        if (de->d_name[0] == '.')
+            continue;
+        unlinkat(dirfd(dir), de->d_name, 0);
+    }
+    closedir(dir);
+    return TPV_OK;
+}
+
+int store_blob_temp_count(struct store *st)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/tmp", st->blob_dir);
+    DIR *dir = opendir(path);
+    if (!dir)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(dir)))
+        if (de->d_name[0] != '.')
+            n++;
+    closedir(dir);
+    return n;
+}
+
+int store_blob_path(struct store *st, const char *digest, char *buf, size_t cap,
+                    struct tpv_err *err)
+{
+    if (!store_digest_valid(digest))
+        return tpv_err_set(err, TPV_EINVAL, "digest",
+                           "'%.80s' is not a digest of the form sha256:<64 lowercase hex>",
+                           digest ? digest : "");
+    const char *hex = digest + 7;
+    if ((size_t)snprintf(buf, cap, "%s/sha256/%.2s/%s", st->blob_dir, hex, hex) >= cap)
+        return tpv_err_set(err, TPV_EINVAL, "data_dir", "blob path too long");
+    return TPV_OK;
+}
+
+int store_blob_stat(struct store *st, const char *digest, uint64_t *size, struct tpv_err *err)
+{
+    char path[PATH_MAX];
+    int rc = store_blob_path(st, digest, path, sizeof path, err);
+    if (rc != TPV_OK)
+        return rc;
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return tpv_err_set(err, TPV_ENOTFOUND, "digest", "blob %s not found", digest);
+    if (size)
+        *size = (uint64_t)sb.st_size;
+    return TPV_OK;
+}
+
+int store_blob_writer_open(struct store *st, const char *expect, uint64_t max_size,
+                           struct store_blob_writer **out, struct tpv_err *err)
+{
+    *out = NULL;
+    if (expect && !store_digest_valid(expect))
+        return tpv_err_set(err, TPV_EINVAL, "digest",
+                           "'%.80s' is not a digest of the form sha256:<64 lowercase hex>", expect);
+    struct store_blob_writer *w = calloc(1, sizeof *w);
+    if (!w)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    w->st = st;
+    w->fd = -1;
+    w->max_size = max_size;
+    if (expect)
+        snprintf(w->expect, sizeof w->expect, "%s", expect);
+    snprintf(w->tmp_path, sizeof w->tmp_path, "%s/tmp/upload-XXXXXX", st->blob_dir);
+    w->fd = mkostemp(w->tmp_path, O_CLOEXEC);
+    if (w->fd < 0) {
+        int rc = tpv_err_set(err, TPV_EIO, NULL, "cannot create an upload file: %s",
+                             strerror(errno));
+        w->tmp_path[0] = '\0';
+        store_blob_writer_free(w);
+        return rc;
+    }
+    w->md = EVP_MD_CTX_new();
+    if (!w->md || EVP_DigestInit_ex(w->md, EVP_sha256(), NULL) != 1) {
+        store_blob_writer_free(w);
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot start SHA-256");
+    }
+    *out = w;
+    return TPV_OK;
+}
+
+int store_blob_writer_write(struct store_blob_writer *w, const void *data, size_t len,
+                            struct tpv_err *err)
+{
+    uint64_t total;
+    if (__builtin_add_overflow(w->size, (uint64_t)len, &total) || total > w->max_size)
+        return tpv_err_set(err, TPV_ETOOLARGE, "body", "blob exceeds the limit of %llu bytes",
+                           (unsigned long long)w->max_size);
+    if (EVP_DigestUpdate(w->md, data, len) != 1)
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "SHA-256 update failed");
+    const char *p = data;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t n = write(w->fd, p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return tpv_err_set(err, errno == ENOSPC || errno == EDQUOT ? TPV_ENOSPACE : TPV_EIO,
+                               NULL, "cannot store the upload: %s",
+                               n < 0 ? strerror(errno) : "short write");
+        p += n;
+        left -= (size_t)n;
+    }
+    w->size = total;
+    return TPV_OK;
+}
+
+uint64_t store_blob_writer_size(const struct store_blob_writer *w)
+{
+    return w->size;
+}
+
+static void record_blob(struct store *st, const char *digest, uint64_t size)
+{
+    char now[STORE_TIME_MAX];
+    struct tpv_err ignored;
+    store_now_rfc3339(now);
+    struct store_conn *c = conn_get(st);
+    sqlite3_stmt *s = conn_stmt(c, STMT_BLOB_PUT, &ignored);
+    if (s) {
+        bind_text(s, 1, digest);
+        sqlite3_bind_int64(s, 2, (sqlite3_int64)size);
+        bind_text(s, 3, now);
+        stmt_exec(c, s, &ignored); /* the file is the truth; the row is an index for metrics */
+    }
+    conn_put(st, c);
+}
+
+int store_blob_writer_commit(struct store_blob_writer *w, char digest[STORE_DIGEST_MAX],
+                             uint64_t *size, bool *existed, struct tpv_err *err)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    *existed = false;
+    if (w->committed)
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "upload already committed");
+    if (EVP_DigestFinal_ex(w->md, md, &mdlen) != 1 || mdlen != 32)
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "SHA-256 failed");
+    memcpy(digest, "sha256:", 7);
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(digest + 7 + 2 * i, 3, "%02x", md[i]);
+    *size = w->size;
+    if (w->expect[0] && strcmp(w->expect, digest) != 0)
+        return tpv_err_set(err, TPV_EINVAL, "digest",
+                           "the body hashes to %s, not to %s as the URL says", digest, w->expect);
+
+    char dir[PATH_MAX], path[PATH_MAX];
+    int rc = store_blob_path(w->st, digest, path, sizeof path, err);
+    if (rc != TPV_OK)
+        return rc;
+    snprintf(dir, sizeof dir, "%s/sha256/%.2s", w->st->blob_dir, digest + 7);
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == w->size) {
+        *existed = true; /* same content already stored: the temp file goes in free() */
+        record_blob(w->st, digest, w->size);
+        return TPV_OK;
+    }
+    if (fsync(w->fd) != 0)
+        return tpv_err_set(err, TPV_EIO, NULL, "cannot sync the upload: %s", strerror(errno));
+    if (mkdir(dir, 0750) != 0 && errno != EEXIST)
+        return tpv_err_set(err, TPV_EIO, NULL, "cannot create %s: %s", dir, strerror(errno));
+    if (rename(w->tmp_path, path) != 0)
+        return tpv_err_set(err, TPV_EIO, NULL, "cannot move the upload into place: %s",
+                           strerror(errno));
+    w->committed = true;
+    /* The rename is durable once both folders are synced (the new name and the removed one). */
+    char tmpdir[PATH_MAX], shadir[PATH_MAX];
+    snprintf(tmpdir, sizeof tmpdir, "%s/tmp", w->st->blob_dir);
+    snprintf(shadir, sizeof shadir, "%s/sha256", w->st->blob_dir);
+    if (fsync_dir(dir) != 0 || fsync_dir(shadir) != 0 || fsync_dir(tmpdir) != 0)
+        return tpv_err_set(err, TPV_EIO, NULL, "cannot sync the blob folder: %s",
+                           strerror(errno));
+    record_blob(w->st, digest, w->size);
+    return TPV_OK;
+}
+
+void store_blob_writer_free(struct store_blob_writer *w)
+{
+    if (!w)
+        return;
+    if (w->fd >= 0)
+        close(w->fd);
+    if (!w->committed && w->tmp_path[0])
+        unlink(w->tmp_path);
+    EVP_MD_CTX_free(w->md);
+    free(w);
+}

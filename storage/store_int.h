@@ -1,0 +1,185 @@
+/* store_int.h: internals shared by the SQLite backend's files (store.c, studies.c, queue.c,
+ * blobs.c): the connection pool, the prepared statement table and small binding helpers.
+ * Never included outside storage/. */
+#ifndef TPV_STORE_INT_H
+#define TPV_STORE_INT_H
+
+#include <pthread.h>
+#include <sqlite3.h>
+
+#include "storage/store.h"
+
+/* Every statement the backend runs, prepared once per connection on first use.
+ *        id                     SQL */
+#define STORE_SQL(X)                                                                             \
+    X(BEGIN,            "BEGIN IMMEDIATE")                                                        \
+    X(BEGIN_READ,       "BEGIN")                                                                  \
+    X(COMMIT,           "COMMIT")                                                                 \
+    X(ROLLBACK,         "ROLLBACK")                                                               \
+    X(PING,             "SELECT 1")                                                               \
+    X(USER_VERSION,     "PRAGMA user_version")                                                    \
+    X(IDEM_GET,         "SELECT request_hash, status, body, location FROM idempotency_keys "       \
+                        "WHERE scope = ?1 AND key = ?2")                                          \
+    X(IDEM_PUT,         "INSERT INTO idempotency_keys (scope, key, request_hash, status, body, "  \
+                        "location, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")              \
+    X(STUDY_INSERT,     "INSERT INTO studies (id, name, description, noise_models, rank_by, "     \
+                        "webhook_url, metadata, created_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)")    \
+    X(STUDY_GET,        "SELECT s.seq, s.id, s.name, s.description, s.noise_models, s.rank_by, "  \
+                        "s.webhook_url, s.metadata, s.version, s.created_at, "                    \
+                        "f.digest, f.n, p.digest, p.n, s.has_probe_dumps FROM studies s "         \
+                        "LEFT JOIN input_sets f ON f.study_id = s.id AND f.split = 'fit' "        \
+                        "LEFT JOIN input_sets p ON p.study_id = s.id AND p.split = 'probe' "      \
+                        "WHERE s.id = ?1")                                                        \
+    X(STUDY_LIST,       "SELECT s.seq, s.id, s.name, s.description, s.noise_models, s.rank_by, "  \
+                        "s.webhook_url, s.metadata, s.version, s.created_at, "                    \
+                        "f.digest, f.n, p.digest, p.n, s.has_probe_dumps FROM studies s "         \
+                        "LEFT JOIN input_sets f ON f.study_id = s.id AND f.split = 'fit' "        \
+                        "LEFT JOIN input_sets p ON p.study_id = s.id AND p.split = 'probe' "      \
+                        "WHERE s.seq > ?1 ORDER BY s.seq LIMIT ?2")                               \
+    X(STUDY_VERSION,    "SELECT version FROM studies WHERE id = ?1")                              \
+    X(STUDY_BUMP,       "UPDATE studies SET version = version + 1 WHERE id = ?1 "                 \
+                        "RETURNING version")                                                      \
+    X(STUDY_PROBE_DUMP, "UPDATE studies SET has_probe_dumps = 1 WHERE id = ?1")                   \
+    X(STUDY_WEBHOOK,    "SELECT webhook_url FROM studies WHERE id = ?1")                          \
+    X(INPUT_PUT,        "INSERT INTO input_sets (study_id, split, digest, n, updated_at) "        \
+                        "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (study_id, split) DO UPDATE "    \
+                        "SET digest = excluded.digest, n = excluded.n, "                          \
+                        "updated_at = excluded.updated_at")                                      \
+    X(JOBS_QUEUED,      "SELECT count(*) FROM jobs WHERE state = 'queued'")                       \
+    X(CAND_INSERT,      "INSERT INTO candidates (id, study_id, name, metadata, source_kind, "     \
+                        "source, train_loss, epoch, run, state, job_id, created_at) "             \
+                        "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,'queued',?10,?11)")                   \
+    X(CAND_BY_NAME,     "SELECT 1 FROM candidates WHERE study_id = ?1 AND name = ?2")             \
+    X(CAND_GET,         "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, c.source_kind, "     \
+                        "c.state, c.stability, c.job_id, c.created_at, j.progress, "              \
+                        "j.error_code, j.error_message FROM candidates c "                        \
+                        "LEFT JOIN jobs j ON j.id = c.job_id "                                    \
+                        "WHERE c.study_id = ?1 AND c.id = ?2")                                    \
+    X(CAND_LIST,        "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, c.source_kind, "     \
+                        "c.state, c.stability, c.job_id, c.created_at, j.progress, "              \
+                        "j.error_code, j.error_message FROM candidates c "                        \
+                        "LEFT JOIN jobs j ON j.id = c.job_id "                                    \
+                        "WHERE c.study_id = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3")           \
+    X(CAND_SCORES,      "SELECT candidate_id, noise, kind, split, value, stderr, estimator, "     \
+                        "samples, seed, wall_seconds, details FROM scores WHERE candidate_id = ?1 " \
+                        "ORDER BY rowid")                                                         \
+    X(CAND_LIST_SCORES, "SELECT s.candidate_id, s.noise, s.kind, s.split, s.value, s.stderr, "    \
+                        "s.estimator, s.samples, s.seed, s.wall_seconds, s.details FROM scores s " \
+                        "WHERE s.candidate_id IN (SELECT id FROM candidates WHERE study_id = ?1 " \
+                        "AND seq > ?2 ORDER BY seq LIMIT ?3) ORDER BY s.rowid")                   \
+    X(CAND_SOURCE,      "SELECT source, source_kind FROM candidates WHERE study_id = ?1 AND id = ?2") \
+    X(CAND_STATE,       "UPDATE candidates SET state = ?2 WHERE id = ?1 AND job_id = ?3")          \
+    X(CAND_STABILITY,   "UPDATE candidates SET stability = ?2 WHERE id = ?1")                     \
+    X(JOB_INSERT,       "INSERT INTO jobs (id, kind, study_id, candidate_id, state, params, "     \
+                        "created_at) VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6)")                  \
+    X(JOB_GET,          "SELECT id, kind, candidate_id, state, progress, attempts, error_code, "  \
+                        "error_message, created_at, started_at, finished_at, result, "            \
+                        "cancel_requested, study_id FROM jobs WHERE id = ?1")                     \
+    X(JOB_NEXT,         "SELECT j.id, j.kind, j.study_id, j.candidate_id, j.attempts, c.source, " \
+                        "s.noise_models, j.params FROM jobs j "                                   \
+                        "JOIN candidates c ON c.id = j.candidate_id "                             \
+                        "JOIN studies s ON s.id = j.study_id "                                    \
+                        "WHERE j.state = 'queued' ORDER BY j.seq LIMIT 1")                        \
+    X(JOB_START,        "UPDATE jobs SET state = 'running', attempts = attempts + 1, "            \
+                        "lease_owner = ?2, lease_expires = ?3, progress = 0, "                    \
+                        "started_at = ?4 WHERE id = ?1 AND state = 'queued'")                     \
+    X(JOB_PROGRESS,     "UPDATE jobs SET progress = ?3, lease_expires = ?4 WHERE id = ?1 AND "    \
+                        "lease_owner = ?2 AND state = 'running' RETURNING cancel_requested")      \
+    X(JOB_OWNED,        "SELECT study_id, candidate_id, kind FROM jobs WHERE id = ?1 AND "        \
+                        "lease_owner = ?2 AND state = 'running'")                                 \
+    X(JOB_END,          "UPDATE jobs SET state = ?2, progress = ?3, error_code = ?4, "            \
+                        "error_message = ?5, result = ?6, finished_at = ?7, lease_owner = NULL, " \
+                        "lease_expires = NULL WHERE id = ?1")                                     \
+    X(JOB_RELEASE,      "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), "     \
+                        "lease_owner = NULL, lease_expires = NULL, progress = 0 WHERE id = ?1")   \
+    X(JOB_CANCEL_ASK,   "UPDATE jobs SET cancel_requested = 1 WHERE id = ?1")                     \
+    X(JOBS_STALE,       "SELECT id, study_id, candidate_id, kind, attempts FROM jobs "            \
+                        "WHERE state = 'running' AND (?1 = 0 OR lease_expires < ?2)")             \
+    X(JOB_REQUEUE,      "UPDATE jobs SET state = 'queued', lease_owner = NULL, "                  \
+                        "lease_expires = NULL, progress = 0 WHERE id = ?1")                       \
+    X(SCORE_DELETE,     "DELETE FROM scores WHERE candidate_id = ?1")                             \
+    X(SCORE_INSERT,     "INSERT INTO scores (candidate_id, noise, kind, split, value, stderr, "   \
+                        "estimator, samples, seed, wall_seconds, details) "                       \
+                        "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)")                            \
+    X(OUTBOX_PUT,       "INSERT INTO webhook_outbox (study_id, event, payload, next_attempt_at, " \
+                        "created_at) VALUES (?1, ?2, ?3, ?4, ?5)")                                \
+    X(RANK_ROWS,        "SELECT c.id, c.name, c.metadata, c.state, c.train_loss, c.epoch, c.run, " \
+                        "s.value, s.stderr FROM candidates c LEFT JOIN scores s ON "              \
+                        "s.candidate_id = c.id AND s.noise = ?2 AND s.split = ?3 "                \
+                        "WHERE c.study_id = ?1 ORDER BY (s.value IS NULL), s.value, c.seq")       \
+    X(STATS_JOBS,       "SELECT state, count(*) FROM jobs GROUP BY state")                        \
+    X(STATS_BLOBS,      "SELECT count(*), coalesce(sum(size), 0) FROM blobs")                     \
+    X(STATS_COUNTS,     "SELECT (SELECT count(*) FROM studies), (SELECT count(*) FROM candidates)") \
+    X(BLOB_PUT,         "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) "       \
+                        "ON CONFLICT (digest) DO NOTHING")
+
+enum store_stmt {
+#define STORE_SQL_ENUM_(id, sql) STMT_##id,
+    STORE_SQL(STORE_SQL_ENUM_)
+#undef STORE_SQL_ENUM_
+    STMT_COUNT
+};
+
+struct store_conn {
+    sqlite3 *db;
+    sqlite3_stmt *stmts[STMT_COUNT];
+};
+
+struct store {
+    char *data_dir;
+    char *blob_dir; /* <data>/blobs */
+    struct store_conn *conns;
+    int nconns;
+    int *free_list; /* indices of idle connections */
+    int nfree;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int lock_fd;
+    struct store_hooks hooks;
+};
+
+/* Takes an idle connection, waiting for one if all are busy; give it back with conn_put. */
+struct store_conn *conn_get(struct store *st);
+void conn_put(struct store *st, struct store_conn *c);
+
+/* The prepared statement `id` of connection c, reset and ready to bind; NULL with err set when
+ * it cannot be prepared.  Call stmt_done after use. */
+sqlite3_stmt *conn_stmt(struct store_conn *c, enum store_stmt id, struct tpv_err *err);
+void stmt_done(sqlite3_stmt *s);
+
+/* Runs a statement without rows to completion.  Returns TPV_OK or an error from db_fail. */
+int stmt_exec(struct store_conn *c, sqlite3_stmt *s, struct tpv_err *err);
+
+/* Maps the connection's last SQLite error: busy/locked -> TPV_EUNAVAILABLE, full -> ENOSPACE,
+ * constraint -> TPV_EEXIST, else TPV_EINTERNAL; `what` prefixes the message. */
+int db_fail(struct store_conn *c, int sqlite_rc, const char *what, struct tpv_err *err);
+
+/* Transactions: BEGIN IMMEDIATE (writers), COMMIT, ROLLBACK (never fails loudly). */
+int tx_begin(struct store_conn *c, struct tpv_err *err);
+int tx_commit(struct store_conn *c, struct tpv_err *err);
+void tx_rollback(struct store_conn *c);
+
+/* Binding helpers: NULL text binds SQL NULL. */
+void bind_text(sqlite3_stmt *s, int i, const char *text);
+const char *col_text(sqlite3_stmt *s, int i); /* "" for NULL */
+char *col_strdup(sqlite3_stmt *s, int i);      /* NULL for NULL (or OOM) */
+
+/* Bumps a study's version inside the caller's transaction; *version gets the new value. */
+int study_bump(struct store_conn *c, const char *study_id, int64_t *version, struct tpv_err *err);
+
+/* Fires the study_changed hook (after commit). */
+void notify_study(struct store *st, const char *study_id, int64_t version);
+void notify_job(struct store *st);
+
+double store_clock_now(void); /* seconds since the epoch, sub-second */
+
+/* Idempotency rows on connection c (inside the caller's transaction when there is one). */
+int idem_lookup_conn(struct store_conn *c, const struct store_idem *idem, struct store_replay *out,
+                     struct tpv_err *err);
+int idem_store_conn(struct store_conn *c, const struct store_idem *idem,
+                    const struct store_reply *reply, struct tpv_err *err);
+
+/* Blob store set-up at open: creates folders and removes stale temporaries. */
+int blobs_init(struct store *st, struct tpv_err *err);
+
+#endif

@@ -1,0 +1,650 @@
+/* studies.c: studies, input sets, candidates and ranking rows of the SQLite backend (see store.h).
+ * Read views are built in the API shapes of DESIGN.md section 5 with a constant number of
+ * queries per call. */
+#include "storage/store_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Stored JSON text back to a value; `fallback` (stolen) when absent or unreadable. */
+static json_t *json_text(const char *text, json_t *fallback)
+{
+    if (text && text[0]) {
+        json_t *j = json_loads(text, JSON_DECODE_ANY, NULL);
+        if (j) {
+            json_decref(fallback);
+            return j;
+        }
+    }
+    return fallback;
+}
+
+static json_t *col_json(sqlite3_stmt *s, int i, json_t *fallback)
+{
+    return json_text((const char *)sqlite3_column_text(s, i), fallback);
+}
+
+static json_t *col_real_or_null(sqlite3_stmt *s, int i)
+{
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? json_null() : json_real(sqlite3_column_double(s, i));
+}
+
+static json_t *col_string_or_null(sqlite3_stmt *s, int i)
+{
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? json_null() : json_string(col_text(s, i));
+}
+
+static json_t *input_json(sqlite3_stmt *s, int digest_col, int n_col)
+{
+    if (sqlite3_column_type(s, digest_col) == SQLITE_NULL)
+        return json_null();
+    return json_pack("{s:s,s:o}", "digest", col_text(s, digest_col), "n",
+                     sqlite3_column_type(s, n_col) == SQLITE_NULL
+                         ? json_null()
+                         : json_integer(sqlite3_column_int64(s, n_col)));
+}
+
+/* Columns of STUDY_GET / STUDY_LIST. */
+static json_t *study_row_json(sqlite3_stmt *s)
+{
+    return json_pack("{s:s,s:s,s:s,s:o,s:s,s:o,s:{s:o,s:o},s:I,s:s,s:o}",
+                     "id", col_text(s, 1), "name", col_text(s, 2), "description", col_text(s, 3),
+                     "noise_models", col_json(s, 4, json_array()), "rank_by", col_text(s, 5),
+                     "webhook_url", col_string_or_null(s, 6),
+                     "inputs", "fit", input_json(s, 10, 11), "probe", input_json(s, 12, 13),
+                     "version", (json_int_t)sqlite3_column_int64(s, 8),
+                     "created_at", col_text(s, 9), "metadata", col_json(s, 7, json_object()));
+}
+
+int store_study_create(struct store *st, const struct store_study_new *in,
+                       const struct store_idem *idem, const struct store_reply *reply,
+                       struct tpv_err *err)
+{
+    struct store_conn *c = conn_get(st);
+    int rc = tx_begin(c, err);
+    if (rc != TPV_OK)
+        goto out;
+    sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_INSERT, err);
+    if (!s) {
+        rc = err->code;
+        goto out;
+    }
+    bind_text(s, 1, in->id);
+    bind_text(s, 2, in->name);
+    bind_text(s, 3, in->description ? in->description : "");
+    bind_text(s, 4, in->noise_models);
+    bind_text(s, 5, in->rank_by);
+    bind_text(s, 6, in->webhook_url);
+    bind_text(s, 7, in->metadata ? in->metadata : "{}");
+    bind_text(s, 8, in->created_at);
+    rc = stmt_exec(c, s, err);
+    if (rc == TPV_OK && idem)
+        rc = idem_store_conn(c, idem, reply, err);
+    if (rc == TPV_OK)
+        rc = tx_commit(c, err);
+out:
+    tx_rollback(c);
+    conn_put(st, c);
+    return rc;
+}
+
+int store_study_get(struct store *st, const char *id, json_t **out, struct tpv_err *err)
+{
+    *out = NULL;
+    struct store_conn *c = conn_get(st);
+    int rc;
+    sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_GET, err);
+    if (!s) {
+        rc = err->code;
+    } else {
+        bind_text(s, 1, id);
+        int step = sqlite3_step(s);
+        if (step == SQLITE_ROW) {
+            *out = study_row_json(s);
+            rc = *out ? TPV_OK : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        } else if (step == SQLITE_DONE) {
+            rc = tpv_err_set(err, TPV_ENOTFOUND, "study_id", "study %s not found", id);
+        } else {
+            rc = db_fail(c, step, "read study", err);
+        }
+    }
+    stmt_done(s);
+    conn_put(st, c);
+    return rc;
+}
+
+int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err)
+{
+    struct store_conn *c = conn_get(st);
+    int rc;
+    sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_VERSION, err);
+    if (!s) {
+        rc = err->code;
+    } else {
+        bind_text(s, 1, id);
+        int step = sqlite3_step(s);
+        if (step == SQLITE_ROW) {
+            *version = sqlite3_column_int64(s, 0);
+            rc = TPV_OK;
+        } else if (step == SQLITE_DONE) {
+            rc = tpv_err_set(err, TPV_ENOTFOUND, "study_id", "study %s not found", id);
+        } else {
+            rc = db_fail(c, step, "read study version", err);
+        }
+    }
+    stmt_done(s);
+    conn_put(st, c);
+    return rc;
+}
+
+void store_study_info_free(struct store_study_info *info)
+{
+    if (!info)
+        return;
+    free(info->noise_models);
+    free(info->rank_by);
+    memset(info, 0, sizeof *info);
+}
+
+int store_study_info(struct store *st, const char *id, struct store_study_info *out,
+                     struct tpv_err *err)
+{
+    memset(out, 0, sizeof *out);
+    struct store_conn *c = conn_get(st);
+    int rc;
+    sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_GET, err);
+    if (!s) {
+        rc = err->code;
+    } else {
+        bind_text(s, 1, id);
+        int step = sqlite3_step(s);
+        if (step == SQLITE_ROW) {
+            out->noise_models = col_strdup(s, 4);
+            out->rank_by = col_strdup(s, 5);
+            out->version = sqlite3_column_int64(s, 8);
+            snprintf(out->fit_digest, sizeof out->fit_digest, "%s", col_text(s, 10));
+            snprintf(out->probe_digest, sizeof out->probe_digest, "%s", col_text(s, 12));
+            out->has_probe_dumps = sqlite3_column_int(s, 14) != 0;
+            rc = out->noise_models && out->rank_by
+                     ? TPV_OK
+                     : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        } else if (step == SQLITE_DONE) {
+            rc = tpv_err_set(err, TPV_ENOTFOUND, "study_id", "study %s not found", id);
+        } else {
+            rc = db_fail(c, step, "read study", err);
+        }
+    }
+    stmt_done(s);
+    conn_put(st, c);
+    if (rc != TPV_OK)
+        store_study_info_free(out);
+    return rc;
+}
+
+int store_study_list(struct store *st, int64_t after_seq, int limit, json_t **items,
+                     int64_t *next_seq, struct tpv_err *err)
+{
+    *items = json_array();
+    *next_seq = 0;
+    if (!*items)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    struct store_conn *c = conn_get(st);
+    int rc = TPV_OK, step, count = 0;
+    int64_t last = 0;
+    sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_LIST, err);
+    if (!s) {
+        rc = err->code;
+        goto out;
+    }
+    sqlite3_bind_int64(s, 1, after_seq);
+    sqlite3_bind_int(s, 2, limit + 1); /* one extra row tells whether a next page exists */
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        if (count == limit) {
+            *next_seq = last;
+            break;
+        }
+        last = sqlite3_column_int64(s, 0);
+        if (json_array_append_new(*items, study_row_json(s)) != 0) {
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            break;
+        }
+        count++;
+    }
+    if (rc == TPV_OK && step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = db_fail(c, step, "list studies", err);
+out:
+    stmt_done(s);
+    conn_put(st, c);
+    if (rc != TPV_OK) {
+        json_decref(*items);
+        *items = NULL;
+    }
+    return rc;
+}
+
+int store_input_set(struct store *st, const char *study_id, const char *split, const char *digest,
+                    int64_t n, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    int64_t version = 0;
+    store_now_rfc3339(now);
+    struct store_conn *c = conn_get(st);
+    int rc = tx_begin(c, err);
+    if (rc == TPV_OK)
+        rc = study_bump(c, study_id, &version, err); /* also: the study exists */
+    if (rc == TPV_OK) {
+        sqlite3_stmt *s = conn_stmt(c, STMT_INPUT_PUT, err);
+        if (!s) {
+            rc = err->code;
+        } else {
+            bind_text(s, 1, study_id);
+            bind_text(s, 2, split);
+            bind_text(s, 3, digest);
+            if (n >= 0)
+                sqlite3_bind_int64(s, 4, n);
+            bind_text(s, 5, now);
+            rc = stmt_exec(c, s, err);
+        }
+    }
+    if (rc == TPV_OK)
+        rc = tx_commit(c, err);
+    tx_rollback(c);
+    conn_put(st, c);
+    if (rc == TPV_OK)
+        notify_study(st, study_id, version);
+    return rc;
+}
+
+/* ---- candidates ---- */
+
+static int queue_room(struct store_conn *c, int64_t max_queued, struct tpv_err *err)
+{
+    sqlite3_stmt *s = conn_stmt(c, STMT_JOBS_QUEUED, err);
+    if (!s)
+        return err->code;
+    int rc = TPV_OK;
+    if (sqlite3_step(s) != SQLITE_ROW)
+        rc = db_fail(c, SQLITE_ERROR, "count queued jobs", err);
+    else if (max_queued > 0 && sqlite3_column_int64(s, 0) >= max_queued)
+        rc = tpv_err_set(err, TPV_EBUSY, NULL,
+                         "the job queue is full (%lld queued jobs, limit --max-queued-jobs)",
+                         (long long)sqlite3_column_int64(s, 0));
+    stmt_done(s);
+    return rc;
+}
+
+static int job_insert(struct store_conn *c, const char *id, const char *kind, const char *study_id,
+                      const char *candidate_id, const char *params, const char *now,
+                      struct tpv_err *err)
+{
+    sqlite3_stmt *s = conn_stmt(c, STMT_JOB_INSERT, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, id);
+    bind_text(s, 2, kind);
+    bind_text(s, 3, study_id);
+    bind_text(s, 4, candidate_id);
+    bind_text(s, 5, params);
+    bind_text(s, 6, now);
+    return stmt_exec(c, s, err);
+}
+
+int store_candidate_create(struct store *st, const struct store_candidate_new *in,
+                           int64_t max_queued, const struct store_idem *idem,
+                           const struct store_reply *reply, struct tpv_err *err)
+{
+    int64_t version = 0;
+    struct store_conn *c = conn_get(st);
+    sqlite3_stmt *s;
+    int rc = tx_begin(c, err);
+    if (rc == TPV_OK)
+        rc = study_bump(c, in->study_id, &version, err);
+    if (rc == TPV_OK && (s = conn_stmt(c, STMT_CAND_BY_NAME, err))) {
+        bind_text(s, 1, in->study_id);
+        bind_text(s, 2, in->name);
+        int step = sqlite3_step(s);
+        if (step == SQLITE_ROW)
+            rc = tpv_err_set(err, TPV_EEXIST, "name",
+                             "a candidate named '%s' already exists in study %s", in->name,
+                             in->study_id);
+        else if (step != SQLITE_DONE)
+            rc = db_fail(c, step, "check candidate name", err);
+        stmt_done(s);
+    } else if (rc == TPV_OK) {
+        rc = err->code;
+    }
+    if (rc == TPV_OK)
+        rc = queue_room(c, max_queued, err);
+    if (rc == TPV_OK && (s = conn_stmt(c, STMT_CAND_INSERT, err))) {
+        bind_text(s, 1, in->id);
+        bind_text(s, 2, in->study_id);
+        bind_text(s, 3, in->name);
+        bind_text(s, 4, in->metadata ? in->metadata : "{}");
+        bind_text(s, 5, in->source_kind);
+        bind_text(s, 6, in->source);
+        if (in->has_train_loss)
+            sqlite3_bind_double(s, 7, in->train_loss);
+        if (in->has_epoch)
+            sqlite3_bind_double(s, 8, in->epoch);
+        bind_text(s, 9, in->run);
+        bind_text(s, 10, in->job_id);
+        bind_text(s, 11, in->created_at);
+        rc = stmt_exec(c, s, err);
+    } else if (rc == TPV_OK) {
+        rc = err->code;
+    }
+    if (rc == TPV_OK)
+        rc = job_insert(c, in->job_id, "score", in->study_id, in->id, NULL, in->created_at, err);
+    if (rc == TPV_OK && in->has_probe_dump && (s = conn_stmt(c, STMT_STUDY_PROBE_DUMP, err))) {
+        bind_text(s, 1, in->study_id);
+        rc = stmt_exec(c, s, err);
+    }
+    if (rc == TPV_OK && idem)
+        rc = idem_store_conn(c, idem, reply, err);
+    if (rc == TPV_OK)
+        rc = tx_commit(c, err);
+    tx_rollback(c);
+    conn_put(st, c);
+    if (rc == TPV_OK) {
+        notify_study(st, in->study_id, version);
+        notify_job(st);
+    }
+    return rc;
+}
+
+/* Columns of CAND_SCORES / CAND_LIST_SCORES. */
+static json_t *score_row_json(sqlite3_stmt *s)
+{
+    return json_pack("{s:s,s:s,s:s,s:o,s:o,s:s,s:I,s:I,s:f,s:o}",
+                     "noise", col_text(s, 1), "kind", col_text(s, 2), "split", col_text(s, 3),
+                     "value", col_real_or_null(s, 4), "stderr", col_real_or_null(s, 5),
+                     "estimator", col_text(s, 6), "samples", (json_int_t)sqlite3_column_int64(s, 7),
+                     "seed", (json_int_t)sqlite3_column_int64(s, 8),
+                     "wall_seconds", sqlite3_column_double(s, 9),
+                     "details", col_json(s, 10, json_object()));
+}
+
+/* Columns of CAND_GET / CAND_LIST; scores are attached by the caller. */
+static json_t *candidate_row_json(sqlite3_stmt *s)
+{
+    json_t *error = json_null();
+    if (sqlite3_column_type(s, 11) != SQLITE_NULL)
+        error = json_pack("{s:s,s:s}", "code", col_text(s, 11), "message", col_text(s, 12));
+    return json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:[],s:o,s:s,s:f,s:o,s:s}",
+                     "id", col_text(s, 1), "study_id", col_text(s, 2), "name", col_text(s, 3),
+                     "metadata", col_json(s, 4, json_object()), "source", col_text(s, 5),
+                     "state", col_text(s, 6), "scores", "stability", col_json(s, 7, json_null()),
+                     "job_id", col_text(s, 8), "progress", sqlite3_column_double(s, 10),
+                     "error", error ? error : json_null(), "created_at", col_text(s, 9));
+}
+
+int store_candidate_get(struct store *st, const char *study_id, const char *id, json_t **out,
+                        struct tpv_err *err)
+{
+    *out = NULL;
+    struct store_conn *c = conn_get(st);
+    int rc = TPV_OK, step;
+    json_t *cand = NULL;
+    sqlite3_stmt *s = conn_stmt(c, STMT_CAND_GET, err);
+    if (!s) {
+        rc = err->code;
+        goto out;
+    }
+    bind_text(s, 1, study_id);
+    bind_text(s, 2, id);
+    step = sqlite3_step(s);
+    if (step == SQLITE_ROW)
+        cand = candidate_row_json(s);
+    else if (step == SQLITE_DONE)
+        rc = tpv_err_set(err, TPV_ENOTFOUND, "candidate_id", "candidate %s not found in study %s",
+                         id, study_id);
+    else
+        rc = db_fail(c, step, "read candidate", err);
+    stmt_done(s);
+    if (rc == TPV_OK && !cand)
+        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    if (rc != TPV_OK)
+        goto out;
+    s = conn_stmt(c, STMT_CAND_SCORES, err);
+    if (!s) {
+        rc = err->code;
+        goto out;
+    }
+    bind_text(s, 1, id);
+    json_t *scores = json_object_get(cand, "scores");
+    while ((step = sqlite3_step(s)) == SQLITE_ROW)
+        json_array_append_new(scores, score_row_json(s));
+    if (step != SQLITE_DONE)
+        rc = db_fail(c, step, "read scores", err);
+    stmt_done(s);
+out:
+    conn_put(st, c);
+    if (rc == TPV_OK)
+        *out = cand;
+    else
+        json_decref(cand);
+    return rc;
+}
+
+int store_candidate_source(struct store *st, const char *study_id, const char *id, char **source,
+                           char kind[16], struct tpv_err *err)
+{
+    *source = NULL;
+    struct store_conn *c = conn_get(st);
+    int rc;
+    sqlite3_stmt *s = conn_stmt(c, STMT_CAND_SOURCE, err);
+    if (!s) {
+        rc = err->code;
+    } else {
+        bind_text(s, 1, study_id);
+        bind_text(s, 2, id);
+        int step = sqlite3_step(s);
+        if (step == SQLITE_ROW) {
+            *source = col_strdup(s, 0);
+            snprintf(kind, 16, "%s", col_text(s, 1));
+            rc = *source ? TPV_OK : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        } else if (step == SQLITE_DONE) {
+            rc = tpv_err_set(err, TPV_ENOTFOUND, "candidate_id",
+                             "candidate %s not found in study %s", id, study_id);
+        } else {
+            rc = db_fail(c, step, "read candidate", err);
+        }
+    }
+    stmt_done(s);
+    conn_put(st, c);
+    return rc;
+}
+
+int store_candidate_list(struct store *st, const char *study_id, int64_t after_seq, int limit,
+                         json_t **items, int64_t *next_seq, struct tpv_err *err)
+{
+    *items = NULL;
+    *next_seq = 0;
+    json_t *list = json_array(), *by_id = json_object();
+    struct store_conn *c = conn_get(st);
+    int rc = TPV_OK, step, count = 0;
+    int64_t last = 0;
+    sqlite3_stmt *s;
+    if (!list || !by_id) {
+        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        goto out;
+    }
+    /* The study must exist (an empty page of a missing study would hide a typo). */
+    s = conn_stmt(c, STMT_STUDY_VERSION, err);
+    if (!s) {
+        rc = err->code;
+        goto out;
+    }
+    bind_text(s, 1, study_id);
+    step = sqlite3_step(s);
+    stmt_done(s);
+    if (step != SQLITE_ROW) {
+        rc = step == SQLITE_DONE
+                 ? tpv_err_set(err, TPV_ENOTFOUND, "study_id", "study %s not found", study_id)
+                 : db_fail(c, step, "read study", err);
+        goto out;
+    }
+    s = conn_stmt(c, STMT_CAND_LIST, err);
+    if (!s) {
+        rc = err->code;
+        goto out;
+    }
+    bind_text(s, 1, study_id);
+    sqlite3_bind_int64(s, 2, after_seq);
+    sqlite3_bind_int(s, 3, limit + 1);
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        if (count == limit) {
+            *next_seq = last;
+            break;
+        }
+        last = sqlite3_column_int64(s, 0);
+        json_t *cand = candidate_row_json(s);
+        if (!cand || json_array_append_new(list, cand) != 0 ||
+            json_object_set(by_id, col_text(s, 1), cand) != 0) {
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            break;
+        }
+        count++;
+    }
+    if (rc == TPV_OK && step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = db_fail(c, step, "list candidates", err);
+    stmt_done(s);
+    if (rc != TPV_OK || count == 0)
+        goto out;
+    /* Second and last query: the scores of exactly this page's candidates. */
+    s = conn_stmt(c, STMT_CAND_LIST_SCORES, err);
+    if (!s) {
+        rc = err->code;
+        goto out;
+    }
+    bind_text(s, 1, study_id);
+    sqlite3_bind_int64(s, 2, after_seq);
+    sqlite3_bind_int(s, 3, count);
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        json_t *cand = json_object_get(by_id, col_text(s, 0));
+        if (cand)
+            json_array_append_new(json_object_get(cand, "scores"), score_row_json(s));
+    }
+    if (step != SQLITE_DONE)
+        rc = db_fail(c, step, "list scores", err);
+    stmt_done(s);
+out:
+    conn_put(st, c);
+    json_decref(by_id);
+    if (rc == TPV_OK)
+        *items = list;
+    else
+        json_decref(list);
+    return rc;
+}
+
+int store_jbr_create(struct store *st, const char *study_id, const char *candidate_id,
+                     const char *job_id, const char *params, int64_t max_queued,
+                     struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    struct store_conn *c = conn_get(st);
+    int rc = tx_begin(c, err);
+    if (rc == TPV_OK) {
+        sqlite3_stmt *s = conn_stmt(c, STMT_CAND_SOURCE, err);
+        if (!s) {
+            rc = err->code;
+        } else {
+            bind_text(s, 1, study_id);
+            bind_text(s, 2, candidate_id);
+            int step = sqlite3_step(s);
+            if (step == SQLITE_DONE)
+                rc = tpv_err_set(err, TPV_ENOTFOUND, "candidate_id",
+                                 "candidate %s not found in study %s", candidate_id, study_id);
+            else if (step != SQLITE_ROW)
+                rc = db_fail(c, step, "read candidate", err);
+            stmt_done(s);
+        }
+    }
+    if (rc == TPV_OK)
+        rc = queue_room(c, max_queued, err);
+    if (rc == TPV_OK)
+        rc = job_insert(c, job_id, "jbr", study_id, candidate_id, params, now, err);
+    if (rc == TPV_OK)
+        rc = tx_commit(c, err);
+    tx_rollback(c);
+    conn_put(st, c);
+    if (rc == TPV_OK)
+        notify_job(st);
+    return rc;
+}
+
+/* ---- ranking ---- */
+
+void store_rank_rows_free(struct store_rank_row *rows, size_t n)
+{
+    for (size_t i = 0; rows && i < n; i++) {
+        free(rows[i].name);
+        free(rows[i].metadata);
+        free(rows[i].run);
+    }
+    free(rows);
+}
+
+int store_rank_rows(struct store *st, const char *study_id, const char *noise, const char *split,
+                    struct store_rank_row **rows, size_t *nrows, struct tpv_err *err)
+{
+    *rows = NULL;
+    *nrows = 0;
+    size_t n = 0, cap = 0;
+    struct store_rank_row *v = NULL;
+    struct store_conn *c = conn_get(st);
+    int rc = TPV_OK, step;
+    sqlite3_stmt *s = conn_stmt(c, STMT_RANK_ROWS, err);
+    if (!s) {
+        rc = err->code;
+        goto out;
+    }
+    bind_text(s, 1, study_id);
+    bind_text(s, 2, noise);
+    bind_text(s, 3, split);
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 64;
+            struct store_rank_row *grown = realloc(v, ncap * sizeof *v);
+            if (!grown) {
+                rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+                break;
+            }
+            v = grown;
+            cap = ncap;
+        }
+        struct store_rank_row *r = &v[n];
+        memset(r, 0, sizeof *r);
+        snprintf(r->id, sizeof r->id, "%s", col_text(s, 0));
+        r->name = col_strdup(s, 1);
+        r->metadata = col_strdup(s, 2);
+        n++;
+        if (!r->name || !r->metadata) {
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            break;
+        }
+        snprintf(r->state, sizeof r->state, "%s", col_text(s, 3));
+        r->has_train_loss = sqlite3_column_type(s, 4) != SQLITE_NULL;
+        r->train_loss = sqlite3_column_double(s, 4);
+        r->has_epoch = sqlite3_column_type(s, 5) != SQLITE_NULL;
+        r->epoch = sqlite3_column_double(s, 5);
+        r->run = col_strdup(s, 6);
+        r->has_value = sqlite3_column_type(s, 7) != SQLITE_NULL;
+        r->value = sqlite3_column_double(s, 7);
+        r->stderr_value = sqlite3_column_double(s, 8);
+    }
+    if (rc == TPV_OK && step != SQLITE_DONE)
+        rc = db_fail(c, step, "ranking", err);
+out:
+    stmt_done(s);
+    conn_put(st, c);
+    if (rc != TPV_OK) {
+        store_rank_rows_free(v, n);
+        return rc;
+    }
+    *rows = v;
+    *nrows = n;
+    return TPV_OK;
+}

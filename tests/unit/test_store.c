@@ -1,0 +1,422 @@
+/* test_store.c: the SQLite backend behind store.h: schema from an empty file, studies and
+ * candidates with versions, idempotency keys, keyset pagination stable under inserts, the job
+ * queue (two threads never claim the same job, lease expiry, crash recovery, cancel), scores in
+ * one transaction, and the data-dir lock. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "storage/store.h"
+
+struct fixture {
+    char dir[64];
+    char data[96];
+    struct store *st;
+};
+
+static int setup(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/tpvd-store-XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    snprintf(f->data, sizeof f->data, "%s/data", f->dir);
+    struct tpv_err err;
+    if (store_open(&f->st, f->data, &err) != TPV_OK) {
+        fprintf(stderr, "store_open: %s\n", err.message);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    store_close(f->st);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
+    if (system(cmd) != 0)
+        return -1;
+    free(f);
+    return 0;
+}
+
+static void make_study(struct store *st, char id[STORE_ID_MAX], const char *name)
+{
+    char now[STORE_TIME_MAX];
+    struct tpv_err err;
+    store_id_new(id, "st");
+    store_now_rfc3339(now);
+    struct store_study_new s = {
+        .id = id, .name = name, .description = "d",
+        .noise_models = "[{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.1}]",
+        .rank_by = "iso", .metadata = "{}", .created_at = now,
+    };
+    assert_int_equal(store_study_create(st, &s, NULL, NULL, &err), TPV_OK);
+}
+
+static int make_candidate(struct store *st, const char *sid, const char *name,
+                          char cid[STORE_ID_MAX], char jid[STORE_ID_MAX], int64_t max_queued,
+                          struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_id_new(cid, "cd");
+    store_id_new(jid, "jb");
+    store_now_rfc3339(now);
+    struct store_candidate_new c = {
+        .id = cid, .study_id = sid, .name = name, .metadata = "{\"train_loss\":0.5}",
+        .source_kind = "jacobian", .source = "{\"jacobian\":{}}", .has_train_loss = true,
+        .train_loss = 0.5, .job_id = jid, .created_at = now,
+    };
+    return store_candidate_create(st, &c, max_queued, NULL, NULL, err);
+}
+
+static void test_ids_times_tokens(void **state)
+{
+    (void)state;
+    char a[STORE_ID_MAX], b[STORE_ID_MAX], t[STORE_TIME_MAX], tok[STORE_TOKEN_MAX];
+    store_id_new(a, "st");
+    store_id_new(b, "st");
+    assert_int_equal(strlen(a), 3 + 16);
+    assert_memory_equal(a, "st_", 3);
+    assert_string_not_equal(a, b);
+    store_now_rfc3339(t);
+    assert_int_equal(strlen(t), 24);
+    assert_int_equal(t[10], 'T');
+    assert_int_equal(t[23], 'Z');
+    int64_t seq = -1;
+    store_page_token_encode(12345, tok);
+    assert_int_equal(store_page_token_decode(tok, &seq), TPV_OK);
+    assert_int_equal(seq, 12345);
+    tok[3] = tok[3] == '0' ? '1' : '0'; /* a changed token fails its check nibble */
+    assert_int_equal(store_page_token_decode(tok, &seq), TPV_EINVAL);
+    assert_int_equal(store_page_token_decode("nope", &seq), TPV_EINVAL);
+}
+
+static void test_schema_and_lock(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    assert_int_equal(store_schema_version(f->st), 2);
+    /* A second daemon on the same data dir is refused while the first holds it. */
+    struct store *other = NULL;
+    assert_int_equal(store_open(&other, f->data, &err), TPV_EPRECONDITION);
+    assert_null(other);
+    assert_non_null(strstr(err.message, "in use"));
+}
+
+static void test_study_versions_and_inputs(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], cid[STORE_ID_MAX], jid[STORE_ID_MAX];
+    int64_t v0, v1;
+    make_study(f->st, sid, "s1");
+    assert_int_equal(store_study_version(f->st, sid, &v0, &err), TPV_OK);
+    assert_int_equal(store_input_set(f->st, sid, "fit", "sha256:00", 10, &err), TPV_OK);
+    assert_int_equal(make_candidate(f->st, sid, "c1", cid, jid, 0, &err), TPV_OK);
+    assert_int_equal(store_study_version(f->st, sid, &v1, &err), TPV_OK);
+    assert_int_equal(v1, v0 + 2);
+
+    json_t *study;
+    assert_int_equal(store_study_get(f->st, sid, &study, &err), TPV_OK);
+    json_t *fit = json_object_get(json_object_get(study, "inputs"), "fit");
+    assert_int_equal(json_integer_value(json_object_get(fit, "n")), 10);
+    assert_true(json_is_null(json_object_get(json_object_get(study, "inputs"), "probe")));
+    assert_string_equal(json_string_value(json_object_get(study, "rank_by")), "iso");
+    assert_true(json_is_array(json_object_get(study, "noise_models")));
+    json_decref(study);
+
+    /* Same name twice in a study: already exists, naming the field; other study: fine. */
+    char cid2[STORE_ID_MAX], jid2[STORE_ID_MAX];
+    assert_int_equal(make_candidate(f->st, sid, "c1", cid2, jid2, 0, &err), TPV_EEXIST);
+    assert_string_equal(err.field, "name");
+    assert_int_equal(make_candidate(f->st, "st_missing", "c1", cid2, jid2, 0, &err), TPV_ENOTFOUND);
+
+    json_t *cand;
+    assert_int_equal(store_candidate_get(f->st, sid, cid, &cand, &err), TPV_OK);
+    assert_string_equal(json_string_value(json_object_get(cand, "state")), "queued");
+    assert_string_equal(json_string_value(json_object_get(cand, "job_id")), jid);
+    json_decref(cand);
+    assert_int_equal(store_candidate_get(f->st, "st_other", cid, &cand, &err), TPV_ENOTFOUND);
+    assert_int_equal(store_study_get(f->st, "st_nope", &study, &err), TPV_ENOTFOUND);
+}
+
+static void test_idempotency(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], now[STORE_TIME_MAX];
+    struct store_idem idem = { .scope = "POST /v1/studies", .key = "k1", .request_hash = "h1" };
+    struct store_reply reply = { .status = 201, .body = "{\"id\":\"x\"}", .location = "/v1/x" };
+    struct store_replay replay;
+    assert_int_equal(store_idem_lookup(f->st, &idem, &replay, &err), TPV_ENOTFOUND);
+    store_id_new(sid, "st");
+    store_now_rfc3339(now);
+    struct store_study_new s = { .id = sid, .name = "n", .noise_models = "[]", .rank_by = "a",
+                                 .created_at = now };
+    assert_int_equal(store_study_create(f->st, &s, &idem, &reply, &err), TPV_OK);
+    assert_int_equal(store_idem_lookup(f->st, &idem, &replay, &err), TPV_OK);
+    assert_int_equal(replay.status, 201);
+    assert_string_equal(replay.body, "{\"id\":\"x\"}");
+    assert_string_equal(replay.location, "/v1/x");
+    store_replay_free(&replay);
+    /* Same key, other body. */
+    struct store_idem other = idem;
+    other.request_hash = "h2";
+    assert_int_equal(store_idem_lookup(f->st, &other, &replay, &err), TPV_EPRECONDITION);
+    /* A racing second write with the key rolls back entirely. */
+    char sid2[STORE_ID_MAX];
+    store_id_new(sid2, "st");
+    s.id = sid2;
+    assert_int_equal(store_study_create(f->st, &s, &idem, &reply, &err), TPV_EEXIST);
+    json_t *j;
+    assert_int_equal(store_study_get(f->st, sid2, &j, &err), TPV_ENOTFOUND);
+}
+
+static void test_pagination_stable_under_inserts(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], cid[STORE_ID_MAX], jid[STORE_ID_MAX], name[32];
+    make_study(f->st, sid, "paged");
+    for (int i = 0; i < 7; i++) {
+        snprintf(name, sizeof name, "c%d", i);
+        assert_int_equal(make_candidate(f->st, sid, name, cid, jid, 0, &err), TPV_OK);
+    }
+    json_t *items;
+    int64_t next = 0, after = 0;
+    int seen = 0, pages = 0;
+    do {
+        assert_int_equal(store_candidate_list(f->st, sid, after, 3, &items, &next, &err), TPV_OK);
+        for (size_t i = 0; i < json_array_size(items); i++) {
+            snprintf(name, sizeof name, "c%d", seen++);
+            assert_string_equal(
+                json_string_value(json_object_get(json_array_get(items, i), "name")), name);
+        }
+        json_decref(items);
+        /* Inserts between pages land at the end and are seen exactly once. */
+        if (pages++ == 0) {
+            assert_int_equal(make_candidate(f->st, sid, "c7", cid, jid, 0, &err), TPV_OK);
+        }
+        after = next;
+    } while (next != 0);
+    assert_int_equal(seen, 8);
+    assert_int_equal(pages, 3);
+    assert_int_equal(store_candidate_list(f->st, "st_none", 0, 3, &items, &next, &err),
+                     TPV_ENOTFOUND);
+
+    /* Studies page the same way. */
+    assert_int_equal(store_study_list(f->st, 0, 100, &items, &next, &err), TPV_OK);
+    assert_true(json_array_size(items) >= 1);
+    assert_int_equal(next, 0);
+    json_decref(items);
+}
+
+static void test_queue_limit(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], cid[STORE_ID_MAX], jid[STORE_ID_MAX];
+    make_study(f->st, sid, "limited");
+    assert_int_equal(make_candidate(f->st, sid, "a", cid, jid, 2, &err), TPV_OK);
+    assert_int_equal(make_candidate(f->st, sid, "b", cid, jid, 2, &err), TPV_OK);
+    assert_int_equal(make_candidate(f->st, sid, "c", cid, jid, 2, &err), TPV_EBUSY);
+    int64_t q = 0;
+    assert_int_equal(store_jobs_queued(f->st, &q, &err), TPV_OK);
+    assert_int_equal(q, 2);
+}
+
+struct claimer {
+    struct store *st;
+    char owner[16];
+    char ids[64][STORE_ID_MAX];
+    int n;
+};
+
+static void *claim_all(void *arg)
+{
+    struct claimer *cl = arg;
+    struct tpv_err err;
+    struct store_claim c;
+    while (store_job_claim(cl->st, cl->owner, 60, &c, &err) == TPV_OK) {
+        snprintf(cl->ids[cl->n++], STORE_ID_MAX, "%s", c.id);
+        store_claim_free(&c);
+    }
+    return NULL;
+}
+
+static void test_two_threads_never_double_claim(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], cid[STORE_ID_MAX], jid[STORE_ID_MAX], name[16];
+    make_study(f->st, sid, "claims");
+    for (int i = 0; i < 40; i++) {
+        snprintf(name, sizeof name, "c%d", i);
+        assert_int_equal(make_candidate(f->st, sid, name, cid, jid, 0, &err), TPV_OK);
+    }
+    struct claimer a = { .st = f->st, .owner = "w-a" }, b = { .st = f->st, .owner = "w-b" };
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, claim_all, &a);
+    pthread_create(&tb, NULL, claim_all, &b);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    assert_int_equal(a.n + b.n, 40);
+    for (int i = 0; i < a.n; i++)
+        for (int j = 0; j < b.n; j++)
+            assert_string_not_equal(a.ids[i], b.ids[j]);
+    struct store_stats stats;
+    assert_int_equal(store_stats(f->st, &stats, &err), TPV_OK);
+    assert_int_equal(stats.jobs_running, 40);
+    assert_int_equal(stats.jobs_queued, 0);
+}
+
+static void test_lease_expiry_and_recovery(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], cid[STORE_ID_MAX], jid[STORE_ID_MAX];
+    make_study(f->st, sid, "leases");
+    assert_int_equal(make_candidate(f->st, sid, "c", cid, jid, 0, &err), TPV_OK);
+    struct store_claim c;
+    int requeued, failed;
+    bool cancel;
+
+    assert_int_equal(store_job_claim(f->st, "w1", 0.3, &c, &err), TPV_OK);
+    assert_int_equal(c.attempts, 1);
+    store_claim_free(&c);
+    /* Not yet expired at claim time; expired 1 s later. */
+    assert_int_equal(store_jobs_requeue_expired(f->st, 3, 1.0, &requeued, &failed, &err), TPV_OK);
+    assert_int_equal(requeued, 0);
+    assert_int_equal(store_jobs_requeue_expired(f->st, 3, 0, &requeued, &failed, &err), TPV_OK);
+    usleep(400 * 1000);
+    assert_int_equal(store_jobs_requeue_expired(f->st, 3, 0, &requeued, &failed, &err), TPV_OK);
+    assert_int_equal(requeued, 1);
+    /* The old owner lost the job. */
+    assert_int_equal(store_job_progress(f->st, jid, "w1", 0.5, 10, &cancel, &err),
+                     TPV_EPRECONDITION);
+    assert_int_equal(store_job_finish(f->st, jid, "w1", "failed", "x", "y", &err),
+                     TPV_EPRECONDITION);
+
+    /* Crash recovery: attempt 2 and 3 interrupted, then it fails for good. */
+    for (int attempt = 2; attempt <= 3; attempt++) {
+        assert_int_equal(store_job_claim(f->st, "w2", 60, &c, &err), TPV_OK);
+        assert_int_equal(c.attempts, attempt);
+        store_claim_free(&c);
+        assert_int_equal(store_jobs_recover(f->st, 3, &requeued, &failed, &err), TPV_OK);
+        assert_int_equal(requeued + failed, 1);
+    }
+    json_t *job;
+    assert_int_equal(store_job_get(f->st, jid, &job, &err), TPV_OK);
+    assert_string_equal(json_string_value(json_object_get(job, "state")), "failed");
+    json_t *e = json_object_get(job, "error");
+    assert_string_equal(json_string_value(json_object_get(e, "code")), "aborted");
+    assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "max-attempts"));
+    json_decref(job);
+    json_t *cand;
+    assert_int_equal(store_candidate_get(f->st, sid, cid, &cand, &err), TPV_OK);
+    assert_string_equal(json_string_value(json_object_get(cand, "state")), "failed");
+    json_decref(cand);
+}
+
+static void test_scores_cancel_release_ranking(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], c1[STORE_ID_MAX], j1[STORE_ID_MAX], c2[STORE_ID_MAX], j2[STORE_ID_MAX];
+    char c3[STORE_ID_MAX], j3[STORE_ID_MAX];
+    make_study(f->st, sid, "scores");
+    assert_int_equal(make_candidate(f->st, sid, "one", c1, j1, 0, &err), TPV_OK);
+    assert_int_equal(make_candidate(f->st, sid, "two", c2, j2, 0, &err), TPV_OK);
+    assert_int_equal(make_candidate(f->st, sid, "three", c3, j3, 0, &err), TPV_OK);
+
+    /* Cancel of a queued job is immediate. */
+    json_t *job;
+    assert_int_equal(store_job_cancel(f->st, j3, &job, &err), TPV_OK);
+    assert_string_equal(json_string_value(json_object_get(job, "state")), "canceled");
+    json_decref(job);
+
+    struct store_claim a, b;
+    assert_int_equal(store_job_claim(f->st, "w", 60, &a, &err), TPV_OK);
+    assert_int_equal(store_job_claim(f->st, "w", 60, &b, &err), TPV_OK);
+    assert_string_equal(a.id, j1);
+    /* Cancel of a running job is a request the worker sees in its next progress report. */
+    assert_int_equal(store_job_cancel(f->st, j2, &job, &err), TPV_OK);
+    assert_true(json_is_true(json_object_get(job, "cancel_requested")));
+    json_decref(job);
+    bool cancel = false;
+    assert_int_equal(store_job_progress(f->st, j2, "w", 0.3, 60, &cancel, &err), TPV_OK);
+    assert_true(cancel);
+    assert_int_equal(store_job_release(f->st, j2, "w", &err), TPV_OK);
+
+    int64_t v0, v1;
+    assert_int_equal(store_study_version(f->st, sid, &v0, &err), TPV_OK);
+    struct store_score sc[2] = {
+        { .noise = "iso", .kind = "isotropic", .split = "fit", .value = 0.25, .estimator = "exact",
+          .details = "{\"n\":3}" },
+        { .noise = "iso", .kind = "isotropic", .split = "probe", .value = 0.5, .estimator = "exact" },
+    };
+    assert_int_equal(store_job_succeed(f->st, j1, "w", sc, 2, "{\"isotropic_ratio\":2}", NULL,
+                                       &err), TPV_OK);
+    assert_int_equal(store_study_version(f->st, sid, &v1, &err), TPV_OK);
+    assert_int_equal(v1, v0 + 1);
+    /* A second success of the same job is refused: it is no longer running. */
+    assert_int_equal(store_job_succeed(f->st, j1, "w", sc, 2, NULL, NULL, &err),
+                     TPV_EPRECONDITION);
+    assert_int_equal(store_job_cancel(f->st, j1, &job, &err), TPV_EPRECONDITION);
+
+    json_t *cand;
+    assert_int_equal(store_candidate_get(f->st, sid, c1, &cand, &err), TPV_OK);
+    assert_string_equal(json_string_value(json_object_get(cand, "state")), "succeeded");
+    json_t *scores = json_object_get(cand, "scores");
+    assert_int_equal(json_array_size(scores), 2);
+    assert_true(json_real_value(json_object_get(json_array_get(scores, 0), "value")) == 0.25);
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_object_get(json_array_get(scores, 0), "details"), "n")), 3);
+    assert_non_null(json_object_get(json_object_get(cand, "stability"), "isotropic_ratio"));
+    json_decref(cand);
+
+    struct store_rank_row *rows;
+    size_t n;
+    assert_int_equal(store_rank_rows(f->st, sid, "iso", "probe", &rows, &n, &err), TPV_OK);
+    assert_int_equal(n, 3);
+    assert_true(rows[0].has_value);
+    assert_string_equal(rows[0].id, c1);
+    assert_true(rows[0].value == 0.5);
+    assert_true(rows[0].has_train_loss);
+    assert_false(rows[1].has_value);
+    store_rank_rows_free(rows, n);
+    store_claim_free(&a);
+    store_claim_free(&b);
+
+    struct store_stats stats;
+    assert_int_equal(store_stats(f->st, &stats, &err), TPV_OK);
+    assert_int_equal(stats.jobs_succeeded, 1);
+    assert_int_equal(stats.jobs_canceled, 1);
+    assert_int_equal(stats.jobs_queued, 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ids_times_tokens),
+        cmocka_unit_test_setup_teardown(test_schema_and_lock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_study_versions_and_inputs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pagination_stable_under_inserts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queue_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_threads_never_double_claim, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lease_expiry_and_recovery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_scores_cancel_release_ranking, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
