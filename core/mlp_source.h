@@ -1,0 +1,28 @@
+/* mlp_source.h: a Jacobian source (core/jacobian.h) over a bound sequential MLP and an input set.
+ *
+ * Every product is structured per dense layer (DESIGN.md section 3, estimators): with
+ * delta = dF/dz the backpropagated output sensitivities and a the layer input, dF_k/dW = delta_k
+ * a^T, so squared diagonals are GEMMs of squared matrices, Gram entries are
+ * (delta . delta')(a . a' + 1) summed over layers, JVPs are tangent propagation; the (nK x p)
+ * Jacobian is never formed.  Samples are processed in fixed-size batches in input order, so with a
+ * fixed BLAS thread count the results are bitwise reproducible. */
+#ifndef TPV_MLP_SOURCE_H
+#define TPV_MLP_SOURCE_H
+
+#include "core/jacobian.h"
+#include "core/mlp.h"
+
+/* Opens a source over `model` and `inputs` (shape (n, *input_shape), checked with
+ * tpv_mlp_check_inputs).  The source keeps pointers to the model and to the input data (the
+ * tensor struct itself is copied): both must outlive it.  On success *out is owned by the caller
+ * (tpv_jsrc_free).  Errors: those of tpv_mlp_check_inputs, TPV_ENOMEM. */
+int tpv_mlp_source_open(struct tpv_jsrc **out, const struct tpv_mlp *model,
+                        const struct tpv_tensor *inputs, struct tpv_err *err);
+
+/* Same with explicit batch sizes (samples per batch for the all-outputs products and for the
+ * per-sample ones); 0 picks the default.  For tests of batching and for tuning. */
+int tpv_mlp_source_open_batched(struct tpv_jsrc **out, const struct tpv_mlp *model,
+                                const struct tpv_tensor *inputs, size_t batch_all,
+                                size_t batch_one, struct tpv_err *err);
+
+#endif
