@@ -1,0 +1,36 @@
+/* jbr.h: label-free JBR pruning scores for the hidden units of a sequential MLP (DESIGN.md
+ * section 3, "JBR pruning scores"; the paper's Sec. 6.1 and the reference benchmark_pruning.py,
+ * with mini-batches taken in input order so that scores are reproducible). */
+#ifndef TPV_JBR_H
+#define TPV_JBR_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "core/jacobian.h"
+#include "core/mlp.h"
+
+#define TPV_JBR_DEFAULT_CONFIDENCE 0.9
+#define TPV_JBR_DEFAULT_BATCH 128
+
+/* Computes JBR scores over `inputs` (shape (n, *input_shape)).
+ *
+ * Pseudo-labels y*(x) = argmax_k f(x) (first maximum on ties), kept where max softmax(f(x)) >
+ * confidence; mini-batches are consecutive runs of batch_size kept samples in input order (the last
+ * may be shorter).  For unit j of every linear layer but the last, with z_j its pre-activation,
+ * a_j the output of the activations that follow it (z_j if none), delta_j = dCE/dz_j and
+ * g_j = dCE/da_j: out_j = mean_b delta_j z_j, in_j = mean_b a_j g_j, score_j = sum_b out_j^2 +
+ * sum_b in_j^2.
+ *
+ * *result (new reference) = {"units":[{"layer":<weight tensor name>,"index":j,"score":s}],
+ * "order":[unit indices, lowest score first, ties by position], "kept_samples":n_kept,
+ * "batches":nb, "confidence":c, "batch_size":B}.
+ * Errors: TPV_EINVAL (confidence outside [0, 1), batch_size 0, inputs not matching the spec;
+ * err->field "confidence", "batch_size", "inputs"); TPV_EPRECONDITION when the model has fewer than
+ * 2 outputs or no hidden linear layer, or when no sample passes the confidence threshold;
+ * TPV_ECANCELED; TPV_ENOMEM. */
+int tpv_jbr_compute(const struct tpv_mlp *m, const struct tpv_tensor *inputs, double confidence,
+                    uint64_t batch_size, json_t **result, const struct tpv_progress *pg,
+                    struct tpv_err *err);
+
+#endif
