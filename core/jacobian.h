@@ -73,6 +73,10 @@ struct tpv_jsrc_ops {
     /* Bytes of working memory `gram`/`sqdiag` will allocate beyond their outputs. */
     uint64_t (*scratch_bytes)(const struct tpv_jsrc *s);
     void (*free)(struct tpv_jsrc *s);
+    /* Optional (NULL = unsupported): out[j] = sum_x sum_k u[x*K + k] J_kj(x) for j < p, i.e.
+     * J^T u (one VJP per sample); out is overwritten.  Hutch++ needs it to apply J^T J. */
+    int (*vjp)(const struct tpv_jsrc *s, const double *u, double *out,
+               const struct tpv_progress *pg, struct tpv_err *err);
 };
 
 /* A source: fields are read-only for users; `impl` is the implementation's state. */

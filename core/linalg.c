@@ -1,0 +1,413 @@
+/* linalg.c: conversion, blocked sum-of-squares and LAPACKE wrappers (see linalg.h).
+ *
+ * The sum-of-squares kernel is the hot loop of exact Tr(H_eff) over a dump: it streams the mapped
+ * file once, keeps 16 rows in flight, squares and sums 8 rows at a time in float (SIMD via
+ * GCC/clang vector extensions, so no -march is needed) and adds into float64 accumulators. */
+#include "core/linalg.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float v4f __attribute__((vector_size(16)));
+typedef double v2d __attribute__((vector_size(16)));
+
+size_t tpv_linalg_dtype_size(enum tpv_dtype dtype)
+{
+    switch (dtype) {
+    case TPV_DTYPE_F16:
+    case TPV_DTYPE_BF16:
+        return 2;
+    case TPV_DTYPE_F32:
+        return 4;
+    case TPV_DTYPE_F64:
+        return 8;
+    case TPV_DTYPE_U8:
+    case TPV_DTYPE_BOOL:
+        return 1;
+    }
+    return 0;
+}
+
+static inline float f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, ex = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    uint32_t bits;
+    if (ex == 0) {
+        float v = ldexpf((float)mant, -24);
+        return sign ? -v : v;
+    }
+    if (ex == 31)
+        bits = sign | 0x7f800000u | (mant << 13);
+    else
+        bits = sign | ((ex + 112u) << 23) | (mant << 13);
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline float bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+void tpv_convert_f64(enum tpv_dtype dtype, const void *src, size_t count, double *dst)
+{
+    const unsigned char *s = src;
+    switch (dtype) {
+    case TPV_DTYPE_F64:
+        memcpy(dst, src, count * sizeof(double));
+        return;
+    case TPV_DTYPE_F32:
+        for (size_t i = 0; i < count; i++) {
+            float f;
+            memcpy(&f, s + 4 * i, 4);
+            dst[i] = f;
+        }
+        return;
+    case TPV_DTYPE_F16:
+    case TPV_DTYPE_BF16:
+        for (size_t i = 0; i < count; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            dst[i] = dtype == TPV_DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+        }
+        return;
+    case TPV_DTYPE_U8:
+    case TPV_DTYPE_BOOL:
+        for (size_t i = 0; i < count; i++)
+            dst[i] = s[i];
+        return;
+    }
+}
+
+void tpv_convert_f32(enum tpv_dtype dtype, const void *src, size_t count, float *dst)
+{
+    const unsigned char *s = src;
+    switch (dtype) {
+    case TPV_DTYPE_F64:
+        for (size_t i = 0; i < count; i++) {
+            double d;
+            memcpy(&d, s + 8 * i, 8);
+            dst[i] = (float)d;
+        }
+        return;
+    case TPV_DTYPE_F32:
+        memcpy(dst, src, count * sizeof(float));
+        return;
+    case TPV_DTYPE_F16:
+    case TPV_DTYPE_BF16:
+        for (size_t i = 0; i < count; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            dst[i] = dtype == TPV_DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+        }
+        return;
+    case TPV_DTYPE_U8:
+    case TPV_DTYPE_BOOL:
+        for (size_t i = 0; i < count; i++)
+            dst[i] = s[i];
+        return;
+    }
+}
+
+static inline v4f load4f(const float *p)
+{
+    v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline v2d load2d(const double *p)
+{
+    v2d v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store2d(double *p, v2d v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+/* acc[c] += sum over nr <= 16 rows of x^2, float32 rows at x + r * ld. */
+static void sq_rows_f32(const float *x, size_t nr, size_t ld, size_t w, double *acc)
+{
+    size_t c = 0;
+    if (nr == 16) {
+#define SQ(r) ({ v4f v_ = load4f(x + (r) * ld + c); v_ * v_; })
+        for (; c + 4 <= w; c += 4) {
+            v4f s1 = ((SQ(0) + SQ(1)) + (SQ(2) + SQ(3))) + ((SQ(4) + SQ(5)) + (SQ(6) + SQ(7)));
+            v4f s2 = ((SQ(8) + SQ(9)) + (SQ(10) + SQ(11))) +
+                     ((SQ(12) + SQ(13)) + (SQ(14) + SQ(15)));
+            v2d lo = { (double)s1[0] + (double)s2[0], (double)s1[1] + (double)s2[1] };
+            v2d hi = { (double)s1[2] + (double)s2[2], (double)s1[3] + (double)s2[3] };
+            store2d(acc + c, load2d(acc + c) + lo);
+            store2d(acc + c + 2, load2d(acc + c + 2) + hi);
+        }
+#undef SQ
+    } else {
+        for (; c + 4 <= w; c += 4) {
+            v4f s1 = { 0, 0, 0, 0 }, s2 = { 0, 0, 0, 0 };
+            for (size_t r = 0; r < nr && r < 8; r++) {
+                v4f v = load4f(x + r * ld + c);
+                s1 += v * v;
+            }
+            for (size_t r = 8; r < nr; r++) {
+                v4f v = load4f(x + r * ld + c);
+                s2 += v * v;
+            }
+            v2d lo = { (double)s1[0] + (double)s2[0], (double)s1[1] + (double)s2[1] };
+            v2d hi = { (double)s1[2] + (double)s2[2], (double)s1[3] + (double)s2[3] };
+            store2d(acc + c, load2d(acc + c) + lo);
+            store2d(acc + c + 2, load2d(acc + c + 2) + hi);
+        }
+    }
+    for (; c < w; c++) {
+        float s1 = 0, s2 = 0;
+        for (size_t r = 0; r < nr && r < 8; r++)
+            s1 += x[r * ld + c] * x[r * ld + c];
+        for (size_t r = 8; r < nr; r++)
+            s2 += x[r * ld + c] * x[r * ld + c];
+        acc[c] += (double)s1 + (double)s2;
+    }
+}
+
+static void sq_rows_f64(const double *x, size_t nr, size_t ld, size_t w, double *acc)
+{
+    size_t c = 0;
+    for (; c + 2 <= w; c += 2) {
+        v2d s1 = { 0, 0 }, s2 = { 0, 0 };
+        size_t r = 0;
+        for (; r + 2 <= nr; r += 2) {
+            v2d a = load2d(x + r * ld + c), b = load2d(x + (r + 1) * ld + c);
+            s1 += a * a;
+            s2 += b * b;
+        }
+        if (r < nr) {
+            v2d a = load2d(x + r * ld + c);
+            s1 += a * a;
+        }
+        store2d(acc + c, load2d(acc + c) + (s1 + s2));
+    }
+    for (; c < w; c++) {
+        double s = 0;
+        for (size_t r = 0; r < nr; r++)
+            s += x[r * ld + c] * x[r * ld + c];
+        acc[c] += s;
+    }
+}
+
+void tpv_sqsum_cols(enum tpv_dtype dtype, const void *x, uint64_t rows, uint64_t cols,
+                    uint64_t ld, double *acc, float *tmp)
+{
+    size_t es = tpv_linalg_dtype_size(dtype);
+    const unsigned char *base = x;
+    for (uint64_t r0 = 0; r0 < rows; r0 += 16) {
+        size_t nr = rows - r0 < 16 ? (size_t)(rows - r0) : 16;
+        const unsigned char *row = base + r0 * ld * es;
+        if (dtype == TPV_DTYPE_F32) {
+            sq_rows_f32((const float *)(const void *)row, nr, ld, cols, acc);
+        } else if (dtype == TPV_DTYPE_F64) {
+            sq_rows_f64((const double *)(const void *)row, nr, ld, cols, acc);
+        } else {
+            /* Half precision: convert a chunk of up to 16 rows to float first. */
+            for (uint64_t c0 = 0; c0 < cols; c0 += TPV_SQSUM_CHUNK) {
+                size_t w = cols - c0 < TPV_SQSUM_CHUNK ? (size_t)(cols - c0) : TPV_SQSUM_CHUNK;
+                for (size_t r = 0; r < nr; r++)
+                    tpv_convert_f32(dtype, row + (r * ld + c0) * es, w, tmp + r * TPV_SQSUM_CHUNK);
+                sq_rows_f32(tmp, nr, TPV_SQSUM_CHUNK, w, acc + c0);
+            }
+        }
+    }
+}
+
+bool tpv_all_finite(enum tpv_dtype dtype, const void *x, uint64_t count, uint64_t *first_bad)
+{
+    const unsigned char *s = x;
+    bool ok = true;
+    if (dtype == TPV_DTYPE_F32) {
+        /* x * 0 is NaN exactly for Inf/NaN: a cheap vectorisable screen, then locate. */
+        v4f a = { 0, 0, 0, 0 }, b = a;
+        uint64_t i = 0;
+        for (; i + 8 <= count; i += 8) {
+            a += load4f((const float *)(const void *)(s + 4 * i)) * 0.0f;
+            b += load4f((const float *)(const void *)(s + 4 * i + 16)) * 0.0f;
+        }
+        v4f t = a + b;
+        float f = t[0] + t[1] + t[2] + t[3];
+        for (; i < count; i++) {
+            float v;
+            memcpy(&v, s + 4 * i, 4);
+            f += v * 0.0f;
+        }
+        ok = f == 0.0f;
+    } else if (dtype == TPV_DTYPE_F64) {
+        v2d a = { 0, 0 }, b = a;
+        uint64_t i = 0;
+        for (; i + 4 <= count; i += 4) {
+            a += load2d((const double *)(const void *)(s + 8 * i)) * 0.0;
+            b += load2d((const double *)(const void *)(s + 8 * i + 16)) * 0.0;
+        }
+        v2d t = a + b;
+        double f = t[0] + t[1];
+        for (; i < count; i++) {
+            double v;
+            memcpy(&v, s + 8 * i, 8);
+            f += v * 0.0;
+        }
+        ok = f == 0.0;
+    } else if (dtype == TPV_DTYPE_F16 || dtype == TPV_DTYPE_BF16) {
+        uint16_t mask = dtype == TPV_DTYPE_F16 ? 0x7c00 : 0x7f80;
+        for (uint64_t i = 0; i < count; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            if ((h & mask) == mask) {
+                *first_bad = i;
+                return false;
+            }
+        }
+        return true;
+    } else {
+        return true;
+    }
+    if (ok)
+        return true;
+    size_t es = tpv_linalg_dtype_size(dtype);
+    for (uint64_t i = 0; i < count; i++) {
+        double v;
+        if (es == 4) {
+            float f;
+            memcpy(&f, s + 4 * i, 4);
+            v = f;
+        } else {
+            memcpy(&v, s + 8 * i, 8);
+        }
+        if (!isfinite(v)) {
+            *first_bad = i;
+            return false;
+        }
+    }
+    return true;
+}
+
+int tpv_linalg_threads(void)
+{
+    int t = openblas_get_num_threads();
+    return t < 1 ? 1 : t > 64 ? 64 : t;
+}
+
+struct par_arg {
+    void (*fn)(void *ctx, int t, int nthreads);
+    void *ctx;
+    int t, nthreads;
+};
+
+static void *par_main(void *p)
+{
+    struct par_arg *a = p;
+    a->fn(a->ctx, a->t, a->nthreads);
+    return NULL;
+}
+
+void tpv_parallel_run(int nthreads, void (*fn)(void *ctx, int t, int nthreads), void *ctx)
+{
+    if (nthreads <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    if (nthreads > 64)
+        nthreads = 64;
+    pthread_t th[64];
+    struct par_arg args[64];
+    bool started[64] = { false };
+    for (int t = 1; t < nthreads; t++) {
+        args[t] = (struct par_arg){ fn, ctx, t, nthreads };
+        started[t] = pthread_create(&th[t], NULL, par_main, &args[t]) == 0;
+    }
+    fn(ctx, 0, nthreads);
+    for (int t = 1; t < nthreads; t++) {
+        if (started[t])
+            pthread_join(th[t], NULL);
+        else
+            fn(ctx, t, nthreads);
+    }
+}
+
+uint64_t tpv_syevd_work_bytes(uint64_t n)
+{
+    /* LAPACK's documented minimum for JOBZ = 'V': lwork = 1 + 6n + 2n^2, liwork = 3 + 5n. */
+    uint64_t lw = tpv_sat_add(tpv_sat_add(1, tpv_sat_mul(6, n)), tpv_sat_mul(2, tpv_sat_mul(n, n)));
+    return tpv_sat_add(tpv_sat_mul(lw, sizeof(double)),
+                       tpv_sat_mul(tpv_sat_add(3, tpv_sat_mul(5, n)), sizeof(lapack_int)));
+}
+
+int tpv_syevd(uint64_t n, double *A, double *w, struct tpv_err *err)
+{
+    if (n == 0)
+        return TPV_OK;
+    if (n > (uint64_t)INT32_MAX / 8)
+        return tpv_err_set(err, TPV_ENOSPACE, NULL, "matrix of order %llu is too large for LAPACK",
+                           (unsigned long long)n);
+    lapack_int ln = (lapack_int)n;
+    /* A row-major matrix with its upper triangle is the column-major matrix with the lower
+     * one; calling the column-major routine avoids LAPACKE's transposed copy.  The eigenvectors
+     * come back as columns of the column-major result, i.e. rows of A as seen row-major; we
+     * transpose in place afterwards so that the interface stays "columns". */
+    double wq;
+    lapack_int iwq;
+    lapack_int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', ln, A, ln, w, &wq, -1, &iwq, -1);
+    if (info != 0)
+        return tpv_err_set(err, TPV_ENUMERIC, NULL, "dsyevd workspace query failed (info %d)",
+                           (int)info);
+    size_t lwork = (size_t)wq, liwork = (size_t)iwq;
+    double *work = malloc(lwork * sizeof *work);
+    lapack_int *iwork = malloc(liwork * sizeof *iwork);
+    if (!work || !iwork) {
+        free(work);
+        free(iwork);
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory for the eigendecomposition");
+    }
+    info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'L', ln, A, ln, w, work, (lapack_int)lwork,
+                               iwork, (lapack_int)liwork);
+    free(work);
+    free(iwork);
+    if (info != 0)
+        return tpv_err_set(err, TPV_ENUMERIC, NULL,
+                           "symmetric eigendecomposition failed to converge (info %d)", (int)info);
+    for (uint64_t i = 0; i < n; i++)
+        for (uint64_t j = i + 1; j < n; j++) {
+            double t = A[i * n + j];
+            A[i * n + j] = A[j * n + i];
+            A[j * n + i] = t;
+        }
+    return TPV_OK;
+}
+
+int tpv_orth(uint64_t m, uint64_t k, double *A, struct tpv_err *err)
+{
+    if (k == 0)
+        return TPV_OK;
+    if (m < k || m > (uint64_t)INT32_MAX || k > (uint64_t)INT32_MAX)
+        return tpv_err_set(err, TPV_EINVAL, NULL, "orthonormalisation needs rows >= columns");
+    double *tau = malloc(k * sizeof *tau);
+    if (!tau)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    lapack_int info = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)k, A,
+                                     (lapack_int)k, tau);
+    if (info == 0)
+        info = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)k, (lapack_int)k, A,
+                              (lapack_int)k, tau);
+    free(tau);
+    if (info < 0)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "QR factorisation failed (info %d)", (int)info);
+    if (info != 0)
+        return tpv_err_set(err, TPV_ENUMERIC, NULL, "QR factorisation failed (info %d)", (int)info);
+    return TPV_OK;
+}

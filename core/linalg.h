@@ -1,0 +1,73 @@
+/* linalg.h: the small numerical kernels under the Jacobian sources and estimators: dtype
+ * conversion of panels, blocked column sums of squares, a deterministic thread split, and thin
+ * checked wrappers over LAPACKE (symmetric eigendecomposition, QR orthonormalisation).
+ *
+ * Every kernel gives results that depend only on its inputs and the thread count passed in: work
+ * is split by columns, never by reductions whose order depends on timing. */
+#ifndef TPV_LINALG_H
+#define TPV_LINALG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/tensor.h"
+#include "core/tpv_error.h"
+
+/* Bytes per element of the float dtypes (F16, BF16: 2; F32: 4; F64: 8), 0 for others.  A local
+ * copy of tpv_dtype_size so that the kernels do not depend on the file readers. */
+size_t tpv_linalg_dtype_size(enum tpv_dtype dtype);
+
+/* Exact conversions of `count` little-endian elements of `dtype` at `src` (U8/BOOL as 0..255). */
+void tpv_convert_f64(enum tpv_dtype dtype, const void *src, size_t count, double *dst);
+void tpv_convert_f32(enum tpv_dtype dtype, const void *src, size_t count, float *dst);
+
+/* acc[c] += sum_{r < rows} x[r * ld + c]^2 for c < cols, over an F32/F64/F16/BF16 row-major
+ * matrix with leading dimension `ld` (elements).  Squares are summed in float for at most 8 rows
+ * at a time (relative error <= 8 * 2^-24) and accumulated in float64.  `tmp` is scratch of
+ * TPV_SQSUM_TMP floats, needed only for F16/BF16 (may be NULL otherwise). */
+#define TPV_SQSUM_CHUNK 512
+#define TPV_SQSUM_TMP (8 * TPV_SQSUM_CHUNK)
+void tpv_sqsum_cols(enum tpv_dtype dtype, const void *x, uint64_t rows, uint64_t cols,
+                    uint64_t ld, double *acc, float *tmp);
+
+/* True when every value of the `count` elements is finite; else *first_bad = its index. */
+bool tpv_all_finite(enum tpv_dtype dtype, const void *x, uint64_t count, uint64_t *first_bad);
+
+/* Threads the numerical kernels use (OpenBLAS's setting, at least 1). */
+int tpv_linalg_threads(void);
+
+/* Runs fn(ctx, t, nthreads) for t < nthreads, t = 0 on the calling thread; falls back to running
+ * them one after another if a thread cannot be created.  Deterministic as long as fn's result for
+ * each t does not depend on the others. */
+void tpv_parallel_run(int nthreads, void (*fn)(void *ctx, int t, int nthreads), void *ctx);
+
+/* Symmetric eigendecomposition of the n x n row-major matrix A (upper triangle read): on success
+ * A holds the eigenvectors as columns and w the ascending eigenvalues.  TPV_ENOMEM, or
+ * TPV_ENUMERIC when LAPACK fails to converge. */
+int tpv_syevd(uint64_t n, double *A, double *w, struct tpv_err *err);
+/* Workspace bytes tpv_syevd allocates for order n (saturates at UINT64_MAX). */
+uint64_t tpv_syevd_work_bytes(uint64_t n);
+
+/* Orthonormalises the k columns of the row-major m x k matrix A in place (Householder QR,
+ * Q returned in A).  Requires m >= k. */
+int tpv_orth(uint64_t m, uint64_t k, double *A, struct tpv_err *err);
+
+/* Checked size arithmetic: false on overflow. */
+static inline bool tpv_mul3(uint64_t a, uint64_t b, uint64_t c, uint64_t *out)
+{
+    uint64_t t;
+    return !__builtin_mul_overflow(a, b, &t) && !__builtin_mul_overflow(t, c, out);
+}
+static inline uint64_t tpv_sat_add(uint64_t a, uint64_t b)
+{
+    uint64_t s;
+    return __builtin_add_overflow(a, b, &s) ? UINT64_MAX : s;
+}
+static inline uint64_t tpv_sat_mul(uint64_t a, uint64_t b)
+{
+    uint64_t s;
+    return __builtin_mul_overflow(a, b, &s) ? UINT64_MAX : s;
+}
+
+#endif
