@@ -1,0 +1,1103 @@
+/* estimate.c: noise models, estimators, memory plan and stability over Jacobian sources (see
+ * estimate.h; formulas: DESIGN.md section 3).
+ *
+ * One job runs in phases: sqdiag per split, then (only if label or sgd_curvature is declared) the
+ * fit Gram G, K_X = J_probe J_fit^T, the eigendecomposition of G, then every model reads what it
+ * needs.  All sums run in a fixed order; BLAS/LAPACK calls have fixed shapes, so the same inputs,
+ * seed and thread count give bit-identical numbers. */
+#include "core/estimate.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/linalg.h"
+#include "core/rng.h"
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int oom(struct tpv_err *err)
+{
+    return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+}
+
+/* ---- progress slices ------------------------------------------------------------------------
+ * The job's phases get shares of [0, 1] proportional to a rough cost; each phase sees its own
+ * 0..1 through a slice. */
+struct prog {
+    const struct tpv_progress *outer;
+    double total, done;
+};
+
+struct slice {
+    const struct tpv_progress *outer;
+    double lo, hi;
+};
+
+static int slice_fn(void *ctx, double f)
+{
+    struct slice *s = ctx;
+    if (!s->outer || !s->outer->fn)
+        return 0;
+    if (f < 0)
+        f = 0;
+    if (f > 1)
+        f = 1;
+    return s->outer->fn(s->outer->ctx, s->lo + (s->hi - s->lo) * f);
+}
+
+static struct tpv_progress slice_make(struct slice *sl, struct prog *pr, double cost)
+{
+    sl->outer = pr->outer;
+    sl->lo = pr->total > 0 ? pr->done / pr->total : 0;
+    pr->done += cost;
+    sl->hi = pr->total > 0 ? pr->done / pr->total : 1;
+    if (sl->hi > 1)
+        sl->hi = 1;
+    return (struct tpv_progress){ slice_fn, sl };
+}
+
+/* ---- pairing -------------------------------------------------------------------------------- */
+
+int tpv_jsrc_check_pair(const struct tpv_jsrc *fit, const struct tpv_jsrc *probe,
+                        struct tpv_err *err)
+{
+    if (fit->p != probe->p)
+        return tpv_err_set(err, TPV_EINVAL, "jacobian_probe",
+                           "the probe dump has p = %llu parameters, the fit dump %llu",
+                           (unsigned long long)probe->p, (unsigned long long)fit->p);
+    if (fit->K != probe->K)
+        return tpv_err_set(err, TPV_EINVAL, "jacobian_probe",
+                           "the probe dump has K = %llu outputs, the fit dump %llu",
+                           (unsigned long long)probe->K, (unsigned long long)fit->K);
+    if (fit->ops != probe->ops)
+        return tpv_err_set(err, TPV_EINVAL, "jacobian_probe",
+                           "fit and probe sources are of different kinds");
+    const struct tpv_layout *a = &fit->layout, *b = &probe->layout;
+    if (a->nblocks != b->nblocks)
+        return tpv_err_set(err, TPV_EINVAL, "jacobian_probe",
+                           "the probe dump has %zu named tensors, the fit dump %zu", b->nblocks,
+                           a->nblocks);
+    for (size_t i = 0; i < a->nblocks; i++) {
+        const struct tpv_block *x = &a->blocks[i], *y = &b->blocks[i];
+        bool same = strcmp(x->name, y->name) == 0 && x->rank == y->rank &&
+                    x->offset == y->offset && x->count == y->count;
+        for (int k = 0; same && k < x->rank; k++)
+            same = x->shape[k] == y->shape[k];
+        if (!same)
+            return tpv_err_set(err, TPV_EINVAL, "jacobian_probe",
+                               "the probe dump's tensor %zu ('%s') does not match the fit dump's "
+                               "('%s') in name or shape", i, y->name, x->name);
+    }
+    return TPV_OK;
+}
+
+/* ---- what a model needs, and the estimator it will use -------------------------------------- */
+
+static bool diag_family(enum tpv_noise_kind k)
+{
+    return k == TPV_NOISE_ISOTROPIC || k == TPV_NOISE_SGD || k == TPV_NOISE_QUANTIZATION ||
+           k == TPV_NOISE_DIAGONAL;
+}
+
+static int model_field_err(struct tpv_err *err, size_t i, const struct tpv_noise *nm,
+                           const char *what)
+{
+    char field[48];
+    snprintf(field, sizeof field, "noise_models[%zu]", i);
+    return tpv_err_set(err, TPV_EINVAL, field, "noise model '%s' (%s) %s", nm->name,
+                       tpv_noise_kind_name(nm->kind), what);
+}
+
+static int check_servable(const struct tpv_est_inputs *in, struct tpv_err *err)
+{
+    bool named = in->fit->layout.nblocks > 0;
+    for (size_t i = 0; i < in->nmodels; i++) {
+        const struct tpv_noise *nm = &in->models[i];
+        const struct tpv_model_inputs *ex = in->extra ? &in->extra[i] : NULL;
+        switch (nm->kind) {
+        case TPV_NOISE_QUANTIZATION:
+            if (nm->scope != TPV_SCOPE_GLOBAL && !named)
+                return model_field_err(err, i, nm, "needs tensor names: give the flat dump a "
+                                       "layout");
+            if (!in->weights && !(nm->scope == TPV_SCOPE_GLOBAL && in->has_wrange))
+                return model_field_err(err, i, nm, "needs the candidate's weights");
+            break;
+        case TPV_NOISE_DIAGONAL:
+            if (!named)
+                return model_field_err(err, i, nm, "needs tensor names: give the flat dump a "
+                                       "layout");
+            if (!ex || !ex->variances)
+                return model_field_err(err, i, nm, "needs its variances");
+            break;
+        case TPV_NOISE_PRUNE:
+            if (!named)
+                return model_field_err(err, i, nm, "needs tensor names: give the flat dump a "
+                                       "layout");
+            if (!in->weights)
+                return model_field_err(err, i, nm, "needs the candidate's weights");
+            if (!nm->prune_rule_magnitude && (!ex || !ex->mask))
+                return model_field_err(err, i, nm, "needs its mask");
+            break;
+        default:
+            break;
+        }
+    }
+    return TPV_OK;
+}
+
+/* Chosen estimator of a model and why (a static string). */
+struct plan {
+    enum tpv_estimator est;
+    const char *reason;
+    bool outputs; /* hutchinson over output projections */
+};
+
+static struct plan plan_model(const struct tpv_est_inputs *in, const struct tpv_noise *nm)
+{
+    struct plan p = { TPV_EST_EXACT, "requested", false };
+    const struct tpv_jsrc *f = in->fit;
+    if (!diag_family(nm->kind)) {
+        if (nm->estimator == TPV_EST_AUTO)
+            p.reason = nm->kind == TPV_NOISE_PRUNE
+                           ? "auto: a fixed perturbation costs one JVP per sample"
+                           : "auto: Gram-based models are computed exactly";
+        else if (nm->estimator != TPV_EST_EXACT)
+            p.reason = nm->kind == TPV_NOISE_PRUNE
+                           ? "a fixed perturbation has no stochastic estimator; computed exactly"
+                           : "no stochastic estimator for this model; computed exactly";
+        return p;
+    }
+    switch (nm->estimator) {
+    case TPV_EST_AUTO:
+        /* sqdiag is computed for every split anyway (stability report), so the exact diagonal
+         * is always the cheapest answer once it fits the memory plan. */
+        p.reason = "auto: the exact diagonal costs one pass and is computed for the stability "
+                   "report anyway";
+        return p;
+    case TPV_EST_EXACT:
+        return p;
+    case TPV_EST_HUTCHPP:
+        if (f->ops->vjp) {
+            p.est = TPV_EST_HUTCHPP;
+            return p;
+        }
+        p.reason = "hutchpp needs J^T u, which this source lacks: used hutchinson";
+        __attribute__((fallthrough));
+    case TPV_EST_HUTCHINSON:
+        p.est = TPV_EST_HUTCHINSON;
+        p.outputs = f->K > 1 && f->ops->sqdiag_projected;
+        return p;
+    }
+    return p;
+}
+
+/* Hutch++ sketch size for a cap of m probes over p parameters. */
+static uint64_t hpp_sketch(uint64_t m, uint64_t p)
+{
+    uint64_t s = m / 3 ? m / 3 : 1;
+    return s < p ? s : p;
+}
+
+/* Rows of K_X multiplied by Q at a time in the label phase. */
+static uint64_t label_chunk_rows(uint64_t M, uint64_t N)
+{
+    uint64_t r = (32ull << 20) / 8 / (N ? N : 1);
+    r = r ? r : 1;
+    return r < M ? r : M;
+}
+
+struct mem_plan {
+    uint64_t total;
+    uint64_t base, gram, transient;
+};
+
+static void memory_plan(const struct tpv_est_inputs *in, struct mem_plan *mp)
+{
+    const struct tpv_jsrc *f = in->fit, *pr = in->probe;
+    uint64_t p = f->p, N = tpv_sat_mul(f->n, f->K), M = pr ? tpv_sat_mul(pr->n, pr->K) : 0;
+    uint64_t rows = N > M ? N : M, nsplit = pr ? 2 : 1;
+    bool label = false, sgdc = false;
+    uint64_t trans = 0;
+    for (size_t i = 0; i < in->nmodels; i++) {
+        const struct tpv_noise *nm = &in->models[i];
+        struct plan pl = plan_model(in, nm);
+        uint64_t t = 0;
+        label |= nm->kind == TPV_NOISE_LABEL;
+        sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE;
+        if (nm->kind == TPV_NOISE_QUANTIZATION && nm->scope != TPV_SCOPE_GLOBAL)
+            t = tpv_sat_mul(p, 8);
+        if (nm->kind == TPV_NOISE_PRUNE) {
+            t = tpv_sat_add(tpv_sat_mul(p, 16), tpv_sat_mul(rows, 8));
+            if (nm->prune_rule_magnitude) /* sort keys */
+                t = tpv_sat_add(t, tpv_sat_mul(p, 24));
+        }
+        if (pl.est == TPV_EST_HUTCHINSON)
+            t = tpv_sat_add(t, pl.outputs ? tpv_sat_add(tpv_sat_mul(p, 8), tpv_sat_mul(rows, 16))
+                                          : tpv_sat_add(tpv_sat_mul(p, 16), tpv_sat_mul(rows, 8)));
+        if (pl.est == TPV_EST_HUTCHPP) {
+            uint64_t s = hpp_sketch(nm->max_samples, p);
+            /* sketch (p x s), LAPACKE's transposed copy, tau, vectors */
+            t = tpv_sat_add(t, tpv_sat_add(tpv_sat_mul(tpv_sat_mul(p, s), 16),
+                                           tpv_sat_add(tpv_sat_mul(p, 24), tpv_sat_mul(rows, 8))));
+        }
+        trans = t > trans ? t : trans;
+    }
+    uint64_t scratch = f->ops->scratch_bytes ? f->ops->scratch_bytes(f) : 0;
+    if (pr && pr->ops->scratch_bytes)
+        scratch = tpv_sat_add(scratch, pr->ops->scratch_bytes(pr));
+    mp->base = tpv_sat_add(tpv_sat_add(tpv_sat_mul(tpv_sat_mul(p, 8), nsplit), in->caller_bytes),
+                           scratch);
+    mp->gram = 0;
+    if (label || sgdc) {
+        mp->gram = tpv_sat_mul(tpv_sat_mul(N, N), 8);
+        mp->gram = tpv_sat_add(mp->gram, tpv_sat_mul(tpv_sat_mul(M, N), 8));
+        if (label) {
+            mp->gram = tpv_sat_add(mp->gram, tpv_sat_add(tpv_syevd_work_bytes(N),
+                                                         tpv_sat_mul(N, 16)));
+            if (pr)
+                mp->gram = tpv_sat_add(mp->gram,
+                                       tpv_sat_mul(tpv_sat_mul(label_chunk_rows(M, N), N), 8));
+        }
+    }
+    mp->transient = trans;
+    mp->total = tpv_sat_add(tpv_sat_add(mp->base, mp->gram), mp->transient);
+}
+
+int tpv_estimate_memory(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
+                        uint64_t *bytes, struct tpv_err *err)
+{
+    *bytes = 0;
+    if (!in->fit)
+        return tpv_err_set(err, TPV_EINVAL, "jacobian_fit", "a fit source is required");
+    if (in->probe) {
+        int rc = tpv_jsrc_check_pair(in->fit, in->probe, err);
+        if (rc != TPV_OK)
+            return rc;
+    }
+    int rc = check_servable(in, err);
+    if (rc != TPV_OK)
+        return rc;
+    struct mem_plan mp;
+    memory_plan(in, &mp);
+    *bytes = mp.total;
+    if (opts && opts->max_memory && mp.total > opts->max_memory)
+        return tpv_err_set(err, TPV_ENOSPACE, "max_memory",
+                           "scoring needs %llu bytes (%llu for the diagonals and panels, %llu for "
+                           "Gram matrices and the eigendecomposition, %llu for the largest "
+                           "per-model buffer) but the limit is %llu bytes",
+                           (unsigned long long)mp.total, (unsigned long long)mp.base,
+                           (unsigned long long)mp.gram, (unsigned long long)mp.transient,
+                           (unsigned long long)opts->max_memory);
+    return TPV_OK;
+}
+
+/* ---- stochastic trace estimators ------------------------------------------------------------ */
+
+struct welford {
+    uint64_t n;
+    double mean, m2;
+};
+
+static void welford_add(struct welford *w, double x)
+{
+    w->n++;
+    double d = x - w->mean;
+    w->mean += d / (double)w->n;
+    w->m2 += d * (x - w->mean);
+}
+
+static double welford_stderr(const struct welford *w)
+{
+    return w->n > 1 ? sqrt(w->m2 / (double)(w->n - 1) / (double)w->n) : 0.0;
+}
+
+static uint64_t stream_id(const struct tpv_trace_opts *o, uint64_t i)
+{
+    return (o->stream << 40) ^ i;
+}
+
+static bool should_stop(const struct tpv_trace_opts *o, const struct welford *w, double offset)
+{
+    uint64_t minn = o->min_samples ? o->min_samples : 8;
+    if (w->n < minn || w->n < 2 || o->target_rel_error <= 0)
+        return false;
+    double mean = fabs(offset + w->mean);
+    return welford_stderr(w) <= o->target_rel_error * mean;
+}
+
+/* ||J (sqrt(c) . v)||^2, with `u` a p scratch and `y` a rows scratch. */
+static int quad_form(const struct tpv_jsrc *s, const double *c, const double *v, double *u,
+                     double *y, double *out, struct tpv_err *err)
+{
+    for (uint64_t j = 0; j < s->p; j++)
+        u[j] = c ? sqrt(c[j]) * v[j] : v[j];
+    int rc = s->ops->jvp(s, u, y, NULL, err);
+    if (rc != TPV_OK)
+        return rc;
+    double t = 0;
+    for (uint64_t r = 0; r < s->n * s->K; r++)
+        t += y[r] * y[r];
+    *out = t;
+    return TPV_OK;
+}
+
+static int check_trace_args(const struct tpv_jsrc *s, const struct tpv_trace_opts *o,
+                            struct tpv_err *err)
+{
+    if (!o || o->max_samples < 1)
+        return tpv_err_set(err, TPV_EINVAL, "max_samples", "max_samples must be at least 1");
+    if (!s->ops->jvp)
+        return tpv_err_set(err, TPV_EUNIMPLEMENTED, NULL, "this source has no JVP");
+    return TPV_OK;
+}
+
+int tpv_trace_hutchinson(const struct tpv_jsrc *s, const double *c, const struct tpv_trace_opts *o,
+                         struct tpv_trace_result *out, const struct tpv_progress *pg,
+                         struct tpv_err *err)
+{
+    memset(out, 0, sizeof *out);
+    int rc = check_trace_args(s, o, err);
+    if (rc != TPV_OK)
+        return rc;
+    uint64_t rows = s->n * s->K;
+    double *z = malloc((size_t)s->p * sizeof *z), *u = malloc((size_t)s->p * sizeof *u);
+    double *y = malloc((size_t)rows * sizeof *y);
+    struct welford w = { 0 };
+    if (!z || !u || !y)
+        rc = oom(err);
+    for (uint64_t i = 0; rc == TPV_OK && i < o->max_samples; i++) {
+        struct tpv_rng r;
+        double q;
+        tpv_rng_init(&r, o->seed, stream_id(o, i));
+        tpv_rng_rademacher(&r, z, (size_t)s->p);
+        rc = quad_form(s, c, z, u, y, &q, err);
+        if (rc != TPV_OK)
+            break;
+        welford_add(&w, q);
+        if (should_stop(o, &w, 0)) {
+            out->converged = true;
+            break;
+        }
+        if (tpv_progress_report(pg, 0, 1, i + 1, o->max_samples) != TPV_OK)
+            rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+    }
+    free(z);
+    free(u);
+    free(y);
+    if (rc != TPV_OK)
+        return rc;
+    out->value = w.mean;
+    out->stderr_value = welford_stderr(&w);
+    out->samples = w.n;
+    return TPV_OK;
+}
+
+int tpv_trace_hutchinson_outputs(const struct tpv_jsrc *s, const double *c,
+                                 const struct tpv_trace_opts *o, struct tpv_trace_result *out,
+                                 const struct tpv_progress *pg, struct tpv_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (!o || o->max_samples < 1)
+        return tpv_err_set(err, TPV_EINVAL, "max_samples", "max_samples must be at least 1");
+    if (!s->ops->sqdiag_projected)
+        return tpv_err_set(err, TPV_EUNIMPLEMENTED, NULL, "this source has no projected sqdiag");
+    uint64_t rows = s->n * s->K;
+    double *r = malloc((size_t)rows * sizeof *r), *d = malloc((size_t)s->p * sizeof *d);
+    int rc = r && d ? TPV_OK : oom(err);
+    struct welford w = { 0 };
+    for (uint64_t i = 0; rc == TPV_OK && i < o->max_samples; i++) {
+        struct tpv_rng g;
+        tpv_rng_init(&g, o->seed, stream_id(o, i));
+        tpv_rng_rademacher(&g, r, (size_t)rows);
+        memset(d, 0, (size_t)s->p * sizeof *d);
+        rc = s->ops->sqdiag_projected(s, r, d, NULL, NULL, err);
+        if (rc != TPV_OK)
+            break;
+        double t = 0;
+        for (uint64_t j = 0; j < s->p; j++)
+            t += c ? c[j] * d[j] : d[j];
+        welford_add(&w, t);
+        if (should_stop(o, &w, 0)) {
+            out->converged = true;
+            break;
+        }
+        if (tpv_progress_report(pg, 0, 1, i + 1, o->max_samples) != TPV_OK)
+            rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+    }
+    free(r);
+    free(d);
+    if (rc != TPV_OK)
+        return rc;
+    out->value = w.mean;
+    out->stderr_value = welford_stderr(&w);
+    out->samples = w.n;
+    return TPV_OK;
+}
+
+int tpv_trace_hutchpp(const struct tpv_jsrc *s, const double *c, const struct tpv_trace_opts *o,
+                      struct tpv_trace_result *out, const struct tpv_progress *pg,
+                      struct tpv_err *err)
+{
+    memset(out, 0, sizeof *out);
+    int rc = check_trace_args(s, o, err);
+    if (rc != TPV_OK)
+        return rc;
+    if (!s->ops->vjp)
+        return tpv_err_set(err, TPV_EUNIMPLEMENTED, NULL, "hutchpp needs the vjp operation");
+    uint64_t p = s->p, rows = s->n * s->K, sk = hpp_sketch(o->max_samples, p);
+    uint64_t cells;
+    if (!tpv_mul3(p, sk, sizeof(double), &cells) || cells > SIZE_MAX)
+        return tpv_err_set(err, TPV_ENOSPACE, NULL, "hutchpp sketch is too large");
+    double *Y = malloc((size_t)cells), *z = malloc((size_t)p * sizeof *z);
+    double *u = malloc((size_t)p * sizeof *u), *y = malloc((size_t)rows * sizeof *y);
+    double *h = malloc((size_t)sk * sizeof *h);
+    if (!Y || !z || !u || !y || !h)
+        rc = oom(err);
+    uint64_t total_steps = 2 * sk + (o->max_samples > 2 * sk ? o->max_samples - 2 * sk : 0);
+    uint64_t step = 0;
+    /* 1. Y = A S, column i from probe i: A z = D^1/2 J^T J D^1/2 z. */
+    for (uint64_t i = 0; rc == TPV_OK && i < sk; i++) {
+        struct tpv_rng g;
+        tpv_rng_init(&g, o->seed, stream_id(o, i));
+        tpv_rng_rademacher(&g, z, (size_t)p);
+        for (uint64_t j = 0; j < p; j++)
+            u[j] = c ? sqrt(c[j]) * z[j] : z[j];
+        rc = s->ops->jvp(s, u, y, NULL, err);
+        if (rc == TPV_OK)
+            rc = s->ops->vjp(s, y, u, NULL, err);
+        for (uint64_t j = 0; rc == TPV_OK && j < p; j++)
+            Y[j * sk + i] = c ? sqrt(c[j]) * u[j] : u[j];
+        if (rc == TPV_OK && tpv_progress_report(pg, 0, 1, ++step, total_steps) != TPV_OK)
+            rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+    }
+    /* 2. Q = orth(Y); 3. tr(Q^T A Q) = sum_i ||J D^1/2 q_i||^2. */
+    if (rc == TPV_OK)
+        rc = tpv_orth(p, sk, Y, err);
+    double t1 = 0;
+    for (uint64_t i = 0; rc == TPV_OK && i < sk; i++) {
+        double q;
+        for (uint64_t j = 0; j < p; j++)
+            z[j] = Y[j * sk + i];
+        rc = quad_form(s, c, z, u, y, &q, err);
+        t1 += q;
+        if (rc == TPV_OK && tpv_progress_report(pg, 0, 1, ++step, total_steps) != TPV_OK)
+            rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+    }
+    /* 4. Hutchinson on the deflated operator with g' = (I - QQ^T) g. */
+    struct welford w = { 0 };
+    uint64_t rem = o->max_samples > 2 * sk ? o->max_samples - 2 * sk : 1;
+    if (sk == p)
+        rem = 0; /* Q spans R^p: the first term is the whole trace */
+    for (uint64_t i = 0; rc == TPV_OK && i < rem; i++) {
+        struct tpv_rng g;
+        double q;
+        tpv_rng_init(&g, o->seed, stream_id(o, sk + i));
+        tpv_rng_rademacher(&g, z, (size_t)p);
+        cblas_dgemv(CblasRowMajor, CblasTrans, (blasint)p, (blasint)sk, 1.0, Y, (blasint)sk, z, 1,
+                    0.0, h, 1);
+        cblas_dgemv(CblasRowMajor, CblasNoTrans, (blasint)p, (blasint)sk, -1.0, Y, (blasint)sk, h,
+                    1, 1.0, z, 1);
+        rc = quad_form(s, c, z, u, y, &q, err);
+        if (rc != TPV_OK)
+            break;
+        welford_add(&w, q);
+        if (should_stop(o, &w, t1)) {
+            out->converged = true;
+            break;
+        }
+        if (tpv_progress_report(pg, 0, 1, ++step, total_steps) != TPV_OK)
+            rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+    }
+    free(Y);
+    free(z);
+    free(u);
+    free(y);
+    free(h);
+    if (rc != TPV_OK)
+        return rc;
+    out->value = t1 + w.mean;
+    out->stderr_value = welford_stderr(&w);
+    out->samples = sk + w.n;
+    out->sketch = sk;
+    if (rem == 0)
+        out->converged = true;
+    return TPV_OK;
+}
+
+/* ---- magnitude prune rule ------------------------------------------------------------------- */
+
+struct prune_key {
+    double a;      /* |w| */
+    uint64_t lex;  /* rank of the block in lexicographic name order */
+    uint64_t idx;  /* row-major index inside the block */
+    uint64_t col;  /* column in the source */
+};
+
+static int cmp_key(const void *x, const void *y)
+{
+    const struct prune_key *a = x, *b = y;
+    if (a->a != b->a)
+        return a->a < b->a ? -1 : 1;
+    if (a->lex != b->lex)
+        return a->lex < b->lex ? -1 : 1;
+    return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+static const struct tpv_layout *cmp_layout_ctx;
+static int cmp_block_name(const void *x, const void *y)
+{
+    const size_t *a = x, *b = y;
+    return strcmp(cmp_layout_ctx->blocks[*a].name, cmp_layout_ctx->blocks[*b].name);
+}
+
+int tpv_prune_magnitude_mask(const struct tpv_layout *layout, const double *w, double fraction,
+                             enum tpv_scope scope, double *mask, uint64_t *pruned,
+                             struct tpv_err *err)
+{
+    *pruned = 0;
+    if (layout->nblocks == 0)
+        return tpv_err_set(err, TPV_EINVAL, NULL, "the magnitude rule needs tensor names");
+    if (!(fraction >= 0 && fraction <= 1))
+        return tpv_err_set(err, TPV_EINVAL, "fraction", "fraction must be in [0, 1]");
+    memset(mask, 0, (size_t)layout->p * sizeof *mask);
+    size_t nb = layout->nblocks;
+    size_t *order = malloc(nb * sizeof *order);
+    uint64_t *lex = malloc(nb * sizeof *lex);
+    if (!order || !lex) {
+        free(order);
+        free(lex);
+        return oom(err);
+    }
+    for (size_t i = 0; i < nb; i++)
+        order[i] = i;
+    cmp_layout_ctx = layout; /* qsort has no context argument in C11 */
+    qsort(order, nb, sizeof *order, cmp_block_name);
+    for (size_t i = 0; i < nb; i++)
+        lex[order[i]] = i;
+    uint64_t N = 0;
+    for (size_t i = 0; i < nb; i++)
+        if (layout->blocks[i].rank >= 2)
+            N += layout->blocks[i].count;
+    struct prune_key *keys = malloc((size_t)(N ? N : 1) * sizeof *keys);
+    if (!keys) {
+        free(order);
+        free(lex);
+        return oom(err);
+    }
+    /* Keys in lexicographic block order, entries row-major (the tie order). */
+    uint64_t k = 0;
+    for (size_t oi = 0; oi < nb; oi++) {
+        const struct tpv_block *b = &layout->blocks[order[oi]];
+        if (b->rank < 2)
+            continue;
+        uint64_t start = k;
+        for (uint64_t e = 0; e < b->count; e++, k++)
+            keys[k] = (struct prune_key){ fabs(w[b->offset + e]), oi, e, b->offset + e };
+        if (scope == TPV_SCOPE_PER_TENSOR) {
+            uint64_t take = (uint64_t)floor(fraction * (double)b->count);
+            qsort(keys + start, (size_t)b->count, sizeof *keys, cmp_key);
+            for (uint64_t e = 0; e < take; e++)
+                mask[keys[start + e].col] = 1.0;
+            *pruned += take;
+        }
+    }
+    if (scope != TPV_SCOPE_PER_TENSOR) {
+        uint64_t take = (uint64_t)floor(fraction * (double)N);
+        qsort(keys, (size_t)N, sizeof *keys, cmp_key);
+        for (uint64_t e = 0; e < take; e++)
+            mask[keys[e].col] = 1.0;
+        *pruned = take;
+    }
+    free(keys);
+    free(order);
+    free(lex);
+    return TPV_OK;
+}
+
+/* ---- per-model evaluation ------------------------------------------------------------------- */
+
+/* Shared state of one job. */
+struct job {
+    const struct tpv_est_inputs *in;
+    const struct tpv_jsrc *src[2];
+    int nsplit;
+    double *diag[2];
+    double trace[2];      /* sum_j diag_j = ||J||_F^2 */
+    double t_sqdiag[2];   /* seconds */
+    /* Gram phase */
+    bool have_gram, have_eig;
+    double t_gram;        /* G, K_X, eigendecomposition */
+    double trG;           /* Tr G */
+    double sgdc_F, sgdc_S; /* ||G||_F^2 and its diagonal K x K blocks */
+    double kx_F;          /* ||K_X||_F^2 */
+    double *lambda;       /* N eigenvalues (ascending) */
+    double *proj;         /* N: ||K_X q_i||^2 */
+};
+
+static void set_real(json_t *o, const char *k, double v)
+{
+    json_object_set_new(o, k, isfinite(v) ? json_real(v) : json_null());
+}
+
+/* Weights of the diagonal family: value = scale * sum_j c_j diag_j / |X| (c NULL = ones). */
+static int diag_coeffs(const struct job *jb, size_t mi, double *scale, double **c, bool *owned,
+                       json_t *details, struct tpv_err *err)
+{
+    const struct tpv_est_inputs *in = jb->in;
+    const struct tpv_noise *nm = &in->models[mi];
+    const struct tpv_layout *L = &in->fit->layout;
+    *c = NULL;
+    *owned = false;
+    switch (nm->kind) {
+    case TPV_NOISE_ISOTROPIC:
+        *scale = nm->sigma * nm->sigma;
+        return TPV_OK;
+    case TPV_NOISE_SGD:
+        *scale = nm->lr * nm->residual_variance / (2.0 * nm->batch_size);
+        return TPV_OK;
+    case TPV_NOISE_DIAGONAL:
+        *scale = 1.0;
+        *c = (double *)in->extra[mi].variances;
+        return TPV_OK;
+    case TPV_NOISE_QUANTIZATION: {
+        double levels = ldexp(1.0, nm->bits) - 1.0;
+        uint64_t p = in->fit->p;
+        if (nm->scope == TPV_SCOPE_GLOBAL) {
+            double lo = in->wmin, hi = in->wmax;
+            if (in->weights) {
+                lo = INFINITY, hi = -INFINITY;
+                for (uint64_t j = 0; j < p; j++) {
+                    lo = in->weights[j] < lo ? in->weights[j] : lo;
+                    hi = in->weights[j] > hi ? in->weights[j] : hi;
+                }
+            }
+            double delta = (hi - lo) / levels;
+            *scale = delta * delta / 12.0;
+            json_object_set_new(details, "groups", json_integer(1));
+            set_real(details, "delta_max", delta);
+            return TPV_OK;
+        }
+        double *cc = malloc((size_t)p * sizeof *cc);
+        if (!cc)
+            return oom(err);
+        uint64_t groups = 0;
+        double dmax = 0;
+        for (size_t b = 0; b < L->nblocks; b++) {
+            const struct tpv_block *bl = &L->blocks[b];
+            uint64_t ng = nm->scope == TPV_SCOPE_PER_CHANNEL && bl->rank >= 2 ? bl->shape[0] : 1;
+            uint64_t per = ng ? bl->count / ng : 0;
+            for (uint64_t g = 0; g < ng; g++) {
+                const double *w = in->weights + bl->offset + g * per;
+                double lo = INFINITY, hi = -INFINITY;
+                for (uint64_t e = 0; e < per; e++) {
+                    lo = w[e] < lo ? w[e] : lo;
+                    hi = w[e] > hi ? w[e] : hi;
+                }
+                double delta = per ? (hi - lo) / levels : 0;
+                dmax = delta > dmax ? delta : dmax;
+                for (uint64_t e = 0; e < per; e++)
+                    cc[bl->offset + g * per + e] = delta * delta / 12.0;
+                groups++;
+            }
+        }
+        *scale = 1.0;
+        *c = cc;
+        *owned = true;
+        json_object_set_new(details, "groups", json_integer((json_int_t)groups));
+        set_real(details, "delta_max", dmax);
+        return TPV_OK;
+    }
+    default:
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "not a diagonal model");
+    }
+}
+
+static int score_diag_family(const struct job *jb, size_t mi, const struct plan *pl,
+                             struct tpv_score *sc, const struct tpv_progress *pg,
+                             struct tpv_err *err)
+{
+    double scale = 1.0, *c = NULL;
+    bool owned = false;
+    int rc = diag_coeffs(jb, mi, &scale, &c, &owned, sc[0].details, err);
+    if (rc == TPV_OK && jb->nsplit > 1)
+        json_object_update(sc[1].details, sc[0].details);
+    const struct tpv_noise *nm = &jb->in->models[mi];
+    for (int s = 0; rc == TPV_OK && s < jb->nsplit; s++) {
+        const struct tpv_jsrc *src = jb->src[s];
+        double t0 = now_seconds(), nX = (double)src->n;
+        if (pl->est == TPV_EST_EXACT) {
+            double T = 0;
+            if (c)
+                for (uint64_t j = 0; j < src->p; j++)
+                    T += c[j] * jb->diag[s][j];
+            else
+                T = jb->trace[s];
+            sc[s].value = scale * T / nX;
+            sc[s].wall_seconds = jb->t_sqdiag[s];
+            set_real(sc[s].details, "shared_seconds", jb->t_sqdiag[s]);
+        } else {
+            struct tpv_trace_opts o = { nm->seed, (uint64_t)s, nm->target_rel_error,
+                                        nm->max_samples, 0 };
+            struct tpv_trace_result r;
+            struct tpv_progress sub = pg[s];
+            if (pl->est == TPV_EST_HUTCHPP)
+                rc = tpv_trace_hutchpp(src, c, &o, &r, &sub, err);
+            else if (pl->outputs)
+                rc = tpv_trace_hutchinson_outputs(src, c, &o, &r, &sub, err);
+            else
+                rc = tpv_trace_hutchinson(src, c, &o, &r, &sub, err);
+            if (rc != TPV_OK)
+                break;
+            sc[s].value = scale * r.value / nX;
+            sc[s].stderr_value = fabs(scale) * r.stderr_value / nX;
+            sc[s].samples = r.samples;
+            sc[s].wall_seconds = now_seconds() - t0;
+            json_object_set_new(sc[s].details, "probes",
+                                json_string(pl->est == TPV_EST_HUTCHPP ? "parameters"
+                                            : pl->outputs              ? "outputs"
+                                                                       : "parameters"));
+            json_object_set_new(sc[s].details, "converged", json_boolean(r.converged));
+            set_real(sc[s].details, "target_rel_error", nm->target_rel_error);
+            json_object_set_new(sc[s].details, "max_samples",
+                                json_integer((json_int_t)nm->max_samples));
+            if (pl->est == TPV_EST_HUTCHPP)
+                json_object_set_new(sc[s].details, "sketch", json_integer((json_int_t)r.sketch));
+            double exact = jb->trace[s];
+            if (!c)
+                set_real(sc[s].details, "exact_trace_value", scale * exact / nX);
+        }
+    }
+    if (owned)
+        free(c);
+    return rc;
+}
+
+static int score_prune(const struct job *jb, size_t mi, struct tpv_score *sc,
+                       const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct tpv_est_inputs *in = jb->in;
+    const struct tpv_noise *nm = &in->models[mi];
+    uint64_t p = in->fit->p, rows = 0;
+    for (int s = 0; s < jb->nsplit; s++)
+        rows = jb->src[s]->n * jb->src[s]->K > rows ? jb->src[s]->n * jb->src[s]->K : rows;
+    double *dw = malloc((size_t)p * sizeof *dw), *y = malloc((size_t)rows * sizeof *y);
+    double *mask = NULL;
+    int rc = dw && y ? TPV_OK : oom(err);
+    double t0 = now_seconds();
+    uint64_t pruned = 0;
+    if (rc == TPV_OK && nm->prune_rule_magnitude) {
+        mask = malloc((size_t)p * sizeof *mask);
+        rc = mask ? tpv_prune_magnitude_mask(&in->fit->layout, in->weights, nm->fraction,
+                                             nm->scope, mask, &pruned, err)
+                  : oom(err);
+    }
+    const double *m = nm->prune_rule_magnitude ? mask : in->extra[mi].mask;
+    double dwn = 0;
+    for (uint64_t j = 0; rc == TPV_OK && j < p; j++) {
+        dw[j] = -(m[j] * in->weights[j]);
+        dwn += dw[j] * dw[j];
+        if (!nm->prune_rule_magnitude && m[j] != 0)
+            pruned++;
+    }
+    double t_mask = now_seconds() - t0;
+    for (int s = 0; rc == TPV_OK && s < jb->nsplit; s++) {
+        const struct tpv_jsrc *src = jb->src[s];
+        double t1 = now_seconds();
+        struct tpv_progress sub = pg[s];
+        rc = src->ops->jvp(src, dw, y, &sub, err);
+        if (rc != TPV_OK)
+            break;
+        double t = 0;
+        for (uint64_t r = 0; r < src->n * src->K; r++)
+            t += y[r] * y[r];
+        sc[s].value = t / (double)src->n;
+        sc[s].wall_seconds = now_seconds() - t1 + t_mask;
+        json_object_set_new(sc[s].details, "pruned", json_integer((json_int_t)pruned));
+        set_real(sc[s].details, "dw_norm", sqrt(dwn));
+    }
+    free(dw);
+    free(y);
+    free(mask);
+    return rc;
+}
+
+static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
+{
+    const struct tpv_noise *nm = &jb->in->models[mi];
+    const struct tpv_jsrc *f = jb->in->fit;
+    uint64_t N = f->n * f->K;
+    const double *lam = jb->lambda;
+    double lmax = N ? (lam[N - 1] > 0 ? lam[N - 1] : 0) : 0;
+    double rho = nm->ridge > 0 ? nm->ridge : nm->ridge_rel > 0 ? nm->ridge_rel * jb->trG / (double)N : 0;
+    double s2 = nm->sigma * nm->sigma;
+    double fitsum = 0, probesum = 0, eff = 0, lmin_kept = NAN;
+    uint64_t kept = 0;
+    for (uint64_t i = N; i-- > 0;) { /* descending: largest terms first */
+        double l = lam[i] > 0 ? lam[i] : 0;
+        bool keep = rho > 0 ? true : l > nm->rcond * lmax && l > 0;
+        if (!keep)
+            continue;
+        double den = (l + rho) * (l + rho);
+        if (den <= 0)
+            continue;
+        kept++;
+        lmin_kept = l;
+        fitsum += l * l / den;
+        eff += rho > 0 ? l / (l + rho) : 1.0;
+        if (jb->proj)
+            probesum += jb->proj[i] / den;
+    }
+    for (int s = 0; s < jb->nsplit; s++) {
+        sc[s].value = s2 * (s == 0 ? fitsum : probesum) / (double)jb->src[s]->n;
+        sc[s].wall_seconds = jb->t_gram;
+        json_object_set_new(sc[s].details, "rank", json_integer((json_int_t)kept));
+        set_real(sc[s].details, "effective_rank", eff);
+        set_real(sc[s].details, "lambda_max", lmax);
+        set_real(sc[s].details, "lambda_min_kept", lmin_kept);
+        set_real(sc[s].details, "rho", rho);
+        set_real(sc[s].details, "shared_seconds", jb->t_gram);
+    }
+}
+
+static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
+{
+    const struct tpv_noise *nm = &jb->in->models[mi];
+    double a = nm->lr / (2.0 * nm->batch_size);
+    double n = (double)jb->in->fit->n;
+    double with_self = a * jb->sgdc_F / (n * n);
+    if (jb->in->fit->n > 1) {
+        sc[0].value = a * (jb->sgdc_F - jb->sgdc_S) / (n * (n - 1));
+    } else {
+        sc[0].value = with_self;
+        json_object_set_new(sc[0].details, "note",
+                            json_string("n = 1: leave-self-out undefined, value includes self"));
+    }
+    set_real(sc[0].details, "with_self", with_self);
+    sc[0].wall_seconds = jb->t_gram;
+    if (jb->nsplit > 1) {
+        sc[1].value = a * jb->kx_F / ((double)jb->in->probe->n * n);
+        sc[1].wall_seconds = jb->t_gram;
+    }
+}
+
+/* ---- shared phases -------------------------------------------------------------------------- */
+
+static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram, double c_kx,
+                      double c_eig, struct tpv_err *err)
+{
+    const struct tpv_jsrc *f = jb->in->fit, *pb = jb->in->probe;
+    uint64_t N = f->n * f->K, M = pb ? pb->n * pb->K : 0, K = f->K;
+    double t0 = now_seconds();
+    double *G = malloc((size_t)(N * N) * sizeof *G);
+    double *KX = M ? malloc((size_t)(M * N) * sizeof *KX) : NULL;
+    if (!G || (M && !KX)) {
+        free(G);
+        free(KX);
+        return oom(err);
+    }
+    struct slice sl;
+    struct tpv_progress sub = slice_make(&sl, pr, c_gram);
+    int rc = f->ops->gram(f, f, G, &sub, err);
+    if (rc == TPV_OK && M) {
+        sub = slice_make(&sl, pr, c_kx);
+        rc = pb->ops->gram(pb, f, KX, &sub, err);
+    } else {
+        pr->done += c_kx;
+    }
+    if (rc == TPV_OK) {
+        double F = 0, S = 0, tr = 0, kf = 0;
+        for (uint64_t i = 0; i < N; i++) {
+            tr += G[i * N + i];
+            for (uint64_t j = 0; j < N; j++) {
+                double g2 = G[i * N + j] * G[i * N + j];
+                F += g2;
+                if (i / K == j / K)
+                    S += g2;
+            }
+        }
+        for (uint64_t i = 0; i < M * N; i++)
+            kf += KX[i] * KX[i];
+        jb->sgdc_F = F;
+        jb->sgdc_S = S;
+        jb->trG = tr;
+        jb->kx_F = kf;
+        jb->have_gram = true;
+    }
+    if (rc == TPV_OK && label) {
+        if (tpv_progress_report(&sub, 0, 1, 1, 1) != TPV_OK)
+            rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+        jb->lambda = malloc((size_t)(N ? N : 1) * sizeof *jb->lambda);
+        jb->proj = M ? calloc((size_t)N, sizeof *jb->proj) : NULL;
+        if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj)))
+            rc = oom(err);
+        if (rc == TPV_OK)
+            rc = tpv_syevd(N, G, jb->lambda, err); /* G now holds Q (eigenvectors as columns) */
+        sub = slice_make(&sl, pr, c_eig);
+        uint64_t R = M ? label_chunk_rows(M, N) : 0;
+        double *T = M && rc == TPV_OK ? malloc((size_t)(R * N) * sizeof *T) : NULL;
+        if (rc == TPV_OK && M && !T)
+            rc = oom(err);
+        for (uint64_t r0 = 0; rc == TPV_OK && r0 < M; r0 += R) {
+            uint64_t nr = M - r0 < R ? M - r0 : R;
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)N,
+                        (blasint)N, 1.0, KX + r0 * N, (blasint)N, G, (blasint)N, 0.0, T,
+                        (blasint)N);
+            for (uint64_t r = 0; r < nr; r++)
+                for (uint64_t i = 0; i < N; i++)
+                    jb->proj[i] += T[r * N + i] * T[r * N + i];
+            if (tpv_progress_report(&sub, 0, 1, r0 + nr, M) != TPV_OK)
+                rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+        }
+        free(T);
+        jb->have_eig = rc == TPV_OK;
+    } else {
+        pr->done += c_eig;
+    }
+    free(G);
+    free(KX);
+    jb->t_gram = now_seconds() - t0;
+    return rc;
+}
+
+/* ---- the job -------------------------------------------------------------------------------- */
+
+int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
+                        struct tpv_score **scores, size_t *nscores, json_t **stability,
+                        const struct tpv_progress *pg, struct tpv_err *err)
+{
+    *scores = NULL;
+    *nscores = 0;
+    *stability = NULL;
+    uint64_t need;
+    int rc = tpv_estimate_memory(in, opts, &need, err);
+    if (rc != TPV_OK)
+        return rc;
+    struct job jb = { .in = in, .src = { in->fit, in->probe }, .nsplit = in->probe ? 2 : 1 };
+    size_t ns = in->nmodels * (size_t)jb.nsplit;
+    struct tpv_score *sc = calloc(ns ? ns : 1, sizeof *sc);
+    struct plan *plans = calloc(in->nmodels ? in->nmodels : 1, sizeof *plans);
+    if (!sc || !plans) {
+        free(sc);
+        free(plans);
+        return oom(err);
+    }
+    uint64_t p = in->fit->p, N = in->fit->n * in->fit->K, M = in->probe ? in->probe->n * in->probe->K : 0;
+    bool label = false, sgdc = false;
+    /* Costs in "element passes" (one read of one Jacobian entry ~ 10 flops of BLAS-3). */
+    struct prog pr = { pg, 0, 0 };
+    double c_sq[2] = { (double)N * (double)p, (double)M * (double)p };
+    double c_gram = (double)N * (double)N * (double)p / 10, c_kx = (double)M * (double)N * (double)p / 5;
+    double c_eig = (double)N * (double)N * (double)N;
+    double *c_model = calloc(in->nmodels ? in->nmodels : 1, sizeof *c_model);
+    if (!c_model)
+        rc = oom(err);
+    for (size_t i = 0; rc == TPV_OK && i < in->nmodels; i++) {
+        const struct tpv_noise *nm = &in->models[i];
+        plans[i] = plan_model(in, nm);
+        label |= nm->kind == TPV_NOISE_LABEL;
+        sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE;
+        double passes = nm->kind == TPV_NOISE_PRUNE ? 1
+                        : plans[i].est == TPV_EST_HUTCHINSON ? (double)nm->max_samples
+                        : plans[i].est == TPV_EST_HUTCHPP ? (double)nm->max_samples * 1.7
+                                                           : 0;
+        c_model[i] = passes * (c_sq[0] + c_sq[1]);
+        for (int s = 0; s < jb.nsplit; s++) {
+            struct tpv_score *x = &sc[i * (size_t)jb.nsplit + (size_t)s];
+            snprintf(x->noise, sizeof x->noise, "%s", nm->name);
+            x->kind = nm->kind;
+            x->split = (enum tpv_split)s;
+            x->estimator = tpv_estimator_name(plans[i].est);
+            x->seed = nm->seed;
+            x->details = json_object();
+            if (!x->details) {
+                rc = oom(err);
+                break;
+            }
+            json_object_set_new(x->details, "estimator_requested",
+                                json_string(tpv_estimator_name(nm->estimator)));
+            json_object_set_new(x->details, "estimator_reason", json_string(plans[i].reason));
+        }
+    }
+    pr.total = c_sq[0] + c_sq[1] + ((label || sgdc) ? c_gram + c_kx : 0) + (label ? c_eig : 0);
+    for (size_t i = 0; i < in->nmodels; i++)
+        pr.total += c_model[i];
+
+    /* Phase 1: sqdiag per split (the stability report needs both traces). */
+    for (int s = 0; rc == TPV_OK && s < jb.nsplit; s++) {
+        struct slice sl;
+        struct tpv_progress sub = slice_make(&sl, &pr, c_sq[s]);
+        double t0 = now_seconds();
+        jb.diag[s] = calloc((size_t)p, sizeof(double));
+        rc = jb.diag[s] ? jb.src[s]->ops->sqdiag(jb.src[s], jb.diag[s], &sub, err) : oom(err);
+        double tr = 0;
+        for (uint64_t j = 0; rc == TPV_OK && j < p; j++)
+            tr += jb.diag[s][j];
+        jb.trace[s] = tr;
+        jb.t_sqdiag[s] = now_seconds() - t0;
+    }
+    /* Phase 2: Gram matrices once for label and sgd_curvature. */
+    if (rc == TPV_OK && (label || sgdc))
+        rc = phase_gram(&jb, label, &pr, c_gram, c_kx, label ? c_eig : 0, err);
+    /* Phase 3: every model. */
+    for (size_t i = 0; rc == TPV_OK && i < in->nmodels; i++) {
+        const struct tpv_noise *nm = &in->models[i];
+        struct tpv_score *x = &sc[i * (size_t)jb.nsplit];
+        struct slice sl[2];
+        struct tpv_progress sub[2];
+        double share = c_sq[0] + c_sq[1] > 0 ? c_sq[0] / (c_sq[0] + c_sq[1]) : 1;
+        sub[0] = slice_make(&sl[0], &pr, c_model[i] * share);
+        sub[1] = slice_make(&sl[1], &pr, c_model[i] * (1 - share));
+        if (diag_family(nm->kind))
+            rc = score_diag_family(&jb, i, &plans[i], x, sub, err);
+        else if (nm->kind == TPV_NOISE_PRUNE)
+            rc = score_prune(&jb, i, x, sub, err);
+        else if (nm->kind == TPV_NOISE_LABEL)
+            score_label(&jb, i, x);
+        else
+            score_sgdc(&jb, i, x);
+        if (rc == TPV_OK && pg && pg->fn && pg->fn(pg->ctx, pr.total > 0 ? pr.done / pr.total : 1))
+            rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+    }
+    if (rc == TPV_OK) {
+        json_t *st = json_object();
+        if (!st) {
+            rc = oom(err);
+        } else {
+            double hf = jb.trace[0] / (double)in->fit->n;
+            set_real(st, "trace_fit", hf);
+            if (in->probe) {
+                double hp = jb.trace[1] / (double)in->probe->n;
+                set_real(st, "trace_probe", hp);
+                set_real(st, "isotropic_ratio", hf > 0 ? hp / hf : NAN);
+                json_object_set_new(st, "n_probe", json_integer((json_int_t)in->probe->n));
+            }
+            json_object_set_new(st, "n_fit", json_integer((json_int_t)in->fit->n));
+            json_object_set_new(st, "small_n_warning", json_boolean(in->fit->n < TPV_SMALL_N));
+            json_object_set_new(st, "small_n_threshold", json_integer(TPV_SMALL_N));
+            json_object_set_new(st, "memory_bytes", json_integer((json_int_t)need));
+            *stability = st;
+        }
+    }
+    for (int s = 0; s < 2; s++)
+        free(jb.diag[s]);
+    free(jb.lambda);
+    free(jb.proj);
+    free(plans);
+    free(c_model);
+    if (rc != TPV_OK) {
+        tpv_scores_free(sc, ns);
+        return rc;
+    }
+    *scores = sc;
+    *nscores = ns;
+    return TPV_OK;
+}
