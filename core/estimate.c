@@ -71,19 +71,19 @@ int tpv_jsrc_check_pair(const struct tpv_jsrc *fit, const struct tpv_jsrc *probe
                         struct tpv_err *err)
 {
     if (fit->p != probe->p)
-        return tpv_err_set(err, TPV_EINVAL, "jacobian_probe",
+        return tpv_err_set(err, TPV_EINVAL, "jacobian.probe",
                            "the probe dump has p = %llu parameters, the fit dump %llu",
                            (unsigned long long)probe->p, (unsigned long long)fit->p);
     if (fit->K != probe->K)
-        return tpv_err_set(err, TPV_EINVAL, "jacobian_probe",
+        return tpv_err_set(err, TPV_EINVAL, "jacobian.probe",
                            "the probe dump has K = %llu outputs, the fit dump %llu",
                            (unsigned long long)probe->K, (unsigned long long)fit->K);
     if (fit->ops != probe->ops)
-        return tpv_err_set(err, TPV_EINVAL, "jacobian_probe",
+        return tpv_err_set(err, TPV_EINVAL, "jacobian.probe",
                            "fit and probe sources are of different kinds");
     const struct tpv_layout *a = &fit->layout, *b = &probe->layout;
     if (a->nblocks != b->nblocks)
-        return tpv_err_set(err, TPV_EINVAL, "jacobian_probe",
+        return tpv_err_set(err, TPV_EINVAL, "jacobian.probe",
                            "the probe dump has %zu named tensors, the fit dump %zu", b->nblocks,
                            a->nblocks);
     for (size_t i = 0; i < a->nblocks; i++) {
@@ -93,7 +93,7 @@ int tpv_jsrc_check_pair(const struct tpv_jsrc *fit, const struct tpv_jsrc *probe
         for (int k = 0; same && k < x->rank; k++)
             same = x->shape[k] == y->shape[k];
         if (!same)
-            return tpv_err_set(err, TPV_EINVAL, "jacobian_probe",
+            return tpv_err_set(err, TPV_EINVAL, "jacobian.probe",
                                "the probe dump's tensor %zu ('%s') does not match the fit dump's "
                                "('%s') in name or shape", i, y->name, x->name);
     }
@@ -277,7 +277,7 @@ int tpv_estimate_memory(const struct tpv_est_inputs *in, const struct tpv_run_op
 {
     *bytes = 0;
     if (!in->fit)
-        return tpv_err_set(err, TPV_EINVAL, "jacobian_fit", "a fit source is required");
+        return tpv_err_set(err, TPV_EINVAL, "jacobian.fit", "a fit source is required");
     if (in->probe) {
         int rc = tpv_jsrc_check_pair(in->fit, in->probe, err);
         if (rc != TPV_OK)

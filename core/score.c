@@ -1,21 +1,287 @@
-/* score.c: PLACEHOLDER until the core-dumps issue lands: every entry point answers
- * TPV_EUNIMPLEMENTED so that the service fails such jobs with a clear error instead of a value. */
+/* score.c: the core's entry points for the service (score.h): open a candidate's files, check that
+ * every noise model of the study can be served, and score it with core/estimate.c.
+ *
+ * Opening is one step, open_sources(), with a branch per source kind: Jacobian dumps here
+ * (core/dump.c over mapped files); model checkpoints are wired by the MLP runtime
+ * (core/mlp_source.c) and answer TPV_EUNIMPLEMENTED until then. */
 #include "core/score.h"
 
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "core/dump.h"
+#include "core/estimate.h"
+#include "core/tensor.h"
 
 const char *tpv_split_name(enum tpv_split split)
 {
     return split == TPV_SPLIT_PROBE ? "probe" : "fit";
 }
 
+/* Everything a job holds open; released by close_sources. */
+struct sources {
+    struct tpv_tensor_file *weights_file;
+    struct tpv_jsrc *fit, *probe;
+    double *w; /* p weights in column order (named layout and weights), else NULL */
+    bool has_wrange;
+    double wmin, wmax;
+    size_t nmodels;
+    struct tpv_tensor_file **blob_files; /* per model: variances or mask file */
+    double **arrays;                     /* per model: p values in column order */
+    struct tpv_model_inputs *extra;
+    uint64_t held_bytes;
+};
+
+static void close_sources(struct sources *s)
+{
+    tpv_jsrc_free(s->fit);
+    tpv_jsrc_free(s->probe);
+    tpv_tensor_file_close(s->weights_file);
+    free(s->w);
+    for (size_t i = 0; i < s->nmodels; i++) {
+        if (s->blob_files)
+            tpv_tensor_file_close(s->blob_files[i]);
+        if (s->arrays)
+            free(s->arrays[i]);
+    }
+    free(s->blob_files);
+    free(s->arrays);
+    free(s->extra);
+    memset(s, 0, sizeof *s);
+}
+
+static bool float_dtype(enum tpv_dtype t)
+{
+    return t == TPV_DTYPE_F16 || t == TPV_DTYPE_BF16 || t == TPV_DTYPE_F32 || t == TPV_DTYPE_F64;
+}
+
+/* The weights in the dump's column order (named layout), or their global range (flat dump). */
+static int gather_weights(struct sources *s, struct tpv_err *err)
+{
+    const struct tpv_layout *L = &s->fit->layout;
+    const struct tpv_tensor_file *wf = s->weights_file;
+    if (L->nblocks == 0) {
+        double lo = INFINITY, hi = -INFINITY;
+        double buf[1024];
+        for (size_t i = 0; i < tpv_tensor_file_count(wf); i++) {
+            const struct tpv_tensor *t = tpv_tensor_file_at(wf, i);
+            if (!float_dtype(t->dtype))
+                continue;
+            int rc = tpv_tensor_check_finite(t, err);
+            if (rc != TPV_OK)
+                return rc;
+            for (uint64_t e = 0; e < t->numel; e += 1024) {
+                uint64_t k = t->numel - e < 1024 ? t->numel - e : 1024;
+                tpv_tensor_read_f64(t, e, k, buf);
+                for (uint64_t j = 0; j < k; j++) {
+                    lo = buf[j] < lo ? buf[j] : lo;
+                    hi = buf[j] > hi ? buf[j] : hi;
+                }
+            }
+        }
+        if (lo <= hi) {
+            s->has_wrange = true;
+            s->wmin = lo;
+            s->wmax = hi;
+        }
+        return TPV_OK;
+    }
+    s->w = malloc((size_t)L->p * sizeof *s->w);
+    if (!s->w)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    s->held_bytes += L->p * sizeof *s->w;
+    for (size_t b = 0; b < L->nblocks; b++) {
+        const struct tpv_block *bl = &L->blocks[b];
+        const struct tpv_tensor *t = tpv_tensor_file_find(wf, bl->name);
+        if (!t || t->numel != bl->count || !float_dtype(t->dtype))
+            return tpv_err_set(err, TPV_EINVAL, "weights",
+                               "weights: tensor '%s' of the dump is missing or has another size",
+                               bl->name);
+        int rc = tpv_tensor_check_finite(t, err);
+        if (rc != TPV_OK)
+            return rc;
+        tpv_tensor_read_f64(t, 0, bl->count, s->w + bl->offset);
+    }
+    return TPV_OK;
+}
+
+static int open_jacobian(const struct tpv_candidate_files *c, struct sources *s,
+                         struct tpv_err *err)
+{
+    if (!c->jac_fit)
+        return tpv_err_set(err, TPV_EINVAL, "jacobian.fit", "a Jacobian candidate needs a fit dump");
+    int rc;
+    if (c->weights) {
+        rc = tpv_tensor_file_open(&s->weights_file, c->weights, err);
+        if (rc != TPV_OK) {
+            tpv_err_prefix(err, "weights");
+            return rc;
+        }
+    }
+    rc = tpv_dump_open(&s->fit, c->jac_fit, c->layout, c->nlayout, s->weights_file, err);
+    if (rc != TPV_OK) {
+        tpv_err_prefix(err, "jacobian.fit");
+        if (err && (!err->field[0] || rc == TPV_EIO))
+            snprintf(err->field, sizeof err->field, "jacobian.fit");
+        return rc;
+    }
+    if (c->jac_probe) {
+        rc = tpv_dump_open(&s->probe, c->jac_probe, c->layout, c->nlayout, s->weights_file, err);
+        if (rc != TPV_OK) {
+            tpv_err_prefix(err, "jacobian.probe");
+            return rc;
+        }
+        rc = tpv_jsrc_check_pair(s->fit, s->probe, err);
+        if (rc != TPV_OK)
+            return rc;
+    }
+    return s->weights_file ? gather_weights(s, err) : TPV_OK;
+}
+
+/* Opens the candidate's Jacobian sources and weights.  One branch per source kind. */
+static int open_sources(const struct tpv_candidate_files *c, struct sources *s,
+                        struct tpv_err *err)
+{
+    memset(s, 0, sizeof *s);
+    switch (c->source) {
+    case TPV_SOURCE_MODEL:
+        return tpv_err_set(err, TPV_EUNIMPLEMENTED, "model",
+                           "model checkpoints are not supported yet");
+    case TPV_SOURCE_JACOBIAN:
+        return open_jacobian(c, s, err);
+    }
+    return tpv_err_set(err, TPV_EINVAL, "source", "unknown candidate source");
+}
+
+static int model_err(struct tpv_err *err, size_t i, const struct tpv_noise *nm, const char *fmt,
+                     ...) __attribute__((format(printf, 4, 5)));
+static int model_err(struct tpv_err *err, size_t i, const struct tpv_noise *nm, const char *fmt,
+                     ...)
+{
+    char field[48], what[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    snprintf(field, sizeof field, "noise_models[%zu]", i);
+    return tpv_err_set(err, TPV_EINVAL, field, "noise model '%s' (%s) %s", nm->name,
+                       tpv_noise_kind_name(nm->kind), what);
+}
+
+/* A variances or mask blob: tensors named like the dump's blocks with the same shapes, read into
+ * p values in column order.  Variances must cover every block and be >= 0; a mask leaves absent
+ * blocks unpruned. */
+static int load_named_values(struct sources *s, const struct tpv_candidate_files *c, size_t i,
+                             const struct tpv_noise *nm, const char *digest, bool variances,
+                             struct tpv_err *err)
+{
+    const struct tpv_layout *L = &s->fit->layout;
+    const char *path = c->blob_path ? c->blob_path(c->blob_ctx, digest) : NULL;
+    if (!path)
+        return model_err(err, i, nm, "refers to blob %s, which is not available", digest);
+    int rc = tpv_tensor_file_open(&s->blob_files[i], path, err);
+    if (rc != TPV_OK)
+        return model_err(err, i, nm, "has an unreadable blob: %s", tpv_err_message(err));
+    struct tpv_tensor_file *f = s->blob_files[i];
+    double *a = calloc((size_t)L->p, sizeof *a);
+    if (!a)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    s->arrays[i] = a;
+    s->held_bytes += L->p * sizeof *a;
+    for (size_t k = 0; k < tpv_tensor_file_count(f); k++) {
+        const struct tpv_tensor *t = tpv_tensor_file_at(f, k);
+        long b = tpv_layout_find(L, t->name);
+        if (b < 0)
+            return model_err(err, i, nm, "names tensor '%s', which is not a parameter of the dump",
+                             t->name);
+        const struct tpv_block *bl = &L->blocks[b];
+        bool same = t->rank == bl->rank;
+        for (int d = 0; same && d < t->rank; d++)
+            same = t->shape[d] == bl->shape[d];
+        if (!same)
+            return model_err(err, i, nm, "has tensor '%s' with another shape than the weights",
+                             t->name);
+        if (tpv_tensor_check_finite(t, err) != TPV_OK)
+            return model_err(err, i, nm, "has non-finite values in '%s'", t->name);
+        tpv_tensor_read_f64(t, 0, bl->count, a + bl->offset);
+        for (uint64_t e = 0; variances && e < bl->count; e++)
+            if (a[bl->offset + e] < 0)
+                return model_err(err, i, nm, "has a negative variance in '%s'", t->name);
+    }
+    for (size_t b = 0; variances && b < L->nblocks; b++)
+        if (!tpv_tensor_file_find(f, L->blocks[b].name))
+            return model_err(err, i, nm, "has no variances for tensor '%s'", L->blocks[b].name);
+    if (variances)
+        s->extra[i].variances = a;
+    else
+        s->extra[i].mask = a;
+    return TPV_OK;
+}
+
+/* Checks what each model needs and loads its blobs. */
+static int resolve_models(struct sources *s, const struct tpv_candidate_files *c,
+                          const struct tpv_noise *models, size_t nmodels, struct tpv_err *err)
+{
+    s->nmodels = nmodels;
+    s->blob_files = calloc(nmodels ? nmodels : 1, sizeof *s->blob_files);
+    s->arrays = calloc(nmodels ? nmodels : 1, sizeof *s->arrays);
+    s->extra = calloc(nmodels ? nmodels : 1, sizeof *s->extra);
+    if (!s->blob_files || !s->arrays || !s->extra)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    bool named = s->fit->layout.nblocks > 0;
+    for (size_t i = 0; i < nmodels; i++) {
+        const struct tpv_noise *nm = &models[i];
+        if (tpv_noise_needs_weights(nm) && !s->weights_file)
+            return model_err(err, i, nm, "needs the candidate's weights");
+        if (tpv_noise_needs_names(nm) && !named)
+            return model_err(err, i, nm, "needs tensor names: a flat .npy dump needs a "
+                             "\"layout\"");
+        int rc = TPV_OK;
+        if (nm->kind == TPV_NOISE_DIAGONAL)
+            rc = load_named_values(s, c, i, nm, nm->variances, true, err);
+        else if (nm->kind == TPV_NOISE_PRUNE && !nm->prune_rule_magnitude)
+            rc = load_named_values(s, c, i, nm, nm->mask, false, err);
+        if (rc != TPV_OK)
+            return rc;
+    }
+    return TPV_OK;
+}
+
+static void fill_inputs(struct tpv_est_inputs *in, const struct sources *s,
+                        const struct tpv_noise *models, size_t nmodels)
+{
+    memset(in, 0, sizeof *in);
+    in->fit = s->fit;
+    in->probe = s->probe;
+    in->weights = s->w;
+    in->has_wrange = s->has_wrange;
+    in->wmin = s->wmin;
+    in->wmax = s->wmax;
+    in->models = models;
+    in->nmodels = nmodels;
+    in->extra = s->extra;
+    in->caller_bytes = s->held_bytes;
+}
+
 int tpv_candidate_check(const struct tpv_candidate_files *c, const struct tpv_noise *models,
                         size_t nmodels, const struct tpv_run_options *opts,
                         uint64_t *memory_needed, struct tpv_err *err)
 {
-    (void)c, (void)models, (void)nmodels, (void)opts;
     *memory_needed = 0;
-    return tpv_err_set(err, TPV_EUNIMPLEMENTED, NULL, "candidate validation is not implemented yet");
+    struct sources s;
+    int rc = open_sources(c, &s, err);
+    if (rc == TPV_OK)
+        rc = resolve_models(&s, c, models, nmodels, err);
+    if (rc == TPV_OK) {
+        struct tpv_est_inputs in;
+        fill_inputs(&in, &s, models, nmodels);
+        rc = tpv_estimate_memory(&in, opts, memory_needed, err);
+    }
+    close_sources(&s);
+    return rc;
 }
 
 int tpv_candidate_score(const struct tpv_candidate_files *c, const struct tpv_noise *models,
@@ -23,11 +289,22 @@ int tpv_candidate_score(const struct tpv_candidate_files *c, const struct tpv_no
                         struct tpv_score **scores, size_t *nscores, json_t **stability,
                         const struct tpv_progress *pg, struct tpv_err *err)
 {
-    (void)c, (void)models, (void)nmodels, (void)opts, (void)pg;
     *scores = NULL;
     *nscores = 0;
     *stability = NULL;
-    return tpv_err_set(err, TPV_EUNIMPLEMENTED, NULL, "scoring is not implemented yet");
+    struct sources s;
+    int rc = open_sources(c, &s, err);
+    if (rc == TPV_OK)
+        rc = resolve_models(&s, c, models, nmodels, err);
+    if (rc == TPV_OK && tpv_progress_report(pg, 0, 1, 0, 1) != TPV_OK)
+        rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+    if (rc == TPV_OK) {
+        struct tpv_est_inputs in;
+        fill_inputs(&in, &s, models, nmodels);
+        rc = tpv_estimate_scores(&in, opts, scores, nscores, stability, pg, err);
+    }
+    close_sources(&s);
+    return rc;
 }
 
 void tpv_scores_free(struct tpv_score *scores, size_t n)
@@ -40,7 +317,9 @@ void tpv_scores_free(struct tpv_score *scores, size_t n)
 int tpv_jbr_run(const struct tpv_candidate_files *c, double confidence, uint64_t batch_size,
                 json_t **result, const struct tpv_progress *pg, struct tpv_err *err)
 {
-    (void)c, (void)confidence, (void)batch_size, (void)pg;
+    (void)confidence, (void)batch_size, (void)pg;
     *result = NULL;
+    if (c->source == TPV_SOURCE_JACOBIAN)
+        return tpv_err_set(err, TPV_EUNIMPLEMENTED, "source", "JBR needs a model checkpoint");
     return tpv_err_set(err, TPV_EUNIMPLEMENTED, NULL, "JBR is not implemented yet");
 }
