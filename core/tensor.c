@@ -83,15 +83,20 @@ const char *tpv_dtype_name(enum tpv_dtype dtype)
     return "unknown";
 }
 
-/* Fills numel and nbytes from shape; false on overflow of uint64. */
+/* Fills numel and nbytes from shape; false on overflow of uint64.  Zero dimensions count as 1 in
+ * the overflow check, so that a shape like (0, 2^40, 2^40) (numel 0) is refused too: any product
+ * of some of the dimensions times the dtype size then fits in uint64 for the callers. */
 static bool tensor_sizes(struct tpv_tensor *t)
 {
-    uint64_t n = 1;
-    for (int i = 0; i < t->rank; i++)
-        if (__builtin_mul_overflow(n, t->shape[i], &n))
+    uint64_t n = 1, nonzero = tpv_dtype_size(t->dtype);
+    for (int i = 0; i < t->rank; i++) {
+        n *= t->shape[i]; /* cannot overflow when the product of the nonzero ones does not */
+        if (__builtin_mul_overflow(nonzero, t->shape[i] ? t->shape[i] : 1, &nonzero))
             return false;
+    }
     t->numel = n;
-    return !__builtin_mul_overflow(n, (uint64_t)tpv_dtype_size(t->dtype), &t->nbytes);
+    t->nbytes = n * tpv_dtype_size(t->dtype);
+    return true;
 }
 
 static uint64_t load_le(const uint8_t *p, int nbytes)
@@ -731,35 +736,80 @@ const char *tpv_tensor_file_metadata(const struct tpv_tensor_file *f, const char
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Conversion: memcpy loads (data may be unaligned), one switch per call, loops the compiler
- * can vectorize. */
+ * Conversion: memcpy loads (data may be unaligned), one switch per call.  The widening loops work
+ * in blocks of a constant TPV_CONV_BLOCK elements (restrict pointers, constant trip count) so that
+ * gcc's default -O2 cost model vectorizes them too, not only clang's; a scalar loop does the tail. */
+
+#define TPV_CONV_BLOCK 16
+
+/* DEFINE_CONVERT(fname, src type, dst type, load expression of `const uint8_t *q`) */
+#define TPV_DEFINE_CONVERT(fname, stype, dtype, expr)                                              \
+    static void fname(const uint8_t *restrict p, uint64_t n, dtype *restrict out)                 \
+    {                                                                                              \
+        uint64_t i = 0;                                                                            \
+        for (; n - i >= TPV_CONV_BLOCK; i += TPV_CONV_BLOCK) {                                     \
+            for (int j = 0; j < TPV_CONV_BLOCK; j++) {                                             \
+                const uint8_t *q = p + (i + (uint64_t)j) * sizeof(stype);                          \
+                out[i + (uint64_t)j] = (dtype)(expr);                                              \
+            }                                                                                      \
+        }                                                                                          \
+        for (; i < n; i++) {                                                                       \
+            const uint8_t *q = p + i * sizeof(stype);                                              \
+            out[i] = (dtype)(expr);                                                                \
+        }                                                                                          \
+    }
+
+static inline float load_f32(const uint8_t *q)
+{
+    float v;
+    memcpy(&v, q, sizeof v);
+    return v;
+}
+
+static inline double load_f64(const uint8_t *q)
+{
+    double v;
+    memcpy(&v, q, sizeof v);
+    return v;
+}
+
+static inline uint16_t load_u16(const uint8_t *q)
+{
+    uint16_t v;
+    memcpy(&v, q, sizeof v);
+    return v;
+}
+
+TPV_DEFINE_CONVERT(f32_to_f64, float, double, load_f32(q))
+TPV_DEFINE_CONVERT(f64_to_f32, double, float, load_f64(q))
+TPV_DEFINE_CONVERT(f16_to_f64, uint16_t, double, tpv_half_to_f32(load_u16(q)))
+TPV_DEFINE_CONVERT(f16_to_f32, uint16_t, float, tpv_half_to_f32(load_u16(q)))
+TPV_DEFINE_CONVERT(bf16_to_f64, uint16_t, double, tpv_bf16_to_f32(load_u16(q)))
+TPV_DEFINE_CONVERT(bf16_to_f32, uint16_t, float, tpv_bf16_to_f32(load_u16(q)))
+TPV_DEFINE_CONVERT(u8_to_f64, uint8_t, double, *q)
+TPV_DEFINE_CONVERT(u8_to_f32, uint8_t, float, *q)
 
 void tpv_tensor_read_f64(const struct tpv_tensor *t, uint64_t first, uint64_t count, double *out)
 {
     const uint8_t *p = (const uint8_t *)t->data + first * tpv_dtype_size(t->dtype);
+    if (count == 0)
+        return;
     switch (t->dtype) {
     case TPV_DTYPE_F64:
         memcpy(out, p, count * sizeof(double));
         return;
     case TPV_DTYPE_F32:
-        for (uint64_t i = 0; i < count; i++) {
-            float v;
-            memcpy(&v, p + 4 * i, sizeof v);
-            out[i] = v;
-        }
+        f32_to_f64(p, count, out);
         return;
     case TPV_DTYPE_F16:
-        for (uint64_t i = 0; i < count; i++)
-            out[i] = tpv_half_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+        f16_to_f64(p, count, out);
         return;
     case TPV_DTYPE_BF16:
-        for (uint64_t i = 0; i < count; i++)
-            out[i] = tpv_bf16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+        bf16_to_f64(p, count, out);
         return;
     case TPV_DTYPE_U8:
     case TPV_DTYPE_BOOL:
-        for (uint64_t i = 0; i < count; i++)
-            out[i] = p[i];
+        u8_to_f64(p, count, out);
         return;
     }
 }
@@ -767,57 +817,59 @@ void tpv_tensor_read_f64(const struct tpv_tensor *t, uint64_t first, uint64_t co
 void tpv_tensor_read_f32(const struct tpv_tensor *t, uint64_t first, uint64_t count, float *out)
 {
     const uint8_t *p = (const uint8_t *)t->data + first * tpv_dtype_size(t->dtype);
+    if (count == 0)
+        return;
     switch (t->dtype) {
     case TPV_DTYPE_F32:
         memcpy(out, p, count * sizeof(float));
         return;
     case TPV_DTYPE_F64:
-        for (uint64_t i = 0; i < count; i++) {
-            double v;
-            memcpy(&v, p + 8 * i, sizeof v);
-            out[i] = (float)v;
-        }
+        f64_to_f32(p, count, out);
         return;
     case TPV_DTYPE_F16:
-        for (uint64_t i = 0; i < count; i++)
-            out[i] = tpv_half_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+        f16_to_f32(p, count, out);
         return;
     case TPV_DTYPE_BF16:
-        for (uint64_t i = 0; i < count; i++)
-            out[i] = tpv_bf16_to_f32((uint16_t)(p[2 * i] | (p[2 * i + 1] << 8)));
+        bf16_to_f32(p, count, out);
         return;
     case TPV_DTYPE_U8:
     case TPV_DTYPE_BOOL:
-        for (uint64_t i = 0; i < count; i++)
-            out[i] = p[i];
+        u8_to_f32(p, count, out);
         return;
     }
 }
 
-/* First index in [0, n) whose exponent bits (mask) are all ones, or n.  Blocks are scanned
- * without an early exit so the OR-reduction vectorizes; only a bad block is rescanned. */
+/* First index in [0, n) whose exponent bits (mask) are all ones, or n.  Whole blocks of a constant
+ * size are OR-reduced without an early exit so that the loop vectorizes; only a block with a bad
+ * value is rescanned, and the tail is scanned directly. */
 #define TPV_FINITE_BLOCK 1024
 #define TPV_DEFINE_FIND_NONFINITE(fname, utype)                                                    \
+    static uint64_t fname##_scan(const uint8_t *p, uint64_t from, uint64_t to, utype mask)        \
+    {                                                                                              \
+        for (uint64_t i = from; i < to; i++) {                                                     \
+            utype v;                                                                               \
+            memcpy(&v, p + i * sizeof v, sizeof v);                                                \
+            if ((v & mask) == mask)                                                                \
+                return i;                                                                          \
+        }                                                                                          \
+        return to;                                                                                 \
+    }                                                                                              \
     static uint64_t fname(const uint8_t *p, uint64_t n, utype mask)                               \
     {                                                                                              \
-        for (uint64_t b = 0; b < n; b += TPV_FINITE_BLOCK) {                                       \
-            uint64_t end = n - b < TPV_FINITE_BLOCK ? n : b + TPV_FINITE_BLOCK;                   \
-            unsigned bad = 0;                                                                      \
-            for (uint64_t i = b; i < end; i++) {                                                   \
+        uint64_t b = 0;                                                                            \
+        for (; n - b >= TPV_FINITE_BLOCK; b += TPV_FINITE_BLOCK) {                                 \
+            const uint8_t *blk = p + b * sizeof(utype);                                            \
+            utype bad = 0;                                                                         \
+            for (int i = 0; i < TPV_FINITE_BLOCK; i++) {                                           \
                 utype v;                                                                           \
-                memcpy(&v, p + i * sizeof v, sizeof v);                                            \
-                bad |= (v & mask) == mask;                                                         \
+                memcpy(&v, blk + (size_t)i * sizeof v, sizeof v);                                  \
+                bad |= (utype)((v & mask) == mask);                                                \
             }                                                                                      \
-            if (!bad)                                                                              \
-                continue;                                                                          \
-            for (uint64_t i = b; i < end; i++) {                                                   \
-                utype v;                                                                           \
-                memcpy(&v, p + i * sizeof v, sizeof v);                                            \
-                if ((v & mask) == mask)                                                            \
-                    return i;                                                                      \
-            }                                                                                      \
+            if (bad)                                                                               \
+                return fname##_scan(p, b, b + TPV_FINITE_BLOCK, mask);                             \
         }                                                                                          \
-        return n;                                                                                  \
+        uint64_t i = fname##_scan(p, b, n, mask);                                                  \
+        return i;                                                                                  \
     }
 TPV_DEFINE_FIND_NONFINITE(find_nonfinite16, uint16_t)
 TPV_DEFINE_FIND_NONFINITE(find_nonfinite32, uint32_t)

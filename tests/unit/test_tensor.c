@@ -529,6 +529,8 @@ static void test_npy_malformed(void **state)
           "more than 8 dimensions" },
         { "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296)}",
           "overflows" },
+        { "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4294967296, 4294967296)}",
+          "overflows" }, /* numel 0, but the other dimensions' product overflows */
         { "{'descr': '<f4', 'fortran_order': False}", "missing key 'shape'" },
         { "{'shape': (3,), 'fortran_order': False}", "missing key 'descr'" },
         { "{'descr': '<f4', 'shape': (3,)}", "missing key 'fortran_order'" },
@@ -623,6 +625,10 @@ static void test_safetensors_malformed(void **state)
           "rank 9 exceeds the maximum 8" },
         { "{\"w\":{\"dtype\":\"F32\",\"shape\":[1099511627776,1099511627776],"
           "\"data_offsets\":[0,8]}}", 8, "'w': shape product x dtype size overflows" },
+        { "{\"w\":{\"dtype\":\"F32\",\"shape\":[1099511627776,0,1099511627776],"
+          "\"data_offsets\":[0,0]}}", 8, "'w': shape product x dtype size overflows" },
+        { "{\"w\":{\"dtype\":\"F64\",\"shape\":[2305843009213693952,0],"
+          "\"data_offsets\":[0,0]}}", 8, "overflows" }, /* 2^61 x 8 bytes */
         { "{\"w\":{\"dtype\":\"F64\",\"shape\":[4294967296,536870912],"
           "\"data_offsets\":[0,8]}}", 8, "overflows" },
         { "{\"w\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, "'w': data_offsets missing" },
@@ -968,7 +974,64 @@ static void test_numpy_interop(void **state)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Regressions from fuzzing (tests/fuzz/fuzz_npy.c, fuzz_safetensors.c) */
+ * The fuzz seed corpora (tests/fuzz/corpus/{npy,safetensors}): each file either opens and can be
+ * read end to end, or fails with TPV_EFORMAT; under the ASan build this checks every byte read.
+ * Crash inputs found by the fuzzers go there too, so this is also the regression test. */
+
+static void touch_all(const struct tpv_tensor_file *f)
+{
+    for (size_t i = 0; i < tpv_tensor_file_count(f); i++) {
+        const struct tpv_tensor *t = tpv_tensor_file_at(f, i);
+        assert_ptr_equal(tpv_tensor_file_find(f, t->name), t);
+        double *d = malloc((t->numel + 1) * sizeof *d);
+        float *s = malloc((t->numel + 1) * sizeof *s);
+        assert_non_null(d);
+        assert_non_null(s);
+        tpv_tensor_read_f64(t, 0, t->numel, d);
+        tpv_tensor_read_f32(t, 0, t->numel, s);
+        (void)tpv_tensor_check_finite(t, NULL);
+        free(d);
+        free(s);
+    }
+}
+
+static void test_fuzz_corpus(void **state)
+{
+    (void)state;
+    const char *root = getenv("TPV_SOURCE_ROOT");
+    assert_non_null(root);
+    static const char *const dirs[] = { "npy", "safetensors" };
+    int opened = 0, refused = 0;
+    for (size_t k = 0; k < 2; k++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, "%s/tests/fuzz/corpus/%s", root, dirs[k]);
+        DIR *d = opendir(dir);
+        assert_non_null(d);
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_name[0] == '.')
+                continue;
+            char path[800];
+            snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+            struct tpv_tensor_file *f = NULL;
+            struct tpv_err err;
+            int rc = tpv_tensor_file_open(&f, path, &err);
+            if (rc == TPV_OK) {
+                assert_int_equal(tpv_tensor_file_is_npy(f), k == 0);
+                touch_all(f);
+                tpv_tensor_file_close(f);
+                opened++;
+            } else {
+                if (rc != TPV_EFORMAT)
+                    fail_msg("%s: %d %s", path, rc, err.message);
+                refused++;
+            }
+        }
+        closedir(d);
+    }
+    assert_true(opened >= 5);
+    assert_true(refused >= 5);
+}
 
 int main(void)
 {
@@ -983,6 +1046,7 @@ int main(void)
         cmocka_unit_test(test_check_finite),
         cmocka_unit_test(test_open_files),
         cmocka_unit_test(test_numpy_interop),
+        cmocka_unit_test(test_fuzz_corpus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
