@@ -478,6 +478,58 @@ static int op_sqdiag_projected(const struct tpv_jsrc *src, const double *r, doub
     return rc;
 }
 
+/* out = J^T u: the one-seed backward of op_sqdiag_projected with plain (unsquared) products. */
+static int op_vjp(const struct tpv_jsrc *src, const double *u, double *out,
+                  const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct msrc *s = src->impl;
+    const struct tpv_mlp *m = s->m;
+    const size_t cap = s->bone, K = m->K;
+    struct onebuf ob;
+    int rc = onebuf_init(&ob, s, err);
+    if (rc)
+        return rc;
+    memset(out, 0, src->p * sizeof *out);
+    uint64_t nb = (src->n + cap - 1) / cap;
+    for (uint64_t b = 0; b < nb; b++) {
+        const uint64_t first = b * cap;
+        const size_t rows = min_sz(cap, src->n - first);
+        tpv_mlp_read_inputs(m, &s->inputs, first, rows, ob.x);
+        tpv_mlp_ws_forward(m, &ob.ws, ob.x, rows);
+        double *dl = ob.t0, *dn = ob.t1;
+        const double *dp = ob.ws.dphi[m->L - 1], *uu = u + first * K;
+        for (size_t i = 0; i < rows * K; i++)
+            dl[i] = uu[i] * dp[i];
+        for (size_t l = m->L; l-- > 0;) {
+            const struct tpv_mlp_layer *ml = &m->layers[l];
+            const size_t in = ml->in, outw = ml->out;
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)outw, (int)in, (int)rows,
+                        1.0, dl, (int)outw, layer_input(&ob.ws, l), (int)in, 1.0,
+                        out + ml->w_off, (int)in);
+            if (ml->b)
+                for (size_t x = 0; x < rows; x++)
+                    for (size_t i = 0; i < outw; i++)
+                        out[ml->b_off + i] += dl[x * outw + i];
+            if (l > 0) {
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)in,
+                            (int)outw, 1.0, dl, (int)outw, ml->W, (int)in, 0.0, dn, (int)in);
+                const double *dph = ob.ws.dphi[l - 1];
+                for (size_t i = 0; i < rows * in; i++)
+                    dn[i] *= dph[i];
+                double *tmp = dl;
+                dl = dn;
+                dn = tmp;
+            }
+        }
+        if (tpv_progress_report(pg, 0, 1, b + 1, nb)) {
+            rc = canceled(err);
+            break;
+        }
+    }
+    onebuf_free(&ob);
+    return rc;
+}
+
 static uint64_t op_scratch_bytes(const struct tpv_jsrc *src)
 {
     const struct msrc *s = src->impl;
@@ -505,6 +557,7 @@ static const struct tpv_jsrc_ops mlp_source_ops = {
     .sqdiag_projected = op_sqdiag_projected,
     .scratch_bytes = op_scratch_bytes,
     .free = op_free,
+    .vjp = op_vjp,
 };
 
 int tpv_mlp_source_open_batched(struct tpv_jsrc **out, const struct tpv_mlp *model,

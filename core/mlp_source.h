@@ -3,8 +3,8 @@
  * Every product is structured per dense layer (DESIGN.md section 3, estimators): with
  * delta = dF/dz the backpropagated output sensitivities and a the layer input, dF_k/dW = delta_k
  * a^T, so squared diagonals are GEMMs of squared matrices, Gram entries are
- * (delta . delta')(a . a' + 1) summed over layers, JVPs are tangent propagation; the (nK x p)
- * Jacobian is never formed.  Samples are processed in fixed-size batches in input order, so with a
+ * (delta . delta')(a . a' + 1) summed over layers, JVPs are tangent propagation and VJPs one
+ * backward per sample; the (nK x p) Jacobian is never formed.  Samples are processed in fixed-size batches in input order, so with a
  * fixed BLAS thread count the results are bitwise reproducible. */
 #ifndef TPV_MLP_SOURCE_H
 #define TPV_MLP_SOURCE_H

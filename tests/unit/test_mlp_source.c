@@ -1,6 +1,6 @@
 /* test_mlp_source.c: the structured Jacobian products of the MLP source against a Jacobian built
  * column by column from central finite differences of the forward pass, on one small net per
- * activation type: jvp, sqdiag (||J||_F^2), gram (same set and cross), sqdiag_projected (unit
+ * activation type: jvp, vjp, sqdiag (||J||_F^2), gram (same set and cross), sqdiag_projected (unit
  * seeds, every Rademacher pattern, random draws); batching, determinism, errors, cancellation. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -102,6 +102,23 @@ static void test_fd_all_ops(void **state)
                 ref[r] += Ja[r * p + j] * v[j];
         }
         check("jvp", ci, jv, ref, na * K, FD_TOL);
+
+        /* vjp: J^T u, overwriting out */
+        double *u = malloc(na * K * sizeof *u), *vj = malloc(p * sizeof *vj),
+               *vref = calloc(p, sizeof *vref);
+        for (uint64_t r = 0; r < na * K; r++)
+            u[r] = tnet_uniform(&seed);
+        for (uint64_t j = 0; j < p; j++)
+            vj[j] = 123.0;
+        assert_non_null(sa->ops->vjp);
+        assert_int_equal(sa->ops->vjp(sa, u, vj, NULL, &err), TPV_OK);
+        for (uint64_t r = 0; r < na * K; r++)
+            for (uint64_t j = 0; j < p; j++)
+                vref[j] += Ja[r * p + j] * u[r];
+        check("vjp", ci, vj, vref, p, FD_TOL);
+        free(u);
+        free(vj);
+        free(vref);
 
         /* sqdiag: column sums of J.^2, accumulated onto what is there */
         double *diag = calloc(p, sizeof *diag), *dref = calloc(p, sizeof *dref);
