@@ -1,4 +1,5 @@
-/* api.h: the whole interface of api/: routes, request and response values, JSON error replies.
+/* api.h: the whole interface of api/: routes, request and response values, JSON error replies,
+ * streamed request bodies, long-poll holds, metrics and the OpenAPI document.
  *
  * api/ knows nothing of libmicrohttpd: server/http.c turns each HTTP request into a struct
  * api_request, calls api_dispatch and sends the struct api_response back.  Handlers never format
@@ -9,20 +10,39 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
+#include "core/score.h"
 #include "core/tpv_error.h"
 
 struct store;
+struct api_metrics;
+
+/* Limits from the config table that handlers enforce. */
+struct api_limits {
+    uint64_t max_body;       /* JSON bodies */
+    uint64_t max_blob;       /* streamed blob uploads */
+    uint64_t max_job_memory; /* a job whose estimate is larger is refused with 507 */
+    int64_t max_queued_jobs; /* beyond: 429 with Retry-After */
+    int max_wait_s;          /* cap of the ranking's wait= */
+    int max_page_size;       /* cap of page_size */
+};
 
 /* What handlers may use; owned by the server, read-only for the api. */
 struct api_env {
     struct store *store;
     const char *version; /* tpvd version string */
+    struct api_limits limits;
+    struct api_metrics *metrics;          /* may be NULL */
+    bool (*workers_alive)(void *ctx);     /* may be NULL: no workers to check */
+    void *workers_ctx;
 };
 
 /* Path parameters captured by a route pattern ("{sid}" segments), in order. */
 #define API_MAX_PARAMS 4
 #define API_PARAM_MAX 128
+
+struct api_stream_ops;
 
 struct api_request {
     const char *method;
@@ -37,6 +57,13 @@ struct api_request {
     /* Filled by api_dispatch from the matched route. */
     int nparams;
     char params[API_MAX_PARAMS][API_PARAM_MAX];
+    int route; /* index of the matched route (api_route_*), -1 when none matched */
+    /* Streamed body of a streaming route: state opened by api_stream_begin. */
+    void *stream;
+    const struct api_stream_ops *stream_ops;
+    /* Set by the transport when a held request (see api_response.hold_seconds) ran out of time:
+     * the handler must answer now. */
+    bool hold_expired;
 };
 
 #define API_MAX_HEADERS 8
@@ -50,18 +77,45 @@ struct api_response {
         const char *name; /* static string */
         char *value;      /* malloc'd */
     } headers[API_MAX_HEADERS];
+    /* Long-poll: when hold_seconds > 0 the handler sent nothing; the transport holds the request
+     * without blocking a thread and dispatches it again when study `hold_study` changes (the
+     * store's study_changed hook) or hold_seconds pass (then with req->hold_expired set). */
+    int hold_seconds;
+    char hold_study[API_PARAM_MAX];
 };
 
 /* Routes the request and runs its handler; always leaves a complete response in *resp
- * (404/405 JSON errors for unknown routes and methods).  resp must be zero-initialised;
+ * (404/405 JSON errors for unknown routes and methods) or a hold.  resp must be zero-initialised;
  * release it with api_response_free. */
 void api_dispatch(const struct api_env *env, struct api_request *req, struct api_response *resp);
+
+/* ---- streamed request bodies ---- */
+
+/* Whether METHOD PATH is a route whose body streams to a sink (blob uploads) instead of being
+ * buffered; when it is, opens the sink into req->stream and returns true.  A refusal (bad digest,
+ * no store) leaves an error in *resp (status != 0): the transport drops the body and sends it. */
+bool api_stream_begin(const struct api_env *env, struct api_request *req,
+                      struct api_response *resp);
+
+/* Hands a chunk of the body to the sink.  On failure (too large, disk full) fills *resp with the
+ * error and returns its code; the transport drops the rest of the body and sends *resp. */
+int api_stream_write(struct api_request *req, const void *data, size_t len,
+                     struct api_response *resp);
+
+/* Releases the sink (an upload not committed by its handler is discarded).  Safe to call twice
+ * and on requests without a stream. */
+void api_stream_end(struct api_request *req);
+
+/* ---- responses ---- */
 
 /* Releases what a response owns; the struct itself is the caller's.  NULL is a no-op. */
 void api_response_free(struct api_response *resp);
 
 /* Replies with `body` serialised as JSON (compact).  Steals the reference to body. */
 void api_reply_json(struct api_response *resp, int status, json_t *body);
+
+/* Replies with a status and no body (304, HEAD answers). */
+void api_reply_empty(struct api_response *resp, int status);
 
 /* Replies with the error shape of DESIGN.md section 5:
  * {"error":{"code":<wire name>,"message":...,"details":{"field":...}}} and the catalogue's status. */
@@ -71,5 +125,60 @@ void api_reply_errorf(struct api_response *resp, int code, const char *field, co
 
 /* Adds a response header (value copied).  Returns 0 or TPV_ENOMEM/TPV_EINVAL when full. */
 int api_response_add_header(struct api_response *resp, const char *name, const char *value);
+
+/* ---- route table (for metrics labels, the OpenAPI test) ---- */
+
+size_t api_route_count(void);
+const char *api_route_method(size_t i);
+const char *api_route_pattern(size_t i);
+
+/* The OpenAPI 3.1 document of every route (new reference). */
+json_t *api_openapi_document(void);
+
+/* ---- candidate files (api/candidate_files.c; shared by submission and the worker) ---- */
+
+/* A candidate's stored source resolved to local files for the core.  Owns every string the
+ * embedded tpv_candidate_files points to. */
+#define API_CAND_MAX_PATHS 40
+struct api_cand_files {
+    struct tpv_candidate_files files;
+    json_t *spec;   /* the model spec (loaded from its blob when given as a digest) */
+    char **layout;  /* owned copy of files.layout */
+    struct store *store;
+    char *paths[API_CAND_MAX_PATHS]; /* owned path strings */
+    const char *fields[API_CAND_MAX_PATHS]; /* the request field each path came from */
+    int npaths;
+};
+
+/* Resolves a candidate source JSON (as stored at submission: {"kind":"model","spec","weights",
+ * "inputs":{"fit","probe"}} or {"kind":"jacobian","fit","probe"?,"layout"?,"weights"?}) into
+ * files.  A spec given as a digest is read from its blob (at most max_spec bytes).  Errors name
+ * the field; on any return release with api_cand_files_free. */
+int api_cand_files_load(struct api_cand_files *cf, struct store *st, const json_t *source,
+                        uint64_t max_spec, struct tpv_err *err);
+void api_cand_files_free(struct api_cand_files *cf);
+
+/* Rewrites a core error about one of cf's files for a client: local paths become the request
+ * field they came from ("jacobian.fit"), which also becomes err->field unless the core already
+ * named a noise model. */
+void api_cand_files_explain(const struct api_cand_files *cf, struct tpv_err *err);
+
+/* ---- metrics (api/metrics.c) ---- */
+
+/* Counters and histograms for /metrics.  Updated lock-free from any thread. */
+int api_metrics_new(struct api_metrics **out);
+void api_metrics_free(struct api_metrics *m); /* NULL is a no-op */
+
+/* One finished request: route index (-1 = unmatched), status, seconds from arrival to reply. */
+void api_metrics_request(struct api_metrics *m, int route, int status, double seconds);
+
+/* One finished job: kind "score"|"jbr", final state, seconds it ran. */
+void api_metrics_job(struct api_metrics *m, const char *kind, const char *state, double seconds);
+
+/* Bytes received by blob uploads (committed ones). */
+void api_metrics_blob_bytes(struct api_metrics *m, uint64_t bytes);
+
+/* Workers' liveness for /readyz: the number of worker threads in their loop. */
+void api_metrics_workers(struct api_metrics *m, int alive, int total);
 
 #endif

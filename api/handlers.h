@@ -1,4 +1,5 @@
-/* handlers.h: request handlers, internal to api/.  Each one fills *resp, success or error. */
+/* handlers.h: request handlers and the helpers they share, internal to api/.  Each handler fills
+ * *resp, success or error (errors only through api_reply_error*). */
 #ifndef TPV_API_HANDLERS_H
 #define TPV_API_HANDLERS_H
 
@@ -7,7 +8,86 @@
 typedef void (*api_handler_fn)(const struct api_env *env, struct api_request *req,
                                struct api_response *resp);
 
+/* A streaming route's body sink (see api_stream_begin). */
+struct api_stream_ops {
+    /* Opens the sink into req->stream; on refusal fills resp and returns its error code. */
+    int (*open)(const struct api_env *env, struct api_request *req, struct api_response *resp);
+    int (*write)(void *stream, const void *data, size_t len, struct tpv_err *err);
+    void (*close)(void *stream);
+};
+
 void api_handle_healthz(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_readyz(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_metrics(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_openapi(const struct api_env *env, struct api_request *req, struct api_response *resp);
+
+extern const struct api_stream_ops api_blob_stream;
+void api_handle_blob_put(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_blob_head(const struct api_env *env, struct api_request *req, struct api_response *resp);
+
+void api_handle_study_create(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_study_list(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_study_get(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_inputs_put(const struct api_env *env, struct api_request *req, struct api_response *resp);
+
+void api_handle_candidate_create(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_candidate_list(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_candidate_get(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_jbr_create(const struct api_env *env, struct api_request *req, struct api_response *resp);
+
+void api_handle_job_get(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_job_cancel(const struct api_env *env, struct api_request *req, struct api_response *resp);
+
+void api_handle_ranking(const struct api_env *env, struct api_request *req, struct api_response *resp);
+
+/* ---- helpers (api/util.c) ---- */
+
+/* Header / query value, NULL when absent or when the request has no transport (unit tests). */
+const char *api_header(const struct api_request *req, const char *name);
+const char *api_query(const struct api_request *req, const char *name);
+
+/* Parses the body as a JSON object into *out (new reference).  Replies 400 (field "body", with the
+ * parser's line and column) and returns false when it is not one. */
+bool api_body_object(const struct api_request *req, struct api_response *resp, json_t **out);
+
+/* Refuses keys of obj not in the NULL-terminated `allowed` list: 400 naming "<prefix><key>". */
+bool api_check_keys(const json_t *obj, const char *const *allowed, const char *prefix,
+                    struct api_response *resp);
+
+/* page_size (1..max_page_size, default 50) and page_token of a list request; replies 400. */
+bool api_page_params(const struct api_env *env, const struct api_request *req,
+                     struct api_response *resp, int64_t *after, int *limit);
+
+/* {"items": items, "next_page_token": token|null}; steals items. */
+json_t *api_page_json(json_t *items, int64_t next_seq);
+
+/* A store error to the client, store failures logged with the request id. */
+void api_reply_store_error(const struct api_request *req, struct api_response *resp,
+                           const struct tpv_err *err);
+
+/* Hex SHA-256 of the body (idempotency request hash); out has 65 bytes. */
+void api_body_hash(const struct api_request *req, char out[65]);
+
+/* Whether an id path parameter looks like one of ours (short, [A-Za-z0-9_-]). */
+bool api_id_valid(const char *id);
+
+/* A string member with a length cap (names also refuse control characters): replies 400 naming
+ * `field` and returns false when it is missing (if required), not a string or too long. */
+bool api_get_string(const json_t *obj, const char *key, const char *field, bool required,
+                    size_t max, const char **out, struct api_response *resp);
+
+/* Idempotency-Key handling of the POST handlers (api/studies.c): returns true when the request
+ * was answered (a replay or an error); otherwise *use tells whether *idem (scope, key, hash) is to
+ * be stored with the write. */
+struct store_idem;
+bool api_idem_begin(const struct api_env *env, struct api_request *req, struct api_response *resp,
+                    const char *scope, char hash[65], struct store_idem *idem, bool *use);
+
+/* After a write failed because a concurrent request took the key: answers as that one did. */
+void api_idem_race(const struct api_env *env, struct api_request *req, struct api_response *resp,
+                   const struct store_idem *idem, const struct tpv_err *werr);
+
+/* {sid} (params[0]) is well-formed, else a 404 was sent. */
+bool api_study_param(const struct api_request *req, struct api_response *resp);
 
 #endif

@@ -1,4 +1,5 @@
-/* health.c: liveness (/healthz: the process answers) and readiness (/readyz: its database does). */
+/* health.c: liveness (/healthz: the process answers) and readiness (/readyz: its database answers
+ * and its workers are running). */
 #include "api/handlers.h"
 #include "storage/store.h"
 
@@ -20,6 +21,11 @@ void api_handle_readyz(const struct api_env *env, struct api_request *req, struc
         api_reply_error(resp, &err);
         return;
     }
-    api_reply_json(resp, 200, json_pack("{s:s,s:i}", "status", "ready", "schema_version",
-                                        store_schema_version(env->store)));
+    if (env->workers_alive && !env->workers_alive(env->workers_ctx)) {
+        api_reply_errorf(resp, TPV_EUNAVAILABLE, "workers", "job workers are not running");
+        return;
+    }
+    api_reply_json(resp, 200, json_pack("{s:s,s:i,s:b}", "status", "ready", "schema_version",
+                                        store_schema_version(env->store), "workers",
+                                        env->workers_alive != NULL));
 }

@@ -46,6 +46,15 @@ void api_reply_json(struct api_response *resp, int status, json_t *body)
     reply_raw(resp, status, text, strlen(text));
 }
 
+void api_reply_empty(struct api_response *resp, int status)
+{
+    free(resp->body);
+    resp->body = NULL;
+    resp->body_len = 0;
+    resp->status = status;
+    resp->content_type = NULL;
+}
+
 void api_reply_error(struct api_response *resp, const struct tpv_err *err)
 {
     int code = err ? err->code : TPV_EINTERNAL;

@@ -1,7 +1,8 @@
 /* router.c: the route table of the REST API (DESIGN.md section 5) and path matching.
  *
  * Patterns are literal segments and "{name}" captures; a path that matches some pattern under
- * another method gets 405 with an Allow header, anything else 404. */
+ * another method gets 405 with an Allow header, anything else 404.  Routes with stream ops take
+ * their body as a stream (blob uploads) instead of a buffered JSON body. */
 #include "api/api.h"
 #include "api/handlers.h"
 
@@ -12,12 +13,45 @@ struct api_route {
     const char *method;
     const char *pattern;
     api_handler_fn handler;
+    const struct api_stream_ops *stream; /* NULL: buffered body */
 };
 
 static const struct api_route routes[] = {
-    { "GET", "/healthz", api_handle_healthz },
-    { "GET", "/readyz", api_handle_readyz },
+    { "GET", "/healthz", api_handle_healthz, NULL },
+    { "GET", "/readyz", api_handle_readyz, NULL },
+    { "GET", "/metrics", api_handle_metrics, NULL },
+    { "GET", "/openapi.json", api_handle_openapi, NULL },
+    { "PUT", "/v1/blobs", api_handle_blob_put, &api_blob_stream },
+    { "PUT", "/v1/blobs/{digest}", api_handle_blob_put, &api_blob_stream },
+    { "HEAD", "/v1/blobs/{digest}", api_handle_blob_head, NULL },
+    { "POST", "/v1/studies", api_handle_study_create, NULL },
+    { "GET", "/v1/studies", api_handle_study_list, NULL },
+    { "GET", "/v1/studies/{sid}", api_handle_study_get, NULL },
+    { "PUT", "/v1/studies/{sid}/inputs/{split}", api_handle_inputs_put, NULL },
+    { "POST", "/v1/studies/{sid}/candidates", api_handle_candidate_create, NULL },
+    { "GET", "/v1/studies/{sid}/candidates", api_handle_candidate_list, NULL },
+    { "GET", "/v1/studies/{sid}/candidates/{cid}", api_handle_candidate_get, NULL },
+    { "POST", "/v1/studies/{sid}/candidates/{cid}/jbr", api_handle_jbr_create, NULL },
+    { "GET", "/v1/studies/{sid}/ranking", api_handle_ranking, NULL },
+    { "GET", "/v1/jobs/{jid}", api_handle_job_get, NULL },
+    { "DELETE", "/v1/jobs/{jid}", api_handle_job_cancel, NULL },
 };
+#define ROUTE_COUNT (sizeof routes / sizeof routes[0])
+
+size_t api_route_count(void)
+{
+    return ROUTE_COUNT;
+}
+
+const char *api_route_method(size_t i)
+{
+    return i < ROUTE_COUNT ? routes[i].method : NULL;
+}
+
+const char *api_route_pattern(size_t i)
+{
+    return i < ROUTE_COUNT ? routes[i].pattern : NULL;
+}
 
 /* Matches `path` against `pattern` segment by segment, capturing {..} segments into req->params.
  * A capture must be non-empty and fit API_PARAM_MAX. */
@@ -47,21 +81,50 @@ static bool route_match(const char *pattern, const char *path, struct api_reques
     return true;
 }
 
-void api_dispatch(const struct api_env *env, struct api_request *req, struct api_response *resp)
+static bool method_matches(const struct api_route *r, const char *method)
 {
-    char allow[64] = "";
-    size_t nroutes = sizeof routes / sizeof routes[0];
+    return strcmp(r->method, method) == 0 ||
+           (strcmp(method, "HEAD") == 0 && strcmp(r->method, "GET") == 0);
+}
 
-    for (size_t i = 0; i < nroutes; i++) {
+/* The route for METHOD PATH, or -1; *allow collects the methods of routes matching the path. */
+static int route_find(struct api_request *req, char *allow, size_t cap)
+{
+    int fallback = -1;
+    if (allow)
+        allow[0] = '\0';
+    for (size_t i = 0; i < ROUTE_COUNT; i++) {
         if (!route_match(routes[i].pattern, req->path, req))
             continue;
-        if (strcmp(routes[i].method, req->method) == 0 ||
-            (strcmp(req->method, "HEAD") == 0 && strcmp(routes[i].method, "GET") == 0)) {
-            routes[i].handler(env, req, resp);
-            return;
+        if (strcmp(routes[i].method, req->method) == 0)
+            return (int)i;
+        if (method_matches(&routes[i], req->method)) {
+            if (fallback < 0)
+                fallback = (int)i; /* HEAD served by GET unless an explicit HEAD route follows */
+            continue;
         }
-        size_t used = strlen(allow);
-        snprintf(allow + used, sizeof allow - used, "%s%s", used ? ", " : "", routes[i].method);
+        if (allow) {
+            size_t used = strlen(allow);
+            snprintf(allow + used, cap - used, "%s%s", used ? ", " : "", routes[i].method);
+        }
+    }
+    if (fallback >= 0)
+        route_match(routes[fallback].pattern, req->path, req);
+    return fallback;
+}
+
+void api_dispatch(const struct api_env *env, struct api_request *req, struct api_response *resp)
+{
+    char allow[64];
+    int i = route_find(req, allow, sizeof allow);
+    req->route = i;
+    if (i >= 0 && !env->store && strncmp(routes[i].pattern, "/v1/", 4) == 0) {
+        api_reply_errorf(resp, TPV_EUNAVAILABLE, NULL, "storage is not available");
+        return;
+    }
+    if (i >= 0) {
+        routes[i].handler(env, req, resp);
+        return;
     }
     if (allow[0]) {
         api_reply_errorf(resp, TPV_EMETHOD, "method", "method %s is not allowed on %s", req->method,
@@ -70,4 +133,37 @@ void api_dispatch(const struct api_env *env, struct api_request *req, struct api
         return;
     }
     api_reply_errorf(resp, TPV_ENOTFOUND, "path", "no route for %s %s", req->method, req->path);
+}
+
+bool api_stream_begin(const struct api_env *env, struct api_request *req,
+                      struct api_response *resp)
+{
+    int i = route_find(req, NULL, 0);
+    if (i < 0 || !routes[i].stream)
+        return false;
+    req->route = i;
+    req->stream = NULL;
+    req->stream_ops = routes[i].stream;
+    routes[i].stream->open(env, req, resp);
+    return true;
+}
+
+int api_stream_write(struct api_request *req, const void *data, size_t len,
+                     struct api_response *resp)
+{
+    struct tpv_err err;
+    if (!req->stream || !req->stream_ops)
+        return TPV_EINTERNAL;
+    tpv_err_clear(&err);
+    int rc = req->stream_ops->write(req->stream, data, len, &err);
+    if (rc != TPV_OK)
+        api_reply_error(resp, &err);
+    return rc;
+}
+
+void api_stream_end(struct api_request *req)
+{
+    if (req->stream && req->stream_ops)
+        req->stream_ops->close(req->stream);
+    req->stream = NULL;
 }

@@ -64,6 +64,17 @@ static const struct config_option options[] = {
       "largest blob upload" },
     { "max-job-memory", "TPVD_MAX_JOB_MEMORY", OPT_SIZE, F(max_job_memory), "4G", 1 * MiB,
       64 * TiB, "memory one job may use; larger jobs are refused with 507" },
+    { "max-wait", "TPVD_MAX_WAIT", OPT_INT, F(max_wait_s), "60", 1, 3600,
+      "longest a ranking request may be held with wait= (seconds)" },
+    { "max-page-size", "TPVD_MAX_PAGE_SIZE", OPT_INT, F(max_page_size), "500", 1, 10000,
+      "largest page_size of list requests" },
+    { "db-synchronous", "TPVD_DB_SYNCHRONOUS", OPT_STRING, F(db_synchronous), "full", 0, 0,
+      "SQLite synchronous mode: full (every commit survives power loss) or normal (WAL: may "
+      "lose the last commits on power loss, never on a crash of tpvd)" },
+    { "db-connections", "TPVD_DB_CONNECTIONS", OPT_INT, F(db_connections), "0", 0, 256,
+      "database connections in the pool; 0 = http threads + workers + 2" },
+    { "job-lease", "TPVD_JOB_LEASE", OPT_INT, F(job_lease_s), "120", 5, 86400,
+      "seconds a claimed job stays leased without a heartbeat before it is re-queued" },
     { "fetch-allow", "TPVD_FETCH_ALLOW", OPT_STRING, F(fetch_allow), "", 0, 0,
       "comma-separated hosts blob URLs may be fetched from (none by default)" },
     { "tls-cert", "TPVD_TLS_CERT", OPT_STRING, F(tls_cert), NULL, 0, 0,
@@ -382,6 +393,10 @@ int srv_config_load(struct srv_config *cfg, int argc, char *const argv[], char *
         rc = apply_argv(cfg, argc, argv, err);
     if (rc == TPV_OK)
         rc = srv_config_parse_listen(cfg->listen, &cfg->listen_host, &cfg->listen_port, err);
+    if (rc == TPV_OK && strcmp(cfg->db_synchronous, "full") != 0 &&
+        strcmp(cfg->db_synchronous, "normal") != 0)
+        rc = tpv_err_set(err, TPV_EINVAL, "db-synchronous",
+                         "--db-synchronous is 'full' or 'normal', not '%s'", cfg->db_synchronous);
     if (rc == TPV_OK && (cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
         rc = tpv_err_set(err, TPV_EINVAL, cfg->tls_cert ? "tls-key" : "tls-cert",
                          "--tls-cert and --tls-key go together");

@@ -22,6 +22,7 @@ struct srv_config {
     char *fetch_allow;
     char *tls_cert;
     char *tls_key;
+    char *db_synchronous;    /* "full" | "normal" */
     long long workers;       /* 0 = one per core */
     long long blas_threads;  /* 0 = cores / workers */
     long long http_threads;
@@ -30,6 +31,10 @@ struct srv_config {
     long long max_connections;
     long long request_timeout_s;
     long long shutdown_grace_s;
+    long long max_wait_s;
+    long long max_page_size;
+    long long db_connections; /* 0 = auto */
+    long long job_lease_s;
     uint64_t max_body_bytes;
     uint64_t max_blob_bytes;
     uint64_t max_job_memory;

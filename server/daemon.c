@@ -1,7 +1,12 @@
-/* daemon.c: start-up and shutdown order of the service's parts (see daemon.h). */
+/* daemon.c: start-up and shutdown order of the service's parts (see daemon.h).
+ *
+ * Start: storage (recovering jobs a crash left running), metrics, workers, HTTP, port file.
+ * Stop: stop accepting and answer held long-polls, let workers finish within the grace (or give
+ * their jobs back to the queue), stop HTTP, close the database. */
 #include "server/daemon.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,12 +14,17 @@
 
 #include "core/tpv_log.h"
 #include "server/http.h"
+#include "server/worker.h"
 #include "storage/store.h"
 
 struct srv_daemon {
     const struct srv_config *cfg;
     struct store *store;
+    struct api_metrics *metrics;
     struct api_env env;
+    /* Read by the store hooks from any thread; hook_lock keeps them alive during a call. */
+    pthread_mutex_t hook_lock;
+    struct srv_workers *workers;
     struct srv_http *http;
 };
 
@@ -36,6 +46,23 @@ static int write_port_file(const char *path, uint16_t port, struct tpv_err *err)
     return TPV_OK;
 }
 
+static void on_study_changed(void *ctx, const char *study_id, int64_t version)
+{
+    struct srv_daemon *d = ctx;
+    (void)version;
+    pthread_mutex_lock(&d->hook_lock);
+    srv_http_study_changed(d->http, study_id);
+    pthread_mutex_unlock(&d->hook_lock);
+}
+
+static void on_job_queued(void *ctx)
+{
+    struct srv_daemon *d = ctx;
+    pthread_mutex_lock(&d->hook_lock);
+    srv_workers_notify(d->workers);
+    pthread_mutex_unlock(&d->hook_lock);
+}
+
 int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, struct tpv_err *err)
 {
     enum tpv_log_level level;
@@ -47,11 +74,55 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
     if (!d)
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     d->cfg = cfg;
-    int rc = store_open(&d->store, cfg->data_dir, err);
+    pthread_mutex_init(&d->hook_lock, NULL);
+    long nworkers, blas;
+    srv_config_effective_threads(cfg, &nworkers, &blas);
+    struct store_options so = {
+        .pool_size = cfg->db_connections > 0 ? (int)cfg->db_connections
+                                             : (int)(cfg->http_threads + nworkers + 2),
+        .synchronous_full = strcmp(cfg->db_synchronous, "full") == 0,
+        .busy_timeout_ms = 5000,
+    };
+    int rc = store_open_with(&d->store, cfg->data_dir, &so, err);
+    if (rc == TPV_OK && api_metrics_new(&d->metrics) != TPV_OK)
+        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     if (rc == TPV_OK) {
-        d->env.store = d->store;
-        d->env.version = TPVD_VERSION;
-        rc = srv_http_start(&d->http, cfg, &d->env, err);
+        int requeued = 0, failed = 0;
+        rc = store_jobs_recover(d->store, (int)cfg->max_attempts, &requeued, &failed, err);
+        if (rc == TPV_OK && (requeued || failed))
+            log_warn("recovered jobs left running by a previous stop: requeued=%d failed=%d "
+                     "(max-attempts=%lld)", requeued, failed, cfg->max_attempts);
+    }
+    if (rc == TPV_OK) {
+        struct store_hooks hooks = { on_study_changed, on_job_queued, d };
+        store_set_hooks(d->store, &hooks);
+        struct srv_workers *workers = NULL;
+        rc = srv_workers_start(&workers, cfg, d->store, d->metrics, err);
+        pthread_mutex_lock(&d->hook_lock);
+        d->workers = workers;
+        pthread_mutex_unlock(&d->hook_lock);
+    }
+    if (rc == TPV_OK) {
+        d->env = (struct api_env){
+            .store = d->store,
+            .version = TPVD_VERSION,
+            .limits = {
+                .max_body = cfg->max_body_bytes,
+                .max_blob = cfg->max_blob_bytes,
+                .max_job_memory = cfg->max_job_memory,
+                .max_queued_jobs = cfg->max_queued_jobs,
+                .max_wait_s = (int)cfg->max_wait_s,
+                .max_page_size = (int)cfg->max_page_size,
+            },
+            .metrics = d->metrics,
+            .workers_alive = srv_workers_alive,
+            .workers_ctx = d->workers,
+        };
+        struct srv_http *http = NULL;
+        rc = srv_http_start(&http, cfg, &d->env, err);
+        pthread_mutex_lock(&d->hook_lock);
+        d->http = http;
+        pthread_mutex_unlock(&d->hook_lock);
     }
     if (rc == TPV_OK && cfg->port_file)
         rc = write_port_file(cfg->port_file, srv_http_port(d->http), err);
@@ -59,8 +130,8 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
         srv_daemon_stop(d);
         return rc;
     }
-    log_info("tpvd %s listening on %s:%u data-dir=%s", TPVD_VERSION, cfg->listen_host,
-             srv_http_port(d->http), cfg->data_dir);
+    log_info("tpvd %s listening on %s:%u data-dir=%s workers=%ld blas-threads=%ld", TPVD_VERSION,
+             cfg->listen_host, srv_http_port(d->http), cfg->data_dir, nworkers, blas);
     *out = d;
     return TPV_OK;
 }
@@ -69,8 +140,20 @@ void srv_daemon_stop(struct srv_daemon *d)
 {
     if (!d)
         return;
-    srv_http_quiesce(d->http);
-    srv_http_stop(d->http);
+    /* HTTP first: no request can queue a job once the workers are gone. */
+    pthread_mutex_lock(&d->hook_lock);
+    struct srv_http *http = d->http;
+    d->http = NULL;
+    pthread_mutex_unlock(&d->hook_lock);
+    srv_http_quiesce(http);
+    srv_http_stop(http);
+    pthread_mutex_lock(&d->hook_lock);
+    struct srv_workers *workers = d->workers;
+    d->workers = NULL;
+    pthread_mutex_unlock(&d->hook_lock);
+    srv_workers_stop(workers, d->cfg ? (int)d->cfg->shutdown_grace_s : 0);
     store_close(d->store);
+    api_metrics_free(d->metrics);
+    pthread_mutex_destroy(&d->hook_lock);
     free(d);
 }

@@ -1,5 +1,8 @@
-/* http.c: libmicrohttpd wiring: per-request state, body buffering with a size cap, the request
- * log line, and translation of struct api_response into an MHD response.
+/* http.c: libmicrohttpd wiring: per-request state, body buffering with a size cap, streamed
+ * bodies for the routes that want them (blob uploads go to a sink chunk by chunk, never into
+ * memory), long-poll holds (the connection is suspended, not a thread, and resumed when the store
+ * reports a change of the study or the hold times out), the request log line and metrics, and
+ * translation of struct api_response into an MHD response.
  *
  * Keep-alive matters (DESIGN.md section 8): the access handler only sets up state on its first call
  * and queues the response on a later call; queueing on the first call makes MHD close the
@@ -9,6 +12,7 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,13 +23,26 @@
 
 #include "core/tpv_log.h"
 
+struct http_request;
+
 struct srv_http {
     struct MHD_Daemon *daemon;
     const struct api_env *env;
     uint64_t max_body;
+    uint64_t max_blob;
     uint16_t port;
     uint32_t rid_prefix;       /* random per process, so ids differ across restarts */
     _Atomic uint64_t rid_next; /* request counter */
+    /* Held (suspended) requests, guarded by hold_lock.  Lock order: hold_lock, then MHD's own
+     * locks (MHD_suspend/resume_connection); MHD never calls us with its locks held on paths
+     * that take hold_lock. */
+    pthread_mutex_t hold_lock;
+    pthread_cond_t hold_cond;
+    struct http_request *held; /* doubly linked list */
+    uint64_t change_seq;       /* bumped by every study change, under hold_lock */
+    bool stopping;
+    bool timer_started;
+    pthread_t timer;
 };
 
 /* State of one request, from the first access-handler call to the completion callback. */
@@ -39,14 +56,91 @@ struct http_request {
     bool too_large;
     bool replied;
     int status;
+    /* The api's view of the request; kept across calls for streams and holds. */
+    struct api_request req;
+    bool streaming;
+    bool stream_failed;          /* `pending` holds the error to send */
+    struct api_response pending;
+    /* Long-poll hold. */
+    struct MHD_Connection *conn;
+    bool hold_armed;             /* a deadline was set by the first hold */
+    struct timespec deadline;    /* CLOCK_MONOTONIC */
+    char hold_study[API_PARAM_MAX];
+    bool in_list;
+    struct http_request *next, *prev;
 };
 
 static void request_free(struct http_request *hr)
 {
     if (!hr)
         return;
+    api_stream_end(&hr->req);
+    api_response_free(&hr->pending);
     free(hr->body);
     free(hr);
+}
+
+static bool ts_passed(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
+}
+
+/* Under hold_lock: unlinks a held request and resumes its connection. */
+static void held_resume(struct srv_http *http, struct http_request *hr)
+{
+    if (!hr->in_list)
+        return;
+    if (hr->prev)
+        hr->prev->next = hr->next;
+    else
+        http->held = hr->next;
+    if (hr->next)
+        hr->next->prev = hr->prev;
+    hr->next = hr->prev = NULL;
+    hr->in_list = false;
+    MHD_resume_connection(hr->conn);
+}
+
+void srv_http_study_changed(struct srv_http *http, const char *study_id)
+{
+    if (!http)
+        return;
+    pthread_mutex_lock(&http->hold_lock);
+    http->change_seq++;
+    for (struct http_request *hr = http->held, *next; hr; hr = next) {
+        next = hr->next;
+        if (strcmp(hr->hold_study, study_id) == 0)
+            held_resume(http, hr);
+    }
+    pthread_mutex_unlock(&http->hold_lock);
+}
+
+/* Resumes held requests whose time ran out (all of them when stopping). */
+static void *hold_timer(void *arg)
+{
+    struct srv_http *http = arg;
+    pthread_mutex_lock(&http->hold_lock);
+    for (;;) {
+        for (struct http_request *hr = http->held, *next; hr; hr = next) {
+            next = hr->next;
+            if (http->stopping || ts_passed(&hr->deadline))
+                held_resume(http, hr);
+        }
+        if (http->stopping)
+            break;
+        struct timespec wake;
+        clock_gettime(CLOCK_REALTIME, &wake);
+        wake.tv_nsec += 50 * 1000000L;
+        if (wake.tv_nsec >= 1000000000L) {
+            wake.tv_sec++;
+            wake.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&http->hold_cond, &http->hold_lock, &wake);
+    }
+    pthread_mutex_unlock(&http->hold_lock);
+    return NULL;
 }
 
 static double elapsed_ms(const struct timespec *start)
@@ -145,10 +239,56 @@ static enum MHD_Result reply_too_large(struct srv_http *http, struct MHD_Connect
 {
     struct api_response resp = { 0 };
     api_reply_errorf(&resp, TPV_ETOOLARGE, "body", "request body exceeds the limit of %llu bytes",
-                     (unsigned long long)http->max_body);
+                     (unsigned long long)(hr->streaming ? http->max_blob : http->max_body));
     enum MHD_Result ok = send_response(conn, hr, &resp);
     api_response_free(&resp);
     return ok;
+}
+
+/* Dispatches the buffered request; a hold suspends the connection instead of answering. */
+static enum MHD_Result dispatch(struct srv_http *http, struct MHD_Connection *conn,
+                                struct http_request *hr)
+{
+    for (int round = 0;; round++) {
+        pthread_mutex_lock(&http->hold_lock);
+        uint64_t seq = http->change_seq;
+        bool stopping = http->stopping;
+        pthread_mutex_unlock(&http->hold_lock);
+
+        hr->req.body = hr->body ? hr->body : "";
+        hr->req.body_len = hr->len;
+        hr->req.hold_expired = stopping || round >= 8 || (hr->hold_armed && ts_passed(&hr->deadline));
+        struct api_response resp = { 0 };
+        api_dispatch(http->env, &hr->req, &resp);
+        if (resp.hold_seconds <= 0) {
+            enum MHD_Result ok = send_response(conn, hr, &resp);
+            api_response_free(&resp);
+            return ok;
+        }
+        if (!hr->hold_armed) {
+            clock_gettime(CLOCK_MONOTONIC, &hr->deadline);
+            hr->deadline.tv_sec += resp.hold_seconds;
+            hr->hold_armed = true;
+        }
+        snprintf(hr->hold_study, sizeof hr->hold_study, "%s", resp.hold_study);
+        api_response_free(&resp);
+        pthread_mutex_lock(&http->hold_lock);
+        /* A change between our read of the version and now would be missed: look again. */
+        if (http->change_seq != seq || http->stopping) {
+            pthread_mutex_unlock(&http->hold_lock);
+            continue;
+        }
+        hr->conn = conn;
+        hr->prev = NULL;
+        hr->next = http->held;
+        if (http->held)
+            http->held->prev = hr;
+        http->held = hr;
+        hr->in_list = true;
+        MHD_suspend_connection(conn);
+        pthread_mutex_unlock(&http->hold_lock);
+        return MHD_YES;
+    }
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
@@ -167,20 +307,38 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         request_id_assign(http, conn, hr->rid, sizeof hr->rid);
         snprintf(hr->method, sizeof hr->method, "%s", method);
         snprintf(hr->path, sizeof hr->path, "%s", url);
+        hr->req = (struct api_request){
+            .method = method, /* MHD keeps method and url for the whole request */
+            .path = url,
+            .request_id = hr->rid,
+            .header = transport_header,
+            .query = transport_query,
+            .transport = conn,
+            .route = -1,
+        };
         *con_cls = hr;
+        hr->streaming = api_stream_begin(http->env, &hr->req, &hr->pending);
+        hr->stream_failed = hr->streaming && hr->pending.status != 0;
         /* A declared length over the limit is refused before the body is sent (a client that
          * sent Expect: 100-continue never sends it); the connection then closes. */
-        if (declared_length(conn) > http->max_body) {
+        if (declared_length(conn) > (hr->streaming ? http->max_blob : http->max_body)) {
             hr->too_large = true;
             return reply_too_large(http, conn, hr);
         }
         return MHD_YES;
     }
     if (*upload_data_size) {
-        /* Past the limit the rest of a chunked body is read and dropped so that the 413 can
-         * be sent on a healthy connection; the request timeout bounds how long that lasts. */
-        if (!hr->replied)
+        /* Past the limit (or after a sink error) the rest of the body is read and dropped so
+         * that the error can be sent on a healthy connection; the request timeout bounds how
+         * long that lasts. */
+        if (!hr->replied && hr->streaming) {
+            if (!hr->stream_failed &&
+                api_stream_write(&hr->req, upload_data, *upload_data_size, &hr->pending) != TPV_OK)
+                hr->stream_failed = true;
+            hr->len += *upload_data_size;
+        } else if (!hr->replied) {
             body_append(hr, upload_data, *upload_data_size, http->max_body);
+        }
         *upload_data_size = 0;
         return MHD_YES;
     }
@@ -188,30 +346,20 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     if (hr->too_large)
         return reply_too_large(http, conn, hr);
-
-    struct api_request req = {
-        .method = method,
-        .path = url,
-        .request_id = hr->rid,
-        .body = hr->body ? hr->body : "",
-        .body_len = hr->len,
-        .header = transport_header,
-        .query = transport_query,
-        .transport = conn,
-    };
-    struct api_response resp = { 0 };
-    api_dispatch(http->env, &req, &resp);
-    enum MHD_Result ok = send_response(conn, hr, &resp);
-    api_response_free(&resp);
-    return ok;
+    if (hr->stream_failed) {
+        enum MHD_Result ok = send_response(conn, hr, &hr->pending);
+        api_response_free(&hr->pending);
+        return ok;
+    }
+    return dispatch(http, conn, hr);
 }
 
 /* One log line per request, with its id, whatever the outcome. */
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    struct srv_http *http = cls;
     struct http_request *hr = *con_cls;
-    (void)cls;
     if (!hr)
         return;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -223,10 +371,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         else if (sa->sa_family == AF_INET6)
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, peer, sizeof peer);
     }
+    double ms = elapsed_ms(&hr->start);
     log_info("request rid=%s peer=%s method=%s path=%s status=%d in=%zu ms=%.2f%s", hr->rid,
              peer, hr->method, hr->path,
-             hr->replied ? hr->status : 0, hr->len, elapsed_ms(&hr->start),
+             hr->replied ? hr->status : 0, hr->len, ms,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
+    if (hr->replied)
+        api_metrics_request(http->env->metrics, hr->req.route, hr->status, ms / 1e3);
     request_free(hr);
     *con_cls = NULL;
 }
@@ -271,6 +422,14 @@ int srv_http_start(struct srv_http **out, const struct srv_config *cfg, const st
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     http->env = env;
     http->max_body = cfg->max_body_bytes;
+    http->max_blob = cfg->max_blob_bytes;
+    pthread_mutex_init(&http->hold_lock, NULL);
+    pthread_cond_init(&http->hold_cond, NULL);
+    if (pthread_create(&http->timer, NULL, hold_timer, http) != 0) {
+        srv_http_stop(http);
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot start the long-poll timer");
+    }
+    http->timer_started = true;
     if (getrandom(&http->rid_prefix, sizeof http->rid_prefix, 0) != sizeof http->rid_prefix)
         http->rid_prefix = (uint32_t)time(NULL);
 
@@ -280,16 +439,16 @@ int srv_http_start(struct srv_http **out, const struct srv_config *cfg, const st
         flags |= MHD_USE_IPv6;
     http->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_access, http,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, http,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->request_timeout_s,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, http,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, http,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
         MHD_OPTION_END);
     if (!http->daemon) {
-        free(http);
+        srv_http_stop(http);
         return tpv_err_set(err, TPV_EUNAVAILABLE, "listen", "cannot listen on %s", cfg->listen);
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(http->daemon, MHD_DAEMON_INFO_BIND_PORT);
@@ -303,17 +462,40 @@ uint16_t srv_http_port(const struct srv_http *http)
     return http->port;
 }
 
+/* Held requests are answered (304) and no new ones are held from here on. */
+static void release_holds(struct srv_http *http)
+{
+    pthread_mutex_lock(&http->hold_lock);
+    http->stopping = true;
+    while (http->held)
+        held_resume(http, http->held);
+    pthread_cond_broadcast(&http->hold_cond);
+    pthread_mutex_unlock(&http->hold_lock);
+}
+
 void srv_http_quiesce(struct srv_http *http)
 {
-    if (http && http->daemon)
+    if (!http)
+        return;
+    if (http->daemon)
         MHD_quiesce_daemon(http->daemon);
+    release_holds(http);
 }
 
 void srv_http_stop(struct srv_http *http)
 {
     if (!http)
         return;
-    if (http->daemon)
+    release_holds(http);
+    if (http->timer_started)
+        pthread_join(http->timer, NULL);
+    if (http->daemon) {
+        /* Give resumed holds a moment to be answered before connections close. */
+        struct timespec ts = { 0, 20 * 1000000L };
+        nanosleep(&ts, NULL);
         MHD_stop_daemon(http->daemon);
+    }
+    pthread_cond_destroy(&http->hold_cond);
+    pthread_mutex_destroy(&http->hold_lock);
     free(http);
 }

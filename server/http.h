@@ -18,7 +18,11 @@ int srv_http_start(struct srv_http **out, const struct srv_config *cfg, const st
 /* The bound port (useful with --listen HOST:0). */
 uint16_t srv_http_port(const struct srv_http *http);
 
-/* Stops accepting new connections; requests in flight complete. */
+/* Wakes the long-poll requests held on `study_id` (the store's study_changed hook calls this).
+ * Thread-safe; http may be NULL. */
+void srv_http_study_changed(struct srv_http *http, const char *study_id);
+
+/* Stops accepting new connections and answers held long-polls; requests in flight complete. */
 void srv_http_quiesce(struct srv_http *http);
 
 /* Stops the server, closing all connections, and frees it.  NULL is a no-op. */

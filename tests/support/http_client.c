@@ -107,3 +107,34 @@ void http_result_free(struct http_result *r)
     json_decref(r->json);
     memset(r, 0, sizeof *r);
 }
+
+int http_json(const char *base, const char *method, const char *path, const char *json,
+              const char *const headers[], struct http_result *out)
+{
+    char url[1024];
+    const char *hdrs[16];
+    int n = 0;
+    snprintf(url, sizeof url, "%s%s", base, path);
+    if (json)
+        hdrs[n++] = "Content-Type: application/json";
+    for (int i = 0; headers && headers[i] && n < 15; i++)
+        hdrs[n++] = headers[i];
+    hdrs[n] = NULL;
+    return http_request(method, url, json, json ? strlen(json) : 0, hdrs, out);
+}
+
+const char *http_json_str(const struct http_result *r, const char *dotted)
+{
+    char key[128];
+    json_t *j = r->json;
+    const char *p = dotted;
+    while (j && *p) {
+        size_t n = strcspn(p, ".");
+        snprintf(key, sizeof key, "%.*s", (int)n, p);
+        j = json_object_get(j, key);
+        p += n;
+        if (*p == '.')
+            p++;
+    }
+    return json_string_value(j);
+}

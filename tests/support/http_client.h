@@ -24,4 +24,12 @@ const char *http_result_header(const struct http_result *r, const char *name, ch
 
 void http_result_free(struct http_result *r);
 
+/* METHOD base+path with a JSON text body (may be NULL) and extra headers; 0 or -1 like
+ * http_request.  Sends Content-Type: application/json with a body. */
+int http_json(const char *base, const char *method, const char *path, const char *json,
+              const char *const headers[], struct http_result *out);
+
+/* The string at a dotted path of r->json ("job.id"), or NULL. */
+const char *http_json_str(const struct http_result *r, const char *dotted);
+
 #endif

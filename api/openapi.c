@@ -1,0 +1,248 @@
+/* openapi.c: the OpenAPI 3.1 document of the REST API (DESIGN.md section 5), served at
+ * /openapi.json.  Written independently of the route table in router.c; test_router checks that
+ * the two list the same routes. */
+#include "api/handlers.h"
+
+#include <string.h>
+
+struct op {
+    const char *method; /* lower case, as OpenAPI spells it */
+    const char *path;
+    const char *id;
+    const char *summary;
+    const char *request;  /* schema name of a JSON body, "binary" for a raw body, or NULL */
+    int ok;               /* success status */
+    const char *response; /* schema name of the success body, or NULL */
+    const char *errors;   /* error statuses, space separated */
+};
+
+static const struct op ops[] = {
+    { "get", "/healthz", "healthz", "Liveness: the process answers", NULL, 200, "Status", "" },
+    { "get", "/readyz", "readyz", "Readiness: database reachable and workers alive", NULL, 200,
+      "Status", "503" },
+    { "get", "/metrics", "metrics", "Prometheus metrics (text format)", NULL, 200, "text", "" },
+    { "get", "/openapi.json", "openapi", "This document", NULL, 200, NULL, "" },
+    { "put", "/v1/blobs", "putBlob", "Upload a blob (raw body, streamed to disk and hashed); 201 "
+      "when new, 200 when it existed", "binary", 201, "Blob", "413 500 507" },
+    { "put", "/v1/blobs/{digest}", "putBlobByDigest", "Upload a blob under its digest; 400 when "
+      "the body hashes differently", "binary", 201, "Blob", "400 413 500 507" },
+    { "head", "/v1/blobs/{digest}", "headBlob", "Whether a blob exists (X-Blob-Size header)",
+      NULL, 200, NULL, "400 404" },
+    { "post", "/v1/studies", "createStudy", "Create a study with its noise models "
+      "(Idempotency-Key supported)", "StudyCreate", 201, "Study", "400 409 413" },
+    { "get", "/v1/studies", "listStudies", "List studies (page_size, page_token)", NULL, 200,
+      "StudyList", "400" },
+    { "get", "/v1/studies/{sid}", "getStudy", "A study", NULL, 200, "Study", "404" },
+    { "put", "/v1/studies/{sid}/inputs/{split}", "putInputs", "Set the fit or probe input set "
+      "of a study to a blob", "InputsPut", 200, "Study", "400 404" },
+    { "post", "/v1/studies/{sid}/candidates", "createCandidate", "Submit a candidate (model or "
+      "Jacobian dumps); queues its score job (Idempotency-Key supported)", "CandidateCreate", 202,
+      "CandidateAccepted", "400 404 409 413 429 507" },
+    { "get", "/v1/studies/{sid}/candidates", "listCandidates", "List a study's candidates with "
+      "their scores (page_size, page_token)", NULL, 200, "CandidateList", "400 404" },
+    { "get", "/v1/studies/{sid}/candidates/{cid}", "getCandidate", "A candidate with its scores "
+      "per noise model and split", NULL, 200, "Candidate", "404" },
+    { "post", "/v1/studies/{sid}/candidates/{cid}/jbr", "createJbr", "Queue JBR pruning scores "
+      "for a model candidate", "JbrCreate", 202, "JobAccepted", "400 404 409 429" },
+    { "get", "/v1/studies/{sid}/ranking", "getRanking", "Candidates ranked by TPV (by, split, "
+      "max_train_loss, wait with If-None-Match)", NULL, 200, "Ranking", "304 400 404 409" },
+    { "get", "/v1/jobs/{jid}", "getJob", "A job with its state and progress", NULL, 200, "Job",
+      "404" },
+    { "delete", "/v1/jobs/{jid}", "cancelJob", "Cancel a job", NULL, 200, "Job", "404 409" },
+};
+#define OP_COUNT (sizeof ops / sizeof ops[0])
+
+static json_t *ref(const char *name)
+{
+    char buf[96];
+    snprintf(buf, sizeof buf, "#/components/schemas/%s", name);
+    return json_pack("{s:s}", "$ref", buf);
+}
+
+static json_t *json_content(json_t *schema)
+{
+    return json_pack("{s:{s:o}}", "application/json", "schema", schema);
+}
+
+static json_t *parameters(const char *path, const char *method)
+{
+    json_t *params = json_array();
+    for (const char *p = strchr(path, '{'); p; p = strchr(p + 1, '{')) {
+        const char *end = strchr(p, '}');
+        char name[32];
+        snprintf(name, sizeof name, "%.*s", (int)(end - p - 1), p + 1);
+        json_array_append_new(params, json_pack("{s:s,s:s,s:b,s:{s:s}}", "name", name, "in",
+                                                "path", "required", 1, "schema", "type", "string"));
+    }
+    if (strstr(path, "ranking")) {
+        static const char *const q[][2] = { { "by", "string" }, { "split", "string" },
+                                            { "max_train_loss", "number" }, { "wait", "integer" } };
+        for (size_t i = 0; i < 4; i++)
+            json_array_append_new(params, json_pack("{s:s,s:s,s:{s:s}}", "name", q[i][0], "in",
+                                                    "query", "schema", "type", q[i][1]));
+        json_array_append_new(params, json_pack("{s:s,s:s,s:{s:s}}", "name", "If-None-Match",
+                                                "in", "header", "schema", "type", "string"));
+    } else if (strcmp(method, "get") == 0 && (strcmp(path, "/v1/studies") == 0 ||
+                                              (strstr(path, "/candidates") &&
+                                               !strstr(path, "{cid}")))) {
+        json_array_append_new(params, json_pack("{s:s,s:s,s:{s:s}}", "name", "page_size", "in",
+                                                "query", "schema", "type", "integer"));
+        json_array_append_new(params, json_pack("{s:s,s:s,s:{s:s}}", "name", "page_token", "in",
+                                                "query", "schema", "type", "string"));
+    } else if (strcmp(method, "post") == 0 && !strstr(path, "jbr")) {
+        json_array_append_new(params, json_pack("{s:s,s:s,s:{s:s}}", "name", "Idempotency-Key",
+                                                "in", "header", "schema", "type", "string"));
+    }
+    return params;
+}
+
+static json_t *operation(const struct op *o)
+{
+    json_t *responses = json_object(), *ok = json_pack("{s:s}", "description", "success");
+    char code[8];
+    if (o->response && strcmp(o->response, "text") == 0)
+        json_object_set_new(ok, "content", json_pack("{s:{s:{s:s}}}", "text/plain", "schema",
+                                                      "type", "string"));
+    else if (o->response)
+        json_object_set_new(ok, "content", json_content(ref(o->response)));
+    snprintf(code, sizeof code, "%d", o->ok);
+    json_object_set_new(responses, code, ok);
+    for (const char *p = o->errors; *p;) {
+        while (*p == ' ')
+            p++;
+        size_t n = strcspn(p, " ");
+        if (!n)
+            break;
+        snprintf(code, sizeof code, "%.*s", (int)n, p);
+        json_object_set_new(responses, code,
+                            strcmp(code, "304") == 0
+                                ? json_pack("{s:s}", "description", "not modified")
+                                : json_pack("{s:s,s:o}", "description", "error", "content",
+                                            json_content(ref("Error"))));
+        p += n;
+    }
+    json_object_set_new(responses, "default", json_pack("{s:s,s:o}", "description", "error",
+                                                        "content", json_content(ref("Error"))));
+    json_t *op = json_pack("{s:s,s:s,s:o,s:o}", "operationId", o->id, "summary", o->summary,
+                           "parameters", parameters(o->path, o->method), "responses", responses);
+    if (o->request && strcmp(o->request, "binary") == 0)
+        json_object_set_new(op, "requestBody",
+                            json_pack("{s:b,s:{s:{s:{s:s,s:s}}}}", "required", 1, "content",
+                                      "application/octet-stream", "schema", "type", "string",
+                                      "format", "binary"));
+    else if (o->request)
+        json_object_set_new(op, "requestBody", json_pack("{s:b,s:o}", "required",
+                                                         strcmp(o->request, "JbrCreate") != 0,
+                                                         "content",
+                                                         json_content(ref(o->request))));
+    return op;
+}
+
+static json_t *obj_schema(const char *required_csv, json_t *props)
+{
+    json_t *s = json_pack("{s:s,s:o}", "type", "object", "properties", props);
+    if (required_csv) {
+        json_t *req = json_array();
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s", required_csv);
+        for (char *save, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            json_array_append_new(req, json_string(t));
+        json_object_set_new(s, "required", req);
+    }
+    return s;
+}
+
+static json_t *schemas(void)
+{
+    json_t *str = json_pack("{s:s}", "type", "string"), *num = json_pack("{s:s}", "type", "number");
+    json_t *obj = json_pack("{s:s}", "type", "object"), *integer = json_pack("{s:s}", "type", "integer");
+    json_t *digest = json_pack("{s:s,s:s}", "type", "string", "pattern", "^sha256:[0-9a-f]{64}$");
+    json_t *s = json_object();
+    json_object_set_new(s, "Error", obj_schema("error", json_pack(
+        "{s:{s:s,s:{s:O,s:O,s:O}}}", "error", "type", "object", "properties", "code", str,
+        "message", str, "details", obj)));
+    json_object_set_new(s, "Status", obj_schema("status", json_pack("{s:O}", "status", str)));
+    json_object_set_new(s, "Blob", obj_schema("digest,size", json_pack("{s:O,s:O}", "digest",
+                                                                      digest, "size", integer)));
+    json_object_set_new(s, "NoiseModel", obj_schema("name,kind", json_pack(
+        "{s:O,s:{s:s,s:[sssssss]}}", "name", str, "kind", "type", "string", "enum", "isotropic",
+        "quantization", "sgd", "sgd_curvature", "label", "diagonal", "prune")));
+    json_object_set_new(s, "StudyCreate", obj_schema("name,noise_models", json_pack(
+        "{s:O,s:O,s:{s:s,s:o},s:O,s:O,s:O}", "name", str, "description", str, "noise_models",
+        "type", "array", "items", ref("NoiseModel"), "rank_by", str, "webhook_url", str,
+        "metadata", obj)));
+    json_object_set_new(s, "Study", obj_schema("id,name,noise_models,rank_by,version", json_pack(
+        "{s:O,s:O,s:O,s:{s:s,s:o},s:O,s:O,s:O,s:O,s:O,s:O}", "id", str, "name", str,
+        "description", str, "noise_models", "type", "array", "items", ref("NoiseModel"),
+        "rank_by", str, "inputs", obj, "version", integer, "created_at", str, "metadata", obj,
+        "webhook_url", str)));
+    json_object_set_new(s, "StudyList", obj_schema("items", json_pack(
+        "{s:{s:s,s:o},s:O}", "items", "type", "array", "items", ref("Study"), "next_page_token",
+        str)));
+    json_object_set_new(s, "InputsPut", obj_schema("blob", json_pack("{s:O}", "blob", digest)));
+    json_object_set_new(s, "CandidateCreate", obj_schema("name", json_pack(
+        "{s:O,s:O,s:{s:s,s:{s:O,s:O}},s:{s:s,s:{s:O,s:O,s:{s:s,s:O}}},s:O}", "name", str,
+        "metadata", obj, "model", "type", "object", "properties", "spec", obj, "weights", digest,
+        "jacobian", "type", "object", "properties", "fit", digest, "probe", digest, "layout",
+        "type", "array", "items", str, "weights", digest)));
+    json_object_set_new(s, "Score", obj_schema("noise,split,value", json_pack(
+        "{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "noise", str, "kind", str, "split", str,
+        "value", num, "stderr", num, "estimator", str, "samples", integer, "seed", integer,
+        "details", obj)));
+    json_object_set_new(s, "Candidate", obj_schema("id,study_id,name,state", json_pack(
+        "{s:O,s:O,s:O,s:O,s:O,s:O,s:{s:s,s:o},s:O,s:O,s:O}", "id", str, "study_id", str, "name",
+        str, "metadata", obj, "source", str, "state", str, "scores", "type", "array", "items",
+        ref("Score"), "stability", obj, "job_id", str, "created_at", str)));
+    json_object_set_new(s, "CandidateList", obj_schema("items", json_pack(
+        "{s:{s:s,s:o},s:O}", "items", "type", "array", "items", ref("Candidate"),
+        "next_page_token", str)));
+    json_object_set_new(s, "Job", obj_schema("id,kind,state,progress", json_pack(
+        "{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "id", str, "kind", str, "candidate_id",
+        str, "state", str, "progress", num, "attempts", integer, "error", obj, "created_at", str,
+        "started_at", str, "finished_at", str, "result", obj)));
+    json_object_set_new(s, "CandidateAccepted", obj_schema("candidate,job", json_pack(
+        "{s:o,s:o}", "candidate", ref("Candidate"), "job", ref("Job"))));
+    json_object_set_new(s, "JobAccepted", obj_schema("job", json_pack("{s:o}", "job", ref("Job"))));
+    json_object_set_new(s, "JbrCreate", obj_schema(NULL, json_pack(
+        "{s:O,s:O}", "confidence", num, "batch_size", integer)));
+    json_object_set_new(s, "Ranking", obj_schema("study_id,by,split,version,items", json_pack(
+        "{s:O,s:O,s:O,s:O,s:{s:s,s:O},s:{s:s,s:O},s:{s:s,s:O},s:{s:s,s:O}}", "study_id", str,
+        "by", str, "split", str, "version", integer, "items", "type", "array", "items", obj,
+        "excluded", "type", "array", "items", obj, "pending", "type", "array", "items", obj,
+        "trajectories", "type", "array", "items", obj)));
+    json_decref(str);
+    json_decref(num);
+    json_decref(obj);
+    json_decref(integer);
+    json_decref(digest);
+    return s;
+}
+
+json_t *api_openapi_document(void)
+{
+    json_t *paths = json_object();
+    for (size_t i = 0; i < OP_COUNT; i++) {
+        json_t *item = json_object_get(paths, ops[i].path);
+        if (!item) {
+            item = json_object();
+            json_object_set_new(paths, ops[i].path, item);
+        }
+        json_object_set_new(item, ops[i].method, operation(&ops[i]));
+    }
+    return json_pack("{s:s,s:{s:s,s:s,s:s},s:o,s:{s:o}}", "openapi", "3.1.0", "info", "title",
+                     "tpvd", "version", "1", "description",
+                     "Label-free model selection by Test Prediction Variance (DESIGN.md section 5)",
+                     "paths", paths, "components", "schemas", schemas());
+}
+
+void api_handle_openapi(const struct api_env *env, struct api_request *req, struct api_response *resp)
+{
+    (void)env;
+    (void)req;
+    json_t *doc = api_openapi_document();
+    if (!doc) {
+        api_reply_errorf(resp, TPV_ENOMEM, NULL, "out of memory");
+        return;
+    }
+    api_reply_json(resp, 200, doc);
+}

@@ -1,0 +1,266 @@
+/* ranking.c: GET /v1/studies/{sid}/ranking (DESIGN.md sections 3 "Model selection" and 5):
+ * candidates ascending by TPV under one noise model and split, max_train_loss exclusion with the
+ * underfit flag, trajectories of runs (the epoch of maximal TPV), and cheap polling: the ETag comes
+ * from the study version, If-None-Match gives 304, and wait= holds the request (without a thread)
+ * until the version moves. */
+#include "api/handlers.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "storage/store.h"
+
+struct rank_query {
+    const char *by;
+    const char *split;
+    bool has_max;
+    double max_train_loss;
+    int wait;
+};
+
+/* The ETag names the version and the query, so that each representation has its own. */
+static void make_etag(const char *sid, int64_t version, const struct rank_query *q, char *out,
+                      size_t cap)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a of the query */
+    char text[256];
+    snprintf(text, sizeof text, "%s|%s|%s|%d|%.17g", sid, q->by, q->split, q->has_max,
+             q->has_max ? q->max_train_loss : 0.0);
+    for (const char *p = text; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ULL;
+    snprintf(out, cap, "\"v%lld-%08llx\"", (long long)version, (unsigned long long)(h >> 32));
+}
+
+static bool etag_matches(const char *header, const char *etag)
+{
+    if (!header)
+        return false;
+    if (strcmp(header, "*") == 0)
+        return true;
+    /* A list of tags, possibly weak ("W/"): ours matches if it appears as one of them. */
+    size_t n = strlen(etag);
+    for (const char *p = strstr(header, etag); p; p = strstr(p + 1, etag)) {
+        char after = p[n];
+        if (after == '\0' || after == ',' || after == ' ')
+            return true;
+    }
+    return false;
+}
+
+static bool parse_query(const struct api_env *env, const struct api_request *req,
+                        const struct store_study_info *info, struct rank_query *q,
+                        struct api_response *resp)
+{
+    const char *by = api_query(req, "by"), *split = api_query(req, "split");
+    const char *max = api_query(req, "max_train_loss"), *wait = api_query(req, "wait");
+    memset(q, 0, sizeof *q);
+    q->by = by && by[0] ? by : info->rank_by;
+    /* by must name one of the study's noise models. */
+    json_t *models = json_loads(info->noise_models, 0, NULL);
+    bool found = false;
+    size_t i;
+    json_t *m;
+    json_array_foreach(models, i, m)
+        found |= strcmp(json_string_value(json_object_get(m, "name")) ?: "", q->by) == 0;
+    json_decref(models);
+    if (!found) {
+        api_reply_errorf(resp, TPV_EINVAL, "by", "by: '%.64s' is not a noise model of this study",
+                         q->by);
+        return false;
+    }
+    bool has_probe = info->probe_digest[0] || info->has_probe_dumps;
+    if (!split || !split[0]) {
+        q->split = has_probe ? "probe" : "fit";
+    } else if (strcmp(split, "fit") == 0 || strcmp(split, "probe") == 0) {
+        q->split = split[0] == 'f' ? "fit" : "probe";
+        if (q->split[0] == 'p' && !has_probe) {
+            api_reply_errorf(resp, TPV_EPRECONDITION, "split",
+                             "the study has no probe set: PUT /v1/studies/{sid}/inputs/probe "
+                             "first, or rank with split=fit");
+            return false;
+        }
+    } else {
+        api_reply_errorf(resp, TPV_EINVAL, "split", "split must be 'probe' or 'fit'");
+        return false;
+    }
+    if (max) {
+        char *end;
+        errno = 0;
+        q->max_train_loss = strtod(max, &end);
+        if (errno || end == max || *end || !isfinite(q->max_train_loss)) {
+            api_reply_errorf(resp, TPV_EINVAL, "max_train_loss", "max_train_loss must be a number");
+            return false;
+        }
+        q->has_max = true;
+    }
+    if (wait) {
+        char *end;
+        errno = 0;
+        long w = strtol(wait, &end, 10);
+        if (errno || end == wait || *end || w < 0) {
+            api_reply_errorf(resp, TPV_EINVAL, "wait", "wait must be a whole number of seconds");
+            return false;
+        }
+        int cap = env->limits.max_wait_s > 0 ? env->limits.max_wait_s : 60;
+        q->wait = w > cap ? cap : (int)w;
+    }
+    return true;
+}
+
+/* Order for trajectories: by run, then epoch. */
+static int cmp_run_epoch(const void *a, const void *b, void *ctx)
+{
+    const struct store_rank_row *rows = ctx;
+    const struct store_rank_row *x = &rows[*(const size_t *)a], *y = &rows[*(const size_t *)b];
+    int c = strcmp(x->run, y->run);
+    if (c)
+        return c;
+    return (x->epoch > y->epoch) - (x->epoch < y->epoch);
+}
+
+/* Trajectories: candidates sharing metadata.run with an epoch and a score.  The epoch of maximal
+ * TPV splits underfitting (before) from the double-descent phase (DESIGN.md section 3).  Flags
+ * go into flags[row] (arrays owned by the caller). */
+static json_t *trajectories(const struct store_rank_row *rows, size_t n, json_t **flags)
+{
+    json_t *out = json_array();
+    size_t *idx = malloc((n ? n : 1) * sizeof *idx), m = 0;
+    if (!out || !idx) {
+        free(idx);
+        return out;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].run && rows[i].has_epoch && rows[i].has_value)
+            idx[m++] = i;
+    qsort_r(idx, m, sizeof *idx, cmp_run_epoch, (void *)rows);
+    for (size_t a = 0; a < m;) {
+        size_t b = a + 1;
+        while (b < m && strcmp(rows[idx[b]].run, rows[idx[a]].run) == 0)
+            b++;
+        if (b - a >= 2) {
+            size_t peak = idx[a];
+            json_t *points = json_array();
+            for (size_t k = a; k < b; k++) {
+                const struct store_rank_row *r = &rows[idx[k]];
+                if (r->value > rows[peak].value)
+                    peak = idx[k];
+                json_array_append_new(points, json_pack("{s:f,s:s,s:f}", "epoch", r->epoch,
+                                                        "candidate_id", r->id, "value", r->value));
+            }
+            for (size_t k = a; k < b; k++) {
+                size_t r = idx[k];
+                if (r == peak)
+                    json_array_append_new(flags[r], json_string("tpv_peak"));
+                else if (rows[r].epoch < rows[peak].epoch)
+                    json_array_append_new(flags[r], json_string("before_tpv_peak"));
+            }
+            json_array_append_new(out, json_pack("{s:s,s:f,s:s,s:f,s:o}", "run", rows[peak].run,
+                                                 "peak_epoch", rows[peak].epoch,
+                                                 "peak_candidate_id", rows[peak].id,
+                                                 "peak_value", rows[peak].value, "points", points));
+        }
+        a = b;
+    }
+    free(idx);
+    return out;
+}
+
+static json_t *metadata_json(const char *text)
+{
+    json_t *j = text ? json_loads(text, 0, NULL) : NULL;
+    return j ? j : json_object();
+}
+
+static json_t *build_ranking(const char *sid, int64_t version, const struct rank_query *q,
+                             const struct store_rank_row *rows, size_t n)
+{
+    json_t **flags = calloc(n ? n : 1, sizeof *flags);
+    json_t *items = json_array(), *excluded = json_array(), *pending = json_array();
+    if (!flags)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        flags[i] = json_array();
+    json_t *traj = trajectories(rows, n, flags);
+    int rank = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct store_rank_row *r = &rows[i];
+        if (!r->has_value) {
+            json_array_append_new(pending, json_pack("{s:s,s:s,s:s}", "candidate_id", r->id,
+                                                     "name", r->name, "state", r->state));
+            continue;
+        }
+        if (q->has_max && !r->has_train_loss)
+            json_array_append_new(flags[i], json_string("no_train_loss"));
+        bool out = q->has_max && r->has_train_loss && r->train_loss > q->max_train_loss;
+        if (out)
+            json_array_insert_new(flags[i], 0, json_string("underfit"));
+        json_t *item = json_pack("{s:s,s:s,s:f,s:f,s:o,s:O}", "candidate_id", r->id, "name",
+                                 r->name, "value", r->value, "stderr", r->stderr_value,
+                                 "metadata", metadata_json(r->metadata), "flags", flags[i]);
+        if (out) {
+            json_object_set_new(item, "train_loss", json_real(r->train_loss));
+            json_array_append_new(excluded, item);
+        } else {
+            json_object_set_new(item, "rank", json_integer(++rank));
+            json_array_append_new(items, item);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        json_decref(flags[i]);
+    free(flags);
+    json_t *body = json_pack("{s:s,s:s,s:s,s:I,s:o,s:o,s:o,s:o}", "study_id", sid, "by", q->by,
+                             "split", q->split, "version", (json_int_t)version, "items", items,
+                             "excluded", excluded, "pending", pending, "trajectories", traj);
+    if (body && q->has_max)
+        json_object_set_new(body, "max_train_loss", json_real(q->max_train_loss));
+    return body;
+}
+
+void api_handle_ranking(const struct api_env *env, struct api_request *req, struct api_response *resp)
+{
+    struct tpv_err err;
+    struct store_study_info info;
+    struct rank_query q;
+    struct store_rank_row *rows = NULL;
+    size_t nrows = 0;
+    char etag[64];
+    const char *sid = req->params[0];
+    tpv_err_clear(&err);
+    if (!api_study_param(req, resp))
+        return;
+    if (store_study_info(env->store, sid, &info, &err) != TPV_OK) {
+        api_reply_store_error(req, resp, &err);
+        return;
+    }
+    if (!parse_query(env, req, &info, &q, resp))
+        goto out;
+    make_etag(sid, info.version, &q, etag, sizeof etag);
+    if (etag_matches(api_header(req, "If-None-Match"), etag)) {
+        if (q.wait > 0 && !req->hold_expired) {
+            resp->hold_seconds = q.wait;
+            snprintf(resp->hold_study, sizeof resp->hold_study, "%s", sid);
+            goto out;
+        }
+        api_reply_empty(resp, 304);
+        api_response_add_header(resp, "ETag", etag);
+        goto out;
+    }
+    if (store_rank_rows(env->store, sid, q.by, q.split, &rows, &nrows, &err) != TPV_OK) {
+        api_reply_store_error(req, resp, &err);
+        goto out;
+    }
+    json_t *body = build_ranking(sid, info.version, &q, rows, nrows);
+    if (!body) {
+        api_reply_errorf(resp, TPV_ENOMEM, NULL, "out of memory");
+        goto out;
+    }
+    api_reply_json(resp, 200, body);
+    api_response_add_header(resp, "ETag", etag);
+    api_response_add_header(resp, "Cache-Control", "no-cache");
+out:
+    store_rank_rows_free(rows, nrows);
+    store_study_info_free(&info);
+}

@@ -1,0 +1,133 @@
+/* util.c: helpers shared by the handlers: body parsing, key checks, pagination, store errors,
+ * request hashing (see handlers.h). */
+#include "api/handlers.h"
+
+#include <errno.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/tpv_log.h"
+#include "storage/store.h"
+
+const char *api_header(const struct api_request *req, const char *name)
+{
+    return req->header && req->transport ? req->header(req->transport, name) : NULL;
+}
+
+const char *api_query(const struct api_request *req, const char *name)
+{
+    return req->query && req->transport ? req->query(req->transport, name) : NULL;
+}
+
+bool api_body_object(const struct api_request *req, struct api_response *resp, json_t **out)
+{
+    json_error_t jerr;
+    *out = NULL;
+    if (!req->body || req->body_len == 0) {
+        api_reply_errorf(resp, TPV_EINVAL, "body", "a JSON object body is required");
+        return false;
+    }
+    json_t *j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j) {
+        api_reply_errorf(resp, TPV_EINVAL, "body", "malformed JSON at line %d, column %d: %s",
+                         jerr.line, jerr.column, jerr.text);
+        return false;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        api_reply_errorf(resp, TPV_EINVAL, "body", "the body must be a JSON object");
+        return false;
+    }
+    *out = j;
+    return true;
+}
+
+bool api_check_keys(const json_t *obj, const char *const *allowed, const char *prefix,
+                    struct api_response *resp)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
+        bool ok = false;
+        for (const char *const *a = allowed; *a && !ok; a++)
+            ok = strcmp(*a, key) == 0;
+        if (!ok) {
+            char field[TPV_ERR_FIELD_MAX];
+            snprintf(field, sizeof field, "%s%.100s", prefix, key);
+            api_reply_errorf(resp, TPV_EINVAL, field, "unknown field '%s'", field);
+            return false;
+        }
+    }
+    return true;
+}
+
+bool api_page_params(const struct api_env *env, const struct api_request *req,
+                     struct api_response *resp, int64_t *after, int *limit)
+{
+    int max = env->limits.max_page_size > 0 ? env->limits.max_page_size : 500;
+    const char *size = api_query(req, "page_size"), *token = api_query(req, "page_token");
+    *after = 0;
+    *limit = max < 50 ? max : 50;
+    if (size) {
+        char *end;
+        errno = 0;
+        long v = strtol(size, &end, 10);
+        if (errno || end == size || *end || v < 1 || v > max) {
+            api_reply_errorf(resp, TPV_EINVAL, "page_size", "page_size must be an integer in [1, %d]",
+                             max);
+            return false;
+        }
+        *limit = (int)v;
+    }
+    if (token && token[0] && store_page_token_decode(token, after) != TPV_OK) {
+        api_reply_errorf(resp, TPV_EINVAL, "page_token", "page_token is not one this server issued");
+        return false;
+    }
+    return true;
+}
+
+json_t *api_page_json(json_t *items, int64_t next_seq)
+{
+    char token[STORE_TOKEN_MAX];
+    json_t *next = json_null();
+    if (next_seq > 0) {
+        store_page_token_encode(next_seq, token);
+        next = json_string(token);
+    }
+    return json_pack("{s:o,s:o}", "items", items, "next_page_token", next ? next : json_null());
+}
+
+void api_reply_store_error(const struct api_request *req, struct api_response *resp,
+                           const struct tpv_err *err)
+{
+    int status = tpv_error_http_status(err->code);
+    if (status >= 500)
+        log_error("rid=%s store: %s", req->request_id ? req->request_id : "-", tpv_err_message(err));
+    if (status == 500) {
+        /* Database detail stays in the log; the client gets the catalogue's message. */
+        api_reply_errorf(resp, TPV_EINTERNAL, NULL, "internal error (request id %s)",
+                         req->request_id ? req->request_id : "-");
+        return;
+    }
+    api_reply_error(resp, err);
+}
+
+void api_body_hash(const struct api_request *req, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(req->body ? req->body : "", req->body ? req->body_len : 0, md, &len, EVP_sha256(),
+               NULL);
+    for (unsigned i = 0; i < 32 && i < len; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    out[64] = '\0';
+}
+
+bool api_id_valid(const char *id)
+{
+    size_t n = strlen(id);
+    return n > 0 && n < 64 &&
+           strspn(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") == n;
+}

@@ -1,0 +1,13 @@
+/* npy.h: build small NumPy .npy files in memory for tests (v1.0 header, little-endian float64,
+ * C order), e.g. Jacobian dumps of shape (n, p) or (n, K, p). */
+#ifndef TPV_TEST_NPY_H
+#define TPV_TEST_NPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The .npy bytes of a float64 array of `rank` dims `shape` holding `data` (product of shape
+ * values).  Returns a malloc'd buffer and its length in *len; NULL on allocation failure. */
+unsigned char *test_npy_f64(const uint64_t *shape, int rank, const double *data, size_t *len);
+
+#endif
