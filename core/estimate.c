@@ -552,11 +552,15 @@ static int cmp_key(const void *x, const void *y)
     return a->idx < b->idx ? -1 : a->idx > b->idx;
 }
 
-static const struct tpv_layout *cmp_layout_ctx;
-static int cmp_block_name(const void *x, const void *y)
+struct name_ref {
+    const char *name;
+    size_t index;
+};
+
+static int cmp_name_ref(const void *x, const void *y)
 {
-    const size_t *a = x, *b = y;
-    return strcmp(cmp_layout_ctx->blocks[*a].name, cmp_layout_ctx->blocks[*b].name);
+    const struct name_ref *a = x, *b = y;
+    return strcmp(a->name, b->name);
 }
 
 int tpv_prune_magnitude_mask(const struct tpv_layout *layout, const double *w, double fraction,
@@ -570,17 +574,22 @@ int tpv_prune_magnitude_mask(const struct tpv_layout *layout, const double *w, d
         return tpv_err_set(err, TPV_EINVAL, "fraction", "fraction must be in [0, 1]");
     memset(mask, 0, (size_t)layout->p * sizeof *mask);
     size_t nb = layout->nblocks;
+    /* Blocks in lexicographic name order (no global comparator context: jobs run in parallel). */
+    struct name_ref *refs = malloc(nb * sizeof *refs);
     size_t *order = malloc(nb * sizeof *order);
     uint64_t *lex = malloc(nb * sizeof *lex);
-    if (!order || !lex) {
+    if (!refs || !order || !lex) {
+        free(refs);
         free(order);
         free(lex);
         return oom(err);
     }
     for (size_t i = 0; i < nb; i++)
-        order[i] = i;
-    cmp_layout_ctx = layout; /* qsort has no context argument in C11 */
-    qsort(order, nb, sizeof *order, cmp_block_name);
+        refs[i] = (struct name_ref){ layout->blocks[i].name, i };
+    qsort(refs, nb, sizeof *refs, cmp_name_ref);
+    for (size_t i = 0; i < nb; i++)
+        order[i] = refs[i].index;
+    free(refs);
     for (size_t i = 0; i < nb; i++)
         lex[order[i]] = i;
     uint64_t N = 0;
