@@ -464,7 +464,7 @@ int tpv_mlp_bind(struct tpv_mlp **out, const json_t *spec,
     int rc;
     *out = NULL;
     size_t nspec = json_is_object(spec) ? json_array_size(json_object_get(spec, "layers")) : 0;
-    size_t cap = nspec ? nspec : 1;
+    size_t cap = nspec < 1 ? 1 : nspec > TPV_MLP_MAX_LAYERS ? 1 : nspec; /* parse refuses more */
     struct tpv_mlp *m = calloc(1, sizeof *m);
     struct bind_layer *bl = calloc(cap, sizeof *bl);
     if (m) {

@@ -53,7 +53,8 @@ struct tpv_mlp {
     uint64_t input_shape[TPV_MAX_RANK - 1];
     uint64_t d;            /* input elements per sample (product of input_shape) */
     uint64_t K;            /* outputs */
-    struct tpv_act *pre;   /* elementwise chain applied to the input before layer 0 */
+    struct tpv_act *pre;   /* chain applied to the input before layer 0; this array also holds
+                              every layer's chain (layers[l].acts point into it) */
     size_t npre;
     struct tpv_mlp_layer *layers;
     size_t L;
