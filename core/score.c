@@ -1,9 +1,9 @@
 /* score.c: the core's entry points for the service (score.h): open a candidate's files, check that
  * every noise model of the study can be served, and score it with core/estimate.c.
  *
- * Opening is one step, open_sources(), with a branch per source kind: Jacobian dumps here
- * (core/dump.c over mapped files); model checkpoints are wired by the MLP runtime
- * (core/mlp_source.c) and answer TPV_EUNIMPLEMENTED until then. */
+ * Opening is one step, open_sources(), with a branch per source kind: Jacobian dumps (core/dump.c
+ * over mapped files) and model checkpoints (a spec bound to its weights, core/mlp.c, seen through
+ * core/mlp_source.c over the study's input sets).  Everything after opening is source-blind. */
 #include "core/score.h"
 
 #include <math.h>
@@ -14,6 +14,9 @@
 
 #include "core/dump.h"
 #include "core/estimate.h"
+#include "core/jbr.h"
+#include "core/mlp.h"
+#include "core/mlp_source.h"
 #include "core/tensor.h"
 
 const char *tpv_split_name(enum tpv_split split)
@@ -24,6 +27,9 @@ const char *tpv_split_name(enum tpv_split split)
 /* Everything a job holds open; released by close_sources. */
 struct sources {
     struct tpv_tensor_file *weights_file;
+    struct tpv_mlp *mlp;                         /* model candidates */
+    struct tpv_tensor_file *fit_x_file, *probe_x_file;
+    const struct tpv_tensor *fit_x;              /* the fit inputs of a model candidate */
     struct tpv_jsrc *fit, *probe;
     double *w; /* p weights in column order (named layout and weights), else NULL */
     bool has_wrange;
@@ -37,8 +43,12 @@ struct sources {
 
 static void close_sources(struct sources *s)
 {
+    /* Sources first: they point into the model and the mapped input files. */
     tpv_jsrc_free(s->fit);
     tpv_jsrc_free(s->probe);
+    tpv_mlp_free(s->mlp);
+    tpv_tensor_file_close(s->fit_x_file);
+    tpv_tensor_file_close(s->probe_x_file);
     tpv_tensor_file_close(s->weights_file);
     free(s->w);
     for (size_t i = 0; i < s->nmodels; i++) {
@@ -141,6 +151,91 @@ static int open_jacobian(const struct tpv_candidate_files *c, struct sources *s,
     return s->weights_file ? gather_weights(s, err) : TPV_OK;
 }
 
+static const struct tpv_tensor *find_weight(void *ctx, const char *name)
+{
+    return tpv_tensor_file_find(ctx, name);
+}
+
+/* Rewrites err->field as "<prefix>.<field>" (or just prefix) so the service's 400 names the
+ * request field, e.g. "model.spec.layers[3].type". */
+static void err_field_prefix(struct tpv_err *err, const char *prefix)
+{
+    if (!err)
+        return;
+    char old[TPV_ERR_FIELD_MAX];
+    memcpy(old, err->field, sizeof old);
+    if (old[0])
+        snprintf(err->field, sizeof err->field, "%.40s.%.80s", prefix, old);
+    else
+        snprintf(err->field, sizeof err->field, "%s", prefix);
+}
+
+/* An input set: the file's only tensor (or the one called "inputs"), checked against the model's
+ * input_shape and for finite values. */
+static int open_input_set(const char *path, const char *field, const struct tpv_mlp *m,
+                          struct tpv_tensor_file **file, const struct tpv_tensor **x,
+                          struct tpv_err *err)
+{
+    int rc = tpv_tensor_file_open(file, path, err);
+    if (rc == TPV_OK) {
+        *x = tpv_tensor_file_count(*file) == 1 ? tpv_tensor_file_at(*file, 0)
+                                                : tpv_tensor_file_find(*file, "inputs");
+        if (!*x)
+            rc = tpv_err_set(err, TPV_EINVAL, NULL,
+                             "holds %zu tensors: an input set is one tensor (or one named "
+                             "\"inputs\")", tpv_tensor_file_count(*file));
+    }
+    if (rc == TPV_OK)
+        rc = tpv_mlp_check_inputs(m, *x, err);
+    if (rc != TPV_OK) {
+        tpv_err_prefix(err, "%s", field);
+        err_field_prefix(err, field);
+    }
+    return rc;
+}
+
+/* A checkpoint: the spec bound to its weights, and a structured source per input set. */
+static int open_model(const struct tpv_candidate_files *c, struct sources *s, struct tpv_err *err)
+{
+    if (!c->spec || !c->weights)
+        return tpv_err_set(err, TPV_EINVAL, c->spec ? "model.weights" : "model.spec",
+                           "a model candidate needs a spec and weights");
+    if (!c->fit_inputs)
+        return tpv_err_set(err, TPV_EPRECONDITION, "inputs.fit",
+                           "the study has no fit set: PUT /v1/studies/{sid}/inputs/fit first");
+    int rc = tpv_tensor_file_open(&s->weights_file, c->weights, err);
+    if (rc != TPV_OK) {
+        tpv_err_prefix(err, "model.weights");
+        err_field_prefix(err, "model.weights");
+        return rc;
+    }
+    rc = tpv_mlp_bind(&s->mlp, c->spec, find_weight, s->weights_file, err);
+    if (rc != TPV_OK) {
+        err_field_prefix(err, "model.spec");
+        return rc;
+    }
+    rc = open_input_set(c->fit_inputs, "inputs.fit", s->mlp, &s->fit_x_file, &s->fit_x, err);
+    if (rc == TPV_OK)
+        rc = tpv_mlp_source_open(&s->fit, s->mlp, s->fit_x, err);
+    if (rc == TPV_OK && c->probe_inputs) {
+        const struct tpv_tensor *probe_x;
+        rc = open_input_set(c->probe_inputs, "inputs.probe", s->mlp, &s->probe_x_file, &probe_x,
+                            err);
+        if (rc == TPV_OK)
+            rc = tpv_mlp_source_open(&s->probe, s->mlp, probe_x, err);
+    }
+    if (rc != TPV_OK)
+        return rc;
+    /* The weights in column order, for quantization ranges and prune rules. */
+    uint64_t p = tpv_mlp_layout(s->mlp)->p;
+    s->w = malloc((size_t)p * sizeof *s->w);
+    if (!s->w)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    memcpy(s->w, tpv_mlp_param_values(s->mlp), (size_t)p * sizeof *s->w);
+    s->held_bytes += p * sizeof *s->w;
+    return TPV_OK;
+}
+
 /* Opens the candidate's Jacobian sources and weights.  One branch per source kind. */
 static int open_sources(const struct tpv_candidate_files *c, struct sources *s,
                         struct tpv_err *err)
@@ -148,8 +243,7 @@ static int open_sources(const struct tpv_candidate_files *c, struct sources *s,
     memset(s, 0, sizeof *s);
     switch (c->source) {
     case TPV_SOURCE_MODEL:
-        return tpv_err_set(err, TPV_EUNIMPLEMENTED, "model",
-                           "model checkpoints are not supported yet");
+        return open_model(c, s, err);
     case TPV_SOURCE_JACOBIAN:
         return open_jacobian(c, s, err);
     }
@@ -317,9 +411,14 @@ void tpv_scores_free(struct tpv_score *scores, size_t n)
 int tpv_jbr_run(const struct tpv_candidate_files *c, double confidence, uint64_t batch_size,
                 json_t **result, const struct tpv_progress *pg, struct tpv_err *err)
 {
-    (void)confidence, (void)batch_size, (void)pg;
     *result = NULL;
-    if (c->source == TPV_SOURCE_JACOBIAN)
-        return tpv_err_set(err, TPV_EUNIMPLEMENTED, "source", "JBR needs a model checkpoint");
-    return tpv_err_set(err, TPV_EUNIMPLEMENTED, NULL, "JBR is not implemented yet");
+    if (c->source != TPV_SOURCE_MODEL)
+        return tpv_err_set(err, TPV_EPRECONDITION, "source",
+                           "JBR needs a model checkpoint; this candidate is a Jacobian dump");
+    struct sources s;
+    int rc = open_sources(c, &s, err);
+    if (rc == TPV_OK)
+        rc = tpv_jbr_compute(s.mlp, s.fit_x, confidence, batch_size, result, pg, err);
+    close_sources(&s);
+    return rc;
 }

@@ -1,7 +1,7 @@
 /* test_score.c: the scoring entry points over real files: an interop test against numpy
  * (tests/tools/ref_dump.py writes float64 .npy and float32 safetensors dumps and float64
  * reference TPVs for every noise model and both splits), servability errors that name the noise
- * model, the memory limit, cancellation, and the model/JBR branches that are not wired yet. */
+ * model, the memory limit, cancellation, and refusals of incomplete model candidates. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -249,12 +249,13 @@ static void test_refusals(void **state)
     c = files_for(false);
     c.jac_fit = path_in("nope.npy");
     assert_int_not_equal(tpv_candidate_check(&c, &iso, 1, &opts, &need, &err), 0);
-    /* model checkpoints and JBR are not wired here */
+    /* a model candidate without its spec names the field; JBR needs a model */
     c.source = TPV_SOURCE_MODEL;
-    assert_int_equal(tpv_candidate_check(&c, &iso, 1, &opts, &need, &err), TPV_EUNIMPLEMENTED);
+    assert_int_equal(tpv_candidate_check(&c, &iso, 1, &opts, &need, &err), TPV_EINVAL);
+    assert_string_equal(err.field, "model.spec");
     c = files_for(false);
     json_t *res;
-    assert_int_equal(tpv_jbr_run(&c, 0.9, 128, &res, NULL, &err), TPV_EUNIMPLEMENTED);
+    assert_int_equal(tpv_jbr_run(&c, 0.9, 128, &res, NULL, &err), TPV_EPRECONDITION);
     assert_non_null(strstr(err.message, "JBR needs a model checkpoint"));
 }
 
