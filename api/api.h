@@ -17,6 +17,7 @@
 
 struct store;
 struct api_metrics;
+struct api_cache;
 
 /* Limits from the config table that handlers enforce. */
 struct api_limits {
@@ -34,6 +35,7 @@ struct api_env {
     const char *version; /* tpvd version string */
     struct api_limits limits;
     struct api_metrics *metrics;          /* may be NULL */
+    struct api_cache *cache;              /* rendered rankings; may be NULL */
     bool (*workers_alive)(void *ctx);     /* may be NULL: no workers to check */
     void *workers_ctx;
 };
@@ -162,6 +164,23 @@ void api_cand_files_free(struct api_cand_files *cf);
  * field they came from ("jacobian.fit"), which also becomes err->field unless the core already
  * named a noise model. */
 void api_cand_files_explain(const struct api_cand_files *cf, struct tpv_err *err);
+
+/* ---- response cache (api/cache.c) ---- */
+
+#define API_ETAG_MAX 64
+
+/* A cache of `entries` rendered bodies of at most max_body bytes each.  Thread-safe. */
+int api_cache_new(struct api_cache **out, size_t entries, uint64_t max_body);
+void api_cache_free(struct api_cache *c); /* NULL is a no-op */
+
+/* The body cached for `key` at exactly `version`: true with its ETag and, when body is not NULL,
+ * a malloc'd copy of it (NUL-terminated) in *body / *len. */
+bool api_cache_get(struct api_cache *c, const char *key, int64_t version, char etag[API_ETAG_MAX],
+                   char **body, size_t *len);
+
+/* Remembers a rendering (copied); keeps a newer version already cached for the key. */
+void api_cache_put(struct api_cache *c, const char *key, int64_t version, const char *etag,
+                   const char *body, size_t len);
 
 /* ---- metrics (api/metrics.c) ---- */
 

@@ -142,14 +142,9 @@ static json_t *trajectories(const struct store_rank_row *rows, size_t n, json_t 
             b++;
         if (b - a >= 2) {
             size_t peak = idx[a];
-            json_t *points = json_array();
-            for (size_t k = a; k < b; k++) {
-                const struct store_rank_row *r = &rows[idx[k]];
-                if (r->value > rows[peak].value)
+            for (size_t k = a; k < b; k++)
+                if (rows[idx[k]].value > rows[peak].value)
                     peak = idx[k];
-                json_array_append_new(points, json_pack("{s:f,s:s,s:f}", "epoch", r->epoch,
-                                                        "candidate_id", r->id, "value", r->value));
-            }
             for (size_t k = a; k < b; k++) {
                 size_t r = idx[k];
                 if (r == peak)
@@ -157,10 +152,14 @@ static json_t *trajectories(const struct store_rank_row *rows, size_t n, json_t 
                 else if (rows[r].epoch < rows[peak].epoch)
                     json_array_append_new(flags[r], json_string("before_tpv_peak"));
             }
-            json_array_append_new(out, json_pack("{s:s,s:f,s:s,s:f,s:o}", "run", rows[peak].run,
+            /* A summary: each point is an item already, flagged before/at the peak. */
+            json_array_append_new(out, json_pack("{s:s,s:I,s:f,s:f,s:f,s:s,s:f}", "run",
+                                                 rows[peak].run, "points", (json_int_t)(b - a),
+                                                 "first_epoch", rows[idx[a]].epoch,
+                                                 "last_epoch", rows[idx[b - 1]].epoch,
                                                  "peak_epoch", rows[peak].epoch,
                                                  "peak_candidate_id", rows[peak].id,
-                                                 "peak_value", rows[peak].value, "points", points));
+                                                 "peak_value", rows[peak].value));
         }
         a = b;
     }
@@ -219,18 +218,88 @@ static json_t *build_ranking(const char *sid, int64_t version, const struct rank
     return body;
 }
 
+/* The wait= parameter alone (the cached path answers without the full query check). */
+static bool parse_wait(const struct api_env *env, const struct api_request *req, int *out,
+                       struct api_response *resp)
+{
+    const char *wait = api_query(req, "wait");
+    *out = 0;
+    if (!wait)
+        return true;
+    char *end;
+    errno = 0;
+    long w = strtol(wait, &end, 10);
+    if (errno || end == wait || *end || w < 0) {
+        api_reply_errorf(resp, TPV_EINVAL, "wait", "wait must be a whole number of seconds");
+        return false;
+    }
+    int cap = env->limits.max_wait_s > 0 ? env->limits.max_wait_s : 60;
+    *out = w > cap ? cap : (int)w;
+    return true;
+}
+
+/* 304, or a hold when the client asked to wait for a change. */
+static void reply_not_modified(const struct api_request *req, struct api_response *resp,
+                               const char *sid, int wait, const char *etag)
+{
+    if (wait > 0 && !req->hold_expired) {
+        resp->hold_seconds = wait;
+        snprintf(resp->hold_study, sizeof resp->hold_study, "%s", sid);
+        return;
+    }
+    api_reply_empty(resp, 304);
+    api_response_add_header(resp, "ETag", etag);
+}
+
+static void reply_body(struct api_response *resp, char *body, size_t len, const char *etag)
+{
+    free(resp->body);
+    resp->status = 200;
+    resp->body = body;
+    resp->body_len = len;
+    resp->content_type = "application/json";
+    api_response_add_header(resp, "ETag", etag);
+    api_response_add_header(resp, "Cache-Control", "no-cache");
+}
+
 void api_handle_ranking(const struct api_env *env, struct api_request *req, struct api_response *resp)
 {
     struct tpv_err err;
-    struct store_study_info info;
+    struct store_study_info info = { 0 };
     struct rank_query q;
     struct store_rank_row *rows = NULL;
-    size_t nrows = 0;
-    char etag[64];
+    size_t nrows = 0, len = 0;
+    char etag[API_ETAG_MAX], key[512];
+    char *text = NULL;
     const char *sid = req->params[0];
+    const char *inm = api_header(req, "If-None-Match");
+    int64_t version;
+    int wait;
     tpv_err_clear(&err);
-    if (!api_study_param(req, resp))
+    if (!api_study_param(req, resp) || !parse_wait(env, req, &wait, resp))
         return;
+    /* Fast path: the rendering of this exact query at the current version. */
+    const char *by = api_query(req, "by"), *split = api_query(req, "split");
+    const char *mtl = api_query(req, "max_train_loss");
+    int klen = snprintf(key, sizeof key, "%s\x1f%s\x1f%s\x1f%s", sid, by ? by : "",
+                        split ? split : "", mtl ? mtl : "");
+    bool cacheable = env->cache && klen > 0 && (size_t)klen < sizeof key;
+    if (cacheable) {
+        if (store_study_version(env->store, sid, &version, &err) != TPV_OK) {
+            api_reply_store_error(req, resp, &err);
+            return;
+        }
+        bool match = false;
+        if (api_cache_get(env->cache, key, version, etag, NULL, NULL) &&
+            (match = etag_matches(inm, etag))) {
+            reply_not_modified(req, resp, sid, wait, etag);
+            return;
+        }
+        if (!match && api_cache_get(env->cache, key, version, etag, &text, &len)) {
+            reply_body(resp, text, len, etag);
+            return;
+        }
+    }
     if (store_study_info(env->store, sid, &info, &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);
         return;
@@ -238,14 +307,8 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
     if (!parse_query(env, req, &info, &q, resp))
         goto out;
     make_etag(sid, info.version, &q, etag, sizeof etag);
-    if (etag_matches(api_header(req, "If-None-Match"), etag)) {
-        if (q.wait > 0 && !req->hold_expired) {
-            resp->hold_seconds = q.wait;
-            snprintf(resp->hold_study, sizeof resp->hold_study, "%s", sid);
-            goto out;
-        }
-        api_reply_empty(resp, 304);
-        api_response_add_header(resp, "ETag", etag);
+    if (etag_matches(inm, etag)) {
+        reply_not_modified(req, resp, sid, q.wait, etag);
         goto out;
     }
     if (store_rank_rows(env->store, sid, q.by, q.split, &rows, &nrows, &err) != TPV_OK) {
@@ -253,13 +316,16 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
         goto out;
     }
     json_t *body = build_ranking(sid, info.version, &q, rows, nrows);
-    if (!body) {
+    text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (!text) {
         api_reply_errorf(resp, TPV_ENOMEM, NULL, "out of memory");
         goto out;
     }
-    api_reply_json(resp, 200, body);
-    api_response_add_header(resp, "ETag", etag);
-    api_response_add_header(resp, "Cache-Control", "no-cache");
+    len = strlen(text);
+    if (cacheable)
+        api_cache_put(env->cache, key, info.version, etag, text, len);
+    reply_body(resp, text, len, etag);
 out:
     store_rank_rows_free(rows, nrows);
     store_study_info_free(&info);

@@ -21,6 +21,7 @@ struct srv_daemon {
     const struct srv_config *cfg;
     struct store *store;
     struct api_metrics *metrics;
+    struct api_cache *cache;
     struct api_env env;
     /* Read by the store hooks from any thread; hook_lock keeps them alive during a call. */
     pthread_mutex_t hook_lock;
@@ -84,7 +85,8 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
         .busy_timeout_ms = 5000,
     };
     int rc = store_open_with(&d->store, cfg->data_dir, &so, err);
-    if (rc == TPV_OK && api_metrics_new(&d->metrics) != TPV_OK)
+    if (rc == TPV_OK && (api_metrics_new(&d->metrics) != TPV_OK ||
+                         api_cache_new(&d->cache, 64, 8u << 20) != TPV_OK))
         rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     if (rc == TPV_OK) {
         int requeued = 0, failed = 0;
@@ -115,6 +117,7 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
                 .max_page_size = (int)cfg->max_page_size,
             },
             .metrics = d->metrics,
+            .cache = d->cache,
             .workers_alive = srv_workers_alive,
             .workers_ctx = d->workers,
         };
@@ -154,6 +157,7 @@ void srv_daemon_stop(struct srv_daemon *d)
     srv_workers_stop(workers, d->cfg ? (int)d->cfg->shutdown_grace_s : 0);
     store_close(d->store);
     api_metrics_free(d->metrics);
+    api_cache_free(d->cache);
     pthread_mutex_destroy(&d->hook_lock);
     free(d);
 }
