@@ -73,6 +73,11 @@ def main():
         print(f"{name:16s} train_loss={train_loss:.4f} test_loss={test_loss:.4f}")
     with open(os.path.join(OUT, "candidates.json"), "w") as f:
         json.dump(manifest, f, indent=1)
+    # The same as tab-separated lines for examples/quickstart.sh (no JSON tool needed there).
+    with open(os.path.join(OUT, "candidates.tsv"), "w") as f:
+        f.write("name\ttrain_loss\ttest_loss\n")
+        for c in manifest:
+            f.write(f"{c['name']}\t{c['train_loss']}\t{c['test_loss']}\n")
 
 
 if __name__ == "__main__":
