@@ -55,8 +55,56 @@ void api_reply_empty(struct api_response *resp, int status)
     resp->content_type = NULL;
 }
 
-void api_reply_error(struct api_response *resp, const struct tpv_err *err)
+/* Length of the valid UTF-8 sequence at s (1-4), or 0 when the bytes there are not one. */
+static size_t utf8_seq(const unsigned char *s)
 {
+    size_t n;
+    unsigned min;
+    unsigned cp;
+    if (s[0] < 0x80)
+        return 1;
+    if ((s[0] & 0xe0) == 0xc0)
+        n = 2, min = 0x80, cp = s[0] & 0x1f;
+    else if ((s[0] & 0xf0) == 0xe0)
+        n = 3, min = 0x800, cp = s[0] & 0x0f;
+    else if ((s[0] & 0xf8) == 0xf0)
+        n = 4, min = 0x10000, cp = s[0] & 0x07;
+    else
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+/* Messages quote client input (a JSON parser's complaint, an unknown key): bytes that are not
+ * UTF-8 become '?' so that the error body is always valid JSON. */
+static void utf8_clean(char *s)
+{
+    for (unsigned char *p = (unsigned char *)s; *p;) {
+        size_t n = utf8_seq(p);
+        if (n == 0)
+            *p++ = '?';
+        else
+            p += n;
+    }
+}
+
+void api_reply_error(struct api_response *resp, const struct tpv_err *in)
+{
+    struct tpv_err copy, *err = NULL;
+    if (in) {
+        copy = *in;
+        copy.field[sizeof copy.field - 1] = '\0';
+        copy.message[sizeof copy.message - 1] = '\0';
+        utf8_clean(copy.field);
+        utf8_clean(copy.message);
+        err = &copy;
+    }
     int code = err ? err->code : TPV_EINTERNAL;
     if (code == TPV_OK)
         code = TPV_EINTERNAL; /* a handler reporting "error: success" is itself a bug */

@@ -184,6 +184,35 @@ static void test_effective_threads_never_oversubscribe(void **state)
     assert_int_equal(b, cores);
 }
 
+/* The service options: defaults and their checks. */
+static void test_service_options(void **state)
+{
+    (void)state;
+    struct srv_config cfg;
+    struct tpv_err err;
+    char *argv[] = { "tpvd", NULL };
+    assert_int_equal(load(&cfg, argv, NULL, &err), SRV_CONFIG_RUN);
+    assert_string_equal(cfg.db_synchronous, "full");
+    assert_int_equal(cfg.max_wait_s, 60);
+    assert_int_equal(cfg.max_page_size, 500);
+    assert_int_equal(cfg.job_lease_s, 120);
+    assert_int_equal(cfg.db_connections, 0);
+    srv_config_free(&cfg);
+    char *normal[] = { "tpvd", "--db-synchronous", "normal", "--max-wait", "5", NULL };
+    assert_int_equal(load(&cfg, normal, NULL, &err), SRV_CONFIG_RUN);
+    assert_string_equal(cfg.db_synchronous, "normal");
+    assert_int_equal(cfg.max_wait_s, 5);
+    srv_config_free(&cfg);
+    char *bad[] = { "tpvd", "--db-synchronous", "off", NULL };
+    assert_int_equal(load(&cfg, bad, NULL, &err), TPV_EINVAL);
+    assert_string_equal(err.field, "db-synchronous");
+    srv_config_free(&cfg);
+    char *wait0[] = { "tpvd", "--max-wait", "0", NULL };
+    assert_int_equal(load(&cfg, wait0, NULL, &err), TPV_EINVAL);
+    assert_string_equal(err.field, "max-wait");
+    srv_config_free(&cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -194,6 +223,7 @@ int main(void)
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_help_and_version),
         cmocka_unit_test(test_effective_threads_never_oversubscribe),
+        cmocka_unit_test(test_service_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
