@@ -24,6 +24,7 @@ struct api_limits {
     uint64_t max_body;       /* JSON bodies */
     uint64_t max_blob;       /* streamed blob uploads */
     uint64_t max_job_memory; /* a job whose estimate is larger is refused with 507 */
+    double job_flop_budget;  /* auto estimator budget, as the workers use it */
     int64_t max_queued_jobs; /* beyond: 429 with Retry-After */
     int max_wait_s;          /* cap of the ranking's wait= */
     int max_page_size;       /* cap of page_size */

@@ -193,7 +193,8 @@ static bool core_check(const struct api_env *env, struct api_request *req, const
     tpv_err_clear(&err);
     int rc = api_cand_files_load(&cf, env->store, source, env->limits.max_body, &err);
     if (rc == TPV_OK) {
-        struct tpv_run_options opts = { .max_memory = env->limits.max_job_memory };
+        struct tpv_run_options opts = { .max_memory = env->limits.max_job_memory,
+                                        .flop_budget = env->limits.job_flop_budget };
         rc = tpv_candidate_check(&cf.files, m, n, &opts, &need, &err);
         if (rc != TPV_OK)
             api_cand_files_explain(&cf, &err);

@@ -161,7 +161,35 @@ struct plan {
     bool outputs; /* hutchinson over output projections */
 };
 
-static struct plan plan_model(const struct tpv_est_inputs *in, const struct tpv_noise *nm)
+/* Estimated flops of the exact diagonals (all splits) and of one output-projected probe. */
+static void diag_costs(const struct tpv_est_inputs *in, double *exact, double *probe)
+{
+    const struct tpv_jsrc *src[2] = { in->fit, in->probe };
+    *exact = *probe = 0;
+    for (int s = 0; s < 2 && src[s]; s++) {
+        double e = (double)src[s]->n * (double)src[s]->K * (double)src[s]->p, q = e;
+        if (src[s]->ops->costs)
+            src[s]->ops->costs(src[s], &e, &q);
+        *exact += e;
+        *probe += q;
+    }
+}
+
+/* True when `auto` should not compute exact diagonals: they exceed the job's flop budget and
+ * output-projected probes are available (a structured model with K > 1 outputs, where one probe
+ * costs about 1/K of the exact pass). */
+static bool diag_over_budget(const struct tpv_est_inputs *in, const struct tpv_run_options *opts)
+{
+    if (!opts || opts->flop_budget <= 0 || in->fit->K < 2 || !in->fit->ops->sqdiag_projected ||
+        (in->probe && !in->probe->ops->sqdiag_projected))
+        return false;
+    double exact, probe;
+    diag_costs(in, &exact, &probe);
+    return exact > opts->flop_budget && probe < exact;
+}
+
+static struct plan plan_model(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
+                              const struct tpv_noise *nm)
 {
     struct plan p = { TPV_EST_EXACT, "requested", false };
     const struct tpv_jsrc *f = in->fit;
@@ -178,8 +206,15 @@ static struct plan plan_model(const struct tpv_est_inputs *in, const struct tpv_
     }
     switch (nm->estimator) {
     case TPV_EST_AUTO:
-        /* sqdiag is computed for every split anyway (stability report), so the exact diagonal
-         * is always the cheapest answer once it fits the memory plan. */
+        if (diag_over_budget(in, opts)) {
+            p.est = TPV_EST_HUTCHINSON;
+            p.outputs = true;
+            p.reason = "auto: the exact diagonal exceeds the job's flop budget (details: "
+                       "exact_flops, flop_budget); Hutchinson over output projections";
+            return p;
+        }
+        /* Otherwise sqdiag is computed for every split anyway (stability report), so the exact
+         * diagonal is the cheapest answer once it fits the memory plan. */
         p.reason = "auto: the exact diagonal costs one pass and is computed for the stability "
                    "report anyway";
         return p;
@@ -220,7 +255,8 @@ struct mem_plan {
     uint64_t base, gram, transient;
 };
 
-static void memory_plan(const struct tpv_est_inputs *in, struct mem_plan *mp)
+static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
+                        struct mem_plan *mp)
 {
     const struct tpv_jsrc *f = in->fit, *pr = in->probe;
     uint64_t p = f->p, N = tpv_sat_mul(f->n, f->K), M = pr ? tpv_sat_mul(pr->n, pr->K) : 0;
@@ -229,7 +265,7 @@ static void memory_plan(const struct tpv_est_inputs *in, struct mem_plan *mp)
     uint64_t trans = 0;
     for (size_t i = 0; i < in->nmodels; i++) {
         const struct tpv_noise *nm = &in->models[i];
-        struct plan pl = plan_model(in, nm);
+        struct plan pl = plan_model(in, opts, nm);
         uint64_t t = 0;
         label |= nm->kind == TPV_NOISE_LABEL;
         sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE;
@@ -287,7 +323,7 @@ int tpv_estimate_memory(const struct tpv_est_inputs *in, const struct tpv_run_op
     if (rc != TPV_OK)
         return rc;
     struct mem_plan mp;
-    memory_plan(in, &mp);
+    memory_plan(in, opts, &mp);
     *bytes = mp.total;
     if (opts && opts->max_memory && mp.total > opts->max_memory)
         return tpv_err_set(err, TPV_ENOSPACE, "max_memory",
@@ -640,7 +676,10 @@ struct job {
     const struct tpv_jsrc *src[2];
     int nsplit;
     double *diag[2];
+    bool have_diag;       /* diag and trace are exact (else trace is a Hutchinson estimate) */
     double trace[2];      /* sum_j diag_j = ||J||_F^2 */
+    double trace_stderr[2];
+    uint64_t trace_samples[2];
     double t_sqdiag[2];   /* seconds */
     /* Gram phase */
     bool have_gram, have_eig;
@@ -780,9 +819,8 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
                                 json_integer((json_int_t)nm->max_samples));
             if (pl->est == TPV_EST_HUTCHPP)
                 json_object_set_new(sc[s].details, "sketch", json_integer((json_int_t)r.sketch));
-            double exact = jb->trace[s];
-            if (!c)
-                set_real(sc[s].details, "exact_trace_value", scale * exact / nX);
+            if (!c && jb->have_diag)
+                set_real(sc[s].details, "exact_trace_value", scale * jb->trace[s] / nX);
         }
     }
     if (owned)
@@ -1011,7 +1049,7 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
         rc = oom(err);
     for (size_t i = 0; rc == TPV_OK && i < in->nmodels; i++) {
         const struct tpv_noise *nm = &in->models[i];
-        plans[i] = plan_model(in, nm);
+        plans[i] = plan_model(in, opts, nm);
         label |= nm->kind == TPV_NOISE_LABEL;
         sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE;
         double passes = nm->kind == TPV_NOISE_PRUNE ? 1
@@ -1034,23 +1072,43 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             json_object_set_new(x->details, "estimator_requested",
                                 json_string(tpv_estimator_name(nm->estimator)));
             json_object_set_new(x->details, "estimator_reason", json_string(plans[i].reason));
+            if (nm->estimator == TPV_EST_AUTO && diag_family(nm->kind) && opts &&
+                opts->flop_budget > 0) {
+                double exact, probe;
+                diag_costs(in, &exact, &probe);
+                set_real(x->details, "exact_flops", exact);
+                set_real(x->details, "flop_budget", opts->flop_budget);
+            }
         }
     }
     pr.total = c_sq[0] + c_sq[1] + ((label || sgdc) ? c_gram + c_kx : 0) + (label ? c_eig : 0);
     for (size_t i = 0; i < in->nmodels; i++)
         pr.total += c_model[i];
 
-    /* Phase 1: sqdiag per split (the stability report needs both traces). */
+    /* Phase 1: sqdiag per split (the stability report needs both traces), unless no model needs
+     * exact diagonals and they exceed the flop budget: then the traces are estimated. */
+    jb.have_diag = !diag_over_budget(in, opts);
+    for (size_t i = 0; !jb.have_diag && i < in->nmodels; i++)
+        jb.have_diag = diag_family(in->models[i].kind) && plans[i].est == TPV_EST_EXACT;
     for (int s = 0; rc == TPV_OK && s < jb.nsplit; s++) {
         struct slice sl;
         struct tpv_progress sub = slice_make(&sl, &pr, c_sq[s]);
         double t0 = now_seconds();
-        jb.diag[s] = calloc((size_t)p, sizeof(double));
-        rc = jb.diag[s] ? jb.src[s]->ops->sqdiag(jb.src[s], jb.diag[s], &sub, err) : oom(err);
-        double tr = 0;
-        for (uint64_t j = 0; rc == TPV_OK && j < p; j++)
-            tr += jb.diag[s][j];
-        jb.trace[s] = tr;
+        if (jb.have_diag) {
+            jb.diag[s] = calloc((size_t)p, sizeof(double));
+            rc = jb.diag[s] ? jb.src[s]->ops->sqdiag(jb.src[s], jb.diag[s], &sub, err) : oom(err);
+            double tr = 0;
+            for (uint64_t j = 0; rc == TPV_OK && j < p; j++)
+                tr += jb.diag[s][j];
+            jb.trace[s] = tr;
+        } else {
+            struct tpv_trace_opts o = { 0, (uint64_t)s, 0.01, 200, 0 };
+            struct tpv_trace_result r;
+            rc = tpv_trace_hutchinson_outputs(jb.src[s], NULL, &o, &r, &sub, err);
+            jb.trace[s] = r.value;
+            jb.trace_stderr[s] = r.stderr_value;
+            jb.trace_samples[s] = r.samples;
+        }
         jb.t_sqdiag[s] = now_seconds() - t0;
     }
     /* Phase 2: Gram matrices once for label and sgd_curvature. */
@@ -1088,6 +1146,16 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
                 set_real(st, "trace_probe", hp);
                 set_real(st, "isotropic_ratio", hf > 0 ? hp / hf : NAN);
                 json_object_set_new(st, "n_probe", json_integer((json_int_t)in->probe->n));
+            }
+            json_object_set_new(st, "trace_estimator",
+                                json_string(jb.have_diag ? "exact" : "hutchinson"));
+            if (!jb.have_diag) {
+                set_real(st, "trace_fit_stderr", jb.trace_stderr[0] / (double)in->fit->n);
+                json_object_set_new(st, "trace_samples",
+                                    json_integer((json_int_t)jb.trace_samples[0]));
+                if (in->probe)
+                    set_real(st, "trace_probe_stderr",
+                             jb.trace_stderr[1] / (double)in->probe->n);
             }
             json_object_set_new(st, "n_fit", json_integer((json_int_t)in->fit->n));
             json_object_set_new(st, "small_n_warning", json_boolean(in->fit->n < TPV_SMALL_N));

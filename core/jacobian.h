@@ -77,6 +77,10 @@ struct tpv_jsrc_ops {
      * J^T u (one VJP per sample); out is overwritten.  Hutch++ needs it to apply J^T J. */
     int (*vjp)(const struct tpv_jsrc *s, const double *u, double *out,
                const struct tpv_progress *pg, struct tpv_err *err);
+    /* Optional: estimated flops of one exact `sqdiag` and of one `sqdiag_projected` probe, for
+     * the `auto` estimator's budget.  NULL means both cost one pass over n K p entries (a dump,
+     * where the exact diagonal is always the cheaper answer). */
+    void (*costs)(const struct tpv_jsrc *s, double *sqdiag_flops, double *projected_flops);
 };
 
 /* A source: fields are read-only for users; `impl` is the implementation's state. */

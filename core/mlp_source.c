@@ -541,6 +541,20 @@ static uint64_t op_scratch_bytes(const struct tpv_jsrc *src)
     return mx > one ? mx : one;
 }
 
+/* The all-outputs products propagate K deltas through every layer and form a GEMM of squares
+ * per layer (about 4 K flops per weight and sample, on top of the forward pass); a projected
+ * probe propagates one. */
+static void op_costs(const struct tpv_jsrc *src, double *sqdiag_flops, double *projected_flops)
+{
+    const struct msrc *s = src->impl;
+    double per_sample = 0; /* multiply-adds of one forward pass */
+    for (size_t l = 0; l < s->m->L; l++)
+        per_sample += (double)s->m->layers[l].in * (double)s->m->layers[l].out;
+    double n = (double)src->n, K = (double)src->K;
+    *sqdiag_flops = 2 * n * per_sample * (1 + 2 * K);
+    *projected_flops = 2 * n * per_sample * 3;
+}
+
 static void op_free(struct tpv_jsrc *src)
 {
     if (!src)
@@ -558,6 +572,7 @@ static const struct tpv_jsrc_ops mlp_source_ops = {
     .scratch_bytes = op_scratch_bytes,
     .free = op_free,
     .vjp = op_vjp,
+    .costs = op_costs,
 };
 
 int tpv_mlp_source_open_batched(struct tpv_jsrc **out, const struct tpv_mlp *model,

@@ -64,6 +64,9 @@ static const struct config_option options[] = {
       "largest blob upload" },
     { "max-job-memory", "TPVD_MAX_JOB_MEMORY", OPT_SIZE, F(max_job_memory), "4G", 1 * MiB,
       64 * TiB, "memory one job may use; larger jobs are refused with 507" },
+    { "job-flop-budget", "TPVD_JOB_FLOP_BUDGET", OPT_SIZE, F(job_flop_budget), "1T", 0, 64 * TiB,
+      "flops a job may spend on exact Jacobian diagonals before `auto` switches to Hutchinson over "
+      "output projections (large K); 0 = always exact" },
     { "max-wait", "TPVD_MAX_WAIT", OPT_INT, F(max_wait_s), "60", 1, 3600,
       "longest a ranking request may be held with wait= (seconds)" },
     { "max-page-size", "TPVD_MAX_PAGE_SIZE", OPT_INT, F(max_page_size), "500", 1, 10000,

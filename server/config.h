@@ -38,6 +38,7 @@ struct srv_config {
     uint64_t max_body_bytes;
     uint64_t max_blob_bytes;
     uint64_t max_job_memory;
+    uint64_t job_flop_budget;  /* auto's budget for exact diagonals (flops) */
     bool insecure_no_auth;
 };
 

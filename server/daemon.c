@@ -112,6 +112,7 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
                 .max_body = cfg->max_body_bytes,
                 .max_blob = cfg->max_blob_bytes,
                 .max_job_memory = cfg->max_job_memory,
+                .job_flop_budget = (double)cfg->job_flop_budget,
                 .max_queued_jobs = cfg->max_queued_jobs,
                 .max_wait_s = (int)cfg->max_wait_s,
                 .max_page_size = (int)cfg->max_page_size,

@@ -181,7 +181,8 @@ static void run_job(struct worker *w, struct store_claim *c)
     if (rc == TPV_OK)
         rc = api_cand_files_load(&cf, p->st, source, p->cfg->max_body_bytes, &err);
     struct tpv_progress pg = { on_progress, w };
-    struct tpv_run_options opts = { .max_memory = p->cfg->max_job_memory };
+    struct tpv_run_options opts = { .max_memory = p->cfg->max_job_memory,
+                                    .flop_budget = (double)p->cfg->job_flop_budget };
     if (rc == TPV_OK && strcmp(c->kind, "score") == 0) {
         rc = tpv_candidate_score(&cf.files, models, nmodels, &opts, &scores, &nscores, &stability,
                                  &pg, &err);

@@ -164,6 +164,63 @@ static void test_model_equals_dump_for_every_noise_model(void **state)
     free(models);
 }
 
+/* With a flop budget below the exact diagonals' cost, auto switches the diagonal-family models
+ * (and the stability traces) to Hutchinson over output projections: values within a few standard
+ * errors of the exact ones, the reason and the numbers in details. */
+static void test_auto_uses_hutchinson_over_the_flop_budget(void **state)
+{
+    (void)state;
+    size_t nm;
+    struct tpv_noise *models = parse_models(&nm);
+    json_t *spec = load_spec();
+    struct tpv_candidate_files c = model_files(spec);
+    struct tpv_run_options exact_opts = { 0 }, budget_opts = { .flop_budget = 1e3 };
+    struct tpv_err err;
+    struct tpv_score *a, *b;
+    size_t na, nb;
+    json_t *sta, *stb;
+    for (size_t i = 0; i < nm; i++)
+        models[i].target_rel_error = 0.002; /* tight, so the comparison below has teeth */
+    if (tpv_candidate_score(&c, models, nm, &exact_opts, &a, &na, &sta, NULL, &err) != TPV_OK)
+        fail_msg("exact: %s", err.message);
+    if (tpv_candidate_score(&c, models, nm, &budget_opts, &b, &nb, &stb, NULL, &err) != TPV_OK)
+        fail_msg("budget: %s", err.message);
+    assert_int_equal(na, nb);
+    int stochastic = 0;
+    for (size_t i = 0; i < na; i++) {
+        bool diag_family = b[i].kind == TPV_NOISE_ISOTROPIC || b[i].kind == TPV_NOISE_SGD ||
+                           b[i].kind == TPV_NOISE_QUANTIZATION || b[i].kind == TPV_NOISE_DIAGONAL;
+        if (!diag_family) {
+            assert_string_equal(b[i].estimator, "exact");
+            assert_true(b[i].value == a[i].value);
+            continue;
+        }
+        stochastic++;
+        assert_string_equal(b[i].estimator, "hutchinson");
+        assert_true(b[i].samples >= 8 && b[i].stderr_value > 0);
+        assert_non_null(strstr(json_string_value(json_object_get(b[i].details, "estimator_reason")),
+                               "flop budget"));
+        assert_true(json_number_value(json_object_get(b[i].details, "exact_flops")) > 1e3);
+        double z = fabs(b[i].value - a[i].value) / b[i].stderr_value;
+        if (z > 5)
+            fail_msg("%s/%s: hutchinson %.6g +- %.2g vs exact %.6g (%.1f stderr)", b[i].noise,
+                     tpv_split_name(b[i].split), b[i].value, b[i].stderr_value, a[i].value, z);
+    }
+    assert_int_equal(stochastic, 2 * 6); /* iso, three quantizations, sgd, diag; both splits */
+    assert_string_equal(json_string_value(json_object_get(stb, "trace_estimator")), "hutchinson");
+    assert_string_equal(json_string_value(json_object_get(sta, "trace_estimator")), "exact");
+    double tf = json_number_value(json_object_get(stb, "trace_fit"));
+    double tf_exact = json_number_value(json_object_get(sta, "trace_fit"));
+    double tf_se = json_number_value(json_object_get(stb, "trace_fit_stderr"));
+    assert_true(tf_se > 0 && fabs(tf - tf_exact) <= 5 * tf_se);
+    tpv_scores_free(a, na);
+    tpv_scores_free(b, nb);
+    json_decref(sta);
+    json_decref(stb);
+    json_decref(spec);
+    free(models);
+}
+
 static void test_jbr_on_checkpoint(void **state)
 {
     (void)state;
@@ -220,6 +277,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_model_equals_dump_for_every_noise_model),
+        cmocka_unit_test(test_auto_uses_hutchinson_over_the_flop_budget),
         cmocka_unit_test(test_jbr_on_checkpoint),
         cmocka_unit_test(test_bad_checkpoints_name_the_field),
     };
