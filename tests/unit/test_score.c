@@ -48,7 +48,7 @@ static int setup(void **state)
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "%s %s/tests/tools/ref_dump.py %s 7", py, root, dir);
     if (system(cmd) != 0) {
-        ref = NULL; /* no numpy: the interop test skips */
+        ref = NULL; /* no numpy reference: the tests below fail (the test command installs it) */
         return 0;
     }
     ref = json_load_file(path_in("ref.json"), 0, NULL);
@@ -112,7 +112,7 @@ static struct tpv_noise *ref_models(size_t *n)
 static void check_against_numpy(bool f64)
 {
     if (!ref)
-        skip();
+        fail_msg("no numpy reference: /usr/bin/python3 with python3-numpy is required");
     struct tpv_candidate_files c = files_for(f64);
     size_t nm;
     struct tpv_noise *models = ref_models(&nm);
@@ -191,7 +191,7 @@ static void test_refusals(void **state)
 {
     (void)state;
     if (!ref)
-        skip();
+        fail_msg("no numpy reference: /usr/bin/python3 with python3-numpy is required");
     struct tpv_err err;
     uint64_t need;
     struct tpv_run_options opts = { 0, 0 };
