@@ -372,7 +372,7 @@ static int check_data(const struct tpv_tensor *t, uint64_t rows, uint64_t cols, 
                            "F32 or F64", nm);
     uint64_t numel, bytes;
     if (__builtin_mul_overflow(rows, cols, &numel) ||
-        __builtin_mul_overflow(numel, (uint64_t)tpv_linalg_dtype_size(t->dtype), &bytes) ||
+        __builtin_mul_overflow(numel, (uint64_t)tpv_dtype_size(t->dtype), &bytes) ||
         numel != t->numel || (t->nbytes && bytes != t->nbytes) || (numel && !t->data))
         return tpv_err_set(err, TPV_EFORMAT, nm, "tensor '%s': shape does not match its data", nm);
     uint64_t bad;
@@ -407,7 +407,7 @@ static int add_part(struct dump *d, const struct tpv_tensor *t, uint64_t col0, u
 {
     struct part *pt = &d->parts[d->nparts++];
     pt->dtype = t->dtype;
-    pt->es = tpv_linalg_dtype_size(t->dtype);
+    pt->es = tpv_dtype_size(t->dtype);
     pt->col0 = col0;
     pt->cols = cols;
     pt->data = t->data;

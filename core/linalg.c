@@ -15,108 +15,6 @@
 typedef float v4f __attribute__((vector_size(16)));
 typedef double v2d __attribute__((vector_size(16)));
 
-size_t tpv_linalg_dtype_size(enum tpv_dtype dtype)
-{
-    switch (dtype) {
-    case TPV_DTYPE_F16:
-    case TPV_DTYPE_BF16:
-        return 2;
-    case TPV_DTYPE_F32:
-        return 4;
-    case TPV_DTYPE_F64:
-        return 8;
-    case TPV_DTYPE_U8:
-    case TPV_DTYPE_BOOL:
-        return 1;
-    }
-    return 0;
-}
-
-static inline float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, ex = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-    uint32_t bits;
-    if (ex == 0) {
-        float v = ldexpf((float)mant, -24);
-        return sign ? -v : v;
-    }
-    if (ex == 31)
-        bits = sign | 0x7f800000u | (mant << 13);
-    else
-        bits = sign | ((ex + 112u) << 23) | (mant << 13);
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline float bf16_to_f32(uint16_t h)
-{
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-void tpv_convert_f64(enum tpv_dtype dtype, const void *src, size_t count, double *dst)
-{
-    const unsigned char *s = src;
-    switch (dtype) {
-    case TPV_DTYPE_F64:
-        memcpy(dst, src, count * sizeof(double));
-        return;
-    case TPV_DTYPE_F32:
-        for (size_t i = 0; i < count; i++) {
-            float f;
-            memcpy(&f, s + 4 * i, 4);
-            dst[i] = f;
-        }
-        return;
-    case TPV_DTYPE_F16:
-    case TPV_DTYPE_BF16:
-        for (size_t i = 0; i < count; i++) {
-            uint16_t h;
-            memcpy(&h, s + 2 * i, 2);
-            dst[i] = dtype == TPV_DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
-        }
-        return;
-    case TPV_DTYPE_U8:
-    case TPV_DTYPE_BOOL:
-        for (size_t i = 0; i < count; i++)
-            dst[i] = s[i];
-        return;
-    }
-}
-
-void tpv_convert_f32(enum tpv_dtype dtype, const void *src, size_t count, float *dst)
-{
-    const unsigned char *s = src;
-    switch (dtype) {
-    case TPV_DTYPE_F64:
-        for (size_t i = 0; i < count; i++) {
-            double d;
-            memcpy(&d, s + 8 * i, 8);
-            dst[i] = (float)d;
-        }
-        return;
-    case TPV_DTYPE_F32:
-        memcpy(dst, src, count * sizeof(float));
-        return;
-    case TPV_DTYPE_F16:
-    case TPV_DTYPE_BF16:
-        for (size_t i = 0; i < count; i++) {
-            uint16_t h;
-            memcpy(&h, s + 2 * i, 2);
-            dst[i] = dtype == TPV_DTYPE_F16 ? f16_to_f32(h) : bf16_to_f32(h);
-        }
-        return;
-    case TPV_DTYPE_U8:
-    case TPV_DTYPE_BOOL:
-        for (size_t i = 0; i < count; i++)
-            dst[i] = s[i];
-        return;
-    }
-}
-
 static inline v4f load4f(const float *p)
 {
     v4f v;
@@ -229,7 +127,7 @@ static void sq_rows_f64(const double *x, size_t nr, size_t ld, size_t w, double 
 void tpv_sqsum_cols(enum tpv_dtype dtype, const void *x, uint64_t rows, uint64_t cols,
                     uint64_t ld, double *acc, float *tmp)
 {
-    size_t es = tpv_linalg_dtype_size(dtype);
+    size_t es = tpv_dtype_size(dtype);
     const unsigned char *base = x;
     for (uint64_t r0 = 0; r0 < rows; r0 += SQ_GROUP) {
         size_t nr = rows - r0 < SQ_GROUP ? (size_t)(rows - r0) : SQ_GROUP;
@@ -301,7 +199,7 @@ bool tpv_all_finite(enum tpv_dtype dtype, const void *x, uint64_t count, uint64_
     }
     if (ok)
         return true;
-    size_t es = tpv_linalg_dtype_size(dtype);
+    size_t es = tpv_dtype_size(dtype);
     for (uint64_t i = 0; i < count; i++) {
         double v;
         if (es == 4) {

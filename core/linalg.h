@@ -14,14 +14,6 @@
 #include "core/tensor.h"
 #include "core/tpv_error.h"
 
-/* Bytes per element of the float dtypes (F16, BF16: 2; F32: 4; F64: 8), 0 for others.  A local
- * copy of tpv_dtype_size so that the kernels do not depend on the file readers. */
-size_t tpv_linalg_dtype_size(enum tpv_dtype dtype);
-
-/* Exact conversions of `count` little-endian elements of `dtype` at `src` (U8/BOOL as 0..255). */
-void tpv_convert_f64(enum tpv_dtype dtype, const void *src, size_t count, double *dst);
-void tpv_convert_f32(enum tpv_dtype dtype, const void *src, size_t count, float *dst);
-
 /* acc[c] += sum_{r < rows} x[r * ld + c]^2 for c < cols, over an F32/F64/F16/BF16 row-major
  * matrix with leading dimension `ld` (elements).  Squares are summed in float for at most 8 rows
  * at a time (relative error <= 8 * 2^-24) and accumulated in float64.  `tmp` is scratch of

@@ -18,76 +18,10 @@
 
 /* ---- dtype conversion (weights and inputs; all little-endian, possibly unaligned) ---- */
 
-static double half_to_double(uint16_t h)
-{
-    int exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-    double v;
-    if (exp == 0)
-        v = ldexp((double)mant, -24);
-    else if (exp == 31)
-        v = mant ? NAN : INFINITY;
-    else
-        v = ldexp((double)(mant + 1024), exp - 25);
-    return (h & 0x8000) ? -v : v;
-}
-
 static bool dtype_is_float(enum tpv_dtype dt)
 {
     return dt == TPV_DTYPE_F16 || dt == TPV_DTYPE_BF16 || dt == TPV_DTYPE_F32 ||
            dt == TPV_DTYPE_F64;
-}
-
-static const char *dtype_label(enum tpv_dtype dt)
-{
-    switch (dt) {
-    case TPV_DTYPE_F16: return "F16";
-    case TPV_DTYPE_BF16: return "BF16";
-    case TPV_DTYPE_F32: return "F32";
-    case TPV_DTYPE_F64: return "F64";
-    case TPV_DTYPE_U8: return "U8";
-    case TPV_DTYPE_BOOL: return "BOOL";
-    }
-    return "unknown";
-}
-
-/* Elements [first, first + count) of a float tensor's data as float64. */
-static void to_f64(enum tpv_dtype dt, const void *data, uint64_t first, uint64_t count, double *out)
-{
-    const unsigned char *p = data;
-    switch (dt) {
-    case TPV_DTYPE_F64:
-        memcpy(out, p + first * 8, count * 8);
-        break;
-    case TPV_DTYPE_F32:
-        for (uint64_t i = 0; i < count; i++) {
-            float f;
-            memcpy(&f, p + (first + i) * 4, 4);
-            out[i] = f;
-        }
-        break;
-    case TPV_DTYPE_F16:
-        for (uint64_t i = 0; i < count; i++) {
-            uint16_t h;
-            memcpy(&h, p + (first + i) * 2, 2);
-            out[i] = half_to_double(h);
-        }
-        break;
-    case TPV_DTYPE_BF16:
-        for (uint64_t i = 0; i < count; i++) {
-            uint16_t h;
-            memcpy(&h, p + (first + i) * 2, 2);
-            uint32_t bits = (uint32_t)h << 16;
-            float f;
-            memcpy(&f, &bits, 4);
-            out[i] = f;
-        }
-        break;
-    case TPV_DTYPE_U8:
-    case TPV_DTYPE_BOOL:
-        for (uint64_t i = 0; i < count; i++)
-            out[i] = p[first + i];
-        break;
-    }
 }
 
 /* ---- activations ---- */
@@ -251,7 +185,7 @@ static int tensor_param(const json_t *layer, const char *key, size_t i, bool req
     if (!dtype_is_float((*t)->dtype))
         return tpv_err_set(err, TPV_EINVAL, field,
                            "tensor '%s' has dtype %s; weights must be F16, BF16, F32 or F64",
-                           *name, dtype_label((*t)->dtype));
+                           *name, tpv_dtype_name((*t)->dtype));
     return TPV_OK;
 }
 
@@ -514,7 +448,7 @@ int tpv_mlp_bind(struct tpv_mlp **out, const json_t *spec,
             if (!ts[t])
                 continue;
             double *dst = m->params + offs[t];
-            to_f64(ts[t]->dtype, ts[t]->data, 0, ts[t]->numel, dst);
+            tpv_tensor_read_f64(ts[t], 0, ts[t]->numel, dst);
             for (uint64_t j = 0; j < ts[t]->numel; j++) {
                 if (!isfinite(dst[j])) {
                     char field[TPV_ERR_FIELD_MAX];
@@ -560,7 +494,7 @@ int tpv_mlp_check_inputs(const struct tpv_mlp *m, const struct tpv_tensor *input
     if (!dtype_is_float(inputs->dtype))
         return tpv_err_set(err, TPV_EINVAL, "inputs",
                            "inputs have dtype %s; expected F16, BF16, F32 or F64",
-                           dtype_label(inputs->dtype));
+                           tpv_dtype_name(inputs->dtype));
     bool ok = inputs->rank == m->input_rank + 1 && inputs->shape[0] >= 1;
     for (int r = 0; ok && r < m->input_rank; r++)
         ok = inputs->shape[r + 1] == m->input_shape[r];
@@ -571,7 +505,7 @@ int tpv_mlp_check_inputs(const struct tpv_mlp *m, const struct tpv_tensor *input
     double buf[4096];
     for (uint64_t first = 0; first < inputs->numel; first += 4096) {
         uint64_t cnt = inputs->numel - first < 4096 ? inputs->numel - first : 4096;
-        to_f64(inputs->dtype, inputs->data, first, cnt, buf);
+        tpv_tensor_read_f64(inputs, first, cnt, buf);
         for (uint64_t i = 0; i < cnt; i++)
             if (!isfinite(buf[i]))
                 return tpv_err_set(err, TPV_EFORMAT, "inputs",
@@ -585,7 +519,7 @@ int tpv_mlp_check_inputs(const struct tpv_mlp *m, const struct tpv_tensor *input
 void tpv_mlp_read_inputs(const struct tpv_mlp *m, const struct tpv_tensor *inputs, uint64_t first,
                          size_t rows, double *out)
 {
-    to_f64(inputs->dtype, inputs->data, first * m->d, (uint64_t)rows * m->d, out);
+    tpv_tensor_read_f64(inputs, first * m->d, (uint64_t)rows * m->d, out);
 }
 
 /* ---- forward ---- */

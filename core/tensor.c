@@ -789,12 +789,12 @@ TPV_DEFINE_CONVERT(bf16_to_f32, uint16_t, float, tpv_bf16_to_f32(load_u16(q)))
 TPV_DEFINE_CONVERT(u8_to_f64, uint8_t, double, *q)
 TPV_DEFINE_CONVERT(u8_to_f32, uint8_t, float, *q)
 
-void tpv_tensor_read_f64(const struct tpv_tensor *t, uint64_t first, uint64_t count, double *out)
+void tpv_convert_f64(enum tpv_dtype dtype, const void *src, uint64_t count, double *out)
 {
-    const uint8_t *p = (const uint8_t *)t->data + first * tpv_dtype_size(t->dtype);
+    const uint8_t *p = src;
     if (count == 0)
         return;
-    switch (t->dtype) {
+    switch (dtype) {
     case TPV_DTYPE_F64:
         memcpy(out, p, count * sizeof(double));
         return;
@@ -814,12 +814,12 @@ void tpv_tensor_read_f64(const struct tpv_tensor *t, uint64_t first, uint64_t co
     }
 }
 
-void tpv_tensor_read_f32(const struct tpv_tensor *t, uint64_t first, uint64_t count, float *out)
+void tpv_convert_f32(enum tpv_dtype dtype, const void *src, uint64_t count, float *out)
 {
-    const uint8_t *p = (const uint8_t *)t->data + first * tpv_dtype_size(t->dtype);
+    const uint8_t *p = src;
     if (count == 0)
         return;
-    switch (t->dtype) {
+    switch (dtype) {
     case TPV_DTYPE_F32:
         memcpy(out, p, count * sizeof(float));
         return;
@@ -837,6 +837,18 @@ void tpv_tensor_read_f32(const struct tpv_tensor *t, uint64_t first, uint64_t co
         u8_to_f32(p, count, out);
         return;
     }
+}
+
+void tpv_tensor_read_f64(const struct tpv_tensor *t, uint64_t first, uint64_t count, double *out)
+{
+    tpv_convert_f64(t->dtype, (const uint8_t *)t->data + first * tpv_dtype_size(t->dtype), count,
+                    out);
+}
+
+void tpv_tensor_read_f32(const struct tpv_tensor *t, uint64_t first, uint64_t count, float *out)
+{
+    tpv_convert_f32(t->dtype, (const uint8_t *)t->data + first * tpv_dtype_size(t->dtype), count,
+                    out);
 }
 
 /* First index in [0, n) whose exponent bits (mask) are all ones, or n.  Whole blocks of a constant

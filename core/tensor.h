@@ -67,6 +67,12 @@ const struct tpv_tensor *tpv_tensor_file_find(const struct tpv_tensor_file *f, c
 /* A safetensors `__metadata__` string value, or NULL. */
 const char *tpv_tensor_file_metadata(const struct tpv_tensor_file *f, const char *key);
 
+/* Converts `count` elements of type `dtype` at `src` (little-endian, possibly unaligned) to
+ * float64 / float32: F16 and BF16 exactly, U8/BOOL as integers, F64->F32 rounded.  The loops that
+ * every reader of tensor data shares (dumps, weights, inputs). */
+void tpv_convert_f64(enum tpv_dtype dtype, const void *src, uint64_t count, double *dst);
+void tpv_convert_f32(enum tpv_dtype dtype, const void *src, uint64_t count, float *dst);
+
 /* Converts elements [first, first + count) to float64 / float32 (F16 and BF16 exactly; U8/BOOL as
  * 0/1/...).  The caller guarantees first + count <= t->numel. */
 void tpv_tensor_read_f64(const struct tpv_tensor *t, uint64_t first, uint64_t count, double *out);

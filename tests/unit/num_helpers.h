@@ -25,7 +25,7 @@ static inline struct tpv_tensor tview(const char *name, enum tpv_dtype dt, const
         t.shape[i] = shape[i];
         t.numel *= shape[i];
     }
-    t.nbytes = t.numel * tpv_linalg_dtype_size(dt);
+    t.nbytes = t.numel * tpv_dtype_size(dt);
     t.data = data;
     return t;
 }
