@@ -39,6 +39,14 @@ struct api_env {
     struct api_cache *cache;              /* rendered rankings; may be NULL */
     bool (*workers_alive)(void *ctx);     /* may be NULL: no workers to check */
     void *workers_ctx;
+    /* Fetches the blob at `url` into the store (server/fetch.c), blocking for at most the
+     * configured timeouts; `expect` is a digest the body must hash to, or NULL.  Writes
+     * "sha256:<hex>" into digest (cap >= 72).  Errors name `field`: TPV_EINVAL (bad URL),
+     * TPV_EPERM (host not allowed), TPV_ETOOLARGE, TPV_EUNAVAILABLE (the fetch failed).  NULL:
+     * URL references are refused with 403. */
+    int (*fetch)(void *ctx, const char *url, const char *expect, const char *field, char *digest,
+                 size_t cap, struct tpv_err *err);
+    void *fetch_ctx;
 };
 
 /* Path parameters captured by a route pattern ("{sid}" segments), in order. */

@@ -248,6 +248,7 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
         return;
     if (!api_body_object(req, resp, &body) || !api_check_keys(body, keys, "", resp) ||
         !api_get_string(body, "name", "name", true, NAME_MAX_BYTES, &c.name, resp) ||
+        !api_resolve_refs(env, req, body, API_REFS_CANDIDATE, resp) ||
         !check_metadata(json_object_get(body, "metadata"), &c, resp))
         goto out;
     if (store_study_info(env->store, sid, &info, &err) != TPV_OK) {

@@ -87,6 +87,30 @@ bool api_idem_begin(const struct api_env *env, struct api_request *req, struct a
 void api_idem_race(const struct api_env *env, struct api_request *req, struct api_response *resp,
                    const struct store_idem *idem, const struct tpv_err *werr);
 
+/* ---- URL blob references and webhooks (api/refs.c) ---- */
+
+/* Where a request body carries blob references that may be {"url":"http(s)://...",
+ * "digest"?:"sha256:..."} instead of a digest. */
+enum api_ref_site {
+    API_REFS_INPUTS,    /* {"blob": ref} (or the body itself {"url": ...}) */
+    API_REFS_CANDIDATE, /* model.spec, model.weights, jacobian.fit, jacobian.probe, weights */
+    API_REFS_STUDY,     /* noise_models[i].variances, noise_models[i].mask */
+};
+
+/* Fetches every URL reference of `body` (through env->fetch, synchronously) and replaces it by
+ * the digest of the stored blob, so that the handler then sees digests only.  Replies (400 bad
+ * reference, 403 host not allowed, 413, 503 fetch failed) and returns false on failure. */
+bool api_resolve_refs(const struct api_env *env, struct api_request *req, json_t *body,
+                      enum api_ref_site site, struct api_response *resp);
+
+/* Whether `url` is an absolute http:// or https:// URL with a host and no spaces or control
+ * characters. */
+bool api_url_valid(const char *url);
+
+/* A fresh webhook signing secret "whsec_" + 64 hex digits from the kernel's random source. */
+#define API_WEBHOOK_SECRET_MAX 72
+int api_webhook_secret_new(char out[API_WEBHOOK_SECRET_MAX]);
+
 /* {sid} (params[0]) is well-formed, else a 404 was sent. */
 bool api_study_param(const struct api_request *req, struct api_response *resp);
 

@@ -155,8 +155,9 @@ void api_handle_study_create(const struct api_env *env, struct api_request *req,
         !api_get_string(body, "rank_by", "rank_by", false, TPV_NOISE_NAME_MAX, &rank_by, resp) ||
         !api_get_string(body, "webhook_url", "webhook_url", false, URL_MAX_BYTES, &webhook, resp))
         goto out;
-    if (webhook && strncmp(webhook, "http://", 7) != 0 && strncmp(webhook, "https://", 8) != 0) {
-        api_reply_errorf(resp, TPV_EINVAL, "webhook_url", "webhook_url must be an http(s) URL");
+    if (webhook && !api_url_valid(webhook)) {
+        api_reply_errorf(resp, TPV_EINVAL, "webhook_url",
+                         "webhook_url must be an absolute http:// or https:// URL");
         goto out;
     }
     json_t *meta = json_object_get(body, "metadata");
@@ -164,6 +165,8 @@ void api_handle_study_create(const struct api_env *env, struct api_request *req,
         api_reply_errorf(resp, TPV_EINVAL, "metadata", "metadata must be an object");
         goto out;
     }
+    if (!api_resolve_refs(env, req, body, API_REFS_STUDY, resp))
+        goto out;
     if (!json_object_get(body, "noise_models")) {
         api_reply_errorf(resp, TPV_EINVAL, "noise_models", "noise_models is required");
         goto out;
@@ -189,6 +192,11 @@ void api_handle_study_create(const struct api_env *env, struct api_request *req,
         goto out;
     }
 
+    char secret[API_WEBHOOK_SECRET_MAX] = "";
+    if (webhook && api_webhook_secret_new(secret) != TPV_OK) {
+        api_reply_errorf(resp, TPV_EINTERNAL, NULL, "no random bytes for the webhook secret");
+        goto out;
+    }
     store_id_new(id, "st");
     store_now_rfc3339(now);
     snprintf(location, sizeof location, "/v1/studies/%s", id);
@@ -197,6 +205,9 @@ void api_handle_study_create(const struct api_env *env, struct api_request *req,
                     "rank_by", rank_by, "webhook_url", webhook, "inputs", "fit", "probe",
                     "version", 1, "created_at", now, "metadata",
                     json_is_object(meta) ? json_incref(meta) : json_object());
+    /* The secret is shown once, here (and in an Idempotency-Key replay of this response). */
+    if (out && webhook)
+        json_object_set_new(out, "webhook_secret", json_string(secret));
     noise_text = json_dumps(noise_json, JSON_COMPACT);
     meta_text = out ? json_dumps(json_object_get(out, "metadata"), JSON_COMPACT) : NULL;
     out_text = out ? json_dumps(out, JSON_COMPACT) : NULL;
@@ -206,7 +217,8 @@ void api_handle_study_create(const struct api_env *env, struct api_request *req,
     }
     struct store_study_new s = { .id = id, .name = name, .description = description,
                                  .noise_models = noise_text, .rank_by = rank_by,
-                                 .webhook_url = webhook, .metadata = meta_text, .created_at = now };
+                                 .webhook_url = webhook, .metadata = meta_text, .created_at = now,
+                                 .webhook_secret = webhook ? secret : NULL };
     struct store_reply reply = { .status = 201, .body = out_text, .location = location };
     int rc = store_study_create(env->store, &s, use_idem ? &idem : NULL, &reply, &err);
     if (rc == TPV_EEXIST && use_idem) {
@@ -302,7 +314,9 @@ void api_handle_inputs_put(const struct api_env *env, struct api_request *req, s
                          split);
         return;
     }
-    if (!api_body_object(req, resp, &body) || !api_check_keys(body, keys, "", resp) ||
+    if (!api_body_object(req, resp, &body) ||
+        !api_resolve_refs(env, req, body, API_REFS_INPUTS, resp) ||
+        !api_check_keys(body, keys, "", resp) ||
         !api_get_string(body, "blob", "blob", true, STORE_DIGEST_MAX, &digest, resp))
         goto out;
     if (!store_digest_valid(digest)) {

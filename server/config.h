@@ -35,6 +35,10 @@ struct srv_config {
     long long max_page_size;
     long long db_connections; /* 0 = auto */
     long long job_lease_s;
+    long long fetch_timeout_s;
+    long long webhook_timeout_s;
+    long long webhook_max_attempts;
+    long long webhook_backoff_ms;
     uint64_t max_body_bytes;
     uint64_t max_blob_bytes;
     uint64_t max_job_memory;

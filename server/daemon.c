@@ -5,6 +5,7 @@
  * their jobs back to the queue), stop HTTP, close the database. */
 #include "server/daemon.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -13,7 +14,9 @@
 #include <unistd.h>
 
 #include "core/tpv_log.h"
+#include "server/fetch.h"
 #include "server/http.h"
+#include "server/webhook.h"
 #include "server/worker.h"
 #include "storage/store.h"
 
@@ -27,6 +30,8 @@ struct srv_daemon {
     pthread_mutex_t hook_lock;
     struct srv_workers *workers;
     struct srv_http *http;
+    struct srv_fetch *fetch;
+    struct srv_webhook *webhook;
 };
 
 /* Written to a temporary name and renamed, so a reader never sees a half-written port. */
@@ -53,6 +58,7 @@ static void on_study_changed(void *ctx, const char *study_id, int64_t version)
     (void)version;
     pthread_mutex_lock(&d->hook_lock);
     srv_http_study_changed(d->http, study_id);
+    srv_webhook_notify(d->webhook); /* job ends bump the version and write outbox rows */
     pthread_mutex_unlock(&d->hook_lock);
 }
 
@@ -71,6 +77,9 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
         return tpv_err_set(err, TPV_EINVAL, "log-level", "unknown log level '%s'", cfg->log_level);
     tpv_log_set_level(level);
 
+    /* Before any thread exists: libcurl's global state (the fetcher and webhook sender). */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot initialise libcurl");
     struct srv_daemon *d = calloc(1, sizeof *d);
     if (!d)
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
@@ -94,6 +103,23 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
         if (rc == TPV_OK && (requeued || failed))
             log_warn("recovered jobs left running by a previous stop: requeued=%d failed=%d "
                      "(max-attempts=%lld)", requeued, failed, cfg->max_attempts);
+    }
+    if (rc == TPV_OK) {
+        struct srv_fetch_options fo = { .allow = cfg->fetch_allow, .max_size = cfg->max_blob_bytes,
+                                        .timeout_s = (long)cfg->fetch_timeout_s,
+                                        .user_agent = "tpvd/" TPVD_VERSION };
+        rc = srv_fetch_new(&d->fetch, d->store, &fo, err);
+    }
+    if (rc == TPV_OK) {
+        struct srv_webhook_options wo = { .max_attempts = (int)cfg->webhook_max_attempts,
+                                          .backoff_ms = (long)cfg->webhook_backoff_ms,
+                                          .timeout_s = (long)cfg->webhook_timeout_s,
+                                          .user_agent = "tpvd/" TPVD_VERSION };
+        struct srv_webhook *webhook = NULL;
+        rc = srv_webhook_start(&webhook, d->store, &wo, err);
+        pthread_mutex_lock(&d->hook_lock);
+        d->webhook = webhook;
+        pthread_mutex_unlock(&d->hook_lock);
     }
     if (rc == TPV_OK) {
         struct store_hooks hooks = { on_study_changed, on_job_queued, d };
@@ -121,6 +147,8 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
             .cache = d->cache,
             .workers_alive = srv_workers_alive,
             .workers_ctx = d->workers,
+            .fetch = srv_fetch_blob,
+            .fetch_ctx = d->fetch,
         };
         struct srv_http *http = NULL;
         rc = srv_http_start(&http, cfg, &d->env, err);
@@ -156,6 +184,13 @@ void srv_daemon_stop(struct srv_daemon *d)
     d->workers = NULL;
     pthread_mutex_unlock(&d->hook_lock);
     srv_workers_stop(workers, d->cfg ? (int)d->cfg->shutdown_grace_s : 0);
+    /* After the workers: their last job ends are in the outbox, delivered now or at next start. */
+    pthread_mutex_lock(&d->hook_lock);
+    struct srv_webhook *webhook = d->webhook;
+    d->webhook = NULL;
+    pthread_mutex_unlock(&d->hook_lock);
+    srv_webhook_stop(webhook);
+    srv_fetch_free(d->fetch);
     store_close(d->store);
     api_metrics_free(d->metrics);
     api_cache_free(d->cache);

@@ -158,34 +158,38 @@ static int job_end(struct store_conn *c, const char *id, const char *state, doub
     return stmt_exec(c, s, err);
 }
 
-/* A webhook event for a study that has a webhook_url, delivered later by the outbox sender. */
-static int outbox_event(struct store_conn *c, const struct job_ref *ref, const char *job_id,
-                        const char *state, struct tpv_err *err)
+/* Whether the study has a webhook_url (events are only written for those). */
+static int study_has_hook(struct store_conn *c, const char *study_id, bool *has,
+                          struct tpv_err *err)
 {
     sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_WEBHOOK, err);
     if (!s)
         return err->code;
-    bind_text(s, 1, ref->study_id);
-    bool has_hook = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL;
+    bind_text(s, 1, study_id);
+    *has = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL;
     stmt_done(s);
-    if (!has_hook)
-        return TPV_OK;
-    char event[32], now[STORE_TIME_MAX];
-    snprintf(event, sizeof event, "job.%s", state);
-    store_now_rfc3339(now);
-    json_t *payload = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "event", event, "study_id",
-                                ref->study_id, "candidate_id", ref->candidate_id, "job_id", job_id,
-                                "kind", ref->kind, "state", state, "at", now);
+    return TPV_OK;
+}
+
+/* Appends an event to the outbox in the caller's transaction; steals `payload`.  The webhook
+ * sender (server/webhook.c) delivers it later, at least once. */
+static int outbox_put(struct store_conn *c, const char *study_id, const char *event,
+                      json_t *payload, const char *now, struct tpv_err *err)
+{
+    char id[STORE_ID_MAX];
+    store_id_new(id, "ev"); /* the event id receivers dedup on, the same for every attempt */
+    if (payload)
+        json_object_set_new(payload, "id", json_string(id));
     char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
     json_decref(payload);
     if (!text)
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     int rc;
-    s = conn_stmt(c, STMT_OUTBOX_PUT, err);
+    sqlite3_stmt *s = conn_stmt(c, STMT_OUTBOX_PUT, err);
     if (!s) {
         rc = err->code;
     } else {
-        bind_text(s, 1, ref->study_id);
+        bind_text(s, 1, study_id);
         bind_text(s, 2, event);
         bind_text(s, 3, text);
         sqlite3_bind_double(s, 4, store_clock_now());
@@ -193,6 +197,33 @@ static int outbox_event(struct store_conn *c, const struct job_ref *ref, const c
         rc = stmt_exec(c, s, err);
     }
     free(text);
+    return rc;
+}
+
+/* The events of a job's end: "job.<state>" always, and "ranking.changed" when a score job wrote
+ * scores (version = the study version after the change). */
+static int outbox_event(struct store_conn *c, const struct job_ref *ref, const char *job_id,
+                        const char *state, int64_t version, struct tpv_err *err)
+{
+    bool has_hook = false;
+    int rc = study_has_hook(c, ref->study_id, &has_hook, err);
+    if (rc != TPV_OK || !has_hook)
+        return rc;
+    char event[32], now[STORE_TIME_MAX];
+    snprintf(event, sizeof event, "job.%s", state);
+    store_now_rfc3339(now);
+    rc = outbox_put(c, ref->study_id, event,
+                    json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "event", event, "study_id",
+                              ref->study_id, "candidate_id", ref->candidate_id, "job_id", job_id,
+                              "kind", ref->kind, "state", state, "at", now),
+                    now, err);
+    if (rc == TPV_OK && version > 0 && strcmp(state, "succeeded") == 0 &&
+        strcmp(ref->kind, "score") == 0)
+        rc = outbox_put(c, ref->study_id, "ranking.changed",
+                        json_pack("{s:s,s:s,s:I,s:s,s:s,s:s}", "event", "ranking.changed",
+                                  "study_id", ref->study_id, "version", (json_int_t)version,
+                                  "candidate_id", ref->candidate_id, "job_id", job_id, "at", now),
+                        now, err);
     return rc;
 }
 
@@ -214,7 +245,7 @@ int store_job_cancel(struct store *st, const char *id, json_t **out, struct tpv_
             if (rc == TPV_OK)
                 rc = candidate_follow(c, id, &ref, "canceled", &version, err);
             if (rc == TPV_OK)
-                rc = outbox_event(c, &ref, id, "canceled", err);
+                rc = outbox_event(c, &ref, id, "canceled", version, err);
         } else if (strcmp(state, "running") == 0) {
             sqlite3_stmt *s = conn_stmt(c, STMT_JOB_CANCEL_ASK, err);
             if (!s) {
@@ -390,7 +421,7 @@ int store_job_succeed(struct store *st, const char *id, const char *owner,
     if (rc == TPV_OK)
         rc = candidate_follow(c, id, &ref, "succeeded", &version, err);
     if (rc == TPV_OK)
-        rc = outbox_event(c, &ref, id, "succeeded", err);
+        rc = outbox_event(c, &ref, id, "succeeded", version, err);
     if (rc == TPV_OK)
         rc = tx_commit(c, err);
     tx_rollback(c);
@@ -414,7 +445,7 @@ int store_job_finish(struct store *st, const char *id, const char *owner, const 
     if (rc == TPV_OK)
         rc = candidate_follow(c, id, &ref, state, &version, err);
     if (rc == TPV_OK)
-        rc = outbox_event(c, &ref, id, state, err);
+        rc = outbox_event(c, &ref, id, state, version, err);
     if (rc == TPV_OK)
         rc = tx_commit(c, err);
     tx_rollback(c);
@@ -511,7 +542,7 @@ static int recover(struct store *st, bool all, double now, int max_attempts, int
             if (rc == TPV_OK)
                 rc = candidate_follow(c, j->id, &j->ref, "failed", &versions[i], err);
             if (rc == TPV_OK)
-                rc = outbox_event(c, &j->ref, j->id, "failed", err);
+                rc = outbox_event(c, &j->ref, j->id, "failed", versions[i], err);
             ++*failed;
         } else {
             if (!(s = conn_stmt(c, STMT_JOB_REQUEUE, err))) {

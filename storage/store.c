@@ -120,6 +120,14 @@ static const char *const migrations[] = {
     "  delivered_at TEXT,"
     "  created_at TEXT NOT NULL) STRICT;"
     "CREATE INDEX webhook_outbox_due ON webhook_outbox (delivered_at, next_attempt_at);",
+    /* 2 -> 3: webhook delivery.  The study's signing secret (generated at creation, returned once)
+     * and the outbox rows' end state: delivered_at, or failed_at after the last attempt. */
+    "ALTER TABLE studies ADD COLUMN webhook_secret TEXT;"
+    "ALTER TABLE webhook_outbox ADD COLUMN failed_at TEXT;"
+    "ALTER TABLE webhook_outbox ADD COLUMN last_error TEXT;"
+    "DROP INDEX webhook_outbox_due;"
+    "CREATE INDEX webhook_outbox_pending ON webhook_outbox (next_attempt_at) "
+    "  WHERE delivered_at IS NULL AND failed_at IS NULL;",
 };
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
 

@@ -111,6 +111,7 @@ struct store_study_new {
     const char *webhook_url;  /* may be NULL */
     const char *metadata;     /* JSON object text */
     const char *created_at;
+    const char *webhook_secret; /* signs webhook deliveries; stored only with a webhook_url */
 };
 
 /* Creates a study (and, when idem is not NULL, remembers `reply` under its key in the same
@@ -280,6 +281,41 @@ struct store_rank_row {
 int store_rank_rows(struct store *st, const char *study_id, const char *noise, const char *split,
                     struct store_rank_row **rows, size_t *nrows, struct tpv_err *err);
 void store_rank_rows_free(struct store_rank_row *rows, size_t n);
+
+/* ---- webhook outbox (storage/outbox.c) ---- */
+
+/* Job ends ("job.succeeded|failed|canceled") and ranking changes ("ranking.changed") of studies
+ * with a webhook_url are appended to the outbox in the transaction that caused them; a row stays
+ * pending until it is delivered or has failed for good, so delivery survives restarts. */
+struct store_outbox_item {
+    int64_t seq;          /* row number; the event id ("ev_...") is the payload's "id" */
+    char study_id[STORE_ID_MAX];
+    char event[32];
+    char *payload;        /* JSON object text */
+    char *url;            /* the study's webhook_url */
+    char *secret;         /* the study's signing secret (never log it) */
+    int attempts;         /* made so far */
+};
+
+/* Up to `limit` pending rows due at `now` (seconds since the epoch), oldest due first.  *items is
+ * malloc'd (NULL when none); free with store_outbox_items_free. */
+int store_outbox_due(struct store *st, double now, int limit, struct store_outbox_item **items,
+                     size_t *n, struct tpv_err *err);
+void store_outbox_items_free(struct store_outbox_item *items, size_t n);
+
+/* When the next pending row is due (seconds since the epoch); TPV_ENOTFOUND when none is. */
+int store_outbox_next_due(struct store *st, double *at, struct tpv_err *err);
+
+/* Outcome of one delivery attempt (each counts one attempt): delivered; to be retried at
+ * `next_at` with the error kept; or failed for good. */
+int store_outbox_delivered(struct store *st, int64_t seq, struct tpv_err *err);
+int store_outbox_retry(struct store *st, int64_t seq, double next_at, const char *error,
+                       struct tpv_err *err);
+int store_outbox_fail(struct store *st, int64_t seq, const char *error, struct tpv_err *err);
+
+/* Row counts: pending, delivered, failed. */
+int store_outbox_stats(struct store *st, int64_t *pending, int64_t *delivered, int64_t *failed,
+                       struct tpv_err *err);
 
 /* ---- statistics for /metrics ---- */
 

@@ -23,7 +23,8 @@
     X(IDEM_PUT,         "INSERT INTO idempotency_keys (scope, key, request_hash, status, body, "  \
                         "location, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")              \
     X(STUDY_INSERT,     "INSERT INTO studies (id, name, description, noise_models, rank_by, "     \
-                        "webhook_url, metadata, created_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)")    \
+                        "webhook_url, metadata, created_at, webhook_secret) "                     \
+                        "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)")                                    \
     X(STUDY_GET,        "SELECT s.seq, s.id, s.name, s.description, s.noise_models, s.rank_by, "  \
                         "s.webhook_url, s.metadata, s.version, s.created_at, "                    \
                         "f.digest, f.n, p.digest, p.n, s.has_probe_dumps FROM studies s "         \
@@ -103,6 +104,21 @@
                         "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)")                            \
     X(OUTBOX_PUT,       "INSERT INTO webhook_outbox (study_id, event, payload, next_attempt_at, " \
                         "created_at) VALUES (?1, ?2, ?3, ?4, ?5)")                                \
+    X(OUTBOX_DUE,       "SELECT o.seq, o.study_id, o.event, o.payload, o.attempts, s.webhook_url, " \
+                        "s.webhook_secret FROM webhook_outbox o JOIN studies s ON s.id = o.study_id " \
+                        "WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND "               \
+                        "o.next_attempt_at <= ?1 ORDER BY o.next_attempt_at, o.seq LIMIT ?2")     \
+    X(OUTBOX_NEXT,      "SELECT min(next_attempt_at) FROM webhook_outbox "                        \
+                        "WHERE delivered_at IS NULL AND failed_at IS NULL")                       \
+    X(OUTBOX_DONE,      "UPDATE webhook_outbox SET attempts = attempts + 1, delivered_at = ?2, "  \
+                        "last_error = NULL WHERE seq = ?1")                                       \
+    X(OUTBOX_RETRY,     "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?2, " \
+                        "last_error = ?3 WHERE seq = ?1")                                         \
+    X(OUTBOX_FAIL,      "UPDATE webhook_outbox SET attempts = attempts + 1, failed_at = ?2, "     \
+                        "last_error = ?3 WHERE seq = ?1")                                         \
+    X(OUTBOX_STATS,     "SELECT count(*) FILTER (WHERE delivered_at IS NULL AND failed_at IS NULL), " \
+                        "count(*) FILTER (WHERE delivered_at IS NOT NULL), "                      \
+                        "count(*) FILTER (WHERE failed_at IS NOT NULL) FROM webhook_outbox")      \
     X(RANK_ROWS,        "SELECT c.id, c.name, c.metadata, c.state, c.train_loss, c.epoch, c.run, " \
                         "s.value, s.stderr FROM candidates c LEFT JOIN scores s ON "              \
                         "s.candidate_id = c.id AND s.noise = ?2 AND s.split = ?3 "                \

@@ -77,6 +77,7 @@ int store_study_create(struct store *st, const struct store_study_new *in,
     bind_text(s, 6, in->webhook_url);
     bind_text(s, 7, in->metadata ? in->metadata : "{}");
     bind_text(s, 8, in->created_at);
+    bind_text(s, 9, in->webhook_url ? in->webhook_secret : NULL);
     rc = stmt_exec(c, s, err);
     if (rc == TPV_OK && idem)
         rc = idem_store_conn(c, idem, reply, err);

@@ -1,0 +1,284 @@
+/* webhook.c: the outbox sender thread (see webhook.h).  One thread, one curl handle, one attempt
+ * at a time: each attempt is bounded by the timeout, so a slow receiver delays the others by at
+ * most that much; the thread sleeps until the next row is due, a notification, or one second
+ * (rows written by transitions that do not notify, such as JBR job ends, are seen within it). */
+#include "server/webhook.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "core/tpv_log.h"
+#include "storage/store.h"
+
+#define BATCH 16
+#define POLL_S 1.0
+#define BACKOFF_CAP_S 3600.0
+#define RESPONSE_MAX (64 * 1024)
+
+struct srv_webhook {
+    struct store *st;
+    struct srv_webhook_options opts;
+    char *user_agent;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool kicked;
+    int stop; /* read by the transfer's progress callback without the lock */
+    uint64_t rng;
+};
+
+void srv_webhook_sign(const char *secret, const void *body, size_t len,
+                      char out[SRV_WEBHOOK_SIG_MAX])
+{
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int mlen = 0;
+    HMAC(EVP_sha256(), secret, (int)strlen(secret), body, len, mac, &mlen);
+    int n = snprintf(out, SRV_WEBHOOK_SIG_MAX, "sha256=");
+    for (unsigned int i = 0; i < mlen && n + 2 < SRV_WEBHOOK_SIG_MAX; i++)
+        n += snprintf(out + n, (size_t)(SRV_WEBHOOK_SIG_MAX - n), "%02x", mac[i]);
+}
+
+double srv_webhook_backoff(int attempts, long backoff_ms, double u)
+{
+    double base = (double)backoff_ms / 1000.0;
+    double d = base * ldexp(1.0, attempts > 1 ? (attempts - 1 > 30 ? 30 : attempts - 1) : 0);
+    if (d > BACKOFF_CAP_S)
+        d = BACKOFF_CAP_S;
+    return d * (0.5 + 0.5 * u);
+}
+
+static double uniform01(struct srv_webhook *w)
+{
+    /* xorshift64*: jitter only, not security. */
+    w->rng ^= w->rng >> 12;
+    w->rng ^= w->rng << 25;
+    w->rng ^= w->rng >> 27;
+    return (double)((w->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+}
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static size_t on_response(char *data, size_t size, size_t nmemb, void *ud)
+{
+    size_t *seen = ud;
+    (void)data;
+    *seen += size * nmemb;
+    return *seen > RESPONSE_MAX ? 0 : size * nmemb;
+}
+
+static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
+{
+    struct srv_webhook *w = ud;
+    (void)a, (void)b, (void)c, (void)d;
+    return __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) ? 1 : 0;
+}
+
+/* One attempt; 0 on a 2xx, else -1 with a short reason in why. */
+static int attempt(struct srv_webhook *w, CURL *c, const struct store_outbox_item *it,
+                   char *why, size_t cap)
+{
+    char id[40], sig[SRV_WEBHOOK_SIG_MAX], h_event[80], h_id[64], h_sig[96], h_try[48];
+    if (!it->url || !it->secret) {
+        snprintf(why, cap, "the study has no webhook secret (created before signed webhooks)");
+        return -1;
+    }
+    /* The stored payload is the body, byte for byte, at every attempt. */
+    json_t *payload = json_loads(it->payload, 0, NULL);
+    const char *pid = json_string_value(json_object_get(payload, "id"));
+    snprintf(id, sizeof id, "%s", pid ? pid : "");
+    json_decref(payload);
+    if (!id[0]) {
+        snprintf(why, cap, "unreadable payload");
+        return -1;
+    }
+    const char *body = it->payload;
+    srv_webhook_sign(it->secret, body, strlen(body), sig);
+    snprintf(h_event, sizeof h_event, "X-TPV-Event: %s", it->event);
+    snprintf(h_id, sizeof h_id, "X-TPV-Event-Id: %s", id);
+    snprintf(h_sig, sizeof h_sig, "X-TPV-Signature: %s", sig);
+    snprintf(h_try, sizeof h_try, "X-TPV-Delivery-Attempt: %d", it->attempts + 1);
+    struct curl_slist *hdrs = NULL, *tmp;
+    const char *lines[] = { "Content-Type: application/json", h_event, h_id, h_sig, h_try,
+                            "Expect:" };
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+        if (!(tmp = curl_slist_append(hdrs, lines[i]))) {
+            curl_slist_free_all(hdrs);
+            snprintf(why, cap, "out of memory");
+            return -1;
+        }
+        hdrs = tmp;
+    }
+    char errbuf[CURL_ERROR_SIZE] = "";
+    size_t seen = 0;
+    curl_easy_reset(c);
+    curl_easy_setopt(c, CURLOPT_URL, it->url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, w->opts.timeout_s);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, w->opts.timeout_s);
+    curl_easy_setopt(c, CURLOPT_USERAGENT, w->user_agent);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_response);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &seen);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, w);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    CURLcode res = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(hdrs);
+    if (res == CURLE_OK && status >= 200 && status < 300)
+        return 0;
+    if (res == CURLE_OK || (res == CURLE_WRITE_ERROR && status))
+        snprintf(why, cap, "receiver answered HTTP %ld", status);
+    else
+        snprintf(why, cap, "%s", errbuf[0] ? errbuf : curl_easy_strerror(res));
+    return -1;
+}
+
+static void deliver(struct srv_webhook *w, CURL *c, const struct store_outbox_item *it)
+{
+    struct tpv_err err;
+    char why[CURL_ERROR_SIZE + 64];
+    tpv_err_clear(&err);
+    int tries = it->attempts + 1, rc;
+    if (attempt(w, c, it, why, sizeof why) == 0) {
+        rc = store_outbox_delivered(w->st, it->seq, &err);
+        log_info("webhook seq=%lld event=%s study=%s attempt=%d delivered", (long long)it->seq,
+                 it->event, it->study_id, tries);
+    } else if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+        return; /* aborted by shutdown: not an attempt; the row is retried at the next start */
+    } else if (tries >= w->opts.max_attempts) {
+        rc = store_outbox_fail(w->st, it->seq, why, &err);
+        log_warn("webhook seq=%lld event=%s study=%s attempt=%d failed for good: %s",
+                 (long long)it->seq, it->event, it->study_id, tries, why);
+    } else {
+        double delay = srv_webhook_backoff(tries, w->opts.backoff_ms, uniform01(w));
+        rc = store_outbox_retry(w->st, it->seq, wall_now() + delay, why, &err);
+        log_info("webhook seq=%lld event=%s study=%s attempt=%d failed (%s); retry in %.1fs",
+                 (long long)it->seq, it->event, it->study_id, tries, why, delay);
+    }
+    if (rc != TPV_OK)
+        log_error("webhook outbox update: %s", tpv_err_message(&err));
+}
+
+static void *sender_main(void *arg)
+{
+    struct srv_webhook *w = arg;
+    CURL *c = curl_easy_init();
+    pthread_mutex_lock(&w->lock);
+    while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+        w->kicked = false;
+        pthread_mutex_unlock(&w->lock);
+        struct store_outbox_item *items = NULL;
+        size_t n = 0;
+        struct tpv_err err;
+        tpv_err_clear(&err);
+        double wait_s = POLL_S;
+        if (!c) {
+            log_error("webhook sender: cannot create a curl handle");
+        } else if (store_outbox_due(w->st, wall_now(), BATCH, &items, &n, &err) != TPV_OK) {
+            log_error("webhook outbox: %s", tpv_err_message(&err));
+        } else {
+            for (size_t i = 0; i < n && !__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE); i++)
+                deliver(w, c, &items[i]);
+            double next;
+            if (n == BATCH)
+                wait_s = 0;
+            else if (store_outbox_next_due(w->st, &next, &err) == TPV_OK && next - wall_now() < wait_s)
+                wait_s = next - wall_now() > 0 ? next - wall_now() : 0;
+        }
+        store_outbox_items_free(items, n);
+        pthread_mutex_lock(&w->lock);
+        if (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) && !w->kicked && wait_s > 0) {
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            double t = (double)until.tv_sec + (double)until.tv_nsec / 1e9 + wait_s;
+            until.tv_sec = (time_t)t;
+            until.tv_nsec = (long)((t - (double)until.tv_sec) * 1e9);
+            pthread_cond_timedwait(&w->cond, &w->lock, &until);
+        }
+    }
+    pthread_mutex_unlock(&w->lock);
+    curl_easy_cleanup(c);
+    return NULL;
+}
+
+int srv_webhook_start(struct srv_webhook **out, struct store *st,
+                      const struct srv_webhook_options *opts, struct tpv_err *err)
+{
+    struct srv_webhook *w = calloc(1, sizeof *w);
+    if (!w || !(w->user_agent = strdup(opts->user_agent ? opts->user_agent : "tpvd"))) {
+        free(w);
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    w->st = st;
+    w->opts = *opts;
+    if (w->opts.max_attempts <= 0)
+        w->opts.max_attempts = 8;
+    if (w->opts.backoff_ms <= 0)
+        w->opts.backoff_ms = 1000;
+    if (w->opts.timeout_s <= 0)
+        w->opts.timeout_s = 10;
+    if (getrandom(&w->rng, sizeof w->rng, GRND_NONBLOCK) != (ssize_t)sizeof w->rng || !w->rng)
+        w->rng = (uint64_t)time(NULL) | 1;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&w->lock, NULL);
+    if (pthread_create(&w->thread, NULL, sender_main, w) != 0) {
+        pthread_cond_destroy(&w->cond);
+        pthread_mutex_destroy(&w->lock);
+        free(w->user_agent);
+        free(w);
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot start the webhook sender thread");
+    }
+    *out = w;
+    return TPV_OK;
+}
+
+void srv_webhook_notify(struct srv_webhook *w)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->lock);
+    w->kicked = true;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+void srv_webhook_stop(struct srv_webhook *w)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->lock);
+    __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->lock);
+    free(w->user_agent);
+    free(w);
+}
