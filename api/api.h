@@ -18,6 +18,11 @@
 struct store;
 struct api_metrics;
 struct api_cache;
+struct api_auth;
+
+/* Roles of bearer tokens, each implying the ones before it; API_ROLE_OPEN marks routes that need
+ * no token at all (/healthz, /readyz, /openapi.json). */
+enum api_role { API_ROLE_OPEN = 0, API_ROLE_READ, API_ROLE_WRITE, API_ROLE_ADMIN };
 
 /* Limits from the config table that handlers enforce. */
 struct api_limits {
@@ -34,6 +39,7 @@ struct api_limits {
 struct api_env {
     struct store *store;
     const char *version; /* tpvd version string */
+    struct api_auth *auth; /* access control; NULL: none (unit tests) */
     struct api_limits limits;
     struct api_metrics *metrics;          /* may be NULL */
     struct api_cache *cache;              /* rendered rankings; may be NULL */
@@ -136,6 +142,43 @@ void api_reply_errorf(struct api_response *resp, int code, const char *field, co
 
 /* Adds a response header (value copied).  Returns 0 or TPV_ENOMEM/TPV_EINVAL when full. */
 int api_response_add_header(struct api_response *resp, const char *name, const char *value);
+
+/* ---- access control (api/auth.c; DESIGN.md section 6) ---- */
+
+/* Bearer tokens: "tpv_" + 43 base64url characters (32 random bytes). */
+#define API_TOKEN_MAX 64
+
+/* Token checks against the store.  `open_without_tokens`: while no token was ever created, every
+ * request is let through (the daemon allows that on a loopback bind or with --insecure-no-auth);
+ * as soon as one exists (created by `tpvd token create` while running, noticed within a second)
+ * every non-open route needs one.  Found tokens are cached for at most a second, so a revocation
+ * takes effect within a second.  *out owns the checker (api_auth_free; NULL is a no-op). */
+int api_auth_new(struct api_auth **out, struct store *st, bool open_without_tokens);
+void api_auth_free(struct api_auth *a);
+
+/* Whether open access is in force right now (no token exists and open access is allowed). */
+bool api_auth_is_open(struct api_auth *a);
+
+/* Checks the Authorization header of METHOD PATH against the route's role (env->auth NULL lets
+ * everything through).  Returns true when the request may proceed; otherwise fills *resp with
+ * 401 unauthenticated (with WWW-Authenticate: Bearer) or 403 permission_denied and returns
+ * false.  Costs at most one indexed read; meant for the transport's first look at a request,
+ * before any body is read. */
+bool api_authorize(const struct api_env *env, struct api_request *req, struct api_response *resp);
+
+/* A fresh random token (from getrandom) into out; TPV_OK or TPV_EIO. */
+int api_token_generate(char out[API_TOKEN_MAX]);
+
+/* Lowercase hex SHA-256 of a token (what the store keeps). */
+void api_token_hash(const char *token, char hex[65]);
+
+/* The role a route needs (API_ROLE_READ for unknown paths: they are answered only to callers
+ * that may read). */
+enum api_role api_route_role(struct api_request *req);
+
+/* "read" / "write" / "admin" and back; api_role_parse returns -1 for anything else. */
+const char *api_role_name(enum api_role role);
+int api_role_parse(const char *name);
 
 /* ---- route table (for metrics labels, the OpenAPI test) ---- */
 

@@ -14,27 +14,28 @@ struct api_route {
     const char *pattern;
     api_handler_fn handler;
     const struct api_stream_ops *stream; /* NULL: buffered body */
+    enum api_role role;                  /* the least role that may call it */
 };
 
 static const struct api_route routes[] = {
-    { "GET", "/healthz", api_handle_healthz, NULL },
-    { "GET", "/readyz", api_handle_readyz, NULL },
-    { "GET", "/metrics", api_handle_metrics, NULL },
-    { "GET", "/openapi.json", api_handle_openapi, NULL },
-    { "PUT", "/v1/blobs", api_handle_blob_put, &api_blob_stream },
-    { "PUT", "/v1/blobs/{digest}", api_handle_blob_put, &api_blob_stream },
-    { "HEAD", "/v1/blobs/{digest}", api_handle_blob_head, NULL },
-    { "POST", "/v1/studies", api_handle_study_create, NULL },
-    { "GET", "/v1/studies", api_handle_study_list, NULL },
-    { "GET", "/v1/studies/{sid}", api_handle_study_get, NULL },
-    { "PUT", "/v1/studies/{sid}/inputs/{split}", api_handle_inputs_put, NULL },
-    { "POST", "/v1/studies/{sid}/candidates", api_handle_candidate_create, NULL },
-    { "GET", "/v1/studies/{sid}/candidates", api_handle_candidate_list, NULL },
-    { "GET", "/v1/studies/{sid}/candidates/{cid}", api_handle_candidate_get, NULL },
-    { "POST", "/v1/studies/{sid}/candidates/{cid}/jbr", api_handle_jbr_create, NULL },
-    { "GET", "/v1/studies/{sid}/ranking", api_handle_ranking, NULL },
-    { "GET", "/v1/jobs/{jid}", api_handle_job_get, NULL },
-    { "DELETE", "/v1/jobs/{jid}", api_handle_job_cancel, NULL },
+    { "GET", "/healthz", api_handle_healthz, NULL, API_ROLE_OPEN },
+    { "GET", "/readyz", api_handle_readyz, NULL, API_ROLE_OPEN },
+    { "GET", "/metrics", api_handle_metrics, NULL, API_ROLE_READ },
+    { "GET", "/openapi.json", api_handle_openapi, NULL, API_ROLE_OPEN },
+    { "PUT", "/v1/blobs", api_handle_blob_put, &api_blob_stream, API_ROLE_WRITE },
+    { "PUT", "/v1/blobs/{digest}", api_handle_blob_put, &api_blob_stream, API_ROLE_WRITE },
+    { "HEAD", "/v1/blobs/{digest}", api_handle_blob_head, NULL, API_ROLE_READ },
+    { "POST", "/v1/studies", api_handle_study_create, NULL, API_ROLE_WRITE },
+    { "GET", "/v1/studies", api_handle_study_list, NULL, API_ROLE_READ },
+    { "GET", "/v1/studies/{sid}", api_handle_study_get, NULL, API_ROLE_READ },
+    { "PUT", "/v1/studies/{sid}/inputs/{split}", api_handle_inputs_put, NULL, API_ROLE_WRITE },
+    { "POST", "/v1/studies/{sid}/candidates", api_handle_candidate_create, NULL, API_ROLE_WRITE },
+    { "GET", "/v1/studies/{sid}/candidates", api_handle_candidate_list, NULL, API_ROLE_READ },
+    { "GET", "/v1/studies/{sid}/candidates/{cid}", api_handle_candidate_get, NULL, API_ROLE_READ },
+    { "POST", "/v1/studies/{sid}/candidates/{cid}/jbr", api_handle_jbr_create, NULL, API_ROLE_WRITE },
+    { "GET", "/v1/studies/{sid}/ranking", api_handle_ranking, NULL, API_ROLE_READ },
+    { "GET", "/v1/jobs/{jid}", api_handle_job_get, NULL, API_ROLE_READ },
+    { "DELETE", "/v1/jobs/{jid}", api_handle_job_cancel, NULL, API_ROLE_WRITE },
 };
 #define ROUTE_COUNT (sizeof routes / sizeof routes[0])
 
@@ -133,6 +134,14 @@ void api_dispatch(const struct api_env *env, struct api_request *req, struct api
         return;
     }
     api_reply_errorf(resp, TPV_ENOTFOUND, "path", "no route for %s %s", req->method, req->path);
+}
+
+enum api_role api_route_role(struct api_request *req)
+{
+    int i = route_find(req, NULL, 0);
+    /* Unknown paths need read access too: without a token the answer is 401, not a map of the
+     * routes. */
+    return i >= 0 ? routes[i].role : API_ROLE_READ;
 }
 
 bool api_stream_begin(const struct api_env *env, struct api_request *req,

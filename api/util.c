@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/tpv_log.h"
 #include "storage/store.h"
@@ -21,10 +22,27 @@ const char *api_query(const struct api_request *req, const char *name)
     return req->query && req->transport ? req->query(req->transport, name) : NULL;
 }
 
+/* Whether a Content-Type names JSON: application/json (parameters such as charset allowed). */
+static bool media_type_is_json(const char *ct)
+{
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    size_t n = strcspn(ct, "; \t");
+    return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
+}
+
 bool api_body_object(const struct api_request *req, struct api_response *resp, json_t **out)
 {
     json_error_t jerr;
     *out = NULL;
+    /* An absent Content-Type is taken as JSON (curl users forget it); anything else is refused
+     * rather than guessed at. */
+    const char *ct = api_header(req, "Content-Type");
+    if (ct && !media_type_is_json(ct)) {
+        api_reply_errorf(resp, TPV_EMEDIATYPE, "Content-Type",
+                         "this route takes application/json, not '%.100s'", ct);
+        return false;
+    }
     if (!req->body || req->body_len == 0) {
         api_reply_errorf(resp, TPV_EINVAL, "body", "a JSON object body is required");
         return false;

@@ -6,6 +6,8 @@
 # in the same run, and reports the ranking/healthz requests-per-second ratio (target >= 0.5),
 # the ranking p99 latency (target < 10 ms) and the share of 304 answers in run 3 (target >= 0.8).
 # Needs wrk, curl and python3.  Appends nothing by itself: copy the summary to bench/RESULTS.md.
+# BENCH_AUTH=1 creates tokens first (tpvd token create) and sends a read token with every
+# measured request (a write token for the set-up), to measure the cost of access control.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-$ROOT/build}"
@@ -23,6 +25,13 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+AUTH_W=() AUTH_R=()
+if [ "${BENCH_AUTH:-0}" = 1 ]; then
+  W=$("$TPVD" token create --name bench-w --role write --data-dir "$WORK/data" 2>/dev/null)
+  R=$("$TPVD" token create --name bench-r --role read --data-dir "$WORK/data" 2>/dev/null)
+  AUTH_W=(-H "Authorization: Bearer $W") AUTH_R=(-H "Authorization: Bearer $R")
+fi
 
 "$TPVD" --listen 127.0.0.1:0 --data-dir "$WORK/data" --port-file "$WORK/port" \
   --workers 1 --http-threads 2 --log-level warn >"$WORK/log" 2>&1 &
@@ -46,21 +55,22 @@ for c in range(200):
 PY
 
 json() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval("d"+sys.argv[1]))' "$1"; }
-SID=$(curl -sf -X POST "$BASE/v1/studies" -d '{"name":"bench","noise_models":[{"name":"iso","kind":"isotropic","sigma":0.1},{"name":"sgd","kind":"sgd","lr":0.1,"batch_size":32}]}' | json '["id"]')
+SID=$(curl -sf "${AUTH_W[@]}" -H 'Content-Type: application/json' -X POST "$BASE/v1/studies" -d '{"name":"bench","noise_models":[{"name":"iso","kind":"isotropic","sigma":0.1},{"name":"sgd","kind":"sgd","lr":0.1,"batch_size":32}]}' | json '["id"]')
 for c in $(seq -w 0 199); do
-  D=$(curl -sf -X PUT --data-binary @"$WORK/d$c.npy" "$BASE/v1/blobs" | json '["digest"]')
-  curl -sf -o /dev/null -X POST "$BASE/v1/studies/$SID/candidates" \
+  D=$(curl -sf "${AUTH_W[@]}" -X PUT --data-binary @"$WORK/d$c.npy" "$BASE/v1/blobs" | json '["digest"]')
+  curl -sf "${AUTH_W[@]}" -H 'Content-Type: application/json' -o /dev/null \
+    -X POST "$BASE/v1/studies/$SID/candidates" \
     -d "{\"name\":\"c$c\",\"metadata\":{\"train_loss\":0.$c,\"run\":\"r$((10#$c % 4))\",\"epoch\":$((10#$c / 4))},\"jacobian\":{\"fit\":\"$D\"}}"
 done
 RANK="$BASE/v1/studies/$SID/ranking?split=fit"
 for _ in $(seq 600); do
-  PENDING=$(curl -sf "$RANK" | json '["pending"].__len__()')
+  PENDING=$(curl -sf "${AUTH_R[@]}" "$RANK" | json '["pending"].__len__()')
   [ "$PENDING" = 0 ] && break
   sleep 0.1
 done
-ITEMS=$(curl -sf "$RANK" | json '["items"].__len__()')
-BYTES=$(curl -sf "$RANK" | wc -c)
-ETAG=$(curl -sfI "$RANK" | tr -d '\r' | awk -F': ' 'tolower($1)=="etag"{print $2}')
+ITEMS=$(curl -sf "${AUTH_R[@]}" "$RANK" | json '["items"].__len__()')
+BYTES=$(curl -sf "${AUTH_R[@]}" "$RANK" | wc -c)
+ETAG=$(curl -sfI "${AUTH_R[@]}" "$RANK" | tr -d '\r' | awk -F': ' 'tolower($1)=="etag"{print $2}')
 
 cat >"$WORK/count.lua" <<'LUA'
 local threads = {}
@@ -79,7 +89,7 @@ LUA
 
 run() { # run NAME URL [wrk args...]
   local name="$1" url="$2"; shift 2
-  wrk -t2 -c64 -d"${SECS}s" --latency "$@" "$url" >"$WORK/$name.txt"
+  wrk -t2 -c64 -d"${SECS}s" --latency "${AUTH_R[@]}" "$@" "$url" >"$WORK/$name.txt"
   RPS=$(awk '/Requests\/sec/{print $2}' "$WORK/$name.txt")
   P99=$(awk '$1=="99%"{print $2}' "$WORK/$name.txt")
   echo "$name rps=$RPS p99=$P99"
@@ -88,7 +98,7 @@ to_ms() { # wrk latency "1.23ms" / "512.00us" / "1.01s" -> ms
   awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v} else {sub(/s$/,"",v); print v*1000} }'
 }
 
-echo "tpvd $("$TPVD" --version | awk '{print $2}'), $(nproc) cores, study of $ITEMS ranked candidates ($BYTES-byte body), wrk -t2 -c64 -d${SECS}s"
+echo "tpvd $("$TPVD" --version | awk '{print $2}'), auth=${BENCH_AUTH:-0}, $(nproc) cores, study of $ITEMS ranked candidates ($BYTES-byte body), wrk -t2 -c64 -d${SECS}s"
 run healthz "$BASE/healthz";               H_RPS=$RPS; H_P99=$P99
 run ranking "$RANK";                       R_RPS=$RPS; R_P99=$P99
 run ranking304 "$RANK" -H "If-None-Match: $ETAG" -s "$WORK/count.lua"; N_RPS=$RPS; N_P99=$P99

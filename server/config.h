@@ -29,6 +29,7 @@ struct srv_config {
     long long max_attempts;
     long long max_queued_jobs;
     long long max_connections;
+    long long max_connections_per_ip; /* 0 = no per-address limit */
     long long request_timeout_s;
     long long shutdown_grace_s;
     long long max_wait_s;

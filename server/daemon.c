@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/tpv_log.h"
+#include "server/auth.h"
 #include "server/fetch.h"
 #include "server/http.h"
 #include "server/webhook.h"
@@ -25,6 +26,7 @@ struct srv_daemon {
     struct store *store;
     struct api_metrics *metrics;
     struct api_cache *cache;
+    struct api_auth *auth;
     struct api_env env;
     /* Read by the store hooks from any thread; hook_lock keeps them alive during a call. */
     pthread_mutex_t hook_lock;
@@ -130,10 +132,13 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
         d->workers = workers;
         pthread_mutex_unlock(&d->hook_lock);
     }
+    if (rc == TPV_OK)
+        rc = srv_auth_setup(cfg, d->store, &d->auth, err);
     if (rc == TPV_OK) {
         d->env = (struct api_env){
             .store = d->store,
             .version = TPVD_VERSION,
+            .auth = d->auth,
             .limits = {
                 .max_body = cfg->max_body_bytes,
                 .max_blob = cfg->max_blob_bytes,
@@ -162,8 +167,9 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
         srv_daemon_stop(d);
         return rc;
     }
-    log_info("tpvd %s listening on %s:%u data-dir=%s workers=%ld blas-threads=%ld", TPVD_VERSION,
-             cfg->listen_host, srv_http_port(d->http), cfg->data_dir, nworkers, blas);
+    log_info("tpvd %s listening on %s:%u data-dir=%s workers=%ld blas-threads=%ld tls=%s",
+             TPVD_VERSION, cfg->listen_host, srv_http_port(d->http), cfg->data_dir, nworkers,
+             blas, cfg->tls_cert ? "on" : "off");
     *out = d;
     return TPV_OK;
 }
@@ -194,6 +200,7 @@ void srv_daemon_stop(struct srv_daemon *d)
     store_close(d->store);
     api_metrics_free(d->metrics);
     api_cache_free(d->cache);
+    api_auth_free(d->auth);
     pthread_mutex_destroy(&d->hook_lock);
     free(d);
 }

@@ -10,6 +10,7 @@
 #include "server/http.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <pthread.h>
@@ -43,6 +44,7 @@ struct srv_http {
     bool stopping;
     bool timer_started;
     pthread_t timer;
+    char *tls_cert, *tls_key; /* PEM text handed to MHD, kept for the daemon's lifetime */
 };
 
 /* State of one request, from the first access-handler call to the completion callback. */
@@ -60,6 +62,7 @@ struct http_request {
     struct api_request req;
     bool streaming;
     bool stream_failed;          /* `pending` holds the error to send */
+    bool denied;                 /* access refused: `pending` holds the 401/403 to send */
     struct api_response pending;
     /* Long-poll hold. */
     struct MHD_Connection *conn;
@@ -234,6 +237,14 @@ static uint64_t declared_length(struct MHD_Connection *conn)
     return *end == '\0' ? (uint64_t)n : 0;
 }
 
+/* Whether the client announced a body (a length > 0 or a chunked transfer). */
+static bool has_body(struct MHD_Connection *conn)
+{
+    const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    return declared_length(conn) > 0 || (te && te[0]);
+}
+
 static enum MHD_Result reply_too_large(struct srv_http *http, struct MHD_Connection *conn,
                                        struct http_request *hr)
 {
@@ -317,6 +328,18 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             .route = -1,
         };
         *con_cls = hr;
+        /* Access is decided before any body is read or a blob temporary exists.  A refused
+         * request without a body is answered on the next call (keeping the connection alive);
+         * one with a body is answered now, so that MHD closes the connection unread. */
+        if (!api_authorize(http->env, &hr->req, &hr->pending)) {
+            hr->denied = true;
+            if (has_body(conn)) {
+                enum MHD_Result ok = send_response(conn, hr, &hr->pending);
+                api_response_free(&hr->pending);
+                return ok;
+            }
+            return MHD_YES;
+        }
         hr->streaming = api_stream_begin(http->env, &hr->req, &hr->pending);
         hr->stream_failed = hr->streaming && hr->pending.status != 0;
         /* A declared length over the limit is refused before the body is sent (a client that
@@ -331,7 +354,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         /* Past the limit (or after a sink error) the rest of the body is read and dropped so
          * that the error can be sent on a healthy connection; the request timeout bounds how
          * long that lasts. */
-        if (!hr->replied && hr->streaming) {
+        if (hr->denied) {
+            /* dropped: never buffered, never streamed */
+        } else if (!hr->replied && hr->streaming) {
             if (!hr->stream_failed &&
                 api_stream_write(&hr->req, upload_data, *upload_data_size, &hr->pending) != TPV_OK)
                 hr->stream_failed = true;
@@ -346,7 +371,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     if (hr->too_large)
         return reply_too_large(http, conn, hr);
-    if (hr->stream_failed) {
+    if (hr->stream_failed || hr->denied) {
         enum MHD_Result ok = send_response(conn, hr, &hr->pending);
         api_response_free(&hr->pending);
         return ok;
@@ -409,6 +434,32 @@ static int resolve_listen(const struct srv_config *cfg, struct sockaddr_storage 
     return TPV_OK;
 }
 
+/* Reads a PEM file whole (MHD takes certificates from memory), at most 1 MiB. */
+static int read_pem(const char *path, const char *option, char **out, struct tpv_err *err)
+{
+    *out = NULL;
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return tpv_err_set(err, TPV_EINVAL, option, "--%s: cannot open %s: %s", option, path,
+                           strerror(errno));
+    size_t cap = 1u << 20, len = 0;
+    char *buf = malloc(cap + 1);
+    if (buf)
+        len = fread(buf, 1, cap + 1, fp);
+    bool bad = ferror(fp) != 0;
+    fclose(fp);
+    if (!buf)
+        return tpv_err_set(err, TPV_ENOMEM, option, "out of memory");
+    if (bad || len == 0 || len > cap || !strstr(buf, "-----BEGIN ")) {
+        free(buf);
+        return tpv_err_set(err, TPV_EINVAL, option, "--%s: %s is not a PEM file of at most 1 MiB",
+                           option, path);
+    }
+    buf[len] = '\0';
+    *out = buf;
+    return TPV_OK;
+}
+
 int srv_http_start(struct srv_http **out, const struct srv_config *cfg, const struct api_env *env,
                    struct tpv_err *err)
 {
@@ -437,17 +488,47 @@ int srv_http_start(struct srv_http **out, const struct srv_config *cfg, const st
                          MHD_ALLOW_SUSPEND_RESUME;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    http->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_access, http,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, http,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)cfg->http_threads,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->request_timeout_s,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, http,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
-        MHD_OPTION_END);
+    struct MHD_OptionItem opts[16];
+    int nopts = 0;
+#define OPT(o, v, p) (opts[nopts++] = (struct MHD_OptionItem){ (o), (intptr_t)(v), (p) })
+    OPT(MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, http);
+    OPT(MHD_OPTION_SOCK_ADDR, 0, &ss);
+    OPT(MHD_OPTION_THREAD_POOL_SIZE, cfg->http_threads, NULL);
+    OPT(MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL);
+    if (cfg->max_connections_per_ip > 0)
+        OPT(MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_ip, NULL);
+    OPT(MHD_OPTION_CONNECTION_TIMEOUT, cfg->request_timeout_s, NULL);
+    OPT(MHD_OPTION_NOTIFY_COMPLETED, on_completed, http);
+    OPT(MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, NULL);
+    if (cfg->tls_cert && cfg->tls_key) {
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            srv_http_stop(http);
+            return tpv_err_set(err, TPV_EINVAL, "tls-cert",
+                               "--tls-cert: this libmicrohttpd was built without TLS support");
+        }
+        rc = read_pem(cfg->tls_cert, "tls-cert", &http->tls_cert, err);
+        if (rc == TPV_OK)
+            rc = read_pem(cfg->tls_key, "tls-key", &http->tls_key, err);
+        if (rc != TPV_OK) {
+            srv_http_stop(http);
+            return rc;
+        }
+        flags |= MHD_USE_TLS;
+        OPT(MHD_OPTION_HTTPS_MEM_CERT, 0, http->tls_cert);
+        OPT(MHD_OPTION_HTTPS_MEM_KEY, 0, http->tls_key);
+    }
+    OPT(MHD_OPTION_END, 0, NULL);
+#undef OPT
+    http->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_access, http, MHD_OPTION_ARRAY, opts,
+                                    MHD_OPTION_END);
     if (!http->daemon) {
+        if (cfg->tls_cert) {
+            srv_http_stop(http);
+            return tpv_err_set(err, TPV_EUNAVAILABLE, "tls-cert",
+                               "cannot listen on %s with TLS (check that --tls-cert and --tls-key "
+                               "are a matching PEM certificate and key; details above)",
+                               cfg->listen);
+        }
         srv_http_stop(http);
         return tpv_err_set(err, TPV_EUNAVAILABLE, "listen", "cannot listen on %s", cfg->listen);
     }
@@ -497,5 +578,9 @@ void srv_http_stop(struct srv_http *http)
     }
     pthread_cond_destroy(&http->hold_cond);
     pthread_mutex_destroy(&http->hold_lock);
+    if (http->tls_key)
+        explicit_bzero(http->tls_key, strlen(http->tls_key));
+    free(http->tls_key);
+    free(http->tls_cert);
     free(http);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/tpv_log.h"
+#include "server/auth.h"
 #include "server/daemon.h"
 
 extern char **environ;
@@ -18,6 +19,8 @@ int main(int argc, char **argv)
     sigset_t stop_signals;
 
     tpv_err_clear(&err);
+    if (argc > 1 && strcmp(argv[1], "token") == 0)
+        return srv_token_main(argc - 1, argv + 1, environ, stdout, stderr);
     int rc = srv_config_load(&cfg, argc, argv, environ, stdout, &err);
     if (rc == SRV_CONFIG_EXIT) {
         srv_config_free(&cfg);

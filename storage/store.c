@@ -475,8 +475,9 @@ int store_open_with(struct store **out, const char *data_dir, const struct store
      * queue's crash recovery.  flock is released by the kernel when a process dies. */
     char lock_path[PATH_MAX];
     snprintf(lock_path, sizeof lock_path, "%s/lock", data_dir);
-    st->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-    if (st->lock_fd < 0 || flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    if (!o.shared)
+        st->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+    if (!o.shared && (st->lock_fd < 0 || flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0)) {
         rc = tpv_err_set(err, st->lock_fd < 0 ? TPV_EIO : TPV_EPRECONDITION, "data_dir",
                          "data dir %s is in use by another tpvd (%s)", data_dir, strerror(errno));
         store_close(st);
@@ -490,7 +491,12 @@ int store_open_with(struct store **out, const char *data_dir, const struct store
         }
         st->free_list[st->nfree++] = i;
     }
-    rc = blobs_init(st, err);
+    if (o.shared) /* the daemon owns blobs/tmp: only name the folder */
+        rc = asprintf(&st->blob_dir, "%s/blobs", data_dir) < 0
+                 ? (st->blob_dir = NULL, tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory"))
+                 : TPV_OK;
+    else
+        rc = blobs_init(st, err);
     if (rc != TPV_OK) {
         store_close(st);
         return rc;

@@ -28,6 +28,10 @@ struct store_options {
     int pool_size;         /* connections; 0 = 8 */
     bool synchronous_full; /* PRAGMA synchronous=FULL (else NORMAL); the default is FULL */
     int busy_timeout_ms;   /* 0 = 5000 */
+    /* Open beside a running daemon (the `tpvd token` commands): no folder lock, no clean-up of
+     * upload temporaries; the handle is for token functions and reads.  WAL makes the two
+     * processes' transactions safe. */
+    bool shared;
 };
 
 /* Opens (creating if needed) the data directory `data_dir`, its database `tpvd.db` (WAL, foreign
@@ -316,6 +320,41 @@ int store_outbox_fail(struct store *st, int64_t seq, const char *error, struct t
 /* Row counts: pending, delivered, failed. */
 int store_outbox_stats(struct store *st, int64_t *pending, int64_t *delivered, int64_t *failed,
                        struct tpv_err *err);
+
+/* ---- API tokens (storage/tokens.c): only SHA-256 hashes of the secrets are stored ---- */
+
+#define STORE_TOKEN_NAME_MAX 64 /* bytes of a token name, [A-Za-z0-9._-] */
+
+/* Whether `name` is a usable token name (1..STORE_TOKEN_NAME_MAX bytes of [A-Za-z0-9._-]). */
+bool store_token_name_valid(const char *name);
+
+/* Records a token: `hash_hex` is the lowercase hex SHA-256 of the secret, `role` "read", "write"
+ * or "admin".  Names are unique over every token ever created (revoked ones included), so that a
+ * name always means one secret.  TPV_EINVAL (field "name"/"role"), TPV_EEXIST (field "name"). */
+int store_token_create(struct store *st, const char *name, const char *role, const char *hash_hex,
+                       struct tpv_err *err);
+
+/* A token found by the hash of its secret (one indexed read). */
+struct store_token {
+    char hash[65];                      /* as stored: the caller compares it in constant time */
+    char role[8];
+    char name[STORE_TOKEN_NAME_MAX + 1];
+    bool revoked;
+};
+/* TPV_OK with *out filled, TPV_ENOTFOUND when no token has this hash. */
+int store_token_find(struct store *st, const char *hash_hex, struct store_token *out,
+                     struct tpv_err *err);
+
+/* Every token as [{"name","role","created_at","revoked_at"|null}] (new reference), oldest first;
+ * never the hashes. */
+int store_token_list(struct store *st, json_t **items, struct tpv_err *err);
+
+/* Revokes the token called `name` (it stays listed).  TPV_ENOTFOUND; TPV_EPRECONDITION when it was
+ * already revoked. */
+int store_token_revoke(struct store *st, const char *name, struct tpv_err *err);
+
+/* Tokens ever created, revoked ones included (auth stays on once one existed). */
+int store_token_count(struct store *st, int64_t *n, struct tpv_err *err);
 
 /* ---- statistics for /metrics ---- */
 

@@ -126,6 +126,15 @@
     X(STATS_JOBS,       "SELECT state, count(*) FROM jobs GROUP BY state")                        \
     X(STATS_BLOBS,      "SELECT count(*), coalesce(sum(size), 0) FROM blobs")                     \
     X(STATS_COUNTS,     "SELECT (SELECT count(*) FROM studies), (SELECT count(*) FROM candidates)") \
+    X(TOKEN_BY_NAME,    "SELECT 1 FROM tokens WHERE name = ?1")                                   \
+    X(TOKEN_INSERT,     "INSERT INTO tokens (id, name, hash, role, created_at) "                  \
+                        "VALUES (?1, ?2, ?3, ?4, ?5)")                                            \
+    X(TOKEN_BY_HASH,    "SELECT hash, role, revoked_at IS NOT NULL, name FROM tokens "            \
+                        "WHERE hash = ?1")                                                        \
+    X(TOKEN_LIST,       "SELECT name, role, created_at, revoked_at FROM tokens "                  \
+                        "ORDER BY created_at, name")                                              \
+    X(TOKEN_REVOKE,     "UPDATE tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL") \
+    X(TOKEN_COUNT,      "SELECT count(*) FROM tokens")                                            \
     X(BLOB_PUT,         "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) "       \
                         "ON CONFLICT (digest) DO NOTHING")
 
