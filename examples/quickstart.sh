@@ -12,15 +12,18 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA="$ROOT/examples/quickstart"
 export TPV_URL="${TPV_URL:-http://127.0.0.1:8080}"
 
-if [ ! -x "$ROOT/build/clients/tpvctl" ] || [ ! -x "$ROOT/build/server/tpvd" ]; then
+# The binaries: TPVCTL_BIN / TPVD_BIN when set (the test suite points them at its build),
+# else ./build, built first if missing.
+TPVCTL="${TPVCTL_BIN:-$ROOT/build/clients/tpvctl}"
+TPVD="${TPVD_BIN:-$ROOT/build/server/tpvd}"
+if [ ! -x "$TPVCTL" ] || [ ! -x "$TPVD" ]; then
   "$ROOT/scripts/tpv" build >&2
 fi
-TPVCTL="$ROOT/build/clients/tpvctl"
 
 # A daemon to talk to: the running one, or a temporary one on a free port.
 if ! curl -fsS "$TPV_URL/healthz" >/dev/null 2>&1; then
   tmp="$(mktemp -d)"
-  "$ROOT/build/server/tpvd" --listen 127.0.0.1:0 --data-dir "$tmp/data" --port-file "$tmp/port" \
+  "$TPVD" --listen 127.0.0.1:0 --data-dir "$tmp/data" --port-file "$tmp/port" \
     2>"$tmp/tpvd.log" &
   daemon=$!
   trap 'kill "$daemon" 2>/dev/null; wait "$daemon" 2>/dev/null; rm -rf "$tmp"' EXIT

@@ -242,8 +242,14 @@ json_t *ctl_blob_ref(const struct ctl *c, const char *arg, int *rc)
         *rc = CTL_OK;
         return json_string(arg);
     }
+    if (strncmp(arg, "http://", 7) == 0 || strncmp(arg, "https://", 8) == 0) {
+        *rc = CTL_OK;
+        return json_pack("{s:s}", "url", arg);
+    }
     char digest[72];
     bool uploaded;
     *rc = ctl_blob_put(c, arg, digest, &uploaded);
+    if (*rc == CTL_OK && !uploaded && !c->quiet)
+        fprintf(stderr, "%s: already on the server (%.19s...), upload skipped\n", arg, digest);
     return *rc == CTL_OK ? json_string(digest) : NULL;
 }

@@ -21,6 +21,7 @@ struct ctl {
     const char *url;   /* base URL without trailing slash */
     const char *token; /* bearer token or NULL */
     bool progress;     /* draw progress bars (stderr is a TTY and not --quiet) */
+    bool quiet;        /* --quiet: no notes on stderr */
 };
 
 /* Performs METHOD path with an optional JSON body (not stolen) and extra headers ("Name: v",
@@ -34,8 +35,10 @@ int ctl_call(const struct ctl *c, const char *method, const char *path, const js
  * unless present.  Writes "sha256:<hex>" into digest (72 bytes).  Returns a ctl_exit code. */
 int ctl_blob_put(const struct ctl *c, const char *path, char digest[72], bool *uploaded);
 
-/* Reference for a blob argument: "sha256:..." passes through, anything else is a file to
- * upload.  Returns a new JSON string or NULL after printing an error (*rc gets the code). */
+/* Reference for a blob argument: "sha256:..." passes through, an http:// or https:// URL becomes
+ * {"url": ...} (the server fetches it, if its operator allows the host), anything else is a file
+ * to upload (skipped, with a note unless quiet, when the server has it).  Returns a new JSON
+ * value or NULL after printing an error (*rc gets the code). */
 json_t *ctl_blob_ref(const struct ctl *c, const char *arg, int *rc);
 
 #endif

@@ -37,6 +37,9 @@ static void usage(FILE *out)
         "  jbr SID CID [--confidence C] [--batch-size B] [--wait]\n"
         "  blob put FILE                             prints the digest\n"
         "\n"
+        "FILE arguments may also be a digest sha256:<hex> or an http(s):// URL that the server\n"
+        "fetches itself (only from hosts its operator allows with tpvd --fetch-allow).\n"
+        "\n"
         "Environment: TPV_URL (default http://127.0.0.1:8080), TPV_TOKEN.\n"
         "Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 server unreachable,\n"
         "            4 job failed or canceled, 5 timeout, 6 local file error.\n");
@@ -297,8 +300,10 @@ static int candidate_body(const struct ctl *c, const struct candidate_args *a, j
             json_object_set_new(body, "weights", ref);
     } else {
         json_error_t jerr;
+        bool remote = strncmp(a->spec, "http://", 7) == 0 || strncmp(a->spec, "https://", 8) == 0;
         json_t *spec = strncmp(a->spec, "sha256:", 7) == 0 ? json_string(a->spec)
-                                                           : json_load_file(a->spec, 0, &jerr);
+                       : remote ? json_pack("{s:s}", "url", a->spec)
+                                : json_load_file(a->spec, 0, &jerr);
         if (!spec) {
             fprintf(stderr, "tpvctl: %s: %s (line %d)\n", a->spec, jerr.text, jerr.line);
             rc = CTL_ERR_LOCAL;
@@ -586,6 +591,7 @@ int main(int argc, char **argv)
     if (c.token && !c.token[0])
         c.token = NULL;
     c.progress = !quiet && isatty(STDERR_FILENO);
+    c.quiet = quiet;
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = dispatch(&c, argc - optind, argv + optind);
     curl_global_cleanup();
