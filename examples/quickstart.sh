@@ -56,6 +56,9 @@ done
 echo
 "$TPVCTL" ranking "$sid" --split probe
 echo
+echo "TPV compares models that fit their training data; leave the underfit ones out:"
+"$TPVCTL" ranking "$sid" --split probe --max-train-loss 0.05
+echo
 echo "Lower TPV = the model's predictions on unseen inputs move less when its training labels are"
 echo "perturbed, which tracks lower test loss among models that fit their training data."
 echo "Held-out test losses of these candidates, for comparison (tpvd never saw them):"
