@@ -216,6 +216,14 @@ void api_handle_metrics(const struct api_env *env, struct api_request *req, stru
     if (!env->metrics)
         memset(&empty, 0, sizeof empty);
     render(fp, env->metrics ? env->metrics : &empty, &stats, have);
+    int64_t pending, delivered, failed;
+    if (env->store && store_outbox_stats(env->store, &pending, &delivered, &failed, &err) == TPV_OK)
+        fprintf(fp, "# HELP tpvd_webhook_events Webhook events in the outbox by state.\n"
+                    "# TYPE tpvd_webhook_events gauge\n"
+                    "tpvd_webhook_events{state=\"pending\"} %lld\n"
+                    "tpvd_webhook_events{state=\"delivered\"} %lld\n"
+                    "tpvd_webhook_events{state=\"failed\"} %lld\n",
+                (long long)pending, (long long)delivered, (long long)failed);
     if (fclose(fp) != 0 || !text) {
         free(text);
         api_reply_errorf(resp, TPV_ENOMEM, NULL, "out of memory");

@@ -176,15 +176,28 @@ static json_t *schemas(void)
         "description", str, "noise_models", "type", "array", "items", ref("NoiseModel"),
         "rank_by", str, "inputs", obj, "version", integer, "created_at", str, "metadata", obj,
         "webhook_url", str)));
+    /* Shown once: in the creation response of a study with a webhook_url. */
+    json_object_set_new(json_object_get(json_object_get(s, "Study"), "properties"),
+                        "webhook_secret", json_pack("{s:s,s:s}", "type", "string", "description",
+                                                    "HMAC-SHA256 key of the X-TPV-Signature "
+                                                    "header; only in the POST response"));
     json_object_set_new(s, "StudyList", obj_schema("items", json_pack(
         "{s:{s:s,s:o},s:O}", "items", "type", "array", "items", ref("Study"), "next_page_token",
         str)));
-    json_object_set_new(s, "InputsPut", obj_schema("blob", json_pack("{s:O}", "blob", digest)));
+    /* A blob digest, or a URL the server fetches from a --fetch-allow host. */
+    json_object_set_new(s, "BlobRef", json_pack(
+        "{s:[O,{s:s,s:[s],s:{s:{s:s,s:s},s:O}}],s:s}", "oneOf", digest, "type", "object",
+        "required", "url", "properties", "url", "type", "string", "format", "uri", "digest", digest,
+        "description", "sha256 digest of an uploaded blob, or {url, digest?} fetched by the "
+        "server (403 unless the host is allowed by --fetch-allow)"));
+    json_object_set_new(s, "InputsPut", obj_schema("blob", json_pack("{s:o}", "blob",
+                                                                     ref("BlobRef"))));
     json_object_set_new(s, "CandidateCreate", obj_schema("name", json_pack(
-        "{s:O,s:O,s:{s:s,s:{s:O,s:O}},s:{s:s,s:{s:O,s:O,s:{s:s,s:O}}},s:O}", "name", str,
-        "metadata", obj, "model", "type", "object", "properties", "spec", obj, "weights", digest,
-        "jacobian", "type", "object", "properties", "fit", digest, "probe", digest, "layout",
-        "type", "array", "items", str, "weights", digest)));
+        "{s:O,s:O,s:{s:s,s:{s:O,s:o}},s:{s:s,s:{s:o,s:o,s:{s:s,s:O}}},s:o}", "name", str,
+        "metadata", obj, "model", "type", "object", "properties", "spec", obj, "weights",
+        ref("BlobRef"), "jacobian", "type", "object", "properties", "fit", ref("BlobRef"),
+        "probe", ref("BlobRef"), "layout", "type", "array", "items", str, "weights",
+        ref("BlobRef"))));
     json_object_set_new(s, "Score", obj_schema("noise,split,value", json_pack(
         "{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "noise", str, "kind", str, "split", str,
         "value", num, "stderr", num, "estimator", str, "samples", integer, "seed", integer,

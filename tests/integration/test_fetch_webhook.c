@@ -8,7 +8,8 @@
  * Webhooks: signed job.succeeded and ranking.changed events arrive (HMAC-SHA256 of the exact body
  * under the secret returned once at study creation); a receiver failing the first attempts sees
  * retries of the same event id until it accepts; events pending at SIGTERM are delivered after a
- * restart on the same data dir. */
+ * restart on the same data dir; a receiver that never accepts gets --webhook-max-attempts tries of
+ * each event, which is then marked failed (/metrics counts pending, delivered, failed). */
 #include <dirent.h>
 #include <microhttpd.h>
 #include <openssl/evp.h>
@@ -52,7 +53,7 @@ static struct {
     size_t blob_len;
     char blob_digest[80];
     pthread_mutex_t lock;
-    char secret[4][80]; /* per receiver path: /hook, /flaky, /down, (unused) */
+    char secret[4][80]; /* per receiver path: /hook, /flaky, /down, /never */
     bool down_ok;       /* /down answers 503 until set */
     struct event events[MAX_EVENTS];
     int nevents;
@@ -120,7 +121,7 @@ struct post_state {
 static int receiver_index(const char *url)
 {
     return strcmp(url, "/hook") == 0 ? 0 : strcmp(url, "/flaky") == 0 ? 1
-           : strcmp(url, "/down") == 0 ? 2 : -1;
+           : strcmp(url, "/down") == 0 ? 2 : strcmp(url, "/never") == 0 ? 3 : -1;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -153,7 +154,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         int attempt = att ? atoi(att) : 0;
         if (ri == 1 && attempt < 3)
             status = 500; /* /flaky: the first two attempts of every event fail */
-        if (ri == 2 && !srv.down_ok)
+        if ((ri == 2 && !srv.down_ok) || ri == 3)
             status = 503;
         if (ri >= 0 && srv.nevents < MAX_EVENTS) {
             struct event *e = &srv.events[srv.nevents++];
@@ -244,12 +245,37 @@ static void expect_error(const struct test_daemon *d, const struct http_result *
         fail_msg("message without '%s': %s", in_message, r->body);
 }
 
+/* The daemon of the running test, stopped by the teardown when a failed assertion left it. */
+static struct test_daemon *live;
+
+static void start_with(struct test_daemon *d, const char *max_attempts)
+{
+    live = d;
+    const char *const args[] = { "--fetch-allow", "127.0.0.1", "--max-blob", "64K",
+                                 "--webhook-backoff-ms", "100", "--workers", "1",
+                                 "--fetch-timeout", "20", "--webhook-max-attempts", max_attempts,
+                                 NULL };
+    assert_int_equal(test_daemon_start(d, args), 0);
+}
+
 static void start(struct test_daemon *d)
 {
-    static const char *const args[] = { "--fetch-allow", "127.0.0.1", "--max-blob", "64K",
-                                        "--webhook-backoff-ms", "100", "--workers", "1",
-                                        "--fetch-timeout", "20", NULL };
-    assert_int_equal(test_daemon_start(d, args), 0);
+    start_with(d, "8");
+}
+
+/* The value of a /metrics sample line (e.g. tpvd_webhook_events{state="failed"}), -1 if absent. */
+static long long metric(const struct test_daemon *d, const char *sample)
+{
+    struct http_result r;
+    char url[128];
+    long long v = -1;
+    snprintf(url, sizeof url, "%s/metrics", d->base_url);
+    assert_int_equal(http_request("GET", url, NULL, 0, NULL, &r), 0);
+    const char *at = strstr(r.body, sample);
+    if (at)
+        v = atoll(at + strlen(sample) + 1);
+    http_result_free(&r);
+    return v;
 }
 
 /* POST /v1/studies with a webhook to our receiver path; keeps the secret for that path. */
@@ -452,6 +478,7 @@ static void test_url_blobs(void **state)
 
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
+    live = NULL;
 }
 
 static void test_webhooks(void **state)
@@ -533,9 +560,56 @@ static void test_webhooks(void **state)
     start(&d);
     wait_event(&d, "/down", "job.succeeded", sid3, 20);
     wait_event(&d, "/down", "ranking.changed", sid3, 20);
+    for (double t1 = now_s(); now_s() - t1 < 5;) {
+        if (metric(&d, "tpvd_webhook_events{state=\"pending\"}") == 0)
+            break;
+        usleep(20 * 1000);
+    }
+    assert_int_equal(metric(&d, "tpvd_webhook_events{state=\"pending\"}"), 0);
+    assert_int_equal(metric(&d, "tpvd_webhook_events{state=\"failed\"}"), 0);
+    assert_true(metric(&d, "tpvd_webhook_events{state=\"delivered\"}") >= 2);
 
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
+    live = NULL;
+}
+
+/* A receiver that never accepts: each event is tried --webhook-max-attempts times, then failed. */
+static void test_webhook_gives_up(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    struct http_result r;
+    char sid[64], ref[256];
+    start_with(&d, "3");
+    create_study(&d, "/never", sid);
+    url_ref(ref, sizeof ref, "127.0.0.1", "/blob.npy");
+    add_candidate(&d, sid, "n", ref, &r);
+    assert_int_equal(r.status, 202);
+    http_result_free(&r);
+    for (double t0 = now_s(); now_s() - t0 < 20;) {
+        if (metric(&d, "tpvd_webhook_events{state=\"failed\"}") == 2)
+            break;
+        usleep(50 * 1000);
+    }
+    assert_int_equal(metric(&d, "tpvd_webhook_events{state=\"failed\"}"), 2);
+    assert_int_equal(metric(&d, "tpvd_webhook_events{state=\"pending\"}"), 0);
+    usleep(500 * 1000); /* nothing more arrives */
+    pthread_mutex_lock(&srv.lock);
+    int attempts = 0, last = 0;
+    for (int i = 0; i < srv.nevents; i++) {
+        if (strcmp(srv.events[i].path, "/never") == 0) {
+            attempts++;
+            assert_true(srv.events[i].sig_ok);
+            last = srv.events[i].attempt > last ? srv.events[i].attempt : last;
+        }
+    }
+    pthread_mutex_unlock(&srv.lock);
+    assert_int_equal(attempts, 2 * 3);
+    assert_int_equal(last, 3);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+    live = NULL;
 }
 
 static void test_bad_webhook_url(void **state)
@@ -564,6 +638,18 @@ static void test_bad_webhook_url(void **state)
     http_result_free(&r);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
+    live = NULL;
+}
+
+static int test_teardown(void **state)
+{
+    (void)state;
+    if (live && live->pid > 0) {
+        test_daemon_stop(live, SIGKILL);
+        test_daemon_cleanup(live);
+    }
+    live = NULL;
+    return 0;
 }
 
 static int setup(void **state)
@@ -583,9 +669,10 @@ static int teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_url_blobs),
-        cmocka_unit_test(test_webhooks),
-        cmocka_unit_test(test_bad_webhook_url),
+        cmocka_unit_test_teardown(test_url_blobs, test_teardown),
+        cmocka_unit_test_teardown(test_webhooks, test_teardown),
+        cmocka_unit_test_teardown(test_webhook_gives_up, test_teardown),
+        cmocka_unit_test_teardown(test_bad_webhook_url, test_teardown),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

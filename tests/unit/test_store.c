@@ -79,6 +79,91 @@ static int make_candidate(struct store *st, const char *sid, const char *name,
     return store_candidate_create(st, &c, max_queued, NULL, NULL, err);
 }
 
+/* The webhook outbox: events only for studies with a webhook, written with the job's end, each
+ * with its own id; due / retry / delivered / failed transitions; the secret is kept. */
+static void test_webhook_outbox(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], quiet[STORE_ID_MAX], now[STORE_TIME_MAX];
+    char c1[STORE_ID_MAX], j1[STORE_ID_MAX], c2[STORE_ID_MAX], j2[STORE_ID_MAX];
+    char c3[STORE_ID_MAX], j3[STORE_ID_MAX];
+    store_id_new(sid, "st");
+    store_now_rfc3339(now);
+    struct store_study_new s = {
+        .id = sid, .name = "hooked", .description = "",
+        .noise_models = "[{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.1}]",
+        .rank_by = "iso", .metadata = "{}", .created_at = now,
+        .webhook_url = "http://127.0.0.1:9/hook", .webhook_secret = "whsec_test",
+    };
+    assert_int_equal(store_study_create(f->st, &s, NULL, NULL, &err), TPV_OK);
+    make_study(f->st, quiet, "no-hook");
+    assert_int_equal(make_candidate(f->st, sid, "a", c1, j1, 0, &err), TPV_OK);
+    assert_int_equal(make_candidate(f->st, quiet, "b", c2, j2, 0, &err), TPV_OK);
+    assert_int_equal(make_candidate(f->st, sid, "c", c3, j3, 0, &err), TPV_OK);
+
+    struct store_outbox_item *items = NULL;
+    size_t n = 99;
+    double at;
+    assert_int_equal(store_outbox_due(f->st, 1e12, 10, &items, &n, &err), TPV_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_outbox_next_due(f->st, &at, &err), TPV_ENOTFOUND);
+
+    struct store_claim a, b;
+    assert_int_equal(store_job_claim(f->st, "w", 60, &a, &err), TPV_OK);
+    assert_int_equal(store_job_claim(f->st, "w", 60, &b, &err), TPV_OK);
+    struct store_score sc = { .noise = "iso", .kind = "isotropic", .split = "fit", .value = 1 };
+    assert_int_equal(store_job_succeed(f->st, j1, "w", &sc, 1, NULL, NULL, &err), TPV_OK);
+    assert_int_equal(store_job_succeed(f->st, j2, "w", &sc, 1, NULL, NULL, &err), TPV_OK);
+    store_claim_free(&a);
+    store_claim_free(&b);
+    json_t *job;
+    assert_int_equal(store_job_cancel(f->st, j3, &job, &err), TPV_OK);
+    json_decref(job);
+
+    assert_int_equal(store_outbox_due(f->st, 1e12, 10, &items, &n, &err), TPV_OK);
+    assert_int_equal(n, 3); /* job.succeeded + ranking.changed for a, job.canceled for c */
+    const char *want[] = { "job.succeeded", "ranking.changed", "job.canceled" };
+    char ids[3][STORE_ID_MAX];
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(items[i].event, want[i]);
+        assert_string_equal(items[i].study_id, sid);
+        assert_string_equal(items[i].url, "http://127.0.0.1:9/hook");
+        assert_string_equal(items[i].secret, "whsec_test");
+        assert_int_equal(items[i].attempts, 0);
+        json_t *p = json_loads(items[i].payload, 0, NULL);
+        assert_non_null(p);
+        assert_string_equal(json_string_value(json_object_get(p, "event")), want[i]);
+        snprintf(ids[i], sizeof ids[i], "%s", json_string_value(json_object_get(p, "id")));
+        assert_int_equal(strncmp(ids[i], "ev_", 3), 0);
+        if (i == 1)
+            assert_true(json_integer_value(json_object_get(p, "version")) > 1);
+        json_decref(p);
+    }
+    assert_string_not_equal(ids[0], ids[1]);
+    int64_t seq[3] = { items[0].seq, items[1].seq, items[2].seq };
+    store_outbox_items_free(items, n);
+
+    /* One delivered, one retried later, one failed for good. */
+    assert_int_equal(store_outbox_delivered(f->st, seq[0], &err), TPV_OK);
+    assert_int_equal(store_outbox_retry(f->st, seq[1], 5e11, "HTTP 500", &err), TPV_OK);
+    assert_int_equal(store_outbox_fail(f->st, seq[2], "HTTP 410", &err), TPV_OK);
+    assert_int_equal(store_outbox_due(f->st, 4e11, 10, &items, &n, &err), TPV_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(store_outbox_next_due(f->st, &at, &err), TPV_OK);
+    assert_true(at == 5e11);
+    assert_int_equal(store_outbox_due(f->st, 6e11, 10, &items, &n, &err), TPV_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(items[0].seq, seq[1]);
+    assert_int_equal(items[0].attempts, 1);
+    store_outbox_items_free(items, n);
+    int64_t pending, delivered, failed;
+    assert_int_equal(store_outbox_stats(f->st, &pending, &delivered, &failed, &err), TPV_OK);
+    assert_int_equal(pending, 1);
+    assert_int_equal(delivered, 1);
+    assert_int_equal(failed, 1);
+}
+
 static void test_ids_times_tokens(void **state)
 {
     (void)state;
@@ -417,6 +502,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_two_threads_never_double_claim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lease_expiry_and_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scores_cancel_release_ranking, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_webhook_outbox, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
