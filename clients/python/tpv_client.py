@@ -11,10 +11,13 @@
         print(item["rank"], item["name"], item["value"])
 
 Every failed call raises TPVError carrying the server's error code, message and details.
-Blobs are uploaded by digest and skipped when the server already has them (HEAD first).
+Blobs are uploaded by digest and skipped when the server already has them (HEAD first); a blob
+argument may also be {"url": "https://..."} for the server to fetch.  A webhook receiver checks
+deliveries with verify_webhook(secret, body, headers["X-TPV-Signature"]).
 """
 
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -22,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-__all__ = ["Client", "TPVError", "sha256_file"]
+__all__ = ["Client", "TPVError", "sha256_file", "verify_webhook"]
 
 _CHUNK = 1 << 20
 
@@ -45,6 +48,16 @@ def sha256_file(path):
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def verify_webhook(secret, body, signature):
+    """Whether a webhook delivery is authentic: `signature` is its X-TPV-Signature header,
+    `body` the exact bytes received, `secret` the study's webhook_secret (shown once, when the
+    study was created).  Compares in constant time."""
+    if isinstance(secret, str):
+        secret = secret.encode()
+    want = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(want, signature or "")
 
 
 class _FileBody:

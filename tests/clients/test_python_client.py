@@ -75,6 +75,10 @@ class Receiver(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         want = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
         ok = hmac.compare_digest(want, self.headers.get("X-TPV-Signature", ""))
+        assert ok == tpv_client.verify_webhook(self.secret.decode(), body,
+                                               self.headers.get("X-TPV-Signature"))
+        assert not tpv_client.verify_webhook(self.secret, body + b" ",
+                                             self.headers.get("X-TPV-Signature"))
         Receiver.events.append((self.headers.get("X-TPV-Event"), self.headers.get("X-TPV-Event-Id"),
                                 ok, json.loads(body)))
         self.send_response(204 if ok else 401)
