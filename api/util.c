@@ -73,7 +73,7 @@ bool api_check_keys(const json_t *obj, const char *const *allowed, const char *p
             ok = strcmp(*a, key) == 0;
         if (!ok) {
             char field[TPV_ERR_FIELD_MAX];
-            snprintf(field, sizeof field, "%s%.100s", prefix, key);
+            snprintf(field, sizeof field, "%s%.100s", prefix, key[0] ? key : "\"\"");
             api_reply_errorf(resp, TPV_EINVAL, field, "unknown field '%s'", field);
             return false;
         }

@@ -199,8 +199,9 @@ static int check_keys(const json_t *obj, const char *const *allowed, const char 
         for (const char *const *a = allowed; *a && !ok; a++)
             ok = strcmp(*a, key) == 0;
         if (!ok) {
+            /* An empty key still gets a visible field name (fuzzing found "" naming nothing). */
             char field[TPV_ERR_FIELD_MAX];
-            snprintf(field, sizeof field, "%s%s", prefix, key);
+            snprintf(field, sizeof field, "%s%s", prefix, key[0] ? key : "\"\"");
             return tpv_err_set(err, TPV_EINVAL, field, "unknown key '%s'", field);
         }
     }
