@@ -25,6 +25,7 @@ static void usage(FILE *out)
         "               [--description D] [--webhook URL]\n"
         "      MODEL is JSON ('{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.01}') or\n"
         "      key=value pairs (name=iso,kind=isotropic,sigma=0.01); prints the study id\n"
+        "      (and, with --webhook, the signing secret on stderr: it is shown only once)\n"
         "  study list | study get SID\n"
         "  inputs put SID fit|probe FILE            upload an input set (.npy/.safetensors)\n"
         "  candidate add SID --name N (--spec SPEC.json --weights W | --jacobian-fit F\n"
@@ -154,10 +155,16 @@ static int cmd_study_create(const struct ctl *c, int argc, char **argv)
         rc = ctl_call(c, "POST", "/v1/studies", body, NULL, NULL, NULL, &resp);
     }
     if (rc == CTL_OK) {
+        const char *secret = json_string_value(json_object_get(resp, "webhook_secret"));
         if (json_output)
             print_json(resp);
         else
             printf("%s\n", json_string_value(json_object_get(resp, "id")));
+        /* Shown once by the server: without --json it goes to stderr, so that
+         * SID=$(tpvctl study create ...) still captures the id alone. */
+        if (secret && !json_output)
+            fprintf(stderr, "webhook secret (shown only now; receivers verify X-TPV-Signature "
+                            "with it): %s\n", secret);
     }
     json_decref(resp);
     json_decref(models);

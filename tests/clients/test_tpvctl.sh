@@ -47,6 +47,15 @@ expect_rc 0 "$T" --json study get "$sid"
 grep -q '"quantization"' "$tmp/out" || fail "key=value noise model not stored: $(cat "$tmp/out")"
 grep -q '"label"' <("$T" --json study get "$sid_json") || fail "JSON noise model not stored"
 
+# A webhook: the secret is shown once, on stderr, the id alone on stdout.
+expect_rc 0 "$T" study create --name hooked --noise name=iso,kind=isotropic,sigma=0.01 \
+  --webhook http://127.0.0.1:9/hook
+[[ "$(cat "$tmp/out")" == st_* ]] && [ "$(wc -l <"$tmp/out")" -eq 1 ] || fail "id: $(cat "$tmp/out")"
+grep -q 'webhook secret .*whsec_[0-9a-f]\{64\}' "$tmp/err" || fail "no secret: $(cat "$tmp/err")"
+expect_rc 1 "$T" study create --name badhook --noise name=iso,kind=isotropic,sigma=0.01 \
+  --webhook ftp://example.com/x
+grep -q webhook_url "$tmp/err" || fail "bad webhook not named: $(cat "$tmp/err")"
+
 expect_rc 0 "$T" inputs put "$sid" fit "$Q/x_fit.npy"
 expect_rc 0 "$T" inputs put "$sid" probe "$Q/x_probe.npy"
 
