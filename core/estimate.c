@@ -1134,6 +1134,19 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
         if (rc == TPV_OK && pg && pg->fn && pg->fn(pg->ctx, pr.total > 0 ? pr.done / pr.total : 1))
             rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
     }
+    /* Overflowing models (a forward pass that reaches inf) must fail loudly, not store NaNs. */
+    for (size_t i = 0; rc == TPV_OK && i < ns; i++)
+        if (!isfinite(sc[i].value) || !isfinite(sc[i].stderr_value))
+            rc = tpv_err_set(err, TPV_ENUMERIC, "noise_models",
+                             "noise model '%s' on the %s split is not finite (%g): the model's "
+                             "outputs or gradients overflow on these inputs", sc[i].noise,
+                             tpv_split_name(sc[i].split), sc[i].value);
+    for (int s = 0; rc == TPV_OK && s < jb.nsplit; s++)
+        if (!isfinite(jb.trace[s]))
+            rc = tpv_err_set(err, TPV_ENUMERIC, "inputs",
+                             "the Jacobian trace on the %s split is not finite: the model's "
+                             "outputs or gradients overflow on these inputs",
+                             tpv_split_name((enum tpv_split)s));
     if (rc == TPV_OK) {
         json_t *st = json_object();
         if (!st) {

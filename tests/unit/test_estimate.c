@@ -680,6 +680,34 @@ static void test_determinism(void **state)
     tpv_jsrc_free(fp.src);
 }
 
+/* Finite Jacobian entries whose squares overflow (a model that blows up on its inputs) are a
+ * numerical error naming the noise model, never a stored inf/NaN. */
+static void test_overflow_is_a_numeric_error(void **state)
+{
+    (void)state;
+    double Jf[RN * RK * RP], Jp[RM * RK * RP], w[RP];
+    struct tpv_tensor wv[3];
+    random_setup(Jf, Jp, w, wv);
+    for (size_t i = 0; i < RN * RK * RP; i++)
+        Jf[i] *= 1e200;
+    const struct tpv_tensor *ws[3] = { &wv[0], &wv[1], &wv[2] };
+    struct fixture ff;
+    open_dump(&ff, Jf, RN, RK, RP, rlay, 3, ws, 3);
+    struct tpv_model_inputs extra[9];
+    all_setup(all_models, extra);
+    struct tpv_est_inputs in = { ff.src, NULL, w, false, 0, 0, all_models, 1, extra, 0 };
+    struct tpv_score *sc = NULL;
+    size_t ns = 0;
+    json_t *st = NULL;
+    struct tpv_err err;
+    assert_int_equal(tpv_estimate_scores(&in, NULL, &sc, &ns, &st, NULL, &err), TPV_ENUMERIC);
+    assert_non_null(strstr(err.message, all_models[0].name));
+    assert_non_null(strstr(err.message, "not finite"));
+    assert_null(sc);
+    assert_null(st);
+    tpv_jsrc_free(ff.src);
+}
+
 static int calls_left, calls_seen;
 static double last_fraction;
 static int cancel_cb(void *ctx, double f)
@@ -777,6 +805,7 @@ int main(void)
         cmocka_unit_test(test_label_svd_form),        cmocka_unit_test(test_hutchinson_converges),
         cmocka_unit_test(test_hutchpp_beats_hutchinson), cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_cancel_and_memory),
+        cmocka_unit_test(test_overflow_is_a_numeric_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
