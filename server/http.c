@@ -346,6 +346,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
          * sent Expect: 100-continue never sends it); the connection then closes. */
         if (declared_length(conn) > (hr->streaming ? http->max_blob : http->max_body)) {
             hr->too_large = true;
+            api_stream_end(&hr->req); /* the temporary goes before the answer does */
             return reply_too_large(http, conn, hr);
         }
         return MHD_YES;
@@ -358,8 +359,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             /* dropped: never buffered, never streamed */
         } else if (!hr->replied && hr->streaming) {
             if (!hr->stream_failed &&
-                api_stream_write(&hr->req, upload_data, *upload_data_size, &hr->pending) != TPV_OK)
+                api_stream_write(&hr->req, upload_data, *upload_data_size, &hr->pending) != TPV_OK) {
                 hr->stream_failed = true;
+                /* Discard the upload now, not when the connection completes: once the client
+                 * has its error, nothing of the refused body may remain in blobs/tmp. */
+                api_stream_end(&hr->req);
+            }
             hr->len += *upload_data_size;
         } else if (!hr->replied) {
             body_append(hr, upload_data, *upload_data_size, http->max_body);

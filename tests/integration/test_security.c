@@ -7,7 +7,8 @@
  * - a non-loopback bind without tokens refuses to start unless --insecure-no-auth;
  * - HTTPS with a self-signed certificate made here by the openssl CLI;
  * - the per-address connection limit, and a stalled (slowloris) request closed after
- *   --request-timeout while others are served. */
+ *   --request-timeout while others are served; a blob over --max-blob is 413 and leaves
+ *   nothing. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -337,7 +338,8 @@ static void test_connection_limits(void **state)
 {
     (void)state;
     struct test_daemon d = { 0 };
-    const char *args[] = { "--max-connections-per-ip", "3", "--request-timeout", "2", NULL };
+    const char *args[] = { "--max-connections-per-ip", "3", "--request-timeout", "2",
+                           "--max-blob", "4K", NULL };
     assert_int_equal(test_daemon_start(&d, args), 0);
 
     /* Slowloris: a request trickled in and then stalled is closed after the timeout... */
@@ -373,8 +375,25 @@ static void test_connection_limits(void **state)
     usleep(200 * 1000);
     expect_status(&d, "GET", "/healthz", NULL, NULL, 200, NULL);
 
+    /* A blob over --max-blob: 413 with or without a declared length, nothing stored. */
+    char url[256], dir[400];
+    snprintf(url, sizeof url, "%s/v1/blobs", d.base_url);
+    size_t big = 64 << 10;
+    char *blob = calloc(1, big);
+    const char *chunked[] = { "Transfer-Encoding: chunked", NULL };
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(http_request("PUT", url, blob, big, i ? chunked : NULL, &r), 0);
+        assert_int_equal(r.status, 413);
+        assert_string_equal(http_json_str(&r, "error.code"), "payload_too_large");
+        http_result_free(&r);
+    }
+    free(blob);
+    snprintf(dir, sizeof dir, "%s/blobs/tmp", d.data_dir);
+    assert_int_equal(count_dir(dir), 0);
+    snprintf(dir, sizeof dir, "%s/blobs/sha256", d.data_dir);
+    assert_int_equal(count_dir(dir), 0);
+
     /* A JSON route given another media type: 415 naming Content-Type. */
-    char url[256];
     snprintf(url, sizeof url, "%s/v1/studies", d.base_url);
     const char *hdrs[] = { "Content-Type: text/plain", NULL };
     assert_int_equal(http_request("POST", url, "{}", 2, hdrs, &r), 0);
