@@ -334,6 +334,23 @@ static double wait_closed(int fd, double limit)
     return -1;
 }
 
+/* /healthz answers 200 within two seconds (the daemon may not have seen a client's previous
+ * connection close yet, which counts against the per-address limit). */
+static bool healthz_ok(const struct test_daemon *d)
+{
+    for (int i = 0; i < 20; i++) {
+        struct http_result r;
+        if (http_json(d->base_url, "GET", "/healthz", NULL, NULL, &r) == 0) {
+            long st = r.status;
+            http_result_free(&r);
+            if (st == 200)
+                return true;
+        }
+        usleep(100 * 1000);
+    }
+    return false;
+}
+
 static void test_connection_limits(void **state)
 {
     (void)state;
@@ -353,7 +370,7 @@ static void test_connection_limits(void **state)
     double sent = now_s() - t0;
     /* ...while other clients are served. */
     for (int i = 0; i < 3; i++)
-        expect_status(&d, "GET", "/healthz", NULL, NULL, 200, NULL);
+        assert_true(healthz_ok(&d));
     double closed = wait_closed(slow, 10);
     close(slow);
     assert_true(closed > 0);
@@ -372,8 +389,7 @@ static void test_connection_limits(void **state)
     assert_int_equal(http_json(d.base_url, "GET", "/healthz", NULL, NULL, &r), -1);
     for (int i = 0; i < 3; i++)
         close(fds[i]);
-    usleep(200 * 1000);
-    expect_status(&d, "GET", "/healthz", NULL, NULL, 200, NULL);
+    assert_true(healthz_ok(&d));
 
     /* A blob over --max-blob: 413 with or without a declared length, nothing stored. */
     char url[256], dir[400];
