@@ -175,6 +175,8 @@ void api_token_hash(const char *token, char hex[65]);
 /* The role a route needs (API_ROLE_READ for unknown paths: they are answered only to callers
  * that may read). */
 enum api_role api_route_role(struct api_request *req);
+/* The same for a route of the table given by method and pattern ("GET", "/v1/jobs/{jid}"). */
+enum api_role api_route_role_of(const char *method, const char *pattern);
 
 /* "read" / "write" / "admin" and back; api_role_parse returns -1 for anything else. */
 const char *api_role_name(enum api_role role);

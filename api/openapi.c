@@ -123,8 +123,28 @@ static json_t *operation(const struct op *o)
     }
     json_object_set_new(responses, "default", json_pack("{s:s,s:o}", "description", "error",
                                                         "content", json_content(ref("Error"))));
-    json_t *op = json_pack("{s:s,s:s,s:o,s:o}", "operationId", o->id, "summary", o->summary,
-                           "parameters", parameters(o->path, o->method), "responses", responses);
+    /* Access control (README "Security"): open routes override the document's bearer default. */
+    enum api_role role = api_route_role_of(o->method, o->path);
+    if (role != API_ROLE_OPEN) {
+        json_object_set_new(responses, "401", json_pack("{s:s,s:o}", "description",
+                                                        "no, unknown or revoked bearer token",
+                                                        "content", json_content(ref("Error"))));
+        if (role > API_ROLE_READ)
+            json_object_set_new(responses, "403",
+                                json_pack("{s:s,s:o}", "description",
+                                          "the token's role may not call this route", "content",
+                                          json_content(ref("Error"))));
+    }
+    if (o->request && strcmp(o->request, "binary") != 0)
+        json_object_set_new(responses, "415",
+                            json_pack("{s:s,s:o}", "description",
+                                      "a Content-Type other than application/json", "content",
+                                      json_content(ref("Error"))));
+    json_t *op = json_pack("{s:s,s:s,s:o,s:o,s:s}", "operationId", o->id, "summary", o->summary,
+                           "parameters", parameters(o->path, o->method), "responses", responses,
+                           "x-tpv-role", api_role_name(role));
+    if (role == API_ROLE_OPEN)
+        json_object_set_new(op, "security", json_array());
     if (o->request && strcmp(o->request, "binary") == 0)
         json_object_set_new(op, "requestBody",
                             json_pack("{s:b,s:{s:{s:{s:s,s:s}}}}", "required", 1, "content",
@@ -242,10 +262,14 @@ json_t *api_openapi_document(void)
         }
         json_object_set_new(item, ops[i].method, operation(&ops[i]));
     }
-    return json_pack("{s:s,s:{s:s,s:s,s:s},s:o,s:{s:o}}", "openapi", "3.1.0", "info", "title",
-                     "tpvd", "version", "1", "description",
+    return json_pack("{s:s,s:{s:s,s:s,s:s},s:o,s:{s:o,s:{s:{s:s,s:s,s:s}}},s:[{s:[]}]}",
+                     "openapi", "3.1.0", "info", "title", "tpvd", "version", "1", "description",
                      "Label-free model selection by Test Prediction Variance (DESIGN.md section 5)",
-                     "paths", paths, "components", "schemas", schemas());
+                     "paths", paths, "components", "schemas", schemas(), "securitySchemes",
+                     "bearer", "type", "http", "scheme", "bearer", "description",
+                     "a token from `tpvd token create`; roles read < write < admin "
+                     "(x-tpv-role of each operation)",
+                     "security", "bearer");
 }
 
 void api_handle_openapi(const struct api_env *env, struct api_request *req, struct api_response *resp)

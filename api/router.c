@@ -8,6 +8,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 struct api_route {
     const char *method;
@@ -134,6 +135,14 @@ void api_dispatch(const struct api_env *env, struct api_request *req, struct api
         return;
     }
     api_reply_errorf(resp, TPV_ENOTFOUND, "path", "no route for %s %s", req->method, req->path);
+}
+
+enum api_role api_route_role_of(const char *method, const char *pattern)
+{
+    for (size_t i = 0; i < ROUTE_COUNT; i++)
+        if (strcasecmp(routes[i].method, method) == 0 && strcmp(routes[i].pattern, pattern) == 0)
+            return routes[i].role;
+    return API_ROLE_READ;
 }
 
 enum api_role api_route_role(struct api_request *req)

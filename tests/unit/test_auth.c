@@ -291,6 +291,29 @@ static void test_media_type(void **state)
     }
 }
 
+/* The OpenAPI document says how to authenticate and which role each operation needs. */
+static void test_openapi_security(void **state)
+{
+    (void)state;
+    json_t *doc = api_openapi_document();
+    json_t *scheme = json_object_get(json_object_get(json_object_get(doc, "components"),
+                                                     "securitySchemes"), "bearer");
+    assert_string_equal(json_string_value(json_object_get(scheme, "scheme")), "bearer");
+    json_t *paths = json_object_get(doc, "paths");
+    json_t *health = json_object_get(json_object_get(paths, "/healthz"), "get");
+    assert_int_equal(json_array_size(json_object_get(health, "security")), 0);
+    assert_non_null(json_object_get(health, "security"));
+    json_t *create = json_object_get(json_object_get(paths, "/v1/studies"), "post");
+    assert_string_equal(json_string_value(json_object_get(create, "x-tpv-role")), "write");
+    json_t *responses = json_object_get(create, "responses");
+    assert_non_null(json_object_get(responses, "401"));
+    assert_non_null(json_object_get(responses, "403"));
+    assert_non_null(json_object_get(responses, "415"));
+    json_t *metrics = json_object_get(json_object_get(paths, "/metrics"), "get");
+    assert_string_equal(json_string_value(json_object_get(metrics, "x-tpv-role")), "read");
+    json_decref(doc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -298,6 +321,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_closed_without_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_media_type, setup, teardown),
+        cmocka_unit_test(test_openapi_security),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
