@@ -120,6 +120,20 @@ static bool log_has(const struct test_daemon *d, const char *needle)
     return found;
 }
 
+/* The daemon of the running test, stopped by the teardown when a failed assertion left it. */
+static struct test_daemon *live;
+
+static int stop_live(void **state)
+{
+    (void)state;
+    if (live && live->pid > 0)
+        test_daemon_stop(live, SIGKILL);
+    if (live)
+        test_daemon_cleanup(live);
+    live = NULL;
+    return 0;
+}
+
 static size_t discard(char *p, size_t s, size_t n, void *u)
 {
     (void)p;
@@ -131,6 +145,7 @@ static void test_tokens_and_roles(void **state)
 {
     (void)state;
     struct test_daemon d = { 0 };
+    live = &d;
     assert_int_equal(test_daemon_start(&d, NULL), 0);
     assert_true(log_has(&d, "open access on loopback"));
     /* Development mode: open. */
@@ -232,12 +247,14 @@ static void test_tokens_and_roles(void **state)
     expect_status(&d, "GET", "/v1/studies", rtok, NULL, 200, NULL);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
+    live = NULL;
 }
 
 static void test_non_loopback_needs_a_token(void **state)
 {
     (void)state;
     struct test_daemon d = { 0 };
+    live = &d;
     const char *wild[] = { "--listen", "0.0.0.0:0", NULL };
     assert_int_equal(test_daemon_start(&d, wild), -1);
     assert_true(log_has(&d, "refusing to serve non-loopback address 0.0.0.0 without an API token"));
@@ -254,12 +271,14 @@ static void test_non_loopback_needs_a_token(void **state)
     expect_status(&d, "GET", "/v1/studies", tok, NULL, 200, NULL);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
+    live = NULL;
 }
 
 static void test_tls(void **state)
 {
     (void)state;
     struct test_daemon d = { 0 };
+    live = &d;
     snprintf(d.dir, sizeof d.dir, "/tmp/tpvd-test-XXXXXX");
     assert_non_null(mkdtemp(d.dir));
     char cert[400], key[400], cmd[1400];
@@ -306,6 +325,7 @@ static void test_tls(void **state)
     assert_int_equal(test_daemon_start(&d, missing), -1);
     assert_true(log_has(&d, "cannot open /nonexistent.pem"));
     test_daemon_cleanup(&d);
+    live = NULL;
 }
 
 static int connect_raw(uint16_t port)
@@ -355,6 +375,7 @@ static void test_connection_limits(void **state)
 {
     (void)state;
     struct test_daemon d = { 0 };
+    live = &d;
     const char *args[] = { "--max-connections-per-ip", "3", "--request-timeout", "2",
                            "--max-blob", "4K", NULL };
     assert_int_equal(test_daemon_start(&d, args), 0);
@@ -420,16 +441,17 @@ static void test_connection_limits(void **state)
 
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
+    live = NULL;
 }
 
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tokens_and_roles),
-        cmocka_unit_test(test_non_loopback_needs_a_token),
-        cmocka_unit_test(test_tls),
-        cmocka_unit_test(test_connection_limits),
+        cmocka_unit_test_teardown(test_tokens_and_roles, stop_live),
+        cmocka_unit_test_teardown(test_non_loopback_needs_a_token, stop_live),
+        cmocka_unit_test_teardown(test_tls, stop_live),
+        cmocka_unit_test_teardown(test_connection_limits, stop_live),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
