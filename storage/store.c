@@ -411,8 +411,20 @@ static int migrate(sqlite3 *db, struct tpv_err *err)
     return TPV_OK;
 }
 
-static int conn_open(struct store_conn *c, const char *path, const struct store_options *o,
-                     bool first, struct tpv_err *err)
+/* Called by SQLite after each commit in WAL mode, once the new data is visible to readers: the
+ * version cache's generation moves.  Registering a WAL hook replaces SQLite's own automatic
+ * checkpoint hook, so the default (checkpoint past 1000 WAL pages) is done here too. */
+static int on_wal_commit(void *ctx, sqlite3 *db, const char *schema, int wal_pages)
+{
+    struct store *st = ctx;
+    atomic_fetch_add(&st->commit_gen, 1);
+    if (wal_pages >= 1000)
+        sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return SQLITE_OK;
+}
+
+static int conn_open(struct store *st, struct store_conn *c, const char *path,
+                     const struct store_options *o, bool first, struct tpv_err *err)
 {
     if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                         SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
@@ -425,6 +437,7 @@ static int conn_open(struct store_conn *c, const char *path, const struct store_
     int rc = exec_sql(c->db, pragmas, err);
     if (rc == TPV_OK && first)
         rc = migrate(c->db, err);
+    sqlite3_wal_hook(c->db, on_wal_commit, st);
     return rc;
 }
 
@@ -461,11 +474,14 @@ int store_open_with(struct store **out, const char *data_dir, const struct store
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     st->lock_fd = -1;
     pthread_mutex_init(&st->lock, NULL);
+    pthread_mutex_init(&st->version_lock, NULL);
+    st->cache_versions = !o.shared;
     pthread_cond_init(&st->cond, NULL);
     st->data_dir = strdup(data_dir);
     st->conns = calloc((size_t)o.pool_size, sizeof *st->conns);
     st->free_list = calloc((size_t)o.pool_size, sizeof *st->free_list);
-    if (!st->data_dir || !st->conns || !st->free_list) {
+    st->versions = calloc(VERSION_CACHE_SLOTS, sizeof *st->versions);
+    if (!st->data_dir || !st->conns || !st->free_list || !st->versions) {
         store_close(st);
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     }
@@ -484,7 +500,7 @@ int store_open_with(struct store **out, const char *data_dir, const struct store
         return rc;
     }
     for (int i = 0; i < st->nconns; i++) {
-        rc = conn_open(&st->conns[i], path, &o, i == 0, err);
+        rc = conn_open(st, &st->conns[i], path, &o, i == 0, err);
         if (rc != TPV_OK) {
             store_close(st);
             return rc;
@@ -517,6 +533,8 @@ void store_close(struct store *st)
     }
     if (st->lock_fd >= 0)
         close(st->lock_fd); /* releases the flock */
+    free(st->versions);
+    pthread_mutex_destroy(&st->version_lock);
     free(st->conns);
     free(st->free_list);
     free(st->data_dir);

@@ -5,6 +5,9 @@
 #define TPV_STORE_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <sqlite3.h>
 
 #include "storage/store.h"
@@ -150,8 +153,23 @@ struct store_conn {
     sqlite3_stmt *stmts[STMT_COUNT];
 };
 
+/* Study versions as last read, valid while no write has been committed since (see
+ * store_study_version): the ranking polls of dashboards read them on every request. */
+#define VERSION_CACHE_SLOTS 1024
+struct version_slot {
+    char id[STORE_ID_MAX];
+    int64_t version;
+    uint64_t gen; /* commit generation the version was read under */
+};
+
 struct store {
     char *data_dir;
+    /* Commits seen by this process (WAL hook, after the commit is visible).  Only an exclusive
+     * (non-shared) store caches versions: no other process writes its studies. */
+    _Atomic uint64_t commit_gen;
+    bool cache_versions;
+    pthread_mutex_t version_lock;
+    struct version_slot *versions;
     char *blob_dir; /* <data>/blobs */
     struct store_conn *conns;
     int nconns;

@@ -114,8 +114,49 @@ int store_study_get(struct store *st, const char *id, json_t **out, struct tpv_e
     return rc;
 }
 
+static struct version_slot *version_slot_of(struct store *st, const char *id)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return &st->versions[h % VERSION_CACHE_SLOTS];
+}
+
+/* A version read under commit generation `gen` stays valid until the generation moves. */
+static bool version_cached(struct store *st, const char *id, uint64_t gen, int64_t *version)
+{
+    bool hit = false;
+    pthread_mutex_lock(&st->version_lock);
+    struct version_slot *v = version_slot_of(st, id);
+    if (v->gen == gen && strcmp(v->id, id) == 0) {
+        *version = v->version;
+        hit = true;
+    }
+    pthread_mutex_unlock(&st->version_lock);
+    return hit;
+}
+
+static void version_remember(struct store *st, const char *id, uint64_t gen, int64_t version)
+{
+    if (strlen(id) >= STORE_ID_MAX)
+        return;
+    pthread_mutex_lock(&st->version_lock);
+    struct version_slot *v = version_slot_of(st, id);
+    snprintf(v->id, sizeof v->id, "%s", id);
+    v->version = version;
+    v->gen = gen;
+    pthread_mutex_unlock(&st->version_lock);
+}
+
+/* Polls read this on every request: served from memory while no commit happened since it was
+ * read.  The generation is taken before the read, so a commit racing the read only makes the
+ * entry stale (never a stale version under a current generation).  Generation 0 is never cached
+ * as "valid forever": the first commit moves it. */
 int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err)
 {
+    uint64_t gen = atomic_load(&st->commit_gen) + 1; /* +1: a zeroed slot never matches */
+    if (st->cache_versions && version_cached(st, id, gen, version))
+        return TPV_OK;
     struct store_conn *c = conn_get(st);
     int rc;
     sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_VERSION, err);
@@ -127,6 +168,8 @@ int store_study_version(struct store *st, const char *id, int64_t *version, stru
         if (step == SQLITE_ROW) {
             *version = sqlite3_column_int64(s, 0);
             rc = TPV_OK;
+            if (st->cache_versions)
+                version_remember(st, id, gen, *version);
         } else if (step == SQLITE_DONE) {
             rc = tpv_err_set(err, TPV_ENOTFOUND, "study_id", "study %s not found", id);
         } else {

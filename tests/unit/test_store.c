@@ -3,6 +3,7 @@
  * queue (two threads never claim the same job, lease expiry, crash recovery, cancel), scores in
  * one transaction, and the data-dir lock. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -233,6 +234,57 @@ static void test_study_versions_and_inputs(void **state)
     json_decref(cand);
     assert_int_equal(store_candidate_get(f->st, "st_other", cid, &cand, &err), TPV_ENOTFOUND);
     assert_int_equal(store_study_get(f->st, "st_nope", &study, &err), TPV_ENOTFOUND);
+}
+
+/* Study versions are served from memory between commits: a reader polling while a writer bumps
+ * the version never sees it go back, and once the writer is done every read sees the last one. */
+struct version_race {
+    struct store *st;
+    const char *sid;
+    _Atomic bool done;
+    int64_t max_seen;
+    bool went_back;
+};
+
+static void *poll_versions(void *arg)
+{
+    struct version_race *r = arg;
+    struct tpv_err err;
+    int64_t last = -1, v;
+    while (!atomic_load(&r->done)) {
+        if (store_study_version(r->st, r->sid, &v, &err) != TPV_OK)
+            continue;
+        r->went_back |= v < last;
+        last = v;
+    }
+    r->max_seen = last;
+    return NULL;
+}
+
+static void test_version_cache_follows_commits(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], cid[STORE_ID_MAX], jid[STORE_ID_MAX];
+    make_study(f->st, sid, "versions");
+    struct version_race r = { .st = f->st, .sid = sid };
+    pthread_t reader;
+    assert_int_equal(pthread_create(&reader, NULL, poll_versions, &r), 0);
+    int64_t v0, v;
+    assert_int_equal(store_study_version(f->st, sid, &v0, &err), TPV_OK);
+    for (int i = 0; i < 50; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "c%d", i);
+        assert_int_equal(make_candidate(f->st, sid, name, cid, jid, 0, &err), TPV_OK);
+        assert_int_equal(store_study_version(f->st, sid, &v, &err), TPV_OK);
+        assert_int_equal(v, v0 + i + 1); /* the writer's own next read is never stale */
+    }
+    atomic_store(&r.done, true);
+    pthread_join(reader, NULL);
+    assert_false(r.went_back);
+    assert_true(r.max_seen <= v0 + 50);
+    assert_int_equal(store_study_version(f->st, sid, &v, &err), TPV_OK);
+    assert_int_equal(v, v0 + 50);
 }
 
 static void test_idempotency(void **state)
@@ -496,6 +548,7 @@ int main(void)
         cmocka_unit_test(test_ids_times_tokens),
         cmocka_unit_test_setup_teardown(test_schema_and_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_study_versions_and_inputs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_version_cache_follows_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idempotency, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pagination_stable_under_inserts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_limit, setup, teardown),
