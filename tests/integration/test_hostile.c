@@ -34,25 +34,6 @@ static struct test_daemon D;
 static char WTOK[128], RTOK[128];
 static int acked_blobs; /* distinct blobs acknowledged with 201 */
 
-struct buf {
-    char *p;
-    size_t n;
-};
-
-static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
-    struct buf *b = userdata;
-    size_t n = size * nmemb;
-    char *g = realloc(b->p, b->n + n + 1);
-    if (!g)
-        return 0;
-    memcpy(g + b->n, ptr, n);
-    b->p = g;
-    b->n += n;
-    b->p[b->n] = '\0';
-    return n;
-}
-
 /* One request exactly as given (the path is not normalised: "../" stays), with an optional
  * token (NULL: none) and Content-Type (NULL: none).  Returns the status; *json gets the parsed
  * body (may be NULL). */
@@ -70,7 +51,7 @@ static long req(const char *method, const char *path, const char *ctype, const v
     snprintf(ct, sizeof ct, "Content-Type:%s%s", ctype ? " " : "", ctype ? ctype : "");
     h = curl_slist_append(h, ct);
     CURL *c = curl_easy_init();
-    struct buf b = { 0 };
+    struct http_buf b = { 0 };
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
@@ -81,7 +62,7 @@ static long req(const char *method, const char *path, const char *ctype, const v
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
     }
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, http_buf_append);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
     long status = -1;
@@ -95,8 +76,8 @@ static long req(const char *method, const char *path, const char *ctype, const v
         fail_msg("%s %.80s: %s", method, path, curl_easy_strerror(cc));
     }
     if (json)
-        *json = b.p ? json_loadb(b.p, b.n, 0, NULL) : NULL;
-    free(b.p);
+        *json = b.data ? json_loadb(b.data, b.len, 0, NULL) : NULL;
+    free(b.data);
     return status;
 }
 
@@ -548,30 +529,12 @@ static void test_catalogue(void **state)
     assert_int_equal(req("GET", "/healthz", NULL, NULL, 0, NULL, NULL), 200);
 }
 
-static int token_cmd(const char *args, char *out, size_t cap)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "'%s' token %s --data-dir '%s' 2>/dev/null", getenv("TPVD_BIN"),
-             args, D.data_dir);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    if (!fgets(out, (int)cap, p))
-        out[0] = '\0';
-    out[strcspn(out, "\n")] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int setup(void **state)
 {
     (void)state;
-    snprintf(D.dir, sizeof D.dir, "/tmp/tpvd-test-XXXXXX");
-    if (!mkdtemp(D.dir))
-        return -1;
-    snprintf(D.data_dir, sizeof D.data_dir, "%s/data", D.dir);
-    if (token_cmd("create --name w --role write", WTOK, sizeof WTOK) != 0 ||
-        token_cmd("create --name r --role read", RTOK, sizeof RTOK) != 0)
+    if (test_daemon_prepare(&D) != 0 ||
+        test_daemon_token(&D, "create --name w --role write", WTOK, sizeof WTOK) != 0 ||
+        test_daemon_token(&D, "create --name r --role read", RTOK, sizeof RTOK) != 0)
         return -1;
     return test_daemon_start(&D, NULL);
 }
@@ -580,15 +543,7 @@ static int teardown(void **state)
 {
     (void)state;
     int rc = test_daemon_stop(&D, SIGTERM);
-    /* No 5xx in the whole run. */
-    FILE *fp = fopen(D.log_path, "r");
-    char line[4096];
-    int bad = 0;
-    while (fp && fgets(line, sizeof line, fp))
-        if (strstr(line, " status=5"))
-            bad++, fputs(line, stderr);
-    if (fp)
-        fclose(fp);
+    int bad = test_daemon_log_count(&D, " status=5", true); /* no 5xx in the whole run */
     test_daemon_cleanup(&D);
     return rc == 0 && bad == 0 ? 0 : -1;
 }

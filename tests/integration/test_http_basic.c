@@ -72,14 +72,7 @@ static void test_healthz_errors_and_sigterm(void **state)
 
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     /* The log has one line per request, each with a request id. */
-    FILE *fp = fopen(d.log_path, "r");
-    char line[1024];
-    int request_lines = 0;
-    while (fgets(line, sizeof line, fp))
-        if (strstr(line, "request rid=") && strstr(line, "status="))
-            request_lines++;
-    fclose(fp);
-    assert_int_equal(request_lines, 4);
+    assert_int_equal(test_daemon_log_count(&d, "request rid=", false), 4);
     test_daemon_cleanup(&d);
 }
 

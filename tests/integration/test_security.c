@@ -40,25 +40,6 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Runs `tpvd token ARGS --data-dir D`; the first line of its stdout goes to out (may be NULL).
- * Returns the exit status. */
-static int token_cmd(const struct test_daemon *d, const char *args, char *out, size_t cap)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "'%s' token %s --data-dir '%s' 2>/dev/null", getenv("TPVD_BIN"),
-             args, d->data_dir);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    char line[256] = "";
-    if (!fgets(line, sizeof line, p))
-        line[0] = '\0';
-    line[strcspn(line, "\n")] = '\0';
-    if (out)
-        snprintf(out, cap, "%s", line);
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 /* GET/POST with an optional bearer token. */
 static long call(const struct test_daemon *d, const char *method, const char *path,
                  const char *token, const char *json, struct http_result *r)
@@ -108,18 +89,6 @@ static int count_dir(const char *path)
     return n;
 }
 
-static bool log_has(const struct test_daemon *d, const char *needle)
-{
-    FILE *fp = fopen(d->log_path, "r");
-    char line[2048];
-    bool found = false;
-    while (fp && !found && fgets(line, sizeof line, fp))
-        found = strstr(line, needle) != NULL;
-    if (fp)
-        fclose(fp);
-    return found;
-}
-
 /* The daemon of the running test, stopped by the teardown when a failed assertion left it. */
 static struct test_daemon *live;
 
@@ -147,18 +116,18 @@ static void test_tokens_and_roles(void **state)
     struct test_daemon d = { 0 };
     live = &d;
     assert_int_equal(test_daemon_start(&d, NULL), 0);
-    assert_true(log_has(&d, "open access on loopback"));
+    assert_true(test_daemon_log_count(&d, "open access on loopback", false) > 0);
     /* Development mode: open. */
     expect_status(&d, "GET", "/v1/studies", NULL, NULL, 200, NULL);
 
     /* Tokens made beside the running daemon. */
     char rtok[128], wtok[128], atok[128], dup[128];
-    assert_int_equal(token_cmd(&d, "create --name reader --role read", rtok, sizeof rtok), 0);
-    assert_int_equal(token_cmd(&d, "create --name ci --role write", wtok, sizeof wtok), 0);
-    assert_int_equal(token_cmd(&d, "create --name ops --role admin", atok, sizeof atok), 0);
+    assert_int_equal(test_daemon_token(&d, "create --name reader --role read", rtok, sizeof rtok), 0);
+    assert_int_equal(test_daemon_token(&d, "create --name ci --role write", wtok, sizeof wtok), 0);
+    assert_int_equal(test_daemon_token(&d, "create --name ops --role admin", atok, sizeof atok), 0);
     assert_int_equal(strncmp(rtok, "tpv_", 4), 0);
-    assert_int_equal(token_cmd(&d, "create --name ci --role read", dup, sizeof dup), 1);
-    assert_int_equal(token_cmd(&d, "create --name x --role root", dup, sizeof dup), 2);
+    assert_int_equal(test_daemon_token(&d, "create --name ci --role read", dup, sizeof dup), 1);
+    assert_int_equal(test_daemon_token(&d, "create --name x --role root", dup, sizeof dup), 2);
     /* list never shows secrets. */
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "'%s' token list --data-dir '%s' | grep -c -e '%s' -e '%s'",
@@ -234,8 +203,8 @@ static void test_tokens_and_roles(void **state)
     assert_int_equal(connects, 1);
 
     /* Revocation is seen within a second. */
-    assert_int_equal(token_cmd(&d, "revoke ci", NULL, 0), 0);
-    assert_int_equal(token_cmd(&d, "revoke ci", NULL, 0), 1);
+    assert_int_equal(test_daemon_token(&d, "revoke ci", NULL, 0), 0);
+    assert_int_equal(test_daemon_token(&d, "revoke ci", NULL, 0), 1);
     usleep(1200 * 1000);
     expect_status(&d, "GET", "/v1/studies", wtok, NULL, 401, "unauthenticated");
     expect_status(&d, "GET", "/v1/studies", rtok, NULL, 200, NULL);
@@ -257,15 +226,15 @@ static void test_non_loopback_needs_a_token(void **state)
     live = &d;
     const char *wild[] = { "--listen", "0.0.0.0:0", NULL };
     assert_int_equal(test_daemon_start(&d, wild), -1);
-    assert_true(log_has(&d, "refusing to serve non-loopback address 0.0.0.0 without an API token"));
+    assert_true(test_daemon_log_count(&d, "refusing to serve non-loopback address 0.0.0.0 without an API token", false) > 0);
     const char *insecure[] = { "--listen", "0.0.0.0:0", "--insecure-no-auth", NULL };
     assert_int_equal(test_daemon_start(&d, insecure), 0);
-    assert_true(log_has(&d, "--insecure-no-auth"));
+    assert_true(test_daemon_log_count(&d, "--insecure-no-auth", false) > 0);
     expect_status(&d, "GET", "/v1/studies", NULL, NULL, 200, NULL);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     /* With a token, a non-loopback bind starts and requires it. */
     char tok[128];
-    assert_int_equal(token_cmd(&d, "create --name ops --role admin", tok, sizeof tok), 0);
+    assert_int_equal(test_daemon_token(&d, "create --name ops --role admin", tok, sizeof tok), 0);
     assert_int_equal(test_daemon_start(&d, wild), 0);
     expect_status(&d, "GET", "/v1/studies", NULL, NULL, 401, "unauthenticated");
     expect_status(&d, "GET", "/v1/studies", tok, NULL, 200, NULL);
@@ -291,7 +260,7 @@ static void test_tls(void **state)
     assert_int_equal(system(cmd), 0);
     const char *args[] = { "--tls-cert", cert, "--tls-key", key, NULL };
     assert_int_equal(test_daemon_start(&d, args), 0);
-    assert_true(log_has(&d, "tls=on"));
+    assert_true(test_daemon_log_count(&d, "tls=on", false) > 0);
 
     char url[256];
     snprintf(url, sizeof url, "https://127.0.0.1:%u/healthz", d.port);
@@ -323,7 +292,7 @@ static void test_tls(void **state)
     assert_int_equal(test_daemon_start(&d, bad), -1);
     const char *missing[] = { "--tls-cert", "/nonexistent.pem", "--tls-key", key, NULL };
     assert_int_equal(test_daemon_start(&d, missing), -1);
-    assert_true(log_has(&d, "cannot open /nonexistent.pem"));
+    assert_true(test_daemon_log_count(&d, "cannot open /nonexistent.pem", false) > 0);
     test_daemon_cleanup(&d);
     live = NULL;
 }

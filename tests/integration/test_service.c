@@ -423,13 +423,8 @@ static void test_full_flow(void **state)
     http_result_free(&r);
 
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
-    FILE *fp = fopen(d.log_path, "r");
-    char line[2048];
-    int transitions = 0;
-    while (fgets(line, sizeof line, fp))
-        transitions += strstr(line, "job id=") != NULL;
-    fclose(fp);
-    assert_true(transitions >= 6); /* running + terminal for each of the first three */
+    /* running + terminal for each of the first three */
+    assert_true(test_daemon_log_count(&d, "job id=", false) >= 6);
     free(fit);
     free(fit2);
     free(probe);

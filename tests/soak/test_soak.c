@@ -36,6 +36,7 @@
 #include <curl/curl.h>
 
 #include "tests/support/daemon_proc.h"
+#include "tests/support/http_client.h"
 #include "tests/support/npy.h"
 
 #define NSTUDIES 4
@@ -63,26 +64,11 @@ static double now_s(void)
 
 struct client {
     CURL *curl;
-    char *body;
-    size_t len;
+    struct http_buf resp;
     char etag[80];
     unsigned seed;
     const char *name;
 };
-
-static size_t on_body(char *p, size_t s, size_t n, void *u)
-{
-    struct client *c = u;
-    size_t k = s * n;
-    char *g = realloc(c->body, c->len + k + 1);
-    if (!g)
-        return 0;
-    memcpy(g + c->len, p, k);
-    c->body = g;
-    c->len += k;
-    c->body[c->len] = '\0';
-    return k;
-}
 
 static size_t on_header(char *p, size_t s, size_t n, void *u)
 {
@@ -118,9 +104,9 @@ static long request(struct client *c, const char *method, const char *path, cons
     if (extra)
         h = curl_slist_append(h, extra);
     snprintf(url, sizeof url, "%s%s", D.base_url, path);
-    free(c->body);
-    c->body = NULL;
-    c->len = 0;
+    free(c->resp.data);
+    c->resp.data = NULL;
+    c->resp.len = 0;
     curl_easy_setopt(c->curl, CURLOPT_URL, url);
     /* Reset the handle to a plain GET, then shape the request: a body makes it a POST that
      * CUSTOMREQUEST renames (PUT, POST); HEAD has no response body. */
@@ -146,7 +132,7 @@ static long request(struct client *c, const char *method, const char *path, cons
         long n = atomic_fetch_add(&UNEXPECTED, 1);
         if (n < 20)
             fprintf(stderr, "[%s] %s %s: unexpected %ld (%s) %.200s\n", c->name, method, path,
-                    status, cc == CURLE_OK ? "" : curl_easy_strerror(cc), c->body ? c->body : "");
+                    status, cc == CURLE_OK ? "" : curl_easy_strerror(cc), c->resp.data ? c->resp.data : "");
     }
     if (status >= 200 && status < 300)
         atomic_fetch_add(&STATUS_2XX, 1);
@@ -163,8 +149,8 @@ static void client_init(struct client *c, const char *name, unsigned seed)
     c->name = name;
     c->seed = seed;
     c->curl = curl_easy_init();
-    curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, http_buf_append);
+    curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, &c->resp);
     curl_easy_setopt(c->curl, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(c->curl, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(c->curl, CURLOPT_TIMEOUT, 30L);
@@ -174,7 +160,7 @@ static void client_init(struct client *c, const char *name, unsigned seed)
 static void client_free(struct client *c)
 {
     curl_easy_cleanup(c->curl); /* closes its connection */
-    free(c->body);
+    free(c->resp.data);
 }
 
 /* The value of "key":"..." in the last body. */
@@ -182,7 +168,7 @@ static bool body_str(const struct client *c, const char *key, char *out, size_t 
 {
     char pat[64];
     snprintf(pat, sizeof pat, "\"%s\":\"", key);
-    const char *p = c->body ? strstr(c->body, pat) : NULL;
+    const char *p = c->resp.data ? strstr(c->resp.data, pat) : NULL;
     if (!p)
         return false;
     p += strlen(pat);
@@ -258,7 +244,7 @@ static void *submitter(void *arg)
         if (request(&c, "POST", path, WTOK, "application/json", body, strlen(body), NULL,
                     OK_SUBMIT) != 202)
             continue;
-        char *jp = c.body ? strstr(c.body, "\"job\":") : NULL;
+        char *jp = c.resp.data ? strstr(c.resp.data, "\"job\":") : NULL;
         if (!jp || sscanf(jp, "\"job\":{\"id\":\"%39[^\"]\"", job) != 1) {
             /* Field order is not part of the contract: look the id up anywhere in job. */
             const char *id = jp ? strstr(jp, "\"id\":\"") : NULL;
@@ -421,21 +407,6 @@ static int settled_fds(void)
     return fds;
 }
 
-static int token_cmd(const char *args, char *out, size_t cap)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "'%s' token %s --data-dir '%s' 2>/dev/null", getenv("TPVD_BIN"),
-             args, D.data_dir);
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return -1;
-    if (!fgets(out, (int)cap, p))
-        out[0] = '\0';
-    out[strcspn(out, "\n")] = '\0';
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void test_soak(void **state)
 {
     (void)state;
@@ -532,12 +503,9 @@ static void test_soak(void **state)
 static int setup(void **state)
 {
     (void)state;
-    snprintf(D.dir, sizeof D.dir, "/tmp/tpvd-test-XXXXXX");
-    if (!mkdtemp(D.dir))
-        return -1;
-    snprintf(D.data_dir, sizeof D.data_dir, "%s/data", D.dir);
-    if (token_cmd("create --name soak-w --role write", WTOK, sizeof WTOK) != 0 ||
-        token_cmd("create --name soak-r --role read", RTOK, sizeof RTOK) != 0)
+    if (test_daemon_prepare(&D) != 0 ||
+        test_daemon_token(&D, "create --name soak-w --role write", WTOK, sizeof WTOK) != 0 ||
+        test_daemon_token(&D, "create --name soak-r --role read", RTOK, sizeof RTOK) != 0)
         return -1;
     const char *args[] = { "--log-level", "warn", NULL };
     return test_daemon_start(&D, args);
@@ -547,14 +515,7 @@ static int teardown(void **state)
 {
     (void)state;
     int rc = test_daemon_stop(&D, SIGTERM);
-    FILE *fp = fopen(D.log_path, "r");
-    char line[4096];
-    int errors = 0;
-    while (fp && fgets(line, sizeof line, fp))
-        if (strstr(line, "ERROR"))
-            errors++, fputs(line, stderr);
-    if (fp)
-        fclose(fp);
+    int errors = test_daemon_log_count(&D, "ERROR", true);
     test_daemon_cleanup(&D);
     return rc == 0 && errors == 0 ? 0 : -1;
 }

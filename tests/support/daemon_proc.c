@@ -44,6 +44,57 @@ void test_daemon_dump_log(const struct test_daemon *d)
     fclose(fp);
 }
 
+int test_daemon_prepare(struct test_daemon *d)
+{
+    if (!d->dir[0]) {
+        snprintf(d->dir, sizeof d->dir, "/tmp/tpvd-test-XXXXXX");
+        if (!mkdtemp(d->dir)) {
+            perror("mkdtemp");
+            d->dir[0] = '\0';
+            return -1;
+        }
+    }
+    snprintf(d->data_dir, sizeof d->data_dir, "%s/data", d->dir);
+    snprintf(d->log_path, sizeof d->log_path, "%s/tpvd.log", d->dir);
+    return 0;
+}
+
+int test_daemon_token(const struct test_daemon *d, const char *args, char *out, size_t cap)
+{
+    const char *bin = getenv("TPVD_BIN");
+    char cmd[1024], line[256] = "";
+    if (!bin)
+        return -1;
+    snprintf(cmd, sizeof cmd, "'%s' token %s --data-dir '%s' 2>/dev/null", bin, args, d->data_dir);
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return -1;
+    if (!fgets(line, sizeof line, p))
+        line[0] = '\0';
+    line[strcspn(line, "\n")] = '\0';
+    if (out)
+        snprintf(out, cap, "%s", line);
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+int test_daemon_log_count(const struct test_daemon *d, const char *needle, bool echo)
+{
+    FILE *fp = fopen(d->log_path, "r");
+    char line[4096];
+    int n = 0;
+    while (fp && fgets(line, sizeof line, fp)) {
+        if (!strstr(line, needle))
+            continue;
+        n++;
+        if (echo)
+            fputs(line, stderr);
+    }
+    if (fp)
+        fclose(fp);
+    return n;
+}
+
 int test_daemon_start(struct test_daemon *d, const char *const extra_args[])
 {
     const char *bin = getenv("TPVD_BIN");
@@ -51,16 +102,9 @@ int test_daemon_start(struct test_daemon *d, const char *const extra_args[])
         fprintf(stderr, "TPVD_BIN is not set (run through meson test)\n");
         return -1;
     }
-    if (!d->dir[0]) {
-        snprintf(d->dir, sizeof d->dir, "/tmp/tpvd-test-XXXXXX");
-        if (!mkdtemp(d->dir)) {
-            perror("mkdtemp");
-            return -1;
-        }
-    }
+    if (test_daemon_prepare(d) != 0)
+        return -1;
     char port_file[300];
-    snprintf(d->data_dir, sizeof d->data_dir, "%s/data", d->dir);
-    snprintf(d->log_path, sizeof d->log_path, "%s/tpvd.log", d->dir);
     snprintf(port_file, sizeof port_file, "%s/port", d->dir);
     unlink(port_file);
 

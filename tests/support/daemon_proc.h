@@ -3,6 +3,8 @@
 #ifndef TPV_TEST_DAEMON_PROC_H
 #define TPV_TEST_DAEMON_PROC_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -14,6 +16,18 @@ struct test_daemon {
     char log_path[300];
     char base_url[64];  /* http://127.0.0.1:PORT */
 };
+
+/* Creates the temporary folder and names data_dir without starting the daemon, so that a test
+ * can prepare the data dir first (tokens); test_daemon_start then uses it.  0 or -1. */
+int test_daemon_prepare(struct test_daemon *d);
+
+/* Runs `tpvd token ARGS --data-dir <data_dir>` (e.g. "create --name ci --role write"); the first
+ * line of its stdout goes to out (may be NULL).  Returns the command's exit status, -1 if it did
+ * not run. */
+int test_daemon_token(const struct test_daemon *d, const char *args, char *out, size_t cap);
+
+/* Number of lines of the daemon log containing `needle`; with echo they are copied to stderr. */
+int test_daemon_log_count(const struct test_daemon *d, const char *needle, bool echo);
 
 /* Creates a fresh temporary folder (unless d->dir is already set, to restart on the same data)
  * and starts tpvd with --listen 127.0.0.1:0 plus `extra_args` (NULL-terminated, may be NULL).

@@ -7,14 +7,9 @@
 #include <string.h>
 #include <strings.h>
 
-struct growbuf {
-    char *data;
-    size_t len;
-};
-
-static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
+size_t http_buf_append(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
-    struct growbuf *b = userdata;
+    struct http_buf *b = userdata;
     size_t n = size * nmemb;
     char *grown = realloc(b->data, b->len + n + 1);
     if (!grown)
@@ -29,7 +24,7 @@ static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
 int http_request(const char *method, const char *url, const void *body, size_t len,
                  const char *const headers[], struct http_result *out)
 {
-    struct growbuf resp = { 0 }, hdrs = { 0 };
+    struct http_buf resp = { 0 }, hdrs = { 0 };
     struct curl_slist *list = NULL;
     CURL *curl = curl_easy_init();
     memset(out, 0, sizeof *out);
@@ -51,9 +46,9 @@ int http_request(const char *method, const char *url, const void *body, size_t l
         curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
     }
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, list);
-    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, http_buf_append);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &resp);
-    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, on_data);
+    curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, http_buf_append);
     curl_easy_setopt(curl, CURLOPT_HEADERDATA, &hdrs);
     curl_easy_setopt(curl, CURLOPT_TIMEOUT, 60L);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);

@@ -13,6 +13,14 @@ struct http_result {
     json_t *json;    /* parsed body when it is JSON, else NULL */
 };
 
+/* A growable response buffer and its libcurl CURLOPT_WRITEFUNCTION (CURLOPT_WRITEDATA = the
+ * buffer): data stays NUL-terminated; free(data) when done. */
+struct http_buf {
+    char *data;
+    size_t len;
+};
+size_t http_buf_append(char *ptr, size_t size, size_t nmemb, void *userdata);
+
 /* Performs METHOD url with an optional body (len bytes) and extra headers ("Name: value",
  * NULL-terminated list, may be NULL).  Returns 0 when a response arrived (any status), -1 on a
  * transport error.  Free the result with http_result_free. */
