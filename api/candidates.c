@@ -182,8 +182,8 @@ static bool check_noise_needs(const struct tpv_noise *m, size_t n, const json_t 
     return true;
 }
 
-/* The core's verdict.  Until the core implements checking it answers TPV_EUNIMPLEMENTED: the
- * candidate is then accepted and its job fails with that error. */
+/* The core's verdict on the candidate's files against the study's noise models, and the job's
+ * memory estimate against --max-job-memory. */
 static bool core_check(const struct api_env *env, struct api_request *req, const json_t *source,
                        const struct tpv_noise *m, size_t n, struct api_response *resp)
 {
@@ -200,10 +200,6 @@ static bool core_check(const struct api_env *env, struct api_request *req, const
             api_cand_files_explain(&cf, &err);
     }
     api_cand_files_free(&cf);
-    if (rc == TPV_EUNIMPLEMENTED) {
-        log_debug("rid=%s candidate check: %s; accepting", req->request_id, tpv_err_message(&err));
-        return true;
-    }
     if (rc == TPV_OK && env->limits.max_job_memory && need > env->limits.max_job_memory)
         rc = tpv_err_set(&err, TPV_ENOSPACE, "model",
                          "the job needs %llu bytes of memory, more than --max-job-memory "
