@@ -150,8 +150,7 @@ static void version_remember(struct store *st, const char *id, uint64_t gen, int
 
 /* Polls read this on every request: served from memory while no commit happened since it was
  * read.  The generation is taken before the read, so a commit racing the read only makes the
- * entry stale (never a stale version under a current generation).  Generation 0 is never cached
- * as "valid forever": the first commit moves it. */
+ * entry stale (never a stale version under a current generation). */
 int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err)
 {
     uint64_t gen = atomic_load(&st->commit_gen) + 1; /* +1: a zeroed slot never matches */
