@@ -71,6 +71,8 @@ static const struct config_option options[] = {
     { "job-flop-budget", "TPVD_JOB_FLOP_BUDGET", OPT_SIZE, F(job_flop_budget), "1T", 0, 64 * TiB,
       "flops a job may spend on exact Jacobian diagonals before `auto` switches to Hutchinson over "
       "output projections (large K); 0 = always exact" },
+    { "idempotency-ttl", "TPVD_IDEMPOTENCY_TTL", OPT_INT, F(idempotency_ttl_s), "86400", 60,
+      31536000, "seconds an Idempotency-Key's first answer is replayed; later it is a new request" },
     { "max-wait", "TPVD_MAX_WAIT", OPT_INT, F(max_wait_s), "60", 1, 3600,
       "longest a ranking request may be held with wait= (seconds)" },
     { "max-page-size", "TPVD_MAX_PAGE_SIZE", OPT_INT, F(max_page_size), "500", 1, 10000,

@@ -32,6 +32,7 @@ struct srv_config {
     long long max_connections_per_ip; /* 0 = no per-address limit */
     long long request_timeout_s;
     long long shutdown_grace_s;
+    long long idempotency_ttl_s;
     long long max_wait_s;
     long long max_page_size;
     long long db_connections; /* 0 = auto */

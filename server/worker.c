@@ -27,6 +27,7 @@ void openblas_set_num_threads(int num_threads); /* OpenBLAS: threads of every BL
 #define PROGRESS_INTERVAL_S 0.5
 #define IDLE_WAIT_S 1
 #define MAINTENANCE_INTERVAL_S 2
+#define IDEMPOTENCY_EXPIRY_INTERVAL_S 60
 
 struct worker {
     struct srv_workers *pool;
@@ -301,11 +302,13 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Renews the leases of running jobs that have not reported for a while (a long BLAS call), and
- * re-queues jobs whose lease expired (a node that vanished; with one node, a hung worker). */
+/* Renews the leases of running jobs that have not reported for a while (a long BLAS call),
+ * re-queues jobs whose lease expired (a node that vanished; with one node, a hung worker), and
+ * forgets Idempotency-Keys older than --idempotency-ttl once a minute. */
 static void *maintenance_main(void *arg)
 {
     struct srv_workers *p = arg;
+    double last_expiry = 0; /* monotonic seconds: the first pass expires old keys at once */
     pthread_mutex_lock(&p->lock);
     while (!p->stopping) {
         struct timespec until;
@@ -331,11 +334,19 @@ static void *maintenance_main(void *arg)
             pthread_mutex_lock(&p->lock);
         }
         pthread_mutex_unlock(&p->lock);
-        int requeued = 0, failed = 0;
+        int requeued = 0, failed = 0, expired = 0;
         struct tpv_err err;
         if (store_jobs_requeue_expired(p->st, (int)p->cfg->max_attempts, 0, &requeued, &failed,
                                        &err) == TPV_OK && (requeued || failed))
             log_warn("jobs with expired leases: requeued=%d failed=%d", requeued, failed);
+        if (mono_now() - last_expiry >= IDEMPOTENCY_EXPIRY_INTERVAL_S) {
+            last_expiry = mono_now();
+            if (store_idempotency_expire(p->st, (double)p->cfg->idempotency_ttl_s, &expired,
+                                         &err) != TPV_OK)
+                log_warn("idempotency key expiry: %s", tpv_err_message(&err));
+            else if (expired)
+                log_info("idempotency keys expired: %d", expired);
+        }
         pthread_mutex_lock(&p->lock);
     }
     pthread_mutex_unlock(&p->lock);

@@ -575,6 +575,33 @@ void store_replay_free(struct store_replay *r)
     memset(r, 0, sizeof *r);
 }
 
+int store_idempotency_expire(struct store *st, double max_age_s, int *removed,
+                             struct tpv_err *err)
+{
+    /* Times are stored as fixed-width RFC 3339 UTC strings, which sort like the times. */
+    char cutoff[STORE_TIME_MAX];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    time_t then = ts.tv_sec - (time_t)max_age_s;
+    gmtime_r(&then, &tm);
+    size_t n = strftime(cutoff, sizeof cutoff, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(cutoff + n, sizeof cutoff - n, ".%03ldZ", ts.tv_nsec / 1000000L);
+    *removed = 0;
+    struct store_conn *c = conn_get(st);
+    sqlite3_stmt *s = conn_stmt(c, STMT_IDEM_EXPIRE, err);
+    int rc = s ? TPV_OK : err->code;
+    if (s) {
+        bind_text(s, 1, cutoff);
+        rc = stmt_exec(c, s, err);
+        if (rc == TPV_OK)
+            *removed = sqlite3_changes(c->db);
+    }
+    stmt_done(s);
+    conn_put(st, c);
+    return rc;
+}
+
 int idem_lookup_conn(struct store_conn *c, const struct store_idem *idem, struct store_replay *out,
                      struct tpv_err *err)
 {

@@ -92,6 +92,11 @@ struct store_replay {
 };
 void store_replay_free(struct store_replay *r);
 
+/* Forgets idempotency keys recorded more than `max_age_s` seconds ago: a retry after that is a
+ * new request.  *removed gets how many went.  TPV_OK or a storage error. */
+int store_idempotency_expire(struct store *st, double max_age_s, int *removed,
+                             struct tpv_err *err);
+
 /* Looks a key up.  TPV_OK with *out filled when it was seen with the same request hash,
  * TPV_ENOTFOUND when new, TPV_EPRECONDITION when it was used with a different body. */
 int store_idem_lookup(struct store *st, const struct store_idem *idem, struct store_replay *out,

@@ -25,6 +25,7 @@
                         "WHERE scope = ?1 AND key = ?2")                                          \
     X(IDEM_PUT,         "INSERT INTO idempotency_keys (scope, key, request_hash, status, body, "  \
                         "location, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")              \
+    X(IDEM_EXPIRE,      "DELETE FROM idempotency_keys WHERE created_at < ?1")                      \
     X(STUDY_INSERT,     "INSERT INTO studies (id, name, description, noise_models, rank_by, "     \
                         "webhook_url, metadata, created_at, webhook_secret) "                     \
                         "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)")                                    \

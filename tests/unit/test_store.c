@@ -3,6 +3,7 @@
  * queue (two threads never claim the same job, lease expiry, crash recovery, cancel), scores in
  * one transaction, and the data-dir lock. */
 #include <pthread.h>
+#include <time.h>
 #include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -317,6 +318,15 @@ static void test_idempotency(void **state)
     assert_int_equal(store_study_create(f->st, &s, &idem, &reply, &err), TPV_EEXIST);
     json_t *j;
     assert_int_equal(store_study_get(f->st, sid2, &j, &err), TPV_ENOTFOUND);
+    /* Keys expire: a young key survives a one-hour TTL, then goes with a zero TTL. */
+    int removed = -1;
+    assert_int_equal(store_idempotency_expire(f->st, 3600, &removed, &err), TPV_OK);
+    assert_int_equal(removed, 0);
+    struct timespec pause = { 0, 20 * 1000000L };
+    nanosleep(&pause, NULL);
+    assert_int_equal(store_idempotency_expire(f->st, 0, &removed, &err), TPV_OK);
+    assert_int_equal(removed, 1);
+    assert_int_equal(store_idem_lookup(f->st, &idem, &replay, &err), TPV_ENOTFOUND);
 }
 
 static void test_pagination_stable_under_inserts(void **state)
