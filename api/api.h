@@ -101,6 +101,10 @@ struct api_response {
     char hold_study[API_PARAM_MAX];
 };
 
+/* True when dispatching this buffered request may block on a remote server (a blob given by URL
+ * is fetched during the request): the transport then runs it off its own threads. */
+bool api_request_may_fetch(const struct api_env *env, const struct api_request *req);
+
 /* Routes the request and runs its handler; always leaves a complete response in *resp
  * (404/405 JSON errors for unknown routes and methods) or a hold.  resp must be zero-initialised;
  * release it with api_response_free. */

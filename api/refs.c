@@ -1,6 +1,7 @@
 /* refs.c: blob references given as URLs ({"url":"https://...","digest"?:...}) wherever the API
- * takes a blob digest, resolved before validation by fetching them synchronously through the
- * server's fetcher (env->fetch, server/fetch.c); and the webhook URL check and secret.
+ * takes a blob digest, resolved before validation by fetching them through the server's fetcher
+ * (env->fetch, server/fetch.c; the transport runs such requests off its HTTP threads, see
+ * api_request_may_fetch); and the webhook URL check and secret.
  * Design: DESIGN.md section 5 ("A blob reference may also be {"url": ...}"). */
 #include "api/handlers.h"
 
@@ -55,6 +56,14 @@ int api_webhook_secret_new(char out[API_WEBHOOK_SECRET_MAX])
         len += snprintf(out + len, (size_t)(API_WEBHOOK_SECRET_MAX - len), "%02x", raw[i]);
     memset(raw, 0, sizeof raw);
     return TPV_OK;
+}
+
+/* A cheap over-approximation: any "url" key in a JSON write (webhook_url does not match). */
+bool api_request_may_fetch(const struct api_env *env, const struct api_request *req)
+{
+    return env->fetch && req->body && req->body_len > 0 &&
+           (strcmp(req->method, "POST") == 0 || strcmp(req->method, "PUT") == 0) &&
+           strstr(req->body, "\"url\"") != NULL;
 }
 
 struct ref_ctx {

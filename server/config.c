@@ -89,6 +89,8 @@ static const struct config_option options[] = {
       "included (none by default)" },
     { "fetch-timeout", "TPVD_FETCH_TIMEOUT", OPT_INT, F(fetch_timeout_s), "300", 1, 86400,
       "seconds one blob URL fetch may take, redirects included (the request waits for it)" },
+    { "fetch-threads", "TPVD_FETCH_THREADS", OPT_INT, F(fetch_threads), "4", 1, 64,
+      "threads that run requests with blob URLs (their connection waits, HTTP threads do not)" },
     { "webhook-timeout", "TPVD_WEBHOOK_TIMEOUT", OPT_INT, F(webhook_timeout_s), "10", 1, 300,
       "seconds one webhook delivery attempt may take" },
     { "webhook-max-attempts", "TPVD_WEBHOOK_MAX_ATTEMPTS", OPT_INT, F(webhook_max_attempts), "8",

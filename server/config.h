@@ -38,6 +38,7 @@ struct srv_config {
     long long db_connections; /* 0 = auto */
     long long job_lease_s;
     long long fetch_timeout_s;
+    long long fetch_threads;
     long long webhook_timeout_s;
     long long webhook_max_attempts;
     long long webhook_backoff_ms;

@@ -44,6 +44,15 @@ struct srv_http {
     bool stopping;
     bool timer_started;
     pthread_t timer;
+    /* Requests that may block on a remote server (blob URLs) run on these threads while their
+     * connection is suspended, so that no MHD thread, and none of the other connections it
+     * serves, waits on a fetch.  Queue guarded by offload_lock. */
+    pthread_mutex_t offload_lock;
+    pthread_cond_t offload_cond;
+    struct http_request *offload_head, *offload_tail;
+    bool offload_stopping;
+    pthread_t *offload_threads;
+    int noffload;
     char *tls_cert, *tls_key; /* PEM text handed to MHD, kept for the daemon's lifetime */
 };
 
@@ -71,6 +80,10 @@ struct http_request {
     char hold_study[API_PARAM_MAX];
     bool in_list;
     struct http_request *next, *prev;
+    /* Offloaded dispatch: queued, then answered in `pending` by an offload thread. */
+    bool offloaded;
+    _Atomic bool offload_done;
+    struct http_request *offload_next;
 };
 
 static void request_free(struct http_request *hr)
@@ -302,6 +315,85 @@ static enum MHD_Result dispatch(struct srv_http *http, struct MHD_Connection *co
     }
 }
 
+/* Hands a request that may block to the offload threads and suspends its connection; the
+ * thread answers into hr->pending and resumes it (on_access then sends the answer). */
+static enum MHD_Result offload_submit(struct srv_http *http, struct MHD_Connection *conn,
+                                      struct http_request *hr)
+{
+    hr->conn = conn;
+    hr->offloaded = true;
+    pthread_mutex_lock(&http->offload_lock);
+    MHD_suspend_connection(conn);
+    hr->offload_next = NULL;
+    if (http->offload_tail)
+        http->offload_tail->offload_next = hr;
+    else
+        http->offload_head = hr;
+    http->offload_tail = hr;
+    pthread_cond_signal(&http->offload_cond);
+    pthread_mutex_unlock(&http->offload_lock);
+    return MHD_YES;
+}
+
+static void *offload_main(void *arg)
+{
+    struct srv_http *http = arg;
+    pthread_mutex_lock(&http->offload_lock);
+    for (;;) {
+        while (!http->offload_head && !http->offload_stopping)
+            pthread_cond_wait(&http->offload_cond, &http->offload_lock);
+        struct http_request *hr = http->offload_head;
+        if (!hr)
+            break; /* stopping with an empty queue */
+        http->offload_head = hr->offload_next;
+        if (!http->offload_head)
+            http->offload_tail = NULL;
+        bool stopping = http->offload_stopping;
+        pthread_mutex_unlock(&http->offload_lock);
+        if (stopping) {
+            api_reply_errorf(&hr->pending, TPV_EUNAVAILABLE, NULL, "the server is shutting down");
+        } else {
+            hr->req.hold_expired = true; /* writes never hold; answer whatever comes */
+            api_dispatch(http->env, &hr->req, &hr->pending);
+        }
+        atomic_store(&hr->offload_done, true);
+        MHD_resume_connection(hr->conn);
+        pthread_mutex_lock(&http->offload_lock);
+    }
+    pthread_mutex_unlock(&http->offload_lock);
+    return NULL;
+}
+
+static int offload_start(struct srv_http *http, int threads, struct tpv_err *err)
+{
+    pthread_mutex_init(&http->offload_lock, NULL);
+    pthread_cond_init(&http->offload_cond, NULL);
+    http->offload_threads = calloc((size_t)threads, sizeof *http->offload_threads);
+    if (!http->offload_threads)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    for (; http->noffload < threads; http->noffload++)
+        if (pthread_create(&http->offload_threads[http->noffload], NULL, offload_main, http) != 0)
+            return tpv_err_set(err, TPV_EINTERNAL, "fetch-threads", "cannot start a fetch thread");
+    return TPV_OK;
+}
+
+/* Answers what is still queued with 503 and waits for requests in flight (each bounded by the
+ * fetch timeout); every offloaded connection is resumed before MHD stops. */
+static void offload_stop(struct srv_http *http)
+{
+    if (!http->offload_threads)
+        return;
+    pthread_mutex_lock(&http->offload_lock);
+    http->offload_stopping = true;
+    pthread_cond_broadcast(&http->offload_cond);
+    pthread_mutex_unlock(&http->offload_lock);
+    for (int i = 0; i < http->noffload; i++)
+        pthread_join(http->offload_threads[i], NULL);
+    free(http->offload_threads);
+    pthread_cond_destroy(&http->offload_cond);
+    pthread_mutex_destroy(&http->offload_lock);
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload_data,
                                  size_t *upload_data_size, void **con_cls)
@@ -376,11 +468,17 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     if (hr->too_large)
         return reply_too_large(http, conn, hr);
-    if (hr->stream_failed || hr->denied) {
+    if (hr->stream_failed || hr->denied || (hr->offloaded && atomic_load(&hr->offload_done))) {
         enum MHD_Result ok = send_response(conn, hr, &hr->pending);
         api_response_free(&hr->pending);
         return ok;
     }
+    if (hr->offloaded)
+        return MHD_YES; /* resumed before the answer was ready: cannot happen, wait anyway */
+    hr->req.body = hr->body ? hr->body : "";
+    hr->req.body_len = hr->len;
+    if (api_request_may_fetch(http->env, &hr->req))
+        return offload_submit(http, conn, hr);
     return dispatch(http, conn, hr);
 }
 
@@ -486,6 +584,11 @@ int srv_http_start(struct srv_http **out, const struct srv_config *cfg, const st
         return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot start the long-poll timer");
     }
     http->timer_started = true;
+    rc = offload_start(http, (int)cfg->fetch_threads, err);
+    if (rc != TPV_OK) {
+        srv_http_stop(http);
+        return rc;
+    }
     if (getrandom(&http->rid_prefix, sizeof http->rid_prefix, 0) != sizeof http->rid_prefix)
         http->rid_prefix = (uint32_t)time(NULL);
 
@@ -575,6 +678,7 @@ void srv_http_stop(struct srv_http *http)
     release_holds(http);
     if (http->timer_started)
         pthread_join(http->timer, NULL);
+    offload_stop(http);
     if (http->daemon) {
         /* Give resumed holds a moment to be answered before connections close. */
         struct timespec ts = { 0, 20 * 1000000L };

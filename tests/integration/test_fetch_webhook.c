@@ -90,6 +90,8 @@ static bool signature_ok(const char *secret, const char *body, size_t len, const
     return strcmp(want, header) == 0;
 }
 
+#define SLOW_SECONDS 3
+
 static enum MHD_Result send_buf(struct MHD_Connection *c, unsigned status, const void *buf,
                                 size_t len, const char *location)
 {
@@ -195,6 +197,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (strcmp(url, "/redirect-loop") == 0)
         return send_buf(c, 302, "", 0, "/redirect-loop");
+    if (strcmp(url, "/slow.npy") == 0) { /* a slow upstream (this server has a thread each) */
+        sleep(SLOW_SECONDS);
+        return send_buf(c, 200, srv.blob, srv.blob_len, NULL);
+    }
     return send_buf(c, 404, "no such thing", 13, NULL);
 }
 
@@ -641,6 +647,64 @@ static void test_bad_webhook_url(void **state)
     live = NULL;
 }
 
+struct slow_put {
+    const struct test_daemon *d;
+    char path[128], body[256];
+    struct http_result r;
+    int rc;
+};
+
+static void *put_slow(void *arg)
+{
+    struct slow_put *sp = arg;
+    sp->rc = http_json(sp->d->base_url, "PUT", sp->path, sp->body, NULL, &sp->r);
+    return NULL;
+}
+
+/* A blob fetched from a slow server does not stall the daemon: with a single HTTP thread, other
+ * requests are answered at once while the fetch runs, and the fetching request completes. */
+static void test_slow_fetch_does_not_block(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    live = &d;
+    const char *const args[] = { "--fetch-allow", "127.0.0.1", "--http-threads", "1",
+                                 "--workers", "1", NULL };
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    char sid[64];
+    create_study(&d, "/hook", sid);
+    struct slow_put sp = { .d = &d };
+    snprintf(sp.path, sizeof sp.path, "/v1/studies/%s/inputs/fit", sid);
+    snprintf(sp.body, sizeof sp.body, "{\"url\":\"http://127.0.0.1:%u/slow.npy\"}", srv.port);
+    pthread_t t;
+    double t0 = now_s();
+    assert_int_equal(pthread_create(&t, NULL, put_slow, &sp), 0);
+    struct timespec settle = { 0, 300 * 1000000L }; /* the fetch is under way */
+    nanosleep(&settle, NULL);
+    double worst = 0;
+    for (int i = 0; i < 10; i++) {
+        struct http_result r;
+        double a = now_s();
+        assert_int_equal(http_json(d.base_url, "GET", "/healthz", NULL, NULL, &r), 0);
+        assert_int_equal(r.status, 200);
+        http_result_free(&r);
+        worst = now_s() - a > worst ? now_s() - a : worst;
+    }
+    assert_true(now_s() - t0 < SLOW_SECONDS); /* all answered while the fetch was running */
+    if (worst > 0.5)
+        fail_msg("a /healthz took %.3f s during a slow fetch", worst);
+    pthread_join(t, NULL);
+    assert_int_equal(sp.rc, 0);
+    if (sp.r.status != 200)
+        fail_msg("slow fetch: %ld %s", sp.r.status, sp.r.body);
+    assert_string_equal(http_json_str(&sp.r, "inputs.fit.digest"), srv.blob_digest);
+    assert_true(now_s() - t0 >= SLOW_SECONDS);
+    http_result_free(&sp.r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+    live = NULL;
+}
+
 static int test_teardown(void **state)
 {
     (void)state;
@@ -670,6 +734,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_url_blobs, test_teardown),
+        cmocka_unit_test_teardown(test_slow_fetch_does_not_block, test_teardown),
         cmocka_unit_test_teardown(test_webhooks, test_teardown),
         cmocka_unit_test_teardown(test_webhook_gives_up, test_teardown),
         cmocka_unit_test_teardown(test_bad_webhook_url, test_teardown),
