@@ -184,6 +184,7 @@ void srv_daemon_stop(struct srv_daemon *d)
     d->http = NULL;
     pthread_mutex_unlock(&d->hook_lock);
     srv_http_quiesce(http);
+    srv_fetch_abort(d->fetch); /* a request waiting on a slow upstream answers 503 now */
     srv_http_stop(http);
     pthread_mutex_lock(&d->hook_lock);
     struct srv_workers *workers = d->workers;

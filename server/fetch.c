@@ -7,6 +7,7 @@
 #include "server/fetch.h"
 
 #include <curl/curl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,23 @@ struct srv_fetch {
     char *user_agent;
     uint64_t max_size;
     long connect_timeout_s, timeout_s;
+    _Atomic bool aborting; /* srv_fetch_abort: transfers in flight stop at their next callback */
 };
+
+void srv_fetch_abort(struct srv_fetch *f)
+{
+    if (f)
+        atomic_store(&f->aborting, true);
+}
+
+/* libcurl calls this at least once a second, also while waiting for an answer. */
+static int on_transfer_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                                curl_off_t ulnow)
+{
+    const struct srv_fetch *f = ud;
+    (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
+    return atomic_load(&f->aborting) ? 1 : 0;
+}
 
 int srv_fetch_new(struct srv_fetch **out, struct store *st, const struct srv_fetch_options *opts,
                   struct tpv_err *err)
@@ -184,6 +201,9 @@ static int fetch_hop(struct transfer *t, const char *url, const struct url_parts
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_transfer_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, t->f);
     CURLcode res = curl_easy_perform(c);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
     if (t->failed) {
@@ -202,6 +222,10 @@ static int fetch_hop(struct transfer *t, const char *url, const struct url_parts
     if (res == CURLE_WRITE_ERROR && t->discarded > DISCARD_MAX)
         return tpv_err_set(err, TPV_EUNAVAILABLE, field, "%s: %s answered HTTP %ld", field,
                            up->shown, *status);
+    if (res == CURLE_ABORTED_BY_CALLBACK)
+        return tpv_err_set(err, TPV_EUNAVAILABLE, field,
+                           "%s: fetching %s was stopped: the server is shutting down", field,
+                           up->shown);
     if (res != CURLE_OK)
         return tpv_err_set(err, TPV_EUNAVAILABLE, field, "%s: fetching %s failed: %s", field,
                            up->shown, errbuf[0] ? errbuf : curl_easy_strerror(res));

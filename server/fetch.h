@@ -29,6 +29,11 @@ int srv_fetch_new(struct srv_fetch **out, struct store *st, const struct srv_fet
                   struct tpv_err *err);
 void srv_fetch_free(struct srv_fetch *f); /* NULL is a no-op */
 
+/* Makes transfers in flight and every later one fail at once with TPV_EUNAVAILABLE ("shutting
+ * down"), so that a slow upstream cannot hold shutdown for the whole fetch timeout.  Thread-safe;
+ * NULL is a no-op. */
+void srv_fetch_abort(struct srv_fetch *f);
+
 /* Downloads `url` into the blob store (the api_env.fetch callback; ctx is the srv_fetch).
  * See api.h for the contract: TPV_EINVAL (bad URL, digest mismatch), TPV_EPERM (host, or a
  * redirect's host, not allowed), TPV_ETOOLARGE, TPV_EUNAVAILABLE (connection, timeout, upstream

@@ -91,6 +91,7 @@ static bool signature_ok(const char *secret, const char *body, size_t len, const
 }
 
 #define SLOW_SECONDS 3
+#define STALLED_SECONDS 8
 
 static enum MHD_Result send_buf(struct MHD_Connection *c, unsigned status, const void *buf,
                                 size_t len, const char *location)
@@ -199,6 +200,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return send_buf(c, 302, "", 0, "/redirect-loop");
     if (strcmp(url, "/slow.npy") == 0) { /* a slow upstream (this server has a thread each) */
         sleep(SLOW_SECONDS);
+        return send_buf(c, 200, srv.blob, srv.blob_len, NULL);
+    }
+    if (strcmp(url, "/stalled.npy") == 0) { /* answers long after any sensible shutdown */
+        sleep(STALLED_SECONDS);
         return send_buf(c, 200, srv.blob, srv.blob_len, NULL);
     }
     return send_buf(c, 404, "no such thing", 13, NULL);
@@ -705,6 +710,40 @@ static void test_slow_fetch_does_not_block(void **state)
     live = NULL;
 }
 
+/* SIGTERM while a request waits on a stalled upstream: the fetch is abandoned, the request gets
+ * 503 unavailable, and the daemon exits cleanly in well under the upstream's delay. */
+static void test_shutdown_abandons_a_stalled_fetch(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    live = &d;
+    const char *const args[] = { "--fetch-allow", "127.0.0.1", "--workers", "1", NULL };
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    char sid[64];
+    create_study(&d, "/hook", sid);
+    struct slow_put sp = { .d = &d };
+    snprintf(sp.path, sizeof sp.path, "/v1/studies/%s/inputs/fit", sid);
+    snprintf(sp.body, sizeof sp.body, "{\"url\":\"http://127.0.0.1:%u/stalled.npy\"}",
+             srv.port);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, put_slow, &sp), 0);
+    struct timespec settle = { 0, 500 * 1000000L };
+    nanosleep(&settle, NULL);
+    double t0 = now_s();
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    double took = now_s() - t0;
+    pthread_join(t, NULL);
+    if (took > STALLED_SECONDS / 2.0)
+        fail_msg("shutdown took %.1f s with a stalled fetch in flight", took);
+    assert_int_equal(sp.rc, 0);
+    assert_int_equal(sp.r.status, 503);
+    assert_string_equal(http_json_str(&sp.r, "error.code"), "unavailable");
+    assert_non_null(strstr(http_json_str(&sp.r, "error.message"), "shutting down"));
+    http_result_free(&sp.r);
+    test_daemon_cleanup(&d);
+    live = NULL;
+}
+
 static int test_teardown(void **state)
 {
     (void)state;
@@ -735,6 +774,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_url_blobs, test_teardown),
         cmocka_unit_test_teardown(test_slow_fetch_does_not_block, test_teardown),
+        cmocka_unit_test_teardown(test_shutdown_abandons_a_stalled_fetch, test_teardown),
         cmocka_unit_test_teardown(test_webhooks, test_teardown),
         cmocka_unit_test_teardown(test_webhook_gives_up, test_teardown),
         cmocka_unit_test_teardown(test_bad_webhook_url, test_teardown),
