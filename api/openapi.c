@@ -49,6 +49,12 @@ static const struct op ops[] = {
     { "get", "/v1/jobs/{jid}", "getJob", "A job with its state and progress", NULL, 200, "Job",
       "404" },
     { "delete", "/v1/jobs/{jid}", "cancelJob", "Cancel a job", NULL, 200, "Job", "404 409" },
+    { "post", "/v1/tokens", "createToken", "Create an API token (admin); the secret is in this "
+      "response only", "TokenCreate", 201, "TokenCreated", "400 409" },
+    { "get", "/v1/tokens", "listTokens", "API tokens: names, roles, times, never secrets (admin)",
+      NULL, 200, "TokenList", "" },
+    { "delete", "/v1/tokens/{name}", "revokeToken", "Revoke an API token (admin)", NULL, 200,
+      "TokenRevoked", "404 409" },
 };
 #define OP_COUNT (sizeof ops / sizeof ops[0])
 
@@ -243,6 +249,15 @@ static json_t *schemas(void)
         "by", str, "split", str, "version", integer, "items", "type", "array", "items", obj,
         "excluded", "type", "array", "items", obj, "pending", "type", "array", "items", obj,
         "trajectories", "type", "array", "items", obj)));
+    json_object_set_new(s, "TokenCreate", obj_schema("name,role", json_pack(
+        "{s:O,s:{s:s,s:[sss]}}", "name", str, "role", "type", "string", "enum", "read", "write",
+        "admin")));
+    json_object_set_new(s, "TokenCreated", obj_schema("name,role,token", json_pack(
+        "{s:O,s:O,s:O}", "name", str, "role", str, "token", str)));
+    json_object_set_new(s, "TokenList", obj_schema("items", json_pack(
+        "{s:{s:s,s:O}}", "items", "type", "array", "items", obj)));
+    json_object_set_new(s, "TokenRevoked", obj_schema("name,revoked", json_pack(
+        "{s:O,s:{s:s}}", "name", str, "revoked", "type", "boolean")));
     json_decref(str);
     json_decref(num);
     json_decref(obj);

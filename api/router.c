@@ -37,6 +37,9 @@ static const struct api_route routes[] = {
     { "GET", "/v1/studies/{sid}/ranking", api_handle_ranking, NULL, API_ROLE_READ },
     { "GET", "/v1/jobs/{jid}", api_handle_job_get, NULL, API_ROLE_READ },
     { "DELETE", "/v1/jobs/{jid}", api_handle_job_cancel, NULL, API_ROLE_WRITE },
+    { "POST", "/v1/tokens", api_handle_token_create, NULL, API_ROLE_ADMIN },
+    { "GET", "/v1/tokens", api_handle_token_list, NULL, API_ROLE_ADMIN },
+    { "DELETE", "/v1/tokens/{name}", api_handle_token_revoke, NULL, API_ROLE_ADMIN },
 };
 #define ROUTE_COUNT (sizeof routes / sizeof routes[0])
 

@@ -202,6 +202,32 @@ static void test_tokens_and_roles(void **state)
     curl_easy_cleanup(curl);
     assert_int_equal(connects, 1);
 
+    /* Token management over the API is the admin role's: create (secret shown once), list
+     * (never secrets), revoke. */
+    const char *mk = "{\"name\":\"dash\",\"role\":\"read\"}";
+    expect_status(&d, "POST", "/v1/tokens", wtok, mk, 403, "permission_denied");
+    expect_status(&d, "GET", "/v1/tokens", rtok, NULL, 403, "permission_denied");
+    expect_status(&d, "POST", "/v1/tokens", atok, "{\"name\":\"x\",\"role\":\"root\"}", 400,
+                  "invalid_argument");
+    assert_int_equal(call(&d, "POST", "/v1/tokens", atok, mk, &r), 201);
+    char dtok[128];
+    snprintf(dtok, sizeof dtok, "%s", http_json_str(&r, "token"));
+    assert_int_equal(strncmp(dtok, "tpv_", 4), 0);
+    http_result_free(&r);
+    expect_status(&d, "POST", "/v1/tokens", atok, mk, 409, "already_exists");
+    expect_status(&d, "GET", "/v1/studies", dtok, NULL, 200, NULL);
+    expect_status(&d, "POST", "/v1/studies", dtok, study, 403, "permission_denied");
+    assert_int_equal(call(&d, "GET", "/v1/tokens", atok, NULL, &r), 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "items")), 4);
+    assert_null(strstr(r.body, dtok));
+    assert_null(strstr(r.body, rtok));
+    http_result_free(&r);
+    expect_status(&d, "DELETE", "/v1/tokens/dash", atok, NULL, 200, NULL);
+    expect_status(&d, "DELETE", "/v1/tokens/dash", atok, NULL, 409, "failed_precondition");
+    expect_status(&d, "DELETE", "/v1/tokens/nobody", atok, NULL, 404, "not_found");
+    usleep(1200 * 1000);
+    expect_status(&d, "GET", "/v1/studies", dtok, NULL, 401, "unauthenticated");
+
     /* Revocation is seen within a second. */
     assert_int_equal(test_daemon_token(&d, "revoke ci", NULL, 0), 0);
     assert_int_equal(test_daemon_token(&d, "revoke ci", NULL, 0), 1);

@@ -1,0 +1,81 @@
+/* tokens.c: token management over the API for the admin role: POST /v1/tokens (the new secret is
+ * in that response only), GET /v1/tokens (names, roles, times; never secrets or hashes),
+ * DELETE /v1/tokens/{name} (revoke).  `tpvd token ...` does the same on the data dir. */
+#include "api/handlers.h"
+
+#include <string.h>
+
+#include "core/tpv_log.h"
+#include "storage/store.h"
+
+void api_handle_token_create(const struct api_env *env, struct api_request *req,
+                             struct api_response *resp)
+{
+    static const char *const keys[] = { "name", "role", NULL };
+    json_t *body = NULL;
+    const char *name, *role;
+    if (!api_body_object(req, resp, &body))
+        return;
+    if (!api_check_keys(body, keys, "", resp) ||
+        !api_get_string(body, "name", "name", true, STORE_TOKEN_NAME_MAX, &name, resp) ||
+        !api_get_string(body, "role", "role", true, 8, &role, resp))
+        goto out;
+    if (!store_token_name_valid(name)) {
+        api_reply_errorf(resp, TPV_EINVAL, "name", "a token name is 1 to %d characters of "
+                         "A-Z a-z 0-9 . _ -", STORE_TOKEN_NAME_MAX);
+        goto out;
+    }
+    if (api_role_parse(role) < 0) {
+        api_reply_errorf(resp, TPV_EINVAL, "role", "role is read, write or admin, not '%s'", role);
+        goto out;
+    }
+    char token[API_TOKEN_MAX], hex[65];
+    struct tpv_err err;
+    tpv_err_clear(&err);
+    if (api_token_generate(token) != TPV_OK) {
+        api_reply_errorf(resp, TPV_EINTERNAL, NULL, "no random bytes from the kernel");
+        goto out;
+    }
+    api_token_hash(token, hex);
+    if (store_token_create(env->store, name, role, hex, &err) != TPV_OK) {
+        api_reply_store_error(req, resp, &err);
+    } else {
+        log_info("rid=%s token created name=%s role=%s", req->request_id, name, role);
+        api_reply_json(resp, 201, json_pack("{s:s,s:s,s:s}", "name", name, "role", role, "token",
+                                            token));
+    }
+    explicit_bzero(token, sizeof token);
+out:
+    json_decref(body);
+}
+
+void api_handle_token_list(const struct api_env *env, struct api_request *req,
+                           struct api_response *resp)
+{
+    struct tpv_err err;
+    json_t *items = NULL;
+    tpv_err_clear(&err);
+    if (store_token_list(env->store, &items, &err) != TPV_OK) {
+        api_reply_store_error(req, resp, &err);
+        return;
+    }
+    api_reply_json(resp, 200, json_pack("{s:o}", "items", items));
+}
+
+void api_handle_token_revoke(const struct api_env *env, struct api_request *req,
+                             struct api_response *resp)
+{
+    struct tpv_err err;
+    const char *name = req->params[0];
+    tpv_err_clear(&err);
+    if (!store_token_name_valid(name)) {
+        api_reply_errorf(resp, TPV_ENOTFOUND, "name", "token %.64s not found", name);
+        return;
+    }
+    if (store_token_revoke(env->store, name, &err) != TPV_OK) {
+        api_reply_store_error(req, resp, &err);
+        return;
+    }
+    log_info("rid=%s token revoked name=%s", req->request_id, name);
+    api_reply_json(resp, 200, json_pack("{s:s,s:b}", "name", name, "revoked", 1));
+}
