@@ -1,7 +1,8 @@
-/* webhook.c: the outbox sender thread (see webhook.h).  One thread, one curl handle, one attempt
- * at a time: each attempt is bounded by the timeout, so a slow receiver delays the others by at
- * most that much; the thread sleeps until the next row is due, a notification, or one second
- * (rows written by transitions that do not notify, such as JBR job ends, are seen within it). */
+/* webhook.c: the outbox senders (see webhook.h).  SENDERS threads, each with its own curl handle,
+ * take due rows one at a time (never a row another sender has in flight), so a slow or dead
+ * receiver holds one sender for at most the timeout while the others go on; an idle sender sleeps
+ * until the next row is due, a notification, or one second (rows written by transitions that do
+ * not notify, such as JBR job ends, are seen within it). */
 #include "server/webhook.h"
 
 #include <curl/curl.h>
@@ -21,6 +22,7 @@
 #include "storage/store.h"
 
 #define BATCH 16
+#define SENDERS 4 /* deliveries in flight at once */
 #define POLL_S 1.0
 #define BACKOFF_CAP_S 3600.0
 #define RESPONSE_MAX (64 * 1024)
@@ -29,12 +31,18 @@ struct srv_webhook {
     struct store *st;
     struct srv_webhook_options opts;
     char *user_agent;
-    pthread_t thread;
+    pthread_t threads[SENDERS];
+    int nthreads;
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    bool kicked;
+    uint64_t kicks;              /* notifications so far (under lock) */
+    int64_t in_flight[SENDERS];  /* outbox seq each sender is delivering, 0 = none (under lock) */
     int stop; /* read by the transfer's progress callback without the lock */
-    uint64_t rng;
+    uint64_t rng; /* under lock */
+    struct sender {
+        struct srv_webhook *w;
+        int slot; /* index into in_flight */
+    } senders[SENDERS];
 };
 
 void srv_webhook_sign(const char *secret, const void *body, size_t len,
@@ -60,10 +68,13 @@ double srv_webhook_backoff(int attempts, long backoff_ms, double u)
 static double uniform01(struct srv_webhook *w)
 {
     /* xorshift64*: jitter only, not security. */
+    pthread_mutex_lock(&w->lock);
     w->rng ^= w->rng >> 12;
     w->rng ^= w->rng << 25;
     w->rng ^= w->rng >> 27;
-    return (double)((w->rng * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+    uint64_t x = w->rng * 2685821657736338717ULL;
+    pthread_mutex_unlock(&w->lock);
+    return (double)(x >> 11) / 9007199254740992.0;
 }
 
 static double wall_now(void)
@@ -181,42 +192,67 @@ static void deliver(struct srv_webhook *w, CURL *c, const struct store_outbox_it
         log_error("webhook outbox update: %s", tpv_err_message(&err));
 }
 
+/* Under w->lock: whether another sender is delivering row `seq`. */
+static bool taken(const struct srv_webhook *w, int64_t seq)
+{
+    for (int i = 0; i < SENDERS; i++)
+        if (w->in_flight[i] == seq)
+            return true;
+    return false;
+}
+
+/* Under w->lock: how long an idle sender may sleep (until the next due row, at most POLL_S). */
+static double idle_wait(struct srv_webhook *w)
+{
+    struct tpv_err err;
+    double next, wait_s = POLL_S;
+    if (store_outbox_next_due(w->st, &next, &err) == TPV_OK && next - wall_now() < wait_s)
+        wait_s = next - wall_now() > 0 ? next - wall_now() : 0.05;
+    return wait_s;
+}
+
+static void sleep_locked(struct srv_webhook *w, double wait_s, uint64_t kicks_seen)
+{
+    if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) || w->kicks != kicks_seen || wait_s <= 0)
+        return;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    double t = (double)until.tv_sec + (double)until.tv_nsec / 1e9 + wait_s;
+    until.tv_sec = (time_t)t;
+    until.tv_nsec = (long)((t - (double)until.tv_sec) * 1e9);
+    pthread_cond_timedwait(&w->cond, &w->lock, &until);
+}
+
 static void *sender_main(void *arg)
 {
-    struct srv_webhook *w = arg;
+    struct sender *me = arg;
+    struct srv_webhook *w = me->w;
     CURL *c = curl_easy_init();
+    if (!c)
+        log_error("webhook sender: cannot create a curl handle");
     pthread_mutex_lock(&w->lock);
-    while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
-        w->kicked = false;
-        pthread_mutex_unlock(&w->lock);
+    while (c && !__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+        uint64_t kicks_seen = w->kicks;
         struct store_outbox_item *items = NULL;
-        size_t n = 0;
+        size_t n = 0, pick = 0;
         struct tpv_err err;
         tpv_err_clear(&err);
-        double wait_s = POLL_S;
-        if (!c) {
-            log_error("webhook sender: cannot create a curl handle");
-        } else if (store_outbox_due(w->st, wall_now(), BATCH, &items, &n, &err) != TPV_OK) {
+        /* Choosing a row under the lock keeps two senders off the same one. */
+        if (store_outbox_due(w->st, wall_now(), BATCH, &items, &n, &err) != TPV_OK)
             log_error("webhook outbox: %s", tpv_err_message(&err));
+        while (pick < n && taken(w, items[pick].seq))
+            pick++;
+        if (pick < n) {
+            w->in_flight[me->slot] = items[pick].seq;
+            pthread_mutex_unlock(&w->lock);
+            deliver(w, c, &items[pick]); /* records the outcome before the row is released */
+            pthread_mutex_lock(&w->lock);
+            w->in_flight[me->slot] = 0;
         } else {
-            for (size_t i = 0; i < n && !__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE); i++)
-                deliver(w, c, &items[i]);
-            double next;
-            if (n == BATCH)
-                wait_s = 0;
-            else if (store_outbox_next_due(w->st, &next, &err) == TPV_OK && next - wall_now() < wait_s)
-                wait_s = next - wall_now() > 0 ? next - wall_now() : 0;
+            /* Every due row is in other hands: look again after a poll interval or a kick. */
+            sleep_locked(w, n > 0 ? POLL_S : idle_wait(w), kicks_seen);
         }
         store_outbox_items_free(items, n);
-        pthread_mutex_lock(&w->lock);
-        if (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) && !w->kicked && wait_s > 0) {
-            struct timespec until;
-            clock_gettime(CLOCK_MONOTONIC, &until);
-            double t = (double)until.tv_sec + (double)until.tv_nsec / 1e9 + wait_s;
-            until.tv_sec = (time_t)t;
-            until.tv_nsec = (long)((t - (double)until.tv_sec) * 1e9);
-            pthread_cond_timedwait(&w->cond, &w->lock, &until);
-        }
     }
     pthread_mutex_unlock(&w->lock);
     curl_easy_cleanup(c);
@@ -247,12 +283,17 @@ int srv_webhook_start(struct srv_webhook **out, struct store *st,
     pthread_cond_init(&w->cond, &ca);
     pthread_condattr_destroy(&ca);
     pthread_mutex_init(&w->lock, NULL);
-    if (pthread_create(&w->thread, NULL, sender_main, w) != 0) {
+    for (int i = 0; i < SENDERS; i++) {
+        w->senders[i] = (struct sender){ .w = w, .slot = i };
+        if (pthread_create(&w->threads[w->nthreads], NULL, sender_main, &w->senders[i]) == 0)
+            w->nthreads++;
+    }
+    if (w->nthreads == 0) {
         pthread_cond_destroy(&w->cond);
         pthread_mutex_destroy(&w->lock);
         free(w->user_agent);
         free(w);
-        return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot start the webhook sender thread");
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot start the webhook sender threads");
     }
     *out = w;
     return TPV_OK;
@@ -263,8 +304,8 @@ void srv_webhook_notify(struct srv_webhook *w)
     if (!w)
         return;
     pthread_mutex_lock(&w->lock);
-    w->kicked = true;
-    pthread_cond_signal(&w->cond);
+    w->kicks++;
+    pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
 }
 
@@ -274,9 +315,10 @@ void srv_webhook_stop(struct srv_webhook *w)
         return;
     pthread_mutex_lock(&w->lock);
     __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
-    pthread_cond_signal(&w->cond);
+    pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
-    pthread_join(w->thread, NULL);
+    for (int i = 0; i < w->nthreads; i++)
+        pthread_join(w->threads[i], NULL);
     pthread_cond_destroy(&w->cond);
     pthread_mutex_destroy(&w->lock);
     free(w->user_agent);

@@ -53,7 +53,7 @@ static struct {
     size_t blob_len;
     char blob_digest[80];
     pthread_mutex_t lock;
-    char secret[4][80]; /* per receiver path: /hook, /flaky, /down, /never */
+    char secret[5][80]; /* per receiver path: /hook, /flaky, /down, /never, /hang */
     bool down_ok;       /* /down answers 503 until set */
     struct event events[MAX_EVENTS];
     int nevents;
@@ -92,6 +92,7 @@ static bool signature_ok(const char *secret, const char *body, size_t len, const
 
 #define SLOW_SECONDS 3
 #define STALLED_SECONDS 8
+#define HANG_SECONDS 6
 
 static enum MHD_Result send_buf(struct MHD_Connection *c, unsigned status, const void *buf,
                                 size_t len, const char *location)
@@ -124,7 +125,8 @@ struct post_state {
 static int receiver_index(const char *url)
 {
     return strcmp(url, "/hook") == 0 ? 0 : strcmp(url, "/flaky") == 0 ? 1
-           : strcmp(url, "/down") == 0 ? 2 : strcmp(url, "/never") == 0 ? 3 : -1;
+           : strcmp(url, "/down") == 0 ? 2 : strcmp(url, "/never") == 0 ? 3
+           : strcmp(url, "/hang") == 0 ? 4 : -1;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -147,6 +149,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return MHD_YES;
         }
         int ri = receiver_index(url);
+        if (ri == 4)
+            sleep(HANG_SECONDS); /* /hang: answers long after the sender's timeout */
         const char *ev = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-TPV-Event");
         const char *id = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-TPV-Event-Id");
         const char *sig = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-TPV-Signature");
@@ -623,6 +627,42 @@ static void test_webhook_gives_up(void **state)
     live = NULL;
 }
 
+/* A receiver that hangs holds one sender for at most --webhook-timeout; another study's events
+ * go out meanwhile. */
+static void test_hanging_receiver_does_not_delay_others(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    struct http_result r;
+    char hang_sid[64], hook_sid[64], ref[256], jid[64];
+    live = &d;
+    const char *const args[] = { "--fetch-allow", "127.0.0.1", "--workers", "1",
+                                 "--webhook-timeout", "4", NULL };
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    create_study(&d, "/hang", hang_sid);
+    create_study(&d, "/hook", hook_sid);
+    url_ref(ref, sizeof ref, "127.0.0.1", "/blob.npy");
+    add_candidate(&d, hang_sid, "h", ref, &r);
+    assert_int_equal(r.status, 202);
+    snprintf(jid, sizeof jid, "%s", http_json_str(&r, "job.id"));
+    http_result_free(&r);
+    wait_job(&d, jid); /* its two events now hang at /hang for 4 s each attempt */
+    usleep(300 * 1000);
+    add_candidate(&d, hook_sid, "k", ref, &r);
+    assert_int_equal(r.status, 202);
+    snprintf(jid, sizeof jid, "%s", http_json_str(&r, "job.id"));
+    http_result_free(&r);
+    wait_job(&d, jid);
+    double t0 = now_s();
+    wait_event(&d, "/hook", "job.succeeded", hook_sid, 10);
+    double took = now_s() - t0;
+    if (took > 2.0)
+        fail_msg("the /hook event waited %.1f s behind a hanging receiver", took);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+    live = NULL;
+}
+
 static void test_bad_webhook_url(void **state)
 {
     (void)state;
@@ -777,6 +817,7 @@ int main(void)
         cmocka_unit_test_teardown(test_shutdown_abandons_a_stalled_fetch, test_teardown),
         cmocka_unit_test_teardown(test_webhooks, test_teardown),
         cmocka_unit_test_teardown(test_webhook_gives_up, test_teardown),
+        cmocka_unit_test_teardown(test_hanging_receiver_does_not_delay_others, test_teardown),
         cmocka_unit_test_teardown(test_bad_webhook_url, test_teardown),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
