@@ -276,9 +276,8 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
             if (nm->prune_rule_magnitude) /* sort keys */
                 t = tpv_sat_add(t, tpv_sat_mul(p, 24));
         }
-        if (pl.est == TPV_EST_HUTCHINSON)
-            t = tpv_sat_add(t, pl.outputs ? tpv_sat_add(tpv_sat_mul(p, 8), tpv_sat_mul(rows, 16))
-                                          : tpv_sat_add(tpv_sat_mul(p, 16), tpv_sat_mul(rows, 8)));
+        if (pl.est == TPV_EST_HUTCHINSON) /* struct hutch_ws: two p-vectors, one rows-vector */
+            t = tpv_sat_add(t, tpv_sat_add(tpv_sat_mul(p, 16), tpv_sat_mul(rows, 8)));
         if (pl.est == TPV_EST_HUTCHPP) {
             uint64_t s = hpp_sketch(nm->max_samples, p);
             /* sketch (p x s), LAPACKE's transposed copy, tau, vectors */
@@ -396,26 +395,62 @@ static int check_trace_args(const struct tpv_jsrc *s, const struct tpv_trace_opt
     return TPV_OK;
 }
 
-int tpv_trace_hutchinson(const struct tpv_jsrc *s, const double *c, const struct tpv_trace_opts *o,
-                         struct tpv_trace_result *out, const struct tpv_progress *pg,
-                         struct tpv_err *err)
+/* Scratch of one Hutchinson run: two p-vectors and one (n K)-vector, whatever the probe kind. */
+struct hutch_ws {
+    double *p1, *p2, *rows;
+};
+
+/* One probe's quadratic form: `i` numbers the probe (its random stream). */
+typedef int (*hutch_probe_fn)(const struct tpv_jsrc *s, const double *c,
+                              const struct tpv_trace_opts *o, uint64_t i, struct hutch_ws *ws,
+                              double *q, struct tpv_err *err);
+
+/* Parameter-space probe z in {+-1}^p: ||J (sqrt(c) . z)||^2, one JVP. */
+static int probe_parameters(const struct tpv_jsrc *s, const double *c,
+                            const struct tpv_trace_opts *o, uint64_t i, struct hutch_ws *ws,
+                            double *q, struct tpv_err *err)
 {
-    memset(out, 0, sizeof *out);
-    int rc = check_trace_args(s, o, err);
+    struct tpv_rng r;
+    tpv_rng_init(&r, o->seed, stream_id(o, i));
+    tpv_rng_rademacher(&r, ws->p1, (size_t)s->p);
+    return quad_form(s, c, ws->p1, ws->p2, ws->rows, q, err);
+}
+
+/* Output-space probe r_x in {+-1}^K per sample: sum_j c_j (r_x^T J(x))_j^2, one backward pass
+ * per sample instead of K. */
+static int probe_outputs(const struct tpv_jsrc *s, const double *c, const struct tpv_trace_opts *o,
+                         uint64_t i, struct hutch_ws *ws, double *q, struct tpv_err *err)
+{
+    struct tpv_rng g;
+    tpv_rng_init(&g, o->seed, stream_id(o, i));
+    tpv_rng_rademacher(&g, ws->rows, (size_t)(s->n * s->K));
+    memset(ws->p1, 0, (size_t)s->p * sizeof *ws->p1);
+    int rc = s->ops->sqdiag_projected(s, ws->rows, ws->p1, NULL, NULL, err);
     if (rc != TPV_OK)
         return rc;
+    double t = 0;
+    for (uint64_t j = 0; j < s->p; j++)
+        t += c ? c[j] * ws->p1[j] : ws->p1[j];
+    *q = t;
+    return TPV_OK;
+}
+
+/* The Hutchinson loop shared by both probe kinds: running mean and standard error, stopping at
+ * the target relative error or max_samples, progress and cancellation per probe. */
+static int hutchinson_run(const struct tpv_jsrc *s, const double *c,
+                          const struct tpv_trace_opts *o, hutch_probe_fn probe,
+                          struct tpv_trace_result *out, const struct tpv_progress *pg,
+                          struct tpv_err *err)
+{
     uint64_t rows = s->n * s->K;
-    double *z = malloc((size_t)s->p * sizeof *z), *u = malloc((size_t)s->p * sizeof *u);
-    double *y = malloc((size_t)rows * sizeof *y);
+    struct hutch_ws ws = { malloc((size_t)s->p * sizeof(double)),
+                           malloc((size_t)s->p * sizeof(double)),
+                           malloc((size_t)(rows ? rows : 1) * sizeof(double)) };
+    int rc = ws.p1 && ws.p2 && ws.rows ? TPV_OK : oom(err);
     struct welford w = { 0 };
-    if (!z || !u || !y)
-        rc = oom(err);
     for (uint64_t i = 0; rc == TPV_OK && i < o->max_samples; i++) {
-        struct tpv_rng r;
         double q;
-        tpv_rng_init(&r, o->seed, stream_id(o, i));
-        tpv_rng_rademacher(&r, z, (size_t)s->p);
-        rc = quad_form(s, c, z, u, y, &q, err);
+        rc = probe(s, c, o, i, &ws, &q, err);
         if (rc != TPV_OK)
             break;
         welford_add(&w, q);
@@ -426,15 +461,24 @@ int tpv_trace_hutchinson(const struct tpv_jsrc *s, const double *c, const struct
         if (tpv_progress_report(pg, 0, 1, i + 1, o->max_samples) != TPV_OK)
             rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
     }
-    free(z);
-    free(u);
-    free(y);
+    free(ws.p1);
+    free(ws.p2);
+    free(ws.rows);
     if (rc != TPV_OK)
         return rc;
     out->value = w.mean;
     out->stderr_value = welford_stderr(&w);
     out->samples = w.n;
     return TPV_OK;
+}
+
+int tpv_trace_hutchinson(const struct tpv_jsrc *s, const double *c, const struct tpv_trace_opts *o,
+                         struct tpv_trace_result *out, const struct tpv_progress *pg,
+                         struct tpv_err *err)
+{
+    memset(out, 0, sizeof *out);
+    int rc = check_trace_args(s, o, err);
+    return rc == TPV_OK ? hutchinson_run(s, c, o, probe_parameters, out, pg, err) : rc;
 }
 
 int tpv_trace_hutchinson_outputs(const struct tpv_jsrc *s, const double *c,
@@ -446,37 +490,7 @@ int tpv_trace_hutchinson_outputs(const struct tpv_jsrc *s, const double *c,
         return tpv_err_set(err, TPV_EINVAL, "max_samples", "max_samples must be at least 1");
     if (!s->ops->sqdiag_projected)
         return tpv_err_set(err, TPV_EUNIMPLEMENTED, NULL, "this source has no projected sqdiag");
-    uint64_t rows = s->n * s->K;
-    double *r = malloc((size_t)rows * sizeof *r), *d = malloc((size_t)s->p * sizeof *d);
-    int rc = r && d ? TPV_OK : oom(err);
-    struct welford w = { 0 };
-    for (uint64_t i = 0; rc == TPV_OK && i < o->max_samples; i++) {
-        struct tpv_rng g;
-        tpv_rng_init(&g, o->seed, stream_id(o, i));
-        tpv_rng_rademacher(&g, r, (size_t)rows);
-        memset(d, 0, (size_t)s->p * sizeof *d);
-        rc = s->ops->sqdiag_projected(s, r, d, NULL, NULL, err);
-        if (rc != TPV_OK)
-            break;
-        double t = 0;
-        for (uint64_t j = 0; j < s->p; j++)
-            t += c ? c[j] * d[j] : d[j];
-        welford_add(&w, t);
-        if (should_stop(o, &w, 0)) {
-            out->converged = true;
-            break;
-        }
-        if (tpv_progress_report(pg, 0, 1, i + 1, o->max_samples) != TPV_OK)
-            rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
-    }
-    free(r);
-    free(d);
-    if (rc != TPV_OK)
-        return rc;
-    out->value = w.mean;
-    out->stderr_value = welford_stderr(&w);
-    out->samples = w.n;
-    return TPV_OK;
+    return hutchinson_run(s, c, o, probe_outputs, out, pg, err);
 }
 
 int tpv_trace_hutchpp(const struct tpv_jsrc *s, const double *c, const struct tpv_trace_opts *o,
