@@ -269,7 +269,8 @@ static enum MHD_Result reply_too_large(struct srv_http *http, struct MHD_Connect
     return ok;
 }
 
-/* Dispatches the buffered request; a hold suspends the connection instead of answering. */
+/* Dispatches the buffered request (req.body set by on_access); a hold suspends the connection
+ * instead of answering. */
 static enum MHD_Result dispatch(struct srv_http *http, struct MHD_Connection *conn,
                                 struct http_request *hr)
 {
@@ -279,8 +280,6 @@ static enum MHD_Result dispatch(struct srv_http *http, struct MHD_Connection *co
         bool stopping = http->stopping;
         pthread_mutex_unlock(&http->hold_lock);
 
-        hr->req.body = hr->body ? hr->body : "";
-        hr->req.body_len = hr->len;
         hr->req.hold_expired = stopping || round >= 8 || (hr->hold_armed && ts_passed(&hr->deadline));
         struct api_response resp = { 0 };
         api_dispatch(http->env, &hr->req, &resp);
