@@ -198,12 +198,18 @@ class Client:
     # -- candidates and jobs -----------------------------------------------------------------
 
     def add_candidate(self, sid, name, spec=None, weights=None, jacobian_fit=None,
-                      jacobian_probe=None, layout=None, metadata=None, idempotency_key=None):
-        """A checkpoint (spec: dict, path of a JSON file, or digest; weights: path or digest)
-        or a Jacobian dump (jacobian_fit/jacobian_probe: paths or digests).  Returns
-        {"candidate": ..., "job": ...}."""
+                      jacobian_probe=None, layout=None, metadata=None, idempotency_key=None,
+                      onnx=None, parameters=None):
+        """A checkpoint (spec: dict, path of a JSON file, or digest; weights: path or digest),
+        an ONNX model (onnx: path or digest, e.g. from tpv_export.export_onnx; parameters: the
+        names of the perturbed initializers, default the model's own list), or a Jacobian dump
+        (jacobian_fit/jacobian_probe: paths or digests).  Returns {"candidate": ..., "job": ...}."""
         body = {"name": name, "metadata": metadata or {}}
-        if jacobian_fit is not None:
+        if onnx is not None:
+            body["model"] = {"onnx": self._blob_ref(onnx)}
+            if parameters is not None:
+                body["model"]["parameters"] = list(parameters)
+        elif jacobian_fit is not None:
             jac = {"fit": self._blob_ref(jacobian_fit)}
             if jacobian_probe is not None:
                 jac["probe"] = self._blob_ref(jacobian_probe)

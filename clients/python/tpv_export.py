@@ -4,13 +4,16 @@
     net = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
     tpv_export.export_sequential(net, "out/w64", input_shape=[20])   # spec.json + weights.safetensors
     tpv_export.save_inputs(x_fit, "out/x_fit.npy")
-    tpv_export.export_jacobian(any_model, x_fit, "out/jac_fit.safetensors")  # any nn.Module
+    tpv_export.export_onnx(any_model, x_fit[:1], "out/model.onnx")   # any nn.Module (CNNs, ResNets...)
+    tpv_export.export_jacobian(any_model, x_fit, "out/jac_fit.safetensors")  # a dump, any nn.Module
 
 Checkpoints: an nn.Sequential of Linear, ReLU, LeakyReLU, Tanh, Sigmoid, GELU (erf), Softplus
 (beta=1, threshold=20), Identity, Flatten, Dropout (identity at inference) becomes a
 `tpv.sequential/v1` spec plus safetensors weights named like its state_dict keys.  Any other
-model is exported as a per-parameter Jacobian dump: one tensor per parameter, shape
-(n, K, *param.shape), computed with autograd.
+model is exported as ONNX (`export_onnx`: torch.onnx.export keeping batch norm and the
+state_dict names, plus the list of perturbed parameters) or as a per-parameter Jacobian dump: one
+tensor per parameter, shape (n, K, *param.shape), computed with autograd.  No exporter changes the
+model's train/eval mode.
 
 Needs torch and numpy; safetensors files are written directly (8-byte little-endian header length,
 JSON header, raw little-endian data), so the safetensors package is not needed.
@@ -24,10 +27,12 @@ import numpy as np
 import torch
 
 __all__ = ["export_sequential", "sequential_spec", "save_safetensors", "save_inputs",
-           "export_jacobian", "UnsupportedModule"]
+           "export_onnx", "export_jacobian", "UnsupportedModule"]
 
 _DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32",
            torch.float64: "F64", torch.uint8: "U8", torch.bool: "BOOL"}
+# Integer buffers of a state_dict (BatchNorm's num_batches_tracked) are bookkeeping, not weights.
+_INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 class UnsupportedModule(ValueError):
@@ -35,10 +40,14 @@ class UnsupportedModule(ValueError):
 
 
 def save_safetensors(tensors, path, metadata=None):
-    """Writes {name: tensor} as safetensors, tensors in name order, 8-byte aligned header."""
+    """Writes {name: tensor} as safetensors, tensors in name order, 8-byte aligned header.
+    Integer tensors (such as BatchNorm's num_batches_tracked) are skipped: tpvd reads float
+    tensors only, and they carry no weights."""
     header, chunks, offset = {}, [], 0
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
+        if t.dtype in _INTEGER_DTYPES:
+            continue
         if t.dtype not in _DTYPES:
             raise ValueError(f"{name}: dtype {t.dtype} is not supported by safetensors export")
         if t.dtype == torch.bfloat16:
@@ -126,11 +135,77 @@ def export_sequential(model, out_dir, input_shape, prefix="", dtype=None):
     return spec_path, weights_path
 
 
+class _InferenceMode:
+    """Puts every submodule in eval mode for the block and then restores each one's own mode
+    (model.train(flag) would overwrite a mix such as frozen batch norm inside a training model)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.modes = [(m, m.training) for m in model.modules()]
+
+    def __enter__(self):
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, training in self.modes:
+            m.training = training
+        return False
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _metadata_prop(key, value):
+    """A serialized ModelProto.metadata_props entry (field 14, StringStringEntryProto {key = 1,
+    value = 2}).  Protocol buffers concatenate repeated fields wherever they appear in a message,
+    so appending this to a serialized ModelProto adds the entry without the onnx package."""
+    k, v = key.encode(), value.encode()
+    entry = b"\x0a" + _varint(len(k)) + k + b"\x12" + _varint(len(v)) + v
+    return b"\x72" + _varint(len(entry)) + entry
+
+
+def export_onnx(model, example_input, path, opset=17, dynamic_batch=True):
+    """Writes any nn.Module as an ONNX model for `add_candidate(..., onnx=path)`.
+
+    The graph is the model's inference function (batch norm with its running statistics, dropout
+    off), exported by torch.onnx.export with training=PRESERVE around eval mode and
+    do_constant_folding=False, so batch norm stays a BatchNormalization node and every initializer
+    keeps its state_dict name; the batch dimension is dynamic unless dynamic_batch=False.  The
+    metadata key `tpv.parameters` lists the names of named_parameters() that require grad: the
+    parameters tpvd perturbs (batch-norm running statistics are buffers, not parameters).  The
+    model's train/eval mode is left as it was.  Returns path."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    x = example_input if isinstance(example_input, torch.Tensor) else torch.as_tensor(example_input)
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    tmp = path + ".tmp"
+    with _InferenceMode(model), torch.no_grad():
+        torch.onnx.export(model, (x,), tmp, opset_version=opset, input_names=["input"],
+                          output_names=["output"], dynamic_axes=axes, export_params=True,
+                          training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    with open(tmp, "ab") as f:
+        f.write(_metadata_prop("tpv.parameters", json.dumps(names)))
+    os.replace(tmp, path)
+    return path
+
+
 def export_jacobian(model, inputs, path, dtype=torch.float64, params=None):
     """Writes a per-parameter Jacobian dump of model over inputs: tensors named like the model's
     parameters, each of shape (n, K, *param.shape), from one backward pass per (sample, output).
-    The model is put in eval mode; K is the flattened output size."""
-    model = model.eval()
+    The Jacobian is the inference function's (eval mode for the computation; the model's own
+    train/eval mode is restored afterwards); K is the flattened output size."""
+    with _InferenceMode(model):
+        return _export_jacobian(model, inputs, path, dtype, params)
+
+
+def _export_jacobian(model, inputs, path, dtype, params):
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if params is not None:
         named = [(n, p) for n, p in named if n in set(params)]
