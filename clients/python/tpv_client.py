@@ -18,8 +18,11 @@ deliveries with verify_webhook(secret, body, headers["X-TPV-Signature"]).
 
 import hashlib
 import hmac
+import http.client
 import json
 import os
+import select
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -28,6 +31,9 @@ import urllib.request
 __all__ = ["Client", "TPVError", "sha256_file", "verify_webhook"]
 
 _CHUNK = 1 << 20
+# How long an upload waits for "100 Continue" before sending its body anyway (RFC 9110 10.1.1:
+# a client may proceed when a server that ignores Expect stays silent).
+_CONTINUE_WAIT_S = 3.0
 
 
 class TPVError(Exception):
@@ -115,6 +121,11 @@ class Client:
             status, rh, raw = e.code, e.headers, e.read()
         except (urllib.error.URLError, OSError) as e:
             raise TPVError(0, "unavailable", f"cannot reach {self.url}: {e}") from e
+        return status, rh, self._parse_answer(status, raw, expect)
+
+    @staticmethod
+    def _parse_answer(status, raw, expect):
+        """The parsed JSON body of an expected status; else raises the server's TPVError."""
         parsed = None
         if raw:
             try:
@@ -122,11 +133,66 @@ class Client:
             except ValueError:
                 parsed = None
         if status in expect:
-            return status, rh, parsed
+            return parsed
         err = (parsed or {}).get("error", {}) if isinstance(parsed, dict) else {}
         raise TPVError(status, err.get("code", "unknown"),
                        err.get("message", raw[:200].decode(errors="replace")),
                        err.get("details"))
+
+    def _upload(self, path, body, timeout):
+        """PUTs a file with `Expect: 100-continue` and returns (status, raw body).
+
+        The server answers a refusal it can make from the headers alone (a body over --max-blob,
+        a missing token, a bad digest) before the body is sent; writing the whole body first
+        would end in a broken pipe instead of the server's error.  The body goes only after
+        "100 Continue" (or after _CONTINUE_WAIT_S of silence)."""
+        u = urllib.parse.urlsplit(self.url)
+        if u.scheme == "https":
+            conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=timeout,
+                                               context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+        try:
+            conn.putrequest("PUT", (u.path.rstrip("/") or "") + path, skip_accept_encoding=True)
+            conn.putheader("Content-Type", "application/octet-stream")
+            conn.putheader("Content-Length", str(body.total))
+            conn.putheader("Expect", "100-continue")
+            if self.token:
+                conn.putheader("Authorization", "Bearer " + self.token)
+            conn.endheaders()
+            early = self._interim_or_final(conn)
+            if early is not None:
+                return early
+            while True:
+                chunk = body.read(_CHUNK)
+                if not chunk:
+                    break
+                conn.send(chunk)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise TPVError(0, "unavailable", f"cannot reach {self.url}: {e}") from e
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _interim_or_final(conn):
+        """After the headers of an Expect: 100-continue request: None when the body should be
+        sent (100 Continue, or silence), else the server's early (status, raw body)."""
+        sock = conn.sock
+        pending = getattr(sock, "pending", lambda: 0)()
+        if not pending and not select.select([sock], [], [], _CONTINUE_WAIT_S)[0]:
+            return None
+        resp = conn.response_class(sock, method="PUT")
+        version, status, reason = resp._read_status()  # noqa: SLF001 (interim responses)
+        if status == http.client.CONTINUE:
+            http.client.parse_headers(resp.fp)  # the interim answer's (empty) header block
+            return None
+        # A final answer before the body: read its headers and body from the same stream.
+        headers = http.client.parse_headers(resp.fp)
+        length = int(headers.get("Content-Length") or 0)
+        raw = resp.fp.read(length) if length else b""
+        return status, raw
 
     # -- blobs -------------------------------------------------------------------------------
 
@@ -144,12 +210,10 @@ class Client:
             return digest
         body = _FileBody(path, progress)
         try:
-            hdrs = {"Content-Type": "application/octet-stream",
-                    "Content-Length": str(body.total)}
-            _, _, resp = self._request("PUT", "/v1/blobs/" + digest, body=body, headers=hdrs,
-                                       timeout=max(self.timeout, 600))
+            status, raw = self._upload("/v1/blobs/" + digest, body, max(self.timeout, 600))
         finally:
             body.close()
+        resp = self._parse_answer(status, raw, (200, 201))
         if resp and resp.get("digest") != digest:
             raise TPVError(0, "internal", f"server stored {resp.get('digest')}, expected {digest}")
         return digest
@@ -250,6 +314,28 @@ class Client:
             if time.monotonic() > deadline:
                 raise TPVError(0, "deadline_exceeded", f"job {jid} still {job['state']}")
             time.sleep(poll)
+
+    def wait_all(self, job_ids, timeout=600.0, poll=0.2):
+        """Polls until every job is terminal; returns {job id: job}.  One request per job still
+        running per round.  Raises TPVError("deadline_exceeded") naming the jobs still running."""
+        deadline = time.monotonic() + timeout
+        done, waiting = {}, list(dict.fromkeys(job_ids))
+        while waiting:
+            still = []
+            for jid in waiting:
+                job = self.get_job(jid)
+                if job["state"] in ("succeeded", "failed", "canceled"):
+                    done[jid] = job
+                else:
+                    still.append(jid)
+            waiting = still
+            if waiting and time.monotonic() > deadline:
+                raise TPVError(0, "deadline_exceeded",
+                               f"{len(waiting)} job(s) still running: {', '.join(waiting[:5])}",
+                               {"job_ids": waiting})
+            if waiting:
+                time.sleep(poll)
+        return done
 
     def jbr(self, sid, cid, confidence=None, batch_size=None):
         body = {}
