@@ -245,9 +245,7 @@ static bool framing_refused(struct MHD_Connection *conn, struct api_response *re
     struct framing f = { .chunked_only = true };
     MHD_get_connection_values(conn, MHD_HEADER_KIND, framing_count, &f);
     if (f.bad_name[0]) {
-        char field[80];
-        snprintf(field, sizeof field, "%s", f.bad_name);
-        api_reply_errorf(resp, TPV_EINVAL, field,
+        api_reply_errorf(resp, TPV_EINVAL, f.bad_name,
                          "header %s has white space before its colon", f.bad_name);
     } else if (f.content_length > 1) {
         api_reply_errorf(resp, TPV_EINVAL, MHD_HTTP_HEADER_CONTENT_LENGTH,
