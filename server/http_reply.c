@@ -17,7 +17,8 @@ struct MHD_Response *srv_http_reply_build(struct api_response *resp, const char 
     resp->body_len = 0;
     bool ok = true;
     if (resp->content_type)
-        ok = MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, resp->content_type) == MHD_YES;
+        ok = MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, resp->content_type) ==
+             MHD_YES;
     ok = ok && MHD_add_response_header(mr, "X-Request-Id", rid) == MHD_YES;
     for (int i = 0; ok && i < resp->nheaders; i++)
         ok = MHD_add_response_header(mr, resp->headers[i].name, resp->headers[i].value) == MHD_YES;
