@@ -203,7 +203,7 @@ static bool token_role(struct api_auth *a, const char *token, size_t len, enum a
     if (rc != TPV_OK) {
         if (rc != TPV_ENOTFOUND)
             log_error("rid=%s auth: token lookup failed: %s", rid ? rid : "-",
-                      tpv_err_message(&err));
+                      tpv_log_text(tpv_err_message(&err), TPV_ERR_MSG_MAX));
         return false;
     }
     /* The index found the row by hash; compare the whole stored hash anyway, in constant time. */

@@ -307,7 +307,8 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
         api_reply_store_error(req, resp, &err);
         goto out;
     }
-    log_info("rid=%s candidate=%s study=%s job=%s state=queued", req->request_id, cid, sid, jid);
+    log_info("rid=%s candidate=%s study=%s job=%s state=queued", req->request_id, cid,
+             tpv_log_token(sid, API_PARAM_MAX), jid);
     api_reply_json(resp, 202, out);
     out = NULL;
     api_response_add_header(resp, "Location", location);

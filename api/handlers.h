@@ -44,7 +44,7 @@ void api_handle_token_create(const struct api_env *env, struct api_request *req,
 void api_handle_token_list(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_token_revoke(const struct api_env *env, struct api_request *req, struct api_response *resp);
 
-/* ---- helpers (api/util.c) ---- */
+/* ---- helpers (api/util.c, except where a comment names api/studies.c) ---- */
 
 /* Header / query value, NULL when absent or when the request has no transport (unit tests). */
 const char *api_header(const struct api_request *req, const char *name);
@@ -75,8 +75,9 @@ void api_body_hash(const struct api_request *req, char out[65]);
 /* Whether an id path parameter looks like one of ours (short, [A-Za-z0-9_-]). */
 bool api_id_valid(const char *id);
 
-/* A string member with a length cap (names also refuse control characters): replies 400 naming
- * `field` and returns false when it is missing (if required), not a string or too long. */
+/* (api/studies.c) A string member with a length cap (names also refuse control characters):
+ * replies 400 naming `field` and returns false when it is missing (if required), not a string or
+ * too long. */
 bool api_get_string(const json_t *obj, const char *key, const char *field, bool required,
                     size_t max, const char **out, struct api_response *resp);
 
@@ -115,7 +116,7 @@ bool api_url_valid(const char *url);
 #define API_WEBHOOK_SECRET_MAX 72
 int api_webhook_secret_new(char out[API_WEBHOOK_SECRET_MAX]);
 
-/* {sid} (params[0]) is well-formed, else a 404 was sent. */
+/* (api/studies.c) {sid} (params[0]) is well-formed, else a 404 was sent. */
 bool api_study_param(const struct api_request *req, struct api_response *resp);
 
 #endif

@@ -5,6 +5,7 @@
  * their body as a stream (blob uploads) instead of a buffered JSON body. */
 #include "api/api.h"
 #include "api/handlers.h"
+#include "core/tpv_log.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -118,6 +119,22 @@ static int route_find(struct api_request *req, char *allow, size_t cap)
     return fallback;
 }
 
+/* Runs a route's handler and holds it to its contract: a handler that returns with neither a
+ * reply nor a hold (a bug, or an allocation failure it did not report) gets 500 internal here, so
+ * that the transport never sends status 0. */
+static void run_handler(const struct api_route *r, const struct api_env *env,
+                        struct api_request *req, struct api_response *resp)
+{
+    r->handler(env, req, resp);
+    if (resp->status != 0 || resp->hold_seconds > 0)
+        return;
+    log_error("rid=%s route %s %s returned without a reply: answering 500",
+              req->request_id ? req->request_id : "-", r->method, r->pattern);
+    api_response_free(resp); /* whatever half of a reply it left */
+    api_reply_errorf(resp, TPV_EINTERNAL, NULL, "internal error (request id %s)",
+                     req->request_id ? req->request_id : "-");
+}
+
 void api_dispatch(const struct api_env *env, struct api_request *req, struct api_response *resp)
 {
     char allow[64];
@@ -128,13 +145,17 @@ void api_dispatch(const struct api_env *env, struct api_request *req, struct api
         return;
     }
     if (i >= 0) {
-        routes[i].handler(env, req, resp);
+        run_handler(&routes[i], env, req, resp);
         return;
     }
     if (allow[0]) {
         api_reply_errorf(resp, TPV_EMETHOD, "method", "method %s is not allowed on %s", req->method,
                          req->path);
-        api_response_add_header(resp, "Allow", allow);
+        if (api_response_add_header(resp, "Allow", allow) != TPV_OK) {
+            api_response_free(resp);
+            api_reply_errorf(resp, TPV_EINTERNAL, NULL, "internal error (request id %s)",
+                             req->request_id ? req->request_id : "-");
+        }
         return;
     }
     api_reply_errorf(resp, TPV_ENOTFOUND, "path", "no route for %s %s", req->method, req->path);

@@ -32,7 +32,8 @@ void api_handle_token_create(const struct api_env *env, struct api_request *req,
     if (store_token_create(env->store, name, role, hex, &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);
     } else {
-        log_info("rid=%s token created name=%s role=%s", req->request_id, name, role);
+        log_info("rid=%s token created name=%s role=%s", req->request_id, tpv_log_token(name, STORE_TOKEN_NAME_MAX),
+                 tpv_log_token(role, 8));
         api_reply_json(resp, 201, json_pack("{s:s,s:s,s:s}", "name", name, "role", role, "token",
                                             token));
     }
@@ -68,6 +69,6 @@ void api_handle_token_revoke(const struct api_env *env, struct api_request *req,
         api_reply_store_error(req, resp, &err);
         return;
     }
-    log_info("rid=%s token revoked name=%s", req->request_id, name);
+    log_info("rid=%s token revoked name=%s", req->request_id, tpv_log_token(name, STORE_TOKEN_NAME_MAX));
     api_reply_json(resp, 200, json_pack("{s:s,s:b}", "name", name, "revoked", 1));
 }

@@ -122,7 +122,8 @@ void api_reply_store_error(const struct api_request *req, struct api_response *r
 {
     int status = tpv_error_http_status(err->code);
     if (status >= 500)
-        log_error("rid=%s store: %s", req->request_id ? req->request_id : "-", tpv_err_message(err));
+        log_error("rid=%s store: %s", req->request_id ? req->request_id : "-",
+                  tpv_log_text(tpv_err_message(err), TPV_ERR_MSG_MAX));
     if (status == 500) {
         /* Database detail stays in the log; the client gets the catalogue's message. */
         api_reply_errorf(resp, TPV_EINTERNAL, NULL, "internal error (request id %s)",

@@ -1,5 +1,6 @@
 /* noise.h: the noise models of a study (DESIGN.md section 3 table): kinds, parameters, parsing
- * from and writing to the JSON of the REST API.  What each computes lives in core/score.c. */
+ * from and writing to the JSON of the REST API.  What each computes lives in core/estimate.c
+ * (core/score.c opens a candidate's files and hands them to it). */
 #ifndef TPV_NOISE_H
 #define TPV_NOISE_H
 

@@ -1,30 +1,31 @@
-/* http.c: libmicrohttpd wiring: per-request state, body buffering with a size cap, streamed
- * bodies for the routes that want them (blob uploads go to a sink chunk by chunk, never into
- * memory), long-poll holds (the connection is suspended, not a thread, and resumed when the store
- * reports a change of the study or the hold times out), the request log line and metrics, and
- * translation of struct api_response into an MHD response.
+/* http.c: the libmicrohttpd adapter of tpvd: per-request state, refusal of ambiguous framing
+ * (request smuggling), body buffering with a size cap, streamed bodies for the routes that want
+ * them (blob uploads go to a sink chunk by chunk, never into memory), the request log line and
+ * metrics.  Long-poll holds are server/http_hold.c, the fetch offload server/http_offload.c, the
+ * translation of struct api_response into an MHD response server/http_reply.c.
  *
  * Keep-alive matters (DESIGN.md section 8): the access handler only sets up state on its first call
  * and queues the response on a later call; queueing on the first call makes MHD close the
- * connection. */
+ * connection (what refusals that must not read the body want). */
 #include "server/http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 
 #include "core/tpv_log.h"
-
-struct http_request;
+#include "server/http_hold.h"
+#include "server/http_offload.h"
+#include "server/http_reply.h"
 
 struct srv_http {
     struct MHD_Daemon *daemon;
@@ -34,33 +35,17 @@ struct srv_http {
     uint16_t port;
     uint32_t rid_prefix;       /* random per process, so ids differ across restarts */
     _Atomic uint64_t rid_next; /* request counter */
-    /* Held (suspended) requests, guarded by hold_lock.  Lock order: hold_lock, then MHD's own
-     * locks (MHD_suspend/resume_connection); MHD never calls us with its locks held on paths
-     * that take hold_lock. */
-    pthread_mutex_t hold_lock;
-    pthread_cond_t hold_cond;
-    struct http_request *held; /* doubly linked list */
-    uint64_t change_seq;       /* bumped by every study change, under hold_lock */
-    bool stopping;
-    bool timer_started;
-    pthread_t timer;
-    /* Requests that may block on a remote server (blob URLs) run on these threads while their
-     * connection is suspended, so that no MHD thread, and none of the other connections it
-     * serves, waits on a fetch.  Queue guarded by offload_lock. */
-    pthread_mutex_t offload_lock;
-    pthread_cond_t offload_cond;
-    struct http_request *offload_head, *offload_tail;
-    bool offload_stopping;
-    pthread_t *offload_threads;
-    int noffload;
+    struct srv_holds *holds;
+    struct srv_offload *offload;
     char *tls_cert, *tls_key; /* PEM text handed to MHD, kept for the daemon's lifetime */
 };
 
 /* State of one request, from the first access-handler call to the completion callback. */
 struct http_request {
     char rid[40];
-    char method[16];
-    char path[256]; /* for the log line; long paths are cut */
+    /* Escaped for the log line (tpv_log_escape): the client's bytes, a long path cut. */
+    char method[TPV_LOG_ESC_CAP(16)];
+    char path[1024];
     struct timespec start;
     char *body;
     size_t len, cap;
@@ -73,17 +58,8 @@ struct http_request {
     bool stream_failed;          /* `pending` holds the error to send */
     bool denied;                 /* access refused: `pending` holds the 401/403 to send */
     struct api_response pending;
-    /* Long-poll hold. */
-    struct MHD_Connection *conn;
-    bool hold_armed;             /* a deadline was set by the first hold */
-    struct timespec deadline;    /* CLOCK_MONOTONIC */
-    char hold_study[API_PARAM_MAX];
-    bool in_list;
-    struct http_request *next, *prev;
-    /* Offloaded dispatch: queued, then answered in `pending` by an offload thread. */
-    bool offloaded;
-    _Atomic bool offload_done;
-    struct http_request *offload_next;
+    struct srv_hold hold;           /* long-poll hold */
+    struct srv_offload_item offload; /* offloaded dispatch, answered in `pending` */
 };
 
 static void request_free(struct http_request *hr)
@@ -96,67 +72,11 @@ static void request_free(struct http_request *hr)
     free(hr);
 }
 
-static bool ts_passed(const struct timespec *t)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
-}
-
-/* Under hold_lock: unlinks a held request and resumes its connection. */
-static void held_resume(struct srv_http *http, struct http_request *hr)
-{
-    if (!hr->in_list)
-        return;
-    if (hr->prev)
-        hr->prev->next = hr->next;
-    else
-        http->held = hr->next;
-    if (hr->next)
-        hr->next->prev = hr->prev;
-    hr->next = hr->prev = NULL;
-    hr->in_list = false;
-    MHD_resume_connection(hr->conn);
-}
-
 void srv_http_study_changed(struct srv_http *http, const char *study_id)
 {
     if (!http)
         return;
-    pthread_mutex_lock(&http->hold_lock);
-    http->change_seq++;
-    for (struct http_request *hr = http->held, *next; hr; hr = next) {
-        next = hr->next;
-        if (strcmp(hr->hold_study, study_id) == 0)
-            held_resume(http, hr);
-    }
-    pthread_mutex_unlock(&http->hold_lock);
-}
-
-/* Resumes held requests whose time ran out (all of them when stopping). */
-static void *hold_timer(void *arg)
-{
-    struct srv_http *http = arg;
-    pthread_mutex_lock(&http->hold_lock);
-    for (;;) {
-        for (struct http_request *hr = http->held, *next; hr; hr = next) {
-            next = hr->next;
-            if (http->stopping || ts_passed(&hr->deadline))
-                held_resume(http, hr);
-        }
-        if (http->stopping)
-            break;
-        struct timespec wake;
-        clock_gettime(CLOCK_REALTIME, &wake);
-        wake.tv_nsec += 50 * 1000000L;
-        if (wake.tv_nsec >= 1000000000L) {
-            wake.tv_sec++;
-            wake.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&http->hold_cond, &http->hold_lock, &wake);
-    }
-    pthread_mutex_unlock(&http->hold_lock);
-    return NULL;
+    srv_holds_study_changed(http->holds, study_id);
 }
 
 static double elapsed_ms(const struct timespec *start)
@@ -217,25 +137,21 @@ static const char *transport_query(void *transport, const char *name)
     return MHD_lookup_connection_value(transport, MHD_GET_ARGUMENT_KIND, name);
 }
 
-/* Hands the response body to MHD (which frees it) and queues it with its headers. */
+/* Queues resp (see srv_http_reply_queue: a reply MHD cannot build whole becomes a 500). */
+static enum MHD_Result send_response_close(struct MHD_Connection *conn, struct http_request *hr,
+                                           struct api_response *resp, bool close)
+{
+    int status = 0;
+    enum MHD_Result ok = srv_http_reply_queue(conn, resp, hr->rid, close, &status);
+    hr->status = status;
+    hr->replied = status != 0;
+    return ok;
+}
+
 static enum MHD_Result send_response(struct MHD_Connection *conn, struct http_request *hr,
                                      struct api_response *resp)
 {
-    struct MHD_Response *mr = MHD_create_response_from_buffer(resp->body_len, resp->body,
-                                                              MHD_RESPMEM_MUST_FREE);
-    if (!mr)
-        return MHD_NO;
-    resp->body = NULL; /* now MHD's */
-    if (resp->content_type)
-        MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, resp->content_type);
-    MHD_add_response_header(mr, "X-Request-Id", hr->rid);
-    for (int i = 0; i < resp->nheaders; i++)
-        MHD_add_response_header(mr, resp->headers[i].name, resp->headers[i].value);
-    enum MHD_Result ok = MHD_queue_response(conn, (unsigned int)resp->status, mr);
-    MHD_destroy_response(mr);
-    hr->status = resp->status;
-    hr->replied = true;
-    return ok;
+    return send_response_close(conn, hr, resp, false);
 }
 
 /* Content-Length as sent, or 0 when absent or unreadable (chunked bodies are checked as they
@@ -258,6 +174,14 @@ static bool has_body(struct MHD_Connection *conn)
     return declared_length(conn) > 0 || (te && te[0]);
 }
 
+/* Sends the answer kept in hr->pending (a refusal, a stream error, an offloaded dispatch). */
+static enum MHD_Result send_pending(struct MHD_Connection *conn, struct http_request *hr)
+{
+    enum MHD_Result ok = send_response(conn, hr, &hr->pending);
+    api_response_free(&hr->pending);
+    return ok;
+}
+
 static enum MHD_Result reply_too_large(struct srv_http *http, struct MHD_Connection *conn,
                                        struct http_request *hr)
 {
@@ -274,123 +198,71 @@ static enum MHD_Result reply_too_large(struct srv_http *http, struct MHD_Connect
 static enum MHD_Result dispatch(struct srv_http *http, struct MHD_Connection *conn,
                                 struct http_request *hr)
 {
-    for (int round = 0;; round++) {
-        pthread_mutex_lock(&http->hold_lock);
-        uint64_t seq = http->change_seq;
-        bool stopping = http->stopping;
-        pthread_mutex_unlock(&http->hold_lock);
-
-        hr->req.hold_expired = stopping || round >= 8 || (hr->hold_armed && ts_passed(&hr->deadline));
-        struct api_response resp = { 0 };
-        api_dispatch(http->env, &hr->req, &resp);
-        if (resp.hold_seconds <= 0) {
-            enum MHD_Result ok = send_response(conn, hr, &resp);
-            api_response_free(&resp);
-            return ok;
-        }
-        if (!hr->hold_armed) {
-            clock_gettime(CLOCK_MONOTONIC, &hr->deadline);
-            hr->deadline.tv_sec += resp.hold_seconds;
-            hr->hold_armed = true;
-        }
-        snprintf(hr->hold_study, sizeof hr->hold_study, "%s", resp.hold_study);
-        api_response_free(&resp);
-        pthread_mutex_lock(&http->hold_lock);
-        /* A change between our read of the version and now would be missed: look again. */
-        if (http->change_seq != seq || http->stopping) {
-            pthread_mutex_unlock(&http->hold_lock);
-            continue;
-        }
-        hr->conn = conn;
-        hr->prev = NULL;
-        hr->next = http->held;
-        if (http->held)
-            http->held->prev = hr;
-        http->held = hr;
-        hr->in_list = true;
-        MHD_suspend_connection(conn);
-        pthread_mutex_unlock(&http->hold_lock);
+    struct api_response resp = { 0 };
+    if (!srv_holds_dispatch(http->holds, http->env, conn, &hr->hold, &hr->req, &resp))
         return MHD_YES;
-    }
+    enum MHD_Result ok = send_response(conn, hr, &resp);
+    api_response_free(&resp);
+    return ok;
 }
 
-/* Hands a request that may block to the offload threads and suspends its connection; the
- * thread answers into hr->pending and resumes it (on_access then sends the answer). */
-static enum MHD_Result offload_submit(struct srv_http *http, struct MHD_Connection *conn,
-                                      struct http_request *hr)
+/* What the header block says about where the body ends. */
+struct framing {
+    int content_length;    /* Content-Length headers */
+    int transfer_encoding; /* Transfer-Encoding headers */
+    bool chunked_only;     /* every Transfer-Encoding is exactly "chunked" */
+    char bad_name[64];     /* a header name with white space in it (before the colon) */
+};
+
+static bool name_is(const char *key, const char *want)
 {
-    hr->conn = conn;
-    hr->offloaded = true;
-    pthread_mutex_lock(&http->offload_lock);
-    MHD_suspend_connection(conn);
-    hr->offload_next = NULL;
-    if (http->offload_tail)
-        http->offload_tail->offload_next = hr;
-    else
-        http->offload_head = hr;
-    http->offload_tail = hr;
-    pthread_cond_signal(&http->offload_cond);
-    pthread_mutex_unlock(&http->offload_lock);
+    return strcasecmp(key, want) == 0;
+}
+
+static enum MHD_Result framing_count(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    struct framing *f = cls;
+    (void)kind;
+    if (!key)
+        return MHD_YES;
+    if (strpbrk(key, " \t") && !f->bad_name[0])
+        snprintf(f->bad_name, sizeof f->bad_name, "%.*s", (int)strcspn(key, " \t"), key);
+    if (name_is(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        f->content_length++;
+    } else if (name_is(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        f->transfer_encoding++;
+        f->chunked_only = f->chunked_only && value && strcasecmp(value, "chunked") == 0;
+    }
     return MHD_YES;
 }
 
-static void *offload_main(void *arg)
+/* Refuses a header block whose body length two parsers could read differently (RFC 9112
+ * section 6.3): behind a proxy that picks the other reading, the rest of the body would be
+ * taken as a second request (request smuggling).  Returns true with the 400 in *resp. */
+static bool framing_refused(struct MHD_Connection *conn, struct api_response *resp)
 {
-    struct srv_http *http = arg;
-    pthread_mutex_lock(&http->offload_lock);
-    for (;;) {
-        while (!http->offload_head && !http->offload_stopping)
-            pthread_cond_wait(&http->offload_cond, &http->offload_lock);
-        struct http_request *hr = http->offload_head;
-        if (!hr)
-            break; /* stopping with an empty queue */
-        http->offload_head = hr->offload_next;
-        if (!http->offload_head)
-            http->offload_tail = NULL;
-        bool stopping = http->offload_stopping;
-        pthread_mutex_unlock(&http->offload_lock);
-        if (stopping) {
-            api_reply_errorf(&hr->pending, TPV_EUNAVAILABLE, NULL, "the server is shutting down");
-        } else {
-            hr->req.hold_expired = true; /* writes never hold; answer whatever comes */
-            api_dispatch(http->env, &hr->req, &hr->pending);
-        }
-        atomic_store(&hr->offload_done, true);
-        MHD_resume_connection(hr->conn);
-        pthread_mutex_lock(&http->offload_lock);
+    struct framing f = { .chunked_only = true };
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, framing_count, &f);
+    if (f.bad_name[0]) {
+        api_reply_errorf(resp, TPV_EINVAL, f.bad_name,
+                         "header %s has white space before its colon", f.bad_name);
+    } else if (f.content_length > 1) {
+        api_reply_errorf(resp, TPV_EINVAL, MHD_HTTP_HEADER_CONTENT_LENGTH,
+                         "Content-Length appears %d times: send it once", f.content_length);
+    } else if (f.content_length && f.transfer_encoding) {
+        api_reply_errorf(resp, TPV_EINVAL, MHD_HTTP_HEADER_TRANSFER_ENCODING,
+                         "Content-Length and Transfer-Encoding together: send one of them");
+    } else if (f.transfer_encoding > 1) {
+        api_reply_errorf(resp, TPV_EINVAL, MHD_HTTP_HEADER_TRANSFER_ENCODING,
+                         "Transfer-Encoding appears %d times: send it once", f.transfer_encoding);
+    } else if (f.transfer_encoding && !f.chunked_only) {
+        api_reply_errorf(resp, TPV_EINVAL, MHD_HTTP_HEADER_TRANSFER_ENCODING,
+                         "Transfer-Encoding must be chunked");
+    } else {
+        return false;
     }
-    pthread_mutex_unlock(&http->offload_lock);
-    return NULL;
-}
-
-static int offload_start(struct srv_http *http, int threads, struct tpv_err *err)
-{
-    pthread_mutex_init(&http->offload_lock, NULL);
-    pthread_cond_init(&http->offload_cond, NULL);
-    http->offload_threads = calloc((size_t)threads, sizeof *http->offload_threads);
-    if (!http->offload_threads)
-        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-    for (; http->noffload < threads; http->noffload++)
-        if (pthread_create(&http->offload_threads[http->noffload], NULL, offload_main, http) != 0)
-            return tpv_err_set(err, TPV_EINTERNAL, "fetch-threads", "cannot start a fetch thread");
-    return TPV_OK;
-}
-
-/* Answers what is still queued with 503 and waits for requests in flight (each bounded by the
- * fetch timeout); every offloaded connection is resumed before MHD stops. */
-static void offload_stop(struct srv_http *http)
-{
-    if (!http->offload_threads)
-        return;
-    pthread_mutex_lock(&http->offload_lock);
-    http->offload_stopping = true;
-    pthread_cond_broadcast(&http->offload_cond);
-    pthread_mutex_unlock(&http->offload_lock);
-    for (int i = 0; i < http->noffload; i++)
-        pthread_join(http->offload_threads[i], NULL);
-    free(http->offload_threads);
-    pthread_cond_destroy(&http->offload_cond);
-    pthread_mutex_destroy(&http->offload_lock);
+    return true;
 }
 
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
@@ -407,8 +279,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return MHD_NO;
         clock_gettime(CLOCK_MONOTONIC, &hr->start);
         request_id_assign(http, conn, hr->rid, sizeof hr->rid);
-        snprintf(hr->method, sizeof hr->method, "%s", method);
-        snprintf(hr->path, sizeof hr->path, "%s", url);
+        /* The path is decoded by now: %0a is a newline. */
+        tpv_log_escape(hr->method, sizeof hr->method, method, TPV_LOG_TOKEN);
+        tpv_log_escape(hr->path, sizeof hr->path, url, TPV_LOG_TOKEN);
         hr->req = (struct api_request){
             .method = method, /* MHD keeps method and url for the whole request */
             .path = url,
@@ -419,16 +292,20 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             .route = -1,
         };
         *con_cls = hr;
+        /* Before anything else, and answered now: MHD then closes the connection without
+         * reading a byte of the ambiguous body. */
+        if (framing_refused(conn, &hr->pending)) {
+            enum MHD_Result ok = send_response_close(conn, hr, &hr->pending, true);
+            api_response_free(&hr->pending);
+            return ok;
+        }
         /* Access is decided before any body is read or a blob temporary exists.  A refused
          * request without a body is answered on the next call (keeping the connection alive);
          * one with a body is answered now, so that MHD closes the connection unread. */
         if (!api_authorize(http->env, &hr->req, &hr->pending)) {
             hr->denied = true;
-            if (has_body(conn)) {
-                enum MHD_Result ok = send_response(conn, hr, &hr->pending);
-                api_response_free(&hr->pending);
-                return ok;
-            }
+            if (has_body(conn))
+                return send_pending(conn, hr);
             return MHD_YES;
         }
         hr->streaming = api_stream_begin(http->env, &hr->req, &hr->pending);
@@ -467,17 +344,18 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     if (hr->too_large)
         return reply_too_large(http, conn, hr);
-    if (hr->stream_failed || hr->denied || (hr->offloaded && atomic_load(&hr->offload_done))) {
-        enum MHD_Result ok = send_response(conn, hr, &hr->pending);
-        api_response_free(&hr->pending);
-        return ok;
-    }
-    if (hr->offloaded)
+    bool offloaded = srv_offload_submitted(&hr->offload);
+    if (hr->stream_failed || hr->denied || (offloaded && srv_offload_done(&hr->offload)))
+        return send_pending(conn, hr);
+    if (offloaded)
         return MHD_YES; /* resumed before the answer was ready: cannot happen, wait anyway */
     hr->req.body = hr->body ? hr->body : "";
     hr->req.body_len = hr->len;
-    if (api_request_may_fetch(http->env, &hr->req))
-        return offload_submit(http, conn, hr);
+    if (api_request_may_fetch(http->env, &hr->req)) {
+        if (srv_offload_submit(http->offload, &hr->offload, conn, &hr->req, &hr->pending))
+            return MHD_YES; /* suspended until an offload thread has the answer */
+        return send_pending(conn, hr); /* shutting down: the 503 is in pending */
+    }
     return dispatch(http, conn, hr);
 }
 
@@ -500,8 +378,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     double ms = elapsed_ms(&hr->start);
     log_info("request rid=%s peer=%s method=%s path=%s status=%d in=%zu ms=%.2f%s", hr->rid,
-             peer, hr->method, hr->path,
-             hr->replied ? hr->status : 0, hr->len, ms,
+             peer, hr->method, hr->path, hr->replied ? hr->status : 0, hr->len, ms,
              toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=1");
     if (hr->replied)
         api_metrics_request(http->env->metrics, hr->req.route, hr->status, ms / 1e3);
@@ -512,11 +389,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 __attribute__((format(printf, 2, 0)))
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
-    char msg[512];
+    char msg[512], esc[TPV_LOG_ESC_CAP(sizeof msg)];
     (void)cls;
     vsnprintf(msg, sizeof msg, fmt, ap);
     msg[strcspn(msg, "\n")] = '\0';
-    log_warn("http: %s", msg);
+    /* MHD's messages may quote what a client sent. */
+    log_warn("http: %s", tpv_log_escape(esc, sizeof esc, msg, TPV_LOG_TEXT));
 }
 
 static int resolve_listen(const struct srv_config *cfg, struct sockaddr_storage *ss,
@@ -576,14 +454,9 @@ int srv_http_start(struct srv_http **out, const struct srv_config *cfg, const st
     http->env = env;
     http->max_body = cfg->max_body_bytes;
     http->max_blob = cfg->max_blob_bytes;
-    pthread_mutex_init(&http->hold_lock, NULL);
-    pthread_cond_init(&http->hold_cond, NULL);
-    if (pthread_create(&http->timer, NULL, hold_timer, http) != 0) {
-        srv_http_stop(http);
-        return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot start the long-poll timer");
-    }
-    http->timer_started = true;
-    rc = offload_start(http, (int)cfg->fetch_threads, err);
+    rc = srv_holds_new(&http->holds, err);
+    if (rc == TPV_OK)
+        rc = srv_offload_new(&http->offload, env, (int)cfg->fetch_threads, err);
     if (rc != TPV_OK) {
         srv_http_stop(http);
         return rc;
@@ -650,42 +523,30 @@ uint16_t srv_http_port(const struct srv_http *http)
     return http->port;
 }
 
-/* Held requests are answered (304) and no new ones are held from here on. */
-static void release_holds(struct srv_http *http)
-{
-    pthread_mutex_lock(&http->hold_lock);
-    http->stopping = true;
-    while (http->held)
-        held_resume(http, http->held);
-    pthread_cond_broadcast(&http->hold_cond);
-    pthread_mutex_unlock(&http->hold_lock);
-}
-
 void srv_http_quiesce(struct srv_http *http)
 {
     if (!http)
         return;
     if (http->daemon)
         MHD_quiesce_daemon(http->daemon);
-    release_holds(http);
+    srv_holds_release(http->holds); /* held requests are answered (304), none held from now */
 }
 
 void srv_http_stop(struct srv_http *http)
 {
     if (!http)
         return;
-    release_holds(http);
-    if (http->timer_started)
-        pthread_join(http->timer, NULL);
-    offload_stop(http);
+    srv_holds_stop(http->holds);
+    srv_offload_stop(http->offload);
     if (http->daemon) {
         /* Give resumed holds a moment to be answered before connections close. */
         struct timespec ts = { 0, 20 * 1000000L };
         nanosleep(&ts, NULL);
         MHD_stop_daemon(http->daemon);
     }
-    pthread_cond_destroy(&http->hold_cond);
-    pthread_mutex_destroy(&http->hold_lock);
+    /* No connection can reach them any more. */
+    srv_offload_free(http->offload);
+    srv_holds_free(http->holds);
     if (http->tls_key)
         explicit_bzero(http->tls_key, strlen(http->tls_key));
     free(http->tls_key);

@@ -1,4 +1,6 @@
-/* http.h: the libmicrohttpd front of tpvd: turns connections into api_dispatch calls. */
+/* http.h: the libmicrohttpd front of tpvd: turns connections into api_dispatch calls.  This is its
+ * whole interface; its parts (server/http_hold.h long-poll holds, server/http_offload.h the fetch
+ * offload, server/http_reply.h the response translation) are used by server/http.c only. */
 #ifndef TPV_SRV_HTTP_H
 #define TPV_SRV_HTTP_H
 

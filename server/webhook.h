@@ -1,4 +1,5 @@
-/* webhook.h: delivery of the webhook outbox (storage/) by one background thread of the daemon.
+/* webhook.h: delivery of the webhook outbox (storage/) by four sender threads of the daemon, each
+ * taking due rows that no other sender holds, so that one slow receiver delays only its own rows.
  *
  * Each pending event is POSTed to its study's webhook_url as JSON, signed with HMAC-SHA256 of the
  * exact body under the study's secret (header X-TPV-Signature: sha256=<hex>), with X-TPV-Event and
@@ -23,15 +24,15 @@ struct srv_webhook_options {
     const char *user_agent; /* NULL = "tpvd" */
 };
 
-/* Starts the sender thread over `st` (which must outlive it).  TPV_ENOMEM, TPV_EINTERNAL. */
+/* Starts the sender threads over `st` (which must outlive it).  TPV_ENOMEM, TPV_EINTERNAL. */
 int srv_webhook_start(struct srv_webhook **out, struct store *st,
                       const struct srv_webhook_options *opts, struct tpv_err *err);
 
-/* Wakes the sender: events may have been written.  Thread-safe; w may be NULL. */
+/* Wakes the senders: events may have been written.  Thread-safe; w may be NULL. */
 void srv_webhook_notify(struct srv_webhook *w);
 
-/* Stops the sender (an attempt in flight is aborted and retried at the next start), joins and
- * frees it.  NULL is a no-op. */
+/* Stops the senders (attempts in flight are aborted and retried at the next start), joins them
+ * and frees w.  NULL is a no-op. */
 void srv_webhook_stop(struct srv_webhook *w);
 
 /* "sha256=" + hex HMAC-SHA256(secret, body): the X-TPV-Signature value.  out has 72 bytes. */

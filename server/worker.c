@@ -236,7 +236,7 @@ static void run_job(struct worker *w, struct store_claim *c)
     else
         log_info("job id=%s kind=%s study=%s candidate=%s state=%s seconds=%.3f error=%s "
                  "message=\"%s\"", c->id, c->kind, c->study_id, c->candidate_id, outcome, secs,
-                 tpv_error_name(rc), tpv_err_message(&err));
+                 tpv_error_name(rc), tpv_log_text(tpv_err_message(&err), TPV_ERR_MSG_MAX));
     if (strcmp(outcome, "lost") != 0)
         api_metrics_job(p->metrics, c->kind, outcome, secs);
 

@@ -4,6 +4,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <openssl/evp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,21 +12,38 @@
 #include <time.h>
 #include <unistd.h>
 
+/* A response body: grows geometrically (amortised O(1) per byte) up to `max` bytes; past it the
+ * transfer is aborted and `over` set, so a runaway or hostile server cannot exhaust memory. */
 struct buf {
     char *data;
-    size_t len;
+    size_t len, cap;
+    size_t max;
+    bool over, oom;
 };
 
 static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
     struct buf *b = userdata;
-    size_t n = size * nmemb;
-    char *grown = realloc(b->data, b->len + n + 1);
-    if (!grown)
-        return 0;
-    memcpy(grown + b->len, ptr, n);
-    b->data = grown;
-    b->len += n;
+    size_t n, need;
+    if (__builtin_mul_overflow(size, nmemb, &n) || __builtin_add_overflow(b->len, n, &need) ||
+        need > b->max) {
+        b->over = true;
+        return 0; /* curl stops with CURLE_WRITE_ERROR */
+    }
+    if (need + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 16384;
+        while (cap < need + 1)
+            cap = cap > SIZE_MAX / 2 ? need + 1 : cap * 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown) {
+            b->oom = true;
+            return 0;
+        }
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, ptr, n);
+    b->len = need;
     b->data[b->len] = '\0';
     return n;
 }
@@ -68,7 +86,7 @@ static int perform(CURL *curl, const struct ctl *c, const char *path, struct cur
                    const long ok[], long *status, json_t **out)
 {
     char url[4096];
-    struct buf body = { 0 };
+    struct buf body = { .max = c->max_response ? c->max_response : CTL_MAX_RESPONSE_DEFAULT };
     snprintf(url, sizeof url, "%s%s", c->url, path);
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdrs);
@@ -77,6 +95,17 @@ static int perform(CURL *curl, const struct ctl *c, const char *path, struct cur
     curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     CURLcode cc = curl_easy_perform(curl);
+    if (body.over) {
+        fprintf(stderr, "tpvctl: the response to %s is larger than the %zu-byte cap "
+                "(--max-response)\n", path, body.max);
+        free(body.data);
+        return CTL_ERR_CONNECT;
+    }
+    if (body.oom) {
+        fprintf(stderr, "tpvctl: out of memory reading the response to %s\n", path);
+        free(body.data);
+        return CTL_ERR_LOCAL;
+    }
     if (cc != CURLE_OK) {
         fprintf(stderr, "tpvctl: cannot reach %s: %s\n", c->url, curl_easy_strerror(cc));
         free(body.data);

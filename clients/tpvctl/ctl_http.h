@@ -5,20 +5,26 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 /* Exit codes scripts can rely on (also in `tpvctl --help`). */
 enum ctl_exit {
     CTL_OK = 0,
     CTL_ERR_SERVER = 1,   /* the server refused the request (4xx/5xx); its message is printed */
     CTL_ERR_USAGE = 2,    /* bad command line */
-    CTL_ERR_CONNECT = 3,  /* server unreachable / transport failure */
+    CTL_ERR_CONNECT = 3,  /* server unreachable / transport failure / response over the cap */
     CTL_ERR_JOB = 4,      /* the awaited job failed or was canceled */
     CTL_ERR_TIMEOUT = 5,  /* --timeout passed while waiting */
     CTL_ERR_LOCAL = 6,    /* a local file could not be read */
 };
 
+/* Default cap of one response body (--max-response): far above any page or ranking the server
+ * sends, low enough that a broken or hostile server cannot take the client's memory. */
+#define CTL_MAX_RESPONSE_DEFAULT ((size_t)256 << 20)
+
 struct ctl {
     const char *url;   /* base URL without trailing slash */
+    size_t max_response; /* bytes of one response body; 0 = CTL_MAX_RESPONSE_DEFAULT */
     const char *token; /* bearer token or NULL */
     bool progress;     /* draw progress bars (stderr is a TTY and not --quiet) */
     bool quiet;        /* --quiet: no notes on stderr */

@@ -1,8 +1,10 @@
 /* tpvctl: command-line client of tpvd (libcurl).  Server URL and token from --url/--token or
  * TPV_URL/TPV_TOKEN; errors are the server's JSON errors; exit codes in ctl_http.h and --help. */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +21,8 @@ static bool json_output;
 static void usage(FILE *out)
 {
     fprintf(out,
-        "Usage: tpvctl [--url URL] [--token T] [--json] [--quiet] COMMAND ...\n"
+        "Usage: tpvctl [--url URL] [--token T] [--json] [--quiet] [--max-response BYTES]\n"
+        "              COMMAND ...\n"
         "\n"
         "  study create --name N --noise MODEL [--noise MODEL]... [--rank-by NAME]\n"
         "               [--description D] [--webhook URL]\n"
@@ -41,6 +44,8 @@ static void usage(FILE *out)
         "FILE arguments may also be a digest sha256:<hex> or an http(s):// URL that the server\n"
         "fetches itself (only from hosts its operator allows with tpvd --fetch-allow).\n"
         "\n"
+        "--max-response caps one response body (default 268435456, 256 MiB); a larger one\n"
+        "ends the command with exit code 3.\n"
         "Environment: TPV_URL (default http://127.0.0.1:8080), TPV_TOKEN.\n"
         "Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 server unreachable,\n"
         "            4 job failed or canceled, 5 timeout, 6 local file error.\n");
@@ -572,7 +577,8 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         { "url", required_argument, 0, 'u' }, { "token", required_argument, 0, 't' },
         { "json", no_argument, 0, 'j' },      { "quiet", no_argument, 0, 'q' },
-        { "help", no_argument, 0, 'h' },      { 0, 0, 0, 0 } };
+        { "help", no_argument, 0, 'h' },      { "max-response", required_argument, 0, 'm' },
+        { 0, 0, 0, 0 } };
     struct ctl c = { .url = getenv("TPV_URL"), .token = getenv("TPV_TOKEN") };
     bool quiet = false;
     int opt;
@@ -583,6 +589,15 @@ int main(int argc, char **argv)
         case 'j': json_output = true; break;
         case 'q': quiet = true; break;
         case 'h': usage(stdout); return CTL_OK;
+        case 'm': {
+            char *end;
+            errno = 0;
+            unsigned long long n = strtoull(optarg, &end, 10);
+            if (errno || end == optarg || *end || optarg[0] == '-' || n == 0 || n > SIZE_MAX / 2)
+                return usage_error("--max-response '%s' is not a positive number of bytes", optarg);
+            c.max_response = (size_t)n;
+            break;
+        }
         default: usage(stderr); return CTL_ERR_USAGE;
         }
     }

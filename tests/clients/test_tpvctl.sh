@@ -2,7 +2,8 @@
 # test_tpvctl.sh: the real tpvctl binary against the real tpvd (started here on 127.0.0.1:0):
 # study create (JSON and key=value noise models), inputs put, candidate add twice with the same
 # weights (the second upload is skipped), job wait, ranking (table and --json), jbr --wait, and the
-# exit codes scripts rely on: 1 server error, 2 usage, 3 unreachable, 4 job failed.
+# exit codes scripts rely on: 1 server error, 2 usage, 3 unreachable or response over
+# --max-response, 4 job failed.
 #   TPVD_BIN, TPVCTL_BIN, TPV_SOURCE_ROOT come from meson (tests/clients/meson.build).
 set -euo pipefail
 
@@ -94,6 +95,17 @@ expect_rc 0 "$T" --json ranking "$sid" --by q8
 cid=$("$T" --json candidate list "$sid" | sed -n 's/.*"id": "\(cd_[0-9a-f]*\)".*/\1/p' | head -1)
 [[ "$cid" == cd_* ]] || fail "candidate id: $cid"
 expect_rc 0 "$T" jbr "$sid" "$cid" --wait --timeout 120
+
+# One response body has a cap: a body exactly at --max-response is read, one byte over ends the
+# command (exit 3) with a message naming the cap (every job above has finished: the list is stable).
+size=$(/usr/bin/env python3 -c 'import sys, urllib.request; print(len(urllib.request.urlopen(sys.argv[1]).read()))' \
+  "$TPV_URL/v1/studies?page_size=100")
+[ "$size" -gt 1000 ] || fail "study list is only $size bytes"
+expect_rc 0 "$T" --max-response "$size" study list
+grep -q json-form "$tmp/out" || fail "study list at the cap: $(cat "$tmp/out")"
+expect_rc 3 "$T" --max-response "$((size - 1))" study list
+grep -q "larger than the $((size - 1))-byte cap" "$tmp/err" || fail "cap not named: $(cat "$tmp/err")"
+expect_rc 2 "$T" --max-response 0 study list
 
 # Exit codes.
 expect_rc 1 "$T" study get st_0000000000000000          # 404 from the server

@@ -1,12 +1,46 @@
-/* test_router.c: routing, 404/405 with Allow, and the JSON error shape, without any socket. */
+/* test_router.c: routing, 404/405 with Allow, the JSON error shape, and the reply contract of
+ * handlers (a handler that returns without replying gets 500), without any socket.
+ *
+ * The link wraps api_handle_metrics (meson: -Wl,--wrap=api_handle_metrics): the route table's
+ * GET /metrics then runs the stub below, which can misbehave on demand. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
 #include "api/api.h"
+#include "api/handlers.h"
+
+/* What the stub handler of GET /metrics does. */
+enum stub_mode { STUB_REAL, STUB_SILENT, STUB_HALF };
+static enum stub_mode stub_mode = STUB_REAL;
+
+void __real_api_handle_metrics(const struct api_env *env, struct api_request *req,
+                               struct api_response *resp);
+void __wrap_api_handle_metrics(const struct api_env *env, struct api_request *req,
+                               struct api_response *resp);
+
+void __wrap_api_handle_metrics(const struct api_env *env, struct api_request *req,
+                               struct api_response *resp)
+{
+    switch (stub_mode) {
+    case STUB_REAL:
+        __real_api_handle_metrics(env, req, resp);
+        return;
+    case STUB_SILENT: /* returns as a handler that lost an allocation might */
+        return;
+    case STUB_HALF: { /* a header and a body, but no status */
+        api_response_add_header(resp, "Location", "/nowhere");
+        static const char partial[] = "{\"half\":";
+        resp->body = strdup(partial);
+        resp->body_len = resp->body ? sizeof partial - 1 : 0;
+        return;
+    }
+    }
+}
 
 static void run(const char *method, const char *path, struct api_response *resp)
 {
@@ -126,6 +160,32 @@ static void test_service_routes_without_store_are_503(void **state)
     api_response_free(&resp);
 }
 
+/* A handler that returns without a reply: the router answers 500 internal (the transport would
+ * otherwise queue status 0), and nothing the handler left behind goes out with it. */
+static void test_handler_without_reply_is_500(void **state)
+{
+    (void)state;
+    struct api_response resp;
+    stub_mode = STUB_SILENT;
+    run("GET", "/metrics", &resp);
+    assert_error(&resp, 500, "internal");
+    assert_int_equal(resp.nheaders, 0);
+    assert_int_equal(resp.hold_seconds, 0);
+    api_response_free(&resp);
+
+    stub_mode = STUB_HALF;
+    run("GET", "/metrics", &resp);
+    assert_error(&resp, 500, "internal");
+    assert_int_equal(resp.nheaders, 0);
+    assert_null(strstr(resp.body, "half"));
+    api_response_free(&resp);
+
+    stub_mode = STUB_REAL; /* the real handler still answers through the wrap */
+    run("GET", "/metrics", &resp);
+    assert_int_equal(resp.status, 200);
+    api_response_free(&resp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -135,6 +195,7 @@ int main(void)
         cmocka_unit_test(test_readyz_without_store_is_503),
         cmocka_unit_test(test_openapi_matches_routes),
         cmocka_unit_test(test_service_routes_without_store_are_503),
+        cmocka_unit_test(test_handler_without_reply_is_500),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
