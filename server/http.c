@@ -186,8 +186,11 @@ static enum MHD_Result reply_too_large(struct srv_http *http, struct MHD_Connect
                                        struct http_request *hr)
 {
     struct api_response resp = { 0 };
-    api_reply_errorf(&resp, TPV_ETOOLARGE, "body", "request body exceeds the limit of %llu bytes",
-                     (unsigned long long)(hr->streaming ? http->max_blob : http->max_body));
+    /* The message names the flag so that whoever reads the client's error knows what to raise. */
+    api_reply_errorf(&resp, TPV_ETOOLARGE, "body",
+                     "request body exceeds the limit of %llu bytes (--%s)",
+                     (unsigned long long)(hr->streaming ? http->max_blob : http->max_body),
+                     hr->streaming ? "max-blob" : "max-body");
     enum MHD_Result ok = send_response(conn, hr, &resp);
     api_response_free(&resp);
     return ok;

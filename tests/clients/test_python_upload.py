@@ -67,6 +67,7 @@ class UploadTest(unittest.TestCase):
             self.c.put_blob(path)
         self.assertEqual(cm.exception.status, 413, cm.exception)
         self.assertEqual(cm.exception.code, "payload_too_large")
+        self.assertIn("--max-blob", cm.exception.message)
         self.assertFalse(self.c.has_blob("sha256:" + sha256_file(path)))
 
     def test_upload_within_the_limit_is_stored(self):
