@@ -343,7 +343,7 @@ static void test_pagination_stable_under_inserts(void **state)
     int64_t next = 0, after = 0;
     int seen = 0, pages = 0;
     do {
-        assert_int_equal(store_candidate_list(f->st, sid, after, 3, &items, &next, &err), TPV_OK);
+        assert_int_equal(store_candidate_list(f->st, sid, after, 3, 0, &items, &next, &err), TPV_OK);
         for (size_t i = 0; i < json_array_size(items); i++) {
             snprintf(name, sizeof name, "c%d", seen++);
             assert_string_equal(
@@ -358,11 +358,11 @@ static void test_pagination_stable_under_inserts(void **state)
     } while (next != 0);
     assert_int_equal(seen, 8);
     assert_int_equal(pages, 3);
-    assert_int_equal(store_candidate_list(f->st, "st_none", 0, 3, &items, &next, &err),
+    assert_int_equal(store_candidate_list(f->st, "st_none", 0, 3, 0, &items, &next, &err),
                      TPV_ENOTFOUND);
 
     /* Studies page the same way. */
-    assert_int_equal(store_study_list(f->st, 0, 100, &items, &next, &err), TPV_OK);
+    assert_int_equal(store_study_list(f->st, 0, 100, 0, &items, &next, &err), TPV_OK);
     assert_true(json_array_size(items) >= 1);
     assert_int_equal(next, 0);
     json_decref(items);
