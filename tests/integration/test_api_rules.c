@@ -268,6 +268,13 @@ static void test_inputs_frozen_with_candidates(void **state)
     assert_string_equal(http_json_str(&r, "inputs.fit.digest"), x2);
     assert_true(json_is_null(json_object_get(json_object_get(r.json, "inputs"), "probe")));
     http_result_free(&r);
+    /* The API document says so. */
+    assert_int_equal(http_json(d.base_url, "GET", "/openapi.json", NULL, NULL, &r), 0);
+    json_t *op = json_object_get(json_object_get(json_object_get(r.json, "paths"),
+                                                 "/v1/studies/{sid}/inputs/{split}"), "put");
+    assert_non_null(json_object_get(json_object_get(op, "responses"), "409"));
+    assert_non_null(strstr(json_string_value(json_object_get(op, "summary")), "409"));
+    http_result_free(&r);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
 }
