@@ -343,14 +343,18 @@ void api_handle_inputs_put(const struct api_env *env, struct api_request *req, s
         goto out;
     }
     if (input_count(path, &n, &err) != TPV_OK) {
+        if (err.code == TPV_ENOMEM || err.code == TPV_EIO) {
+            api_reply_store_error(req, resp, &err); /* the path goes to the log only */
+            goto out;
+        }
+        /* The file's fault: the client knows it by its digest, never by our path. */
         char shown[STORE_DIGEST_MAX + 8];
         snprintf(shown, sizeof shown, "blob %s", digest);
         api_err_hide_path(&err, path, shown);
         if (!strstr(err.message, shown))
             tpv_err_prefix(&err, "%s", shown);
         snprintf(err.field, sizeof err.field, "blob");
-        if (err.code != TPV_ENOMEM && err.code != TPV_EIO)
-            err.code = TPV_EINVAL;
+        err.code = TPV_EINVAL;
         api_reply_error(resp, &err);
         goto out;
     }

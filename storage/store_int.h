@@ -64,8 +64,10 @@
                         "WHERE c.study_id = ?1 AND c.id = ?2")                                    \
     X(CAND_LIST,        "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, c.source_kind, "     \
                         "c.state, c.stability, c.job_id, c.created_at, j.progress, "              \
-                        "j.error_code, j.error_message, (SELECT coalesce(sum(length(details) + "  \
-                        "length(noise) + 256), 0) FROM scores WHERE candidate_id = c.id) "        \
+                        "j.error_code, j.error_message, "                                          \
+                        "(SELECT coalesce(sum(coalesce(length(CAST(details AS BLOB)), 0) + "      \
+                        "2 * length(CAST(noise AS BLOB)) + 384), 0) "                             \
+                        "FROM scores WHERE candidate_id = c.id) "                                 \
                         "FROM candidates c LEFT JOIN jobs j ON j.id = c.job_id "                  \
                         "WHERE c.study_id = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3")           \
     X(CAND_SCORES,      "SELECT candidate_id, noise, kind, split, value, stderr, estimator, "     \

@@ -75,16 +75,34 @@ static int idem_unused(struct store_conn *c, const struct store_idem *idem, stru
     return rc;
 }
 
-/* What a list row adds to a page, for the byte bound: its text columns (JSON kept as text is
- * sent nearly as stored) plus the keys and punctuation around them.  Read before the row is
- * converted (sqlite3_column_bytes is only asked of text and blob columns). */
+/* Bytes of a text as a JSON string body, escaped the way jansson writes it. */
+static uint64_t escaped_bytes(const unsigned char *t, int len)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < len; i++)
+        n += t[i] == '"' || t[i] == '\\' || t[i] == '\b' || t[i] == '\f' || t[i] == '\n' ||
+                     t[i] == '\r' || t[i] == '\t'
+                 ? 2
+             : t[i] < 0x20 ? 6
+                           : 1;
+    return n;
+}
+
+/* An upper bound of the JSON bytes a list row becomes, for the page byte bound: columns whose
+ * bit is set in json_cols hold JSON text, sent at most as long as stored (compact, reals only
+ * get shorter); other text is escaped as a string; numbers take at most 24 bytes; overhead
+ * covers the keys and punctuation of the row's shape. */
 #define ROW_OVERHEAD_BYTES 320
-static uint64_t row_bytes(sqlite3_stmt *s)
+static uint64_t row_bytes(sqlite3_stmt *s, unsigned json_cols)
 {
     uint64_t n = ROW_OVERHEAD_BYTES;
     for (int i = 0, cols = sqlite3_column_count(s); i < cols; i++) {
-        int type = sqlite3_column_type(s, i);
-        n += type == SQLITE_TEXT || type == SQLITE_BLOB ? (uint64_t)sqlite3_column_bytes(s, i) : 24;
+        if (sqlite3_column_type(s, i) != SQLITE_TEXT)
+            n += 24;
+        else if (i < 32 && (json_cols >> i & 1u))
+            n += (uint64_t)sqlite3_column_bytes(s, i);
+        else
+            n += 2 + escaped_bytes(sqlite3_column_text(s, i), sqlite3_column_bytes(s, i));
     }
     return n;
 }
@@ -285,7 +303,7 @@ int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t ma
     sqlite3_bind_int64(s, 1, after_seq);
     sqlite3_bind_int(s, 2, limit + 1); /* one extra row tells whether a next page exists */
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        uint64_t more = row_bytes(s);
+        uint64_t more = row_bytes(s, 1u << 4 | 1u << 7); /* noise_models, metadata */
         if (count == limit || page_full(count, used, more, max_bytes)) {
             *next_seq = last;
             break;
@@ -351,9 +369,9 @@ int store_input_set(struct store *st, const char *study_id, const char *split, c
     if (rc == TPV_OK && !(same = strcmp(current, digest) == 0) && candidates > 0)
         rc = tpv_err_set(err, TPV_EPRECONDITION, strcmp(split, "fit") == 0 ? "inputs.fit"
                                                                             : "inputs.probe",
-                         "study %s has %lld candidate(s) scored on its current inputs: the %s "
-                         "input set cannot change any more (a ranking would mix two input "
-                         "sets); create a new study for other inputs",
+                         "study %s has %lld candidate(s), so its %s input set is fixed: they "
+                         "were scored on the current inputs and a ranking must not mix two "
+                         "input sets; create a new study for other inputs",
                          study_id, (long long)candidates, split);
     if (rc == TPV_OK && same) {
         tx_rollback(c); /* nothing to write */
@@ -628,7 +646,8 @@ int store_candidate_list(struct store *st, const char *study_id, int64_t after_s
     sqlite3_bind_int(s, 3, limit + 1);
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
         /* The last column estimates the candidate's scores (second query) in bytes. */
-        uint64_t more = row_bytes(s) + (uint64_t)sqlite3_column_int64(s, 13);
+        uint64_t more = row_bytes(s, 1u << 4 | 1u << 7) /* metadata, stability */ +
+                        (uint64_t)sqlite3_column_int64(s, 13);
         if (count == limit || page_full(count, used, more, max_bytes)) {
             *next_seq = last;
             break;

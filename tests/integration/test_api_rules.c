@@ -373,9 +373,14 @@ static void test_list_pages_bounded_in_bytes(void **state)
     char *meta = metadata_of(META_BYTES - 100), *body = malloc(2 * META_BYTES);
     struct http_result r;
     enum { STUDIES = 24, CANDIDATES = 20 };
+    /* Descriptions grow when escaped: quotes double, control characters become \u00XX. */
+    char desc[4000] = "";
+    for (int i = 0; i < 600; i++)
+        strcat(desc, i % 2 ? "\\\"" : "\\u0001");
     for (int i = 0; i < STUDIES; i++) {
-        snprintf(body, 2 * META_BYTES, "{\"name\":\"s%d\",\"metadata\":%s,\"noise_models\":"
-                 "[{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.1}]}", i, meta);
+        snprintf(body, 2 * META_BYTES, "{\"name\":\"s%d\",\"description\":\"%s\","
+                 "\"metadata\":%s,\"noise_models\":[{\"name\":\"iso\",\"kind\":\"isotropic\","
+                 "\"sigma\":0.1}]}", i, desc, meta);
         assert_int_equal(http_json(d.base_url, "POST", "/v1/studies", body, NULL, &r), 0);
         if (r.status != 201)
             fail_msg("study %d: %ld %s", i, r.status, r.body);
@@ -573,6 +578,21 @@ static void test_no_server_path_in_errors(void **state)
     hostile(&d, "PUT", path, "{\"blob\":\"sha256:00000000000000000000000000000000000000000000"
             "00000000000000000000\"}", "inputs: absent blob");
     hostile(&d, "GET", "/v1/studies/st_nothing", NULL, "absent study");
+    /* A blob whose file went missing behind the database's back (an operator's mistake). */
+    unsigned char *gone = make_npy(3, 3, UINT64_MAX, 0, &len);
+    char gonedigest[80], file[700];
+    upload(&d, gone, len, gonedigest);
+    free(gone);
+    snprintf(file, sizeof file, "%s/blobs/sha256/%.2s/%s", d.data_dir, gonedigest + 7,
+             gonedigest + 7);
+    assert_int_equal(unlink(file), 0);
+    snprintf(path, sizeof path, "/v1/studies/%s/inputs/probe", sid);
+    snprintf(body, sizeof body, "{\"blob\":\"%s\"}", gonedigest);
+    hostile(&d, "PUT", path, body, "inputs: file gone");
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    snprintf(body, sizeof body, "{\"name\":\"gone\",\"jacobian\":{\"fit\":\"%s\"}}",
+             gonedigest);
+    hostile(&d, "POST", path, body, "dump: file gone");
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
     if (path_leaks)
