@@ -165,7 +165,7 @@ bool api_check_metadata_size(const struct api_env *env, const json_t *meta, cons
                              struct api_response *resp)
 {
     uint64_t max = env->limits.max_metadata_bytes;
-    if (!meta || max == 0)
+    if (!json_is_object(meta) || max == 0) /* absent or null: nothing to bound */
         return true;
     struct size_count c = { 0, max > SIZE_MAX ? SIZE_MAX : (size_t)max };
     if (json_dump_callback(meta, count_bytes, &c, JSON_COMPACT) == 0 && c.bytes <= c.cap)

@@ -189,12 +189,17 @@ static void test_study_validation_and_idempotency(void **state)
     api_response_free(&a);
     api_response_free(&b);
     expect(f, "POST", "/v1/studies", "{\"name\":\"other\"}", &t, 409, "Idempotency-Key");
+    /* metadata null is no metadata (and no size to bound). */
+    f->env.limits.max_metadata_bytes = 1024;
+    expect(f, "POST", "/v1/studies", "{\"name\":\"n\",\"metadata\":null,\"noise_models\":"
+           "[{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.1}]}", NULL, 201, NULL);
+    f->env.limits.max_metadata_bytes = 0;
 
-    struct fake page = { .query = { { "page_size", "1" } } };
+    struct fake page = { .query = { { "page_size", "2" } } };
     struct api_response resp;
     json_t *j = call(f, "GET", "/v1/studies", NULL, &page, &resp);
-    assert_int_equal(json_array_size(json_object_get(j, "items")), 1);
-    assert_true(json_is_null(json_object_get(j, "next_page_token"))); /* only one study */
+    assert_int_equal(json_array_size(json_object_get(j, "items")), 2);
+    assert_true(json_is_null(json_object_get(j, "next_page_token"))); /* only two studies */
     json_decref(j);
     api_response_free(&resp);
     struct fake badpage = { .query = { { "page_size", "1000" } } };
