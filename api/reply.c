@@ -62,26 +62,32 @@ static size_t real_spell(char *buf, size_t len, size_t cap)
     return len;
 }
 
-/* Writes into buf (cap >= 32) the shortest of the %.Pg spellings of the finite v that strtod reads
- * back exactly and returns its length.  For normal numbers P in 15..17 suffices: decimals of at
- * most 15 digits map to distinct doubles (DBL_DIG), so a round-tripping %.15g has no shorter
- * equivalent; subnormals carry fewer digits (5e-324) and try every P. */
-static size_t real_shortest(double v, char *buf, size_t cap)
+/* Writes into buf (cap > len) the shortest spelling of the finite v that strtod reads back
+ * exactly and returns its length; `token` (len bytes) is jansson's %.17g spelling of v, which
+ * always reads back and is the one to beat.  For normal numbers P = 15 and 16 are the other
+ * candidates: decimals of at most 15 digits map to distinct doubles (DBL_DIG), so a %.15g that
+ * reads back has no shorter equivalent.  Below 1e15 every P >= 15 writes the same notation, so
+ * the first P that reads back is the shortest; from 1e15 on %.15g may switch to an exponent and
+ * grow ("1.23456789012345e15" vs "1234567890123450.0"), so lengths are compared.  Subnormals
+ * carry fewer digits ("5e-324") and try every P from 1. */
+static size_t real_shortest(double v, const char *token, size_t len, char *buf, size_t cap)
 {
     char cand[40];
-    size_t best = 0;
-    int first = fabs(v) >= DBL_MIN || v == 0 ? 15 : 1;
-    for (int p = first; p <= 17; p++) {
+    memcpy(buf, token, len + 1);
+    bool subnormal = v != 0 && fabs(v) < DBL_MIN;
+    for (int p = subnormal ? 1 : 15; p <= 16; p++) {
         int n = snprintf(cand, sizeof cand, "%.*g", p, v);
-        if (n <= 0 || (size_t)n >= sizeof cand || strtod(cand, NULL) != v)
+        if (n <= 0 || (size_t)n >= sizeof cand - 2 || strtod(cand, NULL) != v)
             continue;
-        size_t len = real_spell(cand, (size_t)n, sizeof cand);
-        if ((best == 0 || len < best) && len < cap) {
-            memcpy(buf, cand, len + 1);
-            best = len;
+        size_t clen = real_spell(cand, (size_t)n, sizeof cand);
+        if (clen < len && clen < cap) {
+            memcpy(buf, cand, clen + 1);
+            len = clen;
         }
+        if (fabs(v) < 1e15)
+            break;
     }
-    return best;
+    return len;
 }
 
 /* Rewrites, in place, every real of jansson's output `text` in its shortest spelling; everything
@@ -120,7 +126,7 @@ static void reals_shorten(char *text)
             token[n] = '\0';
             double v = strtod(token, NULL);
             if (isfinite(v))
-                len = real_shortest(v, best, sizeof best);
+                len = real_shortest(v, token, n, best, sizeof best);
         }
         if (len > 0 && len <= n) {
             memmove(out, best, len);
