@@ -81,6 +81,42 @@ static void expect_error(const struct http_result *r, long status, const char *c
     }
 }
 
+/* Fails when a real in the JSON text `body` is longer than needed: a %.15g spelling that reads
+ * back to the same double and is shorter (jansson alone writes 0.10000000000000001). */
+static void assert_reals_shortest(const char *what, const char *body)
+{
+    bool in_string = false;
+    int reals = 0;
+    for (const char *p = body; *p; p++) {
+        if (in_string) {
+            if (*p == '\\' && p[1])
+                p++;
+            else if (*p == '"')
+                in_string = false;
+            continue;
+        }
+        if (*p == '"') {
+            in_string = true;
+            continue;
+        }
+        if (*p != '-' && (*p < '0' || *p > '9'))
+            continue;
+        size_t n = strspn(p, "0123456789+-.eE");
+        char token[64], alt[64];
+        snprintf(token, sizeof token, "%.*s", (int)n, p);
+        p += n - 1;
+        if (!strpbrk(token, ".eE"))
+            continue; /* an integer */
+        reals++;
+        double v = strtod(token, NULL);
+        snprintf(alt, sizeof alt, "%.15g", v);
+        if (strtod(alt, NULL) == v && strlen(alt) + 2 < strlen(token))
+            fail_msg("%s: %s could be %s: %.300s", what, token, alt, body);
+    }
+    if (reals == 0)
+        fail_msg("%s: no reals in %.400s", what, body);
+}
+
 /* ---- 1. Idempotency-Key races ---- */
 
 #define RACE_PAIRS 4  /* pairs in flight at once */
@@ -229,7 +265,8 @@ static void test_inputs_frozen_with_candidates(void **state)
     http_result_free(&r);
 
     snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
-    snprintf(body, sizeof body, "{\"name\":\"c\",\"jacobian\":{\"fit\":\"%s\"}}", dump);
+    snprintf(body, sizeof body, "{\"name\":\"c\",\"metadata\":{\"train_loss\":0.1},"
+             "\"jacobian\":{\"fit\":\"%s\"}}", dump);
     assert_int_equal(http_json(d.base_url, "POST", path, body, NULL, &r), 0);
     assert_int_equal(r.status, 202);
     /* Let its job end: the worker's state changes bump the version too. */
@@ -245,6 +282,15 @@ static void test_inputs_frozen_with_candidates(void **state)
             fail_msg("job %s did not succeed", path);
         usleep(10 * 1000);
     }
+    /* Scores as every response spells reals: shortest (the ranking is rendered apart). */
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=fit", sid);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    assert_reals_shortest("ranking", r.body);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    assert_reals_shortest("candidates", r.body);
+    http_result_free(&r);
     snprintf(path, sizeof path, "/v1/studies/%s", sid);
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
     json_int_t version = json_integer_value(json_object_get(r.json, "version"));
