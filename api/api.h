@@ -33,6 +33,8 @@ struct api_limits {
     int64_t max_queued_jobs; /* beyond: 429 with Retry-After */
     int max_wait_s;          /* cap of the ranking's wait= */
     int max_page_size;       /* cap of page_size */
+    uint64_t max_page_bytes; /* a list page stops once its items take this much; 0 = no bound */
+    uint64_t max_metadata_bytes; /* serialised metadata of one study or candidate; 0 = no bound */
 };
 
 /* What handlers may use; owned by the server, read-only for the api. */
@@ -132,7 +134,13 @@ void api_stream_end(struct api_request *req);
 /* Releases what a response owns; the struct itself is the caller's.  NULL is a no-op. */
 void api_response_free(struct api_response *resp);
 
-/* Replies with `body` serialised as JSON (compact).  Steals the reference to body. */
+/* JSON text of `json` exactly as json_dumps(json, flags) writes it, except that every real has
+ * the shortest spelling that strtod reads back exactly ("0.1", not "0.10000000000000001").
+ * Every JSON response goes through it.  Returns malloc'd text (free), NULL when out of memory. */
+char *api_json_dumps(const json_t *json, size_t flags);
+
+/* Replies with `body` serialised as JSON (compact, api_json_dumps).  Steals the reference to
+ * body. */
 void api_reply_json(struct api_response *resp, int status, json_t *body);
 
 /* Replies with a status and no body (304, HEAD answers). */

@@ -41,9 +41,10 @@ static bool get_blob(const struct api_env *env, const json_t *obj, const char *k
     return true;
 }
 
-/* metadata: an object; train_loss and epoch numbers when present, run a string. */
-static bool check_metadata(const json_t *meta, struct store_candidate_new *c,
-                           struct api_response *resp)
+/* metadata: an object within --max-metadata-bytes; train_loss and epoch numbers when present,
+ * run a string. */
+static bool check_metadata(const struct api_env *env, const json_t *meta,
+                           struct store_candidate_new *c, struct api_response *resp)
 {
     if (!meta)
         return true;
@@ -51,6 +52,8 @@ static bool check_metadata(const json_t *meta, struct store_candidate_new *c,
         api_reply_errorf(resp, TPV_EINVAL, "metadata", "metadata must be an object");
         return false;
     }
+    if (!api_check_metadata_size(env, meta, "metadata", resp))
+        return false;
     json_t *tl = json_object_get(meta, "train_loss"), *ep = json_object_get(meta, "epoch"),
            *run = json_object_get(meta, "run");
     if (tl && !json_is_null(tl)) {
@@ -245,7 +248,7 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
     if (!api_body_object(req, resp, &body) || !api_check_keys(body, keys, "", resp) ||
         !api_get_string(body, "name", "name", true, NAME_MAX_BYTES, &c.name, resp) ||
         !api_resolve_refs(env, req, body, API_REFS_CANDIDATE, resp) ||
-        !check_metadata(json_object_get(body, "metadata"), &c, resp))
+        !check_metadata(env, json_object_get(body, "metadata"), &c, resp))
         goto out;
     if (store_study_info(env->store, sid, &info, &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);
@@ -333,8 +336,8 @@ void api_handle_candidate_list(const struct api_env *env, struct api_request *re
     tpv_err_clear(&err);
     if (!api_study_param(req, resp) || !api_page_params(env, req, resp, &after, &limit))
         return;
-    if (store_candidate_list(env->store, req->params[0], after, limit, &items, &next, &err) !=
-        TPV_OK) {
+    if (store_candidate_list(env->store, req->params[0], after, limit, env->limits.max_page_bytes,
+                             &items, &next, &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);
         return;
     }

@@ -69,8 +69,18 @@ json_t *api_page_json(json_t *items, int64_t next_seq);
 void api_reply_store_error(const struct api_request *req, struct api_response *resp,
                            const struct tpv_err *err);
 
-/* Hex SHA-256 of the body (idempotency request hash); out has 65 bytes. */
-void api_body_hash(const struct api_request *req, char out[65]);
+/* Hex SHA-256 of the body (idempotency request hash); out has 65 bytes.  TPV_OK, or
+ * TPV_EINTERNAL when libcrypto fails (out is then "", never a partial hash). */
+int api_body_hash(const struct api_request *req, char out[65], struct tpv_err *err);
+
+/* Refuses metadata whose compact JSON is larger than --max-metadata-bytes: 413 naming `field`.
+ * Counts without building the text and stops at the limit. */
+bool api_check_metadata_size(const struct api_env *env, const json_t *meta, const char *field,
+                             struct api_response *resp);
+
+/* Replaces every occurrence of the server path `path` in err's message by `shown` (what the
+ * client knows the file as, e.g. "blob sha256:..."): no server path reaches a client. */
+void api_err_hide_path(struct tpv_err *err, const char *path, const char *shown);
 
 /* Whether an id path parameter looks like one of ours (short, [A-Za-z0-9_-]). */
 bool api_id_valid(const char *id);

@@ -29,17 +29,26 @@ static const struct op ops[] = {
     { "head", "/v1/blobs/{digest}", "headBlob", "Whether a blob exists (X-Blob-Size header)",
       NULL, 200, NULL, "400 404" },
     { "post", "/v1/studies", "createStudy", "Create a study with its noise models "
-      "(Idempotency-Key supported)", "StudyCreate", 201, "Study", "400 409 413" },
-    { "get", "/v1/studies", "listStudies", "List studies (page_size, page_token)", NULL, 200,
-      "StudyList", "400" },
+      "(Idempotency-Key supported: identical requests, also concurrent ones, get the first "
+      "answer; 413 when metadata is over --max-metadata-bytes)", "StudyCreate", 201, "Study",
+      "400 409 413" },
+    { "get", "/v1/studies", "listStudies", "List studies (page_size, page_token; a page also "
+      "ends before --max-page-bytes, holding at least one item, and next_page_token continues "
+      "there)", NULL, 200, "StudyList", "400" },
     { "get", "/v1/studies/{sid}", "getStudy", "A study", NULL, 200, "Study", "404" },
     { "put", "/v1/studies/{sid}/inputs/{split}", "putInputs", "Set the fit or probe input set "
-      "of a study to a blob", "InputsPut", 200, "Study", "400 404" },
+      "of a study to a blob (finite values only: 400 naming the first bad index).  Once the "
+      "study has a candidate its input sets are fixed: another digest is 409 "
+      "failed_precondition (the candidates were scored on the current inputs; create a new "
+      "study for other inputs), the same digest again is a 200 that changes nothing",
+      "InputsPut", 200, "Study", "400 404 409" },
     { "post", "/v1/studies/{sid}/candidates", "createCandidate", "Submit a candidate (model or "
-      "Jacobian dumps); queues its score job (Idempotency-Key supported)", "CandidateCreate", 202,
+      "Jacobian dumps); queues its score job (Idempotency-Key supported; 413 when metadata is "
+      "over --max-metadata-bytes)", "CandidateCreate", 202,
       "CandidateAccepted", "400 404 409 413 429 507" },
     { "get", "/v1/studies/{sid}/candidates", "listCandidates", "List a study's candidates with "
-      "their scores (page_size, page_token)", NULL, 200, "CandidateList", "400 404" },
+      "their scores (page_size, page_token; bounded by --max-page-bytes like listStudies)", NULL,
+      200, "CandidateList", "400 404" },
     { "get", "/v1/studies/{sid}/candidates/{cid}", "getCandidate", "A candidate with its scores "
       "per noise model and split", NULL, 200, "Candidate", "404" },
     { "post", "/v1/studies/{sid}/candidates/{cid}/jbr", "createJbr", "Queue JBR pruning scores "

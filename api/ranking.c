@@ -316,7 +316,7 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
         goto out;
     }
     json_t *body = build_ranking(sid, info.version, &q, rows, nrows);
-    text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    text = body ? api_json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (!text) {
         api_reply_errorf(resp, TPV_ENOMEM, NULL, "out of memory");

@@ -1,7 +1,10 @@
 /* reply.c: response construction: JSON bodies, the error shape, headers (see api.h). */
 #include "api/api.h"
 
+#include <float.h>
+#include <math.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,9 +38,119 @@ static void reply_oom(struct api_response *resp)
     reply_raw(resp, 500, copy, copy ? sizeof oom - 1 : 0);
 }
 
+/* The number as jansson spells a real: a ".0" when it would read back as an integer, no '+' and
+ * no leading zeros in the exponent ("1e-05" -> "1e-5"). */
+static size_t real_spell(char *buf, size_t len, size_t cap)
+{
+    if (!strpbrk(buf, ".e") && len + 2 < cap) {
+        memcpy(buf + len, ".0", 3);
+        len += 2;
+    }
+    char *e = strchr(buf, 'e');
+    if (e) {
+        char *start = e + 1, *end;
+        if (*start == '-')
+            start++;
+        end = start;
+        while (*end == '+' || *end == '0')
+            end++;
+        if (*end == '\0') /* keep one digit of an exponent that was all zeros */
+            end--;
+        memmove(start, end, strlen(end) + 1);
+        len = strlen(buf);
+    }
+    return len;
+}
+
+/* Writes into buf (cap > len) the shortest spelling of the finite v that strtod reads back
+ * exactly and returns its length; `token` (len bytes) is jansson's %.17g spelling of v, which
+ * always reads back and is the one to beat.  For normal numbers P = 15 and 16 are the other
+ * candidates: decimals of at most 15 digits map to distinct doubles (DBL_DIG), so a %.15g that
+ * reads back has no shorter equivalent.  Below 1e15 every P >= 15 writes the same notation, so
+ * the first P that reads back is the shortest; from 1e15 on %.15g may switch to an exponent and
+ * grow ("1.23456789012345e15" vs "1234567890123450.0"), so lengths are compared.  Subnormals
+ * carry fewer digits ("5e-324") and try every P from 1. */
+static size_t real_shortest(double v, const char *token, size_t len, char *buf, size_t cap)
+{
+    char cand[40];
+    memcpy(buf, token, len + 1);
+    bool subnormal = v != 0 && fabs(v) < DBL_MIN;
+    for (int p = subnormal ? 1 : 15; p <= 16; p++) {
+        int n = snprintf(cand, sizeof cand, "%.*g", p, v);
+        if (n <= 0 || (size_t)n >= sizeof cand - 2 || strtod(cand, NULL) != v)
+            continue;
+        size_t clen = real_spell(cand, (size_t)n, sizeof cand);
+        if (clen < len && clen < cap) {
+            memcpy(buf, cand, clen + 1);
+            len = clen;
+        }
+        if (fabs(v) < 1e15)
+            break;
+    }
+    return len;
+}
+
+/* Rewrites, in place, every real of jansson's output `text` in its shortest spelling; everything
+ * else (strings, integers, layout) stays byte for byte.  jansson writes reals with %.17g, always
+ * with a '.' or an 'e', and integers with neither, so a number token outside strings that holds
+ * one of them is a real.  The shortest spelling is never longer than jansson's (P = 17 is one of
+ * the candidates), so the text only shrinks. */
+static void reals_shorten(char *text)
+{
+    char *in = text, *out = text;
+    bool in_string = false;
+    while (*in) {
+        char ch = *in;
+        if (in_string) {
+            *out++ = *in++;
+            if (ch == '\\' && *in)
+                *out++ = *in++;
+            else if (ch == '"')
+                in_string = false;
+            continue;
+        }
+        if (ch == '"') {
+            in_string = true;
+            *out++ = *in++;
+            continue;
+        }
+        if (ch != '-' && (ch < '0' || ch > '9')) {
+            *out++ = *in++;
+            continue;
+        }
+        size_t n = strspn(in, "0123456789+-.eE");
+        char token[40], best[40];
+        size_t len = 0;
+        if (n < sizeof token && (memchr(in, '.', n) || memchr(in, 'e', n) || memchr(in, 'E', n))) {
+            memcpy(token, in, n);
+            token[n] = '\0';
+            double v = strtod(token, NULL);
+            if (isfinite(v))
+                len = real_shortest(v, token, n, best, sizeof best);
+        }
+        if (len > 0 && len <= n) {
+            memmove(out, best, len);
+            out += len;
+        } else {
+            memmove(out, in, n);
+            out += n;
+        }
+        in += n;
+    }
+    *out = '\0';
+}
+
+char *api_json_dumps(const json_t *json, size_t flags)
+{
+    char *text = json_dumps(json, flags);
+    if (text)
+        reals_shorten(text);
+    return text;
+}
+
 void api_reply_json(struct api_response *resp, int status, json_t *body)
 {
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *text = body ? api_json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (!text) {
         reply_oom(resp);

@@ -95,13 +95,16 @@ bool api_idem_begin(const struct api_env *env, struct api_request *req, struct a
                          "Idempotency-Key must be 1 to 200 characters");
         return true;
     }
-    api_body_hash(req, hash);
-    idem->scope = scope;
-    idem->key = key;
-    idem->request_hash = hash;
     struct store_replay r;
     struct tpv_err err;
     tpv_err_clear(&err);
+    if (api_body_hash(req, hash, &err) != TPV_OK) {
+        api_reply_store_error(req, resp, &err); /* 500: a key without its hash cannot be kept */
+        return true;
+    }
+    idem->scope = scope;
+    idem->key = key;
+    idem->request_hash = hash;
     int rc = store_idem_lookup(env->store, idem, &r, &err);
     if (rc == TPV_OK) {
         replay(resp, &r);
@@ -116,18 +119,22 @@ bool api_idem_begin(const struct api_env *env, struct api_request *req, struct a
     return false;
 }
 
-/* After a write failed because a concurrent request took the key: answer as that one did. */
+/* After a write found its key taken by a concurrent request (the store checks the key inside
+ * the write's transaction, before any uniqueness rule): answer as that one did, or refuse a
+ * different body under the same key. */
 void api_idem_race(const struct api_env *env, struct api_request *req, struct api_response *resp,
                    const struct store_idem *idem, const struct tpv_err *werr)
 {
     struct store_replay r;
     struct tpv_err err;
-    if (store_idem_lookup(env->store, idem, &r, &err) == TPV_OK) {
+    tpv_err_clear(&err);
+    int rc = store_idem_lookup(env->store, idem, &r, &err);
+    if (rc == TPV_OK) {
         replay(resp, &r);
         store_replay_free(&r);
         return;
     }
-    api_reply_store_error(req, resp, werr);
+    api_reply_store_error(req, resp, rc == TPV_EPRECONDITION ? &err : werr);
 }
 
 void api_handle_study_create(const struct api_env *env, struct api_request *req, struct api_response *resp)
@@ -165,6 +172,8 @@ void api_handle_study_create(const struct api_env *env, struct api_request *req,
         api_reply_errorf(resp, TPV_EINVAL, "metadata", "metadata must be an object");
         goto out;
     }
+    if (!api_check_metadata_size(env, meta, "metadata", resp))
+        goto out;
     if (!api_resolve_refs(env, req, body, API_REFS_STUDY, resp))
         goto out;
     if (!json_object_get(body, "noise_models")) {
@@ -221,7 +230,7 @@ void api_handle_study_create(const struct api_env *env, struct api_request *req,
                                  .webhook_secret = webhook ? secret : NULL };
     struct store_reply reply = { .status = 201, .body = out_text, .location = location };
     int rc = store_study_create(env->store, &s, use_idem ? &idem : NULL, &reply, &err);
-    if (rc == TPV_EEXIST && use_idem) {
+    if (rc == TPV_EEXIST && use_idem && strcmp(err.field, "Idempotency-Key") == 0) {
         api_idem_race(env, req, resp, &idem, &err);
         goto out;
     }
@@ -251,7 +260,8 @@ void api_handle_study_list(const struct api_env *env, struct api_request *req, s
     tpv_err_clear(&err);
     if (!api_page_params(env, req, resp, &after, &limit))
         return;
-    if (store_study_list(env->store, after, limit, &items, &next, &err) != TPV_OK) {
+    if (store_study_list(env->store, after, limit, env->limits.max_page_bytes, &items, &next,
+                         &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);
         return;
     }
@@ -281,7 +291,8 @@ void api_handle_study_get(const struct api_env *env, struct api_request *req, st
     api_reply_json(resp, 200, study);
 }
 
-/* The number of samples of an input set: the first dimension of its (first) tensor. */
+/* The number of samples of an input set: the first dimension of its (first) tensor, whose
+ * values must all be finite (DESIGN.md section 4; the error names the first bad index). */
 static int input_count(const char *path, int64_t *n, struct tpv_err *err)
 {
     struct tpv_tensor_file *f = NULL;
@@ -293,6 +304,8 @@ static int input_count(const char *path, int64_t *n, struct tpv_err *err)
         rc = tpv_err_set(err, TPV_EFORMAT, "blob",
                          "an input set needs a tensor of shape (n, ...) with n >= 1");
     else
+        rc = tpv_tensor_check_finite(t, err);
+    if (rc == TPV_OK)
         *n = (int64_t)t->shape[0];
     tpv_tensor_file_close(f);
     return rc;
@@ -330,10 +343,18 @@ void api_handle_inputs_put(const struct api_env *env, struct api_request *req, s
         goto out;
     }
     if (input_count(path, &n, &err) != TPV_OK) {
-        tpv_err_prefix(&err, "blob %s", digest);
+        if (err.code == TPV_ENOMEM || err.code == TPV_EIO) {
+            api_reply_store_error(req, resp, &err); /* the path goes to the log only */
+            goto out;
+        }
+        /* The file's fault: the client knows it by its digest, never by our path. */
+        char shown[STORE_DIGEST_MAX + 8];
+        snprintf(shown, sizeof shown, "blob %s", digest);
+        api_err_hide_path(&err, path, shown);
+        if (!strstr(err.message, shown))
+            tpv_err_prefix(&err, "%s", shown);
         snprintf(err.field, sizeof err.field, "blob");
-        if (err.code != TPV_ENOMEM && err.code != TPV_EIO)
-            err.code = TPV_EINVAL;
+        err.code = TPV_EINVAL;
         api_reply_error(resp, &err);
         goto out;
     }

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <openssl/evp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,15 +134,68 @@ void api_reply_store_error(const struct api_request *req, struct api_response *r
     api_reply_error(resp, err);
 }
 
-void api_body_hash(const struct api_request *req, char out[65])
+int api_body_hash(const struct api_request *req, char out[65], struct tpv_err *err)
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int len = 0;
-    EVP_Digest(req->body ? req->body : "", req->body ? req->body_len : 0, md, &len, EVP_sha256(),
-               NULL);
-    for (unsigned i = 0; i < 32 && i < len; i++)
+    out[0] = '\0';
+    if (EVP_Digest(req->body ? req->body : "", req->body ? req->body_len : 0, md, &len,
+                   EVP_sha256(), NULL) != 1 ||
+        len != 32)
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "SHA-256 of the request body failed");
+    for (unsigned i = 0; i < 32; i++)
         snprintf(out + 2 * i, 3, "%02x", md[i]);
     out[64] = '\0';
+    return TPV_OK;
+}
+
+/* json_dump_callback sink that only counts, and stops the dump once past the cap. */
+struct size_count {
+    size_t bytes, cap;
+};
+
+static int count_bytes(const char *buffer, size_t size, void *data)
+{
+    (void)buffer;
+    struct size_count *c = data;
+    c->bytes += size;
+    return c->bytes > c->cap ? -1 : 0;
+}
+
+bool api_check_metadata_size(const struct api_env *env, const json_t *meta, const char *field,
+                             struct api_response *resp)
+{
+    uint64_t max = env->limits.max_metadata_bytes;
+    if (!json_is_object(meta) || max == 0) /* absent or null: nothing to bound */
+        return true;
+    struct size_count c = { 0, max > SIZE_MAX ? SIZE_MAX : (size_t)max };
+    if (json_dump_callback(meta, count_bytes, &c, JSON_COMPACT) == 0 && c.bytes <= c.cap)
+        return true;
+    api_reply_errorf(resp, TPV_ETOOLARGE, field,
+                     "%s takes more than %llu bytes as compact JSON (the limit is "
+                     "--max-metadata-bytes)", field, (unsigned long long)max);
+    return false;
+}
+
+void api_err_hide_path(struct tpv_err *err, const char *path, const char *shown)
+{
+    size_t plen = strlen(path), slen = strlen(shown);
+    if (plen == 0)
+        return;
+    char out[sizeof err->message];
+    size_t o = 0;
+    for (const char *p = err->message; *p && o + 1 < sizeof out;) {
+        if (strncmp(p, path, plen) == 0) {
+            size_t n = slen < sizeof out - 1 - o ? slen : sizeof out - 1 - o;
+            memcpy(out + o, shown, n);
+            o += n;
+            p += plen;
+        } else {
+            out[o++] = *p++;
+        }
+    }
+    out[o] = '\0';
+    memcpy(err->message, out, o + 1);
 }
 
 bool api_id_valid(const char *id)

@@ -77,6 +77,11 @@ static const struct config_option options[] = {
       "longest a ranking request may be held with wait= (seconds)" },
     { "max-page-size", "TPVD_MAX_PAGE_SIZE", OPT_INT, F(max_page_size), "500", 1, 10000,
       "largest page_size of list requests" },
+    { "max-page-bytes", "TPVD_MAX_PAGE_BYTES", OPT_SIZE, F(max_page_bytes), "4M", 64 * KiB,
+      1 * GiB, "bytes of items one list page may carry; the page ends early (next_page_token "
+      "continues) but always holds one item" },
+    { "max-metadata-bytes", "TPVD_MAX_METADATA_BYTES", OPT_SIZE, F(max_metadata_bytes), "64K",
+      1 * KiB, 1 * GiB, "largest metadata of one study or candidate, as compact JSON (413 beyond)" },
     { "db-synchronous", "TPVD_DB_SYNCHRONOUS", OPT_STRING, F(db_synchronous), "full", 0, 0,
       "SQLite synchronous mode: full (every commit survives power loss) or normal (WAL: may "
       "lose the last commits on power loss, never on a crash of tpvd)" },

@@ -43,6 +43,8 @@ struct srv_config {
     long long webhook_max_attempts;
     long long webhook_backoff_ms;
     uint64_t max_body_bytes;
+    uint64_t max_page_bytes;     /* byte bound of one list page */
+    uint64_t max_metadata_bytes; /* metadata of one study or candidate */
     uint64_t max_blob_bytes;
     uint64_t max_job_memory;
     uint64_t job_flop_budget;  /* auto's budget for exact diagonals (flops) */

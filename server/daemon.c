@@ -147,6 +147,8 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
                 .max_queued_jobs = cfg->max_queued_jobs,
                 .max_wait_s = (int)cfg->max_wait_s,
                 .max_page_size = (int)cfg->max_page_size,
+                .max_page_bytes = cfg->max_page_bytes,
+                .max_metadata_bytes = cfg->max_metadata_bytes,
             },
             .metrics = d->metrics,
             .cache = d->cache,

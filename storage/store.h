@@ -124,7 +124,9 @@ struct store_study_new {
 };
 
 /* Creates a study (and, when idem is not NULL, remembers `reply` under its key in the same
- * transaction).  TPV_EEXIST if the idempotency key was taken meanwhile (look it up again). */
+ * transaction).  The key is checked inside that transaction first: TPV_EEXIST with field
+ * "Idempotency-Key" if a concurrent request took it (look it up again and replay),
+ * TPV_EPRECONDITION if it was used with another body. */
 int store_study_create(struct store *st, const struct store_study_new *s,
                        const struct store_idem *idem, const struct store_reply *reply,
                        struct tpv_err *err);
@@ -149,13 +151,17 @@ int store_study_info(struct store *st, const char *id, struct store_study_info *
                      struct tpv_err *err);
 void store_study_info_free(struct store_study_info *info);
 
-/* A page of studies in creation order after `after_seq` (0 = from the start); *items (new
- * reference) is an array; *next_seq is the position for the next page, 0 when this was the last. */
-int store_study_list(struct store *st, int64_t after_seq, int limit, json_t **items,
-                     int64_t *next_seq, struct tpv_err *err);
+/* A page of studies in creation order after `after_seq` (0 = from the start): at most `limit`
+ * items, and no more than fit in about `max_bytes` bytes of JSON (0 = no byte bound; a page
+ * always holds at least one item).  *items (new reference) is an array; *next_seq is the position
+ * for the next page, 0 when this was the last. */
+int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t max_bytes,
+                     json_t **items, int64_t *next_seq, struct tpv_err *err);
 
 /* Sets the study's fit or probe input set ("fit"/"probe") to a blob; n < 0 records null.
- * Bumps the version.  TPV_ENOTFOUND for the study. */
+ * Bumps the version.  The same digest again is a no-op (TPV_OK, no bump).  TPV_ENOTFOUND for the
+ * study; TPV_EPRECONDITION (field "inputs.<split>") for another digest once the study has
+ * candidates: they were scored on the current inputs. */
 int store_input_set(struct store *st, const char *study_id, const char *split, const char *digest,
                     int64_t n, struct tpv_err *err);
 
@@ -179,9 +185,11 @@ struct store_candidate_new {
 };
 
 /* Creates the candidate and its queued score job in one transaction, bumps the study version
- * and remembers `reply` under the idempotency key when idem is not NULL.
- * Errors: TPV_ENOTFOUND (study), TPV_EEXIST with field "name" (a candidate of that name exists)
- * or field "Idempotency-Key" (the key was taken meanwhile), TPV_EBUSY when `max_queued` jobs are
+ * and remembers `reply` under the idempotency key when idem is not NULL.  The key is checked
+ * first in that transaction, so that a concurrent replay is never taken for a duplicate name.
+ * Errors: TPV_ENOTFOUND (study), TPV_EEXIST with field "Idempotency-Key" (the key was taken
+ * meanwhile: replay its answer) or field "name" (a candidate of that name exists),
+ * TPV_EPRECONDITION (the key was used with another body), TPV_EBUSY when `max_queued` jobs are
  * already queued. */
 int store_candidate_create(struct store *st, const struct store_candidate_new *c,
                            int64_t max_queued, const struct store_idem *idem,
@@ -195,9 +203,11 @@ int store_candidate_get(struct store *st, const char *study_id, const char *id, 
 int store_candidate_source(struct store *st, const char *study_id, const char *id, char **source,
                            char kind[16], struct tpv_err *err);
 
-/* A page of a study's candidates with their scores (two queries whatever the page size). */
+/* A page of a study's candidates with their scores (two queries whatever the page size), bounded
+ * by `limit` items and about `max_bytes` bytes like store_study_list. */
 int store_candidate_list(struct store *st, const char *study_id, int64_t after_seq, int limit,
-                         json_t **items, int64_t *next_seq, struct tpv_err *err);
+                         uint64_t max_bytes, json_t **items, int64_t *next_seq,
+                         struct tpv_err *err);
 
 /* Queues a JBR job for a candidate ("params" JSON text).  TPV_ENOTFOUND, TPV_EBUSY. */
 int store_jbr_create(struct store *st, const char *study_id, const char *candidate_id,

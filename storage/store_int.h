@@ -50,6 +50,8 @@
                         "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (study_id, split) DO UPDATE "    \
                         "SET digest = excluded.digest, n = excluded.n, "                          \
                         "updated_at = excluded.updated_at")                                      \
+    X(INPUT_DIGEST,     "SELECT digest FROM input_sets WHERE study_id = ?1 AND split = ?2")       \
+    X(CAND_COUNT,       "SELECT count(*) FROM candidates WHERE study_id = ?1")                    \
     X(JOBS_QUEUED,      "SELECT count(*) FROM jobs WHERE state = 'queued'")                       \
     X(CAND_INSERT,      "INSERT INTO candidates (id, study_id, name, metadata, source_kind, "     \
                         "source, train_loss, epoch, run, state, job_id, created_at) "             \
@@ -62,8 +64,11 @@
                         "WHERE c.study_id = ?1 AND c.id = ?2")                                    \
     X(CAND_LIST,        "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, c.source_kind, "     \
                         "c.state, c.stability, c.job_id, c.created_at, j.progress, "              \
-                        "j.error_code, j.error_message FROM candidates c "                        \
-                        "LEFT JOIN jobs j ON j.id = c.job_id "                                    \
+                        "j.error_code, j.error_message, "                                          \
+                        "(SELECT coalesce(sum(coalesce(length(CAST(details AS BLOB)), 0) + "      \
+                        "2 * length(CAST(noise AS BLOB)) + 384), 0) "                             \
+                        "FROM scores WHERE candidate_id = c.id) "                                 \
+                        "FROM candidates c LEFT JOIN jobs j ON j.id = c.job_id "                  \
                         "WHERE c.study_id = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3")           \
     X(CAND_SCORES,      "SELECT candidate_id, noise, kind, split, value, stderr, estimator, "     \
                         "samples, seed, wall_seconds, details FROM scores WHERE candidate_id = ?1 " \

@@ -56,12 +56,72 @@ static json_t *study_row_json(sqlite3_stmt *s)
                      "created_at", col_text(s, 9), "metadata", col_json(s, 7, json_object()));
 }
 
+/* Inside a write's transaction and before any uniqueness rule: whether the idempotency key is
+ * still free.  Writers are serialised (BEGIN IMMEDIATE), so a key found here was committed by a
+ * concurrent request: TPV_EEXIST with field "Idempotency-Key" (the caller replays that answer),
+ * TPV_EPRECONDITION when it came with another body. */
+static int idem_unused(struct store_conn *c, const struct store_idem *idem, struct tpv_err *err)
+{
+    if (!idem)
+        return TPV_OK;
+    struct store_replay r;
+    int rc = idem_lookup_conn(c, idem, &r, err);
+    store_replay_free(&r);
+    if (rc == TPV_ENOTFOUND)
+        return TPV_OK;
+    if (rc == TPV_OK)
+        return tpv_err_set(err, TPV_EEXIST, "Idempotency-Key", "Idempotency-Key '%s' is in use",
+                           idem->key);
+    return rc;
+}
+
+/* Bytes of a text as a JSON string body, escaped the way jansson writes it. */
+static uint64_t escaped_bytes(const unsigned char *t, int len)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < len; i++)
+        n += t[i] == '"' || t[i] == '\\' || t[i] == '\b' || t[i] == '\f' || t[i] == '\n' ||
+                     t[i] == '\r' || t[i] == '\t'
+                 ? 2
+             : t[i] < 0x20 ? 6
+                           : 1;
+    return n;
+}
+
+/* An upper bound of the JSON bytes a list row becomes, for the page byte bound: columns whose
+ * bit is set in json_cols hold JSON text, sent at most as long as stored (compact, reals only
+ * get shorter); other text is escaped as a string; numbers take at most 24 bytes; overhead
+ * covers the keys and punctuation of the row's shape. */
+#define ROW_OVERHEAD_BYTES 320
+static uint64_t row_bytes(sqlite3_stmt *s, unsigned json_cols)
+{
+    uint64_t n = ROW_OVERHEAD_BYTES;
+    for (int i = 0, cols = sqlite3_column_count(s); i < cols; i++) {
+        if (sqlite3_column_type(s, i) != SQLITE_TEXT)
+            n += 24;
+        else if (i < 32 && (json_cols >> i & 1u))
+            n += (uint64_t)sqlite3_column_bytes(s, i);
+        else
+            n += 2 + escaped_bytes(sqlite3_column_text(s, i), sqlite3_column_bytes(s, i));
+    }
+    return n;
+}
+
+/* Whether a page of `count` items taking `used` bytes is full before an item of `more` bytes:
+ * a page always holds at least one item, whatever its size. */
+static bool page_full(int count, uint64_t used, uint64_t more, uint64_t max_bytes)
+{
+    return count > 0 && max_bytes > 0 && (more > max_bytes || used > max_bytes - more);
+}
+
 int store_study_create(struct store *st, const struct store_study_new *in,
                        const struct store_idem *idem, const struct store_reply *reply,
                        struct tpv_err *err)
 {
     struct store_conn *c = conn_get(st);
     int rc = tx_begin(c, err);
+    if (rc == TPV_OK)
+        rc = idem_unused(c, idem, err);
     if (rc != TPV_OK)
         goto out;
     sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_INSERT, err);
@@ -224,8 +284,8 @@ int store_study_info(struct store *st, const char *id, struct store_study_info *
     return rc;
 }
 
-int store_study_list(struct store *st, int64_t after_seq, int limit, json_t **items,
-                     int64_t *next_seq, struct tpv_err *err)
+int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t max_bytes,
+                     json_t **items, int64_t *next_seq, struct tpv_err *err)
 {
     *items = json_array();
     *next_seq = 0;
@@ -234,6 +294,7 @@ int store_study_list(struct store *st, int64_t after_seq, int limit, json_t **it
     struct store_conn *c = conn_get(st);
     int rc = TPV_OK, step, count = 0;
     int64_t last = 0;
+    uint64_t used = 0;
     sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_LIST, err);
     if (!s) {
         rc = err->code;
@@ -242,10 +303,12 @@ int store_study_list(struct store *st, int64_t after_seq, int limit, json_t **it
     sqlite3_bind_int64(s, 1, after_seq);
     sqlite3_bind_int(s, 2, limit + 1); /* one extra row tells whether a next page exists */
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        if (count == limit) {
+        uint64_t more = row_bytes(s, 1u << 4 | 1u << 7); /* noise_models, metadata */
+        if (count == limit || page_full(count, used, more, max_bytes)) {
             *next_seq = last;
             break;
         }
+        used += more;
         last = sqlite3_column_int64(s, 0);
         if (json_array_append_new(*items, study_row_json(s)) != 0) {
             rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
@@ -265,14 +328,56 @@ out:
     return rc;
 }
 
+/* The digest of a study's input set into out ("" when unset) and its number of candidates. */
+static int input_state(struct store_conn *c, const char *study_id, const char *split,
+                       char out[STORE_DIGEST_MAX], int64_t *candidates, struct tpv_err *err)
+{
+    out[0] = '\0';
+    sqlite3_stmt *s = conn_stmt(c, STMT_INPUT_DIGEST, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, study_id);
+    bind_text(s, 2, split);
+    int step = sqlite3_step(s);
+    if (step == SQLITE_ROW)
+        snprintf(out, STORE_DIGEST_MAX, "%s", col_text(s, 0));
+    stmt_done(s);
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        return db_fail(c, step, "read input set", err);
+    if (!(s = conn_stmt(c, STMT_CAND_COUNT, err)))
+        return err->code;
+    bind_text(s, 1, study_id);
+    step = sqlite3_step(s);
+    *candidates = step == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    stmt_done(s);
+    return step == SQLITE_ROW ? TPV_OK : db_fail(c, step, "count candidates", err);
+}
+
 int store_input_set(struct store *st, const char *study_id, const char *split, const char *digest,
                     int64_t n, struct tpv_err *err)
 {
-    char now[STORE_TIME_MAX];
-    int64_t version = 0;
+    char now[STORE_TIME_MAX], current[STORE_DIGEST_MAX];
+    int64_t version = 0, candidates = 0;
+    bool same = false;
     store_now_rfc3339(now);
     struct store_conn *c = conn_get(st);
     int rc = tx_begin(c, err);
+    if (rc == TPV_OK)
+        rc = input_state(c, study_id, split, current, &candidates, err);
+    /* Candidates are scored on the inputs of their time: new inputs beside them would mix two
+     * input sets in one ranking.  The same digest again changes nothing. */
+    if (rc == TPV_OK && !(same = strcmp(current, digest) == 0) && candidates > 0)
+        rc = tpv_err_set(err, TPV_EPRECONDITION, strcmp(split, "fit") == 0 ? "inputs.fit"
+                                                                            : "inputs.probe",
+                         "study %s has %lld candidate(s), so its %s input set is fixed: they "
+                         "were scored on the current inputs and a ranking must not mix two "
+                         "input sets; create a new study for other inputs",
+                         study_id, (long long)candidates, split);
+    if (rc == TPV_OK && same) {
+        tx_rollback(c); /* nothing to write */
+        conn_put(st, c);
+        return TPV_OK;
+    }
     if (rc == TPV_OK)
         rc = study_bump(c, study_id, &version, err); /* also: the study exists */
     if (rc == TPV_OK) {
@@ -340,6 +445,8 @@ int store_candidate_create(struct store *st, const struct store_candidate_new *i
     struct store_conn *c = conn_get(st);
     sqlite3_stmt *s;
     int rc = tx_begin(c, err);
+    if (rc == TPV_OK)
+        rc = idem_unused(c, idem, err); /* before the name rule: a replay is no duplicate */
     if (rc == TPV_OK)
         rc = study_bump(c, in->study_id, &version, err);
     if (rc == TPV_OK && (s = conn_stmt(c, STMT_CAND_BY_NAME, err))) {
@@ -499,7 +606,8 @@ int store_candidate_source(struct store *st, const char *study_id, const char *i
 }
 
 int store_candidate_list(struct store *st, const char *study_id, int64_t after_seq, int limit,
-                         json_t **items, int64_t *next_seq, struct tpv_err *err)
+                         uint64_t max_bytes, json_t **items, int64_t *next_seq,
+                         struct tpv_err *err)
 {
     *items = NULL;
     *next_seq = 0;
@@ -507,6 +615,7 @@ int store_candidate_list(struct store *st, const char *study_id, int64_t after_s
     struct store_conn *c = conn_get(st);
     int rc = TPV_OK, step, count = 0;
     int64_t last = 0;
+    uint64_t used = 0;
     sqlite3_stmt *s;
     if (!list || !by_id) {
         rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
@@ -536,10 +645,14 @@ int store_candidate_list(struct store *st, const char *study_id, int64_t after_s
     sqlite3_bind_int64(s, 2, after_seq);
     sqlite3_bind_int(s, 3, limit + 1);
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        if (count == limit) {
+        /* The last column estimates the candidate's scores (second query) in bytes. */
+        uint64_t more = row_bytes(s, 1u << 4 | 1u << 7) /* metadata, stability */ +
+                        (uint64_t)sqlite3_column_int64(s, 13);
+        if (count == limit || page_full(count, used, more, max_bytes)) {
             *next_seq = last;
             break;
         }
+        used += more;
         last = sqlite3_column_int64(s, 0);
         json_t *cand = candidate_row_json(s);
         if (!cand || json_array_append_new(list, cand) != 0 ||

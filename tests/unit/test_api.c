@@ -1,8 +1,12 @@
 /* test_api.c: the handlers over a real store without any socket: JSON validation naming the
  * field, idempotent study creation, inputs, candidate submission rules, jobs, ranking (ETag, 304,
  * holds for long-polls, probe without a probe set), pagination tokens, streamed blob uploads and
- * /metrics. */
+ * /metrics; reals in responses spelled shortest; an idempotency hash that cannot be computed. */
+#include <dlfcn.h>
+#include <math.h>
+#include <openssl/evp.h>
 #include <setjmp.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -14,6 +18,20 @@
 
 #include "api/api.h"
 #include "storage/store.h"
+
+/* libcrypto's EVP_Digest, made to fail on demand: the executable's definition comes before the
+ * shared library's, so api/ calls this one. */
+static bool digest_fails;
+
+int EVP_Digest(const void *data, size_t count, unsigned char *md, unsigned int *size,
+               const EVP_MD *type, ENGINE *impl)
+{
+    if (digest_fails)
+        return 0;
+    int (*real)(const void *, size_t, unsigned char *, unsigned int *, const EVP_MD *, ENGINE *);
+    *(void **)&real = dlsym(RTLD_NEXT, "EVP_Digest");
+    return real ? real(data, count, md, size, type, impl) : 0;
+}
 
 /* A fake transport: query parameters and headers as name/value pairs. */
 struct fake {
@@ -171,12 +189,17 @@ static void test_study_validation_and_idempotency(void **state)
     api_response_free(&a);
     api_response_free(&b);
     expect(f, "POST", "/v1/studies", "{\"name\":\"other\"}", &t, 409, "Idempotency-Key");
+    /* metadata null is no metadata (and no size to bound). */
+    f->env.limits.max_metadata_bytes = 1024;
+    expect(f, "POST", "/v1/studies", "{\"name\":\"n\",\"metadata\":null,\"noise_models\":"
+           "[{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.1}]}", NULL, 201, NULL);
+    f->env.limits.max_metadata_bytes = 0;
 
-    struct fake page = { .query = { { "page_size", "1" } } };
+    struct fake page = { .query = { { "page_size", "2" } } };
     struct api_response resp;
     json_t *j = call(f, "GET", "/v1/studies", NULL, &page, &resp);
-    assert_int_equal(json_array_size(json_object_get(j, "items")), 1);
-    assert_true(json_is_null(json_object_get(j, "next_page_token"))); /* only one study */
+    assert_int_equal(json_array_size(json_object_get(j, "items")), 2);
+    assert_true(json_is_null(json_object_get(j, "next_page_token"))); /* only two studies */
     json_decref(j);
     api_response_free(&resp);
     struct fake badpage = { .query = { { "page_size", "1000" } } };
@@ -310,6 +333,97 @@ static void test_blob_routes_and_metrics(void **state)
     expect(f, "GET", "/readyz", NULL, NULL, 200, NULL);
 }
 
+/* The shortest spelling that reads back exactly, everything else as jansson writes it. */
+static void test_reals_shortest(void **state)
+{
+    (void)state;
+    static const struct {
+        double v;
+        const char *text;
+    } cases[] = {
+        { 0.1, "0.1" },
+        { 1e-300, "1e-300" },
+        { 5e-324, "5e-324" },                /* the smallest subnormal: one digit */
+        { 1.0 / 3.0, "0.3333333333333333" }, /* 16 digits */
+        { 123456789.123, "123456789.123" },
+        { 0.1 + 0.2, "0.30000000000000004" }, /* needs all 17 */
+        { 100.0, "100.0" },                   /* stays a real */
+        { -0.0, "-0.0" },
+        { 1e16, "1e16" },
+        { 1234567890123450.0, "1234567890123450.0" }, /* shorter than 1.23456789012345e15 */
+        { 2.2250738585072014e-308, "2.2250738585072014e-308" }, /* DBL_MIN */
+        { 1.7976931348623157e308, "1.7976931348623157e308" },   /* DBL_MAX */
+        { 4.9406564584124654e-323, "5e-323" },
+        { 1e-5, "1e-5" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *a = json_pack("[f]", cases[i].v);
+        char *text = api_json_dumps(a, JSON_COMPACT);
+        char want[64];
+        snprintf(want, sizeof want, "[%s]", cases[i].text);
+        if (strcmp(text, want) != 0)
+            fail_msg("%.17g: want %s, got %s", cases[i].v, want, text);
+        double back = strtod(text + 1, NULL);
+        assert_memory_equal(&back, &cases[i].v, sizeof back); /* bit for bit, -0.0 too */
+        free(text);
+        json_decref(a);
+    }
+    /* Strings that look like numbers, integers, nesting and escapes pass unchanged. */
+    json_t *j = json_pack("{s:s,s:I,s:[f,{s:f}],s:s}", "s", "0.10000000000000001 \"1.50\\", "i",
+                          (json_int_t)-12345678901234, "a", 2.5, "x", 0.7, "e", "1e+05");
+    char *text = api_json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(text, "{\"a\":[2.5,{\"x\":0.7}],\"e\":\"1e+05\",\"i\":-12345678901234,"
+                              "\"s\":\"0.10000000000000001 \\\"1.50\\\\\"}");
+    free(text);
+    json_decref(j);
+}
+
+/* What a client sees: the echo of a study, its noise model and metadata. */
+static void test_response_reals_shortest(void **state)
+{
+    struct fixture *f = *state;
+    struct api_response resp;
+    json_t *j = call(f, "POST", "/v1/studies",
+                     "{\"name\":\"s\",\"metadata\":{\"a\":0.1,\"b\":1e-300,\"c\":5e-324,"
+                     "\"d\":0.3333333333333333,\"e\":123456789.123},\"noise_models\":"
+                     "[{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.1}]}",
+                     NULL, &resp);
+    assert_int_equal(resp.status, 201);
+    const char *want[] = { "\"sigma\":0.1,", "\"a\":0.1,", "\"b\":1e-300,", "\"c\":5e-324,",
+                           "\"d\":0.3333333333333333,", "\"e\":123456789.123}" };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(resp.body, want[i]))
+            fail_msg("no %s in %s", want[i], resp.body);
+    char path[96];
+    snprintf(path, sizeof path, "/v1/studies/%s", json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    api_response_free(&resp);
+    /* The stored study reads back the same way. */
+    j = call(f, "GET", path, NULL, NULL, &resp);
+    assert_int_equal(resp.status, 200);
+    assert_non_null(strstr(resp.body, "\"sigma\":0.1,"));
+    assert_non_null(strstr(resp.body, "\"c\":5e-324,"));
+    json_decref(j);
+    api_response_free(&resp);
+}
+
+/* An Idempotency-Key request whose body hash cannot be computed is refused with 500, never
+ * stored under a hash of whatever the buffer held. */
+static void test_idempotency_hash_failure(void **state)
+{
+    struct fixture *f = *state;
+    struct fake t = { .headers = { { "Idempotency-Key", "k-hash" } } };
+    digest_fails = true;
+    expect(f, "POST", "/v1/studies", STUDY, &t, 500, NULL);
+    digest_fails = false;
+    struct api_response resp;
+    json_t *j = call(f, "GET", "/v1/studies", NULL, NULL, &resp);
+    assert_int_equal(json_array_size(json_object_get(j, "items")), 0); /* nothing written */
+    json_decref(j);
+    api_response_free(&resp);
+    expect(f, "POST", "/v1/studies", STUDY, &t, 201, NULL); /* the key is still free */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -317,6 +431,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_inputs_and_candidates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ranking_etag_and_hold, setup, teardown),
         cmocka_unit_test_setup_teardown(test_blob_routes_and_metrics, setup, teardown),
+        cmocka_unit_test(test_reals_shortest),
+        cmocka_unit_test_setup_teardown(test_response_reals_shortest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency_hash_failure, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -211,6 +211,20 @@ static void test_service_options(void **state)
     assert_int_equal(load(&cfg, wait0, NULL, &err), TPV_EINVAL);
     assert_string_equal(err.field, "max-wait");
     srv_config_free(&cfg);
+    /* Response and metadata bounds (issue #10): defaults, suffixes, and a floor. */
+    assert_int_equal(load(&cfg, argv, NULL, &err), SRV_CONFIG_RUN);
+    assert_int_equal(cfg.max_page_bytes, 4 << 20);
+    assert_int_equal(cfg.max_metadata_bytes, 64 << 10);
+    srv_config_free(&cfg);
+    char *bounds[] = { "tpvd", "--max-page-bytes", "1M", "--max-metadata-bytes", "8K", NULL };
+    assert_int_equal(load(&cfg, bounds, NULL, &err), SRV_CONFIG_RUN);
+    assert_int_equal(cfg.max_page_bytes, 1 << 20);
+    assert_int_equal(cfg.max_metadata_bytes, 8 << 10);
+    srv_config_free(&cfg);
+    char *tiny[] = { "tpvd", "--max-page-bytes", "100", NULL };
+    assert_int_equal(load(&cfg, tiny, NULL, &err), TPV_EINVAL);
+    assert_string_equal(err.field, "max-page-bytes");
+    srv_config_free(&cfg);
 }
 
 int main(void)

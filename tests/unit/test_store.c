@@ -228,6 +228,22 @@ static void test_study_versions_and_inputs(void **state)
     assert_string_equal(err.field, "name");
     assert_int_equal(make_candidate(f->st, "st_missing", "c1", cid2, jid2, 0, &err), TPV_ENOTFOUND);
 
+    /* With a candidate the input sets are fixed; the same digest again changes nothing. */
+    int64_t v2, v3;
+    assert_int_equal(store_study_version(f->st, sid, &v2, &err), TPV_OK);
+    assert_int_equal(store_input_set(f->st, sid, "fit", "sha256:00", 10, &err), TPV_OK);
+    assert_int_equal(store_study_version(f->st, sid, &v3, &err), TPV_OK);
+    assert_int_equal(v3, v2);
+    assert_int_equal(store_input_set(f->st, sid, "fit", "sha256:01", 10, &err), TPV_EPRECONDITION);
+    assert_string_equal(err.field, "inputs.fit");
+    assert_int_equal(store_input_set(f->st, sid, "probe", "sha256:01", 4, &err),
+                     TPV_EPRECONDITION);
+    assert_string_equal(err.field, "inputs.probe");
+    assert_int_equal(store_study_version(f->st, sid, &v3, &err), TPV_OK);
+    assert_int_equal(v3, v2);
+    assert_int_equal(store_input_set(f->st, "st_missing", "fit", "sha256:00", 1, &err),
+                     TPV_ENOTFOUND);
+
     json_t *cand;
     assert_int_equal(store_candidate_get(f->st, sid, cid, &cand, &err), TPV_OK);
     assert_string_equal(json_string_value(json_object_get(cand, "state")), "queued");
@@ -316,6 +332,25 @@ static void test_idempotency(void **state)
     store_id_new(sid2, "st");
     s.id = sid2;
     assert_int_equal(store_study_create(f->st, &s, &idem, &reply, &err), TPV_EEXIST);
+    assert_string_equal(err.field, "Idempotency-Key");
+    /* The key is checked before the name rule: a candidate replay is no duplicate name. */
+    char cid[STORE_ID_MAX], jid[STORE_ID_MAX], cnow[STORE_TIME_MAX];
+    struct store_idem cidem = { .scope = "POST cands", .key = "k2", .request_hash = "h3" };
+    store_now_rfc3339(cnow);
+    store_id_new(cid, "cd");
+    store_id_new(jid, "jb");
+    struct store_candidate_new c = { .id = cid, .study_id = sid, .name = "same",
+                                     .source_kind = "jacobian", .source = "{}", .job_id = jid,
+                                     .created_at = cnow };
+    assert_int_equal(store_candidate_create(f->st, &c, 0, &cidem, &reply, &err), TPV_OK);
+    store_id_new(cid, "cd");
+    store_id_new(jid, "jb");
+    assert_int_equal(store_candidate_create(f->st, &c, 0, &cidem, &reply, &err), TPV_EEXIST);
+    assert_string_equal(err.field, "Idempotency-Key");
+    cidem.request_hash = "h4";
+    assert_int_equal(store_candidate_create(f->st, &c, 0, &cidem, &reply, &err),
+                     TPV_EPRECONDITION);
+    assert_string_equal(err.field, "Idempotency-Key");
     json_t *j;
     assert_int_equal(store_study_get(f->st, sid2, &j, &err), TPV_ENOTFOUND);
     /* Keys expire: a young key survives a one-hour TTL, then goes with a zero TTL. */
@@ -325,7 +360,7 @@ static void test_idempotency(void **state)
     struct timespec pause = { 0, 20 * 1000000L };
     nanosleep(&pause, NULL);
     assert_int_equal(store_idempotency_expire(f->st, 0, &removed, &err), TPV_OK);
-    assert_int_equal(removed, 1);
+    assert_int_equal(removed, 2); /* the study's key and the candidate's */
     assert_int_equal(store_idem_lookup(f->st, &idem, &replay, &err), TPV_ENOTFOUND);
 }
 
@@ -343,7 +378,7 @@ static void test_pagination_stable_under_inserts(void **state)
     int64_t next = 0, after = 0;
     int seen = 0, pages = 0;
     do {
-        assert_int_equal(store_candidate_list(f->st, sid, after, 3, &items, &next, &err), TPV_OK);
+        assert_int_equal(store_candidate_list(f->st, sid, after, 3, 0, &items, &next, &err), TPV_OK);
         for (size_t i = 0; i < json_array_size(items); i++) {
             snprintf(name, sizeof name, "c%d", seen++);
             assert_string_equal(
@@ -358,11 +393,25 @@ static void test_pagination_stable_under_inserts(void **state)
     } while (next != 0);
     assert_int_equal(seen, 8);
     assert_int_equal(pages, 3);
-    assert_int_equal(store_candidate_list(f->st, "st_none", 0, 3, &items, &next, &err),
+    /* A byte bound below one row's size: still one item per page, each exactly once. */
+    after = 0;
+    pages = 0;
+    do {
+        assert_int_equal(store_candidate_list(f->st, sid, after, 100, 1, &items, &next, &err),
+                         TPV_OK);
+        assert_int_equal(json_array_size(items), 1);
+        snprintf(name, sizeof name, "c%d", pages++);
+        assert_string_equal(json_string_value(json_object_get(json_array_get(items, 0), "name")),
+                            name);
+        json_decref(items);
+        after = next;
+    } while (next != 0);
+    assert_int_equal(pages, 8);
+    assert_int_equal(store_candidate_list(f->st, "st_none", 0, 3, 0, &items, &next, &err),
                      TPV_ENOTFOUND);
 
     /* Studies page the same way. */
-    assert_int_equal(store_study_list(f->st, 0, 100, &items, &next, &err), TPV_OK);
+    assert_int_equal(store_study_list(f->st, 0, 100, 0, &items, &next, &err), TPV_OK);
     assert_true(json_array_size(items) >= 1);
     assert_int_equal(next, 0);
     json_decref(items);
