@@ -181,8 +181,9 @@ bool api_authorize(const struct api_env *env, struct api_request *req, struct ap
 /* A fresh random token (from getrandom) into out; TPV_OK or TPV_EIO. */
 int api_token_generate(char out[API_TOKEN_MAX]);
 
-/* Lowercase hex SHA-256 of a token (what the store keeps). */
-void api_token_hash(const char *token, char hex[65]);
+/* Lowercase hex SHA-256 of a token (what the store keeps).  TPV_OK, or TPV_EINTERNAL when
+ * libcrypto fails (hex is then unset). */
+int api_token_hash(const char *token, char hex[65]);
 
 /* The role a route needs (API_ROLE_READ for unknown paths: they are answered only to callers
  * that may read). */

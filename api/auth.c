@@ -122,12 +122,16 @@ bool api_auth_is_open(struct api_auth *a)
     return true;
 }
 
-static void sha256(const void *data, size_t len, unsigned char md[32])
+/* TPV_OK, or TPV_EINTERNAL when libcrypto fails: md is then undefined and must not be used (an
+ * unchecked failure would compare stale stack bytes against the token cache). */
+static int sha256(const void *data, size_t len, unsigned char md[32])
 {
     unsigned int n = 0;
     unsigned char full[EVP_MAX_MD_SIZE];
-    EVP_Digest(data, len, full, &n, EVP_sha256(), NULL);
+    if (EVP_Digest(data, len, full, &n, EVP_sha256(), NULL) != 1 || n != 32)
+        return TPV_EINTERNAL;
     memcpy(md, full, 32);
+    return TPV_OK;
 }
 
 static void to_hex(const unsigned char *b, size_t n, char *out)
@@ -140,11 +144,13 @@ static void to_hex(const unsigned char *b, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-void api_token_hash(const char *token, char hex[65])
+int api_token_hash(const char *token, char hex[65])
 {
     unsigned char md[32];
-    sha256(token, strlen(token), md);
+    if (sha256(token, strlen(token), md) != TPV_OK)
+        return TPV_EINTERNAL;
     to_hex(md, 32, hex);
+    return TPV_OK;
 }
 
 int api_token_generate(char out[API_TOKEN_MAX])
@@ -181,7 +187,10 @@ static bool token_role(struct api_auth *a, const char *token, size_t len, enum a
                        const char *rid)
 {
     unsigned char md[32];
-    sha256(token, len, md);
+    if (sha256(token, len, md) != TPV_OK) {
+        log_error("rid=%s auth: SHA-256 failed; token refused", rid ? rid : "-");
+        return false;
+    }
     struct auth_slot *slot = &a->slots[md[0] % AUTH_CACHE_SLOTS];
     int64_t now = mono_ns();
 

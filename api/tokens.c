@@ -28,8 +28,9 @@ void api_handle_token_create(const struct api_env *env, struct api_request *req,
         api_reply_errorf(resp, TPV_EINTERNAL, NULL, "no random bytes from the kernel");
         goto out;
     }
-    api_token_hash(token, hex);
-    if (store_token_create(env->store, name, role, hex, &err) != TPV_OK) {
+    if (api_token_hash(token, hex) != TPV_OK) {
+        api_reply_errorf(resp, TPV_EINTERNAL, NULL, "cannot hash the new token");
+    } else if (store_token_create(env->store, name, role, hex, &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);
     } else {
         log_info("rid=%s token created name=%s role=%s", req->request_id, tpv_log_token(name, STORE_TOKEN_NAME_MAX),

@@ -174,7 +174,11 @@ int srv_token_main(int argc, char *const argv[], char *const envp[], FILE *out, 
             fprintf(errs, "tpvd token create: no random bytes from the kernel\n");
             goto done;
         }
-        api_token_hash(token, hex);
+        if (api_token_hash(token, hex) != TPV_OK) {
+            fprintf(errs, "tpvd token create: SHA-256 failed in libcrypto\n");
+            explicit_bzero(token, sizeof token);
+            goto done;
+        }
         if (store_token_create(st, name, role, hex, &err) != TPV_OK) {
             fprintf(errs, "tpvd token create: %s\n", tpv_err_message(&err));
             explicit_bzero(token, sizeof token);
