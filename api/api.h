@@ -101,6 +101,9 @@ struct api_response {
      * store's study_changed hook) or hold_seconds pass (then with req->hold_expired set). */
     int hold_seconds;
     char hold_study[API_PARAM_MAX];
+    /* Set when a header could not be added: the reply the handler built is not the one it meant
+     * (an ETag, Location or Retry-After missing), so the router answers 500 instead. */
+    bool incomplete;
 };
 
 /* True when dispatching this buffered request may block on a remote server (a blob given by URL

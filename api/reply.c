@@ -242,11 +242,15 @@ void api_reply_errorf(struct api_response *resp, int code, const char *field, co
 
 int api_response_add_header(struct api_response *resp, const char *name, const char *value)
 {
-    if (resp->nheaders >= API_MAX_HEADERS)
+    if (resp->nheaders >= API_MAX_HEADERS) {
+        resp->incomplete = true;
         return TPV_EINVAL;
+    }
     char *copy = strdup(value);
-    if (!copy)
+    if (!copy) {
+        resp->incomplete = true;
         return TPV_ENOMEM;
+    }
     resp->headers[resp->nheaders].name = name;
     resp->headers[resp->nheaders].value = copy;
     resp->nheaders++;

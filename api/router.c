@@ -120,16 +120,18 @@ static int route_find(struct api_request *req, char *allow, size_t cap)
 }
 
 /* Runs a route's handler and holds it to its contract: a handler that returns with neither a
- * reply nor a hold (a bug, or an allocation failure it did not report) gets 500 internal here, so
- * that the transport never sends status 0. */
+ * reply nor a hold (a bug, or an allocation failure it did not report), or whose reply lost a
+ * header (api_response_add_header failed), gets 500 internal here, so that the transport never
+ * sends status 0 nor a reply without the header its handler meant to send. */
 static void run_handler(const struct api_route *r, const struct api_env *env,
                         struct api_request *req, struct api_response *resp)
 {
     r->handler(env, req, resp);
-    if (resp->status != 0 || resp->hold_seconds > 0)
+    if (!resp->incomplete && (resp->status != 0 || resp->hold_seconds > 0))
         return;
-    log_error("rid=%s route %s %s returned without a reply: answering 500",
-              req->request_id ? req->request_id : "-", r->method, r->pattern);
+    log_error("rid=%s route %s %s returned %s: answering 500",
+              req->request_id ? req->request_id : "-", r->method, r->pattern,
+              resp->incomplete ? "a reply missing a header" : "without a reply");
     api_response_free(resp); /* whatever half of a reply it left */
     api_reply_errorf(resp, TPV_EINTERNAL, NULL, "internal error (request id %s)",
                      req->request_id ? req->request_id : "-");

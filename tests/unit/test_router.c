@@ -15,7 +15,7 @@
 #include "api/handlers.h"
 
 /* What the stub handler of GET /metrics does. */
-enum stub_mode { STUB_REAL, STUB_SILENT, STUB_HALF };
+enum stub_mode { STUB_REAL, STUB_SILENT, STUB_HALF, STUB_LOST_HEADER };
 static enum stub_mode stub_mode = STUB_REAL;
 
 void __real_api_handle_metrics(const struct api_env *env, struct api_request *req,
@@ -39,6 +39,11 @@ void __wrap_api_handle_metrics(const struct api_env *env, struct api_request *re
         resp->body_len = resp->body ? sizeof partial - 1 : 0;
         return;
     }
+    case STUB_LOST_HEADER: /* a full reply whose last header did not fit (or lost its copy) */
+        api_reply_errorf(resp, TPV_EBUSY, NULL, "busy");
+        for (int i = 0; i <= API_MAX_HEADERS; i++)
+            api_response_add_header(resp, "Retry-After", "1");
+        return;
     }
 }
 
@@ -178,6 +183,13 @@ static void test_handler_without_reply_is_500(void **state)
     assert_error(&resp, 500, "internal");
     assert_int_equal(resp.nheaders, 0);
     assert_null(strstr(resp.body, "half"));
+    api_response_free(&resp);
+
+    stub_mode = STUB_LOST_HEADER; /* never the reply without the header it meant to carry */
+    run("GET", "/metrics", &resp);
+    assert_error(&resp, 500, "internal");
+    assert_int_equal(resp.nheaders, 0);
+    assert_false(resp.incomplete);
     api_response_free(&resp);
 
     stub_mode = STUB_REAL; /* the real handler still answers through the wrap */
