@@ -8,7 +8,7 @@
 #                                 that is not one of ours)
 #   pg_server.sh restart DIR|URI  pg_ctl restart (tests of reconnecting clients)
 #   pg_server.sh down    DIR|URI  stop the server, keep its data (tests of an outage)
-#   pg_server.sh up      DIR|URI  start it again after `down`
+#   pg_server.sh up      DIR|URI  start it again after `down` (nothing when it runs)
 #   pg_server.sh env     DIR|URI  prints `export TPV_TEST_PG_URI=...` for eval
 #
 # As root the server runs as the postgres user (PostgreSQL refuses to run as root): the temp dir
@@ -21,9 +21,9 @@ MARK=tpv-test-pg # a file in every dir we made, so that stop never removes anyth
 
 die() { echo "pg_server.sh: $*" >&2; exit 1; }
 
-as_owner() { # runs a command as the server's user
+as_owner() { # runs a command as the server's user (from /: it may not enter the caller's cwd)
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")
   else
     "$@"
   fi
@@ -94,8 +94,13 @@ cmd_down() {
   as_owner "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null || die "stop failed"
 }
 
-cmd_up() {
-  pg_start "$(dir_of "${1:-}")"
+cmd_up() { # a no-op when it is running: tests call it on their way out whatever happened
+  local dir
+  dir="$(dir_of "${1:-}")"
+  if as_owner "$PG_BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    return 0
+  fi
+  pg_start "$dir"
 }
 
 cmd_env() {

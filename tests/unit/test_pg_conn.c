@@ -49,6 +49,9 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
+    /* Whatever a test did to the shared server, the next tests find it running. */
+    if (pg_test_server("up") != 0)
+        return -1;
     pg_pool_close(f->pool);
     pg_test_db_drop(f->db);
     free(f);
