@@ -33,8 +33,9 @@ static double now_s(void)
 
 static int setup(void **state)
 {
+    char *db = pg_test_db_create("conn"); /* first: it leaves the test when there is no server */
     struct fixture *f = calloc(1, sizeof *f);
-    f->db = pg_test_db_create("conn");
+    f->db = db;
     struct pg_pool_options o = { .size = 4, .acquire_timeout_ms = 2000, .backoff_min_ms = 50,
                                  .backoff_max_ms = 400 };
     struct tpv_err err;
@@ -241,10 +242,10 @@ static void run_threads(struct tx_thread *t, int n)
     pthread_t th[8];
     for (int i = 0; i < n; i++)
         assert_int_equal(pthread_create(&th[i], NULL, tx_thread_main, &t[i]), 0);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         pthread_join(th[i], NULL);
+    for (int i = 0; i < n; i++) /* after every join: a failed assert leaves the function */
         assert_int_equal(t[i].rc, TPV_OK);
-    }
 }
 
 static void test_serialization_failure_retried(void **state)
@@ -270,13 +271,19 @@ static void test_serialization_failure_retried(void **state)
     assert_true(after.tx_retries - before.tx_retries >= 1);
     assert_int_equal(t[0].m.runs + t[1].m.runs, 3);
 
-    /* Many competing increments, none lost. */
+    /* Many competing increments of one hot row, none lost.  Four writers on one row conflict on
+     * nearly every run (more so under sanitizers): the attempt budget is raised for this pool. */
+    struct pg_pool *hot;
+    struct tpv_err err;
+    struct pg_pool_options o = { .size = 4, .tx_attempts = 200 };
+    assert_int_equal(pg_pool_open(&hot, f->db, &o, &err), TPV_OK);
     struct tx_thread many[4];
     for (int i = 0; i < 4; i++)
-        many[i] = (struct tx_thread){ .pool = f->pool, .iso = PG_SERIALIZABLE,
-                                      .fn = increment_body, .loops = 15 };
+        many[i] = (struct tx_thread){ .pool = hot, .iso = PG_SERIALIZABLE,
+                                      .fn = increment_body, .loops = 10 };
     run_threads(many, 4);
-    assert_int_equal(query_int(f->pool, "SELECT n FROM counter"), 2 + 4 * 15);
+    pg_pool_close(hot);
+    assert_int_equal(query_int(f->pool, "SELECT n FROM counter"), 2 + 4 * 10);
 }
 
 struct lock_order {

@@ -72,8 +72,9 @@ static void make_jobs(const char *db, int n)
 
 static int setup(void **state)
 {
+    char *db = pg_test_db_create("queue"); /* first: it leaves the test when there is no server */
     struct fixture *f = calloc(1, sizeof *f);
-    f->db = pg_test_db_create("queue");
+    f->db = db;
     struct tpv_err err;
     if (pg_pool_open(&f->pool, f->db, NULL, &err) != TPV_OK ||
         schema_pg_migrate(f->pool, NULL, NULL, &err) != TPV_OK) {

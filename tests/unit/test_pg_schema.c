@@ -121,8 +121,9 @@ struct pg_fixture {
 
 static int pg_setup(void **state)
 {
+    char *db = pg_test_db_create("schema"); /* first: it leaves the test when there is no server */
     struct pg_fixture *f = calloc(1, sizeof *f);
-    f->db = pg_test_db_create("schema");
+    f->db = db;
     struct tpv_err err;
     if (pg_pool_open(&f->pool, f->db, NULL, &err) != TPV_OK) {
         fprintf(stderr, "pg_pool_open: %s\n", err.message);
