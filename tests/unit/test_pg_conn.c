@@ -154,6 +154,32 @@ static void test_open_refusals(void **state)
     assert_non_null(strstr(err.message, "database unavailable"));
 }
 
+/* The pool's connect defaults (application_name, connect_timeout, keepalives) yield to what the
+ * conninfo says. */
+static void test_conninfo_settings_win(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    struct pg_conn *c;
+    struct pg_result *r;
+    assert_int_equal(pg_pool_acquire(f->pool, &c, &err), TPV_OK);
+    assert_int_equal(pg_exec(c, "SHOW application_name", 0, NULL, &r, &err), TPV_OK);
+    assert_string_equal(pg_result_text(r, 0, 0), "tpvd");
+    pg_result_free(r);
+    pg_pool_release(f->pool, c);
+
+    char conninfo[1200];
+    snprintf(conninfo, sizeof conninfo, "%s application_name='mine'", f->db);
+    struct pg_pool *p;
+    assert_int_equal(pg_pool_open(&p, conninfo, NULL, &err), TPV_OK);
+    assert_int_equal(pg_pool_acquire(p, &c, &err), TPV_OK);
+    assert_int_equal(pg_exec(c, "SHOW application_name", 0, NULL, &r, &err), TPV_OK);
+    assert_string_equal(pg_result_text(r, 0, 0), "mine");
+    pg_result_free(r);
+    pg_pool_release(p, c);
+    pg_pool_close(p);
+}
+
 static void test_acquire_timeout(void **state)
 {
     struct fixture *f = *state;
@@ -353,6 +379,30 @@ static int select_one_body(struct pg_conn *c, void *ctx, struct tpv_err *err)
     return pg_exec(c, "SELECT 1", 0, NULL, NULL, err);
 }
 
+/* First run: insert, then the backend dies (terminated) before COMMIT; the rerun commits. */
+static int dies_once_body(struct pg_conn *c, void *ctx, struct tpv_err *err)
+{
+    int *runs = ctx;
+    int rc = pg_exec(c, "INSERT INTO once VALUES (1)", 0, NULL, NULL, err);
+    if (rc == TPV_OK && (*runs)++ == 0)
+        rc = pg_exec(c, "SELECT pg_terminate_backend(pg_backend_pid())", 0, NULL, NULL, err);
+    return rc;
+}
+
+static void test_connection_lost_before_commit_is_retried(void **state)
+{
+    struct fixture *f = *state;
+    exec_ok(f->pool, "CREATE TABLE once (k int)");
+    struct tpv_err err;
+    int runs = 0;
+    int rc = pg_tx_run(f->pool, PG_READ_COMMITTED, dies_once_body, &runs, &err);
+    if (rc != TPV_OK)
+        fail_msg("pg_tx_run: %s", err.message);
+    assert_int_equal(runs, 2);
+    /* The first run's insert died with its session: one row. */
+    assert_int_equal(query_int(f->pool, "SELECT count(*) FROM once"), 1);
+}
+
 static void test_restart_is_invisible(void **state)
 {
     struct fixture *f = *state;
@@ -414,10 +464,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_parameters_are_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sqlstate_mapping, setup, teardown),
         cmocka_unit_test(test_open_refusals),
+        cmocka_unit_test_setup_teardown(test_conninfo_settings_win, setup, teardown),
         cmocka_unit_test_setup_teardown(test_acquire_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_release_rolls_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_serialization_failure_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadlock_retried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_connection_lost_before_commit_is_retried, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_restart_is_invisible, setup, teardown),
         cmocka_unit_test_setup_teardown(test_outage_fails_fast_and_recovers, setup, teardown),
     };
