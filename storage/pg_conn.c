@@ -283,9 +283,10 @@ static int slot_connect(struct pg_pool *p, struct pg_conn *c, struct tpv_err *er
     } else {
         p->stats.connect_failures++;
         p->stats.down = true;
-        p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : p->o.backoff_min_ms;
-        if (p->backoff_ms > p->o.backoff_max_ms)
-            p->backoff_ms = p->o.backoff_max_ms;
+        /* Doubling up to the cap, without overflow for any configured cap. */
+        p->backoff_ms = !p->backoff_ms ? p->o.backoff_min_ms
+                        : p->backoff_ms > p->o.backoff_max_ms / 2 ? p->o.backoff_max_ms
+                                                                  : p->backoff_ms * 2;
         p->next_try_ms = mono_ms() + p->backoff_ms;
         first_line(p->last_error, sizeof p->last_error, c->pc ? PQerrorMessage(c->pc) : NULL);
     }

@@ -107,9 +107,8 @@ static void *listen_main(void *arg)
                     l->hooks.resubscribed(l->hooks.ctx);
                 continue;
             }
-            backoff = backoff ? backoff * 2 : l->backoff_min_ms;
-            if (backoff > l->backoff_max_ms)
-                backoff = l->backoff_max_ms;
+            backoff = !backoff ? l->backoff_min_ms
+                      : backoff > l->backoff_max_ms / 2 ? l->backoff_max_ms : backoff * 2;
             if (wait_stop(l, backoff))
                 break;
             continue;
