@@ -431,11 +431,79 @@ static void test_full_flow(void **state)
     test_daemon_cleanup(&d);
 }
 
+/* Creates a study with one isotropic noise model; its id goes to sid. */
+static void make_study(const struct test_daemon *d, const char *name, char sid[64])
+{
+    struct http_result r;
+    char buf[256];
+    snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
+             "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
+    assert_int_equal(http_json(d->base_url, "POST", "/v1/studies", buf, NULL, &r), 0);
+    assert_int_equal(r.status, 201);
+    snprintf(sid, 64, "%s", http_json_str(&r, "id"));
+    http_result_free(&r);
+}
+
+/* Submits a candidate body; returns its job id in jid (202 expected). */
+static void submit(const struct test_daemon *d, const char *sid, const char *body, char jid[64])
+{
+    struct http_result r;
+    char path[160];
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    assert_int_equal(http_json(d->base_url, "POST", path, body, NULL, &r), 0);
+    if (r.status != 202)
+        fail_msg("POST %s: %ld %s", path, r.status, r.body);
+    snprintf(jid, 64, "%s", http_json_str(&r, "job.id"));
+    http_result_free(&r);
+}
+
+/* Jacobian candidates sent without a probe dump: the study has no probe split, so the default
+ * ranking is the fit split and lists them (a stored "probe": null once made the study believe it
+ * had probe dumps: split probe, every candidate pending, items []). */
+static void test_fit_only_dumps_rank_on_fit(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char buf[512], path[256], sid[64], jid[2][64], dig[2][80];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "fit-only", sid);
+    for (int i = 0; i < 2; i++) {
+        size_t len;
+        double fro;
+        unsigned char *b = make_dump(4, 3, 1.0 + i, &len, &fro);
+        upload(&d, b, len, dig[i], 201);
+        free(b);
+        snprintf(buf, sizeof buf, "{\"name\":\"c%d\",\"jacobian\":{\"fit\":\"%s\"}}", i, dig[i]);
+        submit(&d, sid, buf, jid[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        wait_job(&d, jid[i], &r);
+        assert_string_equal(http_json_str(&r, "state"), "succeeded");
+        http_result_free(&r);
+    }
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking", sid);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_json_str(&r, "split"), "fit");
+    assert_int_equal(json_array_size(json_object_get(r.json, "items")), 2);
+    assert_int_equal(json_array_size(json_object_get(r.json, "pending")), 0);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=probe", sid);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    expect_error(&r, 409, "failed_precondition", "split");
+    http_result_free(&r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_flow),
+        cmocka_unit_test(test_fit_only_dumps_rank_on_fit),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
