@@ -498,12 +498,93 @@ static void test_fit_only_dumps_rank_on_fit(void **state)
     test_daemon_cleanup(&d);
 }
 
+/* One rule per value, checked at submission: JBR confidence in [0, 1) and integer batch sizes
+ * (JBR's and sgd's), duplicate keys refused in spec blobs as in request bodies. */
+static void test_one_rule_at_submission(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char buf[512], path[256], sid[64], jid[64], dig[80], dspec[80], dx[80];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+
+    const char *sgd = "{\"name\":\"sgd\",\"noise_models\":[{\"name\":\"s\",\"kind\":\"sgd\","
+                      "\"lr\":0.1,\"batch_size\":1.5}]}";
+    assert_int_equal(http_json(d.base_url, "POST", "/v1/studies", sgd, NULL, &r), 0);
+    expect_error(&r, 400, "invalid_argument", "noise_models[0].batch_size");
+    http_result_free(&r);
+
+    make_study(&d, "rules", sid);
+    size_t len;
+    double fro;
+    unsigned char *b = make_dump(4, 3, 1.0, &len, &fro);
+    upload(&d, b, len, dig, 201);
+    free(b);
+    snprintf(buf, sizeof buf, "{\"name\":\"c\",\"jacobian\":{\"fit\":\"%s\"}}", dig);
+    submit(&d, sid, buf, jid);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    char cid[64];
+    snprintf(cid, sizeof cid, "%s",
+             json_string_value(json_object_get(json_array_get(json_object_get(r.json, "items"),
+                                                              0), "id")));
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s/jbr", sid, cid);
+    struct {
+        const char *body;
+        long status;
+        const char *code, *field;
+    } jbr[] = {
+        { "{\"confidence\":1}", 400, "invalid_argument", "confidence" },
+        { "{\"confidence\":1.5}", 400, "invalid_argument", "confidence" },
+        { "{\"batch_size\":1.5}", 400, "invalid_argument", "batch_size" },
+        { "{\"batch_size\":0}", 400, "invalid_argument", "batch_size" },
+        { "{\"colour\":1}", 400, "invalid_argument", "colour" },
+        /* valid parameters reach the next check: JBR needs a model candidate */
+        { "{\"confidence\":0,\"batch_size\":64.0}", 409, "failed_precondition", "candidate_id" },
+    };
+    for (size_t i = 0; i < sizeof jbr / sizeof jbr[0]; i++) {
+        assert_int_equal(http_json(d.base_url, "POST", path, jbr[i].body, NULL, &r), 0);
+        expect_error(&r, jbr[i].status, jbr[i].code, jbr[i].field);
+        http_result_free(&r);
+    }
+
+    /* A spec blob with a duplicate key is refused like an inline one. */
+    const char *spec = "{\"format\":\"tpv.sequential/v1\",\"format\":\"tpv.sequential/v1\","
+                       "\"input_shape\":[3],\"layers\":[{\"type\":\"linear\",\"weight\":\"w\"}]}";
+    upload(&d, spec, strlen(spec), dspec, 201);
+    double x[6] = { 0.1, 0.2, 0.3, 0.4, 0.5, 0.6 };
+    uint64_t xs[2] = { 2, 3 };
+    b = test_npy_f64(xs, 2, x, &len);
+    upload(&d, b, len, dx, 201);
+    free(b);
+    snprintf(path, sizeof path, "/v1/studies/%s/inputs/fit", sid);
+    snprintf(buf, sizeof buf, "{\"blob\":\"%s\"}", dx);
+    assert_int_equal(http_json(d.base_url, "PUT", path, buf, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    snprintf(buf, sizeof buf, "{\"name\":\"dup\",\"model\":{\"spec\":\"%s\",\"weights\":\"%s\"}}",
+             dspec, dig);
+    assert_int_equal(http_json(d.base_url, "POST", path, buf, NULL, &r), 0);
+    expect_error(&r, 400, "invalid_argument", "model.spec");
+    assert_non_null(strstr(http_json_str(&r, "error.message"), "duplicate"));
+    http_result_free(&r);
+
+    wait_job(&d, jid, &r);
+    http_result_free(&r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_flow),
         cmocka_unit_test(test_fit_only_dumps_rank_on_fit),
+        cmocka_unit_test(test_one_rule_at_submission),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
