@@ -578,6 +578,40 @@ static void test_one_rule_at_submission(void **state)
     test_daemon_cleanup(&d);
 }
 
+/* Submission reads a dump's header only (no pass over the data on the HTTP thread); the worker
+ * scans every value and fails the job naming the tensor and the index of the first bad one. */
+static void test_values_scanned_by_the_worker(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char buf[256], sid[64], jid[64], dig[80];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "scan", sid);
+    double v[12];
+    for (int i = 0; i < 12; i++)
+        v[i] = 0.1 * i;
+    v[7] = NAN;
+    uint64_t shape[2] = { 4, 3 };
+    size_t len;
+    unsigned char *b = test_npy_f64(shape, 2, v, &len);
+    upload(&d, b, len, dig, 201);
+    free(b);
+    snprintf(buf, sizeof buf, "{\"name\":\"nan\",\"jacobian\":{\"fit\":\"%s\"}}", dig);
+    submit(&d, sid, buf, jid);
+    wait_job(&d, jid, &r);
+    assert_string_equal(http_json_str(&r, "state"), "failed");
+    assert_string_equal(http_json_str(&r, "error.code"), "invalid_argument");
+    const char *msg = http_json_str(&r, "error.message");
+    if (!strstr(msg, "jacobian.fit") || !strstr(msg, "non-finite value at index 7"))
+        fail_msg("job error: %s", msg);
+    assert_null(strstr(msg, d.data_dir)); /* no server path in a client message */
+    http_result_free(&r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -585,6 +619,7 @@ int main(void)
         cmocka_unit_test(test_full_flow),
         cmocka_unit_test(test_fit_only_dumps_rank_on_fit),
         cmocka_unit_test(test_one_rule_at_submission),
+        cmocka_unit_test(test_values_scanned_by_the_worker),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
