@@ -18,6 +18,7 @@
 #include "core/job.h"
 #include "server/worker.h"
 #include "storage/store.h"
+#include "tests/support/npy.h"
 
 #define D64 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 #define E64 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
@@ -241,7 +242,8 @@ static int teardown(void **state)
 {
     (void)state;
     const char *files[] = { "weights.safetensors", "nan.safetensors", "aligned.safetensors",
-                            "skewed.safetensors", "blob.safetensors" };
+                            "skewed.safetensors", "blob.safetensors", "x.npy", "xnan.npy",
+                            "wnan.safetensors" };
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
         unlink(path_in(files[i]));
     rmdir(dir);
@@ -406,6 +408,78 @@ static void test_score_rows_encoding(void **state)
     json_decref(stab);
 }
 
+/* A model candidate: the check binds names and shapes without reading a value; the full open
+ * converts the weights and scans the inputs, naming tensor/sample and index. */
+static void write_bytes(const char *name, const unsigned char *b, size_t len)
+{
+    FILE *f = fopen(path_in(name), "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b, 1, len, f), len);
+    fclose(f);
+}
+
+static void test_model_values_fail_the_job(void **state)
+{
+    (void)state;
+    json_t *spec = json_loads("{\"format\":\"tpv.sequential/v1\",\"input_shape\":[3],\"layers\":"
+                              "[{\"type\":\"linear\",\"weight\":\"a.weight\",\"bias\":\"b.bias\"},"
+                              "{\"type\":\"tanh\"}]}", 0, NULL);
+    assert_non_null(spec);
+    double x[12];
+    for (int i = 0; i < 12; i++)
+        x[i] = 0.1 * i - 0.5;
+    uint64_t xs[2] = { 4, 3 };
+    size_t len;
+    unsigned char *b = test_npy_f64(xs, 2, x, &len);
+    write_bytes("x.npy", b, len);
+    free(b);
+    x[7] = NAN; /* sample 2, element 1 */
+    b = test_npy_f64(xs, 2, x, &len);
+    write_bytes("xnan.npy", b, len);
+    free(b);
+    static char wpath[512], xpath[512];
+    snprintf(wpath, sizeof wpath, "%s", path_in("weights.safetensors"));
+    snprintf(xpath, sizeof xpath, "%s", path_in("x.npy"));
+    struct tpv_candidate_files c = { .source = TPV_SOURCE_MODEL, .spec = spec, .weights = wpath,
+                                     .fit_inputs = xpath };
+    struct tpv_noise iso = iso_model();
+    struct tpv_run_options opts = { 0 };
+    struct tpv_err err;
+    uint64_t need = 0;
+    struct tpv_score *sc = NULL;
+    size_t ns = 0;
+    json_t *st = NULL;
+    /* Good files: the check's plan is the job's (the converted parameters counted once). */
+    assert_int_equal(tpv_candidate_check(&c, &iso, 1, &opts, &need, &err), TPV_OK);
+    assert_int_equal(tpv_candidate_score(&c, &iso, 1, &opts, &sc, &ns, &st, NULL, &err), TPV_OK);
+    assert_int_equal(json_integer_value(json_object_get(st, "memory_bytes")), need);
+    tpv_scores_free(sc, ns);
+    json_decref(st);
+    /* A NaN input: accepted by the check, refused by the job with sample and element. */
+    snprintf(xpath, sizeof xpath, "%s", path_in("xnan.npy"));
+    assert_int_equal(tpv_candidate_check(&c, &iso, 1, &opts, &need, &err), TPV_OK);
+    assert_int_equal(tpv_candidate_score(&c, &iso, 1, &opts, &sc, &ns, &st, NULL, &err),
+                     TPV_EFORMAT);
+    assert_non_null(strstr(err.message, "sample 2 element 1 is not finite"));
+    assert_string_equal(err.field, "inputs.fit.inputs");
+    json_t *res = NULL;
+    assert_int_equal(tpv_jbr_run(&c, 0.5, 8, &res, NULL, &err), TPV_EFORMAT);
+    assert_null(res);
+    /* A NaN weight: the same, naming the tensor and the index. */
+    snprintf(xpath, sizeof xpath, "%s", path_in("x.npy"));
+    double wn[6];
+    memcpy(wn, W, sizeof wn);
+    wn[4] = NAN;
+    write_named("wnan.safetensors", wn, B);
+    snprintf(wpath, sizeof wpath, "%s", path_in("wnan.safetensors"));
+    assert_int_equal(tpv_candidate_check(&c, &iso, 1, &opts, &need, &err), TPV_OK);
+    assert_int_equal(tpv_candidate_score(&c, &iso, 1, &opts, &sc, &ns, &st, NULL, &err),
+                     TPV_EFORMAT);
+    assert_string_equal(err.field, "model.spec.layers[0].weight");
+    assert_non_null(strstr(err.message, "'a.weight' has a non-finite value (nan) at index 4"));
+    json_decref(spec);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -414,6 +488,7 @@ int main(void)
         cmocka_unit_test(test_nan_dump_fails_the_job),
         cmocka_unit_test(test_blob_values_fail_the_job),
         cmocka_unit_test(test_plan_counts_misaligned_copy),
+        cmocka_unit_test(test_model_values_fail_the_job),
         cmocka_unit_test(test_score_rows_encoding),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
