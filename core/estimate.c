@@ -993,7 +993,8 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
     uint64_t N, M = 0, K = f->K, gbytes, kbytes = 0;
     double t0 = now_seconds();
     /* The memory plan refused sizes that overflow; checked again where the buffers are made. */
-    if (__builtin_mul_overflow(f->n, f->K, &N) || (pb && __builtin_mul_overflow(pb->n, pb->K, &M)) ||
+    if (__builtin_mul_overflow(f->n, f->K, &N) ||
+        (pb && __builtin_mul_overflow(pb->n, pb->K, &M)) ||
         __builtin_mul_overflow(N, N, &gbytes) || __builtin_mul_overflow(gbytes, 8, &gbytes) ||
         __builtin_mul_overflow(M, N, &kbytes) || __builtin_mul_overflow(kbytes, 8, &kbytes) ||
         gbytes > SIZE_MAX || kbytes > SIZE_MAX)

@@ -64,8 +64,8 @@ int tpv_jbr_params_check(const struct tpv_jbr_params *p, struct tpv_err *err)
                            "confidence must be in [0, 1) (a max-softmax threshold that samples "
                            "must exceed), got %g", p->confidence);
     if (p->batch_size < 1 || p->batch_size > TPV_JBR_BATCH_MAX)
-        return tpv_err_set(err, TPV_EINVAL, "batch_size", "batch_size must be an integer in [1, %d]",
-                           TPV_JBR_BATCH_MAX);
+        return tpv_err_set(err, TPV_EINVAL, "batch_size",
+                           "batch_size must be an integer in [1, %d]", TPV_JBR_BATCH_MAX);
     return TPV_OK;
 }
 

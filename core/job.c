@@ -88,7 +88,8 @@ int tpv_job_source_parse(struct tpv_job_source *out, const json_t *source, struc
     memset(out, 0, sizeof *out);
     const char *kind = json_string_value(json_object_get(source, "kind"));
     if (!json_is_object(source) || !kind)
-        return tpv_err_set(err, TPV_EINVAL, "source", "a candidate source is an object with a kind");
+        return tpv_err_set(err, TPV_EINVAL, "source",
+                           "a candidate source is an object with a kind");
     if (strcmp(kind, "model") == 0)
         return parse_model(out, source, err);
     if (strcmp(kind, "jacobian") == 0)
@@ -173,7 +174,9 @@ int tpv_job_parse(struct tpv_job *out, const char *source, const char *noise_mod
         rc = tpv_job_source_parse(&out->src, src, err);
     if (rc == TPV_OK)
         rc = tpv_noise_list_load(noise_models, &out->models, &out->nmodels, err);
-    if (rc == TPV_OK && out->kind == TPV_JOB_JBR && params && (rc = load_text(params, "params", &par, err)) == TPV_OK)
+    if (rc == TPV_OK && out->kind == TPV_JOB_JBR && params)
+        rc = load_text(params, "params", &par, err);
+    if (rc == TPV_OK && par)
         rc = tpv_jbr_params_parse(par, &out->jbr, err);
     json_decref(src);
     json_decref(par);

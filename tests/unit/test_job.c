@@ -195,7 +195,8 @@ static void write_dump(const char *name, int skew, double poison)
     for (int i = 0; i < 8; i++)
         JB[i] = 0.3 * (i % 3);
     JA[13] = poison;
-    struct st_tensor t[2] = { { "a.weight", 4, { 4, 1, 2, 3 }, JA }, { "b.bias", 3, { 4, 1, 2 }, JB } };
+    struct st_tensor t[2] = { { "a.weight", 4, { 4, 1, 2, 3 }, JA },
+                              { "b.bias", 3, { 4, 1, 2 }, JB } };
     write_safetensors(path_in(name), t, 2, skew);
 }
 
