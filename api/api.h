@@ -209,25 +209,24 @@ json_t *api_openapi_document(void);
 
 /* ---- candidate files (api/candidate_files.c; shared by submission and the worker) ---- */
 
-/* A candidate's stored source resolved to local files for the core.  Owns every string the
- * embedded tpv_candidate_files points to. */
+/* A candidate's parsed source (core/job.h) resolved to local files for the core.  Owns every
+ * path the embedded tpv_candidate_files points to; the layout names stay the source's. */
 #define API_CAND_MAX_PATHS 40
 struct api_cand_files {
     struct tpv_candidate_files files;
     json_t *spec;   /* the model spec (loaded from its blob when given as a digest) */
-    char **layout;  /* owned copy of files.layout */
     struct store *store;
     char *paths[API_CAND_MAX_PATHS]; /* owned path strings */
     const char *fields[API_CAND_MAX_PATHS]; /* the request field each path came from */
     int npaths;
 };
 
-/* Resolves a candidate source JSON (as stored at submission: {"kind":"model","spec","weights",
- * "inputs":{"fit","probe"}} or {"kind":"jacobian","fit","probe"?,"layout"?,"weights"?}) into
- * files.  A spec given as a digest is read from its blob (at most max_spec bytes).  Errors name
- * the field; on any return release with api_cand_files_free. */
-int api_cand_files_load(struct api_cand_files *cf, struct store *st, const json_t *source,
-                        uint64_t max_spec, struct tpv_err *err);
+/* Resolves src (from tpv_job_parse; it must outlive cf) into files.  A spec given as a digest is
+ * read from its blob (at most max_spec bytes; duplicate keys refused).  Errors name the field; on
+ * any return release with api_cand_files_free. */
+struct tpv_job_source;
+int api_cand_files_load(struct api_cand_files *cf, struct store *st,
+                        const struct tpv_job_source *src, uint64_t max_spec, struct tpv_err *err);
 void api_cand_files_free(struct api_cand_files *cf);
 
 /* Rewrites a core error about one of cf's files for a client: local paths become the request

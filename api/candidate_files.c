@@ -1,12 +1,13 @@
-/* candidate_files.c: a candidate's stored source JSON resolved to local blob paths for the core's
- * tpv_candidate_check / tpv_candidate_score (see api.h).  Submission and the worker both use it,
- * so what was validated is what runs. */
+/* candidate_files.c: a parsed candidate source (core/job.h) resolved to local blob paths for the
+ * core's tpv_candidate_check / tpv_candidate_score / tpv_jbr_run (see api.h).  Submission and the
+ * worker both use it, so what was validated is what runs. */
 #include "api/api.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/job.h"
 #include "storage/store.h"
 
 static const char *keep_path(struct api_cand_files *cf, const char *digest, const char *field,
@@ -47,25 +48,19 @@ static const char *blob_path_cb(void *ctx, const char *digest)
     return keep_path(cf, digest, "digest", &ignored);
 }
 
-/* Optional digest member `key` of obj; NULL when absent or null. */
-static const char *opt_digest(const json_t *obj, const char *key)
+/* The spec of a model source: inline, or read from its blob (one JSON rule for both: duplicate
+ * keys refused, as in request bodies). */
+static int load_spec(struct api_cand_files *cf, const struct tpv_job_source *src,
+                     uint64_t max_spec, struct tpv_err *err)
 {
-    return json_string_value(json_object_get(obj, key));
-}
-
-static int load_spec(struct api_cand_files *cf, const json_t *spec, uint64_t max_spec,
-                     struct tpv_err *err)
-{
-    if (json_is_object(spec)) {
-        cf->spec = json_incref((json_t *)spec);
+    if (src->spec) {
+        cf->spec = json_incref(src->spec);
         return TPV_OK;
     }
-    const char *digest = json_string_value(spec);
-    const char *path = digest ? keep_path(cf, digest, "model.spec", err) : NULL;
+    const char *digest = src->spec_blob;
+    const char *path = keep_path(cf, digest, "model.spec", err);
     if (!path)
-        return digest ? err->code
-                      : tpv_err_set(err, TPV_EINVAL, "model.spec",
-                                    "model.spec must be an object or a blob digest");
+        return err->code;
     uint64_t size = 0;
     if (store_blob_stat(cf->store, digest, &size, err) != TPV_OK)
         return tpv_err_set(err, TPV_EINVAL, "model.spec", "model.spec: blob %s not found", digest);
@@ -74,7 +69,7 @@ static int load_spec(struct api_cand_files *cf, const json_t *spec, uint64_t max
                            "model.spec: blob of %llu bytes exceeds the %llu-byte limit for specs",
                            (unsigned long long)size, (unsigned long long)max_spec);
     json_error_t jerr;
-    cf->spec = json_load_file(path, 0, &jerr);
+    cf->spec = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!json_is_object(cf->spec))
         return tpv_err_set(err, TPV_EINVAL, "model.spec",
                            "model.spec: blob %s is not a JSON object (%s, line %d)", digest,
@@ -82,57 +77,38 @@ static int load_spec(struct api_cand_files *cf, const json_t *spec, uint64_t max
     return TPV_OK;
 }
 
-int api_cand_files_load(struct api_cand_files *cf, struct store *st, const json_t *source,
-                        uint64_t max_spec, struct tpv_err *err)
+int api_cand_files_load(struct api_cand_files *cf, struct store *st,
+                        const struct tpv_job_source *src, uint64_t max_spec, struct tpv_err *err)
 {
     memset(cf, 0, sizeof *cf);
     cf->store = st;
     cf->files.blob_path = blob_path_cb;
     cf->files.blob_ctx = cf;
-    const char *kind = json_string_value(json_object_get(source, "kind"));
-    const char *d;
-    if (!kind)
-        return tpv_err_set(err, TPV_EINTERNAL, "source", "candidate source without a kind");
-    if ((d = opt_digest(source, "weights")) && !(cf->files.weights = keep_path(cf, d, "weights", err)))
+    cf->files.source = src->kind;
+    if (src->weights[0] && !(cf->files.weights = keep_path(cf, src->weights,
+                                                           src->kind == TPV_SOURCE_MODEL
+                                                               ? "model.weights" : "weights",
+                                                           err)))
         return err->code;
-    if (strcmp(kind, "model") == 0) {
-        cf->files.source = TPV_SOURCE_MODEL;
-        int rc = load_spec(cf, json_object_get(source, "spec"), max_spec, err);
+    if (src->kind == TPV_SOURCE_MODEL) {
+        int rc = load_spec(cf, src, max_spec, err);
         if (rc != TPV_OK)
             return rc;
         cf->files.spec = cf->spec;
-        json_t *inputs = json_object_get(source, "inputs");
-        if ((d = opt_digest(inputs, "fit")) &&
-            !(cf->files.fit_inputs = keep_path(cf, d, "inputs.fit", err)))
+        if (src->fit[0] && !(cf->files.fit_inputs = keep_path(cf, src->fit, "inputs.fit", err)))
             return err->code;
-        if ((d = opt_digest(inputs, "probe")) &&
-            !(cf->files.probe_inputs = keep_path(cf, d, "inputs.probe", err)))
+        if (src->probe[0] &&
+            !(cf->files.probe_inputs = keep_path(cf, src->probe, "inputs.probe", err)))
             return err->code;
         return TPV_OK;
     }
-    cf->files.source = TPV_SOURCE_JACOBIAN;
-    if ((d = opt_digest(source, "fit")) && !(cf->files.jac_fit = keep_path(cf, d, "jacobian.fit", err)))
+    if (src->fit[0] && !(cf->files.jac_fit = keep_path(cf, src->fit, "jacobian.fit", err)))
         return err->code;
-    if ((d = opt_digest(source, "probe")) &&
-        !(cf->files.jac_probe = keep_path(cf, d, "jacobian.probe", err)))
+    if (src->probe[0] && !(cf->files.jac_probe = keep_path(cf, src->probe, "jacobian.probe", err)))
         return err->code;
-    json_t *layout = json_object_get(source, "layout");
-    size_t n = json_array_size(layout);
-    if (n) {
-        cf->layout = calloc(n, sizeof *cf->layout);
-        if (!cf->layout)
-            return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-        for (size_t i = 0; i < n; i++) {
-            const char *name = json_string_value(json_array_get(layout, i));
-            if (!name || !(cf->layout[i] = strdup(name))) {
-                cf->files.nlayout = i; /* what free() releases */
-                return tpv_err_set(err, TPV_EINVAL, "jacobian.layout",
-                                   "jacobian.layout[%zu] must be a string", i);
-            }
-        }
-        cf->files.layout = (const char *const *)cf->layout;
-        cf->files.nlayout = n;
-    }
+    /* The layout strings stay owned by src, which outlives cf. */
+    cf->files.layout = (const char *const *)src->layout;
+    cf->files.nlayout = src->nlayout;
     return TPV_OK;
 }
 
@@ -142,9 +118,6 @@ void api_cand_files_free(struct api_cand_files *cf)
         return;
     for (int i = 0; i < cf->npaths; i++)
         free(cf->paths[i]);
-    for (size_t i = 0; cf->layout && i < cf->files.nlayout; i++)
-        free(cf->layout[i]);
-    free(cf->layout);
     json_decref(cf->spec);
     memset(cf, 0, sizeof *cf);
 }

@@ -1,8 +1,9 @@
 /* candidates.c: POST/GET /v1/studies/{sid}/candidates, GET .../candidates/{cid} and POST
  * .../candidates/{cid}/jbr (DESIGN.md section 5).  Submission validates the JSON shapes and that
- * every referenced blob exists, asks the core (tpv_candidate_check) whether the candidate can be
- * served and how much memory it needs, then writes candidate + job in one transaction before the
- * 202. */
+ * every referenced blob exists, parses the stored form with the job module (core/job.h) as the
+ * worker will, asks the core (tpv_candidate_check: headers, shapes and names, no scan of the
+ * data) whether the candidate can be served and how much memory it needs, then writes candidate
+ * + job in one transaction before the 202. */
 #include "api/handlers.h"
 
 #include <math.h>
@@ -10,13 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/job.h"
 #include "core/noise.h"
 #include "core/score.h"
 #include "core/tpv_log.h"
 #include "storage/store.h"
 
 #define NAME_MAX_BYTES 128
-#define LAYOUT_MAX 100000
 #define RETRY_AFTER_S "5"
 
 /* A digest member that must name an existing blob; required or optional. */
@@ -85,7 +86,9 @@ static bool check_metadata(const struct api_env *env, const json_t *meta,
     return true;
 }
 
-/* Builds the stored source JSON from the request's model or jacobian member. */
+/* A draft of the stored source from the request's model or jacobian member, after the checks
+ * that need the store (blobs exist, the study's input sets); absent members may be null here.
+ * make_source turns it into the stored form. */
 static json_t *parse_source(const struct api_env *env, const json_t *body,
                             const struct store_study_info *info, struct api_response *resp)
 {
@@ -141,23 +144,7 @@ static json_t *parse_source(const struct api_env *env, const json_t *body,
         !get_blob(env, jac, "probe", "jacobian.probe", false, &d2, resp) ||
         !get_blob(env, body, "weights", "weights", false, &weights, resp))
         return NULL;
-    json_t *layout = json_object_get(jac, "layout");
-    if (layout) {
-        size_t n = json_array_size(layout);
-        if (!json_is_array(layout) || n == 0 || n > LAYOUT_MAX) {
-            api_reply_errorf(resp, TPV_EINVAL, "jacobian.layout",
-                             "jacobian.layout must be an array of 1 to %d tensor names", LAYOUT_MAX);
-            return NULL;
-        }
-        for (size_t i = 0; i < n; i++) {
-            json_t *v = json_array_get(layout, i);
-            if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 256) {
-                api_reply_errorf(resp, TPV_EINVAL, "jacobian.layout",
-                                 "jacobian.layout[%zu] must be a tensor name (1 to 256 bytes)", i);
-                return NULL;
-            }
-        }
-    }
+    json_t *layout = json_object_get(jac, "layout"); /* checked by tpv_job_source_parse */
     json_t *src = json_pack("{s:s,s:s,s:s?,s:s?}", "kind", "jacobian", "fit", d1, "probe", d2,
                             "weights", weights);
     if (src && layout)
@@ -166,13 +153,12 @@ static json_t *parse_source(const struct api_env *env, const json_t *body,
 }
 
 /* Noise models that need weights cannot be served by a dump without them (DESIGN.md section 3). */
-static bool check_noise_needs(const struct tpv_noise *m, size_t n, const json_t *source,
-                              struct api_response *resp)
+static bool check_noise_needs(const struct tpv_job *job, struct api_response *resp)
 {
-    if (strcmp(json_string_value(json_object_get(source, "kind")), "jacobian") != 0 ||
-        json_object_get(source, "weights"))
+    const struct tpv_noise *m = job->models;
+    if (job->src.kind != TPV_SOURCE_JACOBIAN || job->src.weights[0])
         return true;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < job->nmodels; i++) {
         if (tpv_noise_needs_weights(&m[i])) {
             char field[48];
             snprintf(field, sizeof field, "noise_models[%zu]", i);
@@ -185,20 +171,21 @@ static bool check_noise_needs(const struct tpv_noise *m, size_t n, const json_t 
     return true;
 }
 
-/* The core's verdict on the candidate's files against the study's noise models, and the job's
- * memory estimate against --max-job-memory. */
-static bool core_check(const struct api_env *env, struct api_request *req, const json_t *source,
-                       const struct tpv_noise *m, size_t n, struct api_response *resp)
+/* The core's verdict on the candidate's files against the study's noise models (headers, shapes
+ * and names: no pass over the data on this HTTP thread; the worker scans the values), and the
+ * job's memory plan against --max-job-memory. */
+static bool core_check(const struct api_env *env, struct api_request *req,
+                       const struct tpv_job *job, struct api_response *resp)
 {
     struct api_cand_files cf;
     struct tpv_err err;
     uint64_t need = 0;
     tpv_err_clear(&err);
-    int rc = api_cand_files_load(&cf, env->store, source, env->limits.max_body, &err);
+    int rc = api_cand_files_load(&cf, env->store, &job->src, env->limits.max_body, &err);
     if (rc == TPV_OK) {
         struct tpv_run_options opts = { .max_memory = env->limits.max_job_memory,
                                         .flop_budget = env->limits.job_flop_budget };
-        rc = tpv_candidate_check(&cf.files, m, n, &opts, &need, &err);
+        rc = tpv_candidate_check(&cf.files, job->models, job->nmodels, &opts, &need, &err);
         if (rc != TPV_OK)
             api_cand_files_explain(&cf, &err);
     }
@@ -217,6 +204,40 @@ static bool core_check(const struct api_env *env, struct api_request *req, const
     return false;
 }
 
+/* The stored source text of a draft: parsed by the job module (400 naming the member), written
+ * back in its canonical form (absent members left out, never null), then parsed once more with
+ * the study's noise models by tpv_job_parse, exactly as the worker will parse it. */
+static bool make_source(const struct api_request *req, const json_t *draft,
+                        const struct store_study_info *info, char **text, struct tpv_job *job,
+                        struct api_response *resp)
+{
+    struct tpv_job_source src;
+    struct tpv_err err;
+    tpv_err_clear(&err);
+    *text = NULL;
+    int rc = tpv_job_source_parse(&src, draft, &err);
+    json_t *canon = rc == TPV_OK ? tpv_job_source_json(&src) : NULL;
+    tpv_job_source_free(&src);
+    if (rc != TPV_OK) {
+        api_reply_error(resp, &err);
+        return false;
+    }
+    *text = canon ? json_dumps(canon, JSON_COMPACT) : NULL;
+    json_decref(canon);
+    if (!*text) {
+        api_reply_errorf(resp, TPV_ENOMEM, NULL, "out of memory");
+        return false;
+    }
+    rc = tpv_job_parse(job, *text, info->noise_models, "score", NULL, &err);
+    if (rc == TPV_OK)
+        return true;
+    if (strncmp(err.field, "noise_models", 12) == 0 || rc != TPV_EINVAL)
+        api_reply_store_error(req, resp, &err); /* stored models always parse */
+    else
+        api_reply_error(resp, &err);
+    return false;
+}
+
 static void reply_busy(struct api_response *resp, const struct tpv_err *err)
 {
     api_reply_error(resp, err);
@@ -228,9 +249,8 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
     static const char *const keys[] = { "name", "metadata", "model", "jacobian", "weights", NULL };
     struct tpv_err err;
     struct store_study_info info = { 0 };
-    struct tpv_noise *models = NULL;
-    size_t nmodels = 0;
-    json_t *body = NULL, *source = NULL, *out = NULL, *noise = NULL;
+    struct tpv_job job;
+    json_t *body = NULL, *source = NULL, *out = NULL;
     char *source_text = NULL, *meta_text = NULL, *out_text = NULL;
     char hash[65], scope[192], cid[STORE_ID_MAX], jid[STORE_ID_MAX], now[STORE_TIME_MAX];
     char location[224];
@@ -239,6 +259,7 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
     bool use_idem;
     const char *sid = req->params[0];
     tpv_err_clear(&err);
+    memset(&job, 0, sizeof job);
 
     if (!api_study_param(req, resp))
         return;
@@ -254,15 +275,9 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
         api_reply_store_error(req, resp, &err);
         goto out;
     }
-    if (!(source = parse_source(env, body, &info, resp)))
-        goto out;
-    noise = json_loads(info.noise_models, 0, NULL);
-    if (tpv_noise_list_parse(noise, &models, &nmodels, &err) != TPV_OK) {
-        api_reply_store_error(req, resp, &err); /* stored models always parse */
-        goto out;
-    }
-    if (!check_noise_needs(models, nmodels, source, resp) ||
-        !core_check(env, req, source, models, nmodels, resp))
+    if (!(source = parse_source(env, body, &info, resp)) ||
+        !make_source(req, source, &info, &source_text, &job, resp) ||
+        !check_noise_needs(&job, resp) || !core_check(env, req, &job, resp))
         goto out;
 
     store_id_new(cid, "cd");
@@ -270,7 +285,7 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
     store_now_rfc3339(now);
     snprintf(location, sizeof location, "/v1/studies/%s/candidates/%s", sid, cid);
     json_t *meta = json_object_get(body, "metadata");
-    const char *kind = json_string_value(json_object_get(source, "kind"));
+    const char *kind = job.src.kind == TPV_SOURCE_MODEL ? "model" : "jacobian";
     out = json_pack("{s:{s:s,s:s,s:s,s:o,s:s,s:s,s:[],s:n,s:s,s:f,s:n,s:s},"
                     "s:{s:s,s:s,s:s,s:s,s:f,s:i}}",
                     "candidate", "id", cid, "study_id", sid, "name", c.name, "metadata",
@@ -279,7 +294,6 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
                     "error", "created_at", now,
                     "job", "id", jid, "kind", "score", "candidate_id", cid, "state", "queued",
                     "progress", 0.0, "attempts", 0);
-    source_text = json_dumps(source, JSON_COMPACT);
     meta_text = out ? json_dumps(json_object_get(json_object_get(out, "candidate"), "metadata"),
                                  JSON_COMPACT) : NULL;
     out_text = out ? json_dumps(out, JSON_COMPACT) : NULL;
@@ -292,7 +306,7 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
     c.metadata = meta_text;
     c.source_kind = kind;
     c.source = source_text;
-    c.has_probe_dump = json_object_get(source, "probe") != NULL;
+    c.has_probe_dump = tpv_job_source_has_probe_dump(&job.src);
     c.job_id = jid;
     c.created_at = now;
     struct store_reply reply = { .status = 202, .body = out_text, .location = location };
@@ -316,11 +330,10 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
     out = NULL;
     api_response_add_header(resp, "Location", location);
 out:
-    free(models);
+    tpv_job_free(&job);
     free(source_text);
     free(meta_text);
     free(out_text);
-    json_decref(noise);
     json_decref(source);
     json_decref(out);
     json_decref(body);
@@ -365,12 +378,11 @@ void api_handle_candidate_get(const struct api_env *env, struct api_request *req
 
 void api_handle_jbr_create(const struct api_env *env, struct api_request *req, struct api_response *resp)
 {
-    static const char *const keys[] = { "confidence", "batch_size", NULL };
     struct tpv_err err;
-    json_t *body = NULL;
-    char *source = NULL, kind[16], jid[STORE_ID_MAX], now[STORE_TIME_MAX], location[96];
-    double confidence = 0.9;
-    json_int_t batch = 128;
+    json_t *body = NULL, *pj = NULL;
+    char *source = NULL, *params = NULL, kind[16], jid[STORE_ID_MAX], now[STORE_TIME_MAX];
+    char location[96];
+    struct tpv_jbr_params jp;
     tpv_err_clear(&err);
     if (!api_study_param(req, resp))
         return;
@@ -379,25 +391,18 @@ void api_handle_jbr_create(const struct api_env *env, struct api_request *req, s
                          req->params[1]);
         return;
     }
-    if (req->body_len > 0) {
-        if (!api_body_object(req, resp, &body) || !api_check_keys(body, keys, "", resp))
-            goto out;
-        json_t *cv = json_object_get(body, "confidence"), *bv = json_object_get(body, "batch_size");
-        if (cv) {
-            confidence = json_number_value(cv);
-            if (!json_is_number(cv) || !(confidence > 0 && confidence <= 1)) {
-                api_reply_errorf(resp, TPV_EINVAL, "confidence", "confidence must be in (0, 1]");
-                goto out;
-            }
-        }
-        if (bv) {
-            batch = json_integer_value(bv);
-            if (!json_is_integer(bv) || batch < 1 || batch > 1000000) {
-                api_reply_errorf(resp, TPV_EINVAL, "batch_size",
-                                 "batch_size must be an integer in [1, 1000000]");
-                goto out;
-            }
-        }
+    /* The one rule for JBR parameters (core/jbr.h), here at submission; the worker reads the
+     * stored params back through the same parser. */
+    if (req->body_len > 0 && !api_body_object(req, resp, &body))
+        goto out;
+    if (tpv_jbr_params_parse(body, &jp, &err) != TPV_OK) {
+        api_reply_error(resp, &err);
+        goto out;
+    }
+    pj = tpv_jbr_params_json(&jp);
+    if (!pj || !(params = json_dumps(pj, JSON_COMPACT))) {
+        api_reply_errorf(resp, TPV_ENOMEM, NULL, "out of memory");
+        goto out;
     }
     if (store_candidate_source(env->store, req->params[0], req->params[1], &source, kind, &err) !=
         TPV_OK) {
@@ -409,9 +414,6 @@ void api_handle_jbr_create(const struct api_env *env, struct api_request *req, s
                          "JBR needs a model candidate (spec + weights), not a Jacobian dump");
         goto out;
     }
-    char params[96];
-    snprintf(params, sizeof params, "{\"confidence\":%.17g,\"batch_size\":%lld}", confidence,
-             (long long)batch);
     store_id_new(jid, "jb");
     store_now_rfc3339(now);
     int rc = store_jbr_create(env->store, req->params[0], req->params[1], jid, params,
@@ -434,5 +436,7 @@ void api_handle_jbr_create(const struct api_env *env, struct api_request *req, s
     api_response_add_header(resp, "Location", location);
 out:
     free(source);
+    free(params);
+    json_decref(pj);
     json_decref(body);
 }

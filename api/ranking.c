@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/noise.h"
 #include "storage/store.h"
 
 struct rank_query {
@@ -58,14 +59,16 @@ static bool parse_query(const struct api_env *env, const struct api_request *req
     const char *max = api_query(req, "max_train_loss"), *wait = api_query(req, "wait");
     memset(q, 0, sizeof *q);
     q->by = by && by[0] ? by : info->rank_by;
-    /* by must name one of the study's noise models. */
-    json_t *models = json_loads(info->noise_models, 0, NULL);
-    bool found = false;
-    size_t i;
-    json_t *m;
-    json_array_foreach(models, i, m)
-        found |= strcmp(json_string_value(json_object_get(m, "name")) ?: "", q->by) == 0;
-    json_decref(models);
+    /* by must name one of the study's noise models (parsed as the job module parses them). */
+    struct tpv_noise *models = NULL;
+    size_t nmodels = 0;
+    struct tpv_err err;
+    if (tpv_noise_list_load(info->noise_models, &models, &nmodels, &err) != TPV_OK) {
+        api_reply_store_error(req, resp, &err); /* stored models always parse */
+        return false;
+    }
+    bool found = tpv_noise_find(models, nmodels, q->by) != NULL;
+    free(models);
     if (!found) {
         api_reply_errorf(resp, TPV_EINVAL, "by", "by: '%.64s' is not a noise model of this study",
                          q->by);

@@ -20,9 +20,11 @@ struct part {
     size_t es;
     uint64_t col0, cols;
     void *owned; /* aligned copy when the mapped data was misaligned for its dtype */
+    uint64_t copy_bytes; /* size of that copy (made, or planned for a headers-only source) */
 };
 
 struct dump {
+    bool headers_only; /* opened to plan a job: no values read, misaligned data not copied */
     uint64_t rows; /* n K */
     size_t nparts;
     struct part *parts;
@@ -51,6 +53,15 @@ static void dump_free(struct tpv_jsrc *s)
     }
     tpv_layout_free(&s->layout);
     free(s);
+}
+
+/* A headers-only source answers its structure and scratch_bytes; its products refuse to run. */
+static int refuse_headers_only(const struct dump *d, struct tpv_err *err)
+{
+    if (!d->headers_only)
+        return TPV_OK;
+    return tpv_err_set(err, TPV_EINTERNAL, NULL,
+                       "a Jacobian dump opened for its headers cannot be computed with");
 }
 
 /* ---- panels ------------------------------------------------------------------------------ */
@@ -162,6 +173,8 @@ static int dump_sqdiag(const struct tpv_jsrc *s, double *diag, const struct tpv_
                        struct tpv_err *err)
 {
     const struct dump *d = s->impl;
+    if (refuse_headers_only(d, err) != TPV_OK)
+        return TPV_EINTERNAL;
     int nt = tpv_linalg_threads();
     float *tmp = NULL;
     bool half = false;
@@ -199,6 +212,8 @@ static int dump_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double 
     if (b->ops != &dump_ops || a->p != b->p || a->K != b->K)
         return tpv_err_set(err, TPV_EINVAL, NULL, "gram of sources with different parameters");
     const struct dump *da = a->impl, *db = b->impl;
+    if (refuse_headers_only(da, err) != TPV_OK || refuse_headers_only(db, err) != TPV_OK)
+        return TPV_EINTERNAL;
     bool self = a == b;
     uint64_t NA = da->rows, NB = db->rows, p = a->p;
     uint64_t maxw = panel_max_width(self ? NA : NA + NB, p);
@@ -246,6 +261,8 @@ static int dump_jvp(const struct tpv_jsrc *s, const double *v, double *out,
                     const struct tpv_progress *pg, struct tpv_err *err)
 {
     const struct dump *d = s->impl;
+    if (refuse_headers_only(d, err) != TPV_OK)
+        return TPV_EINTERNAL;
     uint64_t maxw = panel_max_width(d->rows, s->p);
     double *buf;
     int rc = alloc_panel(d, d->rows, maxw, &buf, err);
@@ -268,6 +285,8 @@ static int dump_vjp(const struct tpv_jsrc *s, const double *u, double *out,
                     const struct tpv_progress *pg, struct tpv_err *err)
 {
     const struct dump *d = s->impl;
+    if (refuse_headers_only(d, err) != TPV_OK)
+        return TPV_EINTERNAL;
     uint64_t maxw = panel_max_width(d->rows, s->p);
     double *buf;
     int rc = alloc_panel(d, d->rows, maxw, &buf, err);
@@ -290,6 +309,8 @@ static int dump_sqdiag_projected(const struct tpv_jsrc *s, const double *r, doub
                                  struct tpv_err *err)
 {
     const struct dump *d = s->impl;
+    if (refuse_headers_only(d, err) != TPV_OK)
+        return TPV_EINTERNAL;
     uint64_t maxw = panel_max_width(d->rows, s->p);
     double *buf, *y = malloc((size_t)maxw * sizeof *y);
     int rc = y ? alloc_panel(d, d->rows, maxw, &buf, err)
@@ -328,7 +349,10 @@ static uint64_t dump_scratch_bytes(const struct tpv_jsrc *s)
     uint64_t panel = needs_buffer(d) ? tpv_sat_mul(tpv_sat_mul(d->rows, s->p), 8) : 0;
     if (panel > TPV_DUMP_PANEL_BYTES)
         panel = TPV_DUMP_PANEL_BYTES;
-    return panel + (uint64_t)tpv_linalg_threads() * TPV_SQSUM_TMP * sizeof(float);
+    uint64_t b = tpv_sat_add(panel, (uint64_t)tpv_linalg_threads() * TPV_SQSUM_TMP * sizeof(float));
+    for (size_t i = 0; i < d->nparts; i++)
+        b = tpv_sat_add(b, d->parts[i].copy_bytes);
+    return b;
 }
 
 static const struct tpv_jsrc_ops dump_ops = {
@@ -364,7 +388,8 @@ static int cmp_name(const void *a, const void *b)
 }
 
 /* Checks a tensor's data: float dtype, shape product == numel, finite values. */
-static int check_data(const struct tpv_tensor *t, uint64_t rows, uint64_t cols, struct tpv_err *err)
+static int check_data(const struct dump *d, const struct tpv_tensor *t, uint64_t rows,
+                      uint64_t cols, struct tpv_err *err)
 {
     const char *nm = t->name && *t->name ? t->name : "dump";
     if (!is_float(t->dtype))
@@ -376,7 +401,7 @@ static int check_data(const struct tpv_tensor *t, uint64_t rows, uint64_t cols, 
         numel != t->numel || (t->nbytes && bytes != t->nbytes) || (numel && !t->data))
         return tpv_err_set(err, TPV_EFORMAT, nm, "tensor '%s': shape does not match its data", nm);
     uint64_t bad;
-    if (!tpv_all_finite(t->dtype, t->data, numel, &bad))
+    if (!d->headers_only && !tpv_all_finite(t->dtype, t->data, numel, &bad))
         return tpv_err_set(err, TPV_EFORMAT, nm, "tensor '%s': non-finite value at index %llu",
                            nm, (unsigned long long)bad);
     return TPV_OK;
@@ -412,7 +437,13 @@ static int add_part(struct dump *d, const struct tpv_tensor *t, uint64_t col0, u
     pt->cols = cols;
     pt->data = t->data;
     if ((uintptr_t)t->data % pt->es != 0) {
-        /* safetensors does not promise aligned tensors; copy the rare misaligned one. */
+        /* safetensors does not promise aligned tensors; copy the rare misaligned one (the memory
+         * plan counts it through scratch_bytes). */
+        pt->copy_bytes = t->numel * pt->es; /* check_data bounded it by the tensor's bytes */
+        if (d->headers_only) {
+            pt->data = NULL;
+            return TPV_OK;
+        }
         pt->owned = malloc((size_t)t->numel * pt->es);
         if (!pt->owned)
             return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
@@ -451,7 +482,7 @@ static int build_flat(struct tpv_jsrc *s, struct dump *d, const struct tpv_tenso
         return tpv_err_set(err, TPV_EFORMAT, "dump", "the Jacobian dump is empty");
     if (__builtin_mul_overflow(s->n, s->K, &d->rows))
         return tpv_err_set(err, TPV_EFORMAT, "dump", "dump shape overflows");
-    int rc = check_data(t, d->rows, s->p, err);
+    int rc = check_data(d, t, d->rows, s->p, err);
     if (rc != TPV_OK)
         return rc;
     d->parts = calloc(1, sizeof *d->parts);
@@ -565,7 +596,7 @@ static int build_named(struct tpv_jsrc *s, struct dump *d, const struct tpv_tens
                 break;
             }
         }
-        rc = check_data(t, d->rows, cols, err);
+        rc = check_data(d, t, d->rows, cols, err);
         if (rc == TPV_OK)
             rc = add_part(d, t, off, cols, err);
         if (rc == TPV_OK)
@@ -591,10 +622,10 @@ static int build_named(struct tpv_jsrc *s, struct dump *d, const struct tpv_tens
     return TPV_OK;
 }
 
-int tpv_dump_from_tensors(struct tpv_jsrc **out, const struct tpv_tensor *const *tensors,
-                          size_t ntensors, const char *const *layout_names, size_t nlayout,
-                          const struct tpv_tensor *const *weights, size_t nweights,
-                          struct tpv_err *err)
+static int from_tensors(struct tpv_jsrc **out, const struct tpv_tensor *const *tensors,
+                        size_t ntensors, const char *const *layout_names, size_t nlayout,
+                        const struct tpv_tensor *const *weights, size_t nweights,
+                        bool headers_only, struct tpv_err *err)
 {
     *out = NULL;
     if (ntensors == 0)
@@ -608,6 +639,7 @@ int tpv_dump_from_tensors(struct tpv_jsrc **out, const struct tpv_tensor *const 
     }
     s->ops = &dump_ops;
     s->impl = d;
+    d->headers_only = headers_only;
     bool flat = ntensors == 1 && (!tensors[0]->name || !*tensors[0]->name);
     int rc = flat ? build_flat(s, d, tensors[0], layout_names, nlayout, weights, nweights, err)
                   : build_named(s, d, tensors, ntensors, layout_names, nlayout, weights, nweights,
@@ -620,8 +652,18 @@ int tpv_dump_from_tensors(struct tpv_jsrc **out, const struct tpv_tensor *const 
     return TPV_OK;
 }
 
-int tpv_dump_open(struct tpv_jsrc **out, const char *path, const char *const *layout_names,
-                  size_t nlayout, const struct tpv_tensor_file *weights, struct tpv_err *err)
+int tpv_dump_from_tensors(struct tpv_jsrc **out, const struct tpv_tensor *const *tensors,
+                          size_t ntensors, const char *const *layout_names, size_t nlayout,
+                          const struct tpv_tensor *const *weights, size_t nweights,
+                          struct tpv_err *err)
+{
+    return from_tensors(out, tensors, ntensors, layout_names, nlayout, weights, nweights, false,
+                        err);
+}
+
+static int open_file(struct tpv_jsrc **out, const char *path, const char *const *layout_names,
+                     size_t nlayout, const struct tpv_tensor_file *weights, bool headers_only,
+                     struct tpv_err *err)
 {
     *out = NULL;
     struct tpv_tensor_file *f;
@@ -638,7 +680,7 @@ int tpv_dump_open(struct tpv_jsrc **out, const char *path, const char *const *la
             ts[i] = tpv_tensor_file_at(f, i);
         for (size_t i = 0; i < nw; i++)
             ws[i] = tpv_tensor_file_at(weights, i);
-        rc = tpv_dump_from_tensors(out, ts, nt, layout_names, nlayout, ws, nw, err);
+        rc = from_tensors(out, ts, nt, layout_names, nlayout, ws, nw, headers_only, err);
     }
     free(ts);
     free(ws);
@@ -648,4 +690,17 @@ int tpv_dump_open(struct tpv_jsrc **out, const char *path, const char *const *la
     }
     ((struct dump *)(*out)->impl)->file = f;
     return TPV_OK;
+}
+
+int tpv_dump_open(struct tpv_jsrc **out, const char *path, const char *const *layout_names,
+                  size_t nlayout, const struct tpv_tensor_file *weights, struct tpv_err *err)
+{
+    return open_file(out, path, layout_names, nlayout, weights, false, err);
+}
+
+int tpv_dump_open_headers(struct tpv_jsrc **out, const char *path,
+                          const char *const *layout_names, size_t nlayout,
+                          const struct tpv_tensor_file *weights, struct tpv_err *err)
+{
+    return open_file(out, path, layout_names, nlayout, weights, true, err);
 }

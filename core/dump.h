@@ -44,6 +44,14 @@ int tpv_dump_from_tensors(struct tpv_jsrc **out, const struct tpv_tensor *const 
 int tpv_dump_open(struct tpv_jsrc **out, const char *path, const char *const *layout_names,
                   size_t nlayout, const struct tpv_tensor_file *weights, struct tpv_err *err);
 
+/* The same checks as tpv_dump_open on headers, shapes and names only: the values are not read
+ * (no non-finite scan) and misaligned tensors are not copied, so opening costs no pass over the
+ * data.  The source serves planning (n, K, p, layout, scratch_bytes, which counts the copies a
+ * full open would make); its products refuse with TPV_EINTERNAL. */
+int tpv_dump_open_headers(struct tpv_jsrc **out, const char *path,
+                          const char *const *layout_names, size_t nlayout,
+                          const struct tpv_tensor_file *weights, struct tpv_err *err);
+
 /* True if `s` is a dump source (so its internals may be used by the benchmarks). */
 bool tpv_jsrc_is_dump(const struct tpv_jsrc *s);
 

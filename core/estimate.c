@@ -250,6 +250,25 @@ static uint64_t label_chunk_rows(uint64_t M, uint64_t N)
     return r < M ? r : M;
 }
 
+/* Checked byte arithmetic for the plan (__builtin_*_overflow): UINT64_MAX marks a size that does
+ * not fit in 64 bits and stays so through later steps, so that the plan can refuse the job
+ * whatever the memory limit (a saturated sum that is later added to could wrap). */
+static uint64_t pl_mul(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    if (a == UINT64_MAX || b == UINT64_MAX || __builtin_mul_overflow(a, b, &r))
+        return UINT64_MAX;
+    return r;
+}
+
+static uint64_t pl_add(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    if (a == UINT64_MAX || b == UINT64_MAX || __builtin_add_overflow(a, b, &r))
+        return UINT64_MAX;
+    return r;
+}
+
 struct mem_plan {
     uint64_t total;
     uint64_t base, gram, transient;
@@ -259,7 +278,7 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
                         struct mem_plan *mp)
 {
     const struct tpv_jsrc *f = in->fit, *pr = in->probe;
-    uint64_t p = f->p, N = tpv_sat_mul(f->n, f->K), M = pr ? tpv_sat_mul(pr->n, pr->K) : 0;
+    uint64_t p = f->p, N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
     uint64_t rows = N > M ? N : M, nsplit = pr ? 2 : 1;
     bool label = false, sgdc = false;
     uint64_t trans = 0;
@@ -270,45 +289,57 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
         label |= nm->kind == TPV_NOISE_LABEL;
         sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE;
         if (nm->kind == TPV_NOISE_QUANTIZATION && nm->scope != TPV_SCOPE_GLOBAL)
-            t = tpv_sat_mul(p, 8);
+            t = pl_mul(p, 8);
         if (nm->kind == TPV_NOISE_PRUNE) {
-            t = tpv_sat_add(tpv_sat_mul(p, 16), tpv_sat_mul(rows, 8));
+            t = pl_add(pl_mul(p, 16), pl_mul(rows, 8));
             if (nm->prune_rule_magnitude) /* sort keys */
-                t = tpv_sat_add(t, tpv_sat_mul(p, 24));
+                t = pl_add(t, pl_mul(p, 24));
         }
         if (pl.est == TPV_EST_HUTCHINSON) /* struct hutch_ws: two p-vectors, one rows-vector */
-            t = tpv_sat_add(t, tpv_sat_add(tpv_sat_mul(p, 16), tpv_sat_mul(rows, 8)));
+            t = pl_add(t, pl_add(pl_mul(p, 16), pl_mul(rows, 8)));
         if (pl.est == TPV_EST_HUTCHPP) {
             uint64_t s = hpp_sketch(nm->max_samples, p);
             /* sketch (p x s), LAPACKE's transposed copy, tau, vectors */
-            t = tpv_sat_add(t, tpv_sat_add(tpv_sat_mul(tpv_sat_mul(p, s), 16),
-                                           tpv_sat_add(tpv_sat_mul(p, 24), tpv_sat_mul(rows, 8))));
+            t = pl_add(t, pl_add(pl_mul(pl_mul(p, s), 16),
+                                           pl_add(pl_mul(p, 24), pl_mul(rows, 8))));
         }
         trans = t > trans ? t : trans;
     }
     uint64_t scratch = f->ops->scratch_bytes ? f->ops->scratch_bytes(f) : 0;
     if (pr && pr->ops->scratch_bytes)
-        scratch = tpv_sat_add(scratch, pr->ops->scratch_bytes(pr));
-    mp->base = tpv_sat_add(tpv_sat_add(tpv_sat_mul(tpv_sat_mul(p, 8), nsplit), in->caller_bytes),
+        scratch = pl_add(scratch, pr->ops->scratch_bytes(pr));
+    mp->base = pl_add(pl_add(pl_mul(pl_mul(p, 8), nsplit), in->caller_bytes),
                            scratch);
     mp->gram = 0;
     if (label || sgdc) {
-        mp->gram = tpv_sat_mul(tpv_sat_mul(N, N), 8);
-        mp->gram = tpv_sat_add(mp->gram, tpv_sat_mul(tpv_sat_mul(M, N), 8));
+        mp->gram = pl_mul(pl_mul(N, N), 8);
+        mp->gram = pl_add(mp->gram, pl_mul(pl_mul(M, N), 8));
         if (label) {
-            mp->gram = tpv_sat_add(mp->gram, tpv_sat_add(tpv_syevd_work_bytes(N),
-                                                         tpv_sat_mul(N, 16)));
+            mp->gram = pl_add(mp->gram, pl_add(tpv_syevd_work_bytes(N),
+                                                         pl_mul(N, 16)));
             if (pr)
-                mp->gram = tpv_sat_add(mp->gram,
-                                       tpv_sat_mul(tpv_sat_mul(label_chunk_rows(M, N), N), 8));
+                mp->gram = pl_add(mp->gram,
+                                       pl_mul(pl_mul(label_chunk_rows(M, N), N), 8));
         }
     }
     mp->transient = trans;
-    mp->total = tpv_sat_add(tpv_sat_add(mp->base, mp->gram), mp->transient);
+    mp->total = pl_add(pl_add(mp->base, mp->gram), mp->transient);
 }
 
 int tpv_estimate_memory(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
                         uint64_t *bytes, struct tpv_err *err)
+{
+    *bytes = 0;
+    if (!in->fit)
+        return tpv_err_set(err, TPV_EINVAL, "jacobian.fit", "a fit source is required");
+    int rc = check_servable(in, err);
+    if (rc != TPV_OK)
+        return rc;
+    return tpv_estimate_plan(in, opts, bytes, err);
+}
+
+int tpv_estimate_plan(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
+                      uint64_t *bytes, struct tpv_err *err)
 {
     *bytes = 0;
     if (!in->fit)
@@ -318,12 +349,15 @@ int tpv_estimate_memory(const struct tpv_est_inputs *in, const struct tpv_run_op
         if (rc != TPV_OK)
             return rc;
     }
-    int rc = check_servable(in, err);
-    if (rc != TPV_OK)
-        return rc;
     struct mem_plan mp;
     memory_plan(in, opts, &mp);
     *bytes = mp.total;
+    if (mp.total == UINT64_MAX)
+        return tpv_err_set(err, TPV_ENOSPACE, NULL,
+                           "the job's working set does not fit in 64-bit sizes (%llu rows of %llu "
+                           "parameters on the fit split, %llu on the probe split): it cannot run",
+                           (unsigned long long)in->fit->n, (unsigned long long)in->fit->p,
+                           in->probe ? (unsigned long long)in->probe->n : 0ull);
     if (opts && opts->max_memory && mp.total > opts->max_memory)
         return tpv_err_set(err, TPV_ENOSPACE, "max_memory",
                            "scoring needs %llu bytes (%llu for the diagonals and panels, %llu for "
@@ -956,10 +990,18 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
                       double c_eig, struct tpv_err *err)
 {
     const struct tpv_jsrc *f = jb->in->fit, *pb = jb->in->probe;
-    uint64_t N = f->n * f->K, M = pb ? pb->n * pb->K : 0, K = f->K;
+    uint64_t N, M = 0, K = f->K, gbytes, kbytes = 0;
     double t0 = now_seconds();
-    double *G = malloc((size_t)(N * N) * sizeof *G);
-    double *KX = M ? malloc((size_t)(M * N) * sizeof *KX) : NULL;
+    /* The memory plan refused sizes that overflow; checked again where the buffers are made. */
+    if (__builtin_mul_overflow(f->n, f->K, &N) ||
+        (pb && __builtin_mul_overflow(pb->n, pb->K, &M)) ||
+        __builtin_mul_overflow(N, N, &gbytes) || __builtin_mul_overflow(gbytes, 8, &gbytes) ||
+        __builtin_mul_overflow(M, N, &kbytes) || __builtin_mul_overflow(kbytes, 8, &kbytes) ||
+        gbytes > SIZE_MAX || kbytes > SIZE_MAX)
+        return tpv_err_set(err, TPV_ENOSPACE, NULL,
+                           "the Gram matrices of this job do not fit in 64-bit sizes");
+    double *G = malloc(gbytes ? (size_t)gbytes : 1);
+    double *KX = M ? malloc((size_t)kbytes) : NULL;
     if (!G || (M && !KX)) {
         free(G);
         free(KX);

@@ -37,8 +37,8 @@ struct tpv_est_inputs {
     const struct tpv_noise *models;
     size_t nmodels;
     const struct tpv_model_inputs *extra; /* nmodels entries, or NULL */
-    /* Bytes the caller holds for the arrays above (weights, variances, masks): counted in the
-     * memory estimate. */
+    /* Bytes the caller holds for the job (converted weights, the arrays above, copies of
+     * misaligned data): counted in the memory estimate.  UINT64_MAX = does not fit. */
     uint64_t caller_bytes;
 };
 
@@ -49,10 +49,19 @@ int tpv_jsrc_check_pair(const struct tpv_jsrc *fit, const struct tpv_jsrc *probe
 
 /* Working-set estimate of tpv_estimate_scores for these inputs (no allocation). When
  * opts->max_memory is set and exceeded, returns TPV_ENOSPACE with needed vs limit in the message
- * (and *bytes still set).  Also fails (TPV_EINVAL naming the model) when a model cannot be served
+ * (and *bytes still set); also TPV_ENOSPACE when the plan's sizes overflow 64 bits, whatever the
+ * limit.  Also fails (TPV_EINVAL naming the model) when a model cannot be served
  * by the inputs (weights, names, variances, masks missing). */
 int tpv_estimate_memory(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
                         uint64_t *bytes, struct tpv_err *err);
+
+/* The memory plan of tpv_estimate_memory without the servability check, for a job whose sources
+ * were opened for their headers only (submission: weights, variances and masks are not read, so
+ * the arrays are NULL; caller_bytes must still count what the job will hold).  TPV_ENOSPACE over
+ * opts->max_memory, and always when the working set does not fit in 64-bit sizes (checked
+ * arithmetic; the message names the sizes). */
+int tpv_estimate_plan(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
+                      uint64_t *bytes, struct tpv_err *err);
 
 /* Scores every model on the fit split and, with a probe source, the probe split: *scores
  * (tpv_scores_free) in model order, fit before probe; *stability (new reference) as in score.h.

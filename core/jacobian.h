@@ -70,7 +70,8 @@ struct tpv_jsrc_ops {
      * outputs: one backward pass per sample instead of K). */
     int (*sqdiag_projected)(const struct tpv_jsrc *s, const double *r, double *diag,
                             double *total, const struct tpv_progress *pg, struct tpv_err *err);
-    /* Bytes of working memory `gram`/`sqdiag` will allocate beyond their outputs. */
+    /* Bytes of working memory `gram`/`sqdiag` will allocate beyond their outputs, plus any copy of
+     * the data the source holds (a dump copies misaligned tensors). */
     uint64_t (*scratch_bytes)(const struct tpv_jsrc *s);
     void (*free)(struct tpv_jsrc *s);
     /* Optional (NULL = unsupported): out[j] = sum_x sum_k u[x*K + k] J_kj(x) for j < p, i.e.

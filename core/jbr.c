@@ -57,17 +57,65 @@ out:
     return res;
 }
 
+int tpv_jbr_params_check(const struct tpv_jbr_params *p, struct tpv_err *err)
+{
+    if (!(p->confidence >= 0.0 && p->confidence < 1.0))
+        return tpv_err_set(err, TPV_EINVAL, "confidence",
+                           "confidence must be in [0, 1) (a max-softmax threshold that samples "
+                           "must exceed), got %g", p->confidence);
+    if (p->batch_size < 1 || p->batch_size > TPV_JBR_BATCH_MAX)
+        return tpv_err_set(err, TPV_EINVAL, "batch_size",
+                           "batch_size must be an integer in [1, %d]", TPV_JBR_BATCH_MAX);
+    return TPV_OK;
+}
+
+int tpv_jbr_params_parse(const json_t *obj, struct tpv_jbr_params *out, struct tpv_err *err)
+{
+    out->confidence = TPV_JBR_DEFAULT_CONFIDENCE;
+    out->batch_size = TPV_JBR_DEFAULT_BATCH;
+    if (!obj)
+        return TPV_OK;
+    if (!json_is_object(obj))
+        return tpv_err_set(err, TPV_EINVAL, "body", "JBR parameters must be an object");
+    const char *key;
+    const json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
+        if (strcmp(key, "confidence") != 0 && strcmp(key, "batch_size") != 0)
+            return tpv_err_set(err, TPV_EINVAL, key, "unknown field '%.64s' (JBR takes confidence "
+                               "and batch_size)", key);
+    }
+    const json_t *cv = json_object_get(obj, "confidence"), *bv = json_object_get(obj, "batch_size");
+    if (cv) {
+        if (!json_is_number(cv))
+            return tpv_err_set(err, TPV_EINVAL, "confidence", "confidence must be a number");
+        out->confidence = json_number_value(cv);
+    }
+    if (bv) {
+        double b = json_number_value(bv);
+        if (!json_is_number(bv) || b != floor(b) || !(b >= 1 && b <= TPV_JBR_BATCH_MAX))
+            return tpv_err_set(err, TPV_EINVAL, "batch_size",
+                               "batch_size must be an integer in [1, %d]", TPV_JBR_BATCH_MAX);
+        out->batch_size = (uint64_t)b;
+    }
+    return tpv_jbr_params_check(out, err);
+}
+
+json_t *tpv_jbr_params_json(const struct tpv_jbr_params *p)
+{
+    return json_pack("{s:f,s:I}", "confidence", p->confidence, "batch_size",
+                     (json_int_t)p->batch_size);
+}
+
 int tpv_jbr_compute(const struct tpv_mlp *m, const struct tpv_tensor *inputs, double confidence,
                     uint64_t batch_size, json_t **result, const struct tpv_progress *pg,
                     struct tpv_err *err)
 {
     *result = NULL;
-    if (!(confidence >= 0.0 && confidence < 1.0))
-        return tpv_err_set(err, TPV_EINVAL, "confidence", "confidence must be in [0, 1), got %g",
-                           confidence);
-    if (batch_size < 1 || batch_size > (1ull << 40))
-        return tpv_err_set(err, TPV_EINVAL, "batch_size", "batch_size must be in [1, 2^40]");
-    int rc = tpv_mlp_check_inputs(m, inputs, err);
+    const struct tpv_jbr_params params = { confidence, batch_size };
+    int rc = tpv_jbr_params_check(&params, err);
+    if (rc)
+        return rc;
+    rc = tpv_mlp_check_input_shape(m, inputs, err);
     if (rc)
         return rc;
     if (m->K < 2)

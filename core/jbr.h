@@ -10,8 +10,30 @@
 #include "core/jacobian.h"
 #include "core/mlp.h"
 
+/* The one place for JBR's defaults and limits (the API, the stored job and the core use them). */
 #define TPV_JBR_DEFAULT_CONFIDENCE 0.9
 #define TPV_JBR_DEFAULT_BATCH 128
+#define TPV_JBR_BATCH_MAX 1000000
+
+/* A JBR job's parameters.  confidence is a max-softmax threshold in [0, 1): a sample is kept when
+ * its max softmax probability is strictly above it, so 0 keeps every sample and 1 would keep
+ * none (max softmax never exceeds 1). */
+struct tpv_jbr_params {
+    double confidence;
+    uint64_t batch_size; /* 1..TPV_JBR_BATCH_MAX */
+};
+
+/* The rule for both members, checked wherever parameters enter: TPV_EINVAL with err->field
+ * "confidence" or "batch_size". */
+int tpv_jbr_params_check(const struct tpv_jbr_params *p, struct tpv_err *err);
+
+/* Reads {"confidence"?, "batch_size"?} (obj NULL: the defaults).  batch_size is a number without
+ * a fractional part (128 or 128.0; 1.5 is refused); unknown keys are refused.  TPV_EINVAL naming
+ * the field. */
+int tpv_jbr_params_parse(const json_t *obj, struct tpv_jbr_params *out, struct tpv_err *err);
+
+/* {"confidence":c,"batch_size":B} (new reference, NULL on allocation failure). */
+json_t *tpv_jbr_params_json(const struct tpv_jbr_params *p);
 
 /* Computes JBR scores over `inputs` (shape (n, *input_shape)).
  *
@@ -25,7 +47,8 @@
  * *result (new reference) = {"units":[{"layer":<weight tensor name>,"index":j,"score":s}],
  * "order":[unit indices, lowest score first, ties by position], "kept_samples":n_kept,
  * "batches":nb, "confidence":c, "batch_size":B}.
- * Errors: TPV_EINVAL (confidence outside [0, 1), batch_size 0, inputs not matching the spec;
+ * The input values must have been checked (tpv_mlp_check_inputs); their shape is checked here.
+ * Errors: TPV_EINVAL (parameters outside tpv_jbr_params_check, inputs not matching the spec;
  * err->field "confidence", "batch_size", "inputs"); TPV_EPRECONDITION when the model has fewer than
  * 2 outputs or no hidden linear layer, or when no sample passes the confidence threshold;
  * TPV_ECANCELED; TPV_ENOMEM. */

@@ -392,9 +392,9 @@ static int parse_spec(struct tpv_mlp *m, const json_t *spec,
     return TPV_OK;
 }
 
-int tpv_mlp_bind(struct tpv_mlp **out, const json_t *spec,
-                 const struct tpv_tensor *(*find)(void *ctx, const char *name), void *ctx,
-                 struct tpv_err *err)
+int tpv_mlp_bind_shapes(struct tpv_mlp **out, const json_t *spec,
+                        const struct tpv_tensor *(*find)(void *ctx, const char *name), void *ctx,
+                        struct tpv_err *err)
 {
     int rc;
     *out = NULL;
@@ -416,57 +416,28 @@ int tpv_mlp_bind(struct tpv_mlp **out, const json_t *spec,
 
     /* Layout: weight then bias per layer, in layer order. */
     for (size_t l = 0; l < m->L; l++) {
+        struct tpv_mlp_layer *ml = &m->layers[l];
         char field[TPV_ERR_FIELD_MAX];
         snprintf(field, sizeof field, "layers[%zu].weight", bl[l].spec_index);
-        m->layers[l].w_off = m->layout.p;
+        ml->w_off = m->layout.p;
         if ((rc = add_block(&m->layout, bl[l].w_name, bl[l].w, field, err)))
             goto fail;
-        m->layers[l].w_name = m->layout.blocks[m->layout.nblocks - 1].name;
+        ml->w_name = m->layout.blocks[m->layout.nblocks - 1].name;
         if (bl[l].b) {
             snprintf(field, sizeof field, "layers[%zu].bias", bl[l].spec_index);
-            m->layers[l].b_off = m->layout.p;
+            ml->b_off = m->layout.p;
             if ((rc = add_block(&m->layout, bl[l].b_name, bl[l].b, field, err)))
                 goto fail;
+            ml->b_name = m->layout.blocks[m->layout.nblocks - 1].name;
         }
+        ml->spec_index = bl[l].spec_index;
+        ml->acts = m->pre + bl[l].act_first;
+        ml->nacts = bl[l].nacts;
     }
     if (m->layout.p == 0 || m->layout.p > (uint64_t)SIZE_MAX / sizeof(double)) {
         rc = tpv_err_set(err, TPV_EINVAL, "layers", "the model has %llu parameters",
                          (unsigned long long)m->layout.p);
         goto fail;
-    }
-    m->params = malloc(m->layout.p * sizeof *m->params);
-    if (!m->params) {
-        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory for %llu parameters",
-                         (unsigned long long)m->layout.p);
-        goto fail;
-    }
-    for (size_t l = 0; l < m->L; l++) {
-        struct tpv_mlp_layer *ml = &m->layers[l];
-        const struct tpv_tensor *ts[2] = { bl[l].w, bl[l].b };
-        const char *keys[2] = { "weight", "bias" };
-        uint64_t offs[2] = { ml->w_off, ml->b_off };
-        for (int t = 0; t < 2; t++) {
-            if (!ts[t])
-                continue;
-            double *dst = m->params + offs[t];
-            tpv_tensor_read_f64(ts[t], 0, ts[t]->numel, dst);
-            for (uint64_t j = 0; j < ts[t]->numel; j++) {
-                if (!isfinite(dst[j])) {
-                    char field[TPV_ERR_FIELD_MAX];
-                    snprintf(field, sizeof field, "layers[%zu].%s", bl[l].spec_index, keys[t]);
-                    rc = tpv_err_set(err, TPV_EFORMAT, field,
-                                     "tensor '%s' has a non-finite value (%g) at index %llu",
-                                     t ? bl[l].b_name : bl[l].w_name, dst[j],
-                                     (unsigned long long)j);
-                    goto fail;
-                }
-            }
-        }
-        ml->W = m->params + ml->w_off;
-        ml->b = bl[l].b ? m->params + ml->b_off : NULL;
-        ml->spec_index = bl[l].spec_index;
-        ml->acts = m->pre + bl[l].act_first;
-        ml->nacts = bl[l].nacts;
     }
     free(bl);
     *out = m;
@@ -474,6 +445,69 @@ int tpv_mlp_bind(struct tpv_mlp **out, const json_t *spec,
 fail:
     free(bl);
     tpv_mlp_free(m);
+    return rc;
+}
+
+/* Converts one parameter tensor into dst, refusing the first non-finite value by index. */
+static int load_tensor(const struct tpv_mlp_layer *ml, const char *key, const char *name,
+                       const struct tpv_tensor *t, uint64_t count, double *dst,
+                       struct tpv_err *err)
+{
+    char field[TPV_ERR_FIELD_MAX];
+    snprintf(field, sizeof field, "layers[%zu].%s", ml->spec_index, key);
+    if (!t || t->numel != count || !dtype_is_float(t->dtype))
+        return tpv_err_set(err, TPV_EINVAL, field, "tensor '%s' (%s) is missing or changed",
+                           name, field);
+    tpv_tensor_read_f64(t, 0, count, dst);
+    for (uint64_t j = 0; j < count; j++)
+        if (!isfinite(dst[j]))
+            return tpv_err_set(err, TPV_EFORMAT, field,
+                               "tensor '%s' has a non-finite value (%g) at index %llu", name,
+                               dst[j], (unsigned long long)j);
+    return TPV_OK;
+}
+
+int tpv_mlp_load_weights(struct tpv_mlp *m,
+                         const struct tpv_tensor *(*find)(void *ctx, const char *name), void *ctx,
+                         struct tpv_err *err)
+{
+    if (m->params)
+        return TPV_OK;
+    double *params = malloc(m->layout.p * sizeof *params);
+    if (!params)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory for %llu parameters",
+                           (unsigned long long)m->layout.p);
+    for (size_t l = 0; l < m->L; l++) {
+        const struct tpv_mlp_layer *ml = &m->layers[l];
+        uint64_t nb = ml->b_name ? ml->out : 0;
+        int rc = load_tensor(ml, "weight", ml->w_name, find(ctx, ml->w_name), ml->in * ml->out,
+                             params + ml->w_off, err);
+        if (rc == TPV_OK && ml->b_name)
+            rc = load_tensor(ml, "bias", ml->b_name, find(ctx, ml->b_name), nb,
+                             params + ml->b_off, err);
+        if (rc != TPV_OK) {
+            free(params);
+            return rc;
+        }
+    }
+    m->params = params;
+    for (size_t l = 0; l < m->L; l++) {
+        struct tpv_mlp_layer *ml = &m->layers[l];
+        ml->W = params + ml->w_off;
+        ml->b = ml->b_name ? params + ml->b_off : NULL;
+    }
+    return TPV_OK;
+}
+
+int tpv_mlp_bind(struct tpv_mlp **out, const json_t *spec,
+                 const struct tpv_tensor *(*find)(void *ctx, const char *name), void *ctx,
+                 struct tpv_err *err)
+{
+    int rc = tpv_mlp_bind_shapes(out, spec, find, ctx, err);
+    if (rc == TPV_OK && (rc = tpv_mlp_load_weights(*out, find, ctx, err)) != TPV_OK) {
+        tpv_mlp_free(*out);
+        *out = NULL;
+    }
     return rc;
 }
 
@@ -487,8 +521,8 @@ const double *tpv_mlp_param_values(const struct tpv_mlp *m)
     return m->params;
 }
 
-int tpv_mlp_check_inputs(const struct tpv_mlp *m, const struct tpv_tensor *inputs,
-                         struct tpv_err *err)
+int tpv_mlp_check_input_shape(const struct tpv_mlp *m, const struct tpv_tensor *inputs,
+                              struct tpv_err *err)
 {
     char want[96], got[128];
     shape_str(want, sizeof want, m->input_rank, m->input_shape);
@@ -503,6 +537,15 @@ int tpv_mlp_check_inputs(const struct tpv_mlp *m, const struct tpv_tensor *input
         return tpv_err_set(err, TPV_EINVAL, "inputs",
                            "inputs have shape [%s] but the spec needs (n, %s) with n >= 1",
                            shape_str(got, sizeof got, inputs->rank, inputs->shape), want);
+    return TPV_OK;
+}
+
+int tpv_mlp_check_inputs(const struct tpv_mlp *m, const struct tpv_tensor *inputs,
+                         struct tpv_err *err)
+{
+    int rc = tpv_mlp_check_input_shape(m, inputs, err);
+    if (rc != TPV_OK)
+        return rc;
     double buf[4096];
     for (uint64_t first = 0; first < inputs->numel; first += 4096) {
         uint64_t cnt = inputs->numel - first < 4096 ? inputs->numel - first : 4096;

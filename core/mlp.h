@@ -42,6 +42,7 @@ struct tpv_mlp_layer {
     const double *b;       /* NULL without bias */
     uint64_t w_off, b_off; /* parameter columns of W and b in the layout */
     const char *w_name;    /* the weight tensor's name (JBR reports units by it) */
+    const char *b_name;    /* the bias tensor's name, NULL without bias */
     size_t spec_index;     /* index of the linear entry in "layers" */
     struct tpv_act *acts;
     size_t nacts;
@@ -72,6 +73,21 @@ int tpv_mlp_bind(struct tpv_mlp **out, const json_t *spec,
                  const struct tpv_tensor *(*find)(void *ctx, const char *name), void *ctx,
                  struct tpv_err *err);
 
+/* The structure alone, for checks and plans that must not read the weights' values: parses and
+ * binds names, dtypes and shapes exactly as tpv_mlp_bind (same errors but TPV_EFORMAT) and leaves
+ * params, W and b NULL.  Such a model must not be run until tpv_mlp_load_weights. */
+int tpv_mlp_bind_shapes(struct tpv_mlp **out, const json_t *spec,
+                        const struct tpv_tensor *(*find)(void *ctx, const char *name), void *ctx,
+                        struct tpv_err *err);
+
+/* Converts the weights of a model bound by tpv_mlp_bind_shapes to float64 (a no-op when they
+ * are loaded).  TPV_EFORMAT naming the tensor and the index of its first non-finite value
+ * (err->field "layers[i].weight" / ".bias"), TPV_EINVAL if a tensor went missing or changed
+ * size, TPV_ENOMEM.  On failure m is unchanged. */
+int tpv_mlp_load_weights(struct tpv_mlp *m,
+                         const struct tpv_tensor *(*find)(void *ctx, const char *name), void *ctx,
+                         struct tpv_err *err);
+
 /* NULL is a no-op. */
 void tpv_mlp_free(struct tpv_mlp *m);
 
@@ -80,6 +96,9 @@ void tpv_mlp_free(struct tpv_mlp *m);
  * value (the message gives sample and element). */
 int tpv_mlp_check_inputs(const struct tpv_mlp *m, const struct tpv_tensor *inputs,
                          struct tpv_err *err);
+/* The dtype and shape part of tpv_mlp_check_inputs alone (no read of the values). */
+int tpv_mlp_check_input_shape(const struct tpv_mlp *m, const struct tpv_tensor *inputs,
+                              struct tpv_err *err);
 
 /* The parameter layout (one block per tensor: weight then bias, in layer order). */
 const struct tpv_layout *tpv_mlp_layout(const struct tpv_mlp *m);

@@ -10,6 +10,7 @@
 
 #include <cblas.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +44,33 @@ static int nomem(struct tpv_err *err)
     return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
 }
 
+/* Byte counts of the work buffers: checked products and sums where UINT64_MAX marks "does not
+ * fit in 64 bits" and stays so through every later step (the memory plan refuses it). */
+static uint64_t ck_mul(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    if (a == UINT64_MAX || b == UINT64_MAX || __builtin_mul_overflow(a, b, &r))
+        return UINT64_MAX;
+    return r;
+}
+
+static uint64_t ck_add(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    if (a == UINT64_MAX || b == UINT64_MAX || __builtin_add_overflow(a, b, &r))
+        return UINT64_MAX;
+    return r;
+}
+
+/* malloc of a * b doubles, NULL when the size overflows. */
+static double *alloc_doubles(uint64_t a, uint64_t b)
+{
+    uint64_t bytes = ck_mul(ck_mul(a, b), sizeof(double));
+    if (bytes == UINT64_MAX || bytes > SIZE_MAX)
+        return NULL;
+    return malloc(bytes ? (size_t)bytes : 1);
+}
+
 /* ---- all-outputs backward of one batch ---- */
 
 struct kback {
@@ -64,9 +92,9 @@ static void kback_free(struct kback *kb)
 
 static uint64_t kback_bytes(const struct tpv_mlp *m, size_t cap)
 {
-    uint64_t b = tpv_mlp_ws_bytes(m, cap) + cap * m->d * sizeof(double);
+    uint64_t b = ck_add(tpv_mlp_ws_bytes(m, cap), ck_mul(ck_mul(cap, m->d), sizeof(double)));
     for (size_t l = 0; l + 1 < m->L; l++)
-        b += (uint64_t)cap * m->K * m->layers[l].out * sizeof(double);
+        b = ck_add(b, ck_mul(ck_mul(ck_mul(cap, m->K), m->layers[l].out), sizeof(double)));
     return b;
 }
 
@@ -77,11 +105,11 @@ static int kback_init(struct kback *kb, const struct tpv_mlp *m, size_t cap, str
     if (rc)
         return rc;
     kb->nhidden = m->L - 1;
-    kb->x = malloc(cap * m->d * sizeof(double));
+    kb->x = alloc_doubles(cap, m->d);
     kb->delta = calloc(kb->nhidden ? kb->nhidden : 1, sizeof *kb->delta);
     bool ok = kb->x && kb->delta;
     for (size_t l = 0; ok && l < kb->nhidden; l++)
-        ok = (kb->delta[l] = malloc(cap * m->K * m->layers[l].out * sizeof(double))) != NULL;
+        ok = (kb->delta[l] = alloc_doubles(ck_mul(cap, m->K), m->layers[l].out)) != NULL;
     if (!ok) {
         kback_free(kb);
         return nomem(err);
@@ -161,7 +189,7 @@ static int op_sqdiag(const struct tpv_jsrc *src, double *diag, const struct tpv_
     int rc = kback_init(&kb, m, cap, err);
     if (rc)
         return rc;
-    double *S = malloc(cap * s->maxw * sizeof *S), *A2 = malloc(cap * s->maxin * sizeof *A2);
+    double *S = alloc_doubles(cap, s->maxw), *A2 = alloc_doubles(cap, s->maxin);
     if (!S || !A2) {
         rc = nomem(err);
         goto out;
@@ -285,7 +313,7 @@ static int op_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double *o
         kback_free(&ka);
         return rc;
     }
-    double *GD = malloc(cap * K * cap * K * sizeof *GD), *GA = malloc(cap * cap * sizeof *GA);
+    double *GD = alloc_doubles(ck_mul(cap, K), ck_mul(cap, K)), *GA = alloc_doubles(cap, cap);
     if (!GD || !GA) {
         rc = nomem(err);
         goto out;
@@ -350,8 +378,8 @@ static void onebuf_free(struct onebuf *ob)
 
 static uint64_t onebuf_bytes(const struct msrc *s)
 {
-    return tpv_mlp_ws_bytes(s->m, s->bone) +
-           (uint64_t)s->bone * (s->m->d + 2 * s->maxw + s->maxin) * sizeof(double);
+    uint64_t per = ck_add(ck_add(s->m->d, ck_mul(2, s->maxw)), s->maxin);
+    return ck_add(tpv_mlp_ws_bytes(s->m, s->bone), ck_mul(ck_mul(s->bone, per), sizeof(double)));
 }
 
 static int onebuf_init(struct onebuf *ob, const struct msrc *s, struct tpv_err *err)
@@ -361,10 +389,10 @@ static int onebuf_init(struct onebuf *ob, const struct msrc *s, struct tpv_err *
     int rc = tpv_mlp_ws_init(&ob->ws, s->m, cap, err);
     if (rc)
         return rc;
-    ob->x = malloc(cap * s->m->d * sizeof(double));
-    ob->t0 = malloc(cap * s->maxw * sizeof(double));
-    ob->t1 = malloc(cap * s->maxw * sizeof(double));
-    ob->A2 = malloc(cap * s->maxin * sizeof(double));
+    ob->x = alloc_doubles(cap, s->m->d);
+    ob->t0 = alloc_doubles(cap, s->maxw);
+    ob->t1 = alloc_doubles(cap, s->maxw);
+    ob->A2 = alloc_doubles(cap, s->maxin);
     if (!ob->x || !ob->t0 || !ob->t1 || !ob->A2) {
         onebuf_free(ob);
         return nomem(err);
@@ -533,9 +561,11 @@ static int op_vjp(const struct tpv_jsrc *src, const double *u, double *out,
 static uint64_t op_scratch_bytes(const struct tpv_jsrc *src)
 {
     const struct msrc *s = src->impl;
-    const uint64_t cap = s->ball, K = s->m->K;
-    uint64_t sq = kback_bytes(s->m, s->ball) + cap * (s->maxw + s->maxin) * sizeof(double);
-    uint64_t gram = 2 * kback_bytes(s->m, s->ball) + (cap * K * cap * K + cap * cap) * sizeof(double);
+    const uint64_t cap = s->ball, K = s->m->K, kb = kback_bytes(s->m, s->ball);
+    uint64_t sq = ck_add(kb, ck_mul(ck_mul(cap, ck_add(s->maxw, s->maxin)), sizeof(double)));
+    uint64_t gk = ck_mul(cap, K);
+    uint64_t gram = ck_add(ck_mul(2, kb),
+                           ck_mul(ck_add(ck_mul(gk, gk), ck_mul(cap, cap)), sizeof(double)));
     uint64_t one = onebuf_bytes(s);
     uint64_t mx = sq > gram ? sq : gram;
     return mx > one ? mx : one;
@@ -580,7 +610,7 @@ int tpv_mlp_source_open_batched(struct tpv_jsrc **out, const struct tpv_mlp *mod
                                 size_t batch_one, struct tpv_err *err)
 {
     *out = NULL;
-    int rc = tpv_mlp_check_inputs(model, inputs, err);
+    int rc = tpv_mlp_check_input_shape(model, inputs, err);
     if (rc)
         return rc;
     struct tpv_jsrc *src = calloc(1, sizeof *src);
@@ -600,8 +630,8 @@ int tpv_mlp_source_open_batched(struct tpv_jsrc **out, const struct tpv_mlp *mod
     }
     uint64_t hidden = 0;
     for (size_t l = 0; l + 1 < model->L; l++)
-        hidden += model->layers[l].out;
-    uint64_t per = model->K * (hidden + 1);
+        hidden = ck_add(hidden, model->layers[l].out);
+    uint64_t per = ck_mul(model->K, ck_add(hidden, 1));
     uint64_t ball = DELTA_BUDGET / per;
     if (ball > ROWS_MAX / model->K)
         ball = ROWS_MAX / model->K;

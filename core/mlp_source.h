@@ -12,10 +12,14 @@
 #include "core/jacobian.h"
 #include "core/mlp.h"
 
-/* Opens a source over `model` and `inputs` (shape (n, *input_shape), checked with
- * tpv_mlp_check_inputs).  The source keeps pointers to the model and to the input data (the
- * tensor struct itself is copied): both must outlive it.  On success *out is owned by the caller
- * (tpv_jsrc_free).  Errors: those of tpv_mlp_check_inputs, TPV_ENOMEM. */
+/* Opens a source over `model` and `inputs` (shape (n, *input_shape)).  Only the dtype and shape
+ * are checked here (tpv_mlp_check_input_shape): the caller scans the values once with
+ * tpv_mlp_check_inputs before computing, and may open a source over a model bound with
+ * tpv_mlp_bind_shapes to plan a job (scratch_bytes, costs) without running it.  The source
+ * keeps pointers to the model and to the input data (the tensor struct itself is copied): both
+ * must outlive it.  On success *out is owned by the caller (tpv_jsrc_free).  Errors: those of
+ * tpv_mlp_check_input_shape, TPV_ENOMEM.  scratch_bytes answers UINT64_MAX when the work
+ * buffers' sizes overflow 64 bits (the memory plan refuses such a job). */
 int tpv_mlp_source_open(struct tpv_jsrc **out, const struct tpv_mlp *model,
                         const struct tpv_tensor *inputs, struct tpv_err *err);
 

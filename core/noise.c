@@ -91,6 +91,22 @@ static int get_number(struct parse_ctx *pc, const char *key, bool required, doub
     return TPV_OK;
 }
 
+/* An integer parameter: a JSON number without a fractional part (3 or 3.0; 1.5 is refused), in
+ * [lo, hi].  One rule for every integer of a noise model. */
+static int get_integer(struct parse_ctx *pc, const char *key, bool required, double lo, double hi,
+                       double *out)
+{
+    double v = *out;
+    int rc = get_number(pc, key, required, lo, true, hi, &v);
+    if (rc != TPV_OK)
+        return rc;
+    if (v != floor(v))
+        return tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, key), "%s must be an integer, got %g",
+                           path_of(pc, key), v);
+    *out = v;
+    return TPV_OK;
+}
+
 static int get_choice(struct parse_ctx *pc, const char *key, const char *const *names, size_t n,
                       size_t allowed, int *out)
 {
@@ -113,7 +129,7 @@ static int get_choice(struct parse_ctx *pc, const char *key, const char *const *
                        path_of(pc, key), choices);
 }
 
-static bool digest_valid(const char *s)
+bool tpv_digest_valid(const char *s)
 {
     if (!s || strncmp(s, "sha256:", 7) != 0 || strlen(s) != 7 + 64)
         return false;
@@ -132,7 +148,7 @@ static int get_digest(struct parse_ctx *pc, const char *key, bool required, char
                                path_of(pc, key));
         return TPV_OK;
     }
-    if (!digest_valid(json_string_value(v)))
+    if (!tpv_digest_valid(json_string_value(v)))
         return tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, key),
                            "%s must be a blob digest \"sha256:<64 lowercase hex>\"",
                            path_of(pc, key));
@@ -184,14 +200,9 @@ static int parse_common(struct parse_ctx *pc, struct tpv_noise *nm)
     if (rc == TPV_OK)
         rc = get_number(pc, "target_rel_error", false, 0, false, 1, &nm->target_rel_error);
     if (rc == TPV_OK)
-        rc = get_number(pc, "max_samples", false, 1, true, 1e7, &max_samples);
+        rc = get_integer(pc, "max_samples", false, 1, 1e7, &max_samples);
     if (rc == TPV_OK)
-        rc = get_number(pc, "seed", false, 0, true, 9007199254740991.0, &seed);
-    if (rc == TPV_OK && (max_samples != floor(max_samples) || seed != floor(seed))) {
-        const char *bad = max_samples != floor(max_samples) ? "max_samples" : "seed";
-        rc = tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, bad), "%s must be an integer",
-                         path_of(pc, bad));
-    }
+        rc = get_integer(pc, "seed", false, 0, 9007199254740991.0, &seed);
     nm->estimator = (enum tpv_estimator)est;
     nm->max_samples = (unsigned long)max_samples;
     nm->seed = (unsigned long long)seed;
@@ -206,10 +217,7 @@ static int parse_kind(struct parse_ctx *pc, struct tpv_noise *nm)
     case TPV_NOISE_ISOTROPIC:
         return get_number(pc, "sigma", true, 0, false, 1e6, &nm->sigma);
     case TPV_NOISE_QUANTIZATION:
-        rc = get_number(pc, "bits", true, 1, true, 32, &bits);
-        if (rc == TPV_OK && bits != floor(bits))
-            rc = tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, "bits"), "%s must be an integer",
-                             path_of(pc, "bits"));
+        rc = get_integer(pc, "bits", true, 1, 32, &bits);
         if (rc == TPV_OK)
             rc = get_choice(pc, "scope", scope_names, COUNT(scope_names), 3, &scope);
         nm->bits = (int)bits;
@@ -223,7 +231,7 @@ static int parse_kind(struct parse_ctx *pc, struct tpv_noise *nm)
     case TPV_NOISE_SGD_CURVATURE:
         rc = get_number(pc, "lr", true, 0, false, 1e6, &nm->lr);
         if (rc == TPV_OK)
-            rc = get_number(pc, "batch_size", true, 1, true, 1e9, &nm->batch_size);
+            rc = get_integer(pc, "batch_size", true, 1, 1e9, &nm->batch_size);
         return rc;
     case TPV_NOISE_LABEL:
         rc = get_number(pc, "sigma", true, 0, false, 1e6, &nm->sigma);
@@ -311,6 +319,29 @@ int tpv_noise_list_parse(const json_t *array, struct tpv_noise **out, size_t *co
     *out = models;
     *count = n;
     return TPV_OK;
+}
+
+int tpv_noise_list_load(const char *text, struct tpv_noise **out, size_t *count,
+                        struct tpv_err *err)
+{
+    *out = NULL;
+    *count = 0;
+    json_error_t jerr;
+    json_t *array = text ? json_loads(text, JSON_REJECT_DUPLICATES, &jerr) : NULL;
+    if (!array)
+        return tpv_err_set(err, TPV_EINVAL, "noise_models", "noise_models is not valid JSON (%s)",
+                           text ? jerr.text : "missing");
+    int rc = tpv_noise_list_parse(array, out, count, err);
+    json_decref(array);
+    return rc;
+}
+
+const struct tpv_noise *tpv_noise_find(const struct tpv_noise *models, size_t n, const char *name)
+{
+    for (size_t i = 0; name && i < n; i++)
+        if (strcmp(models[i].name, name) == 0)
+            return &models[i];
+    return NULL;
 }
 
 json_t *tpv_noise_to_json(const struct tpv_noise *nm)

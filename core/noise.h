@@ -1,6 +1,6 @@
 /* noise.h: the noise models of a study (DESIGN.md section 3 table): kinds, parameters, parsing
  * from and writing to the JSON of the REST API.  What each computes lives in core/estimate.c
- * (core/score.c opens a candidate's files and hands them to it). */
+ * (core/score.c opens a candidate's files and hands them to it; core/job.c parses a stored job). */
 #ifndef TPV_NOISE_H
 #define TPV_NOISE_H
 
@@ -62,6 +62,7 @@ const char *tpv_noise_kind_name(enum tpv_noise_kind kind);
 const char *tpv_estimator_name(enum tpv_estimator est);
 
 /* Parses one noise model object; `field` is its JSON path for messages ("noise_models[1]").
+ * Integers (bits, batch_size, max_samples, seed) are numbers without a fractional part.
  * Unknown keys, wrong types, out-of-range values and missing required parameters are
  * TPV_EINVAL with err->field set to the offending path (e.g. "noise_models[1].sigma"). */
 int tpv_noise_parse(struct tpv_noise *out, const json_t *obj, const char *field,
@@ -71,6 +72,17 @@ int tpv_noise_parse(struct tpv_noise *out, const json_t *obj, const char *field,
  * On success *out is a malloc'd array of *count models (free()). */
 int tpv_noise_list_parse(const json_t *array, struct tpv_noise **out, size_t *count,
                          struct tpv_err *err);
+
+/* The same for the stored text of that array (duplicate keys refused, as in every request
+ * body).  TPV_EINVAL for text that is not JSON. */
+int tpv_noise_list_load(const char *text, struct tpv_noise **out, size_t *count,
+                        struct tpv_err *err);
+
+/* The model called `name` among n, or NULL. */
+const struct tpv_noise *tpv_noise_find(const struct tpv_noise *models, size_t n, const char *name);
+
+/* Whether s is a blob digest "sha256:<64 lowercase hex>". */
+bool tpv_digest_valid(const char *s);
 
 /* The canonical JSON of a model: {"name","kind",...its parameters...}.  New reference. */
 json_t *tpv_noise_to_json(const struct tpv_noise *nm);

@@ -3,7 +3,13 @@
  *
  * Opening is one step, open_sources(), with a branch per source kind: Jacobian dumps (core/dump.c
  * over mapped files) and model checkpoints (a spec bound to its weights, core/mlp.c, seen through
- * core/mlp_source.c over the study's input sets).  Everything after opening is source-blind. */
+ * core/mlp_source.c over the study's input sets).  Everything after opening is source-blind.
+ *
+ * An open has two depths.  OPEN_HEADERS (submission, on an HTTP thread) reads headers, shapes and
+ * names only: no value is read, no weight converted, nothing copied, so it costs no pass over the
+ * data; the memory plan is made from the structure.  OPEN_FULL (the worker) also scans every
+ * value (non-finite values, variances < 0, masks other than 0/1 fail the job naming the tensor
+ * and the index) and loads what the computation reads. */
 #include "core/score.h"
 
 #include <math.h>
@@ -14,6 +20,7 @@
 
 #include "core/dump.h"
 #include "core/estimate.h"
+#include "core/linalg.h"
 #include "core/jbr.h"
 #include "core/mlp.h"
 #include "core/mlp_source.h"
@@ -24,22 +31,33 @@ const char *tpv_split_name(enum tpv_split split)
     return split == TPV_SPLIT_PROBE ? "probe" : "fit";
 }
 
+enum open_mode { OPEN_HEADERS, OPEN_FULL };
+
 /* Everything a job holds open; released by close_sources. */
 struct sources {
+    enum open_mode mode;
     struct tpv_tensor_file *weights_file;
     struct tpv_mlp *mlp;                         /* model candidates */
     struct tpv_tensor_file *fit_x_file, *probe_x_file;
     const struct tpv_tensor *fit_x;              /* the fit inputs of a model candidate */
     struct tpv_jsrc *fit, *probe;
-    double *w; /* p weights in column order (named layout and weights), else NULL */
+    const double *w; /* p weights in column order (named layout and weights), else NULL */
+    double *w_owned; /* w when gathered from a dump's weights file (a model's are its params) */
     bool has_wrange;
     double wmin, wmax;
     size_t nmodels;
     struct tpv_tensor_file **blob_files; /* per model: variances or mask file */
     double **arrays;                     /* per model: p values in column order */
     struct tpv_model_inputs *extra;
+    /* What a full open holds beyond mapped files (converted weights, per-model arrays), counted
+     * from the structure so that both depths plan the same bytes. */
     uint64_t held_bytes;
 };
+
+static void hold(struct sources *s, uint64_t p)
+{
+    s->held_bytes = tpv_sat_add(s->held_bytes, tpv_sat_mul(p, sizeof(double)));
+}
 
 static void close_sources(struct sources *s)
 {
@@ -50,7 +68,7 @@ static void close_sources(struct sources *s)
     tpv_tensor_file_close(s->fit_x_file);
     tpv_tensor_file_close(s->probe_x_file);
     tpv_tensor_file_close(s->weights_file);
-    free(s->w);
+    free(s->w_owned);
     for (size_t i = 0; i < s->nmodels; i++) {
         if (s->blob_files)
             tpv_tensor_file_close(s->blob_files[i]);
@@ -68,7 +86,8 @@ static bool float_dtype(enum tpv_dtype t)
     return t == TPV_DTYPE_F16 || t == TPV_DTYPE_BF16 || t == TPV_DTYPE_F32 || t == TPV_DTYPE_F64;
 }
 
-/* The weights in the dump's column order (named layout), or their global range (flat dump). */
+/* The weights in the dump's column order (named layout), or their global range (flat dump).
+ * OPEN_HEADERS checks names, sizes and dtypes only. */
 static int gather_weights(struct sources *s, struct tpv_err *err)
 {
     const struct tpv_layout *L = &s->fit->layout;
@@ -76,7 +95,7 @@ static int gather_weights(struct sources *s, struct tpv_err *err)
     if (L->nblocks == 0) {
         double lo = INFINITY, hi = -INFINITY;
         double buf[1024];
-        for (size_t i = 0; i < tpv_tensor_file_count(wf); i++) {
+        for (size_t i = 0; s->mode == OPEN_FULL && i < tpv_tensor_file_count(wf); i++) {
             const struct tpv_tensor *t = tpv_tensor_file_at(wf, i);
             if (!float_dtype(t->dtype))
                 continue;
@@ -99,10 +118,6 @@ static int gather_weights(struct sources *s, struct tpv_err *err)
         }
         return TPV_OK;
     }
-    s->w = malloc((size_t)L->p * sizeof *s->w);
-    if (!s->w)
-        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-    s->held_bytes += L->p * sizeof *s->w;
     for (size_t b = 0; b < L->nblocks; b++) {
         const struct tpv_block *bl = &L->blocks[b];
         const struct tpv_tensor *t = tpv_tensor_file_find(wf, bl->name);
@@ -110,10 +125,22 @@ static int gather_weights(struct sources *s, struct tpv_err *err)
             return tpv_err_set(err, TPV_EINVAL, "weights",
                                "weights: tensor '%s' of the dump is missing or has another size",
                                bl->name);
+    }
+    hold(s, L->p);
+    if (s->mode == OPEN_HEADERS)
+        return TPV_OK;
+    s->w = s->w_owned = malloc((size_t)L->p * sizeof *s->w_owned);
+    if (!s->w_owned)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    for (size_t b = 0; b < L->nblocks; b++) {
+        const struct tpv_block *bl = &L->blocks[b];
+        const struct tpv_tensor *t = tpv_tensor_file_find(wf, bl->name);
         int rc = tpv_tensor_check_finite(t, err);
-        if (rc != TPV_OK)
+        if (rc != TPV_OK) {
+            tpv_err_prefix(err, "weights");
             return rc;
-        tpv_tensor_read_f64(t, 0, bl->count, s->w + bl->offset);
+        }
+        tpv_tensor_read_f64(t, 0, bl->count, s->w_owned + bl->offset);
     }
     return TPV_OK;
 }
@@ -131,7 +158,10 @@ static int open_jacobian(const struct tpv_candidate_files *c, struct sources *s,
             return rc;
         }
     }
-    rc = tpv_dump_open(&s->fit, c->jac_fit, c->layout, c->nlayout, s->weights_file, err);
+    int (*open_dump)(struct tpv_jsrc **, const char *, const char *const *, size_t,
+                     const struct tpv_tensor_file *, struct tpv_err *) =
+        s->mode == OPEN_FULL ? tpv_dump_open : tpv_dump_open_headers;
+    rc = open_dump(&s->fit, c->jac_fit, c->layout, c->nlayout, s->weights_file, err);
     if (rc != TPV_OK) {
         tpv_err_prefix(err, "jacobian.fit");
         if (err && (!err->field[0] || rc == TPV_EIO))
@@ -139,7 +169,7 @@ static int open_jacobian(const struct tpv_candidate_files *c, struct sources *s,
         return rc;
     }
     if (c->jac_probe) {
-        rc = tpv_dump_open(&s->probe, c->jac_probe, c->layout, c->nlayout, s->weights_file, err);
+        rc = open_dump(&s->probe, c->jac_probe, c->layout, c->nlayout, s->weights_file, err);
         if (rc != TPV_OK) {
             tpv_err_prefix(err, "jacobian.probe");
             return rc;
@@ -171,10 +201,10 @@ static void err_field_prefix(struct tpv_err *err, const char *prefix)
 }
 
 /* An input set: the file's only tensor (or the one called "inputs"), checked against the model's
- * input_shape and for finite values. */
-static int open_input_set(const char *path, const char *field, const struct tpv_mlp *m,
-                          struct tpv_tensor_file **file, const struct tpv_tensor **x,
-                          struct tpv_err *err)
+ * input_shape and, for a full open, for finite values. */
+static int open_input_set(enum open_mode mode, const char *path, const char *field,
+                          const struct tpv_mlp *m, struct tpv_tensor_file **file,
+                          const struct tpv_tensor **x, struct tpv_err *err)
 {
     int rc = tpv_tensor_file_open(file, path, err);
     if (rc == TPV_OK) {
@@ -186,7 +216,8 @@ static int open_input_set(const char *path, const char *field, const struct tpv_
                              "\"inputs\")", tpv_tensor_file_count(*file));
     }
     if (rc == TPV_OK)
-        rc = tpv_mlp_check_inputs(m, *x, err);
+        rc = mode == OPEN_FULL ? tpv_mlp_check_inputs(m, *x, err)
+                               : tpv_mlp_check_input_shape(m, *x, err);
     if (rc != TPV_OK) {
         tpv_err_prefix(err, "%s", field);
         err_field_prefix(err, field);
@@ -209,38 +240,37 @@ static int open_model(const struct tpv_candidate_files *c, struct sources *s, st
         err_field_prefix(err, "model.weights");
         return rc;
     }
-    rc = tpv_mlp_bind(&s->mlp, c->spec, find_weight, s->weights_file, err);
+    rc = s->mode == OPEN_FULL ? tpv_mlp_bind(&s->mlp, c->spec, find_weight, s->weights_file, err)
+                              : tpv_mlp_bind_shapes(&s->mlp, c->spec, find_weight,
+                                                    s->weights_file, err);
     if (rc != TPV_OK) {
         err_field_prefix(err, "model.spec");
         return rc;
     }
-    rc = open_input_set(c->fit_inputs, "inputs.fit", s->mlp, &s->fit_x_file, &s->fit_x, err);
+    hold(s, tpv_mlp_layout(s->mlp)->p); /* the converted parameters */
+    rc = open_input_set(s->mode, c->fit_inputs, "inputs.fit", s->mlp, &s->fit_x_file, &s->fit_x,
+                        err);
     if (rc == TPV_OK)
         rc = tpv_mlp_source_open(&s->fit, s->mlp, s->fit_x, err);
     if (rc == TPV_OK && c->probe_inputs) {
         const struct tpv_tensor *probe_x;
-        rc = open_input_set(c->probe_inputs, "inputs.probe", s->mlp, &s->probe_x_file, &probe_x,
-                            err);
+        rc = open_input_set(s->mode, c->probe_inputs, "inputs.probe", s->mlp, &s->probe_x_file,
+                            &probe_x, err);
         if (rc == TPV_OK)
             rc = tpv_mlp_source_open(&s->probe, s->mlp, probe_x, err);
     }
-    if (rc != TPV_OK)
-        return rc;
-    /* The weights in column order, for quantization ranges and prune rules. */
-    uint64_t p = tpv_mlp_layout(s->mlp)->p;
-    s->w = malloc((size_t)p * sizeof *s->w);
-    if (!s->w)
-        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-    memcpy(s->w, tpv_mlp_param_values(s->mlp), (size_t)p * sizeof *s->w);
-    s->held_bytes += p * sizeof *s->w;
-    return TPV_OK;
+    /* The weights in column order, for quantization ranges and prune rules: the model's own
+     * parameters, not a copy (NULL for a headers-only open). */
+    s->w = tpv_mlp_param_values(s->mlp);
+    return rc;
 }
 
 /* Opens the candidate's Jacobian sources and weights.  One branch per source kind. */
-static int open_sources(const struct tpv_candidate_files *c, struct sources *s,
-                        struct tpv_err *err)
+static int open_sources(const struct tpv_candidate_files *c, enum open_mode mode,
+                        struct sources *s, struct tpv_err *err)
 {
     memset(s, 0, sizeof *s);
+    s->mode = mode;
     switch (c->source) {
     case TPV_SOURCE_MODEL:
         return open_model(c, s, err);
@@ -265,9 +295,29 @@ static int model_err(struct tpv_err *err, size_t i, const struct tpv_noise *nm, 
                        tpv_noise_kind_name(nm->kind), what);
 }
 
+/* The first value of a variances (finite, >= 0) or mask (0 or 1) tensor that is not allowed,
+ * with its index; TPV_OK when all are. */
+static int check_named_values(const double *v, uint64_t count, bool variances, size_t i,
+                              const struct tpv_noise *nm, const char *name, struct tpv_err *err)
+{
+    for (uint64_t e = 0; e < count; e++) {
+        if (!isfinite(v[e]))
+            return model_err(err, i, nm, "has a non-finite %s (%g) at index %llu of '%s'",
+                             variances ? "variance" : "mask value", v[e], (unsigned long long)e,
+                             name);
+        if (variances && v[e] < 0)
+            return model_err(err, i, nm, "has a negative variance (%g) at index %llu of '%s'",
+                             v[e], (unsigned long long)e, name);
+        if (!variances && v[e] != 0 && v[e] != 1)
+            return model_err(err, i, nm, "has a mask value %g at index %llu of '%s' (a mask "
+                             "holds 0 or 1)", v[e], (unsigned long long)e, name);
+    }
+    return TPV_OK;
+}
+
 /* A variances or mask blob: tensors named like the dump's blocks with the same shapes, read into
- * p values in column order.  Variances must cover every block and be >= 0; a mask leaves absent
- * blocks unpruned. */
+ * p values in column order by a full open.  Variances must cover every block and be finite and
+ * >= 0; a mask holds 0 or 1 and leaves absent blocks unpruned. */
 static int load_named_values(struct sources *s, const struct tpv_candidate_files *c, size_t i,
                              const struct tpv_noise *nm, const char *digest, bool variances,
                              struct tpv_err *err)
@@ -280,11 +330,6 @@ static int load_named_values(struct sources *s, const struct tpv_candidate_files
     if (rc != TPV_OK)
         return model_err(err, i, nm, "has an unreadable blob: %s", tpv_err_message(err));
     struct tpv_tensor_file *f = s->blob_files[i];
-    double *a = calloc((size_t)L->p, sizeof *a);
-    if (!a)
-        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-    s->arrays[i] = a;
-    s->held_bytes += L->p * sizeof *a;
     for (size_t k = 0; k < tpv_tensor_file_count(f); k++) {
         const struct tpv_tensor *t = tpv_tensor_file_at(f, k);
         long b = tpv_layout_find(L, t->name);
@@ -298,16 +343,25 @@ static int load_named_values(struct sources *s, const struct tpv_candidate_files
         if (!same)
             return model_err(err, i, nm, "has tensor '%s' with another shape than the weights",
                              t->name);
-        if (tpv_tensor_check_finite(t, err) != TPV_OK)
-            return model_err(err, i, nm, "has non-finite values in '%s'", t->name);
-        tpv_tensor_read_f64(t, 0, bl->count, a + bl->offset);
-        for (uint64_t e = 0; variances && e < bl->count; e++)
-            if (a[bl->offset + e] < 0)
-                return model_err(err, i, nm, "has a negative variance in '%s'", t->name);
     }
     for (size_t b = 0; variances && b < L->nblocks; b++)
         if (!tpv_tensor_file_find(f, L->blocks[b].name))
             return model_err(err, i, nm, "has no variances for tensor '%s'", L->blocks[b].name);
+    hold(s, L->p);
+    if (s->mode == OPEN_HEADERS)
+        return TPV_OK;
+    double *a = calloc((size_t)L->p, sizeof *a);
+    if (!a)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    s->arrays[i] = a;
+    for (size_t k = 0; k < tpv_tensor_file_count(f); k++) {
+        const struct tpv_tensor *t = tpv_tensor_file_at(f, k);
+        const struct tpv_block *bl = &L->blocks[tpv_layout_find(L, t->name)];
+        tpv_tensor_read_f64(t, 0, bl->count, a + bl->offset);
+        rc = check_named_values(a + bl->offset, bl->count, variances, i, nm, t->name, err);
+        if (rc != TPV_OK)
+            return rc;
+    }
     if (variances)
         s->extra[i].variances = a;
     else
@@ -366,13 +420,13 @@ int tpv_candidate_check(const struct tpv_candidate_files *c, const struct tpv_no
 {
     *memory_needed = 0;
     struct sources s;
-    int rc = open_sources(c, &s, err);
+    int rc = open_sources(c, OPEN_HEADERS, &s, err);
     if (rc == TPV_OK)
         rc = resolve_models(&s, c, models, nmodels, err);
     if (rc == TPV_OK) {
         struct tpv_est_inputs in;
         fill_inputs(&in, &s, models, nmodels);
-        rc = tpv_estimate_memory(&in, opts, memory_needed, err);
+        rc = tpv_estimate_plan(&in, opts, memory_needed, err);
     }
     close_sources(&s);
     return rc;
@@ -387,7 +441,7 @@ int tpv_candidate_score(const struct tpv_candidate_files *c, const struct tpv_no
     *nscores = 0;
     *stability = NULL;
     struct sources s;
-    int rc = open_sources(c, &s, err);
+    int rc = open_sources(c, OPEN_FULL, &s, err);
     if (rc == TPV_OK)
         rc = resolve_models(&s, c, models, nmodels, err);
     if (rc == TPV_OK && tpv_progress_report(pg, 0, 1, 0, 1) != TPV_OK)
@@ -416,7 +470,7 @@ int tpv_jbr_run(const struct tpv_candidate_files *c, double confidence, uint64_t
         return tpv_err_set(err, TPV_EPRECONDITION, "source",
                            "JBR needs a model checkpoint; this candidate is a Jacobian dump");
     struct sources s;
-    int rc = open_sources(c, &s, err);
+    int rc = open_sources(c, OPEN_FULL, &s, err);
     if (rc == TPV_OK)
         rc = tpv_jbr_compute(s.mlp, s.fit_x, confidence, batch_size, result, pg, err);
     close_sources(&s);

@@ -55,15 +55,20 @@ struct tpv_score {
     json_t *details;       /* owned; never NULL after a successful score */
 };
 
-/* Validation at submission: opens and validates every file, binds the spec to the weights, checks
- * shapes agree with the inputs, and that every noise model can be served (weights present, names
- * match, a probe set when one is needed).  Sets *memory_needed to the largest working set a job
- * will need.  TPV_EINVAL/TPV_EFORMAT with err->field naming the input or noise model. */
+/* Validation at submission, cheap enough for an HTTP thread: opens every file for its headers,
+ * binds the spec to the weights by names, dtypes and shapes, checks shapes agree with the inputs
+ * and that every noise model can be served (weights present, names and shapes of variances and
+ * masks match).  No value is read: non-finite values, negative variances and masks other than
+ * 0/1 are found by tpv_candidate_score / tpv_jbr_run, which fail naming the tensor and the
+ * index.  Sets *memory_needed to the working set a job will need (every copy it makes included);
+ * TPV_ENOSPACE above opts->max_memory or when it does not fit in 64 bits.  TPV_EINVAL/TPV_EFORMAT
+ * with err->field naming the input or noise model. */
 int tpv_candidate_check(const struct tpv_candidate_files *c, const struct tpv_noise *models,
                         size_t nmodels, const struct tpv_run_options *opts,
                         uint64_t *memory_needed, struct tpv_err *err);
 
-/* Scores every model on the fit split and, when a probe set exists, the probe split.
+/* Scores every model on the fit split and, when a probe set exists, the probe split, after a full
+ * open: every value of the dumps, weights, input sets, variances and masks is checked once.
  * *scores (malloc'd, free with tpv_scores_free) gets the scores in model order, fit before probe;
  * *stability (new reference) gets {"isotropic_ratio"?, "n_fit", "n_probe"?, "small_n_warning"}.
  * TPV_ECANCELED when the progress callback asked to stop; TPV_ENOSPACE when the job does not fit

@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/noise.h"
+#include "core/job.h"
 #include "core/score.h"
 #include "core/tpv_log.h"
 #include "storage/store.h"
@@ -124,17 +124,43 @@ static int on_progress(void *ctx, double fraction)
     return 0;
 }
 
-/* Converts the core's scores for the store (details as JSON text) and writes the success. */
-static int write_scores(struct worker *w, const struct store_claim *c, struct tpv_score *sc,
-                        size_t n, json_t *stability, struct tpv_err *err)
+void srv_score_rows_free(struct srv_score_rows *r)
 {
-    struct store_score *rows = calloc(n ? n : 1, sizeof *rows);
-    char **details = calloc(n ? n : 1, sizeof *details);
-    char *stab = stability ? json_dumps(stability, JSON_COMPACT) : NULL;
-    int rc = rows && details ? TPV_OK : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-    for (size_t i = 0; rc == TPV_OK && i < n; i++) {
-        details[i] = sc[i].details ? json_dumps(sc[i].details, JSON_COMPACT) : NULL;
-        rows[i] = (struct store_score){
+    if (!r)
+        return;
+    for (size_t i = 0; r->details && i < r->n; i++)
+        free(r->details[i]);
+    free(r->details);
+    free(r->rows);
+    free(r->stability);
+    memset(r, 0, sizeof *r);
+}
+
+int srv_score_rows_encode(struct srv_score_rows *out, const struct tpv_score *sc, size_t n,
+                          const json_t *stability, struct tpv_err *err)
+{
+    memset(out, 0, sizeof *out);
+    out->rows = calloc(n ? n : 1, sizeof *out->rows);
+    out->details = calloc(n ? n : 1, sizeof *out->details);
+    if (!out->rows || !out->details) {
+        srv_score_rows_free(out);
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    out->n = n;
+    /* A score whose details cannot be encoded must not be written without them. */
+    if (stability && !(out->stability = json_dumps(stability, JSON_COMPACT))) {
+        srv_score_rows_free(out);
+        return tpv_err_set(err, TPV_EINTERNAL, NULL,
+                           "the candidate's stability report could not be encoded as JSON");
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (sc[i].details && !(out->details[i] = json_dumps(sc[i].details, JSON_COMPACT))) {
+            srv_score_rows_free(out);
+            return tpv_err_set(err, TPV_EINTERNAL, NULL,
+                               "the details of score '%s' (%s split) could not be encoded as JSON",
+                               sc[i].noise, tpv_split_name(sc[i].split));
+        }
+        out->rows[i] = (struct store_score){
             .noise = sc[i].noise,
             .kind = tpv_noise_kind_name(sc[i].kind),
             .split = tpv_split_name(sc[i].split),
@@ -144,16 +170,55 @@ static int write_scores(struct worker *w, const struct store_claim *c, struct tp
             .samples = sc[i].samples,
             .seed = sc[i].seed,
             .wall_seconds = sc[i].wall_seconds,
-            .details = details[i],
+            .details = out->details[i],
         };
     }
+    return TPV_OK;
+}
+
+/* Converts the core's scores for the store and writes the success. */
+static int write_scores(struct worker *w, const struct store_claim *c, const struct tpv_score *sc,
+                        size_t n, const json_t *stability, struct tpv_err *err)
+{
+    struct srv_score_rows r;
+    int rc = srv_score_rows_encode(&r, sc, n, stability, err);
     if (rc == TPV_OK)
-        rc = store_job_succeed(w->pool->st, c->id, w->owner, rows, n, stab, NULL, err);
-    for (size_t i = 0; details && i < n; i++)
-        free(details[i]);
-    free(details);
-    free(rows);
-    free(stab);
+        rc = store_job_succeed(w->pool->st, c->id, w->owner, r.rows, n, r.stability, NULL, err);
+    srv_score_rows_free(&r);
+    return rc;
+}
+
+/* Runs the parsed job through the core: the full open (every value scanned) happens here, on the
+ * worker, not at submission. */
+static int run_core(struct worker *w, const struct store_claim *c, const struct tpv_job *job,
+                    const struct api_cand_files *cf, struct tpv_err *err)
+{
+    struct srv_workers *p = w->pool;
+    struct tpv_progress pg = { on_progress, w };
+    struct tpv_run_options opts = { .max_memory = p->cfg->max_job_memory,
+                                    .flop_budget = (double)p->cfg->job_flop_budget };
+    int rc;
+    if (job->kind == TPV_JOB_SCORE) {
+        struct tpv_score *scores = NULL;
+        size_t nscores = 0;
+        json_t *stability = NULL;
+        rc = tpv_candidate_score(&cf->files, job->models, job->nmodels, &opts, &scores, &nscores,
+                                 &stability, &pg, err);
+        if (rc == TPV_OK)
+            rc = write_scores(w, c, scores, nscores, stability, err);
+        tpv_scores_free(scores, nscores);
+        json_decref(stability);
+        return rc;
+    }
+    json_t *result = NULL;
+    rc = tpv_jbr_run(&cf->files, job->jbr.confidence, job->jbr.batch_size, &result, &pg, err);
+    char *text = rc == TPV_OK ? json_dumps(result, JSON_COMPACT) : NULL;
+    if (rc == TPV_OK)
+        rc = text ? store_job_succeed(p->st, c->id, w->owner, NULL, 0, NULL, text, err)
+                  : tpv_err_set(err, TPV_EINTERNAL, NULL,
+                                "the JBR result could not be encoded as JSON");
+    free(text);
+    json_decref(result);
     return rc;
 }
 
@@ -163,44 +228,18 @@ static void run_job(struct worker *w, struct store_claim *c)
     struct srv_workers *p = w->pool;
     struct tpv_err err;
     struct api_cand_files cf;
-    struct tpv_noise *models = NULL;
-    size_t nmodels = 0;
-    json_t *source = NULL, *noise = NULL, *params = NULL, *result = NULL, *stability = NULL;
-    struct tpv_score *scores = NULL;
-    size_t nscores = 0;
+    struct tpv_job job;
     double t0 = mono_now();
     tpv_err_clear(&err);
     memset(&cf, 0, sizeof cf);
     log_info("job id=%s kind=%s study=%s candidate=%s attempt=%d state=running worker=%s", c->id,
              c->kind, c->study_id, c->candidate_id, c->attempts, w->owner);
 
-    source = json_loads(c->source, 0, NULL);
-    noise = json_loads(c->noise_models, 0, NULL);
-    int rc = source ? TPV_OK : tpv_err_set(&err, TPV_EINTERNAL, NULL, "unreadable candidate source");
+    int rc = tpv_job_parse(&job, c->source, c->noise_models, c->kind, c->params, &err);
     if (rc == TPV_OK)
-        rc = tpv_noise_list_parse(noise, &models, &nmodels, &err);
+        rc = api_cand_files_load(&cf, p->st, &job.src, p->cfg->max_body_bytes, &err);
     if (rc == TPV_OK)
-        rc = api_cand_files_load(&cf, p->st, source, p->cfg->max_body_bytes, &err);
-    struct tpv_progress pg = { on_progress, w };
-    struct tpv_run_options opts = { .max_memory = p->cfg->max_job_memory,
-                                    .flop_budget = (double)p->cfg->job_flop_budget };
-    if (rc == TPV_OK && strcmp(c->kind, "score") == 0) {
-        rc = tpv_candidate_score(&cf.files, models, nmodels, &opts, &scores, &nscores, &stability,
-                                 &pg, &err);
-        if (rc == TPV_OK)
-            rc = write_scores(w, c, scores, nscores, stability, &err);
-    } else if (rc == TPV_OK) {
-        params = c->params ? json_loads(c->params, 0, NULL) : NULL;
-        double confidence = json_number_value(json_object_get(params, "confidence"));
-        json_int_t batch = json_integer_value(json_object_get(params, "batch_size"));
-        rc = tpv_jbr_run(&cf.files, confidence > 0 ? confidence : 0.9,
-                         batch > 0 ? (uint64_t)batch : 128, &result, &pg, &err);
-        char *text = rc == TPV_OK ? json_dumps(result, JSON_COMPACT) : NULL;
-        if (rc == TPV_OK)
-            rc = text ? store_job_succeed(p->st, c->id, w->owner, NULL, 0, NULL, text, &err)
-                      : tpv_err_set(&err, TPV_ENOMEM, NULL, "out of memory");
-        free(text);
-    }
+        rc = run_core(w, c, &job, &cf, &err);
 
     if (rc != TPV_OK)
         api_cand_files_explain(&cf, &err); /* no local paths in job errors */
@@ -240,14 +279,8 @@ static void run_job(struct worker *w, struct store_claim *c)
     if (strcmp(outcome, "lost") != 0)
         api_metrics_job(p->metrics, c->kind, outcome, secs);
 
-    tpv_scores_free(scores, nscores);
-    json_decref(stability);
-    json_decref(result);
-    json_decref(params);
-    json_decref(source);
-    json_decref(noise);
-    free(models);
     api_cand_files_free(&cf);
+    tpv_job_free(&job);
 }
 
 static void *worker_main(void *arg)

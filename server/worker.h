@@ -11,6 +11,24 @@
 
 struct store;
 struct srv_workers;
+struct store_score;
+
+/* A score job's outcome encoded for store_job_succeed: one row per score with its details as
+ * JSON text, and the stability report's text (NULL without one).  Owns every string. */
+struct srv_score_rows {
+    struct store_score *rows;
+    char **details;
+    size_t n;
+    char *stability;
+};
+
+/* Encodes n scores and the stability report.  TPV_EINTERNAL naming the score when a details
+ * object cannot be encoded (the job then fails: scores are never written without their
+ * details), TPV_ENOMEM.  Release with srv_score_rows_free on any return (it is a no-op on a
+ * zeroed or failed *out). */
+int srv_score_rows_encode(struct srv_score_rows *out, const struct tpv_score *sc, size_t n,
+                          const json_t *stability, struct tpv_err *err);
+void srv_score_rows_free(struct srv_score_rows *r);
 
 /* Starts the effective number of workers (srv_config_effective_threads) and sets the BLAS thread
  * count per job.  `st` and `metrics` (may be NULL) must outlive the pool.  Errors: TPV_ENOMEM,

@@ -319,6 +319,15 @@ static void test_catalogue(void **state)
         fail_msg("good model: %ld %s", st, jstr(j, "error", "message", NULL));
     json_decref(j);
     acked_candidates++;
+    /* NaN weights: submission reads headers, shapes and names only, so the candidate is accepted
+     * and its job (which scans every value) fails naming the tensor and the index. */
+    snprintf(body, sizeof body, "{\"name\":\"t3\",\"model\":{\"spec\":\"%s\","
+             "\"weights\":\"%s\"}}", dig_spec, dig_w_nan);
+    assert_int_equal(req("POST", path, "application/json", body, strlen(body), WTOK, &j), 202);
+    char nan_job[96];
+    snprintf(nan_job, sizeof nan_job, "/v1/jobs/%s", jstr(j, "job", "id", NULL));
+    json_decref(j);
+    acked_candidates++;
 
     static struct hostile h[128];
     int n = 0;
@@ -341,8 +350,6 @@ static void test_catalogue(void **state)
          dig_trunc);
     CAND("bad safetensors header", "jacobian.fit",
          "{\"name\":\"t2\",\"jacobian\":{\"fit\":\"%s\"}}", dig_badst);
-    CAND("NaN weights", "layers[0].weight",
-         "{\"name\":\"t3\",\"model\":{\"spec\":\"%s\",\"weights\":\"%s\"}}", dig_spec, dig_w_nan);
     CAND("weight shapes do not chain", "model", "{\"name\":\"t4\",\"model\":{\"spec\":\"%s\","
          "\"weights\":\"%s\"}}", dig_spec, dig_w_shape);
     CAND("probe dump of another width", "jacobian.probe",
@@ -506,6 +513,27 @@ static void test_catalogue(void **state)
         failures += run_entry(&h[i]);
     free(deep);
     assert_int_equal(failures, 0);
+
+    /* The NaN-weights job failed with the tensor and the index in its message. */
+    for (int tries = 0; tries < 400; tries++) {
+        assert_int_equal(req("GET", nan_job, NULL, NULL, 0, RTOK, &j), 200);
+        const char *nan_state = jstr(j, "state", NULL, NULL);
+        if (nan_state &&
+            (strcmp(nan_state, "failed") == 0 || strcmp(nan_state, "succeeded") == 0))
+            break;
+        json_decref(j);
+        j = NULL;
+        usleep(25 * 1000);
+    }
+    assert_non_null(j);
+    assert_string_equal(jstr(j, "state", NULL, NULL), "failed");
+    assert_string_equal(jstr(j, "error", "code", NULL), "invalid_argument");
+    const char *nan_msg = jstr(j, "error", "message", NULL);
+    assert_non_null(nan_msg);
+    assert_non_null(strstr(nan_msg, "'l0.weight'"));
+    assert_non_null(strstr(nan_msg, "non-finite"));
+    assert_non_null(strstr(nan_msg, "index 5"));
+    json_decref(j);
 
     /* The model candidate whose inputs do not fit the spec is refused too, and a study input
      * set of the wrong width after a model candidate exists stays a 4xx. */

@@ -431,11 +431,195 @@ static void test_full_flow(void **state)
     test_daemon_cleanup(&d);
 }
 
+/* Creates a study with one isotropic noise model; its id goes to sid. */
+static void make_study(const struct test_daemon *d, const char *name, char sid[64])
+{
+    struct http_result r;
+    char buf[256];
+    snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
+             "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
+    assert_int_equal(http_json(d->base_url, "POST", "/v1/studies", buf, NULL, &r), 0);
+    assert_int_equal(r.status, 201);
+    snprintf(sid, 64, "%s", http_json_str(&r, "id"));
+    http_result_free(&r);
+}
+
+/* Submits a candidate body; returns its job id in jid (202 expected). */
+static void submit(const struct test_daemon *d, const char *sid, const char *body, char jid[64])
+{
+    struct http_result r;
+    char path[160];
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    assert_int_equal(http_json(d->base_url, "POST", path, body, NULL, &r), 0);
+    if (r.status != 202)
+        fail_msg("POST %s: %ld %s", path, r.status, r.body);
+    snprintf(jid, 64, "%s", http_json_str(&r, "job.id"));
+    http_result_free(&r);
+}
+
+/* Jacobian candidates sent without a probe dump: the study has no probe split, so the default
+ * ranking is the fit split and lists them (a stored "probe": null once made the study believe it
+ * had probe dumps: split probe, every candidate pending, items []). */
+static void test_fit_only_dumps_rank_on_fit(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char buf[512], path[256], sid[64], jid[2][64], dig[2][80];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "fit-only", sid);
+    for (int i = 0; i < 2; i++) {
+        size_t len;
+        double fro;
+        unsigned char *b = make_dump(4, 3, 1.0 + i, &len, &fro);
+        upload(&d, b, len, dig[i], 201);
+        free(b);
+        snprintf(buf, sizeof buf, "{\"name\":\"c%d\",\"jacobian\":{\"fit\":\"%s\"}}", i, dig[i]);
+        submit(&d, sid, buf, jid[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        wait_job(&d, jid[i], &r);
+        assert_string_equal(http_json_str(&r, "state"), "succeeded");
+        http_result_free(&r);
+    }
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking", sid);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(http_json_str(&r, "split"), "fit");
+    assert_int_equal(json_array_size(json_object_get(r.json, "items")), 2);
+    assert_int_equal(json_array_size(json_object_get(r.json, "pending")), 0);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=probe", sid);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    expect_error(&r, 409, "failed_precondition", "split");
+    http_result_free(&r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
+/* One rule per value, checked at submission: JBR confidence in [0, 1) and integer batch sizes
+ * (JBR's and sgd's), duplicate keys refused in spec blobs as in request bodies. */
+static void test_one_rule_at_submission(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char buf[512], path[256], sid[64], jid[64], dig[80], dspec[80], dx[80];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+
+    const char *sgd = "{\"name\":\"sgd\",\"noise_models\":[{\"name\":\"s\",\"kind\":\"sgd\","
+                      "\"lr\":0.1,\"batch_size\":1.5}]}";
+    assert_int_equal(http_json(d.base_url, "POST", "/v1/studies", sgd, NULL, &r), 0);
+    expect_error(&r, 400, "invalid_argument", "noise_models[0].batch_size");
+    http_result_free(&r);
+
+    make_study(&d, "rules", sid);
+    size_t len;
+    double fro;
+    unsigned char *b = make_dump(4, 3, 1.0, &len, &fro);
+    upload(&d, b, len, dig, 201);
+    free(b);
+    snprintf(buf, sizeof buf, "{\"name\":\"c\",\"jacobian\":{\"fit\":\"%s\"}}", dig);
+    submit(&d, sid, buf, jid);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    char cid[64];
+    snprintf(cid, sizeof cid, "%s",
+             json_string_value(json_object_get(json_array_get(json_object_get(r.json, "items"),
+                                                              0), "id")));
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s/jbr", sid, cid);
+    struct {
+        const char *body;
+        long status;
+        const char *code, *field;
+    } jbr[] = {
+        { "{\"confidence\":1}", 400, "invalid_argument", "confidence" },
+        { "{\"confidence\":1.5}", 400, "invalid_argument", "confidence" },
+        { "{\"batch_size\":1.5}", 400, "invalid_argument", "batch_size" },
+        { "{\"batch_size\":0}", 400, "invalid_argument", "batch_size" },
+        { "{\"colour\":1}", 400, "invalid_argument", "colour" },
+        /* valid parameters reach the next check: JBR needs a model candidate */
+        { "{\"confidence\":0,\"batch_size\":64.0}", 409, "failed_precondition", "candidate_id" },
+    };
+    for (size_t i = 0; i < sizeof jbr / sizeof jbr[0]; i++) {
+        assert_int_equal(http_json(d.base_url, "POST", path, jbr[i].body, NULL, &r), 0);
+        expect_error(&r, jbr[i].status, jbr[i].code, jbr[i].field);
+        http_result_free(&r);
+    }
+
+    /* A spec blob with a duplicate key is refused like an inline one. */
+    const char *spec = "{\"format\":\"tpv.sequential/v1\",\"format\":\"tpv.sequential/v1\","
+                       "\"input_shape\":[3],\"layers\":[{\"type\":\"linear\",\"weight\":\"w\"}]}";
+    upload(&d, spec, strlen(spec), dspec, 201);
+    double x[6] = { 0.1, 0.2, 0.3, 0.4, 0.5, 0.6 };
+    uint64_t xs[2] = { 2, 3 };
+    b = test_npy_f64(xs, 2, x, &len);
+    upload(&d, b, len, dx, 201);
+    free(b);
+    snprintf(path, sizeof path, "/v1/studies/%s/inputs/fit", sid);
+    snprintf(buf, sizeof buf, "{\"blob\":\"%s\"}", dx);
+    assert_int_equal(http_json(d.base_url, "PUT", path, buf, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    snprintf(buf, sizeof buf, "{\"name\":\"dup\",\"model\":{\"spec\":\"%s\",\"weights\":\"%s\"}}",
+             dspec, dig);
+    assert_int_equal(http_json(d.base_url, "POST", path, buf, NULL, &r), 0);
+    expect_error(&r, 400, "invalid_argument", "model.spec");
+    assert_non_null(strstr(http_json_str(&r, "error.message"), "duplicate"));
+    http_result_free(&r);
+
+    wait_job(&d, jid, &r);
+    http_result_free(&r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
+/* Submission reads a dump's header only (no pass over the data on the HTTP thread); the worker
+ * scans every value and fails the job naming the tensor and the index of the first bad one. */
+static void test_values_scanned_by_the_worker(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char buf[256], sid[64], jid[64], dig[80];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "scan", sid);
+    double v[12];
+    for (int i = 0; i < 12; i++)
+        v[i] = 0.1 * i;
+    v[7] = NAN;
+    uint64_t shape[2] = { 4, 3 };
+    size_t len;
+    unsigned char *b = test_npy_f64(shape, 2, v, &len);
+    upload(&d, b, len, dig, 201);
+    free(b);
+    snprintf(buf, sizeof buf, "{\"name\":\"nan\",\"jacobian\":{\"fit\":\"%s\"}}", dig);
+    submit(&d, sid, buf, jid);
+    wait_job(&d, jid, &r);
+    assert_string_equal(http_json_str(&r, "state"), "failed");
+    assert_string_equal(http_json_str(&r, "error.code"), "invalid_argument");
+    const char *msg = http_json_str(&r, "error.message");
+    if (!strstr(msg, "jacobian.fit") || !strstr(msg, "non-finite value at index 7"))
+        fail_msg("job error: %s", msg);
+    assert_null(strstr(msg, d.data_dir)); /* no server path in a client message */
+    http_result_free(&r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_flow),
+        cmocka_unit_test(test_fit_only_dumps_rank_on_fit),
+        cmocka_unit_test(test_one_rule_at_submission),
+        cmocka_unit_test(test_values_scanned_by_the_worker),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

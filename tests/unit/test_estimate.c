@@ -14,6 +14,7 @@
 
 #include "core/dump.h"
 #include "core/estimate.h"
+#include "core/mlp_source.h"
 #include "num_helpers.h"
 
 static struct tpv_noise mk(enum tpv_noise_kind kind, const char *name)
@@ -798,6 +799,93 @@ static void test_cancel_and_memory(void **state)
     tpv_jsrc_free(fp.src);
 }
 
+/* ---- sizes that overflow 64 bits: refused by the plan whatever the limit ------------------- */
+
+static int never_sqdiag(const struct tpv_jsrc *s, double *diag, const struct tpv_progress *pg,
+                        struct tpv_err *err)
+{
+    (void)s, (void)diag, (void)pg, (void)err;
+    fail_msg("a job whose plan overflows must not run");
+    return TPV_EINTERNAL;
+}
+
+static int never_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double *out,
+                      const struct tpv_progress *pg, struct tpv_err *err)
+{
+    (void)a, (void)b, (void)out, (void)pg, (void)err;
+    fail_msg("a job whose plan overflows must not run");
+    return TPV_EINTERNAL;
+}
+
+static uint64_t no_scratch(const struct tpv_jsrc *s)
+{
+    (void)s;
+    return 0;
+}
+
+static void test_plan_overflow(void **state)
+{
+    (void)state;
+    /* A source of n K = 2^33 rows: its Gram matrix has 2^66 entries.  With max_memory 0
+     * (unlimited) a saturated plan used to pass and the job then allocated N*N wrapped. */
+    static const struct tpv_jsrc_ops fake_ops = { .sqdiag = never_sqdiag, .gram = never_gram,
+                                                  .scratch_bytes = no_scratch };
+    struct tpv_jsrc big = { .ops = &fake_ops, .n = 1ull << 33, .K = 1, .p = 4 };
+    big.layout.p = 4;
+    struct tpv_noise lab;
+    memset(&lab, 0, sizeof lab);
+    snprintf(lab.name, sizeof lab.name, "lab");
+    lab.kind = TPV_NOISE_LABEL;
+    lab.sigma = 0.1;
+    lab.rcond = 1e-10;
+    struct tpv_est_inputs in = { .fit = &big, .models = &lab, .nmodels = 1 };
+    struct tpv_run_options unlimited = { 0 };
+    struct tpv_err err;
+    uint64_t need = 0;
+    assert_int_equal(tpv_estimate_memory(&in, &unlimited, &need, &err), TPV_ENOSPACE);
+    assert_non_null(strstr(err.message, "does not fit in 64-bit sizes"));
+    struct tpv_score *sc = NULL;
+    size_t ns = 0;
+    json_t *st = NULL;
+    assert_int_equal(tpv_estimate_scores(&in, &unlimited, &sc, &ns, &st, NULL, &err),
+                     TPV_ENOSPACE);
+    assert_null(sc);
+
+    /* A model whose work buffers overflow: K = 2^33 outputs after a 2^33-wide hidden layer
+     * (built by hand: only the structure is read).  mlp_source's sums used to add to a
+     * saturated workspace size and wrap. */
+    struct tpv_mlp_layer layers[2];
+    memset(layers, 0, sizeof layers);
+    layers[0].in = 1;
+    layers[0].out = 1ull << 33;
+    layers[1].in = 1ull << 33;
+    layers[1].out = 1ull << 33;
+    struct tpv_mlp m;
+    memset(&m, 0, sizeof m);
+    m.input_rank = 1;
+    m.input_shape[0] = 1;
+    m.d = 1;
+    m.K = 1ull << 33;
+    m.layers = layers;
+    m.L = 2;
+    m.layout.p = 4;
+    double x = 0.5;
+    struct tpv_tensor inputs = { .name = "", .dtype = TPV_DTYPE_F64, .rank = 2,
+                                 .shape = { 1, 1 }, .numel = 1, .nbytes = 8, .data = &x };
+    struct tpv_jsrc *src = NULL;
+    assert_int_equal(tpv_mlp_source_open(&src, &m, &inputs, &err), TPV_OK);
+    assert_true(src->ops->scratch_bytes(src) == UINT64_MAX);
+    struct tpv_noise iso;
+    memset(&iso, 0, sizeof iso);
+    snprintf(iso.name, sizeof iso.name, "iso");
+    iso.kind = TPV_NOISE_ISOTROPIC;
+    iso.sigma = 0.1;
+    struct tpv_est_inputs min = { .fit = src, .models = &iso, .nmodels = 1 };
+    assert_int_equal(tpv_estimate_memory(&min, &unlimited, &need, &err), TPV_ENOSPACE);
+    assert_non_null(strstr(err.message, "does not fit in 64-bit sizes"));
+    tpv_jsrc_free(src);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -806,6 +894,7 @@ int main(void)
         cmocka_unit_test(test_hutchpp_beats_hutchinson), cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_cancel_and_memory),
         cmocka_unit_test(test_overflow_is_a_numeric_error),
+        cmocka_unit_test(test_plan_overflow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

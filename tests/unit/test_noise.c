@@ -458,6 +458,39 @@ static void test_round_trip(void **state)
     assert_string_equal(tpv_estimator_name((enum tpv_estimator)99), "unknown");
 }
 
+/* Integers are numbers without a fractional part, one rule for every integer parameter (sgd's
+ * batch_size 1.5 used to be accepted); stored texts refuse duplicate keys like request bodies. */
+static void test_integers_and_stored_text(void **state)
+{
+    (void)state;
+    parse_fail("{\"name\":\"s\",\"kind\":\"sgd\",\"lr\":0.1,\"batch_size\":1.5}",
+               "noise_models[0].batch_size", "must be an integer");
+    parse_fail("{\"name\":\"s\",\"kind\":\"sgd_curvature\",\"lr\":0.1,\"batch_size\":32.25}",
+               "noise_models[0].batch_size", "must be an integer");
+    parse_fail("{\"name\":\"q\",\"kind\":\"quantization\",\"bits\":4.5}",
+               "noise_models[0].bits", "must be an integer");
+    parse_fail("{\"name\":\"i\",\"kind\":\"isotropic\",\"sigma\":1,\"max_samples\":10.5}",
+               "noise_models[0].max_samples", "must be an integer");
+    struct tpv_noise nm = parse_ok("{\"name\":\"s\",\"kind\":\"sgd\",\"lr\":0.1,"
+                                   "\"batch_size\":32.0}");
+    assert_true(nm.batch_size == 32);
+
+    struct tpv_noise *models = NULL;
+    size_t n = 0;
+    struct tpv_err err;
+    assert_int_equal(tpv_noise_list_load("[{\"name\":\"a\",\"kind\":\"isotropic\",\"sigma\":1}]",
+                                         &models, &n, &err), TPV_OK);
+    assert_int_equal(n, 1);
+    assert_non_null(tpv_noise_find(models, n, "a"));
+    assert_null(tpv_noise_find(models, n, "b"));
+    free(models);
+    assert_int_equal(tpv_noise_list_load("[{\"name\":\"a\",\"kind\":\"isotropic\",\"sigma\":1,"
+                                         "\"sigma\":2}]", &models, &n, &err), TPV_EINVAL);
+    assert_null(models);
+    assert_int_equal(tpv_noise_list_load("not json", &models, &n, &err), TPV_EINVAL);
+    assert_int_equal(tpv_noise_list_load(NULL, &models, &n, &err), TPV_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -465,7 +498,7 @@ int main(void)
         cmocka_unit_test(test_sgd),         cmocka_unit_test(test_label),
         cmocka_unit_test(test_diagonal),    cmocka_unit_test(test_prune),
         cmocka_unit_test(test_common_keys), cmocka_unit_test(test_list),
-        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_round_trip),  cmocka_unit_test(test_integers_and_stored_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
