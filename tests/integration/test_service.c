@@ -550,7 +550,10 @@ static void test_one_rule_at_submission(void **state)
         http_result_free(&r);
     }
 
-    /* A spec blob with a duplicate key is refused like an inline one. */
+    /* A spec blob with a duplicate key is refused like an inline one (in a study of its own:
+     * input sets are frozen once a study has candidates). */
+    char sid2[64];
+    make_study(&d, "rules-spec", sid2);
     const char *spec = "{\"format\":\"tpv.sequential/v1\",\"format\":\"tpv.sequential/v1\","
                        "\"input_shape\":[3],\"layers\":[{\"type\":\"linear\",\"weight\":\"w\"}]}";
     upload(&d, spec, strlen(spec), dspec, 201);
@@ -559,12 +562,12 @@ static void test_one_rule_at_submission(void **state)
     b = test_npy_f64(xs, 2, x, &len);
     upload(&d, b, len, dx, 201);
     free(b);
-    snprintf(path, sizeof path, "/v1/studies/%s/inputs/fit", sid);
+    snprintf(path, sizeof path, "/v1/studies/%s/inputs/fit", sid2);
     snprintf(buf, sizeof buf, "{\"blob\":\"%s\"}", dx);
     assert_int_equal(http_json(d.base_url, "PUT", path, buf, NULL, &r), 0);
     assert_int_equal(r.status, 200);
     http_result_free(&r);
-    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid2);
     snprintf(buf, sizeof buf, "{\"name\":\"dup\",\"model\":{\"spec\":\"%s\",\"weights\":\"%s\"}}",
              dspec, dig);
     assert_int_equal(http_json(d.base_url, "POST", path, buf, NULL, &r), 0);
