@@ -288,6 +288,8 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
         uint64_t t = 0;
         label |= nm->kind == TPV_NOISE_LABEL;
         sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE;
+        if (tpv_noise_needs_outputs(nm)) /* the fit set's outputs, before the Gram phase */
+            t = pl_mul(N, 8);
         if (nm->kind == TPV_NOISE_QUANTIZATION && nm->scope != TPV_SCOPE_GLOBAL)
             t = pl_mul(p, 8);
         if (nm->kind == TPV_NOISE_PRUNE) {
@@ -737,6 +739,7 @@ struct job {
     double kx_F;          /* ||K_X||_F^2 */
     double *lambda;       /* N eigenvalues (ascending) */
     double *proj;         /* N: ||K_X q_i||^2 */
+    double out_scale;     /* mean |f(x)| over the fit set's n K outputs (sigma_rel), else 0 */
 };
 
 static void set_real(json_t *o, const char *k, double v)
@@ -933,7 +936,8 @@ static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
     const double *lam = jb->lambda;
     double lmax = N ? (lam[N - 1] > 0 ? lam[N - 1] : 0) : 0;
     double rho = nm->ridge > 0 ? nm->ridge : nm->ridge_rel > 0 ? nm->ridge_rel * jb->trG / (double)N : 0;
-    double s2 = nm->sigma * nm->sigma;
+    double sigma = nm->sigma_rel > 0 ? nm->sigma_rel * jb->out_scale : nm->sigma;
+    double s2 = sigma * sigma;
     double fitsum = 0, probesum = 0, eff = 0, lmin_kept = NAN;
     uint64_t kept = 0;
     for (uint64_t i = N; i-- > 0;) { /* descending: largest terms first */
@@ -959,6 +963,9 @@ static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
         set_real(sc[s].details, "lambda_max", lmax);
         set_real(sc[s].details, "lambda_min_kept", lmin_kept);
         set_real(sc[s].details, "rho", rho);
+        set_real(sc[s].details, "sigma", sigma);
+        if (nm->sigma_rel > 0)
+            set_real(sc[s].details, "mean_abs_output", jb->out_scale);
         set_real(sc[s].details, "shared_seconds", jb->t_gram);
     }
 }
@@ -985,6 +992,29 @@ static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
 }
 
 /* ---- shared phases -------------------------------------------------------------------------- */
+
+/* The output scale of sigma_rel: mean |f_k(x)| over the fit set's n K outputs (the reference
+ * code draws its logit noise relative to it), from one forward pass. */
+static int phase_output_scale(struct job *jb, const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct tpv_jsrc *f = jb->in->fit;
+    uint64_t N = f->n * f->K;
+    double *y = calloc(N ? (size_t)N : 1, sizeof *y);
+    if (!y)
+        return oom(err);
+    int rc = f->ops->outputs(f, y, pg, err);
+    double sum = 0;
+    for (uint64_t i = 0; rc == TPV_OK && i < N; i++)
+        sum += fabs(y[i]);
+    free(y);
+    if (rc == TPV_OK && !(isfinite(sum) && sum > 0))
+        rc = tpv_err_set(err, TPV_ENUMERIC, "noise_models",
+                         "sigma_rel: the model's mean |output| over the fit set is %g, so label "
+                         "noise relative to it is undefined (give sigma)", N ? sum / (double)N : 0);
+    if (rc == TPV_OK)
+        jb->out_scale = sum / (double)N;
+    return rc;
+}
 
 static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram, double c_kx,
                       double c_eig, struct tpv_err *err)
@@ -1137,7 +1167,13 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             }
         }
     }
-    pr.total = c_sq[0] + c_sq[1] + ((label || sgdc) ? c_gram + c_kx : 0) + (label ? c_eig : 0);
+    /* A forward pass over the fit set costs about one K-th of its exact diagonal. */
+    double c_fwd = 0;
+    for (size_t i = 0; i < in->nmodels; i++)
+        if (tpv_noise_needs_outputs(&in->models[i]))
+            c_fwd = c_sq[0] / (double)(in->fit->K ? in->fit->K : 1);
+    pr.total = c_sq[0] + c_sq[1] + c_fwd + ((label || sgdc) ? c_gram + c_kx : 0) +
+               (label ? c_eig : 0);
     for (size_t i = 0; i < in->nmodels; i++)
         pr.total += c_model[i];
 
@@ -1166,6 +1202,13 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             jb.trace_samples[s] = r.samples;
         }
         jb.t_sqdiag[s] = now_seconds() - t0;
+    }
+    /* Phase 1b: the fit outputs' scale, once, for label noise given by sigma_rel (a forward
+     * pass: costed as one read of the fit split's diagonal work). */
+    if (rc == TPV_OK && c_fwd > 0) {
+        struct slice sl;
+        struct tpv_progress sub = slice_make(&sl, &pr, c_fwd);
+        rc = phase_output_scale(&jb, &sub, err);
     }
     /* Phase 2: Gram matrices once for label and sgd_curvature. */
     if (rc == TPV_OK && (label || sgdc))

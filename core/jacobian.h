@@ -82,6 +82,11 @@ struct tpv_jsrc_ops {
      * the `auto` estimator's budget.  NULL means both cost one pass over n K p entries (a dump,
      * where the exact diagonal is always the cheaper answer). */
     void (*costs)(const struct tpv_jsrc *s, double *sqdiag_flops, double *projected_flops);
+    /* Optional: the model's outputs out[x*K + k] = f_k(x) over the source's inputs (a forward
+     * pass).  Label noise relative to the output scale (sigma_rel) needs it; a Jacobian dump has
+     * no outputs and leaves it NULL. */
+    int (*outputs)(const struct tpv_jsrc *s, double *out, const struct tpv_progress *pg,
+                   struct tpv_err *err);
 };
 
 /* A source: fields are read-only for users; `impl` is the implementation's state. */

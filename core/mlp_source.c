@@ -446,6 +446,32 @@ static int op_jvp(const struct tpv_jsrc *src, const double *v, double *out,
     return rc;
 }
 
+static int op_outputs(const struct tpv_jsrc *src, double *out, const struct tpv_progress *pg,
+                      struct tpv_err *err)
+{
+    const struct msrc *s = src->impl;
+    const struct tpv_mlp *m = s->m;
+    const size_t cap = s->bone;
+    struct onebuf ob;
+    int rc = onebuf_init(&ob, s, err);
+    if (rc)
+        return rc;
+    uint64_t nb = (src->n + cap - 1) / cap;
+    for (uint64_t b = 0; b < nb; b++) {
+        const uint64_t first = b * cap;
+        const size_t rows = min_sz(cap, src->n - first);
+        tpv_mlp_read_inputs(m, &s->inputs, first, rows, ob.x);
+        tpv_mlp_ws_forward(m, &ob.ws, ob.x, rows);
+        memcpy(out + first * m->K, ob.ws.a[m->L - 1], rows * m->K * sizeof *out);
+        if (tpv_progress_report(pg, 0, 1, b + 1, nb)) {
+            rc = canceled(err);
+            break;
+        }
+    }
+    onebuf_free(&ob);
+    return rc;
+}
+
 static int op_sqdiag_projected(const struct tpv_jsrc *src, const double *r, double *diag,
                                double *total, const struct tpv_progress *pg, struct tpv_err *err)
 {
@@ -603,6 +629,7 @@ static const struct tpv_jsrc_ops mlp_source_ops = {
     .free = op_free,
     .vjp = op_vjp,
     .costs = op_costs,
+    .outputs = op_outputs,
 };
 
 int tpv_mlp_source_open_batched(struct tpv_jsrc **out, const struct tpv_mlp *model,

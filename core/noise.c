@@ -42,7 +42,7 @@ static const char *const kind_keys[][6] = {
     [TPV_NOISE_QUANTIZATION] = { "bits", "scope", NULL },
     [TPV_NOISE_SGD] = { "lr", "batch_size", "residual_variance", NULL },
     [TPV_NOISE_SGD_CURVATURE] = { "lr", "batch_size", NULL },
-    [TPV_NOISE_LABEL] = { "sigma", "rcond", "ridge", "ridge_rel", NULL },
+    [TPV_NOISE_LABEL] = { "sigma", "sigma_rel", "rcond", "ridge", "ridge_rel", NULL },
     [TPV_NOISE_DIAGONAL] = { "variances", NULL },
     [TPV_NOISE_PRUNE] = { "mask", "rule", "fraction", "scope", NULL },
 };
@@ -234,7 +234,19 @@ static int parse_kind(struct parse_ctx *pc, struct tpv_noise *nm)
             rc = get_integer(pc, "batch_size", true, 1, 1e9, &nm->batch_size);
         return rc;
     case TPV_NOISE_LABEL:
-        rc = get_number(pc, "sigma", true, 0, false, 1e6, &nm->sigma);
+        /* sigma is absolute; sigma_rel scales with the model's outputs (sigma = sigma_rel x the
+         * mean |f(x)| over the fit set, the reference code's convention for logits). */
+        if (json_object_get(pc->obj, "sigma") && json_object_get(pc->obj, "sigma_rel"))
+            return tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, "sigma_rel"),
+                               "%s: give one of sigma (absolute) and sigma_rel (relative to the "
+                               "mean |output| over the fit set), not both", pc->field);
+        if (!json_object_get(pc->obj, "sigma") && !json_object_get(pc->obj, "sigma_rel"))
+            return tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, "sigma"),
+                               "%s is required (or sigma_rel, relative to the mean |output| over "
+                               "the fit set)", path_of(pc, "sigma"));
+        rc = get_number(pc, "sigma", false, 0, false, 1e6, &nm->sigma);
+        if (rc == TPV_OK)
+            rc = get_number(pc, "sigma_rel", false, 0, false, 1e6, &nm->sigma_rel);
         if (rc == TPV_OK)
             rc = get_number(pc, "rcond", false, 0, true, 1, &nm->rcond);
         if (rc == TPV_OK)
@@ -365,7 +377,10 @@ json_t *tpv_noise_to_json(const struct tpv_noise *nm)
         json_object_set_new(j, "batch_size", json_real(nm->batch_size));
         break;
     case TPV_NOISE_LABEL:
-        json_object_set_new(j, "sigma", json_real(nm->sigma));
+        if (nm->sigma_rel > 0)
+            json_object_set_new(j, "sigma_rel", json_real(nm->sigma_rel));
+        else
+            json_object_set_new(j, "sigma", json_real(nm->sigma));
         json_object_set_new(j, "rcond", json_real(nm->rcond));
         json_object_set_new(j, "ridge", json_real(nm->ridge));
         json_object_set_new(j, "ridge_rel", json_real(nm->ridge_rel));
@@ -388,6 +403,11 @@ json_t *tpv_noise_to_json(const struct tpv_noise *nm)
     json_object_set_new(j, "max_samples", json_integer((json_int_t)nm->max_samples));
     json_object_set_new(j, "seed", json_integer((json_int_t)nm->seed));
     return j;
+}
+
+bool tpv_noise_needs_outputs(const struct tpv_noise *nm)
+{
+    return nm->kind == TPV_NOISE_LABEL && nm->sigma_rel > 0;
 }
 
 bool tpv_noise_needs_weights(const struct tpv_noise *nm)

@@ -38,7 +38,8 @@ enum tpv_estimator {
 struct tpv_noise {
     char name[TPV_NOISE_NAME_MAX];
     enum tpv_noise_kind kind;
-    double sigma;             /* isotropic, label */
+    double sigma;             /* isotropic, label (absolute) */
+    double sigma_rel;         /* label: sigma = sigma_rel * mean |f(x)| over the fit set (0 = use sigma) */
     int bits;                 /* quantization */
     enum tpv_scope scope;     /* quantization; prune rule */
     double lr;                /* sgd, sgd_curvature */
@@ -88,6 +89,7 @@ bool tpv_digest_valid(const char *s);
 json_t *tpv_noise_to_json(const struct tpv_noise *nm);
 
 /* What a kind needs from a candidate beyond a Jacobian source. */
+bool tpv_noise_needs_outputs(const struct tpv_noise *nm);  /* label with sigma_rel: f(x) on the fit set */
 bool tpv_noise_needs_weights(const struct tpv_noise *nm);  /* quantization, prune by rule or mask */
 bool tpv_noise_needs_names(const struct tpv_noise *nm);    /* diagonal, prune, per_tensor/channel */
 

@@ -384,6 +384,9 @@ static int resolve_models(struct sources *s, const struct tpv_candidate_files *c
         const struct tpv_noise *nm = &models[i];
         if (tpv_noise_needs_weights(nm) && !s->weights_file)
             return model_err(err, i, nm, "needs the candidate's weights");
+        if (tpv_noise_needs_outputs(nm) && !s->fit->ops->outputs)
+            return model_err(err, i, nm, "uses sigma_rel, which scales with the model's outputs "
+                             "on the fit set: a Jacobian dump has none (give sigma)");
         if (tpv_noise_needs_names(nm) && !named)
             return model_err(err, i, nm, "needs tensor names: a flat .npy dump needs a "
                              "\"layout\"");

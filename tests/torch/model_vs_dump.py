@@ -2,7 +2,8 @@
 """Files for tests/unit/test_score_model.c: one small float64 MLP exported twice with
 clients/python/tpv_export.py, once as a checkpoint (spec + safetensors weights + input sets) and
 once as per-parameter Jacobian dumps built by torch autograd over the same input sets, plus a
-variances blob and a prune mask named like the parameters.  Scoring both through score.h must give
+variances blob and a prune mask named like the parameters, and the mean |f(x)| over the fit set
+(the scale of label noise given by sigma_rel).  Scoring both through score.h must give
 the same TPV for every noise model and split.
 
     /usr/bin/python3 tests/torch/model_vs_dump.py OUTDIR
@@ -35,6 +36,11 @@ def main():
     mask = {k: (torch.rand(v.shape) < 0.3).to(torch.uint8) for k, v in state.items()}
     tpv_export.save_safetensors(variances, os.path.join(out, "variances.safetensors"))
     tpv_export.save_safetensors(mask, os.path.join(out, "mask.safetensors"))
+    # The output scale of label noise given by sigma_rel: mean |f(x)| over the fit set's outputs.
+    with torch.no_grad():
+        scale = net(x_fit).abs().mean().item()
+    with open(os.path.join(out, "mean_abs_fit.txt"), "w") as f:
+        f.write(repr(scale) + "\n")
 
 
 if __name__ == "__main__":

@@ -171,6 +171,12 @@ static void test_label(void **state)
     assert_true(nm.ridge == 3);
 
     parse_fail("{\"name\":\"l\",\"kind\":\"label\"}", "noise_models[0].sigma", "required");
+    nm = parse_ok("{\"name\":\"l\",\"kind\":\"label\",\"sigma_rel\":0.1,\"ridge_rel\":0.05}");
+    assert_true(nm.sigma_rel == 0.1 && nm.sigma == 0);
+    parse_fail("{\"name\":\"l\",\"kind\":\"label\",\"sigma\":0.1,\"sigma_rel\":0.1}",
+               "noise_models[0].sigma_rel", "not both");
+    parse_fail("{\"name\":\"l\",\"kind\":\"label\",\"sigma_rel\":0}",
+               "noise_models[0].sigma_rel", "outside");
     parse_fail("{\"name\":\"l\",\"kind\":\"label\",\"sigma\":0.1,\"ridge\":1,\"ridge_rel\":0.1}",
                "noise_models[0].ridge_rel", "not both");
     parse_fail("{\"name\":\"l\",\"kind\":\"label\",\"sigma\":0.1,\"rcond\":2}",

@@ -115,6 +115,73 @@ static struct tpv_candidate_files model_files(const json_t *spec)
     return c;
 }
 
+/* Label noise given by sigma_rel on a checkpoint equals label noise with sigma = sigma_rel x the
+ * mean |f(x)| over the fit set that torch computed, on the Jacobian dumps; a dump alone has no
+ * outputs, so sigma_rel is refused for it at the check, naming the noise model. */
+static void test_label_sigma_rel(void **state)
+{
+    (void)state;
+    FILE *fp = fopen(path_in("mean_abs_fit.txt"), "r");
+    double scale = 0;
+    assert_non_null(fp);
+    assert_int_equal(fscanf(fp, "%lf", &scale), 1);
+    fclose(fp);
+    assert_true(scale > 0);
+    char rel_text[256], abs_text[256];
+    snprintf(rel_text, sizeof rel_text,
+             "[{\"name\":\"l\",\"kind\":\"label\",\"sigma_rel\":0.5,\"ridge_rel\":0.05}]");
+    snprintf(abs_text, sizeof abs_text,
+             "[{\"name\":\"l\",\"kind\":\"label\",\"sigma\":%.17g,\"ridge_rel\":0.05}]",
+             0.5 * scale);
+    struct tpv_noise *rel, *abs_;
+    size_t nrel, nabs;
+    struct tpv_err err;
+    json_t *a1 = json_loads(rel_text, 0, NULL), *a2 = json_loads(abs_text, 0, NULL);
+    if (tpv_noise_list_parse(a1, &rel, &nrel, &err) != TPV_OK ||
+        tpv_noise_list_parse(a2, &abs_, &nabs, &err) != TPV_OK)
+        fail_msg("noise models: %s [%s]", err.message, err.field);
+    json_t *spec = load_spec();
+    struct tpv_candidate_files model = model_files(spec);
+    struct tpv_candidate_files dump = { .source = TPV_SOURCE_JACOBIAN,
+                                        .jac_fit = path_in("jac_fit.safetensors"),
+                                        .jac_probe = path_in("jac_probe.safetensors"),
+                                        .blob_path = blob_path };
+    struct tpv_run_options opts = { 0 };
+    struct tpv_score *a, *b;
+    size_t na, nb;
+    json_t *sta, *stb;
+    uint64_t need;
+    if (tpv_candidate_score(&model, rel, nrel, &opts, &a, &na, &sta, NULL, &err) != TPV_OK)
+        fail_msg("score(model, sigma_rel): %s", err.message);
+    if (tpv_candidate_score(&dump, abs_, nabs, &opts, &b, &nb, &stb, NULL, &err) != TPV_OK)
+        fail_msg("score(dump, sigma): %s", err.message);
+    assert_int_equal(na, 2);
+    assert_int_equal(nb, 2);
+    for (size_t i = 0; i < 2; i++) {
+        double rel_err = fabs(a[i].value - b[i].value) / fabs(b[i].value);
+        if (!(rel_err < 1e-10))
+            fail_msg("split %zu: sigma_rel %.17g vs sigma %.17g", i, a[i].value, b[i].value);
+        double got = json_real_value(json_object_get(a[i].details, "mean_abs_output"));
+        assert_true(fabs(got - scale) <= 1e-12 * scale);
+        double sigma = json_real_value(json_object_get(a[i].details, "sigma"));
+        assert_true(fabs(sigma - 0.5 * scale) <= 1e-12 * scale);
+    }
+    tpv_scores_free(a, na);
+    tpv_scores_free(b, nb);
+    json_decref(sta);
+    json_decref(stb);
+
+    tpv_err_clear(&err);
+    assert_int_equal(tpv_candidate_check(&dump, rel, nrel, &opts, &need, &err), TPV_EINVAL);
+    assert_string_equal(err.field, "noise_models[0]");
+    assert_non_null(strstr(err.message, "sigma_rel"));
+    free(rel);
+    free(abs_);
+    json_decref(a1);
+    json_decref(a2);
+    json_decref(spec);
+}
+
 static void test_model_equals_dump_for_every_noise_model(void **state)
 {
     (void)state;
@@ -277,6 +344,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_model_equals_dump_for_every_noise_model),
+        cmocka_unit_test(test_label_sigma_rel),
         cmocka_unit_test(test_auto_uses_hutchinson_over_the_flop_budget),
         cmocka_unit_test(test_jbr_on_checkpoint),
         cmocka_unit_test(test_bad_checkpoints_name_the_field),
