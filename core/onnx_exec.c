@@ -48,6 +48,14 @@ void tpv_onnx_exec_free(struct tpv_onnx_exec *ex)
     for (size_t v = 0; ex->vals && ex->owned && v < ex->plan->m->nvalues; v++)
         if (ex->owned[v])
             free(ex->vals[v].data);
+    for (size_t v = 0; v < ex->plan->m->nvalues; v++) {
+        if (ex->grad)
+            free(ex->grad[v]);
+        if (ex->tan)
+            free(ex->tan[v]);
+    }
+    free(ex->grad);
+    free(ex->tan);
     free(ex->vals);
     free(ex->owned);
     free(ex);
@@ -79,4 +87,125 @@ int tpv_onnx_exec_forward(struct tpv_onnx_exec *ex, const double *const *inputs,
 const struct tpv_onnx_tensor *tpv_onnx_exec_value(const struct tpv_onnx_exec *ex, long v)
 {
     return &ex->vals[v];
+}
+
+/* Float values that carry derivatives: not known at load, not int64. */
+static bool differentiable(const struct tpv_onnx_exec *ex, long v)
+{
+    return v >= 0 && !ex->plan->known[v] && ex->vals[v].dtype == TPV_ONNX_F64;
+}
+
+/* Zeroed per-value buffers for the differentiable values (allocated once, reused). */
+static int deriv_buffers(struct tpv_onnx_exec *ex, double ***bufs, struct tpv_err *err)
+{
+    size_t nv = ex->plan->m->nvalues;
+    if (!*bufs) {
+        *bufs = calloc(nv ? nv : 1, sizeof **bufs);
+        if (!*bufs)
+            return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    for (size_t v = 0; v < nv; v++) {
+        if (!differentiable(ex, (long)v))
+            continue;
+        uint64_t n = ex->vals[v].numel;
+        if (!(*bufs)[v]) {
+            (*bufs)[v] = calloc(n ? n : 1, sizeof(double));
+            if (!(*bufs)[v])
+                return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        } else {
+            memset((*bufs)[v], 0, n * sizeof(double));
+        }
+    }
+    return TPV_OK;
+}
+
+static int no_derivative(const struct tpv_onnx_node *nd, const char *mode, struct tpv_err *err)
+{
+    return tpv_err_set(err, TPV_EUNIMPLEMENTED, nd->name, "node '%s' (%s): no %s", nd->name,
+                       nd->op_type, mode);
+}
+
+int tpv_onnx_exec_vjp(struct tpv_onnx_exec *ex, long v, const double *gy, struct tpv_err *err)
+{
+    const struct tpv_onnx_model *m = ex->plan->m;
+    int rc = deriv_buffers(ex, &ex->grad, err);
+    if (rc)
+        return rc;
+    if (!differentiable(ex, v))
+        return tpv_err_set(err, TPV_EINVAL, m->values[v].name, "value '%s' is not differentiable",
+                           m->values[v].name);
+    memcpy(ex->grad[v], gy, ex->vals[v].numel * sizeof(double));
+    for (size_t i = m->nnodes; i-- > 0;) {
+        if (!ex->plan->run[i])
+            continue;
+        const struct tpv_onnx_node *nd = &m->nodes[i];
+        struct tpv_onnx_tensor *in[ARGS_MAX], *out[ARGS_MAX];
+        const double *gout[ARGS_MAX];
+        double *gin[ARGS_MAX];
+        tpv_onnx_node_args(ex->vals, nd, in, out);
+        bool any = false;
+        for (size_t k = 0; k < nd->nout; k++) {
+            gout[k] = differentiable(ex, nd->out[k]) ? ex->grad[nd->out[k]] : NULL;
+            any = any || gout[k];
+        }
+        if (!any)
+            continue;
+        for (size_t k = 0; k < nd->nin; k++)
+            gin[k] = differentiable(ex, nd->in[k]) ? ex->grad[nd->in[k]] : NULL;
+        const struct tpv_onnx_op *op = tpv_onnx_op_get(nd->op);
+        if (!op->vjp)
+            return no_derivative(nd, "reverse mode", err);
+        rc = op->vjp(nd, (const struct tpv_onnx_tensor *const *)in,
+                     (const struct tpv_onnx_tensor *const *)out, gout, gin, err);
+        if (rc)
+            return rc;
+    }
+    return TPV_OK;
+}
+
+const double *tpv_onnx_exec_grad(const struct tpv_onnx_exec *ex, long v)
+{
+    return ex->grad && differentiable(ex, v) ? ex->grad[v] : NULL;
+}
+
+int tpv_onnx_exec_jvp(struct tpv_onnx_exec *ex, const double *const *seed, struct tpv_err *err)
+{
+    const struct tpv_onnx_model *m = ex->plan->m;
+    int rc = deriv_buffers(ex, &ex->tan, err);
+    if (rc)
+        return rc;
+    for (size_t v = 0; seed && v < m->nvalues; v++)
+        if (seed[v] && differentiable(ex, (long)v) && m->values[v].kind != TPV_ONNX_VNODE)
+            memcpy(ex->tan[v], seed[v], ex->vals[v].numel * sizeof(double));
+    for (size_t i = 0; i < m->nnodes; i++) {
+        if (!ex->plan->run[i])
+            continue;
+        const struct tpv_onnx_node *nd = &m->nodes[i];
+        struct tpv_onnx_tensor *in[ARGS_MAX], *out[ARGS_MAX];
+        const double *tin[ARGS_MAX];
+        double *tout[ARGS_MAX];
+        tpv_onnx_node_args(ex->vals, nd, in, out);
+        bool any = false;
+        for (size_t k = 0; k < nd->nout; k++) {
+            tout[k] = differentiable(ex, nd->out[k]) ? ex->tan[nd->out[k]] : NULL;
+            any = any || tout[k];
+        }
+        if (!any)
+            continue;
+        for (size_t k = 0; k < nd->nin; k++)
+            tin[k] = differentiable(ex, nd->in[k]) ? ex->tan[nd->in[k]] : NULL;
+        const struct tpv_onnx_op *op = tpv_onnx_op_get(nd->op);
+        if (!op->jvp)
+            return no_derivative(nd, "forward mode", err);
+        rc = op->jvp(nd, (const struct tpv_onnx_tensor *const *)in,
+                     (const struct tpv_onnx_tensor *const *)out, tin, tout, err);
+        if (rc)
+            return rc;
+    }
+    return TPV_OK;
+}
+
+const double *tpv_onnx_exec_tangent(const struct tpv_onnx_exec *ex, long v)
+{
+    return ex->tan && differentiable(ex, v) ? ex->tan[v] : NULL;
 }

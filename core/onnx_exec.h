@@ -13,6 +13,8 @@ struct tpv_onnx_exec {
     struct tpv_onnx_tensor *vals;     /* per value: the plan's shape with data pointing at the
                                        * executor's buffer or at the known data */
     bool *owned;
+    double **grad;                    /* per float value: reverse-mode adjoint (lazily allocated) */
+    double **tan;                     /* per float value: forward-mode tangent (lazily allocated) */
 };
 
 /* Allocates the buffers for `plan` (plan->act_bytes plus the float inputs).  *out is owned by
@@ -28,5 +30,19 @@ int tpv_onnx_exec_forward(struct tpv_onnx_exec *ex, const double *const *inputs,
 
 /* The tensor of value v after a forward pass. */
 const struct tpv_onnx_tensor *tpv_onnx_exec_value(const struct tpv_onnx_exec *ex, long v);
+
+/* Reverse mode after a forward pass: the adjoints of every float value that is not a load-time
+ * constant (graph inputs, float initializers, computed values) for the seed `gy` on value `v`
+ * (v's numel entries), i.e. J^T gy summed over the batch for initializers.  Read them with
+ * tpv_onnx_exec_grad.  Errors: TPV_ENOMEM, TPV_EUNIMPLEMENTED naming a node without a VJP. */
+int tpv_onnx_exec_vjp(struct tpv_onnx_exec *ex, long v, const double *gy, struct tpv_err *err);
+/* The adjoint of value v after tpv_onnx_exec_vjp, or NULL (a constant or an int64 value). */
+const double *tpv_onnx_exec_grad(const struct tpv_onnx_exec *ex, long v);
+
+/* Forward mode after a forward pass: seed[v] is the tangent of graph input or initializer v
+ * (NULL entries and a NULL array are zero; seed has m->nvalues entries); the tangent of every
+ * computed float value follows (tpv_onnx_exec_tangent).  Errors as for the VJP. */
+int tpv_onnx_exec_jvp(struct tpv_onnx_exec *ex, const double *const *seed, struct tpv_err *err);
+const double *tpv_onnx_exec_tangent(const struct tpv_onnx_exec *ex, long v);
 
 #endif

@@ -4,6 +4,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/onnx_kernels.h"
@@ -121,4 +122,118 @@ double tpv_onnx_get_f(const struct tpv_onnx_tensor *t, uint64_t i)
     if (t->dtype == TPV_ONNX_I64)
         return (double)((const int64_t *)t->data)[i];
     return ((const double *)t->data)[i];
+}
+
+#define ARGS_MAX 257
+
+int tpv_onnx_jvp_linear(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                        double *const *tout, struct tpv_err *err)
+{
+    struct tpv_onnx_tensor tins[ARGS_MAX], touts[ARGS_MAX];
+    const struct tpv_onnx_tensor *pin[ARGS_MAX];
+    struct tpv_onnx_tensor *pout[ARGS_MAX];
+    double *zeros[ARGS_MAX] = {NULL};
+    int rc = TPV_OK;
+    for (size_t k = 0; k < nd->nin; k++) {
+        pin[k] = in[k];
+        if (!in[k] || in[k]->dtype != TPV_ONNX_F64)
+            continue;
+        tins[k] = *in[k];
+        if (tin[k]) {
+            tins[k].data = (void *)tin[k];
+        } else {
+            zeros[k] = calloc(in[k]->numel ? in[k]->numel : 1, sizeof(double));
+            if (!zeros[k]) {
+                rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+                goto out;
+            }
+            tins[k].data = zeros[k];
+        }
+        pin[k] = &tins[k];
+    }
+    double *scratch[ARGS_MAX] = {NULL};
+    for (size_t k = 0; k < nd->nout; k++) {
+        pout[k] = NULL;
+        if (!out[k])
+            continue;
+        touts[k] = *out[k];
+        if (tout[k]) {
+            touts[k].data = tout[k];
+        } else {
+            scratch[k] = malloc((out[k]->numel ? out[k]->numel : 1) * sizeof(double));
+            if (!scratch[k]) {
+                rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+                break;
+            }
+            touts[k].data = scratch[k];
+        }
+        pout[k] = &touts[k];
+    }
+    if (!rc)
+        rc = tpv_onnx_op_get(nd->op)->forward(nd, pin, pout, err);
+    for (size_t k = 0; k < nd->nout; k++)
+        free(scratch[k]);
+out:
+    for (size_t k = 0; k < nd->nin; k++)
+        free(zeros[k]);
+    return rc;
+}
+
+int tpv_onnx_jvp_bilinear(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                          const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                          double *const *tout, struct tpv_err *err)
+{
+    if (!tout[0])
+        return TPV_OK;
+    const struct tpv_onnx_op *op = tpv_onnx_op_get(nd->op);
+    uint64_t n = out[0]->numel;
+    struct tpv_onnx_tensor t[3], o = *out[0];
+    const struct tpv_onnx_tensor *pin[3] = {NULL, NULL, NULL};
+    struct tpv_onnx_tensor *pout[1] = {&o};
+    double *zero[3] = {NULL, NULL, NULL}, *second = NULL;
+    int rc = TPV_OK;
+    size_t nin = nd->nin < 3 ? nd->nin : 3;
+    for (size_t k = 0; k < nin; k++) {
+        if (!in[k] || tin[k])
+            continue;
+        zero[k] = calloc(in[k]->numel ? in[k]->numel : 1, sizeof(double));
+        if (!zero[k]) {
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            goto out;
+        }
+    }
+    /* forward(t0, x1): input 2 (a bias) left out */
+    t[0] = *in[0];
+    t[0].data = tin[0] ? (void *)tin[0] : zero[0];
+    pin[0] = &t[0];
+    pin[1] = in[1];
+    o.data = tout[0];
+    rc = op->forward(nd, pin, pout, err);
+    if (rc)
+        goto out;
+    /* + forward(x0, t1, t2) */
+    second = malloc((n ? n : 1) * sizeof *second);
+    if (!second) {
+        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        goto out;
+    }
+    pin[0] = in[0];
+    for (size_t k = 1; k < nin; k++) {
+        pin[k] = NULL;
+        if (!in[k])
+            continue;
+        t[k] = *in[k];
+        t[k].data = tin[k] ? (void *)tin[k] : zero[k];
+        pin[k] = &t[k];
+    }
+    o.data = second;
+    rc = op->forward(nd, pin, pout, err);
+    for (uint64_t i = 0; !rc && i < n; i++)
+        tout[0][i] += second[i];
+out:
+    free(second);
+    for (int k = 0; k < 3; k++)
+        free(zero[k]);
+    return rc;
 }

@@ -21,13 +21,37 @@ typedef int (*tpv_onnx_forward_fn)(const struct tpv_onnx_node *nd,
                                    const struct tpv_onnx_tensor *const *in,
                                    struct tpv_onnx_tensor *const *out, struct tpv_err *err);
 
+/* Reverse mode: gin[k] += (d out / d in[k])^T gout for every float input k with gin[k] != NULL
+ * (accumulated: a value may feed several nodes); gout[k] is NULL for an output nothing
+ * differentiates.  in and out hold the forward pass's values. */
+typedef int (*tpv_onnx_vjp_fn)(const struct tpv_onnx_node *nd,
+                               const struct tpv_onnx_tensor *const *in,
+                               const struct tpv_onnx_tensor *const *out,
+                               const double *const *gout, double *const *gin,
+                               struct tpv_err *err);
+/* Forward mode: tout[k] = sum_j (d out[k] / d in[j]) tin[j] (overwritten) for outputs with
+ * tout[k] != NULL; tin[j] NULL is a zero tangent. */
+typedef int (*tpv_onnx_jvp_fn)(const struct tpv_onnx_node *nd,
+                               const struct tpv_onnx_tensor *const *in,
+                               const struct tpv_onnx_tensor *const *out,
+                               const double *const *tin, double *const *tout,
+                               struct tpv_err *err);
+
 struct tpv_onnx_op {
     const char *name;
     unsigned min_in, max_in, min_out, max_out;
     tpv_onnx_check_fn check;     /* NULL: no attributes to check */
     tpv_onnx_infer_fn infer;
     tpv_onnx_forward_fn forward;
+    tpv_onnx_vjp_fn vjp;
+    tpv_onnx_jvp_fn jvp;
 };
+
+/* JVP of an operator linear in its float inputs: the forward pass applied to the tangents (zero
+ * for NULL ones); non-float inputs are passed through (Pad's constant becomes its tangent). */
+int tpv_onnx_jvp_linear(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                        double *const *tout, struct tpv_err *err);
 
 /* The operator called `op_type` (default domain), or -1. */
 int tpv_onnx_op_find(const char *op_type);
@@ -57,5 +81,11 @@ int tpv_onnx_need_static(const struct tpv_onnx_node *nd, unsigned input, struct 
 /* Element i of an I64 or F64 tensor as int64 / double. */
 int64_t tpv_onnx_get_i(const struct tpv_onnx_tensor *t, uint64_t i);
 double tpv_onnx_get_f(const struct tpv_onnx_tensor *t, uint64_t i);
+
+/* JVP of an operator bilinear in (input 0) x (inputs 1, 2...), such as Conv, Gemm and MatMul:
+ * forward(t0, x1, without input 2) + forward(x0, t1, t2), NULL tangents being zero. */
+int tpv_onnx_jvp_bilinear(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                          const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                          double *const *tout, struct tpv_err *err);
 
 #endif

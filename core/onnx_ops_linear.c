@@ -529,12 +529,255 @@ static int matmul_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_
     return TPV_OK;
 }
 
+/* ==== reverse and forward mode ==== */
+
+/* Adds col ((C kh kw) x (oh ow)) back into channels [c0, c0 + cn) of gx: the adjoint of im2col. */
+static void col2im(const struct win *g, const double *col, int64_t c0, int64_t cn, double *gx)
+{
+    int64_t P = g->oh * g->ow;
+    for (int64_t c = 0; c < cn; c++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                const double *row = col + ((c * g->kh + i) * g->kw + j) * P;
+                double *gc = gx + (c0 + c) * g->H * g->W;
+                for (int64_t oy = 0; oy < g->oh; oy++) {
+                    int64_t iy = oy * g->sh - g->ph0 + i * g->dh;
+                    if (iy < 0 || iy >= g->H)
+                        continue;
+                    for (int64_t ox = 0; ox < g->ow; ox++) {
+                        int64_t ix = ox * g->sw - g->pw0 + j * g->dw;
+                        if (ix >= 0 && ix < g->W)
+                            gc[iy * g->W + ix] += row[oy * g->ow + ox];
+                    }
+                }
+            }
+}
+
+static int conv_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                    double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    struct win g;
+    int64_t gr;
+    int rc = conv_geom(nd, in, &g, &gr, err);
+    if (rc || !gout[0])
+        return rc;
+    int64_t M = in[1]->shape[0], Mg = M / gr, Cg = g.C / gr, P = g.oh * g.ow;
+    int64_t kk = Cg * g.kh * g.kw, ncol = kk * P;
+    double *col = malloc((size_t)(ncol > 0 ? ncol : 1) * sizeof *col);
+    if (!col)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    const double *x = in[0]->data, *w = in[1]->data;
+    double *gb = nd->nin > 2 && in[2] ? gin[2] : NULL;
+    for (int64_t n = 0; n < g.N; n++) {
+        const double *xn = x + n * g.C * g.H * g.W;
+        for (int64_t q = 0; q < gr; q++) {
+            const double *gy = gout[0] + (n * M + q * Mg) * P;
+            if (gb)
+                for (int64_t m = 0; m < Mg; m++)
+                    for (int64_t t = 0; t < P; t++)
+                        gb[q * Mg + m] += gy[m * P + t];
+            if (gin[1] && Mg && kk && P) {
+                im2col(&g, xn, q * Cg, Cg, col);
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Mg, (int)kk, (int)P,
+                            1.0, gy, (int)P, col, (int)P, 1.0, gin[1] + q * Mg * kk, (int)kk);
+            }
+            if (gin[0] && Mg && kk && P) {
+                cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)P, (int)Mg,
+                            1.0, w + q * Mg * kk, (int)kk, gy, (int)P, 0.0, col, (int)P);
+                col2im(&g, col, q * Cg, Cg, gin[0] + n * g.C * g.H * g.W);
+            }
+        }
+    }
+    free(col);
+    return TPV_OK;
+}
+
+/* For each output element of a pool, calls back with the input offsets of its window and the
+ * weight: MaxPool the first maximum with weight 1, AveragePool every element with 1/count. */
+static int pool_adjoint(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                        const double *src, double *dst, bool reverse, struct tpv_err *err)
+{
+    struct win g;
+    int64_t cip;
+    int rc = win_geom(nd, x, true, NULL, &g, err);
+    if (!rc)
+        rc = tpv_onnx_attr_int(nd, "count_include_pad", 0, &cip, err);
+    if (rc)
+        return rc;
+    bool is_max = strcmp(nd->op_type, "MaxPool") == 0;
+    const double *xd = x->data;
+    for (int64_t nc = 0; nc < g.N * g.C; nc++) {
+        const double *xc = xd + nc * g.H * g.W;
+        for (int64_t oy = 0; oy < g.oh; oy++)
+            for (int64_t ox = 0; ox < g.ow; ox++) {
+                int64_t o = nc * g.oh * g.ow + oy * g.ow + ox, best = -1, cnt = 0, padcnt = 0;
+                double mx = -INFINITY, acc = 0;
+                for (int pass = 0; pass < 2; pass++)
+                    for (int64_t i = 0; i < g.kh; i++) {
+                        int64_t iy = oy * g.sh - g.ph0 + i * g.dh;
+                        for (int64_t j = 0; j < g.kw; j++) {
+                            int64_t ix = ox * g.sw - g.pw0 + j * g.dw;
+                            bool inpad = iy >= -g.ph0 && iy < g.H + g.ph1 && ix >= -g.pw0 &&
+                                         ix < g.W + g.pw1;
+                            if (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) {
+                                padcnt += pass == 0 && inpad;
+                                continue;
+                            }
+                            int64_t off = nc * g.H * g.W + iy * g.W + ix;
+                            if (pass == 0) {
+                                padcnt++;
+                                cnt++;
+                                if (xc[iy * g.W + ix] > mx || best < 0) {
+                                    mx = xc[iy * g.W + ix];
+                                    best = off;
+                                }
+                            } else if (!is_max) {
+                                double wgt = 1.0 / (double)(cip ? padcnt : cnt ? cnt : 1);
+                                if (reverse)
+                                    dst[off] += src[o] * wgt;
+                                else
+                                    acc += src[off] * wgt;
+                            }
+                        }
+                    }
+                if (is_max && best >= 0) {
+                    if (reverse)
+                        dst[best] += src[o];
+                    else
+                        acc = src[best];
+                }
+                if (!reverse)
+                    dst[o] = acc;
+            }
+    }
+    return TPV_OK;
+}
+
+static int pool_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                    double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    if (!gin[0] || !gout[0])
+        return TPV_OK;
+    return pool_adjoint(nd, in[0], gout[0], gin[0], true, err);
+}
+
+static int pool_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                    double *const *tout, struct tpv_err *err)
+{
+    if (!tout[0])
+        return TPV_OK;
+    if (!tin[0]) {
+        memset(tout[0], 0, out[0]->numel * sizeof(double));
+        return TPV_OK;
+    }
+    return pool_adjoint(nd, in[0], tin[0], tout[0], false, err);
+}
+
+static int gap_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                   const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                   double *const *gin, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    if (!gin[0] || !gout[0])
+        return TPV_OK;
+    uint64_t nc = out[0]->numel, S = nc ? in[0]->numel / nc : 0;
+    for (uint64_t i = 0; i < nc; i++)
+        for (uint64_t j = 0; j < S; j++)
+            gin[0][i * S + j] += gout[0][i] / (double)S;
+    return TPV_OK;
+}
+
+static int gemm_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                    double *const *gin, struct tpv_err *err)
+{
+    struct gemm_attr a;
+    int rc = gemm_attrs(nd, &a, err);
+    if (rc || !gout[0])
+        return rc;
+    int M = (int)out[0]->shape[0], N = (int)out[0]->shape[1];
+    int K = (int)(a.ta ? in[0]->shape[0] : in[0]->shape[1]);
+    int lda = (int)in[0]->shape[1], ldb = (int)in[1]->shape[1];
+    const double *A = in[0]->data, *B = in[1]->data, *G = gout[0];
+    if (M && N && K) {
+        if (gin[0] && !a.ta)
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, a.tb ? CblasNoTrans : CblasTrans, M, K, N,
+                        a.alpha, G, N, B, ldb, 1.0, gin[0], K);
+        else if (gin[0])
+            cblas_dgemm(CblasRowMajor, a.tb ? CblasTrans : CblasNoTrans, CblasTrans, K, M, N,
+                        a.alpha, B, ldb, G, N, 1.0, gin[0], M);
+        if (gin[1] && !a.tb)
+            cblas_dgemm(CblasRowMajor, a.ta ? CblasNoTrans : CblasTrans, CblasNoTrans, K, N, M,
+                        a.alpha, A, lda, G, N, 1.0, gin[1], N);
+        else if (gin[1])
+            cblas_dgemm(CblasRowMajor, CblasTrans, a.ta ? CblasTrans : CblasNoTrans, N, K, M,
+                        a.alpha, G, N, A, lda, 1.0, gin[1], K);
+    }
+    const struct tpv_onnx_tensor *C = IN(2);
+    if (C && gin[2])
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) {
+                int64_t off = C->rank == 0   ? 0
+                              : C->rank == 1 ? (C->shape[0] == 1 ? 0 : j)
+                                             : (C->shape[0] == 1 ? 0 : i) * C->shape[1] +
+                                                   (C->shape[1] == 1 ? 0 : j);
+                gin[2][off] += a.beta * G[i * N + j];
+            }
+    return TPV_OK;
+}
+
+static int matmul_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                      double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    struct mm g;
+    int64_t s[TPV_MAX_RANK + 2], idx[TPV_MAX_RANK] = {0};
+    int r;
+    int rc = mm_geom(nd, in[0], in[1], &g, s, &r, err);
+    if (rc || !gout[0] || !g.M || !g.N || !g.K)
+        return rc;
+    int64_t nb = 1;
+    for (int i = 0; i < g.br; i++)
+        nb *= g.bshape[i];
+    const double *A = in[0]->data, *B = in[1]->data;
+    int64_t oa = 0, ob = 0;
+    for (int64_t t = 0; t < nb; t++) {
+        const double *G = gout[0] + t * g.M * g.N;
+        if (gin[0])
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g.M, (int)g.K, (int)g.N,
+                        1.0, G, (int)g.N, B + ob, (int)g.N, 1.0, gin[0] + oa, (int)g.K);
+        if (gin[1])
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)g.K, (int)g.N, (int)g.M,
+                        1.0, A + oa, (int)g.K, G, (int)g.N, 1.0, gin[1] + ob, (int)g.N);
+        for (int d = g.br - 1; d >= 0; d--) {
+            idx[d]++;
+            oa += g.sa[d];
+            ob += g.sb[d];
+            if (idx[d] < g.bshape[d])
+                break;
+            oa -= g.sa[d] * idx[d];
+            ob -= g.sb[d] * idx[d];
+            idx[d] = 0;
+        }
+    }
+    return TPV_OK;
+}
+
+#define BIL tpv_onnx_jvp_bilinear
+
 const struct tpv_onnx_op tpv_onnx_ops_linear[] = {
-    {"Conv", 2, 3, 1, 1, conv_check, conv_infer, conv_forward},
-    {"MaxPool", 1, 1, 1, 1, pool_check, pool_infer, pool_forward},
-    {"AveragePool", 1, 1, 1, 1, pool_check, pool_infer, pool_forward},
-    {"GlobalAveragePool", 1, 1, 1, 1, NULL, gap_infer, gap_forward},
-    {"Gemm", 2, 3, 1, 1, gemm_check, gemm_infer, gemm_forward},
-    {"MatMul", 2, 2, 1, 1, NULL, matmul_infer, matmul_forward},
+    {"Conv", 2, 3, 1, 1, conv_check, conv_infer, conv_forward, conv_vjp, BIL},
+    {"MaxPool", 1, 1, 1, 1, pool_check, pool_infer, pool_forward, pool_vjp, pool_jvp},
+    {"AveragePool", 1, 1, 1, 1, pool_check, pool_infer, pool_forward, pool_vjp, pool_jvp},
+    {"GlobalAveragePool", 1, 1, 1, 1, NULL, gap_infer, gap_forward, gap_vjp, tpv_onnx_jvp_linear},
+    {"Gemm", 2, 3, 1, 1, gemm_check, gemm_infer, gemm_forward, gemm_vjp, BIL},
+    {"MatMul", 2, 2, 1, 1, NULL, matmul_infer, matmul_forward, matmul_vjp, BIL},
 };
 const size_t tpv_onnx_ops_linear_n = sizeof tpv_onnx_ops_linear / sizeof tpv_onnx_ops_linear[0];

@@ -686,17 +686,207 @@ static int pad_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_ten
     return TPV_OK;
 }
 
+/* ==== reverse mode (forward mode: all of these are linear, tpv_onnx_jvp_linear) ==== */
+
+/* g[base + sum_d idx_d * st[d]] += gout[i] over the output's index space: the adjoint of
+ * strided_copy. */
+static void strided_accum(double *g, const double *gout, int rank, const int64_t *shape,
+                          const int64_t *st, int64_t base, uint64_t numel)
+{
+    int64_t idx[TPV_MAX_RANK] = {0}, off = base;
+    for (uint64_t i = 0; i < numel; i++) {
+        g[off] += gout[i];
+        for (int d = rank - 1; d >= 0; d--) {
+            idx[d]++;
+            off += st[d];
+            if (idx[d] < shape[d])
+                break;
+            off -= st[d] * idx[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+static bool no_grad(const struct tpv_onnx_tensor *const *in, const double *const *gout,
+                    double *const *gin)
+{
+    return !gin[0] || !gout[0] || in[0]->dtype != TPV_ONNX_F64;
+}
+
+static int pass_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                    double *const *gin, struct tpv_err *err)
+{
+    (void)nd;
+    (void)out;
+    (void)err;
+    if (no_grad(in, gout, gin))
+        return TPV_OK;
+    for (uint64_t i = 0; i < in[0]->numel; i++)
+        gin[0][i] += gout[0][i];
+    return TPV_OK;
+}
+
+static int transpose_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                         const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                         double *const *gin, struct tpv_err *err)
+{
+    int perm[TPV_MAX_RANK];
+    int rc = perm_of(nd, in[0]->rank, perm, err);
+    if (rc || no_grad(in, gout, gin))
+        return rc;
+    int64_t ist[TPV_MAX_RANK], st[TPV_MAX_RANK];
+    row_strides(in[0], ist);
+    for (int i = 0; i < in[0]->rank; i++)
+        st[i] = ist[perm[i]];
+    strided_accum(gin[0], gout[0], out[0]->rank, out[0]->shape, st, 0, out[0]->numel);
+    return TPV_OK;
+}
+
+static int slice_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                     double *const *gin, struct tpv_err *err)
+{
+    struct slice_geom g;
+    int rc = slice_geom(nd, in, &g, err);
+    if (rc || no_grad(in, gout, gin) || out[0]->numel == 0)
+        return rc;
+    int64_t ist[TPV_MAX_RANK], st[TPV_MAX_RANK], base = 0;
+    row_strides(in[0], ist);
+    for (int i = 0; i < in[0]->rank; i++) {
+        st[i] = ist[i] * g.step[i];
+        base += ist[i] * g.start[i];
+    }
+    strided_accum(gin[0], gout[0], out[0]->rank, out[0]->shape, st, base, out[0]->numel);
+    return TPV_OK;
+}
+
+static int concat_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                      double *const *gin, struct tpv_err *err)
+{
+    int ax;
+    int rc = concat_axis(nd, in[0]->rank, &ax, err);
+    if (rc || !gout[0] || out[0]->dtype != TPV_ONNX_F64)
+        return rc;
+    int64_t outer = 1, inner = 1;
+    for (int i = 0; i < ax; i++)
+        outer *= out[0]->shape[i];
+    for (int i = ax + 1; i < out[0]->rank; i++)
+        inner *= out[0]->shape[i];
+    int64_t orow = out[0]->shape[ax] * inner, at = 0;
+    for (size_t k = 0; k < nd->nin; k++) {
+        int64_t row = in[k]->shape[ax] * inner;
+        if (gin[k])
+            for (int64_t o = 0; o < outer; o++)
+                for (int64_t j = 0; j < row; j++)
+                    gin[k][o * row + j] += gout[0][o * orow + at + j];
+        at += row;
+    }
+    return TPV_OK;
+}
+
+static int split_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                     double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    int ax;
+    int64_t sizes[SPLIT_MAX];
+    int rc = split_sizes(nd, in, &ax, sizes, err);
+    if (rc || !gin[0] || in[0]->dtype != TPV_ONNX_F64)
+        return rc;
+    int64_t outer = 1, inner = 1;
+    for (int i = 0; i < ax; i++)
+        outer *= in[0]->shape[i];
+    for (int i = ax + 1; i < in[0]->rank; i++)
+        inner *= in[0]->shape[i];
+    int64_t irow = in[0]->shape[ax] * inner, at = 0;
+    for (size_t k = 0; k < nd->nout; k++) {
+        int64_t row = sizes[k] * inner;
+        if (gout[k])
+            for (int64_t o = 0; o < outer; o++)
+                for (int64_t j = 0; j < row; j++)
+                    gin[0][o * irow + at + j] += gout[k][o * row + j];
+        at += row;
+    }
+    return TPV_OK;
+}
+
+static int gather_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                      double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    int ax;
+    int rc = gather_axis(nd, in[0]->rank, &ax, err);
+    if (rc || no_grad(in, gout, gin))
+        return rc;
+    int64_t outer = 1, inner = 1, d = in[0]->shape[ax];
+    for (int i = 0; i < ax; i++)
+        outer *= in[0]->shape[i];
+    for (int i = ax + 1; i < in[0]->rank; i++)
+        inner *= in[0]->shape[i];
+    const int64_t *ix = in[1]->data;
+    uint64_t ni = in[1]->numel;
+    for (int64_t o = 0; o < outer; o++)
+        for (uint64_t j = 0; j < ni; j++) {
+            int64_t v = ix[j] < 0 ? ix[j] + d : ix[j];
+            const double *src = gout[0] + ((uint64_t)o * ni + j) * (uint64_t)inner;
+            double *dst = gin[0] + (o * d + v) * inner;
+            for (int64_t t = 0; t < inner; t++)
+                dst[t] += src[t];
+        }
+    return TPV_OK;
+}
+
+static int pad_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                   const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                   double *const *gin, struct tpv_err *err)
+{
+    (void)err;
+    /* the constant, when it is a float input, collects the gradient of the padding */
+    double *gconst = nd->nin > 2 && in[2] && in[2]->dtype == TPV_ONNX_F64 ? gin[2] : NULL;
+    if (!gout[0] || (!gin[0] && !gconst))
+        return TPV_OK;
+    int r = in[0]->rank;
+    const int64_t *p = in[1]->data;
+    int64_t ist[TPV_MAX_RANK], idx[TPV_MAX_RANK] = {0};
+    row_strides(in[0], ist);
+    for (uint64_t i = 0; i < out[0]->numel; i++) {
+        int64_t off = 0;
+        bool inside = true;
+        for (int d = 0; d < r && inside; d++) {
+            int64_t c = idx[d] - p[d];
+            inside = c >= 0 && c < in[0]->shape[d];
+            off += c * ist[d];
+        }
+        if (inside && gin[0])
+            gin[0][off] += gout[0][i];
+        else if (!inside && gconst)
+            *gconst += gout[0][i];
+        for (int d = r - 1; d >= 0; d--) {
+            if (++idx[d] < out[0]->shape[d])
+                break;
+            idx[d] = 0;
+        }
+    }
+    return TPV_OK;
+}
+
+#define LIN tpv_onnx_jvp_linear
+
 const struct tpv_onnx_op tpv_onnx_ops_shape[] = {
-    {"Reshape", 2, 2, 1, 1, NULL, reshape_infer, copy_forward},
-    {"Flatten", 1, 1, 1, 1, NULL, flatten_infer, copy_forward},
-    {"Transpose", 1, 1, 1, 1, NULL, transpose_infer, transpose_forward},
-    {"Squeeze", 1, 2, 1, 1, NULL, squeeze_infer, copy_forward},
-    {"Unsqueeze", 2, 2, 1, 1, NULL, unsqueeze_infer, copy_forward},
-    {"Concat", 1, 256, 1, 1, concat_check, concat_infer, concat_forward},
-    {"Slice", 3, 5, 1, 1, NULL, slice_infer, slice_forward},
-    {"Split", 1, 2, 1, SPLIT_MAX, split_check, split_infer, split_forward},
-    {"Gather", 2, 2, 1, 1, NULL, gather_infer, gather_forward},
-    {"Shape", 1, 1, 1, 1, shape_check, shape_infer, shape_forward},
-    {"Pad", 2, 3, 1, 1, pad_check, pad_infer, pad_forward},
+    {"Reshape", 2, 2, 1, 1, NULL, reshape_infer, copy_forward, pass_vjp, LIN},
+    {"Flatten", 1, 1, 1, 1, NULL, flatten_infer, copy_forward, pass_vjp, LIN},
+    {"Transpose", 1, 1, 1, 1, NULL, transpose_infer, transpose_forward, transpose_vjp, LIN},
+    {"Squeeze", 1, 2, 1, 1, NULL, squeeze_infer, copy_forward, pass_vjp, LIN},
+    {"Unsqueeze", 2, 2, 1, 1, NULL, unsqueeze_infer, copy_forward, pass_vjp, LIN},
+    {"Concat", 1, 256, 1, 1, concat_check, concat_infer, concat_forward, concat_vjp, LIN},
+    {"Slice", 3, 5, 1, 1, NULL, slice_infer, slice_forward, slice_vjp, LIN},
+    {"Split", 1, 2, 1, SPLIT_MAX, split_check, split_infer, split_forward, split_vjp, LIN},
+    {"Gather", 2, 2, 1, 1, NULL, gather_infer, gather_forward, gather_vjp, LIN},
+    {"Shape", 1, 1, 1, 1, shape_check, shape_infer, shape_forward, NULL, NULL},
+    {"Pad", 2, 3, 1, 1, pad_check, pad_infer, pad_forward, pad_vjp, LIN},
 };
 const size_t tpv_onnx_ops_shape_n = sizeof tpv_onnx_ops_shape / sizeof tpv_onnx_ops_shape[0];

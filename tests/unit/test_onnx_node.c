@@ -183,6 +183,170 @@ static int compare(const struct tpv_onnx_tensor *got, const struct tpv_onnx_tens
     return 0;
 }
 
+/* ---- derivatives: JVP against central differences, VJP against the JVP ---- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static double urand(void) /* uniform in [-1, 1) */
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static int deriv_cases, deriv_checks;
+
+#define FD_H 1e-6
+#define FD_TOL 1e-6
+#define DOT_TOL 1e-9
+
+static int forward_outputs(const struct tpv_onnx_model *m, struct tpv_onnx_exec *ex,
+                           const double *const *x, double **y, struct tpv_err *err)
+{
+    int rc = tpv_onnx_exec_forward(ex, x, err);
+    for (size_t k = 0; !rc && k < m->noutputs; k++)
+        if (y[k]) {
+            const struct tpv_onnx_tensor *t = tpv_onnx_exec_value(ex, m->outputs[k]);
+            memcpy(y[k], t->data, t->numel * sizeof(double));
+        }
+    return rc;
+}
+
+/* At a point moved off the test's exact values (kinks of Relu, Clip, MaxPool ties sit on
+ * integers in the examples): the JVP along a random direction t of all float inputs against
+ * (f(x + h t) - f(x - h t)) / 2h, and for each float output k and random u, <VJP(u), t> against
+ * <u, JVP(t)>. */
+static int check_derivatives(const struct tpv_onnx_model *m, struct tpv_onnx_exec *ex,
+                             const struct tpv_onnx_tensor *ins, char *msg, size_t cap)
+{
+    struct tpv_err err;
+    size_t nin = m->ninputs, nout = m->noutputs;
+    double *x[MAX_IO] = {NULL}, *t[MAX_IO] = {NULL}, *xp[MAX_IO] = {NULL}, *jv[MAX_IO] = {NULL};
+    double *yp[MAX_IO] = {NULL}, *ym[MAX_IO] = {NULL}, *u[MAX_IO] = {NULL};
+    const double *seed_buf[4096] = {NULL};
+    int rc = 0, nf = 0, ny = 0;
+    if (m->nvalues > 4096)
+        return 0;
+    for (size_t k = 0; k < nin; k++) {
+        if (ins[k].dtype != TPV_ONNX_F64)
+            continue;
+        uint64_t n = ins[k].numel;
+        x[k] = malloc((n + 1) * sizeof(double));
+        t[k] = malloc((n + 1) * sizeof(double));
+        xp[k] = malloc((n + 1) * sizeof(double));
+        for (uint64_t i = 0; i < n; i++) {
+            double v = ((double *)ins[k].data)[i];
+            x[k][i] = v != 0 ? v * (1.0 + 0.01 * urand()) : 0.001 + 0.0005 * urand();
+            t[k][i] = urand();
+        }
+        seed_buf[m->inputs[k]] = t[k];
+        nf++;
+    }
+    for (size_t k = 0; k < nout; k++) {
+        const struct tpv_onnx_tensor *o = tpv_onnx_exec_value(ex, m->outputs[k]);
+        size_t n = o->numel + 1;
+        jv[k] = malloc(n * sizeof(double));
+        yp[k] = malloc(n * sizeof(double));
+        ym[k] = malloc(n * sizeof(double));
+        u[k] = malloc(n * sizeof(double));
+        for (size_t i = 0; i + 1 < n; i++)
+            u[k][i] = urand();
+    }
+    if (nf == 0)
+        goto done;
+    const double *cx[MAX_IO];
+    for (size_t k = 0; k < nin; k++)
+        cx[k] = x[k] ? x[k] : ins[k].data;
+    if (forward_outputs(m, ex, cx, yp, &err) || tpv_onnx_exec_jvp(ex, seed_buf, &err)) {
+        snprintf(msg, cap, "jvp: %s", err.message);
+        rc = -1;
+        goto done;
+    }
+    for (size_t k = 0; k < nout; k++) {
+        const double *tg = tpv_onnx_exec_tangent(ex, m->outputs[k]);
+        if (tg) {
+            memcpy(jv[k], tg, tpv_onnx_exec_value(ex, m->outputs[k])->numel * sizeof(double));
+            ny++;
+        } else {
+            free(jv[k]);
+            jv[k] = NULL;
+        }
+    }
+    /* VJP dot tests */
+    for (size_t k = 0; k < nout && rc == 0; k++) {
+        if (!jv[k])
+            continue;
+        if (tpv_onnx_exec_vjp(ex, m->outputs[k], u[k], &err)) {
+            snprintf(msg, cap, "vjp: %s", err.message);
+            rc = -1;
+            break;
+        }
+        double lhs = 0, rhs = 0, scale = 0;
+        uint64_t no = tpv_onnx_exec_value(ex, m->outputs[k])->numel;
+        for (uint64_t i = 0; i < no; i++) {
+            rhs += u[k][i] * jv[k][i];
+            scale += fabs(u[k][i] * jv[k][i]);
+        }
+        for (size_t j = 0; j < nin; j++) {
+            const double *g = t[j] ? tpv_onnx_exec_grad(ex, m->inputs[j]) : NULL;
+            for (uint64_t i = 0; g && i < ins[j].numel; i++)
+                lhs += g[i] * t[j][i];
+        }
+        if (!(fabs(lhs - rhs) <= DOT_TOL * (scale + 1e-300))) {
+            snprintf(msg, cap, "output %zu: <VJP(u), t> = %.12g but <u, JVP(t)> = %.12g", k, lhs,
+                     rhs);
+            rc = -1;
+        }
+    }
+    /* central differences */
+    for (int sign = 1; sign >= -1 && rc == 0; sign -= 2) {
+        for (size_t k = 0; k < nin; k++)
+            if (x[k]) {
+                for (uint64_t i = 0; i < ins[k].numel; i++)
+                    xp[k][i] = x[k][i] + sign * FD_H * t[k][i];
+                cx[k] = xp[k];
+            }
+        if (forward_outputs(m, ex, cx, sign > 0 ? yp : ym, &err)) {
+            snprintf(msg, cap, "fd: %s", err.message);
+            rc = -1;
+        }
+    }
+    for (size_t k = 0; k < nout && rc == 0; k++) {
+        if (!jv[k])
+            continue;
+        uint64_t no = tpv_onnx_exec_value(ex, m->outputs[k])->numel;
+        double emax = 0, jmax = 0;
+        uint64_t at = 0;
+        for (uint64_t i = 0; i < no; i++) {
+            double fd = (yp[k][i] - ym[k][i]) / (2 * FD_H);
+            if (fabs(fd - jv[k][i]) > emax) {
+                emax = fabs(fd - jv[k][i]);
+                at = i;
+            }
+            jmax = fmax(jmax, fabs(jv[k][i]));
+        }
+        if (!(emax <= FD_TOL * fmax(jmax, 1e-3))) {
+            snprintf(msg, cap, "output %zu: JVP differs from central differences by %.3g at %llu "
+                     "(max |JVP| %.3g)", k, emax, (unsigned long long)at, jmax);
+            rc = -1;
+        }
+    }
+    if (rc == 0 && ny > 0) {
+        deriv_cases++;
+        deriv_checks += ny;
+    }
+done:
+    for (size_t k = 0; k < MAX_IO; k++) {
+        free(x[k]);
+        free(t[k]);
+        free(xp[k]);
+        free(jv[k]);
+        free(yp[k]);
+        free(ym[k]);
+        free(u[k]);
+    }
+    return rc;
+}
+
 /* Runs one test directory; returns 0 on a match, -1 with msg set. */
 static int run_case(const char *dir, const void *model, size_t mlen, char *msg, size_t cap)
 {
@@ -256,6 +420,8 @@ static int run_case(const char *dir, const void *model, size_t mlen, char *msg, 
         if (rc)
             snprintf(msg, cap, "output %zu: %s", k, what);
     }
+    if (rc == 0)
+        rc = check_derivatives(m, ex, ins, msg, cap);
 out:
     for (size_t k = 0; k < nin; k++)
         free(ins[k].data);
@@ -322,9 +488,12 @@ static void test_conformance(void **state)
     run_suite("node", &t);
     run_suite("pytorch-converted", &t);
     run_suite("pytorch-operator", &t);
-    printf("onnx conformance: %d passed, %d skipped, %d failed\n", t.run, t.skipped, t.failed);
+    printf("onnx conformance: %d passed, %d skipped, %d failed; derivatives checked on %d cases "
+           "(%d outputs)\n",
+           t.run, t.skipped, t.failed, deriv_cases, deriv_checks);
     assert_int_equal(t.failed, 0);
     assert_true(t.run >= MIN_RUN);
+    assert_true(deriv_cases >= MIN_RUN - 30); /* cases with float inputs and outputs */
 }
 
 int main(void)
