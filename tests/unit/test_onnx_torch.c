@@ -108,6 +108,118 @@ static void run_batch(const struct tpv_onnx_model *m, const struct tpv_tensor *x
     tpv_onnx_plan_free(plan);
 }
 
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+
+static double urand(void) /* uniform in [-1, 1) */
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+
+static double *rand_vec(uint64_t n)
+{
+    double *v = malloc((n ? n : 1) * sizeof *v);
+    assert_non_null(v);
+    for (uint64_t i = 0; i < n; i++)
+        v[i] = urand();
+    return v;
+}
+
+/* Moves the input and every parameter by s * their tangents (in place: the plan borrows the
+ * model's initializer data). */
+static void shift(struct tpv_onnx_model *m, double *x, const double *tx, uint64_t nx,
+                  double *const *tp, double s)
+{
+    for (uint64_t i = 0; i < nx; i++)
+        x[i] += s * tx[i];
+    for (size_t j = 0; j < m->nparams; j++) {
+        struct tpv_onnx_tensor *t = &m->values[m->params[j]].t;
+        for (uint64_t i = 0; i < t->numel; i++)
+            ((double *)t->data)[i] += s * tp[j][i];
+    }
+}
+
+/* Derivatives through the whole graph w.r.t. the input and every parameter: the JVP along a
+ * random direction against central differences, and <VJP(u), t> = <u, JVP(t)>, where the VJP's
+ * parameter adjoints are summed over the batch. */
+static void check_derivatives(const char *name, struct tpv_onnx_model *m,
+                              const struct tpv_tensor *xs, double *x)
+{
+    struct tpv_err err;
+    struct tpv_onnx_tensor in = {.dtype = TPV_ONNX_F64, .rank = xs->rank};
+    for (int i = 0; i < xs->rank; i++)
+        in.shape[i] = (int64_t)xs->shape[i];
+    struct tpv_onnx_plan *plan;
+    struct tpv_onnx_exec *ex;
+    if (tpv_onnx_plan_new(&plan, m, &in, &err) || tpv_onnx_exec_new(&ex, plan, &err))
+        fail_msg("%s: %s", name, err.message);
+    uint64_t nx = xs->numel, ny = tpv_onnx_exec_value(ex, m->outputs[0])->numel;
+    const double **seed = calloc(m->nvalues, sizeof *seed);
+    double **tp = calloc(m->nparams, sizeof *tp);
+    assert_true(seed && tp);
+    double *tx = rand_vec(nx), *u = rand_vec(ny), *jv = malloc(ny * sizeof *jv);
+    double *yp = malloc(ny * sizeof *yp), *ym = malloc(ny * sizeof *ym);
+    seed[m->inputs[0]] = tx;
+    for (size_t j = 0; j < m->nparams; j++) {
+        tp[j] = rand_vec(m->values[m->params[j]].t.numel);
+        seed[m->params[j]] = tp[j];
+    }
+    const double *xp = x;
+    if (tpv_onnx_exec_forward(ex, &xp, &err) || tpv_onnx_exec_jvp(ex, seed, &err) ||
+        tpv_onnx_exec_vjp(ex, m->outputs[0], u, &err))
+        fail_msg("%s: %s", name, err.message);
+    memcpy(jv, tpv_onnx_exec_tangent(ex, m->outputs[0]), ny * sizeof *jv);
+    double lhs = 0, rhs = 0, scale = 0;
+    for (uint64_t i = 0; i < ny; i++) {
+        rhs += u[i] * jv[i];
+        scale += fabs(u[i] * jv[i]);
+    }
+    const double *gx = tpv_onnx_exec_grad(ex, m->inputs[0]);
+    for (uint64_t i = 0; i < nx; i++)
+        lhs += gx[i] * tx[i];
+    for (size_t j = 0; j < m->nparams; j++) {
+        const double *g = tpv_onnx_exec_grad(ex, m->params[j]);
+        assert_non_null(g);
+        for (uint64_t i = 0; i < m->values[m->params[j]].t.numel; i++)
+            lhs += g[i] * tp[j][i];
+    }
+    if (!(fabs(lhs - rhs) <= 1e-10 * scale))
+        fail_msg("%s: <VJP(u), t> = %.15g, <u, JVP(t)> = %.15g", name, lhs, rhs);
+    /* small: ResNet-18 has ~10^5 ReLU and max-pool kinks, some within h * |t| of a crossing */
+    const double h = 1e-8;
+    double *pyv[2] = {yp, ym};
+    for (int k = 0; k < 2; k++) {
+        double sgn = k == 0 ? 1.0 : -1.0;
+        shift(m, x, tx, nx, tp, sgn * h);
+        if (tpv_onnx_exec_forward(ex, &xp, &err))
+            fail_msg("%s: %s", name, err.message);
+        memcpy(pyv[k], tpv_onnx_exec_value(ex, m->outputs[0])->data, ny * sizeof *yp);
+        shift(m, x, tx, nx, tp, -sgn * h);
+    }
+    double emax = 0, jmax = 0;
+    for (uint64_t i = 0; i < ny; i++) {
+        emax = fmax(emax, fabs((yp[i] - ym[i]) / (2 * h) - jv[i]));
+        jmax = fmax(jmax, fabs(jv[i]));
+    }
+    if (getenv("TPV_TEST_VERBOSE"))
+        print_message("%s: JVP vs central differences %.3g relative, dot test %.3g\n", name,
+                      emax / jmax, fabs(lhs - rhs) / scale);
+    if (!(emax <= 1e-6 * jmax))
+        fail_msg("%s: JVP differs from central differences: %.3g (max |JVP| %.3g)", name, emax,
+                 jmax);
+    for (size_t j = 0; j < m->nparams; j++)
+        free(tp[j]);
+    free(tp);
+    free(seed);
+    free(tx);
+    free(u);
+    free(jv);
+    free(yp);
+    free(ym);
+    tpv_onnx_exec_free(ex);
+    tpv_onnx_plan_free(plan);
+}
+
 static void check_case(const char *name, int batch1)
 {
     char path[512];
@@ -145,6 +257,8 @@ static void check_case(const char *name, int batch1)
                       m->nparams, num / den);
     if (!(num <= TOL * den))
         fail_msg("%s: forward differs from PyTorch: max err %.3g, max |y| %.3g", name, num, den);
+    if (!batch1)
+        check_derivatives(name, m, &xs, x);
     free(got);
     free(x);
     free(want);
