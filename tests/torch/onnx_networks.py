@@ -11,11 +11,19 @@ as DESIGN.md section 4 says users do; no project metadata), in eval mode, and wr
     <case>.output.npy   the float64 output of the same model (weights cast to float64)
     <case>.params.txt   the names of named_parameters(), one a line (what the default parameter
                         rule must find, Identity aliases of deduplicated initializers included)
-manifest.txt lists "<case> <fixed_batch_1 0|1>".
+    <case>.ref.safetensors  (small cases) float64 autograd references for the Jacobian source,
+                        from per-sample, per-output gradients G (n K x p, rows (sample, output),
+                        one backward each): diag/<name> = column sums of G^2 per parameter,
+                        gram = G G^T, w_jvp = G w (w = the weights: the prune form), u and
+                        vjp/<name> = G^T u, iso = ||G||_F^2 / n, qpc8 = the per-channel 8-bit
+                        quantization trace sum_g delta_g^2 / 12 * T_g / n (DESIGN.md section 3)
+manifest.txt lists "<case> <fixed_batch_1 0|1> <has_reference 0|1>".
 """
 
 import copy
+import json
 import os
+import struct
 import sys
 
 import numpy as np
@@ -89,7 +97,57 @@ def randomize_bn(model, gen):
                 m.bias.uniform_(-0.2, 0.2, generator=gen)
 
 
-def export(out, name, model, x, dynamic=True):
+def write_safetensors(path, tensors):
+    header, blobs, off = {}, [], 0
+    for name, t in tensors.items():
+        raw = np.ascontiguousarray(t, dtype="<f8").tobytes()
+        header[name] = {"dtype": "F64", "shape": list(np.shape(t)),
+                        "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for raw in blobs:
+            f.write(raw)
+
+
+def references(out, name, model, x):
+    """Per-sample, per-output gradients by autograd, one backward per (sample, output)."""
+    m = copy.deepcopy(model).double().eval()
+    params = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    rows = []
+    xd = x.double()
+    for i in range(xd.shape[0]):
+        y = m(xd[i:i + 1]).reshape(-1)
+        for k in range(y.shape[0]):
+            g = torch.autograd.grad(y[k], [p for _, p in params], retain_graph=True)
+            rows.append(torch.cat([t.reshape(-1) for t in g]))
+    G = torch.stack(rows)
+    n = xd.shape[0]
+    w = torch.cat([p.detach().reshape(-1) for _, p in params])
+    u = torch.linspace(-1, 1, G.shape[0], dtype=torch.float64)
+    ref = {"gram": G @ G.T, "w_jvp": G @ w, "u": u, "iso": (G ** 2).sum() / n}
+    diag = (G ** 2).sum(0)
+    vjp = G.T @ u
+    qpc, off = 0.0, 0
+    for pname, p in params:
+        c = p.numel()
+        ref["diag/" + pname] = diag[off:off + c].reshape(p.shape)
+        ref["vjp/" + pname] = vjp[off:off + c].reshape(p.shape)
+        d = diag[off:off + c].reshape(p.shape[0], -1) if p.dim() >= 2 else diag[off:off + c][None]
+        wv = p.detach().reshape(p.shape[0], -1) if p.dim() >= 2 else p.detach().reshape(1, -1)
+        delta = (wv.max(1).values - wv.min(1).values) / (2 ** 8 - 1)
+        qpc += float((delta ** 2 / 12 * d.sum(1)).sum()) / n
+        off += c
+    ref["qpc8"] = torch.tensor(qpc, dtype=torch.float64)
+    write_safetensors(os.path.join(out, name + ".ref.safetensors"),
+                      {k: v.detach().numpy() for k, v in ref.items()})
+
+
+def export(out, name, model, x, dynamic=True, reference=False):
     model.eval()
     path = os.path.join(out, name + ".onnx")
     kw = {"dynamic_axes": {"x": {0: "batch"}, "y": {0: "batch"}}} if dynamic else {}
@@ -104,7 +162,9 @@ def export(out, name, model, x, dynamic=True):
         for n, p in model.named_parameters():
             if p.requires_grad:
                 f.write(n + "\n")
-    return f"{name} {0 if dynamic else 1}\n"
+    if reference:
+        references(out, name, model, x)
+    return f"{name} {0 if dynamic else 1} {1 if reference else 0}\n"
 
 
 OPSET = {"resmlp_opset15": 15}
@@ -118,11 +178,12 @@ def main():
     cnn = CNN()
     lines.append(export(out, "cnn_fresh", cnn, torch.randn(4, 3, 12, 12)))  # all BN weights equal
     randomize_bn(cnn, gen)
-    lines.append(export(out, "cnn_trained", cnn, torch.randn(4, 3, 12, 12)))
-    lines.append(export(out, "resmlp", ResMLP(), torch.randn(5, 10)))
+    lines.append(export(out, "cnn_trained", cnn, torch.randn(4, 3, 12, 12), reference=True))
+    lines.append(export(out, "resmlp", ResMLP(), torch.randn(5, 10), reference=True))
     lines.append(export(out, "resmlp_opset15", ResMLP(), torch.randn(5, 10)))
-    lines.append(export(out, "conv1d", Conv1dNet(), torch.randn(3, 2, 16)))
-    lines.append(export(out, "cnn_batch1", CNN(), torch.randn(1, 3, 12, 12), dynamic=False))
+    lines.append(export(out, "conv1d", Conv1dNet(), torch.randn(3, 2, 16), reference=True))
+    lines.append(export(out, "cnn_batch1", CNN(), torch.randn(3, 3, 12, 12), dynamic=False,
+                        reference=True))
     rn = torchvision.models.resnet18(num_classes=10)
     randomize_bn(rn, gen)
     lines.append(export(out, "resnet18", rn, torch.randn(2, 3, 32, 32)))
