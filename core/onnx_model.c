@@ -636,35 +636,29 @@ out:
     return rc;
 }
 
+/* Every float initializer a node reads outside BatchNormalization's mean and variance inputs
+ * (an initializer shared by a scale and a variance, as a deduplicating exporter may write for
+ * fresh ones, is a parameter through its scale). */
 static void params_default(struct tpv_onnx_model *m)
 {
-    bool *used = calloc(m->nvalues, sizeof *used), *stat = calloc(m->nvalues, sizeof *stat);
-    if (!used || !stat) {
-        free(used);
-        free(stat);
+    bool *used = calloc(m->nvalues ? m->nvalues : 1, sizeof *used);
+    if (!used)
         return;
-    }
     int bn = tpv_onnx_op_find("BatchNormalization");
     for (size_t i = 0; i < m->nnodes; i++) {
         const struct tpv_onnx_node *nd = &m->nodes[i];
-        for (size_t k = 0; k < nd->nin; k++) {
-            if (nd->in[k] < 0)
-                continue;
-            if (nd->op == bn && (k == 3 || k == 4))
-                stat[nd->in[k]] = true;
-            else
+        for (size_t k = 0; k < nd->nin; k++)
+            if (nd->in[k] >= 0 && !(nd->op == bn && (k == 3 || k == 4)))
                 used[nd->in[k]] = true;
-        }
     }
     for (size_t v = 0; v < m->nvalues; v++) {
         const struct tpv_onnx_value *val = &m->values[v];
-        if (val->kind == TPV_ONNX_VINIT && val->t.dtype == TPV_ONNX_F64 && used[v] && !stat[v]) {
+        if (val->kind == TPV_ONNX_VINIT && val->t.dtype == TPV_ONNX_F64 && used[v]) {
             m->values[v].param = true;
             m->params[m->nparams++] = (long)v;
         }
     }
     free(used);
-    free(stat);
 }
 
 static int choose_params(struct tpv_onnx_model *m, const char *const *names, size_t n,

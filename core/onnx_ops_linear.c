@@ -2,6 +2,7 @@
  * MaxPool, AveragePool, GlobalAveragePool, Gemm and MatMul (batched, broadcasting) for the ONNX
  * runtime (onnx_ops.h).  A 1-D operator is the 2-D one with a height of 1. */
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,6 +174,10 @@ static int conv_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_tenso
     if (IN(2) && (IN(2)->rank != 1 || IN(2)->shape[0] != w->shape[0]))
         return tpv_onnx_shape_error(nd, err, "the bias must have %lld entries",
                                     (long long)w->shape[0]);
+    /* BLAS takes int dimensions: the im2col panel (C/g kh kw) x (oh ow) must fit */
+    int64_t kk = w->shape[1] * g->kh * g->kw, P = g->oh * g->ow;
+    if (kk > INT_MAX / (P ? P : 1) || w->shape[0] > INT_MAX)
+        return tpv_onnx_shape_error(nd, err, "the convolution is too large");
     return TPV_OK;
 }
 
@@ -383,6 +388,8 @@ static int gemm_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tens
     if (K != K2)
         return tpv_onnx_shape_error(nd, err, "inner dimensions %lld and %lld", (long long)K,
                                     (long long)K2);
+    if (M > INT_MAX || N > INT_MAX || K > INT_MAX)
+        return tpv_onnx_shape_error(nd, err, "the matrices are too large");
     int64_t s[2] = {M, N};
     out[0]->dtype = TPV_ONNX_F64;
     rc = tpv_onnx_set_shape(nd, out[0], 2, s, err);
@@ -452,6 +459,8 @@ static int mm_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor 
     if (g->K != K2)
         return tpv_onnx_shape_error(nd, err, "inner dimensions %lld and %lld", (long long)g->K,
                                     (long long)K2);
+    if (g->M > INT_MAX || g->N > INT_MAX || g->K > INT_MAX)
+        return tpv_onnx_shape_error(nd, err, "the matrices are too large");
     int ra = a->rank > 2 ? a->rank - 2 : 0, rb = b->rank > 2 ? b->rank - 2 : 0;
     g->br = ra > rb ? ra : rb;
     int64_t stra = g->M * g->K, strb = g->K * g->N;

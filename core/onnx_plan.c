@@ -64,6 +64,17 @@ static int plan_node(struct tpv_onnx_plan *p, size_t i, struct tpv_err *err)
     const struct tpv_onnx_op *op = tpv_onnx_op_get(nd->op);
     struct tpv_onnx_tensor *in[ARGS_MAX], *out[ARGS_MAX];
     tpv_onnx_node_args(p->vals, nd, in, out);
+    /* inputs and outputs the operator requires may not be omitted ("" names) */
+    for (size_t k = 0; k < nd->nin && k < op->min_in; k++)
+        if (!in[k])
+            return tpv_err_set(err, TPV_EINVAL, nd->name,
+                               "node '%s' (%s): required input %zu is omitted", nd->name,
+                               nd->op_type, k);
+    for (size_t k = 0; k < nd->nout && k < op->min_out; k++)
+        if (!out[k])
+            return tpv_err_set(err, TPV_EINVAL, nd->name,
+                               "node '%s' (%s): required output %zu is omitted", nd->name,
+                               nd->op_type, k);
     bool all_known = strcmp(op->name, "Shape") == 0;
     if (!all_known) {
         all_known = true;

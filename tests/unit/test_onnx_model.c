@@ -435,6 +435,35 @@ static void test_shapes_do_not_chain(void **state)
     tpv_onnx_model_free(m);
 }
 
+/* An omitted ("") required input is refused at planning, naming the node (was a NULL
+ * dereference in BatchNormalization's shape inference: seen crashing before the fix). */
+static void test_omitted_required_input(void **state)
+{
+    (void)state;
+    static const int64_t x2[2] = {-1, 2}, c2[1] = {2};
+    static float ones[2] = {1, 1};
+    mb_reset(17);
+    mb_io(0, "x", 2, x2);
+    mb_io(1, "y", 2, x2);
+    mb_init("s", 1, c2, ones);
+    Onnx__NodeProto *n = mb_node("BatchNormalization", "bn_hole", "x", "s", "s", "y");
+    B.ins[0][3] = "";
+    B.ins[0][4] = "s";
+    n->n_input = 5;
+    struct tpv_onnx_model *m;
+    struct tpv_err err;
+    if (load(&m, &err))
+        fail_msg("%s", err.message);
+    /* "s" is both a scale and a variance: a parameter through its scale (was "no parameters") */
+    assert_int_equal(m->nparams, 1);
+    struct tpv_onnx_tensor in = {.dtype = TPV_ONNX_F64, .rank = 2, .shape = {3, 2}};
+    struct tpv_onnx_plan *p = NULL;
+    assert_int_equal(tpv_onnx_plan_new(&p, m, &in, &err), TPV_EINVAL);
+    assert_non_null(strstr(err.message, "bn_hole"));
+    assert_non_null(strstr(err.message, "input 3"));
+    tpv_onnx_model_free(m);
+}
+
 /* Parameters: request list, metadata, default without BN statistics, Identity aliases. */
 static void test_parameters(void **state)
 {
@@ -568,6 +597,7 @@ int main(void)
         cmocka_unit_test(test_use_before_definition),
         cmocka_unit_test(test_shapes_do_not_chain),
         cmocka_unit_test(test_parameters),
+        cmocka_unit_test(test_omitted_required_input),
         cmocka_unit_test(test_shape_subgraph),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
