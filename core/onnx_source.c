@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/onnx_attr.h"
 #include "core/onnx_exec.h"
 
 #define BATCH 32                     /* samples per batched jvp / vjp pass */
@@ -250,6 +251,45 @@ static uint64_t os_scratch_bytes(const struct tpv_jsrc *s)
     return act + PANEL_BYTES + s->p * sizeof(double) * 2;
 }
 
+/* Multiply-adds x 2 of one sample's forward pass: Conv, Gemm and MatMul by their products, every
+ * other node by its output size. */
+static double forward_flops(const struct osrc *o)
+{
+    const struct tpv_onnx_model *m = o->m;
+    const struct tpv_onnx_plan *p = o->plan1;
+    double f = 0;
+    for (size_t i = 0; i < m->nnodes; i++) {
+        if (!p->run[i])
+            continue;
+        const struct tpv_onnx_node *nd = &m->nodes[i];
+        const struct tpv_onnx_tensor *y = &p->vals[nd->out[0]];
+        const struct tpv_onnx_tensor *a = &p->vals[nd->in[0]];
+        const struct tpv_onnx_tensor *w = nd->nin > 1 && nd->in[1] >= 0 ? &p->vals[nd->in[1]] : a;
+        double per_out = 1;
+        if (strcmp(nd->op_type, "Conv") == 0 && w->shape[0] > 0)
+            per_out = 2.0 * (double)w->numel / (double)w->shape[0];
+        else if (strcmp(nd->op_type, "Gemm") == 0 || strcmp(nd->op_type, "MatMul") == 0)
+            per_out = 2.0 * (double)(w->rank >= 2 ? w->shape[w->rank - 2] : w->shape[0]);
+        if (strcmp(nd->op_type, "Gemm") == 0) {
+            int64_t tb = 0;
+            struct tpv_err ignore;
+            /* Gemm's inner dimension is B's second one when transB */
+            if (tpv_onnx_attr_int(nd, "transB", 0, &tb, &ignore) == TPV_OK && tb)
+                per_out = 2.0 * (double)w->shape[1];
+        }
+        f += per_out * (double)y->numel;
+    }
+    return f;
+}
+
+/* A reverse pass costs about twice the forward one (input and weight adjoints). */
+static void os_costs(const struct tpv_jsrc *s, double *sqdiag_flops, double *projected_flops)
+{
+    double f = forward_flops(s->impl), n = (double)s->n, K = (double)s->K, p = (double)s->p;
+    *sqdiag_flops = n * (f + K * 2.0 * f) + n * K * p;
+    *projected_flops = n * 3.0 * f + n * p;
+}
+
 static void os_free(struct tpv_jsrc *s)
 {
     struct osrc *o = s->impl;
@@ -271,7 +311,7 @@ static const struct tpv_jsrc_ops onnx_source_ops = {
     .scratch_bytes = os_scratch_bytes,
     .free = os_free,
     .vjp = os_vjp,
-    .costs = NULL,
+    .costs = os_costs,
 };
 
 static int make_layout(struct tpv_jsrc *s, const struct tpv_onnx_model *m, struct tpv_err *err)

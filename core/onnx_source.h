@@ -7,7 +7,9 @@
  *  - sqdiag, sqdiag_projected, gram: per-sample, per-output gradients from reverse passes of one
  *    sample at a time (K passes per sample, one for the projected form), squared and summed per
  *    parameter or paired in (rows x p) panels bounded by PANEL_BYTES: never an n x K x p array.
- * A graph exported with a fixed batch of 1 always runs one sample at a time. */
+ * A graph exported with a fixed batch of 1 always runs one sample at a time.  costs: one
+ * sample's forward pass F (Conv, Gemm, MatMul by their products, other nodes by their output
+ * size), a reverse pass 2F; sqdiag n (F + 2 K F) + n K p, projected n 3F + n p. */
 #ifndef TPV_ONNX_SOURCE_H
 #define TPV_ONNX_SOURCE_H
 

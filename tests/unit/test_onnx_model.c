@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "core/onnx_exec.h"
+#include "core/onnx_source.h"
 #include "onnx.pb-c.h"
 
 /* ---- a tiny ModelProto builder (all storage static per test; freed by mb_reset) ---- */
@@ -237,6 +238,42 @@ static void test_gemm_loads_and_runs(void **state)
         assert_true(fabs(y[i] - want[i]) < 1e-15);
     tpv_onnx_exec_free(ex);
     tpv_onnx_plan_free(p);
+    tpv_onnx_model_free(m);
+}
+
+/* The Jacobian source over x (2, 3) -> Gemm(W 2x3, transB) -> y: closed-form products and the
+ * cost model (forward F = 2 * 2 * 3 = 12 per sample). */
+static void test_source_gemm(void **state)
+{
+    (void)state;
+    mb_gemm_model(17);
+    struct tpv_onnx_model *m;
+    struct tpv_err err;
+    assert_int_equal(load(&m, &err), TPV_OK);
+    static const double x[6] = {1, 2, 3, -1, 0, 2};
+    struct tpv_tensor xs = {.name = "", .dtype = TPV_DTYPE_F64, .rank = 2, .shape = {2, 3},
+                            .numel = 6, .nbytes = 48, .data = x};
+    struct tpv_jsrc *s;
+    assert_int_equal(tpv_onnx_source_new(&s, m, &xs, &err), TPV_OK);
+    assert_int_equal(s->n, 2);
+    assert_int_equal(s->K, 2);
+    assert_int_equal(s->p, 8);
+    /* dy_k/dW_kj = x_j, dy_k/db_k = 1: diag(W row k) = sum_x x_j^2, diag(b) = n */
+    double diag[8] = {0}, want[8] = {2, 4, 13, 2, 4, 13, 2, 2};
+    assert_int_equal(s->ops->sqdiag(s, diag, NULL, &err), TPV_OK);
+    for (int j = 0; j < 8; j++)
+        assert_true(fabs(diag[j] - want[j]) < 1e-14);
+    double fs, fp;
+    s->ops->costs(s, &fs, &fp);
+    assert_true(fabs(fs - 152) < 1e-9); /* 2 (12 + 2 * 2 * 12) + 2 * 2 * 8 */
+    assert_true(fabs(fp - 88) < 1e-9);  /* 2 * 36 + 2 * 8 */
+    tpv_jsrc_free(s);
+    /* a per-sample shape that contradicts the graph names the input */
+    struct tpv_tensor bad = xs;
+    bad.shape[1] = 2;
+    bad.numel = 4;
+    assert_int_equal(tpv_onnx_source_new(&s, m, &bad, &err), TPV_EINVAL);
+    assert_non_null(strstr(err.message, "'x'"));
     tpv_onnx_model_free(m);
 }
 
@@ -585,6 +622,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm_loads_and_runs),
+        cmocka_unit_test(test_source_gemm),
         cmocka_unit_test(test_not_a_model),
         cmocka_unit_test(test_opset_range),
         cmocka_unit_test(test_unknown_operator),
