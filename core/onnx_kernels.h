@@ -4,9 +4,12 @@
 
 #include "core/onnx_ops.h"
 
-/* Elementwise, normalization and reduction operators (core/onnx_ops_elem.c). */
+/* Elementwise operators (core/onnx_ops_elem.c). */
 extern const struct tpv_onnx_op tpv_onnx_ops_elem[];
 extern const size_t tpv_onnx_ops_elem_n;
+/* Normalization and reduction operators (core/onnx_ops_norm.c). */
+extern const struct tpv_onnx_op tpv_onnx_ops_norm[];
+extern const size_t tpv_onnx_ops_norm_n;
 /* Shape and data-movement operators, also on int64 (core/onnx_ops_shape.c). */
 extern const struct tpv_onnx_op tpv_onnx_ops_shape[];
 extern const size_t tpv_onnx_ops_shape_n;

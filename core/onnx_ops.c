@@ -16,6 +16,7 @@ struct part {
 
 static const struct part parts[] = {
     {tpv_onnx_ops_elem, &tpv_onnx_ops_elem_n},
+    {tpv_onnx_ops_norm, &tpv_onnx_ops_norm_n},
     {tpv_onnx_ops_shape, &tpv_onnx_ops_shape_n},
     {tpv_onnx_ops_linear, &tpv_onnx_ops_linear_n},
 };
