@@ -1,0 +1,211 @@
+/* onnx_exec.c: the float64 forward pass over a planned graph (onnx_exec.h). */
+#include "core/onnx_exec.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/onnx_ops.h"
+
+#define ARGS_MAX 257
+
+int tpv_onnx_exec_new(struct tpv_onnx_exec **out, const struct tpv_onnx_plan *plan,
+                      struct tpv_err *err)
+{
+    *out = NULL;
+    const struct tpv_onnx_model *m = plan->m;
+    struct tpv_onnx_exec *ex = calloc(1, sizeof *ex);
+    if (!ex)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    ex->plan = plan;
+    size_t nv = m->nvalues ? m->nvalues : 1;
+    ex->vals = calloc(nv, sizeof *ex->vals);
+    ex->owned = calloc(nv, sizeof *ex->owned);
+    int rc = ex->vals && ex->owned ? TPV_OK : TPV_ENOMEM;
+    for (size_t v = 0; !rc && v < m->nvalues; v++) {
+        ex->vals[v] = plan->vals[v];
+        bool computed = m->values[v].kind == TPV_ONNX_VINPUT ||
+                        (m->values[v].kind == TPV_ONNX_VNODE && !plan->known[v]);
+        if (!computed || plan->known[v])
+            continue;
+        ex->vals[v].data = malloc((size_t)(ex->vals[v].numel ? ex->vals[v].numel : 1) * 8);
+        if (!ex->vals[v].data)
+            rc = TPV_ENOMEM;
+        else
+            ex->owned[v] = true;
+    }
+    if (rc) {
+        tpv_onnx_exec_free(ex);
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    *out = ex;
+    return TPV_OK;
+}
+
+void tpv_onnx_exec_free(struct tpv_onnx_exec *ex)
+{
+    if (!ex)
+        return;
+    for (size_t v = 0; ex->vals && ex->owned && v < ex->plan->m->nvalues; v++)
+        if (ex->owned[v])
+            free(ex->vals[v].data);
+    for (size_t v = 0; v < ex->plan->m->nvalues; v++) {
+        if (ex->grad)
+            free(ex->grad[v]);
+        if (ex->tan)
+            free(ex->tan[v]);
+    }
+    free(ex->grad);
+    free(ex->tan);
+    free(ex->vals);
+    free(ex->owned);
+    free(ex);
+}
+
+int tpv_onnx_exec_forward(struct tpv_onnx_exec *ex, const double *const *inputs,
+                          struct tpv_err *err)
+{
+    const struct tpv_onnx_model *m = ex->plan->m;
+    for (size_t k = 0; k < m->ninputs; k++) {
+        struct tpv_onnx_tensor *t = &ex->vals[m->inputs[k]];
+        if (t->dtype == TPV_ONNX_F64)
+            memcpy(t->data, inputs[k], t->numel * sizeof(double));
+    }
+    for (size_t i = 0; i < m->nnodes; i++) {
+        if (!ex->plan->run[i])
+            continue;
+        const struct tpv_onnx_node *nd = &m->nodes[i];
+        struct tpv_onnx_tensor *in[ARGS_MAX], *out[ARGS_MAX];
+        tpv_onnx_node_args(ex->vals, nd, in, out);
+        int rc = tpv_onnx_op_get(nd->op)->forward(nd, (const struct tpv_onnx_tensor *const *)in,
+                                                  out, err);
+        if (rc)
+            return rc;
+    }
+    return TPV_OK;
+}
+
+const struct tpv_onnx_tensor *tpv_onnx_exec_value(const struct tpv_onnx_exec *ex, long v)
+{
+    return &ex->vals[v];
+}
+
+/* Float values that carry derivatives: not known at load, not int64. */
+static bool differentiable(const struct tpv_onnx_exec *ex, long v)
+{
+    return v >= 0 && !ex->plan->known[v] && ex->vals[v].dtype == TPV_ONNX_F64;
+}
+
+/* Zeroed per-value buffers for the differentiable values (allocated once, reused). */
+static int deriv_buffers(struct tpv_onnx_exec *ex, double ***bufs, struct tpv_err *err)
+{
+    size_t nv = ex->plan->m->nvalues;
+    if (!*bufs) {
+        *bufs = calloc(nv ? nv : 1, sizeof **bufs);
+        if (!*bufs)
+            return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    for (size_t v = 0; v < nv; v++) {
+        if (!differentiable(ex, (long)v))
+            continue;
+        uint64_t n = ex->vals[v].numel;
+        if (!(*bufs)[v]) {
+            (*bufs)[v] = calloc(n ? n : 1, sizeof(double));
+            if (!(*bufs)[v])
+                return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        } else {
+            memset((*bufs)[v], 0, n * sizeof(double));
+        }
+    }
+    return TPV_OK;
+}
+
+static int no_derivative(const struct tpv_onnx_node *nd, const char *mode, struct tpv_err *err)
+{
+    return tpv_err_set(err, TPV_EUNIMPLEMENTED, nd->name, "node '%s' (%s): no %s", nd->name,
+                       nd->op_type, mode);
+}
+
+int tpv_onnx_exec_vjp(struct tpv_onnx_exec *ex, long v, const double *gy, struct tpv_err *err)
+{
+    const struct tpv_onnx_model *m = ex->plan->m;
+    int rc = deriv_buffers(ex, &ex->grad, err);
+    if (rc)
+        return rc;
+    if (!differentiable(ex, v))
+        return tpv_err_set(err, TPV_EINVAL, m->values[v].name, "value '%s' is not differentiable",
+                           m->values[v].name);
+    memcpy(ex->grad[v], gy, ex->vals[v].numel * sizeof(double));
+    for (size_t i = m->nnodes; i-- > 0;) {
+        if (!ex->plan->run[i])
+            continue;
+        const struct tpv_onnx_node *nd = &m->nodes[i];
+        struct tpv_onnx_tensor *in[ARGS_MAX], *out[ARGS_MAX];
+        const double *gout[ARGS_MAX];
+        double *gin[ARGS_MAX];
+        tpv_onnx_node_args(ex->vals, nd, in, out);
+        bool any = false;
+        for (size_t k = 0; k < nd->nout; k++) {
+            gout[k] = differentiable(ex, nd->out[k]) ? ex->grad[nd->out[k]] : NULL;
+            any = any || gout[k];
+        }
+        if (!any)
+            continue;
+        for (size_t k = 0; k < nd->nin; k++)
+            gin[k] = differentiable(ex, nd->in[k]) ? ex->grad[nd->in[k]] : NULL;
+        const struct tpv_onnx_op *op = tpv_onnx_op_get(nd->op);
+        if (!op->vjp)
+            return no_derivative(nd, "reverse mode", err);
+        rc = op->vjp(nd, (const struct tpv_onnx_tensor *const *)in,
+                     (const struct tpv_onnx_tensor *const *)out, gout, gin, err);
+        if (rc)
+            return rc;
+    }
+    return TPV_OK;
+}
+
+const double *tpv_onnx_exec_grad(const struct tpv_onnx_exec *ex, long v)
+{
+    return ex->grad && differentiable(ex, v) ? ex->grad[v] : NULL;
+}
+
+int tpv_onnx_exec_jvp(struct tpv_onnx_exec *ex, const double *const *seed, struct tpv_err *err)
+{
+    const struct tpv_onnx_model *m = ex->plan->m;
+    int rc = deriv_buffers(ex, &ex->tan, err);
+    if (rc)
+        return rc;
+    for (size_t v = 0; seed && v < m->nvalues; v++)
+        if (seed[v] && differentiable(ex, (long)v) && m->values[v].kind != TPV_ONNX_VNODE)
+            memcpy(ex->tan[v], seed[v], ex->vals[v].numel * sizeof(double));
+    for (size_t i = 0; i < m->nnodes; i++) {
+        if (!ex->plan->run[i])
+            continue;
+        const struct tpv_onnx_node *nd = &m->nodes[i];
+        struct tpv_onnx_tensor *in[ARGS_MAX], *out[ARGS_MAX];
+        const double *tin[ARGS_MAX];
+        double *tout[ARGS_MAX];
+        tpv_onnx_node_args(ex->vals, nd, in, out);
+        bool any = false;
+        for (size_t k = 0; k < nd->nout; k++) {
+            tout[k] = differentiable(ex, nd->out[k]) ? ex->tan[nd->out[k]] : NULL;
+            any = any || tout[k];
+        }
+        if (!any)
+            continue;
+        for (size_t k = 0; k < nd->nin; k++)
+            tin[k] = differentiable(ex, nd->in[k]) ? ex->tan[nd->in[k]] : NULL;
+        const struct tpv_onnx_op *op = tpv_onnx_op_get(nd->op);
+        if (!op->jvp)
+            return no_derivative(nd, "forward mode", err);
+        rc = op->jvp(nd, (const struct tpv_onnx_tensor *const *)in,
+                     (const struct tpv_onnx_tensor *const *)out, tin, tout, err);
+        if (rc)
+            return rc;
+    }
+    return TPV_OK;
+}
+
+const double *tpv_onnx_exec_tangent(const struct tpv_onnx_exec *ex, long v)
+{
+    return ex->tan && differentiable(ex, v) ? ex->tan[v] : NULL;
+}

@@ -1,0 +1,590 @@
+/* onnx_ops_elem.c: elementwise operators for the ONNX runtime (onnx_ops.h): activations, Clip,
+ * Identity, Dropout, Cast and broadcasting arithmetic, forward and derivatives.  Normalization
+ * and reductions are in core/onnx_ops_norm.c. */
+#include <math.h>
+#include <string.h>
+
+#include "core/onnx_attr.h"
+#include "core/onnx_kernels.h"
+#include "onnx.pb-c.h"
+
+#define IN(k) (k < nd->nin ? in[k] : NULL)
+
+static int need_f64(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *t,
+                    unsigned k, struct tpv_err *err)
+{
+    if (t->dtype != TPV_ONNX_F64)
+        return tpv_err_set(err, TPV_EINVAL, nd->name,
+                           "node '%s' (%s): input %u must be a float tensor", nd->name,
+                           nd->op_type, k);
+    return TPV_OK;
+}
+
+/* ---- unary ---- */
+
+static int same_shape_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                            struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    out[0]->dtype = in[0]->dtype;
+    return tpv_onnx_set_shape(nd, out[0], in[0]->rank, in[0]->shape, err);
+}
+
+static int float_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    int rc = need_f64(nd, in[0], 0, err);
+    return rc ? rc : same_shape_infer(nd, in, out, err);
+}
+
+static int copy_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    memcpy(out[0]->data, in[0]->data, in[0]->numel * 8);
+    return TPV_OK;
+}
+
+/* Pointwise maps with up to two float attributes. */
+enum unary { U_RELU, U_LEAKY, U_SIGMOID, U_TANH, U_SOFTPLUS, U_ELU, U_HSIG, U_HSWISH, U_SQRT,
+             U_ERF, U_NEG, U_EXP, U_ABS };
+
+static double softplus(double x)
+{
+    return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x));
+}
+
+static double sigmoid(double x)
+{
+    return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
+}
+
+static enum unary unary_of(const char *op)
+{
+    static const struct { const char *name; enum unary u; } t[] = {
+        {"Relu", U_RELU},     {"LeakyRelu", U_LEAKY},   {"Sigmoid", U_SIGMOID},
+        {"Tanh", U_TANH},     {"Softplus", U_SOFTPLUS}, {"Elu", U_ELU},
+        {"HardSigmoid", U_HSIG}, {"HardSwish", U_HSWISH}, {"Sqrt", U_SQRT},
+        {"Erf", U_ERF},       {"Neg", U_NEG},           {"Exp", U_EXP},
+        {"Abs", U_ABS},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (strcmp(t[i].name, op) == 0)
+            return t[i].u;
+    return U_RELU;
+}
+
+static int unary_params(const struct tpv_onnx_node *nd, enum unary u, double *a, double *b,
+                        struct tpv_err *err)
+{
+    *a = *b = 0;
+    switch (u) {
+    case U_LEAKY: return tpv_onnx_attr_float(nd, "alpha", 0.01, a, err);
+    case U_ELU: return tpv_onnx_attr_float(nd, "alpha", 1.0, a, err);
+    case U_HSIG: {
+        int rc = tpv_onnx_attr_float(nd, "alpha", 0.2, a, err);
+        return rc ? rc : tpv_onnx_attr_float(nd, "beta", 0.5, b, err);
+    }
+    default: return TPV_OK;
+    }
+}
+
+static int unary_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
+{
+    double a, b;
+    return unary_params(nd, unary_of(nd->op_type), &a, &b, err);
+}
+
+static double unary_apply(enum unary u, double x, double a, double b)
+{
+    switch (u) {
+    case U_RELU: return x > 0 ? x : 0;
+    case U_LEAKY: return x >= 0 ? x : a * x;
+    case U_SIGMOID: return sigmoid(x);
+    case U_TANH: return tanh(x);
+    case U_SOFTPLUS: return softplus(x);
+    case U_ELU: return x >= 0 ? x : a * expm1(x);
+    case U_HSIG: return fmax(0.0, fmin(1.0, a * x + b));
+    case U_HSWISH: return x * fmax(0.0, fmin(1.0, x / 6.0 + 0.5));
+    case U_SQRT: return sqrt(x);
+    case U_ERF: return erf(x);
+    case U_NEG: return -x;
+    case U_EXP: return exp(x);
+    case U_ABS: return fabs(x);
+    }
+    return x;
+}
+
+static int unary_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                         struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    enum unary u = unary_of(nd->op_type);
+    double a, b;
+    int rc = unary_params(nd, u, &a, &b, err);
+    if (rc)
+        return rc;
+    const double *x = in[0]->data;
+    double *y = out[0]->data;
+    for (uint64_t i = 0; i < in[0]->numel; i++)
+        y[i] = unary_apply(u, x[i], a, b);
+    return TPV_OK;
+}
+
+static int clip_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    for (unsigned k = 1; k < 3; k++)
+        if (IN(k) && IN(k)->numel != 1)
+            return tpv_onnx_shape_error(nd, err, "Clip bound %u must be a scalar", k);
+    return float_infer(nd, in, out, err);
+}
+
+static int clip_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)err;
+    double lo = IN(1) ? tpv_onnx_get_f(IN(1), 0) : -INFINITY;
+    double hi = IN(2) ? tpv_onnx_get_f(IN(2), 0) : INFINITY;
+    const double *x = in[0]->data;
+    double *y = out[0]->data;
+    for (uint64_t i = 0; i < in[0]->numel; i++)
+        y[i] = x[i] < lo ? lo : x[i] > hi ? hi : x[i];
+    return TPV_OK;
+}
+
+static int dropout_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                         struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    const struct tpv_onnx_tensor *tm = IN(2);
+    if (tm && (!tm->data || tm->numel != 1 || tpv_onnx_get_f(tm, 0) != 0))
+        return tpv_err_set(err, TPV_EINVAL, nd->name,
+                           "node '%s' (Dropout): only inference (training_mode false) is "
+                           "supported",
+                           nd->name);
+    return same_shape_infer(nd, in, out, err);
+}
+
+/* ---- Cast ---- */
+
+static int cast_target(const struct tpv_onnx_node *nd, enum tpv_onnx_dtype *dt, bool *to_f32,
+                       struct tpv_err *err)
+{
+    int64_t to;
+    *dt = TPV_ONNX_F64;
+    int rc = tpv_onnx_attr_int(nd, "to", 0, &to, err);
+    if (rc)
+        return rc;
+    *to_f32 = to == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT;
+    switch (to) {
+    case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT:
+    case ONNX__TENSOR_PROTO__DATA_TYPE__DOUBLE:
+    case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16:
+    case ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16: *dt = TPV_ONNX_F64; return TPV_OK;
+    case ONNX__TENSOR_PROTO__DATA_TYPE__INT64:
+    case ONNX__TENSOR_PROTO__DATA_TYPE__INT32: *dt = TPV_ONNX_I64; return TPV_OK;
+    default:
+        return tpv_onnx_attr_unsupported(err, nd, "to",
+                                         "element type %lld (float, double, float16, bfloat16, "
+                                         "int32 and int64 are supported)",
+                                         (long long)to);
+    }
+}
+
+static int cast_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
+{
+    enum tpv_onnx_dtype dt;
+    bool f32;
+    return cast_target(nd, &dt, &f32, err);
+}
+
+static int cast_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    bool f32;
+    int rc = cast_target(nd, &out[0]->dtype, &f32, err);
+    return rc ? rc : tpv_onnx_set_shape(nd, out[0], in[0]->rank, in[0]->shape, err);
+}
+
+/* Float targets keep float64: the runtime computes every float tensor in float64 (a Cast to
+ * float in the data path would otherwise inject float32 rounding into the float64 pass). */
+static int cast_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    enum tpv_onnx_dtype dt = TPV_ONNX_F64;
+    bool f32 = false;
+    int rc = cast_target(nd, &dt, &f32, err);
+    if (rc)
+        return rc;
+    for (uint64_t i = 0; i < in[0]->numel; i++) {
+        if (dt == TPV_ONNX_I64)
+            ((int64_t *)out[0]->data)[i] = tpv_onnx_get_i(in[0], i);
+        else
+            ((double *)out[0]->data)[i] = tpv_onnx_get_f(in[0], i);
+    }
+    return TPV_OK;
+}
+
+/* ---- broadcasting binary arithmetic ---- */
+
+static int binary_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    bool is_pow = strcmp(nd->op_type, "Pow") == 0;
+    if (!is_pow && in[0]->dtype != in[1]->dtype)
+        return tpv_err_set(err, TPV_EINVAL, nd->name,
+                           "node '%s' (%s): inputs of different element types", nd->name,
+                           nd->op_type);
+    if (is_pow) {
+        int rc = need_f64(nd, in[0], 0, err);
+        if (rc)
+            return rc;
+    }
+    out[0]->dtype = in[0]->dtype;
+    return tpv_onnx_broadcast(nd, in[0], in[1], out[0], err);
+}
+
+/* Strides of x seen through the broadcast output shape (0 along broadcast dimensions). */
+static void bcast_strides(const struct tpv_onnx_tensor *x, const struct tpv_onnx_tensor *o,
+                          int64_t *st)
+{
+    int64_t s = 1;
+    for (int i = o->rank - 1; i >= 0; i--) {
+        int ix = i - (o->rank - x->rank);
+        int64_t d = ix >= 0 ? x->shape[ix] : 1;
+        st[i] = d == 1 ? 0 : s;
+        s *= d;
+    }
+}
+
+enum binop { B_ADD, B_SUB, B_MUL, B_DIV, B_POW };
+
+static double fop(enum binop op, double a, double b)
+{
+    switch (op) {
+    case B_ADD: return a + b;
+    case B_SUB: return a - b;
+    case B_MUL: return a * b;
+    case B_DIV: return a / b;
+    case B_POW: return pow(a, b);
+    }
+    return 0;
+}
+
+static int64_t iop(enum binop op, int64_t a, int64_t b)
+{
+    switch (op) {
+    case B_ADD: return (int64_t)((uint64_t)a + (uint64_t)b);
+    case B_SUB: return (int64_t)((uint64_t)a - (uint64_t)b);
+    case B_MUL: return (int64_t)((uint64_t)a * (uint64_t)b);
+    case B_DIV: return b == 0 ? 0 : a / b;
+    case B_POW: return 0;
+    }
+    return 0;
+}
+
+static int binary_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                          struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)err;
+    static const char *names[] = {"Add", "Sub", "Mul", "Div", "Pow"};
+    enum binop op = B_ADD;
+    for (int i = 0; i < 5; i++)
+        if (strcmp(nd->op_type, names[i]) == 0)
+            op = (enum binop)i;
+    const struct tpv_onnx_tensor *a = in[0], *b = in[1], *o = out[0];
+    int64_t sa[TPV_MAX_RANK], sb[TPV_MAX_RANK], idx[TPV_MAX_RANK] = {0};
+    bcast_strides(a, o, sa);
+    bcast_strides(b, o, sb);
+    int r = o->rank;
+    int64_t inner = r ? o->shape[r - 1] : 1, ia = r ? sa[r - 1] : 0, ib = r ? sb[r - 1] : 0;
+    uint64_t oa = 0, ob = 0;
+    bool fl = o->dtype == TPV_ONNX_F64;
+    for (uint64_t base = 0; base < o->numel; base += (uint64_t)inner) {
+        for (int64_t j = 0; j < inner; j++) {
+            uint64_t pa = oa + (uint64_t)(j * ia), pb = ob + (uint64_t)(j * ib);
+            if (fl)
+                ((double *)o->data)[base + j] =
+                    fop(op, ((const double *)a->data)[pa], tpv_onnx_get_f(b, pb));
+            else
+                ((int64_t *)o->data)[base + j] =
+                    iop(op, ((const int64_t *)a->data)[pa], ((const int64_t *)b->data)[pb]);
+        }
+        /* advance the outer counters (dimensions r-2 .. 0) */
+        for (int d = r - 2; d >= 0; d--) {
+            idx[d]++;
+            oa += (uint64_t)sa[d];
+            ob += (uint64_t)sb[d];
+            if (idx[d] < o->shape[d])
+                break;
+            oa -= (uint64_t)(sa[d] * idx[d]);
+            ob -= (uint64_t)(sb[d] * idx[d]);
+            idx[d] = 0;
+        }
+    }
+    return TPV_OK;
+}
+
+/* ==== reverse and forward mode ==== */
+
+#define TIN(k) (k < nd->nin ? tin[k] : NULL)
+#define GIN(k) (k < nd->nin ? gin[k] : NULL)
+
+static int pass_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                    double *const *gin, struct tpv_err *err)
+{
+    (void)nd;
+    (void)out;
+    (void)err;
+    if (!gin[0] || !gout[0] || in[0]->dtype != TPV_ONNX_F64 || out[0]->dtype != TPV_ONNX_F64)
+        return TPV_OK;
+    for (uint64_t i = 0; i < in[0]->numel; i++)
+        gin[0][i] += gout[0][i];
+    return TPV_OK;
+}
+
+/* d f / d x for the pointwise maps, from x and y = f(x). */
+static double unary_deriv(enum unary u, double x, double y, double a, double b)
+{
+    switch (u) {
+    case U_RELU: return x > 0 ? 1.0 : 0.0;
+    case U_LEAKY: return x >= 0 ? 1.0 : a;
+    case U_SIGMOID: return y * (1.0 - y);
+    case U_TANH: return 1.0 - y * y;
+    case U_SOFTPLUS: return sigmoid(x);
+    case U_ELU: return x >= 0 ? 1.0 : a * exp(x);
+    case U_HSIG: {
+        double z = a * x + b;
+        return z > 0 && z < 1 ? a : 0.0;
+    }
+    case U_HSWISH: return x < -3 ? 0.0 : x > 3 ? 1.0 : (2.0 * x + 3.0) / 6.0;
+    case U_SQRT: return 0.5 / y;
+    case U_ERF: return 1.1283791670955126 * exp(-x * x); /* 2 / sqrt(pi) */
+    case U_NEG: return -1.0;
+    case U_EXP: return y;
+    case U_ABS: return x > 0 ? 1.0 : x < 0 ? -1.0 : 0.0;
+    }
+    return 0.0;
+}
+
+static int unary_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                     double *const *gin, struct tpv_err *err)
+{
+    enum unary u = unary_of(nd->op_type);
+    double a, b;
+    int rc = unary_params(nd, u, &a, &b, err);
+    if (rc || !gin[0] || !gout[0])
+        return rc;
+    const double *x = in[0]->data, *y = out[0]->data;
+    for (uint64_t i = 0; i < in[0]->numel; i++)
+        gin[0][i] += gout[0][i] * unary_deriv(u, x[i], y[i], a, b);
+    return TPV_OK;
+}
+
+static int unary_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                     double *const *tout, struct tpv_err *err)
+{
+    enum unary u = unary_of(nd->op_type);
+    double a, b;
+    int rc = unary_params(nd, u, &a, &b, err);
+    if (rc || !tout[0])
+        return rc;
+    const double *x = in[0]->data, *y = out[0]->data;
+    for (uint64_t i = 0; i < in[0]->numel; i++)
+        tout[0][i] = tin[0] ? tin[0][i] * unary_deriv(u, x[i], y[i], a, b) : 0.0;
+    return TPV_OK;
+}
+
+/* Clip passes the gradient where lo <= x <= hi (PyTorch's clamp); below and above, y is the
+ * bound, whose gradient (when it is a float input) collects it. */
+static int clip_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                    double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    (void)err;
+    double lo = IN(1) ? tpv_onnx_get_f(IN(1), 0) : -INFINITY;
+    double hi = IN(2) ? tpv_onnx_get_f(IN(2), 0) : INFINITY;
+    double *glo = IN(1) && IN(1)->dtype == TPV_ONNX_F64 ? gin[1] : NULL;
+    double *ghi = IN(2) && IN(2)->dtype == TPV_ONNX_F64 ? gin[2] : NULL;
+    const double *x = in[0]->data;
+    if (!gout[0])
+        return TPV_OK;
+    for (uint64_t i = 0; i < in[0]->numel; i++) {
+        if (x[i] < lo) {
+            if (glo)
+                *glo += gout[0][i];
+        } else if (x[i] > hi) {
+            if (ghi)
+                *ghi += gout[0][i];
+        } else if (gin[0]) {
+            gin[0][i] += gout[0][i];
+        }
+    }
+    return TPV_OK;
+}
+
+static int clip_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                    double *const *tout, struct tpv_err *err)
+{
+    (void)out;
+    (void)err;
+    double lo = IN(1) ? tpv_onnx_get_f(IN(1), 0) : -INFINITY;
+    double hi = IN(2) ? tpv_onnx_get_f(IN(2), 0) : INFINITY;
+    const double *tlo = IN(1) && IN(1)->dtype == TPV_ONNX_F64 ? tin[1] : NULL;
+    const double *thi = IN(2) && IN(2)->dtype == TPV_ONNX_F64 ? tin[2] : NULL;
+    const double *x = in[0]->data;
+    if (!tout[0])
+        return TPV_OK;
+    for (uint64_t i = 0; i < in[0]->numel; i++)
+        tout[0][i] = x[i] < lo   ? (tlo ? tlo[0] : 0.0)
+                     : x[i] > hi ? (thi ? thi[0] : 0.0)
+                                 : (tin[0] ? tin[0][i] : 0.0);
+    return TPV_OK;
+}
+
+/* Cast between float types: derivative 1 (the rounding of a cast to float is not differentiated). */
+static int cast_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                    double *const *tout, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    if (!tout[0] || out[0]->dtype != TPV_ONNX_F64)
+        return TPV_OK;
+    for (uint64_t i = 0; i < out[0]->numel; i++)
+        tout[0][i] = in[0]->dtype == TPV_ONNX_F64 && tin[0] ? tin[0][i] : 0.0;
+    return TPV_OK;
+}
+
+/* Walks a broadcast output, giving each element's offsets into a and b. */
+struct bwalk {
+    int r;
+    int64_t sa[TPV_MAX_RANK], sb[TPV_MAX_RANK], idx[TPV_MAX_RANK];
+    uint64_t pa, pb;
+    const struct tpv_onnx_tensor *o;
+};
+
+static void bwalk_init(struct bwalk *w, const struct tpv_onnx_tensor *a,
+                       const struct tpv_onnx_tensor *b, const struct tpv_onnx_tensor *o)
+{
+    memset(w, 0, sizeof *w);
+    w->r = o->rank;
+    w->o = o;
+    bcast_strides(a, o, w->sa);
+    bcast_strides(b, o, w->sb);
+}
+
+static void bwalk_next(struct bwalk *w)
+{
+    for (int d = w->r - 1; d >= 0; d--) {
+        w->idx[d]++;
+        w->pa += (uint64_t)w->sa[d];
+        w->pb += (uint64_t)w->sb[d];
+        if (w->idx[d] < w->o->shape[d])
+            return;
+        w->pa -= (uint64_t)(w->sa[d] * w->idx[d]);
+        w->pb -= (uint64_t)(w->sb[d] * w->idx[d]);
+        w->idx[d] = 0;
+    }
+}
+
+/* Partial derivatives of a op b. */
+static void bin_deriv(enum binop op, double a, double b, double y, double *da, double *db)
+{
+    switch (op) {
+    case B_ADD: *da = 1, *db = 1; return;
+    case B_SUB: *da = 1, *db = -1; return;
+    case B_MUL: *da = b, *db = a; return;
+    case B_DIV: *da = 1 / b, *db = -a / (b * b); return;
+    case B_POW:
+        *da = b == 0 ? 0.0 : b * pow(a, b - 1);
+        *db = a > 0 ? log(a) * y : 0.0;
+        return;
+    }
+}
+
+static enum binop binop_of(const char *op)
+{
+    static const char *names[] = {"Add", "Sub", "Mul", "Div", "Pow"};
+    for (int i = 0; i < 5; i++)
+        if (strcmp(op, names[i]) == 0)
+            return (enum binop)i;
+    return B_ADD;
+}
+
+static int binary_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                      double *const *gin, struct tpv_err *err)
+{
+    (void)err;
+    const struct tpv_onnx_tensor *a = in[0], *b = in[1], *o = out[0];
+    if (o->dtype != TPV_ONNX_F64 || !gout[0])
+        return TPV_OK;
+    double *ga = a->dtype == TPV_ONNX_F64 ? gin[0] : NULL;
+    double *gb = b->dtype == TPV_ONNX_F64 ? gin[1] : NULL;
+    enum binop op = binop_of(nd->op_type);
+    struct bwalk w;
+    bwalk_init(&w, a, b, o);
+    const double *y = o->data;
+    for (uint64_t i = 0; i < o->numel; i++, bwalk_next(&w)) {
+        double da, db;
+        bin_deriv(op, ((const double *)a->data)[w.pa], tpv_onnx_get_f(b, w.pb), y[i], &da, &db);
+        if (ga)
+            ga[w.pa] += gout[0][i] * da;
+        if (gb)
+            gb[w.pb] += gout[0][i] * db;
+    }
+    return TPV_OK;
+}
+
+static int binary_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                      double *const *tout, struct tpv_err *err)
+{
+    (void)err;
+    const struct tpv_onnx_tensor *a = in[0], *b = in[1], *o = out[0];
+    if (!tout[0])
+        return TPV_OK;
+    const double *ta = a->dtype == TPV_ONNX_F64 ? tin[0] : NULL;
+    const double *tb = b->dtype == TPV_ONNX_F64 ? tin[1] : NULL;
+    enum binop op = binop_of(nd->op_type);
+    struct bwalk w;
+    bwalk_init(&w, a, b, o);
+    const double *y = o->data;
+    for (uint64_t i = 0; i < o->numel; i++, bwalk_next(&w)) {
+        double da, db;
+        bin_deriv(op, ((const double *)a->data)[w.pa], tpv_onnx_get_f(b, w.pb), y[i], &da, &db);
+        tout[0][i] = (ta ? da * ta[w.pa] : 0.0) + (tb ? db * tb[w.pb] : 0.0);
+    }
+    return TPV_OK;
+}
+
+const struct tpv_onnx_op tpv_onnx_ops_elem[] = {
+    {"Relu", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"LeakyRelu", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Sigmoid", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Tanh", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Softplus", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Elu", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"HardSigmoid", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"HardSwish", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Sqrt", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Erf", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Neg", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Exp", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Abs", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Identity", 1, 1, 1, 1, NULL, same_shape_infer, copy_forward, pass_vjp, tpv_onnx_jvp_linear},
+    {"Dropout", 1, 3, 1, 1, NULL, dropout_infer, copy_forward, pass_vjp, tpv_onnx_jvp_linear},
+    {"Clip", 1, 3, 1, 1, NULL, clip_infer, clip_forward, clip_vjp, clip_jvp},
+    {"Cast", 1, 1, 1, 1, cast_check, cast_infer, cast_forward, pass_vjp, cast_jvp},
+    {"Add", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp},
+    {"Sub", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp},
+    {"Mul", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp},
+    {"Div", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp},
+    {"Pow", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp},
+};
+const size_t tpv_onnx_ops_elem_n = sizeof tpv_onnx_ops_elem / sizeof tpv_onnx_ops_elem[0];

@@ -1,0 +1,792 @@
+/* onnx_ops_linear.c: Conv (1-D and 2-D, strides, pads, dilations, groups; im2col + dgemm),
+ * MaxPool, AveragePool, GlobalAveragePool, Gemm and MatMul (batched, broadcasting) for the ONNX
+ * runtime (onnx_ops.h).  A 1-D operator is the 2-D one with a height of 1. */
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/onnx_attr.h"
+#include "core/onnx_kernels.h"
+
+#define IN(k) (k < nd->nin ? in[k] : NULL)
+
+/* Geometry of a sliding-window operator over (N, C, H, W). */
+struct win {
+    int nsp;                      /* spatial dims in the tensor: 1 or 2 */
+    int64_t N, C, H, W;
+    int64_t kh, kw, sh, sw, dh, dw;
+    int64_t ph0, pw0, ph1, pw1;   /* pads at the beginning / end */
+    int64_t oh, ow;
+};
+
+enum autopad { AP_NOTSET, AP_VALID, AP_SAME_UPPER, AP_SAME_LOWER };
+
+static int autopad_of(const struct tpv_onnx_node *nd, enum autopad *ap, struct tpv_err *err)
+{
+    static const char *names[] = {"NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"};
+    *ap = AP_NOTSET;
+    if (!tpv_onnx_attr_has(nd, "auto_pad"))
+        return TPV_OK;
+    for (int i = 0; i < 4; i++) {
+        bool eq;
+        int rc = tpv_onnx_attr_str_is(nd, "auto_pad", names[i], false, &eq, err);
+        if (rc)
+            return rc;
+        if (eq) {
+            *ap = (enum autopad)i;
+            return TPV_OK;
+        }
+    }
+    return tpv_onnx_attr_unsupported(err, nd, "auto_pad", "not one of NOTSET, VALID, SAME_UPPER, "
+                                                          "SAME_LOWER");
+}
+
+/* One spatial dimension: output size and pads. */
+static int win_dim(const struct tpv_onnx_node *nd, enum autopad ap, bool ceil_mode, int64_t in,
+                   int64_t k, int64_t s, int64_t d, int64_t *p0, int64_t *p1, int64_t *out,
+                   struct tpv_err *err)
+{
+    if (k < 1 || s < 1 || d < 1)
+        return tpv_onnx_attr_unsupported(err, nd, "kernel_shape", "kernel, stride and dilation "
+                                                                 "must be positive");
+    int64_t ext = d * (k - 1) + 1;
+    if (ap == AP_VALID) {
+        *p0 = *p1 = 0;
+    } else if (ap == AP_SAME_UPPER || ap == AP_SAME_LOWER) {
+        int64_t o = (in + s - 1) / s, total = (o - 1) * s + ext - in;
+        if (total < 0)
+            total = 0;
+        *p0 = ap == AP_SAME_UPPER ? total / 2 : total - total / 2;
+        *p1 = total - *p0;
+    }
+    int64_t span = in + *p0 + *p1 - ext;
+    if (span < 0)
+        return tpv_onnx_shape_error(nd, err, "the window (%lld) is larger than the padded input "
+                                    "(%lld)", (long long)ext, (long long)(in + *p0 + *p1));
+    *out = (ceil_mode ? (span + s - 1) / s : span / s) + 1;
+    /* ceil mode: a last window that starts in the end padding is dropped (as PyTorch does) */
+    if (ceil_mode && (*out - 1) * s >= in + *p0)
+        (*out)--;
+    return TPV_OK;
+}
+
+/* Reads the window attributes for input x; kernel (kh, kw) given by the caller for Conv (from
+ * the weight) or read from kernel_shape for pools. */
+static int win_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x, bool pool,
+                    const int64_t *wkernel, struct win *g, struct tpv_err *err)
+{
+    memset(g, 0, sizeof *g);
+    if (x->rank != 3 && x->rank != 4)
+        return tpv_onnx_shape_error(nd, err, "input of rank %d (1-D and 2-D operators take rank 3 "
+                                    "or 4)", x->rank);
+    int ns = x->rank - 2;
+    g->nsp = ns;
+    g->N = x->shape[0];
+    g->C = x->shape[1];
+    g->H = ns == 2 ? x->shape[2] : 1;
+    g->W = x->shape[x->rank - 1];
+    int64_t k[2] = {1, 1}, s[2] = {1, 1}, d[2] = {1, 1}, p[4] = {0, 0, 0, 0}, v[4];
+    size_t n;
+    int rc = tpv_onnx_attr_ints(nd, "kernel_shape", v, 2, &n, err);
+    if (rc)
+        return rc;
+    if (n == 0 && pool)
+        return tpv_onnx_attr_unsupported(err, nd, "kernel_shape", "missing (required)");
+    if (n && (int)n != ns)
+        return tpv_onnx_shape_error(nd, err, "kernel_shape has %zu entries for %d spatial dims", n,
+                                    ns);
+    for (int i = 0; i < ns; i++)
+        k[2 - ns + i] = n ? v[i] : wkernel[i];
+    if (!pool && n)
+        for (int i = 0; i < ns; i++)
+            if (v[i] != wkernel[i])
+                return tpv_onnx_shape_error(nd, err, "kernel_shape differs from the weight's");
+    static const char *names[] = {"strides", "dilations"};
+    int64_t *dst[] = {s, d};
+    for (int a = 0; a < 2; a++) {
+        rc = tpv_onnx_attr_ints(nd, names[a], v, 2, &n, err);
+        if (rc)
+            return rc;
+        if (n && (int)n != ns)
+            return tpv_onnx_shape_error(nd, err, "%s has %zu entries", names[a], n);
+        for (size_t i = 0; i < n; i++)
+            dst[a][2 - ns + i] = v[i];
+    }
+    rc = tpv_onnx_attr_ints(nd, "pads", v, 4, &n, err);
+    if (rc)
+        return rc;
+    if (n && (int)n != 2 * ns)
+        return tpv_onnx_shape_error(nd, err, "pads has %zu entries", n);
+    for (int i = 0; i < ns && n; i++) {
+        p[2 - ns + i] = v[i];          /* begin */
+        p[2 + 2 - ns + i] = v[ns + i]; /* end */
+    }
+    for (int i = 0; i < 4; i++)
+        if (p[i] < 0)
+            return tpv_onnx_attr_unsupported(err, nd, "pads", "negative pads");
+    enum autopad ap;
+    int64_t ceil_mode = 0;
+    rc = autopad_of(nd, &ap, err);
+    if (!rc && pool)
+        rc = tpv_onnx_attr_int(nd, "ceil_mode", 0, &ceil_mode, err);
+    if (rc)
+        return rc;
+    g->kh = k[0], g->kw = k[1], g->sh = s[0], g->sw = s[1], g->dh = d[0], g->dw = d[1];
+    g->ph0 = p[0], g->pw0 = p[1], g->ph1 = p[2], g->pw1 = p[3];
+    rc = win_dim(nd, ap, ceil_mode != 0, g->H, g->kh, g->sh, g->dh, &g->ph0, &g->ph1, &g->oh, err);
+    return rc ? rc
+              : win_dim(nd, ap, ceil_mode != 0, g->W, g->kw, g->sw, g->dw, &g->pw0, &g->pw1,
+                        &g->ow, err);
+}
+
+static int win_out_shape(const struct tpv_onnx_node *nd, const struct win *g, int64_t channels,
+                         struct tpv_onnx_tensor *out, struct tpv_err *err)
+{
+    int64_t s[4] = {g->N, channels, g->oh, g->ow};
+    if (g->nsp == 1)
+        s[2] = g->ow;
+    out->dtype = TPV_ONNX_F64;
+    return tpv_onnx_set_shape(nd, out, 2 + g->nsp, s, err);
+}
+
+/* ---- Conv ---- */
+
+static int conv_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     struct win *g, int64_t *groups, struct tpv_err *err)
+{
+    const struct tpv_onnx_tensor *x = in[0], *w = in[1];
+    if (x->dtype != TPV_ONNX_F64 || w->dtype != TPV_ONNX_F64 || w->rank != x->rank)
+        return tpv_onnx_shape_error(nd, err, "the weight must be a float tensor of the input's "
+                                    "rank");
+    int rc = tpv_onnx_attr_int(nd, "group", 1, groups, err);
+    if (rc)
+        return rc;
+    rc = win_geom(nd, x, false, w->shape + 2, g, err);
+    if (rc)
+        return rc;
+    int64_t gr = *groups;
+    if (gr < 1 || g->C % gr || w->shape[0] % gr || w->shape[1] * gr != g->C)
+        return tpv_onnx_shape_error(nd, err, "%lld input channels, weight %lld x %lld, group %lld",
+                                    (long long)g->C, (long long)w->shape[0],
+                                    (long long)w->shape[1], (long long)gr);
+    if (IN(2) && (IN(2)->rank != 1 || IN(2)->shape[0] != w->shape[0]))
+        return tpv_onnx_shape_error(nd, err, "the bias must have %lld entries",
+                                    (long long)w->shape[0]);
+    /* BLAS takes int dimensions: the im2col panel (C/g kh kw) x (oh ow) must fit */
+    int64_t kk = w->shape[1] * g->kh * g->kw, P = g->oh * g->ow;
+    if (kk > INT_MAX / (P ? P : 1) || w->shape[0] > INT_MAX)
+        return tpv_onnx_shape_error(nd, err, "the convolution is too large");
+    return TPV_OK;
+}
+
+static int conv_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
+{
+    enum autopad ap;
+    return autopad_of(nd, &ap, err);
+}
+
+static int conv_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct win g;
+    int64_t groups;
+    int rc = conv_geom(nd, in, &g, &groups, err);
+    return rc ? rc : win_out_shape(nd, &g, in[1]->shape[0], out[0], err);
+}
+
+/* col ((C kh kw) x (oh ow)) for channels [c0, c0 + cn) of one sample x (C x H x W). */
+static void im2col(const struct win *g, const double *x, int64_t c0, int64_t cn, double *col)
+{
+    int64_t P = g->oh * g->ow;
+    for (int64_t c = 0; c < cn; c++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                double *row = col + ((c * g->kh + i) * g->kw + j) * P;
+                const double *xc = x + (c0 + c) * g->H * g->W;
+                for (int64_t oy = 0; oy < g->oh; oy++) {
+                    int64_t iy = oy * g->sh - g->ph0 + i * g->dh;
+                    double *r = row + oy * g->ow;
+                    if (iy < 0 || iy >= g->H) {
+                        memset(r, 0, (size_t)g->ow * sizeof *r);
+                        continue;
+                    }
+                    for (int64_t ox = 0; ox < g->ow; ox++) {
+                        int64_t ix = ox * g->sw - g->pw0 + j * g->dw;
+                        r[ox] = ix >= 0 && ix < g->W ? xc[iy * g->W + ix] : 0.0;
+                    }
+                }
+            }
+}
+
+static int conv_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct win g;
+    int64_t gr;
+    int rc = conv_geom(nd, in, &g, &gr, err);
+    if (rc)
+        return rc;
+    int64_t M = in[1]->shape[0], Mg = M / gr, Cg = g.C / gr, P = g.oh * g.ow;
+    int64_t kk = Cg * g.kh * g.kw;
+    int64_t ncol = kk * P;
+    double *col = malloc((size_t)(ncol > 0 ? ncol : 1) * sizeof *col);
+    if (!col)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    const double *x = in[0]->data, *w = in[1]->data, *b = IN(2) ? IN(2)->data : NULL;
+    double *y = out[0]->data;
+    for (int64_t n = 0; n < g.N; n++) {
+        const double *xn = x + n * g.C * g.H * g.W;
+        for (int64_t q = 0; q < gr; q++) {
+            double *yq = y + (n * M + q * Mg) * P;
+            for (int64_t m = 0; m < Mg; m++)
+                for (int64_t t = 0; t < P; t++)
+                    yq[m * P + t] = b ? b[q * Mg + m] : 0.0;
+            im2col(&g, xn, q * Cg, Cg, col);
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Mg, (int)P, (int)kk, 1.0,
+                        w + q * Mg * kk, (int)kk, col, (int)P, 1.0, yq, (int)P);
+        }
+    }
+    free(col);
+    return TPV_OK;
+}
+
+/* ---- pools ---- */
+
+static int pool_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
+{
+    enum autopad ap;
+    int64_t v;
+    int rc = autopad_of(nd, &ap, err);
+    if (!rc)
+        rc = tpv_onnx_attr_int(nd, "storage_order", 0, &v, err);
+    if (!rc && v != 0)
+        rc = tpv_onnx_attr_unsupported(err, nd, "storage_order", "only 0 (row major)");
+    if (!rc)
+        rc = tpv_onnx_attr_int(nd, "count_include_pad", 0, &v, err);
+    return rc;
+}
+
+static int pool_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct win g;
+    if (in[0]->dtype != TPV_ONNX_F64)
+        return tpv_onnx_shape_error(nd, err, "the input must be a float tensor");
+    int rc = win_geom(nd, in[0], true, NULL, &g, err);
+    return rc ? rc : win_out_shape(nd, &g, g.C, out[0], err);
+}
+
+static int pool_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct win g;
+    int64_t cip;
+    int rc = win_geom(nd, in[0], true, NULL, &g, err);
+    if (!rc)
+        rc = tpv_onnx_attr_int(nd, "count_include_pad", 0, &cip, err);
+    if (rc)
+        return rc;
+    bool is_max = strcmp(nd->op_type, "MaxPool") == 0;
+    const double *x = in[0]->data;
+    double *y = out[0]->data;
+    for (int64_t nc = 0; nc < g.N * g.C; nc++) {
+        const double *xc = x + nc * g.H * g.W;
+        double *yc = y + nc * g.oh * g.ow;
+        for (int64_t oy = 0; oy < g.oh; oy++)
+            for (int64_t ox = 0; ox < g.ow; ox++) {
+                double acc = is_max ? -INFINITY : 0.0;
+                int64_t cnt = 0, padcnt = 0;
+                for (int64_t i = 0; i < g.kh; i++) {
+                    int64_t iy = oy * g.sh - g.ph0 + i * g.dh;
+                    for (int64_t j = 0; j < g.kw; j++) {
+                        int64_t ix = ox * g.sw - g.pw0 + j * g.dw;
+                        if (iy >= -g.ph0 && iy < g.H + g.ph1 && ix >= -g.pw0 && ix < g.W + g.pw1)
+                            padcnt++;
+                        if (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W)
+                            continue;
+                        double v = xc[iy * g.W + ix];
+                        acc = is_max ? fmax(acc, v) : acc + v;
+                        cnt++;
+                    }
+                }
+                if (!is_max)
+                    acc /= (double)(cip ? padcnt : cnt ? cnt : 1);
+                yc[oy * g.ow + ox] = acc;
+            }
+    }
+    return TPV_OK;
+}
+
+static int gap_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    if (in[0]->rank < 3 || in[0]->dtype != TPV_ONNX_F64)
+        return tpv_onnx_shape_error(nd, err, "input of rank %d (at least 3)", in[0]->rank);
+    int64_t s[TPV_MAX_RANK];
+    for (int i = 0; i < in[0]->rank; i++)
+        s[i] = i < 2 ? in[0]->shape[i] : 1;
+    out[0]->dtype = TPV_ONNX_F64;
+    return tpv_onnx_set_shape(nd, out[0], in[0]->rank, s, err);
+}
+
+static int gap_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    uint64_t nc = out[0]->numel, S = nc ? in[0]->numel / nc : 0;
+    const double *x = in[0]->data;
+    double *y = out[0]->data;
+    for (uint64_t i = 0; i < nc; i++) {
+        double s = 0;
+        for (uint64_t j = 0; j < S; j++)
+            s += x[i * S + j];
+        y[i] = S ? s / (double)S : 0.0;
+    }
+    return TPV_OK;
+}
+
+/* ---- Gemm ---- */
+
+struct gemm_attr {
+    double alpha, beta;
+    int64_t ta, tb;
+};
+
+static int gemm_attrs(const struct tpv_onnx_node *nd, struct gemm_attr *a, struct tpv_err *err)
+{
+    int rc = tpv_onnx_attr_float(nd, "alpha", 1.0, &a->alpha, err);
+    if (!rc)
+        rc = tpv_onnx_attr_float(nd, "beta", 1.0, &a->beta, err);
+    if (!rc)
+        rc = tpv_onnx_attr_int(nd, "transA", 0, &a->ta, err);
+    if (!rc)
+        rc = tpv_onnx_attr_int(nd, "transB", 0, &a->tb, err);
+    return rc;
+}
+
+static int gemm_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
+{
+    struct gemm_attr a;
+    return gemm_attrs(nd, &a, err);
+}
+
+static int gemm_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct gemm_attr a;
+    int rc = gemm_attrs(nd, &a, err);
+    if (rc)
+        return rc;
+    const struct tpv_onnx_tensor *A = in[0], *B = in[1];
+    if (A->rank != 2 || B->rank != 2 || A->dtype != TPV_ONNX_F64 || B->dtype != TPV_ONNX_F64)
+        return tpv_onnx_shape_error(nd, err, "Gemm takes two float matrices");
+    int64_t M = a.ta ? A->shape[1] : A->shape[0], K = a.ta ? A->shape[0] : A->shape[1];
+    int64_t K2 = a.tb ? B->shape[1] : B->shape[0], N = a.tb ? B->shape[0] : B->shape[1];
+    if (K != K2)
+        return tpv_onnx_shape_error(nd, err, "inner dimensions %lld and %lld", (long long)K,
+                                    (long long)K2);
+    if (M > INT_MAX || N > INT_MAX || K > INT_MAX)
+        return tpv_onnx_shape_error(nd, err, "the matrices are too large");
+    int64_t s[2] = {M, N};
+    out[0]->dtype = TPV_ONNX_F64;
+    rc = tpv_onnx_set_shape(nd, out[0], 2, s, err);
+    if (!rc && IN(2)) {
+        struct tpv_onnx_tensor tmp;
+        rc = tpv_onnx_broadcast(nd, out[0], IN(2), &tmp, err);
+        if (!rc && (tmp.rank != 2 || tmp.shape[0] != M || tmp.shape[1] != N))
+            rc = tpv_onnx_shape_error(nd, err, "C does not broadcast to %lld x %lld",
+                                      (long long)M, (long long)N);
+    }
+    return rc;
+}
+
+/* Element (i, j) of a tensor broadcast to (M, N) (rank 0, 1 or 2). */
+static double bcast2(const struct tpv_onnx_tensor *c, int64_t i, int64_t j)
+{
+    const double *d = c->data;
+    if (c->rank == 0)
+        return d[0];
+    if (c->rank == 1)
+        return d[c->shape[0] == 1 ? 0 : j];
+    return d[(c->shape[0] == 1 ? 0 : i) * c->shape[1] + (c->shape[1] == 1 ? 0 : j)];
+}
+
+static int gemm_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct gemm_attr a;
+    int rc = gemm_attrs(nd, &a, err);
+    if (rc)
+        return rc;
+    int64_t M = out[0]->shape[0], N = out[0]->shape[1];
+    int64_t K = a.ta ? in[0]->shape[0] : in[0]->shape[1];
+    double *y = out[0]->data;
+    const struct tpv_onnx_tensor *C = IN(2);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++)
+            y[i * N + j] = C ? a.beta * bcast2(C, i, j) : 0.0;
+    if (M && N && K)
+        cblas_dgemm(CblasRowMajor, a.ta ? CblasTrans : CblasNoTrans,
+                    a.tb ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, a.alpha,
+                    in[0]->data, (int)in[0]->shape[1], in[1]->data, (int)in[1]->shape[1], 1.0, y,
+                    (int)N);
+    return TPV_OK;
+}
+
+/* ---- MatMul (NumPy semantics) ---- */
+
+struct mm {
+    int64_t M, K, N;
+    int br;                   /* batch rank of the output */
+    int64_t bshape[TPV_MAX_RANK];
+    int64_t sa[TPV_MAX_RANK]; /* matrix strides per batch dim (0 = broadcast) */
+    int64_t sb[TPV_MAX_RANK];
+};
+
+static int mm_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *a,
+                   const struct tpv_onnx_tensor *b, struct mm *g, int64_t *oshape, int *orank,
+                   struct tpv_err *err)
+{
+    if (a->rank < 1 || b->rank < 1 || a->dtype != TPV_ONNX_F64 || b->dtype != TPV_ONNX_F64)
+        return tpv_onnx_shape_error(nd, err, "MatMul takes float tensors of rank >= 1");
+    g->M = a->rank == 1 ? 1 : a->shape[a->rank - 2];
+    g->K = a->shape[a->rank - 1];
+    int64_t K2 = b->rank == 1 ? b->shape[0] : b->shape[b->rank - 2];
+    g->N = b->rank == 1 ? 1 : b->shape[b->rank - 1];
+    if (g->K != K2)
+        return tpv_onnx_shape_error(nd, err, "inner dimensions %lld and %lld", (long long)g->K,
+                                    (long long)K2);
+    if (g->M > INT_MAX || g->N > INT_MAX || g->K > INT_MAX)
+        return tpv_onnx_shape_error(nd, err, "the matrices are too large");
+    int ra = a->rank > 2 ? a->rank - 2 : 0, rb = b->rank > 2 ? b->rank - 2 : 0;
+    g->br = ra > rb ? ra : rb;
+    int64_t stra = g->M * g->K, strb = g->K * g->N;
+    for (int i = g->br - 1; i >= 0; i--) {
+        int ia = i - (g->br - ra), ib = i - (g->br - rb);
+        int64_t da = ia >= 0 ? a->shape[ia] : 1, db = ib >= 0 ? b->shape[ib] : 1;
+        if (da != db && da != 1 && db != 1)
+            return tpv_onnx_shape_error(nd, err, "batch dimensions %lld and %lld", (long long)da,
+                                        (long long)db);
+        g->bshape[i] = da == 1 ? db : da;
+        g->sa[i] = da == 1 ? 0 : stra;
+        g->sb[i] = db == 1 ? 0 : strb;
+        stra *= da;
+        strb *= db;
+    }
+    int r = 0;
+    for (int i = 0; i < g->br; i++)
+        oshape[r++] = g->bshape[i];
+    if (a->rank > 1)
+        oshape[r++] = g->M;
+    if (b->rank > 1)
+        oshape[r++] = g->N;
+    *orank = r;
+    return TPV_OK;
+}
+
+static int matmul_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct mm g;
+    int64_t s[TPV_MAX_RANK + 2];
+    int r;
+    int rc = mm_geom(nd, in[0], in[1], &g, s, &r, err);
+    if (rc)
+        return rc;
+    out[0]->dtype = TPV_ONNX_F64;
+    return tpv_onnx_set_shape(nd, out[0], r, s, err);
+}
+
+static int matmul_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                          struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct mm g;
+    int64_t s[TPV_MAX_RANK + 2], idx[TPV_MAX_RANK] = {0};
+    int r;
+    int rc = mm_geom(nd, in[0], in[1], &g, s, &r, err);
+    if (rc)
+        return rc;
+    int64_t nb = 1;
+    for (int i = 0; i < g.br; i++)
+        nb *= g.bshape[i];
+    const double *A = in[0]->data, *B = in[1]->data;
+    double *Y = out[0]->data;
+    int64_t oa = 0, ob = 0;
+    for (int64_t t = 0; t < nb; t++) {
+        if (g.M && g.N) {
+            if (g.K)
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g.M, (int)g.N,
+                            (int)g.K, 1.0, A + oa, (int)g.K, B + ob, (int)g.N, 0.0,
+                            Y + t * g.M * g.N, (int)g.N);
+            else
+                memset(Y + t * g.M * g.N, 0, (size_t)(g.M * g.N) * sizeof *Y);
+        }
+        for (int d = g.br - 1; d >= 0; d--) {
+            idx[d]++;
+            oa += g.sa[d];
+            ob += g.sb[d];
+            if (idx[d] < g.bshape[d])
+                break;
+            oa -= g.sa[d] * idx[d];
+            ob -= g.sb[d] * idx[d];
+            idx[d] = 0;
+        }
+    }
+    return TPV_OK;
+}
+
+/* ==== reverse and forward mode ==== */
+
+/* Adds col ((C kh kw) x (oh ow)) back into channels [c0, c0 + cn) of gx: the adjoint of im2col. */
+static void col2im(const struct win *g, const double *col, int64_t c0, int64_t cn, double *gx)
+{
+    int64_t P = g->oh * g->ow;
+    for (int64_t c = 0; c < cn; c++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                const double *row = col + ((c * g->kh + i) * g->kw + j) * P;
+                double *gc = gx + (c0 + c) * g->H * g->W;
+                for (int64_t oy = 0; oy < g->oh; oy++) {
+                    int64_t iy = oy * g->sh - g->ph0 + i * g->dh;
+                    if (iy < 0 || iy >= g->H)
+                        continue;
+                    for (int64_t ox = 0; ox < g->ow; ox++) {
+                        int64_t ix = ox * g->sw - g->pw0 + j * g->dw;
+                        if (ix >= 0 && ix < g->W)
+                            gc[iy * g->W + ix] += row[oy * g->ow + ox];
+                    }
+                }
+            }
+}
+
+static int conv_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                    double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    struct win g;
+    int64_t gr;
+    int rc = conv_geom(nd, in, &g, &gr, err);
+    if (rc || !gout[0])
+        return rc;
+    int64_t M = in[1]->shape[0], Mg = M / gr, Cg = g.C / gr, P = g.oh * g.ow;
+    int64_t kk = Cg * g.kh * g.kw, ncol = kk * P;
+    double *col = malloc((size_t)(ncol > 0 ? ncol : 1) * sizeof *col);
+    if (!col)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    const double *x = in[0]->data, *w = in[1]->data;
+    double *gb = nd->nin > 2 && in[2] ? gin[2] : NULL;
+    for (int64_t n = 0; n < g.N; n++) {
+        const double *xn = x + n * g.C * g.H * g.W;
+        for (int64_t q = 0; q < gr; q++) {
+            const double *gy = gout[0] + (n * M + q * Mg) * P;
+            if (gb)
+                for (int64_t m = 0; m < Mg; m++)
+                    for (int64_t t = 0; t < P; t++)
+                        gb[q * Mg + m] += gy[m * P + t];
+            if (gin[1] && Mg && kk && P) {
+                im2col(&g, xn, q * Cg, Cg, col);
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Mg, (int)kk, (int)P,
+                            1.0, gy, (int)P, col, (int)P, 1.0, gin[1] + q * Mg * kk, (int)kk);
+            }
+            if (gin[0] && Mg && kk && P) {
+                cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)P, (int)Mg,
+                            1.0, w + q * Mg * kk, (int)kk, gy, (int)P, 0.0, col, (int)P);
+                col2im(&g, col, q * Cg, Cg, gin[0] + n * g.C * g.H * g.W);
+            }
+        }
+    }
+    free(col);
+    return TPV_OK;
+}
+
+/* For each output element of a pool, calls back with the input offsets of its window and the
+ * weight: MaxPool the first maximum with weight 1, AveragePool every element with 1/count. */
+static int pool_adjoint(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                        const double *src, double *dst, bool reverse, struct tpv_err *err)
+{
+    struct win g;
+    int64_t cip;
+    int rc = win_geom(nd, x, true, NULL, &g, err);
+    if (!rc)
+        rc = tpv_onnx_attr_int(nd, "count_include_pad", 0, &cip, err);
+    if (rc)
+        return rc;
+    bool is_max = strcmp(nd->op_type, "MaxPool") == 0;
+    const double *xd = x->data;
+    for (int64_t nc = 0; nc < g.N * g.C; nc++) {
+        const double *xc = xd + nc * g.H * g.W;
+        for (int64_t oy = 0; oy < g.oh; oy++)
+            for (int64_t ox = 0; ox < g.ow; ox++) {
+                int64_t o = nc * g.oh * g.ow + oy * g.ow + ox, best = -1, cnt = 0, padcnt = 0;
+                double mx = -INFINITY, acc = 0;
+                for (int pass = 0; pass < 2; pass++)
+                    for (int64_t i = 0; i < g.kh; i++) {
+                        int64_t iy = oy * g.sh - g.ph0 + i * g.dh;
+                        for (int64_t j = 0; j < g.kw; j++) {
+                            int64_t ix = ox * g.sw - g.pw0 + j * g.dw;
+                            bool inpad = iy >= -g.ph0 && iy < g.H + g.ph1 && ix >= -g.pw0 &&
+                                         ix < g.W + g.pw1;
+                            if (iy < 0 || iy >= g.H || ix < 0 || ix >= g.W) {
+                                padcnt += pass == 0 && inpad;
+                                continue;
+                            }
+                            int64_t off = nc * g.H * g.W + iy * g.W + ix;
+                            if (pass == 0) {
+                                padcnt++;
+                                cnt++;
+                                if (xc[iy * g.W + ix] > mx || best < 0) {
+                                    mx = xc[iy * g.W + ix];
+                                    best = off;
+                                }
+                            } else if (!is_max) {
+                                double wgt = 1.0 / (double)(cip ? padcnt : cnt ? cnt : 1);
+                                if (reverse)
+                                    dst[off] += src[o] * wgt;
+                                else
+                                    acc += src[off] * wgt;
+                            }
+                        }
+                    }
+                if (is_max && best >= 0) {
+                    if (reverse)
+                        dst[best] += src[o];
+                    else
+                        acc = src[best];
+                }
+                if (!reverse)
+                    dst[o] = acc;
+            }
+    }
+    return TPV_OK;
+}
+
+static int pool_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                    double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    if (!gin[0] || !gout[0])
+        return TPV_OK;
+    return pool_adjoint(nd, in[0], gout[0], gin[0], true, err);
+}
+
+static int pool_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                    double *const *tout, struct tpv_err *err)
+{
+    if (!tout[0])
+        return TPV_OK;
+    if (!tin[0]) {
+        memset(tout[0], 0, out[0]->numel * sizeof(double));
+        return TPV_OK;
+    }
+    return pool_adjoint(nd, in[0], tin[0], tout[0], false, err);
+}
+
+static int gap_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                   const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                   double *const *gin, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    if (!gin[0] || !gout[0])
+        return TPV_OK;
+    uint64_t nc = out[0]->numel, S = nc ? in[0]->numel / nc : 0;
+    for (uint64_t i = 0; i < nc; i++)
+        for (uint64_t j = 0; j < S; j++)
+            gin[0][i * S + j] += gout[0][i] / (double)S;
+    return TPV_OK;
+}
+
+static int gemm_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                    double *const *gin, struct tpv_err *err)
+{
+    struct gemm_attr a;
+    int rc = gemm_attrs(nd, &a, err);
+    if (rc || !gout[0])
+        return rc;
+    int M = (int)out[0]->shape[0], N = (int)out[0]->shape[1];
+    int K = (int)(a.ta ? in[0]->shape[0] : in[0]->shape[1]);
+    int lda = (int)in[0]->shape[1], ldb = (int)in[1]->shape[1];
+    const double *A = in[0]->data, *B = in[1]->data, *G = gout[0];
+    if (M && N && K) {
+        if (gin[0] && !a.ta)
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, a.tb ? CblasNoTrans : CblasTrans, M, K, N,
+                        a.alpha, G, N, B, ldb, 1.0, gin[0], K);
+        else if (gin[0])
+            cblas_dgemm(CblasRowMajor, a.tb ? CblasTrans : CblasNoTrans, CblasTrans, K, M, N,
+                        a.alpha, B, ldb, G, N, 1.0, gin[0], M);
+        if (gin[1] && !a.tb)
+            cblas_dgemm(CblasRowMajor, a.ta ? CblasNoTrans : CblasTrans, CblasNoTrans, K, N, M,
+                        a.alpha, A, lda, G, N, 1.0, gin[1], N);
+        else if (gin[1])
+            cblas_dgemm(CblasRowMajor, CblasTrans, a.ta ? CblasTrans : CblasNoTrans, N, K, M,
+                        a.alpha, G, N, A, lda, 1.0, gin[1], K);
+    }
+    const struct tpv_onnx_tensor *C = IN(2);
+    if (C && gin[2])
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) {
+                int64_t off = C->rank == 0   ? 0
+                              : C->rank == 1 ? (C->shape[0] == 1 ? 0 : j)
+                                             : (C->shape[0] == 1 ? 0 : i) * C->shape[1] +
+                                                   (C->shape[1] == 1 ? 0 : j);
+                gin[2][off] += a.beta * G[i * N + j];
+            }
+    return TPV_OK;
+}
+
+static int matmul_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                      double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    struct mm g;
+    int64_t s[TPV_MAX_RANK + 2], idx[TPV_MAX_RANK] = {0};
+    int r;
+    int rc = mm_geom(nd, in[0], in[1], &g, s, &r, err);
+    if (rc || !gout[0] || !g.M || !g.N || !g.K)
+        return rc;
+    int64_t nb = 1;
+    for (int i = 0; i < g.br; i++)
+        nb *= g.bshape[i];
+    const double *A = in[0]->data, *B = in[1]->data;
+    int64_t oa = 0, ob = 0;
+    for (int64_t t = 0; t < nb; t++) {
+        const double *G = gout[0] + t * g.M * g.N;
+        if (gin[0])
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g.M, (int)g.K, (int)g.N,
+                        1.0, G, (int)g.N, B + ob, (int)g.N, 1.0, gin[0] + oa, (int)g.K);
+        if (gin[1])
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)g.K, (int)g.N, (int)g.M,
+                        1.0, A + oa, (int)g.K, G, (int)g.N, 1.0, gin[1] + ob, (int)g.N);
+        for (int d = g.br - 1; d >= 0; d--) {
+            idx[d]++;
+            oa += g.sa[d];
+            ob += g.sb[d];
+            if (idx[d] < g.bshape[d])
+                break;
+            oa -= g.sa[d] * idx[d];
+            ob -= g.sb[d] * idx[d];
+            idx[d] = 0;
+        }
+    }
+    return TPV_OK;
+}
+
+#define BIL tpv_onnx_jvp_bilinear
+
+const struct tpv_onnx_op tpv_onnx_ops_linear[] = {
+    {"Conv", 2, 3, 1, 1, conv_check, conv_infer, conv_forward, conv_vjp, BIL},
+    {"MaxPool", 1, 1, 1, 1, pool_check, pool_infer, pool_forward, pool_vjp, pool_jvp},
+    {"AveragePool", 1, 1, 1, 1, pool_check, pool_infer, pool_forward, pool_vjp, pool_jvp},
+    {"GlobalAveragePool", 1, 1, 1, 1, NULL, gap_infer, gap_forward, gap_vjp, tpv_onnx_jvp_linear},
+    {"Gemm", 2, 3, 1, 1, gemm_check, gemm_infer, gemm_forward, gemm_vjp, BIL},
+    {"MatMul", 2, 2, 1, 1, NULL, matmul_infer, matmul_forward, matmul_vjp, BIL},
+};
+const size_t tpv_onnx_ops_linear_n = sizeof tpv_onnx_ops_linear / sizeof tpv_onnx_ops_linear[0];

@@ -1,0 +1,387 @@
+/* onnx_source.c: the Jacobian source ops (core/jacobian.h) over an ONNX graph (onnx_source.h). */
+#include "core/onnx_source.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/onnx_attr.h"
+#include "core/onnx_exec.h"
+
+#define BATCH 32                     /* samples per batched jvp / vjp pass */
+#define PANEL_BYTES (32u << 20)      /* per-sample gradient panels of gram */
+
+struct osrc {
+    const struct tpv_onnx_model *m;
+    struct tpv_tensor inputs;
+    uint64_t per;   /* input elements per sample */
+    size_t batch;   /* samples per batched pass (1 for a fixed-batch graph) */
+    struct tpv_onnx_plan *plan1;
+    struct tpv_onnx_exec *ex1;  /* one sample: per-sample gradients */
+    double *x1;                 /* one sample's input */
+};
+
+static const struct tpv_jsrc_ops onnx_source_ops;
+
+static int nomem(struct tpv_err *err)
+{
+    return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+}
+
+static int canceled(struct tpv_err *err)
+{
+    return tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+}
+
+/* A plan and executor for `b` samples. */
+static int open_batch(const struct osrc *o, size_t b, struct tpv_onnx_plan **plan,
+                      struct tpv_onnx_exec **ex, struct tpv_err *err)
+{
+    struct tpv_onnx_tensor in = {.dtype = TPV_ONNX_F64, .rank = o->inputs.rank};
+    for (int i = 0; i < o->inputs.rank; i++)
+        in.shape[i] = (int64_t)o->inputs.shape[i];
+    in.shape[0] = (int64_t)b;
+    *ex = NULL;
+    int rc = tpv_onnx_plan_new(plan, o->m, &in, err);
+    if (!rc)
+        rc = tpv_onnx_exec_new(ex, *plan, err);
+    if (rc) {
+        tpv_onnx_plan_free(*plan);
+        *plan = NULL;
+    }
+    return rc;
+}
+
+static int forward_rows(const struct osrc *o, struct tpv_onnx_exec *ex, uint64_t first,
+                        uint64_t count, double *x, struct tpv_err *err)
+{
+    tpv_tensor_read_f64(&o->inputs, first * o->per, count * o->per, x);
+    const double *xp = x;
+    return tpv_onnx_exec_forward(ex, &xp, err);
+}
+
+/* Gradient of sum_k r_k f_k(x) for sample x w.r.t. all parameters, into g (p). */
+static int sample_grad(const struct tpv_jsrc *s, uint64_t x, const double *r, double *g,
+                       bool forward, struct tpv_err *err)
+{
+    const struct osrc *o = s->impl;
+    int rc = forward ? forward_rows(o, o->ex1, x, 1, o->x1, err) : TPV_OK;
+    if (!rc)
+        rc = tpv_onnx_exec_vjp(o->ex1, o->m->outputs[0], r, err);
+    if (rc)
+        return rc;
+    for (size_t j = 0; j < s->layout.nblocks; j++) {
+        const struct tpv_block *bl = &s->layout.blocks[j];
+        memcpy(g + bl->offset, tpv_onnx_exec_grad(o->ex1, o->m->params[j]),
+               bl->count * sizeof *g);
+    }
+    return TPV_OK;
+}
+
+static int sq_accumulate(const struct tpv_jsrc *s, const double *r_all, bool one_hot,
+                         double *diag, double *total, const struct tpv_progress *pg,
+                         struct tpv_err *err)
+{
+    uint64_t K = s->K, p = s->p;
+    double *g = malloc(p * sizeof *g), *r = calloc(K, sizeof *r);
+    int rc = g && r ? TPV_OK : nomem(err);
+    for (uint64_t x = 0; !rc && x < s->n; x++) {
+        for (uint64_t k = 0; !rc && k < (one_hot ? K : 1); k++) {
+            if (one_hot) {
+                memset(r, 0, K * sizeof *r);
+                r[k] = 1.0;
+            }
+            rc = sample_grad(s, x, one_hot ? r : r_all + x * K, g, k == 0, err);
+            double t = 0;
+            for (uint64_t j = 0; !rc && j < p; j++) {
+                diag[j] += g[j] * g[j];
+                t += g[j] * g[j];
+            }
+            if (total && !one_hot)
+                total[x] = t;
+        }
+        if (!rc && tpv_progress_report(pg, 0, 1, x + 1, s->n))
+            rc = canceled(err);
+    }
+    free(g);
+    free(r);
+    return rc;
+}
+
+static int os_sqdiag(const struct tpv_jsrc *s, double *diag, const struct tpv_progress *pg,
+                     struct tpv_err *err)
+{
+    return sq_accumulate(s, NULL, true, diag, NULL, pg, err);
+}
+
+static int os_sqdiag_projected(const struct tpv_jsrc *s, const double *r, double *diag,
+                               double *total, const struct tpv_progress *pg, struct tpv_err *err)
+{
+    return sq_accumulate(s, r, false, diag, total, pg, err);
+}
+
+/* Rows [row0, row0 + rows) of the per-sample gradient matrix (rows = (sample, output)). */
+static int grad_panel(const struct tpv_jsrc *s, uint64_t row0, uint64_t rows, double *panel,
+                      struct tpv_err *err)
+{
+    double *r = calloc(s->K, sizeof *r);
+    if (!r)
+        return nomem(err);
+    int rc = TPV_OK;
+    uint64_t last = UINT64_MAX;
+    for (uint64_t i = 0; !rc && i < rows; i++) {
+        uint64_t x = (row0 + i) / s->K, k = (row0 + i) % s->K;
+        memset(r, 0, s->K * sizeof *r);
+        r[k] = 1.0;
+        rc = sample_grad(s, x, r, panel + i * s->p, x != last, err);
+        last = x;
+    }
+    free(r);
+    return rc;
+}
+
+static int os_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double *out,
+                   const struct tpv_progress *pg, struct tpv_err *err)
+{
+    uint64_t p = a->p, ra = a->n * a->K, rb = b->n * b->K;
+    uint64_t rows = PANEL_BYTES / 2 / (p * sizeof(double));
+    if (rows < 1)
+        rows = 1;
+    double *pa = malloc(rows * p * sizeof *pa), *pb = malloc(rows * p * sizeof *pb);
+    int rc = pa && pb ? TPV_OK : nomem(err);
+    uint64_t steps = ((ra + rows - 1) / rows) * ((rb + rows - 1) / rows), done = 0;
+    for (uint64_t i0 = 0; !rc && i0 < ra; i0 += rows) {
+        uint64_t ni = ra - i0 < rows ? ra - i0 : rows;
+        rc = grad_panel(a, i0, ni, pa, err);
+        for (uint64_t j0 = 0; !rc && j0 < rb; j0 += rows) {
+            uint64_t nj = rb - j0 < rows ? rb - j0 : rows;
+            rc = grad_panel(b, j0, nj, pb, err);
+            if (rc)
+                break;
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)ni, (int)nj, (int)p, 1.0,
+                        pa, (int)p, pb, (int)p, 0.0, out + i0 * rb + j0, (int)rb);
+            if (tpv_progress_report(pg, 0, 1, ++done, steps))
+                rc = canceled(err);
+        }
+    }
+    free(pa);
+    free(pb);
+    return rc;
+}
+
+static int os_jvp(const struct tpv_jsrc *s, const double *v, double *out,
+                  const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct osrc *o = s->impl;
+    const double **seed = calloc(o->m->nvalues, sizeof *seed);
+    double *x = malloc(o->batch * o->per * sizeof *x);
+    int rc = seed && x ? TPV_OK : nomem(err);
+    for (size_t j = 0; !rc && j < s->layout.nblocks; j++)
+        seed[o->m->params[j]] = v + s->layout.blocks[j].offset;
+    struct tpv_onnx_plan *plan = NULL;
+    struct tpv_onnx_exec *ex = NULL;
+    size_t open = 0;
+    for (uint64_t x0 = 0; !rc && x0 < s->n; x0 += o->batch) {
+        size_t b = s->n - x0 < o->batch ? (size_t)(s->n - x0) : o->batch;
+        if (b != open) {
+            tpv_onnx_exec_free(ex);
+            tpv_onnx_plan_free(plan);
+            rc = open_batch(o, b, &plan, &ex, err);
+            open = b;
+        }
+        if (!rc)
+            rc = forward_rows(o, ex, x0, b, x, err);
+        if (!rc)
+            rc = tpv_onnx_exec_jvp(ex, seed, err);
+        if (!rc)
+            memcpy(out + x0 * s->K, tpv_onnx_exec_tangent(ex, o->m->outputs[0]),
+                   b * s->K * sizeof *out);
+        if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
+            rc = canceled(err);
+    }
+    tpv_onnx_exec_free(ex);
+    tpv_onnx_plan_free(plan);
+    free(seed);
+    free(x);
+    return rc;
+}
+
+static int os_vjp(const struct tpv_jsrc *s, const double *u, double *out,
+                  const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct osrc *o = s->impl;
+    double *x = malloc(o->batch * o->per * sizeof *x);
+    int rc = x ? TPV_OK : nomem(err);
+    memset(out, 0, s->p * sizeof *out);
+    struct tpv_onnx_plan *plan = NULL;
+    struct tpv_onnx_exec *ex = NULL;
+    size_t open = 0;
+    for (uint64_t x0 = 0; !rc && x0 < s->n; x0 += o->batch) {
+        size_t b = s->n - x0 < o->batch ? (size_t)(s->n - x0) : o->batch;
+        if (b != open) {
+            tpv_onnx_exec_free(ex);
+            tpv_onnx_plan_free(plan);
+            rc = open_batch(o, b, &plan, &ex, err);
+            open = b;
+        }
+        if (!rc)
+            rc = forward_rows(o, ex, x0, b, x, err);
+        if (!rc)
+            rc = tpv_onnx_exec_vjp(ex, o->m->outputs[0], u + x0 * s->K, err);
+        for (size_t j = 0; !rc && j < s->layout.nblocks; j++) {
+            const struct tpv_block *bl = &s->layout.blocks[j];
+            const double *g = tpv_onnx_exec_grad(ex, o->m->params[j]);
+            for (uint64_t i = 0; i < bl->count; i++)
+                out[bl->offset + i] += g[i];
+        }
+        if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
+            rc = canceled(err);
+    }
+    tpv_onnx_exec_free(ex);
+    tpv_onnx_plan_free(plan);
+    free(x);
+    return rc;
+}
+
+static uint64_t os_scratch_bytes(const struct tpv_jsrc *s)
+{
+    const struct osrc *o = s->impl;
+    /* one batched executor (values, adjoints, tangents) plus the gram panels */
+    uint64_t act = o->plan1->act_bytes * o->batch * 3;
+    return act + PANEL_BYTES + s->p * sizeof(double) * 2;
+}
+
+/* Multiply-adds x 2 of one sample's forward pass: Conv, Gemm and MatMul by their products, every
+ * other node by its output size. */
+static double forward_flops(const struct osrc *o)
+{
+    const struct tpv_onnx_model *m = o->m;
+    const struct tpv_onnx_plan *p = o->plan1;
+    double f = 0;
+    for (size_t i = 0; i < m->nnodes; i++) {
+        if (!p->run[i])
+            continue;
+        const struct tpv_onnx_node *nd = &m->nodes[i];
+        const struct tpv_onnx_tensor *y = &p->vals[nd->out[0]];
+        const struct tpv_onnx_tensor *a = &p->vals[nd->in[0]];
+        const struct tpv_onnx_tensor *w = nd->nin > 1 && nd->in[1] >= 0 ? &p->vals[nd->in[1]] : a;
+        double per_out = 1;
+        if (strcmp(nd->op_type, "Conv") == 0 && w->shape[0] > 0)
+            per_out = 2.0 * (double)w->numel / (double)w->shape[0];
+        else if (strcmp(nd->op_type, "Gemm") == 0 || strcmp(nd->op_type, "MatMul") == 0)
+            per_out = 2.0 * (double)(w->rank >= 2 ? w->shape[w->rank - 2] : w->shape[0]);
+        if (strcmp(nd->op_type, "Gemm") == 0) {
+            int64_t tb = 0;
+            struct tpv_err ignore;
+            /* Gemm's inner dimension is B's second one when transB */
+            if (tpv_onnx_attr_int(nd, "transB", 0, &tb, &ignore) == TPV_OK && tb)
+                per_out = 2.0 * (double)w->shape[1];
+        }
+        f += per_out * (double)y->numel;
+    }
+    return f;
+}
+
+/* A reverse pass costs about twice the forward one (input and weight adjoints). */
+static void os_costs(const struct tpv_jsrc *s, double *sqdiag_flops, double *projected_flops)
+{
+    double f = forward_flops(s->impl), n = (double)s->n, K = (double)s->K, p = (double)s->p;
+    *sqdiag_flops = n * (f + K * 2.0 * f) + n * K * p;
+    *projected_flops = n * 3.0 * f + n * p;
+}
+
+static void os_free(struct tpv_jsrc *s)
+{
+    struct osrc *o = s->impl;
+    if (o) {
+        tpv_onnx_exec_free(o->ex1);
+        tpv_onnx_plan_free(o->plan1);
+        free(o->x1);
+        free(o);
+    }
+    tpv_layout_free(&s->layout);
+    free(s);
+}
+
+static const struct tpv_jsrc_ops onnx_source_ops = {
+    .sqdiag = os_sqdiag,
+    .gram = os_gram,
+    .jvp = os_jvp,
+    .sqdiag_projected = os_sqdiag_projected,
+    .scratch_bytes = os_scratch_bytes,
+    .free = os_free,
+    .vjp = os_vjp,
+    .costs = os_costs,
+};
+
+static int make_layout(struct tpv_jsrc *s, const struct tpv_onnx_model *m, struct tpv_err *err)
+{
+    s->layout.blocks = calloc(m->nparams ? m->nparams : 1, sizeof *s->layout.blocks);
+    if (!s->layout.blocks)
+        return nomem(err);
+    uint64_t off = 0;
+    for (size_t j = 0; j < m->nparams; j++) {
+        const struct tpv_onnx_value *v = &m->values[m->params[j]];
+        struct tpv_block *b = &s->layout.blocks[j];
+        b->name = strdup(v->name);
+        s->layout.nblocks = j + 1;
+        if (!b->name)
+            return nomem(err);
+        b->rank = v->t.rank;
+        for (int i = 0; i < v->t.rank; i++)
+            b->shape[i] = (uint64_t)v->t.shape[i];
+        b->offset = off;
+        b->count = v->t.numel;
+        off += v->t.numel;
+    }
+    s->layout.p = off;
+    s->p = off;
+    return TPV_OK;
+}
+
+int tpv_onnx_source_new(struct tpv_jsrc **out, const struct tpv_onnx_model *m,
+                        const struct tpv_tensor *inputs, struct tpv_err *err)
+{
+    *out = NULL;
+    if (m->ninputs != 1 || m->noutputs != 1 || inputs->rank < 1 || inputs->shape[0] == 0)
+        return tpv_err_set(err, TPV_EINVAL, "inputs",
+                           "a scored model and a non-empty input set are required");
+    if (inputs->dtype != TPV_DTYPE_F16 && inputs->dtype != TPV_DTYPE_BF16 &&
+        inputs->dtype != TPV_DTYPE_F32 && inputs->dtype != TPV_DTYPE_F64)
+        return tpv_err_set(err, TPV_EINVAL, "inputs", "the input set must be a float tensor");
+    struct tpv_jsrc *s = calloc(1, sizeof *s);
+    struct osrc *o = calloc(1, sizeof *o);
+    if (!s || !o) {
+        free(s);
+        free(o);
+        return nomem(err);
+    }
+    s->ops = &onnx_source_ops;
+    s->impl = o;
+    s->n = inputs->shape[0];
+    o->m = m;
+    o->inputs = *inputs;
+    o->per = inputs->numel / inputs->shape[0];
+    o->batch = m->values[m->inputs[0]].t.shape[0] == 1 ? 1 : BATCH;
+    int rc = make_layout(s, m, err);
+    if (!rc)
+        rc = open_batch(o, 1, &o->plan1, &o->ex1, err);
+    if (!rc) {
+        const struct tpv_onnx_tensor *y = &o->plan1->vals[m->outputs[0]];
+        if (y->rank < 1 || y->shape[0] != 1 || y->dtype != TPV_ONNX_F64 ||
+            o->plan1->known[m->outputs[0]])
+            rc = tpv_err_set(err, TPV_EINVAL, "output",
+                             "the graph output must be a float tensor (batch, ...) computed "
+                             "from the input");
+        s->K = y->numel;
+        o->x1 = malloc(o->per * sizeof *o->x1);
+        if (!rc && !o->x1)
+            rc = nomem(err);
+    }
+    if (rc) {
+        os_free(s);
+        return rc;
+    }
+    *out = s;
+    return TPV_OK;
+}
