@@ -1096,7 +1096,7 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
         }
     }
     pr.total = c_sq[0] + c_sq[1] + ((label || sgdc) ? c_gram + c_kx : 0) + (label ? c_eig : 0);
-    for (size_t i = 0; i < in->nmodels; i++)
+    for (size_t i = 0; c_model && i < in->nmodels; i++) /* NULL after a failed calloc */
         pr.total += c_model[i];
 
     /* Phase 1: sqdiag per split (the stability report needs both traces), unless no model needs
