@@ -277,6 +277,8 @@ static int load_named_values(struct sources *s, const struct tpv_candidate_files
     if (!path)
         return model_err(err, i, nm, "refers to blob %s, which is not available", digest);
     int rc = tpv_tensor_file_open(&s->blob_files[i], path, err);
+    if (rc == TPV_ENOMEM) /* the blob is fine: the job may succeed on a retry */
+        return rc;
     if (rc != TPV_OK)
         return model_err(err, i, nm, "has an unreadable blob: %s", tpv_err_message(err));
     struct tpv_tensor_file *f = s->blob_files[i];
