@@ -15,6 +15,7 @@
 #include "core/dump.h"
 #include "core/estimate.h"
 #include "core/jbr.h"
+#include "core/json_alloc.h"
 #include "core/mlp.h"
 #include "core/mlp_source.h"
 #include "core/tensor.h"
@@ -388,6 +389,7 @@ int tpv_candidate_score(const struct tpv_candidate_files *c, const struct tpv_no
     *scores = NULL;
     *nscores = 0;
     *stability = NULL;
+    unsigned long json_failed0 = tpv_json_alloc_failures();
     struct sources s;
     int rc = open_sources(c, &s, err);
     if (rc == TPV_OK)
@@ -400,6 +402,16 @@ int tpv_candidate_score(const struct tpv_candidate_files *c, const struct tpv_no
         rc = tpv_estimate_scores(&in, opts, scores, nscores, stability, pg, err);
     }
     close_sources(&s);
+    /* json_object_set_new drops a key whose value could not be allocated: scores with a detail
+     * or a stability number missing are not a result. */
+    if (rc == TPV_OK && tpv_json_alloc_failures() != json_failed0) {
+        tpv_scores_free(*scores, *nscores);
+        json_decref(*stability);
+        *scores = NULL;
+        *nscores = 0;
+        *stability = NULL;
+        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory building the score details");
+    }
     return rc;
 }
 
