@@ -593,10 +593,10 @@ void tpv_mlp_ws_free(struct tpv_mlp_ws *ws)
     if (!ws)
         return;
     free(ws->a0);
-    for (size_t l = 0; ws->z && l < ws->nlayers_; l++) {
-        free(ws->z[l]);
-        free(ws->a[l]);
-        free(ws->dphi[l]);
+    for (size_t l = 0; l < ws->nlayers_; l++) { /* after a failed init any array may be NULL */
+        free(ws->z ? ws->z[l] : NULL);
+        free(ws->a ? ws->a[l] : NULL);
+        free(ws->dphi ? ws->dphi[l] : NULL);
     }
     free(ws->z);
     free(ws->a);

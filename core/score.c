@@ -22,6 +22,7 @@
 #include "core/estimate.h"
 #include "core/linalg.h"
 #include "core/jbr.h"
+#include "core/json_alloc.h"
 #include "core/mlp.h"
 #include "core/mlp_source.h"
 #include "core/tensor.h"
@@ -327,6 +328,8 @@ static int load_named_values(struct sources *s, const struct tpv_candidate_files
     if (!path)
         return model_err(err, i, nm, "refers to blob %s, which is not available", digest);
     int rc = tpv_tensor_file_open(&s->blob_files[i], path, err);
+    if (rc == TPV_ENOMEM) /* the blob is fine: the job may succeed on a retry */
+        return rc;
     if (rc != TPV_OK)
         return model_err(err, i, nm, "has an unreadable blob: %s", tpv_err_message(err));
     struct tpv_tensor_file *f = s->blob_files[i];
@@ -443,6 +446,7 @@ int tpv_candidate_score(const struct tpv_candidate_files *c, const struct tpv_no
     *scores = NULL;
     *nscores = 0;
     *stability = NULL;
+    unsigned long json_failed0 = tpv_json_alloc_failures();
     struct sources s;
     int rc = open_sources(c, OPEN_FULL, &s, err);
     if (rc == TPV_OK)
@@ -455,6 +459,16 @@ int tpv_candidate_score(const struct tpv_candidate_files *c, const struct tpv_no
         rc = tpv_estimate_scores(&in, opts, scores, nscores, stability, pg, err);
     }
     close_sources(&s);
+    /* json_object_set_new drops a key whose value could not be allocated: scores with a detail
+     * or a stability number missing are not a result. */
+    if (rc == TPV_OK && tpv_json_alloc_failures() != json_failed0) {
+        tpv_scores_free(*scores, *nscores);
+        json_decref(*stability);
+        *scores = NULL;
+        *nscores = 0;
+        *stability = NULL;
+        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory building the score details");
+    }
     return rc;
 }
 

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/half.h"
+#include "core/json_alloc.h"
 
 /* Files are little-endian and values are loaded with memcpy into host integers. */
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -576,7 +577,11 @@ static int st_parse(struct tpv_tensor_file *f, struct tpv_err *err)
                            "safetensors: header length %" PRIu64 " runs past the end of the file "
                            "(%zu bytes)", hlen, f->len);
     json_error_t jerr;
+    unsigned long failed0 = tpv_json_alloc_failures(); /* an OOM often reads as a syntax error */
     f->header = json_loadb((const char *)f->base + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    if (!f->header && (tpv_json_alloc_failures() != failed0 ||
+                       json_error_code(&jerr) == json_error_out_of_memory))
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory parsing a safetensors header");
     if (!f->header)
         return tpv_err_set(err, TPV_EFORMAT, "header",
                            "safetensors: invalid JSON header at byte %zu: %s",

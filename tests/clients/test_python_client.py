@@ -4,10 +4,12 @@ Run by meson with Debian's /usr/bin/python3 (numpy + torch); TPVD_BIN names the 
 test starts on 127.0.0.1:0 with a temporary data dir.  It exports three tiny nn.Sequential models
 (spec + safetensors) and one non-sequential nn.Module as a Jacobian dump, submits them with the
 client (the same weights uploaded twice: the second upload is skipped after HEAD), waits for the
-jobs, reads the ranking (ETag, then 304), and checks every isotropic TPV against
-sigma^2/n sum_i ||J(x_i)||_F^2 computed here with torch autograd in float64, to 1e-6 relative.
-It also fetches a weights blob by URL from a local http.server and verifies a signed webhook the
-way README.md shows.  Errors must raise TPVError with the server's code.
+jobs, reads the ranking (ETag, then 304), and checks that every candidate has exactly one score
+per (noise model, split), each equal to its closed form from sum_i ||J(x_i)||_F^2 / n computed here
+with torch autograd in float64 (isotropic sigma^2 times it, sgd lr/(2 batch_size) times it), to
+1e-6 relative.  It also fetches a weights blob by URL from a local http.server and verifies signed
+webhooks the way README.md shows: the receiver thread only records what it saw, the test asserts.
+Errors must raise TPVError with the server's code.
 """
 
 import hashlib
@@ -36,11 +38,16 @@ import tpv_export  # noqa: E402
 from tpv_client import Client, TPVError  # noqa: E402
 
 SIGMA = 0.05
+SGD_LR, SGD_BATCH = 0.1, 4
+NOISE_MODELS = [{"name": "iso", "kind": "isotropic", "sigma": SIGMA},
+                {"name": "sgd", "kind": "sgd", "lr": SGD_LR, "batch_size": SGD_BATCH}]
+# TPV of each noise model = factor * sum_i ||J(x_i)||_F^2 / n (DESIGN.md section 3).
+FACTORS = {"iso": SIGMA ** 2, "sgd": SGD_LR / (2 * SGD_BATCH)}
 RTOL = 1e-6
 
 
-def iso_tpv(model, x):
-    """sigma^2 / n * sum_i ||d f(x_i) / d w||_F^2 in float64, one backward per output."""
+def jac_sq_per_sample(model, x):
+    """sum_i ||d f(x_i) / d w||_F^2 / n in float64, one backward per output."""
     model = model.double().eval()
     params = [p for p in model.parameters()]
     x = torch.as_tensor(x, dtype=torch.float64)
@@ -50,7 +57,13 @@ def iso_tpv(model, x):
         for k in range(y.numel()):
             grads = torch.autograd.grad(y[k], params, retain_graph=True, allow_unused=True)
             total += sum(float((g * g).sum()) for g in grads if g is not None)
-    return SIGMA ** 2 * total / x.shape[0]
+    return total / x.shape[0]
+
+
+def expected_scores(model, x_fit, x_probe):
+    """{(noise model, split): value} for every noise model of the study on both splits."""
+    per = {"fit": jac_sq_per_sample(model, x_fit), "probe": jac_sq_per_sample(model, x_probe)}
+    return {(nm, split): f * v for nm, f in FACTORS.items() for split, v in per.items()}
 
 
 class SkipNet(torch.nn.Module):
@@ -67,22 +80,39 @@ class SkipNet(torch.nn.Module):
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
-    """A webhook receiver verifying X-TPV-Signature as README.md shows."""
+    """A webhook receiver verifying X-TPV-Signature as README.md shows.  It runs on the server's
+    thread, where a failed assert would only be printed: it records what it saw in `events` and the
+    test asserts on them."""
     secret = b""
     events = []
+    lock = threading.Lock()
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        sig = self.headers.get("X-TPV-Signature", "")
         want = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
-        ok = hmac.compare_digest(want, self.headers.get("X-TPV-Signature", ""))
-        assert ok == tpv_client.verify_webhook(self.secret.decode(), body,
-                                               self.headers.get("X-TPV-Signature"))
-        assert not tpv_client.verify_webhook(self.secret, body + b" ",
-                                             self.headers.get("X-TPV-Signature"))
-        Receiver.events.append((self.headers.get("X-TPV-Event"), self.headers.get("X-TPV-Event-Id"),
-                                ok, json.loads(body)))
+        ok = hmac.compare_digest(want, sig)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        event = {
+            "event": self.headers.get("X-TPV-Event"),
+            "event_id": self.headers.get("X-TPV-Event-Id"),
+            "hmac_ok": ok,
+            "client_ok": tpv_client.verify_webhook(self.secret.decode(), body, sig),
+            "client_ok_tampered": tpv_client.verify_webhook(self.secret, body + b" ", sig),
+            "payload": payload,
+        }
+        with Receiver.lock:
+            Receiver.events.append(event)
         self.send_response(204 if ok else 401)
         self.end_headers()
+
+    @classmethod
+    def seen(cls):
+        with cls.lock:
+            return list(cls.events)
 
     def log_message(self, *args):
         pass
@@ -165,7 +195,7 @@ class PythonClientTest(unittest.TestCase):
                                            torch.nn.Linear(6, 3)),
         }
         Receiver.secret = b""
-        study = c.create_study("pyclient", [{"name": "iso", "kind": "isotropic", "sigma": SIGMA}],
+        study = c.create_study("pyclient", NOISE_MODELS,
                                webhook_url="http://127.0.0.1:%d/hook" % self.receiver.server_port)
         Receiver.secret = study["webhook_secret"].encode()
         sid = study["id"]
@@ -178,7 +208,7 @@ class PythonClientTest(unittest.TestCase):
             jobs.append(c.add_candidate(sid, name, spec=spec, weights=weights,
                                         metadata={"train_loss": 0.01})["job"]["id"])
             net64 = torch.nn.Sequential(*[m for m in net]).double()
-            want[name] = {"fit": iso_tpv(net64, x_fit64), "probe": iso_tpv(net64, x_probe64)}
+            want[name] = expected_scores(net64, x_fit64, x_probe64)
 
         # The same weights again: HEAD finds the blob, nothing is uploaded.
         spec, weights = os.path.join(self.tmp, "relu-w8", "spec.json"), \
@@ -203,8 +233,8 @@ class PythonClientTest(unittest.TestCase):
         jobs.append(c.add_candidate(sid, "skipnet", jacobian_fit=jf, jacobian_probe=jp)["job"]["id"])
         skip64 = SkipNet()
         skip64.load_state_dict(skip.state_dict())
-        want["skipnet"] = {"fit": iso_tpv(skip64, x_fit64.float().double()),
-                           "probe": iso_tpv(skip64, x_probe64.float().double())}
+        want["skipnet"] = expected_scores(skip64, x_fit64.float().double(),
+                                          x_probe64.float().double())
 
         for jid in jobs:
             job = c.wait_job(jid, timeout=120)
@@ -212,12 +242,14 @@ class PythonClientTest(unittest.TestCase):
 
         by_name = {cand["name"]: cand for cand in c.list_candidates(sid)}
         self.assertEqual(set(by_name), set(want))
-        for name, splits in want.items():
-            for s in by_name[name]["scores"]:
-                if s["noise"] == "iso":
-                    ref = splits[s["split"]]
-                    self.assertLessEqual(abs(s["value"] - ref), RTOL * abs(ref),
-                                         f"{name} {s['split']}: {s['value']} vs torch {ref}")
+        for name, expected in want.items():
+            scores = by_name[name]["scores"]
+            got = {(s["noise"], s["split"]): s["value"] for s in scores}
+            self.assertEqual(len(got), len(scores), f"{name}: a (noise, split) twice: {scores}")
+            self.assertEqual(set(got), set(expected), f"{name}: scores {scores}")
+            for key, ref in expected.items():
+                self.assertLessEqual(abs(got[key] - ref), RTOL * abs(ref),
+                                     f"{name} {key}: {got[key]} vs torch {ref}")
 
         ranking = c.ranking(sid)
         self.assertEqual(ranking["split"], "probe")
@@ -227,17 +259,21 @@ class PythonClientTest(unittest.TestCase):
         self.assertTrue(ranking["etag"])
         self.assertIsNone(c.ranking(sid, etag=ranking["etag"]))  # 304
 
-        # Signed webhooks, verified as README.md shows.
+        # Signed webhooks, verified as README.md shows: what the receiver recorded, checked here.
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            kinds = {e[0] for e in Receiver.events}
-            if {"job.succeeded", "ranking.changed"} <= kinds:
+            if {"job.succeeded", "ranking.changed"} <= {e["event"] for e in Receiver.seen()}:
                 break
             time.sleep(0.05)
-        self.assertTrue(Receiver.events)
-        self.assertTrue(all(e[2] for e in Receiver.events), Receiver.events)
-        self.assertIn("ranking.changed", {e[0] for e in Receiver.events})
-        self.assertTrue(all(e[1] == e[3]["id"] for e in Receiver.events))
+        events = Receiver.seen()
+        self.assertTrue(events)
+        self.assertLessEqual({"job.succeeded", "ranking.changed"}, {e["event"] for e in events})
+        for e in events:
+            self.assertTrue(e["hmac_ok"], e)
+            self.assertTrue(e["client_ok"], e)
+            self.assertFalse(e["client_ok_tampered"], e)
+            self.assertIsNotNone(e["payload"], e)
+            self.assertEqual(e["event_id"], e["payload"]["id"], e)
 
     def test_errors(self):
         c = Client(self.url)

@@ -401,6 +401,10 @@ static void test_catalogue(void **state)
     /* Deep nesting: 50000 arrays deep, well within the body limit. */
     size_t deep_len = 100000 + 64;
     char *deep = malloc(deep_len + 1);
+    if (!deep) { /* cmocka's fail is not noreturn: without the return the NULL path goes on */
+        fail_msg("out of memory for the deep body");
+        return;
+    }
     size_t dl = (size_t)sprintf(deep, "{\"name\":\"deep\",\"metadata\":{\"x\":");
     memset(deep + dl, '[', 50000);
     memset(deep + dl + 50000, ']', 50000);

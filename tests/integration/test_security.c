@@ -44,10 +44,12 @@ static double now_s(void)
 static long call(const struct test_daemon *d, const char *method, const char *path,
                  const char *token, const char *json, struct http_result *r)
 {
-    char auth[128];
+    char auth[256];
     const char *hdrs[2] = { NULL, NULL };
-    if (token) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+    if (token) { /* a truncated header would test another token: refuse it */
+        int n = snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
+        if (n < 0 || (size_t)n >= sizeof auth)
+            fail_msg("token of %zu bytes does not fit the header buffer", strlen(token));
         hdrs[0] = auth;
     }
     if (http_json(d->base_url, method, path, json, hdrs, r) != 0) {

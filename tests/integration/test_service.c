@@ -2,9 +2,9 @@
  * inputs -> candidates -> jobs -> ranking -> ETag/304 -> long-poll woken by a version change,
  * idempotency, 400s naming the field, /metrics, /openapi.json, and SIGTERM.
  *
- * Scores come from the core: Jacobian dumps are scored for real (isotropic TPV is checked against
- * sigma^2/n ||J||_F^2 computed here); a job the core cannot run yet must fail with
- * {"code":"unimplemented"}, consistently. */
+ * Scores come from the core: Jacobian dumps are scored for real, every (noise model, split) score
+ * must exist and equal its closed form computed here (isotropic sigma^2/n ||J||_F^2, sgd
+ * lr/(2 batch_size) ||J||_F^2/n); a job that fails, whatever its code, fails the test. */
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -79,7 +79,7 @@ static void expect_error(const struct http_result *r, long status, const char *c
 static void wait_job(const struct test_daemon *d, const char *jid, struct http_result *r)
 {
     char path[128];
-    snprintf(path, sizeof path, "/v1/jobs/%s", jid);
+    snprintf(path, sizeof path, "/v1/jobs/%.64s", jid);
     for (double t0 = now_s(); now_s() - t0 < 20;) {
         assert_int_equal(http_json(d->base_url, "GET", path, NULL, NULL, r), 0);
         assert_int_equal(r->status, 200);
@@ -119,6 +119,42 @@ static void *longpoll_main(void *arg)
     }
     lp->seconds = now_s() - t0;
     return NULL;
+}
+
+/* The scores of a dump candidate under the study of test_full_flow (iso sigma 0.1, sgd lr 0.1
+ * batch 32): exactly one score per (noise model, split), each at its closed form from the mean
+ * squared Frobenius norm per sample of the fit and probe dumps. */
+static void check_dump_scores(const json_t *scores, double fro_per_n_fit, double fro_per_n_probe)
+{
+    static const struct {
+        const char *noise, *split;
+        double factor; /* TPV = factor * ||J||_F^2 / n */
+    } want[] = {
+        { "iso", "fit", 0.1 * 0.1 }, { "iso", "probe", 0.1 * 0.1 },
+        { "sgd", "fit", 0.1 / (2 * 32) }, { "sgd", "probe", 0.1 / (2 * 32) },
+    };
+    size_t nwant = sizeof want / sizeof want[0];
+    if (json_array_size(scores) != nwant)
+        fail_msg("want %zu scores, got %zu", nwant, json_array_size(scores));
+    for (size_t w = 0; w < nwant; w++) {
+        const json_t *found = NULL;
+        size_t i;
+        json_t *s;
+        json_array_foreach(scores, i, s) {
+            if (strcmp(json_string_value(json_object_get(s, "noise")), want[w].noise) == 0 &&
+                strcmp(json_string_value(json_object_get(s, "split")), want[w].split) == 0) {
+                assert_null(found); /* once */
+                found = s;
+            }
+        }
+        if (!found)
+            fail_msg("no %s/%s score", want[w].noise, want[w].split);
+        double fro = strcmp(want[w].split, "fit") == 0 ? fro_per_n_fit : fro_per_n_probe;
+        double ref = want[w].factor * fro;
+        double v = json_number_value(json_object_get(found, "value"));
+        if (!(fabs(v - ref) <= 1e-9 * ref))
+            fail_msg("%s/%s: %.17g, want %.17g", want[w].noise, want[w].split, v, ref);
+    }
 }
 
 static void test_full_flow(void **state)
@@ -241,10 +277,8 @@ static void test_full_flow(void **state)
     upload(&d, "not a tensor at all", 19, dbad, 201);
     snprintf(buf, sizeof buf, "{\"name\":\"junk\",\"jacobian\":{\"fit\":\"%s\"}}", dbad);
     assert_int_equal(http_json(d.base_url, "POST", path, buf, NULL, &r), 0);
-    if (r.status != 202) { /* 202 only while the core cannot check yet */
-        expect_error(&r, 400, "invalid_argument", "jacobian.fit");
-        assert_null(strstr(r.body, d.data_dir)); /* no server paths in messages */
-    }
+    expect_error(&r, 400, "invalid_argument", "jacobian.fit");
+    assert_null(strstr(r.body, d.data_dir)); /* no server paths in messages */
     http_result_free(&r);
 
     char jids[3][64], cids[3][64];
@@ -284,21 +318,14 @@ static void test_full_flow(void **state)
     expect_error(&r, 409, "already_exists", "name");
     http_result_free(&r);
 
-    /* ---- jobs ---- */
-    bool unimplemented = false;
+    /* ---- jobs: every one succeeds (an "unimplemented" failure is a regression) ---- */
     for (int i = 0; i < 3; i++) {
         wait_job(&d, jids[i], &r);
-        const char *st = http_json_str(&r, "state");
-        if (strcmp(st, "failed") == 0) {
-            /* Only acceptable failure: the core does not implement this yet. */
-            assert_string_equal(http_json_str(&r, "error.code"), "unimplemented");
-            assert_true(i == 0 || unimplemented);
-            unimplemented = true;
-        } else {
-            assert_string_equal(st, "succeeded");
-            assert_false(unimplemented);
-            assert_true(json_real_value(json_object_get(r.json, "progress")) == 1.0);
+        if (strcmp(http_json_str(&r, "state"), "succeeded") != 0) {
+            test_daemon_dump_log(&d);
+            fail_msg("job %d: %s", i, r.body);
         }
+        assert_true(json_real_value(json_object_get(r.json, "progress")) == 1.0);
         http_result_free(&r);
     }
     snprintf(path, sizeof path, "/v1/jobs/%s", jids[0]);
@@ -309,29 +336,12 @@ static void test_full_flow(void **state)
     expect_error(&r, 404, "not_found", "job_id");
     http_result_free(&r);
 
-    /* Candidate with its scores: isotropic fit = sigma^2 / n * ||J||_F^2. */
+    /* Candidate with its scores: every (noise model, split) once, at its closed form. */
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", sid, cids[0]);
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
     assert_int_equal(r.status, 200);
-    if (!unimplemented) {
-        json_t *scores = json_object_get(r.json, "scores");
-        bool seen_fit = false, seen_probe = false;
-        size_t i;
-        json_t *s;
-        json_array_foreach(scores, i, s) {
-            const char *noise = json_string_value(json_object_get(s, "noise"));
-            const char *split = json_string_value(json_object_get(s, "split"));
-            double v = json_number_value(json_object_get(s, "value"));
-            if (strcmp(noise, "iso") != 0)
-                continue;
-            double want = strcmp(split, "fit") == 0 ? 0.01 * fro_fit / 4 : 0.01 * fro_probe / 3;
-            assert_true(fabs(v - want) <= 1e-9 * want);
-            seen_fit |= strcmp(split, "fit") == 0;
-            seen_probe |= strcmp(split, "probe") == 0;
-        }
-        assert_true(seen_fit && seen_probe);
-        assert_string_equal(http_json_str(&r, "state"), "succeeded");
-    }
+    assert_string_equal(http_json_str(&r, "state"), "succeeded");
+    check_dump_scores(json_object_get(r.json, "scores"), fro_fit / 4, fro_probe / 3);
     http_result_free(&r);
 
     /* List with pagination: 3 candidates, pages of 2. */
@@ -358,7 +368,7 @@ static void test_full_flow(void **state)
     assert_string_equal(http_json_str(&r, "split"), "probe");
     char etag[64];
     assert_non_null(http_result_header(&r, "ETag", etag, sizeof etag));
-    if (!unimplemented) {
+    {
         json_t *items = json_object_get(r.json, "items");
         assert_int_equal(json_array_size(items), 2); /* c2 is excluded (train_loss 0.9) */
         json_t *ex = json_object_get(r.json, "excluded");
@@ -369,8 +379,7 @@ static void test_full_flow(void **state)
         double v1 = json_number_value(json_object_get(json_array_get(items, 1), "value"));
         assert_true(v0 <= v1);
         assert_int_equal(json_array_size(json_object_get(r.json, "trajectories")), 1);
-    } else {
-        assert_int_equal(json_array_size(json_object_get(r.json, "pending")), 3);
+        assert_int_equal(json_array_size(json_object_get(r.json, "pending")), 0);
     }
     http_result_free(&r);
 

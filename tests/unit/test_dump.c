@@ -163,9 +163,14 @@ static void test_f32_f16_bf16(void **state)
     tpv_convert_f64(TPV_DTYPE_F32, F, N, JF);
     tpv_convert_f64(TPV_DTYPE_F16, H, N, JH);
     tpv_convert_f64(TPV_DTYPE_BF16, B, N, JB);
-    for (uint64_t i = 0; i < N; i++) {
-        assert_true(fabs(JH[i] - lrint(J[i] * 64) / 64.0) < 1e-12 || fabs(J[i] * 64) > 1023);
-        assert_true(fabs(JB[i] - J[i]) <= 1e-2 * fabs(J[i]) + 1e-30);
+    for (uint64_t i = 0; i < N; i++) { /* widening is exact: equality, not a tolerance */
+        long k = lrint(J[i] * 64);
+        k = k > 1023 ? 1023 : k < -1023 ? -1023 : k;
+        assert_true(JH[i] == (double)k / 64.0);
+        uint32_t bits = (uint32_t)B[i] << 16;
+        float bf;
+        memcpy(&bf, &bits, 4);
+        assert_true(JB[i] == (double)bf);
     }
     uint64_t shape[3] = { n, K, p };
     struct {
@@ -183,6 +188,117 @@ static void test_f32_f16_bf16(void **state)
         tpv_jsrc_free(s);
     }
     free(J), free(F), free(H), free(B), free(JF), free(JH), free(JB);
+}
+
+/* The value of a binary16 pattern computed from its fields (not through core/half.h): normals
+ * (1024 + m) 2^(e - 25), subnormals m 2^-24, signed zeros, infinities; NaN is left to the caller. */
+static double f16_reference(uint16_t h)
+{
+    unsigned e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    double mag = e == 0x1f ? INFINITY : e == 0 ? ldexp(m, -24) : ldexp(1024.0 + m, (int)e - 25);
+    return (h & 0x8000u) ? -mag : mag;
+}
+
+/* The same for bfloat16: 8 exponent bits (bias 127), 7 mantissa bits. */
+static double bf16_reference(uint16_t b)
+{
+    unsigned e = (b >> 7) & 0xffu, m = b & 0x7fu;
+    double mag = e == 0xff ? INFINITY : e == 0 ? ldexp(m, -133) : ldexp(128.0 + m, (int)e - 134);
+    return (b & 0x8000u) ? -mag : mag;
+}
+
+static uint64_t bits64(double v)
+{
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    return u;
+}
+
+static uint32_t bits32(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return u;
+}
+
+/* A NaN pattern with `mant_bits` mantissa bits widened to float32 and float64 as half.h defines
+ * it: the float32 keeps sign and payload bit for bit (mantissa shifted to the top); the float64
+ * (an IEEE float32 -> float64 conversion) keeps sign and payload and is quiet. */
+static void check_nan(uint16_t pattern, unsigned mant_bits, float f32, double f64)
+{
+    uint32_t sign = (uint32_t)(pattern >> 15), payload = pattern & ((1u << mant_bits) - 1);
+    uint32_t want32 = sign << 31 | 0x7f800000u | payload << (23 - mant_bits);
+    if (bits32(f32) != want32)
+        fail_msg("NaN 0x%04x: float32 0x%08x, want 0x%08x", pattern, bits32(f32), want32);
+    uint64_t want64 = (uint64_t)sign << 63 | 0x7ff0000000000000ull |
+                      (uint64_t)payload << (52 - mant_bits) | 0x0008000000000000ull;
+    if (bits64(f64) != want64)
+        fail_msg("NaN 0x%04x: float64 0x%016llx, want 0x%016llx", pattern,
+                 (unsigned long long)bits64(f64), (unsigned long long)want64);
+}
+
+/* Every one of the 65536 F16 and BF16 patterns widened to float32 and float64, bit for bit against
+ * the value computed from its fields: normals, subnormals, both zeros, both infinities, NaNs
+ * (quiet and signalling, both signs).  The source starts at an odd address (unaligned loads). */
+static void test_half_bf16_every_pattern(void **state)
+{
+    (void)state;
+    const uint64_t N = 65536;
+    uint8_t *raw = malloc(2 * N + 1);
+    float *f32 = malloc(N * sizeof *f32);
+    double *f64 = malloc(N * sizeof *f64);
+    assert_non_null(raw), assert_non_null(f32), assert_non_null(f64);
+    for (uint64_t i = 0; i < N; i++) {
+        uint16_t v = (uint16_t)i;
+        memcpy(raw + 1 + 2 * i, &v, 2);
+    }
+    static const struct {
+        enum tpv_dtype dt;
+        double (*ref)(uint16_t);
+        unsigned exp_mask, mant_bits;
+    } kinds[] = { { TPV_DTYPE_F16, f16_reference, 0x7c00u, 10 },
+                  { TPV_DTYPE_BF16, bf16_reference, 0x7f80u, 7 } };
+    for (size_t k = 0; k < 2; k++) {
+        tpv_convert_f32(kinds[k].dt, raw + 1, N, f32);
+        tpv_convert_f64(kinds[k].dt, raw + 1, N, f64);
+        unsigned seen_sub = 0, seen_nan = 0;
+        for (uint64_t i = 0; i < N; i++) {
+            uint16_t h = (uint16_t)i;
+            unsigned mant = h & ((1u << kinds[k].mant_bits) - 1);
+            if ((h & kinds[k].exp_mask) == kinds[k].exp_mask && mant != 0) {
+                check_nan(h, kinds[k].mant_bits, f32[i], f64[i]);
+                seen_nan++;
+                continue;
+            }
+            double want = kinds[k].ref(h);
+            seen_sub += (h & kinds[k].exp_mask) == 0 && mant != 0;
+            if (bits64(f64[i]) != bits64(want))
+                fail_msg("%s 0x%04x: float64 %a, want %a", k ? "BF16" : "F16", h, f64[i], want);
+            if (bits32(f32[i]) != bits32((float)want)) /* every value is a float: exact */
+                fail_msg("%s 0x%04x: float32 %a, want %a", k ? "BF16" : "F16", h,
+                         (double)f32[i], want);
+        }
+        /* The classes were all there: 2 * (2^m - 1) subnormals and NaNs of each kind. */
+        assert_int_equal(seen_sub, 2 * ((1u << kinds[k].mant_bits) - 1));
+        assert_int_equal(seen_nan, 2 * ((1u << kinds[k].mant_bits) - 1));
+    }
+    /* The references themselves against landmarks spelled out. */
+    static const struct {
+        uint16_t f16, bf16;
+        double value;
+    } marks[] = {
+        { 0x0000, 0x0000, 0.0 },      { 0x8000, 0x8000, -0.0 },    { 0x3c00, 0x3f80, 1.0 },
+        { 0xc000, 0xc000, -2.0 },     { 0x7c00, 0x7f80, INFINITY }, { 0xfc00, 0xff80, -INFINITY },
+    };
+    for (size_t i = 0; i < sizeof marks / sizeof marks[0]; i++) {
+        assert_true(bits64(f16_reference(marks[i].f16)) == bits64(marks[i].value));
+        assert_true(bits64(bf16_reference(marks[i].bf16)) == bits64(marks[i].value));
+    }
+    assert_true(f16_reference(0x0001) == 0x1p-24 && f16_reference(0x03ff) == 0x3ffp-24);
+    assert_true(f16_reference(0x0400) == 0x1p-14 && f16_reference(0x7bff) == 65504.0);
+    assert_true(bf16_reference(0x0001) == 0x1p-133 && bf16_reference(0x0080) == 0x1p-126);
+    assert_true(bf16_reference(0x7f7f) == 0x1.fep127);
+    free(raw), free(f32), free(f64);
 }
 
 /* Named tensors: columns in lexicographic order of names whatever the input order; weights
@@ -388,7 +504,7 @@ int main(void)
         cmocka_unit_test(test_f64_flat),        cmocka_unit_test(test_f32_f16_bf16),
         cmocka_unit_test(test_named_layout),    cmocka_unit_test(test_flat_with_layout),
         cmocka_unit_test(test_validation),      cmocka_unit_test(test_misaligned),
-        cmocka_unit_test(test_threads_and_cancel),
+        cmocka_unit_test(test_threads_and_cancel), cmocka_unit_test(test_half_bf16_every_pattern),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
