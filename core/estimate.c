@@ -1169,7 +1169,7 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
     }
     /* A forward pass over the fit set costs about one K-th of its exact diagonal. */
     double c_fwd = 0;
-    for (size_t i = 0; c_model && i < in->nmodels; i++) /* NULL after a failed calloc */
+    for (size_t i = 0; i < in->nmodels; i++)
         if (tpv_noise_needs_outputs(&in->models[i]))
             c_fwd = c_sq[0] / (double)(in->fit->K ? in->fit->K : 1);
     pr.total = c_sq[0] + c_sq[1] + c_fwd + ((label || sgdc) ? c_gram + c_kx : 0) +
