@@ -3,8 +3,11 @@
 #include "server/auth.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -42,12 +45,69 @@ bool srv_host_is_loopback(const char *host)
     return host_loopback(host, &gai) == 1;
 }
 
+/* Reads the bootstrap token: the file's first line, 20 to API_TOKEN_MAX - 1 printable
+ * characters without spaces (what `tpvd token create` prints, or any secret of that shape). */
+static int bootstrap_token_read(const char *path, char token[API_TOKEN_MAX], struct tpv_err *err)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp)
+        return tpv_err_set(err, TPV_EIO, "bootstrap-token-file",
+                           "--bootstrap-token-file: cannot read %s: %s", path, strerror(errno));
+    char line[API_TOKEN_MAX + 2];
+    bool got = fgets(line, sizeof line, fp) != NULL;
+    fclose(fp);
+    size_t len = got ? strcspn(line, "\r\n") : 0;
+    line[len] = '\0';
+    bool ok = len >= 20 && len < API_TOKEN_MAX;
+    for (size_t i = 0; ok && i < len; i++)
+        ok = line[i] > ' ' && line[i] < 0x7f;
+    if (!ok) {
+        explicit_bzero(line, sizeof line);
+        return tpv_err_set(err, TPV_EINVAL, "bootstrap-token-file",
+                           "--bootstrap-token-file: %s must hold one token of 20 to %d "
+                           "printable characters without spaces on its first line", path,
+                           API_TOKEN_MAX - 1);
+    }
+    memcpy(token, line, len + 1);
+    explicit_bzero(line, sizeof line);
+    return TPV_OK;
+}
+
+/* With --bootstrap-token-file and no token on record, stores the file's token as the admin
+ * token 'bootstrap', so a fresh container on a public bind starts usable without a manual
+ * step.  Once any token exists the file is ignored: revoking 'bootstrap' must stay final. */
+static int bootstrap_token(const struct srv_config *cfg, struct store *st, int64_t *ntokens,
+                           struct tpv_err *err)
+{
+    if (!cfg->bootstrap_token_file || !cfg->bootstrap_token_file[0])
+        return TPV_OK;
+    if (*ntokens > 0) {
+        log_info("--bootstrap-token-file ignored: %lld API token(s) already on record",
+                 (long long)*ntokens);
+        return TPV_OK;
+    }
+    char token[API_TOKEN_MAX], hex[65];
+    int rc = bootstrap_token_read(cfg->bootstrap_token_file, token, err);
+    if (rc == TPV_OK && api_token_hash(token, hex) != TPV_OK)
+        rc = tpv_err_set(err, TPV_EINTERNAL, "bootstrap-token-file", "SHA-256 failed");
+    explicit_bzero(token, sizeof token);
+    if (rc == TPV_OK)
+        rc = store_token_create(st, "bootstrap", "admin", hex, err);
+    if (rc != TPV_OK)
+        return rc;
+    log_info("stored the admin token 'bootstrap' from --bootstrap-token-file");
+    *ntokens = 1;
+    return TPV_OK;
+}
+
 int srv_auth_setup(const struct srv_config *cfg, struct store *st, struct api_auth **out,
                    struct tpv_err *err)
 {
     int64_t ntokens = 0;
     *out = NULL;
     int rc = store_token_count(st, &ntokens, err);
+    if (rc == TPV_OK)
+        rc = bootstrap_token(cfg, st, &ntokens, err);
     if (rc != TPV_OK)
         return rc;
     int gai = 0;

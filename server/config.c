@@ -107,6 +107,9 @@ static const struct config_option options[] = {
     { "tls-key", "TPVD_TLS_KEY", OPT_STRING, F(tls_key), NULL, 0, 0, "PEM private key for --tls-cert" },
     { "insecure-no-auth", "TPVD_INSECURE_NO_AUTH", OPT_BOOL, F(insecure_no_auth), "false", 0, 0,
       "allow serving a non-loopback address without any token" },
+    { "bootstrap-token-file", "TPVD_BOOTSTRAP_TOKEN_FILE", OPT_STRING, F(bootstrap_token_file),
+      NULL, 0, 0, "file holding the first admin token (named 'bootstrap'), stored when the "
+      "database has no token yet (a fresh container); ignored once any token exists" },
 };
 #define OPTION_COUNT (sizeof options / sizeof options[0])
 

@@ -22,6 +22,7 @@ struct srv_config {
     char *fetch_allow;
     char *tls_cert;
     char *tls_key;
+    char *bootstrap_token_file; /* first admin token of a fresh data dir, or NULL */
     char *db_synchronous;    /* "full" | "normal" */
     long long workers;       /* 0 = one per core */
     long long blas_threads;  /* 0 = cores / workers */
