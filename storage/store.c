@@ -423,6 +423,66 @@ static int on_wal_commit(void *ctx, sqlite3 *db, const char *schema, int wal_pag
     return SQLITE_OK;
 }
 
+/* What an operator should do with a database tpvd will not open (start-up log, never a client). */
+#define DB_RESCUE_ADVICE                                                                          \
+    "tpvd will not start on it. Keep a copy of the whole data dir first, then restore tpvd.db "  \
+    "from a backup, or salvage what is readable with `sqlite3 tpvd.db .recover | sqlite3 "       \
+    "recovered.db` and put recovered.db in its place"
+
+static int db_damaged(const char *path, const char *detail, struct tpv_err *err)
+{
+    char one_line[121]; /* quick_check's report spans lines: keep the log line one line */
+    size_t n = 0;
+    for (; detail[n] && n < sizeof one_line - 1; n++)
+        one_line[n] = detail[n] == '\n' || detail[n] == '\r' ? ' ' : detail[n];
+    one_line[n] = '\0';
+    return tpv_err_set(err, TPV_EIO, "data_dir", "database %s is damaged (%s); " DB_RESCUE_ADVICE,
+                       path, one_line);
+}
+
+/* An existing 0-byte tpvd.db is never a database tpvd wrote (the first start writes its header
+ * before anything else): SQLite would take it for a new empty one, and a data dir whose tokens
+ * vanished silently opens loopback access.  A missing file is a new data dir. */
+static int check_not_empty(const char *path, struct tpv_err *err)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return errno == ENOENT ? TPV_OK
+                               : tpv_err_set(err, TPV_EIO, "data_dir", "cannot stat %s: %s", path,
+                                             strerror(errno));
+    if (S_ISREG(sb.st_mode) && sb.st_size == 0)
+        return tpv_err_set(err, TPV_EPRECONDITION, "data_dir",
+                           "database %s exists but is empty (0 bytes): tpvd will not create a new "
+                           "database over it (its tokens and studies would be gone). Restore "
+                           "tpvd.db from a backup; remove the file only if this data dir is new",
+                           path);
+    return TPV_OK;
+}
+
+/* PRAGMA quick_check (b-tree structure of every page, not index contents): a file with damaged
+ * pages otherwise opens, answers SELECT 1 (so /readyz said ready) and fails every real query.
+ * It reads the whole file once, at start only. */
+static int check_integrity(sqlite3 *db, const char *path, struct tpv_err *err)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA quick_check(1)", -1, &s, NULL);
+    int step = rc == SQLITE_OK ? sqlite3_step(s) : rc;
+    int out = TPV_OK;
+    if (step == SQLITE_ROW) {
+        const char *verdict = col_text(s, 0);
+        if (strcmp(verdict, "ok") != 0)
+            out = db_damaged(path, verdict, err);
+    } else {
+        int code = step & 0xff;
+        if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB)
+            out = db_damaged(path, sqlite3_errmsg(db), err);
+        else
+            out = db_fail(NULL, step, "integrity check", err);
+    }
+    sqlite3_finalize(s);
+    return out;
+}
+
 static int conn_open(struct store *st, struct store_conn *c, const char *path,
                      const struct store_options *o, bool first, struct tpv_err *err)
 {
@@ -431,10 +491,14 @@ static int conn_open(struct store *st, struct store_conn *c, const char *path,
         return tpv_err_set(err, TPV_EIO, "data_dir", "cannot open %s: %s", path,
                            c->db ? sqlite3_errmsg(c->db) : "out of memory");
     sqlite3_busy_timeout(c->db, o->busy_timeout_ms);
+    /* Checked before the journal-mode switch, the first write to the file. */
+    int rc = first ? check_integrity(c->db, path, err) : TPV_OK;
+    if (rc != TPV_OK)
+        return rc;
     char pragmas[160];
     snprintf(pragmas, sizeof pragmas, "%s PRAGMA synchronous=%s; PRAGMA foreign_keys=ON;",
              first ? "PRAGMA journal_mode=WAL;" : "", o->synchronous_full ? "FULL" : "NORMAL");
-    int rc = exec_sql(c->db, pragmas, err);
+    rc = exec_sql(c->db, pragmas, err);
     if (rc == TPV_OK && first)
         rc = migrate(c->db, err);
     sqlite3_wal_hook(c->db, on_wal_commit, st);
@@ -496,6 +560,11 @@ int store_open_with(struct store **out, const char *data_dir, const struct store
     if (!o.shared && (st->lock_fd < 0 || flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0)) {
         rc = tpv_err_set(err, st->lock_fd < 0 ? TPV_EIO : TPV_EPRECONDITION, "data_dir",
                          "data dir %s is in use by another tpvd (%s)", data_dir, strerror(errno));
+        store_close(st);
+        return rc;
+    }
+    rc = check_not_empty(path, err);
+    if (rc != TPV_OK) {
         store_close(st);
         return rc;
     }
