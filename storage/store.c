@@ -213,10 +213,13 @@ void tx_rollback(struct store_conn *c)
         sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+/* SQLITE_STATIC: a copy (SQLITE_TRANSIENT) allocates, and a failed bind left the parameter NULL
+ * without a word: the row was stored without the value, or refused by a NOT NULL constraint
+ * that read as "already exists".  Without the copy a bind of valid text cannot fail. */
 void bind_text(sqlite3_stmt *s, int i, const char *text)
 {
     if (text)
-        sqlite3_bind_text(s, i, text, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(s, i, text, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(s, i);
 }

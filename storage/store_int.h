@@ -203,7 +203,8 @@ int tx_begin(struct store_conn *c, struct tpv_err *err);
 int tx_commit(struct store_conn *c, struct tpv_err *err);
 void tx_rollback(struct store_conn *c);
 
-/* Binding helpers: NULL text binds SQL NULL. */
+/* Binding helpers: NULL text binds SQL NULL.  bind_text does not copy: the text must stay valid
+ * until the statement has been stepped and reset (stmt_done), as it is in every caller. */
 void bind_text(sqlite3_stmt *s, int i, const char *text);
 const char *col_text(sqlite3_stmt *s, int i); /* "" for NULL */
 char *col_strdup(sqlite3_stmt *s, int i);      /* NULL for NULL (or OOM) */
