@@ -302,8 +302,8 @@ int store_job_claim(struct store *st, const char *owner, double lease_s, struct 
             out->attempts = sqlite3_column_int(s, 4) + 1;
             out->source = col_strdup(s, 5);
             out->noise_models = col_strdup(s, 6);
-            out->params = col_strdup(s, 7);
-            if (!out->source || !out->noise_models)
+            bool params_ok = col_strdup_or_null(s, 7, &out->params);
+            if (!out->source || !out->noise_models || !params_ok)
                 rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
         } else if (step == SQLITE_DONE) {
             rc = TPV_ENOTFOUND;

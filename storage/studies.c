@@ -673,7 +673,10 @@ int store_rank_rows(struct store *st, const char *study_id, const char *noise, c
         r->train_loss = sqlite3_column_double(s, 4);
         r->has_epoch = sqlite3_column_type(s, 5) != SQLITE_NULL;
         r->epoch = sqlite3_column_double(s, 5);
-        r->run = col_strdup(s, 6);
+        if (!col_strdup_or_null(s, 6, &r->run)) {
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            break;
+        }
         r->has_value = sqlite3_column_type(s, 7) != SQLITE_NULL;
         r->value = sqlite3_column_double(s, 7);
         r->stderr_value = sqlite3_column_double(s, 8);
