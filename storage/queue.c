@@ -178,9 +178,10 @@ static int outbox_put(struct store_conn *c, const char *study_id, const char *ev
 {
     char id[STORE_ID_MAX];
     store_id_new(id, "ev"); /* the event id receivers dedup on, the same for every attempt */
-    if (payload)
-        json_object_set_new(payload, "id", json_string(id));
-    char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+    /* Without its id the event would go out with nothing for the receiver to dedup on. */
+    char *text = payload && json_object_set_new(payload, "id", json_string(id)) == 0
+                     ? store_json_dump(payload, JSON_COMPACT)
+                     : NULL;
     json_decref(payload);
     if (!text)
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
