@@ -166,9 +166,12 @@ static int study_has_hook(struct store_conn *c, const char *study_id, bool *has,
     if (!s)
         return err->code;
     bind_text(s, 1, study_id);
-    *has = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL;
+    int step = sqlite3_step(s), rc = TPV_OK;
+    *has = step == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL;
+    if (step != SQLITE_ROW && step != SQLITE_DONE) /* not "no webhook": the event would be lost */
+        rc = db_fail(c, step, "read study webhook", err);
     stmt_done(s);
-    return TPV_OK;
+    return rc;
 }
 
 /* Appends an event to the outbox in the caller's transaction; steals `payload`.  The webhook
