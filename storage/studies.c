@@ -6,17 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Stored JSON text back to a value; `fallback` (stolen) when absent or unreadable. */
+/* Stored JSON text back to a value; `fallback` (stolen) when absent.  NULL when the text does
+ * not load: what we stored always parses, so that is an allocation failure, and serving the
+ * fallback would show a study or candidate without its metadata. */
 static json_t *json_text(const char *text, json_t *fallback)
 {
-    if (text && text[0]) {
-        json_t *j = json_loads(text, JSON_DECODE_ANY, NULL);
-        if (j) {
-            json_decref(fallback);
-            return j;
-        }
-    }
-    return fallback;
+    if (!text || !text[0])
+        return fallback;
+    json_decref(fallback);
+    return json_loads(text, JSON_DECODE_ANY, NULL);
 }
 
 static json_t *col_json(sqlite3_stmt *s, int i, json_t *fallback)
