@@ -454,8 +454,11 @@ int store_candidate_get(struct store *st, const char *study_id, const char *id, 
     bind_text(s, 1, id);
     json_t *scores = json_object_get(cand, "scores");
     while ((step = sqlite3_step(s)) == SQLITE_ROW)
-        json_array_append_new(scores, score_row_json(s));
-    if (step != SQLITE_DONE)
+        if (json_array_append_new(scores, score_row_json(s)) != 0) { /* never a score short */
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            break;
+        }
+    if (rc == TPV_OK && step != SQLITE_DONE)
         rc = db_fail(c, step, "read scores", err);
     stmt_done(s);
 out:
@@ -563,10 +566,12 @@ int store_candidate_list(struct store *st, const char *study_id, int64_t after_s
     sqlite3_bind_int(s, 3, count);
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
         json_t *cand = json_object_get(by_id, col_text(s, 0));
-        if (cand)
-            json_array_append_new(json_object_get(cand, "scores"), score_row_json(s));
+        if (cand && json_array_append_new(json_object_get(cand, "scores"), score_row_json(s))) {
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            break;
+        }
     }
-    if (step != SQLITE_DONE)
+    if (rc == TPV_OK && step != SQLITE_DONE)
         rc = db_fail(c, step, "list scores", err);
     stmt_done(s);
 out:
