@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +49,14 @@ static int fsync_dir(const char *path)
     int rc = fsync(fd);
     close(fd);
     return rc;
+}
+
+/* A failed OpenSSL call leaves its error on the calling thread's queue, where the next OpenSSL
+ * user of that thread (TLS in libcurl, SSL_get_error) would read it as its own: take it off. */
+static int sha_fail(const char *what, struct tpv_err *err)
+{
+    ERR_clear_error();
+    return tpv_err_set(err, TPV_EINTERNAL, NULL, "%s", what);
 }
 
 int blobs_init(struct store *st, struct tpv_err *err)
@@ -151,7 +160,7 @@ int store_blob_writer_open(struct store *st, const char *expect, uint64_t max_si
     w->md = EVP_MD_CTX_new();
     if (!w->md || EVP_DigestInit_ex(w->md, EVP_sha256(), NULL) != 1) {
         store_blob_writer_free(w);
-        return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot start SHA-256");
+        return sha_fail("cannot start SHA-256", err);
     }
     *out = w;
     return TPV_OK;
@@ -165,7 +174,7 @@ int store_blob_writer_write(struct store_blob_writer *w, const void *data, size_
         return tpv_err_set(err, TPV_ETOOLARGE, "body", "blob exceeds the limit of %llu bytes",
                            (unsigned long long)w->max_size);
     if (EVP_DigestUpdate(w->md, data, len) != 1)
-        return tpv_err_set(err, TPV_EINTERNAL, NULL, "SHA-256 update failed");
+        return sha_fail("SHA-256 update failed", err);
     const char *p = data;
     size_t left = len;
     while (left > 0) {
@@ -213,7 +222,7 @@ int store_blob_writer_commit(struct store_blob_writer *w, char digest[STORE_DIGE
     if (w->committed)
         return tpv_err_set(err, TPV_EINTERNAL, NULL, "upload already committed");
     if (EVP_DigestFinal_ex(w->md, md, &mdlen) != 1 || mdlen != 32)
-        return tpv_err_set(err, TPV_EINTERNAL, NULL, "SHA-256 failed");
+        return sha_fail("SHA-256 failed", err);
     memcpy(digest, "sha256:", 7);
     for (unsigned i = 0; i < 32; i++)
         snprintf(digest + 7 + 2 * i, 3, "%02x", md[i]);
