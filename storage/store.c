@@ -471,10 +471,11 @@ static int db_damaged(const char *path, const char *detail, struct tpv_err *err)
 /* An existing 0-byte tpvd.db is never a database tpvd wrote (the first start writes its header
  * before anything else): SQLite would take it for a new empty one, and a data dir whose tokens
  * vanished silently opens loopback access.  A missing file is a new data dir. */
-static int check_not_empty(const char *path, struct tpv_err *err)
+static int check_not_empty(const char *path, bool *exists, struct tpv_err *err)
 {
     struct stat sb;
-    if (stat(path, &sb) != 0)
+    *exists = stat(path, &sb) == 0;
+    if (!*exists)
         return errno == ENOENT ? TPV_OK
                                : tpv_err_set(err, TPV_EIO, "data_dir", "cannot stat %s: %s", path,
                                              strerror(errno));
@@ -485,6 +486,16 @@ static int check_not_empty(const char *path, struct tpv_err *err)
                            "tpvd.db from a backup; remove the file only if this data dir is new",
                            path);
     return TPV_OK;
+}
+
+/* SQLite creates tpvd.db when it opens it and writes the header only with the journal-mode
+ * switch: an open that fails in between (out of memory, a full disk) leaves a 0-byte file, which
+ * the next start would refuse as above.  A file this open created and never wrote goes. */
+static void remove_unwritten(const char *path, bool existed)
+{
+    struct stat sb;
+    if (!existed && stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0)
+        unlink(path);
 }
 
 /* PRAGMA quick_check (b-tree structure of every page, not index contents): a file with damaged
@@ -591,7 +602,8 @@ int store_open_with(struct store **out, const char *data_dir, const struct store
         store_close(st);
         return rc;
     }
-    rc = check_not_empty(path, err);
+    bool existed = false;
+    rc = check_not_empty(path, &existed, err);
     if (rc != TPV_OK) {
         store_close(st);
         return rc;
@@ -600,6 +612,7 @@ int store_open_with(struct store **out, const char *data_dir, const struct store
         rc = conn_open(st, &st->conns[i], path, &o, i == 0, err);
         if (rc != TPV_OK) {
             store_close(st);
+            remove_unwritten(path, existed);
             return rc;
         }
         st->free_list[st->nfree++] = i;
