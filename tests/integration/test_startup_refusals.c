@@ -39,7 +39,7 @@ static void make_database(struct test_daemon *d)
     assert_int_equal(test_daemon_token(d, "create --name ops --role admin", NULL, 0), 0);
     assert_int_equal(test_daemon_start(d, NULL), 0);
     char token[128] = "", auth[160];
-    /* The daemon requires a token now: make one more through the CLI beside it to learn a secret. */
+    /* Tokens exist, so the daemon requires one: a second, made beside it, gives a secret. */
     assert_int_equal(test_daemon_token(d, "create --name writer --role write", token,
                                        sizeof token), 0);
     snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
