@@ -916,6 +916,8 @@ static void alloc_failures_job(bool warm)
      * the one failure path of conn_stmt; every 7th N still fails each statement's preparation
      * many times over, at a seventh of the cost (each N opens a store). */
     long stride = warm || only ? 1 : 7;
+    if (getenv("TPV_FAULT_STRIDE")) /* TPV_FAULT_STRIDE=1: every N, for a full run by hand */
+        stride = atol(getenv("TPV_FAULT_STRIDE")) > 0 ? atol(getenv("TPV_FAULT_STRIDE")) : 1;
     for (long n = only ? only : 1; n <= (only ? only : total); n += stride) {
         if (!warm)
             st = open_store(data);
@@ -1013,6 +1015,8 @@ static void test_alloc_failures_open(void **state)
     /* Most of these allocations are SQLite parsing the migrations, behind one failure path each:
      * every 5th N fails each of them many times over, at a fifth of the cost. */
     long stride = only ? 1 : 5;
+    if (getenv("TPV_FAULT_STRIDE"))
+        stride = atol(getenv("TPV_FAULT_STRIDE")) > 0 ? atol(getenv("TPV_FAULT_STRIDE")) : 1;
     for (long n = only ? only : 1; n <= (only ? only : total); n += stride) {
         make_dir(data, sizeof data, "faults-open");
         fi.count = 0;
