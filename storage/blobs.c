@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@ struct store_blob_writer {
     uint64_t size, max_size;
     char expect[STORE_DIGEST_MAX];
     bool committed;
+    bool failed; /* a write failed: the file and the hash disagree, nothing may be committed */
 };
 
 bool store_digest_valid(const char *d)
@@ -48,6 +50,14 @@ static int fsync_dir(const char *path)
     int rc = fsync(fd);
     close(fd);
     return rc;
+}
+
+/* A failed OpenSSL call leaves its error on the calling thread's queue, where the next OpenSSL
+ * user of that thread (TLS in libcurl, SSL_get_error) would read it as its own: take it off. */
+static int sha_fail(const char *what, struct tpv_err *err)
+{
+    ERR_clear_error();
+    return tpv_err_set(err, TPV_EINTERNAL, NULL, "%s", what);
 }
 
 int blobs_init(struct store *st, struct tpv_err *err)
@@ -151,7 +161,7 @@ int store_blob_writer_open(struct store *st, const char *expect, uint64_t max_si
     w->md = EVP_MD_CTX_new();
     if (!w->md || EVP_DigestInit_ex(w->md, EVP_sha256(), NULL) != 1) {
         store_blob_writer_free(w);
-        return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot start SHA-256");
+        return sha_fail("cannot start SHA-256", err);
     }
     *out = w;
     return TPV_OK;
@@ -164,18 +174,26 @@ int store_blob_writer_write(struct store_blob_writer *w, const void *data, size_
     if (__builtin_add_overflow(w->size, (uint64_t)len, &total) || total > w->max_size)
         return tpv_err_set(err, TPV_ETOOLARGE, "body", "blob exceeds the limit of %llu bytes",
                            (unsigned long long)w->max_size);
-    if (EVP_DigestUpdate(w->md, data, len) != 1)
-        return tpv_err_set(err, TPV_EINTERNAL, NULL, "SHA-256 update failed");
+    if (w->failed)
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "the upload already failed");
+    if (EVP_DigestUpdate(w->md, data, len) != 1) {
+        w->failed = true;
+        return sha_fail("SHA-256 update failed", err);
+    }
     const char *p = data;
     size_t left = len;
     while (left > 0) {
         ssize_t n = write(w->fd, p, left);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0)
-            return tpv_err_set(err, errno == ENOSPC || errno == EDQUOT ? TPV_ENOSPACE : TPV_EIO,
-                               NULL, "cannot store the upload: %s",
-                               n < 0 ? strerror(errno) : "short write");
+        if (n <= 0) {
+            /* The hash already covers bytes the file does not hold. */
+            w->failed = true;
+            int e = n < 0 ? errno : EIO; /* errno is stale after a write of 0 bytes */
+            return tpv_err_set(err, e == ENOSPC || e == EDQUOT ? TPV_ENOSPACE : TPV_EIO, NULL,
+                               "cannot store the upload: %s",
+                               n < 0 ? strerror(e) : "the disk took no bytes");
+        }
         p += n;
         left -= (size_t)n;
     }
@@ -212,8 +230,10 @@ int store_blob_writer_commit(struct store_blob_writer *w, char digest[STORE_DIGE
     *existed = false;
     if (w->committed)
         return tpv_err_set(err, TPV_EINTERNAL, NULL, "upload already committed");
+    if (w->failed)
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "the upload failed: nothing to commit");
     if (EVP_DigestFinal_ex(w->md, md, &mdlen) != 1 || mdlen != 32)
-        return tpv_err_set(err, TPV_EINTERNAL, NULL, "SHA-256 failed");
+        return sha_fail("SHA-256 failed", err);
     memcpy(digest, "sha256:", 7);
     for (unsigned i = 0; i < 32; i++)
         snprintf(digest + 7 + 2 * i, 3, "%02x", md[i]);

@@ -47,9 +47,9 @@ int store_outbox_due(struct store *st, double now, int limit, struct store_outbo
         snprintf(it->event, sizeof it->event, "%s", col_text(s, 2));
         it->payload = col_strdup(s, 3);
         it->attempts = sqlite3_column_int(s, 4);
-        it->url = col_strdup(s, 5);
-        it->secret = col_strdup(s, 6);
-        if (!it->payload) {
+        bool url_ok = col_strdup_or_null(s, 5, &it->url);
+        bool secret_ok = col_strdup_or_null(s, 6, &it->secret);
+        if (!it->payload || !url_ok || !secret_ok) { /* never an event without its URL or key */
             rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
             break;
         }

@@ -166,9 +166,12 @@ static int study_has_hook(struct store_conn *c, const char *study_id, bool *has,
     if (!s)
         return err->code;
     bind_text(s, 1, study_id);
-    *has = sqlite3_step(s) == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL;
+    int step = sqlite3_step(s), rc = TPV_OK;
+    *has = step == SQLITE_ROW && sqlite3_column_type(s, 0) != SQLITE_NULL;
+    if (step != SQLITE_ROW && step != SQLITE_DONE) /* not "no webhook": the event would be lost */
+        rc = db_fail(c, step, "read study webhook", err);
     stmt_done(s);
-    return TPV_OK;
+    return rc;
 }
 
 /* Appends an event to the outbox in the caller's transaction; steals `payload`.  The webhook
@@ -178,9 +181,10 @@ static int outbox_put(struct store_conn *c, const char *study_id, const char *ev
 {
     char id[STORE_ID_MAX];
     store_id_new(id, "ev"); /* the event id receivers dedup on, the same for every attempt */
-    if (payload)
-        json_object_set_new(payload, "id", json_string(id));
-    char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+    /* Without its id the event would go out with nothing for the receiver to dedup on. */
+    char *text = payload && json_object_set_new(payload, "id", json_string(id)) == 0
+                     ? store_json_dump(payload, JSON_COMPACT)
+                     : NULL;
     json_decref(payload);
     if (!text)
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
@@ -302,8 +306,8 @@ int store_job_claim(struct store *st, const char *owner, double lease_s, struct 
             out->attempts = sqlite3_column_int(s, 4) + 1;
             out->source = col_strdup(s, 5);
             out->noise_models = col_strdup(s, 6);
-            out->params = col_strdup(s, 7);
-            if (!out->source || !out->noise_models)
+            bool params_ok = col_strdup_or_null(s, 7, &out->params);
+            if (!out->source || !out->noise_models || !params_ok)
                 rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
         } else if (step == SQLITE_DONE) {
             rc = TPV_ENOTFOUND;

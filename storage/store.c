@@ -213,10 +213,13 @@ void tx_rollback(struct store_conn *c)
         sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
+/* SQLITE_STATIC: a copy (SQLITE_TRANSIENT) allocates, and a failed bind left the parameter NULL
+ * without a word: the row was stored without the value, or refused by a NOT NULL constraint
+ * that read as "already exists".  Without the copy a bind of valid text cannot fail. */
 void bind_text(sqlite3_stmt *s, int i, const char *text)
 {
     if (text)
-        sqlite3_bind_text(s, i, text, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(s, i, text, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(s, i);
 }
@@ -231,6 +234,31 @@ char *col_strdup(sqlite3_stmt *s, int i)
 {
     const unsigned char *t = sqlite3_column_text(s, i);
     return t ? strdup((const char *)t) : NULL;
+}
+
+bool col_strdup_or_null(sqlite3_stmt *s, int i, char **out)
+{
+    *out = NULL;
+    if (sqlite3_column_type(s, i) == SQLITE_NULL)
+        return true;
+    *out = col_strdup(s, i);
+    return *out != NULL;
+}
+
+char *store_json_dump(const json_t *j, size_t flags)
+{
+    /* Into a buffer of the measured size: writing into a fixed buffer cannot fail, while
+     * json_dumps (jansson 2.14) drops an object key whose buffer growth failed and returns the
+     * broken text as a success. */
+    size_t need = j ? json_dumpb(j, NULL, 0, flags) : 0;
+    char *text = need ? malloc(need + 1) : NULL;
+    if (text && json_dumpb(j, text, need, flags) != need) {
+        free(text);
+        return NULL;
+    }
+    if (text)
+        text[need] = '\0';
+    return text;
 }
 
 int study_bump(struct store_conn *c, const char *study_id, int64_t *version, struct tpv_err *err)
@@ -423,6 +451,77 @@ static int on_wal_commit(void *ctx, sqlite3 *db, const char *schema, int wal_pag
     return SQLITE_OK;
 }
 
+/* What an operator should do with a database tpvd will not open (start-up log, never a client). */
+#define DB_RESCUE_ADVICE                                                                          \
+    "tpvd will not start on it. Keep a copy of the whole data dir first, then restore tpvd.db "  \
+    "from a backup, or salvage what is readable with `sqlite3 tpvd.db .recover | sqlite3 "       \
+    "recovered.db` and put recovered.db in its place"
+
+static int db_damaged(const char *path, const char *detail, struct tpv_err *err)
+{
+    char one_line[121]; /* quick_check's report spans lines: keep the log line one line */
+    size_t n = 0;
+    for (; detail[n] && n < sizeof one_line - 1; n++)
+        one_line[n] = detail[n] == '\n' || detail[n] == '\r' ? ' ' : detail[n];
+    one_line[n] = '\0';
+    return tpv_err_set(err, TPV_EIO, "data_dir", "database %s is damaged (%s); " DB_RESCUE_ADVICE,
+                       path, one_line);
+}
+
+/* An existing 0-byte tpvd.db is never a database tpvd wrote (the first start writes its header
+ * before anything else): SQLite would take it for a new empty one, and a data dir whose tokens
+ * vanished silently opens loopback access.  A missing file is a new data dir. */
+static int check_not_empty(const char *path, bool *exists, struct tpv_err *err)
+{
+    struct stat sb;
+    *exists = stat(path, &sb) == 0;
+    if (!*exists)
+        return errno == ENOENT ? TPV_OK
+                               : tpv_err_set(err, TPV_EIO, "data_dir", "cannot stat %s: %s", path,
+                                             strerror(errno));
+    if (S_ISREG(sb.st_mode) && sb.st_size == 0)
+        return tpv_err_set(err, TPV_EPRECONDITION, "data_dir",
+                           "database %s exists but is empty (0 bytes): tpvd will not create a new "
+                           "database over it (its tokens and studies would be gone). Restore "
+                           "tpvd.db from a backup; remove the file only if this data dir is new",
+                           path);
+    return TPV_OK;
+}
+
+/* SQLite creates tpvd.db when it opens it and writes the header only with the journal-mode
+ * switch: an open that fails in between (out of memory, a full disk) leaves a 0-byte file, which
+ * the next start would refuse as above.  A file this open created and never wrote goes. */
+static void remove_unwritten(const char *path, bool existed)
+{
+    struct stat sb;
+    if (!existed && stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0)
+        unlink(path);
+}
+
+/* PRAGMA quick_check (b-tree structure of every page, not index contents): a file with damaged
+ * pages otherwise opens, answers SELECT 1 (so /readyz said ready) and fails every real query.
+ * It reads the whole file once, at start only. */
+static int check_integrity(sqlite3 *db, const char *path, struct tpv_err *err)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(db, "PRAGMA quick_check(1)", -1, &s, NULL);
+    int step = rc == SQLITE_OK ? sqlite3_step(s) : rc;
+    int out = TPV_OK;
+    if (step == SQLITE_ROW) {
+        const char *verdict = col_text(s, 0);
+        if (strcmp(verdict, "ok") != 0)
+            out = db_damaged(path, verdict, err);
+    } else {
+        int code = step & 0xff;
+        if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB)
+            out = db_damaged(path, sqlite3_errmsg(db), err);
+        else
+            out = db_fail(NULL, step, "integrity check", err);
+    }
+    sqlite3_finalize(s);
+    return out;
+}
+
 static int conn_open(struct store *st, struct store_conn *c, const char *path,
                      const struct store_options *o, bool first, struct tpv_err *err)
 {
@@ -431,10 +530,14 @@ static int conn_open(struct store *st, struct store_conn *c, const char *path,
         return tpv_err_set(err, TPV_EIO, "data_dir", "cannot open %s: %s", path,
                            c->db ? sqlite3_errmsg(c->db) : "out of memory");
     sqlite3_busy_timeout(c->db, o->busy_timeout_ms);
+    /* Checked before the journal-mode switch, the first write to the file. */
+    int rc = first ? check_integrity(c->db, path, err) : TPV_OK;
+    if (rc != TPV_OK)
+        return rc;
     char pragmas[160];
     snprintf(pragmas, sizeof pragmas, "%s PRAGMA synchronous=%s; PRAGMA foreign_keys=ON;",
              first ? "PRAGMA journal_mode=WAL;" : "", o->synchronous_full ? "FULL" : "NORMAL");
-    int rc = exec_sql(c->db, pragmas, err);
+    rc = exec_sql(c->db, pragmas, err);
     if (rc == TPV_OK && first)
         rc = migrate(c->db, err);
     sqlite3_wal_hook(c->db, on_wal_commit, st);
@@ -499,10 +602,17 @@ int store_open_with(struct store **out, const char *data_dir, const struct store
         store_close(st);
         return rc;
     }
+    bool existed = false;
+    rc = check_not_empty(path, &existed, err);
+    if (rc != TPV_OK) {
+        store_close(st);
+        return rc;
+    }
     for (int i = 0; i < st->nconns; i++) {
         rc = conn_open(st, &st->conns[i], path, &o, i == 0, err);
         if (rc != TPV_OK) {
             store_close(st);
+            remove_unwritten(path, existed);
             return rc;
         }
         st->free_list[st->nfree++] = i;

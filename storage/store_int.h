@@ -208,10 +208,18 @@ int tx_begin(struct store_conn *c, struct tpv_err *err);
 int tx_commit(struct store_conn *c, struct tpv_err *err);
 void tx_rollback(struct store_conn *c);
 
-/* Binding helpers: NULL text binds SQL NULL. */
+/* Binding helpers: NULL text binds SQL NULL.  bind_text does not copy: the text must stay valid
+ * until the statement has been stepped and reset (stmt_done), as it is in every caller. */
 void bind_text(sqlite3_stmt *s, int i, const char *text);
 const char *col_text(sqlite3_stmt *s, int i); /* "" for NULL */
 char *col_strdup(sqlite3_stmt *s, int i);      /* NULL for NULL (or OOM) */
+/* For a column that may be NULL: *out gets a copy, or NULL for SQL NULL; false when the copy
+ * failed (out of memory), which col_strdup cannot tell from NULL. */
+bool col_strdup_or_null(sqlite3_stmt *s, int i, char **out);
+
+/* The JSON text of j (malloc'd, the caller frees), or NULL when out of memory.  Use it instead of
+ * json_dumps, which can return text with a key missing when an allocation fails. */
+char *store_json_dump(const json_t *j, size_t flags);
 
 /* Bumps a study's version inside the caller's transaction; *version gets the new value. */
 int study_bump(struct store_conn *c, const char *study_id, int64_t *version, struct tpv_err *err);

@@ -6,17 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Stored JSON text back to a value; `fallback` (stolen) when absent or unreadable. */
+/* Stored JSON text back to a value; `fallback` (stolen) when absent.  NULL when the text does
+ * not load: what we stored always parses, so that is an allocation failure, and serving the
+ * fallback would show a study or candidate without its metadata. */
 static json_t *json_text(const char *text, json_t *fallback)
 {
-    if (text && text[0]) {
-        json_t *j = json_loads(text, JSON_DECODE_ANY, NULL);
-        if (j) {
-            json_decref(fallback);
-            return j;
-        }
-    }
-    return fallback;
+    if (!text || !text[0])
+        return fallback;
+    json_decref(fallback);
+    return json_loads(text, JSON_DECODE_ANY, NULL);
 }
 
 static json_t *col_json(sqlite3_stmt *s, int i, json_t *fallback)
@@ -563,8 +561,11 @@ int store_candidate_get(struct store *st, const char *study_id, const char *id, 
     bind_text(s, 1, id);
     json_t *scores = json_object_get(cand, "scores");
     while ((step = sqlite3_step(s)) == SQLITE_ROW)
-        json_array_append_new(scores, score_row_json(s));
-    if (step != SQLITE_DONE)
+        if (json_array_append_new(scores, score_row_json(s)) != 0) { /* never a score short */
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            break;
+        }
+    if (rc == TPV_OK && step != SQLITE_DONE)
         rc = db_fail(c, step, "read scores", err);
     stmt_done(s);
 out:
@@ -678,10 +679,12 @@ int store_candidate_list(struct store *st, const char *study_id, int64_t after_s
     sqlite3_bind_int(s, 3, count);
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
         json_t *cand = json_object_get(by_id, col_text(s, 0));
-        if (cand)
-            json_array_append_new(json_object_get(cand, "scores"), score_row_json(s));
+        if (cand && json_array_append_new(json_object_get(cand, "scores"), score_row_json(s))) {
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            break;
+        }
     }
-    if (step != SQLITE_DONE)
+    if (rc == TPV_OK && step != SQLITE_DONE)
         rc = db_fail(c, step, "list scores", err);
     stmt_done(s);
 out:
@@ -786,7 +789,10 @@ int store_rank_rows(struct store *st, const char *study_id, const char *noise, c
         r->train_loss = sqlite3_column_double(s, 4);
         r->has_epoch = sqlite3_column_type(s, 5) != SQLITE_NULL;
         r->epoch = sqlite3_column_double(s, 5);
-        r->run = col_strdup(s, 6);
+        if (!col_strdup_or_null(s, 6, &r->run)) {
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            break;
+        }
         r->has_value = sqlite3_column_type(s, 7) != SQLITE_NULL;
         r->value = sqlite3_column_double(s, 7);
         r->stderr_value = sqlite3_column_double(s, 8);
