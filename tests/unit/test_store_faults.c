@@ -697,7 +697,7 @@ static int job_step(struct store *st, struct job_ctx *j, int k, long fail_at, bo
     case 10: {
         int64_t next = -1;
         fi_arm(fail_at);
-        rc = store_candidate_list(st, j->study, 0, 10, &out, &next, &err);
+        rc = store_candidate_list(st, j->study, 0, 10, 1 << 20, &out, &next, &err);
         fi_disarm();
         if (rc == TPV_OK) {
             assert_int_equal(json_array_size(out), 1);
