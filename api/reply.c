@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json_alloc.h"
+
 void api_response_free(struct api_response *resp)
 {
     if (!resp)
@@ -142,7 +144,7 @@ static void reals_shorten(char *text)
 
 char *api_json_dumps(const json_t *json, size_t flags)
 {
-    char *text = json_dumps(json, flags);
+    char *text = tpv_json_dump(json, flags);
     if (text)
         reals_shorten(text);
     return text;

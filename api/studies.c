@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json_alloc.h"
 #include "core/noise.h"
 #include "core/tensor.h"
 #include "storage/store.h"
@@ -217,9 +218,9 @@ void api_handle_study_create(const struct api_env *env, struct api_request *req,
     /* The secret is shown once, here (and in an Idempotency-Key replay of this response). */
     if (out && webhook)
         json_object_set_new(out, "webhook_secret", json_string(secret));
-    noise_text = json_dumps(noise_json, JSON_COMPACT);
-    meta_text = out ? json_dumps(json_object_get(out, "metadata"), JSON_COMPACT) : NULL;
-    out_text = out ? json_dumps(out, JSON_COMPACT) : NULL;
+    noise_text = tpv_json_dump(noise_json, JSON_COMPACT);
+    meta_text = out ? tpv_json_dump(json_object_get(out, "metadata"), JSON_COMPACT) : NULL;
+    out_text = out ? tpv_json_dump(out, JSON_COMPACT) : NULL;
     if (!noise_text || !meta_text || !out_text) {
         api_reply_errorf(resp, TPV_ENOMEM, NULL, "out of memory");
         goto out;

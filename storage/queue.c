@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json_alloc.h"
+
 static json_t *col_json_or_null(sqlite3_stmt *s, int i)
 {
     const unsigned char *t = sqlite3_column_text(s, i);
@@ -183,7 +185,7 @@ static int outbox_put(struct store_conn *c, const char *study_id, const char *ev
     store_id_new(id, "ev"); /* the event id receivers dedup on, the same for every attempt */
     /* Without its id the event would go out with nothing for the receiver to dedup on. */
     char *text = payload && json_object_set_new(payload, "id", json_string(id)) == 0
-                     ? store_json_dump(payload, JSON_COMPACT)
+                     ? tpv_json_dump(payload, JSON_COMPACT)
                      : NULL;
     json_decref(payload);
     if (!text)

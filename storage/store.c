@@ -245,22 +245,6 @@ bool col_strdup_or_null(sqlite3_stmt *s, int i, char **out)
     return *out != NULL;
 }
 
-char *store_json_dump(const json_t *j, size_t flags)
-{
-    /* Into a buffer of the measured size: writing into a fixed buffer cannot fail, while
-     * json_dumps (jansson 2.14) drops an object key whose buffer growth failed and returns the
-     * broken text as a success. */
-    size_t need = j ? json_dumpb(j, NULL, 0, flags) : 0;
-    char *text = need ? malloc(need + 1) : NULL;
-    if (text && json_dumpb(j, text, need, flags) != need) {
-        free(text);
-        return NULL;
-    }
-    if (text)
-        text[need] = '\0';
-    return text;
-}
-
 int study_bump(struct store_conn *c, const char *study_id, int64_t *version, struct tpv_err *err)
 {
     sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_BUMP, err);

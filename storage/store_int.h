@@ -217,10 +217,6 @@ char *col_strdup(sqlite3_stmt *s, int i);      /* NULL for NULL (or OOM) */
  * failed (out of memory), which col_strdup cannot tell from NULL. */
 bool col_strdup_or_null(sqlite3_stmt *s, int i, char **out);
 
-/* The JSON text of j (malloc'd, the caller frees), or NULL when out of memory.  Use it instead of
- * json_dumps, which can return text with a key missing when an allocation fails. */
-char *store_json_dump(const json_t *j, size_t flags);
-
 /* Bumps a study's version inside the caller's transaction; *version gets the new value. */
 int study_bump(struct store_conn *c, const char *study_id, int64_t *version, struct tpv_err *err);
 
