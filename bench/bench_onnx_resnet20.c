@@ -146,6 +146,7 @@ static double forward_time(const struct tpv_onnx_model *m, const struct tpv_tens
         const struct tpv_onnx_tensor *w = &plan->vals[nd->in[1]], *y = &plan->vals[nd->out[0]];
         *conv += 2.0 * (double)w->numel / (double)w->shape[0] * (double)y->numel;
     }
+    printf("activations: %.2f MiB per sample\n", (double)plan->act_bytes / (double)b / 1048576.0);
     const double *xp = xd;
     double best = 1e30;
     for (int r = 0; r < 3; r++) {

@@ -30,10 +30,13 @@ int tpv_onnx_source_new(struct tpv_jsrc **out, const struct tpv_onnx_model *m,
 /* For tests and benchmarks: `on` forces the reference path (one reverse pass per (sample,
  * output)) of sqdiag, sqdiag_projected and gram. */
 void tpv_onnx_source_set_reference(struct tpv_jsrc *s, bool on);
-/* For tests: the memory budget of the batched path's gradient rows (default 32 MiB); a small one
- * exercises the blocking (one sample per batch and per Gram panel). */
+/* For tests and benchmarks: the memory budget of the batched path's gradient rows (default
+ * 32 MiB), which then runs whenever the graph qualifies, even at one sample per pass; a small
+ * budget exercises the blocking (one sample per batch and per Gram panel). */
 void tpv_onnx_source_set_panel_bytes(struct tpv_jsrc *s, uint64_t bytes);
-/* Whether sqdiag, sqdiag_projected and gram take the batched per-sample path. */
+/* Whether sqdiag, sqdiag_projected and gram take the batched per-sample path: the graph qualifies
+ * and more than one sample's activations and adjoints fit 8 MiB (otherwise the batch spills out
+ * of cache and the reference path is faster). */
 bool tpv_onnx_source_batched(const struct tpv_jsrc *s);
 
 #endif
