@@ -230,15 +230,22 @@ int main(int argc, char **argv)
     json_t *tr = json_load_file(path, 0, NULL);
     double t_vmap = json_real_value(json_object_get(tr, "vmap_seconds"));
     double t_hutch = json_real_value(json_object_get(tr, "hutch_seconds_to_1pct"));
+    double c_vmap = json_real_value(json_object_get(tr, "vmap_cpu_seconds"));
+    double c_hutch = json_real_value(json_object_get(tr, "hutch_cpu_seconds_to_1pct"));
     double iso_t = json_real_value(json_object_get(tr, "iso"));
     double q_t = json_real_value(json_object_get(tr, "qpc8"));
-    printf("exact sqdiag (iso + per-channel q8 + sgd): %.2f s batched, %.2f s reference path "
-           "(%ld samples x %.0f), ratio %.1fx\n",
-           t_exact, t_ref, (long)sr->n, (double)s->n / (double)sr->n, t_ref / t_exact);
-    printf("  cpu seconds: %.2f batched, %.2f reference path\n", c_exact, c_ref);
+    const char *path_name = tpv_onnx_source_batched(s) ? "batched" : "reference";
+    printf("exact sqdiag (iso + per-channel q8 + sgd): %.2f s default (%s) path, %.2f s reference "
+           "path (%ld samples x %.0f), ratio %.2fx\n",
+           t_exact, path_name, t_ref, (long)sr->n, (double)s->n / (double)sr->n, t_ref / t_exact);
+    printf("  cpu seconds: %.2f default (%s) path, %.2f reference path\n", c_exact, path_name,
+           c_ref);
     printf("traces: iso %.10g (torch %.10g, rel %.2g)  qpc8 %.10g (torch %.10g, rel %.2g)\n", iso,
            iso_t, fabs(iso - iso_t) / fabs(iso_t), q, q_t, fabs(q - q_t) / fabs(q_t));
-    printf("torch vmap(jacrev) exact: %.2f s  -> tpvd %.2fx faster\n", t_vmap, t_vmap / t_exact);
+    printf("torch vmap(jacrev) exact: %.2f s wall, %.2f s cpu -> tpvd %.2fx (wall), %.2fx (cpu)\n",
+           t_vmap, c_vmap, t_vmap / t_exact, c_vmap / c_exact);
+    printf("reference estimator to 1%% s.e.: %.2f s cpu -> tpvd %.2fx (cpu)\n", c_hutch,
+           c_hutch / c_exact);
     printf("reference estimator to 1%% s.e.: %.2f s (%.0f draws) -> tpvd %.2fx faster\n",
            t_hutch, json_real_value(json_object_get(tr, "hutch_draws_for_1pct")),
            t_hutch / t_exact);
