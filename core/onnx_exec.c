@@ -119,6 +119,14 @@ static int deriv_buffers(struct tpv_onnx_exec *ex, double ***bufs, struct tpv_er
     return TPV_OK;
 }
 
+/* An adjoint the reverse pass computes: every differentiable value, but only computed ones when
+ * skip_leaves is set. */
+static bool wanted_adjoint(const struct tpv_onnx_exec *ex, long v)
+{
+    return differentiable(ex, v) &&
+           !(ex->skip_leaves && ex->plan->m->values[v].kind != TPV_ONNX_VNODE);
+}
+
 static int no_derivative(const struct tpv_onnx_node *nd, const char *mode, struct tpv_err *err)
 {
     return tpv_err_set(err, TPV_EUNIMPLEMENTED, nd->name, "node '%s' (%s): no %s", nd->name,
@@ -150,8 +158,13 @@ int tpv_onnx_exec_vjp(struct tpv_onnx_exec *ex, long v, const double *gy, struct
         }
         if (!any)
             continue;
-        for (size_t k = 0; k < nd->nin; k++)
-            gin[k] = differentiable(ex, nd->in[k]) ? ex->grad[nd->in[k]] : NULL;
+        any = false;
+        for (size_t k = 0; k < nd->nin; k++) {
+            gin[k] = wanted_adjoint(ex, nd->in[k]) ? ex->grad[nd->in[k]] : NULL;
+            any = any || gin[k];
+        }
+        if (!any)
+            continue;
         const struct tpv_onnx_op *op = tpv_onnx_op_get(nd->op);
         if (!op->vjp)
             return no_derivative(nd, "reverse mode", err);

@@ -15,6 +15,10 @@ struct tpv_onnx_exec {
     bool *owned;
     double **grad;                    /* per float value: reverse-mode adjoint (lazily allocated) */
     double **tan;                     /* per float value: forward-mode tangent (lazily allocated) */
+    bool skip_leaves;                 /* set by per-sample users (core/onnx_persample.h): the
+                                       * reverse pass leaves the adjoints of graph inputs and
+                                       * initializers at zero (their batch sums are not needed,
+                                       * and cost as much as the rest of the pass) */
 };
 
 /* Allocates the buffers for `plan` (plan->act_bytes plus the float inputs).  *out is owned by

@@ -4,10 +4,13 @@
  * Columns are the model's parameters in m->params order, each flattened row-major (PyTorch's
  * layout).  Products:
  *  - jvp and vjp: batched forward-mode / reverse-mode passes (BATCH samples at a time);
- *  - sqdiag, sqdiag_projected, gram: per-sample, per-output gradients from reverse passes of one
- *    sample at a time (K passes per sample, one for the projected form), squared and summed per
+ *  - sqdiag, sqdiag_projected, gram: exact per-sample, per-output gradients from batched reverse
+ *    passes (core/onnx_persample.h): per batch one forward pass, then per output k one reverse
+ *    pass seeded with e_k in every row (one seeded with r for the projected form), each node
+ *    that reads a parameter giving every sample's gradient of it; squared and summed per
  *    parameter or paired in (rows x p) panels bounded by PANEL_BYTES: never an n x K x p array.
- * A graph exported with a fixed batch of 1 always runs one sample at a time.  costs: one
+ *    A graph that does not qualify, or one exported with a fixed batch of 1, runs one sample at a
+ *    time (the reference path: K reverse passes of one sample).  costs: one
  * sample's forward pass F (Conv, Gemm, MatMul by their products, other nodes by their output
  * size), a reverse pass 2F; sqdiag n (F + 2 K F) + n K p, projected n 3F + n p. */
 #ifndef TPV_ONNX_SOURCE_H
@@ -23,5 +26,17 @@
  * success *out is owned by the caller (tpv_jsrc_free). */
 int tpv_onnx_source_new(struct tpv_jsrc **out, const struct tpv_onnx_model *m,
                         const struct tpv_tensor *inputs, struct tpv_err *err);
+
+/* For tests and benchmarks: `on` forces the reference path (one reverse pass per (sample,
+ * output)) of sqdiag, sqdiag_projected and gram. */
+void tpv_onnx_source_set_reference(struct tpv_jsrc *s, bool on);
+/* For tests and benchmarks: the memory budget of the batched path's gradient rows (default
+ * 32 MiB), which then runs whenever the graph qualifies, even at one sample per pass; a small
+ * budget exercises the blocking (one sample per batch and per Gram panel). */
+void tpv_onnx_source_set_panel_bytes(struct tpv_jsrc *s, uint64_t bytes);
+/* Whether sqdiag, sqdiag_projected and gram take the batched per-sample path: the graph qualifies
+ * and more than one sample's activations and adjoints fit 8 MiB (otherwise the batch spills out
+ * of cache and the reference path is faster). */
+bool tpv_onnx_source_batched(const struct tpv_jsrc *s);
 
 #endif

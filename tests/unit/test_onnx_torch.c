@@ -284,8 +284,65 @@ static double quant_per_channel(const struct tpv_onnx_model *m, const struct tpv
     return total;
 }
 
+/* The batched per-sample path against the reference path (one reverse pass per (sample,
+ * output)): the same sums in another order, so 1e-10 relative. */
+#define PATH_TOL 1e-10
+
+static void expect_same_path(const char *name, const char *what, const double *got,
+                             const double *want, uint64_t n)
+{
+    double e = relerr(got, want, n);
+    if (getenv("TPV_TEST_VERBOSE"))
+        print_message("%s: batched %s vs reference path %.3g\n", name, what, e);
+    if (!(e <= PATH_TOL))
+        fail_msg("%s: batched %s differs from the reference path: %.3g relative", name, what, e);
+}
+
+static void check_paths(const char *name, struct tpv_jsrc *s, const double *diag,
+                        const double *gram, uint64_t rows)
+{
+    struct tpv_err err;
+    uint64_t p = s->p, n = s->n;
+    double *d = calloc(p, sizeof *d), *g = malloc(rows * rows * sizeof *g);
+    double *r = malloc(rows * sizeof *r), *pd[2], *tot[2];
+    assert_true(d && g && r);
+    for (int k = 0; k < 2; k++) {
+        pd[k] = calloc(p, sizeof *pd[k]);
+        tot[k] = malloc(n * sizeof *tot[k]);
+        assert_true(pd[k] && tot[k]);
+    }
+    for (uint64_t i = 0; i < rows; i++)
+        r[i] = urand();
+    for (int k = 0; k < 2; k++) {
+        tpv_onnx_source_set_reference(s, k == 1);
+        assert_int_equal(s->ops->sqdiag_projected(s, r, pd[k], tot[k], NULL, &err), TPV_OK);
+    }
+    assert_int_equal(s->ops->sqdiag(s, d, NULL, &err), TPV_OK);
+    assert_int_equal(s->ops->gram(s, s, g, NULL, &err), TPV_OK);
+    tpv_onnx_source_set_reference(s, false);
+    expect_same_path(name, "sqdiag", diag, d, p);
+    expect_same_path(name, "gram", gram, g, rows * rows);
+    /* one sample per batch and per panel: the mirrored blocks of a Gram with itself */
+    tpv_onnx_source_set_panel_bytes(s, 1);
+    memset(d, 0, p * sizeof *d);
+    assert_int_equal(s->ops->sqdiag(s, d, NULL, &err), TPV_OK);
+    assert_int_equal(s->ops->gram(s, s, g, NULL, &err), TPV_OK);
+    tpv_onnx_source_set_panel_bytes(s, 32u << 20);
+    expect_same_path(name, "sqdiag in batches of 1", diag, d, p);
+    expect_same_path(name, "gram in panels of 1 sample", gram, g, rows * rows);
+    expect_same_path(name, "projected diagonal", pd[0], pd[1], p);
+    expect_same_path(name, "projected totals", tot[0], tot[1], n);
+    for (int k = 0; k < 2; k++) {
+        free(pd[k]);
+        free(tot[k]);
+    }
+    free(d);
+    free(g);
+    free(r);
+}
+
 static void check_source(const char *name, const struct tpv_onnx_model *m,
-                         const struct tpv_tensor *xs)
+                         const struct tpv_tensor *xs, int batch1)
 {
     char path[512];
     struct tpv_err err;
@@ -341,6 +398,10 @@ static void check_source(const char *name, const struct tpv_onnx_model *m,
         assert_int_equal(s->ops->sqdiag_projected(s, r, proj, tot, NULL, &err), TPV_OK);
     }
     expect_close(name, "sum of one-hot projected diagonals", proj, diag, p);
+    /* every network but the fixed-batch one qualifies for the batched path */
+    assert_int_equal(tpv_onnx_source_batched(s), !batch1);
+    if (!batch1)
+        check_paths(name, s, diag, gram, rows);
     free(diag);
     free(want);
     free(gram);
@@ -395,7 +456,7 @@ static void check_case(const char *name, int batch1, int has_ref)
     if (!batch1)
         check_derivatives(name, m, &xs, x);
     if (has_ref)
-        check_source(name, m, &xs);
+        check_source(name, m, &xs, batch1);
     free(got);
     free(x);
     free(want);

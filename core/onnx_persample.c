@@ -1,0 +1,211 @@
+/* onnx_persample.c: per-sample parameter gradients from a batched reverse pass
+ * (onnx_persample.h). */
+#include "core/onnx_persample.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/onnx_attr.h"
+#include "core/onnx_ops.h"
+
+#define ARGS_MAX 257
+
+struct tpv_onnx_persample {
+    const struct tpv_onnx_model *m;
+    size_t nnodes;
+    size_t *nodes;   /* nodes reading a parameter, in graph order */
+    bool *batched;   /* per value: computed from the graph input (rows are samples) */
+    long *pidx;      /* per value: its index in m->params, or -1 */
+};
+
+/* Operators whose rows are independent samples and whose VJP on one row is that sample's
+ * parameter gradient. */
+static bool rowwise_op(const struct tpv_onnx_node *nd)
+{
+    static const char *ok[] = {"Conv", "Gemm", "MatMul", "BatchNormalization",
+                               "LayerNormalization", "Add", "Sub", "Mul", "Div"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        if (strcmp(nd->op_type, ok[i]) == 0)
+            return true;
+    return false;
+}
+
+static int unqualified(const struct tpv_onnx_node *nd, const char *why, struct tpv_err *err)
+{
+    return tpv_err_set(err, TPV_EUNIMPLEMENTED, nd->name,
+                       "node '%s' (%s): no batched per-sample gradients (%s)", nd->name,
+                       nd->op_type, why);
+}
+
+/* Same per-sample shape at batch 1 and 2, batch first. */
+static bool batch_first(const struct tpv_onnx_tensor *a, const struct tpv_onnx_tensor *b)
+{
+    if (a->rank < 1 || a->rank != b->rank || a->shape[0] != 1 || b->shape[0] != 2)
+        return false;
+    for (int i = 1; i < a->rank; i++)
+        if (a->shape[i] != b->shape[i])
+            return false;
+    return true;
+}
+
+static int check_node(struct tpv_onnx_persample *ps, const struct tpv_onnx_plan *one,
+                      const struct tpv_onnx_plan *two, size_t i, bool *reads_param,
+                      struct tpv_err *err)
+{
+    const struct tpv_onnx_node *nd = &ps->m->nodes[i];
+    bool any = false;
+    *reads_param = false;
+    for (size_t k = 0; k < nd->nin; k++) {
+        long v = nd->in[k];
+        if (v < 0)
+            continue;
+        any = any || ps->batched[v];
+        *reads_param = *reads_param || ps->pidx[v] >= 0;
+    }
+    if (!any)
+        return unqualified(nd, "computed from parameters alone", err);
+    for (size_t k = 0; k < nd->nout; k++) {
+        long v = nd->out[k];
+        if (v < 0)
+            continue;
+        ps->batched[v] = true;
+        if (one->vals[v].dtype == TPV_ONNX_F64 && !batch_first(&one->vals[v], &two->vals[v]))
+            return unqualified(nd, "the batch is not the first dimension", err);
+    }
+    if (*reads_param && !rowwise_op(nd))
+        return unqualified(nd, "reads a parameter", err);
+    if (*reads_param && strcmp(nd->op_type, "LayerNormalization") == 0) {
+        int64_t axis = -1;
+        int ax = 0;
+        int rc = tpv_onnx_attr_int(nd, "axis", -1, &axis, err);
+        if (!rc)
+            rc = tpv_onnx_axis(nd, axis, one->vals[nd->in[0]].rank, "axis", &ax, err);
+        if (rc)
+            return rc;
+        if (ax == 0)
+            return unqualified(nd, "normalizes over the batch", err);
+    }
+    return TPV_OK;
+}
+
+int tpv_onnx_persample_new(struct tpv_onnx_persample **out, const struct tpv_onnx_model *m,
+                           const struct tpv_onnx_plan *one, const struct tpv_onnx_plan *two,
+                           struct tpv_err *err)
+{
+    *out = NULL;
+    struct tpv_onnx_persample *ps = calloc(1, sizeof *ps);
+    size_t nv = m->nvalues ? m->nvalues : 1;
+    if (!ps)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    ps->m = m;
+    ps->nodes = calloc(m->nnodes ? m->nnodes : 1, sizeof *ps->nodes);
+    ps->batched = calloc(nv, sizeof *ps->batched);
+    ps->pidx = malloc(nv * sizeof *ps->pidx);
+    if (!ps->nodes || !ps->batched || !ps->pidx) {
+        tpv_onnx_persample_free(ps);
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    for (size_t v = 0; v < m->nvalues; v++)
+        ps->pidx[v] = -1;
+    for (size_t j = 0; j < m->nparams; j++)
+        ps->pidx[m->params[j]] = (long)j;
+    for (size_t k = 0; k < m->ninputs; k++)
+        ps->batched[m->inputs[k]] = true;
+    int rc = TPV_OK;
+    for (size_t i = 0; !rc && i < m->nnodes; i++) {
+        bool reads = false;
+        if (!one->run[i])
+            continue;
+        rc = check_node(ps, one, two, i, &reads, err);
+        if (!rc && reads)
+            ps->nodes[ps->nnodes++] = i;
+    }
+    if (rc) {
+        tpv_onnx_persample_free(ps);
+        return rc;
+    }
+    *out = ps;
+    return TPV_OK;
+}
+
+void tpv_onnx_persample_free(struct tpv_onnx_persample *ps)
+{
+    if (!ps)
+        return;
+    free(ps->nodes);
+    free(ps->batched);
+    free(ps->pidx);
+    free(ps);
+}
+
+/* Row t of a batched tensor (a view), or the tensor itself when it is not batched. */
+static void row_view(const struct tpv_onnx_persample *ps, const struct tpv_onnx_exec *ex, long v,
+                     uint64_t t, struct tpv_onnx_tensor *view)
+{
+    *view = ex->vals[v];
+    if (!ps->batched[v] || view->shape[0] <= 0)
+        return;
+    uint64_t per = view->numel / (uint64_t)view->shape[0];
+    view->shape[0] = 1;
+    view->numel = per;
+    view->data = (char *)view->data + t * per * 8; /* both dtypes are 8 bytes */
+}
+
+static const double *row_grad(const struct tpv_onnx_persample *ps,
+                              const struct tpv_onnx_exec *ex, long v, uint64_t t)
+{
+    const double *g = v >= 0 && ps->batched[v] ? tpv_onnx_exec_grad(ex, v) : NULL;
+    if (!g || ex->vals[v].shape[0] <= 0)
+        return NULL;
+    return g + t * (ex->vals[v].numel / (uint64_t)ex->vals[v].shape[0]);
+}
+
+/* Sample t's gradients of the parameters node nd reads, added into its row g. */
+static int node_row(const struct tpv_onnx_persample *ps, const struct tpv_onnx_exec *ex,
+                    const struct tpv_onnx_node *nd, uint64_t t, const uint64_t *offset,
+                    double *g, struct tpv_err *err)
+{
+    struct tpv_onnx_tensor vin[ARGS_MAX], vout[ARGS_MAX];
+    const struct tpv_onnx_tensor *in[ARGS_MAX], *out[ARGS_MAX];
+    const double *gout[ARGS_MAX];
+    double *gin[ARGS_MAX];
+    bool any = false;
+    for (size_t k = 0; k < nd->nout; k++) {
+        out[k] = NULL;
+        gout[k] = row_grad(ps, ex, nd->out[k], t);
+        any = any || gout[k];
+        if (nd->out[k] >= 0) {
+            row_view(ps, ex, nd->out[k], t, &vout[k]);
+            out[k] = &vout[k];
+        }
+    }
+    if (!any)
+        return TPV_OK;
+    for (size_t k = 0; k < nd->nin; k++) {
+        long v = nd->in[k];
+        in[k] = NULL;
+        gin[k] = NULL;
+        if (v < 0)
+            continue;
+        row_view(ps, ex, v, t, &vin[k]);
+        in[k] = &vin[k];
+        if (ps->pidx[v] >= 0)
+            gin[k] = g + offset[ps->pidx[v]];
+    }
+    return tpv_onnx_op_get(nd->op)->vjp(nd, in, out, gout, gin, err);
+}
+
+int tpv_onnx_persample_grads(const struct tpv_onnx_persample *ps, const struct tpv_onnx_exec *ex,
+                             const uint64_t *offset, uint64_t p, double *G, struct tpv_err *err)
+{
+    const struct tpv_onnx_model *m = ps->m;
+    uint64_t b = (uint64_t)ex->vals[m->inputs[0]].shape[0];
+    memset(G, 0, b * p * sizeof *G);
+    for (size_t i = 0; i < ps->nnodes; i++)
+        for (uint64_t t = 0; t < b; t++) {
+            int rc = node_row(ps, ex, &m->nodes[ps->nodes[i]], t, offset, G + t * p, err);
+            if (rc)
+                return rc;
+        }
+    return TPV_OK;
+}
