@@ -151,14 +151,19 @@ function scale(kind, lo, hi, a, b) {
   if (kind === 'log') {
     const l0 = Math.log10(lo), l1 = Math.log10(hi);
     const f = (v) => a + (Math.log10(v) - l0) / (l1 - l0 || 1) * (b - a);
+    /* Powers of ten; over a short range also 2x and 5x (then every digit), so that a plot
+     * spanning less than a decade still has labelled ticks inside it. */
     f.ticks = () => {
-      const t = [];
-      for (let e = Math.floor(l0); e <= Math.ceil(l1); e++) {
-        const v = Math.pow(10, e);
-        if (v >= lo * 0.999 && v <= hi * 1.001) t.push(v);
+      for (const ms of [[1], [1, 2, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]) {
+        const t = [];
+        for (let e = Math.floor(l0); e <= Math.ceil(l1); e++)
+          for (const m of ms) {
+            const v = m * Math.pow(10, e);
+            if (v >= lo && v <= hi) t.push(v);
+          }
+        if (t.length >= 3 || ms.length === 9) return t.length ? t : [lo, hi];
       }
-      if (t.length < 2) t.splice(0, t.length, lo, hi);
-      return t;
+      return [lo, hi];
     };
     return f;
   }
@@ -291,10 +296,12 @@ function plotRuns(st) {
       g.append(c);
     }
     f.plot.append(g);
+    if (k > 10) continue; /* a legend of ten runs; the tooltips name the others */
     legend.append(h('span', { class: 'run-legend', 'data-run': r.run },
       s('svg', { width: 10, height: 10, viewBox: '0 0 10 10' }, s('circle', { cx: 5, cy: 5, r: 4, fill: color })),
-      ` ${r.run}: ${pts.length} epochs, peak at ${fmt(r.peak_epoch)}   `));
+      ` ${r.run}: ${pts.length} epochs, peak at ${fmt(r.peak_epoch)}`));
   }
+  if (runs.length > 10) legend.append(h('span', { class: 'run-legend' }, `+ ${runs.length - 10} more runs`));
   return h('div', {}, f.svg, legend);
 }
 
@@ -430,7 +437,10 @@ class StudyList {
     for (const st of studies) {
       const row = body.querySelector(`tr[data-study-id="${CSS.escape(st.id)}"]`);
       try {
-        const r = (await apiGet(`/v1/studies/${encodeURIComponent(st.id)}/ranking`, { signal: this.ctl.signal })).body;
+        /* The same threshold the study page starts with, so "best" is never an underfit one. */
+        const mtl = st.metadata && st.metadata.max_train_loss;
+        const q = typeof mtl === 'number' && mtl > 0 ? '?max_train_loss=' + mtl : '';
+        const r = (await apiGet(`/v1/studies/${encodeURIComponent(st.id)}/ranking${q}`, { signal: this.ctl.signal })).body;
         const n = r.items.length + r.excluded.length + r.pending.length;
         row.children[1].textContent = n;
         if (r.items.length) {
@@ -602,6 +612,7 @@ class StudyView {
     st.renderMs = performance.now() - t0;
     document.body.setAttribute('data-version', r.version);
     document.body.setAttribute('data-render-ms', st.renderMs.toFixed(1));
+    document.body.setAttribute('data-rendered-at', performance.now().toFixed(1)); /* since navigation */
   }
 }
 
