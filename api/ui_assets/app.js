@@ -105,19 +105,30 @@ async function apiGet(path, { etag, signal } = {}) {
   try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
   if (!r.ok) {
     const msg = body && body.error ? body.error.code + ': ' + body.error.message : 'HTTP ' + r.status;
-    throw new Error(msg);
+    const err = new Error(msg);
+    err.field = body && body.error && body.error.details ? body.error.details.field : undefined;
+    throw err;
   }
   return { status: r.status, etag: r.headers.get('ETag'), body };
 }
 
-/* Every item of a paged list, one page after the other. */
+/* Every item of a paged list, one page after the other.  Pages of 500 (the daemon's default
+ * --max-page-size: one request for a 500-candidate study), 50 when the daemon allows fewer. */
+let pageSize = 500;
 async function apiAll(path, signal) {
   const out = [];
   let token = null;
   do {
     const sep = path.includes('?') ? '&' : '?';
-    const q = sep + 'page_size=100' + (token ? '&page_token=' + encodeURIComponent(token) : '');
-    const r = await apiGet(path + q, { signal });
+    const q = sep + 'page_size=' + pageSize + (token ? '&page_token=' + encodeURIComponent(token) : '');
+    let r;
+    try {
+      r = await apiGet(path + q, { signal });
+    } catch (e) {
+      if (e.field !== 'page_size' || pageSize === 50) throw e;
+      pageSize = 50;
+      continue;
+    }
     out.push(...(r.body.items || []));
     token = r.body.next_page_token;
   } while (token);
