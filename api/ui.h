@@ -1,6 +1,7 @@
-/* ui.h: the built-in dashboard (DESIGN.md section 5, GET /ui/ and every path under it): static files compiled
- * into the binary by api/ui_embed.py, served with a Content-Security-Policy that allows only the
- * daemon itself.  The page reads the REST API like any other client, with the same bearer token. */
+/* ui.h: the built-in dashboard (DESIGN.md section 5, GET /ui/ and every path under it): static
+ * files compiled into the binary by api/ui_embed.py, served with a Content-Security-Policy that
+ * allows only the daemon itself.  The page reads the REST API like any other client, with the
+ * same bearer token. */
 #ifndef TPV_API_UI_H
 #define TPV_API_UI_H
 
