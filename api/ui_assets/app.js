@@ -422,6 +422,23 @@ function detailCard(st) {
                             : h('p', { class: 'muted' }, c.job_id ? 'loading\u2026' : 'none'));
 }
 
+/* The agreement route's answer (DESIGN.md section 5): Spearman, Kendall and their interval per
+ * noise model and split, the recommended one marked. */
+function agreementTable(a) {
+  if (!a) return h('p', { class: 'muted' }, '');
+  const rec = a.recommended || {};
+  const body = h('tbody');
+  for (const it of a.items || [])
+    body.append(h('tr', { class: it.noise === rec.noise && it.split === rec.split ? 'sel' : null },
+      h('td', {}, it.noise), h('td', {}, it.split), h('td', { class: 'num' }, fmt(it.n)),
+      h('td', { class: 'num' }, fmt(it.spearman)), h('td', { class: 'num' }, fmt(it.kendall)),
+      h('td', { class: 'num' }, it.ci ? `[${fmt(it.ci[0])}, ${fmt(it.ci[1])}]` : ''),
+      h('td', {}, it.noise === rec.noise && it.split === rec.split ? 'recommended' : '')));
+  return h('div', {}, h('p', { class: 'muted' }, 'metric ', h('b', {}, a.metric)),
+    h('table', { id: 'agreement' }, h('thead', {}, h('tr', {},
+      ['noise', 'split', 'n', 'spearman', 'kendall', '95% CI', ''].map((t) => h('th', {}, t)))), body));
+}
+
 /* ---- views ---- */
 
 class StudyList {
@@ -507,6 +524,7 @@ class StudyView {
       summary: h('span', { class: 'muted', id: 'summary' }),
       ranking: h('div'), excluded: h('div'), pending: h('div'),
       loss: h('div'), runs: h('div'), stability: h('div'), detail: h('div'), error: h('p', { class: 'error', id: 'error' }),
+      agreement: h('div'),
     };
     const card = (title, slot, id) => h('section', { class: 'card', id }, h('h2', {}, title), slot);
     this.main.replaceChildren(
@@ -522,8 +540,10 @@ class StudyView {
       h('div', { class: 'grid' },
         card('Ranking', this.slots.ranking, 'card-ranking'),
         card('Candidate', this.slots.detail, 'card-detail')),
+      this.slots.agreementCard = card('Agreement with a labelled metric', this.slots.agreement, 'card-agreement'),
       card('Excluded (underfit: train_loss above max_train_loss)', this.slots.excluded, 'card-excluded'),
       card('Pending (queued, running, failed)', this.slots.pending, 'card-pending'));
+    this.slots.agreementCard.hidden = true;
     bindTip(this.main);
     this.main.addEventListener('click', (ev) => {
       const m = ev.target.closest && ev.target.closest('svg .mark');
@@ -583,6 +603,7 @@ class StudyView {
         this.st.etag = r.etag;
         this.st.candidates = new Map(list.map((c) => [c.id, c]));
         this.st.job = null; /* a version change may be the selected candidate's job moving on */
+        this.st.agreement = await this.agreement(signal);
         this.slots.error.textContent = '';
         this.render();
       } catch (e) {
@@ -593,6 +614,23 @@ class StudyView {
         this.slots.error.textContent = 'Update failed: ' + e.message + ' (retrying)';
         await new Promise((res) => setTimeout(res, Math.min(10000, 500 * 2 ** failures)));
       }
+    }
+  }
+
+  /* How each noise model and split ranks against the first metric the candidates carry
+   * (PUT .../metrics), when the daemon has the agreement route; null otherwise. */
+  async agreement(signal) {
+    const names = new Set();
+    for (const c of this.st.candidates.values()) for (const k of Object.keys(c.metrics || {})) names.add(k);
+    if (!names.size || this.noAgreement) return null;
+    const metric = [...names].sort()[0];
+    try {
+      const r = await apiGet(`/v1/studies/${encodeURIComponent(this.sid)}/agreement?metric=${encodeURIComponent(metric)}`, { signal });
+      return r.body;
+    } catch (e) {
+      if (e.name === 'AbortError' || e instanceof AuthError) throw e;
+      this.noAgreement = true; /* a daemon without the route: do not ask again */
+      return null;
     }
   }
 
@@ -620,6 +658,8 @@ class StudyView {
     this.slots.runs.replaceChildren(plotRuns(st));
     this.slots.stability.replaceChildren(plotStability(st));
     this.slots.detail.replaceChildren(detailCard(st));
+    this.slots.agreement.replaceChildren(agreementTable(st.agreement));
+    this.slots.agreementCard.hidden = !st.agreement;
     st.renderMs = performance.now() - t0;
     document.body.setAttribute('data-version', r.version);
     document.body.setAttribute('data-render-ms', st.renderMs.toFixed(1));

@@ -175,6 +175,8 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual((marks["diag"], marks["thr"], marks["titles"]), (1, 1, len(every)))
         self.assertIn("train loss", marks["xl"])
         self.assertIn("TPV", marks["yl"])
+        # No candidate has metrics: the agreement card stays hidden (it slots in once they do).
+        self.assertTrue(b.execute("return document.getElementById('card-agreement').hidden"))
         self.shot("study.png")
 
         # A candidate's detail: click its mark.
