@@ -689,6 +689,12 @@ const app = {
   },
 };
 
+/* Anything the policy blocks is counted where tests (and curious users) can see it. */
+document.addEventListener('securitypolicyviolation', (e) => {
+  const n = Number(document.documentElement.getAttribute('data-csp-violations') || 0) + 1;
+  document.documentElement.setAttribute('data-csp-violations', n);
+  console.error('CSP blocked', e.violatedDirective, e.blockedURI);
+});
 window.addEventListener('popstate', () => app.route());
 document.addEventListener('click', (ev) => {
   const a = ev.target.closest && ev.target.closest('a[href^="/ui/"]');

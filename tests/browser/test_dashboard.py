@@ -208,6 +208,12 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual(state[0], "kept")  # no reload
         self.assertEqual(state[1], 1)  # one request in flight, never two
         self.assertEqual(state[3], len(every) + 1)
+        # Nothing the page did was blocked by its Content-Security-Policy (it counts violations).
+        self.assertIsNone(b.execute("return document.documentElement.getAttribute('data-csp-violations')"))
+        # ... and the policy is in force: an inline style attribute is refused and counted.
+        b.execute("document.getElementById('main').setAttribute('style', 'color: red'); return 1")
+        self.assertEqual(b.wait_for("return document.documentElement.getAttribute("
+                                    "'data-csp-violations')", 5), "1")
         self.assertLess(latency, 1.0, "page updated %.3f s after the job ended" % latency)
         self.shot("study-live.png")
         with open(os.path.join(ART, "live.json"), "w") as f:
