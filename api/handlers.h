@@ -44,6 +44,9 @@ void api_handle_token_create(const struct api_env *env, struct api_request *req,
 void api_handle_token_list(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_token_revoke(const struct api_env *env, struct api_request *req, struct api_response *resp);
 
+/* The dashboard (api/ui.c): /ui/assets/<name> its files, every other path under /ui/ its page. */
+void api_handle_ui(const struct api_env *env, struct api_request *req, struct api_response *resp);
+
 /* ---- helpers (api/util.c, except where a comment names api/studies.c) ---- */
 
 /* Header / query value, NULL when absent or when the request has no transport (unit tests). */

@@ -64,6 +64,11 @@ static const struct op ops[] = {
       NULL, 200, "TokenList", "" },
     { "delete", "/v1/tokens/{name}", "revokeToken", "Revoke an API token (admin)", NULL, 200,
       "TokenRevoked", "404 409" },
+    { "get", "/ui/", "dashboard", "The built-in dashboard (HTML; its script reads this API with "
+      "the token typed into it)", NULL, 200, "html", "" },
+    { "get", "/ui/{page}", "dashboardPage", "The dashboard for any /ui/* path (the page picks "
+      "its view from the path, e.g. /ui/studies/{sid}); /ui/assets/<name> are its script and "
+      "style", NULL, 200, "html", "404" },
 };
 #define OP_COUNT (sizeof ops / sizeof ops[0])
 
@@ -117,6 +122,9 @@ static json_t *operation(const struct op *o)
     char code[8];
     if (o->response && strcmp(o->response, "text") == 0)
         json_object_set_new(ok, "content", json_pack("{s:{s:{s:s}}}", "text/plain", "schema",
+                                                      "type", "string"));
+    else if (o->response && strcmp(o->response, "html") == 0)
+        json_object_set_new(ok, "content", json_pack("{s:{s:{s:s}}}", "text/html", "schema",
                                                       "type", "string"));
     else if (o->response)
         json_object_set_new(ok, "content", json_content(ref(o->response)));

@@ -17,6 +17,7 @@ struct api_route {
     api_handler_fn handler;
     const struct api_stream_ops *stream; /* NULL: buffered body */
     enum api_role role;                  /* the least role that may call it */
+    bool tail; /* the last {capture} takes the rest of the path, slashes included (the dashboard) */
 };
 
 static const struct api_route routes[] = {
@@ -41,6 +42,9 @@ static const struct api_route routes[] = {
     { "POST", "/v1/tokens", api_handle_token_create, NULL, API_ROLE_ADMIN },
     { "GET", "/v1/tokens", api_handle_token_list, NULL, API_ROLE_ADMIN },
     { "DELETE", "/v1/tokens/{name}", api_handle_token_revoke, NULL, API_ROLE_ADMIN },
+    /* The dashboard is open: its data comes through the routes above, with the user's token. */
+    { "GET", "/ui/", api_handle_ui, NULL, API_ROLE_OPEN },
+    { "GET", "/ui/{page}", api_handle_ui, NULL, API_ROLE_OPEN, .tail = true },
 };
 #define ROUTE_COUNT (sizeof routes / sizeof routes[0])
 
@@ -60,8 +64,9 @@ const char *api_route_pattern(size_t i)
 }
 
 /* Matches `path` against `pattern` segment by segment, capturing {..} segments into req->params.
- * A capture must be non-empty and fit API_PARAM_MAX. */
-static bool route_match(const char *pattern, const char *path, struct api_request *req)
+ * A capture must be non-empty and fit API_PARAM_MAX, except a tail capture (the last one of a
+ * `tail` route), which takes the rest of the path and is cut to fit (handlers read req->path). */
+static bool route_match(const char *pattern, const char *path, bool tail, struct api_request *req)
 {
     int nparams = 0;
     while (*pattern == '/' && *path == '/') {
@@ -69,6 +74,17 @@ static bool route_match(const char *pattern, const char *path, struct api_reques
         path++;
         size_t plen = strcspn(pattern, "/");
         size_t slen = strcspn(path, "/");
+        if (tail && pattern[plen] == '\0' && plen > 1 && pattern[0] == '{') {
+            size_t rest = strlen(path);
+            if (rest == 0 || nparams >= API_MAX_PARAMS)
+                return false;
+            slen = rest < API_PARAM_MAX ? rest : API_PARAM_MAX - 1;
+            memcpy(req->params[nparams], path, slen);
+            req->params[nparams][slen] = '\0';
+            nparams++;
+            req->nparams = nparams;
+            return true;
+        }
         if (plen > 1 && pattern[0] == '{' && pattern[plen - 1] == '}') {
             if (slen == 0 || slen >= API_PARAM_MAX || nparams >= API_MAX_PARAMS)
                 return false;
@@ -100,7 +116,7 @@ static int route_find(struct api_request *req, char *allow, size_t cap)
     if (allow)
         allow[0] = '\0';
     for (size_t i = 0; i < ROUTE_COUNT; i++) {
-        if (!route_match(routes[i].pattern, req->path, req))
+        if (!route_match(routes[i].pattern, req->path, routes[i].tail, req))
             continue;
         if (strcmp(routes[i].method, req->method) == 0)
             return (int)i;
@@ -115,7 +131,7 @@ static int route_find(struct api_request *req, char *allow, size_t cap)
         }
     }
     if (fallback >= 0)
-        route_match(routes[fallback].pattern, req->path, req);
+        route_match(routes[fallback].pattern, req->path, routes[fallback].tail, req);
     return fallback;
 }
 

@@ -1,0 +1,300 @@
+"""test_dashboard: the built-in dashboard (/ui/) in headless chromium against the real tpvd.
+
+Run by meson with Debian's /usr/bin/python3; TPVD_BIN names the daemon, TPV_ARTIFACT_DIR the
+folder (in the build dir) the screenshots and the render timing go to.  The page is driven over
+the WebDriver protocol (tests/browser/webdriver.py, chromium-driver).
+
+A study of the six quickstart MLPs in two runs of three epochs, with max_train_loss in its
+metadata so that the widest-loss MLP is underfit: the ranking table lists the candidates in the
+API's order, each plot has a mark per candidate, the runs are drawn with their peaks, the underfit
+candidate is flagged and marked; a candidate added while the page is open appears without a
+reload, within a second of its job ending, with never more than one request in flight; a
+500-candidate study renders (time reported); and once a token exists the page asks for it.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.environ.get("TPV_SOURCE_ROOT") or os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+sys.path.insert(0, HERE)
+
+from tpv_client import Client  # noqa: E402
+from webdriver import Browser  # noqa: E402
+
+QS = os.path.join(ROOT, "examples", "quickstart")
+ART = os.environ.get("TPV_ARTIFACT_DIR") or tempfile.mkdtemp(prefix="tpv-ui-artifacts-")
+MAX_TRAIN_LOSS = 0.1
+NOISE = [{"name": "iso", "kind": "isotropic", "sigma": 0.01},
+         {"name": "label", "kind": "label", "sigma": 0.1, "ridge_rel": 0.05}]
+
+
+def quickstart_models():
+    """(name, train_loss) of the quickstart MLPs, in candidates.tsv order."""
+    out = []
+    with open(os.path.join(QS, "candidates.tsv")) as f:
+        next(f)
+        for line in f:
+            name, train, _ = line.rstrip("\n").split("\t")
+            out.append((name, float(train)))
+    return out
+
+
+# Counts the page's requests in flight (window.fetch is looked up at each call, so wrapping it
+# after load sees every later request of the page).
+WRAP_FETCH = """
+window.__inflight = 0; window.__maxInflight = 0; window.__requests = 0;
+const orig = window.fetch;
+window.fetch = function (...a) {
+  window.__inflight++; window.__requests++;
+  window.__maxInflight = Math.max(window.__maxInflight, window.__inflight);
+  return orig.apply(this, a).finally(() => { window.__inflight--; });
+};
+window.__noReload = 'kept';
+return true;
+"""
+
+
+class DashboardTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        os.makedirs(ART, exist_ok=True)
+        cls.tmp = tempfile.mkdtemp(prefix="tpv-ui-")
+        cls.data = os.path.join(cls.tmp, "data")
+        bin_ = os.environ.get("TPVD_BIN") or os.path.join(ROOT, "build", "server", "tpvd")
+        cls.bin = bin_
+        port_file = os.path.join(cls.tmp, "port")
+        cls.log = open(os.path.join(cls.tmp, "tpvd.log"), "w")
+        cls.proc = subprocess.Popen(
+            [bin_, "--listen", "127.0.0.1:0", "--port-file", port_file, "--data-dir", cls.data,
+             "--workers", "2"], stdout=cls.log, stderr=subprocess.STDOUT)
+        for _ in range(200):
+            if os.path.exists(port_file) and os.path.getsize(port_file):
+                break
+            if cls.proc.poll() is not None:
+                raise RuntimeError("tpvd exited: " + open(cls.log.name).read())
+            time.sleep(0.05)
+        with open(port_file) as f:
+            cls.url = "http://127.0.0.1:%d" % int(f.read())
+        cls.client = Client(cls.url)
+        cls.models = quickstart_models()
+        cls.sid, cls.names = cls.make_runs_study()
+        cls.browser = Browser()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.browser.close()
+        cls.proc.send_signal(signal.SIGTERM)
+        code = cls.proc.wait(timeout=30)
+        cls.log.close()
+        if code != 0:
+            sys.stderr.write(open(cls.log.name).read())
+        shutil.rmtree(cls.tmp)
+        assert code == 0, "tpvd exited with %d" % code
+
+    @classmethod
+    def add_model(cls, sid, model, name, metadata):
+        d = os.path.join(QS, model)
+        return cls.client.add_candidate(sid, name, spec=os.path.join(d, "spec.json"),
+                                        weights=os.path.join(d, "weights.safetensors"),
+                                        metadata=metadata)
+
+    @classmethod
+    def make_study(cls, name, noise, metadata=None):
+        st = cls.client.create_study(name, noise, metadata=metadata)
+        cls.client.set_inputs(st["id"], "fit", os.path.join(QS, "x_fit.npy"))
+        cls.client.set_inputs(st["id"], "probe", os.path.join(QS, "x_probe.npy"))
+        return st["id"]
+
+    @classmethod
+    def make_runs_study(cls):
+        sid = cls.make_study("mlp-runs", NOISE, {"max_train_loss": MAX_TRAIN_LOSS})
+        jobs, names = [], []
+        for i, (model, train) in enumerate(cls.models):
+            run, epoch = ("run-a", i + 1) if i < 3 else ("run-b", i - 2)
+            meta = {"train_loss": train, "run": run, "epoch": epoch, "width": model}
+            jobs.append(cls.add_model(sid, model, model, meta)["job"]["id"])
+            names.append(model)
+        done = cls.client.wait_all(jobs, timeout=300)
+        for job in done.values():
+            assert job["state"] == "succeeded", job
+        return sid, names
+
+    def ranking(self, sid):
+        return self.client.ranking(sid, max_train_loss=MAX_TRAIN_LOSS)
+
+    def open_study(self, sid):
+        b = self.browser
+        b.get(self.url + "/ui/studies/" + sid)
+        b.wait_for("return document.body.getAttribute('data-version')", 20)
+
+    def shot(self, name):
+        return self.browser.screenshot(os.path.join(ART, name))
+
+    def test_a_study_page(self):
+        b, sid = self.browser, self.sid
+        self.open_study(sid)
+        rk = self.ranking(sid)
+        rows = b.execute("return [...document.querySelectorAll('#ranking tbody tr')]"
+                         ".map(r => r.getAttribute('data-candidate-id'))")
+        self.assertEqual(rows, [it["candidate_id"] for it in rk["items"]])
+        self.assertGreaterEqual(len(rows), 4)
+        # The underfit MLP (train loss above the threshold) is apart, flagged, marked.
+        under = [it for it in rk["excluded"] if "underfit" in it["flags"]]
+        self.assertEqual([it["name"] for it in under],
+                         [m for m, t in self.models if t > MAX_TRAIN_LOSS])
+        ex = b.execute("return [...document.querySelectorAll('#excluded tbody tr')].map(r => "
+                       "[r.getAttribute('data-candidate-id'), r.querySelector('.flag.underfit') !== null])")
+        self.assertEqual(ex, [[it["candidate_id"], True] for it in under])
+        marks = b.execute("""
+            const q = (s) => [...document.querySelectorAll(s)].map(m => m.getAttribute('data-candidate-id'));
+            return {loss: q('#plot-loss .mark'), under: q('#plot-loss .mark.underfit'),
+                    runs: q('#plot-runs .mark'), peaks: q('#plot-runs .mark.peak'),
+                    groups: [...document.querySelectorAll('#plot-runs .run-group')].map(g => g.getAttribute('data-run')),
+                    stab: q('#plot-stability .mark'), diag: document.querySelectorAll('#plot-stability .diag').length,
+                    thr: document.querySelectorAll('#plot-loss .threshold').length,
+                    titles: [...document.querySelectorAll('#plot-loss .mark title')].length,
+                    xl: document.querySelector('#plot-loss .x-label').textContent,
+                    yl: document.querySelector('#plot-loss .y-label').textContent};""")
+        every = sorted(it["candidate_id"] for it in rk["items"] + rk["excluded"])
+        self.assertEqual(sorted(marks["loss"]), every)
+        self.assertEqual(marks["under"], [it["candidate_id"] for it in under])
+        self.assertEqual(sorted(marks["runs"]), every)
+        self.assertEqual(sorted(marks["groups"]), ["run-a", "run-b"])
+        self.assertEqual(sorted(marks["peaks"]),
+                         sorted(t["peak_candidate_id"] for t in rk["trajectories"]))
+        self.assertEqual(sorted(marks["stab"]), every)
+        self.assertEqual((marks["diag"], marks["thr"], marks["titles"]), (1, 1, len(every)))
+        self.assertIn("train loss", marks["xl"])
+        self.assertIn("TPV", marks["yl"])
+        # No candidate has metrics: the agreement card stays hidden (it slots in once they do).
+        self.assertTrue(b.execute("return document.getElementById('card-agreement').hidden"))
+        self.shot("study.png")
+
+        # A candidate's detail: click its mark.
+        cid = rk["items"][0]["candidate_id"]
+        b.execute("document.querySelector('#plot-loss .mark[data-candidate-id=\"' + arguments[0] + '\"]')"
+                  ".dispatchEvent(new MouseEvent('click', {bubbles: true}))", cid)
+        detail = b.wait_for("const d = document.getElementById('detail'); return d && "
+                            "d.textContent.includes('succeeded') && d.textContent", 10)
+        cand = self.client.get_candidate(sid, cid)
+        self.assertIn(cand["name"], detail)
+        nscores = b.execute("return document.querySelectorAll('#detail tbody tr').length")
+        self.assertEqual(nscores, len(cand["scores"]))
+        self.assertEqual(len(cand["scores"]), 4)  # two noise models, fit and probe
+        self.shot("study-detail.png")
+
+        # Live: a candidate added while the page is open appears without a reload.
+        b.execute(WRAP_FETCH)
+        time.sleep(0.5)  # the page is now in its long-poll
+        acc = self.add_model(sid, "mlp-w32-d2-wd0", "late-arrival",
+                             {"train_loss": 0.01, "run": "run-b", "epoch": 4})
+        job = self.client.wait_job(acc["job"]["id"], timeout=120, poll=0.02)
+        self.assertEqual(job["state"], "succeeded")
+        t0 = time.monotonic()
+        b.wait_for("return [...document.querySelectorAll('#ranking tbody tr .name')]"
+                   ".some(td => td.textContent === 'late-arrival')", 10, 0.02)
+        latency = time.monotonic() - t0
+        state = b.execute("return [window.__noReload, window.__maxInflight, window.__requests, "
+                          "document.querySelectorAll('#plot-loss .mark').length]")
+        self.assertEqual(state[0], "kept")  # no reload
+        self.assertEqual(state[1], 1)  # one request in flight, never two
+        self.assertEqual(state[3], len(every) + 1)
+        # Nothing the page did was blocked by its Content-Security-Policy (it counts violations).
+        self.assertIsNone(b.execute("return document.documentElement.getAttribute('data-csp-violations')"))
+        # ... and the policy is in force: an inline style attribute is refused and counted.
+        b.execute("document.getElementById('main').setAttribute('style', 'color: red'); return 1")
+        self.assertEqual(b.wait_for("return document.documentElement.getAttribute("
+                                    "'data-csp-violations')", 5), "1")
+        self.assertLess(latency, 1.0, "page updated %.3f s after the job ended" % latency)
+        self.shot("study-live.png")
+        with open(os.path.join(ART, "live.json"), "w") as f:
+            json.dump({"update_after_job_end_s": latency, "requests": state[2]}, f)
+        print("live update %.3f s after the job ended, %d requests" % (latency, state[2]))
+
+    def test_b_study_list(self):
+        b = self.browser
+        b.get(self.url + "/ui/")
+        row = b.wait_for("const r = document.querySelector('#studies tr[data-study-id=\"' + "
+                         "arguments[0] + '\"]'); return r && r.children[4].textContent && "
+                         "[...r.children].map(c => c.textContent)", 10, 0.05, self.sid)
+        rk = self.ranking(self.sid)
+        study = self.client.get_study(self.sid)
+        self.assertEqual(row[0], "mlp-runs")
+        n = len(rk["items"]) + len(rk["excluded"]) + len(rk["pending"])
+        self.assertEqual(row[1], str(n))
+        self.assertEqual(row[2], str(study["version"]))
+        self.assertEqual(row[4], rk["items"][0]["name"])
+        self.shot("studies.png")
+
+    def test_c_render_500(self):
+        sid = self.make_study("render-500", NOISE[:1], {"max_train_loss": MAX_TRAIN_LOSS})
+        jobs = []
+        for i in range(500):
+            model, train = self.models[i % len(self.models)]
+            meta = {"train_loss": train * (1 + (i % 10) / 10), "run": "r%02d" % (i // 10),
+                    "epoch": i % 10 + 1}
+            jobs.append(self.add_model(sid, model, "c%03d-%s" % (i, model), meta)["job"]["id"])
+        done = self.client.wait_all(jobs, timeout=900)
+        self.assertTrue(all(j["state"] == "succeeded" for j in done.values()))
+        b = self.browser
+        times = []
+        for _ in range(3):
+            b.get(self.url + "/ui/studies/" + sid)
+            v = b.wait_for("return document.body.getAttribute('data-rendered-at') && "
+                           "[Number(document.body.getAttribute('data-rendered-at')), "
+                           "Number(document.body.getAttribute('data-render-ms')), "
+                           "document.querySelectorAll('#ranking tbody tr').length + "
+                           "document.querySelectorAll('#excluded tbody tr').length, "
+                           "document.querySelectorAll('#plot-loss .mark').length]", 30, 0.02)
+            times.append(v)
+        self.assertEqual(times[-1][2], 500)
+        self.assertEqual(times[-1][3], 500)
+        best = min(t[0] for t in times)
+        self.shot("study-500.png")
+        with open(os.path.join(ART, "render.json"), "w") as f:
+            json.dump({"candidates": 500, "page_ready_ms": [t[0] for t in times],
+                       "draw_ms": [t[1] for t in times]}, f)
+        print("500 candidates: page ready %s ms after navigation (draw %s ms)" %
+              ([t[0] for t in times], [t[1] for t in times]))
+        # The target is 1 s (bench/RESULTS.md has the measurements); the bound asserted here is
+        # looser so that a CI runner shared with compilations does not fail on load alone.
+        budget = float(os.environ.get("TPV_UI_RENDER_BUDGET_MS", "3000"))
+        self.assertLess(best, budget)
+
+    def test_d_auth_prompt(self):
+        out = subprocess.run([self.bin, "token", "create", "--name", "ui", "--role", "read",
+                              "--data-dir", self.data], check=True, capture_output=True,
+                             text=True)
+        token = out.stdout.strip().split()[-1]
+        time.sleep(1.5)  # the daemon notices the first token within a second
+        b = self.browser
+        b.get(self.url + "/ui/")
+        b.execute("sessionStorage.clear(); return true")
+        b.get(self.url + "/ui/studies/" + self.sid)
+        b.wait_for("return !document.getElementById('auth').hidden", 10)
+        self.shot("auth-prompt.png")
+        self.assertFalse(b.execute("return document.body.hasAttribute('data-version')"))
+        b.send_keys(b.find("#auth-token"), token)
+        b.click(b.find("#auth-submit"))
+        b.wait_for("return document.body.getAttribute('data-version')", 10)
+        self.assertTrue(b.execute("return document.getElementById('auth').hidden"))
+        self.assertEqual(b.execute("return sessionStorage.getItem('tpvd.token')"), token)
+        # A bad token stored: the prompt comes back saying so.
+        b.execute("sessionStorage.setItem('tpvd.token', 'tpv_wrong'); return true")
+        b.get(self.url + "/ui/")
+        msg = b.wait_for("return !document.getElementById('auth').hidden && "
+                         "document.getElementById('auth-msg').textContent", 10)
+        self.assertIn("refused", msg)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
