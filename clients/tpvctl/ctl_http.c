@@ -48,15 +48,21 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
-static struct curl_slist *base_headers(const struct ctl *c, const char *const extra[])
+static struct curl_slist *auth_header(const struct ctl *c, struct curl_slist *list)
 {
-    struct curl_slist *list = curl_slist_append(NULL, "Accept: application/json");
-    list = curl_slist_append(list, "Expect:");
     if (c->token) {
         char auth[1024];
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", c->token);
         list = curl_slist_append(list, auth);
     }
+    return list;
+}
+
+static struct curl_slist *base_headers(const struct ctl *c, const char *const extra[])
+{
+    struct curl_slist *list = curl_slist_append(NULL, "Accept: application/json");
+    list = curl_slist_append(list, "Expect:");
+    list = auth_header(c, list);
     for (int i = 0; extra && extra[i]; i++)
         list = curl_slist_append(list, extra[i]);
     return list;
@@ -82,36 +88,49 @@ static void print_server_error(long status, const json_t *body)
         fprintf(stderr, "tpvctl: HTTP %ld\n", status);
 }
 
-static int perform(CURL *curl, const struct ctl *c, const char *path, struct curl_slist *hdrs,
-                   const long ok[], long *status, json_t **out)
+/* Runs the transfer into `body` (capped at --max-response); prints transport failures.  Returns
+ * CTL_OK with *status set, CTL_ERR_CONNECT or CTL_ERR_NOMEM; on failure body->data is freed. */
+static int transfer(CURL *curl, const struct ctl *c, const char *path, struct curl_slist *hdrs,
+                    struct buf *body, long *status)
 {
     char url[4096];
-    struct buf body = { .max = c->max_response ? c->max_response : CTL_MAX_RESPONSE_DEFAULT };
+    body->max = c->max_response ? c->max_response : CTL_MAX_RESPONSE_DEFAULT;
     snprintf(url, sizeof url, "%s%s", c->url, path);
     curl_easy_setopt(curl, CURLOPT_URL, url);
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, body);
     curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     CURLcode cc = curl_easy_perform(curl);
-    if (body.over) {
+    int rc = CTL_OK;
+    if (body->over) {
         fprintf(stderr, "tpvctl: the response to %s is larger than the %zu-byte cap "
-                "(--max-response)\n", path, body.max);
-        free(body.data);
-        return CTL_ERR_CONNECT;
-    }
-    if (body.oom) {
+                "(--max-response)\n", path, body->max);
+        rc = CTL_ERR_CONNECT;
+    } else if (body->oom) {
         fprintf(stderr, "tpvctl: out of memory reading the response to %s\n", path);
-        free(body.data);
-        return CTL_ERR_LOCAL;
-    }
-    if (cc != CURLE_OK) {
+        rc = CTL_ERR_NOMEM;
+    } else if (cc != CURLE_OK) {
         fprintf(stderr, "tpvctl: cannot reach %s: %s\n", c->url, curl_easy_strerror(cc));
-        free(body.data);
-        return CTL_ERR_CONNECT;
+        rc = CTL_ERR_CONNECT;
+    }
+    if (rc != CTL_OK) {
+        free(body->data);
+        body->data = NULL;
+        return rc;
     }
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, status);
+    return CTL_OK;
+}
+
+static int perform(CURL *curl, const struct ctl *c, const char *path, struct curl_slist *hdrs,
+                   const long ok[], long *status, json_t **out)
+{
+    struct buf body = { 0 };
+    int rc = transfer(curl, c, path, hdrs, &body, status);
+    if (rc != CTL_OK)
+        return rc;
     json_t *parsed = body.len ? json_loadb(body.data, body.len, 0, NULL) : NULL;
     free(body.data);
     if (*status >= 400 && !status_listed(*status, ok)) {
@@ -124,6 +143,39 @@ static int perform(CURL *curl, const struct ctl *c, const char *path, struct cur
     else
         json_decref(parsed);
     return CTL_OK;
+}
+
+int ctl_get_text(const struct ctl *c, const char *path, const char *accept,
+                 struct ctl_text *out)
+{
+    memset(out, 0, sizeof *out);
+    CURL *curl = curl_easy_init();
+    if (!curl)
+        return CTL_ERR_CONNECT;
+    char accept_hdr[256];
+    snprintf(accept_hdr, sizeof accept_hdr, "Accept: %s", accept);
+    struct curl_slist *hdrs = curl_slist_append(NULL, accept_hdr);
+    hdrs = auth_header(c, hdrs);
+    struct buf body = { 0 };
+    long status = 0;
+    int rc = transfer(curl, c, path, hdrs, &body, &status);
+    const char *type = NULL;
+    if (rc == CTL_OK)
+        curl_easy_getinfo(curl, CURLINFO_CONTENT_TYPE, &type);
+    if (rc == CTL_OK && status >= 400) {
+        json_t *err = body.len ? json_loadb(body.data, body.len, 0, NULL) : NULL;
+        print_server_error(status, err);
+        json_decref(err);
+        free(body.data);
+        rc = CTL_ERR_SERVER;
+    } else if (rc == CTL_OK) {
+        out->data = body.data;
+        out->len = body.len;
+        out->is_json = !type || strncmp(type, "application/json", 16) == 0;
+    }
+    curl_slist_free_all(hdrs);
+    curl_easy_cleanup(curl);
+    return rc;
 }
 
 int ctl_call(const struct ctl *c, const char *method, const char *path, const json_t *body,
@@ -183,6 +235,8 @@ static int sha256_file(const char *path, char hex[65])
 struct upload {
     const char *name;
     double started;
+    double drawn;      /* when the bar was last drawn (0: never) */
+    bool finished;     /* the 100% frame is drawn */
 };
 
 static double now_s(void)
@@ -197,9 +251,17 @@ static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, cur
 {
     struct upload *u = userdata;
     (void)dltotal, (void)dlnow;
-    if (ultotal <= 0)
+    if (ultotal <= 0 || u->finished)
         return 0;
-    double frac = (double)ulnow / (double)ultotal, secs = now_s() - u->started;
+    /* curl calls this for every chunk (thousands of times a second on a fast link): a terminal
+     * gets at most CTL_PROGRESS_HZ frames a second, plus the final 100% one. */
+    double t = now_s();
+    bool last = ulnow >= ultotal;
+    if (!last && u->drawn > 0 && t - u->drawn < 1.0 / CTL_PROGRESS_HZ)
+        return 0;
+    u->drawn = t;
+    u->finished = last;
+    double frac = (double)ulnow / (double)ultotal, secs = t - u->started;
     int filled = (int)(frac * 30);
     fprintf(stderr, "\r%-24.24s [%.*s%*s] %3.0f%% %7.1f MiB %6.1f MiB/s", u->name, filled,
             "##############################", 30 - filled, "", frac * 100, ulnow / 1048576.0,
@@ -250,7 +312,7 @@ int ctl_blob_put(const struct ctl *c, const char *path, char digest[72], bool *u
     }
     json_t *resp = NULL;
     rc = perform(curl, c, route, hdrs, NULL, &status, &resp);
-    if (c->progress)
+    if (c->progress && u.drawn > 0)
         fputc('\n', stderr);
     const char *stored = json_string_value(json_object_get(resp, "digest"));
     if (rc == CTL_OK && (!stored || strcmp(stored, digest) != 0)) {

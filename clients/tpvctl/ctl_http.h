@@ -15,8 +15,12 @@ enum ctl_exit {
     CTL_ERR_CONNECT = 3,  /* server unreachable / transport failure / response over the cap */
     CTL_ERR_JOB = 4,      /* the awaited job failed or was canceled */
     CTL_ERR_TIMEOUT = 5,  /* --timeout passed while waiting */
-    CTL_ERR_LOCAL = 6,    /* a local file could not be read */
+    CTL_ERR_LOCAL = 6,    /* a local file could not be read, or out of memory */
+    CTL_ERR_NOMEM = CTL_ERR_LOCAL,
 };
+
+/* Progress bars (uploads, job waits) redraw at most this many times a second. */
+#define CTL_PROGRESS_HZ 10
 
 /* Default cap of one response body (--max-response): far above any page or ranking the server
  * sends, low enough that a broken or hostile server cannot take the client's memory. */
@@ -36,6 +40,18 @@ struct ctl {
  * is listed in `ok_statuses` (0-terminated).  Returns CTL_OK / CTL_ERR_CONNECT / CTL_ERR_SERVER. */
 int ctl_call(const struct ctl *c, const char *method, const char *path, const json_t *body,
              const char *const headers[], const long ok_statuses[], long *status, json_t **out);
+
+/* A response body as text: `data` (NUL-terminated, owned by the caller: free()) of `len` bytes;
+ * is_json when the server answered application/json (or gave no type). */
+struct ctl_text {
+    char *data;
+    size_t len;
+    bool is_json;
+};
+
+/* GET path with "Accept: <accept>" and the raw body in *out.  A 4xx/5xx prints the server's error
+ * and returns CTL_ERR_SERVER.  Returns a ctl_exit code. */
+int ctl_get_text(const struct ctl *c, const char *path, const char *accept, struct ctl_text *out);
 
 /* Hashes `path` (SHA-256), asks the server with HEAD, uploads with PUT /v1/blobs/sha256:<hex>
  * unless present.  Writes "sha256:<hex>" into digest (72 bytes).  Returns a ctl_exit code. */

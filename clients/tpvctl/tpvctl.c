@@ -16,30 +16,58 @@
 
 #include "clients/tpvctl/ctl_http.h"
 
-static bool json_output;
+/* Output switches, accepted before the command and after it (see take_output_flags). */
+static bool json_output, csv_output;
+
+/* One section of --help per command; `tpvctl study` alone prints its section. */
+static const struct {
+    const char *group, *text;
+} command_help[] = {
+    { "study",
+      "  study create -n NAME -m MODEL [-m MODEL]... [-r RANK_BY] [-d DESCRIPTION] [--webhook URL]\n"
+      "      (-n --name, -m --noise, -r --rank-by, -d --description)\n"
+      "      MODEL is JSON ('{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.01}') or\n"
+      "      key=value pairs (name=iso,kind=isotropic,sigma=0.01); prints the study id\n"
+      "      (and, with --webhook, the signing secret on stderr: it is shown only once)\n"
+      "  study list | study get SID\n" },
+    { "inputs",
+      "  inputs put SID fit|probe FILE              upload an input set (.npy/.safetensors)\n" },
+    { "candidate",
+      "  candidate add SID -n NAME (-s SPEC.json -W WEIGHTS | -f JACOBIAN_FIT [-p JACOBIAN_PROBE]\n"
+      "               [-l a,b,..] [-W WEIGHTS]) [-L TRAIN_LOSS] [-e EPOCH] [-r RUN] [-M k=v]...\n"
+      "               [-w [-T SECONDS]]\n"
+      "      (-n --name, -s --spec, -W --weights, -f --jacobian-fit, -p --jacobian-probe,\n"
+      "       -l --layout, -L --train-loss, -e --epoch, -r --run, -M --meta, -w --wait,\n"
+      "       -T --timeout); uploads files the server lacks (HEAD first), prints the job id\n"
+      "  candidate list SID       id, name, state and the score the study ranks by\n"
+      "  candidate get SID CID\n" },
+    { "job",
+      "  job get JID | job cancel JID | job wait JID [-T SECONDS]\n" },
+    { "ranking",
+      "  ranking SID [-b BY] [-s fit|probe] [-x MAX_TRAIN_LOSS] [--csv]\n"
+      "      (-b --by, -s --split, -x --max-train-loss); --csv prints rank,candidate_id,name,\n"
+      "      value,stderr,stderr_inputs,p_lower_than_next,flags,<metadata keys>\n" },
+    { "jbr",
+      "  jbr SID CID [--confidence C] [--batch-size B] [-w [-T SECONDS]]\n"
+      "      prints the job id, or with -w (--wait) the units, lowest score first\n" },
+    { "blob",
+      "  blob put FILE            prints the digest alone on stdout (also when already there)\n" },
+};
 
 static void usage(FILE *out)
 {
     fprintf(out,
-        "Usage: tpvctl [--url URL] [--token T] [--json] [--quiet] [--max-response BYTES]\n"
-        "              COMMAND ...\n"
-        "\n"
-        "  study create --name N --noise MODEL [--noise MODEL]... [--rank-by NAME]\n"
-        "               [--description D] [--webhook URL]\n"
-        "      MODEL is JSON ('{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.01}') or\n"
-        "      key=value pairs (name=iso,kind=isotropic,sigma=0.01); prints the study id\n"
-        "      (and, with --webhook, the signing secret on stderr: it is shown only once)\n"
-        "  study list | study get SID\n"
-        "  inputs put SID fit|probe FILE            upload an input set (.npy/.safetensors)\n"
-        "  candidate add SID --name N (--spec SPEC.json --weights W | --jacobian-fit F\n"
-        "               [--jacobian-probe F] [--layout a,b,..] [--weights W])\n"
-        "               [--train-loss X] [--epoch E] [--run R] [--meta k=v]... [--wait]\n"
-        "      uploads files the server lacks (HEAD first), prints the job id\n"
-        "  candidate list SID | candidate get SID CID\n"
-        "  job get JID | job cancel JID | job wait JID [--timeout S]\n"
-        "  ranking SID [--by NAME] [--split fit|probe] [--max-train-loss X]\n"
-        "  jbr SID CID [--confidence C] [--batch-size B] [--wait]\n"
-        "  blob put FILE                             prints the digest\n"
+        "Usage: tpvctl [-u URL] [-t TOKEN] [-j] [-q] [--csv] [--max-response BYTES] COMMAND ...\n"
+        "  -u --url URL        server (default $TPV_URL, else http://127.0.0.1:8080)\n"
+        "  -t --token TOKEN    bearer token (default $TPV_TOKEN)\n"
+        "  -j --json           print the server's JSON documents\n"
+        "  -q --quiet          no progress bars or notes on stderr\n"
+        "     --csv            ranking as CSV\n"
+        "  -j, -q and --csv may also follow the command.\n"
+        "\n");
+    for (size_t i = 0; i < sizeof command_help / sizeof command_help[0]; i++)
+        fputs(command_help[i].text, out);
+    fprintf(out,
         "\n"
         "FILE arguments may also be a digest sha256:<hex> or an http(s):// URL that the server\n"
         "fetches itself (only from hosts its operator allows with tpvd --fetch-allow).\n"
@@ -47,8 +75,21 @@ static void usage(FILE *out)
         "--max-response caps one response body (default 268435456, 256 MiB); a larger one\n"
         "ends the command with exit code 3.\n"
         "Environment: TPV_URL (default http://127.0.0.1:8080), TPV_TOKEN.\n"
-        "Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 server unreachable,\n"
-        "            4 job failed or canceled, 5 timeout, 6 local file error.\n");
+        "Exit codes: 0 ok, 1 refused by the server, 2 usage, 3 server unreachable (or a\n"
+        "            response over --max-response), 4 job failed or canceled, 5 timeout,\n"
+        "            6 local error (a file cannot be read, out of memory).\n");
+}
+
+/* The section of one command, for `tpvctl study` without a verb or with a wrong one: exit 2. */
+static int command_usage(const char *group)
+{
+    for (size_t i = 0; i < sizeof command_help / sizeof command_help[0]; i++)
+        if (strcmp(command_help[i].group, group) == 0) {
+            fprintf(stderr, "Usage: tpvctl [options] %s ...\n%s(see tpvctl --help)\n", group,
+                    command_help[i].text);
+            return CTL_ERR_USAGE;
+        }
+    return -1;
 }
 
 __attribute__((format(printf, 1, 2)))
@@ -129,16 +170,16 @@ static int cmd_study_create(const struct ctl *c, int argc, char **argv)
     static const struct option opts[] = {
         { "name", required_argument, 0, 'n' }, { "noise", required_argument, 0, 'm' },
         { "rank-by", required_argument, 0, 'r' }, { "description", required_argument, 0, 'd' },
-        { "webhook", required_argument, 0, 'w' }, { 0, 0, 0, 0 } };
+        { "webhook", required_argument, 0, 'H' }, { 0, 0, 0, 0 } };
     json_t *body = json_object(), *models = json_array();
     int opt, rc = CTL_OK;
     optind = 1;
-    while (rc == CTL_OK && (opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while (rc == CTL_OK && (opt = getopt_long(argc, argv, "n:m:r:d:", opts, NULL)) != -1) {
         switch (opt) {
         case 'n': json_object_set_new(body, "name", json_string(optarg)); break;
         case 'r': json_object_set_new(body, "rank_by", json_string(optarg)); break;
         case 'd': json_object_set_new(body, "description", json_string(optarg)); break;
-        case 'w': json_object_set_new(body, "webhook_url", json_string(optarg)); break;
+        case 'H': json_object_set_new(body, "webhook_url", json_string(optarg)); break;
         case 'm': {
             json_t *m = noise_from_arg(optarg);
             if (!m)
@@ -177,8 +218,30 @@ static int cmd_study_create(const struct ctl *c, int argc, char **argv)
     return rc;
 }
 
-/* Fetches every page of a list route and prints items (JSON) or their id and name. */
-static int list_all(const struct ctl *c, const char *route)
+/* The value of the score of `item` under noise model `noise` on `split`, or NAN. */
+static double score_value(const json_t *item, const char *noise, const char *split)
+{
+    size_t i;
+    json_t *sc;
+    json_array_foreach(json_object_get(item, "scores"), i, sc) {
+        if (strcmp(str_or(json_object_get(sc, "noise"), ""), noise) == 0 &&
+            strcmp(str_or(json_object_get(sc, "split"), ""), split) == 0 &&
+            json_is_number(json_object_get(sc, "value")))
+            return json_number_value(json_object_get(sc, "value"));
+    }
+    return NAN;
+}
+
+/* Which score a candidate list shows: the study's rank_by on the split its ranking uses by
+ * default (probe when the study has a probe set). */
+struct score_column {
+    char noise[256];
+    const char *split;
+};
+
+/* Fetches every page of a list route and prints items (JSON) or their id, name and state, and
+ * with `col` that score. */
+static int list_all(const struct ctl *c, const char *route, const struct score_column *col)
 {
     json_t *all = json_array();
     char *token = NULL;
@@ -203,13 +266,45 @@ static int list_all(const struct ctl *c, const char *route)
     } else if (rc == CTL_OK) {
         size_t i;
         json_t *item;
-        json_array_foreach(all, i, item)
-            printf("%-24s %-24s %s\n", json_string_value(json_object_get(item, "id")),
-                   json_string_value(json_object_get(item, "name")),
+        if (col) {
+            char head[300];
+            snprintf(head, sizeof head, "%s/%s", col->noise, col->split);
+            printf("%-24s %-24s %-10s %s\n", "id", "name", "state", head);
+        }
+        json_array_foreach(all, i, item) {
+            printf("%-24s %-24s %-10s", str_or(json_object_get(item, "id"), ""),
+                   str_or(json_object_get(item, "name"), ""),
                    str_or(json_object_get(item, "state"), ""));
+            double v = col ? score_value(item, col->noise, col->split) : NAN;
+            if (col && !isnan(v))
+                printf(" %.6g", v);
+            else if (col)
+                printf(" -");
+            putchar('\n');
+        }
     }
     curl_free(token);
     json_decref(all);
+    return rc;
+}
+
+static int candidate_list(const struct ctl *c, const char *sid)
+{
+    char path[512];
+    snprintf(path, sizeof path, "/v1/studies/%s", sid);
+    json_t *study = NULL;
+    struct score_column col = { .split = "fit" };
+    int rc = json_output ? CTL_OK : ctl_call(c, "GET", path, NULL, NULL, NULL, NULL, &study);
+    if (rc != CTL_OK)
+        return rc;
+    if (study) {
+        snprintf(col.noise, sizeof col.noise, "%s", str_or(json_object_get(study, "rank_by"), ""));
+        if (json_is_object(json_object_get(json_object_get(study, "inputs"), "probe")))
+            col.split = "probe";
+    }
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    rc = list_all(c, path, study ? &col : NULL);
+    json_decref(study);
     return rc;
 }
 
@@ -235,7 +330,10 @@ static void draw_job_progress(const json_t *job, bool final)
             "##############################", 30 - filled, "", p * 100, final ? "\n" : "");
 }
 
-static int job_wait(const struct ctl *c, const char *jid, double timeout_s)
+/* Polls the job until it ends.  With `final` the caller gets the ended, succeeded job and prints
+ * it; without, a success prints "JID succeeded" (or the job with --json).  A failure prints the
+ * job's error and returns CTL_ERR_JOB. */
+static int job_wait(const struct ctl *c, const char *jid, double timeout_s, json_t **final)
 {
     char path[256];
     snprintf(path, sizeof path, "/v1/jobs/%s", jid);
@@ -252,11 +350,15 @@ static int job_wait(const struct ctl *c, const char *jid, double timeout_s)
         if (c->progress)
             draw_job_progress(job, done);
         if (done) {
+            rc = strcmp(state, "succeeded") == 0 ? CTL_OK : CTL_ERR_JOB;
+            if (final && rc == CTL_OK) {
+                *final = job;
+                return rc;
+            }
             if (json_output)
                 print_json(job);
-            else if (strcmp(state, "succeeded") == 0)
+            else if (rc == CTL_OK)
                 printf("%s succeeded\n", jid);
-            rc = strcmp(state, "succeeded") == 0 ? CTL_OK : CTL_ERR_JOB;
             if (rc != CTL_OK) {
                 const json_t *e = json_object_get(job, "error");
                 fprintf(stderr, "tpvctl: job %s %s: %s: %s\n", jid, state,
@@ -338,11 +440,11 @@ static int cmd_candidate_add(const struct ctl *c, int argc, char **argv)
 {
     static const struct option opts[] = {
         { "name", required_argument, 0, 'n' }, { "spec", required_argument, 0, 's' },
-        { "weights", required_argument, 0, 'w' }, { "jacobian-fit", required_argument, 0, 'f' },
+        { "weights", required_argument, 0, 'W' }, { "jacobian-fit", required_argument, 0, 'f' },
         { "jacobian-probe", required_argument, 0, 'p' }, { "layout", required_argument, 0, 'l' },
-        { "train-loss", required_argument, 0, 'L' }, { "epoch", required_argument, 0, 'E' },
-        { "run", required_argument, 0, 'R' }, { "meta", required_argument, 0, 'M' },
-        { "wait", no_argument, 0, 'W' }, { "timeout", required_argument, 0, 'T' },
+        { "train-loss", required_argument, 0, 'L' }, { "epoch", required_argument, 0, 'e' },
+        { "run", required_argument, 0, 'r' }, { "meta", required_argument, 0, 'M' },
+        { "wait", no_argument, 0, 'w' }, { "timeout", required_argument, 0, 'T' },
         { 0, 0, 0, 0 } };
     if (argc < 2)
         return usage_error("candidate add needs a study id");
@@ -350,22 +452,23 @@ static int cmd_candidate_add(const struct ctl *c, int argc, char **argv)
     struct candidate_args a = { .metadata = json_object() };
     int opt, rc = CTL_OK;
     optind = 2;
-    while (rc == CTL_OK && (opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while (rc == CTL_OK &&
+           (opt = getopt_long(argc, argv, "n:s:W:f:p:l:L:e:r:M:wT:", opts, NULL)) != -1) {
         switch (opt) {
         case 'n': a.name = optarg; break;
         case 's': a.spec = optarg; break;
-        case 'w': a.weights = optarg; break;
+        case 'W': a.weights = optarg; break;
         case 'f': a.jac_fit = optarg; break;
         case 'p': a.jac_probe = optarg; break;
         case 'l': a.layout = optarg; break;
         case 'L': json_object_set_new(a.metadata, "train_loss", json_real(atof(optarg))); break;
-        case 'E': json_object_set_new(a.metadata, "epoch", json_integer(atoll(optarg))); break;
-        case 'R': json_object_set_new(a.metadata, "run", json_string(optarg)); break;
+        case 'e': json_object_set_new(a.metadata, "epoch", json_integer(atoll(optarg))); break;
+        case 'r': json_object_set_new(a.metadata, "run", json_string(optarg)); break;
         case 'M':
             if (add_pairs(a.metadata, optarg, '\x01') != 0)
                 rc = usage_error("--meta '%s' is not key=value", optarg);
             break;
-        case 'W': a.wait = true; break;
+        case 'w': a.wait = true; break;
         case 'T': a.timeout = atof(optarg); break;
         default: rc = CTL_ERR_USAGE;
         }
@@ -388,7 +491,7 @@ static int cmd_candidate_add(const struct ctl *c, int argc, char **argv)
         else if (!a.wait)
             printf("%s\n", jid ? jid : "");
         if (a.wait && jid)
-            rc = job_wait(c, jid, a.timeout);
+            rc = job_wait(c, jid, a.timeout, NULL);
     }
     json_decref(resp);
     json_decref(body);
@@ -425,27 +528,182 @@ static void print_ranking_table(const json_t *r)
         printf("%zu candidate(s) excluded by --max-train-loss\n", nex);
 }
 
+/* --- CSV ---------------------------------------------------------------------------------- */
+
+/* One CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break. */
+static void csv_field(FILE *out, const char *text)
+{
+    if (!strpbrk(text, ",\"\r\n")) {
+        fputs(text, out);
+        return;
+    }
+    fputc('"', out);
+    for (const char *p = text; *p; p++) {
+        if (*p == '"')
+            fputc('"', out);
+        fputc(*p, out);
+    }
+    fputc('"', out);
+}
+
+/* The shortest %g spelling that reads back to the same double, as the server writes numbers. */
+static void format_double(double v, char out[32])
+{
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(out, 32, "%.*g", prec, v);
+        if (strtod(out, NULL) == v)
+            return;
+    }
+}
+
+/* A JSON value as one CSV cell: strings as they are, numbers shortest, null or absent empty,
+ * arrays of strings joined with ';', anything else compact JSON. */
+static void csv_value(FILE *out, const json_t *v)
+{
+    char num[32];
+    if (!v || json_is_null(v)) {
+        return;
+    } else if (json_is_string(v)) {
+        csv_field(out, json_string_value(v));
+    } else if (json_is_integer(v)) {
+        fprintf(out, "%lld", (long long)json_integer_value(v));
+    } else if (json_is_real(v)) {
+        format_double(json_real_value(v), num);
+        fputs(num, out);
+    } else if (json_is_boolean(v)) {
+        fputs(json_is_true(v) ? "true" : "false", out);
+    } else {
+        char *text = json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+        csv_field(out, text ? text : "");
+        free(text);
+    }
+}
+
+static void csv_flags(FILE *out, const json_t *flags)
+{
+    size_t n = 0, i;
+    json_t *f;
+    json_array_foreach(flags, i, f)
+        n += strlen(str_or(f, "")) + 1;
+    char *joined = calloc(n + 1, 1);
+    if (!joined)
+        return;
+    json_array_foreach(flags, i, f) {
+        if (i)
+            strcat(joined, ";");
+        strcat(joined, str_or(f, ""));
+    }
+    csv_field(out, joined);
+    free(joined);
+}
+
+/* The header DESIGN section 5 gives the server's CSV ranking; tpvctl writes the same from JSON. */
+static const char *const csv_columns[] = { "rank", "candidate_id", "name", "value", "stderr",
+                                           "stderr_inputs", "p_lower_than_next", "flags" };
+
+/* Writes a JSON ranking as CSV: the fixed columns, then every metadata key of any item (sorted). */
+static void ranking_csv(FILE *out, const json_t *ranking)
+{
+    const json_t *items = json_object_get(ranking, "items");
+    json_t *keys = json_object(); /* used as a set */
+    size_t i;
+    json_t *item;
+    json_array_foreach(items, i, item) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(json_object_get(item, "metadata"), k, v)
+            json_object_set_new(keys, k, json_null());
+    }
+    json_t *sorted = json_array();
+    const char *k;
+    json_t *v;
+    json_object_foreach(keys, k, v)
+        json_array_append_new(sorted, json_string(k));
+    /* json_object_foreach has no order: sort the names (insertion sort, a handful of keys) */
+    for (size_t a = 1; a < json_array_size(sorted); a++)
+        for (size_t b = a; b > 0 && strcmp(json_string_value(json_array_get(sorted, b - 1)),
+                                           json_string_value(json_array_get(sorted, b))) > 0; b--) {
+            json_t *tmp = json_incref(json_array_get(sorted, b));
+            json_array_set(sorted, b, json_array_get(sorted, b - 1));
+            json_array_set_new(sorted, b - 1, tmp);
+        }
+    for (size_t c = 0; c < sizeof csv_columns / sizeof csv_columns[0]; c++)
+        fprintf(out, "%s%s", c ? "," : "", csv_columns[c]);
+    json_t *key;
+    json_array_foreach(sorted, i, key) {
+        fputc(',', out);
+        csv_field(out, json_string_value(key));
+    }
+    fputs("\r\n", out);
+    json_array_foreach(items, i, item) {
+        for (size_t c = 0; c < sizeof csv_columns / sizeof csv_columns[0]; c++) {
+            if (c)
+                fputc(',', out);
+            if (strcmp(csv_columns[c], "flags") == 0)
+                csv_flags(out, json_object_get(item, "flags"));
+            else
+                csv_value(out, json_object_get(item, csv_columns[c]));
+        }
+        size_t j;
+        json_array_foreach(sorted, j, key) {
+            fputc(',', out);
+            csv_value(out, json_object_get(json_object_get(item, "metadata"),
+                                           json_string_value(key)));
+        }
+        fputs("\r\n", out);
+    }
+    json_decref(sorted);
+    json_decref(keys);
+}
+
+/* --csv: asks for CSV; a server that answers JSON anyway gets the same columns written here. */
+static int ranking_print_csv(const struct ctl *c, const char *path)
+{
+    struct ctl_text text;
+    int rc = ctl_get_text(c, path, "text/csv, application/json;q=0.5", &text);
+    if (rc != CTL_OK)
+        return rc;
+    if (!text.is_json) {
+        fwrite(text.data, 1, text.len, stdout);
+    } else {
+        json_error_t jerr;
+        json_t *r = json_loadb(text.data, text.len, 0, &jerr);
+        if (!r) {
+            fprintf(stderr, "tpvctl: the ranking is not JSON: %s\n", jerr.text);
+            rc = CTL_ERR_SERVER;
+        } else {
+            ranking_csv(stdout, r);
+        }
+        json_decref(r);
+    }
+    free(text.data);
+    return rc;
+}
+
 static int cmd_ranking(const struct ctl *c, int argc, char **argv)
 {
     static const struct option opts[] = {
         { "by", required_argument, 0, 'b' }, { "split", required_argument, 0, 's' },
-        { "max-train-loss", required_argument, 0, 'm' }, { 0, 0, 0, 0 } };
-    if (argc < 2)
-        return usage_error("ranking needs a study id");
+        { "max-train-loss", required_argument, 0, 'x' }, { 0, 0, 0, 0 } };
+    if (argc < 2 || argv[1][0] == '-')
+        return command_usage("ranking");
     char path[1024];
     int len = snprintf(path, sizeof path, "/v1/studies/%s/ranking?", argv[1]);
     int opt;
     optind = 2;
-    while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        const char *key = opt == 'b' ? "by" : opt == 's' ? "split" : opt == 'm' ? "max_train_loss" : NULL;
+    while ((opt = getopt_long(argc, argv, "b:s:x:", opts, NULL)) != -1) {
+        const char *key = opt == 'b' ? "by" : opt == 's' ? "split" : opt == 'x' ? "max_train_loss" : NULL;
         if (!key)
-            return CTL_ERR_USAGE;
+            return command_usage("ranking");
         char *esc = curl_easy_escape(NULL, optarg, 0);
         len += snprintf(path + len, sizeof path - (size_t)len, "%s=%s&", key, esc);
         curl_free(esc);
         if ((size_t)len >= sizeof path)
             return usage_error("arguments too long");
     }
+    path[len - 1] = '\0'; /* the trailing '&' or '?' */
+    if (csv_output)
+        return ranking_print_csv(c, path);
     json_t *resp = NULL;
     int rc = ctl_call(c, "GET", path, NULL, NULL, NULL, NULL, &resp);
     if (rc == CTL_OK) {
@@ -458,50 +716,99 @@ static int cmd_ranking(const struct ctl *c, int argc, char **argv)
     return rc;
 }
 
-/* --- dispatch ------------------------------------------------------------------------------ */
+/* --- JBR ------------------------------------------------------------------------------------ */
 
-static double timeout_arg(int argc, char **argv)
+/* The units of a JBR result in its order (lowest score first: the first to prune). */
+static void print_jbr_units(const json_t *result)
 {
-    for (int i = 0; i + 1 < argc; i++)
-        if (strcmp(argv[i], "--timeout") == 0)
-            return atof(argv[i + 1]);
-    return 0;
+    const json_t *units = json_object_get(result, "units"), *order = json_object_get(result, "order");
+    size_t n = json_array_size(order) ? json_array_size(order) : json_array_size(units);
+    printf("%-6s %-32s %-7s %s\n", "order", "layer", "index", "score");
+    for (size_t i = 0; i < n; i++) {
+        size_t u = json_array_size(order) ? (size_t)json_integer_value(json_array_get(order, i)) : i;
+        const json_t *unit = json_array_get(units, u);
+        if (!unit)
+            continue;
+        printf("%-6zu %-32.32s %-7lld %.6g\n", i + 1, str_or(json_object_get(unit, "layer"), ""),
+               (long long)json_integer_value(json_object_get(unit, "index")),
+               json_number_value(json_object_get(unit, "score")));
+    }
 }
 
 static int cmd_jbr(const struct ctl *c, int argc, char **argv)
 {
-    if (argc < 3)
-        return usage_error("jbr needs a study id and a candidate id");
+    static const struct option opts[] = {
+        { "confidence", required_argument, 0, 'C' }, { "batch-size", required_argument, 0, 'B' },
+        { "wait", no_argument, 0, 'w' }, { "timeout", required_argument, 0, 'T' },
+        { 0, 0, 0, 0 } };
+    if (argc < 3 || argv[1][0] == '-' || argv[2][0] == '-')
+        return command_usage("jbr");
     json_t *body = json_object();
     bool wait = false;
-    for (int i = 3; i < argc; i++) {
-        if (strcmp(argv[i], "--wait") == 0)
-            wait = true;
-        else if (strcmp(argv[i], "--confidence") == 0 && i + 1 < argc)
-            json_object_set_new(body, "confidence", json_real(atof(argv[++i])));
-        else if (strcmp(argv[i], "--batch-size") == 0 && i + 1 < argc)
-            json_object_set_new(body, "batch_size", json_integer(atoll(argv[++i])));
-        else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
-            i++;
-        else {
-            json_decref(body);
-            return usage_error("unknown jbr option '%s'", argv[i]);
+    double timeout = 0;
+    int opt;
+    optind = 3;
+    while ((opt = getopt_long(argc, argv, "wT:", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'C': json_object_set_new(body, "confidence", json_real(atof(optarg))); break;
+        case 'B': json_object_set_new(body, "batch_size", json_integer(atoll(optarg))); break;
+        case 'w': wait = true; break;
+        case 'T': timeout = atof(optarg); break;
+        default: json_decref(body); return command_usage("jbr");
         }
     }
     char path[512];
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s/jbr", argv[1], argv[2]);
-    json_t *resp = NULL;
+    json_t *resp = NULL, *job = NULL;
     int rc = ctl_call(c, "POST", path, body, NULL, NULL, NULL, &resp);
     json_decref(body);
     const char *jid = json_string_value(json_object_get(json_object_get(resp, "job"), "id"));
-    if (rc == CTL_OK && wait && jid)
-        rc = job_wait(c, jid, timeout_arg(argc, argv));
-    else if (rc == CTL_OK && json_output)
+    if (rc == CTL_OK && wait && jid) {
+        rc = job_wait(c, jid, timeout, &job);
+        if (rc == CTL_OK && json_output)
+            print_json(json_object_get(job, "result"));
+        else if (rc == CTL_OK)
+            print_jbr_units(json_object_get(job, "result"));
+    } else if (rc == CTL_OK && json_output) {
         print_json(resp);
-    else if (rc == CTL_OK)
+    } else if (rc == CTL_OK) {
         printf("%s\n", jid ? jid : "");
+    }
+    json_decref(job);
     json_decref(resp);
     return rc;
+}
+
+/* --- dispatch ------------------------------------------------------------------------------ */
+
+/* `job wait JID [-T S]`. */
+static int cmd_job_wait(const struct ctl *c, int argc, char **argv)
+{
+    static const struct option opts[] = { { "timeout", required_argument, 0, 'T' }, { 0, 0, 0, 0 } };
+    double timeout = 0;
+    int opt;
+    optind = 2;
+    while ((opt = getopt_long(argc, argv, "T:", opts, NULL)) != -1) {
+        if (opt != 'T')
+            return command_usage("job");
+        timeout = atof(optarg);
+    }
+    return job_wait(c, argv[1], timeout, NULL);
+}
+
+static int cmd_blob_put(const struct ctl *c, const char *file)
+{
+    char digest[72];
+    bool uploaded;
+    int rc = ctl_blob_put(c, file, digest, &uploaded);
+    if (rc != CTL_OK)
+        return rc;
+    /* stdout is the digest alone, so that D=$(tpvctl blob put F) works whether or not the
+     * server had the blob; what happened goes to stderr. */
+    printf("%s\n", digest);
+    if (!c->quiet)
+        fprintf(stderr, "%s: %s\n", file, uploaded ? "uploaded" : "already on the server");
+    return CTL_OK;
 }
 
 static int dispatch(const struct ctl *c, int argc, char **argv)
@@ -511,13 +818,13 @@ static int dispatch(const struct ctl *c, int argc, char **argv)
 #define IS(g, v) (strcmp(group, g) == 0 && strcmp(verb, v) == 0)
     if (IS("study", "create"))
         return cmd_study_create(c, argc - 1, argv + 1);
-    if (IS("study", "list"))
-        return list_all(c, "/v1/studies");
-    if (IS("study", "get") && argc > 2) {
+    if (IS("study", "list") && argc == 2)
+        return list_all(c, "/v1/studies", NULL);
+    if (IS("study", "get") && argc == 3) {
         snprintf(path, sizeof path, "/v1/studies/%s", argv[2]);
         return get_and_print(c, path);
     }
-    if (IS("inputs", "put") && argc > 4) {
+    if (IS("inputs", "put") && argc == 5) {
         int rc;
         json_t *ref = ctl_blob_ref(c, argv[4], &rc);
         if (!ref)
@@ -531,21 +838,19 @@ static int dispatch(const struct ctl *c, int argc, char **argv)
         json_decref(resp);
         return rc;
     }
-    if (IS("candidate", "add"))
+    if (IS("candidate", "add") && argc > 2)
         return cmd_candidate_add(c, argc - 1, argv + 1);
-    if (IS("candidate", "list") && argc > 2) {
-        snprintf(path, sizeof path, "/v1/studies/%s/candidates", argv[2]);
-        return list_all(c, path);
-    }
-    if (IS("candidate", "get") && argc > 3) {
+    if (IS("candidate", "list") && argc == 3)
+        return candidate_list(c, argv[2]);
+    if (IS("candidate", "get") && argc == 4) {
         snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", argv[2], argv[3]);
         return get_and_print(c, path);
     }
-    if (IS("job", "get") && argc > 2) {
+    if (IS("job", "get") && argc == 3) {
         snprintf(path, sizeof path, "/v1/jobs/%s", argv[2]);
         return get_and_print(c, path);
     }
-    if (IS("job", "cancel") && argc > 2) {
+    if (IS("job", "cancel") && argc == 3) {
         snprintf(path, sizeof path, "/v1/jobs/%s", argv[2]);
         json_t *resp = NULL;
         int rc = ctl_call(c, "DELETE", path, NULL, NULL, NULL, NULL, &resp);
@@ -555,21 +860,39 @@ static int dispatch(const struct ctl *c, int argc, char **argv)
         return rc;
     }
     if (IS("job", "wait") && argc > 2)
-        return job_wait(c, argv[2], timeout_arg(argc, argv));
+        return cmd_job_wait(c, argc - 1, argv + 1);
     if (strcmp(group, "ranking") == 0)
         return cmd_ranking(c, argc, argv);
     if (strcmp(group, "jbr") == 0)
         return cmd_jbr(c, argc, argv);
-    if (IS("blob", "put") && argc > 2) {
-        char digest[72];
-        bool uploaded;
-        int rc = ctl_blob_put(c, argv[2], digest, &uploaded);
-        if (rc == CTL_OK)
-            printf("%s%s\n", digest, uploaded ? "" : " (already present)");
-        return rc;
-    }
+    if (IS("blob", "put") && argc == 3)
+        return cmd_blob_put(c, argv[2]);
 #undef IS
-    return usage_error("unknown command '%s'", group);
+    /* A known command with a missing or wrong verb or arguments: that command's usage. */
+    int rc = command_usage(group);
+    return rc >= 0 ? rc : usage_error("unknown command '%s'", group);
+}
+
+/* Takes -j/--json, --csv and -q/--quiet out of the arguments after the command (up to a "--"),
+ * so that `tpvctl ranking SID --csv` means what `tpvctl --csv ranking SID` does.  Compacts argv;
+ * returns the new argc. */
+static int take_output_flags(int argc, char **argv, bool *quiet)
+{
+    int kept = 0, i = 0;
+    for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--json") || !strcmp(a, "-j"))
+            json_output = true;
+        else if (!strcmp(a, "--csv"))
+            csv_output = true;
+        else if (!strcmp(a, "--quiet") || !strcmp(a, "-q"))
+            *quiet = true;
+        else
+            argv[kept++] = argv[i];
+    }
+    for (; i < argc; i++)
+        argv[kept++] = argv[i];
+    return kept;
 }
 
 int main(int argc, char **argv)
@@ -577,17 +900,19 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         { "url", required_argument, 0, 'u' }, { "token", required_argument, 0, 't' },
         { "json", no_argument, 0, 'j' },      { "quiet", no_argument, 0, 'q' },
-        { "help", no_argument, 0, 'h' },      { "max-response", required_argument, 0, 'm' },
+        { "csv", no_argument, 0, 'c' },       { "help", no_argument, 0, 'h' },
+        { "max-response", required_argument, 0, 'm' },
         { 0, 0, 0, 0 } };
     struct ctl c = { .url = getenv("TPV_URL"), .token = getenv("TPV_TOKEN") };
     bool quiet = false;
     int opt;
-    while ((opt = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+u:t:jqh", opts, NULL)) != -1) {
         switch (opt) {
         case 'u': c.url = optarg; break;
         case 't': c.token = optarg; break;
         case 'j': json_output = true; break;
         case 'q': quiet = true; break;
+        case 'c': csv_output = true; break;
         case 'h': usage(stdout); return CTL_OK;
         case 'm': {
             char *end;
@@ -605,6 +930,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return CTL_ERR_USAGE;
     }
+    int cmd_argc = take_output_flags(argc - optind, argv + optind, &quiet);
     char url[2048];
     snprintf(url, sizeof url, "%s", c.url && c.url[0] ? c.url : "http://127.0.0.1:8080");
     for (size_t n = strlen(url); n > 0 && url[n - 1] == '/'; n--)
@@ -615,7 +941,7 @@ int main(int argc, char **argv)
     c.progress = !quiet && isatty(STDERR_FILENO);
     c.quiet = quiet;
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    int rc = dispatch(&c, argc - optind, argv + optind);
+    int rc = dispatch(&c, cmd_argc, argv + optind);
     curl_global_cleanup();
     return rc;
 }

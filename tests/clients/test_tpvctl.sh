@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # test_tpvctl.sh: the real tpvctl binary against the real tpvd (started here on 127.0.0.1:0):
 # study create (JSON and key=value noise models), inputs put, candidate add twice with the same
-# weights (the second upload is skipped), job wait, ranking (table and --json), jbr --wait, and the
-# exit codes scripts rely on: 1 server error, 2 usage, 3 unreachable or response over
-# --max-response, 4 job failed.
+# weights (the second upload is skipped), job wait, ranking (table, --json and --csv against the
+# documented header), candidate list with the rank_by score, jbr --wait with its units table,
+# blob put (the digest alone on stdout), output flags after the command, short flags, a command
+# without its verb (its usage, exit 2), progress bars (none off a terminal, at most 10 frames a
+# second on one), and the exit codes scripts rely on: 1 server error, 2 usage, 3 unreachable or
+# response over --max-response, 4 job failed.
 #   TPVD_BIN, TPVCTL_BIN, TPV_SOURCE_ROOT come from meson (tests/clients/meson.build).
 set -euo pipefail
 
@@ -57,6 +60,36 @@ expect_rc 1 "$T" study create --name badhook --noise name=iso,kind=isotropic,sig
   --webhook ftp://example.com/x
 grep -q webhook_url "$tmp/err" || fail "bad webhook not named: $(cat "$tmp/err")"
 
+# blob put: stdout is the digest alone, new or already there; the status goes to stderr.
+want_digest="sha256:$(sha256sum "$Q/x_fit.npy" | cut -d' ' -f1)"
+expect_rc 0 "$T" blob put "$Q/x_fit.npy"
+[ "$(cat "$tmp/out")" = "$want_digest" ] || fail "blob put stdout: $(cat "$tmp/out")"
+grep -q 'uploaded' "$tmp/err" || fail "blob put status: $(cat "$tmp/err")"
+expect_rc 0 "$T" blob put "$Q/x_fit.npy"
+[ "$(cat "$tmp/out")" = "$want_digest" ] || fail "blob put of a present blob, stdout: $(cat "$tmp/out")"
+grep -q 'already on the server' "$tmp/err" || fail "blob put present status: $(cat "$tmp/err")"
+expect_rc 0 "$T" blob put "$Q/x_fit.npy" -q
+[ "$(cat "$tmp/out")" = "$want_digest" ] && [ ! -s "$tmp/err" ] || fail "blob put -q: $(cat "$tmp/out" "$tmp/err")"
+
+# A command without its verb (or with a wrong one) prints that command's usage, exit 2.
+for g in job study candidate inputs blob; do
+  expect_rc 2 "$T" "$g"
+  grep -q "unknown command" "$tmp/err" && fail "tpvctl $g: $(cat "$tmp/err")"
+  grep -q "^  $g " "$tmp/err" || fail "tpvctl $g does not show its usage: $(cat "$tmp/err")"
+done
+expect_rc 2 "$T" job frobnicate
+grep -q "job wait JID" "$tmp/err" || fail "tpvctl job frobnicate: $(cat "$tmp/err")"
+expect_rc 0 "$T" --help
+for f in '-n --name' '-w --wait' '-j --json' '-q --quiet' '-s --spec' '-W --weights'; do
+  grep -q -- "$f" "$tmp/out" || fail "--help does not document $f"
+done
+
+# Output flags after the command mean what they mean before it.
+expect_rc 0 "$T" study get "$sid" --json
+grep -q '"quantization"' "$tmp/out" || fail "study get --json (after): $(cat "$tmp/out")"
+expect_rc 0 "$T" study get "$sid" -j
+grep -q '"quantization"' "$tmp/out" || fail "study get -j (after): $(cat "$tmp/out")"
+
 expect_rc 0 "$T" inputs put "$sid" fit "$Q/x_fit.npy"
 expect_rc 0 "$T" inputs put "$sid" probe "$Q/x_probe.npy"
 
@@ -78,6 +111,37 @@ m2="$Q/mlp-w128-d1-wd0.1"
 expect_rc 0 "$T" --quiet candidate add "$sid" --name third --spec "$m2/spec.json" \
   --weights "$m2/weights.safetensors" --wait
 [ -s "$tmp/err" ] && fail "--quiet printed: $(cat "$tmp/err")"
+# Short flags, and --quiet after the command (the weights are on the server: no note).
+m3="$Q/mlp-w32-d1-wd0"
+expect_rc 0 "$T" candidate add "$sid" -n fourth -s "$m3/spec.json" -W "$m3/weights.safetensors" \
+  -L 0.03 -e 7 -r r1 -w -T 120
+expect_rc 0 "$T" candidate add "$sid" -n fifth -s "$m3/spec.json" -W "$m3/weights.safetensors" \
+  -w --quiet
+[ -s "$tmp/err" ] && fail "--quiet after the command printed: $(cat "$tmp/err")"
+expect_rc 0 "$T" --json candidate list "$sid"
+/usr/bin/env python3 -c '
+import json, sys
+items = {c["name"]: c for c in json.load(open(sys.argv[1]))}
+m = items["fourth"]["metadata"]
+assert m == {"train_loss": 0.03, "epoch": 7, "run": "r1"}, m
+' "$tmp/out" || fail "short flags of candidate add: $(cat "$tmp/out")"
+
+# Progress bars: none when stderr is not a terminal; on one, at most 10 frames a second.
+head -c $((48 << 20)) /dev/urandom >"$tmp/big.bin"
+expect_rc 0 "$T" blob put "$tmp/big.bin"
+grep -q $'\r' "$tmp/err" && fail "a progress bar was drawn on a file: $(od -c "$tmp/err" | head -3)"
+head -c $((48 << 20)) /dev/urandom >"$tmp/big.bin"
+t0=$(date +%s.%N)
+TERM=dumb script -qfec "$T blob put $tmp/big.bin 2>&1 >/dev/null" /dev/null >"$tmp/tty" \
+  || fail "blob put on a terminal: $(cat "$tmp/tty")"
+t1=$(date +%s.%N)
+frames=$(tr -cd '\r' <"$tmp/tty" | wc -c)
+/usr/bin/env python3 -c '
+import sys
+frames, secs = int(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2])
+# 10 a second, plus the first and the last frame (the pty turns each newline into "\r\n").
+assert 1 <= frames <= 10 * secs + 3, (frames, secs)
+' "$frames" "$t0" "$t1" || fail "progress frames: $frames in $t0..$t1: $(head -c 400 "$tmp/tty" | od -c | head)"
 
 for j in "$job1" "$job2"; do
   expect_rc 0 "$T" job wait "$j" --timeout 120
@@ -88,13 +152,77 @@ done
 expect_rc 0 "$T" ranking "$sid" --split probe
 for name in first second third; do grep -q "$name" "$tmp/out" || fail "ranking table lacks $name"; done
 expect_rc 0 "$T" --json ranking "$sid" --by q8
-/usr/bin/env python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["by"]=="q8" and len(r["items"])==3, r' "$tmp/out" \
+/usr/bin/env python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["by"]=="q8" and len(r["items"])==5, r' "$tmp/out" \
   || fail "ranking --json: $(cat "$tmp/out")"
+expect_rc 0 "$T" ranking "$sid" -b q8 -s fit --json
+cp "$tmp/out" "$tmp/ranking.json"
+grep -q '"split": "fit"' "$tmp/ranking.json" || fail "ranking -s fit: $(cat "$tmp/ranking.json")"
+
+# CSV (the server's, or written by tpvctl from the JSON when the server answers JSON): the
+# documented header, then the metadata keys, and one row per item with the JSON's values.
+expect_rc 0 "$T" ranking "$sid" -b q8 -s fit --csv
+/usr/bin/env python3 - "$tmp/out" "$tmp/ranking.json" <<'PY' || fail "ranking --csv: $(cat "$tmp/out")"
+import csv, json, sys
+rows = list(csv.reader(open(sys.argv[1], newline="")))
+r = json.load(open(sys.argv[2]))
+fixed = ["rank", "candidate_id", "name", "value", "stderr", "stderr_inputs",
+         "p_lower_than_next", "flags"]
+meta = sorted({k for it in r["items"] for k in it.get("metadata", {})})
+assert rows[0] == fixed + meta, rows[0]
+assert meta == ["epoch", "run", "train_loss"], meta
+assert len(rows) == 1 + len(r["items"]), len(rows)
+for row, it in zip(rows[1:], r["items"]):
+    cell = dict(zip(rows[0], row))
+    assert int(cell["rank"]) == it["rank"] and cell["candidate_id"] == it["candidate_id"], cell
+    assert cell["name"] == it["name"], cell
+    assert float(cell["value"]) == it["value"], (cell, it)
+    assert float(cell["stderr"]) == it["stderr"], (cell, it)
+    for k in ("stderr_inputs", "p_lower_than_next"):
+        v = it.get(k)
+        assert (cell[k] == "") if v is None else (float(cell[k]) == v), (k, cell, it)
+    assert cell["flags"] == ";".join(it.get("flags", [])), cell
+    for k in meta:
+        v = it.get("metadata", {}).get(k)
+        assert cell[k] == ("" if v is None else str(v)), (k, cell, it)
+PY
+
+# candidate list shows the score the study ranks by (rank_by iso, probe split) per candidate.
+expect_rc 0 "$T" candidate list "$sid"
+cp "$tmp/out" "$tmp/list.txt"
+expect_rc 0 "$T" candidate list "$sid" --json
+/usr/bin/env python3 - "$tmp/list.txt" "$tmp/out" <<'PY' || fail "candidate list: $(cat "$tmp/list.txt")"
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert lines[0].split() == ["id", "name", "state", "iso/probe"], lines[0]
+items = {c["id"]: c for c in json.load(open(sys.argv[2]))}
+assert len(lines) == 1 + len(items), lines
+for line in lines[1:]:
+    cid, name, state, shown = line.split()
+    want = [s["value"] for s in items[cid]["scores"] if s["noise"] == "iso" and s["split"] == "probe"]
+    assert len(want) == 1 and abs(float(shown) - want[0]) <= 1e-5 * abs(want[0]), (line, want)
+PY
 
 # JBR of a classifier candidate.
 cid=$("$T" --json candidate list "$sid" | sed -n 's/.*"id": "\(cd_[0-9a-f]*\)".*/\1/p' | head -1)
 [[ "$cid" == cd_* ]] || fail "candidate id: $cid"
 expect_rc 0 "$T" jbr "$sid" "$cid" --wait --timeout 120
+head -1 "$tmp/out" | grep -q '^order *layer *index *score$' || fail "jbr --wait table: $(head -3 "$tmp/out")"
+[ "$(wc -l <"$tmp/out")" -ge 2 ] || fail "jbr --wait printed no units: $(cat "$tmp/out")"
+expect_rc 0 "$T" jbr "$sid" "$cid" -w -T 120 --json
+/usr/bin/env python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1])); u = r["units"]
+assert u and {"layer", "index", "score"} <= set(u[0]) and sorted(r["order"]) == list(range(len(u))), r
+scores = [u[i]["score"] for i in r["order"]]
+assert scores == sorted(scores), scores
+' "$tmp/out" || fail "jbr --wait --json: $(head -c 300 "$tmp/out")"
+/usr/bin/env python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1])); lines = open(sys.argv[2]).read().splitlines()[1:]
+assert len(lines) == len(r["units"]), (len(lines), len(r["units"]))
+first = r["units"][r["order"][0]]
+assert lines[0].split()[1:3] == [first["layer"], str(first["index"])], (lines[0], first)
+' "$tmp/out" <("$T" jbr "$sid" "$cid" -w -T 120) || fail "jbr table does not follow the order"
 
 # One response body has a cap: a body exactly at --max-response is read, one byte over ends the
 # command (exit 3) with a message naming the cap (every job above has finished: the list is stable).
@@ -112,6 +240,7 @@ expect_rc 1 "$T" study get st_0000000000000000          # 404 from the server
 grep -q not_found "$tmp/err" || fail "no server code in: $(cat "$tmp/err")"
 expect_rc 1 "$T" study create --name bad --noise name=x,kind=nope
 expect_rc 2 "$T" no-such-command
+grep -q "unknown command 'no-such-command'" "$tmp/err" || fail "unknown command: $(cat "$tmp/err")"
 expect_rc 2 "$T" study create --noise name=iso,kind=isotropic,sigma=0.1   # no --name
 TPV_URL=http://127.0.0.1:1 expect_rc 3 "$T" study list
 # A job that fails: JBR needs a classifier, and this one-output linear model is not one.
