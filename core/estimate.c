@@ -1215,6 +1215,14 @@ static int phase_output_scale(struct job *jb, const struct tpv_progress *pg, str
     return rc;
 }
 
+/* Rough wall time of a dense symmetric eigendecomposition of order N (about 9 N^3 flops at
+ * 2 Gflop/s): only the pace of the progress bar during LAPACK depends on it. */
+static double eig_seconds(uint64_t N)
+{
+    double n = (double)N;
+    return 9 * n * n * n / 2e9 / tpv_linalg_threads();
+}
+
 static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram, double c_kx,
                       double c_eig, struct tpv_err *err)
 {
@@ -1271,9 +1279,15 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         jb->proj = M ? calloc((size_t)N, sizeof *jb->proj) : NULL;
         if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj)))
             rc = oom(err);
+        /* G now holds Q (eigenvectors as columns).  LAPACK cannot be interrupted, so it runs on
+         * a helper thread while this one reports elapsed time against the expected time and
+         * returns on a cancel (the helper then owns and frees G and lambda). */
+        struct slice esl;
+        struct tpv_progress esub = slice_make(&esl, pr, c_eig / 2);
         if (rc == TPV_OK)
-            rc = tpv_syevd(N, G, jb->lambda, err); /* G now holds Q (eigenvectors as columns) */
-        sub = slice_make(&sl, pr, c_eig);
+            rc = tpv_syevd_cancellable(N, &G, &jb->lambda, eig_seconds(N), esub.fn, esub.ctx,
+                                       err);
+        sub = slice_make(&sl, pr, c_eig / 2);
         uint64_t R = M ? label_chunk_rows(M, N) : 0;
         double *T = M && rc == TPV_OK ? malloc((size_t)(R * N) * sizeof *T) : NULL;
         if (rc == TPV_OK && M && !T)

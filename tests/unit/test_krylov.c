@@ -11,10 +11,13 @@
 #include <string.h>
 #include <cmocka.h>
 #include <math.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "core/dump.h"
 #include "core/estimate.h"
 #include "core/krylov.h"
+#include "core/linalg.h"
 #include "core/mlp_source.h"
 #include "num_helpers.h"
 #include "tests/unit/mlp_testnet.h"
@@ -331,12 +334,87 @@ static void test_cancel_inside(void **state)
     free(d);
 }
 
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Cancels once the reported fraction reaches `at`, and remembers when. */
+struct timed_cancel {
+    double at, asked, last;
+    int calls;
+};
+
+static int timed_cb(void *ctx, double f)
+{
+    struct timed_cancel *c = ctx;
+    c->calls++;
+    c->last = f;
+    if (f >= c->at && c->asked == 0)
+        c->asked = mono();
+    return c->asked != 0;
+}
+
+/* A label job on a dump with nK = 900 (the exact path's eigendecomposition takes seconds here)
+ * canceled in the Gram phase, early and late in the eigendecomposition, and in the matrix-free
+ * Krylov loop: each returns TPV_ECANCELED within 1 s of the callback's first "stop". */
+static void test_cancel_lands_within_a_second(void **state)
+{
+    (void)state;
+    enum { N = 300, M = 150, K = 3, P = 250 };
+    double *Jf = malloc((size_t)N * K * P * sizeof *Jf), *Jp = malloc((size_t)M * K * P * sizeof *Jp);
+    fill_normal(Jf, (size_t)N * K * P, 71);
+    fill_normal(Jp, (size_t)M * K * P, 72);
+    uint64_t sf[3] = { N, K, P }, sp[3] = { M, K, P };
+    struct tpv_tensor tf = tview("", TPV_DTYPE_F64, Jf, 3, sf), tp = tview("", TPV_DTYPE_F64, Jp, 3, sp);
+    const struct tpv_tensor *a[1] = { &tf }, *b[1] = { &tp };
+    struct tpv_jsrc *fit, *probe;
+    struct tpv_err err;
+    assert_int_equal(tpv_dump_from_tensors(&fit, a, 1, NULL, 0, NULL, 0, &err), TPV_OK);
+    assert_int_equal(tpv_dump_from_tensors(&probe, b, 1, NULL, 0, NULL, 0, &err), TPV_OK);
+    struct {
+        enum tpv_estimator est;
+        double at;
+    } pts[] = { { TPV_EST_EXACT, 1e-4 }, { TPV_EST_EXACT, 0.06 }, { TPV_EST_EXACT, 0.25 },
+                { TPV_EST_HUTCHINSON, 0.01 }, { TPV_EST_HUTCHINSON, 0.1 } };
+    for (size_t i = 0; i < sizeof pts / sizeof pts[0]; i++) {
+        struct tpv_noise m = mk(TPV_NOISE_LABEL, "label", pts[i].est);
+        m.ridge_rel = 0.1;
+        m.target_rel_error = 0.001;
+        struct tpv_est_inputs in = { .fit = fit, .probe = probe, .models = &m, .nmodels = 1 };
+        struct tpv_run_options opts = { 0, 0 };
+        struct timed_cancel c = { .at = pts[i].at };
+        struct tpv_progress pg = { timed_cb, &c };
+        struct tpv_score *sc;
+        size_t ns;
+        json_t *st;
+        int rc = tpv_estimate_scores(&in, &opts, &sc, &ns, &st, &pg, &err);
+        double lag = mono() - c.asked;
+        print_message("cancel at %.4g (%s): %d progress calls, returned %.3f s after the cancel\n",
+                      pts[i].at, tpv_estimator_name(pts[i].est), c.calls, lag);
+        assert_int_equal(rc, TPV_ECANCELED);
+        assert_true(c.asked > 0);
+        assert_true(lag < 1.0);
+    }
+    /* the abandoned eigendecompositions finish and free their buffers */
+    for (int t = 0; t < 600 && tpv_syevd_abandoned() > 0; t++)
+        usleep(100000);
+    assert_int_equal(tpv_syevd_abandoned(), 0);
+    tpv_jsrc_free(fit);
+    tpv_jsrc_free(probe);
+    free(Jf);
+    free(Jp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cg_residual),        cmocka_unit_test(test_dump_matches_exact),
         cmocka_unit_test(test_rank_deficient_cut), cmocka_unit_test(test_mlp_matches_exact),
         cmocka_unit_test(test_auto_choice),        cmocka_unit_test(test_cancel_inside),
+        cmocka_unit_test(test_cancel_lands_within_a_second),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
