@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/krylov.h"
 #include "core/linalg.h"
 #include "core/rng.h"
 
@@ -155,10 +156,38 @@ static int check_servable(const struct tpv_est_inputs *in, struct tpv_err *err)
 }
 
 /* Chosen estimator of a model and why (a static string). */
+/* Rows of K_X multiplied by Q at a time in the label phase. */
+static uint64_t label_chunk_rows(uint64_t M, uint64_t N)
+{
+    uint64_t r = (32ull << 20) / 8 / (N ? N : 1);
+    r = r ? r : 1;
+    return r < M ? r : M;
+}
+
+/* Checked byte arithmetic for the plan (__builtin_*_overflow): UINT64_MAX marks a size that does
+ * not fit in 64 bits and stays so through later steps, so that the plan can refuse the job
+ * whatever the memory limit (a saturated sum that is later added to could wrap). */
+static uint64_t pl_mul(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    if (a == UINT64_MAX || b == UINT64_MAX || __builtin_mul_overflow(a, b, &r))
+        return UINT64_MAX;
+    return r;
+}
+
+static uint64_t pl_add(uint64_t a, uint64_t b)
+{
+    uint64_t r;
+    if (a == UINT64_MAX || b == UINT64_MAX || __builtin_add_overflow(a, b, &r))
+        return UINT64_MAX;
+    return r;
+}
+
 struct plan {
     enum tpv_estimator est;
     const char *reason;
     bool outputs; /* hutchinson over output projections */
+    bool mf;      /* label / sgd_curvature: matrix-free (krylov.h) */
 };
 
 /* Estimated flops of the exact diagonals (all splits) and of one output-projected probe. */
@@ -188,20 +217,91 @@ static bool diag_over_budget(const struct tpv_est_inputs *in, const struct tpv_r
     return exact > opts->flop_budget && probe < exact;
 }
 
+/* Bytes and flops of the exact Gram path (G, K_X, the eigendecomposition for label). */
+static void gram_exact_costs(const struct tpv_est_inputs *in, bool label, uint64_t *bytes,
+                             double *flops)
+{
+    const struct tpv_jsrc *f = in->fit, *pr = in->probe;
+    uint64_t N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
+    uint64_t b = pl_add(pl_mul(pl_mul(N, N), 8), pl_mul(pl_mul(M, N), 8));
+    if (label) {
+        b = pl_add(b, pl_add(tpv_syevd_work_bytes(N), pl_mul(N, 16)));
+        if (pr)
+            b = pl_add(b, pl_mul(pl_mul(label_chunk_rows(M, N), N), 8));
+    }
+    *bytes = b;
+    double dN = (double)N, dM = (double)M, dp = (double)f->p;
+    *flops = dN * dN * dp + dM * dN * dp + (label ? 4.0 * dN * dN * dN + 2 * dM * dN * dN : 0);
+}
+
+/* What every job holds whatever its models: the diagonals, the caller's buffers and the
+ * sources' own scratch. */
+static uint64_t base_bytes(const struct tpv_est_inputs *in)
+{
+    const struct tpv_jsrc *f = in->fit, *pr = in->probe;
+    uint64_t scratch = f->ops->scratch_bytes ? f->ops->scratch_bytes(f) : 0;
+    if (pr && pr->ops->scratch_bytes)
+        scratch = pl_add(scratch, pr->ops->scratch_bytes(pr));
+    return pl_add(pl_add(pl_mul(pl_mul(f->p, 8), pr ? 2 : 1), in->caller_bytes), scratch);
+}
+
+/* Label and sgd_curvature: exact (Gram + eigendecomposition) or matrix-free (krylov.h). */
+static struct plan plan_gram_model(const struct tpv_est_inputs *in,
+                                   const struct tpv_run_options *opts,
+                                   const struct tpv_noise *nm)
+{
+    struct plan p = { TPV_EST_EXACT, "requested", false, false };
+    bool label = nm->kind == TPV_NOISE_LABEL;
+    bool mf_ok = tpv_mf_supported(in->fit) && (!in->probe || tpv_mf_supported(in->probe));
+    if (nm->estimator == TPV_EST_EXACT)
+        return p;
+    if (nm->estimator == TPV_EST_HUTCHINSON || nm->estimator == TPV_EST_HUTCHPP) {
+        if (!mf_ok) {
+            p.reason = "matrix-free estimation needs J^T u, which this source lacks; computed "
+                       "exactly";
+            return p;
+        }
+        p.est = TPV_EST_HUTCHINSON;
+        p.mf = true;
+        p.reason = nm->estimator == TPV_EST_HUTCHPP
+                       ? "hutchpp: matrix-free Hutchinson over output projections (no low-rank "
+                         "sketch for this model)"
+                       : "requested: matrix-free Hutchinson over output projections";
+        return p;
+    }
+    uint64_t bytes;
+    double flops;
+    gram_exact_costs(in, label, &bytes, &flops);
+    bool mem = opts && opts->max_memory && pl_add(bytes, base_bytes(in)) > opts->max_memory;
+    bool flop = opts && opts->flop_budget > 0 && flops > opts->flop_budget;
+    if (mf_ok && (mem || flop || bytes == UINT64_MAX)) {
+        p.est = TPV_EST_HUTCHINSON;
+        p.mf = true;
+        p.reason = mem ? "auto: the exact Gram and eigendecomposition do not fit the memory "
+                         "limit (details: exact_bytes, max_memory); matrix-free Krylov + "
+                         "Hutchinson"
+                       : "auto: the exact Gram and eigendecomposition exceed the flop budget "
+                         "(details: exact_flops, flop_budget); matrix-free Krylov + Hutchinson";
+        return p;
+    }
+    p.reason = mf_ok ? "auto: the exact Gram and eigendecomposition fit the memory and flop "
+                       "budgets (details: exact_bytes, exact_flops)"
+                     : "auto: this source has no J^T u, so only the exact Gram path exists";
+    return p;
+}
+
 static struct plan plan_model(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
                               const struct tpv_noise *nm)
 {
-    struct plan p = { TPV_EST_EXACT, "requested", false };
+    struct plan p = { TPV_EST_EXACT, "requested", false, false };
     const struct tpv_jsrc *f = in->fit;
+    if (nm->kind == TPV_NOISE_LABEL || nm->kind == TPV_NOISE_SGD_CURVATURE)
+        return plan_gram_model(in, opts, nm);
     if (!diag_family(nm->kind)) {
         if (nm->estimator == TPV_EST_AUTO)
-            p.reason = nm->kind == TPV_NOISE_PRUNE
-                           ? "auto: a fixed perturbation costs one JVP per sample"
-                           : "auto: Gram-based models are computed exactly";
+            p.reason = "auto: a fixed perturbation costs one JVP per sample";
         else if (nm->estimator != TPV_EST_EXACT)
-            p.reason = nm->kind == TPV_NOISE_PRUNE
-                           ? "a fixed perturbation has no stochastic estimator; computed exactly"
-                           : "no stochastic estimator for this model; computed exactly";
+            p.reason = "a fixed perturbation has no stochastic estimator; computed exactly";
         return p;
     }
     switch (nm->estimator) {
@@ -242,31 +342,26 @@ static uint64_t hpp_sketch(uint64_t m, uint64_t p)
     return s < p ? s : p;
 }
 
-/* Rows of K_X multiplied by Q at a time in the label phase. */
-static uint64_t label_chunk_rows(uint64_t M, uint64_t N)
+/* Options of one matrix-free run of model `nm` on split `s` (rho resolved by the caller). */
+static struct tpv_mf_opts mf_opts(const struct tpv_noise *nm, int s, double rho)
 {
-    uint64_t r = (32ull << 20) / 8 / (N ? N : 1);
-    r = r ? r : 1;
-    return r < M ? r : M;
+    return (struct tpv_mf_opts){ .seed = nm->seed, .stream = (uint64_t)s,
+                                 .target_rel_error = nm->target_rel_error,
+                                 .max_samples = nm->max_samples, .rho = rho, .rcond = nm->rcond };
 }
 
-/* Checked byte arithmetic for the plan (__builtin_*_overflow): UINT64_MAX marks a size that does
- * not fit in 64 bits and stays so through later steps, so that the plan can refuse the job
- * whatever the memory limit (a saturated sum that is later added to could wrap). */
-static uint64_t pl_mul(uint64_t a, uint64_t b)
+/* Largest working set of a matrix-free model over the job's splits. */
+static uint64_t mf_bytes(const struct tpv_est_inputs *in, const struct tpv_noise *nm)
 {
-    uint64_t r;
-    if (a == UINT64_MAX || b == UINT64_MAX || __builtin_mul_overflow(a, b, &r))
-        return UINT64_MAX;
-    return r;
-}
-
-static uint64_t pl_add(uint64_t a, uint64_t b)
-{
-    uint64_t r;
-    if (a == UINT64_MAX || b == UINT64_MAX || __builtin_add_overflow(a, b, &r))
-        return UINT64_MAX;
-    return r;
+    /* ridge_rel's rho is only known at run time: any positive value plans the same buffers */
+    double rho = nm->kind == TPV_NOISE_LABEL ? (nm->ridge > 0 || nm->ridge_rel > 0 ? 1 : 0) : 1;
+    struct tpv_mf_opts o = mf_opts(nm, 0, rho);
+    uint64_t b = tpv_mf_work_bytes(in->fit, NULL, &o);
+    if (in->probe) {
+        uint64_t bp = tpv_mf_work_bytes(in->fit, in->probe, &o);
+        b = bp > b ? bp : b;
+    }
+    return b;
 }
 
 struct mem_plan {
@@ -279,17 +374,19 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
 {
     const struct tpv_jsrc *f = in->fit, *pr = in->probe;
     uint64_t p = f->p, N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
-    uint64_t rows = N > M ? N : M, nsplit = pr ? 2 : 1;
+    uint64_t rows = N > M ? N : M;
     bool label = false, sgdc = false;
     uint64_t trans = 0;
     for (size_t i = 0; i < in->nmodels; i++) {
         const struct tpv_noise *nm = &in->models[i];
         struct plan pl = plan_model(in, opts, nm);
         uint64_t t = 0;
-        label |= nm->kind == TPV_NOISE_LABEL;
-        sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE;
+        label |= nm->kind == TPV_NOISE_LABEL && !pl.mf;
+        sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE && !pl.mf;
+        if (pl.mf)
+            t = mf_bytes(in, nm);
         if (tpv_noise_needs_outputs(nm)) /* the fit set's outputs, before the Gram phase */
-            t = pl_mul(N, 8);
+            t = pl_add(t, pl_mul(N, 8));
         if (nm->kind == TPV_NOISE_QUANTIZATION && nm->scope != TPV_SCOPE_GLOBAL)
             t = pl_mul(p, 8);
         if (nm->kind == TPV_NOISE_PRUNE) {
@@ -297,7 +394,7 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
             if (nm->prune_rule_magnitude) /* sort keys */
                 t = pl_add(t, pl_mul(p, 24));
         }
-        if (pl.est == TPV_EST_HUTCHINSON) /* struct hutch_ws: two p-vectors, one rows-vector */
+        if (pl.est == TPV_EST_HUTCHINSON && !pl.mf) /* struct hutch_ws: two p-vectors, one rows-vector */
             t = pl_add(t, pl_add(pl_mul(p, 16), pl_mul(rows, 8)));
         if (pl.est == TPV_EST_HUTCHPP) {
             uint64_t s = hpp_sketch(nm->max_samples, p);
@@ -307,22 +404,11 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
         }
         trans = t > trans ? t : trans;
     }
-    uint64_t scratch = f->ops->scratch_bytes ? f->ops->scratch_bytes(f) : 0;
-    if (pr && pr->ops->scratch_bytes)
-        scratch = pl_add(scratch, pr->ops->scratch_bytes(pr));
-    mp->base = pl_add(pl_add(pl_mul(pl_mul(p, 8), nsplit), in->caller_bytes),
-                           scratch);
+    mp->base = base_bytes(in);
     mp->gram = 0;
     if (label || sgdc) {
-        mp->gram = pl_mul(pl_mul(N, N), 8);
-        mp->gram = pl_add(mp->gram, pl_mul(pl_mul(M, N), 8));
-        if (label) {
-            mp->gram = pl_add(mp->gram, pl_add(tpv_syevd_work_bytes(N),
-                                                         pl_mul(N, 16)));
-            if (pr)
-                mp->gram = pl_add(mp->gram,
-                                       pl_mul(pl_mul(label_chunk_rows(M, N), N), 8));
-        }
+        double unused;
+        gram_exact_costs(in, label, &mp->gram, &unused);
     }
     mp->transient = trans;
     mp->total = pl_add(pl_add(mp->base, mp->gram), mp->transient);
@@ -991,6 +1077,119 @@ static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
     }
 }
 
+/* Solver and sampling details of a matrix-free score. */
+static void mf_details(json_t *d, const struct tpv_noise *nm, const struct tpv_mf_result *r,
+                       const char *solver)
+{
+    json_object_set_new(d, "probes", json_string("outputs"));
+    json_object_set_new(d, "converged", json_boolean(r->converged));
+    set_real(d, "target_rel_error", nm->target_rel_error);
+    json_object_set_new(d, "max_samples", json_integer((json_int_t)nm->max_samples));
+    json_object_set_new(d, "gram_products", json_integer((json_int_t)r->gram_products));
+    if (!solver)
+        return;
+    json_object_set_new(d, "solver", json_string(solver));
+    set_real(d, "solver_tol", TPV_KRYLOV_TOL);
+    set_real(d, "solver_residual", r->residual_max);
+    json_object_set_new(d, "solver_iterations", json_integer((json_int_t)r->iterations_max));
+    json_object_set_new(d, "solver_iterations_total",
+                        json_integer((json_int_t)r->iterations_total));
+    json_object_set_new(d, "solver_converged", json_boolean(r->solver_converged));
+}
+
+/* Tr G = ||J_fit||_F^2 by one exact sqdiag pass: when the job's traces were estimated (over the
+ * flop budget), ridge_rel must not inherit their error as a bias; one pass is cheap beside the
+ * Krylov solves. */
+static int fit_trace_exact(const struct tpv_jsrc *f, double *tr, struct tpv_err *err)
+{
+    double *d = calloc((size_t)(f->p ? f->p : 1), sizeof *d);
+    if (!d)
+        return oom(err);
+    int rc = f->ops->sqdiag(f, d, NULL, err);
+    double t = 0;
+    for (uint64_t j = 0; rc == TPV_OK && j < f->p; j++)
+        t += d[j];
+    free(d);
+    *tr = t;
+    return rc;
+}
+
+/* Matrix-free label TPV (krylov.h): ridge_rel's rho from Tr G = ||J_fit||_F^2, the sqdiag
+ * trace already computed (estimated when the diagonals were over the flop budget). */
+static int score_label_mf(const struct job *jb, size_t mi, struct tpv_score *sc,
+                          const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct tpv_noise *nm = &jb->in->models[mi];
+    const struct tpv_jsrc *f = jb->in->fit;
+    double N = (double)(f->n * f->K), trG = jb->trace[0];
+    if (nm->ridge_rel > 0 && !jb->have_diag) {
+        int rc = fit_trace_exact(f, &trG, err);
+        if (rc != TPV_OK)
+            return rc;
+    }
+    double rho = nm->ridge > 0 ? nm->ridge : nm->ridge_rel > 0 ? nm->ridge_rel * trG / N : 0;
+    double sigma = nm->sigma_rel > 0 ? nm->sigma_rel * jb->out_scale : nm->sigma, s2 = sigma * sigma;
+    for (int s = 0; s < jb->nsplit; s++) {
+        struct tpv_mf_opts o = mf_opts(nm, s, rho);
+        struct tpv_mf_result r;
+        double t0 = now_seconds();
+        struct tpv_progress sub = pg[s];
+        int rc = tpv_label_mf(f, s ? jb->src[s] : NULL, &o, &r, &sub, err);
+        if (rc != TPV_OK)
+            return rc;
+        double nX = (double)jb->src[s]->n;
+        sc[s].value = s2 * r.value / nX;
+        sc[s].stderr_value = s2 * r.stderr_value / nX;
+        sc[s].samples = r.samples;
+        sc[s].wall_seconds = now_seconds() - t0;
+        mf_details(sc[s].details, nm, &r, rho > 0 ? "cg" : "lanczos");
+        set_real(sc[s].details, "rho", rho);
+        set_real(sc[s].details, "sigma", sigma);
+        if (rho <= 0) {
+            set_real(sc[s].details, "lambda_max", r.lambda_max);
+            set_real(sc[s].details, "rcond", nm->rcond);
+        }
+        if (nm->sigma_rel > 0)
+            set_real(sc[s].details, "mean_abs_output", jb->out_scale);
+    }
+    return TPV_OK;
+}
+
+/* Matrix-free sgd_curvature (krylov.h). */
+static int score_sgdc_mf(const struct job *jb, size_t mi, struct tpv_score *sc,
+                         const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct tpv_noise *nm = &jb->in->models[mi];
+    const struct tpv_jsrc *f = jb->in->fit;
+    double a = nm->lr / (2.0 * nm->batch_size), n = (double)f->n;
+    for (int s = 0; s < jb->nsplit; s++) {
+        struct tpv_mf_opts o = mf_opts(nm, s, 1);
+        struct tpv_mf_result r;
+        double t0 = now_seconds();
+        struct tpv_progress sub = pg[s];
+        int rc = tpv_sgdc_mf(f, s ? jb->src[s] : NULL, &o, &r, &sub, err);
+        if (rc != TPV_OK)
+            return rc;
+        double den = s ? (double)jb->src[s]->n * n : (f->n > 1 ? n * (n - 1) : 1);
+        sc[s].value = a * r.value / den;
+        sc[s].stderr_value = a * r.stderr_value / den;
+        if (s == 0 && f->n <= 1) {
+            sc[s].value = a * r.with_self / (n * n);
+            sc[s].stderr_value = a * r.with_self_stderr / (n * n);
+            json_object_set_new(sc[s].details, "note",
+                                json_string("n = 1: leave-self-out undefined, value includes self"));
+        }
+        if (s == 0) {
+            set_real(sc[s].details, "with_self", a * r.with_self / (n * n));
+            set_real(sc[s].details, "with_self_stderr", a * r.with_self_stderr / (n * n));
+        }
+        sc[s].samples = r.samples;
+        sc[s].wall_seconds = now_seconds() - t0;
+        mf_details(sc[s].details, nm, &r, NULL);
+    }
+    return TPV_OK;
+}
+
 /* ---- shared phases -------------------------------------------------------------------------- */
 
 /* The output scale of sigma_rel: mean |f_k(x)| over the fit set's n K outputs (the reference
@@ -1014,6 +1213,14 @@ static int phase_output_scale(struct job *jb, const struct tpv_progress *pg, str
     if (rc == TPV_OK)
         jb->out_scale = sum / (double)N;
     return rc;
+}
+
+/* Rough wall time of a dense symmetric eigendecomposition of order N (about 9 N^3 flops at
+ * 2 Gflop/s): only the pace of the progress bar during LAPACK depends on it. */
+static double eig_seconds(uint64_t N)
+{
+    double n = (double)N;
+    return 9 * n * n * n / 2e9 / tpv_linalg_threads();
 }
 
 static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram, double c_kx,
@@ -1072,9 +1279,15 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         jb->proj = M ? calloc((size_t)N, sizeof *jb->proj) : NULL;
         if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj)))
             rc = oom(err);
+        /* G now holds Q (eigenvectors as columns).  LAPACK cannot be interrupted, so it runs on
+         * a helper thread while this one reports elapsed time against the expected time and
+         * returns on a cancel (the helper then owns and frees G and lambda). */
+        struct slice esl;
+        struct tpv_progress esub = slice_make(&esl, pr, c_eig / 2);
         if (rc == TPV_OK)
-            rc = tpv_syevd(N, G, jb->lambda, err); /* G now holds Q (eigenvectors as columns) */
-        sub = slice_make(&sl, pr, c_eig);
+            rc = tpv_syevd_cancellable(N, &G, &jb->lambda, eig_seconds(N), esub.fn, esub.ctx,
+                                       err);
+        sub = slice_make(&sl, pr, c_eig / 2);
         uint64_t R = M ? label_chunk_rows(M, N) : 0;
         double *T = M && rc == TPV_OK ? malloc((size_t)(R * N) * sizeof *T) : NULL;
         if (rc == TPV_OK && M && !T)
@@ -1136,9 +1349,15 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
     for (size_t i = 0; rc == TPV_OK && i < in->nmodels; i++) {
         const struct tpv_noise *nm = &in->models[i];
         plans[i] = plan_model(in, opts, nm);
-        label |= nm->kind == TPV_NOISE_LABEL;
-        sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE;
-        double passes = nm->kind == TPV_NOISE_PRUNE ? 1
+        label |= nm->kind == TPV_NOISE_LABEL && !plans[i].mf;
+        sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE && !plans[i].mf;
+        /* matrix-free: a few tens of products per sample, each about one K-th of an exact
+         * diagonal pass (a rough share; progress inside the model reports per product) */
+        double mf_passes = (double)(nm->max_samples < 64 ? nm->max_samples : 64) *
+                           (nm->kind == TPV_NOISE_LABEL ? 20.0 : 2.0) /
+                           (double)(in->fit->K ? in->fit->K : 1);
+        double passes = plans[i].mf ? mf_passes
+                        : nm->kind == TPV_NOISE_PRUNE ? 1
                         : plans[i].est == TPV_EST_HUTCHINSON ? (double)nm->max_samples
                         : plans[i].est == TPV_EST_HUTCHPP ? (double)nm->max_samples * 1.7
                                                            : 0;
@@ -1158,6 +1377,20 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             json_object_set_new(x->details, "estimator_requested",
                                 json_string(tpv_estimator_name(nm->estimator)));
             json_object_set_new(x->details, "estimator_reason", json_string(plans[i].reason));
+            if (nm->estimator == TPV_EST_AUTO && !diag_family(nm->kind) &&
+                nm->kind != TPV_NOISE_PRUNE) {
+                uint64_t eb;
+                double ef;
+                gram_exact_costs(in, nm->kind == TPV_NOISE_LABEL, &eb, &ef);
+                json_object_set_new(x->details, "exact_bytes", json_integer((json_int_t)(
+                                                    eb > INT64_MAX ? INT64_MAX : eb)));
+                set_real(x->details, "exact_flops", ef);
+                if (opts && opts->flop_budget > 0)
+                    set_real(x->details, "flop_budget", opts->flop_budget);
+                if (opts && opts->max_memory)
+                    json_object_set_new(x->details, "max_memory",
+                                        json_integer((json_int_t)opts->max_memory));
+            }
             if (nm->estimator == TPV_EST_AUTO && diag_family(nm->kind) && opts &&
                 opts->flop_budget > 0) {
                 double exact, probe;
@@ -1182,6 +1415,7 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
     jb.have_diag = !diag_over_budget(in, opts);
     for (size_t i = 0; !jb.have_diag && i < in->nmodels; i++)
         jb.have_diag = diag_family(in->models[i].kind) && plans[i].est == TPV_EST_EXACT;
+
     for (int s = 0; rc == TPV_OK && s < jb.nsplit; s++) {
         struct slice sl;
         struct tpv_progress sub = slice_make(&sl, &pr, c_sq[s]);
@@ -1226,8 +1460,12 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             rc = score_diag_family(&jb, i, &plans[i], x, sub, err);
         else if (nm->kind == TPV_NOISE_PRUNE)
             rc = score_prune(&jb, i, x, sub, err);
+        else if (nm->kind == TPV_NOISE_LABEL && plans[i].mf)
+            rc = score_label_mf(&jb, i, x, sub, err);
         else if (nm->kind == TPV_NOISE_LABEL)
             score_label(&jb, i, x);
+        else if (plans[i].mf)
+            rc = score_sgdc_mf(&jb, i, x, sub, err);
         else
             score_sgdc(&jb, i, x);
         if (rc == TPV_OK && pg && pg->fn && pg->fn(pg->ctx, pr.total > 0 ? pr.done / pr.total : 1))

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef float v4f __attribute__((vector_size(16)));
 typedef double v2d __attribute__((vector_size(16)));
@@ -330,4 +331,133 @@ int tpv_orth(uint64_t m, uint64_t k, double *A, struct tpv_err *err)
     if (info != 0)
         return tpv_err_set(err, TPV_ENUMERIC, NULL, "QR factorisation failed (info %d)", (int)info);
     return TPV_OK;
+}
+
+/* ---- cancellable eigendecomposition ---------------------------------------------------------- */
+
+struct eig_task {
+    uint64_t n;
+    double *A, *w;
+    int rc;
+    struct tpv_err err;
+    bool done, abandoned;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+static pthread_mutex_t abandoned_mu = PTHREAD_MUTEX_INITIALIZER;
+static int abandoned_count;
+
+int tpv_syevd_abandoned(void)
+{
+    pthread_mutex_lock(&abandoned_mu);
+    int c = abandoned_count;
+    pthread_mutex_unlock(&abandoned_mu);
+    return c;
+}
+
+static void eig_task_free(struct eig_task *t)
+{
+    pthread_mutex_destroy(&t->mu);
+    pthread_cond_destroy(&t->cv);
+    free(t);
+}
+
+static void *eig_main(void *arg)
+{
+    struct eig_task *t = arg;
+    int rc = tpv_syevd(t->n, t->A, t->w, &t->err);
+    pthread_mutex_lock(&t->mu);
+    t->rc = rc;
+    t->done = true;
+    bool orphan = t->abandoned;
+    pthread_cond_signal(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    if (orphan) { /* the caller returned on a cancel and left the buffers to us */
+        free(t->A);
+        free(t->w);
+        eig_task_free(t);
+        pthread_mutex_lock(&abandoned_mu);
+        abandoned_count--;
+        pthread_mutex_unlock(&abandoned_mu);
+    }
+    return NULL;
+}
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int tpv_syevd_cancellable(uint64_t n, double **A, double **w, double expected_seconds,
+                          int (*poll)(void *ctx, double fraction), void *ctx,
+                          struct tpv_err *err)
+{
+    struct eig_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    *t = (struct eig_task){ .n = n, .A = *A, .w = *w };
+    tpv_err_clear(&t->err);
+    pthread_t th;
+    pthread_attr_t at;
+    bool started = false;
+    if (pthread_mutex_init(&t->mu, NULL) != 0) {
+        free(t);
+        return tpv_syevd(n, *A, *w, err);
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int crc = pthread_cond_init(&t->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (crc != 0) {
+        pthread_mutex_destroy(&t->mu);
+        free(t);
+        return tpv_syevd(n, *A, *w, err);
+    }
+    if (pthread_attr_init(&at) == 0) {
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        started = pthread_create(&th, &at, eig_main, t) == 0;
+        pthread_attr_destroy(&at);
+    }
+    if (!started) {
+        eig_task_free(t);
+        return tpv_syevd(n, *A, *w, err);
+    }
+    double t0 = mono_now();
+    pthread_mutex_lock(&t->mu);
+    while (!t->done) {
+        struct timespec dl;
+        clock_gettime(CLOCK_MONOTONIC, &dl);
+        dl.tv_nsec += 50 * 1000000L;
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&t->cv, &t->mu, &dl);
+        if (t->done)
+            break;
+        pthread_mutex_unlock(&t->mu);
+        double f = expected_seconds > 0 ? (mono_now() - t0) / expected_seconds : 0;
+        int stop = poll ? poll(ctx, f < 0.95 ? f : 0.95) : 0;
+        pthread_mutex_lock(&t->mu);
+        if (stop && !t->done) {
+            t->abandoned = true;
+            pthread_mutex_lock(&abandoned_mu);
+            abandoned_count++;
+            pthread_mutex_unlock(&abandoned_mu);
+            pthread_mutex_unlock(&t->mu);
+            *A = NULL;
+            *w = NULL;
+            return tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+    int rc = t->rc;
+    if (rc != TPV_OK && err)
+        *err = t->err;
+    eig_task_free(t);
+    return rc;
 }

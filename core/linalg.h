@@ -41,6 +41,18 @@ int tpv_syevd(uint64_t n, double *A, double *w, struct tpv_err *err);
 /* Workspace bytes tpv_syevd allocates for order n (saturates at UINT64_MAX). */
 uint64_t tpv_syevd_work_bytes(uint64_t n);
 
+/* tpv_syevd on a helper thread, so that a long eigendecomposition (LAPACK has no cancel point)
+ * can still be reported and canceled: every ~50 ms poll(ctx, f) gets f, the elapsed share of
+ * `expected_seconds` (capped at 0.95), and a non-zero return cancels.  On TPV_ECANCELED the call
+ * returns at once and *A and *w have been handed to the helper, which frees them when LAPACK
+ * finishes (both pointers are set to NULL); otherwise it behaves as tpv_syevd.  A and w must be
+ * malloc'ed.  Runs inline when no thread can be created. */
+int tpv_syevd_cancellable(uint64_t n, double **A, double **w, double expected_seconds,
+                          int (*poll)(void *ctx, double fraction), void *ctx,
+                          struct tpv_err *err);
+/* Eigendecompositions abandoned by a cancel and still running (tests and shutdown wait on it). */
+int tpv_syevd_abandoned(void);
+
 /* Orthonormalises the k columns of the row-major m x k matrix A in place (Householder QR,
  * Q returned in A).  Requires m >= k. */
 int tpv_orth(uint64_t m, uint64_t k, double *A, struct tpv_err *err);

@@ -2,6 +2,8 @@
 #include "server/config.h"
 
 #include <ctype.h>
+#include <sched.h>
+#include <stdio.h>
 #include <errno.h>
 #include <limits.h>
 #include <stddef.h>
@@ -43,9 +45,12 @@ static const struct config_option options[] = {
     { "log-level", "TPVD_LOG_LEVEL", OPT_STRING, F(log_level), "info", 0, 0,
       "debug, info, warn or error" },
     { "workers", "TPVD_WORKERS", OPT_INT, F(workers), "0", 0, 256,
-      "job worker threads; 0 = one per core" },
+      "job worker threads; 0 = one per CPU this process may use (affinity and cgroup cpu.max)" },
     { "blas-threads", "TPVD_BLAS_THREADS", OPT_INT, F(blas_threads), "0", 0, 256,
-      "BLAS threads per job; 0 = cores / workers (never oversubscribe)" },
+      "threads per job (BLAS and the model runtime); 0 = usable CPUs / workers" },
+    /* The name for the same setting; whichever is given last wins. */
+    { "threads-per-job", "TPVD_THREADS_PER_JOB", OPT_INT, F(blas_threads), NULL, 0, 256,
+      "same as blas-threads" },
     { "http-threads", "TPVD_HTTP_THREADS", OPT_INT, F(http_threads), "2", 1, 64,
       "threads serving HTTP connections" },
     { "max-attempts", "TPVD_MAX_ATTEMPTS", OPT_INT, F(max_attempts), "3", 1, 100,
@@ -442,9 +447,70 @@ void srv_config_free(struct srv_config *cfg)
     memset(cfg, 0, sizeof *cfg);
 }
 
+long srv_config_cpu_max_limit(const char *text)
+{
+    char quota[32];
+    long long period = 0;
+    if (!text || sscanf(text, "%31s %lld", quota, &period) < 1 || strcmp(quota, "max") == 0)
+        return 0;
+    char *end;
+    errno = 0;
+    long long q = strtoll(quota, &end, 10);
+    if (errno || *end || q <= 0)
+        return 0;
+    if (period <= 0)
+        period = 100000; /* the kernel's default period when the line has none */
+    long long n = q / period; /* a fractional CPU is not a thread's worth: round down */
+    return n >= 1 ? (long)n : 1;
+}
+
+/* The cgroup v2 quota of this process: the smallest cpu.max limit from its cgroup up to the
+ * root (a parent's quota binds its children), 0 when none or no cgroup v2. */
+static long cgroup_cpu_limit(void)
+{
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    if (!f)
+        return 0;
+    char line[4096], path[4200] = "";
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "0::", 3) == 0) {
+            line[strcspn(line, "\n")] = 0;
+            snprintf(path, sizeof path, "%s", line + 3);
+            break;
+        }
+    fclose(f);
+    long best = 0;
+    for (;;) {
+        char file[4400], buf[128];
+        snprintf(file, sizeof file, "/sys/fs/cgroup%s/cpu.max", strcmp(path, "/") ? path : "");
+        FILE *c = fopen(file, "r");
+        if (c) {
+            if (fgets(buf, sizeof buf, c)) {
+                long n = srv_config_cpu_max_limit(buf);
+                if (n > 0 && (best == 0 || n < best))
+                    best = n;
+            }
+            fclose(c);
+        }
+        char *slash = strrchr(path, '/');
+        if (!slash || slash == path)
+            break;
+        *slash = 0;
+    }
+    return best;
+}
+
 long srv_config_cores(void)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    long n = 0;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        n = CPU_COUNT(&set);
+    if (n <= 0)
+        n = sysconf(_SC_NPROCESSORS_ONLN);
+    long q = cgroup_cpu_limit();
+    if (q > 0 && q < n)
+        n = q;
     return n > 0 ? n : 1;
 }
 

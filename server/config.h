@@ -76,8 +76,13 @@ int srv_config_parse_listen(const char *text, char **host, uint16_t *port, struc
 /* Parses a byte size "1048576", "512K", "64M", "16G" (binary units); 0 or TPV_EINVAL. */
 int srv_config_parse_size(const char *text, uint64_t *out);
 
-/* The number of online cores (at least 1). */
+/* The CPUs this process may use (at least 1): its sched_getaffinity set, capped by the cgroup v2
+ * cpu.max quota of its cgroup and every parent (a container limited to 2 CPUs on a 64-core node
+ * gets 2), not the machine's core count. */
 long srv_config_cores(void);
+/* The whole CPUs of one cgroup v2 cpu.max line ("200000 100000" -> 2, at least 1 for a positive
+ * quota); 0 for "max" or text it cannot read. */
+long srv_config_cpu_max_limit(const char *text);
 
 /* Effective worker and BLAS thread counts after the 0 = auto rules, never oversubscribing:
  * workers x blas_threads <= cores unless the operator asked for more explicitly. */

@@ -1,5 +1,6 @@
 /* test_config.c: option parsing: defaults, precedence (flag > env > file > default), bounds,
  * sizes, listen addresses, --help/--version, and errors that name the option. */
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -184,6 +185,53 @@ static void test_effective_threads_never_oversubscribe(void **state)
     assert_int_equal(b, cores);
 }
 
+/* The usable CPUs follow the affinity mask (pinning to one CPU gives 1, where the online core
+ * count of the machine does not change) and the cgroup v2 cpu.max quota. */
+static void test_cores_follow_affinity_and_quota(void **state)
+{
+    (void)state;
+    assert_int_equal(srv_config_cpu_max_limit("max 100000\n"), 0);
+    assert_int_equal(srv_config_cpu_max_limit("200000 100000\n"), 2);
+    assert_int_equal(srv_config_cpu_max_limit("150000 100000"), 1);
+    assert_int_equal(srv_config_cpu_max_limit("50000 100000"), 1);
+    assert_int_equal(srv_config_cpu_max_limit("6400000 100000"), 64);
+    assert_int_equal(srv_config_cpu_max_limit("bogus"), 0);
+    assert_int_equal(srv_config_cpu_max_limit(""), 0);
+    cpu_set_t saved, one;
+    assert_int_equal(sched_getaffinity(0, sizeof saved, &saved), 0);
+    assert_true(srv_config_cores() <= CPU_COUNT(&saved));
+    int first = 0;
+    while (!CPU_ISSET(first, &saved))
+        first++;
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    assert_int_equal(sched_setaffinity(0, sizeof one, &one), 0);
+    long pinned = srv_config_cores();
+    struct srv_config cfg = { 0 };
+    long w, b;
+    srv_config_effective_threads(&cfg, &w, &b);
+    assert_int_equal(sched_setaffinity(0, sizeof saved, &saved), 0);
+    assert_int_equal(pinned, 1);
+    assert_int_equal(w, 1); /* --workers 0 derives from the same number */
+    assert_int_equal(b, 1);
+}
+
+/* --threads-per-job is the same setting as --blas-threads; the last one given wins. */
+static void test_threads_per_job_option(void **state)
+{
+    (void)state;
+    struct srv_config cfg;
+    struct tpv_err err;
+    char *argv[] = { "tpvd", "--threads-per-job", "3", NULL };
+    assert_int_equal(load(&cfg, argv, NULL, &err), 0);
+    assert_int_equal(cfg.blas_threads, 3);
+    srv_config_free(&cfg);
+    char *argv2[] = { "tpvd", "--blas-threads", "2", "--threads-per-job", "5", NULL };
+    assert_int_equal(load(&cfg, argv2, NULL, &err), 0);
+    assert_int_equal(cfg.blas_threads, 5);
+    srv_config_free(&cfg);
+}
+
 /* The service options: defaults and their checks. */
 static void test_service_options(void **state)
 {
@@ -237,6 +285,8 @@ int main(void)
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_help_and_version),
         cmocka_unit_test(test_effective_threads_never_oversubscribe),
+        cmocka_unit_test(test_cores_follow_affinity_and_quota),
+        cmocka_unit_test(test_threads_per_job_option),
         cmocka_unit_test(test_service_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -232,7 +232,8 @@ static void test_model_equals_dump_for_every_noise_model(void **state)
 }
 
 /* With a flop budget below the exact diagonals' cost, auto switches the diagonal-family models
- * (and the stability traces) to Hutchinson over output projections: values within a few standard
+ * (and the stability traces) to Hutchinson over output projections, and label / sgd_curvature
+ * to the matrix-free Krylov path (krylov.h): values within a few standard
  * errors of the exact ones, the reason and the numbers in details. */
 static void test_auto_uses_hutchinson_over_the_flop_budget(void **state)
 {
@@ -253,16 +254,18 @@ static void test_auto_uses_hutchinson_over_the_flop_budget(void **state)
     if (tpv_candidate_score(&c, models, nm, &budget_opts, &b, &nb, &stb, NULL, &err) != TPV_OK)
         fail_msg("budget: %s", err.message);
     assert_int_equal(na, nb);
-    int stochastic = 0;
+    int stochastic = 0, gram_mf = 0;
     for (size_t i = 0; i < na; i++) {
         bool diag_family = b[i].kind == TPV_NOISE_ISOTROPIC || b[i].kind == TPV_NOISE_SGD ||
                            b[i].kind == TPV_NOISE_QUANTIZATION || b[i].kind == TPV_NOISE_DIAGONAL;
-        if (!diag_family) {
+        bool gram = b[i].kind == TPV_NOISE_LABEL || b[i].kind == TPV_NOISE_SGD_CURVATURE;
+        if (!diag_family && !gram) {
             assert_string_equal(b[i].estimator, "exact");
             assert_true(b[i].value == a[i].value);
             continue;
         }
-        stochastic++;
+        stochastic += diag_family;
+        gram_mf += gram;
         assert_string_equal(b[i].estimator, "hutchinson");
         assert_true(b[i].samples >= 8 && b[i].stderr_value > 0);
         assert_non_null(strstr(json_string_value(json_object_get(b[i].details, "estimator_reason")),
@@ -274,6 +277,7 @@ static void test_auto_uses_hutchinson_over_the_flop_budget(void **state)
                      tpv_split_name(b[i].split), b[i].value, b[i].stderr_value, a[i].value, z);
     }
     assert_int_equal(stochastic, 2 * 6); /* iso, three quantizations, sgd, diag; both splits */
+    assert_int_equal(gram_mf, 2 * 3);    /* curv, label, label_r: matrix-free; both splits */
     assert_string_equal(json_string_value(json_object_get(stb, "trace_estimator")), "hutchinson");
     assert_string_equal(json_string_value(json_object_get(sta, "trace_estimator")), "exact");
     double tf = json_number_value(json_object_get(stb, "trace_fit"));

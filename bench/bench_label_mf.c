@@ -1,0 +1,126 @@
+/* bench_label_mf.c: label TPV with ridge_rel 0.1 on a tanh MLP, matrix-free (CG + Hutchinson over
+ * output projections, core/krylov.c) at a target relative error against the exact Gram +
+ * eigendecomposition path in the same run; also sgd_curvature both ways.  Prints both values,
+ * the matrix-free stderr, the agreement in stderr units and the time ratio.
+ *
+ * Usage: bench_label_mf [n_fit (200)] [K (10)] [width (128)] [n_probe (100)] [target (0.01)]
+ *        [exact (1: run the exact path; 0: matrix-free only)] [kinds (2: label and
+ *        sgd_curvature; 1: label only)]
+ * Times are process CPU seconds (see now()). */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/estimate.h"
+#include "core/mlp_source.h"
+#include "tests/unit/mlp_testnet.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    /* process CPU time: on a shared, overloaded machine (load 20+) wall time measures the other
+     * tenants; run with OPENBLAS_NUM_THREADS=1 so that CPU time is the work done */
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int run(const struct tpv_jsrc *fit, const struct tpv_jsrc *probe, enum tpv_estimator est,
+               enum tpv_noise_kind kind, double target, double *value, double *se, double *secs,
+               uint64_t *samples, json_t **details)
+{
+    struct tpv_noise nm;
+    memset(&nm, 0, sizeof nm);
+    snprintf(nm.name, sizeof nm.name, "m");
+    nm.kind = kind;
+    nm.sigma = 1;
+    nm.ridge_rel = kind == TPV_NOISE_LABEL ? 0.1 : 0;
+    nm.rcond = 1e-10;
+    nm.lr = 0.1;
+    nm.batch_size = 32;
+    nm.estimator = est;
+    nm.target_rel_error = target;
+    nm.max_samples = 100000;
+    nm.seed = 1;
+    struct tpv_est_inputs in = { .fit = fit, .probe = probe, .models = &nm, .nmodels = 1 };
+    struct tpv_run_options opts = { 0, 0 };
+    struct tpv_score *sc;
+    size_t ns;
+    json_t *st;
+    struct tpv_err err;
+    double t0 = now();
+    if (tpv_estimate_scores(&in, &opts, &sc, &ns, &st, NULL, &err) != TPV_OK) {
+        fprintf(stderr, "bench_label_mf: %s\n", err.message);
+        return 1;
+    }
+    *secs = now() - t0;
+    *value = sc[1].value;
+    *se = sc[1].stderr_value;
+    *samples = sc[1].samples;
+    *details = json_incref(sc[1].details);
+    tpv_scores_free(sc, ns);
+    json_decref(st);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 200;
+    uint64_t K = argc > 2 ? strtoull(argv[2], NULL, 10) : 10;
+    uint64_t w = argc > 3 ? strtoull(argv[3], NULL, 10) : 128;
+    uint64_t m = argc > 4 ? strtoull(argv[4], NULL, 10) : 100;
+    double target = argc > 5 ? atof(argv[5]) : 0.01;
+    int exact = argc > 6 ? atoi(argv[6]) : 1;
+    int nkinds = argc > 7 && atoi(argv[7]) == 1 ? 1 : 2;
+    enum { D = 32 };
+    struct tnet net;
+    tnet_init(&net, "[32]", 7);
+    tnet_linear(&net, w, D, 1);
+    tnet_layer(&net, "{\"type\":\"tanh\"}");
+    tnet_linear(&net, w, w, 1);
+    tnet_layer(&net, "{\"type\":\"tanh\"}");
+    tnet_linear(&net, K, w, 1);
+    struct tpv_mlp *mlp = tnet_bind(&net);
+    double *xf = tnet_inputs(n, D, 8), *xp = tnet_inputs(m, D, 9);
+    struct tpv_tensor tf = tnet_input_tensor(xf, n, mlp->input_rank, mlp->input_shape);
+    struct tpv_tensor tp = tnet_input_tensor(xp, m, mlp->input_rank, mlp->input_shape);
+    struct tpv_jsrc *fit, *probe;
+    struct tpv_err err;
+    if (!mlp || tpv_mlp_source_open(&fit, mlp, &tf, &err) ||
+        tpv_mlp_source_open(&probe, mlp, &tp, &err)) {
+        fprintf(stderr, "bench_label_mf: cannot open the MLP\n");
+        return 1;
+    }
+    printf("MLP 32 -> %llu -> %llu -> %llu tanh, p = %llu, n_fit = %llu (nK = %llu), n_probe = %llu\n",
+           (unsigned long long)w, (unsigned long long)w, (unsigned long long)K,
+           (unsigned long long)fit->p, (unsigned long long)n, (unsigned long long)(n * K),
+           (unsigned long long)m);
+    enum tpv_noise_kind kinds[2] = { TPV_NOISE_LABEL, TPV_NOISE_SGD_CURVATURE };
+    for (int k = 0; k < nkinds; k++) {
+        double ve = NAN, se_e, te = NAN, vm, sm, tm;
+        uint64_t s_e, s_m;
+        json_t *de = NULL, *dm;
+        if (exact && run(fit, probe, TPV_EST_EXACT, kinds[k], target, &ve, &se_e, &te, &s_e, &de))
+            return 1;
+        if (run(fit, probe, TPV_EST_HUTCHINSON, kinds[k], target, &vm, &sm, &tm, &s_m, &dm))
+            return 1;
+        printf("%s probe: exact %.6g in %.2f cpu-s; matrix-free %.6g +- %.2g (%.2f %%, %llu samples, "
+               "%lld products, CG max %lld it) in %.2f cpu-s; |diff| = %.2f stderr; exact / mf = %.2fx\n",
+               tpv_noise_kind_name(kinds[k]), ve, te, vm, sm, 100 * sm / vm,
+               (unsigned long long)s_m,
+               (long long)json_integer_value(json_object_get(dm, "gram_products")),
+               (long long)json_integer_value(json_object_get(dm, "solver_iterations")), tm,
+               fabs(vm - ve) / sm, te / tm);
+        json_decref(de);
+        json_decref(dm);
+    }
+    tpv_jsrc_free(fit);
+    tpv_jsrc_free(probe);
+    tpv_mlp_free(mlp);
+    tnet_free(&net);
+    free(xf);
+    free(xp);
+    return 0;
+}
