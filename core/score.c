@@ -325,9 +325,39 @@ static int onnx_field(int rc, struct tpv_err *err)
     if (!err || rc == TPV_OK || rc == TPV_ENOMEM)
         return rc;
     bool params = strcmp(err->field, "parameters") == 0 || strcmp(err->field, "tpv.parameters") == 0;
-    tpv_err_prefix(err, "model.onnx");
-    snprintf(err->field, sizeof err->field, "%s", params ? "model.parameters" : "model.onnx");
+    const char *field = params ? "model.parameters" : "model.onnx";
+    tpv_err_prefix(err, "%s", field);
+    snprintf(err->field, sizeof err->field, "%s", field);
     return rc;
+}
+
+/* The input set's per-sample shape against the graph input's declared one (dynamic dimensions
+ * match anything), so the 400 gives both shapes rather than a planner message. */
+static int check_graph_input(const struct tpv_onnx_model *m, const struct tpv_tensor *x,
+                             const char *field, struct tpv_err *err)
+{
+    const struct tpv_onnx_tensor *g = &m->values[m->inputs[0]].t;
+    bool same = x->rank == g->rank;
+    for (int d = 1; same && d < g->rank; d++)
+        same = g->shape[d] < 0 || (uint64_t)g->shape[d] == x->shape[d];
+    if (same)
+        return TPV_OK;
+    char want[160] = "", have[160] = "";
+    size_t wl = 0, hl = 0;
+    for (int d = 0; d < g->rank && wl < sizeof want; d++) {
+        if (g->shape[d] < 0)
+            wl += (size_t)snprintf(want + wl, sizeof want - wl, "%s%s", d ? ", " : "",
+                                   d ? "?" : "batch");
+        else
+            wl += (size_t)snprintf(want + wl, sizeof want - wl, "%s%lld", d ? ", " : "",
+                                   (long long)g->shape[d]);
+    }
+    for (int d = 0; d < x->rank && hl < sizeof have; d++)
+        hl += (size_t)snprintf(have + hl, sizeof have - hl, "%s%llu", d ? ", " : "",
+                               (unsigned long long)x->shape[d]);
+    return tpv_err_set(err, TPV_EINVAL, "model.onnx",
+                       "model.onnx: the graph input '%s' has shape (%s) but the study's %s is "
+                       "(%s)", m->values[m->inputs[0]].name, want, field, have);
 }
 
 /* The graph's parameters in column order (m->params order, each row-major), as the weights of
@@ -376,6 +406,9 @@ static int open_onnx(const struct tpv_candidate_files *c, struct sources *s, str
     rc = open_input_set(s->mode, c->fit_inputs, "inputs.fit", NULL, &s->fit_x_file, &x, err);
     if (rc == TPV_OK) {
         s->fit_x = x;
+        rc = check_graph_input(s->onnx, x, "inputs.fit", err);
+        if (rc != TPV_OK)
+            return rc;
         rc = tpv_onnx_source_new(&s->fit, s->onnx, x, err);
         if (rc != TPV_OK)
             tpv_err_prefix(err, "inputs.fit");
@@ -384,6 +417,8 @@ static int open_onnx(const struct tpv_candidate_files *c, struct sources *s, str
     if (rc == TPV_OK && c->probe_inputs) {
         rc = open_input_set(s->mode, c->probe_inputs, "inputs.probe", NULL, &s->probe_x_file, &x,
                             err);
+        if (rc == TPV_OK)
+            rc = check_graph_input(s->onnx, x, "inputs.probe", err);
         if (rc == TPV_OK && (rc = tpv_onnx_source_new(&s->probe, s->onnx, x, err)) != TPV_OK) {
             tpv_err_prefix(err, "inputs.probe");
             onnx_field(rc, err);

@@ -26,6 +26,7 @@ import unittest
 import numpy as np
 import torch
 import torch.nn as nn
+from onnx import TensorProto, helper, numpy_helper
 
 ROOT = os.environ.get("TPV_SOURCE_ROOT") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -36,6 +37,8 @@ from tpv_client import Client, TPVError  # noqa: E402
 
 N_FIT, N_PROBE = 10, 7
 LR, BATCH = 0.1, 4
+# Far above the small networks' exact cost (~1e7 flops), far below the wide CNN's (~1e10).
+FLOP_BUDGET = "200M"
 
 
 class CNN(nn.Module):
@@ -202,7 +205,8 @@ class OnnxServiceTest(unittest.TestCase):
         cls.log = open(os.path.join(cls.tmp, "tpvd.log"), "w")
         cls.proc = subprocess.Popen(
             [bin_, "--listen", "127.0.0.1:0", "--port-file", port_file,
-             "--data-dir", os.path.join(cls.tmp, "data"), "--workers", "2"],
+             "--data-dir", os.path.join(cls.tmp, "data"), "--workers", "2",
+             "--job-flop-budget", FLOP_BUDGET],
             stdout=cls.log, stderr=subprocess.STDOUT)
         for _ in range(200):
             if os.path.exists(port_file):
@@ -347,6 +351,149 @@ class OnnxServiceTest(unittest.TestCase):
                 names = [n for n, _ in m32.named_parameters()]
                 self.check_candidate(sid, "cnn_named", self.path(tag + "32.onnx"), ref32, 1e-4,
                                      parameters=names)
+
+    def small_graph(self, name, nodes, inits, in_shape=("batch", 6), out_shape=("batch", 3)):
+        """A hand-made float64 graph input -> ... -> output (opset 17)."""
+        g = helper.make_graph(nodes, name,
+                              [helper.make_tensor_value_info("input", TensorProto.DOUBLE,
+                                                             list(in_shape))],
+                              [helper.make_tensor_value_info("output", TensorProto.DOUBLE,
+                                                             list(out_shape))],
+                              initializer=inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        path = self.path(name + ".onnx")
+        with open(path, "wb") as f:
+            f.write(m.SerializeToString())
+        return path
+
+    def refused(self, sid, path, field, *words, parameters=None):
+        with self.assertRaises(TPVError) as cm:
+            self.c.add_candidate(sid, os.path.basename(path), onnx=path, parameters=parameters)
+        e = cm.exception
+        self.assertEqual((e.status, e.code), (400, "invalid_argument"), str(e))
+        self.assertEqual((e.details or {}).get("field"), field, str(e))
+        for w in words:
+            self.assertIn(w, e.message)
+        print(f"refused: {e.message}", file=sys.stderr)
+
+    def test_refusals_name_the_field_and_the_node(self):
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        xf = rng.standard_normal((N_FIT, 6))
+        np.save(self.path("ref_fit.npy"), xf)
+        sid = self.c.create_study("refusals", [{"name": "iso", "kind": "isotropic",
+                                                "sigma": 0.1}])["id"]
+        self.c.set_inputs(sid, "fit", self.path("ref_fit.npy"))
+        w = numpy_helper.from_array(rng.standard_normal((6, 3)), "w")
+        ok = self.small_graph("ok", [helper.make_node("MatMul", ["input", "w"], ["output"],
+                                                      name="mm")], [w])
+        out = self.c.add_candidate(sid, "ok", onnx=ok)
+        self.assertEqual(self.c.wait_job(out["job"]["id"])["state"], "succeeded")
+        # An operator the runtime does not have, named with its node.
+        self.refused(sid, self.small_graph("unknown_op", [
+            helper.make_node("MatMul", ["input", "w"], ["h"], name="mm"),
+            helper.make_node("Hardmax", ["h"], ["output"], name="the_hardmax")], [w]),
+            "model.onnx", "Hardmax", "the_hardmax")
+        # An attribute value it does not support.
+        self.refused(sid, self.small_graph("bad_attr", [
+            helper.make_node("MatMul", ["input", "w"], ["h"], name="mm"),
+            helper.make_node("Pad", ["h", "pads"], ["output"], name="reflect_pad",
+                             mode="reflect")],
+            [w, numpy_helper.from_array(np.zeros(4, dtype=np.int64), "pads")]),
+            "model.onnx", "reflect_pad")
+        # Shapes that do not chain: (n, 6) x (5, 3).
+        w5 = numpy_helper.from_array(rng.standard_normal((5, 3)), "w5")
+        self.refused(sid, self.small_graph("no_chain", [
+            helper.make_node("MatMul", ["input", "w5"], ["output"], name="mm_bad")], [w5]),
+            "model.onnx", "mm_bad")
+        # The study's input set (n, 6) against a graph that wants (n, 5).
+        self.refused(sid, self.small_graph("in_shape", [
+            helper.make_node("MatMul", ["input", "w5"], ["output"], name="mm5")], [w5],
+            in_shape=("batch", 5)), "model.onnx", "inputs.fit", "(batch, 5)", "(10, 6)")
+        # A non-finite initializer, named.
+        wn = rng.standard_normal((6, 3))
+        wn[2, 1] = np.nan
+        self.refused(sid, self.small_graph("nan_init", [
+            helper.make_node("MatMul", ["input", "w_nan"], ["output"], name="mm")],
+            [numpy_helper.from_array(wn, "w_nan")]), "model.onnx", "w_nan")
+        # External data, said so.
+        we = numpy_helper.from_array(rng.standard_normal((6, 3)), "w_ext")
+        we.ClearField("raw_data")
+        we.data_location = TensorProto.EXTERNAL
+        loc = we.external_data.add()
+        loc.key, loc.value = "location", "weights.bin"
+        self.refused(sid, self.small_graph("ext_data", [
+            helper.make_node("MatMul", ["input", "w_ext"], ["output"], name="mm")], [we]),
+            "model.onnx", "w_ext", "external")
+        # A parameter name that is not a float initializer of the graph.
+        self.refused(sid, ok, "model.parameters", "model.parameters", "'nope'",
+                     parameters=["nope"])
+        self.refused(sid, ok, "model.parameters", parameters=[])
+        # model.onnx must be a blob.
+        with self.assertRaises(TPVError) as cm:
+            self.c._request("POST", f"/v1/studies/{sid}/candidates",
+                            {"name": "x", "model": {"onnx": "sha256:" + "0" * 64}})
+        self.assertEqual(cm.exception.details.get("field"), "model.onnx")
+
+    def wide_cnn_study(self, tag, n, models):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                              nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+        x = torch.randn(n, 3, 32, 32)
+        np.save(self.path(tag + "_fit.npy"), x.numpy())
+        export_plain(model, x, self.path(tag + ".onnx"))
+        sid = self.c.create_study(tag, models)["id"]
+        self.c.set_inputs(sid, "fit", self.path(tag + "_fit.npy"))
+        return sid, model, x
+
+    def test_cancel_a_running_onnx_job(self):
+        sid, _, _ = self.wide_cnn_study("cancel", 400, [
+            {"name": "iso", "kind": "isotropic", "sigma": 0.1, "estimator": "exact"}])
+        out = self.c.add_candidate(sid, "wide", onnx=self.path("cancel.onnx"))
+        jid = out["job"]["id"]
+        deadline = time.time() + 120
+        job = self.c.get_job(jid)
+        while (job["state"] != "running" or job["progress"] <= 0) and time.time() < deadline:
+            self.assertIn(job["state"], ("queued", "running"), job)
+            time.sleep(0.05)
+            job = self.c.get_job(jid)
+        self.assertEqual(job["state"], "running")
+        self.assertGreater(job["progress"], 0)
+        self.assertLess(job["progress"], 1)
+        self.c.cancel_job(jid)
+        job = self.c.wait_job(jid, timeout=60)
+        self.assertEqual(job["state"], "canceled", job)
+        cand = self.c.get_candidate(sid, out["candidate"]["id"])
+        self.assertEqual(cand["state"], "canceled")
+        self.assertEqual(cand["scores"], [])
+
+    def test_auto_takes_the_projected_path_over_the_budget(self):
+        sid, model, x = self.wide_cnn_study("auto", 48, [
+            {"name": "iso", "kind": "isotropic", "sigma": 1.0, "target_rel_error": 0.05,
+             "seed": 5},
+            {"name": "qc", "kind": "quantization", "bits": 8, "scope": "per_channel",
+             "target_rel_error": 0.05, "seed": 5}])
+        t0 = time.time()
+        out = self.c.add_candidate(sid, "wide", onnx=self.path("auto.onnx"))
+        job = self.c.wait_job(out["job"]["id"], timeout=600)
+        self.assertEqual(job["state"], "succeeded", job)
+        cand = self.c.get_candidate(sid, out["candidate"]["id"])
+        G, W, _ = grads(model, x.double())
+        want = (flat(G) ** 2).sum() / x.shape[0]
+        for s in cand["scores"]:
+            self.assertEqual(s["estimator"], "hutchinson", s)
+            self.assertGreater(s["samples"], 0)
+            self.assertGreater(s["stderr"], 0)
+        iso = next(s for s in cand["scores"] if s["noise"] == "iso")
+        qc = next(s for s in cand["scores"] if s["noise"] == "qc")
+        want_qc = quant_ref(G, W, 8, "per_channel", x.shape[0])
+        # Unbiased with a reported standard error: the exact value within 5 of them.
+        self.assertLess(abs(iso["value"] - want), 5 * iso["stderr"] + 1e-9 * want)
+        self.assertLess(abs(qc["value"] - want_qc), 5 * qc["stderr"] + 1e-9 * want_qc)
+        print(f"auto: hutchinson iso {iso['value']:.6g} +- {iso['stderr']:.2g} (exact "
+              f"{want:.6g}, {iso['samples']} samples), {time.time() - t0:.2f} s",
+              file=sys.stderr)
 
 
 if __name__ == "__main__":
