@@ -460,7 +460,11 @@ void api_handle_jbr_create(const struct api_env *env, struct api_request *req, s
     }
     if (strcmp(kind, "model") != 0) {
         api_reply_errorf(resp, TPV_EPRECONDITION, "candidate_id",
-                         "JBR needs a model candidate (spec + weights), not a Jacobian dump");
+                         strcmp(kind, "onnx") == 0
+                             ? "JBR is not implemented for ONNX graphs yet: it needs a "
+                               "tpv.sequential/v1 model candidate (spec + weights)"
+                             : "JBR needs a model candidate (spec + weights), not a Jacobian "
+                               "dump");
         goto out;
     }
     store_id_new(jid, "jb");

@@ -80,7 +80,7 @@
                         "WHERE s.candidate_id IN (SELECT id FROM candidates WHERE study_id = ?1 " \
                         "AND seq > ?2 ORDER BY seq LIMIT ?3) ORDER BY s.rowid")                   \
     X(CAND_SOURCE,      "SELECT c.source, "                                                        \
-                        "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' ELSE c.source_kind END, " \
+                        "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' ELSE c.source_kind END " \
                         "FROM candidates c WHERE c.study_id = ?1 AND c.id = ?2")                  \
     X(CAND_STATE,       "UPDATE candidates SET state = ?2 WHERE id = ?1 AND job_id = ?3")          \
     X(CAND_STABILITY,   "UPDATE candidates SET stability = ?2 WHERE id = ?1")                     \

@@ -389,6 +389,11 @@ class OnnxServiceTest(unittest.TestCase):
                                                       name="mm")], [w])
         out = self.c.add_candidate(sid, "ok", onnx=ok)
         self.assertEqual(self.c.wait_job(out["job"]["id"])["state"], "succeeded")
+        # JBR is not there for graphs: said so, not a job that fails later.
+        with self.assertRaises(TPVError) as cm:
+            self.c.jbr(sid, out["candidate"]["id"])
+        self.assertEqual(cm.exception.status, 409)
+        self.assertIn("ONNX", cm.exception.message)
         # An operator the runtime does not have, named with its node.
         self.refused(sid, self.small_graph("unknown_op", [
             helper.make_node("MatMul", ["input", "w"], ["h"], name="mm"),
