@@ -452,6 +452,14 @@ class OnnxServiceTest(unittest.TestCase):
         self.c.set_inputs(sid, "fit", self.path(tag + "_fit.npy"))
         return sid, model, x
 
+    def test_openapi_describes_onnx_candidates(self):
+        spec = self.c._request("GET", "/openapi.json")[2]
+        schemas = spec["components"]["schemas"]
+        model = schemas["CandidateCreate"]["properties"]["model"]["properties"]
+        self.assertIn("onnx", model)
+        self.assertEqual(model["parameters"]["type"], "array")
+        self.assertIn("onnx", schemas["Candidate"]["properties"]["source"]["enum"])
+
     def test_cancel_a_running_onnx_job(self):
         sid, _, _ = self.wide_cnn_study("cancel", 400, [
             {"name": "iso", "kind": "isotropic", "sigma": 0.1, "estimator": "exact"}])
