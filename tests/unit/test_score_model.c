@@ -134,7 +134,7 @@ static void test_label_sigma_rel(void **state)
              "[{\"name\":\"l\",\"kind\":\"label\",\"sigma\":%.17g,\"ridge_rel\":0.05}]",
              0.5 * scale);
     struct tpv_noise *rel, *abs_;
-    size_t nrel, nabs;
+    size_t nrel = 0, nabs = 0;
     struct tpv_err err;
     json_t *a1 = json_loads(rel_text, 0, NULL), *a2 = json_loads(abs_text, 0, NULL);
     if (tpv_noise_list_parse(a1, &rel, &nrel, &err) != TPV_OK ||
