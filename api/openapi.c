@@ -236,7 +236,8 @@ static json_t *schemas(void)
         "else every float initializer but batch-norm statistics)",
         "properties", "spec", obj, "weights", ref("BlobRef"), "onnx", ref("BlobRef"),
         "parameters", "type", "array", "items", str, "jacobian", "type", "object", "properties",
-        "fit", ref("BlobRef"), "probe", ref("BlobRef"), "layout", "type", "array", "items", str, "weights",
+        "fit", ref("BlobRef"), "probe", ref("BlobRef"), "layout", "type", "array", "items", str,
+        "weights",
         ref("BlobRef"))));
     json_object_set_new(s, "Score", obj_schema("noise,split,value", json_pack(
         "{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "noise", str, "kind", str, "split", str,

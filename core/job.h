@@ -55,7 +55,8 @@ struct tpv_job {
 };
 
 /* Parses a source object as stored (above) into *out.  Errors name the member ("jacobian.fit",
- * "model.spec", "jacobian.layout", "model.parameters"): TPV_EINVAL for a missing or malformed member, TPV_ENOMEM.
+ * "model.spec", "jacobian.layout", "model.onnx", "model.parameters"): TPV_EINVAL for a missing or
+ * malformed member, TPV_ENOMEM.
  * On any return release with tpv_job_source_free. */
 int tpv_job_source_parse(struct tpv_job_source *out, const json_t *source, struct tpv_err *err);
 

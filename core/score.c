@@ -2,8 +2,14 @@
  * every noise model of the study can be served, and score it with core/estimate.c.
  *
  * Opening is one step, open_sources(), with a branch per source kind: Jacobian dumps (core/dump.c
- * over mapped files) and model checkpoints (a spec bound to its weights, core/mlp.c, seen through
- * core/mlp_source.c over the study's input sets).  Everything after opening is source-blind.
+ * over mapped files), model checkpoints (a spec bound to its weights, core/mlp.c, seen through
+ * core/mlp_source.c over the study's input sets) and ONNX graphs (core/onnx_model.c, seen through
+ * core/onnx_source.c over the same input sets; the weights are the graph's parameters).
+ * Everything after opening is source-blind.
+ *
+ * A graph is parsed in full at both depths: the loader's checks (operators, attributes,
+ * non-finite initializers, external data) are what a submission must refuse, and they need the
+ * initializers' values.
  *
  * An open has two depths.  OPEN_HEADERS (submission, on an HTTP thread) reads headers, shapes and
  * names only: no value is read, no weight converted, nothing copied, so it costs no pass over the
@@ -324,7 +330,8 @@ static int onnx_field(int rc, struct tpv_err *err)
 {
     if (!err || rc == TPV_OK || rc == TPV_ENOMEM)
         return rc;
-    bool params = strcmp(err->field, "parameters") == 0 || strcmp(err->field, "tpv.parameters") == 0;
+    bool params =
+        strcmp(err->field, "parameters") == 0 || strcmp(err->field, "tpv.parameters") == 0;
     const char *field = params ? "model.parameters" : "model.onnx";
     tpv_err_prefix(err, "%s", field);
     snprintf(err->field, sizeof err->field, "%s", field);

@@ -64,7 +64,9 @@ struct tpv_score {
 };
 
 /* Validation at submission, cheap enough for an HTTP thread: opens every file for its headers,
- * binds the spec to the weights by names, dtypes and shapes, checks shapes agree with the inputs
+ * binds the spec to the weights by names, dtypes and shapes (an ONNX graph is loaded and
+ * planned over each input set, initializers included: core/onnx_model.h), checks shapes agree
+ * with the inputs
  * and that every noise model can be served (weights present, names and shapes of variances and
  * masks match).  No value is read: non-finite values, negative variances and masks other than
  * 0/1 are found by tpv_candidate_score / tpv_jbr_run, which fail naming the tensor and the
