@@ -12,7 +12,10 @@ budget takes the output-projection Hutchinson path.
 """
 
 import copy
+import functools
+import http.server
 import json
+import threading
 import os
 import shutil
 import signal
@@ -196,6 +199,11 @@ def save_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 class OnnxServiceTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -206,7 +214,7 @@ class OnnxServiceTest(unittest.TestCase):
         cls.proc = subprocess.Popen(
             [bin_, "--listen", "127.0.0.1:0", "--port-file", port_file,
              "--data-dir", os.path.join(cls.tmp, "data"), "--workers", "2",
-             "--job-flop-budget", FLOP_BUDGET],
+             "--job-flop-budget", FLOP_BUDGET, "--fetch-allow", "127.0.0.1"],
             stdout=cls.log, stderr=subprocess.STDOUT)
         for _ in range(200):
             if os.path.exists(port_file):
@@ -389,6 +397,17 @@ class OnnxServiceTest(unittest.TestCase):
                                                       name="mm")], [w])
         out = self.c.add_candidate(sid, "ok", onnx=ok)
         self.assertEqual(self.c.wait_job(out["job"]["id"])["state"], "succeeded")
+        # model.onnx as a URL the server fetches.
+        srv = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Quiet, directory=self.tmp))
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            url = "http://127.0.0.1:%d/ok.onnx" % srv.server_address[1]
+            out2 = self.c.add_candidate(sid, "ok_url", onnx={"url": url})
+            self.assertEqual(out2["candidate"]["source"], "onnx")
+            self.assertEqual(self.c.wait_job(out2["job"]["id"])["state"], "succeeded")
+        finally:
+            srv.shutdown()
         # JBR is not there for graphs: said so, not a job that fails later.
         with self.assertRaises(TPVError) as cm:
             self.c.jbr(sid, out["candidate"]["id"])
