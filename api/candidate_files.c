@@ -90,11 +90,18 @@ int api_cand_files_load(struct api_cand_files *cf, struct store *st,
                                                                ? "model.weights" : "weights",
                                                            err)))
         return err->code;
-    if (src->kind == TPV_SOURCE_MODEL) {
-        int rc = load_spec(cf, src, max_spec, err);
+    if (src->kind == TPV_SOURCE_MODEL || src->kind == TPV_SOURCE_ONNX) {
+        int rc = TPV_OK;
+        if (src->kind == TPV_SOURCE_MODEL)
+            rc = load_spec(cf, src, max_spec, err);
+        else if (!(cf->files.onnx = keep_path(cf, src->onnx, "model.onnx", err)))
+            return err->code;
         if (rc != TPV_OK)
             return rc;
         cf->files.spec = cf->spec;
+        /* The parameter names stay owned by src, which outlives cf. */
+        cf->files.params = (const char *const *)src->params;
+        cf->files.nparams = src->nparams;
         if (src->fit[0] && !(cf->files.fit_inputs = keep_path(cf, src->fit, "inputs.fit", err)))
             return err->code;
         if (src->probe[0] &&

@@ -236,18 +236,26 @@ static json_t *schemas(void)
     json_object_set_new(s, "InputsPut", obj_schema("blob", json_pack("{s:o}", "blob",
                                                                      ref("BlobRef"))));
     json_object_set_new(s, "CandidateCreate", obj_schema("name", json_pack(
-        "{s:O,s:O,s:{s:s,s:{s:O,s:o}},s:{s:s,s:{s:o,s:o,s:{s:s,s:O}}},s:o}", "name", str,
-        "metadata", obj, "model", "type", "object", "properties", "spec", obj, "weights",
-        ref("BlobRef"), "jacobian", "type", "object", "properties", "fit", ref("BlobRef"),
-        "probe", ref("BlobRef"), "layout", "type", "array", "items", str, "weights",
+        "{s:O,s:O,s:{s:s,s:s,s:{s:O,s:o,s:o,s:{s:s,s:O}}},s:{s:s,s:{s:o,s:o,s:{s:s,s:O}}},"
+        "s:o}", "name", str,
+        "metadata", obj, "model", "type", "object", "description",
+        "a tpv.sequential/v1 checkpoint {spec, weights}, or an ONNX graph {onnx, parameters?} "
+        "(parameters: the perturbed initializers; default the model's tpv.parameters metadata, "
+        "else every float initializer but batch-norm statistics)",
+        "properties", "spec", obj, "weights", ref("BlobRef"), "onnx", ref("BlobRef"),
+        "parameters", "type", "array", "items", str, "jacobian", "type", "object", "properties",
+        "fit", ref("BlobRef"), "probe", ref("BlobRef"), "layout", "type", "array", "items", str,
+        "weights",
         ref("BlobRef"))));
     json_object_set_new(s, "Score", obj_schema("noise,split,value", json_pack(
         "{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "noise", str, "kind", str, "split", str,
         "value", num, "stderr", num, "estimator", str, "samples", integer, "seed", integer,
         "details", obj)));
     json_object_set_new(s, "Candidate", obj_schema("id,study_id,name,state", json_pack(
-        "{s:O,s:O,s:O,s:O,s:O,s:O,s:{s:s,s:o},s:O,s:O,s:O}", "id", str, "study_id", str, "name",
-        str, "metadata", obj, "source", str, "state", str, "scores", "type", "array", "items",
+        "{s:O,s:O,s:O,s:O,s:o,s:O,s:{s:s,s:o},s:O,s:O,s:O}", "id", str, "study_id", str, "name",
+        str, "metadata", obj, "source",
+        json_pack("{s:s,s:[s,s,s]}", "type", "string", "enum", "model", "onnx", "jacobian"),
+        "state", str, "scores", "type", "array", "items",
         ref("Score"), "stability", obj, "job_id", str, "created_at", str)));
     json_object_set_new(s, "CandidateList", obj_schema("items", json_pack(
         "{s:{s:s,s:o},s:O}", "items", "type", "array", "items", ref("Candidate"),

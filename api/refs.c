@@ -150,7 +150,8 @@ bool api_resolve_refs(const struct api_env *env, struct api_request *req, json_t
     case API_REFS_CANDIDATE: {
         json_t *model = json_object_get(body, "model"), *jac = json_object_get(body, "jacobian");
         if (json_is_object(model) && (!resolve_one(&rc, model, "spec", "model.spec") ||
-                                      !resolve_one(&rc, model, "weights", "model.weights")))
+                                      !resolve_one(&rc, model, "weights", "model.weights") ||
+                                      !resolve_one(&rc, model, "onnx", "model.onnx")))
             return false;
         if (json_is_object(jac) && (!resolve_one(&rc, jac, "fit", "jacobian.fit") ||
                                     !resolve_one(&rc, jac, "probe", "jacobian.probe")))

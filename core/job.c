@@ -24,6 +24,16 @@ static int get_digest(const json_t *obj, const char *key, const char *field, boo
     return TPV_OK;
 }
 
+/* The study's input sets, which model and ONNX candidates are scored on. */
+static int parse_inputs(struct tpv_job_source *out, const json_t *src, struct tpv_err *err)
+{
+    const json_t *inputs = json_object_get(src, "inputs");
+    if (inputs && !json_is_object(inputs))
+        return tpv_err_set(err, TPV_EINVAL, "inputs", "inputs must be an object");
+    int rc = get_digest(inputs, "fit", "inputs.fit", false, out->fit, err);
+    return rc == TPV_OK ? get_digest(inputs, "probe", "inputs.probe", false, out->probe, err) : rc;
+}
+
 static int parse_model(struct tpv_job_source *out, const json_t *src, struct tpv_err *err)
 {
     out->kind = TPV_SOURCE_MODEL;
@@ -36,37 +46,50 @@ static int parse_model(struct tpv_job_source *out, const json_t *src, struct tpv
                            "model.spec must be an object or a blob digest");
     if ((rc = get_digest(src, "weights", "model.weights", true, out->weights, err)) != TPV_OK)
         return rc;
-    const json_t *inputs = json_object_get(src, "inputs");
-    if (inputs && !json_is_object(inputs))
-        return tpv_err_set(err, TPV_EINVAL, "inputs", "inputs must be an object");
-    if ((rc = get_digest(inputs, "fit", "inputs.fit", false, out->fit, err)) != TPV_OK)
-        return rc;
-    return get_digest(inputs, "probe", "inputs.probe", false, out->probe, err);
+    return parse_inputs(out, src, err);
+}
+
+/* A list of 1..TPV_JOB_LAYOUT_MAX tensor names (a flat dump's layout, an ONNX candidate's
+ * parameters) into *names (owned by the source); `field` names it in errors. */
+static int parse_names(char ***names, size_t *count, const json_t *list, const char *field,
+                       struct tpv_err *err)
+{
+    size_t n = json_array_size(list);
+    if (!json_is_array(list) || n == 0 || n > TPV_JOB_LAYOUT_MAX)
+        return tpv_err_set(err, TPV_EINVAL, field,
+                           "%s must be an array of 1 to %d tensor names", field,
+                           TPV_JOB_LAYOUT_MAX);
+    *names = calloc(n, sizeof **names);
+    if (!*names)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const json_t *v = json_array_get(list, i);
+        size_t len = json_string_length(v);
+        if (!json_is_string(v) || len == 0 || len > TPV_JOB_LAYOUT_NAME_MAX) {
+            return tpv_err_set(err, TPV_EINVAL, field,
+                               "%s[%zu] must be a tensor name (1 to %d bytes)", field, i,
+                               TPV_JOB_LAYOUT_NAME_MAX);
+        }
+        if (!((*names)[i] = strdup(json_string_value(v))))
+            return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        *count = i + 1;
+    }
+    return TPV_OK;
 }
 
 static int parse_layout(struct tpv_job_source *out, const json_t *layout, struct tpv_err *err)
 {
-    size_t n = json_array_size(layout);
-    if (!json_is_array(layout) || n == 0 || n > TPV_JOB_LAYOUT_MAX)
-        return tpv_err_set(err, TPV_EINVAL, "jacobian.layout",
-                           "jacobian.layout must be an array of 1 to %d tensor names",
-                           TPV_JOB_LAYOUT_MAX);
-    out->layout = calloc(n, sizeof *out->layout);
-    if (!out->layout)
-        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        const json_t *v = json_array_get(layout, i);
-        size_t len = json_string_length(v);
-        if (!json_is_string(v) || len == 0 || len > TPV_JOB_LAYOUT_NAME_MAX) {
-            return tpv_err_set(err, TPV_EINVAL, "jacobian.layout",
-                               "jacobian.layout[%zu] must be a tensor name (1 to %d bytes)", i,
-                               TPV_JOB_LAYOUT_NAME_MAX);
-        }
-        if (!(out->layout[i] = strdup(json_string_value(v))))
-            return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-        out->nlayout = i + 1;
-    }
-    return TPV_OK;
+    return parse_names(&out->layout, &out->nlayout, layout, "jacobian.layout", err);
+}
+
+static int parse_onnx(struct tpv_job_source *out, const json_t *src, struct tpv_err *err)
+{
+    out->kind = TPV_SOURCE_ONNX;
+    int rc = get_digest(src, "onnx", "model.onnx", true, out->onnx, err);
+    const json_t *params = json_object_get(src, "parameters");
+    if (rc == TPV_OK && params && !json_is_null(params))
+        rc = parse_names(&out->params, &out->nparams, params, "model.parameters", err);
+    return rc == TPV_OK ? parse_inputs(out, src, err) : rc;
 }
 
 static int parse_jacobian(struct tpv_job_source *out, const json_t *src, struct tpv_err *err)
@@ -94,6 +117,8 @@ int tpv_job_source_parse(struct tpv_job_source *out, const json_t *source, struc
         return parse_model(out, source, err);
     if (strcmp(kind, "jacobian") == 0)
         return parse_jacobian(out, source, err);
+    if (strcmp(kind, "onnx") == 0)
+        return parse_onnx(out, source, err);
     return tpv_err_set(err, TPV_EINVAL, "source", "unknown candidate source kind '%.32s'", kind);
 }
 
@@ -103,28 +128,43 @@ static int set_digest(json_t *obj, const char *key, const char *digest)
     return digest[0] ? json_object_set_new(obj, key, json_string(digest)) : 0;
 }
 
+/* Sets key to a list of names unless there are none. */
+static int set_names(json_t *obj, const char *key, char *const *names, size_t n)
+{
+    if (n == 0)
+        return 0;
+    json_t *list = json_array();
+    int bad = !list;
+    for (size_t i = 0; list && i < n; i++)
+        bad |= json_array_append_new(list, json_string(names[i]));
+    return json_object_set_new(obj, key, list) | bad;
+}
+
+static int set_inputs(json_t *obj, const struct tpv_job_source *src)
+{
+    json_t *inputs = json_object();
+    int bad = !inputs || set_digest(inputs, "fit", src->fit) ||
+              set_digest(inputs, "probe", src->probe);
+    return json_object_set_new(obj, "inputs", inputs) | bad;
+}
+
 json_t *tpv_job_source_json(const struct tpv_job_source *src)
 {
-    bool model = src->kind == TPV_SOURCE_MODEL;
-    json_t *j = json_pack("{s:s}", "kind", model ? "model" : "jacobian");
+    json_t *j = json_pack("{s:s}", "kind", tpv_source_kind_name(src->kind));
     int bad = !j;
-    if (!bad && model) {
-        json_t *inputs = json_object();
+    if (!bad && src->kind == TPV_SOURCE_MODEL) {
         bad |= src->spec ? json_object_set(j, "spec", src->spec)
                          : set_digest(j, "spec", src->spec_blob);
         bad |= set_digest(j, "weights", src->weights);
-        bad |= !inputs || set_digest(inputs, "fit", src->fit) ||
-               set_digest(inputs, "probe", src->probe);
-        bad |= json_object_set_new(j, "inputs", inputs);
+        bad |= set_inputs(j, src);
+    } else if (!bad && src->kind == TPV_SOURCE_ONNX) {
+        bad |= set_digest(j, "onnx", src->onnx);
+        bad |= set_names(j, "parameters", src->params, src->nparams);
+        bad |= set_inputs(j, src);
     } else if (!bad) {
         bad |= set_digest(j, "fit", src->fit) || set_digest(j, "probe", src->probe) ||
                set_digest(j, "weights", src->weights);
-        if (src->nlayout) {
-            json_t *layout = json_array();
-            for (size_t i = 0; layout && i < src->nlayout; i++)
-                bad |= json_array_append_new(layout, json_string(src->layout[i]));
-            bad |= json_object_set_new(j, "layout", layout);
-        }
+        bad |= set_names(j, "layout", src->layout, src->nlayout);
     }
     if (bad) {
         json_decref(j);
@@ -146,6 +186,9 @@ void tpv_job_source_free(struct tpv_job_source *src)
     for (size_t i = 0; src->layout && i < src->nlayout; i++)
         free(src->layout[i]);
     free(src->layout);
+    for (size_t i = 0; src->params && i < src->nparams; i++)
+        free(src->params[i]);
+    free(src->params);
     memset(src, 0, sizeof *src);
 }
 

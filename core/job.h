@@ -7,6 +7,8 @@
  * Stored source JSON (written by tpv_job_source_json, never with null members):
  *   {"kind":"model","spec":{...}|"sha256:...","weights":"sha256:...",
  *    "inputs":{"fit":"sha256:...","probe"?:"sha256:..."}}
+ *   {"kind":"onnx","onnx":"sha256:...","parameters"?:["name",...],
+ *    "inputs":{"fit":"sha256:...","probe"?:"sha256:..."}}
  *   {"kind":"jacobian","fit":"sha256:...","probe"?:"sha256:...","weights"?:"sha256:...",
  *    "layout"?:["name",...]}
  * Sources stored by earlier versions may hold "probe": null (and "inputs.probe": null): read as
@@ -25,6 +27,7 @@
 
 #define TPV_JOB_LAYOUT_MAX 100000   /* names in a flat dump's layout */
 #define TPV_JOB_LAYOUT_NAME_MAX 256 /* bytes of one of them */
+#define TPV_JOB_PARAMS_MAX 100000   /* names in an ONNX candidate's "parameters" */
 
 enum tpv_job_kind { TPV_JOB_SCORE = 0, TPV_JOB_JBR = 1 };
 
@@ -38,6 +41,9 @@ struct tpv_job_source {
     char probe[TPV_DIGEST_MAX];     /* model: the probe input set; jacobian: the probe dump */
     char **layout;                  /* jacobian: column names of a flat dump (owned) */
     size_t nlayout;
+    char onnx[TPV_DIGEST_MAX];      /* onnx: the ModelProto's blob */
+    char **params;                  /* onnx: the request's parameter names (owned), or NULL */
+    size_t nparams;
 };
 
 struct tpv_job {
@@ -49,7 +55,8 @@ struct tpv_job {
 };
 
 /* Parses a source object as stored (above) into *out.  Errors name the member ("jacobian.fit",
- * "model.spec", "jacobian.layout"): TPV_EINVAL for a missing or malformed member, TPV_ENOMEM.
+ * "model.spec", "jacobian.layout", "model.onnx", "model.parameters"): TPV_EINVAL for a missing or
+ * malformed member, TPV_ENOMEM.
  * On any return release with tpv_job_source_free. */
 int tpv_job_source_parse(struct tpv_job_source *out, const json_t *source, struct tpv_err *err);
 

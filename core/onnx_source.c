@@ -476,6 +476,38 @@ static int os_vjp(const struct tpv_jsrc *s, const double *u, double *out,
     return rc;
 }
 
+/* The model's outputs over the inputs: batched forward passes only. */
+static int os_outputs(const struct tpv_jsrc *s, double *out, const struct tpv_progress *pg,
+                      struct tpv_err *err)
+{
+    const struct osrc *o = s->impl;
+    double *x = malloc(o->batch * o->per * sizeof *x);
+    int rc = x ? TPV_OK : nomem(err);
+    struct tpv_onnx_plan *plan = NULL;
+    struct tpv_onnx_exec *ex = NULL;
+    size_t open = 0;
+    for (uint64_t x0 = 0; !rc && x0 < s->n; x0 += o->batch) {
+        size_t b = s->n - x0 < o->batch ? (size_t)(s->n - x0) : o->batch;
+        if (b != open) {
+            tpv_onnx_exec_free(ex);
+            tpv_onnx_plan_free(plan);
+            rc = open_batch(o, b, &plan, &ex, err);
+            open = b;
+        }
+        if (!rc)
+            rc = forward_rows(o, ex, x0, b, x, err);
+        if (!rc)
+            memcpy(out + x0 * s->K, tpv_onnx_exec_value(ex, o->m->outputs[0])->data,
+                   b * s->K * sizeof *out);
+        if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
+            rc = canceled(err);
+    }
+    tpv_onnx_exec_free(ex);
+    tpv_onnx_plan_free(plan);
+    free(x);
+    return rc;
+}
+
 static uint64_t os_scratch_bytes(const struct tpv_jsrc *s)
 {
     const struct osrc *o = s->impl;
@@ -547,6 +579,7 @@ static const struct tpv_jsrc_ops onnx_source_ops = {
     .free = os_free,
     .vjp = os_vjp,
     .costs = os_costs,
+    .outputs = os_outputs,
 };
 
 static int make_layout(struct tpv_jsrc *s, const struct tpv_onnx_model *m, struct tpv_err *err)

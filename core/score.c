@@ -2,8 +2,14 @@
  * every noise model of the study can be served, and score it with core/estimate.c.
  *
  * Opening is one step, open_sources(), with a branch per source kind: Jacobian dumps (core/dump.c
- * over mapped files) and model checkpoints (a spec bound to its weights, core/mlp.c, seen through
- * core/mlp_source.c over the study's input sets).  Everything after opening is source-blind.
+ * over mapped files), model checkpoints (a spec bound to its weights, core/mlp.c, seen through
+ * core/mlp_source.c over the study's input sets) and ONNX graphs (core/onnx_model.c, seen through
+ * core/onnx_source.c over the same input sets; the weights are the graph's parameters).
+ * Everything after opening is source-blind.
+ *
+ * A graph is parsed in full at both depths: the loader's checks (operators, attributes,
+ * non-finite initializers, external data) are what a submission must refuse, and they need the
+ * initializers' values.
  *
  * An open has two depths.  OPEN_HEADERS (submission, on an HTTP thread) reads headers, shapes and
  * names only: no value is read, no weight converted, nothing copied, so it costs no pass over the
@@ -12,11 +18,15 @@
  * and the index) and loads what the computation reads. */
 #include "core/score.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/dump.h"
 #include "core/estimate.h"
@@ -25,11 +35,26 @@
 #include "core/json_alloc.h"
 #include "core/mlp.h"
 #include "core/mlp_source.h"
+#include "core/onnx_model.h"
+#include "core/onnx_source.h"
 #include "core/tensor.h"
 
 const char *tpv_split_name(enum tpv_split split)
 {
     return split == TPV_SPLIT_PROBE ? "probe" : "fit";
+}
+
+const char *tpv_source_kind_name(enum tpv_source_kind kind)
+{
+    switch (kind) {
+    case TPV_SOURCE_MODEL:
+        return "model";
+    case TPV_SOURCE_JACOBIAN:
+        return "jacobian";
+    case TPV_SOURCE_ONNX:
+        return "onnx";
+    }
+    return "unknown";
 }
 
 enum open_mode { OPEN_HEADERS, OPEN_FULL };
@@ -39,6 +64,8 @@ struct sources {
     enum open_mode mode;
     struct tpv_tensor_file *weights_file;
     struct tpv_mlp *mlp;                         /* model candidates */
+    struct tpv_onnx_model *onnx;                 /* onnx candidates */
+    bool own_weights; /* the candidate carries its weights (a model's, a graph's parameters) */
     struct tpv_tensor_file *fit_x_file, *probe_x_file;
     const struct tpv_tensor *fit_x;              /* the fit inputs of a model candidate */
     struct tpv_jsrc *fit, *probe;
@@ -66,6 +93,7 @@ static void close_sources(struct sources *s)
     tpv_jsrc_free(s->fit);
     tpv_jsrc_free(s->probe);
     tpv_mlp_free(s->mlp);
+    tpv_onnx_model_free(s->onnx);
     tpv_tensor_file_close(s->fit_x_file);
     tpv_tensor_file_close(s->probe_x_file);
     tpv_tensor_file_close(s->weights_file);
@@ -202,7 +230,8 @@ static void err_field_prefix(struct tpv_err *err, const char *prefix)
 }
 
 /* An input set: the file's only tensor (or the one called "inputs"), checked against the model's
- * input_shape and, for a full open, for finite values. */
+ * input_shape (a graph's is checked by tpv_onnx_source_new) and, for a full open, for finite
+ * values. */
 static int open_input_set(enum open_mode mode, const char *path, const char *field,
                           const struct tpv_mlp *m, struct tpv_tensor_file **file,
                           const struct tpv_tensor **x, struct tpv_err *err)
@@ -216,9 +245,11 @@ static int open_input_set(enum open_mode mode, const char *path, const char *fie
                              "holds %zu tensors: an input set is one tensor (or one named "
                              "\"inputs\")", tpv_tensor_file_count(*file));
     }
-    if (rc == TPV_OK)
+    if (rc == TPV_OK && m)
         rc = mode == OPEN_FULL ? tpv_mlp_check_inputs(m, *x, err)
                                : tpv_mlp_check_input_shape(m, *x, err);
+    else if (rc == TPV_OK && mode == OPEN_FULL)
+        rc = tpv_tensor_check_finite(*x, err);
     if (rc != TPV_OK) {
         tpv_err_prefix(err, "%s", field);
         err_field_prefix(err, field);
@@ -263,6 +294,148 @@ static int open_model(const struct tpv_candidate_files *c, struct sources *s, st
     /* The weights in column order, for quantization ranges and prune rules: the model's own
      * parameters, not a copy (NULL for a headers-only open). */
     s->w = tpv_mlp_param_values(s->mlp);
+    s->own_weights = true;
+    return rc;
+}
+
+/* Reads a whole file through a private mapping for the ONNX parser (which copies what it keeps,
+ * so the mapping is released right after). */
+static int map_file(const char *path, void **buf, size_t *len, struct tpv_err *err)
+{
+    *buf = NULL;
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return tpv_err_set(err, TPV_EIO, NULL, "%s: cannot open", path);
+    }
+    if (st.st_size <= 0) {
+        close(fd);
+        return tpv_err_set(err, TPV_EFORMAT, NULL, "the model file is empty");
+    }
+    void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m == MAP_FAILED)
+        return tpv_err_set(err, TPV_EIO, NULL, "%s: cannot map", path);
+    *buf = m;
+    *len = (size_t)st.st_size;
+    return TPV_OK;
+}
+
+/* A loader or planner error becomes a 400 on the request's field: "model.parameters" for the
+ * parameter choice, "model.onnx" for everything else; the message keeps the node or tensor the
+ * loader named. */
+static int onnx_field(int rc, struct tpv_err *err)
+{
+    if (!err || rc == TPV_OK || rc == TPV_ENOMEM)
+        return rc;
+    bool params =
+        strcmp(err->field, "parameters") == 0 || strcmp(err->field, "tpv.parameters") == 0;
+    const char *field = params ? "model.parameters" : "model.onnx";
+    tpv_err_prefix(err, "%s", field);
+    snprintf(err->field, sizeof err->field, "%s", field);
+    return rc;
+}
+
+/* The input set's per-sample shape against the graph input's declared one (dynamic dimensions
+ * match anything), so the 400 gives both shapes rather than a planner message. */
+static int check_graph_input(const struct tpv_onnx_model *m, const struct tpv_tensor *x,
+                             const char *field, struct tpv_err *err)
+{
+    const struct tpv_onnx_tensor *g = &m->values[m->inputs[0]].t;
+    bool same = x->rank == g->rank;
+    for (int d = 1; same && d < g->rank; d++)
+        same = g->shape[d] < 0 || (uint64_t)g->shape[d] == x->shape[d];
+    if (same)
+        return TPV_OK;
+    char want[160] = "", have[160] = "";
+    size_t wl = 0, hl = 0;
+    for (int d = 0; d < g->rank && wl < sizeof want; d++) {
+        if (g->shape[d] < 0)
+            wl += (size_t)snprintf(want + wl, sizeof want - wl, "%s%s", d ? ", " : "",
+                                   d ? "?" : "batch");
+        else
+            wl += (size_t)snprintf(want + wl, sizeof want - wl, "%s%lld", d ? ", " : "",
+                                   (long long)g->shape[d]);
+    }
+    for (int d = 0; d < x->rank && hl < sizeof have; d++)
+        hl += (size_t)snprintf(have + hl, sizeof have - hl, "%s%llu", d ? ", " : "",
+                               (unsigned long long)x->shape[d]);
+    return tpv_err_set(err, TPV_EINVAL, "model.onnx",
+                       "model.onnx: the graph input '%s' has shape (%s) but the study's %s is "
+                       "(%s)", m->values[m->inputs[0]].name, want, field, have);
+}
+
+/* The graph's parameters in column order (m->params order, each row-major), as the weights of
+ * quantization ranges and prune rules. */
+static int gather_onnx_weights(struct sources *s, struct tpv_err *err)
+{
+    const struct tpv_layout *L = &s->fit->layout;
+    hold(s, L->p);
+    if (s->mode == OPEN_HEADERS)
+        return TPV_OK;
+    s->w = s->w_owned = malloc((size_t)L->p * sizeof *s->w_owned);
+    if (!s->w_owned)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    for (size_t j = 0; j < s->onnx->nparams; j++)
+        memcpy(s->w_owned + L->blocks[j].offset, s->onnx->values[s->onnx->params[j]].t.data,
+               L->blocks[j].count * sizeof *s->w_owned);
+    return TPV_OK;
+}
+
+/* A graph bound to the study's input sets: the loader's checks (operators, attributes,
+ * initializers, parameters), the plan over each input set (shapes chain, the input set matches
+ * the graph input), a graph source per set. */
+static int open_onnx(const struct tpv_candidate_files *c, struct sources *s, struct tpv_err *err)
+{
+    if (!c->onnx)
+        return tpv_err_set(err, TPV_EINVAL, "model.onnx", "an ONNX candidate needs model.onnx");
+    if (!c->fit_inputs)
+        return tpv_err_set(err, TPV_EPRECONDITION, "inputs.fit",
+                           "the study has no fit set: PUT /v1/studies/{sid}/inputs/fit first");
+    void *buf;
+    size_t len;
+    int rc = map_file(c->onnx, &buf, &len, err);
+    if (rc == TPV_OK) {
+        rc = tpv_onnx_model_load(&s->onnx, buf, len, c->nparams ? c->params : NULL, c->nparams,
+                                 err);
+        munmap(buf, len);
+    }
+    if (rc != TPV_OK)
+        return onnx_field(rc, err);
+    uint64_t held = 0; /* the initializers, converted to float64 by the loader */
+    for (size_t v = 0; v < s->onnx->nvalues; v++)
+        if (s->onnx->values[v].kind == TPV_ONNX_VINIT)
+            held = tpv_sat_add(held, s->onnx->values[v].t.numel);
+    hold(s, held);
+    const struct tpv_tensor *x;
+    rc = open_input_set(s->mode, c->fit_inputs, "inputs.fit", NULL, &s->fit_x_file, &x, err);
+    if (rc == TPV_OK) {
+        s->fit_x = x;
+        rc = check_graph_input(s->onnx, x, "inputs.fit", err);
+        if (rc != TPV_OK)
+            return rc;
+        rc = tpv_onnx_source_new(&s->fit, s->onnx, x, err);
+        if (rc != TPV_OK)
+            tpv_err_prefix(err, "inputs.fit");
+        onnx_field(rc, err);
+    }
+    if (rc == TPV_OK && c->probe_inputs) {
+        rc = open_input_set(s->mode, c->probe_inputs, "inputs.probe", NULL, &s->probe_x_file, &x,
+                            err);
+        if (rc == TPV_OK)
+            rc = check_graph_input(s->onnx, x, "inputs.probe", err);
+        if (rc == TPV_OK && (rc = tpv_onnx_source_new(&s->probe, s->onnx, x, err)) != TPV_OK) {
+            tpv_err_prefix(err, "inputs.probe");
+            onnx_field(rc, err);
+        }
+    }
+    if (rc == TPV_OK) {
+        s->own_weights = true;
+        rc = gather_onnx_weights(s, err);
+    }
     return rc;
 }
 
@@ -277,6 +450,8 @@ static int open_sources(const struct tpv_candidate_files *c, enum open_mode mode
         return open_model(c, s, err);
     case TPV_SOURCE_JACOBIAN:
         return open_jacobian(c, s, err);
+    case TPV_SOURCE_ONNX:
+        return open_onnx(c, s, err);
     }
     return tpv_err_set(err, TPV_EINVAL, "source", "unknown candidate source");
 }
@@ -385,7 +560,7 @@ static int resolve_models(struct sources *s, const struct tpv_candidate_files *c
     bool named = s->fit->layout.nblocks > 0;
     for (size_t i = 0; i < nmodels; i++) {
         const struct tpv_noise *nm = &models[i];
-        if (tpv_noise_needs_weights(nm) && !s->weights_file)
+        if (tpv_noise_needs_weights(nm) && !s->weights_file && !s->own_weights)
             return model_err(err, i, nm, "needs the candidate's weights");
         if (tpv_noise_needs_outputs(nm) && !s->fit->ops->outputs)
             return model_err(err, i, nm, "uses sigma_rel, which scales with the model's outputs "

@@ -16,15 +16,23 @@
 enum tpv_split { TPV_SPLIT_FIT = 0, TPV_SPLIT_PROBE = 1 };
 const char *tpv_split_name(enum tpv_split split);
 
-enum tpv_source_kind { TPV_SOURCE_MODEL = 0, TPV_SOURCE_JACOBIAN = 1 };
+enum tpv_source_kind { TPV_SOURCE_MODEL = 0, TPV_SOURCE_JACOBIAN = 1, TPV_SOURCE_ONNX = 2 };
+
+/* The stored and reported name of a source kind: "model", "jacobian", "onnx". */
+const char *tpv_source_kind_name(enum tpv_source_kind kind);
 
 /* One candidate as local files.  Unused members are NULL. */
 struct tpv_candidate_files {
     enum tpv_source_kind source;
     /* source = model: the tpv.sequential/v1 spec, its weights and the study's input sets */
     const json_t *spec;
-    const char *fit_inputs;   /* required */
-    const char *probe_inputs; /* optional */
+    const char *fit_inputs;   /* required (model and onnx) */
+    const char *probe_inputs; /* optional (model and onnx) */
+    /* source = onnx: the serialized ModelProto and the parameter names the request gave
+     * (nparams == 0: the model's metadata or the default rule, core/onnx_model.h) */
+    const char *onnx;
+    const char *const *params;
+    size_t nparams;
     /* source = jacobian: the dumps; `layout` names the columns of a flat .npy dump */
     const char *jac_fit;      /* required */
     const char *jac_probe;    /* optional */
@@ -56,7 +64,9 @@ struct tpv_score {
 };
 
 /* Validation at submission, cheap enough for an HTTP thread: opens every file for its headers,
- * binds the spec to the weights by names, dtypes and shapes, checks shapes agree with the inputs
+ * binds the spec to the weights by names, dtypes and shapes (an ONNX graph is loaded and
+ * planned over each input set, initializers included: core/onnx_model.h), checks shapes agree
+ * with the inputs
  * and that every noise model can be served (weights present, names and shapes of variances and
  * masks match).  No value is read: non-finite values, negative variances and masks other than
  * 0/1 are found by tpv_candidate_score / tpv_jbr_run, which fail naming the tensor and the

@@ -57,12 +57,16 @@
                         "source, train_loss, epoch, run, state, job_id, created_at) "             \
                         "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,'queued',?10,?11)")                   \
     X(CAND_BY_NAME,     "SELECT 1 FROM candidates WHERE study_id = ?1 AND name = ?2")             \
-    X(CAND_GET,         "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, c.source_kind, "     \
+    X(CAND_GET,         "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, "                    \
+                        "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' "     \
+                        "ELSE c.source_kind END, "                                                \
                         "c.state, c.stability, c.job_id, c.created_at, j.progress, "              \
                         "j.error_code, j.error_message FROM candidates c "                        \
                         "LEFT JOIN jobs j ON j.id = c.job_id "                                    \
                         "WHERE c.study_id = ?1 AND c.id = ?2")                                    \
-    X(CAND_LIST,        "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, c.source_kind, "     \
+    X(CAND_LIST,        "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, "                    \
+                        "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' "     \
+                        "ELSE c.source_kind END, "                                                \
                         "c.state, c.stability, c.job_id, c.created_at, j.progress, "              \
                         "j.error_code, j.error_message, "                                          \
                         "(SELECT coalesce(sum(coalesce(length(CAST(details AS BLOB)), 0) + "      \
@@ -77,7 +81,10 @@
                         "s.estimator, s.samples, s.seed, s.wall_seconds, s.details FROM scores s " \
                         "WHERE s.candidate_id IN (SELECT id FROM candidates WHERE study_id = ?1 " \
                         "AND seq > ?2 ORDER BY seq LIMIT ?3) ORDER BY s.rowid")                   \
-    X(CAND_SOURCE,      "SELECT source, source_kind FROM candidates WHERE study_id = ?1 AND id = ?2") \
+    X(CAND_SOURCE,      "SELECT c.source, "                                                        \
+                        "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' "     \
+                        "ELSE c.source_kind END "                                                 \
+                        "FROM candidates c WHERE c.study_id = ?1 AND c.id = ?2")                  \
     X(CAND_STATE,       "UPDATE candidates SET state = ?2 WHERE id = ?1 AND job_id = ?3")          \
     X(CAND_STABILITY,   "UPDATE candidates SET stability = ?2 WHERE id = ?1")                     \
     X(JOB_INSERT,       "INSERT INTO jobs (id, kind, study_id, candidate_id, state, params, "     \

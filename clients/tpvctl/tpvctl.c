@@ -33,9 +33,9 @@ static const struct {
     { "inputs",
       "  inputs put SID fit|probe FILE              upload an input set (.npy/.safetensors)\n" },
     { "candidate",
-      "  candidate add SID -n NAME (-s SPEC.json -W WEIGHTS | -f JACOBIAN_FIT [-p JACOBIAN_PROBE]\n"
-      "               [-l a,b,..] [-W WEIGHTS]) [-L TRAIN_LOSS] [-e EPOCH] [-r RUN] [-M k=v]...\n"
-      "               [-w [-T SECONDS]]\n"
+      "  candidate add SID -n NAME (-s SPEC.json -W WEIGHTS | --onnx MODEL.onnx [--parameters a,b,..]\n"
+      "               | -f JACOBIAN_FIT [-p JACOBIAN_PROBE] [-l a,b,..] [-W WEIGHTS])\n"
+      "               [-L TRAIN_LOSS] [-e EPOCH] [-r RUN] [-M k=v]... [-w [-T SECONDS]]\n"
       "      (-n --name, -s --spec, -W --weights, -f --jacobian-fit, -p --jacobian-probe,\n"
       "       -l --layout, -L --train-loss, -e --epoch, -r --run, -M --meta, -w --wait,\n"
       "       -T --timeout); uploads files the server lacks (HEAD first), prints the job id\n"
@@ -384,17 +384,36 @@ static int job_wait(const struct ctl *c, const char *jid, double timeout_s, json
 /* --- candidates ---------------------------------------------------------------------------- */
 
 struct candidate_args {
-    const char *name, *spec, *weights, *jac_fit, *jac_probe, *layout;
+    const char *name, *spec, *weights, *jac_fit, *jac_probe, *layout, *onnx, *params;
     json_t *metadata;
     bool wait;
     double timeout;
 };
 
+/* A comma-separated list of names as a JSON array (new reference). */
+static json_t *name_list(const char *text)
+{
+    json_t *names = json_array();
+    char *copy = strdup(text), *save = NULL;
+    for (char *t = copy ? strtok_r(copy, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
+        json_array_append_new(names, json_string(t));
+    free(copy);
+    return names;
+}
+
 static int candidate_body(const struct ctl *c, const struct candidate_args *a, json_t **out)
 {
     json_t *body = json_pack("{s:s,s:O}", "name", a->name, "metadata", a->metadata);
     int rc = CTL_OK;
-    if (a->jac_fit) {
+    if (a->onnx) {
+        json_t *ref = ctl_blob_ref(c, a->onnx, &rc);
+        if (rc == CTL_OK) {
+            json_t *model = json_pack("{s:o}", "onnx", ref);
+            if (a->params)
+                json_object_set_new(model, "parameters", name_list(a->params));
+            json_object_set_new(body, "model", model);
+        }
+    } else if (a->jac_fit) {
         json_t *jac = json_object();
         json_object_set_new(body, "jacobian", jac);
         json_t *ref = ctl_blob_ref(c, a->jac_fit, &rc);
@@ -402,14 +421,8 @@ static int candidate_body(const struct ctl *c, const struct candidate_args *a, j
             json_object_set_new(jac, "fit", ref);
         if (rc == CTL_OK && a->jac_probe && (ref = ctl_blob_ref(c, a->jac_probe, &rc)))
             json_object_set_new(jac, "probe", ref);
-        if (a->layout) {
-            json_t *names = json_array();
-            char *copy = strdup(a->layout), *save = NULL;
-            for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
-                json_array_append_new(names, json_string(t));
-            free(copy);
-            json_object_set_new(jac, "layout", names);
-        }
+        if (a->layout)
+            json_object_set_new(jac, "layout", name_list(a->layout));
         if (rc == CTL_OK && a->weights && (ref = ctl_blob_ref(c, a->weights, &rc)))
             json_object_set_new(body, "weights", ref);
     } else {
@@ -445,6 +458,7 @@ static int cmd_candidate_add(const struct ctl *c, int argc, char **argv)
         { "train-loss", required_argument, 0, 'L' }, { "epoch", required_argument, 0, 'e' },
         { "run", required_argument, 0, 'r' }, { "meta", required_argument, 0, 'M' },
         { "wait", no_argument, 0, 'w' }, { "timeout", required_argument, 0, 'T' },
+        { "onnx", required_argument, 0, 'O' }, { "parameters", required_argument, 0, 'P' },
         { 0, 0, 0, 0 } };
     if (argc < 2)
         return usage_error("candidate add needs a study id");
@@ -461,6 +475,8 @@ static int cmd_candidate_add(const struct ctl *c, int argc, char **argv)
         case 'f': a.jac_fit = optarg; break;
         case 'p': a.jac_probe = optarg; break;
         case 'l': a.layout = optarg; break;
+        case 'O': a.onnx = optarg; break;
+        case 'P': a.params = optarg; break;
         case 'L': json_object_set_new(a.metadata, "train_loss", json_real(atof(optarg))); break;
         case 'e': json_object_set_new(a.metadata, "epoch", json_integer(atoll(optarg))); break;
         case 'r': json_object_set_new(a.metadata, "run", json_string(optarg)); break;
@@ -473,9 +489,14 @@ static int cmd_candidate_add(const struct ctl *c, int argc, char **argv)
         default: rc = CTL_ERR_USAGE;
         }
     }
-    if (rc == CTL_OK && (!a.name || (!a.jac_fit && (!a.spec || !a.weights))))
-        rc = usage_error("candidate add needs --name and either --spec with --weights or "
+    if (rc == CTL_OK && (!a.name || (!a.onnx && !a.jac_fit && (!a.spec || !a.weights))))
+        rc = usage_error("candidate add needs --name and one of --spec with --weights, --onnx "
+                         "or --jacobian-fit");
+    if (rc == CTL_OK && a.onnx && (a.spec || a.weights || a.jac_fit))
+        rc = usage_error("--onnx carries its weights: give it without --spec, --weights and "
                          "--jacobian-fit");
+    if (rc == CTL_OK && a.params && !a.onnx)
+        rc = usage_error("--parameters goes with --onnx");
     json_t *body = NULL, *resp = NULL;
     if (rc == CTL_OK)
         rc = candidate_body(c, &a, &body);

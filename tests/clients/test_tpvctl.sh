@@ -262,6 +262,33 @@ cid1=$("$T" --json candidate list "$sid1" | sed -n 's/.*"id": "\(cd_[0-9a-f]*\)"
 expect_rc 4 "$T" jbr "$sid1" "$cid1" --wait --timeout 60
 grep -q failed "$tmp/err" || fail "jbr failure not reported: $(cat "$tmp/err")"
 
+# An ONNX candidate: y = x w over the same inputs (x = [1, 2], w = 3), so the isotropic TPV is
+# sigma^2 / n * sum_x ||dy/dw||^2 = 0.01 * (1 + 4) / 2 = 0.025.
+/usr/bin/python3 - "$tmp/lin.onnx" <<'PY'
+import sys
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "lin",
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])],
+                      initializer=[numpy_helper.from_array(np.array([[3.0]], np.float32), "w")])
+open(sys.argv[1], "wb").write(helper.make_model(
+    g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+PY
+expect_rc 0 "$T" --quiet candidate add "$sid1" --name lin_onnx --onnx "$tmp/lin.onnx" \
+  --parameters w --wait
+cid2=$("$T" --json candidate list "$sid1" | /usr/bin/env python3 -c \
+  'import json,sys; print([c["id"] for c in json.load(sys.stdin) if c["name"]=="lin_onnx"][0])')
+"$T" --json candidate get "$sid1" "$cid2" >"$tmp/cand.json" || fail "candidate get $cid2"
+/usr/bin/env python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); s=c["scores"][0]
+assert c["source"]=="onnx" and abs(s["value"]-0.025) <= 1e-7, c' "$tmp/cand.json" \
+  || fail "onnx candidate: $(cat "$tmp/cand.json")"
+expect_rc 1 "$T" candidate add "$sid1" --name bad_onnx --onnx "$tmp/lin.onnx" --parameters nope
+grep -q "model.parameters" "$tmp/err" || fail "no field in: $(cat "$tmp/err")"
+expect_rc 2 "$T" candidate add "$sid1" --name both --onnx "$tmp/lin.onnx" --spec "$tmp/spec.json"
+expect_rc 2 "$T" candidate add "$sid1" --name p --spec "$tmp/spec.json" --weights "$tmp/w.safetensors" \
+  --parameters w
+
 kill -TERM "$daemon"
 rc=0; wait "$daemon" || rc=$?
 daemon=

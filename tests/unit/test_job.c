@@ -78,6 +78,44 @@ static void test_source_roundtrip(void **state)
     tpv_job_free(&job);
 }
 
+/* An ONNX source: its digest, its parameter names and the study's input sets survive the stored
+ * form; malformed members are refused naming model.onnx / model.parameters. */
+static void test_onnx_source(void **state)
+{
+    (void)state;
+    struct tpv_job job;
+    struct tpv_err err;
+    const char *text = "{\"kind\":\"onnx\",\"onnx\":\"" D64 "\",\"parameters\":[\"a.w\",\"b\"],"
+                       "\"inputs\":{\"fit\":\"" E64 "\"}}";
+    assert_int_equal(tpv_job_parse(&job, text, models_text, "score", NULL, &err), TPV_OK);
+    assert_int_equal(job.src.kind, TPV_SOURCE_ONNX);
+    assert_string_equal(job.src.onnx, D64);
+    assert_string_equal(job.src.fit, E64);
+    assert_string_equal(job.src.probe, "");
+    assert_int_equal(job.src.nparams, 2);
+    assert_string_equal(job.src.params[1], "b");
+    json_t *back = tpv_job_source_json(&job.src);
+    char *again = json_dumps(back, JSON_COMPACT);
+    assert_string_equal(again, text);
+    assert_string_equal(tpv_source_kind_name(job.src.kind), "onnx");
+    free(again);
+    json_decref(back);
+    tpv_job_free(&job);
+    static const char *const bad[][2] = {
+        { "{\"kind\":\"onnx\"}", "model.onnx" },
+        { "{\"kind\":\"onnx\",\"onnx\":\"sha256:zz\"}", "model.onnx" },
+        { "{\"kind\":\"onnx\",\"onnx\":\"" D64 "\",\"parameters\":[]}", "model.parameters" },
+        { "{\"kind\":\"onnx\",\"onnx\":\"" D64 "\",\"parameters\":[\"\"]}", "model.parameters" },
+        { "{\"kind\":\"onnx\",\"onnx\":\"" D64 "\",\"parameters\":\"a\"}", "model.parameters" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(tpv_job_parse(&job, bad[i][0], models_text, "score", NULL, &err),
+                         TPV_EINVAL);
+        assert_string_equal(err.field, bad[i][1]);
+        tpv_job_free(&job);
+    }
+}
+
 static void test_jbr_params(void **state)
 {
     (void)state;
@@ -485,6 +523,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_source_roundtrip),
+        cmocka_unit_test(test_onnx_source),
         cmocka_unit_test(test_jbr_params),
         cmocka_unit_test(test_nan_dump_fails_the_job),
         cmocka_unit_test(test_blob_values_fail_the_job),
