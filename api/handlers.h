@@ -33,6 +33,8 @@ void api_handle_inputs_put(const struct api_env *env, struct api_request *req, s
 void api_handle_candidate_create(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_candidate_list(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_candidate_get(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_candidate_delete(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_candidate_retry(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_jbr_create(const struct api_env *env, struct api_request *req, struct api_response *resp);
 
 void api_handle_job_get(const struct api_env *env, struct api_request *req, struct api_response *resp);

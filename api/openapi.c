@@ -53,10 +53,18 @@ static const struct op ops[] = {
       "per noise model and split", NULL, 200, "Candidate", "404" },
     { "post", "/v1/studies/{sid}/candidates/{cid}/jbr", "createJbr", "Queue JBR pruning scores "
       "for a model candidate", "JbrCreate", 202, "JobAccepted", "400 404 409 429" },
+    { "delete", "/v1/studies/{sid}/candidates/{cid}", "deleteCandidate", "Delete a candidate "
+      "with its scores and jobs (a running job is canceled within a second); bumps the study "
+      "version, frees the name, sends candidate.deleted to the webhook", NULL, 204, NULL,
+      "404" },
+    { "post", "/v1/studies/{sid}/candidates/{cid}/retry", "retryCandidate", "Give a failed or "
+      "canceled candidate a new score job; 409 failed_precondition in any other state", NULL,
+      202, "JobAccepted", "404 409 429" },
     { "get", "/v1/studies/{sid}/ranking", "getRanking", "Candidates ranked by TPV (by, split, "
       "max_train_loss, wait with If-None-Match)", NULL, 200, "Ranking", "304 400 404 409" },
-    { "get", "/v1/jobs/{jid}", "getJob", "A job with its state and progress", NULL, 200, "Job",
-      "404" },
+    { "get", "/v1/jobs/{jid}", "getJob", "A job with its state and progress; wait=s holds the "
+      "request until the job is terminal or s seconds pass (at most --max-wait)", NULL, 200,
+      "Job", "400 404" },
     { "delete", "/v1/jobs/{jid}", "cancelJob", "Cancel a job", NULL, 200, "Job", "404 409" },
     { "post", "/v1/tokens", "createToken", "Create an API token (admin); the secret is in this "
       "response only", "TokenCreate", 201, "TokenCreated", "400 409" },

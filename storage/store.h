@@ -214,6 +214,19 @@ int store_jbr_create(struct store *st, const char *study_id, const char *candida
                      const char *job_id, const char *params, int64_t max_queued,
                      struct tpv_err *err);
 
+/* Deletes a candidate with its scores and jobs in one transaction, bumps the study version and,
+ * when the study has a webhook, appends a "candidate.deleted" event.  A running job's row goes
+ * with it: its worker's next progress report (at most every half second) finds the lease lost
+ * and stops.  The name is free again afterwards.  TPV_ENOTFOUND (field "candidate_id"). */
+int store_candidate_delete(struct store *st, const char *study_id, const char *id,
+                           struct tpv_err *err);
+
+/* Gives a failed or canceled candidate a new queued score job `job_id` (attempts start at 0),
+ * removes scores it may have, bumps the study version.  TPV_ENOTFOUND; TPV_EPRECONDITION (field
+ * "state") for any other state; TPV_EBUSY when `max_queued` jobs are queued. */
+int store_candidate_retry(struct store *st, const char *study_id, const char *id,
+                          const char *job_id, int64_t max_queued, struct tpv_err *err);
+
 /* The job in API shape.  TPV_ENOTFOUND. */
 int store_job_get(struct store *st, const char *id, json_t **out, struct tpv_err *err);
 

@@ -78,6 +78,9 @@
                         "WHERE s.candidate_id IN (SELECT id FROM candidates WHERE study_id = ?1 " \
                         "AND seq > ?2 ORDER BY seq LIMIT ?3) ORDER BY s.rowid")                   \
     X(CAND_SOURCE,      "SELECT source, source_kind FROM candidates WHERE study_id = ?1 AND id = ?2") \
+    X(CAND_STATE_GET,   "SELECT state, job_id FROM candidates WHERE study_id = ?1 AND id = ?2")   \
+    X(CAND_DELETE,      "DELETE FROM candidates WHERE study_id = ?1 AND id = ?2")                 \
+    X(CAND_REQUEUE,     "UPDATE candidates SET state = 'queued', job_id = ?2 WHERE id = ?1")      \
     X(CAND_STATE,       "UPDATE candidates SET state = ?2 WHERE id = ?1 AND job_id = ?3")          \
     X(CAND_STABILITY,   "UPDATE candidates SET stability = ?2 WHERE id = ?1")                     \
     X(JOB_INSERT,       "INSERT INTO jobs (id, kind, study_id, candidate_id, state, params, "     \
@@ -235,6 +238,12 @@ int idem_lookup_conn(struct store_conn *c, const struct store_idem *idem, struct
                      struct tpv_err *err);
 int idem_store_conn(struct store_conn *c, const struct store_idem *idem,
                     const struct store_reply *reply, struct tpv_err *err);
+
+/* Webhook outbox rows in the caller's transaction (storage/queue.c): whether the study has a
+ * webhook_url, and appending an event (steals payload). */
+int study_has_hook(struct store_conn *c, const char *study_id, bool *has, struct tpv_err *err);
+int outbox_put(struct store_conn *c, const char *study_id, const char *event, json_t *payload,
+               const char *now, struct tpv_err *err);
 
 /* Blob store set-up at open: creates folders and removes stale temporaries. */
 int blobs_init(struct store *st, struct tpv_err *err);
