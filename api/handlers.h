@@ -28,6 +28,7 @@ void api_handle_blob_head(const struct api_env *env, struct api_request *req, st
 void api_handle_study_create(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_study_list(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_study_get(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_study_delete(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_inputs_put(const struct api_env *env, struct api_request *req, struct api_response *resp);
 
 void api_handle_candidate_create(const struct api_env *env, struct api_request *req, struct api_response *resp);

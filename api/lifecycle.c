@@ -1,5 +1,5 @@
 /* lifecycle.c: removing and retrying what a study holds (DESIGN.md section 5): DELETE of a
- * candidate, POST .../retry of a failed or canceled one. */
+ * study or a candidate, POST .../retry of a failed or canceled one. */
 #include "api/handlers.h"
 
 #include <stdio.h>
@@ -16,6 +16,20 @@ static bool candidate_params(const struct api_request *req, struct api_response 
     api_reply_errorf(resp, TPV_ENOTFOUND, "candidate_id", "candidate %.64s not found",
                      req->params[1]);
     return false;
+}
+
+void api_handle_study_delete(const struct api_env *env, struct api_request *req,
+                             struct api_response *resp)
+{
+    struct tpv_err err;
+    tpv_err_clear(&err);
+    if (!api_study_param(req, resp))
+        return;
+    if (store_study_delete(env->store, req->params[0], &err) != TPV_OK) {
+        api_reply_store_error(req, resp, &err);
+        return;
+    }
+    api_reply_empty(resp, 204);
 }
 
 void api_handle_candidate_delete(const struct api_env *env, struct api_request *req,

@@ -36,6 +36,9 @@ static const struct op ops[] = {
       "ends before --max-page-bytes, holding at least one item, and next_page_token continues "
       "there)", NULL, 200, "StudyList", "400" },
     { "get", "/v1/studies/{sid}", "getStudy", "A study", NULL, 200, "Study", "404" },
+    { "delete", "/v1/studies/{sid}", "deleteStudy", "Delete a study with its input sets, "
+      "candidates, scores and jobs (running ones canceled within a second); sends study.deleted "
+      "to the webhook", NULL, 204, NULL, "404" },
     { "put", "/v1/studies/{sid}/inputs/{split}", "putInputs", "Set the fit or probe input set "
       "of a study to a blob (finite values only: 400 naming the first bad index).  Once the "
       "study has a candidate its input sets are fixed: another digest is 409 "

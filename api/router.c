@@ -30,6 +30,7 @@ static const struct api_route routes[] = {
     { "POST", "/v1/studies", api_handle_study_create, NULL, API_ROLE_WRITE },
     { "GET", "/v1/studies", api_handle_study_list, NULL, API_ROLE_READ },
     { "GET", "/v1/studies/{sid}", api_handle_study_get, NULL, API_ROLE_READ },
+    { "DELETE", "/v1/studies/{sid}", api_handle_study_delete, NULL, API_ROLE_WRITE },
     { "PUT", "/v1/studies/{sid}/inputs/{split}", api_handle_inputs_put, NULL, API_ROLE_WRITE },
     { "POST", "/v1/studies/{sid}/candidates", api_handle_candidate_create, NULL, API_ROLE_WRITE },
     { "GET", "/v1/studies/{sid}/candidates", api_handle_candidate_list, NULL, API_ROLE_READ },

@@ -158,6 +158,12 @@ void store_study_info_free(struct store_study_info *info);
 int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t max_bytes,
                      json_t **items, int64_t *next_seq, struct tpv_err *err);
 
+/* Deletes a study with its input sets, candidates, scores and jobs in one transaction (running
+ * jobs stop at their next progress report, as for store_candidate_delete); when it has a webhook
+ * a "study.deleted" event is appended, and its pending events keep the URL and secret so that
+ * they are still delivered.  Holds on the study are woken.  TPV_ENOTFOUND (field "study_id"). */
+int store_study_delete(struct store *st, const char *id, struct tpv_err *err);
+
 /* Sets the study's fit or probe input set ("fit"/"probe") to a blob; n < 0 records null.
  * Bumps the version.  The same digest again is a no-op (TPV_OK, no bump).  TPV_ENOTFOUND for the
  * study; TPV_EPRECONDITION (field "inputs.<split>") for another digest once the study has

@@ -78,6 +78,19 @@
                         "WHERE s.candidate_id IN (SELECT id FROM candidates WHERE study_id = ?1 " \
                         "AND seq > ?2 ORDER BY seq LIMIT ?3) ORDER BY s.rowid")                   \
     X(CAND_SOURCE,      "SELECT source, source_kind FROM candidates WHERE study_id = ?1 AND id = ?2") \
+    X(STUDY_DELETE,     "DELETE FROM studies WHERE id = ?1")                                      \
+    X(OUTBOX_DETACH,    "UPDATE webhook_outbox SET "                                              \
+                        "url = (SELECT webhook_url FROM studies WHERE id = ?1), "                 \
+                        "secret = (SELECT webhook_secret FROM studies WHERE id = ?1) "            \
+                        "WHERE study_id = ?1 AND url IS NULL AND delivered_at IS NULL AND "       \
+                        "failed_at IS NULL")                                                      \
+    X(BLOB_RELEASE_STUDY, "UPDATE blobs SET released_at = ?2 WHERE EXISTS (SELECT 1 FROM "        \
+                        "input_sets i WHERE i.study_id = ?1 AND i.digest = blobs.digest) OR "     \
+                        "EXISTS (SELECT 1 FROM candidates c WHERE c.study_id = ?1 AND "           \
+                        "instr(c.source, blobs.digest) > 0) OR EXISTS (SELECT 1 FROM studies s "  \
+                        "WHERE s.id = ?1 AND instr(s.noise_models, blobs.digest) > 0)")           \
+    X(BLOB_RELEASE_CAND, "UPDATE blobs SET released_at = ?2 WHERE EXISTS (SELECT 1 FROM "         \
+                        "candidates c WHERE c.id = ?1 AND instr(c.source, blobs.digest) > 0)")    \
     X(CAND_STATE_GET,   "SELECT state, job_id FROM candidates WHERE study_id = ?1 AND id = ?2")   \
     X(CAND_DELETE,      "DELETE FROM candidates WHERE study_id = ?1 AND id = ?2")                 \
     X(CAND_REQUEUE,     "UPDATE candidates SET state = 'queued', job_id = ?2 WHERE id = ?1")      \
@@ -116,8 +129,9 @@
                         "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)")                            \
     X(OUTBOX_PUT,       "INSERT INTO webhook_outbox (study_id, event, payload, next_attempt_at, " \
                         "created_at) VALUES (?1, ?2, ?3, ?4, ?5)")                                \
-    X(OUTBOX_DUE,       "SELECT o.seq, o.study_id, o.event, o.payload, o.attempts, s.webhook_url, " \
-                        "s.webhook_secret FROM webhook_outbox o JOIN studies s ON s.id = o.study_id " \
+    X(OUTBOX_DUE,       "SELECT o.seq, o.study_id, o.event, o.payload, o.attempts, "              \
+                        "coalesce(o.url, s.webhook_url), coalesce(o.secret, s.webhook_secret) "   \
+                        "FROM webhook_outbox o LEFT JOIN studies s ON s.id = o.study_id "         \
                         "WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND "               \
                         "o.next_attempt_at <= ?1 ORDER BY o.next_attempt_at, o.seq LIMIT ?2")     \
     X(OUTBOX_NEXT,      "SELECT min(next_attempt_at) FROM webhook_outbox "                        \

@@ -193,6 +193,45 @@ static void test_candidate_delete(void **state)
     test_daemon_cleanup(&d);
 }
 
+/* DELETE of a study: 204, then 404 for it, its candidates, ranking and jobs; other studies
+ * untouched; a second DELETE is 404. */
+static void test_study_delete(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char sid[64], other[64], cid[2][64], jid[2][64], ocid[64], ojid[64], dig[80], path[256];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "gone", sid);
+    make_study(&d, "kept", other);
+    upload_dump(&d, 1.0, false, dig);
+    submit(&d, sid, "a", dig, cid[0], jid[0]);
+    submit(&d, other, "a", dig, ocid, ojid);
+    submit(&d, sid, "b", dig, cid[1], jid[1]);
+    wait_job(&d, jid[0], &r);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s", sid);
+    get_status(&d, "DELETE", path, 204);
+    get_status(&d, "GET", path, 404);
+    get_status(&d, "DELETE", path, 404);
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking", sid);
+    get_status(&d, "GET", path, 404);
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", sid, cid[i]);
+        get_status(&d, "GET", path, 404);
+        snprintf(path, sizeof path, "/v1/jobs/%s", jid[i]);
+        get_status(&d, "GET", path, 404);
+    }
+    wait_job(&d, ojid, &r);
+    assert_string_equal(http_json_str(&r, "state"), "succeeded");
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", other, ocid);
+    get_status(&d, "GET", path, 200);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
 /* Retry: a failed candidate gets a new job (202, attempts fresh, Location); a succeeded one is
  * 409 failed_precondition; an unknown one 404. */
 static void test_candidate_retry(void **state)
@@ -337,6 +376,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unknown_query_parameters),
         cmocka_unit_test(test_candidate_delete),
+        cmocka_unit_test(test_study_delete),
         cmocka_unit_test(test_candidate_retry),
         cmocka_unit_test(test_job_wait),
     };

@@ -192,7 +192,7 @@ static void test_schema_and_lock(void **state)
 {
     struct fixture *f = *state;
     struct tpv_err err;
-    assert_int_equal(store_schema_version(f->st), 3);
+    assert_int_equal(store_schema_version(f->st), 4);
     /* A second daemon on the same data dir is refused while the first holds it. */
     struct store *other = NULL;
     assert_int_equal(store_open(&other, f->data, &err), TPV_EPRECONDITION);
