@@ -28,6 +28,9 @@ static const struct op ops[] = {
       "the body hashes differently", "binary", 201, "Blob", "400 413 500 507" },
     { "head", "/v1/blobs/{digest}", "headBlob", "Whether a blob exists (X-Blob-Size header)",
       NULL, 200, NULL, "400 404" },
+    { "delete", "/v1/blobs/{digest}", "deleteBlob", "Delete a blob; 409 failed_precondition "
+      "naming the study, candidate or job that references it.  Unreferenced blobs are also "
+      "collected after --blob-gc-grace", NULL, 204, NULL, "400 404 409" },
     { "post", "/v1/studies", "createStudy", "Create a study with its noise models "
       "(Idempotency-Key supported: identical requests, also concurrent ones, get the first "
       "answer; 413 when metadata is over --max-metadata-bytes)", "StudyCreate", 201, "Study",

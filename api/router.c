@@ -27,6 +27,7 @@ static const struct api_route routes[] = {
     { "PUT", "/v1/blobs", api_handle_blob_put, &api_blob_stream, API_ROLE_WRITE },
     { "PUT", "/v1/blobs/{digest}", api_handle_blob_put, &api_blob_stream, API_ROLE_WRITE },
     { "HEAD", "/v1/blobs/{digest}", api_handle_blob_head, NULL, API_ROLE_READ },
+    { "DELETE", "/v1/blobs/{digest}", api_handle_blob_delete, NULL, API_ROLE_WRITE },
     { "POST", "/v1/studies", api_handle_study_create, NULL, API_ROLE_WRITE },
     { "GET", "/v1/studies", api_handle_study_list, NULL, API_ROLE_READ },
     { "GET", "/v1/studies/{sid}", api_handle_study_get, NULL, API_ROLE_READ },

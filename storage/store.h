@@ -441,6 +441,19 @@ int store_blob_stat(struct store *st, const char *digest, uint64_t *size, struct
 int store_blob_path(struct store *st, const char *digest, char *buf, size_t cap,
                     struct tpv_err *err);
 
+/* Deletes a blob that nothing references.  TPV_EINVAL for a malformed digest, TPV_ENOTFOUND
+ * when absent, TPV_EPRECONDITION (field "digest") naming a study, candidate or job that
+ * references it.  The check and the removal happen under the write lock, so a reference
+ * committed meanwhile is seen. */
+int store_blob_delete(struct store *st, const char *digest, struct tpv_err *err);
+
+/* Garbage collection: deletes up to `limit` blobs that no study, candidate or job references
+ * and that have been unreferenced for `grace_s` seconds, counted from the later of their last
+ * upload (a re-upload of a present blob counts) and the deletion that released them, so that an
+ * upload followed by the POST that uses it is never raced.  *removed gets how many went. */
+int store_blob_gc(struct store *st, double grace_s, int limit, int *removed,
+                  struct tpv_err *err);
+
 /* Number of temporaries left in blobs/tmp (tests check that aborted uploads leave none). */
 int store_blob_temp_count(struct store *st);
 

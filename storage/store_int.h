@@ -162,7 +162,20 @@
     X(TOKEN_REVOKE,     "UPDATE tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL") \
     X(TOKEN_COUNT,      "SELECT count(*) FROM tokens")                                            \
     X(BLOB_PUT,         "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) "       \
-                        "ON CONFLICT (digest) DO NOTHING")
+                        "ON CONFLICT (digest) DO UPDATE SET released_at = excluded.created_at")   \
+    X(BLOB_REFS,        "SELECT 'study', study_id FROM input_sets WHERE digest = ?1 UNION ALL "   \
+                        "SELECT 'study', id FROM studies WHERE instr(noise_models, ?1) > 0 "      \
+                        "UNION ALL SELECT 'candidate', id FROM candidates "                      \
+                        "WHERE instr(source, ?1) > 0 UNION ALL SELECT 'job', id FROM jobs "       \
+                        "WHERE instr(coalesce(params, ''), ?1) > 0 LIMIT 1")                      \
+    X(BLOB_DELETE,      "DELETE FROM blobs WHERE digest = ?1")                                    \
+    X(BLOB_GC_DUE,      "SELECT digest FROM blobs b WHERE "                                       \
+                        "max(b.created_at, coalesce(b.released_at, '')) < ?1 AND NOT EXISTS "     \
+                        "(SELECT 1 FROM input_sets i WHERE i.digest = b.digest) AND NOT EXISTS "  \
+                        "(SELECT 1 FROM studies s WHERE instr(s.noise_models, b.digest) > 0) "    \
+                        "AND NOT EXISTS (SELECT 1 FROM candidates c "                             \
+                        "WHERE instr(c.source, b.digest) > 0) AND NOT EXISTS (SELECT 1 FROM "     \
+                        "jobs j WHERE instr(coalesce(j.params, ''), b.digest) > 0) LIMIT ?2")
 
 enum store_stmt {
 #define STORE_SQL_ENUM_(id, sql) STMT_##id,

@@ -322,6 +322,81 @@ static void test_job_wait(void **state)
     test_daemon_cleanup(&d);
 }
 
+static long blob_status(const struct test_daemon *d, const char *method, const char *digest,
+                        struct http_result *r)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/v1/blobs/%s", d->base_url, digest);
+    assert_int_equal(http_request(method, url, NULL, 0, NULL, r), 0);
+    return r->status;
+}
+
+/* Waits up to `seconds` for HEAD of the blob to answer `want`; returns whether it did. */
+static bool blob_becomes(const struct test_daemon *d, const char *digest, long want,
+                         double seconds)
+{
+    struct http_result r;
+    for (double t0 = now_s(); now_s() - t0 < seconds; usleep(100 * 1000)) {
+        long st = blob_status(d, "HEAD", digest, &r);
+        http_result_free(&r);
+        if (st == want)
+            return true;
+    }
+    return false;
+}
+
+/* DELETE of a blob: 409 naming the candidate that references it, 204 once nothing does, 404
+ * unknown, 400 malformed.  Garbage collection with --blob-gc-grace 2: an unreferenced upload
+ * goes after the grace; a referenced one stays however long; once its candidate is deleted it
+ * goes a grace later. */
+static void test_blob_delete_and_gc(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", "--blob-gc-grace", "2", NULL };
+    struct http_result r;
+    char sid[64], cid[64], jid[64], used[80], loose[80], spare[80], path[256];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "blobs", sid);
+    upload_dump(&d, 1.0, false, used);
+    submit(&d, sid, "a", used, cid, jid); /* right after the upload: never raced by the GC */
+    upload_dump(&d, 3.0, false, loose);
+    upload_dump(&d, 5.0, false, spare);
+
+    assert_int_equal(blob_status(&d, "DELETE", used, &r), 409);
+    expect_error(&r, 409, "failed_precondition", "digest");
+    assert_non_null(strstr(http_json_str(&r, "error.message"), cid));
+    http_result_free(&r);
+    assert_int_equal(blob_status(&d, "DELETE", spare, &r), 204);
+    http_result_free(&r);
+    assert_int_equal(blob_status(&d, "HEAD", spare, &r), 404);
+    http_result_free(&r);
+    assert_int_equal(blob_status(&d, "DELETE", spare, &r), 404);
+    http_result_free(&r);
+    assert_int_equal(blob_status(&d, "DELETE", "sha256:xyz", &r), 400);
+    http_result_free(&r);
+
+    /* The loose upload is collected after the grace; the referenced one stays. */
+    if (!blob_becomes(&d, loose, 404, 10)) {
+        test_daemon_dump_log(&d);
+        fail_msg("unreferenced blob not collected");
+    }
+    assert_int_equal(blob_status(&d, "HEAD", used, &r), 200);
+    http_result_free(&r);
+    wait_job(&d, jid, &r);
+    assert_string_equal(http_json_str(&r, "state"), "succeeded");
+    http_result_free(&r);
+
+    /* Released by the candidate's deletion: still there within the grace, gone after it. */
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", sid, cid);
+    get_status(&d, "DELETE", path, 204);
+    assert_int_equal(blob_status(&d, "HEAD", used, &r), 200);
+    http_result_free(&r);
+    assert_true(blob_becomes(&d, used, 404, 10));
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
 /* Unknown query parameters: 400 naming the parameter, on the ranking (the typo of the issue),
  * lists, plain gets, writes and blob uploads; known ones still work. */
 static void test_unknown_query_parameters(void **state)
@@ -379,6 +454,7 @@ int main(void)
         cmocka_unit_test(test_study_delete),
         cmocka_unit_test(test_candidate_retry),
         cmocka_unit_test(test_job_wait),
+        cmocka_unit_test(test_blob_delete_and_gc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
