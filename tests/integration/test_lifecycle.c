@@ -397,6 +397,75 @@ static void test_blob_delete_and_gc(void **state)
     test_daemon_cleanup(&d);
 }
 
+/* GET ranking with Accept: text/csv: a header row with the fixed columns then the metadata keys,
+ * one row per ranked item in rank order, RFC 4180 quoting, CRLF line ends, its own ETag and 304
+ * with it. */
+static void test_ranking_csv(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char sid[64], dig[2][80], path[256], body[512], jid[2][64], etag[96], jetag[96], hdr[128];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "csv", sid);
+    const char *meta[2] = { "{\"lr\":0.1,\"note\":\"a,\\\"b\\\"\"}", "{\"epochs\":3}" };
+    for (int i = 0; i < 2; i++) {
+        upload_dump(&d, 1.0 + 2.0 * i, false, dig[i]);
+        snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+        snprintf(body, sizeof body, "{\"name\":\"c%d\",\"metadata\":%s,"
+                 "\"jacobian\":{\"fit\":\"%s\"}}", i, meta[i], dig[i]);
+        assert_int_equal(http_json(d.base_url, "POST", path, body, NULL, &r), 0);
+        if (r.status != 202)
+            fail_msg("POST: %ld %s", r.status, r.body);
+        snprintf(jid[i], 64, "%s", http_json_str(&r, "job.id"));
+        http_result_free(&r);
+    }
+    for (int i = 0; i < 2; i++) {
+        wait_job(&d, jid[i], &r);
+        assert_string_equal(http_json_str(&r, "state"), "succeeded");
+        http_result_free(&r);
+    }
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking", sid);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(http_result_header(&r, "ETag", jetag, sizeof jetag));
+    http_result_free(&r);
+    const char *accept[] = { "Accept: text/csv", NULL };
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, accept, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(http_result_header(&r, "Content-Type", hdr, sizeof hdr));
+    assert_int_equal(strncmp(hdr, "text/csv", 8), 0);
+    assert_non_null(http_result_header(&r, "ETag", etag, sizeof etag));
+    assert_string_not_equal(etag, jetag);
+    /* The smaller dump has the lower TPV: c0 first.  Metadata keys in order of appearance. */
+    const char *want_head = "rank,candidate_id,name,value,stderr,stderr_inputs,"
+                            "p_lower_than_next,flags,lr,note,epochs\r\n";
+    if (strncmp(r.body, want_head, strlen(want_head)) != 0)
+        fail_msg("CSV header: %s", r.body);
+    const char *row1 = r.body + strlen(want_head);
+    assert_int_equal(strncmp(row1, "1,", 2), 0);
+    assert_non_null(strstr(row1, ",c0,"));
+    assert_non_null(strstr(row1, ",0.1,\"a,\"\"b\"\"\",\r\n")); /* lr, quoted note, no epochs */
+    const char *row2 = strstr(row1, "\r\n") + 2;
+    assert_int_equal(strncmp(row2, "2,", 2), 0);
+    assert_non_null(strstr(row2, ",c1,"));
+    assert_non_null(strstr(row2, ",,,3\r\n"));
+    assert_string_equal(strstr(row2, "\r\n"), "\r\n"); /* two rows, nothing after */
+    http_result_free(&r);
+    snprintf(hdr, sizeof hdr, "If-None-Match: %s", etag);
+    const char *inm[] = { "Accept: text/csv", hdr, NULL };
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, inm, &r), 0);
+    assert_int_equal(r.status, 304);
+    http_result_free(&r);
+    snprintf(hdr, sizeof hdr, "If-None-Match: %s", jetag); /* the JSON tag is not the CSV's */
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, inm, &r), 0);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
 /* Unknown query parameters: 400 naming the parameter, on the ranking (the typo of the issue),
  * lists, plain gets, writes and blob uploads; known ones still work. */
 static void test_unknown_query_parameters(void **state)
@@ -455,6 +524,7 @@ int main(void)
         cmocka_unit_test(test_candidate_retry),
         cmocka_unit_test(test_job_wait),
         cmocka_unit_test(test_blob_delete_and_gc),
+        cmocka_unit_test(test_ranking_csv),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
