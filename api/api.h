@@ -72,6 +72,9 @@ struct api_request {
     /* Accessors into the transport's request; return NULL when absent. */
     const char *(*header)(void *transport, const char *name);
     const char *(*query)(void *transport, const char *name);
+    /* Calls fn with the name of every query parameter, in order, until it returns false; NULL
+     * when the transport cannot list them (unit tests: then nothing is refused). */
+    void (*query_each)(void *transport, bool (*fn)(void *ctx, const char *name), void *ctx);
     void *transport;
     /* Filled by api_dispatch from the matched route. */
     int nparams;

@@ -1,5 +1,5 @@
 /* blobs.c: PUT /v1/blobs[/sha256:<hex>] (streamed to the blob store while hashed) and
- * HEAD /v1/blobs/sha256:<hex> (DESIGN.md section 5).  The body never sits in memory: the
+ * HEAD /v1/blobs/sha256:<hex> and DELETE /v1/blobs/sha256:<hex> (DESIGN.md section 5).  The body never sits in memory: the
  * transport hands chunks to the stream ops below, and the handler commits at the end. */
 #include "api/handlers.h"
 
@@ -87,4 +87,17 @@ void api_handle_blob_head(const struct api_env *env, struct api_request *req, st
     snprintf(text, sizeof text, "%llu", (unsigned long long)size);
     api_reply_empty(resp, 200);
     api_response_add_header(resp, "X-Blob-Size", text);
+}
+
+void api_handle_blob_delete(const struct api_env *env, struct api_request *req,
+                            struct api_response *resp)
+{
+    struct tpv_err err;
+    tpv_err_clear(&err);
+    /* 400 malformed digest, 404 absent, 409 naming what references it */
+    if (store_blob_delete(env->store, req->params[0], &err) != TPV_OK) {
+        api_reply_store_error(req, resp, &err);
+        return;
+    }
+    api_reply_empty(resp, 204);
 }

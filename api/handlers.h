@@ -24,15 +24,19 @@ void api_handle_openapi(const struct api_env *env, struct api_request *req, stru
 extern const struct api_stream_ops api_blob_stream;
 void api_handle_blob_put(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_blob_head(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_blob_delete(const struct api_env *env, struct api_request *req, struct api_response *resp);
 
 void api_handle_study_create(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_study_list(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_study_get(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_study_delete(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_inputs_put(const struct api_env *env, struct api_request *req, struct api_response *resp);
 
 void api_handle_candidate_create(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_candidate_list(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_candidate_get(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_candidate_delete(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_candidate_retry(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_jbr_create(const struct api_env *env, struct api_request *req, struct api_response *resp);
 
 void api_handle_job_get(const struct api_env *env, struct api_request *req, struct api_response *resp);

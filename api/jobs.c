@@ -1,19 +1,64 @@
-/* jobs.c: GET /v1/jobs/{jid} and DELETE /v1/jobs/{jid} (cancel), DESIGN.md section 5. */
+/* jobs.c: GET /v1/jobs/{jid} (with wait=s: held until the job is terminal) and DELETE
+ * /v1/jobs/{jid} (cancel), DESIGN.md section 5. */
 #include "api/handlers.h"
 
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "storage/store.h"
+
+/* wait= in whole seconds, capped by --max-wait; 0 when absent.  Replies 400 naming it. */
+static bool job_wait_param(const struct api_env *env, const struct api_request *req, int *out,
+                           struct api_response *resp)
+{
+    const char *wait = api_query(req, "wait");
+    *out = 0;
+    if (!wait)
+        return true;
+    char *end;
+    errno = 0;
+    long w = strtol(wait, &end, 10);
+    if (errno || end == wait || *end || w < 0) {
+        api_reply_errorf(resp, TPV_EINVAL, "wait", "wait must be a whole number of seconds");
+        return false;
+    }
+    int cap = env->limits.max_wait_s > 0 ? env->limits.max_wait_s : 60;
+    *out = w > cap ? cap : (int)w;
+    return true;
+}
+
+static bool job_terminal(const json_t *job)
+{
+    const char *st = json_string_value(json_object_get(job, "state"));
+    return st && (strcmp(st, "succeeded") == 0 || strcmp(st, "failed") == 0 ||
+                  strcmp(st, "canceled") == 0);
+}
 
 void api_handle_job_get(const struct api_env *env, struct api_request *req, struct api_response *resp)
 {
     struct tpv_err err;
     json_t *job = NULL;
+    int wait = 0;
     tpv_err_clear(&err);
     if (!api_id_valid(req->params[0])) {
         api_reply_errorf(resp, TPV_ENOTFOUND, "job_id", "job %.64s not found", req->params[0]);
         return;
     }
+    if (!job_wait_param(env, req, &wait, resp))
+        return;
     if (store_job_get(env->store, req->params[0], &job, &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);
+        return;
+    }
+    /* Every state change of a job bumps its study's version, which wakes the holds on that
+     * study: the request comes back here and looks again, without a thread waiting meanwhile. */
+    const char *sid = json_string_value(json_object_get(job, "study_id"));
+    if (wait > 0 && !req->hold_expired && !job_terminal(job) && sid) {
+        resp->hold_seconds = wait;
+        snprintf(resp->hold_study, sizeof resp->hold_study, "%s", sid);
+        json_decref(job);
         return;
     }
     api_reply_json(resp, 200, job);

@@ -28,6 +28,9 @@ static const struct op ops[] = {
       "the body hashes differently", "binary", 201, "Blob", "400 413 500 507" },
     { "head", "/v1/blobs/{digest}", "headBlob", "Whether a blob exists (X-Blob-Size header)",
       NULL, 200, NULL, "400 404" },
+    { "delete", "/v1/blobs/{digest}", "deleteBlob", "Delete a blob; 409 failed_precondition "
+      "naming the study, candidate or job that references it.  Unreferenced blobs are also "
+      "collected after --blob-gc-grace", NULL, 204, NULL, "400 404 409" },
     { "post", "/v1/studies", "createStudy", "Create a study with its noise models "
       "(Idempotency-Key supported: identical requests, also concurrent ones, get the first "
       "answer; 413 when metadata is over --max-metadata-bytes)", "StudyCreate", 201, "Study",
@@ -36,6 +39,9 @@ static const struct op ops[] = {
       "ends before --max-page-bytes, holding at least one item, and next_page_token continues "
       "there)", NULL, 200, "StudyList", "400" },
     { "get", "/v1/studies/{sid}", "getStudy", "A study", NULL, 200, "Study", "404" },
+    { "delete", "/v1/studies/{sid}", "deleteStudy", "Delete a study with its input sets, "
+      "candidates, scores and jobs (running ones canceled within a second); sends study.deleted "
+      "to the webhook", NULL, 204, NULL, "404" },
     { "put", "/v1/studies/{sid}/inputs/{split}", "putInputs", "Set the fit or probe input set "
       "of a study to a blob (finite values only: 400 naming the first bad index).  Once the "
       "study has a candidate its input sets are fixed: another digest is 409 "
@@ -53,10 +59,18 @@ static const struct op ops[] = {
       "per noise model and split", NULL, 200, "Candidate", "404" },
     { "post", "/v1/studies/{sid}/candidates/{cid}/jbr", "createJbr", "Queue JBR pruning scores "
       "for a model candidate", "JbrCreate", 202, "JobAccepted", "400 404 409 429" },
+    { "delete", "/v1/studies/{sid}/candidates/{cid}", "deleteCandidate", "Delete a candidate "
+      "with its scores and jobs (a running job is canceled within a second); bumps the study "
+      "version, frees the name, sends candidate.deleted to the webhook", NULL, 204, NULL,
+      "404" },
+    { "post", "/v1/studies/{sid}/candidates/{cid}/retry", "retryCandidate", "Give a failed or "
+      "canceled candidate a new score job; 409 failed_precondition in any other state", NULL,
+      202, "JobAccepted", "404 409 429" },
     { "get", "/v1/studies/{sid}/ranking", "getRanking", "Candidates ranked by TPV (by, split, "
       "max_train_loss, wait with If-None-Match)", NULL, 200, "Ranking", "304 400 404 409" },
-    { "get", "/v1/jobs/{jid}", "getJob", "A job with its state and progress", NULL, 200, "Job",
-      "404" },
+    { "get", "/v1/jobs/{jid}", "getJob", "A job with its state and progress; wait=s holds the "
+      "request until the job is terminal or s seconds pass (at most --max-wait)", NULL, 200,
+      "Job", "400 404" },
     { "delete", "/v1/jobs/{jid}", "cancelJob", "Cancel a job", NULL, 200, "Job", "404 409" },
     { "post", "/v1/tokens", "createToken", "Create an API token (admin); the secret is in this "
       "response only", "TokenCreate", 201, "TokenCreated", "400 409" },

@@ -7,9 +7,11 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/noise.h"
 #include "storage/store.h"
@@ -254,13 +256,172 @@ static void reply_not_modified(const struct api_request *req, struct api_respons
     api_response_add_header(resp, "ETag", etag);
 }
 
-static void reply_body(struct api_response *resp, char *body, size_t len, const char *etag)
+/* ---- CSV (Accept: text/csv) ---- */
+
+/* Whether the Accept header asks for text/csv (a media range naming it, any parameters). */
+static bool wants_csv(const struct api_request *req)
+{
+    const char *accept = api_header(req, "Accept");
+    for (const char *p = accept; p && *p;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        size_t n = strcspn(p, ";, \t");
+        if (n == 8 && strncasecmp(p, "text/csv", 8) == 0)
+            return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
+/* The CSV representation has its own ETag: the JSON one with a 'c' before the closing quote. */
+static void etag_for_csv(char *etag, size_t cap)
+{
+    size_t n = strlen(etag);
+    if (n >= 2 && n + 1 < cap && etag[n - 1] == '"') {
+        etag[n - 1] = 'c';
+        etag[n] = '"';
+        etag[n + 1] = '\0';
+    }
+}
+
+struct csv_buf {
+    char *data;
+    size_t len, cap;
+    bool failed;
+};
+
+static void csv_put(struct csv_buf *b, const char *text, size_t n)
+{
+    if (b->failed)
+        return;
+    if (n > SIZE_MAX / 2 - b->len) {
+        b->failed = true;
+        return;
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1024;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown) {
+            b->failed = true;
+            return;
+        }
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, text, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+/* One field, RFC 4180: quoted (quotes doubled) when it holds a comma, quote, CR or LF. */
+static void csv_field(struct csv_buf *b, const char *text, bool first)
+{
+    if (!first)
+        csv_put(b, ",", 1);
+    if (!text)
+        return;
+    if (!strpbrk(text, ",\"\r\n")) {
+        csv_put(b, text, strlen(text));
+        return;
+    }
+    csv_put(b, "\"", 1);
+    for (const char *p = text; *p; p++) {
+        csv_put(b, p, 1);
+        if (*p == '"')
+            csv_put(b, "\"", 1); /* doubled */
+    }
+    csv_put(b, "\"", 1);
+}
+
+/* A JSON value as a CSV field: strings as they are, null/absent empty, anything else as its
+ * compact JSON (numbers in the shortest exact spelling). */
+static void csv_value(struct csv_buf *b, const json_t *v, bool first)
+{
+    if (!v || json_is_null(v)) {
+        csv_field(b, NULL, first);
+        return;
+    }
+    if (json_is_string(v)) {
+        csv_field(b, json_string_value(v), first);
+        return;
+    }
+    char *text = api_json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text)
+        b->failed = true;
+    csv_field(b, text, first);
+    free(text);
+}
+
+/* The ranked items as CSV: the fixed columns, then every metadata key in order of first
+ * appearance.  Returns malloc'd text (its length in *len), NULL when out of memory. */
+static char *ranking_csv(const json_t *body, size_t *len)
+{
+    static const char *const cols[] = { "rank", "candidate_id", "name", "value", "stderr",
+                                        "stderr_inputs", "p_lower_than_next", "flags" };
+    const size_t ncols = sizeof cols / sizeof cols[0];
+    struct csv_buf b = { 0 };
+    const json_t *items = json_object_get(body, "items"), *item;
+    json_t *keys = json_object(); /* key -> true, insertion order kept by jansson */
+    size_t i;
+    const char *k;
+    json_t *v;
+    if (!keys)
+        return NULL;
+    json_array_foreach(items, i, item) {
+        json_object_foreach(json_object_get(item, "metadata"), k, v)
+            if (!json_object_get(keys, k))
+                json_object_set_new(keys, k, json_true());
+    }
+    for (size_t c = 0; c < ncols; c++)
+        csv_field(&b, cols[c], c == 0);
+    json_object_foreach(keys, k, v)
+        csv_field(&b, k, false);
+    csv_put(&b, "\r\n", 2);
+    json_array_foreach(items, i, item) {
+        for (size_t c = 0; c < ncols; c++) {
+            const json_t *f = json_object_get(item, cols[c]);
+            if (strcmp(cols[c], "flags") == 0) {
+                struct csv_buf joined = { 0 };
+                size_t j;
+                const json_t *flag;
+                csv_put(&joined, "", 0);
+                json_array_foreach(f, j, flag) {
+                    if (j)
+                        csv_put(&joined, ";", 1);
+                    csv_put(&joined, json_string_value(flag) ? json_string_value(flag) : "",
+                            json_string_value(flag) ? strlen(json_string_value(flag)) : 0);
+                }
+                b.failed |= joined.failed;
+                csv_field(&b, joined.data ? joined.data : "", false);
+                free(joined.data);
+            } else {
+                csv_value(&b, f, c == 0);
+            }
+        }
+        const json_t *meta = json_object_get(item, "metadata");
+        json_object_foreach(keys, k, v)
+            csv_value(&b, json_object_get(meta, k), false);
+        csv_put(&b, "\r\n", 2);
+    }
+    json_decref(keys);
+    if (b.failed) {
+        free(b.data);
+        return NULL;
+    }
+    *len = b.len;
+    return b.data;
+}
+
+static void reply_body(struct api_response *resp, char *body, size_t len, const char *etag,
+                       bool csv)
 {
     free(resp->body);
     resp->status = 200;
     resp->body = body;
     resp->body_len = len;
-    resp->content_type = "application/json";
+    resp->content_type = csv ? "text/csv; charset=utf-8; header=present" : "application/json";
     api_response_add_header(resp, "ETag", etag);
     api_response_add_header(resp, "Cache-Control", "no-cache");
 }
@@ -284,8 +445,9 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
     /* Fast path: the rendering of this exact query at the current version. */
     const char *by = api_query(req, "by"), *split = api_query(req, "split");
     const char *mtl = api_query(req, "max_train_loss");
-    int klen = snprintf(key, sizeof key, "%s\x1f%s\x1f%s\x1f%s", sid, by ? by : "",
-                        split ? split : "", mtl ? mtl : "");
+    bool csv = wants_csv(req);
+    int klen = snprintf(key, sizeof key, "%s\x1f%s\x1f%s\x1f%s%s", sid, by ? by : "",
+                        split ? split : "", mtl ? mtl : "", csv ? "\x1f" "csv" : "");
     bool cacheable = env->cache && klen > 0 && (size_t)klen < sizeof key;
     if (cacheable) {
         if (store_study_version(env->store, sid, &version, &err) != TPV_OK) {
@@ -299,7 +461,7 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
             return;
         }
         if (!match && api_cache_get(env->cache, key, version, etag, &text, &len)) {
-            reply_body(resp, text, len, etag);
+            reply_body(resp, text, len, etag, csv);
             return;
         }
     }
@@ -310,6 +472,8 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
     if (!parse_query(env, req, &info, &q, resp))
         goto out;
     make_etag(sid, info.version, &q, etag, sizeof etag);
+    if (csv)
+        etag_for_csv(etag, sizeof etag);
     if (etag_matches(inm, etag)) {
         reply_not_modified(req, resp, sid, q.wait, etag);
         goto out;
@@ -319,16 +483,18 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
         goto out;
     }
     json_t *body = build_ranking(sid, info.version, &q, rows, nrows);
-    text = body ? api_json_dumps(body, JSON_COMPACT) : NULL;
+    if (csv)
+        text = body ? ranking_csv(body, &len) : NULL;
+    else if ((text = body ? api_json_dumps(body, JSON_COMPACT) : NULL))
+        len = strlen(text);
     json_decref(body);
     if (!text) {
         api_reply_errorf(resp, TPV_ENOMEM, NULL, "out of memory");
         goto out;
     }
-    len = strlen(text);
     if (cacheable)
         api_cache_put(env->cache, key, info.version, etag, text, len);
-    reply_body(resp, text, len, etag);
+    reply_body(resp, text, len, etag, csv);
 out:
     store_rank_rows_free(rows, nrows);
     store_study_info_free(&info);

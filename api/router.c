@@ -28,14 +28,20 @@ static const struct api_route routes[] = {
     { "PUT", "/v1/blobs", api_handle_blob_put, &api_blob_stream, API_ROLE_WRITE },
     { "PUT", "/v1/blobs/{digest}", api_handle_blob_put, &api_blob_stream, API_ROLE_WRITE },
     { "HEAD", "/v1/blobs/{digest}", api_handle_blob_head, NULL, API_ROLE_READ },
+    { "DELETE", "/v1/blobs/{digest}", api_handle_blob_delete, NULL, API_ROLE_WRITE },
     { "POST", "/v1/studies", api_handle_study_create, NULL, API_ROLE_WRITE },
     { "GET", "/v1/studies", api_handle_study_list, NULL, API_ROLE_READ },
     { "GET", "/v1/studies/{sid}", api_handle_study_get, NULL, API_ROLE_READ },
+    { "DELETE", "/v1/studies/{sid}", api_handle_study_delete, NULL, API_ROLE_WRITE },
     { "PUT", "/v1/studies/{sid}/inputs/{split}", api_handle_inputs_put, NULL, API_ROLE_WRITE },
     { "POST", "/v1/studies/{sid}/candidates", api_handle_candidate_create, NULL, API_ROLE_WRITE },
     { "GET", "/v1/studies/{sid}/candidates", api_handle_candidate_list, NULL, API_ROLE_READ },
     { "GET", "/v1/studies/{sid}/candidates/{cid}", api_handle_candidate_get, NULL, API_ROLE_READ },
     { "POST", "/v1/studies/{sid}/candidates/{cid}/jbr", api_handle_jbr_create, NULL, API_ROLE_WRITE },
+    { "DELETE", "/v1/studies/{sid}/candidates/{cid}", api_handle_candidate_delete, NULL,
+      API_ROLE_WRITE },
+    { "POST", "/v1/studies/{sid}/candidates/{cid}/retry", api_handle_candidate_retry, NULL,
+      API_ROLE_WRITE },
     { "GET", "/v1/studies/{sid}/ranking", api_handle_ranking, NULL, API_ROLE_READ },
     { "GET", "/v1/jobs/{jid}", api_handle_job_get, NULL, API_ROLE_READ },
     { "DELETE", "/v1/jobs/{jid}", api_handle_job_cancel, NULL, API_ROLE_WRITE },
@@ -47,6 +53,70 @@ static const struct api_route routes[] = {
     { "GET", "/ui/{page}", api_handle_ui, NULL, API_ROLE_OPEN, .tail = true },
 };
 #define ROUTE_COUNT (sizeof routes / sizeof routes[0])
+
+/* The query parameters each route reads; a route not listed here takes none.  Anything else is
+ * refused with 400 naming it, on every route, so that a typo ("max_train_los") never silently
+ * changes an answer.  Kept beside the route table rather than in it so that adding a route does
+ * not have to say anything about parameters. */
+static const char *const q_page[] = { "page_size", "page_token", NULL };
+static const char *const q_ranking[] = { "by", "split", "max_train_loss", "wait", NULL };
+static const char *const q_wait[] = { "wait", NULL };
+static const struct {
+    const char *method;
+    const char *pattern;
+    const char *const *allowed;
+} route_queries[] = {
+    { "GET", "/v1/studies", q_page },
+    { "GET", "/v1/studies/{sid}/candidates", q_page },
+    { "GET", "/v1/studies/{sid}/ranking", q_ranking },
+    { "GET", "/v1/jobs/{jid}", q_wait },
+};
+
+static const char *const *route_allowed_query(const struct api_route *r)
+{
+    for (size_t i = 0; i < sizeof route_queries / sizeof route_queries[0]; i++)
+        if (strcmp(route_queries[i].method, r->method) == 0 &&
+            strcmp(route_queries[i].pattern, r->pattern) == 0)
+            return route_queries[i].allowed;
+    return NULL;
+}
+
+struct query_check {
+    const char *const *allowed; /* NULL-terminated, or NULL: none */
+    char unknown[API_PARAM_MAX]; /* first refused name, "" when none */
+};
+
+static bool query_check_one(void *ctx, const char *name)
+{
+    struct query_check *qc = ctx;
+    for (const char *const *a = qc->allowed; a && *a; a++)
+        if (strcmp(*a, name) == 0)
+            return true;
+    snprintf(qc->unknown, sizeof qc->unknown, "%s", name);
+    return false;
+}
+
+/* The shared check of query parameters against the route's list: replies 400 naming the first
+ * unknown one and returns false. */
+static bool query_params_allowed(const struct api_route *r, const struct api_request *req,
+                                 struct api_response *resp)
+{
+    struct query_check qc = { .allowed = route_allowed_query(r), .unknown = "" };
+    if (!req->query_each || !req->transport)
+        return true;
+    req->query_each(req->transport, query_check_one, &qc);
+    if (!qc.unknown[0])
+        return true;
+    char list[160] = "";
+    for (const char *const *a = qc.allowed; a && *a; a++) {
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "", *a);
+    }
+    api_reply_errorf(resp, TPV_EINVAL, qc.unknown, "unknown query parameter '%.64s' (%s%s)",
+                     qc.unknown, list[0] ? "this route takes: " : "this route takes none",
+                     list);
+    return false;
+}
 
 size_t api_route_count(void)
 {
@@ -162,6 +232,8 @@ void api_dispatch(const struct api_env *env, struct api_request *req, struct api
         api_reply_errorf(resp, TPV_EUNAVAILABLE, NULL, "storage is not available");
         return;
     }
+    if (i >= 0 && !query_params_allowed(&routes[i], req, resp))
+        return;
     if (i >= 0) {
         run_handler(&routes[i], env, req, resp);
         return;
@@ -204,6 +276,8 @@ bool api_stream_begin(const struct api_env *env, struct api_request *req,
     req->route = i;
     req->stream = NULL;
     req->stream_ops = routes[i].stream;
+    if (!query_params_allowed(&routes[i], req, resp))
+        return true; /* the refusal is in *resp: the transport drops the body and sends it */
     routes[i].stream->open(env, req, resp);
     return true;
 }

@@ -78,6 +78,9 @@ static const struct config_option options[] = {
       "output projections (large K); 0 = always exact" },
     { "idempotency-ttl", "TPVD_IDEMPOTENCY_TTL", OPT_INT, F(idempotency_ttl_s), "86400", 60,
       31536000, "seconds an Idempotency-Key's first answer is replayed; later it is a new request" },
+    { "blob-gc-grace", "TPVD_BLOB_GC_GRACE", OPT_INT, F(blob_gc_grace_s), "86400", 1, 31536000,
+      "seconds a blob no study, candidate or job references is kept (from its last upload or "
+      "release) before garbage collection deletes it" },
     { "max-wait", "TPVD_MAX_WAIT", OPT_INT, F(max_wait_s), "60", 1, 3600,
       "longest a ranking request may be held with wait= (seconds)" },
     { "max-page-size", "TPVD_MAX_PAGE_SIZE", OPT_INT, F(max_page_size), "500", 1, 10000,

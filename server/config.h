@@ -34,6 +34,7 @@ struct srv_config {
     long long request_timeout_s;
     long long shutdown_grace_s;
     long long idempotency_ttl_s;
+    long long blob_gc_grace_s; /* unreferenced blobs older than this are collected */
     long long max_wait_s;
     long long max_page_size;
     long long db_connections; /* 0 = auto */

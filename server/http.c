@@ -137,6 +137,27 @@ static const char *transport_query(void *transport, const char *name)
     return MHD_lookup_connection_value(transport, MHD_GET_ARGUMENT_KIND, name);
 }
 
+struct query_walk {
+    bool (*fn)(void *ctx, const char *name);
+    void *ctx;
+};
+
+static enum MHD_Result query_walk_one(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    (void)kind;
+    (void)value;
+    struct query_walk *w = cls;
+    return w->fn(w->ctx, key) ? MHD_YES : MHD_NO;
+}
+
+static void transport_query_each(void *transport, bool (*fn)(void *ctx, const char *name),
+                                 void *ctx)
+{
+    struct query_walk w = { fn, ctx };
+    MHD_get_connection_values(transport, MHD_GET_ARGUMENT_KIND, query_walk_one, &w);
+}
+
 /* Queues resp (see srv_http_reply_queue: a reply MHD cannot build whole becomes a 500). */
 static enum MHD_Result send_response_close(struct MHD_Connection *conn, struct http_request *hr,
                                            struct api_response *resp, bool close)
@@ -291,6 +312,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             .request_id = hr->rid,
             .header = transport_header,
             .query = transport_query,
+            .query_each = transport_query_each,
             .transport = conn,
             .route = -1,
         };

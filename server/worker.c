@@ -28,6 +28,7 @@ void openblas_set_num_threads(int num_threads); /* OpenBLAS: threads of every BL
 #define IDLE_WAIT_S 1
 #define MAINTENANCE_INTERVAL_S 2
 #define IDEMPOTENCY_EXPIRY_INTERVAL_S 60
+#define BLOB_GC_BATCH 256 /* blobs removed per maintenance pass: one bounded transaction */
 
 struct worker {
     struct srv_workers *pool;
@@ -342,6 +343,7 @@ static void *maintenance_main(void *arg)
 {
     struct srv_workers *p = arg;
     double last_expiry = 0; /* monotonic seconds: the first pass expires old keys at once */
+    double last_gc = 0;
     pthread_mutex_lock(&p->lock);
     while (!p->stopping) {
         struct timespec until;
@@ -379,6 +381,18 @@ static void *maintenance_main(void *arg)
                 log_warn("idempotency key expiry: %s", tpv_err_message(&err));
             else if (expired)
                 log_info("idempotency keys expired: %d", expired);
+        }
+        int collected = 0;
+        /* The collection scans references: once a minute is plenty, more often only when the
+         * grace itself is shorter (tests). */
+        double gc_every = p->cfg->blob_gc_grace_s < 60 ? (double)p->cfg->blob_gc_grace_s : 60;
+        if (mono_now() - last_gc >= gc_every) {
+            last_gc = mono_now();
+            if (store_blob_gc(p->st, (double)p->cfg->blob_gc_grace_s, BLOB_GC_BATCH, &collected,
+                              &err) != TPV_OK)
+                log_warn("blob garbage collection: %s", tpv_err_message(&err));
+            else if (collected)
+                log_info("blobs collected (unreferenced for --blob-gc-grace): %d", collected);
         }
         pthread_mutex_lock(&p->lock);
     }

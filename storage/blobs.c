@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 struct store_blob_writer {
@@ -282,4 +283,118 @@ void store_blob_writer_free(struct store_blob_writer *w)
         unlink(w->tmp_path);
     EVP_MD_CTX_free(w->md);
     free(w);
+}
+
+/* What references `digest`, if anything: "study st_..." / "candidate cd_..." / "job jb_..." into
+ * what (cap bytes), "" when nothing does.  Inside the caller's transaction. */
+static int blob_referrer(struct store_conn *c, const char *digest, char *what, size_t cap,
+                         struct tpv_err *err)
+{
+    what[0] = '\0';
+    sqlite3_stmt *s = conn_stmt(c, STMT_BLOB_REFS, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, digest);
+    int step = sqlite3_step(s), rc = TPV_OK;
+    if (step == SQLITE_ROW)
+        snprintf(what, cap, "%s %s", col_text(s, 0), col_text(s, 1));
+    else if (step != SQLITE_DONE)
+        rc = db_fail(c, step, "read blob references", err);
+    stmt_done(s);
+    return rc;
+}
+
+/* Removes the blob's row (inside the caller's transaction) and its file. */
+static int blob_remove(struct store *st, struct store_conn *c, const char *digest,
+                       struct tpv_err *err)
+{
+    char path[PATH_MAX];
+    int rc = store_blob_path(st, digest, path, sizeof path, err);
+    if (rc != TPV_OK)
+        return rc;
+    sqlite3_stmt *s = conn_stmt(c, STMT_BLOB_DELETE, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, digest);
+    rc = stmt_exec(c, s, err);
+    if (rc == TPV_OK && unlink(path) != 0 && errno != ENOENT)
+        rc = tpv_err_set(err, TPV_EIO, NULL, "cannot remove blob %s: %s", digest,
+                         strerror(errno));
+    return rc;
+}
+
+int store_blob_delete(struct store *st, const char *digest, struct tpv_err *err)
+{
+    char what[96];
+    int rc = store_blob_stat(st, digest, NULL, err);
+    if (rc != TPV_OK)
+        return rc;
+    struct store_conn *c = conn_get(st);
+    rc = tx_begin(c, err); /* the write lock: no reference commits between check and unlink */
+    if (rc == TPV_OK)
+        rc = blob_referrer(c, digest, what, sizeof what, err);
+    if (rc == TPV_OK && what[0])
+        rc = tpv_err_set(err, TPV_EPRECONDITION, "digest", "blob %s is referenced by %s",
+                         digest, what);
+    if (rc == TPV_OK)
+        rc = blob_remove(st, c, digest, err);
+    if (rc == TPV_OK)
+        rc = tx_commit(c, err);
+    tx_rollback(c);
+    conn_put(st, c);
+    return rc;
+}
+
+/* RFC 3339 UTC with milliseconds of `t` seconds since the epoch, as store_now_rfc3339 writes. */
+static void rfc3339_at(double t, char out[STORE_TIME_MAX])
+{
+    time_t sec = (time_t)t;
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    int ms = (int)((t - (double)sec) * 1000.0);
+    if (ms < 0)
+        ms = 0;
+    if (ms > 999)
+        ms = 999;
+    char buf[24];
+    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, STORE_TIME_MAX, "%s.%03dZ", buf, ms);
+}
+
+int store_blob_gc(struct store *st, double grace_s, int limit, int *removed,
+                  struct tpv_err *err)
+{
+    *removed = 0;
+    if (limit <= 0)
+        return TPV_OK;
+    char cutoff[STORE_TIME_MAX];
+    rfc3339_at(store_clock_now() - grace_s, cutoff);
+    char (*due)[STORE_DIGEST_MAX] = calloc((size_t)limit, sizeof *due);
+    if (!due)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    int n = 0, step;
+    struct store_conn *c = conn_get(st);
+    int rc = tx_begin(c, err);
+    sqlite3_stmt *s = NULL;
+    if (rc == TPV_OK && !(s = conn_stmt(c, STMT_BLOB_GC_DUE, err)))
+        rc = err->code;
+    if (rc == TPV_OK) {
+        bind_text(s, 1, cutoff);
+        sqlite3_bind_int(s, 2, limit);
+        while ((step = sqlite3_step(s)) == SQLITE_ROW && n < limit)
+            snprintf(due[n++], STORE_DIGEST_MAX, "%s", col_text(s, 0));
+        if (step != SQLITE_ROW && step != SQLITE_DONE)
+            rc = db_fail(c, step, "find unreferenced blobs", err);
+        stmt_done(s);
+    }
+    for (int i = 0; rc == TPV_OK && i < n; i++)
+        rc = blob_remove(st, c, due[i], err);
+    if (rc == TPV_OK)
+        rc = tx_commit(c, err);
+    tx_rollback(c);
+    conn_put(st, c);
+    free(due);
+    if (rc == TPV_OK)
+        *removed = n;
+    return rc;
 }

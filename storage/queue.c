@@ -161,7 +161,7 @@ static int job_end(struct store_conn *c, const char *id, const char *state, doub
 }
 
 /* Whether the study has a webhook_url (events are only written for those). */
-static int study_has_hook(struct store_conn *c, const char *study_id, bool *has,
+int study_has_hook(struct store_conn *c, const char *study_id, bool *has,
                           struct tpv_err *err)
 {
     sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_WEBHOOK, err);
@@ -178,8 +178,8 @@ static int study_has_hook(struct store_conn *c, const char *study_id, bool *has,
 
 /* Appends an event to the outbox in the caller's transaction; steals `payload`.  The webhook
  * sender (server/webhook.c) delivers it later, at least once. */
-static int outbox_put(struct store_conn *c, const char *study_id, const char *event,
-                      json_t *payload, const char *now, struct tpv_err *err)
+int outbox_put(struct store_conn *c, const char *study_id, const char *event, json_t *payload,
+               const char *now, struct tpv_err *err)
 {
     char id[STORE_ID_MAX];
     store_id_new(id, "ev"); /* the event id receivers dedup on, the same for every attempt */

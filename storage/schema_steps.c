@@ -247,6 +247,43 @@ static const struct schema_step steps[] = {
         "CREATE INDEX webhook_outbox_pending ON webhook_outbox (next_attempt_at) "
         "  WHERE delivered_at IS NULL AND failed_at IS NULL;",
     },
+    /* 3 -> 4: lifecycle.  Outbox rows outlive their study (a deleted study's webhook is told,
+     * with the URL and secret copied into the row), and blobs remember when they last lost a
+     * reference (garbage collection grace).  SQLite cannot drop a foreign key: the table is
+     * rebuilt with the same columns in the same order as PostgreSQL's after its ALTERs. */
+    {
+        .version = 4,
+        .what = "lifecycle: outbox rows outlive their study, blob release times",
+        .sqlite =
+        "CREATE TABLE webhook_outbox_next ("
+        "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  study_id TEXT NOT NULL,"
+        "  event TEXT NOT NULL,"
+        "  payload TEXT NOT NULL,"
+        "  attempts INTEGER NOT NULL DEFAULT 0,"
+        "  next_attempt_at REAL NOT NULL,"
+        "  delivered_at TEXT,"
+        "  created_at TEXT NOT NULL,"
+        "  failed_at TEXT,"
+        "  last_error TEXT,"
+        "  url TEXT,"
+        "  secret TEXT) STRICT;"
+        "INSERT INTO webhook_outbox_next (seq, study_id, event, payload, attempts, next_attempt_at,"
+        "  delivered_at, created_at, failed_at, last_error) SELECT seq, study_id, event, payload,"
+        "  attempts, next_attempt_at, delivered_at, created_at, failed_at, last_error"
+        "  FROM webhook_outbox;"
+        "DROP TABLE webhook_outbox;"
+        "ALTER TABLE webhook_outbox_next RENAME TO webhook_outbox;"
+        "CREATE INDEX webhook_outbox_pending ON webhook_outbox (next_attempt_at) "
+        "  WHERE delivered_at IS NULL AND failed_at IS NULL;"
+        "CREATE INDEX webhook_outbox_by_study ON webhook_outbox (study_id);"
+        "ALTER TABLE blobs ADD COLUMN released_at TEXT;",
+        .postgres =
+        "ALTER TABLE webhook_outbox DROP CONSTRAINT webhook_outbox_study_id_fkey;"
+        "ALTER TABLE webhook_outbox ADD COLUMN url TEXT;"
+        "ALTER TABLE webhook_outbox ADD COLUMN secret TEXT;"
+        "ALTER TABLE blobs ADD COLUMN released_at TEXT;",
+    },
 };
 
 const struct schema_step *schema_steps(size_t *n)

@@ -158,6 +158,12 @@ void store_study_info_free(struct store_study_info *info);
 int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t max_bytes,
                      json_t **items, int64_t *next_seq, struct tpv_err *err);
 
+/* Deletes a study with its input sets, candidates, scores and jobs in one transaction (running
+ * jobs stop at their next progress report, as for store_candidate_delete); when it has a webhook
+ * a "study.deleted" event is appended, and its pending events keep the URL and secret so that
+ * they are still delivered.  Holds on the study are woken.  TPV_ENOTFOUND (field "study_id"). */
+int store_study_delete(struct store *st, const char *id, struct tpv_err *err);
+
 /* Sets the study's fit or probe input set ("fit"/"probe") to a blob; n < 0 records null.
  * Bumps the version.  The same digest again is a no-op (TPV_OK, no bump).  TPV_ENOTFOUND for the
  * study; TPV_EPRECONDITION (field "inputs.<split>") for another digest once the study has
@@ -213,6 +219,19 @@ int store_candidate_list(struct store *st, const char *study_id, int64_t after_s
 int store_jbr_create(struct store *st, const char *study_id, const char *candidate_id,
                      const char *job_id, const char *params, int64_t max_queued,
                      struct tpv_err *err);
+
+/* Deletes a candidate with its scores and jobs in one transaction, bumps the study version and,
+ * when the study has a webhook, appends a "candidate.deleted" event.  A running job's row goes
+ * with it: its worker's next progress report (at most every half second) finds the lease lost
+ * and stops.  The name is free again afterwards.  TPV_ENOTFOUND (field "candidate_id"). */
+int store_candidate_delete(struct store *st, const char *study_id, const char *id,
+                           struct tpv_err *err);
+
+/* Gives a failed or canceled candidate a new queued score job `job_id` (attempts start at 0),
+ * removes scores it may have, bumps the study version.  TPV_ENOTFOUND; TPV_EPRECONDITION (field
+ * "state") for any other state; TPV_EBUSY when `max_queued` jobs are queued. */
+int store_candidate_retry(struct store *st, const char *study_id, const char *id,
+                          const char *job_id, int64_t max_queued, struct tpv_err *err);
 
 /* The job in API shape.  TPV_ENOTFOUND. */
 int store_job_get(struct store *st, const char *id, json_t **out, struct tpv_err *err);
@@ -421,6 +440,19 @@ int store_blob_stat(struct store *st, const char *digest, uint64_t *size, struct
 /* The local path of a blob (whether or not it exists).  TPV_EINVAL for a malformed digest. */
 int store_blob_path(struct store *st, const char *digest, char *buf, size_t cap,
                     struct tpv_err *err);
+
+/* Deletes a blob that nothing references.  TPV_EINVAL for a malformed digest, TPV_ENOTFOUND
+ * when absent, TPV_EPRECONDITION (field "digest") naming a study, candidate or job that
+ * references it.  The check and the removal happen under the write lock, so a reference
+ * committed meanwhile is seen. */
+int store_blob_delete(struct store *st, const char *digest, struct tpv_err *err);
+
+/* Garbage collection: deletes up to `limit` blobs that no study, candidate or job references
+ * and that have been unreferenced for `grace_s` seconds, counted from the later of their last
+ * upload (a re-upload of a present blob counts) and the deletion that released them, so that an
+ * upload followed by the POST that uses it is never raced.  *removed gets how many went. */
+int store_blob_gc(struct store *st, double grace_s, int limit, int *removed,
+                  struct tpv_err *err);
 
 /* Number of temporaries left in blobs/tmp (tests check that aborted uploads leave none). */
 int store_blob_temp_count(struct store *st);

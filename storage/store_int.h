@@ -85,6 +85,22 @@
                         "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' "     \
                         "ELSE c.source_kind END "                                                 \
                         "FROM candidates c WHERE c.study_id = ?1 AND c.id = ?2")                  \
+    X(STUDY_DELETE,     "DELETE FROM studies WHERE id = ?1")                                      \
+    X(OUTBOX_DETACH,    "UPDATE webhook_outbox SET "                                              \
+                        "url = (SELECT webhook_url FROM studies WHERE id = ?1), "                 \
+                        "secret = (SELECT webhook_secret FROM studies WHERE id = ?1) "            \
+                        "WHERE study_id = ?1 AND url IS NULL AND delivered_at IS NULL AND "       \
+                        "failed_at IS NULL")                                                      \
+    X(BLOB_RELEASE_STUDY, "UPDATE blobs SET released_at = ?2 WHERE EXISTS (SELECT 1 FROM "        \
+                        "input_sets i WHERE i.study_id = ?1 AND i.digest = blobs.digest) OR "     \
+                        "EXISTS (SELECT 1 FROM candidates c WHERE c.study_id = ?1 AND "           \
+                        "instr(c.source, blobs.digest) > 0) OR EXISTS (SELECT 1 FROM studies s "  \
+                        "WHERE s.id = ?1 AND instr(s.noise_models, blobs.digest) > 0)")           \
+    X(BLOB_RELEASE_CAND, "UPDATE blobs SET released_at = ?2 WHERE EXISTS (SELECT 1 FROM "         \
+                        "candidates c WHERE c.id = ?1 AND instr(c.source, blobs.digest) > 0)")    \
+    X(CAND_STATE_GET,   "SELECT state, job_id FROM candidates WHERE study_id = ?1 AND id = ?2")   \
+    X(CAND_DELETE,      "DELETE FROM candidates WHERE study_id = ?1 AND id = ?2")                 \
+    X(CAND_REQUEUE,     "UPDATE candidates SET state = 'queued', job_id = ?2 WHERE id = ?1")      \
     X(CAND_STATE,       "UPDATE candidates SET state = ?2 WHERE id = ?1 AND job_id = ?3")          \
     X(CAND_STABILITY,   "UPDATE candidates SET stability = ?2 WHERE id = ?1")                     \
     X(JOB_INSERT,       "INSERT INTO jobs (id, kind, study_id, candidate_id, state, params, "     \
@@ -120,8 +136,9 @@
                         "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)")                            \
     X(OUTBOX_PUT,       "INSERT INTO webhook_outbox (study_id, event, payload, next_attempt_at, " \
                         "created_at) VALUES (?1, ?2, ?3, ?4, ?5)")                                \
-    X(OUTBOX_DUE,       "SELECT o.seq, o.study_id, o.event, o.payload, o.attempts, s.webhook_url, " \
-                        "s.webhook_secret FROM webhook_outbox o JOIN studies s ON s.id = o.study_id " \
+    X(OUTBOX_DUE,       "SELECT o.seq, o.study_id, o.event, o.payload, o.attempts, "              \
+                        "coalesce(o.url, s.webhook_url), coalesce(o.secret, s.webhook_secret) "   \
+                        "FROM webhook_outbox o LEFT JOIN studies s ON s.id = o.study_id "         \
                         "WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND "               \
                         "o.next_attempt_at <= ?1 ORDER BY o.next_attempt_at, o.seq LIMIT ?2")     \
     X(OUTBOX_NEXT,      "SELECT min(next_attempt_at) FROM webhook_outbox "                        \
@@ -152,7 +169,20 @@
     X(TOKEN_REVOKE,     "UPDATE tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL") \
     X(TOKEN_COUNT,      "SELECT count(*) FROM tokens")                                            \
     X(BLOB_PUT,         "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) "       \
-                        "ON CONFLICT (digest) DO NOTHING")
+                        "ON CONFLICT (digest) DO UPDATE SET released_at = excluded.created_at")   \
+    X(BLOB_REFS,        "SELECT 'study', study_id FROM input_sets WHERE digest = ?1 UNION ALL "   \
+                        "SELECT 'study', id FROM studies WHERE instr(noise_models, ?1) > 0 "      \
+                        "UNION ALL SELECT 'candidate', id FROM candidates "                      \
+                        "WHERE instr(source, ?1) > 0 UNION ALL SELECT 'job', id FROM jobs "       \
+                        "WHERE instr(coalesce(params, ''), ?1) > 0 LIMIT 1")                      \
+    X(BLOB_DELETE,      "DELETE FROM blobs WHERE digest = ?1")                                    \
+    X(BLOB_GC_DUE,      "SELECT digest FROM blobs b WHERE "                                       \
+                        "max(b.created_at, coalesce(b.released_at, '')) < ?1 AND NOT EXISTS "     \
+                        "(SELECT 1 FROM input_sets i WHERE i.digest = b.digest) AND NOT EXISTS "  \
+                        "(SELECT 1 FROM studies s WHERE instr(s.noise_models, b.digest) > 0) "    \
+                        "AND NOT EXISTS (SELECT 1 FROM candidates c "                             \
+                        "WHERE instr(c.source, b.digest) > 0) AND NOT EXISTS (SELECT 1 FROM "     \
+                        "jobs j WHERE instr(coalesce(j.params, ''), b.digest) > 0) LIMIT ?2")
 
 enum store_stmt {
 #define STORE_SQL_ENUM_(id, sql) STMT_##id,
@@ -238,6 +268,12 @@ int idem_lookup_conn(struct store_conn *c, const struct store_idem *idem, struct
                      struct tpv_err *err);
 int idem_store_conn(struct store_conn *c, const struct store_idem *idem,
                     const struct store_reply *reply, struct tpv_err *err);
+
+/* Webhook outbox rows in the caller's transaction (storage/queue.c): whether the study has a
+ * webhook_url, and appending an event (steals payload). */
+int study_has_hook(struct store_conn *c, const char *study_id, bool *has, struct tpv_err *err);
+int outbox_put(struct store_conn *c, const char *study_id, const char *event, json_t *payload,
+               const char *now, struct tpv_err *err);
 
 /* Blob store set-up at open: creates folders and removes stale temporaries. */
 int blobs_init(struct store *st, struct tpv_err *err);

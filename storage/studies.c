@@ -3,6 +3,7 @@
  * queries per call. */
 #include "storage/store_int.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -731,6 +732,161 @@ int store_jbr_create(struct store *st, const char *study_id, const char *candida
     conn_put(st, c);
     if (rc == TPV_OK)
         notify_job(st);
+    return rc;
+}
+
+/* The candidate's state into state[16] (TPV_ENOTFOUND when it is not the study's). */
+static int candidate_state(struct store_conn *c, const char *study_id, const char *id,
+                           char state[16], struct tpv_err *err)
+{
+    sqlite3_stmt *s = conn_stmt(c, STMT_CAND_STATE_GET, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, study_id);
+    bind_text(s, 2, id);
+    int step = sqlite3_step(s), rc = TPV_OK;
+    if (step == SQLITE_ROW)
+        snprintf(state, 16, "%s", col_text(s, 0));
+    else if (step == SQLITE_DONE)
+        rc = tpv_err_set(err, TPV_ENOTFOUND, "candidate_id", "candidate %s not found in study %s",
+                         id, study_id);
+    else
+        rc = db_fail(c, step, "read candidate", err);
+    stmt_done(s);
+    return rc;
+}
+
+/* Runs a two-text statement (?1 study or candidate id, ?2 id or NULL) inside the caller's
+ * transaction. */
+static int exec_ids(struct store_conn *c, enum store_stmt id, const char *a, const char *b,
+                    struct tpv_err *err)
+{
+    sqlite3_stmt *s = conn_stmt(c, id, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, a);
+    if (b)
+        bind_text(s, 2, b);
+    return stmt_exec(c, s, err);
+}
+
+int store_candidate_delete(struct store *st, const char *study_id, const char *id,
+                           struct tpv_err *err)
+{
+    char state[16] = "", now[STORE_TIME_MAX];
+    int64_t version = 0;
+    bool hook = false;
+    store_now_rfc3339(now);
+    struct store_conn *c = conn_get(st);
+    int rc = tx_begin(c, err);
+    if (rc == TPV_OK)
+        rc = candidate_state(c, study_id, id, state, err);
+    if (rc == TPV_OK) /* the grace of blob garbage collection starts now */
+        rc = exec_ids(c, STMT_BLOB_RELEASE_CAND, id, now, err);
+    if (rc == TPV_OK) /* scores and jobs go by ON DELETE CASCADE */
+        rc = exec_ids(c, STMT_CAND_DELETE, study_id, id, err);
+    if (rc == TPV_OK)
+        rc = study_bump(c, study_id, &version, err);
+    if (rc == TPV_OK)
+        rc = study_has_hook(c, study_id, &hook, err);
+    if (rc == TPV_OK && hook)
+        rc = outbox_put(c, study_id, "candidate.deleted",
+                        json_pack("{s:s,s:s,s:s,s:s,s:I,s:s}", "event", "candidate.deleted",
+                                  "study_id", study_id, "candidate_id", id, "state", state,
+                                  "version", (json_int_t)version, "at", now),
+                        now, err);
+    if (rc == TPV_OK)
+        rc = tx_commit(c, err);
+    tx_rollback(c);
+    conn_put(st, c);
+    if (rc == TPV_OK)
+        notify_study(st, study_id, version);
+    return rc;
+}
+
+/* The study's version inside the caller's transaction (TPV_ENOTFOUND naming study_id). */
+static int study_version_conn(struct store_conn *c, const char *id, int64_t *version,
+                              struct tpv_err *err)
+{
+    sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_VERSION, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, id);
+    int step = sqlite3_step(s), rc = TPV_OK;
+    if (step == SQLITE_ROW)
+        *version = sqlite3_column_int64(s, 0);
+    else if (step == SQLITE_DONE)
+        rc = tpv_err_set(err, TPV_ENOTFOUND, "study_id", "study %s not found", id);
+    else
+        rc = db_fail(c, step, "read study", err);
+    stmt_done(s);
+    return rc;
+}
+
+int store_study_delete(struct store *st, const char *id, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    int64_t version = 0;
+    bool hook = false;
+    store_now_rfc3339(now);
+    struct store_conn *c = conn_get(st);
+    int rc = tx_begin(c, err);
+    if (rc == TPV_OK)
+        rc = study_version_conn(c, id, &version, err);
+    if (rc == TPV_OK)
+        rc = study_has_hook(c, id, &hook, err);
+    if (rc == TPV_OK && hook)
+        rc = outbox_put(c, id, "study.deleted",
+                        json_pack("{s:s,s:s,s:I,s:s}", "event", "study.deleted", "study_id", id,
+                                  "version", (json_int_t)version + 1, "at", now),
+                        now, err);
+    if (rc == TPV_OK && hook) /* pending events keep where to go once the study row is gone */
+        rc = exec_ids(c, STMT_OUTBOX_DETACH, id, NULL, err);
+    if (rc == TPV_OK)
+        rc = exec_ids(c, STMT_BLOB_RELEASE_STUDY, id, now, err);
+    if (rc == TPV_OK) /* input sets, candidates, scores and jobs go by ON DELETE CASCADE */
+        rc = exec_ids(c, STMT_STUDY_DELETE, id, NULL, err);
+    if (rc == TPV_OK)
+        rc = tx_commit(c, err);
+    tx_rollback(c);
+    conn_put(st, c);
+    if (rc == TPV_OK) /* held long-polls come back and find it gone */
+        notify_study(st, id, version + 1);
+    return rc;
+}
+
+int store_candidate_retry(struct store *st, const char *study_id, const char *id,
+                          const char *job_id, int64_t max_queued, struct tpv_err *err)
+{
+    char state[16] = "", now[STORE_TIME_MAX];
+    int64_t version = 0;
+    store_now_rfc3339(now);
+    struct store_conn *c = conn_get(st);
+    int rc = tx_begin(c, err);
+    if (rc == TPV_OK)
+        rc = candidate_state(c, study_id, id, state, err);
+    if (rc == TPV_OK && strcmp(state, "failed") != 0 && strcmp(state, "canceled") != 0)
+        rc = tpv_err_set(err, TPV_EPRECONDITION, "state",
+                         "candidate %s is %s: only a failed or canceled candidate can be retried",
+                         id, state);
+    if (rc == TPV_OK)
+        rc = queue_room(c, max_queued, err);
+    if (rc == TPV_OK)
+        rc = job_insert(c, job_id, "score", study_id, id, NULL, now, err);
+    if (rc == TPV_OK)
+        rc = exec_ids(c, STMT_CAND_REQUEUE, id, job_id, err);
+    if (rc == TPV_OK)
+        rc = exec_ids(c, STMT_SCORE_DELETE, id, NULL, err);
+    if (rc == TPV_OK)
+        rc = study_bump(c, study_id, &version, err);
+    if (rc == TPV_OK)
+        rc = tx_commit(c, err);
+    tx_rollback(c);
+    conn_put(st, c);
+    if (rc == TPV_OK) {
+        notify_study(st, study_id, version);
+        notify_job(st);
+    }
     return rc;
 }
 

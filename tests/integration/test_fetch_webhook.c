@@ -33,7 +33,7 @@
 #include "tests/support/npy.h"
 
 #define BIG_SIZE (200 * 1024) /* over the daemon's --max-blob 64K */
-#define MAX_EVENTS 64
+#define MAX_EVENTS 128
 
 struct event {
     char path[32];
@@ -53,7 +53,7 @@ static struct {
     size_t blob_len;
     char blob_digest[80];
     pthread_mutex_t lock;
-    char secret[5][80]; /* per receiver path: /hook, /flaky, /down, /never, /hang */
+    char secret[6][80]; /* per receiver path: /hook, /flaky, /down, /never, /hang, /life */
     bool down_ok;       /* /down answers 503 until set */
     struct event events[MAX_EVENTS];
     int nevents;
@@ -126,7 +126,7 @@ static int receiver_index(const char *url)
 {
     return strcmp(url, "/hook") == 0 ? 0 : strcmp(url, "/flaky") == 0 ? 1
            : strcmp(url, "/down") == 0 ? 2 : strcmp(url, "/never") == 0 ? 3
-           : strcmp(url, "/hang") == 0 ? 4 : -1;
+           : strcmp(url, "/hang") == 0 ? 4 : strcmp(url, "/life") == 0 ? 5 : -1;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -589,6 +589,51 @@ static void test_webhooks(void **state)
     live = NULL;
 }
 
+/* Deletes go to the webhook: candidate.deleted with the study still there, study.deleted (signed
+ * with the study's secret, which the outbox row keeps) after the study row is gone. */
+static void test_delete_events(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    struct http_result r;
+    char sid[64], cid[64], jid[64], ref[256], path[256];
+    start(&d);
+    url_ref(ref, sizeof ref, "127.0.0.1", "/blob.npy");
+    create_study(&d, "/life", sid);
+    add_candidate(&d, sid, "a", ref, &r);
+    assert_int_equal(r.status, 202);
+    snprintf(cid, sizeof cid, "%s", http_json_str(&r, "candidate.id"));
+    snprintf(jid, sizeof jid, "%s", http_json_str(&r, "job.id"));
+    http_result_free(&r);
+    wait_job(&d, jid);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", sid, cid);
+    assert_int_equal(http_json(d.base_url, "DELETE", path, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 204);
+    http_result_free(&r);
+    int i1 = wait_event(&d, "/life", "candidate.deleted", sid, 10);
+    pthread_mutex_lock(&srv.lock);
+    assert_true(srv.events[i1].sig_ok);
+    assert_non_null(strstr(srv.events[i1].body, cid));
+    pthread_mutex_unlock(&srv.lock);
+    add_candidate(&d, sid, "b", ref, &r);
+    assert_int_equal(r.status, 202);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s", sid);
+    assert_int_equal(http_json(d.base_url, "DELETE", path, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 204);
+    http_result_free(&r);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 404);
+    http_result_free(&r);
+    int i2 = wait_event(&d, "/life", "study.deleted", sid, 10);
+    pthread_mutex_lock(&srv.lock);
+    assert_true(srv.events[i2].sig_ok);
+    pthread_mutex_unlock(&srv.lock);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+    live = NULL;
+}
+
 /* A receiver that never accepts: each event is tried --webhook-max-attempts times, then failed. */
 static void test_webhook_gives_up(void **state)
 {
@@ -817,6 +862,7 @@ int main(void)
         cmocka_unit_test_teardown(test_shutdown_abandons_a_stalled_fetch, test_teardown),
         cmocka_unit_test_teardown(test_webhooks, test_teardown),
         cmocka_unit_test_teardown(test_webhook_gives_up, test_teardown),
+        cmocka_unit_test_teardown(test_delete_events, test_teardown),
         cmocka_unit_test_teardown(test_hanging_receiver_does_not_delay_others, test_teardown),
         cmocka_unit_test_teardown(test_bad_webhook_url, test_teardown),
     };

@@ -192,7 +192,7 @@ static void test_schema_and_lock(void **state)
 {
     struct fixture *f = *state;
     struct tpv_err err;
-    assert_int_equal(store_schema_version(f->st), 3);
+    assert_int_equal(store_schema_version(f->st), 4);
     /* A second daemon on the same data dir is refused while the first holds it. */
     struct store *other = NULL;
     assert_int_equal(store_open(&other, f->data, &err), TPV_EPRECONDITION);
@@ -601,6 +601,76 @@ static void test_scores_cancel_release_ranking(void **state)
     assert_int_equal(stats.jobs_queued, 1);
 }
 
+/* Lifecycle in the store: deleting a candidate whose job is running makes the worker's next
+ * progress report see the lease lost (it stops), frees the name and bumps the version; retry only
+ * from failed/canceled; a deleted study leaves its webhook events deliverable. */
+static void test_delete_and_retry(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], c1[STORE_ID_MAX], j1[STORE_ID_MAX], c2[STORE_ID_MAX], j2[STORE_ID_MAX];
+    char nj[STORE_ID_MAX], now[STORE_TIME_MAX];
+    make_study(f->st, sid, "life");
+    assert_int_equal(make_candidate(f->st, sid, "one", c1, j1, 0, &err), TPV_OK);
+    assert_int_equal(make_candidate(f->st, sid, "two", c2, j2, 0, &err), TPV_OK);
+    struct store_claim a;
+    assert_int_equal(store_job_claim(f->st, "w", 60, &a, &err), TPV_OK);
+    assert_string_equal(a.id, j1);
+    store_claim_free(&a);
+    int64_t v0, v1;
+    assert_int_equal(store_study_version(f->st, sid, &v0, &err), TPV_OK);
+    assert_int_equal(store_candidate_delete(f->st, sid, c1, &err), TPV_OK);
+    assert_int_equal(store_study_version(f->st, sid, &v1, &err), TPV_OK);
+    assert_true(v1 > v0);
+    bool cancel = false;
+    assert_int_equal(store_job_progress(f->st, j1, "w", 0.5, 60, &cancel, &err),
+                     TPV_EPRECONDITION);
+    json_t *j = NULL;
+    assert_int_equal(store_job_get(f->st, j1, &j, &err), TPV_ENOTFOUND);
+    assert_int_equal(store_candidate_delete(f->st, sid, c1, &err), TPV_ENOTFOUND);
+    assert_int_equal(make_candidate(f->st, sid, "one", c1, j1, 0, &err), TPV_OK); /* name free */
+
+    /* Retry: queued is refused; canceled gets a new queued job with attempts 0. */
+    store_id_new(nj, "jb");
+    assert_int_equal(store_candidate_retry(f->st, sid, c2, nj, 0, &err), TPV_EPRECONDITION);
+    assert_string_equal(err.field, "state");
+    assert_int_equal(store_job_cancel(f->st, j2, &j, &err), TPV_OK);
+    json_decref(j);
+    assert_int_equal(store_candidate_retry(f->st, sid, c2, nj, 0, &err), TPV_OK);
+    assert_int_equal(store_job_get(f->st, nj, &j, &err), TPV_OK);
+    assert_string_equal(json_string_value(json_object_get(j, "state")), "queued");
+    assert_int_equal(json_integer_value(json_object_get(j, "attempts")), 0);
+    json_decref(j);
+    assert_int_equal(store_candidate_get(f->st, sid, c2, &j, &err), TPV_OK);
+    assert_string_equal(json_string_value(json_object_get(j, "job_id")), nj);
+    json_decref(j);
+    assert_int_equal(store_candidate_retry(f->st, sid, "cd_0000000000000000", nj, 0, &err),
+                     TPV_ENOTFOUND);
+
+    /* A study with a webhook: its deletion leaves a study.deleted event with URL and secret. */
+    char hs[STORE_ID_MAX];
+    store_id_new(hs, "st");
+    store_now_rfc3339(now);
+    struct store_study_new s = {
+        .id = hs, .name = "hooked", .description = "d",
+        .noise_models = "[{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.1}]",
+        .rank_by = "iso", .metadata = "{}", .created_at = now,
+        .webhook_url = "http://127.0.0.1:9/h", .webhook_secret = "whsec_x",
+    };
+    assert_int_equal(store_study_create(f->st, &s, NULL, NULL, &err), TPV_OK);
+    assert_int_equal(store_study_delete(f->st, hs, &err), TPV_OK);
+    assert_int_equal(store_study_get(f->st, hs, &j, &err), TPV_ENOTFOUND);
+    assert_int_equal(store_study_delete(f->st, hs, &err), TPV_ENOTFOUND);
+    struct store_outbox_item *items = NULL;
+    size_t n = 0;
+    assert_int_equal(store_outbox_due(f->st, 1e12, 8, &items, &n, &err), TPV_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(items[0].event, "study.deleted");
+    assert_string_equal(items[0].url, "http://127.0.0.1:9/h");
+    assert_string_equal(items[0].secret, "whsec_x");
+    store_outbox_items_free(items, n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -615,6 +685,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lease_expiry_and_recovery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_scores_cancel_release_ranking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_webhook_outbox, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_delete_and_retry, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
