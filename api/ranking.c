@@ -354,8 +354,14 @@ static void csv_value(struct csv_buf *b, const json_t *v, bool first)
     free(text);
 }
 
-/* The ranked items as CSV: the fixed columns, then every metadata key in order of first
- * appearance.  Returns malloc'd text (its length in *len), NULL when out of memory. */
+static int cmp_key(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The ranked items as CSV: the fixed columns, then every metadata key in byte order (the order
+ * tpvctl uses when it writes the CSV itself, so both spell one table the same way).  Returns
+ * malloc'd text (its length in *len), NULL when out of memory. */
 static char *ranking_csv(const json_t *body, size_t *len)
 {
     static const char *const cols[] = { "rank", "candidate_id", "name", "value", "stderr",
@@ -374,10 +380,19 @@ static char *ranking_csv(const json_t *body, size_t *len)
             if (!json_object_get(keys, k))
                 json_object_set_new(keys, k, json_true());
     }
+    size_t nkeys = json_object_size(keys), nk = 0;
+    const char **sorted = malloc((nkeys ? nkeys : 1) * sizeof *sorted);
+    if (!sorted) {
+        json_decref(keys);
+        return NULL;
+    }
+    json_object_foreach(keys, k, v)
+        sorted[nk++] = k;
+    qsort(sorted, nk, sizeof *sorted, cmp_key);
     for (size_t c = 0; c < ncols; c++)
         csv_field(&b, cols[c], c == 0);
-    json_object_foreach(keys, k, v)
-        csv_field(&b, k, false);
+    for (size_t j = 0; j < nk; j++)
+        csv_field(&b, sorted[j], false);
     csv_put(&b, "\r\n", 2);
     json_array_foreach(items, i, item) {
         for (size_t c = 0; c < ncols; c++) {
@@ -401,10 +416,11 @@ static char *ranking_csv(const json_t *body, size_t *len)
             }
         }
         const json_t *meta = json_object_get(item, "metadata");
-        json_object_foreach(keys, k, v)
-            csv_value(&b, json_object_get(meta, k), false);
+        for (size_t j = 0; j < nk; j++)
+            csv_value(&b, json_object_get(meta, sorted[j]), false);
         csv_put(&b, "\r\n", 2);
     }
+    free(sorted);
     json_decref(keys);
     if (b.failed) {
         free(b.data);
