@@ -4,8 +4,8 @@
  * schema_version table (schema_pg.h).  Append only, never edit a step that has shipped: add a step
  * and give it both texts.
  *
- * Until phase 2 moves the SQLite backend onto this list, storage/store.c keeps its own copy of
- * the SQLite texts; tests/unit/test_pg_schema.c checks that the two give the same schema. */
+ * storage/store.c migrates SQLite databases with these texts; tests/unit/test_pg_schema.c checks
+ * that the PostgreSQL texts give the same tables, columns and indexes. */
 #ifndef TPV_SCHEMA_STEPS_H
 #define TPV_SCHEMA_STEPS_H
 

@@ -15,147 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Migration i brings the schema from user_version i to i+1.  Append only, never edit. */
-static const char *const migrations[] = {
-    /* 0 -> 1: bookkeeping table. */
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;",
-    /* 1 -> 2: the service tables (DESIGN.md section 5).  seq columns give creation order for
-     * keyset pagination (AUTOINCREMENT: never reused, so tokens stay valid under deletes). */
-    "CREATE TABLE studies ("
-    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    "  id TEXT NOT NULL UNIQUE,"
-    "  name TEXT NOT NULL,"
-    "  description TEXT NOT NULL,"
-    "  noise_models TEXT NOT NULL,"
-    "  rank_by TEXT NOT NULL,"
-    "  webhook_url TEXT,"
-    "  metadata TEXT NOT NULL,"
-    "  version INTEGER NOT NULL DEFAULT 1,"
-    "  has_probe_dumps INTEGER NOT NULL DEFAULT 0,"
-    "  created_at TEXT NOT NULL) STRICT;"
-    "CREATE TABLE input_sets ("
-    "  study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,"
-    "  split TEXT NOT NULL CHECK (split IN ('fit', 'probe')),"
-    "  digest TEXT NOT NULL,"
-    "  n INTEGER,"
-    "  updated_at TEXT NOT NULL,"
-    "  PRIMARY KEY (study_id, split)) STRICT;"
-    "CREATE TABLE blobs ("
-    "  digest TEXT PRIMARY KEY,"
-    "  size INTEGER NOT NULL,"
-    "  created_at TEXT NOT NULL) STRICT;"
-    "CREATE TABLE candidates ("
-    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    "  id TEXT NOT NULL UNIQUE,"
-    "  study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,"
-    "  name TEXT NOT NULL,"
-    "  metadata TEXT NOT NULL,"
-    "  source_kind TEXT NOT NULL CHECK (source_kind IN ('model', 'jacobian')),"
-    "  source TEXT NOT NULL,"
-    "  train_loss REAL,"
-    "  epoch REAL,"
-    "  run TEXT,"
-    "  state TEXT NOT NULL,"
-    "  stability TEXT,"
-    "  job_id TEXT,"
-    "  created_at TEXT NOT NULL,"
-    "  UNIQUE (study_id, name)) STRICT;"
-    "CREATE INDEX candidates_by_study ON candidates (study_id, seq);"
-    "CREATE TABLE jobs ("
-    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    "  id TEXT NOT NULL UNIQUE,"
-    "  kind TEXT NOT NULL CHECK (kind IN ('score', 'jbr')),"
-    "  study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,"
-    "  candidate_id TEXT NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,"
-    "  state TEXT NOT NULL CHECK (state IN ('queued','running','succeeded','failed','canceled')),"
-    "  progress REAL NOT NULL DEFAULT 0,"
-    "  attempts INTEGER NOT NULL DEFAULT 0,"
-    "  params TEXT,"
-    "  result TEXT,"
-    "  error_code TEXT,"
-    "  error_message TEXT,"
-    "  cancel_requested INTEGER NOT NULL DEFAULT 0,"
-    "  lease_owner TEXT,"
-    "  lease_expires REAL,"
-    "  created_at TEXT NOT NULL,"
-    "  started_at TEXT,"
-    "  finished_at TEXT) STRICT;"
-    "CREATE INDEX jobs_by_state ON jobs (state, seq);"
-    "CREATE TABLE scores ("
-    "  candidate_id TEXT NOT NULL REFERENCES candidates(id) ON DELETE CASCADE,"
-    "  noise TEXT NOT NULL,"
-    "  kind TEXT NOT NULL,"
-    "  split TEXT NOT NULL CHECK (split IN ('fit', 'probe')),"
-    "  value REAL,"
-    "  stderr REAL,"
-    "  estimator TEXT,"
-    "  samples INTEGER,"
-    "  seed INTEGER,"
-    "  wall_seconds REAL,"
-    "  details TEXT,"
-    "  PRIMARY KEY (candidate_id, noise, split)) STRICT;"
-    "CREATE TABLE tokens ("
-    "  id TEXT PRIMARY KEY,"
-    "  name TEXT NOT NULL,"
-    "  hash TEXT NOT NULL UNIQUE,"
-    "  role TEXT NOT NULL CHECK (role IN ('read', 'write', 'admin')),"
-    "  created_at TEXT NOT NULL,"
-    "  revoked_at TEXT) STRICT;"
-    "CREATE TABLE idempotency_keys ("
-    "  scope TEXT NOT NULL,"
-    "  key TEXT NOT NULL,"
-    "  request_hash TEXT NOT NULL,"
-    "  status INTEGER NOT NULL,"
-    "  body TEXT NOT NULL,"
-    "  location TEXT,"
-    "  created_at TEXT NOT NULL,"
-    "  PRIMARY KEY (scope, key)) STRICT;"
-    "CREATE TABLE webhook_outbox ("
-    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    "  study_id TEXT NOT NULL REFERENCES studies(id) ON DELETE CASCADE,"
-    "  event TEXT NOT NULL,"
-    "  payload TEXT NOT NULL,"
-    "  attempts INTEGER NOT NULL DEFAULT 0,"
-    "  next_attempt_at REAL NOT NULL,"
-    "  delivered_at TEXT,"
-    "  created_at TEXT NOT NULL) STRICT;"
-    "CREATE INDEX webhook_outbox_due ON webhook_outbox (delivered_at, next_attempt_at);",
-    /* 2 -> 3: webhook delivery.  The study's signing secret (generated at creation, returned once)
-     * and the outbox rows' end state: delivered_at, or failed_at after the last attempt. */
-    "ALTER TABLE studies ADD COLUMN webhook_secret TEXT;"
-    "ALTER TABLE webhook_outbox ADD COLUMN failed_at TEXT;"
-    "ALTER TABLE webhook_outbox ADD COLUMN last_error TEXT;"
-    "DROP INDEX webhook_outbox_due;"
-    "CREATE INDEX webhook_outbox_pending ON webhook_outbox (next_attempt_at) "
-    "  WHERE delivered_at IS NULL AND failed_at IS NULL;",
-    /* 3 -> 4: lifecycle.  Outbox rows outlive their study (a deleted study's webhook is told,
-     * with the URL and secret copied into the row: SQLite cannot drop a foreign key, hence the
-     * rebuild), and blobs remember when they last lost a reference (garbage collection grace). */
-    "CREATE TABLE webhook_outbox_next ("
-    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    "  study_id TEXT NOT NULL,"
-    "  event TEXT NOT NULL,"
-    "  payload TEXT NOT NULL,"
-    "  attempts INTEGER NOT NULL DEFAULT 0,"
-    "  next_attempt_at REAL NOT NULL,"
-    "  delivered_at TEXT,"
-    "  created_at TEXT NOT NULL,"
-    "  failed_at TEXT,"
-    "  last_error TEXT,"
-    "  url TEXT,"
-    "  secret TEXT) STRICT;"
-    "INSERT INTO webhook_outbox_next (seq, study_id, event, payload, attempts, next_attempt_at,"
-    "  delivered_at, created_at, failed_at, last_error) SELECT seq, study_id, event, payload,"
-    "  attempts, next_attempt_at, delivered_at, created_at, failed_at, last_error"
-    "  FROM webhook_outbox;"
-    "DROP TABLE webhook_outbox;"
-    "ALTER TABLE webhook_outbox_next RENAME TO webhook_outbox;"
-    "CREATE INDEX webhook_outbox_pending ON webhook_outbox (next_attempt_at) "
-    "  WHERE delivered_at IS NULL AND failed_at IS NULL;"
-    "CREATE INDEX webhook_outbox_by_study ON webhook_outbox (study_id);"
-    "ALTER TABLE blobs ADD COLUMN released_at TEXT;",
-};
-#define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
+#include "storage/schema_steps.h"
 
 static const char *const stmt_sql[STMT_COUNT] = {
 #define STORE_SQL_TEXT_(id, sql) [STMT_##id] = sql,
@@ -419,23 +279,27 @@ static int read_user_version(sqlite3 *db)
     return version;
 }
 
-/* Each step runs in its own transaction together with its user_version bump, so a crash leaves
- * the schema at a whole version. */
+/* The schema is storage/schema_steps.c's one list for both backends: step i brings PRAGMA
+ * user_version from i - 1 to i.  Each step runs in its own transaction together with its
+ * user_version bump, so a crash leaves the schema at a whole version. */
 static int migrate(sqlite3 *db, struct tpv_err *err)
 {
+    size_t nsteps;
+    const struct schema_step *steps = schema_steps(&nsteps);
+    const int count = (int)nsteps;
     int version = read_user_version(db);
     if (version < 0)
         return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot read schema version");
-    if (version > MIGRATION_COUNT)
+    if (version > count)
         return tpv_err_set(err, TPV_EPRECONDITION, "data_dir",
                            "database schema version %d is newer than this tpvd (%d)", version,
-                           MIGRATION_COUNT);
-    for (; version < MIGRATION_COUNT; version++) {
+                           count);
+    for (; version < count; version++) {
         char bump[64];
         snprintf(bump, sizeof bump, "PRAGMA user_version = %d;", version + 1);
         int rc = exec_sql(db, "BEGIN IMMEDIATE;", err);
         if (rc == TPV_OK)
-            rc = exec_sql(db, migrations[version], err);
+            rc = exec_sql(db, steps[version].sqlite, err);
         if (rc == TPV_OK)
             rc = exec_sql(db, bump, err);
         if (rc == TPV_OK)
