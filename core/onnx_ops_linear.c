@@ -492,7 +492,7 @@ static int matmul_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_te
 {
     struct mm g;
     int64_t s[TPV_MAX_RANK + 2];
-    int r;
+    int r = 0; /* set by mm_geom on success; gcc -O3 cannot see that */
     int rc = mm_geom(nd, in[0], in[1], &g, s, &r, err);
     if (rc)
         return rc;
