@@ -270,8 +270,8 @@ int store_job_cancel(struct store *st, const char *id, json_t **out, struct tpv_
     if (rc == TPV_OK)
         rc = job_get_conn(c, id, out, NULL, err);
     conn_put(st, c);
-    if (rc == TPV_OK && version)
-        notify_study(st, ref.study_id, version);
+    if (rc == TPV_OK)
+        notify_study(st, ref.study_id, version); /* 0: a JBR job, wakes its waiters */
     return rc;
 }
 
@@ -432,8 +432,8 @@ int store_job_succeed(struct store *st, const char *id, const char *owner,
         rc = tx_commit(c, err);
     tx_rollback(c);
     conn_put(st, c);
-    if (rc == TPV_OK && version)
-        notify_study(st, ref.study_id, version);
+    if (rc == TPV_OK)
+        notify_study(st, ref.study_id, version); /* 0: a JBR job, wakes its waiters */
     return rc;
 }
 
@@ -456,8 +456,8 @@ int store_job_finish(struct store *st, const char *id, const char *owner, const 
         rc = tx_commit(c, err);
     tx_rollback(c);
     conn_put(st, c);
-    if (rc == TPV_OK && version)
-        notify_study(st, ref.study_id, version);
+    if (rc == TPV_OK)
+        notify_study(st, ref.study_id, version); /* 0: a JBR job, wakes its waiters */
     return rc;
 }
 
