@@ -130,6 +130,8 @@ int store_metrics_merge(struct store *st, const char *study_id, const char *cand
     return rc;
 }
 
+#define METRIC_NAMES_SHOWN 16
+
 int store_metric_names(struct store *st, const char *study_id, char *names, size_t cap,
                        struct tpv_err *err)
 {
@@ -145,9 +147,10 @@ int store_metric_names(struct store *st, const char *study_id, char *names, size
         goto out;
     }
     bind_text(s, 1, study_id);
-    sqlite3_bind_int(s, 2, 16);
-    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        int n = snprintf(names + used, cap - used, "%s%s", used ? ", " : "", col_text(s, 0));
+    sqlite3_bind_int(s, 2, METRIC_NAMES_SHOWN + 1);
+    for (int count = 0; (step = sqlite3_step(s)) == SQLITE_ROW; count++) {
+        int n = snprintf(names + used, cap - used, "%s%s", used ? ", " : "",
+                         count < METRIC_NAMES_SHOWN ? col_text(s, 0) : "...");
         if (n < 0 || (size_t)n >= cap - used) { /* cut: keep whole names only */
             names[used] = '\0';
             break;

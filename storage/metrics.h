@@ -28,7 +28,8 @@ int store_metrics_merge(struct store *st, const char *study_id, const char *cand
                         const char *patch, int64_t *version, struct tpv_err *err);
 
 /* Up to `cap` - 1 bytes of the metric names some candidate of the study has, in byte order,
- * separated by ", " (at most 16 names; "" when none), for the answer to a metric nobody has. */
+ * separated by ", " (at most 16 names, then "..." when there are more; "" when none), for the
+ * answer to a metric nobody has. */
 int store_metric_names(struct store *st, const char *study_id, char *names, size_t cap,
                        struct tpv_err *err);
 
