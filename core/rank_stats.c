@@ -144,27 +144,76 @@ static double quantile_sorted(const double *v, size_t m, double p)
     return v[lo] + (h - (double)lo) * (v[lo + 1] - v[lo]);
 }
 
+/* Average ranks, within one resample, of the originals that were drawn (counts[k] times each):
+ * walking the originals in sorted order (sorted, from tpv_rank_average's order), a tie group of
+ * G draws in all takes the ranks cum+1 .. cum+G, whose mean every member gets.  O(n), where
+ * sorting the resample would be O(n log n). */
+static void resample_ranks(size_t n, const double *v, const size_t *sorted, const double *counts,
+                           double *ranks)
+{
+    double cum = 0;
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        double g = 0;
+        while (j < n && v[sorted[j]] == v[sorted[i]])
+            g += counts[sorted[j++]];
+        double r = cum + 0.5 * (g + 1);
+        for (size_t k = i; k < j; k++)
+            ranks[sorted[k]] = r;
+        cum += g;
+        i = j;
+    }
+}
+
+/* Spearman of one resample given by its draw counts: the Pearson correlation of the resample's
+ * average ranks, each original weighted by how often it was drawn.  Average ranks of n draws
+ * always have the mean (n + 1) / 2.  TPV_EINVAL when a variable is constant in the resample. */
+static int resample_spearman(size_t n, const double *x, const double *y, const size_t *ox,
+                             const size_t *oy, const double *counts, double *rx, double *ry,
+                             double *out)
+{
+    resample_ranks(n, x, ox, counts, rx);
+    resample_ranks(n, y, oy, counts, ry);
+    double m = 0.5 * ((double)n + 1), sxy = 0, sxx = 0, syy = 0;
+    for (size_t k = 0; k < n; k++) {
+        if (counts[k] == 0)
+            continue;
+        double dx = rx[k] - m, dy = ry[k] - m;
+        sxy += counts[k] * dx * dy;
+        sxx += counts[k] * dx * dx;
+        syy += counts[k] * dy * dy;
+    }
+    if (!(sxx > 0) || !(syy > 0))
+        return TPV_EINVAL;
+    double r = sxy / sqrt(sxx * syy);
+    *out = r > 1 ? 1 : r < -1 ? -1 : r;
+    return TPV_OK;
+}
+
 int tpv_spearman_bootstrap(size_t n, const double *x, const double *y, size_t resamples,
                            uint64_t seed, double level, double *work, size_t *order, double *lo,
                            double *hi)
 {
     if (n < 2 || resamples < 2 || !(level > 0 && level < 1))
         return TPV_EINVAL;
-    double *bx = work, *by = work + n, *rank_work = work + 2 * n, *rhos = work + 4 * n;
+    double *counts = work, *rx = work + n, *ry = work + 2 * n, *rhos = work + 3 * n;
+    size_t *ox = order, *oy = order + n;
+    /* The originals' sorted orders, once: every resample's ranks follow from its counts. */
+    tpv_rank_average(n, x, rx, ox);
+    tpv_rank_average(n, y, ry, oy);
     size_t m = 0;
     struct tpv_rng rng;
     tpv_rng_init(&rng, seed, 0);
     for (size_t b = 0; b < resamples; b++) {
+        for (size_t i = 0; i < n; i++)
+            counts[i] = 0;
         for (size_t i = 0; i < n; i++) {
             /* 53 random bits scaled to [0, n): a bias below n / 2^53, nothing for a bootstrap. */
             size_t k = (size_t)(tpv_rng_uniform(&rng) * (double)n);
-            if (k >= n)
-                k = n - 1;
-            bx[i] = x[k];
-            by[i] = y[k];
+            counts[k < n ? k : n - 1] += 1;
         }
         double r;
-        if (tpv_spearman(n, bx, by, rank_work, order, &r) == TPV_OK)
+        if (resample_spearman(n, x, y, ox, oy, counts, rx, ry, &r) == TPV_OK)
             rhos[m++] = r;
     }
     if (m < 2 || 2 * m < resamples)

@@ -36,12 +36,15 @@ int tpv_kendall_tau_b(size_t n, const double *x, const double *y, double *out);
 /* The two-sided percentile bootstrap interval of Spearman's rho at level `level` (0.95): `resamples`
  * samples of n pairs drawn with replacement from (x, y) through core/rng.h stream 0 of `seed`, so
  * the same seed and n draw the same index sets whatever the data (intervals of several items over
- * the same candidates are then paired).  Resamples whose rho is undefined (every draw tied in a
- * variable) are left out; the quantiles are the linear interpolation of the sorted rhos (numpy's
- * default rule).  Work space: `work` of 4n + resamples doubles, `order` of n entries.
- * TPV_EINVAL when n < 2, resamples < 2, level outside (0, 1), or fewer than half the resamples
- * gave a defined rho. */
-#define TPV_BOOT_WORK(n, resamples) (4 * (size_t)(n) + (size_t)(resamples))
+ * the same candidates are then paired).  A resample's rho is that of its average ranks (ties from
+ * repeated draws included), computed in O(n) from its draw counts and the originals' sorted order.
+ * Resamples whose rho is undefined (every draw tied in a variable) are left out; the quantiles are
+ * the linear interpolation of the sorted rhos (numpy's default rule).  Work space: `work` of
+ * TPV_BOOT_WORK(n, resamples) doubles, `order` of TPV_BOOT_ORDER(n) entries.  TPV_EINVAL when
+ * n < 2, resamples < 2, level outside (0, 1), or fewer than half the resamples gave a defined
+ * rho. */
+#define TPV_BOOT_WORK(n, resamples) (3 * (size_t)(n) + (size_t)(resamples))
+#define TPV_BOOT_ORDER(n) (2 * (size_t)(n))
 int tpv_spearman_bootstrap(size_t n, const double *x, const double *y, size_t resamples,
                            uint64_t seed, double level, double *work, size_t *order, double *lo,
                            double *hi);

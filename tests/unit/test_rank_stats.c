@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "core/rank_stats.h"
+#include "core/rng.h"
 
 #define TOL 1e-12
 
@@ -122,7 +123,7 @@ static void test_undefined(void **state)
     assert_int_equal(tpv_kendall_tau_b(1, x, x, &tau), TPV_EINVAL);
     assert_float_equal(tau, 42, 0); /* untouched */
     double work[TPV_BOOT_WORK(3, 10)], lo, hi;
-    size_t order[3];
+    size_t order[TPV_BOOT_ORDER(3)];
     assert_int_equal(tpv_spearman_bootstrap(3, x, c, 10, 1, 0.95, work, order, &lo, &hi),
                      TPV_EINVAL);
     assert_int_equal(tpv_spearman_bootstrap(3, x, x, 1, 1, 0.95, work, order, &lo, &hi),
@@ -138,7 +139,7 @@ static void test_bootstrap_reference(void **state)
     (void)state;
     enum { B = 2000 };
     double *work = malloc(sizeof(double) * TPV_BOOT_WORK(40, B));
-    size_t order[40];
+    size_t order[TPV_BOOT_ORDER(40)];
     double lo = NAN, hi = NAN, lo2 = NAN, hi2 = NAN;
     assert_non_null(work);
     assert_int_equal(tpv_spearman_bootstrap(40, sx, sy, B, 7, 0.95, work, order, &lo, &hi),
@@ -166,6 +167,43 @@ static void test_bootstrap_reference(void **state)
     free(work);
 }
 
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The O(n) rank update of each resample against the direct way: draw the same indices (stream 0
+ * of the seed, k = floor(u n)), build each resample, rank it from scratch with tpv_spearman, take
+ * the same quantiles.  The two must agree to rounding. */
+static void test_bootstrap_against_direct(void **state)
+{
+    (void)state;
+    enum { N = 40, B = 500 };
+    double work[TPV_BOOT_WORK(N, B)], bx[N], by[N], rw[2 * N], rhos[B], lo, hi;
+    size_t order[TPV_BOOT_ORDER(N)], ro[N], m = 0;
+    assert_int_equal(tpv_spearman_bootstrap(N, sx, sy, B, 11, 0.9, work, order, &lo, &hi),
+                     TPV_OK);
+    struct tpv_rng rng;
+    tpv_rng_init(&rng, 11, 0);
+    for (int b = 0; b < B; b++) {
+        for (int i = 0; i < N; i++) {
+            size_t k = (size_t)(tpv_rng_uniform(&rng) * N);
+            bx[i] = sx[k];
+            by[i] = sy[k];
+        }
+        double r;
+        if (tpv_spearman(N, bx, by, rw, ro, &r) == TPV_OK)
+            rhos[m++] = r;
+    }
+    assert_int_equal(m, B);
+    qsort(rhos, m, sizeof *rhos, cmp_d);
+    double h = (m - 1) * 0.05, h2 = (m - 1) * 0.95;
+    size_t i = (size_t)h, i2 = (size_t)h2;
+    assert_float_equal(lo, rhos[i] + (h - (double)i) * (rhos[i + 1] - rhos[i]), 1e-12);
+    assert_float_equal(hi, rhos[i2] + (h2 - (double)i2) * (rhos[i2 + 1] - rhos[i2]), 1e-12);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -176,6 +214,7 @@ int main(void)
         cmocka_unit_test(test_reference_sample),
         cmocka_unit_test(test_undefined),
         cmocka_unit_test(test_bootstrap_reference),
+        cmocka_unit_test(test_bootstrap_against_direct),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
