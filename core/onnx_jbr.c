@@ -295,25 +295,6 @@ static void add_sample(const struct jbr_graph *g, const struct tpv_onnx_exec *ex
     }
 }
 
-/* A plan and executor for b samples of per-sample shape `inputs`. */
-static int open_pass(const struct tpv_onnx_model *m, const struct tpv_tensor *inputs, size_t b,
-                     struct tpv_onnx_plan **plan, struct tpv_onnx_exec **ex, struct tpv_err *err)
-{
-    struct tpv_onnx_tensor in = {.dtype = TPV_ONNX_F64, .rank = inputs->rank};
-    for (int i = 0; i < inputs->rank; i++)
-        in.shape[i] = (int64_t)inputs->shape[i];
-    in.shape[0] = (int64_t)b;
-    *ex = NULL;
-    int rc = tpv_onnx_plan_new(plan, m, &in, err);
-    if (!rc)
-        rc = tpv_onnx_exec_new(ex, *plan, err);
-    if (rc) {
-        tpv_onnx_plan_free(*plan);
-        *plan = NULL;
-    }
-    return rc;
-}
-
 /* The batched passes over all inputs. */
 static int run_passes(const struct jbr_graph *g, const struct tpv_tensor *inputs, size_t bmax,
                       uint64_t K, double confidence, struct tpv_jbr_acc *acc,
@@ -332,7 +313,7 @@ static int run_passes(const struct jbr_graph *g, const struct tpv_tensor *inputs
         if (b != open) {
             tpv_onnx_exec_free(ex);
             tpv_onnx_plan_free(plan);
-            rc = open_pass(g->m, inputs, b, &plan, &ex, err);
+            rc = tpv_onnx_exec_open(g->m, inputs, b, &plan, &ex, err);
             open = b;
             if (rc)
                 break;
@@ -430,7 +411,7 @@ int tpv_onnx_jbr_compute(const struct tpv_onnx_model *m, const struct tpv_tensor
         return rc;
     struct tpv_onnx_plan *plan1 = NULL;
     struct tpv_onnx_exec *ex1 = NULL;
-    if ((rc = open_pass(m, inputs, 1, &plan1, &ex1, err)))
+    if ((rc = tpv_onnx_exec_open(m, inputs, 1, &plan1, &ex1, err)))
         return rc;
     tpv_onnx_exec_free(ex1);
     struct jbr_graph g = { .m = m, .plan1 = plan1 };
