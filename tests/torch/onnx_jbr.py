@@ -5,7 +5,7 @@ pruning scores"; core/onnx_jbr.h).
     /usr/bin/python3 tests/torch/onnx_jbr.py OUTDIR
 
 Each network is exported in float64 with torch.onnx.export as a user writes it (eval mode,
-training=PRESERVE, do_constant_folding=False, dynamic batch, no metadata), and its JBR scores are
+training=PRESERVE, do_constant_folding=False, dynamic batch or fixed at 1, no metadata), and its JBR scores are
 computed here by autograd: pseudo-labels argmax f, kept where max softmax > confidence, mini-batches
 of consecutive kept samples in input order; one backward of the summed cross-entropy gives every
 sample's dCE/dz and dCE/da (the samples do not interact in eval mode); per unit j,
@@ -138,12 +138,13 @@ def sharpen(layer, gain):
         layer.weight.mul_(gain)
 
 
-def case(out, name, net, x, confidence, batch):
+def case(out, name, net, x, confidence, batch, dynamic=True):
     net = net.double().eval()
     path = os.path.join(out, name + ".onnx")
     with torch.no_grad():
         torch.onnx.export(Plain(net), (x[:1],), path, opset_version=17, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+                          output_names=["y"],
+                          dynamic_axes={"x": {0: "b"}, "y": {0: "b"}} if dynamic else None,
                           training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
     score, units, kept = jbr(net, x, confidence, batch)
     np.save(os.path.join(out, name + ".input.npy"), x.numpy())
@@ -165,6 +166,7 @@ def main():
     x = torch.randn(37, 3, 8, 8, dtype=torch.float64)
     lines.append(case(out, "chain_all", chain, x, 0.0, 8))      # 37 kept: 5 batches, last short
     lines.append(case(out, "chain_conf", chain, x, 0.975, 5))
+    lines.append(case(out, "chain_batch1", chain, x, 0.975, 5, dynamic=False))  # one at a time
     res = ResCNN()
     randomize_bn(res, gen)
     sharpen(res.fc, 10.0)
