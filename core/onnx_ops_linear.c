@@ -805,10 +805,8 @@ static int sqnorm_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_ten
                        const struct tpv_onnx_tensor *w, struct win *g, int64_t *gr,
                        struct tpv_err *err)
 {
-    const struct tpv_onnx_tensor *in[2] = { x, w };
-    struct tpv_onnx_node two = *nd;
-    two.nin = 2; /* IN(2) reads no bias */
-    return conv_geom(&two, in, g, gr, err);
+    const struct tpv_onnx_tensor *in[3] = { x, w, NULL }; /* no bias: IN(2) is NULL */
+    return conv_geom(nd, in, g, gr, err);
 }
 
 double tpv_onnx_conv_sqnorm_flops(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
