@@ -132,7 +132,7 @@ static int cmp_double(const void *a, const void *b)
 static bool auto_threshold(const struct store_rank_row *rows, size_t n, struct rank_query *q,
                            size_t *count)
 {
-    double *tl = malloc((n ? n : 1) * sizeof *tl);
+    double *tl = calloc(n ? n : 1, sizeof *tl); /* calloc checks n * size */
     size_t m = 0;
     if (!tl)
         return false;

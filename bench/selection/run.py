@@ -213,7 +213,10 @@ def main():
         for name in names:
             for seed in args.seeds:
                 if args.reuse:
-                    runs.append(load_run(args.out, name, seed))
+                    try:
+                        runs.append(load_run(args.out, name, seed))
+                    except FileNotFoundError:
+                        print(f"no saved run {name} seed {seed}", file=sys.stderr)
                 else:
                     pending.append(submit_sweep(client, tasks.make_task(name, seed), seed,
                                                 models, args.out))
