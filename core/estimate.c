@@ -825,6 +825,12 @@ struct job {
     double kx_F;          /* ||K_X||_F^2 */
     double *lambda;       /* N eigenvalues (ascending) */
     double *proj;         /* N: ||K_X q_i||^2 */
+    /* Per-input parts of the sums above (the rows of each input: DESIGN.md section 5): */
+    double *g_rows;       /* n_fit: sum over input x's K rows of G of the squared entries */
+    double *g_self;       /* n_fit: the same over x's own K x K block */
+    double *kx_rows;      /* n_probe: the same over x's K rows of K_X */
+    double *q_fit;        /* n_fit x N: sum over x's rows of Q_ri^2 (label) */
+    double *t_probe;      /* n_probe x N: sum over x's rows of (K_X Q)_ri^2 (label) */
     double out_scale;     /* mean |f(x)| over the fit set's n K outputs (sigma_rel), else 0 */
 };
 
@@ -1000,10 +1006,20 @@ static int score_prune(const struct job *jb, size_t mi, struct tpv_score *sc,
         rc = src->ops->jvp(src, dw, y, &sub, err);
         if (rc != TPV_OK)
             break;
-        double t = 0;
-        for (uint64_t r = 0; r < src->n * src->K; r++)
-            t += y[r] * y[r];
+        double t = 0, *ci = malloc((size_t)(src->n ? src->n : 1) * sizeof *ci);
+        if (!ci) {
+            rc = oom(err);
+            break;
+        }
+        for (uint64_t x = 0; x < src->n; x++) {
+            double tx = 0;
+            for (uint64_t k = 0; k < src->K; k++)
+                tx += y[x * src->K + k] * y[x * src->K + k];
+            ci[x] = tx;
+            t += tx;
+        }
         sc[s].value = t / (double)src->n;
+        tpv_score_set_contributions(&sc[s], ci, (size_t)src->n);
         sc[s].wall_seconds = now_seconds() - t1 + t_mask;
         json_object_set_new(sc[s].details, "pruned", json_integer((json_int_t)pruned));
         set_real(sc[s].details, "dw_norm", sqrt(dwn));
@@ -1012,6 +1028,38 @@ static int score_prune(const struct job *jb, size_t mi, struct tpv_score *sc,
     free(y);
     free(mask);
     return rc;
+}
+
+/* Input x's part of the label sums: s2 * sum_i W[x,i] w_i with w_i = lambda_i^2 / den_i on the
+ * fit split (W = q_fit) and 1 / den_i on the probe split (W = t_probe), kept i only.  Without
+ * memory for the weights the score simply has no contributions. */
+static void label_contributions(const struct job *jb, const struct tpv_noise *nm, double lmax,
+                                double rho, double s2, struct tpv_score *sc)
+{
+    const struct tpv_jsrc *f = jb->in->fit;
+    uint64_t N = f->n * f->K;
+    double *w = malloc((size_t)(N ? N : 1) * 2 * sizeof *w);
+    if (!w)
+        return;
+    for (uint64_t i = 0; i < N; i++) {
+        double l = jb->lambda[i] > 0 ? jb->lambda[i] : 0;
+        bool keep = rho > 0 ? true : l > nm->rcond * lmax && l > 0;
+        double den = (l + rho) * (l + rho);
+        bool use = keep && den > 0;
+        w[i] = use ? s2 * l * l / den : 0;
+        w[N + i] = use ? s2 / den : 0;
+    }
+    for (int s = 0; s < jb->nsplit; s++) {
+        const double *W = s == 0 ? jb->q_fit : jb->t_probe;
+        uint64_t n = jb->src[s]->n;
+        double *ci = W ? malloc((size_t)(n ? n : 1) * sizeof *ci) : NULL;
+        if (!ci)
+            continue;
+        cblas_dgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)N, 1.0, W, (blasint)N,
+                    w + (s == 0 ? 0 : N), 1, 0.0, ci, 1);
+        tpv_score_set_contributions(&sc[s], ci, (size_t)n);
+    }
+    free(w);
 }
 
 static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
@@ -1041,6 +1089,7 @@ static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
         if (jb->proj)
             probesum += jb->proj[i] / den;
     }
+    label_contributions(jb, nm, lmax, rho, s2, sc);
     for (int s = 0; s < jb->nsplit; s++) {
         sc[s].value = s2 * (s == 0 ? fitsum : probesum) / (double)jb->src[s]->n;
         sc[s].wall_seconds = jb->t_gram;
@@ -1062,6 +1111,18 @@ static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
     double a = nm->lr / (2.0 * nm->batch_size);
     double n = (double)jb->in->fit->n;
     double with_self = a * jb->sgdc_F / (n * n);
+    uint64_t nf = jb->in->fit->n;
+    double *cf = jb->g_rows ? malloc((size_t)nf * sizeof *cf) : NULL;
+    for (uint64_t x = 0; cf && x < nf; x++)
+        cf[x] = nf > 1 ? a * (jb->g_rows[x] - jb->g_self[x]) / (n - 1) : a * jb->g_rows[x] / n;
+    tpv_score_set_contributions(&sc[0], cf, (size_t)nf);
+    if (jb->nsplit > 1) {
+        uint64_t np = jb->in->probe->n;
+        double *cp = jb->kx_rows ? malloc((size_t)(np ? np : 1) * sizeof *cp) : NULL;
+        for (uint64_t x = 0; cp && x < np; x++)
+            cp[x] = a * jb->kx_rows[x] / n;
+        tpv_score_set_contributions(&sc[1], cp, (size_t)np);
+    }
     if (jb->in->fit->n > 1) {
         sc[0].value = a * (jb->sgdc_F - jb->sgdc_S) / (n * (n - 1));
     } else {
@@ -1254,18 +1315,35 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         pr->done += c_kx;
     }
     if (rc == TPV_OK) {
+        jb->g_rows = calloc((size_t)(f->n ? f->n : 1), sizeof *jb->g_rows);
+        jb->g_self = calloc((size_t)(f->n ? f->n : 1), sizeof *jb->g_self);
+        jb->kx_rows = M ? calloc((size_t)pb->n, sizeof *jb->kx_rows) : NULL;
+        if (!jb->g_rows || !jb->g_self || (M && !jb->kx_rows))
+            rc = oom(err);
+    }
+    if (rc == TPV_OK) {
         double F = 0, S = 0, tr = 0, kf = 0;
         for (uint64_t i = 0; i < N; i++) {
+            double rf = 0, rs = 0;
             tr += G[i * N + i];
             for (uint64_t j = 0; j < N; j++) {
                 double g2 = G[i * N + j] * G[i * N + j];
-                F += g2;
+                rf += g2;
                 if (i / K == j / K)
-                    S += g2;
+                    rs += g2;
             }
+            F += rf;
+            S += rs;
+            jb->g_rows[i / K] += rf;
+            jb->g_self[i / K] += rs;
         }
-        for (uint64_t i = 0; i < M * N; i++)
-            kf += KX[i] * KX[i];
+        for (uint64_t i = 0; i < M; i++) {
+            double rk = 0;
+            for (uint64_t j = 0; j < N; j++)
+                rk += KX[i * N + j] * KX[i * N + j];
+            kf += rk;
+            jb->kx_rows[i / K] += rk;
+        }
         jb->sgdc_F = F;
         jb->sgdc_S = S;
         jb->trG = tr;
@@ -1277,6 +1355,8 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
             rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
         jb->lambda = malloc((size_t)(N ? N : 1) * sizeof *jb->lambda);
         jb->proj = M ? calloc((size_t)N, sizeof *jb->proj) : NULL;
+        jb->q_fit = calloc((size_t)(f->n ? f->n : 1) * (size_t)(N ? N : 1), sizeof *jb->q_fit);
+        jb->t_probe = M ? calloc((size_t)pb->n * (size_t)N, sizeof *jb->t_probe) : NULL;
         if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj)))
             rc = oom(err);
         /* G now holds Q (eigenvectors as columns).  LAPACK cannot be interrupted, so it runs on
@@ -1287,6 +1367,10 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         if (rc == TPV_OK)
             rc = tpv_syevd_cancellable(N, &G, &jb->lambda, eig_seconds(N), esub.fn, esub.ctx,
                                        err);
+        /* Per-input rows of Q for the label contributions (none without their memory). */
+        for (uint64_t r = 0; rc == TPV_OK && jb->q_fit && r < N; r++)
+            for (uint64_t i = 0; i < N; i++)
+                jb->q_fit[(r / K) * N + i] += G[r * N + i] * G[r * N + i];
         sub = slice_make(&sl, pr, c_eig / 2);
         uint64_t R = M ? label_chunk_rows(M, N) : 0;
         double *T = M && rc == TPV_OK ? malloc((size_t)(R * N) * sizeof *T) : NULL;
@@ -1297,9 +1381,15 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)N,
                         (blasint)N, 1.0, KX + r0 * N, (blasint)N, G, (blasint)N, 0.0, T,
                         (blasint)N);
-            for (uint64_t r = 0; r < nr; r++)
-                for (uint64_t i = 0; i < N; i++)
-                    jb->proj[i] += T[r * N + i] * T[r * N + i];
+            for (uint64_t r = 0; r < nr; r++) {
+                double *tp = jb->t_probe ? jb->t_probe + ((r0 + r) / K) * N : NULL;
+                for (uint64_t i = 0; i < N; i++) {
+                    double t2 = T[r * N + i] * T[r * N + i];
+                    jb->proj[i] += t2;
+                    if (tp)
+                        tp[i] += t2;
+                }
+            }
             if (tpv_progress_report(&sub, 0, 1, r0 + nr, M) != TPV_OK)
                 rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
         }
@@ -1369,6 +1459,7 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             x->split = (enum tpv_split)s;
             x->estimator = tpv_estimator_name(plans[i].est);
             x->seed = nm->seed;
+            x->stderr_inputs = NAN;
             x->details = json_object();
             if (!x->details) {
                 rc = oom(err);
@@ -1518,6 +1609,11 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
         free(jb.diag[s]);
     free(jb.lambda);
     free(jb.proj);
+    free(jb.g_rows);
+    free(jb.g_self);
+    free(jb.kx_rows);
+    free(jb.q_fit);
+    free(jb.t_probe);
     free(plans);
     free(c_model);
     if (rc != TPV_OK) {
