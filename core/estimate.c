@@ -830,8 +830,21 @@ struct job {
     double *g_self;       /* n_fit: the same over x's own K x K block */
     double *kx_rows;      /* n_probe: the same over x's K rows of K_X */
     double *q_fit;        /* n_fit x N: sum over x's rows of Q_ri^2 (label) */
+    /* Exact diagonal family: each model's coefficients, formed before the diagonal pass so
+     * that the pass also splits each weighted trace by sample (sqdiag_samples). */
+    struct diag_coef *coef; /* nmodels entries (have = false for the other models) */
+    size_t ncols;           /* weighted traces formed per sample */
+    double *per_sample[2];  /* ncols x n of each split, or NULL */
     double *t_probe;      /* n_probe x N: sum over x's rows of (K_X Q)_ri^2 (label) */
     double out_scale;     /* mean |f(x)| over the fit set's n K outputs (sigma_rel), else 0 */
+};
+
+struct diag_coef {
+    bool have;
+    double scale;
+    double *c;   /* NULL = ones */
+    bool owned;
+    size_t col;  /* column of per_sample */
 };
 
 static void set_real(json_t *o, const char *k, double v)
@@ -918,7 +931,14 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
 {
     double scale = 1.0, *c = NULL;
     bool owned = false;
-    int rc = diag_coeffs(jb, mi, &scale, &c, &owned, sc[0].details, err);
+    const struct diag_coef *dc = jb->coef ? &jb->coef[mi] : NULL;
+    int rc = TPV_OK;
+    if (dc && dc->have) { /* formed before the diagonal pass; freed with the job */
+        scale = dc->scale;
+        c = dc->c;
+    } else {
+        rc = diag_coeffs(jb, mi, &scale, &c, &owned, sc[0].details, err);
+    }
     if (rc == TPV_OK && jb->nsplit > 1)
         json_object_update(sc[1].details, sc[0].details);
     const struct tpv_noise *nm = &jb->in->models[mi];
@@ -933,6 +953,12 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
             else
                 T = jb->trace[s];
             sc[s].value = scale * T / nX;
+            if (dc && dc->have && jb->per_sample[s]) {
+                double *ci = malloc((size_t)src->n * sizeof *ci);
+                for (uint64_t x = 0; ci && x < src->n; x++)
+                    ci[x] = scale * jb->per_sample[s][dc->col * src->n + x];
+                tpv_score_set_contributions(&sc[s], ci, (size_t)src->n);
+            }
             sc[s].wall_seconds = jb->t_sqdiag[s];
             set_real(sc[s].details, "shared_seconds", jb->t_sqdiag[s]);
         } else {
@@ -1404,6 +1430,49 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
     return rc;
 }
 
+/* The coefficients of every exact diagonal-family model, before the diagonal pass, and the
+ * weight vectors of the per-sample traces that pass forms: one shared column for the models
+ * without coefficients (isotropic, sgd, global quantization), one per model with them.
+ * *cols (malloc'd) gets jb->ncols pointers into jb->coef. */
+static int diag_coefs_prepare(struct job *jb, const struct plan *plans, struct tpv_score *sc,
+                              const double ***cols, struct tpv_err *err)
+{
+    const struct tpv_est_inputs *in = jb->in;
+    *cols = NULL;
+    jb->coef = calloc(in->nmodels ? in->nmodels : 1, sizeof *jb->coef);
+    const double **cv = malloc((in->nmodels + 1) * sizeof *cv);
+    if (!jb->coef || !cv) {
+        free(cv);
+        return oom(err);
+    }
+    bool ones = false;
+    size_t ones_col = 0;
+    for (size_t i = 0; i < in->nmodels; i++) {
+        struct diag_coef *dc = &jb->coef[i];
+        if (!diag_family(in->models[i].kind) || plans[i].est != TPV_EST_EXACT)
+            continue;
+        int rc = diag_coeffs(jb, i, &dc->scale, &dc->c, &dc->owned,
+                             sc[i * (size_t)jb->nsplit].details, err);
+        if (rc != TPV_OK) {
+            free(cv);
+            return rc;
+        }
+        dc->have = true;
+        if (!dc->c && ones) {
+            dc->col = ones_col;
+            continue;
+        }
+        if (!dc->c) {
+            ones = true;
+            ones_col = jb->ncols;
+        }
+        dc->col = jb->ncols;
+        cv[jb->ncols++] = dc->c;
+    }
+    *cols = cv;
+    return TPV_OK;
+}
+
 /* ---- the job -------------------------------------------------------------------------------- */
 
 int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
@@ -1507,13 +1576,25 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
     for (size_t i = 0; !jb.have_diag && i < in->nmodels; i++)
         jb.have_diag = diag_family(in->models[i].kind) && plans[i].est == TPV_EST_EXACT;
 
+    const double **cols = NULL;
+    if (rc == TPV_OK && jb.have_diag)
+        rc = diag_coefs_prepare(&jb, plans, sc, &cols, err);
     for (int s = 0; rc == TPV_OK && s < jb.nsplit; s++) {
         struct slice sl;
         struct tpv_progress sub = slice_make(&sl, &pr, c_sq[s]);
         double t0 = now_seconds();
+        const struct tpv_jsrc *src = jb.src[s];
         if (jb.have_diag) {
             jb.diag[s] = calloc((size_t)p, sizeof(double));
-            rc = jb.diag[s] ? jb.src[s]->ops->sqdiag(jb.src[s], jb.diag[s], &sub, err) : oom(err);
+            if (jb.ncols && src->ops->sqdiag_samples)
+                jb.per_sample[s] = calloc((size_t)(jb.ncols * src->n), sizeof(double));
+            if (!jb.diag[s])
+                rc = oom(err);
+            else if (jb.per_sample[s])
+                rc = src->ops->sqdiag_samples(src, jb.diag[s], jb.ncols, cols, jb.per_sample[s],
+                                              &sub, err);
+            else
+                rc = src->ops->sqdiag(src, jb.diag[s], &sub, err);
             double tr = 0;
             for (uint64_t j = 0; rc == TPV_OK && j < p; j++)
                 tr += jb.diag[s][j];
@@ -1605,8 +1686,15 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             *stability = st;
         }
     }
-    for (int s = 0; s < 2; s++)
+    for (int s = 0; s < 2; s++) {
         free(jb.diag[s]);
+        free(jb.per_sample[s]);
+    }
+    for (size_t i = 0; jb.coef && i < in->nmodels; i++)
+        if (jb.coef[i].owned)
+            free(jb.coef[i].c);
+    free(jb.coef);
+    free(cols);
     free(jb.lambda);
     free(jb.proj);
     free(jb.g_rows);
