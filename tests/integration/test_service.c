@@ -732,6 +732,16 @@ static void test_ranking_confidence(void **state)
     assert_true(fabs(json_real_value(json_object_get(sc, "stderr_inputs")) -
                      conf_stderr(conf_v[0])) < 1e-12);
     http_result_free(&r);
+    /* ... and the OpenAPI document says so. */
+    assert_int_equal(http_json(d.base_url, "GET", "/openapi.json", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    const json_t *schemas = json_object_get(json_object_get(r.json, "components"), "schemas");
+    const json_t *ri = json_object_get(json_object_get(schemas, "RankingItem"), "properties");
+    assert_non_null(json_object_get(ri, "p_lower_than_next"));
+    assert_non_null(json_object_get(ri, "stderr_inputs"));
+    assert_non_null(json_object_get(
+        json_object_get(json_object_get(schemas, "Score"), "properties"), "stderr_inputs"));
+    http_result_free(&r);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
 }
