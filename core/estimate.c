@@ -517,9 +517,11 @@ static int check_trace_args(const struct tpv_jsrc *s, const struct tpv_trace_opt
     return TPV_OK;
 }
 
-/* Scratch of one Hutchinson run: two p-vectors and one (n K)-vector, whatever the probe kind. */
+/* Scratch of one Hutchinson run: two p-vectors and one (n K)-vector, whatever the probe kind;
+ * tot (n) receives a probe's per-sample parts when the caller wants them (NULL otherwise). */
 struct hutch_ws {
-    double *p1, *p2, *rows;
+    double *p1, *p2, *rows, *tot;
+    bool tot_set;
 };
 
 /* One probe's quadratic form: `i` numbers the probe (its random stream). */
@@ -535,7 +537,15 @@ static int probe_parameters(const struct tpv_jsrc *s, const double *c,
     struct tpv_rng r;
     tpv_rng_init(&r, o->seed, stream_id(o, i));
     tpv_rng_rademacher(&r, ws->p1, (size_t)s->p);
-    return quad_form(s, c, ws->p1, ws->p2, ws->rows, q, err);
+    int rc = quad_form(s, c, ws->p1, ws->p2, ws->rows, q, err);
+    for (uint64_t x = 0; rc == TPV_OK && ws->tot && x < s->n; x++) {
+        double t = 0;
+        for (uint64_t k = 0; k < s->K; k++)
+            t += ws->rows[x * s->K + k] * ws->rows[x * s->K + k];
+        ws->tot[x] = t;
+    }
+    ws->tot_set = ws->tot != NULL;
+    return rc;
 }
 
 /* Output-space probe r_x in {+-1}^K per sample: sum_j c_j (r_x^T J(x))_j^2, one backward pass
@@ -547,9 +557,12 @@ static int probe_outputs(const struct tpv_jsrc *s, const double *c, const struct
     tpv_rng_init(&g, o->seed, stream_id(o, i));
     tpv_rng_rademacher(&g, ws->rows, (size_t)(s->n * s->K));
     memset(ws->p1, 0, (size_t)s->p * sizeof *ws->p1);
-    int rc = s->ops->sqdiag_projected(s, ws->rows, ws->p1, NULL, NULL, err);
+    /* The per-sample totals are the parts of the unweighted form only. */
+    double *tot = c ? NULL : ws->tot;
+    int rc = s->ops->sqdiag_projected(s, ws->rows, ws->p1, tot, NULL, err);
     if (rc != TPV_OK)
         return rc;
+    ws->tot_set = tot != NULL;
     double t = 0;
     for (uint64_t j = 0; j < s->p; j++)
         t += c ? c[j] * ws->p1[j] : ws->p1[j];
@@ -567,14 +580,22 @@ static int hutchinson_run(const struct tpv_jsrc *s, const double *c,
     uint64_t rows = s->n * s->K;
     struct hutch_ws ws = { malloc((size_t)s->p * sizeof(double)),
                            malloc((size_t)s->p * sizeof(double)),
-                           malloc((size_t)(rows ? rows : 1) * sizeof(double)) };
-    int rc = ws.p1 && ws.p2 && ws.rows ? TPV_OK : oom(err);
+                           malloc((size_t)(rows ? rows : 1) * sizeof(double)),
+                           o->per_sample ? malloc((size_t)(s->n ? s->n : 1) * sizeof(double))
+                                         : NULL, false };
+    int rc = ws.p1 && ws.p2 && ws.rows && (!o->per_sample || ws.tot) ? TPV_OK : oom(err);
+    bool split = o->per_sample != NULL;
+    if (split)
+        memset(o->per_sample, 0, (size_t)s->n * sizeof *o->per_sample);
     struct welford w = { 0 };
     for (uint64_t i = 0; rc == TPV_OK && i < o->max_samples; i++) {
         double q;
         rc = probe(s, c, o, i, &ws, &q, err);
         if (rc != TPV_OK)
             break;
+        split = split && ws.tot_set;
+        for (uint64_t x = 0; split && x < s->n; x++)
+            o->per_sample[x] += ws.tot[x];
         welford_add(&w, q);
         if (should_stop(o, &w, 0)) {
             out->converged = true;
@@ -586,8 +607,12 @@ static int hutchinson_run(const struct tpv_jsrc *s, const double *c,
     free(ws.p1);
     free(ws.p2);
     free(ws.rows);
+    free(ws.tot);
     if (rc != TPV_OK)
         return rc;
+    for (uint64_t x = 0; split && w.n && x < s->n; x++)
+        o->per_sample[x] /= (double)w.n;
+    out->per_sample_set = split && w.n > 0;
     out->value = w.mean;
     out->stderr_value = welford_stderr(&w);
     out->samples = w.n;
@@ -962,8 +987,10 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
             sc[s].wall_seconds = jb->t_sqdiag[s];
             set_real(sc[s].details, "shared_seconds", jb->t_sqdiag[s]);
         } else {
+            double *ps = pl->est == TPV_EST_HUTCHPP ? NULL
+                                                    : malloc((size_t)src->n * sizeof *ps);
             struct tpv_trace_opts o = { nm->seed, (uint64_t)s, nm->target_rel_error,
-                                        nm->max_samples, 0 };
+                                        nm->max_samples, 0, ps };
             struct tpv_trace_result r;
             struct tpv_progress sub = pg[s];
             if (pl->est == TPV_EST_HUTCHPP)
@@ -972,6 +999,13 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
                 rc = tpv_trace_hutchinson_outputs(src, c, &o, &r, &sub, err);
             else
                 rc = tpv_trace_hutchinson(src, c, &o, &r, &sub, err);
+            if (rc == TPV_OK && ps && r.per_sample_set) {
+                for (uint64_t x = 0; x < src->n; x++)
+                    ps[x] *= scale;
+                tpv_score_set_contributions(&sc[s], ps, (size_t)src->n);
+            } else {
+                free(ps);
+            }
             if (rc != TPV_OK)
                 break;
             sc[s].value = scale * r.value / nX;
