@@ -224,8 +224,11 @@ static void gram_exact_costs(const struct tpv_est_inputs *in, bool label, uint64
     const struct tpv_jsrc *f = in->fit, *pr = in->probe;
     uint64_t N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
     uint64_t b = pl_add(pl_mul(pl_mul(N, N), 8), pl_mul(pl_mul(M, N), 8));
+    uint64_t inputs = pl_add(f->n, pr ? pr->n : 0);
+    b = pl_add(b, pl_mul(inputs, 24)); /* per-input row sums (g_rows, g_self, kx_rows) */
     if (label) {
         b = pl_add(b, pl_add(tpv_syevd_work_bytes(N), pl_mul(N, 16)));
+        b = pl_add(b, pl_mul(pl_mul(inputs, N), 8)); /* q_fit, t_probe */
         if (pr)
             b = pl_add(b, pl_mul(pl_mul(label_chunk_rows(M, N), N), 8));
     }
@@ -376,7 +379,7 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
     uint64_t p = f->p, N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
     uint64_t rows = N > M ? N : M;
     bool label = false, sgdc = false;
-    uint64_t trans = 0;
+    uint64_t trans = 0, percol = 0;
     for (size_t i = 0; i < in->nmodels; i++) {
         const struct tpv_noise *nm = &in->models[i];
         struct plan pl = plan_model(in, opts, nm);
@@ -396,6 +399,8 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
         }
         if (pl.est == TPV_EST_HUTCHINSON && !pl.mf) /* struct hutch_ws: two p-vectors, one rows-vector */
             t = pl_add(t, pl_add(pl_mul(p, 16), pl_mul(rows, 8)));
+        if (diag_family(nm->kind) && pl.est == TPV_EST_EXACT) /* a per_sample column */
+            percol = pl_add(percol, pl_mul(pl_add(f->n, pr ? pr->n : 0), 8));
         if (pl.est == TPV_EST_HUTCHPP) {
             uint64_t s = hpp_sketch(nm->max_samples, p);
             /* sketch (p x s), LAPACKE's transposed copy, tau, vectors */
@@ -404,7 +409,7 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
         }
         trans = t > trans ? t : trans;
     }
-    mp->base = base_bytes(in);
+    mp->base = pl_add(base_bytes(in), percol);
     mp->gram = 0;
     if (label || sgdc) {
         double unused;
@@ -980,7 +985,11 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
             sc[s].value = scale * T / nX;
             if (dc && dc->have && jb->per_sample[s]) {
                 double *ci = malloc((size_t)src->n * sizeof *ci);
-                for (uint64_t x = 0; ci && x < src->n; x++)
+                if (!ci) {
+                    rc = oom(err);
+                    break;
+                }
+                for (uint64_t x = 0; x < src->n; x++)
                     ci[x] = scale * jb->per_sample[s][dc->col * src->n + x];
                 tpv_score_set_contributions(&sc[s], ci, (size_t)src->n);
             }
@@ -989,6 +998,10 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
         } else {
             double *ps = pl->est == TPV_EST_HUTCHPP ? NULL
                                                     : malloc((size_t)src->n * sizeof *ps);
+            if (pl->est != TPV_EST_HUTCHPP && !ps) {
+                rc = oom(err);
+                break;
+            }
             struct tpv_trace_opts o = { nm->seed, (uint64_t)s, nm->target_rel_error,
                                         nm->max_samples, 0, ps };
             struct tpv_trace_result r;
@@ -1091,16 +1104,16 @@ static int score_prune(const struct job *jb, size_t mi, struct tpv_score *sc,
 }
 
 /* Input x's part of the label sums: s2 * sum_i W[x,i] w_i with w_i = lambda_i^2 / den_i on the
- * fit split (W = q_fit) and 1 / den_i on the probe split (W = t_probe), kept i only.  Without
- * memory for the weights the score simply has no contributions. */
-static void label_contributions(const struct job *jb, const struct tpv_noise *nm, double lmax,
-                                double rho, double s2, struct tpv_score *sc)
+ * fit split (W = q_fit) and 1 / den_i on the probe split (W = t_probe), kept i only.
+ * TPV_ENOMEM when the arrays cannot be made (a job never answers with fewer outputs). */
+static int label_contributions(const struct job *jb, const struct tpv_noise *nm, double lmax,
+                               double rho, double s2, struct tpv_score *sc, struct tpv_err *err)
 {
     const struct tpv_jsrc *f = jb->in->fit;
     uint64_t N = f->n * f->K;
     double *w = malloc((size_t)(N ? N : 1) * 2 * sizeof *w);
     if (!w)
-        return;
+        return oom(err);
     for (uint64_t i = 0; i < N; i++) {
         double l = jb->lambda[i] > 0 ? jb->lambda[i] : 0;
         bool keep = rho > 0 ? true : l > nm->rcond * lmax && l > 0;
@@ -1112,17 +1125,20 @@ static void label_contributions(const struct job *jb, const struct tpv_noise *nm
     for (int s = 0; s < jb->nsplit; s++) {
         const double *W = s == 0 ? jb->q_fit : jb->t_probe;
         uint64_t n = jb->src[s]->n;
-        double *ci = W ? malloc((size_t)(n ? n : 1) * sizeof *ci) : NULL;
-        if (!ci)
-            continue;
+        double *ci = malloc((size_t)(n ? n : 1) * sizeof *ci);
+        if (!ci) {
+            free(w);
+            return oom(err);
+        }
         cblas_dgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)N, 1.0, W, (blasint)N,
                     w + (s == 0 ? 0 : N), 1, 0.0, ci, 1);
         tpv_score_set_contributions(&sc[s], ci, (size_t)n);
     }
     free(w);
+    return TPV_OK;
 }
 
-static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
+static int score_label(const struct job *jb, size_t mi, struct tpv_score *sc, struct tpv_err *err)
 {
     const struct tpv_noise *nm = &jb->in->models[mi];
     const struct tpv_jsrc *f = jb->in->fit;
@@ -1149,7 +1165,9 @@ static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
         if (jb->proj)
             probesum += jb->proj[i] / den;
     }
-    label_contributions(jb, nm, lmax, rho, s2, sc);
+    int rc = label_contributions(jb, nm, lmax, rho, s2, sc, err);
+    if (rc != TPV_OK)
+        return rc;
     for (int s = 0; s < jb->nsplit; s++) {
         sc[s].value = s2 * (s == 0 ? fitsum : probesum) / (double)jb->src[s]->n;
         sc[s].wall_seconds = jb->t_gram;
@@ -1163,23 +1181,28 @@ static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
             set_real(sc[s].details, "mean_abs_output", jb->out_scale);
         set_real(sc[s].details, "shared_seconds", jb->t_gram);
     }
+    return TPV_OK;
 }
 
-static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
+static int score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc, struct tpv_err *err)
 {
     const struct tpv_noise *nm = &jb->in->models[mi];
     double a = nm->lr / (2.0 * nm->batch_size);
     double n = (double)jb->in->fit->n;
     double with_self = a * jb->sgdc_F / (n * n);
     uint64_t nf = jb->in->fit->n;
-    double *cf = jb->g_rows ? malloc((size_t)nf * sizeof *cf) : NULL;
-    for (uint64_t x = 0; cf && x < nf; x++)
+    double *cf = malloc((size_t)nf * sizeof *cf);
+    if (!cf)
+        return oom(err);
+    for (uint64_t x = 0; x < nf; x++)
         cf[x] = nf > 1 ? a * (jb->g_rows[x] - jb->g_self[x]) / (n - 1) : a * jb->g_rows[x] / n;
     tpv_score_set_contributions(&sc[0], cf, (size_t)nf);
     if (jb->nsplit > 1) {
         uint64_t np = jb->in->probe->n;
-        double *cp = jb->kx_rows ? malloc((size_t)(np ? np : 1) * sizeof *cp) : NULL;
-        for (uint64_t x = 0; cp && x < np; x++)
+        double *cp = malloc((size_t)(np ? np : 1) * sizeof *cp);
+        if (!cp)
+            return oom(err);
+        for (uint64_t x = 0; x < np; x++)
             cp[x] = a * jb->kx_rows[x] / n;
         tpv_score_set_contributions(&sc[1], cp, (size_t)np);
     }
@@ -1196,6 +1219,7 @@ static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
         sc[1].value = a * jb->kx_F / ((double)jb->in->probe->n * n);
         sc[1].wall_seconds = jb->t_gram;
     }
+    return TPV_OK;
 }
 
 /* Solver and sampling details of a matrix-free score. */
@@ -1417,7 +1441,8 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         jb->proj = M ? calloc((size_t)N, sizeof *jb->proj) : NULL;
         jb->q_fit = calloc((size_t)(f->n ? f->n : 1) * (size_t)(N ? N : 1), sizeof *jb->q_fit);
         jb->t_probe = M ? calloc((size_t)pb->n * (size_t)N, sizeof *jb->t_probe) : NULL;
-        if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj)))
+        if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj) || !jb->q_fit ||
+                             (M && !jb->t_probe)))
             rc = oom(err);
         /* G now holds Q (eigenvectors as columns).  LAPACK cannot be interrupted, so it runs on
          * a helper thread while this one reports elapsed time against the expected time and
@@ -1428,7 +1453,7 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
             rc = tpv_syevd_cancellable(N, &G, &jb->lambda, eig_seconds(N), esub.fn, esub.ctx,
                                        err);
         /* Per-input rows of Q for the label contributions (none without their memory). */
-        for (uint64_t r = 0; rc == TPV_OK && jb->q_fit && r < N; r++)
+        for (uint64_t r = 0; rc == TPV_OK && r < N; r++)
             for (uint64_t i = 0; i < N; i++)
                 jb->q_fit[(r / K) * N + i] += G[r * N + i] * G[r * N + i];
         sub = slice_make(&sl, pr, c_eig / 2);
@@ -1622,7 +1647,7 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             jb.diag[s] = calloc((size_t)p, sizeof(double));
             if (jb.ncols && src->ops->sqdiag_samples)
                 jb.per_sample[s] = calloc((size_t)(jb.ncols * src->n), sizeof(double));
-            if (!jb.diag[s])
+            if (!jb.diag[s] || (jb.ncols && src->ops->sqdiag_samples && !jb.per_sample[s]))
                 rc = oom(err);
             else if (jb.per_sample[s])
                 rc = src->ops->sqdiag_samples(src, jb.diag[s], jb.ncols, cols, jb.per_sample[s],
@@ -1669,11 +1694,11 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
         else if (nm->kind == TPV_NOISE_LABEL && plans[i].mf)
             rc = score_label_mf(&jb, i, x, sub, err);
         else if (nm->kind == TPV_NOISE_LABEL)
-            score_label(&jb, i, x);
+            rc = score_label(&jb, i, x, err);
         else if (plans[i].mf)
             rc = score_sgdc_mf(&jb, i, x, sub, err);
         else
-            score_sgdc(&jb, i, x);
+            rc = score_sgdc(&jb, i, x, err);
         if (rc == TPV_OK && pg && pg->fn && pg->fn(pg->ctx, pr.total > 0 ? pr.done / pr.total : 1))
             rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
     }
