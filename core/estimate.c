@@ -224,8 +224,11 @@ static void gram_exact_costs(const struct tpv_est_inputs *in, bool label, uint64
     const struct tpv_jsrc *f = in->fit, *pr = in->probe;
     uint64_t N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
     uint64_t b = pl_add(pl_mul(pl_mul(N, N), 8), pl_mul(pl_mul(M, N), 8));
+    uint64_t inputs = pl_add(f->n, pr ? pr->n : 0);
+    b = pl_add(b, pl_mul(inputs, 24)); /* per-input row sums (g_rows, g_self, kx_rows) */
     if (label) {
         b = pl_add(b, pl_add(tpv_syevd_work_bytes(N), pl_mul(N, 16)));
+        b = pl_add(b, pl_mul(pl_mul(inputs, N), 8)); /* q_fit, t_probe */
         if (pr)
             b = pl_add(b, pl_mul(pl_mul(label_chunk_rows(M, N), N), 8));
     }
@@ -376,7 +379,7 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
     uint64_t p = f->p, N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
     uint64_t rows = N > M ? N : M;
     bool label = false, sgdc = false;
-    uint64_t trans = 0;
+    uint64_t trans = 0, percol = 0;
     for (size_t i = 0; i < in->nmodels; i++) {
         const struct tpv_noise *nm = &in->models[i];
         struct plan pl = plan_model(in, opts, nm);
@@ -396,6 +399,8 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
         }
         if (pl.est == TPV_EST_HUTCHINSON && !pl.mf) /* struct hutch_ws: two p-vectors, one rows-vector */
             t = pl_add(t, pl_add(pl_mul(p, 16), pl_mul(rows, 8)));
+        if (diag_family(nm->kind) && pl.est == TPV_EST_EXACT) /* a per_sample column */
+            percol = pl_add(percol, pl_mul(pl_add(f->n, pr ? pr->n : 0), 8));
         if (pl.est == TPV_EST_HUTCHPP) {
             uint64_t s = hpp_sketch(nm->max_samples, p);
             /* sketch (p x s), LAPACKE's transposed copy, tau, vectors */
@@ -404,7 +409,7 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
         }
         trans = t > trans ? t : trans;
     }
-    mp->base = base_bytes(in);
+    mp->base = pl_add(base_bytes(in), percol);
     mp->gram = 0;
     if (label || sgdc) {
         double unused;
@@ -517,9 +522,11 @@ static int check_trace_args(const struct tpv_jsrc *s, const struct tpv_trace_opt
     return TPV_OK;
 }
 
-/* Scratch of one Hutchinson run: two p-vectors and one (n K)-vector, whatever the probe kind. */
+/* Scratch of one Hutchinson run: two p-vectors and one (n K)-vector, whatever the probe kind;
+ * tot (n) receives a probe's per-sample parts when the caller wants them (NULL otherwise). */
 struct hutch_ws {
-    double *p1, *p2, *rows;
+    double *p1, *p2, *rows, *tot;
+    bool tot_set;
 };
 
 /* One probe's quadratic form: `i` numbers the probe (its random stream). */
@@ -535,7 +542,15 @@ static int probe_parameters(const struct tpv_jsrc *s, const double *c,
     struct tpv_rng r;
     tpv_rng_init(&r, o->seed, stream_id(o, i));
     tpv_rng_rademacher(&r, ws->p1, (size_t)s->p);
-    return quad_form(s, c, ws->p1, ws->p2, ws->rows, q, err);
+    int rc = quad_form(s, c, ws->p1, ws->p2, ws->rows, q, err);
+    for (uint64_t x = 0; rc == TPV_OK && ws->tot && x < s->n; x++) {
+        double t = 0;
+        for (uint64_t k = 0; k < s->K; k++)
+            t += ws->rows[x * s->K + k] * ws->rows[x * s->K + k];
+        ws->tot[x] = t;
+    }
+    ws->tot_set = ws->tot != NULL;
+    return rc;
 }
 
 /* Output-space probe r_x in {+-1}^K per sample: sum_j c_j (r_x^T J(x))_j^2, one backward pass
@@ -547,9 +562,12 @@ static int probe_outputs(const struct tpv_jsrc *s, const double *c, const struct
     tpv_rng_init(&g, o->seed, stream_id(o, i));
     tpv_rng_rademacher(&g, ws->rows, (size_t)(s->n * s->K));
     memset(ws->p1, 0, (size_t)s->p * sizeof *ws->p1);
-    int rc = s->ops->sqdiag_projected(s, ws->rows, ws->p1, NULL, NULL, err);
+    /* The per-sample totals are the parts of the unweighted form only. */
+    double *tot = c ? NULL : ws->tot;
+    int rc = s->ops->sqdiag_projected(s, ws->rows, ws->p1, tot, NULL, err);
     if (rc != TPV_OK)
         return rc;
+    ws->tot_set = tot != NULL;
     double t = 0;
     for (uint64_t j = 0; j < s->p; j++)
         t += c ? c[j] * ws->p1[j] : ws->p1[j];
@@ -567,14 +585,22 @@ static int hutchinson_run(const struct tpv_jsrc *s, const double *c,
     uint64_t rows = s->n * s->K;
     struct hutch_ws ws = { malloc((size_t)s->p * sizeof(double)),
                            malloc((size_t)s->p * sizeof(double)),
-                           malloc((size_t)(rows ? rows : 1) * sizeof(double)) };
-    int rc = ws.p1 && ws.p2 && ws.rows ? TPV_OK : oom(err);
+                           malloc((size_t)(rows ? rows : 1) * sizeof(double)),
+                           o->per_sample ? malloc((size_t)(s->n ? s->n : 1) * sizeof(double))
+                                         : NULL, false };
+    int rc = ws.p1 && ws.p2 && ws.rows && (!o->per_sample || ws.tot) ? TPV_OK : oom(err);
+    bool split = o->per_sample != NULL;
+    if (split)
+        memset(o->per_sample, 0, (size_t)s->n * sizeof *o->per_sample);
     struct welford w = { 0 };
     for (uint64_t i = 0; rc == TPV_OK && i < o->max_samples; i++) {
         double q;
         rc = probe(s, c, o, i, &ws, &q, err);
         if (rc != TPV_OK)
             break;
+        split = split && ws.tot_set;
+        for (uint64_t x = 0; split && x < s->n; x++)
+            o->per_sample[x] += ws.tot[x];
         welford_add(&w, q);
         if (should_stop(o, &w, 0)) {
             out->converged = true;
@@ -586,8 +612,12 @@ static int hutchinson_run(const struct tpv_jsrc *s, const double *c,
     free(ws.p1);
     free(ws.p2);
     free(ws.rows);
+    free(ws.tot);
     if (rc != TPV_OK)
         return rc;
+    for (uint64_t x = 0; split && w.n && x < s->n; x++)
+        o->per_sample[x] /= (double)w.n;
+    out->per_sample_set = split && w.n > 0;
     out->value = w.mean;
     out->stderr_value = welford_stderr(&w);
     out->samples = w.n;
@@ -825,7 +855,26 @@ struct job {
     double kx_F;          /* ||K_X||_F^2 */
     double *lambda;       /* N eigenvalues (ascending) */
     double *proj;         /* N: ||K_X q_i||^2 */
+    /* Per-input parts of the sums above (the rows of each input: DESIGN.md section 5): */
+    double *g_rows;       /* n_fit: sum over input x's K rows of G of the squared entries */
+    double *g_self;       /* n_fit: the same over x's own K x K block */
+    double *kx_rows;      /* n_probe: the same over x's K rows of K_X */
+    double *q_fit;        /* n_fit x N: sum over x's rows of Q_ri^2 (label) */
+    /* Exact diagonal family: each model's coefficients, formed before the diagonal pass so
+     * that the pass also splits each weighted trace by sample (sqdiag_samples). */
+    struct diag_coef *coef; /* nmodels entries (have = false for the other models) */
+    size_t ncols;           /* weighted traces formed per sample */
+    double *per_sample[2];  /* ncols x n of each split, or NULL */
+    double *t_probe;      /* n_probe x N: sum over x's rows of (K_X Q)_ri^2 (label) */
     double out_scale;     /* mean |f(x)| over the fit set's n K outputs (sigma_rel), else 0 */
+};
+
+struct diag_coef {
+    bool have;
+    double scale;
+    double *c;   /* NULL = ones */
+    bool owned;
+    size_t col;  /* column of per_sample */
 };
 
 static void set_real(json_t *o, const char *k, double v)
@@ -912,7 +961,14 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
 {
     double scale = 1.0, *c = NULL;
     bool owned = false;
-    int rc = diag_coeffs(jb, mi, &scale, &c, &owned, sc[0].details, err);
+    const struct diag_coef *dc = jb->coef ? &jb->coef[mi] : NULL;
+    int rc = TPV_OK;
+    if (dc && dc->have) { /* formed before the diagonal pass; freed with the job */
+        scale = dc->scale;
+        c = dc->c;
+    } else {
+        rc = diag_coeffs(jb, mi, &scale, &c, &owned, sc[0].details, err);
+    }
     if (rc == TPV_OK && jb->nsplit > 1)
         json_object_update(sc[1].details, sc[0].details);
     const struct tpv_noise *nm = &jb->in->models[mi];
@@ -927,11 +983,27 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
             else
                 T = jb->trace[s];
             sc[s].value = scale * T / nX;
+            if (dc && dc->have && jb->per_sample[s]) {
+                double *ci = malloc((size_t)src->n * sizeof *ci);
+                if (!ci) {
+                    rc = oom(err);
+                    break;
+                }
+                for (uint64_t x = 0; x < src->n; x++)
+                    ci[x] = scale * jb->per_sample[s][dc->col * src->n + x];
+                tpv_score_set_contributions(&sc[s], ci, (size_t)src->n);
+            }
             sc[s].wall_seconds = jb->t_sqdiag[s];
             set_real(sc[s].details, "shared_seconds", jb->t_sqdiag[s]);
         } else {
+            double *ps = pl->est == TPV_EST_HUTCHPP ? NULL
+                                                    : malloc((size_t)src->n * sizeof *ps);
+            if (pl->est != TPV_EST_HUTCHPP && !ps) {
+                rc = oom(err);
+                break;
+            }
             struct tpv_trace_opts o = { nm->seed, (uint64_t)s, nm->target_rel_error,
-                                        nm->max_samples, 0 };
+                                        nm->max_samples, 0, ps };
             struct tpv_trace_result r;
             struct tpv_progress sub = pg[s];
             if (pl->est == TPV_EST_HUTCHPP)
@@ -940,6 +1012,13 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
                 rc = tpv_trace_hutchinson_outputs(src, c, &o, &r, &sub, err);
             else
                 rc = tpv_trace_hutchinson(src, c, &o, &r, &sub, err);
+            if (rc == TPV_OK && ps && r.per_sample_set) {
+                for (uint64_t x = 0; x < src->n; x++)
+                    ps[x] *= scale;
+                tpv_score_set_contributions(&sc[s], ps, (size_t)src->n);
+            } else {
+                free(ps);
+            }
             if (rc != TPV_OK)
                 break;
             sc[s].value = scale * r.value / nX;
@@ -1000,10 +1079,20 @@ static int score_prune(const struct job *jb, size_t mi, struct tpv_score *sc,
         rc = src->ops->jvp(src, dw, y, &sub, err);
         if (rc != TPV_OK)
             break;
-        double t = 0;
-        for (uint64_t r = 0; r < src->n * src->K; r++)
-            t += y[r] * y[r];
+        double t = 0, *ci = malloc((size_t)(src->n ? src->n : 1) * sizeof *ci);
+        if (!ci) {
+            rc = oom(err);
+            break;
+        }
+        for (uint64_t x = 0; x < src->n; x++) {
+            double tx = 0;
+            for (uint64_t k = 0; k < src->K; k++)
+                tx += y[x * src->K + k] * y[x * src->K + k];
+            ci[x] = tx;
+            t += tx;
+        }
         sc[s].value = t / (double)src->n;
+        tpv_score_set_contributions(&sc[s], ci, (size_t)src->n);
         sc[s].wall_seconds = now_seconds() - t1 + t_mask;
         json_object_set_new(sc[s].details, "pruned", json_integer((json_int_t)pruned));
         set_real(sc[s].details, "dw_norm", sqrt(dwn));
@@ -1014,7 +1103,42 @@ static int score_prune(const struct job *jb, size_t mi, struct tpv_score *sc,
     return rc;
 }
 
-static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
+/* Input x's part of the label sums: s2 * sum_i W[x,i] w_i with w_i = lambda_i^2 / den_i on the
+ * fit split (W = q_fit) and 1 / den_i on the probe split (W = t_probe), kept i only.
+ * TPV_ENOMEM when the arrays cannot be made (a job never answers with fewer outputs). */
+static int label_contributions(const struct job *jb, const struct tpv_noise *nm, double lmax,
+                               double rho, double s2, struct tpv_score *sc, struct tpv_err *err)
+{
+    const struct tpv_jsrc *f = jb->in->fit;
+    uint64_t N = f->n * f->K;
+    double *w = malloc((size_t)(N ? N : 1) * 2 * sizeof *w);
+    if (!w)
+        return oom(err);
+    for (uint64_t i = 0; i < N; i++) {
+        double l = jb->lambda[i] > 0 ? jb->lambda[i] : 0;
+        bool keep = rho > 0 ? true : l > nm->rcond * lmax && l > 0;
+        double den = (l + rho) * (l + rho);
+        bool use = keep && den > 0;
+        w[i] = use ? s2 * l * l / den : 0;
+        w[N + i] = use ? s2 / den : 0;
+    }
+    for (int s = 0; s < jb->nsplit; s++) {
+        const double *W = s == 0 ? jb->q_fit : jb->t_probe;
+        uint64_t n = jb->src[s]->n;
+        double *ci = malloc((size_t)(n ? n : 1) * sizeof *ci);
+        if (!ci) {
+            free(w);
+            return oom(err);
+        }
+        cblas_dgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)N, 1.0, W, (blasint)N,
+                    w + (s == 0 ? 0 : N), 1, 0.0, ci, 1);
+        tpv_score_set_contributions(&sc[s], ci, (size_t)n);
+    }
+    free(w);
+    return TPV_OK;
+}
+
+static int score_label(const struct job *jb, size_t mi, struct tpv_score *sc, struct tpv_err *err)
 {
     const struct tpv_noise *nm = &jb->in->models[mi];
     const struct tpv_jsrc *f = jb->in->fit;
@@ -1041,6 +1165,9 @@ static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
         if (jb->proj)
             probesum += jb->proj[i] / den;
     }
+    int rc = label_contributions(jb, nm, lmax, rho, s2, sc, err);
+    if (rc != TPV_OK)
+        return rc;
     for (int s = 0; s < jb->nsplit; s++) {
         sc[s].value = s2 * (s == 0 ? fitsum : probesum) / (double)jb->src[s]->n;
         sc[s].wall_seconds = jb->t_gram;
@@ -1054,14 +1181,31 @@ static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
             set_real(sc[s].details, "mean_abs_output", jb->out_scale);
         set_real(sc[s].details, "shared_seconds", jb->t_gram);
     }
+    return TPV_OK;
 }
 
-static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
+static int score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc, struct tpv_err *err)
 {
     const struct tpv_noise *nm = &jb->in->models[mi];
     double a = nm->lr / (2.0 * nm->batch_size);
     double n = (double)jb->in->fit->n;
     double with_self = a * jb->sgdc_F / (n * n);
+    uint64_t nf = jb->in->fit->n;
+    double *cf = malloc((size_t)nf * sizeof *cf);
+    if (!cf)
+        return oom(err);
+    for (uint64_t x = 0; x < nf; x++)
+        cf[x] = nf > 1 ? a * (jb->g_rows[x] - jb->g_self[x]) / (n - 1) : a * jb->g_rows[x] / n;
+    tpv_score_set_contributions(&sc[0], cf, (size_t)nf);
+    if (jb->nsplit > 1) {
+        uint64_t np = jb->in->probe->n;
+        double *cp = malloc((size_t)(np ? np : 1) * sizeof *cp);
+        if (!cp)
+            return oom(err);
+        for (uint64_t x = 0; x < np; x++)
+            cp[x] = a * jb->kx_rows[x] / n;
+        tpv_score_set_contributions(&sc[1], cp, (size_t)np);
+    }
     if (jb->in->fit->n > 1) {
         sc[0].value = a * (jb->sgdc_F - jb->sgdc_S) / (n * (n - 1));
     } else {
@@ -1075,6 +1219,7 @@ static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
         sc[1].value = a * jb->kx_F / ((double)jb->in->probe->n * n);
         sc[1].wall_seconds = jb->t_gram;
     }
+    return TPV_OK;
 }
 
 /* Solver and sampling details of a matrix-free score. */
@@ -1254,18 +1399,35 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         pr->done += c_kx;
     }
     if (rc == TPV_OK) {
+        jb->g_rows = calloc((size_t)(f->n ? f->n : 1), sizeof *jb->g_rows);
+        jb->g_self = calloc((size_t)(f->n ? f->n : 1), sizeof *jb->g_self);
+        jb->kx_rows = M ? calloc((size_t)pb->n, sizeof *jb->kx_rows) : NULL;
+        if (!jb->g_rows || !jb->g_self || (M && !jb->kx_rows))
+            rc = oom(err);
+    }
+    if (rc == TPV_OK) {
         double F = 0, S = 0, tr = 0, kf = 0;
         for (uint64_t i = 0; i < N; i++) {
+            double rf = 0, rs = 0;
             tr += G[i * N + i];
             for (uint64_t j = 0; j < N; j++) {
                 double g2 = G[i * N + j] * G[i * N + j];
-                F += g2;
+                rf += g2;
                 if (i / K == j / K)
-                    S += g2;
+                    rs += g2;
             }
+            F += rf;
+            S += rs;
+            jb->g_rows[i / K] += rf;
+            jb->g_self[i / K] += rs;
         }
-        for (uint64_t i = 0; i < M * N; i++)
-            kf += KX[i] * KX[i];
+        for (uint64_t i = 0; i < M; i++) {
+            double rk = 0;
+            for (uint64_t j = 0; j < N; j++)
+                rk += KX[i * N + j] * KX[i * N + j];
+            kf += rk;
+            jb->kx_rows[i / K] += rk;
+        }
         jb->sgdc_F = F;
         jb->sgdc_S = S;
         jb->trG = tr;
@@ -1277,7 +1439,10 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
             rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
         jb->lambda = malloc((size_t)(N ? N : 1) * sizeof *jb->lambda);
         jb->proj = M ? calloc((size_t)N, sizeof *jb->proj) : NULL;
-        if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj)))
+        jb->q_fit = calloc((size_t)(f->n ? f->n : 1) * (size_t)(N ? N : 1), sizeof *jb->q_fit);
+        jb->t_probe = M ? calloc((size_t)pb->n * (size_t)N, sizeof *jb->t_probe) : NULL;
+        if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj) || !jb->q_fit ||
+                             (M && !jb->t_probe)))
             rc = oom(err);
         /* G now holds Q (eigenvectors as columns).  LAPACK cannot be interrupted, so it runs on
          * a helper thread while this one reports elapsed time against the expected time and
@@ -1287,6 +1452,10 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         if (rc == TPV_OK)
             rc = tpv_syevd_cancellable(N, &G, &jb->lambda, eig_seconds(N), esub.fn, esub.ctx,
                                        err);
+        /* Per-input rows of Q for the label contributions (none without their memory). */
+        for (uint64_t r = 0; rc == TPV_OK && r < N; r++)
+            for (uint64_t i = 0; i < N; i++)
+                jb->q_fit[(r / K) * N + i] += G[r * N + i] * G[r * N + i];
         sub = slice_make(&sl, pr, c_eig / 2);
         uint64_t R = M ? label_chunk_rows(M, N) : 0;
         double *T = M && rc == TPV_OK ? malloc((size_t)(R * N) * sizeof *T) : NULL;
@@ -1297,9 +1466,15 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)N,
                         (blasint)N, 1.0, KX + r0 * N, (blasint)N, G, (blasint)N, 0.0, T,
                         (blasint)N);
-            for (uint64_t r = 0; r < nr; r++)
-                for (uint64_t i = 0; i < N; i++)
-                    jb->proj[i] += T[r * N + i] * T[r * N + i];
+            for (uint64_t r = 0; r < nr; r++) {
+                double *tp = jb->t_probe ? jb->t_probe + ((r0 + r) / K) * N : NULL;
+                for (uint64_t i = 0; i < N; i++) {
+                    double t2 = T[r * N + i] * T[r * N + i];
+                    jb->proj[i] += t2;
+                    if (tp)
+                        tp[i] += t2;
+                }
+            }
             if (tpv_progress_report(&sub, 0, 1, r0 + nr, M) != TPV_OK)
                 rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
         }
@@ -1312,6 +1487,49 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
     free(KX);
     jb->t_gram = now_seconds() - t0;
     return rc;
+}
+
+/* The coefficients of every exact diagonal-family model, before the diagonal pass, and the
+ * weight vectors of the per-sample traces that pass forms: one shared column for the models
+ * without coefficients (isotropic, sgd, global quantization), one per model with them.
+ * *cols (malloc'd) gets jb->ncols pointers into jb->coef. */
+static int diag_coefs_prepare(struct job *jb, const struct plan *plans, struct tpv_score *sc,
+                              const double ***cols, struct tpv_err *err)
+{
+    const struct tpv_est_inputs *in = jb->in;
+    *cols = NULL;
+    jb->coef = calloc(in->nmodels ? in->nmodels : 1, sizeof *jb->coef);
+    const double **cv = malloc((in->nmodels + 1) * sizeof *cv);
+    if (!jb->coef || !cv) {
+        free(cv);
+        return oom(err);
+    }
+    bool ones = false;
+    size_t ones_col = 0;
+    for (size_t i = 0; i < in->nmodels; i++) {
+        struct diag_coef *dc = &jb->coef[i];
+        if (!diag_family(in->models[i].kind) || plans[i].est != TPV_EST_EXACT)
+            continue;
+        int rc = diag_coeffs(jb, i, &dc->scale, &dc->c, &dc->owned,
+                             sc[i * (size_t)jb->nsplit].details, err);
+        if (rc != TPV_OK) {
+            free(cv);
+            return rc;
+        }
+        dc->have = true;
+        if (!dc->c && ones) {
+            dc->col = ones_col;
+            continue;
+        }
+        if (!dc->c) {
+            ones = true;
+            ones_col = jb->ncols;
+        }
+        dc->col = jb->ncols;
+        cv[jb->ncols++] = dc->c;
+    }
+    *cols = cv;
+    return TPV_OK;
 }
 
 /* ---- the job -------------------------------------------------------------------------------- */
@@ -1369,6 +1587,7 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             x->split = (enum tpv_split)s;
             x->estimator = tpv_estimator_name(plans[i].est);
             x->seed = nm->seed;
+            x->stderr_inputs = NAN;
             x->details = json_object();
             if (!x->details) {
                 rc = oom(err);
@@ -1416,13 +1635,25 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
     for (size_t i = 0; !jb.have_diag && i < in->nmodels; i++)
         jb.have_diag = diag_family(in->models[i].kind) && plans[i].est == TPV_EST_EXACT;
 
+    const double **cols = NULL;
+    if (rc == TPV_OK && jb.have_diag)
+        rc = diag_coefs_prepare(&jb, plans, sc, &cols, err);
     for (int s = 0; rc == TPV_OK && s < jb.nsplit; s++) {
         struct slice sl;
         struct tpv_progress sub = slice_make(&sl, &pr, c_sq[s]);
         double t0 = now_seconds();
+        const struct tpv_jsrc *src = jb.src[s];
         if (jb.have_diag) {
             jb.diag[s] = calloc((size_t)p, sizeof(double));
-            rc = jb.diag[s] ? jb.src[s]->ops->sqdiag(jb.src[s], jb.diag[s], &sub, err) : oom(err);
+            if (jb.ncols && src->ops->sqdiag_samples)
+                jb.per_sample[s] = calloc((size_t)(jb.ncols * src->n), sizeof(double));
+            if (!jb.diag[s] || (jb.ncols && src->ops->sqdiag_samples && !jb.per_sample[s]))
+                rc = oom(err);
+            else if (jb.per_sample[s])
+                rc = src->ops->sqdiag_samples(src, jb.diag[s], jb.ncols, cols, jb.per_sample[s],
+                                              &sub, err);
+            else
+                rc = src->ops->sqdiag(src, jb.diag[s], &sub, err);
             double tr = 0;
             for (uint64_t j = 0; rc == TPV_OK && j < p; j++)
                 tr += jb.diag[s][j];
@@ -1463,11 +1694,11 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
         else if (nm->kind == TPV_NOISE_LABEL && plans[i].mf)
             rc = score_label_mf(&jb, i, x, sub, err);
         else if (nm->kind == TPV_NOISE_LABEL)
-            score_label(&jb, i, x);
+            rc = score_label(&jb, i, x, err);
         else if (plans[i].mf)
             rc = score_sgdc_mf(&jb, i, x, sub, err);
         else
-            score_sgdc(&jb, i, x);
+            rc = score_sgdc(&jb, i, x, err);
         if (rc == TPV_OK && pg && pg->fn && pg->fn(pg->ctx, pr.total > 0 ? pr.done / pr.total : 1))
             rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
     }
@@ -1514,10 +1745,22 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             *stability = st;
         }
     }
-    for (int s = 0; s < 2; s++)
+    for (int s = 0; s < 2; s++) {
         free(jb.diag[s]);
+        free(jb.per_sample[s]);
+    }
+    for (size_t i = 0; jb.coef && i < in->nmodels; i++)
+        if (jb.coef[i].owned)
+            free(jb.coef[i].c);
+    free(jb.coef);
+    free(cols);
     free(jb.lambda);
     free(jb.proj);
+    free(jb.g_rows);
+    free(jb.g_self);
+    free(jb.kx_rows);
+    free(jb.q_fit);
+    free(jb.t_probe);
     free(plans);
     free(c_model);
     if (rc != TPV_OK) {
