@@ -2,6 +2,7 @@
  * page tokens, idempotency keys and statistics (see store.h; schema design: DESIGN.md sections
  * 2, 5, 6).  Studies and candidates live in studies.c, the job queue in queue.c, blobs in blobs.c. */
 #include "storage/store_int.h"
+#include "storage/store_ops.h" /* compiled here until the dispatcher uses it (phase 2 step 3) */
 
 #include <errno.h>
 #include <fcntl.h>

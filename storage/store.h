@@ -16,23 +16,11 @@
 #include <stdint.h>
 
 #include "core/tpv_error.h"
+#include "storage/store_types.h"
 
 struct store;
 
-#define STORE_ID_MAX 32     /* "st_" + 16 hex + NUL, with room */
-#define STORE_DIGEST_MAX 72 /* "sha256:" + 64 hex + NUL */
-#define STORE_TIME_MAX 32   /* "2026-01-02T03:04:05.678Z" */
-#define STORE_TOKEN_MAX 40  /* opaque page token */
 
-struct store_options {
-    int pool_size;         /* connections; 0 = 8 */
-    bool synchronous_full; /* PRAGMA synchronous=FULL (else NORMAL); the default is FULL */
-    int busy_timeout_ms;   /* 0 = 5000 */
-    /* Open beside a running daemon (the `tpvd token` commands): no folder lock, no clean-up of
-     * upload temporaries; the handle is for token functions and reads.  WAL makes the two
-     * processes' transactions safe. */
-    bool shared;
-};
 
 /* Opens (creating if needed) the data directory `data_dir`, its database `tpvd.db` (WAL, foreign
  * keys, busy timeout, synchronous) and its blob store `blobs/`, takes an exclusive lock on the
@@ -76,21 +64,6 @@ int store_page_token_decode(const char *token, int64_t *seq);
 
 /* ---- idempotency keys ---- */
 
-/* A request that carries an Idempotency-Key.  `scope` binds the key to a route ("POST /v1/...");
- * `request_hash` is a digest of the body: a retry with another body is refused. */
-struct store_idem {
-    const char *scope;
-    const char *key;
-    const char *request_hash;
-};
-
-/* The response stored for a replayed request; free with store_replay_free. */
-struct store_replay {
-    int status;
-    char *body;
-    char *location; /* may be NULL */
-};
-void store_replay_free(struct store_replay *r);
 
 /* Forgets idempotency keys recorded more than `max_age_s` seconds ago: a retry after that is a
  * new request.  *removed gets how many went.  TPV_OK or a storage error. */
@@ -102,26 +75,9 @@ int store_idempotency_expire(struct store *st, double max_age_s, int *removed,
 int store_idem_lookup(struct store *st, const struct store_idem *idem, struct store_replay *out,
                       struct tpv_err *err);
 
-/* The response to remember with a write (stored in the write's transaction). */
-struct store_reply {
-    int status;
-    const char *body;
-    const char *location; /* may be NULL */
-};
 
 /* ---- studies ---- */
 
-struct store_study_new {
-    const char *id;
-    const char *name;
-    const char *description;
-    const char *noise_models; /* JSON array text (canonical, from tpv_noise_to_json) */
-    const char *rank_by;
-    const char *webhook_url;  /* may be NULL */
-    const char *metadata;     /* JSON object text */
-    const char *created_at;
-    const char *webhook_secret; /* signs webhook deliveries; stored only with a webhook_url */
-};
 
 /* Creates a study (and, when idem is not NULL, remembers `reply` under its key in the same
  * transaction).  The key is checked inside that transaction first: TPV_EEXIST with field
@@ -137,19 +93,11 @@ int store_study_get(struct store *st, const char *id, json_t **out, struct tpv_e
 /* The study's version only (the ranking's ETag): one indexed read.  TPV_ENOTFOUND. */
 int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err);
 
-/* What ranking and submission need to know about a study, without JSON.  Free with
- * store_study_info_free. */
-struct store_study_info {
-    char *noise_models;  /* JSON text */
-    char *rank_by;
-    char fit_digest[STORE_DIGEST_MAX];   /* "" when unset */
-    char probe_digest[STORE_DIGEST_MAX]; /* "" when unset */
-    bool has_probe_dumps; /* some candidate brought a probe Jacobian */
-    int64_t version;
-};
+
+/* What ranking and submission need to know about a study, without JSON (free with
+ * store_study_info_free).  TPV_ENOTFOUND. */
 int store_study_info(struct store *st, const char *id, struct store_study_info *out,
                      struct tpv_err *err);
-void store_study_info_free(struct store_study_info *info);
 
 /* A page of studies in creation order after `after_seq` (0 = from the start): at most `limit`
  * items, and no more than fit in about `max_bytes` bytes of JSON (0 = no byte bound; a page
@@ -173,22 +121,6 @@ int store_input_set(struct store *st, const char *study_id, const char *split, c
 
 /* ---- candidates and jobs ---- */
 
-struct store_candidate_new {
-    const char *id;
-    const char *study_id;
-    const char *name;
-    const char *metadata;    /* JSON object text */
-    const char *source_kind; /* "model" | "jacobian" */
-    const char *source;      /* JSON text: everything the worker needs to find the files */
-    bool has_train_loss;
-    double train_loss;
-    bool has_epoch;
-    double epoch;
-    const char *run;         /* metadata.run, or NULL */
-    bool has_probe_dump;
-    const char *job_id;
-    const char *created_at;
-};
 
 /* Creates the candidate and its queued score job in one transaction, bumps the study version
  * and remembers `reply` under the idempotency key when idem is not NULL.  The key is checked
@@ -241,18 +173,6 @@ int store_job_get(struct store *st, const char *id, json_t **out, struct tpv_err
  * TPV_EPRECONDITION when it already succeeded or failed. */
 int store_job_cancel(struct store *st, const char *id, json_t **out, struct tpv_err *err);
 
-/* A claimed job and what the worker needs to run it; free with store_claim_free. */
-struct store_claim {
-    char id[STORE_ID_MAX];
-    char kind[16]; /* "score" | "jbr" */
-    char study_id[STORE_ID_MAX];
-    char candidate_id[STORE_ID_MAX];
-    int attempts;        /* including this one */
-    char *source;        /* candidate source JSON */
-    char *noise_models;  /* study noise models JSON */
-    char *params;        /* job params JSON or NULL */
-};
-void store_claim_free(struct store_claim *c);
 
 /* Claims the oldest queued job for `owner` with a lease of `lease_s` seconds: state running,
  * attempts + 1, in one transaction (two workers never get the same job).  TPV_ENOTFOUND when
@@ -265,18 +185,6 @@ int store_job_claim(struct store *st, const char *owner, double lease_s, struct 
 int store_job_progress(struct store *st, const char *id, const char *owner, double progress,
                        double lease_s, bool *cancel, struct tpv_err *err);
 
-struct store_score {
-    const char *noise;
-    const char *kind;
-    const char *split; /* "fit" | "probe" */
-    double value;
-    double stderr_value;
-    const char *estimator;
-    uint64_t samples;
-    uint64_t seed;
-    double wall_seconds;
-    const char *details; /* JSON text */
-};
 
 /* Finishes a job as succeeded: writes its scores (score jobs), the candidate's stability, the job
  * result (jbr), the state, and bumps the study version, all in one transaction.
@@ -304,42 +212,22 @@ int store_jobs_requeue_expired(struct store *st, int max_attempts, double now, i
 
 /* ---- ranking ---- */
 
-struct store_rank_row {
-    char id[STORE_ID_MAX];
-    char *name;
-    char *metadata; /* JSON text */
-    char state[16];
-    bool has_train_loss, has_epoch, has_value;
-    double train_loss, epoch, value, stderr_value;
-    char *run; /* NULL when absent */
-};
 
 /* Every candidate of a study with its score under (noise, split), scored ones first in
  * ascending value, in one query.  *rows is malloc'd; free with store_rank_rows_free. */
 int store_rank_rows(struct store *st, const char *study_id, const char *noise, const char *split,
                     struct store_rank_row **rows, size_t *nrows, struct tpv_err *err);
-void store_rank_rows_free(struct store_rank_row *rows, size_t n);
 
 /* ---- webhook outbox (storage/outbox.c) ---- */
 
 /* Job ends ("job.succeeded|failed|canceled") and ranking changes ("ranking.changed") of studies
  * with a webhook_url are appended to the outbox in the transaction that caused them; a row stays
  * pending until it is delivered or has failed for good, so delivery survives restarts. */
-struct store_outbox_item {
-    int64_t seq;          /* row number; the event id ("ev_...") is the payload's "id" */
-    char study_id[STORE_ID_MAX];
-    char event[32];
-    char *payload;        /* JSON object text */
-    char *url;            /* the study's webhook_url */
-    char *secret;         /* the study's signing secret (never log it) */
-    int attempts;         /* made so far */
-};
 
 /* Up to `limit` pending rows due at `now` (seconds since the epoch), oldest due first.  *items is
  * malloc'd (NULL when none); free with store_outbox_items_free. */
 int store_outbox_due(struct store *st, double now, int limit, struct store_outbox_item **items,
                      size_t *n, struct tpv_err *err);
-void store_outbox_items_free(struct store_outbox_item *items, size_t n);
 
 /* When the next pending row is due (seconds since the epoch); TPV_ENOTFOUND when none is. */
 int store_outbox_next_due(struct store *st, double *at, struct tpv_err *err);
@@ -357,7 +245,6 @@ int store_outbox_stats(struct store *st, int64_t *pending, int64_t *delivered, i
 
 /* ---- API tokens (storage/tokens.c): only SHA-256 hashes of the secrets are stored ---- */
 
-#define STORE_TOKEN_NAME_MAX 64 /* bytes of a token name, [A-Za-z0-9._-] */
 
 /* Whether `name` is a usable token name (1..STORE_TOKEN_NAME_MAX bytes of [A-Za-z0-9._-]). */
 bool store_token_name_valid(const char *name);
@@ -368,13 +255,6 @@ bool store_token_name_valid(const char *name);
 int store_token_create(struct store *st, const char *name, const char *role, const char *hash_hex,
                        struct tpv_err *err);
 
-/* A token found by the hash of its secret (one indexed read). */
-struct store_token {
-    char hash[65];                      /* as stored: the caller compares it in constant time */
-    char role[8];
-    char name[STORE_TOKEN_NAME_MAX + 1];
-    bool revoked;
-};
 /* TPV_OK with *out filled, TPV_ENOTFOUND when no token has this hash. */
 int store_token_find(struct store *st, const char *hash_hex, struct store_token *out,
                      struct tpv_err *err);
@@ -392,11 +272,6 @@ int store_token_count(struct store *st, int64_t *n, struct tpv_err *err);
 
 /* ---- statistics for /metrics ---- */
 
-struct store_stats {
-    int64_t jobs_queued, jobs_running, jobs_succeeded, jobs_failed, jobs_canceled;
-    int64_t blobs, blob_bytes;
-    int64_t studies, candidates;
-};
 int store_stats(struct store *st, struct store_stats *out, struct tpv_err *err);
 
 /* Number of queued jobs (the queue depth). */
