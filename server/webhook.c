@@ -6,6 +6,7 @@
 #include "server/webhook.h"
 
 #include <curl/curl.h>
+#include <jansson.h>
 #include <errno.h>
 #include <math.h>
 #include <openssl/evp.h>

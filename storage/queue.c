@@ -10,42 +10,38 @@
 
 #include "core/json_alloc.h"
 
-static json_t *col_json_or_null(sqlite3_stmt *s, int i)
+/* Columns of JOB_GET into *o (zeroed first); false when out of memory (*o is then freed). */
+static bool job_from_row(sqlite3_stmt *s, struct store_job *o)
 {
-    const unsigned char *t = sqlite3_column_text(s, i);
-    json_t *j = t ? json_loads((const char *)t, JSON_DECODE_ANY, NULL) : NULL;
-    return j ? j : json_null();
+    memset(o, 0, sizeof *o);
+    snprintf(o->id, sizeof o->id, "%s", col_text(s, 0));
+    snprintf(o->kind, sizeof o->kind, "%s", col_text(s, 1));
+    snprintf(o->candidate_id, sizeof o->candidate_id, "%s", col_text(s, 2));
+    snprintf(o->state, sizeof o->state, "%s", col_text(s, 3));
+    o->progress = sqlite3_column_double(s, 4);
+    o->attempts = sqlite3_column_int(s, 5);
+    bool ok = true;
+    if (sqlite3_column_type(s, 6) != SQLITE_NULL) {
+        o->error_code = strdup(col_text(s, 6));
+        o->error_message = strdup(col_text(s, 7));
+        ok = o->error_code && o->error_message;
+    }
+    snprintf(o->created_at, sizeof o->created_at, "%s", col_text(s, 8));
+    snprintf(o->started_at, sizeof o->started_at, "%s", col_text(s, 9));
+    snprintf(o->finished_at, sizeof o->finished_at, "%s", col_text(s, 10));
+    ok = col_strdup_or_null(s, 11, &o->result) && ok;
+    o->cancel_requested = sqlite3_column_int(s, 12) != 0;
+    snprintf(o->study_id, sizeof o->study_id, "%s", col_text(s, 13));
+    if (!ok)
+        store_job_free(o);
+    return ok;
 }
 
-static json_t *col_str_or_null(sqlite3_stmt *s, int i)
-{
-    return sqlite3_column_type(s, i) == SQLITE_NULL ? json_null() : json_string(col_text(s, i));
-}
-
-/* Columns of JOB_GET. */
-static json_t *job_row_json(sqlite3_stmt *s)
-{
-    json_t *error = json_null();
-    if (sqlite3_column_type(s, 6) != SQLITE_NULL)
-        error = json_pack("{s:s,s:s}", "code", col_text(s, 6), "message", col_text(s, 7));
-    json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:f,s:i,s:o,s:s,s:o,s:o,s:b}",
-                          "id", col_text(s, 0), "kind", col_text(s, 1), "study_id", col_text(s, 13),
-                          "candidate_id", col_text(s, 2), "state", col_text(s, 3),
-                          "progress", sqlite3_column_double(s, 4),
-                          "attempts", sqlite3_column_int(s, 5), "error", error ? error : json_null(),
-                          "created_at", col_text(s, 8), "started_at", col_str_or_null(s, 9),
-                          "finished_at", col_str_or_null(s, 10),
-                          "cancel_requested", sqlite3_column_int(s, 12) != 0);
-    if (j && sqlite3_column_type(s, 11) != SQLITE_NULL)
-        json_object_set_new(j, "result", col_json_or_null(s, 11));
-    return j;
-}
-
-static int job_get_conn(struct store_conn *c, const char *id, json_t **out, char state[16],
-                        struct tpv_err *err)
+static int job_get_conn(struct store_conn *c, const char *id, struct store_job *out,
+                        char state[16], struct tpv_err *err)
 {
     if (out)
-        *out = NULL;
+        memset(out, 0, sizeof *out);
     sqlite3_stmt *s = conn_stmt(c, STMT_JOB_GET, err);
     if (!s)
         return err->code;
@@ -54,7 +50,7 @@ static int job_get_conn(struct store_conn *c, const char *id, json_t **out, char
     if (step == SQLITE_ROW) {
         if (state)
             snprintf(state, 16, "%s", col_text(s, 3));
-        if (out && !(*out = job_row_json(s)))
+        if (out && !job_from_row(s, out))
             rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     } else if (step == SQLITE_DONE) {
         rc = tpv_err_set(err, TPV_ENOTFOUND, "job_id", "job %s not found", id);
@@ -65,7 +61,7 @@ static int job_get_conn(struct store_conn *c, const char *id, json_t **out, char
     return rc;
 }
 
-int store_job_get(struct store *st, const char *id, json_t **out, struct tpv_err *err)
+int store_job_get(struct store *st, const char *id, struct store_job *out, struct tpv_err *err)
 {
     struct store_conn *c = conn_get(st);
     int rc = job_get_conn(c, id, out, NULL, err);
@@ -233,9 +229,10 @@ static int outbox_event(struct store_conn *c, const struct job_ref *ref, const c
     return rc;
 }
 
-int store_job_cancel(struct store *st, const char *id, json_t **out, struct tpv_err *err)
+int store_job_cancel(struct store *st, const char *id, struct store_job *out,
+                     struct tpv_err *err)
 {
-    *out = NULL;
+    memset(out, 0, sizeof *out);
     char state[16] = "";
     struct job_ref ref;
     int64_t version = 0;

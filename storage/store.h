@@ -2,15 +2,15 @@
  *
  * Nothing outside storage/ sees SQL or sqlite3 types: callers hold an opaque `struct store` so that
  * a PostgreSQL backend can be added behind the same functions (DESIGN.md section 7).  Read views
- * come back as jansson objects already in the API shapes of DESIGN.md section 5 (one query, or a
- * constant number, per call: never one per row); writes take plain C values.
+ * come back as the plain structs of store_types.h (one query, or a constant number, per call:
+ * never one per row; JSON columns as text), which api/render.c turns into the API shapes of
+ * DESIGN.md section 5; writes take plain C values.  No jansson, sqlite3 or libpq type here.
  *
  * Threads: every function is safe to call from any thread.  The SQLite backend keeps a small pool
  * of connections (WAL lets readers run beside the one writer); each write is one transaction. */
 #ifndef TPV_STORE_H
 #define TPV_STORE_H
 
-#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -87,8 +87,9 @@ int store_study_create(struct store *st, const struct store_study_new *s,
                        const struct store_idem *idem, const struct store_reply *reply,
                        struct tpv_err *err);
 
-/* The study in API shape (new reference in *out).  TPV_ENOTFOUND. */
-int store_study_get(struct store *st, const char *id, json_t **out, struct tpv_err *err);
+/* The study (*out owns its strings: store_study_free; zeroed on error).  TPV_ENOTFOUND. */
+int store_study_get(struct store *st, const char *id, struct store_study *out,
+                    struct tpv_err *err);
 
 /* The study's version only (the ranking's ETag): one indexed read.  TPV_ENOTFOUND. */
 int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err);
@@ -101,10 +102,11 @@ int store_study_info(struct store *st, const char *id, struct store_study_info *
 
 /* A page of studies in creation order after `after_seq` (0 = from the start): at most `limit`
  * items, and no more than fit in about `max_bytes` bytes of JSON (0 = no byte bound; a page
- * always holds at least one item).  *items (new reference) is an array; *next_seq is the position
- * for the next page, 0 when this was the last. */
+ * always holds at least one item).  *page owns its items (store_study_page_free; zeroed on
+ * error); page->next_seq is the position for the next page, 0 when this was the last.
+ * TPV_EINVAL (field "limit") unless 1 <= limit < INT_MAX. */
 int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t max_bytes,
-                     json_t **items, int64_t *next_seq, struct tpv_err *err);
+                     struct store_study_page *page, struct tpv_err *err);
 
 /* Deletes a study with its input sets, candidates, scores and jobs in one transaction (running
  * jobs stop at their next progress report, as for store_candidate_delete); when it has a webhook
@@ -133,9 +135,10 @@ int store_candidate_create(struct store *st, const struct store_candidate_new *c
                            int64_t max_queued, const struct store_idem *idem,
                            const struct store_reply *reply, struct tpv_err *err);
 
-/* The candidate in API shape, with its scores (TPV_ENOTFOUND).  `study_id` must match. */
-int store_candidate_get(struct store *st, const char *study_id, const char *id, json_t **out,
-                        struct tpv_err *err);
+/* The candidate with its scores in write order (*out: store_candidate_free; zeroed on error).
+ * TPV_ENOTFOUND; `study_id` must match. */
+int store_candidate_get(struct store *st, const char *study_id, const char *id,
+                        struct store_candidate *out, struct tpv_err *err);
 
 /* The stored source JSON of a candidate (malloc'd text in *source, *kind "model"/"jacobian"). */
 int store_candidate_source(struct store *st, const char *study_id, const char *id, char **source,
@@ -144,7 +147,7 @@ int store_candidate_source(struct store *st, const char *study_id, const char *i
 /* A page of a study's candidates with their scores (two queries whatever the page size), bounded
  * by `limit` items and about `max_bytes` bytes like store_study_list. */
 int store_candidate_list(struct store *st, const char *study_id, int64_t after_seq, int limit,
-                         uint64_t max_bytes, json_t **items, int64_t *next_seq,
+                         uint64_t max_bytes, struct store_candidate_page *page,
                          struct tpv_err *err);
 
 /* Queues a JBR job for a candidate ("params" JSON text).  TPV_ENOTFOUND, TPV_EBUSY. */
@@ -165,13 +168,14 @@ int store_candidate_delete(struct store *st, const char *study_id, const char *i
 int store_candidate_retry(struct store *st, const char *study_id, const char *id,
                           const char *job_id, int64_t max_queued, struct tpv_err *err);
 
-/* The job in API shape.  TPV_ENOTFOUND. */
-int store_job_get(struct store *st, const char *id, json_t **out, struct tpv_err *err);
+/* The job (*out: store_job_free; zeroed on error).  TPV_ENOTFOUND. */
+int store_job_get(struct store *st, const char *id, struct store_job *out, struct tpv_err *err);
 
 /* Cancels a job: a queued job becomes canceled at once, a running one is asked to stop (its
  * worker sees it at the next progress report).  *out gets the job afterwards.  TPV_ENOTFOUND;
  * TPV_EPRECONDITION when it already succeeded or failed. */
-int store_job_cancel(struct store *st, const char *id, json_t **out, struct tpv_err *err);
+int store_job_cancel(struct store *st, const char *id, struct store_job *out,
+                     struct tpv_err *err);
 
 
 /* Claims the oldest queued job for `owner` with a lease of `lease_s` seconds: state running,
@@ -259,9 +263,9 @@ int store_token_create(struct store *st, const char *name, const char *role, con
 int store_token_find(struct store *st, const char *hash_hex, struct store_token *out,
                      struct tpv_err *err);
 
-/* Every token as [{"name","role","created_at","revoked_at"|null}] (new reference), oldest first;
- * never the hashes. */
-int store_token_list(struct store *st, json_t **items, struct tpv_err *err);
+/* Every token, oldest first, never the hashes: *rows is malloc'd (free(); NULL when none). */
+int store_token_list(struct store *st, struct store_token_row **rows, size_t *n,
+                     struct tpv_err *err);
 
 /* Revokes the token called `name` (it stays listed).  TPV_ENOTFOUND; TPV_EPRECONDITION when it was
  * already revoked. */

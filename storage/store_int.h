@@ -4,6 +4,7 @@
 #ifndef TPV_STORE_INT_H
 #define TPV_STORE_INT_H
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
