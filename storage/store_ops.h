@@ -23,6 +23,9 @@ struct store_sink {
     void (*job_queued)(void *ctx);
     /* Some write committed: versions read before may be stale (the version cache's generation). */
     void (*committed)(void *ctx);
+    /* Renders an outbox event inside the writing transaction (a NULL answer fails the write
+     * with TPV_ENOMEM; no renderer set fails it with TPV_EINTERNAL).  Never NULL itself. */
+    char *(*render_event)(void *ctx, const struct store_event *ev, const char *event_id);
 };
 
 struct store_ops {

@@ -249,6 +249,11 @@ struct store_event {
     char at[STORE_TIME_MAX];
 };
 
+/* Renders an event's payload: malloc'd JSON object text with "id" = event_id (the id receivers
+ * dedup on), or NULL when out of memory.  The daemon's is srv_webhook_render_event
+ * (server/webhook.c); the text is stored, so every attempt sends the same bytes. */
+typedef char *(*store_event_render_fn)(const struct store_event *ev, const char *event_id);
+
 struct store_outbox_item {
     int64_t seq;          /* row number; the event id ("ev_...") is the payload's "id" */
     char study_id[STORE_ID_MAX];
