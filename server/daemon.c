@@ -96,6 +96,8 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
         .busy_timeout_ms = 5000,
     };
     int rc = store_open_with(&d->store, cfg->data_dir, &so, err);
+    if (rc == TPV_OK)
+        store_set_event_renderer(d->store, srv_webhook_render_event);
     if (rc == TPV_OK && (api_metrics_new(&d->metrics) != TPV_OK ||
                          api_cache_new(&d->cache, 64, 8u << 20) != TPV_OK))
         rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/json_alloc.h"
 
 /* Columns of JOB_GET into *o (zeroed first); false when out of memory (*o is then freed). */
 static bool job_from_row(sqlite3_stmt *s, struct store_job *o)
@@ -172,18 +171,17 @@ int study_has_hook(struct store_conn *c, const char *study_id, bool *has,
     return rc;
 }
 
-/* Appends an event to the outbox in the caller's transaction; steals `payload`.  The webhook
- * sender (server/webhook.c) delivers it later, at least once. */
-int outbox_put(struct store_conn *c, const char *study_id, const char *event, json_t *payload,
-               const char *now, struct tpv_err *err)
+/* Appends an event to the outbox in the caller's transaction, its payload rendered by the
+ * store's renderer (server/webhook.c) and stored as text, so every attempt sends the same bytes.
+ * The webhook sender delivers it later, at least once. */
+int outbox_put(struct store_conn *c, const struct store_event *ev, struct tpv_err *err)
 {
+    if (!c->st->render_event)
+        return tpv_err_set(err, TPV_EINTERNAL, NULL,
+                           "no webhook event renderer set (store_set_event_renderer)");
     char id[STORE_ID_MAX];
     store_id_new(id, "ev"); /* the event id receivers dedup on, the same for every attempt */
-    /* Without its id the event would go out with nothing for the receiver to dedup on. */
-    char *text = payload && json_object_set_new(payload, "id", json_string(id)) == 0
-                     ? tpv_json_dump(payload, JSON_COMPACT)
-                     : NULL;
-    json_decref(payload);
+    char *text = c->st->render_event(ev, id);
     if (!text)
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     int rc;
@@ -191,11 +189,11 @@ int outbox_put(struct store_conn *c, const char *study_id, const char *event, js
     if (!s) {
         rc = err->code;
     } else {
-        bind_text(s, 1, study_id);
-        bind_text(s, 2, event);
+        bind_text(s, 1, ev->study_id);
+        bind_text(s, 2, ev->event);
         bind_text(s, 3, text);
         sqlite3_bind_double(s, 4, store_clock_now());
-        bind_text(s, 5, now);
+        bind_text(s, 5, ev->at);
         rc = stmt_exec(c, s, err);
     }
     free(text);
@@ -211,21 +209,22 @@ static int outbox_event(struct store_conn *c, const struct job_ref *ref, const c
     int rc = study_has_hook(c, ref->study_id, &has_hook, err);
     if (rc != TPV_OK || !has_hook)
         return rc;
-    char event[32], now[STORE_TIME_MAX];
-    snprintf(event, sizeof event, "job.%s", state);
-    store_now_rfc3339(now);
-    rc = outbox_put(c, ref->study_id, event,
-                    json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "event", event, "study_id",
-                              ref->study_id, "candidate_id", ref->candidate_id, "job_id", job_id,
-                              "kind", ref->kind, "state", state, "at", now),
-                    now, err);
+    struct store_event ev = { 0 };
+    snprintf(ev.event, sizeof ev.event, "job.%s", state);
+    snprintf(ev.study_id, sizeof ev.study_id, "%s", ref->study_id);
+    snprintf(ev.candidate_id, sizeof ev.candidate_id, "%s", ref->candidate_id);
+    snprintf(ev.job_id, sizeof ev.job_id, "%s", job_id);
+    snprintf(ev.kind, sizeof ev.kind, "%s", ref->kind);
+    snprintf(ev.state, sizeof ev.state, "%s", state);
+    store_now_rfc3339(ev.at);
+    rc = outbox_put(c, &ev, err);
     if (rc == TPV_OK && version > 0 && strcmp(state, "succeeded") == 0 &&
-        strcmp(ref->kind, "score") == 0)
-        rc = outbox_put(c, ref->study_id, "ranking.changed",
-                        json_pack("{s:s,s:s,s:I,s:s,s:s,s:s}", "event", "ranking.changed",
-                                  "study_id", ref->study_id, "version", (json_int_t)version,
-                                  "candidate_id", ref->candidate_id, "job_id", job_id, "at", now),
-                        now, err);
+        strcmp(ref->kind, "score") == 0) {
+        snprintf(ev.event, sizeof ev.event, "ranking.changed");
+        ev.kind[0] = ev.state[0] = '\0';
+        ev.version = version;
+        rc = outbox_put(c, &ev, err);
+    }
     return rc;
 }
 

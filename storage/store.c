@@ -162,6 +162,11 @@ void notify_job(struct store *st)
         st->hooks.job_queued(st->hooks.ctx);
 }
 
+void store_set_event_renderer(struct store *st, store_event_render_fn render)
+{
+    st->render_event = render;
+}
+
 void store_set_hooks(struct store *st, const struct store_hooks *hooks)
 {
     st->hooks = *hooks;
@@ -400,6 +405,7 @@ static int check_integrity(sqlite3 *db, const char *path, struct tpv_err *err)
 static int conn_open(struct store *st, struct store_conn *c, const char *path,
                      const struct store_options *o, bool first, struct tpv_err *err)
 {
+    c->st = st;
     if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
                         SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
         return tpv_err_set(err, TPV_EIO, "data_dir", "cannot open %s: %s", path,

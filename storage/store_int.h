@@ -4,7 +4,6 @@
 #ifndef TPV_STORE_INT_H
 #define TPV_STORE_INT_H
 
-#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -193,6 +192,7 @@ enum store_stmt {
 };
 
 struct store_conn {
+    struct store *st; /* the handle this connection belongs to */
     sqlite3 *db;
     sqlite3_stmt *stmts[STMT_COUNT];
 };
@@ -223,6 +223,7 @@ struct store {
     pthread_cond_t cond;
     int lock_fd;
     struct store_hooks hooks;
+    store_event_render_fn render_event; /* outbox payloads (store_set_event_renderer) */
 };
 
 /* Takes an idle connection, waiting for one if all are busy; give it back with conn_put. */
@@ -271,10 +272,9 @@ int idem_store_conn(struct store_conn *c, const struct store_idem *idem,
                     const struct store_reply *reply, struct tpv_err *err);
 
 /* Webhook outbox rows in the caller's transaction (storage/queue.c): whether the study has a
- * webhook_url, and appending an event (steals payload). */
+ * webhook_url, and appending an event (its payload rendered by the store's event renderer). */
 int study_has_hook(struct store_conn *c, const char *study_id, bool *has, struct tpv_err *err);
-int outbox_put(struct store_conn *c, const char *study_id, const char *event, json_t *payload,
-               const char *now, struct tpv_err *err);
+int outbox_put(struct store_conn *c, const struct store_event *ev, struct tpv_err *err);
 
 /* Blob store set-up at open: creates folders and removes stale temporaries. */
 int blobs_init(struct store *st, struct tpv_err *err);

@@ -838,6 +838,20 @@ static int exec_ids(struct store_conn *c, enum store_stmt id, const char *a, con
     return stmt_exec(c, s, err);
 }
 
+/* A "candidate.deleted" / "study.deleted" event in the caller's transaction ("" = absent). */
+static int deleted_event(struct store_conn *c, const char *event, const char *study_id,
+                         const char *candidate_id, const char *state, int64_t version,
+                         const char *now, struct tpv_err *err)
+{
+    struct store_event ev = { .version = version };
+    snprintf(ev.event, sizeof ev.event, "%s", event);
+    snprintf(ev.study_id, sizeof ev.study_id, "%s", study_id);
+    snprintf(ev.candidate_id, sizeof ev.candidate_id, "%s", candidate_id);
+    snprintf(ev.state, sizeof ev.state, "%s", state);
+    snprintf(ev.at, sizeof ev.at, "%s", now);
+    return outbox_put(c, &ev, err);
+}
+
 int store_candidate_delete(struct store *st, const char *study_id, const char *id,
                            struct tpv_err *err)
 {
@@ -858,11 +872,7 @@ int store_candidate_delete(struct store *st, const char *study_id, const char *i
     if (rc == TPV_OK)
         rc = study_has_hook(c, study_id, &hook, err);
     if (rc == TPV_OK && hook)
-        rc = outbox_put(c, study_id, "candidate.deleted",
-                        json_pack("{s:s,s:s,s:s,s:s,s:I,s:s}", "event", "candidate.deleted",
-                                  "study_id", study_id, "candidate_id", id, "state", state,
-                                  "version", (json_int_t)version, "at", now),
-                        now, err);
+        rc = deleted_event(c, "candidate.deleted", study_id, id, state, version, now, err);
     if (rc == TPV_OK)
         rc = tx_commit(c, err);
     tx_rollback(c);
@@ -904,10 +914,7 @@ int store_study_delete(struct store *st, const char *id, struct tpv_err *err)
     if (rc == TPV_OK)
         rc = study_has_hook(c, id, &hook, err);
     if (rc == TPV_OK && hook)
-        rc = outbox_put(c, id, "study.deleted",
-                        json_pack("{s:s,s:s,s:I,s:s}", "event", "study.deleted", "study_id", id,
-                                  "version", (json_int_t)version + 1, "at", now),
-                        now, err);
+        rc = deleted_event(c, "study.deleted", id, "", "", version + 1, now, err);
     if (rc == TPV_OK && hook) /* pending events keep where to go once the study row is gone */
         rc = exec_ids(c, STMT_OUTBOX_DETACH, id, NULL, err);
     if (rc == TPV_OK)

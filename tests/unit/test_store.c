@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "storage/store.h"
+#include "server/webhook.h"
 #include "tests/unit/store_json.h"
 
 struct fixture {
@@ -36,6 +37,7 @@ static int setup(void **state)
         fprintf(stderr, "store_open: %s\n", err.message);
         return -1;
     }
+    store_set_event_renderer(f->st, srv_webhook_render_event); /* the daemon's */
     *state = f;
     return 0;
 }

@@ -35,6 +35,7 @@
 #include <sqlite3.h>
 
 #include "storage/store.h"
+#include "server/webhook.h"
 #include "tests/unit/store_json.h"
 
 /* ======================================================================================== */
@@ -836,6 +837,7 @@ static struct store *open_store(const char *data)
     struct tpv_err err;
     if (store_open_with(&st, data, &test_opts, &err) != TPV_OK)
         fail_msg("store_open: %s", err.message);
+    store_set_event_renderer(st, srv_webhook_render_event); /* the daemon's */
     return st;
 }
 
@@ -1028,6 +1030,8 @@ static void test_alloc_failures_open(void **state)
         int rc = store_open_with(&st, data, &test_opts, &err);
         fi_disarm();
         assert_true(fi.fired);
+        if (rc == TPV_OK)
+            store_set_event_renderer(st, srv_webhook_render_event);
         if (rc != TPV_OK) {
             failed++;
             assert_null(st);
