@@ -65,6 +65,23 @@ static int sha_fail(const char *what, struct tpv_err *err)
     return tpv_err_set(err, TPV_EINTERNAL, NULL, "%s", what);
 }
 
+/* Creates the folders above `path` that are missing (--blob-dir may name a new tree). */
+static int mkdir_parents(const char *path, struct tpv_err *err)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int rc = mkdir_p1(buf, err);
+        *p = '/';
+        if (rc != TPV_OK)
+            return rc;
+    }
+    return TPV_OK;
+}
+
 /* Removes the temporaries of <dir>/tmp last modified more than stale_s seconds ago (all with
  * 0): uploads cut off by a crash.  Other nodes sharing the folder write fresh ones. */
 static int remove_stale_temps(const char *path, double stale_s, struct tpv_err *err)
@@ -101,7 +118,9 @@ int blob_store_open(struct blob_store **out, const char *dir, bool owner, double
     }
     int rc = TPV_OK;
     if (owner) {
-        rc = mkdir_p1(bs->dir, err);
+        rc = mkdir_parents(bs->dir, err);
+        if (rc == TPV_OK)
+            rc = mkdir_p1(bs->dir, err);
         snprintf(path, sizeof path, "%s/sha256", bs->dir);
         if (rc == TPV_OK)
             rc = mkdir_p1(path, err);
