@@ -60,7 +60,9 @@ double store_clock_now(void);
 void store_now_rfc3339(char out[STORE_TIME_MAX]);
 
 /* Notifications, called after the transaction that caused them committed (from the writing
- * thread; keep them short).  `study_changed` gets the study whose version was bumped;
+ * thread; keep them short).  `study_changed` gets the study whose version was bumped, or
+ * version 0 when one of its jobs changed state without a bump (a JBR job ended: no candidate
+ * or ranking moved, but a GET /v1/jobs/{jid}?wait held on that study must wake);
  * `job_queued` fires when a job became claimable.  Set before serving; not thread-safe. */
 struct store_hooks {
     void (*study_changed)(void *ctx, const char *study_id, int64_t version);

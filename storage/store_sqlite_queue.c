@@ -266,8 +266,8 @@ int sq_job_cancel(struct sq_store *st, const char *id, struct store_job *out,
     if (rc == TPV_OK)
         rc = job_get_conn(c, id, out, NULL, err);
     conn_put(st, c);
-    if (rc == TPV_OK && version)
-        notify_study(st, ref.study_id, version);
+    if (rc == TPV_OK)
+        notify_study(st, ref.study_id, version); /* 0: a JBR job, wakes its waiters */
     return rc;
 }
 
@@ -428,8 +428,8 @@ int sq_job_succeed(struct sq_store *st, const char *id, const char *owner,
         rc = tx_commit(c, err);
     tx_rollback(c);
     conn_put(st, c);
-    if (rc == TPV_OK && version)
-        notify_study(st, ref.study_id, version);
+    if (rc == TPV_OK)
+        notify_study(st, ref.study_id, version); /* 0: a JBR job, wakes its waiters */
     return rc;
 }
 
@@ -452,8 +452,8 @@ int sq_job_finish(struct sq_store *st, const char *id, const char *owner, const 
         rc = tx_commit(c, err);
     tx_rollback(c);
     conn_put(st, c);
-    if (rc == TPV_OK && version)
-        notify_study(st, ref.study_id, version);
+    if (rc == TPV_OK)
+        notify_study(st, ref.study_id, version); /* 0: a JBR job, wakes its waiters */
     return rc;
 }
 
