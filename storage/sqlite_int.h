@@ -1,7 +1,8 @@
-/* sqlite_int.h: internals shared by the SQLite backend's files (store_sqlite*.c): the connection pool, the prepared statement table and small binding helpers.
- * Never included outside storage/. */
-#ifndef TPV_STORE_INT_H
-#define TPV_STORE_INT_H
+/* sqlite_int.h: internals shared by the SQLite backend's files (store_sqlite*.c): the connection
+ * pool, the prepared statement table, small binding helpers and the sq_* operations.  Included
+ * by nothing else (the dispatcher store.c sees only store_sqlite.h). */
+#ifndef TPV_SQLITE_INT_H
+#define TPV_SQLITE_INT_H
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -397,7 +397,8 @@ int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t ma
 {
     memset(page, 0, sizeof *page);
     int rc = check_limit(limit, err);
-    return rc != TPV_OK ? rc : st->ops->study_list(st->impl, after_seq, limit, max_bytes, page, err);
+    return rc != TPV_OK ? rc
+                        : st->ops->study_list(st->impl, after_seq, limit, max_bytes, page, err);
 }
 
 int store_study_delete(struct store *st, const char *id, struct tpv_err *err)

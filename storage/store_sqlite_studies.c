@@ -1,6 +1,6 @@
-/* store_sqlite_studies.c: studies, input sets, candidates and ranking rows of the SQLite backend (see store.h).
- * Read views are built in the API shapes of DESIGN.md section 5 with a constant number of
- * queries per call. */
+/* store_sqlite_studies.c: studies, input sets, candidates and ranking rows of the SQLite backend
+ * (see store.h).  Read views fill the row and page structs of store_types.h (api/render.c makes
+ * the API shapes) with a constant number of queries per call. */
 #include "storage/sqlite_int.h"
 
 #include <limits.h>
