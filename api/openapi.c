@@ -125,10 +125,15 @@ static json_t *parameters(const char *path, const char *method)
     }
     if (strstr(path, "ranking")) {
         static const char *const q[][2] = { { "by", "string" }, { "split", "string" },
-                                            { "max_train_loss", "number" }, { "wait", "integer" } };
-        for (size_t i = 0; i < 4; i++)
+                                            { "wait", "integer" } };
+        for (size_t i = 0; i < 3; i++)
             json_array_append_new(params, json_pack("{s:s,s:s,s:{s:s}}", "name", q[i][0], "in",
                                                     "query", "schema", "type", q[i][1]));
+        json_array_append_new(params, json_pack(
+            "{s:s,s:s,s:s,s:{s:[{s:s},{s:s,s:[s]}]}}", "name", "max_train_loss", "in", "query",
+            "description", "candidates whose metadata.train_loss is above it are excluded "
+            "(flag underfit); auto: the median train_loss of the candidates that report one",
+            "schema", "oneOf", "type", "number", "type", "string", "enum", "auto"));
         json_array_append_new(params, json_pack("{s:s,s:s,s:{s:s}}", "name", "If-None-Match",
                                                 "in", "header", "schema", "type", "string"));
     } else if (strstr(path, "/agreement")) {
@@ -323,10 +328,12 @@ static json_t *schemas(void)
     json_object_set_new(s, "JbrCreate", obj_schema(NULL, json_pack(
         "{s:O,s:O}", "confidence", num, "batch_size", integer)));
     json_object_set_new(s, "Ranking", obj_schema("study_id,by,split,version,items", json_pack(
-        "{s:O,s:O,s:O,s:O,s:{s:s,s:O},s:{s:s,s:O},s:{s:s,s:O},s:{s:s,s:O}}", "study_id", str,
+        "{s:O,s:O,s:O,s:O,s:{s:s,s:O},s:{s:s,s:O},s:{s:s,s:O},s:{s:s,s:O},s:{s:[ss]},"
+        "s:{s:s}}", "study_id", str,
         "by", str, "split", str, "version", integer, "items", "type", "array", "items", obj,
         "excluded", "type", "array", "items", obj, "pending", "type", "array", "items", obj,
-        "trajectories", "type", "array", "items", obj)));
+        "trajectories", "type", "array", "items", obj, "max_train_loss", "type", "number",
+        "null", "max_train_loss_rule", "type", "string")));
     json_object_set_new(s, "TokenCreate", obj_schema("name,role", json_pack(
         "{s:O,s:{s:s,s:[sss]}}", "name", str, "role", "type", "string", "enum", "read", "write",
         "admin")));

@@ -19,7 +19,9 @@
 struct rank_query {
     const char *by;
     const char *split;
-    bool has_max;
+    bool has_max;          /* max_train_loss given, a number or "auto" */
+    bool max_auto;         /* "auto": max_train_loss is set from the rows (auto_threshold) */
+    bool max_known;        /* auto found a candidate with train_loss (else nothing is excluded) */
     double max_train_loss;
     int wait;
 };
@@ -30,8 +32,12 @@ static void make_etag(const char *sid, int64_t version, const struct rank_query 
 {
     uint64_t h = 1469598103934665603ULL; /* FNV-1a of the query */
     char text[256];
-    snprintf(text, sizeof text, "%s|%s|%s|%d|%.17g", sid, q->by, q->split, q->has_max,
-             q->has_max ? q->max_train_loss : 0.0);
+    /* auto's threshold follows from the candidates, so from the version: "auto" names it. */
+    if (q->max_auto)
+        snprintf(text, sizeof text, "%s|%s|%s|auto", sid, q->by, q->split);
+    else
+        snprintf(text, sizeof text, "%s|%s|%s|%d|%.17g", sid, q->by, q->split, q->has_max,
+                 q->has_max ? q->max_train_loss : 0.0);
     for (const char *p = text; *p; p++)
         h = (h ^ (unsigned char)*p) * 1099511628211ULL;
     snprintf(out, cap, "\"v%lld-%08llx\"", (long long)version, (unsigned long long)(h >> 32));
@@ -91,18 +97,56 @@ static bool parse_query(const struct api_env *env, const struct api_request *req
         api_reply_errorf(resp, TPV_EINVAL, "split", "split must be 'probe' or 'fit'");
         return false;
     }
-    if (max) {
+    if (max && strcmp(max, "auto") == 0) {
+        q->has_max = q->max_auto = true;
+    } else if (max) {
         char *end;
         errno = 0;
         q->max_train_loss = strtod(max, &end);
         if (errno || end == max || *end || !isfinite(q->max_train_loss)) {
-            api_reply_errorf(resp, TPV_EINVAL, "max_train_loss", "max_train_loss must be a number");
+            api_reply_errorf(resp, TPV_EINVAL, "max_train_loss",
+                             "max_train_loss must be a number or 'auto'");
             return false;
         }
         q->has_max = true;
     }
     if (wait && !api_wait_param(env, req, &q->wait, resp))
         return false;
+    return true;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* max_train_loss=auto: the median train_loss of the study's candidates that report one (scored
+ * or not, so that every noise model and split of the study gets the same threshold); candidates
+ * above it are set aside as underfit.  Why the median (bench/RESULTS.md, "max_train_loss=auto"):
+ * TPV tracks test loss among the candidates that fit their training data, and the benchmark's
+ * low-train-loss half is where the recommended scores were measured; the median is free of the
+ * loss's scale, keeps at least half of the candidates, and is not dragged to zero by interpolating
+ * networks (a factor of the best train loss is: the best is often 1e-29).  Sets q->max_known and
+ * q->max_train_loss; *count gets the number of train losses it used.  False when out of memory. */
+static bool auto_threshold(const struct store_rank_row *rows, size_t n, struct rank_query *q,
+                           size_t *count)
+{
+    double *tl = calloc(n ? n : 1, sizeof *tl); /* calloc checks n * size */
+    size_t m = 0;
+    if (!tl)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (rows[i].has_train_loss)
+            tl[m++] = rows[i].train_loss;
+    *count = m;
+    q->max_known = m > 0;
+    if (m) {
+        qsort(tl, m, sizeof *tl, cmp_double);
+        /* The mean of the two middle values when m is even (numpy's median, as the benchmark). */
+        q->max_train_loss = m % 2 ? tl[m / 2] : tl[m / 2 - 1] / 2 + tl[m / 2] / 2;
+    }
+    free(tl);
     return true;
 }
 
@@ -169,9 +213,33 @@ static json_t *metadata_json(const char *text)
     return j ? j : json_object();
 }
 
-static json_t *build_ranking(const char *sid, int64_t version, const struct rank_query *q,
+/* The body's max_train_loss and max_train_loss_rule (absent without max_train_loss). */
+static void set_threshold(json_t *body, const struct rank_query *q, size_t count)
+{
+    char rule[160];
+    if (!q->has_max)
+        return;
+    if (!q->max_auto) {
+        json_object_set_new(body, "max_train_loss", json_real(q->max_train_loss));
+        json_object_set_new(body, "max_train_loss_rule", json_string("given"));
+        return;
+    }
+    if (q->max_known)
+        snprintf(rule, sizeof rule, "auto: median train_loss of the %zu candidates that report "
+                 "one", count);
+    else
+        snprintf(rule, sizeof rule, "auto: no candidate reports train_loss, none excluded");
+    json_object_set_new(body, "max_train_loss",
+                        q->max_known ? json_real(q->max_train_loss) : json_null());
+    json_object_set_new(body, "max_train_loss_rule", json_string(rule));
+}
+
+static json_t *build_ranking(const char *sid, int64_t version, struct rank_query *q,
                              const struct store_rank_row *rows, size_t n)
 {
+    size_t count = 0;
+    if (q->max_auto && !auto_threshold(rows, n, q, &count))
+        return NULL;
     json_t **flags = calloc(n ? n : 1, sizeof *flags);
     json_t *items = json_array(), *excluded = json_array(), *pending = json_array();
     if (!flags)
@@ -189,7 +257,8 @@ static json_t *build_ranking(const char *sid, int64_t version, const struct rank
         }
         if (q->has_max && !r->has_train_loss)
             json_array_append_new(flags[i], json_string("no_train_loss"));
-        bool out = q->has_max && r->has_train_loss && r->train_loss > q->max_train_loss;
+        bool limited = q->has_max && (!q->max_auto || q->max_known);
+        bool out = limited && r->has_train_loss && r->train_loss > q->max_train_loss;
         if (out)
             json_array_insert_new(flags[i], 0, json_string("underfit"));
         json_t *item = json_pack("{s:s,s:s,s:f,s:f,s:o,s:O}", "candidate_id", r->id, "name",
@@ -209,8 +278,8 @@ static json_t *build_ranking(const char *sid, int64_t version, const struct rank
     json_t *body = json_pack("{s:s,s:s,s:s,s:I,s:o,s:o,s:o,s:o}", "study_id", sid, "by", q->by,
                              "split", q->split, "version", (json_int_t)version, "items", items,
                              "excluded", excluded, "pending", pending, "trajectories", traj);
-    if (body && q->has_max)
-        json_object_set_new(body, "max_train_loss", json_real(q->max_train_loss));
+    if (body)
+        set_threshold(body, q, count);
     return body;
 }
 

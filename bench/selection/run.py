@@ -5,8 +5,9 @@ Kendall against test loss (and test error for classification) with 95 % bootstra
 all candidates and over the low-train-loss half, and the test loss of each score's pick against
 the best candidate's.
 
-    /usr/bin/python3 bench/selection/run.py                    # both tasks, seeds 0 and 1
+    /usr/bin/python3 bench/selection/run.py                    # every task, seeds 0 to 3
     /usr/bin/python3 bench/selection/run.py --task digits --seeds 0 1 2 --out /tmp/sel
+    /usr/bin/python3 bench/selection/run.py --reuse --summary  # worst case over saved runs
 
 Talks to $TPV_URL (default http://127.0.0.1:8080) or, when none answers, starts a temporary tpvd
 from ./build.  Scores and train/test numbers are saved to --out/<task>-seed<k>.json; --reuse
@@ -30,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import stats  # noqa: E402
+import summary  # noqa: E402
 import tasks  # noqa: E402
 import tpv_export  # noqa: E402
 from tpv_client import Client  # noqa: E402
@@ -57,9 +59,12 @@ def start_daemon():
     tpvd = os.environ.get("TPVD_BIN", os.path.join(ROOT, "build", "server", "tpvd"))
     tmp = tempfile.mkdtemp(prefix="tpv-selection-")
     log = open(os.path.join(tmp, "tpvd.log"), "w")
+    # One worker with one BLAS thread: the trainer uses the other core (the benchmark shares a
+    # small machine; more threads would only make both sides wait on each other).
     proc = subprocess.Popen([tpvd, "--listen", "127.0.0.1:0", "--data-dir",
                              os.path.join(tmp, "data"), "--port-file",
-                             os.path.join(tmp, "port")], stderr=log)
+                             os.path.join(tmp, "port"), "--workers", "1",
+                             "--blas-threads", "1"], stderr=log)
     port_file = os.path.join(tmp, "port")
     for _ in range(200):
         if os.path.exists(port_file) and os.path.getsize(port_file) > 0:
@@ -79,8 +84,9 @@ def reachable(url):
         return False
 
 
-def score_sweep(client, task, seed, models, workdir):
-    """Trains the sweep, submits every candidate, waits, and returns the run's records."""
+def submit_sweep(client, task, seed, models, workdir):
+    """Trains the sweep and submits every candidate; returns the run (scores not yet in) and the
+    job ids.  The daemon scores while the next sweep trains."""
     sid = client.create_study(f"selection-{task.name}-seed{seed}-{int(time.time())}", models,
                               rank_by="label_rr10")["id"]
     d = os.path.join(workdir, f"{task.name}-seed{seed}")
@@ -98,17 +104,23 @@ def score_sweep(client, task, seed, models, workdir):
         records.append({"name": name, "candidate_id": r["candidate"]["id"], **res})
         print(f"  {task.name} seed {seed} {name:22s} train {res['train_loss']:.4g} "
               f"test {res['test_loss']:.4g}", file=sys.stderr)
+    run = {"task": task.name, "kind": task.kind, "seed": seed, "study_id": sid,
+           "models": models, "candidates": records}
+    return run, jobs
+
+
+def collect_scores(client, run, jobs):
+    """Waits for the run's jobs and fills in every candidate's scores and details."""
     for jid in jobs:
         job = client.wait_job(jid, timeout=3600)
         if job["state"] != "succeeded":
             raise SystemExit(f"job {jid} {job['state']}: {job.get('error')}")
-    for rec in records:
-        cand = client.get_candidate(sid, rec["candidate_id"])
+    for rec in run["candidates"]:
+        cand = client.get_candidate(run["study_id"], rec["candidate_id"])
         rec["scores"] = {f"{s['noise']}/{s['split']}": s["value"] for s in cand["scores"]}
         rec["details"] = {f"{s['noise']}/{s['split']}": s.get("details", {})
                           for s in cand["scores"]}
-    return {"task": task.name, "kind": task.kind, "seed": seed, "study_id": sid,
-            "models": models, "candidates": records}
+    return run
 
 
 def fmt_ci(v, ci):
@@ -120,7 +132,9 @@ def report(run):
     cands = run["candidates"]
     keys = sorted({k for c in cands for k in c["scores"]},
                   key=lambda k: ([m["name"] for m in run["models"]].index(k.split("/")[0]), k))
-    targets = ["test_loss"] + (["test_error"] if run["kind"] == "classification" else [])
+    # test_error: classification runs (a run rebuilt from a progress log may lack it).
+    targets = ["test_loss"] + (["test_error"] if run["kind"] == "classification" and
+                               all("test_error" in c for c in cands) else [])
     tl = np.array([c["train_loss"] for c in cands])
     low = stats.low_train_loss_half(tl)
     print(f"\n## {run['task']} seed {run['seed']}: {len(cands)} candidates, "
@@ -159,15 +173,28 @@ def supports_sigma_rel(client):
         return False
 
 
+def load_run(out, name, seed):
+    with open(os.path.join(out, f"{name}-seed{seed}.json")) as f:
+        return json.load(f)
+
+
+def save_run(out, run):
+    with open(os.path.join(out, f"{run['task']}-seed{run['seed']}.json"), "w") as f:
+        json.dump(run, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", choices=["regression", "digits", "all"], default="all")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--task", choices=list(tasks.TASKS) + ["all"], nargs="+", default=["all"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "tpv-selection"))
     ap.add_argument("--reuse", action="store_true", help="re-print saved runs")
+    ap.add_argument("--summary", action="store_true",
+                    help="also print the worst case over runs per task type, and the "
+                         "max_train_loss rules")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    names = ["regression", "digits"] if args.task == "all" else [args.task]
+    names = list(tasks.TASKS) if "all" in args.task else args.task
     os.makedirs(args.out, exist_ok=True)
 
     proc = None
@@ -177,28 +204,34 @@ def main():
         if not reachable(url):
             url, proc, _ = start_daemon()
         client = Client(url, timeout=120)
+    runs = []
     try:
         models = list(NOISE_MODELS)
         if client is not None and supports_sigma_rel(client):
             models += SIGMA_REL_MODELS
+        pending = []
         for name in names:
             for seed in args.seeds:
-                path = os.path.join(args.out, f"{name}-seed{seed}.json")
                 if args.reuse:
-                    with open(path) as f:
-                        run = json.load(f)
+                    try:
+                        runs.append(load_run(args.out, name, seed))
+                    except FileNotFoundError:
+                        print(f"no saved run {name} seed {seed}", file=sys.stderr)
                 else:
-                    run = score_sweep(client, tasks.make_task(name, seed), seed, models,
-                                      args.out)
-                    with open(path, "w") as f:
-                        json.dump(run, f, indent=1)
-                run["rows"] = report(run)
-                with open(path, "w") as f:
-                    json.dump(run, f, indent=1)
+                    pending.append(submit_sweep(client, tasks.make_task(name, seed), seed,
+                                                models, args.out))
+        for run, jobs in pending:
+            runs.append(collect_scores(client, run, jobs))
+            save_run(args.out, run)
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait()
+    for run in runs:
+        run["rows"] = report(run)
+        save_run(args.out, run)
+    if args.summary:
+        summary.print_summary(runs)
 
 
 if __name__ == "__main__":

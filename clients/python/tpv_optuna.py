@@ -191,10 +191,22 @@ def trial_tpv(study, trial, attr="tpv"):
     return v
 
 
+def _median_train_loss(trials, train_loss_attr):
+    """The threshold of max_train_loss=auto, as tpvd computes it: the median of the train losses
+    reported (the mean of the middle two for an even count); None when no trial reports one."""
+    losses = sorted(x for x in (_json_number(t.user_attrs.get(train_loss_attr)) for t in trials)
+                    if x is not None)
+    if not losses:
+        return None
+    mid = len(losses) // 2
+    return losses[mid] if len(losses) % 2 else 0.5 * (losses[mid - 1] + losses[mid])
+
+
 def best_trial(study, attr="tpv", max_train_loss=None, train_loss_attr="train_loss",
                client=None, study_id=None, by=None, split=None):
     """The label-free best trial: the lowest TPV among complete trials, leaving out those whose
     train loss is above max_train_loss (underfit: low TPV there means too simple a model).
+    max_train_loss="auto" is tpvd's rule: the median train loss of the trials that report one.
 
     With client and study_id the order is tpvd's ranking of that study (by, split,
     max_train_loss passed on), mapped back through metadata.optuna_trial.  None when no trial
@@ -207,6 +219,8 @@ def best_trial(study, attr="tpv", max_train_loss=None, train_loss_attr="train_lo
             if meta.get("optuna_study") == study.study_name and meta.get("optuna_trial") in trials:
                 return trials[meta["optuna_trial"]]
         return None
+    if max_train_loss == "auto":
+        max_train_loss = _median_train_loss(trials.values(), train_loss_attr)
     best, best_v = None, None
     for t in trials.values():
         v = trial_tpv(study, t, attr)

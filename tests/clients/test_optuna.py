@@ -91,6 +91,15 @@ class OptunaTest(unittest.TestCase):
         via = tpv_optuna.best_trial(study, max_train_loss=MAX_TRAIN_LOSS, client=self.client,
                                     study_id=sid)
         self.assertEqual(via.number if via else None, best.number if best else None)
+        # "auto": the median train loss as threshold, here and through tpvd's ranking alike.
+        losses = sorted(t.user_attrs["train_loss"] for t in study.trials)
+        mid = len(losses) // 2
+        median = losses[mid] if len(losses) % 2 else 0.5 * (losses[mid - 1] + losses[mid])
+        kept = [t for t in study.trials if t.user_attrs["train_loss"] <= median]
+        auto = tpv_optuna.best_trial(study, max_train_loss="auto")
+        self.assertEqual(auto.number, min(kept, key=tpv_of).number)
+        via = tpv_optuna.best_trial(study, max_train_loss="auto", client=self.client, study_id=sid)
+        self.assertEqual(via.number, auto.number)
         # The unfiltered pick is the lowest TPV of all: some sweep must differ for the filter to
         # matter, so both are checked.
         low = tpv_optuna.best_trial(study)

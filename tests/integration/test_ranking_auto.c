@@ -1,0 +1,292 @@
+/* test_ranking_auto.c: GET /v1/studies/{sid}/ranking?max_train_loss=auto against the real tpvd
+ * (issue #15): the threshold is the median train_loss of the candidates that report one, the body
+ * names the value and the rule, candidates above it are excluded (flag underfit), candidates
+ * without train_loss stay ranked (flag no_train_loss), the CSV form keeps the same rows, the
+ * ETag/304 path holds until a new candidate moves the threshold, and a study without any
+ * train_loss excludes nothing. */
+#include <math.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "tests/support/daemon_proc.h"
+#include "tests/support/http_client.h"
+#include "tests/support/npy.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A (4, 3) Jacobian dump scaled by `scale` (a larger scale, a larger TPV). */
+static void upload_dump(const struct test_daemon *d, double scale, char out[80])
+{
+    char url[256];
+    double v[12];
+    struct http_result r;
+    for (int i = 0; i < 12; i++)
+        v[i] = scale * (0.1 * i + 0.05);
+    uint64_t shape[2] = { 4, 3 };
+    size_t len;
+    unsigned char *b = test_npy_f64(shape, 2, v, &len);
+    snprintf(url, sizeof url, "%s/v1/blobs", d->base_url);
+    assert_int_equal(http_request("PUT", url, b, len, NULL, &r), 0);
+    free(b);
+    if (r.status != 201 && r.status != 200)
+        fail_msg("PUT /v1/blobs: %ld %s", r.status, r.body);
+    snprintf(out, 80, "%s", http_json_str(&r, "digest"));
+    http_result_free(&r);
+}
+
+static void make_study(const struct test_daemon *d, const char *name, char sid[64])
+{
+    struct http_result r;
+    char buf[256];
+    snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
+             "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
+    assert_int_equal(http_json(d->base_url, "POST", "/v1/studies", buf, NULL, &r), 0);
+    assert_int_equal(r.status, 201);
+    snprintf(sid, 64, "%s", http_json_str(&r, "id"));
+    http_result_free(&r);
+}
+
+/* Polls a job until it succeeds (20 s at most). */
+static void wait_succeeded(const struct test_daemon *d, const char *jid)
+{
+    char path[128];
+    struct http_result r;
+    snprintf(path, sizeof path, "/v1/jobs/%.64s", jid);
+    for (double t0 = now_s(); now_s() - t0 < 20;) {
+        assert_int_equal(http_json(d->base_url, "GET", path, NULL, NULL, &r), 0);
+        assert_int_equal(r.status, 200);
+        const char *st = http_json_str(&r, "state");
+        if (st && strcmp(st, "succeeded") == 0) {
+            http_result_free(&r);
+            return;
+        }
+        if (st && (strcmp(st, "failed") == 0 || strcmp(st, "canceled") == 0))
+            fail_msg("job %s: %s", jid, r.body);
+        http_result_free(&r);
+        usleep(20 * 1000);
+    }
+    test_daemon_dump_log(d);
+    fail_msg("job %s did not finish", jid);
+}
+
+/* Submits a dump candidate with metadata (a JSON object text) and waits for its score. */
+static void add_scored(const struct test_daemon *d, const char *sid, const char *name,
+                       double scale, const char *metadata)
+{
+    struct http_result r;
+    char path[160], body[512], dig[80], jid[64];
+    upload_dump(d, scale, dig);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    snprintf(body, sizeof body, "{\"name\":\"%s\",\"metadata\":%s,\"jacobian\":{\"fit\":\"%s\"}}",
+             name, metadata, dig);
+    assert_int_equal(http_json(d->base_url, "POST", path, body, NULL, &r), 0);
+    if (r.status != 202)
+        fail_msg("POST %s: %ld %s", path, r.status, r.body);
+    snprintf(jid, sizeof jid, "%s", http_json_str(&r, "job.id"));
+    http_result_free(&r);
+    wait_succeeded(d, jid);
+}
+
+/* The names of a ranking array ("items" or "excluded"), comma-joined in order. */
+static void names_of(const json_t *body, const char *key, char *out, size_t cap)
+{
+    size_t i, len = 0;
+    const json_t *it;
+    out[0] = '\0';
+    json_array_foreach(json_object_get(body, key), i, it) {
+        int n = snprintf(out + len, cap - len, "%s%s", i ? "," : "",
+                         json_string_value(json_object_get(it, "name")));
+        assert_true(n > 0 && (size_t)n < cap - len);
+        len += (size_t)n;
+    }
+}
+
+/* Whether the named candidate of a ranking array carries the flag. */
+static bool has_flag(const json_t *body, const char *key, const char *name, const char *flag)
+{
+    size_t i, j;
+    const json_t *it, *f;
+    json_array_foreach(json_object_get(body, key), i, it) {
+        if (strcmp(json_string_value(json_object_get(it, "name")), name) != 0)
+            continue;
+        json_array_foreach(json_object_get(it, "flags"), j, f)
+            if (strcmp(json_string_value(f), flag) == 0)
+                return true;
+    }
+    return false;
+}
+
+static void get_ranking(const struct test_daemon *d, const char *path, const char *const *hdrs,
+                        long want, struct http_result *r)
+{
+    assert_int_equal(http_json(d->base_url, "GET", path, NULL, hdrs, r), 0);
+    if (r->status != want)
+        fail_msg("GET %s: want %ld, got %ld: %s", path, want, r->status, r->body);
+}
+
+static void test_auto_threshold(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char sid[64], path[256], names[256], etag[96], hdr[160], cetag[96];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "auto", sid);
+    /* Train losses 0.01 .. 2: the median of the five is 0.04; u has none.  The underfit ones get
+     * the smallest TPV (smallest dumps), the regime the exclusion is for. */
+    static const struct {
+        const char *name;
+        double scale;
+        const char *meta;
+    } c[] = {
+        { "a", 3.0, "{\"train_loss\":0.01}" }, { "b", 2.5, "{\"train_loss\":0.02}" },
+        { "c", 2.0, "{\"train_loss\":0.04}" }, { "d", 1.0, "{\"train_loss\":0.5}" },
+        { "e", 0.5, "{\"train_loss\":2}" },    { "u", 1.5, "{\"lr\":0.1}" },
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++)
+        add_scored(&d, sid, c[i].name, c[i].scale, c[i].meta);
+
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=fit&max_train_loss=auto", sid);
+    get_ranking(&d, path, NULL, 200, &r);
+    const json_t *mtl = json_object_get(r.json, "max_train_loss");
+    assert_true(json_is_number(mtl));
+    assert_true(fabs(json_number_value(mtl) - 0.04) < 1e-15);
+    assert_string_equal(http_json_str(&r, "max_train_loss_rule"),
+                        "auto: median train_loss of the 5 candidates that report one");
+    names_of(r.json, "items", names, sizeof names);
+    assert_string_equal(names, "u,c,b,a"); /* ascending TPV, d and e set aside */
+    names_of(r.json, "excluded", names, sizeof names);
+    assert_string_equal(names, "e,d");
+    assert_true(has_flag(r.json, "excluded", "e", "underfit"));
+    assert_true(has_flag(r.json, "excluded", "d", "underfit"));
+    assert_true(has_flag(r.json, "items", "u", "no_train_loss"));
+    assert_false(has_flag(r.json, "items", "c", "underfit")); /* at the threshold: kept */
+    assert_non_null(http_result_header(&r, "ETag", etag, sizeof etag));
+    http_result_free(&r);
+
+    /* The same query with its ETag: 304; the numeric form of the same value is another
+     * representation (its rule reads "given"), so another tag. */
+    snprintf(hdr, sizeof hdr, "If-None-Match: %s", etag);
+    const char *inm[] = { hdr, NULL };
+    get_ranking(&d, path, inm, 304, &r);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=fit&max_train_loss=0.04", sid);
+    get_ranking(&d, path, inm, 200, &r);
+    assert_string_equal(http_json_str(&r, "max_train_loss_rule"), "given");
+    names_of(r.json, "excluded", names, sizeof names);
+    assert_string_equal(names, "e,d");
+    http_result_free(&r);
+
+    /* CSV: the same kept rows, its own tag, 304 with it. */
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=fit&max_train_loss=auto", sid);
+    const char *accept[] = { "Accept: text/csv", NULL };
+    get_ranking(&d, path, accept, 200, &r);
+    assert_non_null(http_result_header(&r, "ETag", cetag, sizeof cetag));
+    assert_string_not_equal(cetag, etag);
+    int rows = 0;
+    for (const char *p = strstr(r.body, "\r\n"); p && p[2]; p = strstr(p + 2, "\r\n"))
+        rows++;
+    assert_int_equal(rows, 4);
+    assert_null(strstr(r.body, ",d,"));
+    assert_null(strstr(r.body, ",e,"));
+    assert_non_null(strstr(r.body, ",u,"));
+    http_result_free(&r);
+    snprintf(hdr, sizeof hdr, "If-None-Match: %s", cetag);
+    const char *cinm[] = { "Accept: text/csv", hdr, NULL };
+    get_ranking(&d, path, cinm, 304, &r);
+    http_result_free(&r);
+
+    /* A sixth train loss, 0.001: the version moves, the old tag no longer matches, and the
+     * median of six is (0.02 + 0.04) / 2 = 0.03, which now sets c aside too. */
+    add_scored(&d, sid, "f", 3.5, "{\"train_loss\":0.001}");
+    snprintf(hdr, sizeof hdr, "If-None-Match: %s", etag);
+    get_ranking(&d, path, inm, 200, &r);
+    assert_true(fabs(json_number_value(json_object_get(r.json, "max_train_loss")) - 0.03) <
+                1e-15);
+    assert_string_equal(http_json_str(&r, "max_train_loss_rule"),
+                        "auto: median train_loss of the 6 candidates that report one");
+    names_of(r.json, "items", names, sizeof names);
+    assert_string_equal(names, "u,b,a,f");
+    names_of(r.json, "excluded", names, sizeof names);
+    assert_string_equal(names, "e,d,c");
+    http_result_free(&r);
+
+    /* Spelled wrong: 400 naming the field. */
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking?max_train_loss=Auto", sid);
+    get_ranking(&d, path, NULL, 400, &r);
+    assert_string_equal(http_json_str(&r, "error.details.field"), "max_train_loss");
+    http_result_free(&r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
+/* No candidate reports train_loss: auto has no threshold (null), excludes nothing, and says so;
+ * the OpenAPI document describes the auto form. */
+static void test_auto_without_train_loss(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char sid[64], path[256], names[256];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "none", sid);
+    add_scored(&d, sid, "p", 1.0, "{}");
+    add_scored(&d, sid, "q", 2.0, "{\"epoch\":3}");
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=fit&max_train_loss=auto", sid);
+    get_ranking(&d, path, NULL, 200, &r);
+    assert_true(json_is_null(json_object_get(r.json, "max_train_loss")));
+    assert_string_equal(http_json_str(&r, "max_train_loss_rule"),
+                        "auto: no candidate reports train_loss, none excluded");
+    names_of(r.json, "items", names, sizeof names);
+    assert_string_equal(names, "p,q");
+    assert_int_equal(json_array_size(json_object_get(r.json, "excluded")), 0);
+    assert_true(has_flag(r.json, "items", "p", "no_train_loss"));
+    http_result_free(&r);
+
+    get_ranking(&d, "/openapi.json", NULL, 200, &r);
+    const json_t *params = json_object_get(
+        json_object_get(json_object_get(json_object_get(r.json, "paths"),
+                                        "/v1/studies/{sid}/ranking"), "get"), "parameters");
+    size_t i;
+    const json_t *p;
+    bool seen = false;
+    json_array_foreach(params, i, p) {
+        if (strcmp(json_string_value(json_object_get(p, "name")), "max_train_loss") != 0)
+            continue;
+        const json_t *alt = json_array_get(json_object_get(json_object_get(p, "schema"),
+                                                           "oneOf"), 1);
+        assert_string_equal(json_string_value(json_array_get(json_object_get(alt, "enum"), 0)),
+                            "auto");
+        seen = true;
+    }
+    assert_true(seen);
+    http_result_free(&r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_auto_threshold),
+        cmocka_unit_test(test_auto_without_train_loss),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
