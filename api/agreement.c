@@ -12,6 +12,7 @@
 #include "core/noise.h"
 #include "core/rank_stats.h"
 #include "core/tpv_log.h"
+#include "api/render.h"
 #include "storage/metrics.h"
 #include "storage/store.h"
 
@@ -91,7 +92,8 @@ void api_handle_metrics_put(const struct api_env *env, struct api_request *req,
                             struct api_response *resp)
 {
     struct tpv_err err;
-    json_t *body = NULL, *cand = NULL;
+    json_t *body = NULL;
+    struct store_candidate cand = { 0 };
     char *patch = NULL;
     int64_t version;
     tpv_err_clear(&err);
@@ -113,8 +115,9 @@ void api_handle_metrics_put(const struct api_env *env, struct api_request *req,
     log_info("rid=%s candidate=%s metrics merged (%zu keys given) version=%lld",
              req->request_id, tpv_log_token(req->params[1], API_PARAM_MAX),
              json_object_size(body), (long long)version);
-    api_reply_json(resp, 200, cand);
+    api_reply_json(resp, 200, api_candidate_json(&cand));
 out:
+    store_candidate_free(&cand);
     free(patch);
     json_decref(body);
 }

@@ -15,6 +15,7 @@
 #include "core/noise.h"
 #include "core/score.h"
 #include "core/tpv_log.h"
+#include "api/render.h"
 #include "storage/store.h"
 
 #define NAME_MAX_BYTES 128
@@ -333,16 +334,19 @@ void api_handle_candidate_create(const struct api_env *env, struct api_request *
     snprintf(location, sizeof location, "/v1/studies/%s/candidates/%s", sid, cid);
     json_t *meta = json_object_get(body, "metadata");
     const char *kind = tpv_source_kind_name(job.src.kind);
-    out = json_pack("{s:{s:s,s:s,s:s,s:o,s:s,s:s,s:[],s:n,s:s,s:f,s:n,s:s},"
-                    "s:{s:s,s:s,s:s,s:s,s:f,s:i}}",
-                    "candidate", "id", cid, "study_id", sid, "name", c.name, "metadata",
-                    json_is_object(meta) ? json_incref(meta) : json_object(), "source", kind,
-                    "state", "queued", "scores", "stability", "job_id", jid, "progress", 0.0,
-                    "error", "created_at", now,
-                    "job", "id", jid, "kind", "score", "candidate_id", cid, "state", "queued",
-                    "progress", 0.0, "attempts", 0);
-    meta_text = out ? json_dumps(json_object_get(json_object_get(out, "candidate"), "metadata"),
-                                 JSON_COMPACT) : NULL;
+    meta_text = json_is_object(meta) ? json_dumps(meta, JSON_COMPACT) : strdup("{}");
+    /* The candidate as it is stored, in the one candidate shape (api/render.c). */
+    struct store_candidate shown = { .name = (char *)c.name, .metadata = meta_text,
+                                     .source_kind = (char *)kind, .state = (char *)"queued" };
+    snprintf(shown.id, sizeof shown.id, "%s", cid);
+    snprintf(shown.study_id, sizeof shown.study_id, "%.*s", (int)sizeof shown.study_id - 1, sid);
+    snprintf(shown.job_id, sizeof shown.job_id, "%s", jid);
+    snprintf(shown.created_at, sizeof shown.created_at, "%s", now);
+    out = meta_text ? json_pack("{s:o,s:{s:s,s:s,s:s,s:s,s:f,s:i}}",
+                                "candidate", api_candidate_json(&shown),
+                                "job", "id", jid, "kind", "score", "candidate_id", cid, "state",
+                                "queued", "progress", 0.0, "attempts", 0)
+                    : NULL;
     out_text = out ? json_dumps(out, JSON_COMPACT) : NULL;
     if (!source_text || !meta_text || !out_text) {
         api_reply_errorf(resp, TPV_ENOMEM, NULL, "out of memory");
@@ -392,24 +396,25 @@ out:
 void api_handle_candidate_list(const struct api_env *env, struct api_request *req, struct api_response *resp)
 {
     struct tpv_err err;
-    json_t *items = NULL;
-    int64_t after, next;
+    struct store_candidate_page page;
+    int64_t after;
     int limit;
     tpv_err_clear(&err);
     if (!api_study_param(req, resp) || !api_page_params(env, req, resp, &after, &limit))
         return;
     if (store_candidate_list(env->store, req->params[0], after, limit, env->limits.max_page_bytes,
-                             &items, &next, &err) != TPV_OK) {
+                             &page, &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);
         return;
     }
-    api_reply_json(resp, 200, api_page_json(items, next));
+    api_reply_json(resp, 200, api_candidate_page_json(&page));
+    store_candidate_page_free(&page);
 }
 
 void api_handle_candidate_get(const struct api_env *env, struct api_request *req, struct api_response *resp)
 {
     struct tpv_err err;
-    json_t *cand = NULL;
+    struct store_candidate cand;
     tpv_err_clear(&err);
     if (!api_study_param(req, resp))
         return;
@@ -422,7 +427,8 @@ void api_handle_candidate_get(const struct api_env *env, struct api_request *req
         api_reply_store_error(req, resp, &err);
         return;
     }
-    api_reply_json(resp, 200, cand);
+    api_reply_json(resp, 200, api_candidate_json(&cand));
+    store_candidate_free(&cand);
 }
 
 void api_handle_jbr_create(const struct api_env *env, struct api_request *req, struct api_response *resp)
@@ -476,13 +482,14 @@ void api_handle_jbr_create(const struct api_env *env, struct api_request *req, s
         api_reply_store_error(req, resp, &err);
         goto out;
     }
-    json_t *job = NULL;
+    struct store_job job;
     if (store_job_get(env->store, jid, &job, &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);
         goto out;
     }
     snprintf(location, sizeof location, "/v1/jobs/%s", jid);
-    api_reply_json(resp, 202, json_pack("{s:o}", "job", job));
+    api_reply_json(resp, 202, json_pack("{s:o}", "job", api_job_json(&job)));
+    store_job_free(&job);
     api_response_add_header(resp, "Location", location);
 out:
     free(source);

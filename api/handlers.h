@@ -78,9 +78,6 @@ bool api_check_keys(const json_t *obj, const char *const *allowed, const char *p
 bool api_page_params(const struct api_env *env, const struct api_request *req,
                      struct api_response *resp, int64_t *after, int *limit);
 
-/* {"items": items, "next_page_token": token|null}; steals items. */
-json_t *api_page_json(json_t *items, int64_t next_seq);
-
 /* A store error to the client, store failures logged with the request id. */
 void api_reply_store_error(const struct api_request *req, struct api_response *resp,
                            const struct tpv_err *err);

@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 
+#include "api/render.h"
 #include "storage/store.h"
 
 /* {sid} and {cid} (params[0], params[1]) are well-formed, else a 404 was sent. */
@@ -51,7 +52,7 @@ void api_handle_candidate_retry(const struct api_env *env, struct api_request *r
 {
     struct tpv_err err;
     char jid[STORE_ID_MAX], location[96];
-    json_t *job = NULL;
+    struct store_job job;
     tpv_err_clear(&err);
     if (!candidate_params(req, resp))
         return;
@@ -79,6 +80,7 @@ void api_handle_candidate_retry(const struct api_env *env, struct api_request *r
         return;
     }
     snprintf(location, sizeof location, "/v1/jobs/%s", jid);
-    api_reply_json(resp, 202, json_pack("{s:o}", "job", job));
+    api_reply_json(resp, 202, json_pack("{s:o}", "job", api_job_json(&job)));
+    store_job_free(&job);
     api_response_add_header(resp, "Location", location);
 }

@@ -9,6 +9,7 @@
 #include "core/json_alloc.h"
 #include "core/noise.h"
 #include "core/tensor.h"
+#include "api/render.h"
 #include "storage/store.h"
 
 #define NAME_MAX_BYTES 128
@@ -255,18 +256,19 @@ out:
 void api_handle_study_list(const struct api_env *env, struct api_request *req, struct api_response *resp)
 {
     struct tpv_err err;
-    json_t *items = NULL;
-    int64_t after, next;
+    struct store_study_page page;
+    int64_t after;
     int limit;
     tpv_err_clear(&err);
     if (!api_page_params(env, req, resp, &after, &limit))
         return;
-    if (store_study_list(env->store, after, limit, env->limits.max_page_bytes, &items, &next,
-                         &err) != TPV_OK) {
+    if (store_study_list(env->store, after, limit, env->limits.max_page_bytes, &page, &err) !=
+        TPV_OK) {
         api_reply_store_error(req, resp, &err);
         return;
     }
-    api_reply_json(resp, 200, api_page_json(items, next));
+    api_reply_json(resp, 200, api_study_page_json(&page));
+    store_study_page_free(&page);
 }
 
 /* {sid} of the route, or a 404 when it cannot be one of ours. */
@@ -281,7 +283,7 @@ bool api_study_param(const struct api_request *req, struct api_response *resp)
 void api_handle_study_get(const struct api_env *env, struct api_request *req, struct api_response *resp)
 {
     struct tpv_err err;
-    json_t *study = NULL;
+    struct store_study study;
     tpv_err_clear(&err);
     if (!api_study_param(req, resp))
         return;
@@ -289,7 +291,8 @@ void api_handle_study_get(const struct api_env *env, struct api_request *req, st
         api_reply_store_error(req, resp, &err);
         return;
     }
-    api_reply_json(resp, 200, study);
+    api_reply_json(resp, 200, api_study_json(&study));
+    store_study_free(&study);
 }
 
 /* The number of samples of an input set: the first dimension of its (first) tensor, whose
@@ -316,7 +319,8 @@ void api_handle_inputs_put(const struct api_env *env, struct api_request *req, s
 {
     static const char *const keys[] = { "blob", NULL };
     struct tpv_err err;
-    json_t *body = NULL, *study = NULL;
+    json_t *body = NULL;
+    struct store_study study = { 0 };
     const char *digest, *split = req->params[1];
     char path[4096];
     int64_t n = -1;
@@ -364,7 +368,8 @@ void api_handle_inputs_put(const struct api_env *env, struct api_request *req, s
         api_reply_store_error(req, resp, &err);
         goto out;
     }
-    api_reply_json(resp, 200, study);
+    api_reply_json(resp, 200, api_study_json(&study));
 out:
+    store_study_free(&study);
     json_decref(body);
 }

@@ -3,9 +3,11 @@
  * DELETE /v1/tokens/{name} (revoke).  `tpvd token ...` does the same on the data dir. */
 #include "api/handlers.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/tpv_log.h"
+#include "api/render.h"
 #include "storage/store.h"
 
 void api_handle_token_create(const struct api_env *env, struct api_request *req,
@@ -47,13 +49,15 @@ void api_handle_token_list(const struct api_env *env, struct api_request *req,
                            struct api_response *resp)
 {
     struct tpv_err err;
-    json_t *items = NULL;
+    struct store_token_row *rows = NULL;
+    size_t n = 0;
     tpv_err_clear(&err);
-    if (store_token_list(env->store, &items, &err) != TPV_OK) {
+    if (store_token_list(env->store, &rows, &n, &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);
         return;
     }
-    api_reply_json(resp, 200, json_pack("{s:o}", "items", items));
+    api_reply_json(resp, 200, api_token_list_json(rows, n));
+    free(rows);
 }
 
 void api_handle_token_revoke(const struct api_env *env, struct api_request *req,

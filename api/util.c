@@ -107,17 +107,6 @@ bool api_page_params(const struct api_env *env, const struct api_request *req,
     return true;
 }
 
-json_t *api_page_json(json_t *items, int64_t next_seq)
-{
-    char token[STORE_TOKEN_MAX];
-    json_t *next = json_null();
-    if (next_seq > 0) {
-        store_page_token_encode(next_seq, token);
-        next = json_string(token);
-    }
-    return json_pack("{s:o,s:o}", "items", items, "next_page_token", next ? next : json_null());
-}
-
 void api_reply_store_error(const struct api_request *req, struct api_response *resp,
                            const struct tpv_err *err)
 {

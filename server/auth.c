@@ -157,9 +157,11 @@ static int open_shared(const struct srv_config *cfg, struct store **st, FILE *er
 {
     struct tpv_err err;
     tpv_err_clear(&err);
+    char url[8192], blob_dir[4096];
     struct store_options so = { .pool_size = 1, .synchronous_full = true,
-                                .busy_timeout_ms = 10000, .shared = true };
-    if (store_open_with(st, cfg->data_dir, &so, &err) != TPV_OK) {
+                                .busy_timeout_ms = 10000, .shared = true, .blob_dir = blob_dir };
+    if (srv_config_storage(cfg, url, sizeof url, blob_dir, sizeof blob_dir, &err) != TPV_OK ||
+        store_open_url(st, url, &so, &err) != TPV_OK) {
         fprintf(errs, "tpvd token: %s\n", tpv_err_message(&err));
         return 1;
     }
@@ -252,25 +254,19 @@ int srv_token_main(int argc, char *const argv[], char *const envp[], FILE *out, 
         status = 0;
     } else if (strcmp(sub, "list") == 0) {
         status = 1;
-        json_t *items = NULL;
+        struct store_token_row *rows = NULL;
+        size_t n = 0;
         if (open_shared(&cfg, &st, errs) != 0)
             goto done;
-        if (store_token_list(st, &items, &err) != TPV_OK) {
+        if (store_token_list(st, &rows, &n, &err) != TPV_OK) {
             fprintf(errs, "tpvd token list: %s\n", tpv_err_message(&err));
             goto done;
         }
         fprintf(out, "%-24s %-6s %-25s %s\n", "NAME", "ROLE", "CREATED", "REVOKED");
-        size_t i;
-        json_t *row;
-        json_array_foreach(items, i, row) {
-            const char *revoked = json_string_value(json_object_get(row, "revoked_at"));
-            fprintf(out, "%-24s %-6s %-25s %s\n",
-                    json_string_value(json_object_get(row, "name")),
-                    json_string_value(json_object_get(row, "role")),
-                    json_string_value(json_object_get(row, "created_at")),
-                    revoked ? revoked : "-");
-        }
-        json_decref(items);
+        for (size_t i = 0; i < n; i++)
+            fprintf(out, "%-24s %-6s %-25s %s\n", rows[i].name, rows[i].role,
+                    rows[i].created_at, rows[i].revoked_at[0] ? rows[i].revoked_at : "-");
+        free(rows);
         status = 0;
     } else if (strcmp(sub, "revoke") == 0) {
         if (!name) {

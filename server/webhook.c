@@ -6,6 +6,7 @@
 #include "server/webhook.h"
 
 #include <curl/curl.h>
+#include <jansson.h>
 #include <errno.h>
 #include <math.h>
 #include <openssl/evp.h>
@@ -18,6 +19,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "core/json_alloc.h"
 #include "core/tpv_log.h"
 #include "storage/store.h"
 
@@ -97,6 +99,31 @@ static int on_progress(void *ud, curl_off_t a, curl_off_t b, curl_off_t c, curl_
     struct srv_webhook *w = ud;
     (void)a, (void)b, (void)c, (void)d;
     return __atomic_load_n(&w->stop, __ATOMIC_ACQUIRE) ? 1 : 0;
+}
+
+/* Adds key: string unless the string is empty (absent fields of an event). */
+static int set_str(json_t *o, const char *key, const char *v)
+{
+    return v[0] ? json_object_set_new(o, key, json_string(v)) : 0;
+}
+
+char *srv_webhook_render_event(const struct store_event *ev, const char *event_id)
+{
+    json_t *o = json_object();
+    int bad = !o || set_str(o, "event", ev->event) || set_str(o, "study_id", ev->study_id);
+    /* ranking.changed names the version before the ids; the other events after the state. */
+    bool version_first = strcmp(ev->event, "ranking.changed") == 0;
+    if (!bad && version_first && ev->version > 0)
+        bad = json_object_set_new(o, "version", json_integer(ev->version));
+    bad = bad || set_str(o, "candidate_id", ev->candidate_id) ||
+          set_str(o, "job_id", ev->job_id) || set_str(o, "kind", ev->kind) ||
+          set_str(o, "state", ev->state);
+    if (!bad && !version_first && ev->version > 0)
+        bad = json_object_set_new(o, "version", json_integer(ev->version));
+    bad = bad || set_str(o, "at", ev->at) || set_str(o, "id", event_id);
+    char *text = bad ? NULL : tpv_json_dump(o, JSON_COMPACT);
+    json_decref(o);
+    return text;
 }
 
 /* One attempt; 0 on a 2xx, else -1 with a short reason in why. */

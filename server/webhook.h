@@ -35,6 +35,12 @@ void srv_webhook_notify(struct srv_webhook *w);
  * and frees w.  NULL is a no-op. */
 void srv_webhook_stop(struct srv_webhook *w);
 
+/* The payload of an outbox event (storage's store_event_render_fn, set on the store by the
+ * daemon): a compact JSON object with the event's fields in the order receivers have always got
+ * them, and "id" = event_id last.  Malloc'd; NULL when out of memory. */
+struct store_event;
+char *srv_webhook_render_event(const struct store_event *ev, const char *event_id);
+
 /* "sha256=" + hex HMAC-SHA256(secret, body): the X-TPV-Signature value.  out has 72 bytes. */
 #define SRV_WEBHOOK_SIG_MAX 72
 void srv_webhook_sign(const char *secret, const void *body, size_t len,

@@ -1,21 +1,17 @@
-/* metrics.h: candidate metrics and the agreement report's read (storage/metrics.c; DESIGN.md
+/* metrics.h: candidate metrics and the agreement report's read (storage/store_sqlite_metrics.c; DESIGN.md
  * section 5, PUT .../metrics and GET .../agreement).  A candidate's metrics are the labelled
  * numbers its user has (val_loss, test_acc, ...), kept as a JSON object text of finite numbers.
  *
- * Its own header beside store.h so that these functions stay plain C (no jansson: JSON goes in
- * and out as text) and move as they are behind the store ops table of storage/DESIGN-phase2.md. */
+ * Its own header beside store.h, plain C (no jansson: JSON goes in and out as text); the
+ * functions dispatch to the ops metrics_merge, metric_names and agree_rows (store.c). */
 #ifndef TPV_STORE_METRICS_H
 #define TPV_STORE_METRICS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/noise.h"
 #include "core/tpv_error.h"
 #include "storage/store.h"
-
-#define STORE_METRICS_MAX 64     /* keys a candidate may hold, after a merge */
-#define STORE_METRIC_NAME_MAX 64 /* bytes of a key */
 
 /* Merges `patch` (JSON object text; the caller checked that its values are finite numbers or
  * null and its keys 1..STORE_METRIC_NAME_MAX printable bytes) into the candidate's metrics, as
@@ -33,38 +29,11 @@ int store_metrics_merge(struct store *st, const char *study_id, const char *cand
 int store_metric_names(struct store *st, const char *study_id, char *names, size_t cap,
                        struct tpv_err *err);
 
-/* One score of a candidate (value NaN when it is null). */
-struct store_agree_score {
-    char noise[TPV_NOISE_NAME_MAX];
-    char split[8]; /* "fit" | "probe" */
-    double value;
-};
-
-/* A candidate: its asked metric (has_metric false when it lacks it) and its scores
- * scores[first .. first + nscores). */
-struct store_agree_cand {
-    char id[STORE_ID_MAX];
-    bool has_metric;
-    double metric;
-    size_t first, nscores;
-};
-
-/* Everything the agreement of one metric needs, from one query: the study's noise models (JSON
- * text, the order items follow) and version, every candidate in creation order with its scores.
- * Owns its arrays; free with store_agree_rows_free (NULL-safe, and safe on a zeroed struct). */
-struct store_agree_rows {
-    char *noise_models;
-    int64_t version;
-    struct store_agree_cand *cands;
-    size_t ncands;
-    struct store_agree_score *scores;
-    size_t nscores;
-};
+/* struct store_agree_rows and its parts are in store_types.h (the ops table returns them). */
 
 /* Fills *out (zeroed first) for `metric` of the study.  TPV_ENOTFOUND (field "study_id"),
  * TPV_ENOMEM, storage errors; on error *out holds nothing to free. */
 int store_agree_rows(struct store *st, const char *study_id, const char *metric,
                      struct store_agree_rows *out, struct tpv_err *err);
-void store_agree_rows_free(struct store_agree_rows *rows);
 
 #endif

@@ -2,46 +2,44 @@
  *
  * Nothing outside storage/ sees SQL or sqlite3 types: callers hold an opaque `struct store` so that
  * a PostgreSQL backend can be added behind the same functions (DESIGN.md section 7).  Read views
- * come back as jansson objects already in the API shapes of DESIGN.md section 5 (one query, or a
- * constant number, per call: never one per row); writes take plain C values.
+ * come back as the plain structs of store_types.h (one query, or a constant number, per call:
+ * never one per row; JSON columns as text), which api/render.c turns into the API shapes of
+ * DESIGN.md section 5; writes take plain C values.  No jansson, sqlite3 or libpq type here.
  *
  * Threads: every function is safe to call from any thread.  The SQLite backend keeps a small pool
  * of connections (WAL lets readers run beside the one writer); each write is one transaction. */
 #ifndef TPV_STORE_H
 #define TPV_STORE_H
 
-#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "core/tpv_error.h"
+#include "storage/store_types.h"
 
 struct store;
 
-#define STORE_ID_MAX 32     /* "st_" + 16 hex + NUL, with room */
-#define STORE_DIGEST_MAX 72 /* "sha256:" + 64 hex + NUL */
-#define STORE_TIME_MAX 32   /* "2026-01-02T03:04:05.678Z" */
-#define STORE_TOKEN_MAX 40  /* opaque page token */
 
-struct store_options {
-    int pool_size;         /* connections; 0 = 8 */
-    bool synchronous_full; /* PRAGMA synchronous=FULL (else NORMAL); the default is FULL */
-    int busy_timeout_ms;   /* 0 = 5000 */
-    /* Open beside a running daemon (the `tpvd token` commands): no folder lock, no clean-up of
-     * upload temporaries; the handle is for token functions and reads.  WAL makes the two
-     * processes' transactions safe. */
-    bool shared;
-};
 
-/* Opens (creating if needed) the data directory `data_dir`, its database `tpvd.db` (WAL, foreign
- * keys, busy timeout, synchronous) and its blob store `blobs/`, takes an exclusive lock on the
- * folder (one daemon per data dir), removes stale upload temporaries and migrates the schema.
- * `opts` may be NULL for the defaults.  On success *out owns the handle (free with store_close).
- * Errors: TPV_EIO, TPV_EINTERNAL, TPV_EPRECONDITION (newer schema, folder in use). */
+/* Opens the database of a --database URL: "sqlite:PATH" (the database file, created if needed:
+ * WAL, foreign keys, busy timeout, synchronous; an exclusive lock on its folder, one daemon per
+ * database) or "postgresql://..." (TPV_EUNIMPLEMENTED, field "database", until that backend is
+ * built in), and the blob store at opts->blob_dir (default: "blobs" beside a SQLite file),
+ * whose stale upload temporaries go; migrates the schema.  `opts` may be NULL for the defaults.
+ * On success *out owns the handle (free with store_close).  Errors: TPV_EINVAL (field
+ * "database" or "blob_dir"), TPV_EIO, TPV_EINTERNAL, TPV_EPRECONDITION (newer schema, folder in
+ * use). */
+int store_open_url(struct store **out, const char *url, const struct store_options *opts,
+                   struct tpv_err *err);
+
+/* store_open_url("sqlite:<data_dir>/tpvd.db") with the blob store in <data_dir>/blobs. */
 int store_open(struct store **out, const char *data_dir, struct tpv_err *err);
 int store_open_with(struct store **out, const char *data_dir, const struct store_options *opts,
                     struct tpv_err *err);
+
+/* "sqlite" or "postgresql" (logs, /metrics). */
+const char *store_backend_name(const struct store *st);
 
 /* Closes every connection and releases the lock; NULL is a no-op. */
 void store_close(struct store *st);
@@ -54,6 +52,9 @@ int store_schema_version(struct store *st);
 
 /* Fresh opaque id "<prefix>_<16 hex>" from the kernel's random source. */
 void store_id_new(char out[STORE_ID_MAX], const char *prefix);
+
+/* Seconds since the epoch, sub-second (the clock of leases and outbox times). */
+double store_clock_now(void);
 
 /* The current time, RFC 3339 UTC with milliseconds. */
 void store_now_rfc3339(char out[STORE_TIME_MAX]);
@@ -70,6 +71,12 @@ struct store_hooks {
 };
 void store_set_hooks(struct store *st, const struct store_hooks *hooks);
 
+/* The renderer of webhook event payloads (the daemon's: srv_webhook_render_event).  Set it right
+ * after opening, before anything that may end a job (start-up recovery does); without one, a
+ * write that owes a study's webhook an event fails (rolled back, nothing lost silently).  Not
+ * thread-safe. */
+void store_set_event_renderer(struct store *st, store_event_render_fn render);
+
 /* ---- page tokens (keyset pagination on creation order) ---- */
 
 /* Encodes the position after row `seq`; decodes a client's token (TPV_EINVAL when garbled). */
@@ -78,21 +85,6 @@ int store_page_token_decode(const char *token, int64_t *seq);
 
 /* ---- idempotency keys ---- */
 
-/* A request that carries an Idempotency-Key.  `scope` binds the key to a route ("POST /v1/...");
- * `request_hash` is a digest of the body: a retry with another body is refused. */
-struct store_idem {
-    const char *scope;
-    const char *key;
-    const char *request_hash;
-};
-
-/* The response stored for a replayed request; free with store_replay_free. */
-struct store_replay {
-    int status;
-    char *body;
-    char *location; /* may be NULL */
-};
-void store_replay_free(struct store_replay *r);
 
 /* Forgets idempotency keys recorded more than `max_age_s` seconds ago: a retry after that is a
  * new request.  *removed gets how many went.  TPV_OK or a storage error. */
@@ -104,26 +96,9 @@ int store_idempotency_expire(struct store *st, double max_age_s, int *removed,
 int store_idem_lookup(struct store *st, const struct store_idem *idem, struct store_replay *out,
                       struct tpv_err *err);
 
-/* The response to remember with a write (stored in the write's transaction). */
-struct store_reply {
-    int status;
-    const char *body;
-    const char *location; /* may be NULL */
-};
 
 /* ---- studies ---- */
 
-struct store_study_new {
-    const char *id;
-    const char *name;
-    const char *description;
-    const char *noise_models; /* JSON array text (canonical, from tpv_noise_to_json) */
-    const char *rank_by;
-    const char *webhook_url;  /* may be NULL */
-    const char *metadata;     /* JSON object text */
-    const char *created_at;
-    const char *webhook_secret; /* signs webhook deliveries; stored only with a webhook_url */
-};
 
 /* Creates a study (and, when idem is not NULL, remembers `reply` under its key in the same
  * transaction).  The key is checked inside that transaction first: TPV_EEXIST with field
@@ -133,32 +108,26 @@ int store_study_create(struct store *st, const struct store_study_new *s,
                        const struct store_idem *idem, const struct store_reply *reply,
                        struct tpv_err *err);
 
-/* The study in API shape (new reference in *out).  TPV_ENOTFOUND. */
-int store_study_get(struct store *st, const char *id, json_t **out, struct tpv_err *err);
+/* The study (*out owns its strings: store_study_free; zeroed on error).  TPV_ENOTFOUND. */
+int store_study_get(struct store *st, const char *id, struct store_study *out,
+                    struct tpv_err *err);
 
 /* The study's version only (the ranking's ETag): one indexed read.  TPV_ENOTFOUND. */
 int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err);
 
-/* What ranking and submission need to know about a study, without JSON.  Free with
- * store_study_info_free. */
-struct store_study_info {
-    char *noise_models;  /* JSON text */
-    char *rank_by;
-    char fit_digest[STORE_DIGEST_MAX];   /* "" when unset */
-    char probe_digest[STORE_DIGEST_MAX]; /* "" when unset */
-    bool has_probe_dumps; /* some candidate brought a probe Jacobian */
-    int64_t version;
-};
+
+/* What ranking and submission need to know about a study, without JSON (free with
+ * store_study_info_free).  TPV_ENOTFOUND. */
 int store_study_info(struct store *st, const char *id, struct store_study_info *out,
                      struct tpv_err *err);
-void store_study_info_free(struct store_study_info *info);
 
 /* A page of studies in creation order after `after_seq` (0 = from the start): at most `limit`
  * items, and no more than fit in about `max_bytes` bytes of JSON (0 = no byte bound; a page
- * always holds at least one item).  *items (new reference) is an array; *next_seq is the position
- * for the next page, 0 when this was the last. */
+ * always holds at least one item).  *page owns its items (store_study_page_free; zeroed on
+ * error); page->next_seq is the position for the next page, 0 when this was the last.
+ * TPV_EINVAL (field "limit") unless 1 <= limit < INT_MAX. */
 int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t max_bytes,
-                     json_t **items, int64_t *next_seq, struct tpv_err *err);
+                     struct store_study_page *page, struct tpv_err *err);
 
 /* Deletes a study with its input sets, candidates, scores and jobs in one transaction (running
  * jobs stop at their next progress report, as for store_candidate_delete); when it has a webhook
@@ -175,22 +144,6 @@ int store_input_set(struct store *st, const char *study_id, const char *split, c
 
 /* ---- candidates and jobs ---- */
 
-struct store_candidate_new {
-    const char *id;
-    const char *study_id;
-    const char *name;
-    const char *metadata;    /* JSON object text */
-    const char *source_kind; /* "model" | "jacobian" */
-    const char *source;      /* JSON text: everything the worker needs to find the files */
-    bool has_train_loss;
-    double train_loss;
-    bool has_epoch;
-    double epoch;
-    const char *run;         /* metadata.run, or NULL */
-    bool has_probe_dump;
-    const char *job_id;
-    const char *created_at;
-};
 
 /* Creates the candidate and its queued score job in one transaction, bumps the study version
  * and remembers `reply` under the idempotency key when idem is not NULL.  The key is checked
@@ -203,9 +156,10 @@ int store_candidate_create(struct store *st, const struct store_candidate_new *c
                            int64_t max_queued, const struct store_idem *idem,
                            const struct store_reply *reply, struct tpv_err *err);
 
-/* The candidate in API shape, with its scores (TPV_ENOTFOUND).  `study_id` must match. */
-int store_candidate_get(struct store *st, const char *study_id, const char *id, json_t **out,
-                        struct tpv_err *err);
+/* The candidate with its scores in write order (*out: store_candidate_free; zeroed on error).
+ * TPV_ENOTFOUND; `study_id` must match. */
+int store_candidate_get(struct store *st, const char *study_id, const char *id,
+                        struct store_candidate *out, struct tpv_err *err);
 
 /* The stored source JSON of a candidate (malloc'd text in *source, *kind "model"/"jacobian"). */
 int store_candidate_source(struct store *st, const char *study_id, const char *id, char **source,
@@ -214,7 +168,7 @@ int store_candidate_source(struct store *st, const char *study_id, const char *i
 /* A page of a study's candidates with their scores (two queries whatever the page size), bounded
  * by `limit` items and about `max_bytes` bytes like store_study_list. */
 int store_candidate_list(struct store *st, const char *study_id, int64_t after_seq, int limit,
-                         uint64_t max_bytes, json_t **items, int64_t *next_seq,
+                         uint64_t max_bytes, struct store_candidate_page *page,
                          struct tpv_err *err);
 
 /* Queues a JBR job for a candidate ("params" JSON text).  TPV_ENOTFOUND, TPV_EBUSY. */
@@ -235,26 +189,15 @@ int store_candidate_delete(struct store *st, const char *study_id, const char *i
 int store_candidate_retry(struct store *st, const char *study_id, const char *id,
                           const char *job_id, int64_t max_queued, struct tpv_err *err);
 
-/* The job in API shape.  TPV_ENOTFOUND. */
-int store_job_get(struct store *st, const char *id, json_t **out, struct tpv_err *err);
+/* The job (*out: store_job_free; zeroed on error).  TPV_ENOTFOUND. */
+int store_job_get(struct store *st, const char *id, struct store_job *out, struct tpv_err *err);
 
 /* Cancels a job: a queued job becomes canceled at once, a running one is asked to stop (its
  * worker sees it at the next progress report).  *out gets the job afterwards.  TPV_ENOTFOUND;
  * TPV_EPRECONDITION when it already succeeded or failed. */
-int store_job_cancel(struct store *st, const char *id, json_t **out, struct tpv_err *err);
+int store_job_cancel(struct store *st, const char *id, struct store_job *out,
+                     struct tpv_err *err);
 
-/* A claimed job and what the worker needs to run it; free with store_claim_free. */
-struct store_claim {
-    char id[STORE_ID_MAX];
-    char kind[16]; /* "score" | "jbr" */
-    char study_id[STORE_ID_MAX];
-    char candidate_id[STORE_ID_MAX];
-    int attempts;        /* including this one */
-    char *source;        /* candidate source JSON */
-    char *noise_models;  /* study noise models JSON */
-    char *params;        /* job params JSON or NULL */
-};
-void store_claim_free(struct store_claim *c);
 
 /* Claims the oldest queued job for `owner` with a lease of `lease_s` seconds: state running,
  * attempts + 1, in one transaction (two workers never get the same job).  TPV_ENOTFOUND when
@@ -267,22 +210,6 @@ int store_job_claim(struct store *st, const char *owner, double lease_s, struct 
 int store_job_progress(struct store *st, const char *id, const char *owner, double progress,
                        double lease_s, bool *cancel, struct tpv_err *err);
 
-struct store_score {
-    const char *noise;
-    const char *kind;
-    const char *split; /* "fit" | "probe" */
-    double value;
-    double stderr_value;
-    const char *estimator;
-    uint64_t samples;
-    uint64_t seed;
-    double wall_seconds;
-    const char *details; /* JSON text */
-    /* Per-input contributions (DESIGN.md section 5), borrowed; NULL/0 = none (stored NULL) */
-    const double *per_input;
-    size_t n_inputs;
-    double stderr_inputs; /* NaN = none */
-};
 
 /* Finishes a job as succeeded: writes its scores (score jobs), the candidate's stability, the job
  * result (jbr), the state, and bumps the study version, all in one transaction.
@@ -310,33 +237,13 @@ int store_jobs_requeue_expired(struct store *st, int max_attempts, double now, i
 
 /* ---- ranking ---- */
 
-struct store_rank_row {
-    char id[STORE_ID_MAX];
-    char *name;
-    char *metadata; /* JSON text */
-    char state[16];
-    bool has_train_loss, has_epoch, has_value;
-    double train_loss, epoch, value, stderr_value;
-    bool has_stderr_inputs; /* false for scores written before contributions were stored */
-    double stderr_inputs;
-    char *run; /* NULL when absent */
-};
 
 /* Every candidate of a study with its score under (noise, split), scored ones first in
  * ascending value, in one query.  *rows is malloc'd; free with store_rank_rows_free. */
 int store_rank_rows(struct store *st, const char *study_id, const char *noise, const char *split,
                     struct store_rank_row **rows, size_t *nrows, struct tpv_err *err);
-void store_rank_rows_free(struct store_rank_row *rows, size_t n);
 
-/* ---- per-input contributions (storage/contrib.c) ---- */
-
-/* One candidate's stored contributions under a (noise, split): values[n] (malloc'd), or
- * values NULL / n 0 when the score has none (written before they were stored, or absent). */
-struct store_contrib {
-    char id[STORE_ID_MAX];
-    double *values;
-    size_t n;
-};
+/* ---- per-input contributions (struct store_contrib in store_types.h) ---- */
 
 /* The contributions of the candidates ids[0..n) of a study under (noise, split), in ONE query
  * (no query per candidate).  *out gets n entries in the order of ids (malloc'd; free with
@@ -346,33 +253,17 @@ struct store_contrib {
 int store_rank_contributions(struct store *st, const char *study_id, const char *noise,
                              const char *split, const char *const *ids, size_t n,
                              struct store_contrib **out, struct tpv_err *err);
-void store_contribs_free(struct store_contrib *c, size_t n);
-
-/* Little-endian float64 encoding of contributions, whatever the host's byte order: enc gets
- * 8 n bytes; dec reads n = bytes / 8 values (bytes must be a multiple of 8). */
-void store_contrib_encode(const double *v, size_t n, unsigned char *enc);
-void store_contrib_decode(const unsigned char *enc, size_t n, double *v);
 
 /* ---- webhook outbox (storage/outbox.c) ---- */
 
 /* Job ends ("job.succeeded|failed|canceled") and ranking changes ("ranking.changed") of studies
  * with a webhook_url are appended to the outbox in the transaction that caused them; a row stays
  * pending until it is delivered or has failed for good, so delivery survives restarts. */
-struct store_outbox_item {
-    int64_t seq;          /* row number; the event id ("ev_...") is the payload's "id" */
-    char study_id[STORE_ID_MAX];
-    char event[32];
-    char *payload;        /* JSON object text */
-    char *url;            /* the study's webhook_url */
-    char *secret;         /* the study's signing secret (never log it) */
-    int attempts;         /* made so far */
-};
 
 /* Up to `limit` pending rows due at `now` (seconds since the epoch), oldest due first.  *items is
  * malloc'd (NULL when none); free with store_outbox_items_free. */
 int store_outbox_due(struct store *st, double now, int limit, struct store_outbox_item **items,
                      size_t *n, struct tpv_err *err);
-void store_outbox_items_free(struct store_outbox_item *items, size_t n);
 
 /* When the next pending row is due (seconds since the epoch); TPV_ENOTFOUND when none is. */
 int store_outbox_next_due(struct store *st, double *at, struct tpv_err *err);
@@ -390,7 +281,6 @@ int store_outbox_stats(struct store *st, int64_t *pending, int64_t *delivered, i
 
 /* ---- API tokens (storage/tokens.c): only SHA-256 hashes of the secrets are stored ---- */
 
-#define STORE_TOKEN_NAME_MAX 64 /* bytes of a token name, [A-Za-z0-9._-] */
 
 /* Whether `name` is a usable token name (1..STORE_TOKEN_NAME_MAX bytes of [A-Za-z0-9._-]). */
 bool store_token_name_valid(const char *name);
@@ -401,20 +291,13 @@ bool store_token_name_valid(const char *name);
 int store_token_create(struct store *st, const char *name, const char *role, const char *hash_hex,
                        struct tpv_err *err);
 
-/* A token found by the hash of its secret (one indexed read). */
-struct store_token {
-    char hash[65];                      /* as stored: the caller compares it in constant time */
-    char role[8];
-    char name[STORE_TOKEN_NAME_MAX + 1];
-    bool revoked;
-};
 /* TPV_OK with *out filled, TPV_ENOTFOUND when no token has this hash. */
 int store_token_find(struct store *st, const char *hash_hex, struct store_token *out,
                      struct tpv_err *err);
 
-/* Every token as [{"name","role","created_at","revoked_at"|null}] (new reference), oldest first;
- * never the hashes. */
-int store_token_list(struct store *st, json_t **items, struct tpv_err *err);
+/* Every token, oldest first, never the hashes: *rows is malloc'd (free(); NULL when none). */
+int store_token_list(struct store *st, struct store_token_row **rows, size_t *n,
+                     struct tpv_err *err);
 
 /* Revokes the token called `name` (it stays listed).  TPV_ENOTFOUND; TPV_EPRECONDITION when it was
  * already revoked. */
@@ -425,17 +308,12 @@ int store_token_count(struct store *st, int64_t *n, struct tpv_err *err);
 
 /* ---- statistics for /metrics ---- */
 
-struct store_stats {
-    int64_t jobs_queued, jobs_running, jobs_succeeded, jobs_failed, jobs_canceled;
-    int64_t blobs, blob_bytes;
-    int64_t studies, candidates;
-};
 int store_stats(struct store *st, struct store_stats *out, struct tpv_err *err);
 
 /* Number of queued jobs (the queue depth). */
 int store_jobs_queued(struct store *st, int64_t *n, struct tpv_err *err);
 
-/* ---- content-addressed blob store (storage/blobs.c) ---- */
+/* ---- content-addressed blob store: files in storage/blobs.h's store, rows in the backend ---- */
 
 /* True for "sha256:" followed by 64 lowercase hex digits. */
 bool store_digest_valid(const char *digest);

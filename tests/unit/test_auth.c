@@ -18,6 +18,7 @@
 #include <openssl/evp.h>
 
 #include "api/api.h"
+#include "api/render.h"
 #include "storage/store.h"
 
 /* libcrypto's EVP_Digest, made to fail on demand: the executable's definition comes before the
@@ -183,8 +184,14 @@ static void test_store_tokens(void **state)
     api_token_hash(tok, hex);
     assert_int_equal(store_token_find(f->st, hex, &t, &err), TPV_OK);
     assert_true(t.revoked);
-    json_t *items = NULL;
-    assert_int_equal(store_token_list(f->st, &items, &err), TPV_OK);
+    struct store_token_row *rows = NULL;
+    size_t nrows = 0;
+    assert_int_equal(store_token_list(f->st, &rows, &nrows, &err), TPV_OK);
+    json_t *list = api_token_list_json(rows, nrows);
+    free(rows);
+    assert_non_null(list);
+    json_t *items = json_incref(json_object_get(list, "items"));
+    json_decref(list);
     assert_int_equal(json_array_size(items), 2);
     char *text = json_dumps(items, 0);
     assert_null(strstr(text, hex)); /* never the hashes */

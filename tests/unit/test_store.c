@@ -17,6 +17,8 @@
 
 #include "storage/schema_steps.h"
 #include "storage/store.h"
+#include "server/webhook.h"
+#include "tests/unit/store_json.h"
 
 struct fixture {
     char dir[64];
@@ -36,6 +38,7 @@ static int setup(void **state)
         fprintf(stderr, "store_open: %s\n", err.message);
         return -1;
     }
+    store_set_event_renderer(f->st, srv_webhook_render_event); /* the daemon's */
     *state = f;
     return 0;
 }
@@ -121,7 +124,7 @@ static void test_webhook_outbox(void **state)
     store_claim_free(&a);
     store_claim_free(&b);
     json_t *job;
-    assert_int_equal(store_job_cancel(f->st, j3, &job, &err), TPV_OK);
+    assert_int_equal(tj_job_cancel(f->st, j3, &job, &err), TPV_OK);
     json_decref(job);
 
     assert_int_equal(store_outbox_due(f->st, 1e12, 10, &items, &n, &err), TPV_OK);
@@ -217,7 +220,7 @@ static void test_study_versions_and_inputs(void **state)
     assert_int_equal(v1, v0 + 2);
 
     json_t *study;
-    assert_int_equal(store_study_get(f->st, sid, &study, &err), TPV_OK);
+    assert_int_equal(tj_study_get(f->st, sid, &study, &err), TPV_OK);
     json_t *fit = json_object_get(json_object_get(study, "inputs"), "fit");
     assert_int_equal(json_integer_value(json_object_get(fit, "n")), 10);
     assert_true(json_is_null(json_object_get(json_object_get(study, "inputs"), "probe")));
@@ -248,12 +251,12 @@ static void test_study_versions_and_inputs(void **state)
                      TPV_ENOTFOUND);
 
     json_t *cand;
-    assert_int_equal(store_candidate_get(f->st, sid, cid, &cand, &err), TPV_OK);
+    assert_int_equal(tj_candidate_get(f->st, sid, cid, &cand, &err), TPV_OK);
     assert_string_equal(json_string_value(json_object_get(cand, "state")), "queued");
     assert_string_equal(json_string_value(json_object_get(cand, "job_id")), jid);
     json_decref(cand);
-    assert_int_equal(store_candidate_get(f->st, "st_other", cid, &cand, &err), TPV_ENOTFOUND);
-    assert_int_equal(store_study_get(f->st, "st_nope", &study, &err), TPV_ENOTFOUND);
+    assert_int_equal(tj_candidate_get(f->st, "st_other", cid, &cand, &err), TPV_ENOTFOUND);
+    assert_int_equal(tj_study_get(f->st, "st_nope", &study, &err), TPV_ENOTFOUND);
 }
 
 /* Study versions are served from memory between commits: a reader polling while a writer bumps
@@ -355,7 +358,7 @@ static void test_idempotency(void **state)
                      TPV_EPRECONDITION);
     assert_string_equal(err.field, "Idempotency-Key");
     json_t *j;
-    assert_int_equal(store_study_get(f->st, sid2, &j, &err), TPV_ENOTFOUND);
+    assert_int_equal(tj_study_get(f->st, sid2, &j, &err), TPV_ENOTFOUND);
     /* Keys expire: a young key survives a one-hour TTL, then goes with a zero TTL. */
     int removed = -1;
     assert_int_equal(store_idempotency_expire(f->st, 3600, &removed, &err), TPV_OK);
@@ -381,7 +384,7 @@ static void test_pagination_stable_under_inserts(void **state)
     int64_t next = 0, after = 0;
     int seen = 0, pages = 0;
     do {
-        assert_int_equal(store_candidate_list(f->st, sid, after, 3, 0, &items, &next, &err), TPV_OK);
+        assert_int_equal(tj_candidate_list(f->st, sid, after, 3, 0, &items, &next, &err), TPV_OK);
         for (size_t i = 0; i < json_array_size(items); i++) {
             snprintf(name, sizeof name, "c%d", seen++);
             assert_string_equal(
@@ -400,7 +403,7 @@ static void test_pagination_stable_under_inserts(void **state)
     after = 0;
     pages = 0;
     do {
-        assert_int_equal(store_candidate_list(f->st, sid, after, 100, 1, &items, &next, &err),
+        assert_int_equal(tj_candidate_list(f->st, sid, after, 100, 1, &items, &next, &err),
                          TPV_OK);
         assert_int_equal(json_array_size(items), 1);
         snprintf(name, sizeof name, "c%d", pages++);
@@ -410,11 +413,11 @@ static void test_pagination_stable_under_inserts(void **state)
         after = next;
     } while (next != 0);
     assert_int_equal(pages, 8);
-    assert_int_equal(store_candidate_list(f->st, "st_none", 0, 3, 0, &items, &next, &err),
+    assert_int_equal(tj_candidate_list(f->st, "st_none", 0, 3, 0, &items, &next, &err),
                      TPV_ENOTFOUND);
 
     /* Studies page the same way. */
-    assert_int_equal(store_study_list(f->st, 0, 100, 0, &items, &next, &err), TPV_OK);
+    assert_int_equal(tj_study_list(f->st, 0, 100, 0, &items, &next, &err), TPV_OK);
     assert_true(json_array_size(items) >= 1);
     assert_int_equal(next, 0);
     json_decref(items);
@@ -515,14 +518,14 @@ static void test_lease_expiry_and_recovery(void **state)
         assert_int_equal(requeued + failed, 1);
     }
     json_t *job;
-    assert_int_equal(store_job_get(f->st, jid, &job, &err), TPV_OK);
+    assert_int_equal(tj_job_get(f->st, jid, &job, &err), TPV_OK);
     assert_string_equal(json_string_value(json_object_get(job, "state")), "failed");
     json_t *e = json_object_get(job, "error");
     assert_string_equal(json_string_value(json_object_get(e, "code")), "aborted");
     assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "max-attempts"));
     json_decref(job);
     json_t *cand;
-    assert_int_equal(store_candidate_get(f->st, sid, cid, &cand, &err), TPV_OK);
+    assert_int_equal(tj_candidate_get(f->st, sid, cid, &cand, &err), TPV_OK);
     assert_string_equal(json_string_value(json_object_get(cand, "state")), "failed");
     json_decref(cand);
 }
@@ -540,7 +543,7 @@ static void test_scores_cancel_release_ranking(void **state)
 
     /* Cancel of a queued job is immediate. */
     json_t *job;
-    assert_int_equal(store_job_cancel(f->st, j3, &job, &err), TPV_OK);
+    assert_int_equal(tj_job_cancel(f->st, j3, &job, &err), TPV_OK);
     assert_string_equal(json_string_value(json_object_get(job, "state")), "canceled");
     json_decref(job);
 
@@ -549,7 +552,7 @@ static void test_scores_cancel_release_ranking(void **state)
     assert_int_equal(store_job_claim(f->st, "w", 60, &b, &err), TPV_OK);
     assert_string_equal(a.id, j1);
     /* Cancel of a running job is a request the worker sees in its next progress report. */
-    assert_int_equal(store_job_cancel(f->st, j2, &job, &err), TPV_OK);
+    assert_int_equal(tj_job_cancel(f->st, j2, &job, &err), TPV_OK);
     assert_true(json_is_true(json_object_get(job, "cancel_requested")));
     json_decref(job);
     bool cancel = false;
@@ -574,10 +577,10 @@ static void test_scores_cancel_release_ranking(void **state)
     /* A second success of the same job is refused: it is no longer running. */
     assert_int_equal(store_job_succeed(f->st, j1, "w", sc, 2, NULL, NULL, &err),
                      TPV_EPRECONDITION);
-    assert_int_equal(store_job_cancel(f->st, j1, &job, &err), TPV_EPRECONDITION);
+    assert_int_equal(tj_job_cancel(f->st, j1, &job, &err), TPV_EPRECONDITION);
 
     json_t *cand;
-    assert_int_equal(store_candidate_get(f->st, sid, c1, &cand, &err), TPV_OK);
+    assert_int_equal(tj_candidate_get(f->st, sid, c1, &cand, &err), TPV_OK);
     assert_string_equal(json_string_value(json_object_get(cand, "state")), "succeeded");
     json_t *scores = json_object_get(cand, "scores");
     assert_int_equal(json_array_size(scores), 2);
@@ -663,7 +666,7 @@ static void test_delete_and_retry(void **state)
     assert_int_equal(store_job_progress(f->st, j1, "w", 0.5, 60, &cancel, &err),
                      TPV_EPRECONDITION);
     json_t *j = NULL;
-    assert_int_equal(store_job_get(f->st, j1, &j, &err), TPV_ENOTFOUND);
+    assert_int_equal(tj_job_get(f->st, j1, &j, &err), TPV_ENOTFOUND);
     assert_int_equal(store_candidate_delete(f->st, sid, c1, &err), TPV_ENOTFOUND);
     assert_int_equal(make_candidate(f->st, sid, "one", c1, j1, 0, &err), TPV_OK); /* name free */
 
@@ -671,14 +674,14 @@ static void test_delete_and_retry(void **state)
     store_id_new(nj, "jb");
     assert_int_equal(store_candidate_retry(f->st, sid, c2, nj, 0, &err), TPV_EPRECONDITION);
     assert_string_equal(err.field, "state");
-    assert_int_equal(store_job_cancel(f->st, j2, &j, &err), TPV_OK);
+    assert_int_equal(tj_job_cancel(f->st, j2, &j, &err), TPV_OK);
     json_decref(j);
     assert_int_equal(store_candidate_retry(f->st, sid, c2, nj, 0, &err), TPV_OK);
-    assert_int_equal(store_job_get(f->st, nj, &j, &err), TPV_OK);
+    assert_int_equal(tj_job_get(f->st, nj, &j, &err), TPV_OK);
     assert_string_equal(json_string_value(json_object_get(j, "state")), "queued");
     assert_int_equal(json_integer_value(json_object_get(j, "attempts")), 0);
     json_decref(j);
-    assert_int_equal(store_candidate_get(f->st, sid, c2, &j, &err), TPV_OK);
+    assert_int_equal(tj_candidate_get(f->st, sid, c2, &j, &err), TPV_OK);
     assert_string_equal(json_string_value(json_object_get(j, "job_id")), nj);
     json_decref(j);
     assert_int_equal(store_candidate_retry(f->st, sid, "cd_0000000000000000", nj, 0, &err),
@@ -696,7 +699,7 @@ static void test_delete_and_retry(void **state)
     };
     assert_int_equal(store_study_create(f->st, &s, NULL, NULL, &err), TPV_OK);
     assert_int_equal(store_study_delete(f->st, hs, &err), TPV_OK);
-    assert_int_equal(store_study_get(f->st, hs, &j, &err), TPV_ENOTFOUND);
+    assert_int_equal(tj_study_get(f->st, hs, &j, &err), TPV_ENOTFOUND);
     assert_int_equal(store_study_delete(f->st, hs, &err), TPV_ENOTFOUND);
     struct store_outbox_item *items = NULL;
     size_t n = 0;

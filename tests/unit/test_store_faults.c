@@ -35,6 +35,8 @@
 #include <sqlite3.h>
 
 #include "storage/store.h"
+#include "server/webhook.h"
+#include "tests/unit/store_json.h"
 
 /* ======================================================================================== */
 /* The counting allocator                                                                   */
@@ -609,7 +611,7 @@ static int job_step(struct store *st, struct job_ctx *j, int k, long fail_at, bo
         break;
     case 4:
         fi_arm(fail_at);
-        rc = store_study_get(st, j->study, &out, &err);
+        rc = tj_study_get(st, j->study, &out, &err);
         fi_disarm();
         if (rc == TPV_OK) {
             check_json_str(out, "name", j->tag);
@@ -697,7 +699,7 @@ static int job_step(struct store *st, struct job_ctx *j, int k, long fail_at, bo
     case 10: {
         int64_t next = -1;
         fi_arm(fail_at);
-        rc = store_candidate_list(st, j->study, 0, 10, 1 << 20, &out, &next, &err);
+        rc = tj_candidate_list(st, j->study, 0, 10, 1 << 20, &out, &next, &err);
         fi_disarm();
         if (rc == TPV_OK) {
             assert_int_equal(json_array_size(out), 1);
@@ -708,14 +710,14 @@ static int job_step(struct store *st, struct job_ctx *j, int k, long fail_at, bo
     }
     case 11:
         fi_arm(fail_at);
-        rc = store_candidate_get(st, j->study, j->cand, &out, &err);
+        rc = tj_candidate_get(st, j->study, j->cand, &out, &err);
         fi_disarm();
         if (rc == TPV_OK)
             check_candidate(out, j);
         break;
     case 12:
         fi_arm(fail_at);
-        rc = store_job_get(st, j->job, &out, &err);
+        rc = tj_job_get(st, j->job, &out, &err);
         fi_disarm();
         if (rc == TPV_OK) {
             check_json_str(out, "id", j->job);
@@ -835,6 +837,7 @@ static struct store *open_store(const char *data)
     struct tpv_err err;
     if (store_open_with(&st, data, &test_opts, &err) != TPV_OK)
         fail_msg("store_open: %s", err.message);
+    store_set_event_renderer(st, srv_webhook_render_event); /* the daemon's */
     return st;
 }
 
@@ -1027,6 +1030,8 @@ static void test_alloc_failures_open(void **state)
         int rc = store_open_with(&st, data, &test_opts, &err);
         fi_disarm();
         assert_true(fi.fired);
+        if (rc == TPV_OK)
+            store_set_event_renderer(st, srv_webhook_render_event);
         if (rc != TPV_OK) {
             failed++;
             assert_null(st);

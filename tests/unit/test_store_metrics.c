@@ -16,6 +16,7 @@
 
 #include "storage/metrics.h"
 #include "storage/store.h"
+#include "tests/unit/store_json.h"
 
 struct fixture {
     char dir[64];
@@ -105,7 +106,7 @@ static void shown_metrics(struct fixture *f, int i, char *out, size_t cap)
 {
     struct tpv_err err;
     json_t *cand = NULL;
-    assert_int_equal(store_candidate_get(f->st, f->sid, f->cid[i], &cand, &err), TPV_OK);
+    assert_int_equal(tj_candidate_get(f->st, f->sid, f->cid[i], &cand, &err), TPV_OK);
     json_t *m = json_object_get(cand, "metrics");
     char *t = m ? json_dumps(m, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
     snprintf(out, cap, "%s", t ? t : "");
@@ -150,7 +151,7 @@ static void test_merge(void **state)
                                          &err), TPV_OK);
     json_t *items = NULL;
     int64_t next;
-    assert_int_equal(store_candidate_list(f->st, f->sid, 0, 10, 0, &items, &next, &err), TPV_OK);
+    assert_int_equal(tj_candidate_list(f->st, f->sid, 0, 10, 0, &items, &next, &err), TPV_OK);
     assert_int_equal(json_array_size(items), 3);
     assert_null(json_object_get(json_array_get(items, 0), "metrics"));
     assert_float_equal(json_number_value(json_object_get(

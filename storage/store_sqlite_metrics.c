@@ -1,14 +1,14 @@
-/* metrics.c: candidate metrics (merged on PUT) and the one read of the agreement report, on the
- * SQLite backend (see metrics.h).  Plain C values in and out, JSON only as text: the merge is
- * SQLite's json_patch (RFC 7396: a null removes a key), which keeps each number's spelling.
+/* store_sqlite_metrics.c: candidate metrics (merged on PUT) and the one read of the agreement
+ * report, on the SQLite backend (see metrics.h).  Plain C values in and out, JSON only as text:
+ * the merge is SQLite's json_patch (RFC 7396: a null removes a key), which keeps each number's spelling.
  *
  * PostgreSQL, for the backend of storage/DESIGN-phase2.md: the merge is
  *   jsonb_strip_nulls(coalesce(metrics, '{}')::jsonb || $patch::jsonb)
  * (values are numbers, so stripping nulls touches nothing but the removed keys), the key count
  * jsonb_object_keys, and the metric of a row (c.metrics::jsonb -> $m) where its jsonb_typeof is
  * 'number'. */
-#include "storage/metrics.h"
-#include "storage/store_int.h"
+#include "storage/sqlite_int.h"
+
 
 #include <math.h>
 #include <stdio.h>
@@ -93,7 +93,7 @@ static int study_version_read(struct store_conn *c, const char *study_id, int64_
     return rc;
 }
 
-int store_metrics_merge(struct store *st, const char *study_id, const char *candidate_id,
+int sq_metrics_merge(struct sq_store *st, const char *study_id, const char *candidate_id,
                         const char *patch, int64_t *version, struct tpv_err *err)
 {
     char *old = NULL, *merged = NULL;
@@ -132,7 +132,7 @@ int store_metrics_merge(struct store *st, const char *study_id, const char *cand
 
 #define METRIC_NAMES_SHOWN 16
 
-int store_metric_names(struct store *st, const char *study_id, char *names, size_t cap,
+int sq_metric_names(struct sq_store *st, const char *study_id, char *names, size_t cap,
                        struct tpv_err *err)
 {
     if (cap == 0)
@@ -229,7 +229,7 @@ static int agree_row(sqlite3_stmt *s, struct store_agree_rows *out, size_t *ccap
     return TPV_OK;
 }
 
-int store_agree_rows(struct store *st, const char *study_id, const char *metric,
+int sq_agree_rows(struct sq_store *st, const char *study_id, const char *metric,
                      struct store_agree_rows *out, struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);

@@ -1,51 +1,46 @@
-/* queue.c: the durable job queue of the SQLite backend (see store.h): claims with leases inside
- * BEGIN IMMEDIATE transactions (SQLite has one writer at a time, so two claims never return the
- * same job), progress and lease renewal, terminal transitions that write scores and bump the study
- * version in one transaction, and crash recovery. */
-#include "storage/store_int.h"
+/* store_sqlite_queue.c: the durable job queue of the SQLite backend (see store.h): claims with
+ * leases inside BEGIN IMMEDIATE transactions (SQLite has one writer at a time, so two claims
+ * never return the same job), progress and lease renewal, terminal transitions that write scores
+ * and bump the study version in one transaction, and crash recovery. */
+#include "storage/sqlite_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/json_alloc.h"
 
-static json_t *col_json_or_null(sqlite3_stmt *s, int i)
+/* Columns of JOB_GET into *o (zeroed first); false when out of memory (*o is then freed). */
+static bool job_from_row(sqlite3_stmt *s, struct store_job *o)
 {
-    const unsigned char *t = sqlite3_column_text(s, i);
-    json_t *j = t ? json_loads((const char *)t, JSON_DECODE_ANY, NULL) : NULL;
-    return j ? j : json_null();
+    memset(o, 0, sizeof *o);
+    snprintf(o->id, sizeof o->id, "%s", col_text(s, 0));
+    snprintf(o->kind, sizeof o->kind, "%s", col_text(s, 1));
+    snprintf(o->candidate_id, sizeof o->candidate_id, "%s", col_text(s, 2));
+    snprintf(o->state, sizeof o->state, "%s", col_text(s, 3));
+    o->progress = sqlite3_column_double(s, 4);
+    o->attempts = sqlite3_column_int(s, 5);
+    bool ok = true;
+    if (sqlite3_column_type(s, 6) != SQLITE_NULL) {
+        o->error_code = strdup(col_text(s, 6));
+        o->error_message = strdup(col_text(s, 7));
+        ok = o->error_code && o->error_message;
+    }
+    snprintf(o->created_at, sizeof o->created_at, "%s", col_text(s, 8));
+    snprintf(o->started_at, sizeof o->started_at, "%s", col_text(s, 9));
+    snprintf(o->finished_at, sizeof o->finished_at, "%s", col_text(s, 10));
+    ok = col_strdup_or_null(s, 11, &o->result) && ok;
+    o->cancel_requested = sqlite3_column_int(s, 12) != 0;
+    snprintf(o->study_id, sizeof o->study_id, "%s", col_text(s, 13));
+    if (!ok)
+        store_job_free(o);
+    return ok;
 }
 
-static json_t *col_str_or_null(sqlite3_stmt *s, int i)
-{
-    return sqlite3_column_type(s, i) == SQLITE_NULL ? json_null() : json_string(col_text(s, i));
-}
-
-/* Columns of JOB_GET. */
-static json_t *job_row_json(sqlite3_stmt *s)
-{
-    json_t *error = json_null();
-    if (sqlite3_column_type(s, 6) != SQLITE_NULL)
-        error = json_pack("{s:s,s:s}", "code", col_text(s, 6), "message", col_text(s, 7));
-    json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:f,s:i,s:o,s:s,s:o,s:o,s:b}",
-                          "id", col_text(s, 0), "kind", col_text(s, 1), "study_id", col_text(s, 13),
-                          "candidate_id", col_text(s, 2), "state", col_text(s, 3),
-                          "progress", sqlite3_column_double(s, 4),
-                          "attempts", sqlite3_column_int(s, 5), "error", error ? error : json_null(),
-                          "created_at", col_text(s, 8), "started_at", col_str_or_null(s, 9),
-                          "finished_at", col_str_or_null(s, 10),
-                          "cancel_requested", sqlite3_column_int(s, 12) != 0);
-    if (j && sqlite3_column_type(s, 11) != SQLITE_NULL)
-        json_object_set_new(j, "result", col_json_or_null(s, 11));
-    return j;
-}
-
-static int job_get_conn(struct store_conn *c, const char *id, json_t **out, char state[16],
-                        struct tpv_err *err)
+static int job_get_conn(struct store_conn *c, const char *id, struct store_job *out,
+                        char state[16], struct tpv_err *err)
 {
     if (out)
-        *out = NULL;
+        memset(out, 0, sizeof *out);
     sqlite3_stmt *s = conn_stmt(c, STMT_JOB_GET, err);
     if (!s)
         return err->code;
@@ -54,7 +49,7 @@ static int job_get_conn(struct store_conn *c, const char *id, json_t **out, char
     if (step == SQLITE_ROW) {
         if (state)
             snprintf(state, 16, "%s", col_text(s, 3));
-        if (out && !(*out = job_row_json(s)))
+        if (out && !job_from_row(s, out))
             rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     } else if (step == SQLITE_DONE) {
         rc = tpv_err_set(err, TPV_ENOTFOUND, "job_id", "job %s not found", id);
@@ -65,7 +60,7 @@ static int job_get_conn(struct store_conn *c, const char *id, json_t **out, char
     return rc;
 }
 
-int store_job_get(struct store *st, const char *id, json_t **out, struct tpv_err *err)
+int sq_job_get(struct sq_store *st, const char *id, struct store_job *out, struct tpv_err *err)
 {
     struct store_conn *c = conn_get(st);
     int rc = job_get_conn(c, id, out, NULL, err);
@@ -176,30 +171,31 @@ int study_has_hook(struct store_conn *c, const char *study_id, bool *has,
     return rc;
 }
 
-/* Appends an event to the outbox in the caller's transaction; steals `payload`.  The webhook
- * sender (server/webhook.c) delivers it later, at least once. */
-int outbox_put(struct store_conn *c, const char *study_id, const char *event, json_t *payload,
-               const char *now, struct tpv_err *err)
+/* Appends an event to the outbox in the caller's transaction, its payload rendered by the
+ * store's renderer (server/webhook.c) and stored as text, so every attempt sends the same bytes.
+ * The webhook sender delivers it later, at least once. */
+int outbox_put(struct store_conn *c, const struct store_event *ev, struct tpv_err *err)
 {
+    if (!c->st->sink.render_event)
+        return tpv_err_set(err, TPV_EINTERNAL, NULL,
+                           "no webhook event renderer set (store_set_event_renderer)");
     char id[STORE_ID_MAX];
     store_id_new(id, "ev"); /* the event id receivers dedup on, the same for every attempt */
-    /* Without its id the event would go out with nothing for the receiver to dedup on. */
-    char *text = payload && json_object_set_new(payload, "id", json_string(id)) == 0
-                     ? tpv_json_dump(payload, JSON_COMPACT)
-                     : NULL;
-    json_decref(payload);
-    if (!text)
-        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    char *text = c->st->sink.render_event(c->st->sink.ctx, ev, id);
+    if (!text) /* the dispatcher's renderer answers NULL too when none was set */
+        return tpv_err_set(err, TPV_ENOMEM, NULL,
+                           "cannot render the webhook event (out of memory, or no renderer set "
+                           "with store_set_event_renderer)");
     int rc;
     sqlite3_stmt *s = conn_stmt(c, STMT_OUTBOX_PUT, err);
     if (!s) {
         rc = err->code;
     } else {
-        bind_text(s, 1, study_id);
-        bind_text(s, 2, event);
+        bind_text(s, 1, ev->study_id);
+        bind_text(s, 2, ev->event);
         bind_text(s, 3, text);
         sqlite3_bind_double(s, 4, store_clock_now());
-        bind_text(s, 5, now);
+        bind_text(s, 5, ev->at);
         rc = stmt_exec(c, s, err);
     }
     free(text);
@@ -215,27 +211,29 @@ static int outbox_event(struct store_conn *c, const struct job_ref *ref, const c
     int rc = study_has_hook(c, ref->study_id, &has_hook, err);
     if (rc != TPV_OK || !has_hook)
         return rc;
-    char event[32], now[STORE_TIME_MAX];
-    snprintf(event, sizeof event, "job.%s", state);
-    store_now_rfc3339(now);
-    rc = outbox_put(c, ref->study_id, event,
-                    json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s}", "event", event, "study_id",
-                              ref->study_id, "candidate_id", ref->candidate_id, "job_id", job_id,
-                              "kind", ref->kind, "state", state, "at", now),
-                    now, err);
+    struct store_event ev = { 0 };
+    snprintf(ev.event, sizeof ev.event, "job.%s", state);
+    snprintf(ev.study_id, sizeof ev.study_id, "%s", ref->study_id);
+    snprintf(ev.candidate_id, sizeof ev.candidate_id, "%s", ref->candidate_id);
+    snprintf(ev.job_id, sizeof ev.job_id, "%s", job_id);
+    snprintf(ev.kind, sizeof ev.kind, "%s", ref->kind);
+    snprintf(ev.state, sizeof ev.state, "%s", state);
+    store_now_rfc3339(ev.at);
+    rc = outbox_put(c, &ev, err);
     if (rc == TPV_OK && version > 0 && strcmp(state, "succeeded") == 0 &&
-        strcmp(ref->kind, "score") == 0)
-        rc = outbox_put(c, ref->study_id, "ranking.changed",
-                        json_pack("{s:s,s:s,s:I,s:s,s:s,s:s}", "event", "ranking.changed",
-                                  "study_id", ref->study_id, "version", (json_int_t)version,
-                                  "candidate_id", ref->candidate_id, "job_id", job_id, "at", now),
-                        now, err);
+        strcmp(ref->kind, "score") == 0) {
+        snprintf(ev.event, sizeof ev.event, "ranking.changed");
+        ev.kind[0] = ev.state[0] = '\0';
+        ev.version = version;
+        rc = outbox_put(c, &ev, err);
+    }
     return rc;
 }
 
-int store_job_cancel(struct store *st, const char *id, json_t **out, struct tpv_err *err)
+int sq_job_cancel(struct sq_store *st, const char *id, struct store_job *out,
+                     struct tpv_err *err)
 {
-    *out = NULL;
+    memset(out, 0, sizeof *out);
     char state[16] = "";
     struct job_ref ref;
     int64_t version = 0;
@@ -285,7 +283,7 @@ void store_claim_free(struct store_claim *cl)
     memset(cl, 0, sizeof *cl);
 }
 
-int store_job_claim(struct store *st, const char *owner, double lease_s, struct store_claim *out,
+int sq_job_claim(struct sq_store *st, const char *owner, double lease_s, struct store_claim *out,
                     struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);
@@ -346,8 +344,8 @@ int store_job_claim(struct store *st, const char *owner, double lease_s, struct 
     return TPV_OK;
 }
 
-int store_job_progress(struct store *st, const char *id, const char *owner, double progress,
-                       double lease_s, bool *cancel, struct tpv_err *err)
+int sq_job_progress(struct sq_store *st, const char *id, const char *owner, double progress,
+                    double lease_expires, bool *cancel, struct tpv_err *err)
 {
     *cancel = false;
     struct store_conn *c = conn_get(st);
@@ -359,7 +357,7 @@ int store_job_progress(struct store *st, const char *id, const char *owner, doub
         bind_text(s, 1, id);
         bind_text(s, 2, owner);
         sqlite3_bind_double(s, 3, progress < 0 ? 0 : progress > 1 ? 1 : progress);
-        sqlite3_bind_double(s, 4, store_clock_now() + lease_s);
+        sqlite3_bind_double(s, 4, lease_expires);
         int step = sqlite3_step(s);
         if (step == SQLITE_ROW) {
             *cancel = sqlite3_column_int(s, 0) != 0;
@@ -376,7 +374,7 @@ int store_job_progress(struct store *st, const char *id, const char *owner, doub
     return rc;
 }
 
-int store_job_succeed(struct store *st, const char *id, const char *owner,
+int sq_job_succeed(struct sq_store *st, const char *id, const char *owner,
                       const struct store_score *scores, size_t nscores, const char *stability,
                       const char *result, struct tpv_err *err)
 {
@@ -447,7 +445,7 @@ int store_job_succeed(struct store *st, const char *id, const char *owner,
     return rc;
 }
 
-int store_job_finish(struct store *st, const char *id, const char *owner, const char *state,
+int sq_job_finish(struct sq_store *st, const char *id, const char *owner, const char *state,
                      const char *code, const char *message, struct tpv_err *err)
 {
     struct job_ref ref;
@@ -471,7 +469,7 @@ int store_job_finish(struct store *st, const char *id, const char *owner, const 
     return rc;
 }
 
-int store_job_release(struct store *st, const char *id, const char *owner, struct tpv_err *err)
+int sq_job_release(struct sq_store *st, const char *id, const char *owner, struct tpv_err *err)
 {
     struct job_ref ref;
     int64_t version = 0;
@@ -507,7 +505,7 @@ struct stale_job {
 };
 
 /* Re-queues (or fails, past max_attempts) the running jobs selected by JOBS_STALE. */
-static int recover(struct store *st, bool all, double now, int max_attempts, int *requeued,
+static int recover(struct sq_store *st, bool all, double now, int max_attempts, int *requeued,
                    int *failed, struct tpv_err *err)
 {
     struct stale_job *jobs = NULL;
@@ -590,13 +588,13 @@ static int recover(struct store *st, bool all, double now, int max_attempts, int
     return rc;
 }
 
-int store_jobs_recover(struct store *st, int max_attempts, int *requeued, int *failed,
+int sq_jobs_recover(struct sq_store *st, int max_attempts, int *requeued, int *failed,
                        struct tpv_err *err)
 {
     return recover(st, true, 0, max_attempts, requeued, failed, err);
 }
 
-int store_jobs_requeue_expired(struct store *st, int max_attempts, double now, int *requeued,
+int sq_jobs_requeue_expired(struct sq_store *st, int max_attempts, double now, int *requeued,
                                int *failed, struct tpv_err *err)
 {
     return recover(st, false, now > 0 ? now : store_clock_now(), max_attempts, requeued, failed,

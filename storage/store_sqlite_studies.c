@@ -1,58 +1,54 @@
-/* studies.c: studies, input sets, candidates and ranking rows of the SQLite backend (see store.h).
- * Read views are built in the API shapes of DESIGN.md section 5 with a constant number of
- * queries per call. */
-#include "storage/store_int.h"
+/* store_sqlite_studies.c: studies, input sets, candidates and ranking rows of the SQLite backend
+ * (see store.h).  Read views fill the row and page structs of store_types.h (api/render.c makes
+ * the API shapes) with a constant number of queries per call. */
+#include "storage/sqlite_int.h"
 
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Stored JSON text back to a value; `fallback` (stolen) when absent.  NULL when the text does
- * not load: what we stored always parses, so that is an allocation failure, and serving the
- * fallback would show a study or candidate without its metadata. */
-static json_t *json_text(const char *text, json_t *fallback)
+/* A text column that is never NULL in the schema: a copy ("" for NULL); NULL only when out of
+ * memory. */
+static char *col_dup(sqlite3_stmt *s, int i)
 {
-    if (!text || !text[0])
-        return fallback;
-    json_decref(fallback);
-    return json_loads(text, JSON_DECODE_ANY, NULL);
+    return strdup(col_text(s, i));
 }
 
-static json_t *col_json(sqlite3_stmt *s, int i, json_t *fallback)
+static double col_real_or_nan(sqlite3_stmt *s, int i)
 {
-    return json_text((const char *)sqlite3_column_text(s, i), fallback);
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? NAN : sqlite3_column_double(s, i);
 }
 
-static json_t *col_real_or_null(sqlite3_stmt *s, int i)
+static void input_from_row(sqlite3_stmt *s, int digest_col, int n_col, struct store_input *in)
 {
-    return sqlite3_column_type(s, i) == SQLITE_NULL ? json_null() : json_real(sqlite3_column_double(s, i));
+    snprintf(in->digest, sizeof in->digest, "%s", col_text(s, digest_col));
+    in->n = sqlite3_column_type(s, n_col) == SQLITE_NULL ? -1 : sqlite3_column_int64(s, n_col);
 }
 
-static json_t *col_string_or_null(sqlite3_stmt *s, int i)
+/* Columns of STUDY_GET / STUDY_LIST into *o (zeroed first); false when out of memory (*o is
+ * then freed). */
+static bool study_from_row(sqlite3_stmt *s, struct store_study *o)
 {
-    return sqlite3_column_type(s, i) == SQLITE_NULL ? json_null() : json_string(col_text(s, i));
-}
-
-static json_t *input_json(sqlite3_stmt *s, int digest_col, int n_col)
-{
-    if (sqlite3_column_type(s, digest_col) == SQLITE_NULL)
-        return json_null();
-    return json_pack("{s:s,s:o}", "digest", col_text(s, digest_col), "n",
-                     sqlite3_column_type(s, n_col) == SQLITE_NULL
-                         ? json_null()
-                         : json_integer(sqlite3_column_int64(s, n_col)));
-}
-
-/* Columns of STUDY_GET / STUDY_LIST. */
-static json_t *study_row_json(sqlite3_stmt *s)
-{
-    return json_pack("{s:s,s:s,s:s,s:o,s:s,s:o,s:{s:o,s:o},s:I,s:s,s:o}",
-                     "id", col_text(s, 1), "name", col_text(s, 2), "description", col_text(s, 3),
-                     "noise_models", col_json(s, 4, json_array()), "rank_by", col_text(s, 5),
-                     "webhook_url", col_string_or_null(s, 6),
-                     "inputs", "fit", input_json(s, 10, 11), "probe", input_json(s, 12, 13),
-                     "version", (json_int_t)sqlite3_column_int64(s, 8),
-                     "created_at", col_text(s, 9), "metadata", col_json(s, 7, json_object()));
+    memset(o, 0, sizeof *o);
+    o->seq = sqlite3_column_int64(s, 0);
+    snprintf(o->id, sizeof o->id, "%s", col_text(s, 1));
+    o->name = col_dup(s, 2);
+    o->description = col_dup(s, 3);
+    o->noise_models = col_dup(s, 4);
+    o->rank_by = col_dup(s, 5);
+    bool ok = col_strdup_or_null(s, 6, &o->webhook_url);
+    o->metadata = col_dup(s, 7);
+    o->version = sqlite3_column_int64(s, 8);
+    snprintf(o->created_at, sizeof o->created_at, "%s", col_text(s, 9));
+    input_from_row(s, 10, 11, &o->fit);
+    input_from_row(s, 12, 13, &o->probe);
+    o->has_probe_dumps = sqlite3_column_int(s, 14) != 0;
+    if (ok && o->name && o->description && o->noise_models && o->rank_by && o->metadata)
+        return true;
+    store_study_free(o);
+    return false;
 }
 
 /* Inside a write's transaction and before any uniqueness rule: whether the idempotency key is
@@ -113,7 +109,22 @@ static bool page_full(int count, uint64_t used, uint64_t more, uint64_t max_byte
     return count > 0 && max_bytes > 0 && (more > max_bytes || used > max_bytes - more);
 }
 
-int store_study_create(struct store *st, const struct store_study_new *in,
+/* Makes room for item `n` in the array *items of *cap items (doubling); false when out of
+ * memory (the array is unchanged). */
+static bool grow(void *items, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap)
+        return true;
+    size_t want = *cap ? *cap * 2 : 16;
+    void *p = want <= SIZE_MAX / size ? realloc(*(void **)items, want * size) : NULL;
+    if (!p)
+        return false;
+    *(void **)items = p;
+    *cap = want;
+    return true;
+}
+
+int sq_study_create(struct sq_store *st, const struct store_study_new *in,
                        const struct store_idem *idem, const struct store_reply *reply,
                        struct tpv_err *err)
 {
@@ -148,9 +159,10 @@ out:
     return rc;
 }
 
-int store_study_get(struct store *st, const char *id, json_t **out, struct tpv_err *err)
+int sq_study_get(struct sq_store *st, const char *id, struct store_study *out,
+                    struct tpv_err *err)
 {
-    *out = NULL;
+    memset(out, 0, sizeof *out);
     struct store_conn *c = conn_get(st);
     int rc;
     sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_GET, err);
@@ -159,62 +171,22 @@ int store_study_get(struct store *st, const char *id, json_t **out, struct tpv_e
     } else {
         bind_text(s, 1, id);
         int step = sqlite3_step(s);
-        if (step == SQLITE_ROW) {
-            *out = study_row_json(s);
-            rc = *out ? TPV_OK : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-        } else if (step == SQLITE_DONE) {
+        if (step == SQLITE_ROW)
+            rc = study_from_row(s, out) ? TPV_OK
+                                        : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        else if (step == SQLITE_DONE)
             rc = tpv_err_set(err, TPV_ENOTFOUND, "study_id", "study %s not found", id);
-        } else {
+        else
             rc = db_fail(c, step, "read study", err);
-        }
     }
     stmt_done(s);
     conn_put(st, c);
     return rc;
 }
 
-static struct version_slot *version_slot_of(struct store *st, const char *id)
+/* One indexed read; the dispatcher (store.c) caches the answer between commits. */
+int sq_study_version(struct sq_store *st, const char *id, int64_t *version, struct tpv_err *err)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const char *p = id; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    return &st->versions[h % VERSION_CACHE_SLOTS];
-}
-
-/* A version read under commit generation `gen` stays valid until the generation moves. */
-static bool version_cached(struct store *st, const char *id, uint64_t gen, int64_t *version)
-{
-    bool hit = false;
-    pthread_mutex_lock(&st->version_lock);
-    struct version_slot *v = version_slot_of(st, id);
-    if (v->gen == gen && strcmp(v->id, id) == 0) {
-        *version = v->version;
-        hit = true;
-    }
-    pthread_mutex_unlock(&st->version_lock);
-    return hit;
-}
-
-static void version_remember(struct store *st, const char *id, uint64_t gen, int64_t version)
-{
-    if (strlen(id) >= STORE_ID_MAX)
-        return;
-    pthread_mutex_lock(&st->version_lock);
-    struct version_slot *v = version_slot_of(st, id);
-    snprintf(v->id, sizeof v->id, "%s", id);
-    v->version = version;
-    v->gen = gen;
-    pthread_mutex_unlock(&st->version_lock);
-}
-
-/* Polls read this on every request: served from memory while no commit happened since it was
- * read.  The generation is taken before the read, so a commit racing the read only makes the
- * entry stale (never a stale version under a current generation). */
-int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err)
-{
-    uint64_t gen = atomic_load(&st->commit_gen) + 1; /* +1: a zeroed slot never matches */
-    if (st->cache_versions && version_cached(st, id, gen, version))
-        return TPV_OK;
     struct store_conn *c = conn_get(st);
     int rc;
     sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_VERSION, err);
@@ -226,8 +198,6 @@ int store_study_version(struct store *st, const char *id, int64_t *version, stru
         if (step == SQLITE_ROW) {
             *version = sqlite3_column_int64(s, 0);
             rc = TPV_OK;
-            if (st->cache_versions)
-                version_remember(st, id, gen, *version);
         } else if (step == SQLITE_DONE) {
             rc = tpv_err_set(err, TPV_ENOTFOUND, "study_id", "study %s not found", id);
         } else {
@@ -248,7 +218,7 @@ void store_study_info_free(struct store_study_info *info)
     memset(info, 0, sizeof *info);
 }
 
-int store_study_info(struct store *st, const char *id, struct store_study_info *out,
+int sq_study_info(struct sq_store *st, const char *id, struct store_study_info *out,
                      struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);
@@ -283,17 +253,16 @@ int store_study_info(struct store *st, const char *id, struct store_study_info *
     return rc;
 }
 
-int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t max_bytes,
-                     json_t **items, int64_t *next_seq, struct tpv_err *err)
+int sq_study_list(struct sq_store *st, int64_t after_seq, int limit, uint64_t max_bytes,
+                     struct store_study_page *page, struct tpv_err *err)
 {
-    *items = json_array();
-    *next_seq = 0;
-    if (!*items)
-        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    memset(page, 0, sizeof *page);
+    if (limit < 1 || limit == INT_MAX) /* limit + 1 rows are read */
+        return tpv_err_set(err, TPV_EINVAL, "limit", "limit must be in [1, %d)", INT_MAX);
     struct store_conn *c = conn_get(st);
-    int rc = TPV_OK, step, count = 0;
-    int64_t last = 0;
+    int rc = TPV_OK, step;
     uint64_t used = 0;
+    size_t cap = 0;
     sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_LIST, err);
     if (!s) {
         rc = err->code;
@@ -303,27 +272,25 @@ int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t ma
     sqlite3_bind_int(s, 2, limit + 1); /* one extra row tells whether a next page exists */
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
         uint64_t more = row_bytes(s, 1u << 4 | 1u << 7); /* noise_models, metadata */
-        if (count == limit || page_full(count, used, more, max_bytes)) {
-            *next_seq = last;
+        if (page->n == (size_t)limit || page_full((int)page->n, used, more, max_bytes)) {
+            page->next_seq = page->items[page->n - 1].seq;
             break;
         }
         used += more;
-        last = sqlite3_column_int64(s, 0);
-        if (json_array_append_new(*items, study_row_json(s)) != 0) {
+        if (!grow(&page->items, &cap, page->n, sizeof *page->items) ||
+            !study_from_row(s, &page->items[page->n])) {
             rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
             break;
         }
-        count++;
+        page->n++;
     }
     if (rc == TPV_OK && step != SQLITE_ROW && step != SQLITE_DONE)
         rc = db_fail(c, step, "list studies", err);
 out:
     stmt_done(s);
     conn_put(st, c);
-    if (rc != TPV_OK) {
-        json_decref(*items);
-        *items = NULL;
-    }
+    if (rc != TPV_OK)
+        store_study_page_free(page);
     return rc;
 }
 
@@ -352,7 +319,7 @@ static int input_state(struct store_conn *c, const char *study_id, const char *s
     return step == SQLITE_ROW ? TPV_OK : db_fail(c, step, "count candidates", err);
 }
 
-int store_input_set(struct store *st, const char *study_id, const char *split, const char *digest,
+int sq_input_set(struct sq_store *st, const char *study_id, const char *split, const char *digest,
                     int64_t n, struct tpv_err *err)
 {
     char now[STORE_TIME_MAX], current[STORE_DIGEST_MAX];
@@ -436,7 +403,7 @@ static int job_insert(struct store_conn *c, const char *id, const char *kind, co
     return stmt_exec(c, s, err);
 }
 
-int store_candidate_create(struct store *st, const struct store_candidate_new *in,
+int sq_candidate_create(struct sq_store *st, const struct store_candidate_new *in,
                            int64_t max_queued, const struct store_idem *idem,
                            const struct store_reply *reply, struct tpv_err *err)
 {
@@ -501,47 +468,77 @@ int store_candidate_create(struct store *st, const struct store_candidate_new *i
     return rc;
 }
 
-/* Columns of CAND_SCORES / CAND_LIST_SCORES. */
-static json_t *score_row_json(sqlite3_stmt *s)
+/* Columns of CAND_SCORES / CAND_LIST_SCORES (from 1) into *o; false when out of memory. */
+static bool score_from_row(sqlite3_stmt *s, struct store_score_row *o)
 {
-    return json_pack("{s:s,s:s,s:s,s:o,s:o,s:o,s:s,s:I,s:I,s:f,s:o}",
-                     "noise", col_text(s, 1), "kind", col_text(s, 2), "split", col_text(s, 3),
-                     "value", col_real_or_null(s, 4), "stderr", col_real_or_null(s, 5),
-                     "stderr_inputs", col_real_or_null(s, 11),
-                     "estimator", col_text(s, 6), "samples", (json_int_t)sqlite3_column_int64(s, 7),
-                     "seed", (json_int_t)sqlite3_column_int64(s, 8),
-                     "wall_seconds", sqlite3_column_double(s, 9),
-                     "details", col_json(s, 10, json_object()));
+    memset(o, 0, sizeof *o);
+    o->noise = col_dup(s, 1);
+    o->kind = col_dup(s, 2);
+    o->split = col_dup(s, 3);
+    o->value = col_real_or_nan(s, 4);
+    o->stderr_value = col_real_or_nan(s, 5);
+    o->estimator = col_dup(s, 6);
+    o->samples = (uint64_t)sqlite3_column_int64(s, 7);
+    o->seed = (uint64_t)sqlite3_column_int64(s, 8);
+    o->wall_seconds = sqlite3_column_double(s, 9);
+    o->stderr_inputs = col_real_or_nan(s, 11); /* NULL before contributions were stored */
+    bool ok = col_strdup_or_null(s, 10, &o->details);
+    if (ok && o->noise && o->kind && o->split && o->estimator)
+        return true;
+    free(o->noise);
+    free(o->kind);
+    free(o->split);
+    free(o->estimator);
+    free(o->details);
+    memset(o, 0, sizeof *o);
+    return false;
 }
 
-/* Columns of CAND_GET / CAND_LIST (metrics, storage/metrics.c, in column `metrics_col`, shown
- * only when the candidate has some); scores are attached by the caller. */
-static json_t *candidate_row_json(sqlite3_stmt *s, int metrics_col)
+/* Appends a score row to a candidate; false when out of memory (never a score short). */
+static bool candidate_add_score(struct store_candidate *cand, size_t *cap, sqlite3_stmt *s)
 {
-    json_t *error = json_null();
-    if (sqlite3_column_type(s, 11) != SQLITE_NULL)
-        error = json_pack("{s:s,s:s}", "code", col_text(s, 11), "message", col_text(s, 12));
-    json_t *cand = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:[],s:o,s:s,s:f,s:o,s:s}",
-                     "id", col_text(s, 1), "study_id", col_text(s, 2), "name", col_text(s, 3),
-                     "metadata", col_json(s, 4, json_object()), "source", col_text(s, 5),
-                     "state", col_text(s, 6), "scores", "stability", col_json(s, 7, json_null()),
-                     "job_id", col_text(s, 8), "progress", sqlite3_column_double(s, 10),
-                     "error", error ? error : json_null(), "created_at", col_text(s, 9));
-    if (cand && sqlite3_column_type(s, metrics_col) != SQLITE_NULL &&
-        json_object_set_new(cand, "metrics", col_json(s, metrics_col, json_object())) != 0) {
-        json_decref(cand); /* never a candidate without the metrics it has */
-        return NULL;
+    if (!grow(&cand->scores, cap, cand->nscores, sizeof *cand->scores) ||
+        !score_from_row(s, &cand->scores[cand->nscores]))
+        return false;
+    cand->nscores++;
+    return true;
+}
+
+/* Columns of CAND_GET / CAND_LIST into *o, without scores, with the metrics (storage/
+ * store_sqlite_metrics.c) in column `metrics_col`; false when out of memory. */
+static bool candidate_from_row(sqlite3_stmt *s, struct store_candidate *o, int metrics_col)
+{
+    memset(o, 0, sizeof *o);
+    o->seq = sqlite3_column_int64(s, 0);
+    snprintf(o->id, sizeof o->id, "%s", col_text(s, 1));
+    snprintf(o->study_id, sizeof o->study_id, "%s", col_text(s, 2));
+    o->name = col_dup(s, 3);
+    o->metadata = col_dup(s, 4);
+    o->source_kind = col_dup(s, 5);
+    o->state = col_dup(s, 6);
+    bool ok = col_strdup_or_null(s, 7, &o->stability);
+    snprintf(o->job_id, sizeof o->job_id, "%s", col_text(s, 8));
+    snprintf(o->created_at, sizeof o->created_at, "%s", col_text(s, 9));
+    o->progress = sqlite3_column_double(s, 10);
+    ok = col_strdup_or_null(s, metrics_col, &o->metrics) && ok;
+    if (sqlite3_column_type(s, 11) != SQLITE_NULL) {
+        o->error_code = col_dup(s, 11);
+        o->error_message = col_dup(s, 12);
+        ok = ok && o->error_code && o->error_message;
     }
-    return cand;
+    if (ok && o->name && o->metadata && o->source_kind && o->state)
+        return true;
+    store_candidate_free(o);
+    return false;
 }
 
-int store_candidate_get(struct store *st, const char *study_id, const char *id, json_t **out,
-                        struct tpv_err *err)
+int sq_candidate_get(struct sq_store *st, const char *study_id, const char *id,
+                        struct store_candidate *out, struct tpv_err *err)
 {
-    *out = NULL;
+    memset(out, 0, sizeof *out);
     struct store_conn *c = conn_get(st);
     int rc = TPV_OK, step;
-    json_t *cand = NULL;
+    size_t cap = 0;
     sqlite3_stmt *s = conn_stmt(c, STMT_CAND_GET, err);
     if (!s) {
         rc = err->code;
@@ -551,15 +548,14 @@ int store_candidate_get(struct store *st, const char *study_id, const char *id, 
     bind_text(s, 2, id);
     step = sqlite3_step(s);
     if (step == SQLITE_ROW)
-        cand = candidate_row_json(s, 13);
+        rc = candidate_from_row(s, out, 13) ? TPV_OK
+                                            : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     else if (step == SQLITE_DONE)
         rc = tpv_err_set(err, TPV_ENOTFOUND, "candidate_id", "candidate %s not found in study %s",
                          id, study_id);
     else
         rc = db_fail(c, step, "read candidate", err);
     stmt_done(s);
-    if (rc == TPV_OK && !cand)
-        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     if (rc != TPV_OK)
         goto out;
     s = conn_stmt(c, STMT_CAND_SCORES, err);
@@ -568,9 +564,8 @@ int store_candidate_get(struct store *st, const char *study_id, const char *id, 
         goto out;
     }
     bind_text(s, 1, id);
-    json_t *scores = json_object_get(cand, "scores");
     while ((step = sqlite3_step(s)) == SQLITE_ROW)
-        if (json_array_append_new(scores, score_row_json(s)) != 0) { /* never a score short */
+        if (!candidate_add_score(out, &cap, s)) {
             rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
             break;
         }
@@ -579,14 +574,12 @@ int store_candidate_get(struct store *st, const char *study_id, const char *id, 
     stmt_done(s);
 out:
     conn_put(st, c);
-    if (rc == TPV_OK)
-        *out = cand;
-    else
-        json_decref(cand);
+    if (rc != TPV_OK)
+        store_candidate_free(out);
     return rc;
 }
 
-int store_candidate_source(struct store *st, const char *study_id, const char *id, char **source,
+int sq_candidate_source(struct sq_store *st, const char *study_id, const char *id, char **source,
                            char kind[16], struct tpv_err *err)
 {
     *source = NULL;
@@ -615,22 +608,75 @@ int store_candidate_source(struct store *st, const char *study_id, const char *i
     return rc;
 }
 
-int store_candidate_list(struct store *st, const char *study_id, int64_t after_seq, int limit,
-                         uint64_t max_bytes, json_t **items, int64_t *next_seq,
-                         struct tpv_err *err)
+/* The page's candidate of id `id` (items are in seq order, ids unordered: a sorted index). */
+struct cand_index {
+    const char *id;
+    size_t at;
+};
+
+static int cand_index_cmp(const void *a, const void *b)
 {
-    *items = NULL;
-    *next_seq = 0;
-    json_t *list = json_array(), *by_id = json_object();
-    struct store_conn *c = conn_get(st);
-    int rc = TPV_OK, step, count = 0;
-    int64_t last = 0;
-    uint64_t used = 0;
-    sqlite3_stmt *s;
-    if (!list || !by_id) {
+    return strcmp(((const struct cand_index *)a)->id, ((const struct cand_index *)b)->id);
+}
+
+static struct store_candidate *cand_find(struct store_candidate_page *page,
+                                         const struct cand_index *index, const char *id)
+{
+    struct cand_index key = { .id = id };
+    const struct cand_index *hit = bsearch(&key, index, page->n, sizeof *index, cand_index_cmp);
+    return hit ? &page->items[hit->at] : NULL;
+}
+
+/* Second and last query of a page: the scores of exactly its candidates. */
+static int page_scores(struct store_conn *c, const char *study_id, int64_t after_seq,
+                       struct store_candidate_page *page, struct tpv_err *err)
+{
+    struct cand_index *index = calloc(page->n, sizeof *index);
+    size_t *caps = calloc(page->n, sizeof *caps);
+    int rc = TPV_OK, step;
+    sqlite3_stmt *s = NULL;
+    if (!index || !caps) {
         rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
         goto out;
     }
+    for (size_t i = 0; i < page->n; i++)
+        index[i] = (struct cand_index){ .id = page->items[i].id, .at = i };
+    qsort(index, page->n, sizeof *index, cand_index_cmp);
+    if (!(s = conn_stmt(c, STMT_CAND_LIST_SCORES, err))) {
+        rc = err->code;
+        goto out;
+    }
+    bind_text(s, 1, study_id);
+    sqlite3_bind_int64(s, 2, after_seq);
+    sqlite3_bind_int64(s, 3, (int64_t)page->n);
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        struct store_candidate *cand = cand_find(page, index, col_text(s, 0));
+        if (cand && !candidate_add_score(cand, &caps[cand - page->items], s)) {
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+            break;
+        }
+    }
+    if (rc == TPV_OK && step != SQLITE_DONE)
+        rc = db_fail(c, step, "list scores", err);
+out:
+    stmt_done(s);
+    free(index);
+    free(caps);
+    return rc;
+}
+
+int sq_candidate_list(struct sq_store *st, const char *study_id, int64_t after_seq, int limit,
+                         uint64_t max_bytes, struct store_candidate_page *page,
+                         struct tpv_err *err)
+{
+    memset(page, 0, sizeof *page);
+    if (limit < 1 || limit == INT_MAX) /* limit + 1 rows are read */
+        return tpv_err_set(err, TPV_EINVAL, "limit", "limit must be in [1, %d)", INT_MAX);
+    struct store_conn *c = conn_get(st);
+    int rc = TPV_OK, step;
+    uint64_t used = 0;
+    size_t cap = 0;
+    sqlite3_stmt *s;
     /* The study must exist (an empty page of a missing study would hide a typo). */
     s = conn_stmt(c, STMT_STUDY_VERSION, err);
     if (!s) {
@@ -659,55 +705,31 @@ int store_candidate_list(struct store *st, const char *study_id, int64_t after_s
          * are metadata, stability and metrics. */
         uint64_t more = row_bytes(s, 1u << 4 | 1u << 7 | 1u << 14) +
                         (uint64_t)sqlite3_column_int64(s, 13);
-        if (count == limit || page_full(count, used, more, max_bytes)) {
-            *next_seq = last;
+        if (page->n == (size_t)limit || page_full((int)page->n, used, more, max_bytes)) {
+            page->next_seq = page->items[page->n - 1].seq;
             break;
         }
         used += more;
-        last = sqlite3_column_int64(s, 0);
-        json_t *cand = candidate_row_json(s, 14);
-        if (!cand || json_array_append_new(list, cand) != 0 ||
-            json_object_set(by_id, col_text(s, 1), cand) != 0) {
+        if (!grow(&page->items, &cap, page->n, sizeof *page->items) ||
+            !candidate_from_row(s, &page->items[page->n], 14)) {
             rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
             break;
         }
-        count++;
+        page->n++;
     }
     if (rc == TPV_OK && step != SQLITE_ROW && step != SQLITE_DONE)
         rc = db_fail(c, step, "list candidates", err);
     stmt_done(s);
-    if (rc != TPV_OK || count == 0)
-        goto out;
-    /* Second and last query: the scores of exactly this page's candidates. */
-    s = conn_stmt(c, STMT_CAND_LIST_SCORES, err);
-    if (!s) {
-        rc = err->code;
-        goto out;
-    }
-    bind_text(s, 1, study_id);
-    sqlite3_bind_int64(s, 2, after_seq);
-    sqlite3_bind_int(s, 3, count);
-    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        json_t *cand = json_object_get(by_id, col_text(s, 0));
-        if (cand && json_array_append_new(json_object_get(cand, "scores"), score_row_json(s))) {
-            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-            break;
-        }
-    }
-    if (rc == TPV_OK && step != SQLITE_DONE)
-        rc = db_fail(c, step, "list scores", err);
-    stmt_done(s);
+    if (rc == TPV_OK && page->n > 0)
+        rc = page_scores(c, study_id, after_seq, page, err);
 out:
     conn_put(st, c);
-    json_decref(by_id);
-    if (rc == TPV_OK)
-        *items = list;
-    else
-        json_decref(list);
+    if (rc != TPV_OK)
+        store_candidate_page_free(page);
     return rc;
 }
 
-int store_jbr_create(struct store *st, const char *study_id, const char *candidate_id,
+int sq_jbr_create(struct sq_store *st, const char *study_id, const char *candidate_id,
                      const char *job_id, const char *params, int64_t max_queued,
                      struct tpv_err *err)
 {
@@ -779,7 +801,21 @@ static int exec_ids(struct store_conn *c, enum store_stmt id, const char *a, con
     return stmt_exec(c, s, err);
 }
 
-int store_candidate_delete(struct store *st, const char *study_id, const char *id,
+/* A "candidate.deleted" / "study.deleted" event in the caller's transaction ("" = absent). */
+static int deleted_event(struct store_conn *c, const char *event, const char *study_id,
+                         const char *candidate_id, const char *state, int64_t version,
+                         const char *now, struct tpv_err *err)
+{
+    struct store_event ev = { .version = version };
+    snprintf(ev.event, sizeof ev.event, "%s", event);
+    snprintf(ev.study_id, sizeof ev.study_id, "%s", study_id);
+    snprintf(ev.candidate_id, sizeof ev.candidate_id, "%s", candidate_id);
+    snprintf(ev.state, sizeof ev.state, "%s", state);
+    snprintf(ev.at, sizeof ev.at, "%s", now);
+    return outbox_put(c, &ev, err);
+}
+
+int sq_candidate_delete(struct sq_store *st, const char *study_id, const char *id,
                            struct tpv_err *err)
 {
     char state[16] = "", now[STORE_TIME_MAX];
@@ -799,11 +835,7 @@ int store_candidate_delete(struct store *st, const char *study_id, const char *i
     if (rc == TPV_OK)
         rc = study_has_hook(c, study_id, &hook, err);
     if (rc == TPV_OK && hook)
-        rc = outbox_put(c, study_id, "candidate.deleted",
-                        json_pack("{s:s,s:s,s:s,s:s,s:I,s:s}", "event", "candidate.deleted",
-                                  "study_id", study_id, "candidate_id", id, "state", state,
-                                  "version", (json_int_t)version, "at", now),
-                        now, err);
+        rc = deleted_event(c, "candidate.deleted", study_id, id, state, version, now, err);
     if (rc == TPV_OK)
         rc = tx_commit(c, err);
     tx_rollback(c);
@@ -832,7 +864,7 @@ static int study_version_conn(struct store_conn *c, const char *id, int64_t *ver
     return rc;
 }
 
-int store_study_delete(struct store *st, const char *id, struct tpv_err *err)
+int sq_study_delete(struct sq_store *st, const char *id, struct tpv_err *err)
 {
     char now[STORE_TIME_MAX];
     int64_t version = 0;
@@ -845,10 +877,7 @@ int store_study_delete(struct store *st, const char *id, struct tpv_err *err)
     if (rc == TPV_OK)
         rc = study_has_hook(c, id, &hook, err);
     if (rc == TPV_OK && hook)
-        rc = outbox_put(c, id, "study.deleted",
-                        json_pack("{s:s,s:s,s:I,s:s}", "event", "study.deleted", "study_id", id,
-                                  "version", (json_int_t)version + 1, "at", now),
-                        now, err);
+        rc = deleted_event(c, "study.deleted", id, "", "", version + 1, now, err);
     if (rc == TPV_OK && hook) /* pending events keep where to go once the study row is gone */
         rc = exec_ids(c, STMT_OUTBOX_DETACH, id, NULL, err);
     if (rc == TPV_OK)
@@ -864,7 +893,7 @@ int store_study_delete(struct store *st, const char *id, struct tpv_err *err)
     return rc;
 }
 
-int store_candidate_retry(struct store *st, const char *study_id, const char *id,
+int sq_candidate_retry(struct sq_store *st, const char *study_id, const char *id,
                           const char *job_id, int64_t max_queued, struct tpv_err *err)
 {
     char state[16] = "", now[STORE_TIME_MAX];
@@ -911,7 +940,7 @@ void store_rank_rows_free(struct store_rank_row *rows, size_t n)
     free(rows);
 }
 
-int store_rank_rows(struct store *st, const char *study_id, const char *noise, const char *split,
+int sq_rank_rows(struct sq_store *st, const char *study_id, const char *noise, const char *split,
                     struct store_rank_row **rows, size_t *nrows, struct tpv_err *err)
 {
     *rows = NULL;

@@ -1,32 +1,11 @@
-/* contrib.c: the per-input contributions stored with each score (DESIGN.md section 5,
- * Confidence): their little-endian float64 encoding, the binding used when scores are written,
- * and the one-query load of a ranking's contributions that the paired comparisons read. */
-#include "storage/store_int.h"
+/* store_sqlite_contrib.c: the SQLite side of the per-input contributions stored with each score
+ * (DESIGN.md section 5, Confidence): the binding used when scores are written and the one-query load of a ranking's contributions that the paired comparisons read. */
+#include "storage/sqlite_int.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-void store_contrib_encode(const double *v, size_t n, unsigned char *enc)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint64_t bits;
-        memcpy(&bits, &v[i], sizeof bits);
-        for (int b = 0; b < 8; b++)
-            enc[i * 8 + (size_t)b] = (unsigned char)(bits >> (8 * b));
-    }
-}
-
-void store_contrib_decode(const unsigned char *enc, size_t n, double *v)
-{
-    for (size_t i = 0; i < n; i++) {
-        uint64_t bits = 0;
-        for (int b = 0; b < 8; b++)
-            bits |= (uint64_t)enc[i * 8 + (size_t)b] << (8 * b);
-        memcpy(&v[i], &bits, sizeof bits);
-    }
-}
 
 int bind_contributions(sqlite3_stmt *s, int i, const double *v, size_t n, struct tpv_err *err)
 {
@@ -44,13 +23,6 @@ int bind_contributions(sqlite3_stmt *s, int i, const double *v, size_t n, struct
     store_contrib_encode(v, n, enc);
     sqlite3_bind_blob(s, i, enc, (int)bytes, free); /* SQLite frees enc */
     return TPV_OK;
-}
-
-void store_contribs_free(struct store_contrib *c, size_t n)
-{
-    for (size_t i = 0; c && i < n; i++)
-        free(c[i].values);
-    free(c);
 }
 
 /* Ids go into the query as a JSON array (json_each): only plain identifiers, so that no
@@ -118,14 +90,11 @@ static int cmp_ord_r(const void *a, const void *b, void *ctx)
     return strcmp(ids[*(const size_t *)a], ids[*(const size_t *)b]);
 }
 
-int store_rank_contributions(struct store *st, const char *study_id, const char *noise,
-                             const char *split, const char *const *ids, size_t n,
-                             struct store_contrib **out, struct tpv_err *err)
+int sq_rank_contributions(struct sq_store *st, const char *study_id, const char *noise,
+                          const char *split, const char *const *ids, size_t n,
+                          struct store_contrib **out, struct tpv_err *err)
 {
     *out = NULL;
-    if (n > STORE_CONTRIB_IDS_MAX)
-        return tpv_err_set(err, TPV_EINVAL, "candidate_id",
-                           "at most %d candidates per contributions query", STORE_CONTRIB_IDS_MAX);
     struct store_contrib *v = calloc(n ? n : 1, sizeof *v);
     size_t *ord = malloc((n ? n : 1) * sizeof *ord);
     char *arr = v && ord ? ids_json(ids, n, err) : NULL;

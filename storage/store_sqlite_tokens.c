@@ -1,7 +1,7 @@
-/* tokens.c: API bearer tokens of the SQLite backend (see store.h): create, find by hash (the
- * tokens.hash column is UNIQUE, hence indexed: one read per lookup), list, revoke, count.
+/* store_sqlite_tokens.c: API bearer tokens of the SQLite backend (see store.h): create, find by
+ * hash (the tokens.hash column is UNIQUE, hence indexed: one read per lookup), list, revoke, count.
  * Secrets never reach storage: callers hand in the hex SHA-256 (api/auth.c). */
-#include "storage/store_int.h"
+#include "storage/sqlite_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +25,7 @@ static bool hash_valid(const char *hex)
     return hex && strlen(hex) == 64 && strspn(hex, "0123456789abcdef") == 64;
 }
 
-int store_token_create(struct store *st, const char *name, const char *role, const char *hash_hex,
+int sq_token_create(struct sq_store *st, const char *name, const char *role, const char *hash_hex,
                        struct tpv_err *err)
 {
     if (!store_token_name_valid(name))
@@ -80,7 +80,7 @@ out:
     return rc;
 }
 
-int store_token_find(struct store *st, const char *hash_hex, struct store_token *out,
+int sq_token_find(struct sq_store *st, const char *hash_hex, struct store_token *out,
                      struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);
@@ -111,43 +111,52 @@ int store_token_find(struct store *st, const char *hash_hex, struct store_token 
     return rc;
 }
 
-int store_token_list(struct store *st, json_t **items, struct tpv_err *err)
+int sq_token_list(struct sq_store *st, struct store_token_row **rows, size_t *n,
+                     struct tpv_err *err)
 {
-    *items = NULL;
-    json_t *arr = json_array();
-    if (!arr)
-        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    *rows = NULL;
+    *n = 0;
     struct store_conn *c = conn_get(st);
     int rc = TPV_OK, step;
+    size_t cap = 0;
+    struct store_token_row *out = NULL;
     sqlite3_stmt *s = conn_stmt(c, STMT_TOKEN_LIST, err);
     if (!s) {
         rc = err->code;
         goto out;
     }
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        json_t *revoked = sqlite3_column_type(s, 3) == SQLITE_NULL ? json_null()
-                                                                   : json_string(col_text(s, 3));
-        json_t *row = json_pack("{s:s,s:s,s:s,s:o}", "name", col_text(s, 0), "role",
-                                col_text(s, 1), "created_at", col_text(s, 2), "revoked_at",
-                                revoked ? revoked : json_null());
-        if (!row || json_array_append_new(arr, row) != 0) {
-            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-            goto out;
+        if (*n == cap) {
+            size_t want = cap ? cap * 2 : 16;
+            struct store_token_row *p = realloc(out, want * sizeof *out);
+            if (!p) {
+                rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+                goto out;
+            }
+            out = p;
+            cap = want;
         }
+        struct store_token_row *r = &out[(*n)++];
+        snprintf(r->name, sizeof r->name, "%s", col_text(s, 0));
+        snprintf(r->role, sizeof r->role, "%s", col_text(s, 1));
+        snprintf(r->created_at, sizeof r->created_at, "%s", col_text(s, 2));
+        snprintf(r->revoked_at, sizeof r->revoked_at, "%s", col_text(s, 3));
     }
     if (step != SQLITE_DONE)
         rc = db_fail(c, step, "list tokens", err);
 out:
     stmt_done(s);
     conn_put(st, c);
-    if (rc == TPV_OK)
-        *items = arr;
-    else
-        json_decref(arr);
+    if (rc == TPV_OK && *n > 0) {
+        *rows = out;
+    } else {
+        free(out);
+        *n = 0;
+    }
     return rc;
 }
 
-int store_token_revoke(struct store *st, const char *name, struct tpv_err *err)
+int sq_token_revoke(struct sq_store *st, const char *name, struct tpv_err *err)
 {
     char now[STORE_TIME_MAX];
     store_now_rfc3339(now);
@@ -191,7 +200,7 @@ out:
     return rc;
 }
 
-int store_token_count(struct store *st, int64_t *n, struct tpv_err *err)
+int sq_token_count(struct sq_store *st, int64_t *n, struct tpv_err *err)
 {
     struct store_conn *c = conn_get(st);
     int rc = TPV_OK;
