@@ -61,7 +61,7 @@
                         "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' "     \
                         "ELSE c.source_kind END, "                                                \
                         "c.state, c.stability, c.job_id, c.created_at, j.progress, "              \
-                        "j.error_code, j.error_message FROM candidates c "                        \
+                        "j.error_code, j.error_message, c.metrics FROM candidates c "             \
                         "LEFT JOIN jobs j ON j.id = c.job_id "                                    \
                         "WHERE c.study_id = ?1 AND c.id = ?2")                                    \
     X(CAND_LIST,        "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, "                    \
@@ -71,7 +71,7 @@
                         "j.error_code, j.error_message, "                                          \
                         "(SELECT coalesce(sum(coalesce(length(CAST(details AS BLOB)), 0) + "      \
                         "2 * length(CAST(noise AS BLOB)) + 384), 0) "                             \
-                        "FROM scores WHERE candidate_id = c.id) "                                 \
+                        "FROM scores WHERE candidate_id = c.id), c.metrics "                      \
                         "FROM candidates c LEFT JOIN jobs j ON j.id = c.job_id "                  \
                         "WHERE c.study_id = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3")           \
     X(CAND_SCORES,      "SELECT candidate_id, noise, kind, split, value, stderr, estimator, "     \
@@ -85,6 +85,21 @@
                         "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' "     \
                         "ELSE c.source_kind END "                                                 \
                         "FROM candidates c WHERE c.study_id = ?1 AND c.id = ?2")                  \
+    /* storage/metrics.c.  The agreement's one read: the study row, then every candidate with   \
+     * the asked metric (NULL when it lacks it) and each of its scores, in creation order. */     \
+    X(METRICS_OLD,      "SELECT coalesce(metrics, '{}') FROM candidates "                         \
+                        "WHERE study_id = ?1 AND id = ?2")                                        \
+    X(METRICS_PATCH,    "SELECT json_patch(?1, ?2), (SELECT count(*) FROM json_each("             \
+                        "json_patch(?1, ?2)))")                                                   \
+    X(METRICS_SET,      "UPDATE candidates SET metrics = ?2 WHERE id = ?1")                       \
+    X(METRICS_NAMES,    "SELECT DISTINCT j.key FROM candidates c, json_each(c.metrics) j "        \
+                        "WHERE c.study_id = ?1 AND c.metrics IS NOT NULL ORDER BY j.key LIMIT ?2") \
+    X(AGREE_ROWS,       "SELECT s.noise_models, s.version, c.id, "                                \
+                        "(SELECT j.value FROM json_each(c.metrics) j WHERE j.key = ?2 AND "       \
+                        "j.type IN ('integer', 'real')), sc.noise, sc.split, sc.value "           \
+                        "FROM studies s LEFT JOIN candidates c ON c.study_id = s.id "             \
+                        "LEFT JOIN scores sc ON sc.candidate_id = c.id WHERE s.id = ?1 "          \
+                        "ORDER BY c.seq, sc.rowid")                                               \
     X(STUDY_DELETE,     "DELETE FROM studies WHERE id = ?1")                                      \
     X(OUTBOX_DETACH,    "UPDATE webhook_outbox SET "                                              \
                         "url = (SELECT webhook_url FROM studies WHERE id = ?1), "                 \

@@ -513,18 +513,25 @@ static json_t *score_row_json(sqlite3_stmt *s)
                      "details", col_json(s, 10, json_object()));
 }
 
-/* Columns of CAND_GET / CAND_LIST; scores are attached by the caller. */
-static json_t *candidate_row_json(sqlite3_stmt *s)
+/* Columns of CAND_GET / CAND_LIST (metrics, storage/metrics.c, in column `metrics_col`, shown
+ * only when the candidate has some); scores are attached by the caller. */
+static json_t *candidate_row_json(sqlite3_stmt *s, int metrics_col)
 {
     json_t *error = json_null();
     if (sqlite3_column_type(s, 11) != SQLITE_NULL)
         error = json_pack("{s:s,s:s}", "code", col_text(s, 11), "message", col_text(s, 12));
-    return json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:[],s:o,s:s,s:f,s:o,s:s}",
+    json_t *cand = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:[],s:o,s:s,s:f,s:o,s:s}",
                      "id", col_text(s, 1), "study_id", col_text(s, 2), "name", col_text(s, 3),
                      "metadata", col_json(s, 4, json_object()), "source", col_text(s, 5),
                      "state", col_text(s, 6), "scores", "stability", col_json(s, 7, json_null()),
                      "job_id", col_text(s, 8), "progress", sqlite3_column_double(s, 10),
                      "error", error ? error : json_null(), "created_at", col_text(s, 9));
+    if (cand && sqlite3_column_type(s, metrics_col) != SQLITE_NULL &&
+        json_object_set_new(cand, "metrics", col_json(s, metrics_col, json_object())) != 0) {
+        json_decref(cand); /* never a candidate without the metrics it has */
+        return NULL;
+    }
+    return cand;
 }
 
 int store_candidate_get(struct store *st, const char *study_id, const char *id, json_t **out,
@@ -543,7 +550,7 @@ int store_candidate_get(struct store *st, const char *study_id, const char *id, 
     bind_text(s, 2, id);
     step = sqlite3_step(s);
     if (step == SQLITE_ROW)
-        cand = candidate_row_json(s);
+        cand = candidate_row_json(s, 13);
     else if (step == SQLITE_DONE)
         rc = tpv_err_set(err, TPV_ENOTFOUND, "candidate_id", "candidate %s not found in study %s",
                          id, study_id);
@@ -647,8 +654,9 @@ int store_candidate_list(struct store *st, const char *study_id, int64_t after_s
     sqlite3_bind_int64(s, 2, after_seq);
     sqlite3_bind_int(s, 3, limit + 1);
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        /* The last column estimates the candidate's scores (second query) in bytes. */
-        uint64_t more = row_bytes(s, 1u << 4 | 1u << 7) /* metadata, stability */ +
+        /* Column 13 estimates the candidate's scores (second query) in bytes; the JSON columns
+         * are metadata, stability and metrics. */
+        uint64_t more = row_bytes(s, 1u << 4 | 1u << 7 | 1u << 14) +
                         (uint64_t)sqlite3_column_int64(s, 13);
         if (count == limit || page_full(count, used, more, max_bytes)) {
             *next_seq = last;
@@ -656,7 +664,7 @@ int store_candidate_list(struct store *st, const char *study_id, int64_t after_s
         }
         used += more;
         last = sqlite3_column_int64(s, 0);
-        json_t *cand = candidate_row_json(s);
+        json_t *cand = candidate_row_json(s, 14);
         if (!cand || json_array_append_new(list, cand) != 0 ||
             json_object_set(by_id, col_text(s, 1), cand) != 0) {
             rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
