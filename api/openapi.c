@@ -281,10 +281,23 @@ static json_t *schemas(void)
         "fit", ref("BlobRef"), "probe", ref("BlobRef"), "layout", "type", "array", "items", str,
         "weights",
         ref("BlobRef"))));
+    /* Confidence (DESIGN.md section 5): null for scores written before contributions were
+     * stored, and for the paths that cannot split their sum by input. */
+    json_t *se_in = json_pack("{s:[s,s],s:s}", "type", "number", "null", "description",
+                              "standard error of the score's mean over its split's inputs (what "
+                              "another draw of inputs would change); stderr is the estimator's");
     json_object_set_new(s, "Score", obj_schema("noise,split,value", json_pack(
-        "{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "noise", str, "kind", str, "split", str,
-        "value", num, "stderr", num, "estimator", str, "samples", integer, "seed", integer,
-        "details", obj)));
+        "{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "noise", str, "kind", str, "split", str,
+        "value", num, "stderr", num, "stderr_inputs", se_in, "estimator", str, "samples",
+        integer, "seed", integer, "details", obj)));
+    json_object_set_new(s, "RankingItem", obj_schema("rank,candidate_id,value", json_pack(
+        "{s:O,s:O,s:O,s:O,s:O,s:O,s:{s:[s,s],s:s},s:O,s:{s:s,s:O}}", "rank", integer,
+        "candidate_id", str, "name", str, "value", num, "stderr", num, "stderr_inputs", se_in,
+        "p_lower_than_next", "type", "number", "null", "description",
+        "P(this TPV < the next item's) from the paired per-input differences (normal "
+        "approximation of their mean); null on the last item and when the two were not scored "
+        "on the same number of inputs", "metadata", obj, "flags", "type", "array", "items", str)));
+    json_decref(se_in);
     json_object_set_new(s, "Candidate", obj_schema("id,study_id,name,state", json_pack(
         "{s:O,s:O,s:O,s:O,s:o,s:O,s:{s:s,s:o},s:O,s:O,s:O}", "id", str, "study_id", str, "name",
         str, "metadata", obj, "source",
@@ -323,8 +336,9 @@ static json_t *schemas(void)
     json_object_set_new(s, "JbrCreate", obj_schema(NULL, json_pack(
         "{s:O,s:O}", "confidence", num, "batch_size", integer)));
     json_object_set_new(s, "Ranking", obj_schema("study_id,by,split,version,items", json_pack(
-        "{s:O,s:O,s:O,s:O,s:{s:s,s:O},s:{s:s,s:O},s:{s:s,s:O},s:{s:s,s:O}}", "study_id", str,
-        "by", str, "split", str, "version", integer, "items", "type", "array", "items", obj,
+        "{s:O,s:O,s:O,s:O,s:{s:s,s:o},s:{s:s,s:O},s:{s:s,s:O},s:{s:s,s:O}}", "study_id", str,
+        "by", str, "split", str, "version", integer, "items", "type", "array", "items",
+        ref("RankingItem"),
         "excluded", "type", "array", "items", obj, "pending", "type", "array", "items", obj,
         "trajectories", "type", "array", "items", obj)));
     json_object_set_new(s, "TokenCreate", obj_schema("name,role", json_pack(

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/confidence.h"
 #include "core/noise.h"
 #include "storage/store.h"
 
@@ -169,13 +170,44 @@ static json_t *metadata_json(const char *text)
     return j ? j : json_object();
 }
 
+static json_t *real_or_null(double v)
+{
+    return isfinite(v) ? json_real(v) : json_null();
+}
+
+/* p_lower_than_next of each ranked item against the next one: paired per-input differences
+ * when both have contributions over the same number of inputs (model candidates of a study are
+ * scored on the study's input sets; dumps pair by row), null otherwise and on the last item.
+ * ranked[k] is the row of item k; contribs is aligned with rows (NULL: none loaded). */
+static void set_p_lower(json_t *items, const size_t *ranked, size_t nranked,
+                        const struct store_contrib *contribs)
+{
+    for (size_t k = 0; k < nranked; k++) {
+        double p = NAN;
+        if (contribs && k + 1 < nranked) {
+            const struct store_contrib *a = &contribs[ranked[k]], *b = &contribs[ranked[k + 1]];
+            if (a->values && b->values && a->n == b->n)
+                p = tpv_p_lower(a->values, b->values, a->n);
+        }
+        json_object_set_new(json_array_get(items, k), "p_lower_than_next", real_or_null(p));
+    }
+}
+
 static json_t *build_ranking(const char *sid, int64_t version, const struct rank_query *q,
-                             const struct store_rank_row *rows, size_t n)
+                             const struct store_rank_row *rows, size_t n,
+                             const struct store_contrib *contribs)
 {
     json_t **flags = calloc(n ? n : 1, sizeof *flags);
+    size_t *ranked = malloc((n ? n : 1) * sizeof *ranked), nranked = 0;
     json_t *items = json_array(), *excluded = json_array(), *pending = json_array();
-    if (!flags)
+    if (!flags || !ranked) {
+        free(flags);
+        free(ranked);
+        json_decref(items);
+        json_decref(excluded);
+        json_decref(pending);
         return NULL;
+    }
     for (size_t i = 0; i < n; i++)
         flags[i] = json_array();
     json_t *traj = trajectories(rows, n, flags);
@@ -195,14 +227,19 @@ static json_t *build_ranking(const char *sid, int64_t version, const struct rank
         json_t *item = json_pack("{s:s,s:s,s:f,s:f,s:o,s:O}", "candidate_id", r->id, "name",
                                  r->name, "value", r->value, "stderr", r->stderr_value,
                                  "metadata", metadata_json(r->metadata), "flags", flags[i]);
+        json_object_set_new(item, "stderr_inputs",
+                            r->has_stderr_inputs ? real_or_null(r->stderr_inputs) : json_null());
         if (out) {
             json_object_set_new(item, "train_loss", json_real(r->train_loss));
             json_array_append_new(excluded, item);
         } else {
             json_object_set_new(item, "rank", json_integer(++rank));
             json_array_append_new(items, item);
+            ranked[nranked++] = i;
         }
     }
+    set_p_lower(items, ranked, nranked, contribs);
+    free(ranked);
     for (size_t i = 0; i < n; i++)
         json_decref(flags[i]);
     free(flags);
@@ -413,12 +450,29 @@ static void reply_body(struct api_response *resp, char *body, size_t len, const 
     api_response_add_header(resp, "Cache-Control", "no-cache");
 }
 
+/* The contributions of every row (one query), aligned with rows. */
+static int load_contributions(const struct api_env *env, const char *sid,
+                              const struct rank_query *q, const struct store_rank_row *rows,
+                              size_t n, struct store_contrib **out, struct tpv_err *err)
+{
+    *out = NULL;
+    const char **ids = malloc((n ? n : 1) * sizeof *ids);
+    if (!ids)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        ids[i] = rows[i].id;
+    int rc = store_rank_contributions(env->store, sid, q->by, q->split, ids, n, out, err);
+    free(ids);
+    return rc;
+}
+
 void api_handle_ranking(const struct api_env *env, struct api_request *req, struct api_response *resp)
 {
     struct tpv_err err;
     struct store_study_info info = { 0 };
     struct rank_query q;
     struct store_rank_row *rows = NULL;
+    struct store_contrib *contribs = NULL;
     size_t nrows = 0, len = 0;
     char etag[API_ETAG_MAX], key[512];
     char *text = NULL;
@@ -469,7 +523,11 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
         api_reply_store_error(req, resp, &err);
         goto out;
     }
-    json_t *body = build_ranking(sid, info.version, &q, rows, nrows);
+    if (load_contributions(env, sid, &q, rows, nrows, &contribs, &err) != TPV_OK) {
+        api_reply_store_error(req, resp, &err);
+        goto out;
+    }
+    json_t *body = build_ranking(sid, info.version, &q, rows, nrows, contribs);
     if (csv)
         text = body ? ranking_csv(body, &len) : NULL;
     else if ((text = body ? api_json_dumps(body, JSON_COMPACT) : NULL))
@@ -483,6 +541,7 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
         api_cache_put(env->cache, key, info.version, etag, text, len);
     reply_body(resp, text, len, etag, csv);
 out:
+    store_contribs_free(contribs, nrows);
     store_rank_rows_free(rows, nrows);
     store_study_info_free(&info);
 }

@@ -204,6 +204,48 @@ static int dump_sqdiag(const struct tpv_jsrc *s, double *diag, const struct tpv_
     return TPV_OK;
 }
 
+/* sqdiag with the per-sample weighted parts, one pass over float64 panels (rows x w): each
+ * squared entry goes to its column of diag and, weighted, to its sample's nc sums. */
+static int dump_sqdiag_samples(const struct tpv_jsrc *s, double *diag, size_t nc,
+                               const double *const *c, double *out,
+                               const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct dump *d = s->impl;
+    if (refuse_headers_only(d, err) != TPV_OK)
+        return TPV_EINTERNAL;
+    uint64_t maxw = panel_max_width(d->rows, s->p), K = s->K ? s->K : 1;
+    double *buf;
+    int rc = alloc_panel(d, d->rows, maxw, &buf, err);
+    if (rc != TPV_OK)
+        return rc;
+    for (uint64_t c0 = 0; rc == TPV_OK && c0 < s->p;) {
+        uint64_t w = panel_width(d, c0, maxw), ld;
+        const double *P = panel_get(d, c0, w, buf, &ld);
+        for (uint64_t r = 0; r < d->rows; r++) {
+            const double *row = P + r * ld;
+            double t = 0;
+            for (uint64_t j = 0; j < w; j++) {
+                double v2 = row[j] * row[j];
+                diag[c0 + j] += v2;
+                t += v2;
+            }
+            for (size_t m = 0; m < nc; m++) {
+                double acc = t;
+                if (c[m]) {
+                    acc = 0;
+                    for (uint64_t j = 0; j < w; j++)
+                        acc += c[m][c0 + j] * row[j] * row[j];
+                }
+                out[m * s->n + r / K] += acc;
+            }
+        }
+        c0 += w;
+        rc = tpv_progress_report(pg, 0, 1, c0, s->p);
+    }
+    free(buf);
+    return rc == TPV_OK ? TPV_OK : tpv_err_set(err, rc, NULL, "canceled");
+}
+
 /* ---- gram -------------------------------------------------------------------------------- */
 
 static int dump_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double *out,
@@ -357,6 +399,7 @@ static uint64_t dump_scratch_bytes(const struct tpv_jsrc *s)
 
 static const struct tpv_jsrc_ops dump_ops = {
     .sqdiag = dump_sqdiag,
+    .sqdiag_samples = dump_sqdiag_samples,
     .gram = dump_gram,
     .jvp = dump_jvp,
     .sqdiag_projected = dump_sqdiag_projected,

@@ -825,7 +825,26 @@ struct job {
     double kx_F;          /* ||K_X||_F^2 */
     double *lambda;       /* N eigenvalues (ascending) */
     double *proj;         /* N: ||K_X q_i||^2 */
+    /* Per-input parts of the sums above (the rows of each input: DESIGN.md section 5): */
+    double *g_rows;       /* n_fit: sum over input x's K rows of G of the squared entries */
+    double *g_self;       /* n_fit: the same over x's own K x K block */
+    double *kx_rows;      /* n_probe: the same over x's K rows of K_X */
+    double *q_fit;        /* n_fit x N: sum over x's rows of Q_ri^2 (label) */
+    /* Exact diagonal family: each model's coefficients, formed before the diagonal pass so
+     * that the pass also splits each weighted trace by sample (sqdiag_samples). */
+    struct diag_coef *coef; /* nmodels entries (have = false for the other models) */
+    size_t ncols;           /* weighted traces formed per sample */
+    double *per_sample[2];  /* ncols x n of each split, or NULL */
+    double *t_probe;      /* n_probe x N: sum over x's rows of (K_X Q)_ri^2 (label) */
     double out_scale;     /* mean |f(x)| over the fit set's n K outputs (sigma_rel), else 0 */
+};
+
+struct diag_coef {
+    bool have;
+    double scale;
+    double *c;   /* NULL = ones */
+    bool owned;
+    size_t col;  /* column of per_sample */
 };
 
 static void set_real(json_t *o, const char *k, double v)
@@ -912,7 +931,14 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
 {
     double scale = 1.0, *c = NULL;
     bool owned = false;
-    int rc = diag_coeffs(jb, mi, &scale, &c, &owned, sc[0].details, err);
+    const struct diag_coef *dc = jb->coef ? &jb->coef[mi] : NULL;
+    int rc = TPV_OK;
+    if (dc && dc->have) { /* formed before the diagonal pass; freed with the job */
+        scale = dc->scale;
+        c = dc->c;
+    } else {
+        rc = diag_coeffs(jb, mi, &scale, &c, &owned, sc[0].details, err);
+    }
     if (rc == TPV_OK && jb->nsplit > 1)
         json_object_update(sc[1].details, sc[0].details);
     const struct tpv_noise *nm = &jb->in->models[mi];
@@ -927,6 +953,12 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
             else
                 T = jb->trace[s];
             sc[s].value = scale * T / nX;
+            if (dc && dc->have && jb->per_sample[s]) {
+                double *ci = malloc((size_t)src->n * sizeof *ci);
+                for (uint64_t x = 0; ci && x < src->n; x++)
+                    ci[x] = scale * jb->per_sample[s][dc->col * src->n + x];
+                tpv_score_set_contributions(&sc[s], ci, (size_t)src->n);
+            }
             sc[s].wall_seconds = jb->t_sqdiag[s];
             set_real(sc[s].details, "shared_seconds", jb->t_sqdiag[s]);
         } else {
@@ -1000,10 +1032,20 @@ static int score_prune(const struct job *jb, size_t mi, struct tpv_score *sc,
         rc = src->ops->jvp(src, dw, y, &sub, err);
         if (rc != TPV_OK)
             break;
-        double t = 0;
-        for (uint64_t r = 0; r < src->n * src->K; r++)
-            t += y[r] * y[r];
+        double t = 0, *ci = malloc((size_t)(src->n ? src->n : 1) * sizeof *ci);
+        if (!ci) {
+            rc = oom(err);
+            break;
+        }
+        for (uint64_t x = 0; x < src->n; x++) {
+            double tx = 0;
+            for (uint64_t k = 0; k < src->K; k++)
+                tx += y[x * src->K + k] * y[x * src->K + k];
+            ci[x] = tx;
+            t += tx;
+        }
         sc[s].value = t / (double)src->n;
+        tpv_score_set_contributions(&sc[s], ci, (size_t)src->n);
         sc[s].wall_seconds = now_seconds() - t1 + t_mask;
         json_object_set_new(sc[s].details, "pruned", json_integer((json_int_t)pruned));
         set_real(sc[s].details, "dw_norm", sqrt(dwn));
@@ -1012,6 +1054,38 @@ static int score_prune(const struct job *jb, size_t mi, struct tpv_score *sc,
     free(y);
     free(mask);
     return rc;
+}
+
+/* Input x's part of the label sums: s2 * sum_i W[x,i] w_i with w_i = lambda_i^2 / den_i on the
+ * fit split (W = q_fit) and 1 / den_i on the probe split (W = t_probe), kept i only.  Without
+ * memory for the weights the score simply has no contributions. */
+static void label_contributions(const struct job *jb, const struct tpv_noise *nm, double lmax,
+                                double rho, double s2, struct tpv_score *sc)
+{
+    const struct tpv_jsrc *f = jb->in->fit;
+    uint64_t N = f->n * f->K;
+    double *w = malloc((size_t)(N ? N : 1) * 2 * sizeof *w);
+    if (!w)
+        return;
+    for (uint64_t i = 0; i < N; i++) {
+        double l = jb->lambda[i] > 0 ? jb->lambda[i] : 0;
+        bool keep = rho > 0 ? true : l > nm->rcond * lmax && l > 0;
+        double den = (l + rho) * (l + rho);
+        bool use = keep && den > 0;
+        w[i] = use ? s2 * l * l / den : 0;
+        w[N + i] = use ? s2 / den : 0;
+    }
+    for (int s = 0; s < jb->nsplit; s++) {
+        const double *W = s == 0 ? jb->q_fit : jb->t_probe;
+        uint64_t n = jb->src[s]->n;
+        double *ci = W ? malloc((size_t)(n ? n : 1) * sizeof *ci) : NULL;
+        if (!ci)
+            continue;
+        cblas_dgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)N, 1.0, W, (blasint)N,
+                    w + (s == 0 ? 0 : N), 1, 0.0, ci, 1);
+        tpv_score_set_contributions(&sc[s], ci, (size_t)n);
+    }
+    free(w);
 }
 
 static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
@@ -1041,6 +1115,7 @@ static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
         if (jb->proj)
             probesum += jb->proj[i] / den;
     }
+    label_contributions(jb, nm, lmax, rho, s2, sc);
     for (int s = 0; s < jb->nsplit; s++) {
         sc[s].value = s2 * (s == 0 ? fitsum : probesum) / (double)jb->src[s]->n;
         sc[s].wall_seconds = jb->t_gram;
@@ -1062,6 +1137,18 @@ static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
     double a = nm->lr / (2.0 * nm->batch_size);
     double n = (double)jb->in->fit->n;
     double with_self = a * jb->sgdc_F / (n * n);
+    uint64_t nf = jb->in->fit->n;
+    double *cf = jb->g_rows ? malloc((size_t)nf * sizeof *cf) : NULL;
+    for (uint64_t x = 0; cf && x < nf; x++)
+        cf[x] = nf > 1 ? a * (jb->g_rows[x] - jb->g_self[x]) / (n - 1) : a * jb->g_rows[x] / n;
+    tpv_score_set_contributions(&sc[0], cf, (size_t)nf);
+    if (jb->nsplit > 1) {
+        uint64_t np = jb->in->probe->n;
+        double *cp = jb->kx_rows ? malloc((size_t)(np ? np : 1) * sizeof *cp) : NULL;
+        for (uint64_t x = 0; cp && x < np; x++)
+            cp[x] = a * jb->kx_rows[x] / n;
+        tpv_score_set_contributions(&sc[1], cp, (size_t)np);
+    }
     if (jb->in->fit->n > 1) {
         sc[0].value = a * (jb->sgdc_F - jb->sgdc_S) / (n * (n - 1));
     } else {
@@ -1254,18 +1341,35 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         pr->done += c_kx;
     }
     if (rc == TPV_OK) {
+        jb->g_rows = calloc((size_t)(f->n ? f->n : 1), sizeof *jb->g_rows);
+        jb->g_self = calloc((size_t)(f->n ? f->n : 1), sizeof *jb->g_self);
+        jb->kx_rows = M ? calloc((size_t)pb->n, sizeof *jb->kx_rows) : NULL;
+        if (!jb->g_rows || !jb->g_self || (M && !jb->kx_rows))
+            rc = oom(err);
+    }
+    if (rc == TPV_OK) {
         double F = 0, S = 0, tr = 0, kf = 0;
         for (uint64_t i = 0; i < N; i++) {
+            double rf = 0, rs = 0;
             tr += G[i * N + i];
             for (uint64_t j = 0; j < N; j++) {
                 double g2 = G[i * N + j] * G[i * N + j];
-                F += g2;
+                rf += g2;
                 if (i / K == j / K)
-                    S += g2;
+                    rs += g2;
             }
+            F += rf;
+            S += rs;
+            jb->g_rows[i / K] += rf;
+            jb->g_self[i / K] += rs;
         }
-        for (uint64_t i = 0; i < M * N; i++)
-            kf += KX[i] * KX[i];
+        for (uint64_t i = 0; i < M; i++) {
+            double rk = 0;
+            for (uint64_t j = 0; j < N; j++)
+                rk += KX[i * N + j] * KX[i * N + j];
+            kf += rk;
+            jb->kx_rows[i / K] += rk;
+        }
         jb->sgdc_F = F;
         jb->sgdc_S = S;
         jb->trG = tr;
@@ -1277,6 +1381,8 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
             rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
         jb->lambda = malloc((size_t)(N ? N : 1) * sizeof *jb->lambda);
         jb->proj = M ? calloc((size_t)N, sizeof *jb->proj) : NULL;
+        jb->q_fit = calloc((size_t)(f->n ? f->n : 1) * (size_t)(N ? N : 1), sizeof *jb->q_fit);
+        jb->t_probe = M ? calloc((size_t)pb->n * (size_t)N, sizeof *jb->t_probe) : NULL;
         if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj)))
             rc = oom(err);
         /* G now holds Q (eigenvectors as columns).  LAPACK cannot be interrupted, so it runs on
@@ -1287,6 +1393,10 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         if (rc == TPV_OK)
             rc = tpv_syevd_cancellable(N, &G, &jb->lambda, eig_seconds(N), esub.fn, esub.ctx,
                                        err);
+        /* Per-input rows of Q for the label contributions (none without their memory). */
+        for (uint64_t r = 0; rc == TPV_OK && jb->q_fit && r < N; r++)
+            for (uint64_t i = 0; i < N; i++)
+                jb->q_fit[(r / K) * N + i] += G[r * N + i] * G[r * N + i];
         sub = slice_make(&sl, pr, c_eig / 2);
         uint64_t R = M ? label_chunk_rows(M, N) : 0;
         double *T = M && rc == TPV_OK ? malloc((size_t)(R * N) * sizeof *T) : NULL;
@@ -1297,9 +1407,15 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)nr, (blasint)N,
                         (blasint)N, 1.0, KX + r0 * N, (blasint)N, G, (blasint)N, 0.0, T,
                         (blasint)N);
-            for (uint64_t r = 0; r < nr; r++)
-                for (uint64_t i = 0; i < N; i++)
-                    jb->proj[i] += T[r * N + i] * T[r * N + i];
+            for (uint64_t r = 0; r < nr; r++) {
+                double *tp = jb->t_probe ? jb->t_probe + ((r0 + r) / K) * N : NULL;
+                for (uint64_t i = 0; i < N; i++) {
+                    double t2 = T[r * N + i] * T[r * N + i];
+                    jb->proj[i] += t2;
+                    if (tp)
+                        tp[i] += t2;
+                }
+            }
             if (tpv_progress_report(&sub, 0, 1, r0 + nr, M) != TPV_OK)
                 rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
         }
@@ -1312,6 +1428,49 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
     free(KX);
     jb->t_gram = now_seconds() - t0;
     return rc;
+}
+
+/* The coefficients of every exact diagonal-family model, before the diagonal pass, and the
+ * weight vectors of the per-sample traces that pass forms: one shared column for the models
+ * without coefficients (isotropic, sgd, global quantization), one per model with them.
+ * *cols (malloc'd) gets jb->ncols pointers into jb->coef. */
+static int diag_coefs_prepare(struct job *jb, const struct plan *plans, struct tpv_score *sc,
+                              const double ***cols, struct tpv_err *err)
+{
+    const struct tpv_est_inputs *in = jb->in;
+    *cols = NULL;
+    jb->coef = calloc(in->nmodels ? in->nmodels : 1, sizeof *jb->coef);
+    const double **cv = malloc((in->nmodels + 1) * sizeof *cv);
+    if (!jb->coef || !cv) {
+        free(cv);
+        return oom(err);
+    }
+    bool ones = false;
+    size_t ones_col = 0;
+    for (size_t i = 0; i < in->nmodels; i++) {
+        struct diag_coef *dc = &jb->coef[i];
+        if (!diag_family(in->models[i].kind) || plans[i].est != TPV_EST_EXACT)
+            continue;
+        int rc = diag_coeffs(jb, i, &dc->scale, &dc->c, &dc->owned,
+                             sc[i * (size_t)jb->nsplit].details, err);
+        if (rc != TPV_OK) {
+            free(cv);
+            return rc;
+        }
+        dc->have = true;
+        if (!dc->c && ones) {
+            dc->col = ones_col;
+            continue;
+        }
+        if (!dc->c) {
+            ones = true;
+            ones_col = jb->ncols;
+        }
+        dc->col = jb->ncols;
+        cv[jb->ncols++] = dc->c;
+    }
+    *cols = cv;
+    return TPV_OK;
 }
 
 /* ---- the job -------------------------------------------------------------------------------- */
@@ -1369,6 +1528,7 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             x->split = (enum tpv_split)s;
             x->estimator = tpv_estimator_name(plans[i].est);
             x->seed = nm->seed;
+            x->stderr_inputs = NAN;
             x->details = json_object();
             if (!x->details) {
                 rc = oom(err);
@@ -1416,13 +1576,25 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
     for (size_t i = 0; !jb.have_diag && i < in->nmodels; i++)
         jb.have_diag = diag_family(in->models[i].kind) && plans[i].est == TPV_EST_EXACT;
 
+    const double **cols = NULL;
+    if (rc == TPV_OK && jb.have_diag)
+        rc = diag_coefs_prepare(&jb, plans, sc, &cols, err);
     for (int s = 0; rc == TPV_OK && s < jb.nsplit; s++) {
         struct slice sl;
         struct tpv_progress sub = slice_make(&sl, &pr, c_sq[s]);
         double t0 = now_seconds();
+        const struct tpv_jsrc *src = jb.src[s];
         if (jb.have_diag) {
             jb.diag[s] = calloc((size_t)p, sizeof(double));
-            rc = jb.diag[s] ? jb.src[s]->ops->sqdiag(jb.src[s], jb.diag[s], &sub, err) : oom(err);
+            if (jb.ncols && src->ops->sqdiag_samples)
+                jb.per_sample[s] = calloc((size_t)(jb.ncols * src->n), sizeof(double));
+            if (!jb.diag[s])
+                rc = oom(err);
+            else if (jb.per_sample[s])
+                rc = src->ops->sqdiag_samples(src, jb.diag[s], jb.ncols, cols, jb.per_sample[s],
+                                              &sub, err);
+            else
+                rc = src->ops->sqdiag(src, jb.diag[s], &sub, err);
             double tr = 0;
             for (uint64_t j = 0; rc == TPV_OK && j < p; j++)
                 tr += jb.diag[s][j];
@@ -1514,10 +1686,22 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             *stability = st;
         }
     }
-    for (int s = 0; s < 2; s++)
+    for (int s = 0; s < 2; s++) {
         free(jb.diag[s]);
+        free(jb.per_sample[s]);
+    }
+    for (size_t i = 0; jb.coef && i < in->nmodels; i++)
+        if (jb.coef[i].owned)
+            free(jb.coef[i].c);
+    free(jb.coef);
+    free(cols);
     free(jb.lambda);
     free(jb.proj);
+    free(jb.g_rows);
+    free(jb.g_self);
+    free(jb.kx_rows);
+    free(jb.q_fit);
+    free(jb.t_probe);
     free(plans);
     free(c_model);
     if (rc != TPV_OK) {

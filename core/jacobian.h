@@ -87,6 +87,13 @@ struct tpv_jsrc_ops {
      * no outputs and leaves it NULL. */
     int (*outputs)(const struct tpv_jsrc *s, double *out, const struct tpv_progress *pg,
                    struct tpv_err *err);
+    /* Optional (NULL: the diagonal family has no per-input contributions on this source):
+     * sqdiag (diag[j] += ...) and, in the same pass, the per-sample parts of nc weighted traces,
+     * out[m * n + x] += sum_j c[m][j] sum_k J_kj(x)^2 (c[m] NULL: all ones), so that
+     * sum_x out[m * n + x] = sum_j c[m][j] diag_j (DESIGN.md section 5, Confidence). */
+    int (*sqdiag_samples)(const struct tpv_jsrc *s, double *diag, size_t nc,
+                          const double *const *c, double *out, const struct tpv_progress *pg,
+                          struct tpv_err *err);
 };
 
 /* A source: fields are read-only for users; `impl` is the implementation's state. */

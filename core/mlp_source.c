@@ -179,8 +179,41 @@ static void diag_accumulate(const struct tpv_mlp_layer *ml, const double *S, con
 
 /* ---- ops ---- */
 
-static int op_sqdiag(const struct tpv_jsrc *src, double *diag, const struct tpv_progress *pg,
-                     struct tpv_err *err)
+/* Layer l's part of the per-sample weighted traces of a batch: with S (rows x out) the squared
+ * deltas summed over outputs and A2 (rows x in) the squared inputs, sample x gets
+ * sum_{o,i} C_oi S_xo A2_xi (+ sum_o c_b,o S_xo for the bias); C = ones reduces to
+ * (sum_o S_xo)(sum_i A2_xi + 1).  P is rows x out scratch. */
+static void samples_accumulate(const struct tpv_mlp_layer *ml, const double *S, const double *A2,
+                               size_t rows, size_t nc, const double *const *c, double *P,
+                               double *out, uint64_t n, uint64_t first)
+{
+    const size_t in = ml->in, o = ml->out;
+    for (size_t m = 0; m < nc; m++) {
+        double *dst = out + m * n + first;
+        if (!c[m]) {
+            for (size_t x = 0; x < rows; x++) {
+                double ss = 0, sa = ml->b ? 1.0 : 0.0;
+                for (size_t i = 0; i < o; i++)
+                    ss += S[x * o + i];
+                for (size_t i = 0; i < in; i++)
+                    sa += A2[x * in + i];
+                dst[x] += ss * sa;
+            }
+            continue;
+        }
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)o, (int)in, 1.0, A2,
+                    (int)in, c[m] + ml->w_off, (int)in, 0.0, P, (int)o);
+        for (size_t x = 0; x < rows; x++) {
+            double t = 0;
+            for (size_t i = 0; i < o; i++)
+                t += S[x * o + i] * (P[x * o + i] + (ml->b ? c[m][ml->b_off + i] : 0.0));
+            dst[x] += t;
+        }
+    }
+}
+
+static int sqdiag_run(const struct tpv_jsrc *src, double *diag, size_t nc, const double *const *c,
+                      double *per, const struct tpv_progress *pg, struct tpv_err *err)
 {
     const struct msrc *s = src->impl;
     const struct tpv_mlp *m = s->m;
@@ -190,7 +223,8 @@ static int op_sqdiag(const struct tpv_jsrc *src, double *diag, const struct tpv_
     if (rc)
         return rc;
     double *S = alloc_doubles(cap, s->maxw), *A2 = alloc_doubles(cap, s->maxin);
-    if (!S || !A2) {
+    double *P = nc ? alloc_doubles(cap, s->maxw) : NULL;
+    if (!S || !A2 || (nc && !P)) {
         rc = nomem(err);
         goto out;
     }
@@ -219,6 +253,8 @@ static int op_sqdiag(const struct tpv_jsrc *src, double *diag, const struct tpv_
                 }
             }
             diag_accumulate(ml, S, layer_input(&kb.ws, l), A2, rows, diag);
+            if (nc)
+                samples_accumulate(ml, S, A2, rows, nc, c, P, per, src->n, first);
         }
         if (tpv_progress_report(pg, 0, 1, b + 1, nb)) {
             rc = canceled(err);
@@ -228,8 +264,22 @@ static int op_sqdiag(const struct tpv_jsrc *src, double *diag, const struct tpv_
 out:
     free(S);
     free(A2);
+    free(P);
     kback_free(&kb);
     return rc;
+}
+
+static int op_sqdiag(const struct tpv_jsrc *src, double *diag, const struct tpv_progress *pg,
+                     struct tpv_err *err)
+{
+    return sqdiag_run(src, diag, 0, NULL, NULL, pg, err);
+}
+
+static int op_sqdiag_samples(const struct tpv_jsrc *src, double *diag, size_t nc,
+                             const double *const *c, double *out, const struct tpv_progress *pg,
+                             struct tpv_err *err)
+{
+    return sqdiag_run(src, diag, nc, c, out, pg, err);
 }
 
 static bool same_structure(const struct tpv_mlp *a, const struct tpv_mlp *b)
@@ -622,6 +672,7 @@ static void op_free(struct tpv_jsrc *src)
 
 static const struct tpv_jsrc_ops mlp_source_ops = {
     .sqdiag = op_sqdiag,
+    .sqdiag_samples = op_sqdiag_samples,
     .gram = op_gram,
     .jvp = op_jvp,
     .sqdiag_projected = op_sqdiag_projected,

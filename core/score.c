@@ -647,10 +647,31 @@ int tpv_candidate_score(const struct tpv_candidate_files *c, const struct tpv_no
     return rc;
 }
 
+void tpv_score_set_contributions(struct tpv_score *sc, double *contrib, size_t n)
+{
+    free(sc->per_input);
+    sc->per_input = contrib;
+    sc->n_inputs = contrib ? n : 0;
+    sc->stderr_inputs = NAN;
+    if (!contrib || n == 0)
+        return;
+    /* Two passes (mean, then squared deviations): the contributions of one score are of one
+     * sign and similar size, where the one-pass formula loses digits. */
+    double mean = 0, ss = 0;
+    for (size_t i = 0; i < n; i++)
+        mean += contrib[i];
+    mean /= (double)n;
+    for (size_t i = 0; i < n; i++)
+        ss += (contrib[i] - mean) * (contrib[i] - mean);
+    sc->stderr_inputs = n > 1 ? sqrt(ss / (double)(n - 1) / (double)n) : 0.0;
+}
+
 void tpv_scores_free(struct tpv_score *scores, size_t n)
 {
-    for (size_t i = 0; scores && i < n; i++)
+    for (size_t i = 0; scores && i < n; i++) {
         json_decref(scores[i].details);
+        free(scores[i].per_input);
+    }
     free(scores);
 }
 

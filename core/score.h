@@ -61,7 +61,18 @@ struct tpv_score {
     uint64_t seed;
     double wall_seconds;
     json_t *details;       /* owned; never NULL after a successful score */
+    /* The score is the mean over the split's inputs of per-input contributions (DESIGN.md
+     * section 5, Confidence): per_input[i] is input i's (owned, n_inputs entries; NULL with
+     * n_inputs 0 where a path cannot split its sum) and stderr_inputs the standard error of
+     * their mean (sample std / sqrt(n), 0 when n == 1; NAN without contributions). */
+    double *per_input;
+    size_t n_inputs;
+    double stderr_inputs;
 };
+
+/* Takes ownership of `contrib` (n malloc'd doubles, may be NULL) as sc's per-input
+ * contributions and sets sc->stderr_inputs from them (NAN when contrib is NULL). */
+void tpv_score_set_contributions(struct tpv_score *sc, double *contrib, size_t n);
 
 /* Validation at submission, cheap enough for an HTTP thread: opens every file for its headers,
  * binds the spec to the weights by names, dtypes and shapes (an ONNX graph is loaded and

@@ -172,6 +172,9 @@ int srv_score_rows_encode(struct srv_score_rows *out, const struct tpv_score *sc
             .seed = sc[i].seed,
             .wall_seconds = sc[i].wall_seconds,
             .details = out->details[i],
+            .per_input = sc[i].per_input,
+            .n_inputs = sc[i].n_inputs,
+            .stderr_inputs = sc[i].stderr_inputs,
         };
     }
     return TPV_OK;

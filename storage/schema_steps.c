@@ -297,6 +297,19 @@ static const struct schema_step steps[] = {
         .postgres =
         "ALTER TABLE candidates ADD COLUMN metrics TEXT;",
     },
+    /* 5 -> 6: confidence (DESIGN.md section 5).  Each score keeps its per-input contributions as
+     * little-endian float64 (n_inputs = length / 8) and the standard error of their mean; rows
+     * written before this step have neither (NULL), which rankings report as null. */
+    {
+        .version = 6,
+        .what = "confidence: per-input contributions and stderr_inputs on scores",
+        .sqlite =
+        "ALTER TABLE scores ADD COLUMN stderr_inputs REAL;"
+        "ALTER TABLE scores ADD COLUMN contributions BLOB;",
+        .postgres =
+        "ALTER TABLE scores ADD COLUMN stderr_inputs DOUBLE PRECISION;"
+        "ALTER TABLE scores ADD COLUMN contributions BYTEA;",
+    },
 };
 
 const struct schema_step *schema_steps(size_t *n)

@@ -278,6 +278,10 @@ struct store_score {
     uint64_t seed;
     double wall_seconds;
     const char *details; /* JSON text */
+    /* Per-input contributions (DESIGN.md section 5), borrowed; NULL/0 = none (stored NULL) */
+    const double *per_input;
+    size_t n_inputs;
+    double stderr_inputs; /* NaN = none */
 };
 
 /* Finishes a job as succeeded: writes its scores (score jobs), the candidate's stability, the job
@@ -313,6 +317,8 @@ struct store_rank_row {
     char state[16];
     bool has_train_loss, has_epoch, has_value;
     double train_loss, epoch, value, stderr_value;
+    bool has_stderr_inputs; /* false for scores written before contributions were stored */
+    double stderr_inputs;
     char *run; /* NULL when absent */
 };
 
@@ -321,6 +327,31 @@ struct store_rank_row {
 int store_rank_rows(struct store *st, const char *study_id, const char *noise, const char *split,
                     struct store_rank_row **rows, size_t *nrows, struct tpv_err *err);
 void store_rank_rows_free(struct store_rank_row *rows, size_t n);
+
+/* ---- per-input contributions (storage/contrib.c) ---- */
+
+/* One candidate's stored contributions under a (noise, split): values[n] (malloc'd), or
+ * values NULL / n 0 when the score has none (written before they were stored, or absent). */
+struct store_contrib {
+    char id[STORE_ID_MAX];
+    double *values;
+    size_t n;
+};
+
+/* The contributions of the candidates ids[0..n) of a study under (noise, split), in ONE query
+ * (no query per candidate).  *out gets n entries in the order of ids (malloc'd; free with
+ * store_contribs_free); an id without a stored score gets values NULL.  TPV_EINVAL for more ids
+ * than STORE_CONTRIB_IDS_MAX or an id that is not a plain identifier. */
+#define STORE_CONTRIB_IDS_MAX 100000
+int store_rank_contributions(struct store *st, const char *study_id, const char *noise,
+                             const char *split, const char *const *ids, size_t n,
+                             struct store_contrib **out, struct tpv_err *err);
+void store_contribs_free(struct store_contrib *c, size_t n);
+
+/* Little-endian float64 encoding of contributions, whatever the host's byte order: enc gets
+ * 8 n bytes; dec reads n = bytes / 8 values (bytes must be a multiple of 8). */
+void store_contrib_encode(const double *v, size_t n, unsigned char *enc);
+void store_contrib_decode(const unsigned char *enc, size_t n, double *v);
 
 /* ---- webhook outbox (storage/outbox.c) ---- */
 

@@ -75,10 +75,12 @@
                         "FROM candidates c LEFT JOIN jobs j ON j.id = c.job_id "                  \
                         "WHERE c.study_id = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3")           \
     X(CAND_SCORES,      "SELECT candidate_id, noise, kind, split, value, stderr, estimator, "     \
-                        "samples, seed, wall_seconds, details FROM scores WHERE candidate_id = ?1 " \
+                        "samples, seed, wall_seconds, details, stderr_inputs FROM scores "      \
+                        "WHERE candidate_id = ?1 "                                                \
                         "ORDER BY rowid")                                                         \
     X(CAND_LIST_SCORES, "SELECT s.candidate_id, s.noise, s.kind, s.split, s.value, s.stderr, "    \
-                        "s.estimator, s.samples, s.seed, s.wall_seconds, s.details FROM scores s " \
+                        "s.estimator, s.samples, s.seed, s.wall_seconds, s.details, "           \
+                        "s.stderr_inputs FROM scores s "                                          \
                         "WHERE s.candidate_id IN (SELECT id FROM candidates WHERE study_id = ?1 " \
                         "AND seq > ?2 ORDER BY seq LIMIT ?3) ORDER BY s.rowid")                   \
     X(CAND_SOURCE,      "SELECT c.source, "                                                        \
@@ -147,8 +149,8 @@
                         "lease_expires = NULL, progress = 0 WHERE id = ?1")                       \
     X(SCORE_DELETE,     "DELETE FROM scores WHERE candidate_id = ?1")                             \
     X(SCORE_INSERT,     "INSERT INTO scores (candidate_id, noise, kind, split, value, stderr, "   \
-                        "estimator, samples, seed, wall_seconds, details) "                       \
-                        "VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)")                            \
+                        "estimator, samples, seed, wall_seconds, details, stderr_inputs, "        \
+                        "contributions) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)")     \
     X(OUTBOX_PUT,       "INSERT INTO webhook_outbox (study_id, event, payload, next_attempt_at, " \
                         "created_at) VALUES (?1, ?2, ?3, ?4, ?5)")                                \
     X(OUTBOX_DUE,       "SELECT o.seq, o.study_id, o.event, o.payload, o.attempts, "              \
@@ -168,9 +170,14 @@
                         "count(*) FILTER (WHERE delivered_at IS NOT NULL), "                      \
                         "count(*) FILTER (WHERE failed_at IS NOT NULL) FROM webhook_outbox")      \
     X(RANK_ROWS,        "SELECT c.id, c.name, c.metadata, c.state, c.train_loss, c.epoch, c.run, " \
-                        "s.value, s.stderr FROM candidates c LEFT JOIN scores s ON "              \
+                        "s.value, s.stderr, s.stderr_inputs FROM candidates c "                  \
+                        "LEFT JOIN scores s ON "                                                  \
                         "s.candidate_id = c.id AND s.noise = ?2 AND s.split = ?3 "                \
                         "WHERE c.study_id = ?1 ORDER BY (s.value IS NULL), s.value, c.seq")       \
+    X(RANK_CONTRIB,     "SELECT s.candidate_id, s.contributions FROM scores s "                   \
+                        "JOIN candidates c ON c.id = s.candidate_id WHERE c.study_id = ?1 AND "   \
+                        "s.noise = ?2 AND s.split = ?3 AND "                                      \
+                        "s.candidate_id IN (SELECT value FROM json_each(?4))")                    \
     X(STATS_JOBS,       "SELECT state, count(*) FROM jobs GROUP BY state")                        \
     X(STATS_BLOBS,      "SELECT count(*), coalesce(sum(size), 0) FROM blobs")                     \
     X(STATS_COUNTS,     "SELECT (SELECT count(*) FROM studies), (SELECT count(*) FROM candidates)") \
@@ -268,6 +275,11 @@ char *col_strdup(sqlite3_stmt *s, int i);      /* NULL for NULL (or OOM) */
 /* For a column that may be NULL: *out gets a copy, or NULL for SQL NULL; false when the copy
  * failed (out of memory), which col_strdup cannot tell from NULL. */
 bool col_strdup_or_null(sqlite3_stmt *s, int i, char **out);
+
+/* Binds per-input contributions as a little-endian float64 BLOB (SQL NULL when v is NULL or
+ * n is 0); TPV_ENOMEM / TPV_ENOSPACE (a size that does not fit) otherwise TPV_OK.
+ * storage/contrib.c. */
+int bind_contributions(sqlite3_stmt *s, int i, const double *v, size_t n, struct tpv_err *err);
 
 /* Bumps a study's version inside the caller's transaction; *version gets the new value. */
 int study_bump(struct store_conn *c, const char *study_id, int64_t *version, struct tpv_err *err);

@@ -504,9 +504,10 @@ int store_candidate_create(struct store *st, const struct store_candidate_new *i
 /* Columns of CAND_SCORES / CAND_LIST_SCORES. */
 static json_t *score_row_json(sqlite3_stmt *s)
 {
-    return json_pack("{s:s,s:s,s:s,s:o,s:o,s:s,s:I,s:I,s:f,s:o}",
+    return json_pack("{s:s,s:s,s:s,s:o,s:o,s:o,s:s,s:I,s:I,s:f,s:o}",
                      "noise", col_text(s, 1), "kind", col_text(s, 2), "split", col_text(s, 3),
                      "value", col_real_or_null(s, 4), "stderr", col_real_or_null(s, 5),
+                     "stderr_inputs", col_real_or_null(s, 11),
                      "estimator", col_text(s, 6), "samples", (json_int_t)sqlite3_column_int64(s, 7),
                      "seed", (json_int_t)sqlite3_column_int64(s, 8),
                      "wall_seconds", sqlite3_column_double(s, 9),
@@ -960,6 +961,8 @@ int store_rank_rows(struct store *st, const char *study_id, const char *noise, c
         r->has_value = sqlite3_column_type(s, 7) != SQLITE_NULL;
         r->value = sqlite3_column_double(s, 7);
         r->stderr_value = sqlite3_column_double(s, 8);
+        r->has_stderr_inputs = sqlite3_column_type(s, 9) != SQLITE_NULL;
+        r->stderr_inputs = sqlite3_column_double(s, 9);
     }
     if (rc == TPV_OK && step != SQLITE_DONE)
         rc = db_fail(c, step, "ranking", err);

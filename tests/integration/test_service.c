@@ -624,6 +624,128 @@ static void test_values_scanned_by_the_worker(void **state)
     test_daemon_cleanup(&d);
 }
 
+
+/* Confidence through the service (DESIGN.md section 5): three dump candidates whose isotropic
+ * contributions are known (row x of candidate c is (sqrt(v_c[x]), 0), so input x contributes
+ * sigma^2 v_c[x]).  a is clearly below b (p_lower_than_next near 1), b and c are within sampling
+ * error (p between 0.05 and 0.95), the last item has null; every value is checked against the
+ * paired normal approximation computed here, stderr_inputs against the standard error of the
+ * contributions, on the ranking, its CSV and the candidate's scores. */
+enum { CN = 8 };
+static const double conf_v[3][CN] = {
+    { 1, 2, 1, 2, 1.2, 2.1, 0.9, 1.8 },
+    { 4, 5, 4.2, 5.1, 3.9, 5.2, 4.1, 4.9 },
+    { 5, 4, 5.1, 4.3, 4.6, 4.8, 4.2, 5.0 },
+};
+
+static double conf_stderr(const double *v)
+{
+    double m = 0, ss = 0;
+    for (int i = 0; i < CN; i++)
+        m += 0.01 * v[i] / CN;
+    for (int i = 0; i < CN; i++)
+        ss += (0.01 * v[i] - m) * (0.01 * v[i] - m);
+    return sqrt(ss / (CN - 1) / CN);
+}
+
+static double conf_p(const double *a, const double *b)
+{
+    double m = 0, ss = 0;
+    for (int i = 0; i < CN; i++)
+        m += 0.01 * (a[i] - b[i]) / CN;
+    for (int i = 0; i < CN; i++) {
+        double d = 0.01 * (a[i] - b[i]) - m;
+        ss += d * d;
+    }
+    double se = sqrt(ss / (CN - 1) / CN);
+    return 0.5 * erfc(m / se / sqrt(2.0));
+}
+
+static void test_ranking_confidence(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char buf[512], path[256], sid[64], jid[3][64], dig[3][80], cid0[64] = "";
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "confidence", sid);
+    for (int c = 0; c < 3; c++) {
+        double J[CN * 2];
+        for (int i = 0; i < CN; i++)
+            J[2 * i] = sqrt(conf_v[c][i]), J[2 * i + 1] = 0;
+        uint64_t shape[2] = { CN, 2 };
+        size_t len;
+        unsigned char *b = test_npy_f64(shape, 2, J, &len);
+        upload(&d, b, len, dig[c], 201);
+        free(b);
+        snprintf(buf, sizeof buf, "{\"name\":\"c%d\",\"jacobian\":{\"fit\":\"%s\"}}", c, dig[c]);
+        submit(&d, sid, buf, jid[c]);
+    }
+    for (int c = 0; c < 3; c++) {
+        wait_job(&d, jid[c], &r);
+        assert_string_equal(http_json_str(&r, "state"), "succeeded");
+        if (c == 0)
+            snprintf(cid0, sizeof cid0, "%s", http_json_str(&r, "candidate_id"));
+        http_result_free(&r);
+    }
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking", sid);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    const json_t *items = json_object_get(r.json, "items");
+    assert_int_equal(json_array_size(items), 3);
+    for (int k = 0; k < 3; k++) {
+        const json_t *it = json_array_get(items, (size_t)k);
+        char want[8];
+        snprintf(want, sizeof want, "c%d", k);
+        assert_string_equal(json_string_value(json_object_get(it, "name")), want);
+        double se = json_real_value(json_object_get(it, "stderr_inputs"));
+        if (fabs(se - conf_stderr(conf_v[k])) > 1e-12)
+            fail_msg("item %d stderr_inputs %.17g, want %.17g", k, se, conf_stderr(conf_v[k]));
+        const json_t *p = json_object_get(it, "p_lower_than_next");
+        assert_non_null(p);
+        if (k == 2) {
+            assert_true(json_is_null(p));
+            continue;
+        }
+        double pv = json_real_value(p), want_p = conf_p(conf_v[k], conf_v[k + 1]);
+        if (fabs(pv - want_p) > 1e-9)
+            fail_msg("item %d p_lower_than_next %.17g, want %.17g", k, pv, want_p);
+        if (k == 0)
+            assert_true(pv > 0.999);             /* clearly outside sampling error */
+        else
+            assert_true(pv > 0.05 && pv < 0.95); /* within it */
+    }
+    http_result_free(&r);
+    /* The CSV carries the same columns. */
+    const char *csv_hdr[] = { "Accept: text/csv", NULL };
+    snprintf(buf, sizeof buf, "%s%s", d.base_url, path);
+    assert_int_equal(http_request("GET", buf, NULL, 0, csv_hdr, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "stderr_inputs,p_lower_than_next"));
+    http_result_free(&r);
+    /* The candidate's score has stderr_inputs too. */
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", sid, cid0);
+    assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    const json_t *sc = json_array_get(json_object_get(r.json, "scores"), 0);
+    assert_true(fabs(json_real_value(json_object_get(sc, "stderr_inputs")) -
+                     conf_stderr(conf_v[0])) < 1e-12);
+    http_result_free(&r);
+    /* ... and the OpenAPI document says so. */
+    assert_int_equal(http_json(d.base_url, "GET", "/openapi.json", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    const json_t *schemas = json_object_get(json_object_get(r.json, "components"), "schemas");
+    const json_t *ri = json_object_get(json_object_get(schemas, "RankingItem"), "properties");
+    assert_non_null(json_object_get(ri, "p_lower_than_next"));
+    assert_non_null(json_object_get(ri, "stderr_inputs"));
+    assert_non_null(json_object_get(
+        json_object_get(json_object_get(schemas, "Score"), "properties"), "stderr_inputs"));
+    http_result_free(&r);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -632,6 +754,7 @@ int main(void)
         cmocka_unit_test(test_fit_only_dumps_rank_on_fit),
         cmocka_unit_test(test_one_rule_at_submission),
         cmocka_unit_test(test_values_scanned_by_the_worker),
+        cmocka_unit_test(test_ranking_confidence),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
