@@ -224,8 +224,11 @@ static void gram_exact_costs(const struct tpv_est_inputs *in, bool label, uint64
     const struct tpv_jsrc *f = in->fit, *pr = in->probe;
     uint64_t N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
     uint64_t b = pl_add(pl_mul(pl_mul(N, N), 8), pl_mul(pl_mul(M, N), 8));
+    uint64_t inputs = pl_add(f->n, pr ? pr->n : 0);
+    b = pl_add(b, pl_mul(inputs, 24)); /* per-input row sums (g_rows, g_self, kx_rows) */
     if (label) {
         b = pl_add(b, pl_add(tpv_syevd_work_bytes(N), pl_mul(N, 16)));
+        b = pl_add(b, pl_mul(pl_mul(inputs, N), 8)); /* q_fit, t_probe */
         if (pr)
             b = pl_add(b, pl_mul(pl_mul(label_chunk_rows(M, N), N), 8));
     }
@@ -376,7 +379,7 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
     uint64_t p = f->p, N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
     uint64_t rows = N > M ? N : M;
     bool label = false, sgdc = false;
-    uint64_t trans = 0;
+    uint64_t trans = 0, percol = 0;
     for (size_t i = 0; i < in->nmodels; i++) {
         const struct tpv_noise *nm = &in->models[i];
         struct plan pl = plan_model(in, opts, nm);
@@ -396,6 +399,8 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
         }
         if (pl.est == TPV_EST_HUTCHINSON && !pl.mf) /* struct hutch_ws: two p-vectors, one rows-vector */
             t = pl_add(t, pl_add(pl_mul(p, 16), pl_mul(rows, 8)));
+        if (diag_family(nm->kind) && pl.est == TPV_EST_EXACT) /* a per_sample column */
+            percol = pl_add(percol, pl_mul(pl_add(f->n, pr ? pr->n : 0), 8));
         if (pl.est == TPV_EST_HUTCHPP) {
             uint64_t s = hpp_sketch(nm->max_samples, p);
             /* sketch (p x s), LAPACKE's transposed copy, tau, vectors */
@@ -404,7 +409,7 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
         }
         trans = t > trans ? t : trans;
     }
-    mp->base = base_bytes(in);
+    mp->base = pl_add(base_bytes(in), percol);
     mp->gram = 0;
     if (label || sgdc) {
         double unused;
@@ -517,9 +522,11 @@ static int check_trace_args(const struct tpv_jsrc *s, const struct tpv_trace_opt
     return TPV_OK;
 }
 
-/* Scratch of one Hutchinson run: two p-vectors and one (n K)-vector, whatever the probe kind. */
+/* Scratch of one Hutchinson run: two p-vectors and one (n K)-vector, whatever the probe kind;
+ * tot (n) receives a probe's per-sample parts when the caller wants them (NULL otherwise). */
 struct hutch_ws {
-    double *p1, *p2, *rows;
+    double *p1, *p2, *rows, *tot;
+    bool tot_set;
 };
 
 /* One probe's quadratic form: `i` numbers the probe (its random stream). */
@@ -535,7 +542,15 @@ static int probe_parameters(const struct tpv_jsrc *s, const double *c,
     struct tpv_rng r;
     tpv_rng_init(&r, o->seed, stream_id(o, i));
     tpv_rng_rademacher(&r, ws->p1, (size_t)s->p);
-    return quad_form(s, c, ws->p1, ws->p2, ws->rows, q, err);
+    int rc = quad_form(s, c, ws->p1, ws->p2, ws->rows, q, err);
+    for (uint64_t x = 0; rc == TPV_OK && ws->tot && x < s->n; x++) {
+        double t = 0;
+        for (uint64_t k = 0; k < s->K; k++)
+            t += ws->rows[x * s->K + k] * ws->rows[x * s->K + k];
+        ws->tot[x] = t;
+    }
+    ws->tot_set = ws->tot != NULL;
+    return rc;
 }
 
 /* Output-space probe r_x in {+-1}^K per sample: sum_j c_j (r_x^T J(x))_j^2, one backward pass
@@ -547,9 +562,12 @@ static int probe_outputs(const struct tpv_jsrc *s, const double *c, const struct
     tpv_rng_init(&g, o->seed, stream_id(o, i));
     tpv_rng_rademacher(&g, ws->rows, (size_t)(s->n * s->K));
     memset(ws->p1, 0, (size_t)s->p * sizeof *ws->p1);
-    int rc = s->ops->sqdiag_projected(s, ws->rows, ws->p1, NULL, NULL, err);
+    /* The per-sample totals are the parts of the unweighted form only. */
+    double *tot = c ? NULL : ws->tot;
+    int rc = s->ops->sqdiag_projected(s, ws->rows, ws->p1, tot, NULL, err);
     if (rc != TPV_OK)
         return rc;
+    ws->tot_set = tot != NULL;
     double t = 0;
     for (uint64_t j = 0; j < s->p; j++)
         t += c ? c[j] * ws->p1[j] : ws->p1[j];
@@ -567,14 +585,22 @@ static int hutchinson_run(const struct tpv_jsrc *s, const double *c,
     uint64_t rows = s->n * s->K;
     struct hutch_ws ws = { malloc((size_t)s->p * sizeof(double)),
                            malloc((size_t)s->p * sizeof(double)),
-                           malloc((size_t)(rows ? rows : 1) * sizeof(double)) };
-    int rc = ws.p1 && ws.p2 && ws.rows ? TPV_OK : oom(err);
+                           malloc((size_t)(rows ? rows : 1) * sizeof(double)),
+                           o->per_sample ? malloc((size_t)(s->n ? s->n : 1) * sizeof(double))
+                                         : NULL, false };
+    int rc = ws.p1 && ws.p2 && ws.rows && (!o->per_sample || ws.tot) ? TPV_OK : oom(err);
+    bool split = o->per_sample != NULL;
+    if (split)
+        memset(o->per_sample, 0, (size_t)s->n * sizeof *o->per_sample);
     struct welford w = { 0 };
     for (uint64_t i = 0; rc == TPV_OK && i < o->max_samples; i++) {
         double q;
         rc = probe(s, c, o, i, &ws, &q, err);
         if (rc != TPV_OK)
             break;
+        split = split && ws.tot_set;
+        for (uint64_t x = 0; split && x < s->n; x++)
+            o->per_sample[x] += ws.tot[x];
         welford_add(&w, q);
         if (should_stop(o, &w, 0)) {
             out->converged = true;
@@ -586,8 +612,12 @@ static int hutchinson_run(const struct tpv_jsrc *s, const double *c,
     free(ws.p1);
     free(ws.p2);
     free(ws.rows);
+    free(ws.tot);
     if (rc != TPV_OK)
         return rc;
+    for (uint64_t x = 0; split && w.n && x < s->n; x++)
+        o->per_sample[x] /= (double)w.n;
+    out->per_sample_set = split && w.n > 0;
     out->value = w.mean;
     out->stderr_value = welford_stderr(&w);
     out->samples = w.n;
@@ -955,15 +985,25 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
             sc[s].value = scale * T / nX;
             if (dc && dc->have && jb->per_sample[s]) {
                 double *ci = malloc((size_t)src->n * sizeof *ci);
-                for (uint64_t x = 0; ci && x < src->n; x++)
+                if (!ci) {
+                    rc = oom(err);
+                    break;
+                }
+                for (uint64_t x = 0; x < src->n; x++)
                     ci[x] = scale * jb->per_sample[s][dc->col * src->n + x];
                 tpv_score_set_contributions(&sc[s], ci, (size_t)src->n);
             }
             sc[s].wall_seconds = jb->t_sqdiag[s];
             set_real(sc[s].details, "shared_seconds", jb->t_sqdiag[s]);
         } else {
+            double *ps = pl->est == TPV_EST_HUTCHPP ? NULL
+                                                    : malloc((size_t)src->n * sizeof *ps);
+            if (pl->est != TPV_EST_HUTCHPP && !ps) {
+                rc = oom(err);
+                break;
+            }
             struct tpv_trace_opts o = { nm->seed, (uint64_t)s, nm->target_rel_error,
-                                        nm->max_samples, 0 };
+                                        nm->max_samples, 0, ps };
             struct tpv_trace_result r;
             struct tpv_progress sub = pg[s];
             if (pl->est == TPV_EST_HUTCHPP)
@@ -972,6 +1012,13 @@ static int score_diag_family(const struct job *jb, size_t mi, const struct plan 
                 rc = tpv_trace_hutchinson_outputs(src, c, &o, &r, &sub, err);
             else
                 rc = tpv_trace_hutchinson(src, c, &o, &r, &sub, err);
+            if (rc == TPV_OK && ps && r.per_sample_set) {
+                for (uint64_t x = 0; x < src->n; x++)
+                    ps[x] *= scale;
+                tpv_score_set_contributions(&sc[s], ps, (size_t)src->n);
+            } else {
+                free(ps);
+            }
             if (rc != TPV_OK)
                 break;
             sc[s].value = scale * r.value / nX;
@@ -1057,16 +1104,16 @@ static int score_prune(const struct job *jb, size_t mi, struct tpv_score *sc,
 }
 
 /* Input x's part of the label sums: s2 * sum_i W[x,i] w_i with w_i = lambda_i^2 / den_i on the
- * fit split (W = q_fit) and 1 / den_i on the probe split (W = t_probe), kept i only.  Without
- * memory for the weights the score simply has no contributions. */
-static void label_contributions(const struct job *jb, const struct tpv_noise *nm, double lmax,
-                                double rho, double s2, struct tpv_score *sc)
+ * fit split (W = q_fit) and 1 / den_i on the probe split (W = t_probe), kept i only.
+ * TPV_ENOMEM when the arrays cannot be made (a job never answers with fewer outputs). */
+static int label_contributions(const struct job *jb, const struct tpv_noise *nm, double lmax,
+                               double rho, double s2, struct tpv_score *sc, struct tpv_err *err)
 {
     const struct tpv_jsrc *f = jb->in->fit;
     uint64_t N = f->n * f->K;
     double *w = malloc((size_t)(N ? N : 1) * 2 * sizeof *w);
     if (!w)
-        return;
+        return oom(err);
     for (uint64_t i = 0; i < N; i++) {
         double l = jb->lambda[i] > 0 ? jb->lambda[i] : 0;
         bool keep = rho > 0 ? true : l > nm->rcond * lmax && l > 0;
@@ -1078,17 +1125,20 @@ static void label_contributions(const struct job *jb, const struct tpv_noise *nm
     for (int s = 0; s < jb->nsplit; s++) {
         const double *W = s == 0 ? jb->q_fit : jb->t_probe;
         uint64_t n = jb->src[s]->n;
-        double *ci = W ? malloc((size_t)(n ? n : 1) * sizeof *ci) : NULL;
-        if (!ci)
-            continue;
+        double *ci = malloc((size_t)(n ? n : 1) * sizeof *ci);
+        if (!ci) {
+            free(w);
+            return oom(err);
+        }
         cblas_dgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)N, 1.0, W, (blasint)N,
                     w + (s == 0 ? 0 : N), 1, 0.0, ci, 1);
         tpv_score_set_contributions(&sc[s], ci, (size_t)n);
     }
     free(w);
+    return TPV_OK;
 }
 
-static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
+static int score_label(const struct job *jb, size_t mi, struct tpv_score *sc, struct tpv_err *err)
 {
     const struct tpv_noise *nm = &jb->in->models[mi];
     const struct tpv_jsrc *f = jb->in->fit;
@@ -1115,7 +1165,9 @@ static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
         if (jb->proj)
             probesum += jb->proj[i] / den;
     }
-    label_contributions(jb, nm, lmax, rho, s2, sc);
+    int rc = label_contributions(jb, nm, lmax, rho, s2, sc, err);
+    if (rc != TPV_OK)
+        return rc;
     for (int s = 0; s < jb->nsplit; s++) {
         sc[s].value = s2 * (s == 0 ? fitsum : probesum) / (double)jb->src[s]->n;
         sc[s].wall_seconds = jb->t_gram;
@@ -1129,23 +1181,28 @@ static void score_label(const struct job *jb, size_t mi, struct tpv_score *sc)
             set_real(sc[s].details, "mean_abs_output", jb->out_scale);
         set_real(sc[s].details, "shared_seconds", jb->t_gram);
     }
+    return TPV_OK;
 }
 
-static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
+static int score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc, struct tpv_err *err)
 {
     const struct tpv_noise *nm = &jb->in->models[mi];
     double a = nm->lr / (2.0 * nm->batch_size);
     double n = (double)jb->in->fit->n;
     double with_self = a * jb->sgdc_F / (n * n);
     uint64_t nf = jb->in->fit->n;
-    double *cf = jb->g_rows ? malloc((size_t)nf * sizeof *cf) : NULL;
-    for (uint64_t x = 0; cf && x < nf; x++)
+    double *cf = malloc((size_t)nf * sizeof *cf);
+    if (!cf)
+        return oom(err);
+    for (uint64_t x = 0; x < nf; x++)
         cf[x] = nf > 1 ? a * (jb->g_rows[x] - jb->g_self[x]) / (n - 1) : a * jb->g_rows[x] / n;
     tpv_score_set_contributions(&sc[0], cf, (size_t)nf);
     if (jb->nsplit > 1) {
         uint64_t np = jb->in->probe->n;
-        double *cp = jb->kx_rows ? malloc((size_t)(np ? np : 1) * sizeof *cp) : NULL;
-        for (uint64_t x = 0; cp && x < np; x++)
+        double *cp = malloc((size_t)(np ? np : 1) * sizeof *cp);
+        if (!cp)
+            return oom(err);
+        for (uint64_t x = 0; x < np; x++)
             cp[x] = a * jb->kx_rows[x] / n;
         tpv_score_set_contributions(&sc[1], cp, (size_t)np);
     }
@@ -1162,6 +1219,7 @@ static void score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc)
         sc[1].value = a * jb->kx_F / ((double)jb->in->probe->n * n);
         sc[1].wall_seconds = jb->t_gram;
     }
+    return TPV_OK;
 }
 
 /* Solver and sampling details of a matrix-free score. */
@@ -1383,7 +1441,8 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         jb->proj = M ? calloc((size_t)N, sizeof *jb->proj) : NULL;
         jb->q_fit = calloc((size_t)(f->n ? f->n : 1) * (size_t)(N ? N : 1), sizeof *jb->q_fit);
         jb->t_probe = M ? calloc((size_t)pb->n * (size_t)N, sizeof *jb->t_probe) : NULL;
-        if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj)))
+        if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj) || !jb->q_fit ||
+                             (M && !jb->t_probe)))
             rc = oom(err);
         /* G now holds Q (eigenvectors as columns).  LAPACK cannot be interrupted, so it runs on
          * a helper thread while this one reports elapsed time against the expected time and
@@ -1394,7 +1453,7 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
             rc = tpv_syevd_cancellable(N, &G, &jb->lambda, eig_seconds(N), esub.fn, esub.ctx,
                                        err);
         /* Per-input rows of Q for the label contributions (none without their memory). */
-        for (uint64_t r = 0; rc == TPV_OK && jb->q_fit && r < N; r++)
+        for (uint64_t r = 0; rc == TPV_OK && r < N; r++)
             for (uint64_t i = 0; i < N; i++)
                 jb->q_fit[(r / K) * N + i] += G[r * N + i] * G[r * N + i];
         sub = slice_make(&sl, pr, c_eig / 2);
@@ -1588,7 +1647,7 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             jb.diag[s] = calloc((size_t)p, sizeof(double));
             if (jb.ncols && src->ops->sqdiag_samples)
                 jb.per_sample[s] = calloc((size_t)(jb.ncols * src->n), sizeof(double));
-            if (!jb.diag[s])
+            if (!jb.diag[s] || (jb.ncols && src->ops->sqdiag_samples && !jb.per_sample[s]))
                 rc = oom(err);
             else if (jb.per_sample[s])
                 rc = src->ops->sqdiag_samples(src, jb.diag[s], jb.ncols, cols, jb.per_sample[s],
@@ -1635,11 +1694,11 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
         else if (nm->kind == TPV_NOISE_LABEL && plans[i].mf)
             rc = score_label_mf(&jb, i, x, sub, err);
         else if (nm->kind == TPV_NOISE_LABEL)
-            score_label(&jb, i, x);
+            rc = score_label(&jb, i, x, err);
         else if (plans[i].mf)
             rc = score_sgdc_mf(&jb, i, x, sub, err);
         else
-            score_sgdc(&jb, i, x);
+            rc = score_sgdc(&jb, i, x, err);
         if (rc == TPV_OK && pg && pg->fn && pg->fn(pg->ctx, pr.total > 0 ? pr.done / pr.total : 1))
             rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
     }

@@ -79,6 +79,7 @@ struct tpv_trace_result {
     uint64_t samples;       /* probe vectors used */
     uint64_t sketch;        /* Hutch++: sketch size (0 otherwise) */
     bool converged;         /* target relative error reached before max_samples */
+    bool per_sample_set;    /* opts->per_sample was filled */
 };
 
 struct tpv_trace_opts {
@@ -87,6 +88,10 @@ struct tpv_trace_opts {
     double target_rel_error;  /* stop once stderr <= target * |mean| (0 = never) */
     uint64_t max_samples;     /* cap (>= 1) */
     uint64_t min_samples;     /* before the stopping test (default 8 when 0) */
+    /* Optional, caller-owned, n entries: each sample's part of the estimate averaged over the
+     * probes (sum_x per_sample[x] = value), when the probe kind can split it (parameter probes;
+     * output probes with c == NULL); out->per_sample_set says whether it did. */
+    double *per_sample;
 };
 
 /* Parameter-space Hutchinson: samples ||J (sqrt(c) . z)||^2, z Rademacher in R^p (one jvp each). */

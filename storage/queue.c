@@ -412,7 +412,12 @@ int store_job_succeed(struct store *st, const char *id, const char *owner,
             sqlite3_bind_int64(s, 9, (sqlite3_int64)sc->seed);
             sqlite3_bind_double(s, 10, sc->wall_seconds);
             bind_text(s, 11, sc->details ? sc->details : "{}");
-            sqlite3_bind_double(s, 12, sc->stderr_inputs); /* NaN binds as NULL */
+            /* Without contributions there is no stderr_inputs (a zero-initialised row must
+             * not claim a zero error); NaN binds as NULL too. */
+            if (sc->per_input && sc->n_inputs)
+                sqlite3_bind_double(s, 12, sc->stderr_inputs);
+            else
+                sqlite3_bind_null(s, 12);
             rc = bind_contributions(s, 13, sc->per_input, sc->n_inputs, err);
             if (rc == TPV_OK)
                 rc = stmt_exec(c, s, err);

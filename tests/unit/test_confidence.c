@@ -224,6 +224,56 @@ static void test_dump_contributions(void **state)
     tpv_jsrc_free(fp.src);
 }
 
+
+/* Hutchinson over output projections (K = 2 on these dumps): each sample's part of every probe's
+ * form averaged over the probes, for the unweighted form (isotropic); the weighted form
+ * (diagonal) cannot be split from sqdiag_projected's sums and reports none (NAN), never a
+ * wrong value. */
+static void test_hutchinson_contributions(void **state)
+{
+    (void)state;
+    double Jf[RN * RK * RP], Jp[RM * RK * RP], w[RP], var[RP];
+    fill_normal(Jf, RN * RK * RP, 41);
+    fill_normal(Jp, RM * RK * RP, 42);
+    fill_normal(w, RP, 43);
+    for (int j = 0; j < RP; j++)
+        var[j] = 0.02 * (j % 4 + 1);
+    static uint64_t sbw[2] = { 2, 3 }, saw[2] = { 4, 5 }, sab[1] = { 4 };
+    struct tpv_tensor wv[3] = { tview("b.w", TPV_DTYPE_F64, w, 2, sbw),
+                                tview("a.weight", TPV_DTYPE_F64, w + 6, 2, saw),
+                                tview("a.bias", TPV_DTYPE_F64, w + 26, 1, sab) };
+    const struct tpv_tensor *ws[3] = { &wv[0], &wv[1], &wv[2] };
+    struct tpv_noise models[2] = { mk(TPV_NOISE_ISOTROPIC, "iso"), mk(TPV_NOISE_DIAGONAL, "diag") };
+    struct tpv_model_inputs extra[2] = { { 0 }, { .variances = var } };
+    for (int i = 0; i < 2; i++) {
+        models[i].estimator = TPV_EST_HUTCHINSON;
+        models[i].target_rel_error = 0;
+        models[i].max_samples = 40;
+        models[i].seed = 7;
+    }
+    struct dsrc ff, fp;
+    open_dump(&ff, Jf, RN, ws);
+    open_dump(&fp, Jp, RM, ws);
+    struct tpv_est_inputs in = { ff.src, fp.src, w, false, 0, 0, models, 2, extra, 0 };
+    struct tpv_score *sc;
+    size_t ns;
+    run(&in, &sc, &ns);
+    for (size_t i = 0; i < ns; i++) {
+        assert_string_equal(sc[i].estimator, "hutchinson");
+        assert_string_equal(json_string_value(json_object_get(sc[i].details, "probes")),
+                            "outputs");
+        if (strcmp(sc[i].noise, "iso") == 0) {
+            check_mean(&sc[i], sc[i].split == TPV_SPLIT_FIT ? RN : RM);
+        } else {
+            assert_null(sc[i].per_input);
+            assert_true(isnan(sc[i].stderr_inputs));
+        }
+    }
+    tpv_scores_free(sc, ns);
+    tpv_jsrc_free(ff.src);
+    tpv_jsrc_free(fp.src);
+}
+
 /* ---- MLP sources ---- */
 
 static void test_mlp_contributions(void **state)
@@ -328,6 +378,7 @@ int main(void)
         cmocka_unit_test(test_contributions_free),
         cmocka_unit_test(test_dump_contributions),
         cmocka_unit_test(test_mlp_contributions),
+        cmocka_unit_test(test_hutchinson_contributions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -559,9 +559,12 @@ static void test_scores_cancel_release_ranking(void **state)
 
     int64_t v0, v1;
     assert_int_equal(store_study_version(f->st, sid, &v0, &err), TPV_OK);
+    /* The fit score has per-input contributions (exactly representable, values that show a
+     * byte-order mistake); the probe score has none, as rows written before they were stored. */
+    static const double contrib[3] = { 0.125, -3.5e-300, 0.75 };
     struct store_score sc[2] = {
         { .noise = "iso", .kind = "isotropic", .split = "fit", .value = 0.25, .estimator = "exact",
-          .details = "{\"n\":3}" },
+          .details = "{\"n\":3}", .per_input = contrib, .n_inputs = 3, .stderr_inputs = 0.5 },
         { .noise = "iso", .kind = "isotropic", .split = "probe", .value = 0.5, .estimator = "exact" },
     };
     assert_int_equal(store_job_succeed(f->st, j1, "w", sc, 2, "{\"isotropic_ratio\":2}", NULL,
@@ -582,7 +585,37 @@ static void test_scores_cancel_release_ranking(void **state)
     assert_int_equal(json_integer_value(json_object_get(
                          json_object_get(json_array_get(scores, 0), "details"), "n")), 3);
     assert_non_null(json_object_get(json_object_get(cand, "stability"), "isotropic_ratio"));
+    assert_true(json_real_value(json_object_get(json_array_get(scores, 0), "stderr_inputs")) ==
+                0.5);
+    assert_true(json_is_null(json_object_get(json_array_get(scores, 1), "stderr_inputs")));
     json_decref(cand);
+
+    /* Contributions of a ranking in one query: in the order asked, absent ones NULL. */
+    const char *ids[3] = { c2, c1, c3 };
+    struct store_contrib *co = NULL;
+    assert_int_equal(store_rank_contributions(f->st, sid, "iso", "fit", ids, 3, &co, &err),
+                     TPV_OK);
+    assert_string_equal(co[1].id, c1);
+    assert_int_equal(co[1].n, 3);
+    assert_memory_equal(co[1].values, contrib, sizeof contrib);
+    assert_null(co[0].values);
+    assert_null(co[2].values);
+    store_contribs_free(co, 3);
+    assert_int_equal(store_rank_contributions(f->st, sid, "iso", "probe", ids, 3, &co, &err),
+                     TPV_OK);
+    assert_null(co[1].values); /* a score without contributions */
+    store_contribs_free(co, 3);
+    const char *bad[1] = { "x\",\"y" };
+    assert_int_equal(store_rank_contributions(f->st, sid, "iso", "fit", bad, 1, &co, &err),
+                     TPV_EINVAL);
+    assert_null(co);
+    unsigned char enc[8];
+    double one = 1.0, back;
+    store_contrib_encode(&one, 1, enc);
+    assert_int_equal(enc[7], 0x3f); /* little-endian: the sign/exponent byte last */
+    assert_int_equal(enc[6], 0xf0);
+    store_contrib_decode(enc, 1, &back);
+    assert_true(back == 1.0);
 
     struct store_rank_row *rows;
     size_t n;
@@ -592,6 +625,7 @@ static void test_scores_cancel_release_ranking(void **state)
     assert_string_equal(rows[0].id, c1);
     assert_true(rows[0].value == 0.5);
     assert_true(rows[0].has_train_loss);
+    assert_false(rows[0].has_stderr_inputs); /* probe: no contributions stored */
     assert_false(rows[1].has_value);
     store_rank_rows_free(rows, n);
     store_claim_free(&a);
