@@ -1,5 +1,6 @@
-/* store_types.c: the free functions of the row and page structs of store_types.h, shared by
- * every backend (each frees what the struct owns; NULL and zeroed structs are no-ops). */
+/* store_types.c: the free functions of the row and page structs of store_types.h (each frees
+ * what the struct owns; NULL and zeroed structs are no-ops) and the stored form of per-input
+ * contributions, shared by every backend. */
 #include "storage/store_types.h"
 
 #include <stdlib.h>

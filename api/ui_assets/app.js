@@ -352,26 +352,53 @@ function metaKeys(items) {
   return first.concat([...keys].filter((k) => !first.includes(k)).sort());
 }
 
+/* A number, or a dash when the daemon has none (null: not computable, e.g. a score stored before
+ * confidence existed; absent: an older daemon). */
+const DASH = '\u2013';
+function fmtOr(v) {
+  return typeof v === 'number' && Number.isFinite(v) ? fmt(v) : DASH;
+}
+
+/* Within sampling error: another draw of probe inputs could well swap this item and the next. */
+function pClose(p) {
+  return typeof p === 'number' && p > 0.05 && p < 0.95;
+}
+
+/* p_lower_than_next to two decimals, the cue when the order with the next is not settled. */
+function pCell(p) {
+  if (typeof p !== 'number' || !Number.isFinite(p))
+    return h('td', { class: 'num p-next' }, DASH);
+  const close = pClose(p);
+  return h('td', { class: 'num p-next' + (close ? ' close' : ''), 'data-value': p,
+                   title: close ? 'within sampling error of the next candidate: another probe draw could swap them'
+                                : 'P(TPV below the next candidate\'s)' },
+           p.toFixed(2), close ? ' \u2248' : null);
+}
+
+function numCell(v, cls) {
+  return h('td', { class: 'num ' + cls, 'data-value': typeof v === 'number' ? v : null }, fmtOr(v));
+}
+
 function rankingTable(st, items, id, withRank) {
   const keys = metaKeys(items);
-  const hasSi = items.some((it) => it.stderr_inputs !== undefined);
-  const hasP = items.some((it) => it.p_lower_than_next !== undefined);
   const head = h('tr', {}, withRank ? h('th', {}, '#') : null, h('th', {}, 'name'),
-    h('th', {}, 'TPV'), h('th', {}, 'stderr'), hasSi ? h('th', {}, 'stderr_inputs') : null,
-    hasP ? h('th', {}, 'p_lower_than_next') : null, h('th', {}, 'flags'),
-    keys.map((k) => h('th', {}, k)));
+    h('th', {}, 'TPV'), h('th', { title: 'the estimator\'s own error (0 when exact)' }, 'stderr'),
+    h('th', { title: 'standard error over the input sample' }, 'stderr_inputs'),
+    withRank ? h('th', { title: 'probability that its TPV is below the next row\'s' }, 'p_lower_than_next') : null,
+    h('th', {}, 'flags'), keys.map((k) => h('th', {}, k)));
   const body = h('tbody');
   for (const it of items) {
     const m = it.metadata || {};
-    body.append(h('tr', { 'data-candidate-id': it.candidate_id,
-                          class: it.candidate_id === st.selected ? 'sel' : null,
+    const cls = [it.candidate_id === st.selected ? 'sel' : '', withRank && pClose(it.p_lower_than_next) ? 'close' : '']
+      .filter(Boolean).join(' ');
+    body.append(h('tr', { 'data-candidate-id': it.candidate_id, class: cls || null,
                           onclick: () => app.view.select(it.candidate_id) },
       withRank ? h('td', { class: 'num rank' }, it.rank) : null,
       h('td', { class: 'name' }, it.name),
       h('td', { class: 'num value' }, fmt(it.value)),
-      h('td', { class: 'num' }, fmt(it.stderr)),
-      hasSi ? h('td', { class: 'num' }, fmt(it.stderr_inputs)) : null,
-      hasP ? h('td', { class: 'num' }, fmt(it.p_lower_than_next)) : null,
+      numCell(it.stderr, 'stderr'),
+      numCell(it.stderr_inputs, 'stderr-inputs'),
+      withRank ? pCell(it.p_lower_than_next) : null,
       flagsCell(it.flags),
       keys.map((k) => h('td', { class: typeof m[k] === 'number' ? 'num meta' : 'meta' }, fmt(m[k])))));
   }
@@ -399,8 +426,8 @@ function detailCard(st) {
   const scores = h('tbody');
   for (const x of c.scores || [])
     scores.append(h('tr', {}, h('td', {}, x.noise), h('td', {}, x.kind), h('td', {}, x.split),
-      h('td', { class: 'num' }, fmt(x.value)), h('td', { class: 'num' }, fmt(x.stderr)),
-      h('td', { class: 'num' }, fmt(x.stderr_inputs)), h('td', {}, x.estimator),
+      h('td', { class: 'num' }, fmt(x.value)), numCell(x.stderr, 'stderr'),
+      numCell(x.stderr_inputs, 'stderr-inputs'), h('td', {}, x.estimator),
       h('td', { class: 'num' }, fmt(x.samples)), h('td', { class: 'num' }, fmt(x.seed)),
       h('td', { class: 'meta' }, JSON.stringify(x.details || {}))));
   const job = st.job && st.job.id === c.job_id ? st.job : null;
@@ -412,7 +439,8 @@ function detailCard(st) {
       ['noise', 'kind', 'split', 'value', 'stderr', 'stderr_inputs', 'estimator', 'samples', 'seed',
        'details'].map((t) => h('th', {}, t)))), scores)),
     h('h2', {}, 'metadata'), kv(c.metadata),
-    c.metrics ? [h('h2', {}, 'metrics'), kv(c.metrics)] : null,
+    c.metrics && Object.keys(c.metrics).length
+      ? [h('h2', {}, 'metrics'), h('div', { id: 'detail-metrics' }, kv(c.metrics))] : null,
     c.stability ? [h('h2', {}, 'stability'), kv(c.stability)] : null,
     h('h2', {}, 'job'), job ? [kv({ state: job.state, kind: job.kind, progress: job.progress,
                                     attempts: job.attempts, started_at: job.started_at,
@@ -422,19 +450,45 @@ function detailCard(st) {
                             : h('p', { class: 'muted' }, c.job_id ? 'loading\u2026' : 'none'));
 }
 
+/* The metric keys some candidate carries (PUT .../metrics), sorted. */
+function metricKeys(candidates) {
+  const names = new Set();
+  for (const c of candidates.values()) for (const k of Object.keys(c.metrics || {})) names.add(k);
+  return [...names].sort();
+}
+
 /* The agreement route's answer (DESIGN.md section 5): Spearman, Kendall and their interval per
- * noise model and split, the recommended one marked. */
-function agreementTable(a) {
+ * noise model and split, the recommended one marked, with a metric selector and a button that
+ * ranks by the recommended noise model and split. */
+function agreementTable(st, view) {
+  const a = st.agreement;
   if (!a) return h('p', { class: 'muted' }, '');
-  const rec = a.recommended || {};
+  const rec = a.recommended || null;
+  const isRec = (it) => !!rec && it.noise === rec.noise && it.split === rec.split;
   const body = h('tbody');
-  for (const it of a.items || [])
-    body.append(h('tr', { class: it.noise === rec.noise && it.split === rec.split ? 'sel' : null },
-      h('td', {}, it.noise), h('td', {}, it.split), h('td', { class: 'num' }, fmt(it.n)),
-      h('td', { class: 'num' }, fmt(it.spearman)), h('td', { class: 'num' }, fmt(it.kendall)),
-      h('td', { class: 'num' }, it.ci ? `[${fmt(it.ci[0])}, ${fmt(it.ci[1])}]` : ''),
-      h('td', {}, it.noise === rec.noise && it.split === rec.split ? 'recommended' : '')));
-  return h('div', {}, h('p', { class: 'muted' }, 'metric ', h('b', {}, a.metric)),
+  for (const it of a.items || []) {
+    const current = it.noise === st.by && it.split === st.split;
+    body.append(h('tr', { 'data-noise': it.noise, 'data-split': it.split,
+                          class: [isRec(it) ? 'recommended' : '', current ? 'current' : ''].filter(Boolean).join(' ') || null,
+                          onclick: () => view.change({ by: it.noise, split: it.split }) },
+      h('td', { class: 'noise' }, it.noise), h('td', { class: 'split' }, it.split),
+      h('td', { class: 'num n' }, fmtOr(it.n)),
+      numCell(it.spearman, 'spearman'), numCell(it.kendall, 'kendall'),
+      h('td', { class: 'num ci' }, Array.isArray(it.ci) ? `[${fmtOr(it.ci[0])}, ${fmtOr(it.ci[1])}]` : DASH),
+      h('td', { class: 'mark-cell' }, isRec(it) ? h('span', { class: 'flag recommended' }, 'recommended') : null,
+        current ? h('span', { class: 'flag' }, 'ranking') : null)));
+  }
+  const metric = h('select', { id: 'sel-metric', onchange: (e) => view.setMetric(e.target.value) },
+    metricKeys(st.candidates).map((k) => h('option', { value: k, selected: k === a.metric }, k)));
+  const onRec = rec && rec.noise === st.by && rec.split === st.split;
+  const use = h('button', { id: 'use-recommended', type: 'button', disabled: !rec || onRec,
+                            onclick: () => rec && view.change({ by: rec.noise, split: rec.split }) },
+    rec ? (onRec ? `ranking by ${rec.noise} / ${rec.split}` : `rank by ${rec.noise} / ${rec.split}`)
+        : 'no recommendation');
+  return h('div', {},
+    h('div', { class: 'controls' }, h('label', {}, 'metric', metric), use,
+      h('span', { class: 'muted' }, rec ? 'recommended: the highest lower bound of the Spearman interval'
+                                        : 'no interval lies above 0: no noise model agrees clearly')),
     h('table', { id: 'agreement' }, h('thead', {}, h('tr', {},
       ['noise', 'split', 'n', 'spearman', 'kendall', '95% CI', ''].map((t) => h('th', {}, t)))), body));
 }
@@ -493,7 +547,8 @@ class StudyView {
     this.st = { by: q.get('by') || '', split: q.get('split') || 'probe',
                 maxTrainLoss: q.get('max_train_loss') ? Number(q.get('max_train_loss')) : null,
                 selected: q.get('candidate') || null, ranking: null, candidates: new Map(),
-                etag: null, job: null, renderMs: null };
+                etag: null, job: null, renderMs: null,
+                metric: q.get('metric') || null, agreement: null, agreementKey: null };
   }
 
   stop() { this.stopped = true; if (this.ctl) this.ctl.abort(); }
@@ -554,11 +609,16 @@ class StudyView {
   change(patch) {
     Object.assign(this.st, patch);
     this.st.etag = null;
+    /* The selectors follow a change made elsewhere (the agreement's button or a row). */
+    const by = document.getElementById('sel-by'), split = document.getElementById('sel-split');
+    if (by && by.value !== this.st.by) by.value = this.st.by;
+    if (split && split.value !== this.st.split) split.value = this.st.split;
     const q = new URLSearchParams();
     if (this.st.by !== this.study.rank_by) q.set('by', this.st.by);
     if (this.st.split !== 'probe') q.set('split', this.st.split);
     if (this.st.maxTrainLoss !== null) q.set('max_train_loss', this.st.maxTrainLoss);
     if (this.st.selected) q.set('candidate', this.st.selected);
+    if (this.st.metric) q.set('metric', this.st.metric);
     history.replaceState(null, '', location.pathname + (q.toString() ? '?' + q : ''));
     if (this.ctl) this.ctl.abort(); /* the loop sees the abort and starts over with the new query */
   }
@@ -568,6 +628,14 @@ class StudyView {
     const etag = this.st.etag;
     this.st.selected = cid;
     this.st.job = null;
+    this.change({});
+    this.st.etag = etag;
+  }
+
+  /* Another metric needs no new ranking either: the loop reads its agreement and redraws. */
+  setMetric(metric) {
+    const etag = this.st.etag;
+    this.st.metric = metric;
     this.change({});
     this.st.etag = etag;
   }
@@ -593,6 +661,11 @@ class StudyView {
           this.render();
           continue;
         }
+        if (this.st.ranking && this.needAgreement()) {
+          this.st.agreement = await this.agreement(signal);
+          this.render();
+          continue;
+        }
         const wait = !!this.st.etag;
         const r = await apiGet(this.rankingPath(wait), { etag: this.st.etag, signal });
         setLive('on');
@@ -603,9 +676,10 @@ class StudyView {
         this.st.etag = r.etag;
         this.st.candidates = new Map(list.map((c) => [c.id, c]));
         this.st.job = null; /* a version change may be the selected candidate's job moving on */
-        this.st.agreement = await this.agreement(signal);
         this.slots.error.textContent = '';
         this.render();
+        /* The agreement of this version (metrics and scores both bump it) is the loop's next
+         * request, so the ranking shows first and only one request is ever in flight. */
       } catch (e) {
         if (this.stopped || e instanceof AuthError) return;
         if (e.name === 'AbortError') { this.render(); continue; }
@@ -617,19 +691,43 @@ class StudyView {
     }
   }
 
-  /* How each noise model and split ranks against the first metric the candidates carry
-   * (PUT .../metrics), when the daemon has the agreement route; null otherwise. */
+  /* The metric the agreement is about: the one asked for while candidates still carry it, else
+   * the first in name order; null when no candidate has metrics. */
+  metricNow() {
+    const keys = metricKeys(this.st.candidates);
+    if (!keys.length) return null;
+    return keys.includes(this.st.metric) ? this.st.metric : keys[0];
+  }
+
+  /* The agreement shown is for this study version and metric: a version change (new scores,
+   * new metrics) or another metric asks for it again; no metrics, no request. */
+  needAgreement() {
+    if (this.noAgreement) return false;
+    const metric = this.metricNow();
+    if (!metric) {
+      this.st.agreement = null;
+      return false;
+    }
+    return this.st.agreementKey !== this.st.ranking.version + '\n' + metric;
+  }
+
+  /* How each noise model and split ranks against the current metric, null when the daemon has
+   * no agreement route (then it is not asked again). */
   async agreement(signal) {
-    const names = new Set();
-    for (const c of this.st.candidates.values()) for (const k of Object.keys(c.metrics || {})) names.add(k);
-    if (!names.size || this.noAgreement) return null;
-    const metric = [...names].sort()[0];
+    const metric = this.metricNow();
+    const version = this.st.ranking.version;
     try {
       const r = await apiGet(`/v1/studies/${encodeURIComponent(this.sid)}/agreement?metric=${encodeURIComponent(metric)}`, { signal });
+      this.st.agreementKey = version + '\n' + metric;
       return r.body;
     } catch (e) {
       if (e.name === 'AbortError' || e instanceof AuthError) throw e;
-      this.noAgreement = true; /* a daemon without the route: do not ask again */
+      if (e.field === 'metric') { /* removed meanwhile: the next version's list says so */
+        this.st.agreementKey = version + '\n' + metric;
+        return null;
+      }
+      this.noAgreement = true;
+      this.slots.error.textContent = 'Agreement unavailable: ' + e.message;
       return null;
     }
   }
@@ -658,7 +756,7 @@ class StudyView {
     this.slots.runs.replaceChildren(plotRuns(st));
     this.slots.stability.replaceChildren(plotStability(st));
     this.slots.detail.replaceChildren(detailCard(st));
-    this.slots.agreement.replaceChildren(agreementTable(st.agreement));
+    this.slots.agreement.replaceChildren(agreementTable(st, this));
     this.slots.agreementCard.hidden = !st.agreement;
     st.renderMs = performance.now() - t0;
     document.body.setAttribute('data-version', r.version);

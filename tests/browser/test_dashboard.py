@@ -10,6 +10,12 @@ API's order, each plot has a mark per candidate, the runs are drawn with their p
 candidate is flagged and marked; a candidate added while the page is open appears without a
 reload, within a second of its job ending, with never more than one request in flight; a
 500-candidate study renders (time reported); and once a token exists the page asks for it.
+
+Confidence and agreement: every ranked row shows the API's stderr_inputs and, but on the last,
+p_lower_than_next (two decimals, a cue when 0.05 < p < 0.95); metrics put on the candidates
+(PUT .../metrics) while the page is open bring the agreement table without a reload, its rows
+and recommended mark those of GET agreement, for each metric of the selector; its button ranks
+by the recommended noise model and split.
 """
 
 import json
@@ -219,6 +225,143 @@ class DashboardTest(unittest.TestCase):
         with open(os.path.join(ART, "live.json"), "w") as f:
             json.dump({"update_after_job_end_s": latency, "requests": state[2]}, f)
         print("live update %.3f s after the job ended, %d requests" % (latency, state[2]))
+
+    def ranking_cells(self):
+        """Per ranking row: candidate id, stderr_inputs (text, data-value), p_lower_than_next
+        (text, data-value, whether the within-sampling-error cue is on)."""
+        return self.browser.execute("""
+            return [...document.querySelectorAll('#ranking tbody tr')].map(r => {
+              const si = r.querySelector('td.stderr-inputs'), p = r.querySelector('td.p-next');
+              return [r.getAttribute('data-candidate-id'), si.textContent, si.getAttribute('data-value'),
+                      p.textContent, p.getAttribute('data-value'), p.classList.contains('close'),
+                      fmt(Number(si.getAttribute('data-value')))];
+            });""")
+
+    def assert_ranking_confidence(self, rk):
+        """The ranking table shows the API's stderr_inputs on every item and p_lower_than_next
+        (two decimals, the cue exactly when 0.05 < p < 0.95) on every item but the last."""
+        cells = self.ranking_cells()
+        items = rk["items"]
+        self.assertEqual([c[0] for c in cells], [it["candidate_id"] for it in items])
+        for k, (it, c) in enumerate(zip(items, cells)):
+            si = it["stderr_inputs"]
+            self.assertIsInstance(si, float, it)  # MLPs on iso/label: split by input
+            self.assertGreater(si, 0.0)
+            self.assertEqual(float(c[2]), si)
+            self.assertEqual(c[1], c[6])  # the page's number format, not a dash
+            p = it["p_lower_than_next"]
+            if k == len(items) - 1:
+                self.assertIsNone(p)
+                self.assertEqual((c[3], c[4], c[5]), ("\u2013", None, False))
+                continue
+            self.assertIsInstance(p, float, it)
+            self.assertTrue(0.0 <= p <= 1.0, p)
+            self.assertEqual(float(c[4]), p)
+            self.assertEqual(c[3].split()[0], "%.2f" % p)
+            self.assertEqual(c[5], 0.05 < p < 0.95)
+
+    def agreement_rows(self):
+        return self.browser.execute("""
+            return [...document.querySelectorAll('#agreement tbody tr')].map(r => [
+              r.getAttribute('data-noise'), r.getAttribute('data-split'),
+              r.querySelector('.n').textContent, r.querySelector('.spearman').getAttribute('data-value'),
+              r.querySelector('.kendall').getAttribute('data-value'), r.querySelector('.ci').textContent,
+              r.classList.contains('recommended'), r.querySelector('.flag.recommended') !== null]);""")
+
+    def assert_agreement(self, ag):
+        """The agreement table has GET agreement's rows, in its order, the recommended marked."""
+        b = self.browser
+        rows = self.agreement_rows()
+        rec = ag["recommended"]
+        want = []
+        for it in ag["items"]:
+            ci = ("[%s, %s]" % tuple(b.execute("return fmtOr(arguments[0])", v) for v in it["ci"])
+                  if it["ci"] is not None else "\u2013")  # no interval (n too small)
+            mark = bool(rec) and (it["noise"], it["split"]) == (rec["noise"], rec["split"])
+            want.append([it["noise"], it["split"], str(it["n"]),
+                         it["spearman"], it["kendall"], ci, mark, mark])
+        got = [[r[0], r[1], r[2], None if r[3] is None else float(r[3]),
+                None if r[4] is None else float(r[4]), r[5], r[6], r[7]] for r in rows]
+        self.assertEqual(got, want)
+        self.assertEqual(b.execute("return document.getElementById('sel-metric').value"), ag["metric"])
+
+    def test_ab_confidence_agreement(self):
+        b, sid = self.browser, self.sid
+        self.open_study(sid)
+        rk = self.ranking(sid)
+        self.assertGreaterEqual(len(rk["items"]), 3)
+        self.assert_ranking_confidence(rk)
+        self.assertTrue(b.execute("return document.getElementById('card-agreement').hidden"))
+        b.execute(WRAP_FETCH)
+        time.sleep(0.5)  # in the long-poll
+
+        # Metrics on the candidates, through PUT .../metrics, while the page is open: val_loss on
+        # every candidate follows the label noise model's probe TPV (so some model agrees), acc
+        # on three of them.
+        label = {it["candidate_id"]: it["value"] for it in
+                 self.client.ranking(sid, by="label", split="probe")["items"]}
+        every = rk["items"] + rk["excluded"]
+        for k, it in enumerate(every):
+            cid = it["candidate_id"]
+            m = {"val_loss": label.get(cid, 1.0) * 1.5 + 0.001 * k}
+            if k < 3:
+                m["acc"] = 0.9 - 0.05 * k
+            self.client.set_metrics(sid, cid, m)
+        ag = self.client.agreement(sid, "acc")  # the first key in name order
+        self.assertIsNotNone(ag["items"])
+        b.wait_for("return !document.getElementById('card-agreement').hidden && "
+                   "document.querySelectorAll('#agreement tbody tr').length === arguments[0] && "
+                   "document.body.getAttribute('data-version') === String(arguments[1])", 10, 0.05,
+                   len(ag["items"]), self.client.get_study(sid)["version"])
+        self.assert_agreement(ag)
+        self.assertEqual(b.execute("return [...document.querySelectorAll('#sel-metric option')]"
+                                   ".map(o => o.value)"), ["acc", "val_loss"])
+
+        # Another metric: the table is GET agreement?metric=val_loss's, still without a reload.
+        b.execute("const s = document.getElementById('sel-metric'); s.value = 'val_loss';"
+                  "s.dispatchEvent(new Event('change')); return 1")
+        ag = self.client.agreement(sid, "val_loss")
+        b.wait_for("return document.getElementById('sel-metric').value === 'val_loss' && "
+                   "document.querySelectorAll('#agreement tbody tr').length === arguments[0]",
+                   10, 0.05, len(ag["items"]))
+        self.assert_agreement(ag)
+        rec = ag["recommended"]
+        self.assertIsNotNone(rec, ag)  # val_loss follows label/probe: some interval is above 0
+        self.shot("study-agreement.png")
+        b.execute("document.getElementById('card-agreement').scrollIntoView(); return 1")
+        self.shot("agreement.png")
+        b.execute("window.scrollTo(0, 0); return 1")
+
+        # The button ranks by the recommended noise model and split.
+        b.click(b.find("#use-recommended"))
+        want = self.client.ranking(sid, by=rec["noise"], split=rec["split"],
+                                   max_train_loss=MAX_TRAIN_LOSS)
+        b.wait_for("return document.getElementById('sel-by').value === arguments[0] && "
+                   "document.getElementById('sel-split').value === arguments[1] && "
+                   "[...document.querySelectorAll('#ranking tbody tr')].map(r => "
+                   "r.getAttribute('data-candidate-id')).join() === arguments[2]", 10, 0.05,
+                   rec["noise"], rec["split"], ",".join(it["candidate_id"] for it in want["items"]))
+        self.assertTrue(b.execute("return document.getElementById('use-recommended').disabled"))
+        self.assert_ranking_confidence(want)
+        self.assertTrue(b.execute("return document.querySelector('#agreement tr.recommended')"
+                                  ".classList.contains('current')"))
+        state = b.execute("return [window.__noReload, window.__maxInflight]")
+        self.assertEqual(state, ["kept", 1])
+
+        # A candidate's detail: every score with its stderr_inputs, and its metrics.
+        cid = want["items"][0]["candidate_id"]
+        b.execute("document.querySelector('#ranking tr[data-candidate-id=\"' + arguments[0] + '\"]')"
+                  ".click(); return 1", cid)
+        b.wait_for("return document.getElementById('detail-metrics') !== null", 10)
+        cand = self.client.get_candidate(sid, cid)
+        si = b.execute("return [...document.querySelectorAll('#detail tbody td.stderr-inputs')]"
+                       ".map(td => Number(td.getAttribute('data-value')))")
+        self.assertEqual(si, [x["stderr_inputs"] for x in cand["scores"]])
+        metrics = b.execute("return [...document.querySelectorAll('#detail-metrics dt')].map(d => d.textContent)")
+        self.assertEqual(sorted(metrics), sorted(cand["metrics"]))
+        self.shot("study-confidence-detail.png")
+        # Back to the study's own ranking for the tests after this one.
+        b.get(self.url + "/ui/studies/" + sid)
 
     def test_b_study_list(self):
         b = self.browser
