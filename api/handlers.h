@@ -57,6 +57,11 @@ void api_handle_ui(const struct api_env *env, struct api_request *req, struct ap
 const char *api_header(const struct api_request *req, const char *name);
 const char *api_query(const struct api_request *req, const char *name);
 
+/* wait= in whole seconds, capped by --max-wait (60 when unset); 0 when absent.  Replies 400
+ * naming it and returns false when it is not a whole non-negative number. */
+bool api_wait_param(const struct api_env *env, const struct api_request *req, int *out,
+                    struct api_response *resp);
+
 /* Parses the body as a JSON object into *out (new reference).  Replies 400 (field "body", with the
  * parser's line and column) and returns false when it is not one. */
 bool api_body_object(const struct api_request *req, struct api_response *resp, json_t **out);

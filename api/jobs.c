@@ -10,26 +10,6 @@
 #include "api/render.h"
 #include "storage/store.h"
 
-/* wait= in whole seconds, capped by --max-wait; 0 when absent.  Replies 400 naming it. */
-static bool job_wait_param(const struct api_env *env, const struct api_request *req, int *out,
-                           struct api_response *resp)
-{
-    const char *wait = api_query(req, "wait");
-    *out = 0;
-    if (!wait)
-        return true;
-    char *end;
-    errno = 0;
-    long w = strtol(wait, &end, 10);
-    if (errno || end == wait || *end || w < 0) {
-        api_reply_errorf(resp, TPV_EINVAL, "wait", "wait must be a whole number of seconds");
-        return false;
-    }
-    int cap = env->limits.max_wait_s > 0 ? env->limits.max_wait_s : 60;
-    *out = w > cap ? cap : (int)w;
-    return true;
-}
-
 static bool job_terminal(const struct store_job *job)
 {
     const char *st = job->state;
@@ -47,7 +27,7 @@ void api_handle_job_get(const struct api_env *env, struct api_request *req, stru
         api_reply_errorf(resp, TPV_ENOTFOUND, "job_id", "job %.64s not found", req->params[0]);
         return;
     }
-    if (!job_wait_param(env, req, &wait, resp))
+    if (!api_wait_param(env, req, &wait, resp))
         return;
     if (store_job_get(env->store, req->params[0], &job, &err) != TPV_OK) {
         api_reply_store_error(req, resp, &err);

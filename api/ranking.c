@@ -101,17 +101,8 @@ static bool parse_query(const struct api_env *env, const struct api_request *req
         }
         q->has_max = true;
     }
-    if (wait) {
-        char *end;
-        errno = 0;
-        long w = strtol(wait, &end, 10);
-        if (errno || end == wait || *end || w < 0) {
-            api_reply_errorf(resp, TPV_EINVAL, "wait", "wait must be a whole number of seconds");
-            return false;
-        }
-        int cap = env->limits.max_wait_s > 0 ? env->limits.max_wait_s : 60;
-        q->wait = w > cap ? cap : (int)w;
-    }
+    if (wait && !api_wait_param(env, req, &q->wait, resp))
+        return false;
     return true;
 }
 
@@ -221,26 +212,6 @@ static json_t *build_ranking(const char *sid, int64_t version, const struct rank
     if (body && q->has_max)
         json_object_set_new(body, "max_train_loss", json_real(q->max_train_loss));
     return body;
-}
-
-/* The wait= parameter alone (the cached path answers without the full query check). */
-static bool parse_wait(const struct api_env *env, const struct api_request *req, int *out,
-                       struct api_response *resp)
-{
-    const char *wait = api_query(req, "wait");
-    *out = 0;
-    if (!wait)
-        return true;
-    char *end;
-    errno = 0;
-    long w = strtol(wait, &end, 10);
-    if (errno || end == wait || *end || w < 0) {
-        api_reply_errorf(resp, TPV_EINVAL, "wait", "wait must be a whole number of seconds");
-        return false;
-    }
-    int cap = env->limits.max_wait_s > 0 ? env->limits.max_wait_s : 60;
-    *out = w > cap ? cap : (int)w;
-    return true;
 }
 
 /* 304, or a hold when the client asked to wait for a change. */
@@ -456,7 +427,7 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
     int64_t version;
     int wait;
     tpv_err_clear(&err);
-    if (!api_study_param(req, resp) || !parse_wait(env, req, &wait, resp))
+    if (!api_study_param(req, resp) || !api_wait_param(env, req, &wait, resp))
         return;
     /* Fast path: the rendering of this exact query at the current version. */
     const char *by = api_query(req, "by"), *split = api_query(req, "split");

@@ -193,3 +193,22 @@ bool api_id_valid(const char *id)
     return n > 0 && n < 64 &&
            strspn(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") == n;
 }
+
+bool api_wait_param(const struct api_env *env, const struct api_request *req, int *out,
+                    struct api_response *resp)
+{
+    const char *wait = api_query(req, "wait");
+    *out = 0;
+    if (!wait)
+        return true;
+    char *end;
+    errno = 0;
+    long w = strtol(wait, &end, 10);
+    if (errno || end == wait || *end || w < 0) {
+        api_reply_errorf(resp, TPV_EINVAL, "wait", "wait must be a whole number of seconds");
+        return false;
+    }
+    int cap = env->limits.max_wait_s > 0 ? env->limits.max_wait_s : 60;
+    *out = w > cap ? cap : (int)w;
+    return true;
+}

@@ -157,9 +157,11 @@ static int open_shared(const struct srv_config *cfg, struct store **st, FILE *er
 {
     struct tpv_err err;
     tpv_err_clear(&err);
+    char url[8192], blob_dir[4096];
     struct store_options so = { .pool_size = 1, .synchronous_full = true,
-                                .busy_timeout_ms = 10000, .shared = true };
-    if (store_open_with(st, cfg->data_dir, &so, &err) != TPV_OK) {
+                                .busy_timeout_ms = 10000, .shared = true, .blob_dir = blob_dir };
+    if (srv_config_storage(cfg, url, sizeof url, blob_dir, sizeof blob_dir, &err) != TPV_OK ||
+        store_open_url(st, url, &so, &err) != TPV_OK) {
         fprintf(errs, "tpvd token: %s\n", tpv_err_message(&err));
         return 1;
     }

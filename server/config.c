@@ -37,7 +37,12 @@ static const struct config_option options[] = {
     { "listen", "TPVD_LISTEN", OPT_STRING, F(listen), "127.0.0.1:8080", 0, 0,
       "address to serve on, HOST:PORT or [IPV6]:PORT; port 0 picks a free one" },
     { "data-dir", "TPVD_DATA_DIR", OPT_STRING, F(data_dir), "./var", 0, 0,
-      "folder for the database and the blob store" },
+      "folder for the database and the blob store (the defaults of --database and --blob-dir)" },
+    { "database", "TPVD_DATABASE", OPT_STRING, F(database), NULL, 0, 0,
+      "database URL: sqlite:PATH (default sqlite:DATA_DIR/tpvd.db) or postgresql://... (a libpq "
+      "URI, for several nodes on one database)" },
+    { "blob-dir", "TPVD_BLOB_DIR", OPT_STRING, F(blob_dir), NULL, 0, 0,
+      "folder of the blob store (default DATA_DIR/blobs); nodes on one database share it" },
     { "config", "TPVD_CONFIG", OPT_STRING, F(config_file), NULL, 0, 0,
       "config file of `name = value` lines with the option names of this list" },
     { "port-file", "TPVD_PORT_FILE", OPT_STRING, F(port_file), NULL, 0, 0,
@@ -437,6 +442,21 @@ int srv_config_load(struct srv_config *cfg, int argc, char *const argv[], char *
         rc = tpv_err_set(err, TPV_EINVAL, cfg->tls_cert ? "tls-key" : "tls-cert",
                          "--tls-cert and --tls-key go together");
     return rc == TPV_OK ? SRV_CONFIG_RUN : rc;
+}
+
+int srv_config_storage(const struct srv_config *cfg, char *url, size_t url_cap, char *blob_dir,
+                       size_t blob_cap, struct tpv_err *err)
+{
+    int n = cfg->database && cfg->database[0]
+                ? snprintf(url, url_cap, "%s", cfg->database)
+                : snprintf(url, url_cap, "sqlite:%s/tpvd.db", cfg->data_dir);
+    if (n < 0 || (size_t)n >= url_cap)
+        return tpv_err_set(err, TPV_EINVAL, "database", "--database is too long");
+    n = cfg->blob_dir && cfg->blob_dir[0] ? snprintf(blob_dir, blob_cap, "%s", cfg->blob_dir)
+                                          : snprintf(blob_dir, blob_cap, "%s/blobs", cfg->data_dir);
+    if (n < 0 || (size_t)n >= blob_cap)
+        return tpv_err_set(err, TPV_EINVAL, "blob-dir", "--blob-dir is too long");
+    return TPV_OK;
 }
 
 void srv_config_free(struct srv_config *cfg)

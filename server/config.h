@@ -16,6 +16,8 @@ struct srv_config {
     char *listen_host;  /* parsed host without brackets */
     uint16_t listen_port;
     char *data_dir;
+    char *database;     /* --database URL, NULL = sqlite:DATA_DIR/tpvd.db */
+    char *blob_dir;     /* --blob-dir, NULL = DATA_DIR/blobs */
     char *config_file;
     char *port_file;
     char *log_level;
@@ -88,5 +90,10 @@ long srv_config_cpu_max_limit(const char *text);
 /* Effective worker and BLAS thread counts after the 0 = auto rules, never oversubscribing:
  * workers x blas_threads <= cores unless the operator asked for more explicitly. */
 void srv_config_effective_threads(const struct srv_config *cfg, long *workers, long *blas_threads);
+
+/* The database URL and blob folder the daemon (and `tpvd token`) open: --database or
+ * sqlite:DATA_DIR/tpvd.db, --blob-dir or DATA_DIR/blobs.  TPV_EINVAL when they do not fit. */
+int srv_config_storage(const struct srv_config *cfg, char *url, size_t url_cap, char *blob_dir,
+                       size_t blob_cap, struct tpv_err *err);
 
 #endif

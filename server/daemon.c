@@ -95,7 +95,11 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
         .synchronous_full = strcmp(cfg->db_synchronous, "full") == 0,
         .busy_timeout_ms = 5000,
     };
-    int rc = store_open_with(&d->store, cfg->data_dir, &so, err);
+    char url[8192], blob_dir[4096];
+    int rc = srv_config_storage(cfg, url, sizeof url, blob_dir, sizeof blob_dir, err);
+    so.blob_dir = blob_dir;
+    if (rc == TPV_OK)
+        rc = store_open_url(&d->store, url, &so, err);
     if (rc == TPV_OK)
         store_set_event_renderer(d->store, srv_webhook_render_event);
     if (rc == TPV_OK && (api_metrics_new(&d->metrics) != TPV_OK ||
@@ -171,9 +175,11 @@ int srv_daemon_start(struct srv_daemon **out, const struct srv_config *cfg, stru
         srv_daemon_stop(d);
         return rc;
     }
-    log_info("tpvd %s listening on %s:%u data-dir=%s workers=%ld blas-threads=%ld tls=%s",
-             TPVD_VERSION, cfg->listen_host, srv_http_port(d->http), cfg->data_dir, nworkers,
-             blas, cfg->tls_cert ? "on" : "off");
+    /* The backend's name only: a PostgreSQL URI may carry a password. */
+    log_info("tpvd %s listening on %s:%u data-dir=%s database=%s workers=%ld blas-threads=%ld "
+             "tls=%s",
+             TPVD_VERSION, cfg->listen_host, srv_http_port(d->http), cfg->data_dir,
+             store_backend_name(d->store), nworkers, blas, cfg->tls_cert ? "on" : "off");
     *out = d;
     return TPV_OK;
 }

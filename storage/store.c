@@ -1,176 +1,49 @@
-/* store.c: SQLite backend of storage/: opening, the connection pool, schema migrations, ids, times,
- * page tokens, idempotency keys and statistics (see store.h; schema design: DESIGN.md sections
- * 2, 5, 6).  Studies and candidates live in studies.c, the job queue in queue.c, blobs in blobs.c. */
-#include "storage/store_int.h"
-#include "storage/store_ops.h" /* compiled here until the dispatcher uses it (phase 2 step 3) */
+/* store.c: the dispatcher of storage/ (storage/DESIGN-phase2.md section 1): `store_X(st, ...)`
+ * checks its arguments and calls `st->ops->X(st->impl, ...)` of the backend the URL chose
+ * (store_sqlite_ops; PostgreSQL's store_pg_ops once it exists).  It owns what is backend-neutral:
+ * ids, times, page tokens, the study version cache, the hooks and the event renderer, and the
+ * blob store (storage/blobs.h), whose files no backend touches. */
+#include "storage/store.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/random.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
-#include "storage/schema_steps.h"
+#include "storage/blobs.h"
+#include "storage/store_ops.h"
+#include "storage/store_pg.h"
+#include "storage/store_sqlite.h"
 
-static const char *const stmt_sql[STMT_COUNT] = {
-#define STORE_SQL_TEXT_(id, sql) [STMT_##id] = sql,
-    STORE_SQL(STORE_SQL_TEXT_)
-#undef STORE_SQL_TEXT_
+/* Study versions as last read, valid while no write has been committed since (see
+ * store_study_version): the ranking polls of dashboards read them on every request. */
+#define VERSION_CACHE_SLOTS 1024
+struct version_slot {
+    char id[STORE_ID_MAX];
+    int64_t version;
+    uint64_t gen; /* commit generation the version was read under */
 };
 
-/* ---- small helpers shared by the backend ---- */
+struct store {
+    const struct store_ops *ops;
+    void *impl;
+    struct blob_store *blobs;
+    struct store_hooks hooks;
+    store_event_render_fn render_event;
+    /* Commits the backend reported (after they are visible). */
+    _Atomic uint64_t commit_gen;
+    pthread_mutex_t version_lock;
+    struct version_slot *versions;
+};
 
-int db_fail(struct store_conn *c, int sqlite_rc, const char *what, struct tpv_err *err)
-{
-    int code;
-    switch (sqlite_rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED: code = TPV_EUNAVAILABLE; break;
-    case SQLITE_FULL: code = TPV_ENOSPACE; break;
-    case SQLITE_CONSTRAINT: code = TPV_EEXIST; break;
-    case SQLITE_NOMEM: code = TPV_ENOMEM; break;
-    case SQLITE_IOERR:
-    case SQLITE_CANTOPEN: code = TPV_EIO; break;
-    default: code = TPV_EINTERNAL; break;
-    }
-    return tpv_err_set(err, code, NULL, "database: %s: %s", what,
-                       c && c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(sqlite_rc));
-}
-
-sqlite3_stmt *conn_stmt(struct store_conn *c, enum store_stmt id, struct tpv_err *err)
-{
-    if (!c->stmts[id]) {
-        int rc = sqlite3_prepare_v3(c->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
-                                    &c->stmts[id], NULL);
-        if (rc != SQLITE_OK) {
-            db_fail(c, rc, "prepare", err);
-            c->stmts[id] = NULL;
-            return NULL;
-        }
-    }
-    return c->stmts[id];
-}
-
-void stmt_done(sqlite3_stmt *s)
-{
-    if (s) {
-        sqlite3_reset(s);
-        sqlite3_clear_bindings(s);
-    }
-}
-
-int stmt_exec(struct store_conn *c, sqlite3_stmt *s, struct tpv_err *err)
-{
-    int rc = sqlite3_step(s);
-    while (rc == SQLITE_ROW)
-        rc = sqlite3_step(s);
-    int out = rc == SQLITE_DONE ? TPV_OK : db_fail(c, rc, "write", err);
-    stmt_done(s);
-    return out;
-}
-
-static int run_simple(struct store_conn *c, enum store_stmt id, struct tpv_err *err)
-{
-    sqlite3_stmt *s = conn_stmt(c, id, err);
-    return s ? stmt_exec(c, s, err) : err ? err->code : TPV_EINTERNAL;
-}
-
-int tx_begin(struct store_conn *c, struct tpv_err *err)
-{
-    return run_simple(c, STMT_BEGIN, err);
-}
-
-int tx_commit(struct store_conn *c, struct tpv_err *err)
-{
-    int rc = run_simple(c, STMT_COMMIT, err);
-    if (rc != TPV_OK)
-        tx_rollback(c);
-    return rc;
-}
-
-void tx_rollback(struct store_conn *c)
-{
-    if (!sqlite3_get_autocommit(c->db))
-        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-}
-
-/* SQLITE_STATIC: a copy (SQLITE_TRANSIENT) allocates, and a failed bind left the parameter NULL
- * without a word: the row was stored without the value, or refused by a NOT NULL constraint
- * that read as "already exists".  Without the copy a bind of valid text cannot fail. */
-void bind_text(sqlite3_stmt *s, int i, const char *text)
-{
-    if (text)
-        sqlite3_bind_text(s, i, text, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(s, i);
-}
-
-const char *col_text(sqlite3_stmt *s, int i)
-{
-    const unsigned char *t = sqlite3_column_text(s, i);
-    return t ? (const char *)t : "";
-}
-
-char *col_strdup(sqlite3_stmt *s, int i)
-{
-    const unsigned char *t = sqlite3_column_text(s, i);
-    return t ? strdup((const char *)t) : NULL;
-}
-
-bool col_strdup_or_null(sqlite3_stmt *s, int i, char **out)
-{
-    *out = NULL;
-    if (sqlite3_column_type(s, i) == SQLITE_NULL)
-        return true;
-    *out = col_strdup(s, i);
-    return *out != NULL;
-}
-
-int study_bump(struct store_conn *c, const char *study_id, int64_t *version, struct tpv_err *err)
-{
-    sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_BUMP, err);
-    if (!s)
-        return err->code;
-    bind_text(s, 1, study_id);
-    int rc = sqlite3_step(s);
-    int out = TPV_OK;
-    if (rc == SQLITE_ROW)
-        *version = sqlite3_column_int64(s, 0);
-    else if (rc == SQLITE_DONE)
-        out = tpv_err_set(err, TPV_ENOTFOUND, "study", "study %s not found", study_id);
-    else
-        out = db_fail(c, rc, "bump study version", err);
-    stmt_done(s);
-    return out;
-}
-
-void notify_study(struct store *st, const char *study_id, int64_t version)
-{
-    if (st->hooks.study_changed)
-        st->hooks.study_changed(st->hooks.ctx, study_id, version);
-}
-
-void notify_job(struct store *st)
-{
-    if (st->hooks.job_queued)
-        st->hooks.job_queued(st->hooks.ctx);
-}
-
-void store_set_event_renderer(struct store *st, store_event_render_fn render)
-{
-    st->render_event = render;
-}
-
-void store_set_hooks(struct store *st, const struct store_hooks *hooks)
-{
-    st->hooks = *hooks;
-}
+struct store_blob_writer {
+    struct store *st;
+    struct blob_writer *w;
+};
 
 double store_clock_now(void)
 {
@@ -234,276 +107,122 @@ int store_page_token_decode(const char *token, int64_t *seq)
     return TPV_OK;
 }
 
-/* ---- pool ---- */
+/* ---- what the backend reports ---- */
 
-struct store_conn *conn_get(struct store *st)
+static void sink_study_changed(void *ctx, const char *study_id, int64_t version)
 {
-    pthread_mutex_lock(&st->lock);
-    while (st->nfree == 0)
-        pthread_cond_wait(&st->cond, &st->lock);
-    struct store_conn *c = &st->conns[st->free_list[--st->nfree]];
-    pthread_mutex_unlock(&st->lock);
-    return c;
+    struct store *st = ctx;
+    if (st->hooks.study_changed)
+        st->hooks.study_changed(st->hooks.ctx, study_id, version);
 }
 
-void conn_put(struct store *st, struct store_conn *c)
+static void sink_job_queued(void *ctx)
 {
-    if (!sqlite3_get_autocommit(c->db)) /* a forgotten transaction must not leak to the next user */
-        tx_rollback(c);
-    pthread_mutex_lock(&st->lock);
-    st->free_list[st->nfree++] = (int)(c - st->conns);
-    pthread_cond_signal(&st->cond);
-    pthread_mutex_unlock(&st->lock);
+    struct store *st = ctx;
+    if (st->hooks.job_queued)
+        st->hooks.job_queued(st->hooks.ctx);
 }
 
-static int make_dir(const char *path, struct tpv_err *err)
-{
-    if (mkdir(path, 0750) == 0 || errno == EEXIST)
-        return TPV_OK;
-    return tpv_err_set(err, TPV_EIO, "data_dir", "cannot create %s: %s", path, strerror(errno));
-}
-
-static int exec_sql(sqlite3 *db, const char *sql, struct tpv_err *err)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        tpv_err_set(err, TPV_EINTERNAL, NULL, "sqlite: %s", msg ? msg : sqlite3_errmsg(db));
-        sqlite3_free(msg);
-        return TPV_EINTERNAL;
-    }
-    return TPV_OK;
-}
-
-static int read_user_version(sqlite3 *db)
-{
-    sqlite3_stmt *stmt = NULL;
-    int version = -1;
-    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &stmt, NULL) == SQLITE_OK &&
-        sqlite3_step(stmt) == SQLITE_ROW)
-        version = sqlite3_column_int(stmt, 0);
-    sqlite3_finalize(stmt);
-    return version;
-}
-
-/* The schema is storage/schema_steps.c's one list for both backends: step i brings PRAGMA
- * user_version from i - 1 to i.  Each step runs in its own transaction together with its
- * user_version bump, so a crash leaves the schema at a whole version. */
-static int migrate(sqlite3 *db, struct tpv_err *err)
-{
-    size_t nsteps;
-    const struct schema_step *steps = schema_steps(&nsteps);
-    const int count = (int)nsteps;
-    int version = read_user_version(db);
-    if (version < 0)
-        return tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot read schema version");
-    if (version > count)
-        return tpv_err_set(err, TPV_EPRECONDITION, "data_dir",
-                           "database schema version %d is newer than this tpvd (%d)", version,
-                           count);
-    for (; version < count; version++) {
-        char bump[64];
-        snprintf(bump, sizeof bump, "PRAGMA user_version = %d;", version + 1);
-        int rc = exec_sql(db, "BEGIN IMMEDIATE;", err);
-        if (rc == TPV_OK)
-            rc = exec_sql(db, steps[version].sqlite, err);
-        if (rc == TPV_OK)
-            rc = exec_sql(db, bump, err);
-        if (rc == TPV_OK)
-            rc = exec_sql(db, "COMMIT;", err);
-        if (rc != TPV_OK) {
-            sqlite3_exec(db, "ROLLBACK;", NULL, NULL, NULL);
-            tpv_err_prefix(err, "migration to schema version %d", version + 1);
-            return rc;
-        }
-    }
-    return TPV_OK;
-}
-
-/* Called by SQLite after each commit in WAL mode, once the new data is visible to readers: the
- * version cache's generation moves.  Registering a WAL hook replaces SQLite's own automatic
- * checkpoint hook, so the default (checkpoint past 1000 WAL pages) is done here too. */
-static int on_wal_commit(void *ctx, sqlite3 *db, const char *schema, int wal_pages)
+static void sink_committed(void *ctx)
 {
     struct store *st = ctx;
     atomic_fetch_add(&st->commit_gen, 1);
-    if (wal_pages >= 1000)
-        sqlite3_wal_checkpoint_v2(db, schema, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    return SQLITE_OK;
 }
 
-/* What an operator should do with a database tpvd will not open (start-up log, never a client). */
-#define DB_RESCUE_ADVICE                                                                          \
-    "tpvd will not start on it. Keep a copy of the whole data dir first, then restore tpvd.db "  \
-    "from a backup, or salvage what is readable with `sqlite3 tpvd.db .recover | sqlite3 "       \
-    "recovered.db` and put recovered.db in its place"
-
-static int db_damaged(const char *path, const char *detail, struct tpv_err *err)
+/* NULL without a renderer: the backend fails the write rather than lose the event. */
+static char *sink_render_event(void *ctx, const struct store_event *ev, const char *event_id)
 {
-    char one_line[121]; /* quick_check's report spans lines: keep the log line one line */
-    size_t n = 0;
-    for (; detail[n] && n < sizeof one_line - 1; n++)
-        one_line[n] = detail[n] == '\n' || detail[n] == '\r' ? ' ' : detail[n];
-    one_line[n] = '\0';
-    return tpv_err_set(err, TPV_EIO, "data_dir", "database %s is damaged (%s); " DB_RESCUE_ADVICE,
-                       path, one_line);
+    struct store *st = ctx;
+    return st->render_event ? st->render_event(ev, event_id) : NULL;
 }
 
-/* An existing 0-byte tpvd.db is never a database tpvd wrote (the first start writes its header
- * before anything else): SQLite would take it for a new empty one, and a data dir whose tokens
- * vanished silently opens loopback access.  A missing file is a new data dir. */
-static int check_not_empty(const char *path, bool *exists, struct tpv_err *err)
+void store_set_event_renderer(struct store *st, store_event_render_fn render)
 {
-    struct stat sb;
-    *exists = stat(path, &sb) == 0;
-    if (!*exists)
-        return errno == ENOENT ? TPV_OK
-                               : tpv_err_set(err, TPV_EIO, "data_dir", "cannot stat %s: %s", path,
-                                             strerror(errno));
-    if (S_ISREG(sb.st_mode) && sb.st_size == 0)
-        return tpv_err_set(err, TPV_EPRECONDITION, "data_dir",
-                           "database %s exists but is empty (0 bytes): tpvd will not create a new "
-                           "database over it (its tokens and studies would be gone). Restore "
-                           "tpvd.db from a backup; remove the file only if this data dir is new",
-                           path);
+    st->render_event = render;
+}
+
+void store_set_hooks(struct store *st, const struct store_hooks *hooks)
+{
+    st->hooks = *hooks;
+}
+
+/* ---- open and close ---- */
+
+/* The backend of a --database URL and what it is given: the path after "sqlite:", the whole
+ * URI for PostgreSQL.  TPV_EINVAL (field "database") for anything else. */
+static int backend_of(const char *url, const struct store_ops **ops, const char **target,
+                      struct tpv_err *err)
+{
+    if (url && strncmp(url, "sqlite:", 7) == 0 && url[7]) {
+        *ops = &store_sqlite_ops;
+        *target = url + 7;
+        return TPV_OK;
+    }
+    if (store_pg_url(url)) {
+        *ops = &store_pg_ops;
+        *target = url;
+        return TPV_OK;
+    }
+    return tpv_err_set(err, TPV_EINVAL, "database",
+                       "--database must be sqlite:PATH or postgresql://..., not '%.80s'",
+                       url ? url : "");
+}
+
+/* The default blob folder of a SQLite database: "blobs" beside the database file. */
+static int default_blob_dir(const char *db_path, char *out, size_t cap, struct tpv_err *err)
+{
+    const char *slash = strrchr(db_path, '/');
+    int n = slash ? snprintf(out, cap, "%.*s/blobs", (int)(slash - db_path), db_path)
+                  : snprintf(out, cap, "blobs");
+    if (n < 0 || (size_t)n >= cap)
+        return tpv_err_set(err, TPV_EINVAL, "blob_dir", "blob folder path too long");
+    if (slash == db_path)
+        snprintf(out, cap, "/blobs");
     return TPV_OK;
 }
 
-/* SQLite creates tpvd.db when it opens it and writes the header only with the journal-mode
- * switch: an open that fails in between (out of memory, a full disk) leaves a 0-byte file, which
- * the next start would refuse as above.  A file this open created and never wrote goes. */
-static void remove_unwritten(const char *path, bool existed)
+int store_open_url(struct store **out, const char *url, const struct store_options *opts,
+                   struct tpv_err *err)
 {
-    struct stat sb;
-    if (!existed && stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0)
-        unlink(path);
-}
-
-/* PRAGMA quick_check (b-tree structure of every page, not index contents): a file with damaged
- * pages otherwise opens, answers SELECT 1 (so /readyz said ready) and fails every real query.
- * It reads the whole file once, at start only. */
-static int check_integrity(sqlite3 *db, const char *path, struct tpv_err *err)
-{
-    sqlite3_stmt *s = NULL;
-    int rc = sqlite3_prepare_v2(db, "PRAGMA quick_check(1)", -1, &s, NULL);
-    int step = rc == SQLITE_OK ? sqlite3_step(s) : rc;
-    int out = TPV_OK;
-    if (step == SQLITE_ROW) {
-        const char *verdict = col_text(s, 0);
-        if (strcmp(verdict, "ok") != 0)
-            out = db_damaged(path, verdict, err);
-    } else {
-        int code = step & 0xff;
-        if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB)
-            out = db_damaged(path, sqlite3_errmsg(db), err);
-        else
-            out = db_fail(NULL, step, "integrity check", err);
-    }
-    sqlite3_finalize(s);
-    return out;
-}
-
-static int conn_open(struct store *st, struct store_conn *c, const char *path,
-                     const struct store_options *o, bool first, struct tpv_err *err)
-{
-    c->st = st;
-    if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                        SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK)
-        return tpv_err_set(err, TPV_EIO, "data_dir", "cannot open %s: %s", path,
-                           c->db ? sqlite3_errmsg(c->db) : "out of memory");
-    sqlite3_busy_timeout(c->db, o->busy_timeout_ms);
-    /* Checked before the journal-mode switch, the first write to the file. */
-    int rc = first ? check_integrity(c->db, path, err) : TPV_OK;
-    if (rc != TPV_OK)
-        return rc;
-    char pragmas[160];
-    snprintf(pragmas, sizeof pragmas, "%s PRAGMA synchronous=%s; PRAGMA foreign_keys=ON;",
-             first ? "PRAGMA journal_mode=WAL;" : "", o->synchronous_full ? "FULL" : "NORMAL");
-    rc = exec_sql(c->db, pragmas, err);
-    if (rc == TPV_OK && first)
-        rc = migrate(c->db, err);
-    sqlite3_wal_hook(c->db, on_wal_commit, st);
-    return rc;
-}
-
-int store_open(struct store **out, const char *data_dir, struct tpv_err *err)
-{
-    return store_open_with(out, data_dir, NULL, err);
-}
-
-int store_open_with(struct store **out, const char *data_dir, const struct store_options *opts,
-                    struct tpv_err *err)
-{
-    char path[PATH_MAX];
-    struct store_options o = { .pool_size = 8, .synchronous_full = true, .busy_timeout_ms = 5000 };
-    int rc;
-
     *out = NULL;
-    if (opts) {
-        o = *opts;
-        if (o.pool_size <= 0)
-            o.pool_size = 8;
-        if (o.busy_timeout_ms <= 0)
-            o.busy_timeout_ms = 5000;
-    }
-    if (o.pool_size > 256)
-        o.pool_size = 256;
-    rc = make_dir(data_dir, err);
+    const struct store_ops *ops = NULL;
+    const char *target = NULL;
+    char blob_dir[PATH_MAX];
+    int rc = backend_of(url, &ops, &target, err);
     if (rc != TPV_OK)
         return rc;
-    if ((size_t)snprintf(path, sizeof path, "%s/tpvd.db", data_dir) >= sizeof path - 64)
-        return tpv_err_set(err, TPV_EINVAL, "data_dir", "data directory path too long");
-
+    if (opts && opts->blob_dir && opts->blob_dir[0]) {
+        if ((size_t)snprintf(blob_dir, sizeof blob_dir, "%s", opts->blob_dir) >= sizeof blob_dir)
+            return tpv_err_set(err, TPV_EINVAL, "blob_dir", "blob folder path too long");
+    } else if (ops == &store_sqlite_ops) {
+        rc = default_blob_dir(target, blob_dir, sizeof blob_dir, err);
+        if (rc != TPV_OK)
+            return rc;
+    } else {
+        return tpv_err_set(err, TPV_EINVAL, "blob_dir",
+                           "a shared database needs --blob-dir (a folder every node shares)");
+    }
     struct store *st = calloc(1, sizeof *st);
     if (!st)
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-    st->lock_fd = -1;
-    pthread_mutex_init(&st->lock, NULL);
+    st->ops = ops;
     pthread_mutex_init(&st->version_lock, NULL);
-    st->cache_versions = !o.shared;
-    pthread_cond_init(&st->cond, NULL);
-    st->data_dir = strdup(data_dir);
-    st->conns = calloc((size_t)o.pool_size, sizeof *st->conns);
-    st->free_list = calloc((size_t)o.pool_size, sizeof *st->free_list);
     st->versions = calloc(VERSION_CACHE_SLOTS, sizeof *st->versions);
-    if (!st->data_dir || !st->conns || !st->free_list || !st->versions) {
+    if (!st->versions) {
         store_close(st);
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     }
-    st->nconns = o.pool_size;
-
-    /* One daemon per data dir: a second one would break the blob store's temp cleanup and the
-     * queue's crash recovery.  flock is released by the kernel when a process dies. */
-    char lock_path[PATH_MAX];
-    snprintf(lock_path, sizeof lock_path, "%s/lock", data_dir);
-    if (!o.shared)
-        st->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-    if (!o.shared && (st->lock_fd < 0 || flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0)) {
-        rc = tpv_err_set(err, st->lock_fd < 0 ? TPV_EIO : TPV_EPRECONDITION, "data_dir",
-                         "data dir %s is in use by another tpvd (%s)", data_dir, strerror(errno));
-        store_close(st);
-        return rc;
-    }
-    bool existed = false;
-    rc = check_not_empty(path, &existed, err);
-    if (rc != TPV_OK) {
-        store_close(st);
-        return rc;
-    }
-    for (int i = 0; i < st->nconns; i++) {
-        rc = conn_open(st, &st->conns[i], path, &o, i == 0, err);
-        if (rc != TPV_OK) {
-            store_close(st);
-            remove_unwritten(path, existed);
-            return rc;
-        }
-        st->free_list[st->nfree++] = i;
-    }
-    if (o.shared) /* the daemon owns blobs/tmp: only name the folder */
-        rc = asprintf(&st->blob_dir, "%s/blobs", data_dir) < 0
-                 ? (st->blob_dir = NULL, tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory"))
-                 : TPV_OK;
-    else
-        rc = blobs_init(st, err);
+    struct store_sink sink = { .ctx = st, .study_changed = sink_study_changed,
+                               .job_queued = sink_job_queued, .committed = sink_committed,
+                               .render_event = sink_render_event };
+    rc = ops->open(&st->impl, target, opts, &sink, err);
+    /* After the database (which holds the SQLite lock): the owner may clear temporaries.  With
+     * SQLite the lock makes this process the only writer, so every temporary is stale; nodes
+     * sharing a folder only remove those older than any upload could take. */
+    bool shared = opts && opts->shared;
+    if (rc == TPV_OK)
+        rc = blob_store_open(&st->blobs, blob_dir, !shared,
+                             ops == &store_sqlite_ops ? 0 : 24 * 3600.0, err);
     if (rc != TPV_OK) {
         store_close(st);
         return rc;
@@ -512,47 +231,49 @@ int store_open_with(struct store **out, const char *data_dir, const struct store
     return TPV_OK;
 }
 
+int store_open_with(struct store **out, const char *data_dir, const struct store_options *opts,
+                    struct tpv_err *err)
+{
+    char url[PATH_MAX + 16];
+    *out = NULL;
+    if (!data_dir || !data_dir[0] ||
+        (size_t)snprintf(url, sizeof url, "sqlite:%s/tpvd.db", data_dir) >= sizeof url - 64)
+        return tpv_err_set(err, TPV_EINVAL, "data_dir", "data directory path empty or too long");
+    return store_open_url(out, url, opts, err);
+}
+
+int store_open(struct store **out, const char *data_dir, struct tpv_err *err)
+{
+    return store_open_with(out, data_dir, NULL, err);
+}
+
 void store_close(struct store *st)
 {
     if (!st)
         return;
-    for (int i = 0; st->conns && i < st->nconns; i++) {
-        for (int j = 0; j < STMT_COUNT; j++)
-            sqlite3_finalize(st->conns[i].stmts[j]);
-        if (st->conns[i].db)
-            sqlite3_close(st->conns[i].db);
-    }
-    if (st->lock_fd >= 0)
-        close(st->lock_fd); /* releases the flock */
+    if (st->impl)
+        st->ops->close(st->impl);
+    blob_store_close(st->blobs);
     free(st->versions);
     pthread_mutex_destroy(&st->version_lock);
-    free(st->conns);
-    free(st->free_list);
-    free(st->data_dir);
-    free(st->blob_dir);
-    pthread_cond_destroy(&st->cond);
-    pthread_mutex_destroy(&st->lock);
     free(st);
+}
+
+const char *store_backend_name(const struct store *st)
+{
+    return st->ops->name;
 }
 
 int store_ping(struct store *st, struct tpv_err *err)
 {
-    struct store_conn *c = conn_get(st);
-    int rc = TPV_OK;
-    sqlite3_stmt *s = conn_stmt(c, STMT_PING, err);
-    if (!s || sqlite3_step(s) != SQLITE_ROW)
-        rc = tpv_err_set(err, TPV_EUNAVAILABLE, NULL, "database not reachable");
-    stmt_done(s);
-    conn_put(st, c);
-    return rc;
+    return st->ops->ping(st->impl, err);
 }
 
 int store_schema_version(struct store *st)
 {
-    struct store_conn *c = conn_get(st);
-    int v = read_user_version(c->db);
-    conn_put(st, c);
-    return v;
+    int v = -1;
+    struct tpv_err ignored;
+    return st->ops->schema_version(st->impl, &v, &ignored) == TPV_OK ? v : -1;
 }
 
 /* ---- idempotency ---- */
@@ -566,160 +287,446 @@ void store_replay_free(struct store_replay *r)
     memset(r, 0, sizeof *r);
 }
 
+/* RFC 3339 UTC with milliseconds of `t` seconds since the epoch, as store_now_rfc3339 writes. */
+static void rfc3339_at(double t, char out[STORE_TIME_MAX])
+{
+    time_t sec = (time_t)t;
+    struct tm tm;
+    gmtime_r(&sec, &tm);
+    int ms = (int)((t - (double)sec) * 1000.0);
+    ms = ms < 0 ? 0 : ms > 999 ? 999 : ms;
+    char buf[24];
+    strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, STORE_TIME_MAX, "%s.%03dZ", buf, ms);
+}
+
 int store_idempotency_expire(struct store *st, double max_age_s, int *removed,
                              struct tpv_err *err)
 {
     /* Times are stored as fixed-width RFC 3339 UTC strings, which sort like the times. */
     char cutoff[STORE_TIME_MAX];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    time_t then = ts.tv_sec - (time_t)max_age_s;
-    gmtime_r(&then, &tm);
-    size_t n = strftime(cutoff, sizeof cutoff, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(cutoff + n, sizeof cutoff - n, ".%03ldZ", ts.tv_nsec / 1000000L);
-    *removed = 0;
-    struct store_conn *c = conn_get(st);
-    sqlite3_stmt *s = conn_stmt(c, STMT_IDEM_EXPIRE, err);
-    int rc = s ? TPV_OK : err->code;
-    if (s) {
-        bind_text(s, 1, cutoff);
-        rc = stmt_exec(c, s, err);
-        if (rc == TPV_OK)
-            *removed = sqlite3_changes(c->db);
-    }
-    stmt_done(s);
-    conn_put(st, c);
-    return rc;
-}
-
-int idem_lookup_conn(struct store_conn *c, const struct store_idem *idem, struct store_replay *out,
-                     struct tpv_err *err)
-{
-    memset(out, 0, sizeof *out);
-    sqlite3_stmt *s = conn_stmt(c, STMT_IDEM_GET, err);
-    if (!s)
-        return err->code;
-    bind_text(s, 1, idem->scope);
-    bind_text(s, 2, idem->key);
-    int rc = sqlite3_step(s), out_rc;
-    if (rc == SQLITE_ROW) {
-        if (strcmp(col_text(s, 0), idem->request_hash) != 0) {
-            out_rc = tpv_err_set(err, TPV_EPRECONDITION, "Idempotency-Key",
-                                 "Idempotency-Key '%s' was already used with a different request",
-                                 idem->key);
-        } else {
-            out->status = sqlite3_column_int(s, 1);
-            out->body = col_strdup(s, 2);
-            out->location = col_strdup(s, 3);
-            out_rc = out->body ? TPV_OK : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-        }
-    } else if (rc == SQLITE_DONE) {
-        out_rc = TPV_ENOTFOUND;
-    } else {
-        out_rc = db_fail(c, rc, "idempotency lookup", err);
-    }
-    stmt_done(s);
-    return out_rc;
-}
-
-int idem_store_conn(struct store_conn *c, const struct store_idem *idem,
-                    const struct store_reply *reply, struct tpv_err *err)
-{
-    char now[STORE_TIME_MAX];
-    store_now_rfc3339(now);
-    sqlite3_stmt *s = conn_stmt(c, STMT_IDEM_PUT, err);
-    if (!s)
-        return err->code;
-    bind_text(s, 1, idem->scope);
-    bind_text(s, 2, idem->key);
-    bind_text(s, 3, idem->request_hash);
-    sqlite3_bind_int(s, 4, reply->status);
-    bind_text(s, 5, reply->body);
-    bind_text(s, 6, reply->location);
-    bind_text(s, 7, now);
-    int rc = stmt_exec(c, s, err);
-    if (rc == TPV_EEXIST)
-        tpv_err_set(err, TPV_EEXIST, "Idempotency-Key", "Idempotency-Key '%s' is in use",
-                    idem->key);
-    return rc;
+    rfc3339_at(store_clock_now() - (double)(time_t)max_age_s, cutoff);
+    return st->ops->idem_expire(st->impl, cutoff, removed, err);
 }
 
 int store_idem_lookup(struct store *st, const struct store_idem *idem, struct store_replay *out,
                       struct tpv_err *err)
 {
-    struct store_conn *c = conn_get(st);
-    int rc = idem_lookup_conn(c, idem, out, err);
-    conn_put(st, c);
+    return st->ops->idem_lookup(st->impl, idem, out, err);
+}
+
+/* ---- studies ---- */
+
+int store_study_create(struct store *st, const struct store_study_new *s,
+                       const struct store_idem *idem, const struct store_reply *reply,
+                       struct tpv_err *err)
+{
+    return st->ops->study_create(st->impl, s, idem, reply, err);
+}
+
+int store_study_get(struct store *st, const char *id, struct store_study *out,
+                    struct tpv_err *err)
+{
+    return st->ops->study_get(st->impl, id, out, err);
+}
+
+static struct version_slot *version_slot_of(struct store *st, const char *id)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (const char *p = id; *p; p++)
+        h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return &st->versions[h % VERSION_CACHE_SLOTS];
+}
+
+/* A version read under commit generation `gen` stays valid until the generation moves. */
+static bool version_cached(struct store *st, const char *id, uint64_t gen, int64_t *version)
+{
+    bool hit = false;
+    pthread_mutex_lock(&st->version_lock);
+    struct version_slot *v = version_slot_of(st, id);
+    if (v->gen == gen && strcmp(v->id, id) == 0) {
+        *version = v->version;
+        hit = true;
+    }
+    pthread_mutex_unlock(&st->version_lock);
+    return hit;
+}
+
+static void version_remember(struct store *st, const char *id, uint64_t gen, int64_t version)
+{
+    if (strlen(id) >= STORE_ID_MAX)
+        return;
+    pthread_mutex_lock(&st->version_lock);
+    struct version_slot *v = version_slot_of(st, id);
+    snprintf(v->id, sizeof v->id, "%s", id);
+    v->version = version;
+    v->gen = gen;
+    pthread_mutex_unlock(&st->version_lock);
+}
+
+/* Polls read this on every request: served from memory while no commit happened since it was
+ * read (and while the backend says its commits are all seen).  The generation is taken before
+ * the read, so a commit racing the read only makes the entry stale (never a stale version under
+ * a current generation). */
+int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err)
+{
+    uint64_t gen = atomic_load(&st->commit_gen) + 1; /* +1: a zeroed slot never matches */
+    bool cache = st->ops->versions_cacheable(st->impl);
+    if (cache && version_cached(st, id, gen, version))
+        return TPV_OK;
+    int rc = st->ops->study_version(st->impl, id, version, err);
+    if (rc == TPV_OK && cache)
+        version_remember(st, id, gen, *version);
     return rc;
+}
+
+int store_study_info(struct store *st, const char *id, struct store_study_info *out,
+                     struct tpv_err *err)
+{
+    return st->ops->study_info(st->impl, id, out, err);
+}
+
+/* A page bound both backends can read limit + 1 rows under. */
+static int check_limit(int limit, struct tpv_err *err)
+{
+    if (limit < 1 || limit == INT_MAX)
+        return tpv_err_set(err, TPV_EINVAL, "limit", "limit must be in [1, %d)", INT_MAX);
+    return TPV_OK;
+}
+
+int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t max_bytes,
+                     struct store_study_page *page, struct tpv_err *err)
+{
+    memset(page, 0, sizeof *page);
+    int rc = check_limit(limit, err);
+    return rc != TPV_OK ? rc : st->ops->study_list(st->impl, after_seq, limit, max_bytes, page, err);
+}
+
+int store_study_delete(struct store *st, const char *id, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->study_delete(st->impl, id, now, err);
+}
+
+int store_input_set(struct store *st, const char *study_id, const char *split, const char *digest,
+                    int64_t n, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->input_set(st->impl, study_id, split, digest, n, now, err);
+}
+
+/* ---- candidates ---- */
+
+int store_candidate_create(struct store *st, const struct store_candidate_new *c,
+                           int64_t max_queued, const struct store_idem *idem,
+                           const struct store_reply *reply, struct tpv_err *err)
+{
+    return st->ops->candidate_create(st->impl, c, max_queued, idem, reply, err);
+}
+
+int store_candidate_get(struct store *st, const char *study_id, const char *id,
+                        struct store_candidate *out, struct tpv_err *err)
+{
+    return st->ops->candidate_get(st->impl, study_id, id, out, err);
+}
+
+int store_candidate_source(struct store *st, const char *study_id, const char *id, char **source,
+                           char kind[16], struct tpv_err *err)
+{
+    return st->ops->candidate_source(st->impl, study_id, id, source, kind, err);
+}
+
+int store_candidate_list(struct store *st, const char *study_id, int64_t after_seq, int limit,
+                         uint64_t max_bytes, struct store_candidate_page *page,
+                         struct tpv_err *err)
+{
+    memset(page, 0, sizeof *page);
+    int rc = check_limit(limit, err);
+    return rc != TPV_OK ? rc
+                        : st->ops->candidate_list(st->impl, study_id, after_seq, limit,
+                                                  max_bytes, page, err);
+}
+
+int store_jbr_create(struct store *st, const char *study_id, const char *candidate_id,
+                     const char *job_id, const char *params, int64_t max_queued,
+                     struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->jbr_create(st->impl, study_id, candidate_id, job_id, params, max_queued, now,
+                               err);
+}
+
+int store_candidate_delete(struct store *st, const char *study_id, const char *id,
+                           struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->candidate_delete(st->impl, study_id, id, now, err);
+}
+
+int store_candidate_retry(struct store *st, const char *study_id, const char *id,
+                          const char *job_id, int64_t max_queued, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->candidate_retry(st->impl, study_id, id, job_id, max_queued, now, err);
+}
+
+/* ---- jobs ---- */
+
+int store_job_get(struct store *st, const char *id, struct store_job *out, struct tpv_err *err)
+{
+    return st->ops->job_get(st->impl, id, out, err);
+}
+
+int store_job_cancel(struct store *st, const char *id, struct store_job *out,
+                     struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->job_cancel(st->impl, id, now, out, err);
+}
+
+int store_job_claim(struct store *st, const char *owner, double lease_s, struct store_claim *out,
+                    struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->job_claim(st->impl, owner, lease_s, store_clock_now(), now, out, err);
+}
+
+int store_job_progress(struct store *st, const char *id, const char *owner, double progress,
+                       double lease_s, bool *cancel, struct tpv_err *err)
+{
+    return st->ops->job_renew(st->impl, id, owner, progress, store_clock_now() + lease_s, cancel,
+                              err);
+}
+
+int store_job_succeed(struct store *st, const char *id, const char *owner,
+                      const struct store_score *scores, size_t nscores, const char *stability,
+                      const char *result, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->job_succeed(st->impl, id, owner, scores, nscores, stability, result, now, err);
+}
+
+int store_job_finish(struct store *st, const char *id, const char *owner, const char *state,
+                     const char *code, const char *message, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->job_finish(st->impl, id, owner, state, code, message, now, err);
+}
+
+int store_job_release(struct store *st, const char *id, const char *owner, struct tpv_err *err)
+{
+    return st->ops->job_release(st->impl, id, owner, err);
+}
+
+int store_jobs_recover(struct store *st, int max_attempts, int *requeued, int *failed,
+                       struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->jobs_recover(st->impl, max_attempts, now, requeued, failed, err);
+}
+
+int store_jobs_requeue_expired(struct store *st, int max_attempts, double now, int *requeued,
+                               int *failed, struct tpv_err *err)
+{
+    char text[STORE_TIME_MAX];
+    if (now <= 0)
+        now = store_clock_now();
+    rfc3339_at(now, text);
+    return st->ops->jobs_requeue_expired(st->impl, max_attempts, now, text, requeued, failed,
+                                         err);
+}
+
+int store_jobs_queued(struct store *st, int64_t *n, struct tpv_err *err)
+{
+    return st->ops->jobs_queued(st->impl, n, err);
+}
+
+/* ---- ranking ---- */
+
+int store_rank_rows(struct store *st, const char *study_id, const char *noise, const char *split,
+                    struct store_rank_row **rows, size_t *nrows, struct tpv_err *err)
+{
+    return st->ops->rank_rows(st->impl, study_id, noise, split, rows, nrows, err);
+}
+
+/* ---- webhook outbox ---- */
+
+int store_outbox_due(struct store *st, double now, int limit, struct store_outbox_item **items,
+                     size_t *n, struct tpv_err *err)
+{
+    return st->ops->outbox_due(st->impl, now, limit, items, n, err);
+}
+
+int store_outbox_next_due(struct store *st, double *at, struct tpv_err *err)
+{
+    return st->ops->outbox_next_due(st->impl, at, err);
+}
+
+int store_outbox_delivered(struct store *st, int64_t seq, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->outbox_delivered(st->impl, seq, now, err);
+}
+
+int store_outbox_retry(struct store *st, int64_t seq, double next_at, const char *error,
+                       struct tpv_err *err)
+{
+    return st->ops->outbox_retry(st->impl, seq, next_at, error, err);
+}
+
+int store_outbox_fail(struct store *st, int64_t seq, const char *error, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->outbox_fail(st->impl, seq, error, now, err);
+}
+
+int store_outbox_stats(struct store *st, int64_t *pending, int64_t *delivered, int64_t *failed,
+                       struct tpv_err *err)
+{
+    return st->ops->outbox_stats(st->impl, pending, delivered, failed, err);
+}
+
+/* ---- API tokens ---- */
+
+int store_token_create(struct store *st, const char *name, const char *role, const char *hash_hex,
+                       struct tpv_err *err)
+{
+    char id[STORE_ID_MAX], now[STORE_TIME_MAX];
+    store_id_new(id, "tk");
+    store_now_rfc3339(now);
+    return st->ops->token_create(st->impl, id, name, role, hash_hex, now, err);
+}
+
+int store_token_find(struct store *st, const char *hash_hex, struct store_token *out,
+                     struct tpv_err *err)
+{
+    return st->ops->token_find(st->impl, hash_hex, out, err);
+}
+
+int store_token_list(struct store *st, struct store_token_row **rows, size_t *n,
+                     struct tpv_err *err)
+{
+    return st->ops->token_list(st->impl, rows, n, err);
+}
+
+int store_token_revoke(struct store *st, const char *name, struct tpv_err *err)
+{
+    char now[STORE_TIME_MAX];
+    store_now_rfc3339(now);
+    return st->ops->token_revoke(st->impl, name, now, err);
+}
+
+int store_token_count(struct store *st, int64_t *n, struct tpv_err *err)
+{
+    return st->ops->token_count(st->impl, n, err);
 }
 
 /* ---- statistics ---- */
 
 int store_stats(struct store *st, struct store_stats *out, struct tpv_err *err)
 {
-    memset(out, 0, sizeof *out);
-    struct store_conn *c = conn_get(st);
-    int rc = TPV_OK, step;
-    sqlite3_stmt *s = conn_stmt(c, STMT_STATS_JOBS, err);
-    if (!s) {
-        rc = err->code;
-        goto done;
-    }
-    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        const char *state = col_text(s, 0);
-        int64_t n = sqlite3_column_int64(s, 1);
-        if (strcmp(state, "queued") == 0)
-            out->jobs_queued = n;
-        else if (strcmp(state, "running") == 0)
-            out->jobs_running = n;
-        else if (strcmp(state, "succeeded") == 0)
-            out->jobs_succeeded = n;
-        else if (strcmp(state, "failed") == 0)
-            out->jobs_failed = n;
-        else if (strcmp(state, "canceled") == 0)
-            out->jobs_canceled = n;
-    }
-    stmt_done(s);
-    if (step != SQLITE_DONE) {
-        rc = db_fail(c, step, "stats", err);
-        goto done;
-    }
-    s = conn_stmt(c, STMT_STATS_BLOBS, err);
-    if (!s || sqlite3_step(s) != SQLITE_ROW) {
-        rc = s ? db_fail(c, SQLITE_ERROR, "stats", err) : err->code;
-        stmt_done(s);
-        goto done;
-    }
-    out->blobs = sqlite3_column_int64(s, 0);
-    out->blob_bytes = sqlite3_column_int64(s, 1);
-    stmt_done(s);
-    s = conn_stmt(c, STMT_STATS_COUNTS, err);
-    if (!s || sqlite3_step(s) != SQLITE_ROW) {
-        rc = s ? db_fail(c, SQLITE_ERROR, "stats", err) : err->code;
-        stmt_done(s);
-        goto done;
-    }
-    out->studies = sqlite3_column_int64(s, 0);
-    out->candidates = sqlite3_column_int64(s, 1);
-    stmt_done(s);
-done:
-    conn_put(st, c);
-    return rc;
+    return st->ops->stats(st->impl, out, err);
 }
 
-int store_jobs_queued(struct store *st, int64_t *n, struct tpv_err *err)
+/* ---- blobs: files in the blob store, rows in the backend ---- */
+
+bool store_digest_valid(const char *digest)
 {
-    struct store_conn *c = conn_get(st);
-    int rc = TPV_OK;
-    sqlite3_stmt *s = conn_stmt(c, STMT_JOBS_QUEUED, err);
-    if (!s)
-        rc = err->code;
-    else if (sqlite3_step(s) == SQLITE_ROW)
-        *n = sqlite3_column_int64(s, 0);
-    else
-        rc = db_fail(c, SQLITE_ERROR, "count queued jobs", err);
-    stmt_done(s);
-    conn_put(st, c);
-    return rc;
+    return blob_digest_valid(digest);
+}
+
+int store_blob_writer_open(struct store *st, const char *expect, uint64_t max_size,
+                           struct store_blob_writer **out, struct tpv_err *err)
+{
+    *out = NULL;
+    struct store_blob_writer *sw = calloc(1, sizeof *sw);
+    if (!sw)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    sw->st = st;
+    int rc = blob_writer_open(st->blobs, expect, max_size, &sw->w, err);
+    if (rc != TPV_OK) {
+        free(sw);
+        return rc;
+    }
+    *out = sw;
+    return TPV_OK;
+}
+
+int store_blob_writer_write(struct store_blob_writer *w, const void *data, size_t len,
+                            struct tpv_err *err)
+{
+    return blob_writer_write(w->w, data, len, err);
+}
+
+int store_blob_writer_commit(struct store_blob_writer *w, char digest[STORE_DIGEST_MAX],
+                             uint64_t *size, bool *existed, struct tpv_err *err)
+{
+    int rc = blob_writer_commit(w->w, digest, size, existed, err);
+    if (rc != TPV_OK)
+        return rc;
+    /* The file is the truth; the row is an index for metrics and GC (a re-upload restarts the
+     * grace), so a failure to record it does not fail the upload. */
+    char now[STORE_TIME_MAX];
+    struct tpv_err ignored;
+    store_now_rfc3339(now);
+    (void)w->st->ops->blob_record(w->st->impl, digest, *size, now, &ignored);
+    return TPV_OK;
+}
+
+uint64_t store_blob_writer_size(const struct store_blob_writer *w)
+{
+    return blob_writer_size(w->w);
+}
+
+void store_blob_writer_free(struct store_blob_writer *w)
+{
+    if (!w)
+        return;
+    blob_writer_free(w->w);
+    free(w);
+}
+
+int store_blob_stat(struct store *st, const char *digest, uint64_t *size, struct tpv_err *err)
+{
+    return blob_stat(st->blobs, digest, size, err);
+}
+
+int store_blob_path(struct store *st, const char *digest, char *buf, size_t cap,
+                    struct tpv_err *err)
+{
+    return blob_path(st->blobs, digest, buf, cap, err);
+}
+
+int store_blob_delete(struct store *st, const char *digest, struct tpv_err *err)
+{
+    int rc = blob_stat(st->blobs, digest, NULL, err);
+    return rc != TPV_OK ? rc : st->ops->blob_delete(st->impl, digest, blob_unlink, st->blobs, err);
+}
+
+int store_blob_gc(struct store *st, double grace_s, int limit, int *removed,
+                  struct tpv_err *err)
+{
+    char cutoff[STORE_TIME_MAX];
+    *removed = 0;
+    if (limit <= 0)
+        return TPV_OK;
+    rfc3339_at(store_clock_now() - grace_s, cutoff);
+    return st->ops->blob_gc(st->impl, cutoff, limit, blob_unlink, st->blobs, removed, err);
+}
+
+int store_blob_temp_count(struct store *st)
+{
+    return blob_temp_count(st->blobs);
 }

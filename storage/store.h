@@ -22,14 +22,24 @@ struct store;
 
 
 
-/* Opens (creating if needed) the data directory `data_dir`, its database `tpvd.db` (WAL, foreign
- * keys, busy timeout, synchronous) and its blob store `blobs/`, takes an exclusive lock on the
- * folder (one daemon per data dir), removes stale upload temporaries and migrates the schema.
- * `opts` may be NULL for the defaults.  On success *out owns the handle (free with store_close).
- * Errors: TPV_EIO, TPV_EINTERNAL, TPV_EPRECONDITION (newer schema, folder in use). */
+/* Opens the database of a --database URL: "sqlite:PATH" (the database file, created if needed:
+ * WAL, foreign keys, busy timeout, synchronous; an exclusive lock on its folder, one daemon per
+ * database) or "postgresql://..." (TPV_EUNIMPLEMENTED, field "database", until that backend is
+ * built in), and the blob store at opts->blob_dir (default: "blobs" beside a SQLite file),
+ * whose stale upload temporaries go; migrates the schema.  `opts` may be NULL for the defaults.
+ * On success *out owns the handle (free with store_close).  Errors: TPV_EINVAL (field
+ * "database" or "blob_dir"), TPV_EIO, TPV_EINTERNAL, TPV_EPRECONDITION (newer schema, folder in
+ * use). */
+int store_open_url(struct store **out, const char *url, const struct store_options *opts,
+                   struct tpv_err *err);
+
+/* store_open_url("sqlite:<data_dir>/tpvd.db") with the blob store in <data_dir>/blobs. */
 int store_open(struct store **out, const char *data_dir, struct tpv_err *err);
 int store_open_with(struct store **out, const char *data_dir, const struct store_options *opts,
                     struct tpv_err *err);
+
+/* "sqlite" or "postgresql" (logs, /metrics). */
+const char *store_backend_name(const struct store *st);
 
 /* Closes every connection and releases the lock; NULL is a no-op. */
 void store_close(struct store *st);
@@ -43,11 +53,16 @@ int store_schema_version(struct store *st);
 /* Fresh opaque id "<prefix>_<16 hex>" from the kernel's random source. */
 void store_id_new(char out[STORE_ID_MAX], const char *prefix);
 
+/* Seconds since the epoch, sub-second (the clock of leases and outbox times). */
+double store_clock_now(void);
+
 /* The current time, RFC 3339 UTC with milliseconds. */
 void store_now_rfc3339(char out[STORE_TIME_MAX]);
 
 /* Notifications, called after the transaction that caused them committed (from the writing
- * thread; keep them short).  `study_changed` gets the study whose version was bumped;
+ * thread; keep them short).  `study_changed` gets the study whose version was bumped, or
+ * version 0 when one of its jobs changed state without a bump (a JBR job ended: no candidate
+ * or ranking moved, but a GET /v1/jobs/{jid}?wait held on that study must wake);
  * `job_queued` fires when a job became claimable.  Set before serving; not thread-safe. */
 struct store_hooks {
     void (*study_changed)(void *ctx, const char *study_id, int64_t version);
@@ -286,7 +301,7 @@ int store_stats(struct store *st, struct store_stats *out, struct tpv_err *err);
 /* Number of queued jobs (the queue depth). */
 int store_jobs_queued(struct store *st, int64_t *n, struct tpv_err *err);
 
-/* ---- content-addressed blob store (storage/blobs.c) ---- */
+/* ---- content-addressed blob store: files in storage/blobs.h's store, rows in the backend ---- */
 
 /* True for "sha256:" followed by 64 lowercase hex digits. */
 bool store_digest_valid(const char *digest);

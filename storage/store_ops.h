@@ -17,7 +17,9 @@
  * the thread that noticed it; keep the calls short. */
 struct store_sink {
     void *ctx;
-    /* A study's version was bumped (by this node, or by another one, seen by notification). */
+    /* A study's version was bumped (by this node, or by another one, seen by notification), or
+     * version 0 when one of its jobs changed state without a bump (a JBR job ended): the holds
+     * on the study must wake either way. */
     void (*study_changed)(void *ctx, const char *study_id, int64_t version);
     /* A job became claimable. */
     void (*job_queued)(void *ctx);

@@ -203,6 +203,8 @@ static int pg_open_impl(void **impl, const char *target, const struct store_opti
         rc = pg_listener_start(&s->listener, target, &h, 0, 0, err);
     }
     if (rc != TPV_OK) {
+        if (err && !err->field[0]) /* what --database names */
+            snprintf(err->field, sizeof err->field, "database");
         pg_close_impl(s);
         return rc;
     }

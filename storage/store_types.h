@@ -27,6 +27,9 @@ struct store_options {
      * upload temporaries; the handle is for token functions and reads.  WAL makes the two
      * processes' transactions safe. */
     bool shared;
+    /* The blob folder (--blob-dir); NULL = "blobs" beside a SQLite database file.  A
+     * PostgreSQL database needs one (every node shares it). */
+    const char *blob_dir;
 };
 
 /* ---- idempotency ---- */

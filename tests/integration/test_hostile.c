@@ -103,51 +103,6 @@ static void upload(const void *bytes, size_t len, char digest[80])
     json_decref(j);
 }
 
-/* A safetensors file of float64 tensors (names, ranks, shapes, values). */
-struct st_tensor {
-    const char *name;
-    int rank;
-    uint64_t shape[3];
-    const double *v;
-};
-
-static unsigned char *make_safetensors(const struct st_tensor *t, int n, size_t *len)
-{
-    char hdr[4096];
-    size_t h = 0, off = 0;
-    h += (size_t)snprintf(hdr + h, sizeof hdr - h, "{");
-    for (int i = 0; i < n; i++) {
-        uint64_t numel = 1;
-        h += (size_t)snprintf(hdr + h, sizeof hdr - h, "%s\"%s\":{\"dtype\":\"F64\",\"shape\":[",
-                              i ? "," : "", t[i].name);
-        for (int r = 0; r < t[i].rank; r++) {
-            numel *= t[i].shape[r];
-            h += (size_t)snprintf(hdr + h, sizeof hdr - h, "%s%llu", r ? "," : "",
-                                  (unsigned long long)t[i].shape[r]);
-        }
-        h += (size_t)snprintf(hdr + h, sizeof hdr - h, "],\"data_offsets\":[%zu,%zu]}", off,
-                              off + numel * 8);
-        off += numel * 8;
-    }
-    h += (size_t)snprintf(hdr + h, sizeof hdr - h, "}");
-    while (h % 8)
-        hdr[h++] = ' ';
-    unsigned char *out = malloc(8 + h + off);
-    uint64_t hl = h;
-    memcpy(out, &hl, 8);
-    memcpy(out + 8, hdr, h);
-    size_t pos = 8 + h;
-    for (int i = 0; i < n; i++) {
-        uint64_t numel = 1;
-        for (int r = 0; r < t[i].rank; r++)
-            numel *= t[i].shape[r];
-        memcpy(out + pos, t[i].v, numel * 8);
-        pos += numel * 8;
-    }
-    *len = pos;
-    return out;
-}
-
 static int count_files(const char *path)
 {
     DIR *dir = opendir(path);
@@ -273,22 +228,22 @@ static void test_catalogue(void **state)
     free(b);
     const char *badst = "\x20\x00\x00\x00\x00\x00\x00\x00{\"a\":{\"dtype\":\"F64\",\"shape\":[2,";
     upload(badst, 8 + 26, dig_badst);
-    struct st_tensor good[3] = { { "l0.weight", 2, { 4, 3 }, w1 }, { "l0.bias", 1, { 4 }, b1 },
+    struct test_st_tensor good[3] = { { "l0.weight", 2, { 4, 3 }, w1 }, { "l0.bias", 1, { 4 }, b1 },
                                  { "l2.weight", 2, { 2, 4 }, w2 } };
-    b = make_safetensors(good, 3, &len);
+    b = test_safetensors_f64(good, 3, &len);
     upload(b, len, dig_w);
     free(b);
     double w1nan[12];
     memcpy(w1nan, w1, sizeof w1);
     w1nan[5] = NAN;
-    struct st_tensor nan[3] = { { "l0.weight", 2, { 4, 3 }, w1nan }, { "l0.bias", 1, { 4 }, b1 },
+    struct test_st_tensor nan[3] = { { "l0.weight", 2, { 4, 3 }, w1nan }, { "l0.bias", 1, { 4 }, b1 },
                                 { "l2.weight", 2, { 2, 4 }, w2 } };
-    b = make_safetensors(nan, 3, &len);
+    b = test_safetensors_f64(nan, 3, &len);
     upload(b, len, dig_w_nan);
     free(b);
-    struct st_tensor shape[3] = { { "l0.weight", 2, { 4, 3 }, w1 }, { "l0.bias", 1, { 4 }, b1 },
+    struct test_st_tensor shape[3] = { { "l0.weight", 2, { 4, 3 }, w1 }, { "l0.bias", 1, { 4 }, b1 },
                                   { "l2.weight", 2, { 2, 3 }, w2 } }; /* 2x3 after a 4-wide layer */
-    b = make_safetensors(shape, 3, &len);
+    b = test_safetensors_f64(shape, 3, &len);
     upload(b, len, dig_w_shape);
     free(b);
     const char *spec = "{\"format\":\"tpv.sequential/v1\",\"input_shape\":[3],\"layers\":["

@@ -322,6 +322,99 @@ static void test_job_wait(void **state)
     test_daemon_cleanup(&d);
 }
 
+/* A model candidate (a 3-4-2 ReLU MLP on 6 fit inputs) for JBR; its id and job id go to cid /
+ * jid.  The study's fit set is set first (input sets are frozen once candidates exist). */
+static void submit_mlp(const struct test_daemon *d, const char *sid, char cid[64], char jid[64])
+{
+    double w1[12], b1[4], w2[8], x[18];
+    for (int i = 0; i < 12; i++)
+        w1[i] = 0.3 * sin(1.0 + i);
+    for (int i = 0; i < 4; i++)
+        b1[i] = 0.1 * i;
+    for (int i = 0; i < 8; i++)
+        w2[i] = 0.5 * cos(2.0 + i);
+    for (int i = 0; i < 18; i++)
+        x[i] = sin(0.7 * i);
+    struct test_st_tensor t[3] = { { "l0.weight", 2, { 4, 3 }, w1 }, { "l0.bias", 1, { 4 }, b1 },
+                                   { "l2.weight", 2, { 2, 4 }, w2 } };
+    size_t len;
+    unsigned char *b = test_safetensors_f64(t, 3, &len);
+    assert_non_null(b);
+    char dw[80], dx[80], dspec[80], path[160], body[512];
+    upload(d, b, len, dw);
+    free(b);
+    uint64_t xs[2] = { 6, 3 };
+    b = test_npy_f64(xs, 2, x, &len);
+    assert_non_null(b);
+    upload(d, b, len, dx);
+    free(b);
+    const char *spec = "{\"format\":\"tpv.sequential/v1\",\"input_shape\":[3],\"layers\":["
+                       "{\"type\":\"linear\",\"weight\":\"l0.weight\",\"bias\":\"l0.bias\"},"
+                       "{\"type\":\"relu\"},{\"type\":\"linear\",\"weight\":\"l2.weight\"}]}";
+    upload(d, spec, strlen(spec), dspec);
+    struct http_result r;
+    snprintf(path, sizeof path, "/v1/studies/%s/inputs/fit", sid);
+    snprintf(body, sizeof body, "{\"blob\":\"%s\"}", dx);
+    assert_int_equal(http_json(d->base_url, "PUT", path, body, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    http_result_free(&r);
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    snprintf(body, sizeof body, "{\"name\":\"mlp\",\"model\":{\"spec\":\"%s\",\"weights\":\"%s\"}}",
+             dspec, dw);
+    assert_int_equal(http_json(d->base_url, "POST", path, body, NULL, &r), 0);
+    if (r.status != 202)
+        fail_msg("POST %s: %ld %s", path, r.status, r.body);
+    snprintf(cid, 64, "%s", http_json_str(&r, "candidate.id"));
+    snprintf(jid, 64, "%s", http_json_str(&r, "job.id"));
+    http_result_free(&r);
+}
+
+/* GET /v1/jobs/{jid}?wait=s on a JBR job: JBR jobs change no candidate or ranking (no version
+ * bump), yet their end must still wake the held request rather than leave it to time out. */
+static void test_jbr_job_wait(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result r;
+    char sid[64], cid[64], jid[64], jbr[64], path[256];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "jbr-wait", sid);
+    submit_mlp(&d, sid, cid, jid);
+    wait_job(&d, jid, &r);
+    assert_string_equal(http_json_str(&r, "state"), "succeeded");
+    http_result_free(&r);
+    json_int_t version = study_version(&d, sid);
+    /* Confidence 0.9 keeps none of these inputs (the job fails), 0 keeps them all. */
+    struct {
+        const char *body, *state;
+    } runs[] = { { "{}", "failed" }, { "{\"confidence\":0}", "succeeded" } };
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s/jbr", sid, cid);
+        assert_int_equal(http_json(d.base_url, "POST", path, runs[i].body, NULL, &r), 0);
+        if (r.status != 202)
+            fail_msg("POST %s: %ld %s", path, r.status, r.body);
+        snprintf(jbr, sizeof jbr, "%s", http_json_str(&r, "job.id"));
+        http_result_free(&r);
+        snprintf(path, sizeof path, "/v1/jobs/%s?wait=20", jbr);
+        double t0 = now_s();
+        assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+        double took = now_s() - t0;
+        assert_int_equal(r.status, 200);
+        if (strcmp(http_json_str(&r, "state"), runs[i].state) != 0)
+            fail_msg("JBR job, want %s: %s", runs[i].state, r.body);
+        if (strcmp(runs[i].state, "succeeded") == 0)
+            assert_non_null(json_object_get(json_object_get(r.json, "result"), "units"));
+        http_result_free(&r);
+        if (took >= 10)
+            fail_msg("the held GET was answered after %.1f s, not when the job ended", took);
+    }
+    /* ...and the ranking's version did not move (a JBR changes no ranking). */
+    assert_int_equal(study_version(&d, sid), version);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
 static long blob_status(const struct test_daemon *d, const char *method, const char *digest,
                         struct http_result *r)
 {
@@ -524,6 +617,7 @@ int main(void)
         cmocka_unit_test(test_study_delete),
         cmocka_unit_test(test_candidate_retry),
         cmocka_unit_test(test_job_wait),
+        cmocka_unit_test(test_jbr_job_wait),
         cmocka_unit_test(test_blob_delete_and_gc),
         cmocka_unit_test(test_ranking_csv),
     };

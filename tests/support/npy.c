@@ -35,3 +35,46 @@ unsigned char *test_npy_f64(const uint64_t *shape, int rank, const double *data,
     memcpy(buf + padded, data, count * sizeof(double)); /* x86-64 and arm64: little-endian */
     return buf;
 }
+
+unsigned char *test_safetensors_f64(const struct test_st_tensor *t, int n, size_t *len)
+{
+    char hdr[4096];
+    size_t h = 0, off = 0;
+    h += (size_t)snprintf(hdr + h, sizeof hdr - h, "{");
+    for (int i = 0; i < n && h < sizeof hdr; i++) {
+        uint64_t numel = 1;
+        h += (size_t)snprintf(hdr + h, sizeof hdr - h, "%s\"%s\":{\"dtype\":\"F64\",\"shape\":[",
+                              i ? "," : "", t[i].name);
+        for (int r = 0; r < t[i].rank && h < sizeof hdr; r++) {
+            numel *= t[i].shape[r];
+            h += (size_t)snprintf(hdr + h, sizeof hdr - h, "%s%llu", r ? "," : "",
+                                  (unsigned long long)t[i].shape[r]);
+        }
+        if (h < sizeof hdr)
+            h += (size_t)snprintf(hdr + h, sizeof hdr - h, "],\"data_offsets\":[%zu,%zu]}", off,
+                                  off + numel * 8);
+        off += numel * 8;
+    }
+    if (h < sizeof hdr)
+        h += (size_t)snprintf(hdr + h, sizeof hdr - h, "}");
+    while (h < sizeof hdr && h % 8)
+        hdr[h++] = ' ';
+    if (h >= sizeof hdr)
+        return NULL;
+    unsigned char *out = malloc(8 + h + off);
+    if (!out)
+        return NULL;
+    uint64_t hl = h;
+    memcpy(out, &hl, 8);
+    memcpy(out + 8, hdr, h);
+    size_t pos = 8 + h;
+    for (int i = 0; i < n; i++) {
+        uint64_t numel = 1;
+        for (int r = 0; r < t[i].rank; r++)
+            numel *= t[i].shape[r];
+        memcpy(out + pos, t[i].v, numel * 8);
+        pos += numel * 8;
+    }
+    *len = pos;
+    return out;
+}

@@ -93,11 +93,64 @@ static void test_open_refuses_empty_and_damaged(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* --database URLs: sqlite:PATH with a separate --blob-dir puts the database and the blobs where
+ * they were asked to be; a postgresql URL with no server behind it is TPV_EUNAVAILABLE;
+ * anything else names the field. */
+static void test_open_url(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/tpvd-store-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char url[200], blobs[160], db[160], path[300];
+    snprintf(url, sizeof url, "sqlite:%s/db/main.db", dir);
+    snprintf(db, sizeof db, "%s/db/main.db", dir);
+    snprintf(blobs, sizeof blobs, "%s/shared-blobs", dir);
+    struct store_options o = { .blob_dir = blobs };
+    struct store *st = NULL;
+    struct tpv_err err;
+    assert_int_equal(store_open_url(&st, url, &o, &err), TPV_OK);
+    assert_string_equal(store_backend_name(st), "sqlite");
+    struct store_blob_writer *w = NULL;
+    char digest[STORE_DIGEST_MAX];
+    uint64_t size = 0;
+    bool existed = true;
+    assert_int_equal(store_blob_writer_open(st, NULL, 100, &w, &err), TPV_OK);
+    assert_int_equal(store_blob_writer_write(w, "abc", 3, &err), TPV_OK);
+    assert_int_equal(store_blob_writer_commit(w, digest, &size, &existed, &err), TPV_OK);
+    store_blob_writer_free(w);
+    assert_false(existed);
+    assert_int_equal(store_blob_path(st, digest, path, sizeof path, &err), TPV_OK);
+    assert_int_equal(strncmp(path, blobs, strlen(blobs)), 0);
+    struct store_stats stats;
+    assert_int_equal(store_stats(st, &stats, &err), TPV_OK);
+    assert_int_equal(stats.blobs, 1); /* the row was recorded by the backend */
+    store_close(st);
+    struct stat sb;
+    assert_int_equal(stat(db, &sb), 0);
+    assert_int_equal(stat(path, &sb), 0);
+
+    tpv_err_clear(&err);
+    assert_int_equal(store_open_url(&st, "postgresql://localhost:1/tpvd", &o, &err),
+                     TPV_EUNAVAILABLE);
+    assert_null(st);
+    assert_string_equal(err.field, "database");
+    tpv_err_clear(&err);
+    assert_int_equal(store_open_url(&st, "mysql://x", NULL, &err), TPV_EINVAL);
+    assert_string_equal(err.field, "database");
+    tpv_err_clear(&err);
+    assert_int_equal(store_open_url(&st, "sqlite:", NULL, &err), TPV_EINVAL);
+
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_migrates_and_reopens),
         cmocka_unit_test(test_open_refuses_empty_and_damaged),
+        cmocka_unit_test(test_open_url),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,7 @@
-/* studies.c: studies, input sets, candidates and ranking rows of the SQLite backend (see store.h).
+/* store_sqlite_studies.c: studies, input sets, candidates and ranking rows of the SQLite backend (see store.h).
  * Read views are built in the API shapes of DESIGN.md section 5 with a constant number of
  * queries per call. */
-#include "storage/store_int.h"
+#include "storage/sqlite_int.h"
 
 #include <limits.h>
 #include <math.h>
@@ -124,7 +124,7 @@ static bool grow(void *items, size_t *cap, size_t n, size_t size)
     return true;
 }
 
-int store_study_create(struct store *st, const struct store_study_new *in,
+int sq_study_create(struct sq_store *st, const struct store_study_new *in,
                        const struct store_idem *idem, const struct store_reply *reply,
                        struct tpv_err *err)
 {
@@ -159,7 +159,7 @@ out:
     return rc;
 }
 
-int store_study_get(struct store *st, const char *id, struct store_study *out,
+int sq_study_get(struct sq_store *st, const char *id, struct store_study *out,
                     struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);
@@ -184,48 +184,9 @@ int store_study_get(struct store *st, const char *id, struct store_study *out,
     return rc;
 }
 
-static struct version_slot *version_slot_of(struct store *st, const char *id)
+/* One indexed read; the dispatcher (store.c) caches the answer between commits. */
+int sq_study_version(struct sq_store *st, const char *id, int64_t *version, struct tpv_err *err)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (const char *p = id; *p; p++)
-        h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    return &st->versions[h % VERSION_CACHE_SLOTS];
-}
-
-/* A version read under commit generation `gen` stays valid until the generation moves. */
-static bool version_cached(struct store *st, const char *id, uint64_t gen, int64_t *version)
-{
-    bool hit = false;
-    pthread_mutex_lock(&st->version_lock);
-    struct version_slot *v = version_slot_of(st, id);
-    if (v->gen == gen && strcmp(v->id, id) == 0) {
-        *version = v->version;
-        hit = true;
-    }
-    pthread_mutex_unlock(&st->version_lock);
-    return hit;
-}
-
-static void version_remember(struct store *st, const char *id, uint64_t gen, int64_t version)
-{
-    if (strlen(id) >= STORE_ID_MAX)
-        return;
-    pthread_mutex_lock(&st->version_lock);
-    struct version_slot *v = version_slot_of(st, id);
-    snprintf(v->id, sizeof v->id, "%s", id);
-    v->version = version;
-    v->gen = gen;
-    pthread_mutex_unlock(&st->version_lock);
-}
-
-/* Polls read this on every request: served from memory while no commit happened since it was
- * read.  The generation is taken before the read, so a commit racing the read only makes the
- * entry stale (never a stale version under a current generation). */
-int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err)
-{
-    uint64_t gen = atomic_load(&st->commit_gen) + 1; /* +1: a zeroed slot never matches */
-    if (st->cache_versions && version_cached(st, id, gen, version))
-        return TPV_OK;
     struct store_conn *c = conn_get(st);
     int rc;
     sqlite3_stmt *s = conn_stmt(c, STMT_STUDY_VERSION, err);
@@ -237,8 +198,6 @@ int store_study_version(struct store *st, const char *id, int64_t *version, stru
         if (step == SQLITE_ROW) {
             *version = sqlite3_column_int64(s, 0);
             rc = TPV_OK;
-            if (st->cache_versions)
-                version_remember(st, id, gen, *version);
         } else if (step == SQLITE_DONE) {
             rc = tpv_err_set(err, TPV_ENOTFOUND, "study_id", "study %s not found", id);
         } else {
@@ -259,7 +218,7 @@ void store_study_info_free(struct store_study_info *info)
     memset(info, 0, sizeof *info);
 }
 
-int store_study_info(struct store *st, const char *id, struct store_study_info *out,
+int sq_study_info(struct sq_store *st, const char *id, struct store_study_info *out,
                      struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);
@@ -294,7 +253,7 @@ int store_study_info(struct store *st, const char *id, struct store_study_info *
     return rc;
 }
 
-int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t max_bytes,
+int sq_study_list(struct sq_store *st, int64_t after_seq, int limit, uint64_t max_bytes,
                      struct store_study_page *page, struct tpv_err *err)
 {
     memset(page, 0, sizeof *page);
@@ -360,7 +319,7 @@ static int input_state(struct store_conn *c, const char *study_id, const char *s
     return step == SQLITE_ROW ? TPV_OK : db_fail(c, step, "count candidates", err);
 }
 
-int store_input_set(struct store *st, const char *study_id, const char *split, const char *digest,
+int sq_input_set(struct sq_store *st, const char *study_id, const char *split, const char *digest,
                     int64_t n, struct tpv_err *err)
 {
     char now[STORE_TIME_MAX], current[STORE_DIGEST_MAX];
@@ -444,7 +403,7 @@ static int job_insert(struct store_conn *c, const char *id, const char *kind, co
     return stmt_exec(c, s, err);
 }
 
-int store_candidate_create(struct store *st, const struct store_candidate_new *in,
+int sq_candidate_create(struct sq_store *st, const struct store_candidate_new *in,
                            int64_t max_queued, const struct store_idem *idem,
                            const struct store_reply *reply, struct tpv_err *err)
 {
@@ -570,7 +529,7 @@ static bool candidate_from_row(sqlite3_stmt *s, struct store_candidate *o)
     return false;
 }
 
-int store_candidate_get(struct store *st, const char *study_id, const char *id,
+int sq_candidate_get(struct sq_store *st, const char *study_id, const char *id,
                         struct store_candidate *out, struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);
@@ -617,7 +576,7 @@ out:
     return rc;
 }
 
-int store_candidate_source(struct store *st, const char *study_id, const char *id, char **source,
+int sq_candidate_source(struct sq_store *st, const char *study_id, const char *id, char **source,
                            char kind[16], struct tpv_err *err)
 {
     *source = NULL;
@@ -703,7 +662,7 @@ out:
     return rc;
 }
 
-int store_candidate_list(struct store *st, const char *study_id, int64_t after_seq, int limit,
+int sq_candidate_list(struct sq_store *st, const char *study_id, int64_t after_seq, int limit,
                          uint64_t max_bytes, struct store_candidate_page *page,
                          struct tpv_err *err)
 {
@@ -766,7 +725,7 @@ out:
     return rc;
 }
 
-int store_jbr_create(struct store *st, const char *study_id, const char *candidate_id,
+int sq_jbr_create(struct sq_store *st, const char *study_id, const char *candidate_id,
                      const char *job_id, const char *params, int64_t max_queued,
                      struct tpv_err *err)
 {
@@ -852,7 +811,7 @@ static int deleted_event(struct store_conn *c, const char *event, const char *st
     return outbox_put(c, &ev, err);
 }
 
-int store_candidate_delete(struct store *st, const char *study_id, const char *id,
+int sq_candidate_delete(struct sq_store *st, const char *study_id, const char *id,
                            struct tpv_err *err)
 {
     char state[16] = "", now[STORE_TIME_MAX];
@@ -901,7 +860,7 @@ static int study_version_conn(struct store_conn *c, const char *id, int64_t *ver
     return rc;
 }
 
-int store_study_delete(struct store *st, const char *id, struct tpv_err *err)
+int sq_study_delete(struct sq_store *st, const char *id, struct tpv_err *err)
 {
     char now[STORE_TIME_MAX];
     int64_t version = 0;
@@ -930,7 +889,7 @@ int store_study_delete(struct store *st, const char *id, struct tpv_err *err)
     return rc;
 }
 
-int store_candidate_retry(struct store *st, const char *study_id, const char *id,
+int sq_candidate_retry(struct sq_store *st, const char *study_id, const char *id,
                           const char *job_id, int64_t max_queued, struct tpv_err *err)
 {
     char state[16] = "", now[STORE_TIME_MAX];
@@ -977,7 +936,7 @@ void store_rank_rows_free(struct store_rank_row *rows, size_t n)
     free(rows);
 }
 
-int store_rank_rows(struct store *st, const char *study_id, const char *noise, const char *split,
+int sq_rank_rows(struct sq_store *st, const char *study_id, const char *noise, const char *split,
                     struct store_rank_row **rows, size_t *nrows, struct tpv_err *err)
 {
     *rows = NULL;

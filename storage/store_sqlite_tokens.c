@@ -1,7 +1,7 @@
-/* tokens.c: API bearer tokens of the SQLite backend (see store.h): create, find by hash (the
+/* store_sqlite_tokens.c: API bearer tokens of the SQLite backend (see store.h): create, find by hash (the
  * tokens.hash column is UNIQUE, hence indexed: one read per lookup), list, revoke, count.
  * Secrets never reach storage: callers hand in the hex SHA-256 (api/auth.c). */
-#include "storage/store_int.h"
+#include "storage/sqlite_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +25,7 @@ static bool hash_valid(const char *hex)
     return hex && strlen(hex) == 64 && strspn(hex, "0123456789abcdef") == 64;
 }
 
-int store_token_create(struct store *st, const char *name, const char *role, const char *hash_hex,
+int sq_token_create(struct sq_store *st, const char *name, const char *role, const char *hash_hex,
                        struct tpv_err *err)
 {
     if (!store_token_name_valid(name))
@@ -80,7 +80,7 @@ out:
     return rc;
 }
 
-int store_token_find(struct store *st, const char *hash_hex, struct store_token *out,
+int sq_token_find(struct sq_store *st, const char *hash_hex, struct store_token *out,
                      struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);
@@ -111,7 +111,7 @@ int store_token_find(struct store *st, const char *hash_hex, struct store_token 
     return rc;
 }
 
-int store_token_list(struct store *st, struct store_token_row **rows, size_t *n,
+int sq_token_list(struct sq_store *st, struct store_token_row **rows, size_t *n,
                      struct tpv_err *err)
 {
     *rows = NULL;
@@ -156,7 +156,7 @@ out:
     return rc;
 }
 
-int store_token_revoke(struct store *st, const char *name, struct tpv_err *err)
+int sq_token_revoke(struct sq_store *st, const char *name, struct tpv_err *err)
 {
     char now[STORE_TIME_MAX];
     store_now_rfc3339(now);
@@ -200,7 +200,7 @@ out:
     return rc;
 }
 
-int store_token_count(struct store *st, int64_t *n, struct tpv_err *err)
+int sq_token_count(struct sq_store *st, int64_t *n, struct tpv_err *err)
 {
     struct store_conn *c = conn_get(st);
     int rc = TPV_OK;

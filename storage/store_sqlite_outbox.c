@@ -1,7 +1,7 @@
-/* outbox.c: the webhook outbox of the SQLite backend (see store.h): pending events with their
+/* store_sqlite_outbox.c: the webhook outbox of the SQLite backend (see store.h): pending events with their
  * study's URL and secret, and the outcome of each delivery attempt.  Rows are written by the job
  * transitions in queue.c; server/webhook.c delivers them. */
-#include "storage/store_int.h"
+#include "storage/sqlite_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +20,7 @@ void store_outbox_items_free(struct store_outbox_item *items, size_t n)
     free(items);
 }
 
-int store_outbox_due(struct store *st, double now, int limit, struct store_outbox_item **items,
+int sq_outbox_due(struct sq_store *st, double now, int limit, struct store_outbox_item **items,
                      size_t *n, struct tpv_err *err)
 {
     *items = NULL;
@@ -72,7 +72,7 @@ out:
     return TPV_OK;
 }
 
-int store_outbox_next_due(struct store *st, double *at, struct tpv_err *err)
+int sq_outbox_next_due(struct sq_store *st, double *at, struct tpv_err *err)
 {
     struct store_conn *c = conn_get(st);
     int rc;
@@ -96,7 +96,7 @@ int store_outbox_next_due(struct store *st, double *at, struct tpv_err *err)
 }
 
 /* One UPDATE of a row by seq: `id` with ?2 text or double and ?3 error text. */
-static int outbox_update(struct store *st, enum store_stmt id, int64_t seq, double next_at,
+static int outbox_update(struct sq_store *st, enum store_stmt id, int64_t seq, double next_at,
                          const char *error, struct tpv_err *err)
 {
     char now[STORE_TIME_MAX];
@@ -121,23 +121,23 @@ static int outbox_update(struct store *st, enum store_stmt id, int64_t seq, doub
     return rc;
 }
 
-int store_outbox_delivered(struct store *st, int64_t seq, struct tpv_err *err)
+int sq_outbox_delivered(struct sq_store *st, int64_t seq, struct tpv_err *err)
 {
     return outbox_update(st, STMT_OUTBOX_DONE, seq, 0, NULL, err);
 }
 
-int store_outbox_retry(struct store *st, int64_t seq, double next_at, const char *error,
+int sq_outbox_retry(struct sq_store *st, int64_t seq, double next_at, const char *error,
                        struct tpv_err *err)
 {
     return outbox_update(st, STMT_OUTBOX_RETRY, seq, next_at, error, err);
 }
 
-int store_outbox_fail(struct store *st, int64_t seq, const char *error, struct tpv_err *err)
+int sq_outbox_fail(struct sq_store *st, int64_t seq, const char *error, struct tpv_err *err)
 {
     return outbox_update(st, STMT_OUTBOX_FAIL, seq, 0, error, err);
 }
 
-int store_outbox_stats(struct store *st, int64_t *pending, int64_t *delivered, int64_t *failed,
+int sq_outbox_stats(struct sq_store *st, int64_t *pending, int64_t *delivered, int64_t *failed,
                        struct tpv_err *err)
 {
     struct store_conn *c = conn_get(st);

@@ -1,5 +1,4 @@
-/* store_int.h: internals shared by the SQLite backend's files (store.c, studies.c, queue.c,
- * blobs.c): the connection pool, the prepared statement table and small binding helpers.
+/* sqlite_int.h: internals shared by the SQLite backend's files (store_sqlite*.c): the connection pool, the prepared statement table and small binding helpers.
  * Never included outside storage/. */
 #ifndef TPV_STORE_INT_H
 #define TPV_STORE_INT_H
@@ -11,6 +10,7 @@
 #include <sqlite3.h>
 
 #include "storage/store.h"
+#include "storage/store_ops.h"
 
 /* Every statement the backend runs, prepared once per connection on first use.
  *        id                     SQL */
@@ -192,29 +192,15 @@ enum store_stmt {
 };
 
 struct store_conn {
-    struct store *st; /* the handle this connection belongs to */
+    struct sq_store *st; /* the handle this connection belongs to */
     sqlite3 *db;
     sqlite3_stmt *stmts[STMT_COUNT];
 };
 
-/* Study versions as last read, valid while no write has been committed since (see
- * store_study_version): the ranking polls of dashboards read them on every request. */
-#define VERSION_CACHE_SLOTS 1024
-struct version_slot {
-    char id[STORE_ID_MAX];
-    int64_t version;
-    uint64_t gen; /* commit generation the version was read under */
-};
-
-struct store {
-    char *data_dir;
-    /* Commits seen by this process (WAL hook, after the commit is visible).  Only an exclusive
-     * (non-shared) store caches versions: no other process writes its studies. */
-    _Atomic uint64_t commit_gen;
-    bool cache_versions;
-    pthread_mutex_t version_lock;
-    struct version_slot *versions;
-    char *blob_dir; /* <data>/blobs */
+/* The SQLite backend's handle (the `impl` of store_sqlite_ops). */
+struct sq_store {
+    char *data_dir; /* the database file's folder: the lock lives there */
+    bool shared;    /* opened beside a running daemon: no lock, versions not cacheable */
     struct store_conn *conns;
     int nconns;
     int *free_list; /* indices of idle connections */
@@ -222,13 +208,12 @@ struct store {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int lock_fd;
-    struct store_hooks hooks;
-    store_event_render_fn render_event; /* outbox payloads (store_set_event_renderer) */
+    struct store_sink sink; /* hooks, commits and the event renderer of the dispatcher */
 };
 
 /* Takes an idle connection, waiting for one if all are busy; give it back with conn_put. */
-struct store_conn *conn_get(struct store *st);
-void conn_put(struct store *st, struct store_conn *c);
+struct store_conn *conn_get(struct sq_store *st);
+void conn_put(struct sq_store *st, struct store_conn *c);
 
 /* The prepared statement `id` of connection c, reset and ready to bind; NULL with err set when
  * it cannot be prepared.  Call stmt_done after use. */
@@ -260,10 +245,9 @@ bool col_strdup_or_null(sqlite3_stmt *s, int i, char **out);
 int study_bump(struct store_conn *c, const char *study_id, int64_t *version, struct tpv_err *err);
 
 /* Fires the study_changed hook (after commit). */
-void notify_study(struct store *st, const char *study_id, int64_t version);
-void notify_job(struct store *st);
+void notify_study(struct sq_store *st, const char *study_id, int64_t version);
+void notify_job(struct sq_store *st);
 
-double store_clock_now(void); /* seconds since the epoch, sub-second */
 
 /* Idempotency rows on connection c (inside the caller's transaction when there is one). */
 int idem_lookup_conn(struct store_conn *c, const struct store_idem *idem, struct store_replay *out,
@@ -276,7 +260,90 @@ int idem_store_conn(struct store_conn *c, const struct store_idem *idem,
 int study_has_hook(struct store_conn *c, const char *study_id, bool *has, struct tpv_err *err);
 int outbox_put(struct store_conn *c, const struct store_event *ev, struct tpv_err *err);
 
-/* Blob store set-up at open: creates folders and removes stale temporaries. */
-int blobs_init(struct store *st, struct tpv_err *err);
+
+/* The operations (store_sqlite.c puts them in store_sqlite_ops; contracts in store.h). */
+int sq_open_with(struct sq_store **out, const char *path, const struct store_options *opts,
+                 const struct store_sink *sink, struct tpv_err *err);
+void sq_close(struct sq_store *st);
+int sq_ping(struct sq_store *st, struct tpv_err *err);
+int sq_schema_version(struct sq_store *st);
+int sq_idempotency_expire(struct sq_store *st, const char *cutoff, int *removed,
+                          struct tpv_err *err);
+int sq_idem_lookup(struct sq_store *st, const struct store_idem *idem, struct store_replay *out,
+                      struct tpv_err *err);
+int sq_stats(struct sq_store *st, struct store_stats *out, struct tpv_err *err);
+int sq_jobs_queued(struct sq_store *st, int64_t *n, struct tpv_err *err);
+int sq_blob_record(struct sq_store *st, const char *digest, uint64_t size, const char *now,
+                   struct tpv_err *err);
+int sq_blob_delete(struct sq_store *st, const char *digest, store_blob_remove_fn rm, void *ctx,
+                   struct tpv_err *err);
+int sq_blob_gc(struct sq_store *st, const char *cutoff, int limit, store_blob_remove_fn rm,
+               void *ctx, int *removed, struct tpv_err *err);
+int sq_outbox_due(struct sq_store *st, double now, int limit, struct store_outbox_item **items,
+                     size_t *n, struct tpv_err *err);
+int sq_outbox_next_due(struct sq_store *st, double *at, struct tpv_err *err);
+int sq_outbox_delivered(struct sq_store *st, int64_t seq, struct tpv_err *err);
+int sq_outbox_retry(struct sq_store *st, int64_t seq, double next_at, const char *error,
+                       struct tpv_err *err);
+int sq_outbox_fail(struct sq_store *st, int64_t seq, const char *error, struct tpv_err *err);
+int sq_outbox_stats(struct sq_store *st, int64_t *pending, int64_t *delivered, int64_t *failed,
+                       struct tpv_err *err);
+int sq_job_get(struct sq_store *st, const char *id, struct store_job *out, struct tpv_err *err);
+int sq_job_cancel(struct sq_store *st, const char *id, struct store_job *out,
+                     struct tpv_err *err);
+int sq_job_claim(struct sq_store *st, const char *owner, double lease_s, struct store_claim *out,
+                    struct tpv_err *err);
+int sq_job_progress(struct sq_store *st, const char *id, const char *owner, double progress,
+                    double lease_expires, bool *cancel, struct tpv_err *err);
+int sq_job_succeed(struct sq_store *st, const char *id, const char *owner,
+                      const struct store_score *scores, size_t nscores, const char *stability,
+                      const char *result, struct tpv_err *err);
+int sq_job_finish(struct sq_store *st, const char *id, const char *owner, const char *state,
+                     const char *code, const char *message, struct tpv_err *err);
+int sq_job_release(struct sq_store *st, const char *id, const char *owner, struct tpv_err *err);
+int sq_jobs_recover(struct sq_store *st, int max_attempts, int *requeued, int *failed,
+                       struct tpv_err *err);
+int sq_jobs_requeue_expired(struct sq_store *st, int max_attempts, double now, int *requeued,
+                               int *failed, struct tpv_err *err);
+int sq_study_create(struct sq_store *st, const struct store_study_new *in,
+                       const struct store_idem *idem, const struct store_reply *reply,
+                       struct tpv_err *err);
+int sq_study_get(struct sq_store *st, const char *id, struct store_study *out,
+                    struct tpv_err *err);
+int sq_study_version(struct sq_store *st, const char *id, int64_t *version, struct tpv_err *err);
+int sq_study_info(struct sq_store *st, const char *id, struct store_study_info *out,
+                     struct tpv_err *err);
+int sq_study_list(struct sq_store *st, int64_t after_seq, int limit, uint64_t max_bytes,
+                     struct store_study_page *page, struct tpv_err *err);
+int sq_input_set(struct sq_store *st, const char *study_id, const char *split, const char *digest,
+                    int64_t n, struct tpv_err *err);
+int sq_candidate_create(struct sq_store *st, const struct store_candidate_new *in,
+                           int64_t max_queued, const struct store_idem *idem,
+                           const struct store_reply *reply, struct tpv_err *err);
+int sq_candidate_get(struct sq_store *st, const char *study_id, const char *id,
+                        struct store_candidate *out, struct tpv_err *err);
+int sq_candidate_source(struct sq_store *st, const char *study_id, const char *id, char **source,
+                           char kind[16], struct tpv_err *err);
+int sq_candidate_list(struct sq_store *st, const char *study_id, int64_t after_seq, int limit,
+                         uint64_t max_bytes, struct store_candidate_page *page,
+                         struct tpv_err *err);
+int sq_jbr_create(struct sq_store *st, const char *study_id, const char *candidate_id,
+                     const char *job_id, const char *params, int64_t max_queued,
+                     struct tpv_err *err);
+int sq_candidate_delete(struct sq_store *st, const char *study_id, const char *id,
+                           struct tpv_err *err);
+int sq_study_delete(struct sq_store *st, const char *id, struct tpv_err *err);
+int sq_candidate_retry(struct sq_store *st, const char *study_id, const char *id,
+                          const char *job_id, int64_t max_queued, struct tpv_err *err);
+int sq_rank_rows(struct sq_store *st, const char *study_id, const char *noise, const char *split,
+                    struct store_rank_row **rows, size_t *nrows, struct tpv_err *err);
+int sq_token_create(struct sq_store *st, const char *name, const char *role, const char *hash_hex,
+                       struct tpv_err *err);
+int sq_token_find(struct sq_store *st, const char *hash_hex, struct store_token *out,
+                     struct tpv_err *err);
+int sq_token_list(struct sq_store *st, struct store_token_row **rows, size_t *n,
+                     struct tpv_err *err);
+int sq_token_revoke(struct sq_store *st, const char *name, struct tpv_err *err);
+int sq_token_count(struct sq_store *st, int64_t *n, struct tpv_err *err);
 
 #endif

@@ -1,8 +1,8 @@
-/* queue.c: the durable job queue of the SQLite backend (see store.h): claims with leases inside
+/* store_sqlite_queue.c: the durable job queue of the SQLite backend (see store.h): claims with leases inside
  * BEGIN IMMEDIATE transactions (SQLite has one writer at a time, so two claims never return the
  * same job), progress and lease renewal, terminal transitions that write scores and bump the study
  * version in one transaction, and crash recovery. */
-#include "storage/store_int.h"
+#include "storage/sqlite_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,7 +60,7 @@ static int job_get_conn(struct store_conn *c, const char *id, struct store_job *
     return rc;
 }
 
-int store_job_get(struct store *st, const char *id, struct store_job *out, struct tpv_err *err)
+int sq_job_get(struct sq_store *st, const char *id, struct store_job *out, struct tpv_err *err)
 {
     struct store_conn *c = conn_get(st);
     int rc = job_get_conn(c, id, out, NULL, err);
@@ -176,12 +176,12 @@ int study_has_hook(struct store_conn *c, const char *study_id, bool *has,
  * The webhook sender delivers it later, at least once. */
 int outbox_put(struct store_conn *c, const struct store_event *ev, struct tpv_err *err)
 {
-    if (!c->st->render_event)
+    if (!c->st->sink.render_event)
         return tpv_err_set(err, TPV_EINTERNAL, NULL,
                            "no webhook event renderer set (store_set_event_renderer)");
     char id[STORE_ID_MAX];
     store_id_new(id, "ev"); /* the event id receivers dedup on, the same for every attempt */
-    char *text = c->st->render_event(ev, id);
+    char *text = c->st->sink.render_event(c->st->sink.ctx, ev, id);
     if (!text)
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     int rc;
@@ -228,7 +228,7 @@ static int outbox_event(struct store_conn *c, const struct job_ref *ref, const c
     return rc;
 }
 
-int store_job_cancel(struct store *st, const char *id, struct store_job *out,
+int sq_job_cancel(struct sq_store *st, const char *id, struct store_job *out,
                      struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);
@@ -266,8 +266,8 @@ int store_job_cancel(struct store *st, const char *id, struct store_job *out,
     if (rc == TPV_OK)
         rc = job_get_conn(c, id, out, NULL, err);
     conn_put(st, c);
-    if (rc == TPV_OK && version)
-        notify_study(st, ref.study_id, version);
+    if (rc == TPV_OK)
+        notify_study(st, ref.study_id, version); /* 0: a JBR job, wakes its waiters */
     return rc;
 }
 
@@ -281,7 +281,7 @@ void store_claim_free(struct store_claim *cl)
     memset(cl, 0, sizeof *cl);
 }
 
-int store_job_claim(struct store *st, const char *owner, double lease_s, struct store_claim *out,
+int sq_job_claim(struct sq_store *st, const char *owner, double lease_s, struct store_claim *out,
                     struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);
@@ -342,8 +342,8 @@ int store_job_claim(struct store *st, const char *owner, double lease_s, struct 
     return TPV_OK;
 }
 
-int store_job_progress(struct store *st, const char *id, const char *owner, double progress,
-                       double lease_s, bool *cancel, struct tpv_err *err)
+int sq_job_progress(struct sq_store *st, const char *id, const char *owner, double progress,
+                    double lease_expires, bool *cancel, struct tpv_err *err)
 {
     *cancel = false;
     struct store_conn *c = conn_get(st);
@@ -355,7 +355,7 @@ int store_job_progress(struct store *st, const char *id, const char *owner, doub
         bind_text(s, 1, id);
         bind_text(s, 2, owner);
         sqlite3_bind_double(s, 3, progress < 0 ? 0 : progress > 1 ? 1 : progress);
-        sqlite3_bind_double(s, 4, store_clock_now() + lease_s);
+        sqlite3_bind_double(s, 4, lease_expires);
         int step = sqlite3_step(s);
         if (step == SQLITE_ROW) {
             *cancel = sqlite3_column_int(s, 0) != 0;
@@ -372,7 +372,7 @@ int store_job_progress(struct store *st, const char *id, const char *owner, doub
     return rc;
 }
 
-int store_job_succeed(struct store *st, const char *id, const char *owner,
+int sq_job_succeed(struct sq_store *st, const char *id, const char *owner,
                       const struct store_score *scores, size_t nscores, const char *stability,
                       const char *result, struct tpv_err *err)
 {
@@ -428,12 +428,12 @@ int store_job_succeed(struct store *st, const char *id, const char *owner,
         rc = tx_commit(c, err);
     tx_rollback(c);
     conn_put(st, c);
-    if (rc == TPV_OK && version)
-        notify_study(st, ref.study_id, version);
+    if (rc == TPV_OK)
+        notify_study(st, ref.study_id, version); /* 0: a JBR job, wakes its waiters */
     return rc;
 }
 
-int store_job_finish(struct store *st, const char *id, const char *owner, const char *state,
+int sq_job_finish(struct sq_store *st, const char *id, const char *owner, const char *state,
                      const char *code, const char *message, struct tpv_err *err)
 {
     struct job_ref ref;
@@ -452,12 +452,12 @@ int store_job_finish(struct store *st, const char *id, const char *owner, const 
         rc = tx_commit(c, err);
     tx_rollback(c);
     conn_put(st, c);
-    if (rc == TPV_OK && version)
-        notify_study(st, ref.study_id, version);
+    if (rc == TPV_OK)
+        notify_study(st, ref.study_id, version); /* 0: a JBR job, wakes its waiters */
     return rc;
 }
 
-int store_job_release(struct store *st, const char *id, const char *owner, struct tpv_err *err)
+int sq_job_release(struct sq_store *st, const char *id, const char *owner, struct tpv_err *err)
 {
     struct job_ref ref;
     int64_t version = 0;
@@ -493,7 +493,7 @@ struct stale_job {
 };
 
 /* Re-queues (or fails, past max_attempts) the running jobs selected by JOBS_STALE. */
-static int recover(struct store *st, bool all, double now, int max_attempts, int *requeued,
+static int recover(struct sq_store *st, bool all, double now, int max_attempts, int *requeued,
                    int *failed, struct tpv_err *err)
 {
     struct stale_job *jobs = NULL;
@@ -576,13 +576,13 @@ static int recover(struct store *st, bool all, double now, int max_attempts, int
     return rc;
 }
 
-int store_jobs_recover(struct store *st, int max_attempts, int *requeued, int *failed,
+int sq_jobs_recover(struct sq_store *st, int max_attempts, int *requeued, int *failed,
                        struct tpv_err *err)
 {
     return recover(st, true, 0, max_attempts, requeued, failed, err);
 }
 
-int store_jobs_requeue_expired(struct store *st, int max_attempts, double now, int *requeued,
+int sq_jobs_requeue_expired(struct sq_store *st, int max_attempts, double now, int *requeued,
                                int *failed, struct tpv_err *err)
 {
     return recover(st, false, now > 0 ? now : store_clock_now(), max_attempts, requeued, failed,
