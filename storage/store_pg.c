@@ -91,7 +91,8 @@ void pgs_changed(struct pgs *s, const char *study_id, int64_t version)
 {
     if (s->sink.committed)
         s->sink.committed(s->sink.ctx);
-    if (version > 0 && s->sink.study_changed)
+    /* version 0: a job of the study changed state without a bump (its holds wake anyway) */
+    if (study_id[0] && s->sink.study_changed)
         s->sink.study_changed(s->sink.ctx, study_id, version);
 }
 
@@ -180,6 +181,7 @@ static void pg_close_impl(void *impl)
         return;
     pg_listener_stop(s->listener);
     pg_pool_close(s->pool);
+    pthread_mutex_destroy(&s->held_lock);
     free(s);
 }
 
@@ -192,6 +194,7 @@ static int pg_open_impl(void **impl, const char *target, const struct store_opti
         return pgs_oom(err);
     if (sink)
         s->sink = *sink;
+    pthread_mutex_init(&s->held_lock, NULL);
     struct pg_pool_options po = { .size = o && o->pool_size > 0 ? o->pool_size : 8 };
     int rc = pg_pool_open(&s->pool, target, &po, err);
     if (rc == TPV_OK)
@@ -363,7 +366,7 @@ static int pg_study_create_impl(void *impl, const struct store_study_new *in,
     struct study_create_ctx x = { in, idem, reply };
     int rc = pg_tx_run(s->pool, PG_READ_COMMITTED, study_create_body, &x, err);
     if (rc == TPV_OK)
-        pgs_changed(s, in->id, 0);
+        pgs_changed(s, "", 0);
     return rc;
 }
 

@@ -3,6 +3,7 @@
 #ifndef TPV_STORE_PG_INT_H
 #define TPV_STORE_PG_INT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -12,6 +13,7 @@
 #include "storage/store_ops.h"
 
 #define PGS_NUM_MAX 32
+#define PGS_HELD_MAX 64
 
 struct pgs {
     struct pg_pool *pool;
@@ -19,6 +21,11 @@ struct pgs {
     struct store_sink sink;
     atomic_uint_fast64_t listener_gen; /* resubscriptions seen */
     char epoch[32];                    /* pg_postmaster_start_time() at open, seconds */
+    /* Outbox rows this node claimed and has not ended: its senders are offered them again
+     * (they pick one row of a batch at a time), other nodes skip them until the lease ends. */
+    pthread_mutex_t held_lock;
+    int64_t held[PGS_HELD_MAX];
+    size_t nheld;
 };
 
 double pgs_clock_now(void);

@@ -96,6 +96,20 @@ struct job_ref {
     char study_id[STORE_ID_MAX], candidate_id[STORE_ID_MAX], kind[STORE_KIND_MAX];
 };
 
+/* A JBR job's state changes no version, but job waits on other nodes must wake: a NOTIFY with
+ * the current version (taken as no change by every node's cache). */
+static int jbr_notify(struct pg_conn *c, const char *study_id, struct tpv_err *err)
+{
+    const char *p[] = { study_id };
+    struct pg_result *r;
+    int rc = pg_exec(c, "SELECT version FROM studies WHERE id = $1", 1, p, &r, err);
+    if (rc != TPV_OK)
+        return rc;
+    int64_t v = pg_result_rows(r) ? pg_result_int64(r, 0, 0) : 0;
+    pg_result_free(r);
+    return v > 0 ? pg_notify_study(c, study_id, v, err) : TPV_OK;
+}
+
 /* Mirrors a score job's state onto its candidate and bumps the study version (with its NOTIFY).
  * JBR jobs change neither. */
 static int candidate_follow(struct pg_conn *c, const char *job_id, const struct job_ref *ref,
@@ -103,7 +117,7 @@ static int candidate_follow(struct pg_conn *c, const char *job_id, const struct 
 {
     *version = 0;
     if (strcmp(ref->kind, "score") != 0)
-        return TPV_OK;
+        return jbr_notify(c, ref->study_id, err);
     const char *p[] = { ref->candidate_id, state, job_id };
     int rc = pg_exec(c, "UPDATE candidates SET state = $2 WHERE id = $1 AND job_id = $3", 3, p,
                      NULL, err);
@@ -222,8 +236,7 @@ int pgs_job_cancel(void *impl, const char *id, const char *now, struct store_job
     int rc = pg_tx_run(s->pool, PG_READ_COMMITTED, cancel_body, &x, err);
     if (rc != TPV_OK)
         return rc;
-    if (x.version)
-        pgs_changed(s, x.ref.study_id, x.version);
+    pgs_changed(s, x.ref.study_id, x.version);
     return pgs_job_get(impl, id, out, err);
 }
 
@@ -337,7 +350,7 @@ static int end_body(struct pg_conn *c, void *arg, struct tpv_err *err)
 static int run_end(struct end_ctx *x, struct tpv_err *err)
 {
     int rc = pg_tx_run(x->s->pool, PG_READ_COMMITTED, end_body, x, err);
-    if (rc == TPV_OK && x->version)
+    if (rc == TPV_OK)
         pgs_changed(x->s, x->ref.study_id, x->version);
     return rc;
 }
@@ -451,30 +464,70 @@ int pgs_jobs_requeue_expired(void *impl, int max_attempts, double now, const cha
 
 /* ---- webhook outbox ---- */
 
+/* "{1,2,3}": the rows this node holds, as a bigint[] parameter. */
+static void held_text(struct pgs *s, char *out, size_t cap)
+{
+    size_t len = 0;
+    out[len++] = '{';
+    pthread_mutex_lock(&s->held_lock);
+    for (size_t i = 0; i < s->nheld && len + 24 < cap; i++)
+        len += (size_t)snprintf(out + len, cap - len, "%s%lld", i ? "," : "",
+                                (long long)s->held[i]);
+    pthread_mutex_unlock(&s->held_lock);
+    snprintf(out + len, cap - len, "}");
+}
+
+static void held_add(struct pgs *s, int64_t seq)
+{
+    pthread_mutex_lock(&s->held_lock);
+    bool have = false;
+    for (size_t i = 0; i < s->nheld && !have; i++)
+        have = s->held[i] == seq;
+    if (!have && s->nheld < PGS_HELD_MAX)
+        s->held[s->nheld++] = seq;
+    pthread_mutex_unlock(&s->held_lock);
+}
+
+static void held_drop(struct pgs *s, int64_t seq)
+{
+    pthread_mutex_lock(&s->held_lock);
+    for (size_t i = 0; i < s->nheld; i++)
+        if (s->held[i] == seq) {
+            s->held[i] = s->held[--s->nheld];
+            break;
+        }
+    pthread_mutex_unlock(&s->held_lock);
+}
+
 int pgs_outbox_due(void *impl, double now, int limit, struct store_outbox_item **items,
                    size_t *n, struct tpv_err *err)
 {
+    struct pgs *s = impl;
     *items = NULL;
     *n = 0;
-    char nw[PGS_NUM_MAX], until[PGS_NUM_MAX], lim[PGS_NUM_MAX];
+    char nw[PGS_NUM_MAX], until[PGS_NUM_MAX], lim[PGS_NUM_MAX], held[PGS_HELD_MAX * 24 + 4];
     const char *nwp, *untilp;
     pgs_fmt_double(nw, now, &nwp);
     pgs_fmt_double(until, now + OUTBOX_LEASE_S, &untilp);
     pgs_fmt_int(lim, limit > 0 ? limit : 1);
-    const char *p[] = { nwp, lim, untilp };
+    held_text(s, held, sizeof held);
+    const char *p[] = { nwp, lim, untilp, held };
     struct pg_result *r;
     /* One statement is one transaction: the claim (next attempt moved a lease ahead) commits
-     * with the read, and other nodes' senders skip the locked rows meanwhile. */
+     * with the read, and other nodes' senders skip the locked and claimed rows.  This node's
+     * held rows come first, so that its senders, which take one row of a batch each, get back
+     * the ones they have not sent yet. */
     int rc = pgs_read(impl,
                       "WITH due AS (SELECT seq FROM webhook_outbox WHERE delivered_at IS NULL AND "
-                      "failed_at IS NULL AND next_attempt_at <= $1::float8 "
-                      "ORDER BY next_attempt_at, seq LIMIT $2::int FOR UPDATE SKIP LOCKED) "
+                      "failed_at IS NULL AND (next_attempt_at <= $1::float8 OR "
+                      "seq = ANY($4::bigint[])) ORDER BY seq = ANY($4::bigint[]) DESC, "
+                      "next_attempt_at, seq LIMIT $2::int FOR UPDATE SKIP LOCKED) "
                       "UPDATE webhook_outbox o SET next_attempt_at = $3::float8 FROM due "
                       "WHERE o.seq = due.seq RETURNING o.seq, o.study_id, o.event, o.payload, "
                       "o.attempts, coalesce(o.url, (SELECT webhook_url FROM studies s WHERE "
                       "s.id = o.study_id)), coalesce(o.secret, (SELECT webhook_secret FROM "
                       "studies s WHERE s.id = o.study_id))",
-                      3, p, &r, err);
+                      4, p, &r, err);
     if (rc != TPV_OK)
         return rc;
     int k = pg_result_rows(r);
@@ -484,6 +537,7 @@ int pgs_outbox_due(void *impl, double now, int limit, struct store_outbox_item *
     for (int i = 0; rc == TPV_OK && i < k; i++) {
         struct store_outbox_item *o = &out[i];
         o->seq = pg_result_int64(r, i, 0);
+        held_add(s, o->seq);
         pgs_copy(o->study_id, sizeof o->study_id, r, i, 1);
         pgs_copy(o->event, sizeof o->event, r, i, 2);
         o->payload = pg_result_strdup(r, i, 3);
@@ -501,12 +555,22 @@ int pgs_outbox_due(void *impl, double now, int limit, struct store_outbox_item *
         *n = 0;
         return rc;
     }
+    /* Results sorted as the sender expects them: by when they were due, oldest first. */
     *items = out;
     return TPV_OK;
 }
 
+/* The earliest due row; this node's held rows are due now (its senders still owe them). */
 int pgs_outbox_next_due(void *impl, double *at, struct tpv_err *err)
 {
+    struct pgs *s = impl;
+    pthread_mutex_lock(&s->held_lock);
+    size_t held = s->nheld;
+    pthread_mutex_unlock(&s->held_lock);
+    if (held) {
+        *at = pgs_clock_now();
+        return TPV_OK;
+    }
     struct pg_result *r;
     int rc = pgs_read(impl,
                       "SELECT min(next_attempt_at) FROM webhook_outbox "
@@ -528,6 +592,7 @@ static int outbox_update(void *impl, const char *sql, int64_t seq, const char *a
     char sq[PGS_NUM_MAX];
     pgs_fmt_int(sq, seq);
     const char *p[] = { sq, a, b };
+    held_drop(impl, seq); /* ended by this node, or given up to the lease on failure */
     return pgs_read(impl, sql, 3, p, NULL, err);
 }
 
