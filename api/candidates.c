@@ -464,13 +464,10 @@ void api_handle_jbr_create(const struct api_env *env, struct api_request *req, s
         api_reply_store_error(req, resp, &err);
         goto out;
     }
-    if (strcmp(kind, "model") != 0) {
+    if (strcmp(kind, "model") != 0 && strcmp(kind, "onnx") != 0) {
         api_reply_errorf(resp, TPV_EPRECONDITION, "candidate_id",
-                         strcmp(kind, "onnx") == 0
-                             ? "JBR is not implemented for ONNX graphs yet: it needs a "
-                               "tpv.sequential/v1 model candidate (spec + weights)"
-                             : "JBR needs a model candidate (spec + weights), not a Jacobian "
-                               "dump");
+                         "JBR needs a model candidate (spec + weights, or an ONNX graph), not a "
+                         "Jacobian dump");
         goto out;
     }
     store_id_new(jid, "jb");

@@ -44,6 +44,10 @@ void api_handle_job_cancel(const struct api_env *env, struct api_request *req, s
 
 void api_handle_ranking(const struct api_env *env, struct api_request *req, struct api_response *resp);
 
+/* api/agreement.c */
+void api_handle_metrics_put(const struct api_env *env, struct api_request *req, struct api_response *resp);
+void api_handle_agreement(const struct api_env *env, struct api_request *req, struct api_response *resp);
+
 void api_handle_token_create(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_token_list(const struct api_env *env, struct api_request *req, struct api_response *resp);
 void api_handle_token_revoke(const struct api_env *env, struct api_request *req, struct api_response *resp);

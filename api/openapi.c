@@ -66,6 +66,21 @@ static const struct op ops[] = {
     { "post", "/v1/studies/{sid}/candidates/{cid}/retry", "retryCandidate", "Give a failed or "
       "canceled candidate a new score job; 409 failed_precondition in any other state", NULL,
       202, "JobAccepted", "404 409 429" },
+    { "put", "/v1/studies/{sid}/candidates/{cid}/metrics", "putMetrics", "Merge labelled "
+      "numbers the user has on a candidate (val_loss, ...): keys given replace, null removes a "
+      "key, others stay (RFC 7396); values finite numbers, keys 1..64 printable ASCII bytes, at "
+      "most 64 per candidate.  Answers the candidate; a change bumps the study version.  "
+      "Idempotent by itself: no Idempotency-Key", "MetricsPut", 200, "Candidate",
+      "400 404" },
+    { "get", "/v1/studies/{sid}/agreement", "getAgreement", "How each noise model and split "
+      "ranks against a metric (?metric=, required): over the candidates with both a score and "
+      "the metric, n, Spearman (average ranks for ties), Kendall tau-b and a 95% percentile "
+      "bootstrap interval of Spearman (2000 resamples of the candidates, fixed seed; null when "
+      "n < 4).  Items in the study's noise model order, fit before probe, for each pair some "
+      "candidate has a score for.  Lower TPV should go with lower loss, so positive is good; "
+      "recommended is the item with the highest interval lower bound, null when none is above "
+      "0.  404 (field metric) when no candidate has the metric, naming those the study has",
+      NULL, 200, "Agreement", "400 404" },
     { "get", "/v1/studies/{sid}/ranking", "getRanking", "Candidates ranked by TPV (by, split, "
       "max_train_loss, wait with If-None-Match)", NULL, 200, "Ranking", "304 400 404 409" },
     { "get", "/v1/jobs/{jid}", "getJob", "A job with its state and progress; wait=s holds the "
@@ -116,6 +131,11 @@ static json_t *parameters(const char *path, const char *method)
                                                     "query", "schema", "type", q[i][1]));
         json_array_append_new(params, json_pack("{s:s,s:s,s:{s:s}}", "name", "If-None-Match",
                                                 "in", "header", "schema", "type", "string"));
+    } else if (strstr(path, "/agreement")) {
+        json_array_append_new(params, json_pack("{s:s,s:s,s:b,s:{s:s,s:i,s:i}}", "name",
+                                                "metric", "in", "query", "required", 1,
+                                                "schema", "type", "string", "minLength", 1,
+                                                "maxLength", 64));
     } else if (strcmp(method, "get") == 0 && (strcmp(path, "/v1/studies") == 0 ||
                                               (strstr(path, "/candidates") &&
                                                !strstr(path, "{cid}")))) {
@@ -271,6 +291,25 @@ static json_t *schemas(void)
         json_pack("{s:s,s:[s,s,s]}", "type", "string", "enum", "model", "onnx", "jacobian"),
         "state", str, "scores", "type", "array", "items",
         ref("Score"), "stability", obj, "job_id", str, "created_at", str)));
+    /* Only when the candidate has some (PUT .../metrics). */
+    json_object_set_new(json_object_get(json_object_get(s, "Candidate"), "properties"),
+                        "metrics", json_pack("{s:s,s:{s:s},s:s}", "type", "object",
+                                             "additionalProperties", "type", "number",
+                                             "description", "labelled numbers the user put"));
+    json_object_set_new(s, "MetricsPut", json_pack(
+        "{s:s,s:{s:[ss]},s:i,s:s}", "type", "object", "additionalProperties", "type", "number",
+        "null", "maxProperties", 64, "description", "metric name -> finite number, or null to "
+        "remove it"));
+    json_object_set_new(s, "Agreement", obj_schema("study_id,metric,items,recommended", json_pack(
+        "{s:O,s:O,s:O,s:O,s:O,s:{s:s,s:o},s:{s:[ss],s:{s:O,s:O}},s:O}", "study_id", str, "metric",
+        str, "version", integer, "candidates", integer, "candidates_with_metric", integer,
+        "items", "type", "array", "items", obj_schema("noise,split,n,spearman,kendall,ci",
+        json_pack("{s:O,s:O,s:O,s:{s:[ss]},s:{s:[ss]},s:{s:[ss],s:O,s:i,s:i},s:O}", "noise",
+                  str, "split", str, "n", integer, "spearman", "type", "number", "null",
+                  "kendall", "type", "number", "null", "ci", "type", "array", "null", "items",
+                  num, "minItems", 2, "maxItems", 2, "resamples", integer)),
+        "recommended", "type", "object", "null", "properties", "noise", str, "split", str,
+        "bootstrap", obj)));
     json_object_set_new(s, "CandidateList", obj_schema("items", json_pack(
         "{s:{s:s,s:o},s:O}", "items", "type", "array", "items", ref("Candidate"),
         "next_page_token", str)));

@@ -6,7 +6,11 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/noise.h"
 #include "storage/store.h"
+
+_Static_assert(STORE_NOISE_NAME_MAX == TPV_NOISE_NAME_MAX,
+               "the agreement rows hold noise names of the core's size");
 
 json_t *api_json_text(const char *text, json_t *fallback)
 {
@@ -77,14 +81,21 @@ json_t *api_candidate_json(const struct store_candidate *c)
     if (!scores)
         return NULL;
     json_t *error = error_json(c->error_code, c->error_message);
-    return json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:o,s:o,s:s,s:f,s:o,s:s}",
-                     "id", c->id, "study_id", c->study_id, "name", c->name ? c->name : "",
-                     "metadata", api_json_text(c->metadata, json_object()),
-                     "source", c->source_kind ? c->source_kind : "",
-                     "state", c->state ? c->state : "", "scores", scores,
-                     "stability", api_json_text(c->stability, json_null()),
-                     "job_id", c->job_id, "progress", c->progress,
-                     "error", error ? error : json_null(), "created_at", c->created_at);
+    json_t *out = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:o,s:o,s:s,s:f,s:o,s:s}",
+                            "id", c->id, "study_id", c->study_id, "name", c->name ? c->name : "",
+                            "metadata", api_json_text(c->metadata, json_object()),
+                            "source", c->source_kind ? c->source_kind : "",
+                            "state", c->state ? c->state : "", "scores", scores,
+                            "stability", api_json_text(c->stability, json_null()),
+                            "job_id", c->job_id, "progress", c->progress,
+                            "error", error ? error : json_null(), "created_at", c->created_at);
+    /* "metrics" only when the candidate has some (PUT .../metrics). */
+    if (out && c->metrics &&
+        json_object_set_new(out, "metrics", api_json_text(c->metrics, json_object())) != 0) {
+        json_decref(out); /* never a candidate without the metrics it has */
+        return NULL;
+    }
+    return out;
 }
 
 json_t *api_job_json(const struct store_job *j)

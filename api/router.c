@@ -43,6 +43,9 @@ static const struct api_route routes[] = {
     { "POST", "/v1/studies/{sid}/candidates/{cid}/retry", api_handle_candidate_retry, NULL,
       API_ROLE_WRITE },
     { "GET", "/v1/studies/{sid}/ranking", api_handle_ranking, NULL, API_ROLE_READ },
+    { "PUT", "/v1/studies/{sid}/candidates/{cid}/metrics", api_handle_metrics_put, NULL,
+      API_ROLE_WRITE },
+    { "GET", "/v1/studies/{sid}/agreement", api_handle_agreement, NULL, API_ROLE_READ },
     { "GET", "/v1/jobs/{jid}", api_handle_job_get, NULL, API_ROLE_READ },
     { "DELETE", "/v1/jobs/{jid}", api_handle_job_cancel, NULL, API_ROLE_WRITE },
     { "POST", "/v1/tokens", api_handle_token_create, NULL, API_ROLE_ADMIN },
@@ -61,6 +64,7 @@ static const struct api_route routes[] = {
 static const char *const q_page[] = { "page_size", "page_token", NULL };
 static const char *const q_ranking[] = { "by", "split", "max_train_loss", "wait", NULL };
 static const char *const q_wait[] = { "wait", NULL };
+static const char *const q_agreement[] = { "metric", NULL };
 static const struct {
     const char *method;
     const char *pattern;
@@ -70,6 +74,7 @@ static const struct {
     { "GET", "/v1/studies/{sid}/candidates", q_page },
     { "GET", "/v1/studies/{sid}/ranking", q_ranking },
     { "GET", "/v1/jobs/{jid}", q_wait },
+    { "GET", "/v1/studies/{sid}/agreement", q_agreement },
 };
 
 static const char *const *route_allowed_query(const struct api_route *r)

@@ -25,33 +25,103 @@ static int rank_cmp(const void *pa, const void *pb)
     return a->pos < b->pos ? -1 : a->pos > b->pos;
 }
 
-static json_t *jbr_json(const struct tpv_mlp *m, const double *score, size_t H, uint64_t kept,
-                        uint64_t nb, double confidence, uint64_t batch_size)
+int tpv_jbr_acc_init(struct tpv_jbr_acc *a, size_t H, uint64_t batch_size, struct tpv_err *err)
 {
-    json_t *units = json_array(), *order = json_array();
+    memset(a, 0, sizeof *a);
+    a->H = H;
+    a->batch_size = batch_size;
+    a->out = calloc(H ? H : 1, sizeof *a->out);
+    a->in = calloc(H ? H : 1, sizeof *a->in);
+    a->score = calloc(H ? H : 1, sizeof *a->score);
+    if (!a->out || !a->in || !a->score) {
+        tpv_jbr_acc_free(a);
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    return TPV_OK;
+}
+
+void tpv_jbr_acc_free(struct tpv_jbr_acc *a)
+{
+    free(a->out);
+    free(a->in);
+    free(a->score);
+    memset(a, 0, sizeof *a);
+}
+
+/* The running batch's squared means into the scores. */
+static void acc_flush(struct tpv_jbr_acc *a)
+{
+    for (size_t j = 0; j < a->H; j++) {
+        double o = a->out[j] / (double)a->count, i = a->in[j] / (double)a->count;
+        a->score[j] += o * o + i * i;
+    }
+    memset(a->out, 0, a->H * sizeof *a->out);
+    memset(a->in, 0, a->H * sizeof *a->in);
+    a->count = 0;
+    a->nb++;
+}
+
+void tpv_jbr_acc_sample(struct tpv_jbr_acc *a)
+{
+    a->nkept++;
+    if (++a->count == a->batch_size)
+        acc_flush(a);
+}
+
+int tpv_jbr_acc_finish(struct tpv_jbr_acc *a, uint64_t n, double confidence, struct tpv_err *err)
+{
+    if (a->count > 0)
+        acc_flush(a);
+    if (a->nkept == 0)
+        return tpv_err_set(err, TPV_EPRECONDITION, "confidence",
+                           "no input has max softmax probability above the confidence %g (%llu "
+                           "inputs); lower the confidence", confidence, (unsigned long long)n);
+    return TPV_OK;
+}
+
+bool tpv_jbr_seed(const double *f, size_t K, double confidence, double *seed)
+{
+    size_t y = 0;
+    for (size_t k = 1; k < K; k++)
+        if (f[k] > f[y])
+            y = k;
+    double s = 0;
+    for (size_t k = 0; k < K; k++)
+        s += exp(f[k] - f[y]);
+    bool kept = 1.0 / s > confidence;
+    for (size_t k = 0; k < K; k++)
+        seed[k] = kept ? exp(f[k] - f[y]) / s - (k == y) : 0.0;
+    return kept;
+}
+
+json_t *tpv_jbr_result_json(const char *const *names, const uint64_t *units, size_t nlayers,
+                            const struct tpv_jbr_acc *a, double confidence)
+{
+    const size_t H = a->H;
+    json_t *arr = json_array(), *order = json_array();
     struct unit_rank *rk = malloc((H ? H : 1) * sizeof *rk);
     json_t *res = NULL;
-    if (!units || !order || !rk)
+    if (!arr || !order || !rk)
         goto out;
     size_t u = 0;
-    for (size_t l = 0; l + 1 < m->L; l++)
-        for (uint64_t j = 0; j < m->layers[l].out; j++, u++) {
-            if (json_array_append_new(units, json_pack("{s:s, s:I, s:f}", "layer",
-                                                       m->layers[l].w_name, "index",
-                                                       (json_int_t)j, "score", score[u])))
+    for (size_t l = 0; l < nlayers; l++)
+        for (uint64_t j = 0; j < units[l] && u < H; j++, u++) {
+            if (json_array_append_new(arr, json_pack("{s:s, s:I, s:f}", "layer", names[l],
+                                                     "index", (json_int_t)j, "score",
+                                                     a->score[u])))
                 goto out;
-            rk[u].score = score[u];
+            rk[u].score = a->score[u];
             rk[u].pos = u;
         }
-    qsort(rk, H, sizeof *rk, rank_cmp);
-    for (size_t i = 0; i < H; i++)
+    qsort(rk, u, sizeof *rk, rank_cmp);
+    for (size_t i = 0; i < u; i++)
         if (json_array_append_new(order, json_integer((json_int_t)rk[i].pos)))
             goto out;
-    res = json_pack("{s:O, s:O, s:I, s:I, s:f, s:I}", "units", units, "order", order,
-                    "kept_samples", (json_int_t)kept, "batches", (json_int_t)nb, "confidence",
-                    confidence, "batch_size", (json_int_t)batch_size);
+    res = json_pack("{s:O, s:O, s:I, s:I, s:f, s:I}", "units", arr, "order", order,
+                    "kept_samples", (json_int_t)a->nkept, "batches", (json_int_t)a->nb,
+                    "confidence", confidence, "batch_size", (json_int_t)a->batch_size);
 out:
-    json_decref(units);
+    json_decref(arr);
     json_decref(order);
     free(rk);
     return res;
@@ -106,6 +176,25 @@ json_t *tpv_jbr_params_json(const struct tpv_jbr_params *p)
                      (json_int_t)p->batch_size);
 }
 
+/* The names and unit counts of the hidden layers (every linear layer but the last). */
+static json_t *mlp_json(const struct tpv_mlp *m, const struct tpv_jbr_acc *a, double confidence)
+{
+    const size_t nl = m->L - 1;
+    const char **names = malloc(nl * sizeof *names);
+    uint64_t *units = malloc(nl * sizeof *units);
+    json_t *res = NULL;
+    if (names && units) {
+        for (size_t l = 0; l < nl; l++) {
+            names[l] = m->layers[l].w_name;
+            units[l] = m->layers[l].out;
+        }
+        res = tpv_jbr_result_json(names, units, nl, a, confidence);
+    }
+    free(names);
+    free(units);
+    return res;
+}
+
 int tpv_jbr_compute(const struct tpv_mlp *m, const struct tpv_tensor *inputs, double confidence,
                     uint64_t batch_size, json_t **result, const struct tpv_progress *pg,
                     struct tpv_err *err)
@@ -133,16 +222,19 @@ int tpv_jbr_compute(const struct tpv_mlp *m, const struct tpv_tensor *inputs, do
         H += m->layers[l].out;
     const size_t cap = n < CHUNK ? (size_t)n : CHUNK;
     struct tpv_mlp_ws ws;
+    struct tpv_jbr_acc acc;
     if ((rc = tpv_mlp_ws_init(&ws, m, cap, err)))
         return rc;
+    if ((rc = tpv_jbr_acc_init(&acc, H, batch_size, err))) {
+        tpv_mlp_ws_free(&ws);
+        return rc;
+    }
     double *x = malloc(cap * m->d * sizeof *x);
     double *dl = malloc(cap * K * sizeof *dl);
-    double *acc_out = calloc(H, sizeof *acc_out), *acc_in = calloc(H, sizeof *acc_in);
-    double *score = calloc(H, sizeof *score);
     bool *kept = malloc(cap * sizeof *kept);
     /* per hidden layer: its delta and g for the chunk (rows x out_l) */
     double **dlt = calloc(L, sizeof *dlt), **gg = calloc(L, sizeof *gg);
-    bool ok = x && dl && acc_out && acc_in && score && kept && dlt && gg;
+    bool ok = x && dl && kept && dlt && gg;
     for (size_t l = 0; ok && l + 1 < L; l++)
         ok = (dlt[l] = malloc(cap * m->layers[l].out * sizeof(double))) &&
              (gg[l] = malloc(cap * m->layers[l].out * sizeof(double)));
@@ -151,7 +243,6 @@ int tpv_jbr_compute(const struct tpv_mlp *m, const struct tpv_tensor *inputs, do
         goto out;
     }
 
-    uint64_t nkept = 0, nb = 0, count = 0;
     const uint64_t nchunks = (n + cap - 1) / cap;
     for (uint64_t c = 0; c < nchunks; c++) {
         const uint64_t first = c * cap;
@@ -162,19 +253,9 @@ int tpv_jbr_compute(const struct tpv_mlp *m, const struct tpv_tensor *inputs, do
         /* Seed at the last pre-activation: (softmax(f) - e_y*) .* phi'_{L-1}; 0 if dropped. */
         const double *f = ws.a[L - 1], *dphi = ws.dphi[L - 1];
         for (size_t r = 0; r < rows; r++) {
-            const double *fr = f + r * K;
-            size_t y = 0;
-            for (size_t k = 1; k < K; k++)
-                if (fr[k] > fr[y])
-                    y = k;
-            double s = 0;
+            kept[r] = tpv_jbr_seed(f + r * K, K, confidence, dl + r * K);
             for (size_t k = 0; k < K; k++)
-                s += exp(fr[k] - fr[y]);
-            kept[r] = 1.0 / s > confidence;
-            for (size_t k = 0; k < K; k++) {
-                double p = exp(fr[k] - fr[y]) / s;
-                dl[r * K + k] = kept[r] ? (p - (k == y)) * dphi[r * K + k] : 0.0;
-            }
+                dl[r * K + k] *= dphi[r * K + k];
         }
         /* Backward: g_{l} = delta_{l+1} W_{l+1}, delta_l = g_l .* phi'_l. */
         const double *dcur = dl;
@@ -193,47 +274,26 @@ int tpv_jbr_compute(const struct tpv_mlp *m, const struct tpv_tensor *inputs, do
         for (size_t r = 0; r < rows; r++) {
             if (!kept[r])
                 continue;
-            nkept++;
             size_t u = 0;
             for (size_t l = 0; l + 1 < L; l++) {
                 const size_t w = m->layers[l].out;
                 const double *z = ws.z[l] + r * w, *a = ws.a[l] + r * w;
                 const double *d = dlt[l] + r * w, *gr = gg[l] + r * w;
                 for (size_t j = 0; j < w; j++, u++) {
-                    acc_out[u] += d[j] * z[j];
-                    acc_in[u] += a[j] * gr[j];
+                    acc.out[u] += d[j] * z[j];
+                    acc.in[u] += a[j] * gr[j];
                 }
             }
-            if (++count == batch_size) {
-                for (size_t j = 0; j < H; j++) {
-                    double o = acc_out[j] / (double)count, i = acc_in[j] / (double)count;
-                    score[j] += o * o + i * i;
-                }
-                memset(acc_out, 0, H * sizeof *acc_out);
-                memset(acc_in, 0, H * sizeof *acc_in);
-                count = 0;
-                nb++;
-            }
+            tpv_jbr_acc_sample(&acc);
         }
         if (tpv_progress_report(pg, 0, 1, c + 1, nchunks)) {
             rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
             goto out;
         }
     }
-    if (count > 0) {
-        for (size_t j = 0; j < H; j++) {
-            double o = acc_out[j] / (double)count, i = acc_in[j] / (double)count;
-            score[j] += o * o + i * i;
-        }
-        nb++;
-    }
-    if (nkept == 0) {
-        rc = tpv_err_set(err, TPV_EPRECONDITION, "confidence",
-                         "no input has max softmax probability above the confidence %g (%llu "
-                         "inputs); lower the confidence", confidence, (unsigned long long)n);
+    if ((rc = tpv_jbr_acc_finish(&acc, n, confidence, err)))
         goto out;
-    }
-    *result = jbr_json(m, score, H, nkept, nb, confidence, batch_size);
+    *result = mlp_json(m, &acc, confidence);
     if (!*result)
         rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
 out:
@@ -245,10 +305,8 @@ out:
     free(gg);
     free(x);
     free(dl);
-    free(acc_out);
-    free(acc_in);
-    free(score);
     free(kept);
+    tpv_jbr_acc_free(&acc);
     tpv_mlp_ws_free(&ws);
     return rc;
 }

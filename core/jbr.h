@@ -5,6 +5,7 @@
 #define TPV_JBR_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/jacobian.h"
@@ -55,5 +56,33 @@ json_t *tpv_jbr_params_json(const struct tpv_jbr_params *p);
 int tpv_jbr_compute(const struct tpv_mlp *m, const struct tpv_tensor *inputs, double confidence,
                     uint64_t batch_size, json_t **result, const struct tpv_progress *pg,
                     struct tpv_err *err);
+
+/* ---- Pieces shared by the front ends (this file's MLP, core/onnx_jbr.h's graphs) ---- */
+
+/* The running mini-batch over H units: a front end adds a kept sample's per-unit products
+ * delta_j z_j into out[j] and a_j g_j into in[j], then calls tpv_jbr_acc_sample, which closes the
+ * batch (squared means into score) when it holds batch_size samples. */
+struct tpv_jbr_acc {
+    size_t H;
+    uint64_t batch_size, count, nb, nkept;
+    double *out, *in, *score; /* H each, owned */
+};
+
+/* Errors: TPV_ENOMEM.  tpv_jbr_acc_free releases it (also after a failed init). */
+int tpv_jbr_acc_init(struct tpv_jbr_acc *a, size_t H, uint64_t batch_size, struct tpv_err *err);
+void tpv_jbr_acc_sample(struct tpv_jbr_acc *a);
+/* Closes the last, shorter batch; TPV_EPRECONDITION (field "confidence") when no sample of the
+ * n was kept. */
+int tpv_jbr_acc_finish(struct tpv_jbr_acc *a, uint64_t n, double confidence, struct tpv_err *err);
+void tpv_jbr_acc_free(struct tpv_jbr_acc *a);
+
+/* The cross-entropy seed of one sample's logits f (K): pseudo-label y = argmax f (first maximum),
+ * seed = softmax(f) - e_y when max softmax > confidence (returns true), else zeros (false). */
+bool tpv_jbr_seed(const double *f, size_t K, double confidence, double *seed);
+
+/* The result object of tpv_jbr_compute for layers names[l] with units[l] units each, in order
+ * (new reference, NULL on allocation failure). */
+json_t *tpv_jbr_result_json(const char *const *names, const uint64_t *units, size_t nlayers,
+                            const struct tpv_jbr_acc *a, double confidence);
 
 #endif

@@ -61,6 +61,25 @@ void tpv_onnx_exec_free(struct tpv_onnx_exec *ex)
     free(ex);
 }
 
+int tpv_onnx_exec_open(const struct tpv_onnx_model *m, const struct tpv_tensor *inputs, size_t b,
+                       struct tpv_onnx_plan **plan, struct tpv_onnx_exec **ex,
+                       struct tpv_err *err)
+{
+    struct tpv_onnx_tensor in = {.dtype = TPV_ONNX_F64, .rank = inputs->rank};
+    for (int i = 0; i < inputs->rank; i++)
+        in.shape[i] = (int64_t)inputs->shape[i];
+    in.shape[0] = (int64_t)b;
+    *ex = NULL;
+    int rc = tpv_onnx_plan_new(plan, m, &in, err);
+    if (!rc)
+        rc = tpv_onnx_exec_new(ex, *plan, err);
+    if (rc) {
+        tpv_onnx_plan_free(*plan);
+        *plan = NULL;
+    }
+    return rc;
+}
+
 int tpv_onnx_exec_forward(struct tpv_onnx_exec *ex, const double *const *inputs,
                           struct tpv_err *err)
 {

@@ -27,6 +27,13 @@ int tpv_onnx_exec_new(struct tpv_onnx_exec **out, const struct tpv_onnx_plan *pl
                       struct tpv_err *err);
 void tpv_onnx_exec_free(struct tpv_onnx_exec *ex);
 
+/* A plan and an executor of a scored model for `b` samples of the per-sample shape of `inputs`
+ * (its first dimension replaced by b).  On success both are the caller's (free the executor
+ * first); on failure both are NULL.  Errors as tpv_onnx_plan_new and tpv_onnx_exec_new. */
+int tpv_onnx_exec_open(const struct tpv_onnx_model *m, const struct tpv_tensor *inputs, size_t b,
+                       struct tpv_onnx_plan **plan, struct tpv_onnx_exec **ex,
+                       struct tpv_err *err);
+
 /* Runs the graph: `inputs[k]` is the float64 data of graph input k (m->inputs order; ignored for
  * int64 inputs, which the plan holds), copied in.  Values are then in ex->vals. */
 int tpv_onnx_exec_forward(struct tpv_onnx_exec *ex, const double *const *inputs,

@@ -1,6 +1,7 @@
 /* onnx_ops_linear.c: Conv (1-D and 2-D, strides, pads, dilations, groups; im2col + dgemm),
  * MaxPool, AveragePool, GlobalAveragePool, Gemm and MatMul (batched, broadcasting) for the ONNX
- * runtime (onnx_ops.h).  A 1-D operator is the 2-D one with a height of 1. */
+ * runtime (onnx_ops.h), and the per-sample squared weight-gradient norms of Conv by im2col or
+ * the ghost norm (onnx_ghost.h).  A 1-D operator is the 2-D one with a height of 1. */
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
@@ -8,6 +9,7 @@
 #include <string.h>
 
 #include "core/onnx_attr.h"
+#include "core/onnx_ghost.h"
 #include "core/onnx_kernels.h"
 
 #define IN(k) (k < nd->nin ? in[k] : NULL)
@@ -790,3 +792,105 @@ const struct tpv_onnx_op tpv_onnx_ops_linear[] = {
     {"MatMul", 2, 2, 1, 1, NULL, matmul_infer, matmul_forward, matmul_vjp, BIL},
 };
 const size_t tpv_onnx_ops_linear_n = sizeof tpv_onnx_ops_linear / sizeof tpv_onnx_ops_linear[0];
+
+/* ---- per-sample squared weight-gradient norms (core/onnx_ghost.h) ---- */
+
+const char *tpv_onnx_sqnorm_form_name(enum tpv_onnx_sqnorm_form f)
+{
+    return f == TPV_ONNX_SQNORM_GHOST ? "ghost" : "im2col";
+}
+
+/* The geometry of nd on (x, w); the bias is not needed for the weight's gradient. */
+static int sqnorm_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                       const struct tpv_onnx_tensor *w, struct win *g, int64_t *gr,
+                       struct tpv_err *err)
+{
+    const struct tpv_onnx_tensor *in[3] = { x, w, NULL }; /* no bias: IN(2) is NULL */
+    return conv_geom(nd, in, g, gr, err);
+}
+
+double tpv_onnx_conv_sqnorm_flops(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                                  const struct tpv_onnx_tensor *w, enum tpv_onnx_sqnorm_form f)
+{
+    struct win g;
+    int64_t gr;
+    struct tpv_err ignore;
+    if (sqnorm_geom(nd, x, w, &g, &gr, &ignore))
+        return -1;
+    double P = (double)(g.oh * g.ow), Mg = (double)(w->shape[0] / gr);
+    double kk = (double)(g.C / gr * g.kh * g.kw), per_group;
+    if (f == TPV_ONNX_SQNORM_GHOST)
+        per_group = P * P * (kk + Mg) + 2 * P * P; /* two SYRKs, the paired sum */
+    else
+        per_group = 2 * Mg * kk * P + 2 * Mg * kk; /* the GEMM, the squares */
+    return (double)g.N * (double)gr * (per_group + kk * P /* im2col */);
+}
+
+enum tpv_onnx_sqnorm_form tpv_onnx_conv_sqnorm_choose(const struct tpv_onnx_node *nd,
+                                                      const struct tpv_onnx_tensor *x,
+                                                      const struct tpv_onnx_tensor *w)
+{
+    double gh = tpv_onnx_conv_sqnorm_flops(nd, x, w, TPV_ONNX_SQNORM_GHOST);
+    double ic = tpv_onnx_conv_sqnorm_flops(nd, x, w, TPV_ONNX_SQNORM_IM2COL);
+    return gh >= 0 && gh < ic ? TPV_ONNX_SQNORM_GHOST : TPV_ONNX_SQNORM_IM2COL;
+}
+
+/* sum_{p,p'} A_pp' D_pp' from the upper triangles SYRK leaves (both P x P, symmetric). */
+static double paired_sum(const double *A, const double *D, int64_t P)
+{
+    double s = 0;
+    for (int64_t i = 0; i < P; i++) {
+        s += A[i * P + i] * D[i * P + i];
+        double off = 0;
+        for (int64_t j = i + 1; j < P; j++)
+            off += A[i * P + j] * D[i * P + j];
+        s += 2 * off;
+    }
+    return s;
+}
+
+int tpv_onnx_conv_weight_sqnorms(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                                 const struct tpv_onnx_tensor *w, const double *gy,
+                                 enum tpv_onnx_sqnorm_form f, double *out, struct tpv_err *err)
+{
+    struct win g;
+    int64_t gr;
+    int rc = sqnorm_geom(nd, x, w, &g, &gr, err);
+    if (rc)
+        return rc;
+    int64_t M = w->shape[0], Mg = M / gr, Cg = g.C / gr, P = g.oh * g.ow, kk = Cg * g.kh * g.kw;
+    bool ghost = f == TPV_ONNX_SQNORM_GHOST;
+    size_t ncol = (size_t)(kk * P), nwork = ghost ? (size_t)(2 * P * P) : (size_t)(Mg * kk);
+    double *col = malloc((ncol ? ncol : 1) * sizeof *col);
+    double *work = malloc((nwork ? nwork : 1) * sizeof *work);
+    if (!col || !work) {
+        free(col);
+        free(work);
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    for (int64_t n = 0; n < g.N; n++) {
+        const double *xn = (const double *)x->data + n * g.C * g.H * g.W;
+        double s = 0;
+        for (int64_t q = 0; q < gr && Mg && kk && P; q++) {
+            const double *d = gy + (n * M + q * Mg) * P; /* Mg x P */
+            im2col(&g, xn, q * Cg, Cg, col);              /* kk x P */
+            if (ghost) {
+                double *A = work, *D = work + P * P;
+                cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)P, (int)kk, 1.0, col,
+                            (int)P, 0.0, A, (int)P);
+                cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)P, (int)Mg, 1.0, d,
+                            (int)P, 0.0, D, (int)P);
+                s += paired_sum(A, D, P);
+            } else {
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Mg, (int)kk, (int)P,
+                            1.0, d, (int)P, col, (int)P, 0.0, work, (int)kk);
+                for (size_t i = 0; i < (size_t)(Mg * kk); i++)
+                    s += work[i] * work[i];
+            }
+        }
+        out[n] = s;
+    }
+    free(col);
+    free(work);
+    return TPV_OK;
+}

@@ -59,18 +59,34 @@ static int bn_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor
     return float_infer(nd, in, out, err);
 }
 
+/* What BatchNormalization's passes share: epsilon and the (N, C, positions) geometry. */
+struct bn_geom {
+    double eps;
+    int64_t N, C, S;
+};
+
+static int bn_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                   struct bn_geom *g, struct tpv_err *err)
+{
+    g->N = x->shape[0];
+    g->C = x->shape[1];
+    int64_t NC = g->N * g->C;
+    g->S = NC ? (int64_t)x->numel / NC : 0;
+    return tpv_onnx_attr_float(nd, "epsilon", 1e-5, &g->eps, err);
+}
+
 static int bn_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
 {
-    double eps;
-    int rc = tpv_onnx_attr_float(nd, "epsilon", 1e-5, &eps, err);
+    struct bn_geom bg;
+    int rc = bn_geom(nd, in[0], &bg, err);
     if (rc)
         return rc;
     const double *x = in[0]->data, *sc = in[1]->data, *bi = in[2]->data, *mu = in[3]->data,
                  *var = in[4]->data;
     double *y = out[0]->data;
-    int64_t N = in[0]->shape[0], C = in[0]->shape[1];
-    int64_t NC = N * C, S = NC ? (int64_t)in[0]->numel / NC : 0;
+    const int64_t N = bg.N, C = bg.C, S = bg.S;
+    const double eps = bg.eps;
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < C; c++) {
             double g = sc[c] / sqrt(var[c] + eps), h = bi[c] - mu[c] * g;
@@ -191,11 +207,12 @@ static int ln_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor
 }
 
 /* Element j of the normalized block from a parameter broadcast onto it (trailing alignment). */
-static double ln_param(const struct tpv_onnx_tensor *x, int ax, const struct tpv_onnx_tensor *t,
-                       int64_t j)
+/* The entry of scale or bias t (broadcast over the normalized axes) for element j of a row. */
+static int64_t ln_off(const struct tpv_onnx_tensor *x, int ax, const struct tpv_onnx_tensor *t,
+                      int64_t j)
 {
     if (t->numel == 1)
-        return ((const double *)t->data)[0];
+        return 0;
     int64_t off = 0, mul = 1;
     for (int i = x->rank - 1, ti = t->rank - 1; i >= ax; i--, ti--) {
         int64_t d = x->shape[i], c = j % d;
@@ -205,35 +222,54 @@ static double ln_param(const struct tpv_onnx_tensor *x, int ax, const struct tpv
             mul *= t->shape[ti];
         }
     }
-    return ((const double *)t->data)[off];
+    return off;
+}
+
+struct ln_row {
+    int64_t outer, len;
+    int ax;
+    double eps;
+};
+
+static int ln_rows(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                   struct ln_row *r, struct tpv_err *err)
+{
+    int rc = ln_axis(nd, x->rank, &r->ax, &r->eps, err);
+    r->outer = r->len = 1;
+    for (int i = 0; i < x->rank; i++)
+        *(i < r->ax ? &r->outer : &r->len) *= x->shape[i];
+    return rc;
+}
+
+static void ln_stats(const double *xp, int64_t len, double eps, double *mu, double *is)
+{
+    double m = 0, v = 0;
+    for (int64_t j = 0; j < len; j++)
+        m += xp[j];
+    m /= (double)len;
+    for (int64_t j = 0; j < len; j++)
+        v += (xp[j] - m) * (xp[j] - m);
+    v /= (double)len;
+    *mu = m;
+    *is = 1.0 / sqrt(v + eps);
 }
 
 static int ln_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
 {
-    int ax;
-    double eps;
-    int rc = ln_axis(nd, in[0]->rank, &ax, &eps, err);
+    struct ln_row r;
+    int rc = ln_rows(nd, in[0], &r, err);
     if (rc)
         return rc;
-    int64_t outer = 1, len = 1;
-    for (int i = 0; i < in[0]->rank; i++)
-        *(i < ax ? &outer : &len) *= in[0]->shape[i];
-    const double *x = in[0]->data;
+    const double *x = in[0]->data, *s = in[1]->data, *b = IN(2) ? IN(2)->data : NULL;
     double *y = out[0]->data;
-    for (int64_t o = 0; o < outer; o++) {
-        const double *xp = x + o * len;
-        double mu = 0, var = 0;
-        for (int64_t j = 0; j < len; j++)
-            mu += xp[j];
-        mu /= (double)len;
-        for (int64_t j = 0; j < len; j++)
-            var += (xp[j] - mu) * (xp[j] - mu);
-        var /= (double)len;
-        double is = 1.0 / sqrt(var + eps);
-        for (int64_t j = 0; j < len; j++) {
-            double v = (xp[j] - mu) * is * ln_param(in[0], ax, in[1], j);
-            y[o * len + j] = IN(2) ? v + ln_param(in[0], ax, in[2], j) : v;
+    for (int64_t o = 0; o < r.outer; o++) {
+        const double *xp = x + o * r.len;
+        double mu, is;
+        ln_stats(xp, r.len, r.eps, &mu, &is);
+        for (int64_t j = 0; j < r.len; j++) {
+            double v = (xp[j] - mu) * is * s[ln_off(in[0], r.ax, in[1], j)];
+            y[o * r.len + j] = b ? v + b[ln_off(in[0], r.ax, in[2], j)] : v;
         }
         if (nd->nout > 1 && out[1])
             ((double *)out[1]->data)[o] = mu;
@@ -331,13 +367,13 @@ static int bn_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *
                   double *const *gin, struct tpv_err *err)
 {
     (void)out;
-    double eps;
-    int rc = tpv_onnx_attr_float(nd, "epsilon", 1e-5, &eps, err);
+    struct bn_geom bg;
+    int rc = bn_geom(nd, in[0], &bg, err);
     if (rc || !gout[0])
         return rc;
     const double *x = in[0]->data, *sc = in[1]->data, *mu = in[3]->data, *var = in[4]->data;
-    int64_t N = in[0]->shape[0], C = in[0]->shape[1], NC = N * C;
-    int64_t S = NC ? (int64_t)in[0]->numel / NC : 0;
+    const int64_t N = bg.N, C = bg.C, S = bg.S;
+    const double eps = bg.eps;
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < C; c++) {
             double is = 1.0 / sqrt(var[c] + eps), g = sc[c] * is;
@@ -366,13 +402,13 @@ static int bn_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *
                   double *const *tout, struct tpv_err *err)
 {
     (void)out;
-    double eps;
-    int rc = tpv_onnx_attr_float(nd, "epsilon", 1e-5, &eps, err);
+    struct bn_geom bg;
+    int rc = bn_geom(nd, in[0], &bg, err);
     if (rc || !tout[0])
         return rc;
     const double *x = in[0]->data, *sc = in[1]->data, *mu = in[3]->data, *var = in[4]->data;
-    int64_t N = in[0]->shape[0], C = in[0]->shape[1], NC = N * C;
-    int64_t S = NC ? (int64_t)in[0]->numel / NC : 0;
+    const int64_t N = bg.N, C = bg.C, S = bg.S;
+    const double eps = bg.eps;
     for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < C; c++) {
             double is = 1.0 / sqrt(var[c] + eps), g = sc[c] * is;
@@ -435,52 +471,6 @@ static int softmax_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_ten
 }
 
 /* Offset into a LayerNorm parameter broadcast onto the normalized block, for element j. */
-static int64_t ln_off(const struct tpv_onnx_tensor *x, int ax, const struct tpv_onnx_tensor *t,
-                      int64_t j)
-{
-    if (t->numel == 1)
-        return 0;
-    int64_t off = 0, mul = 1;
-    for (int i = x->rank - 1, ti = t->rank - 1; i >= ax; i--, ti--) {
-        int64_t d = x->shape[i], c = j % d;
-        j /= d;
-        if (ti >= 0 && t->shape[ti] != 1) {
-            off += c * mul;
-            mul *= t->shape[ti];
-        }
-    }
-    return off;
-}
-
-struct ln_row {
-    int64_t outer, len;
-    int ax;
-    double eps;
-};
-
-static int ln_rows(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
-                   struct ln_row *r, struct tpv_err *err)
-{
-    int rc = ln_axis(nd, x->rank, &r->ax, &r->eps, err);
-    r->outer = r->len = 1;
-    for (int i = 0; i < x->rank; i++)
-        *(i < r->ax ? &r->outer : &r->len) *= x->shape[i];
-    return rc;
-}
-
-static void ln_stats(const double *xp, int64_t len, double eps, double *mu, double *is)
-{
-    double m = 0, v = 0;
-    for (int64_t j = 0; j < len; j++)
-        m += xp[j];
-    m /= (double)len;
-    for (int64_t j = 0; j < len; j++)
-        v += (xp[j] - m) * (xp[j] - m);
-    v /= (double)len;
-    *mu = m;
-    *is = 1.0 / sqrt(v + eps);
-}
-
 static int ln_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
                   const struct tpv_onnx_tensor *const *out, const double *const *gout,
                   double *const *gin, struct tpv_err *err)

@@ -249,20 +249,28 @@ static int unsqueeze_infer(const struct tpv_onnx_node *nd,
 
 /* ---- Concat ---- */
 
-static int concat_axis(const struct tpv_onnx_node *nd, int rank, int *ax, struct tpv_err *err)
-{
-    int64_t axis;
-    if (!tpv_onnx_attr_has(nd, "axis"))
-        return tpv_onnx_attr_unsupported(err, nd, "axis", "missing (required)");
-    int rc = tpv_onnx_attr_int(nd, "axis", 0, &axis, err);
-    return rc ? rc : tpv_onnx_axis(nd, axis, rank, "axis", ax, err);
-}
-
+/* Concat's axis has no default. */
 static int concat_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
 {
     if (!tpv_onnx_attr_has(nd, "axis"))
         return tpv_onnx_attr_unsupported(err, nd, "axis", "missing (required)");
     return TPV_OK;
+}
+
+/* The one reading of an "axis" attribute (default 0) for Concat, Split and Gather: checked
+ * against a tensor of rank `rank` and made non-negative (Flatten's, whose range includes the
+ * rank, is its own). */
+static int axis_attr(const struct tpv_onnx_node *nd, int rank, int *ax, struct tpv_err *err)
+{
+    int64_t axis;
+    int rc = tpv_onnx_attr_int(nd, "axis", 0, &axis, err);
+    return rc ? rc : tpv_onnx_axis(nd, axis, rank, "axis", ax, err);
+}
+
+static int concat_axis(const struct tpv_onnx_node *nd, int rank, int *ax, struct tpv_err *err)
+{
+    int rc = concat_check(nd, err);
+    return rc ? rc : axis_attr(nd, rank, ax, err);
 }
 
 static int concat_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
@@ -412,10 +420,7 @@ static int slice_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_t
 static int split_sizes(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
                        int *ax, int64_t *sizes, struct tpv_err *err)
 {
-    int64_t axis;
-    int rc = tpv_onnx_attr_int(nd, "axis", 0, &axis, err);
-    if (!rc)
-        rc = tpv_onnx_axis(nd, axis, in[0]->rank, "axis", ax, err);
+    int rc = axis_attr(nd, in[0]->rank, ax, err);
     if (rc)
         return rc;
     int64_t d = in[0]->shape[*ax], sum = 0, n = (int64_t)nd->nout;
@@ -502,18 +507,11 @@ static int split_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
 
 /* ---- Gather ---- */
 
-static int gather_axis(const struct tpv_onnx_node *nd, int rank, int *ax, struct tpv_err *err)
-{
-    int64_t axis;
-    int rc = tpv_onnx_attr_int(nd, "axis", 0, &axis, err);
-    return rc ? rc : tpv_onnx_axis(nd, axis, rank, "axis", ax, err);
-}
-
 static int gather_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
                         struct tpv_onnx_tensor *const *out, struct tpv_err *err)
 {
     int ax;
-    int rc = gather_axis(nd, in[0]->rank, &ax, err);
+    int rc = axis_attr(nd, in[0]->rank, &ax, err);
     if (!rc)
         rc = static_ints(nd, in[1], 1, err);
     if (rc)
@@ -544,7 +542,7 @@ static int gather_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_
                           struct tpv_onnx_tensor *const *out, struct tpv_err *err)
 {
     int ax;
-    int rc = gather_axis(nd, in[0]->rank, &ax, err);
+    int rc = axis_attr(nd, in[0]->rank, &ax, err);
     if (rc)
         return rc;
     int64_t outer = 1, inner = 1, d = in[0]->shape[ax];
@@ -819,7 +817,7 @@ static int gather_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tens
 {
     (void)out;
     int ax;
-    int rc = gather_axis(nd, in[0]->rank, &ax, err);
+    int rc = axis_attr(nd, in[0]->rank, &ax, err);
     if (rc || no_grad(in, gout, gin))
         return rc;
     int64_t outer = 1, inner = 1, d = in[0]->shape[ax];

@@ -49,19 +49,7 @@ static int canceled(struct tpv_err *err)
 static int open_batch(const struct osrc *o, size_t b, struct tpv_onnx_plan **plan,
                       struct tpv_onnx_exec **ex, struct tpv_err *err)
 {
-    struct tpv_onnx_tensor in = {.dtype = TPV_ONNX_F64, .rank = o->inputs.rank};
-    for (int i = 0; i < o->inputs.rank; i++)
-        in.shape[i] = (int64_t)o->inputs.shape[i];
-    in.shape[0] = (int64_t)b;
-    *ex = NULL;
-    int rc = tpv_onnx_plan_new(plan, o->m, &in, err);
-    if (!rc)
-        rc = tpv_onnx_exec_new(ex, *plan, err);
-    if (rc) {
-        tpv_onnx_plan_free(*plan);
-        *plan = NULL;
-    }
-    return rc;
+    return tpv_onnx_exec_open(o->m, &o->inputs, b, plan, ex, err);
 }
 
 static int forward_rows(const struct osrc *o, struct tpv_onnx_exec *ex, uint64_t first,
@@ -402,15 +390,18 @@ bool tpv_onnx_source_batched(const struct tpv_jsrc *s)
     return use_batched(s);
 }
 
-static int os_jvp(const struct tpv_jsrc *s, const double *v, double *out,
-                  const struct tpv_progress *pg, struct tpv_err *err)
+/* What one batched pass does after its forward pass: samples [x0, x0 + b) are in ex. */
+typedef int (*batch_fn)(const struct tpv_jsrc *s, struct tpv_onnx_exec *ex, uint64_t x0,
+                        size_t b, void *ctx, struct tpv_err *err);
+
+/* Batched forward passes over every sample (o->batch at a time; the executor reopened when the
+ * last batch is shorter), each followed by fn. */
+static int for_batches(const struct tpv_jsrc *s, batch_fn fn, void *ctx,
+                       const struct tpv_progress *pg, struct tpv_err *err)
 {
     const struct osrc *o = s->impl;
-    const double **seed = calloc(o->m->nvalues, sizeof *seed);
     double *x = malloc(o->batch * o->per * sizeof *x);
-    int rc = seed && x ? TPV_OK : nomem(err);
-    for (size_t j = 0; !rc && j < s->layout.nblocks; j++)
-        seed[o->m->params[j]] = v + s->layout.blocks[j].offset;
+    int rc = x ? TPV_OK : nomem(err);
     struct tpv_onnx_plan *plan = NULL;
     struct tpv_onnx_exec *ex = NULL;
     size_t open = 0;
@@ -425,87 +416,92 @@ static int os_jvp(const struct tpv_jsrc *s, const double *v, double *out,
         if (!rc)
             rc = forward_rows(o, ex, x0, b, x, err);
         if (!rc)
-            rc = tpv_onnx_exec_jvp(ex, seed, err);
-        if (!rc)
-            memcpy(out + x0 * s->K, tpv_onnx_exec_tangent(ex, o->m->outputs[0]),
-                   b * s->K * sizeof *out);
+            rc = fn(s, ex, x0, b, ctx, err);
         if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
             rc = canceled(err);
     }
     tpv_onnx_exec_free(ex);
     tpv_onnx_plan_free(plan);
-    free(seed);
     free(x);
+    return rc;
+}
+
+struct jvp_ctx {
+    const double **seed; /* per value: the tangent of a parameter, else NULL */
+    double *out;
+};
+
+static int jvp_batch(const struct tpv_jsrc *s, struct tpv_onnx_exec *ex, uint64_t x0, size_t b,
+                     void *ctx, struct tpv_err *err)
+{
+    const struct osrc *o = s->impl;
+    struct jvp_ctx *c = ctx;
+    int rc = tpv_onnx_exec_jvp(ex, c->seed, err);
+    if (!rc)
+        memcpy(c->out + x0 * s->K, tpv_onnx_exec_tangent(ex, o->m->outputs[0]),
+               b * s->K * sizeof *c->out);
+    return rc;
+}
+
+static int os_jvp(const struct tpv_jsrc *s, const double *v, double *out,
+                  const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct osrc *o = s->impl;
+    struct jvp_ctx c = { calloc(o->m->nvalues, sizeof *c.seed), out };
+    if (!c.seed)
+        return nomem(err);
+    for (size_t j = 0; j < s->layout.nblocks; j++)
+        c.seed[o->m->params[j]] = v + s->layout.blocks[j].offset;
+    int rc = for_batches(s, jvp_batch, &c, pg, err);
+    free(c.seed);
+    return rc;
+}
+
+struct vjp_ctx {
+    const double *u;
+    double *out;
+};
+
+static int vjp_batch(const struct tpv_jsrc *s, struct tpv_onnx_exec *ex, uint64_t x0, size_t b,
+                     void *ctx, struct tpv_err *err)
+{
+    (void)b;
+    const struct osrc *o = s->impl;
+    struct vjp_ctx *c = ctx;
+    int rc = tpv_onnx_exec_vjp(ex, o->m->outputs[0], c->u + x0 * s->K, err);
+    for (size_t j = 0; !rc && j < s->layout.nblocks; j++) {
+        const struct tpv_block *bl = &s->layout.blocks[j];
+        const double *g = tpv_onnx_exec_grad(ex, o->m->params[j]);
+        for (uint64_t i = 0; i < bl->count; i++)
+            c->out[bl->offset + i] += g[i];
+    }
     return rc;
 }
 
 static int os_vjp(const struct tpv_jsrc *s, const double *u, double *out,
                   const struct tpv_progress *pg, struct tpv_err *err)
 {
-    const struct osrc *o = s->impl;
-    double *x = malloc(o->batch * o->per * sizeof *x);
-    int rc = x ? TPV_OK : nomem(err);
     memset(out, 0, s->p * sizeof *out);
-    struct tpv_onnx_plan *plan = NULL;
-    struct tpv_onnx_exec *ex = NULL;
-    size_t open = 0;
-    for (uint64_t x0 = 0; !rc && x0 < s->n; x0 += o->batch) {
-        size_t b = s->n - x0 < o->batch ? (size_t)(s->n - x0) : o->batch;
-        if (b != open) {
-            tpv_onnx_exec_free(ex);
-            tpv_onnx_plan_free(plan);
-            rc = open_batch(o, b, &plan, &ex, err);
-            open = b;
-        }
-        if (!rc)
-            rc = forward_rows(o, ex, x0, b, x, err);
-        if (!rc)
-            rc = tpv_onnx_exec_vjp(ex, o->m->outputs[0], u + x0 * s->K, err);
-        for (size_t j = 0; !rc && j < s->layout.nblocks; j++) {
-            const struct tpv_block *bl = &s->layout.blocks[j];
-            const double *g = tpv_onnx_exec_grad(ex, o->m->params[j]);
-            for (uint64_t i = 0; i < bl->count; i++)
-                out[bl->offset + i] += g[i];
-        }
-        if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
-            rc = canceled(err);
-    }
-    tpv_onnx_exec_free(ex);
-    tpv_onnx_plan_free(plan);
-    free(x);
-    return rc;
+    struct vjp_ctx c = { u, out };
+    return for_batches(s, vjp_batch, &c, pg, err);
+}
+
+static int outputs_batch(const struct tpv_jsrc *s, struct tpv_onnx_exec *ex, uint64_t x0,
+                         size_t b, void *ctx, struct tpv_err *err)
+{
+    (void)err;
+    const struct osrc *o = s->impl;
+    double *out = ctx;
+    memcpy(out + x0 * s->K, tpv_onnx_exec_value(ex, o->m->outputs[0])->data,
+           b * s->K * sizeof *out);
+    return TPV_OK;
 }
 
 /* The model's outputs over the inputs: batched forward passes only. */
 static int os_outputs(const struct tpv_jsrc *s, double *out, const struct tpv_progress *pg,
                       struct tpv_err *err)
 {
-    const struct osrc *o = s->impl;
-    double *x = malloc(o->batch * o->per * sizeof *x);
-    int rc = x ? TPV_OK : nomem(err);
-    struct tpv_onnx_plan *plan = NULL;
-    struct tpv_onnx_exec *ex = NULL;
-    size_t open = 0;
-    for (uint64_t x0 = 0; !rc && x0 < s->n; x0 += o->batch) {
-        size_t b = s->n - x0 < o->batch ? (size_t)(s->n - x0) : o->batch;
-        if (b != open) {
-            tpv_onnx_exec_free(ex);
-            tpv_onnx_plan_free(plan);
-            rc = open_batch(o, b, &plan, &ex, err);
-            open = b;
-        }
-        if (!rc)
-            rc = forward_rows(o, ex, x0, b, x, err);
-        if (!rc)
-            memcpy(out + x0 * s->K, tpv_onnx_exec_value(ex, o->m->outputs[0])->data,
-                   b * s->K * sizeof *out);
-        if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
-            rc = canceled(err);
-    }
-    tpv_onnx_exec_free(ex);
-    tpv_onnx_plan_free(plan);
-    free(x);
-    return rc;
+    return for_batches(s, outputs_batch, out, pg, err);
 }
 
 static uint64_t os_scratch_bytes(const struct tpv_jsrc *s)

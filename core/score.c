@@ -32,6 +32,7 @@
 #include "core/estimate.h"
 #include "core/linalg.h"
 #include "core/jbr.h"
+#include "core/onnx_jbr.h"
 #include "core/json_alloc.h"
 #include "core/mlp.h"
 #include "core/mlp_source.h"
@@ -658,13 +659,14 @@ int tpv_jbr_run(const struct tpv_candidate_files *c, double confidence, uint64_t
                 json_t **result, const struct tpv_progress *pg, struct tpv_err *err)
 {
     *result = NULL;
-    if (c->source != TPV_SOURCE_MODEL)
+    if (c->source != TPV_SOURCE_MODEL && c->source != TPV_SOURCE_ONNX)
         return tpv_err_set(err, TPV_EPRECONDITION, "source",
                            "JBR needs a model checkpoint; this candidate is a Jacobian dump");
     struct sources s;
     int rc = open_sources(c, OPEN_FULL, &s, err);
     if (rc == TPV_OK)
-        rc = tpv_jbr_compute(s.mlp, s.fit_x, confidence, batch_size, result, pg, err);
+        rc = s.onnx ? tpv_onnx_jbr_compute(s.onnx, s.fit_x, confidence, batch_size, result, pg, err)
+                    : tpv_jbr_compute(s.mlp, s.fit_x, confidence, batch_size, result, pg, err);
     close_sources(&s);
     return rc;
 }

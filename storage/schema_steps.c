@@ -284,6 +284,19 @@ static const struct schema_step steps[] = {
         "ALTER TABLE webhook_outbox ADD COLUMN secret TEXT;"
         "ALTER TABLE blobs ADD COLUMN released_at TEXT;",
     },
+    /* 4 -> 5: a candidate's metrics, the labelled numbers its user has (val_loss, ...; the
+     * agreement report, DESIGN.md section 5): a JSON object text of finite numbers, NULL when it
+     * has none.  A column rather than a table so that the numbers come back with the spelling
+     * they were given in (json_patch and jsonb keep it) and the candidate shape reads them with
+     * its row. */
+    {
+        .version = 5,
+        .what = "candidate metrics",
+        .sqlite =
+        "ALTER TABLE candidates ADD COLUMN metrics TEXT;",
+        .postgres =
+        "ALTER TABLE candidates ADD COLUMN metrics TEXT;",
+    },
 };
 
 const struct schema_step *schema_steps(size_t *n)

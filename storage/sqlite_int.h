@@ -1,7 +1,8 @@
-/* sqlite_int.h: internals shared by the SQLite backend's files (store_sqlite*.c): the connection pool, the prepared statement table and small binding helpers.
- * Never included outside storage/. */
-#ifndef TPV_STORE_INT_H
-#define TPV_STORE_INT_H
+/* sqlite_int.h: internals shared by the SQLite backend's files (store_sqlite*.c): the connection
+ * pool, the prepared statement table, small binding helpers and the sq_* operations.  Included
+ * by nothing else (the dispatcher store.c sees only store_sqlite.h). */
+#ifndef TPV_SQLITE_INT_H
+#define TPV_SQLITE_INT_H
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -61,7 +62,7 @@
                         "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' "     \
                         "ELSE c.source_kind END, "                                                \
                         "c.state, c.stability, c.job_id, c.created_at, j.progress, "              \
-                        "j.error_code, j.error_message FROM candidates c "                        \
+                        "j.error_code, j.error_message, c.metrics FROM candidates c "             \
                         "LEFT JOIN jobs j ON j.id = c.job_id "                                    \
                         "WHERE c.study_id = ?1 AND c.id = ?2")                                    \
     X(CAND_LIST,        "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, "                    \
@@ -71,7 +72,7 @@
                         "j.error_code, j.error_message, "                                          \
                         "(SELECT coalesce(sum(coalesce(length(CAST(details AS BLOB)), 0) + "      \
                         "2 * length(CAST(noise AS BLOB)) + 384), 0) "                             \
-                        "FROM scores WHERE candidate_id = c.id) "                                 \
+                        "FROM scores WHERE candidate_id = c.id), c.metrics "                      \
                         "FROM candidates c LEFT JOIN jobs j ON j.id = c.job_id "                  \
                         "WHERE c.study_id = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3")           \
     X(CAND_SCORES,      "SELECT candidate_id, noise, kind, split, value, stderr, estimator, "     \
@@ -85,6 +86,21 @@
                         "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' "     \
                         "ELSE c.source_kind END "                                                 \
                         "FROM candidates c WHERE c.study_id = ?1 AND c.id = ?2")                  \
+    /* storage/metrics.c.  The agreement's one read: the study row, then every candidate with   \
+     * the asked metric (NULL when it lacks it) and each of its scores, in creation order. */     \
+    X(METRICS_OLD,      "SELECT coalesce(metrics, '{}') FROM candidates "                         \
+                        "WHERE study_id = ?1 AND id = ?2")                                        \
+    X(METRICS_PATCH,    "SELECT json_patch(?1, ?2), (SELECT count(*) FROM json_each("             \
+                        "json_patch(?1, ?2)))")                                                   \
+    X(METRICS_SET,      "UPDATE candidates SET metrics = ?2 WHERE id = ?1")                       \
+    X(METRICS_NAMES,    "SELECT DISTINCT j.key FROM candidates c, json_each(c.metrics) j "        \
+                        "WHERE c.study_id = ?1 AND c.metrics IS NOT NULL ORDER BY j.key LIMIT ?2") \
+    X(AGREE_ROWS,       "SELECT s.noise_models, s.version, c.id, "                                \
+                        "(SELECT j.value FROM json_each(c.metrics) j WHERE j.key = ?2 AND "       \
+                        "j.type IN ('integer', 'real')), sc.noise, sc.split, sc.value "           \
+                        "FROM studies s LEFT JOIN candidates c ON c.study_id = s.id "             \
+                        "LEFT JOIN scores sc ON sc.candidate_id = c.id WHERE s.id = ?1 "          \
+                        "ORDER BY c.seq, sc.rowid")                                               \
     X(STUDY_DELETE,     "DELETE FROM studies WHERE id = ?1")                                      \
     X(OUTBOX_DETACH,    "UPDATE webhook_outbox SET "                                              \
                         "url = (SELECT webhook_url FROM studies WHERE id = ?1), "                 \
@@ -345,5 +361,11 @@ int sq_token_list(struct sq_store *st, struct store_token_row **rows, size_t *n,
                      struct tpv_err *err);
 int sq_token_revoke(struct sq_store *st, const char *name, struct tpv_err *err);
 int sq_token_count(struct sq_store *st, int64_t *n, struct tpv_err *err);
+int sq_metrics_merge(struct sq_store *st, const char *study_id, const char *candidate_id,
+                     const char *patch, int64_t *version, struct tpv_err *err);
+int sq_metric_names(struct sq_store *st, const char *study_id, char *names, size_t cap,
+                    struct tpv_err *err);
+int sq_agree_rows(struct sq_store *st, const char *study_id, const char *metric,
+                  struct store_agree_rows *out, struct tpv_err *err);
 
 #endif

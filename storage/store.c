@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "storage/blobs.h"
+#include "storage/metrics.h"
 #include "storage/store_ops.h"
 #include "storage/store_pg.h"
 #include "storage/store_sqlite.h"
@@ -399,7 +400,8 @@ int store_study_list(struct store *st, int64_t after_seq, int limit, uint64_t ma
 {
     memset(page, 0, sizeof *page);
     int rc = check_limit(limit, err);
-    return rc != TPV_OK ? rc : st->ops->study_list(st->impl, after_seq, limit, max_bytes, page, err);
+    return rc != TPV_OK ? rc
+                        : st->ops->study_list(st->impl, after_seq, limit, max_bytes, page, err);
 }
 
 int store_study_delete(struct store *st, const char *id, struct tpv_err *err)
@@ -549,6 +551,27 @@ int store_jobs_requeue_expired(struct store *st, int max_attempts, double now, i
 int store_jobs_queued(struct store *st, int64_t *n, struct tpv_err *err)
 {
     return st->ops->jobs_queued(st->impl, n, err);
+}
+
+/* ---- candidate metrics ---- */
+
+int store_metrics_merge(struct store *st, const char *study_id, const char *candidate_id,
+                        const char *patch, int64_t *version, struct tpv_err *err)
+{
+    return st->ops->metrics_merge(st->impl, study_id, candidate_id, patch, version, err);
+}
+
+int store_metric_names(struct store *st, const char *study_id, char *names, size_t cap,
+                       struct tpv_err *err)
+{
+    return st->ops->metric_names(st->impl, study_id, names, cap, err);
+}
+
+int store_agree_rows(struct store *st, const char *study_id, const char *metric,
+                     struct store_agree_rows *out, struct tpv_err *err)
+{
+    memset(out, 0, sizeof *out);
+    return st->ops->agree_rows(st->impl, study_id, metric, out, err);
 }
 
 /* ---- ranking ---- */

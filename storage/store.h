@@ -73,7 +73,8 @@ void store_set_hooks(struct store *st, const struct store_hooks *hooks);
 
 /* The renderer of webhook event payloads (the daemon's: srv_webhook_render_event).  Set it right
  * after opening, before anything that may end a job (start-up recovery does); without one, a
- * write that owes a study's webhook an event fails with TPV_EINTERNAL.  Not thread-safe. */
+ * write that owes a study's webhook an event fails (rolled back, nothing lost silently).  Not
+ * thread-safe. */
 void store_set_event_renderer(struct store *st, store_event_render_fn render);
 
 /* ---- page tokens (keyset pagination on creation order) ---- */

@@ -112,6 +112,14 @@ struct store_ops {
                                 int *requeued, int *failed, struct tpv_err *err);
     int (*jobs_queued)(void *impl, int64_t *n, struct tpv_err *err);
 
+    /* ---- candidate metrics (storage/metrics.h; the version bump is in the merge's tx) ---- */
+    int (*metrics_merge)(void *impl, const char *study_id, const char *candidate_id,
+                         const char *patch, int64_t *version, struct tpv_err *err);
+    int (*metric_names)(void *impl, const char *study_id, char *names, size_t cap,
+                        struct tpv_err *err);
+    int (*agree_rows)(void *impl, const char *study_id, const char *metric,
+                      struct store_agree_rows *out, struct tpv_err *err);
+
     /* ---- ranking ---- */
     int (*rank_rows)(void *impl, const char *study_id, const char *noise, const char *split,
                      struct store_rank_row **rows, size_t *nrows, struct tpv_err *err);

@@ -310,6 +310,24 @@ static int op_blob_gc(void *impl, const char *cutoff, int limit, store_blob_remo
     return sq_blob_gc(impl, cutoff, limit, rm, ctx, removed, err);
 }
 
+static int op_metrics_merge(void *impl, const char *study_id, const char *candidate_id,
+                            const char *patch, int64_t *version, struct tpv_err *err)
+{
+    return sq_metrics_merge(impl, study_id, candidate_id, patch, version, err);
+}
+
+static int op_metric_names(void *impl, const char *study_id, char *names, size_t cap,
+                           struct tpv_err *err)
+{
+    return sq_metric_names(impl, study_id, names, cap, err);
+}
+
+static int op_agree_rows(void *impl, const char *study_id, const char *metric,
+                         struct store_agree_rows *out, struct tpv_err *err)
+{
+    return sq_agree_rows(impl, study_id, metric, out, err);
+}
+
 const struct store_ops store_sqlite_ops = {
     .name = "sqlite",
     .open = op_open,
@@ -344,6 +362,9 @@ const struct store_ops store_sqlite_ops = {
     .jobs_recover = op_jobs_recover,
     .jobs_requeue_expired = op_jobs_requeue_expired,
     .jobs_queued = op_jobs_queued,
+    .metrics_merge = op_metrics_merge,
+    .metric_names = op_metric_names,
+    .agree_rows = op_agree_rows,
     .rank_rows = op_rank_rows,
     .outbox_due = op_outbox_due,
     .outbox_next_due = op_outbox_next_due,

@@ -1,6 +1,6 @@
-/* store_sqlite_outbox.c: the webhook outbox of the SQLite backend (see store.h): pending events with their
- * study's URL and secret, and the outcome of each delivery attempt.  Rows are written by the job
- * transitions in queue.c; server/webhook.c delivers them. */
+/* store_sqlite_outbox.c: the webhook outbox of the SQLite backend (see store.h): pending events
+ * with their study's URL and secret, and the outcome of each delivery attempt.  Rows are written
+ * by the job transitions in store_sqlite_queue.c; server/webhook.c delivers them. */
 #include "storage/sqlite_int.h"
 
 #include <stdio.h>

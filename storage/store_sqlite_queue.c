@@ -1,7 +1,7 @@
-/* store_sqlite_queue.c: the durable job queue of the SQLite backend (see store.h): claims with leases inside
- * BEGIN IMMEDIATE transactions (SQLite has one writer at a time, so two claims never return the
- * same job), progress and lease renewal, terminal transitions that write scores and bump the study
- * version in one transaction, and crash recovery. */
+/* store_sqlite_queue.c: the durable job queue of the SQLite backend (see store.h): claims with
+ * leases inside BEGIN IMMEDIATE transactions (SQLite has one writer at a time, so two claims
+ * never return the same job), progress and lease renewal, terminal transitions that write scores
+ * and bump the study version in one transaction, and crash recovery. */
 #include "storage/sqlite_int.h"
 
 #include <stdio.h>
@@ -182,8 +182,10 @@ int outbox_put(struct store_conn *c, const struct store_event *ev, struct tpv_er
     char id[STORE_ID_MAX];
     store_id_new(id, "ev"); /* the event id receivers dedup on, the same for every attempt */
     char *text = c->st->sink.render_event(c->st->sink.ctx, ev, id);
-    if (!text)
-        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    if (!text) /* the dispatcher's renderer answers NULL too when none was set */
+        return tpv_err_set(err, TPV_ENOMEM, NULL,
+                           "cannot render the webhook event (out of memory, or no renderer set "
+                           "with store_set_event_renderer)");
     int rc;
     sqlite3_stmt *s = conn_stmt(c, STMT_OUTBOX_PUT, err);
     if (!s) {

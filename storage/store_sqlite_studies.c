@@ -1,6 +1,6 @@
-/* store_sqlite_studies.c: studies, input sets, candidates and ranking rows of the SQLite backend (see store.h).
- * Read views are built in the API shapes of DESIGN.md section 5 with a constant number of
- * queries per call. */
+/* store_sqlite_studies.c: studies, input sets, candidates and ranking rows of the SQLite backend
+ * (see store.h).  Read views fill the row and page structs of store_types.h (api/render.c makes
+ * the API shapes) with a constant number of queries per call. */
 #include "storage/sqlite_int.h"
 
 #include <limits.h>
@@ -503,8 +503,9 @@ static bool candidate_add_score(struct store_candidate *cand, size_t *cap, sqlit
     return true;
 }
 
-/* Columns of CAND_GET / CAND_LIST into *o, without scores; false when out of memory. */
-static bool candidate_from_row(sqlite3_stmt *s, struct store_candidate *o)
+/* Columns of CAND_GET / CAND_LIST into *o, without scores, with the metrics (storage/
+ * store_sqlite_metrics.c) in column `metrics_col`; false when out of memory. */
+static bool candidate_from_row(sqlite3_stmt *s, struct store_candidate *o, int metrics_col)
 {
     memset(o, 0, sizeof *o);
     o->seq = sqlite3_column_int64(s, 0);
@@ -518,6 +519,7 @@ static bool candidate_from_row(sqlite3_stmt *s, struct store_candidate *o)
     snprintf(o->job_id, sizeof o->job_id, "%s", col_text(s, 8));
     snprintf(o->created_at, sizeof o->created_at, "%s", col_text(s, 9));
     o->progress = sqlite3_column_double(s, 10);
+    ok = col_strdup_or_null(s, metrics_col, &o->metrics) && ok;
     if (sqlite3_column_type(s, 11) != SQLITE_NULL) {
         o->error_code = col_dup(s, 11);
         o->error_message = col_dup(s, 12);
@@ -545,8 +547,8 @@ int sq_candidate_get(struct sq_store *st, const char *study_id, const char *id,
     bind_text(s, 2, id);
     step = sqlite3_step(s);
     if (step == SQLITE_ROW)
-        rc = candidate_from_row(s, out) ? TPV_OK
-                                        : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        rc = candidate_from_row(s, out, 13) ? TPV_OK
+                                            : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     else if (step == SQLITE_DONE)
         rc = tpv_err_set(err, TPV_ENOTFOUND, "candidate_id", "candidate %s not found in study %s",
                          id, study_id);
@@ -698,8 +700,9 @@ int sq_candidate_list(struct sq_store *st, const char *study_id, int64_t after_s
     sqlite3_bind_int64(s, 2, after_seq);
     sqlite3_bind_int(s, 3, limit + 1);
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        /* The last column estimates the candidate's scores (second query) in bytes. */
-        uint64_t more = row_bytes(s, 1u << 4 | 1u << 7) /* metadata, stability */ +
+        /* Column 13 estimates the candidate's scores (second query) in bytes; the JSON columns
+         * are metadata, stability and metrics. */
+        uint64_t more = row_bytes(s, 1u << 4 | 1u << 7 | 1u << 14) +
                         (uint64_t)sqlite3_column_int64(s, 13);
         if (page->n == (size_t)limit || page_full((int)page->n, used, more, max_bytes)) {
             page->next_seq = page->items[page->n - 1].seq;
@@ -707,7 +710,7 @@ int sq_candidate_list(struct sq_store *st, const char *study_id, int64_t after_s
         }
         used += more;
         if (!grow(&page->items, &cap, page->n, sizeof *page->items) ||
-            !candidate_from_row(s, &page->items[page->n])) {
+            !candidate_from_row(s, &page->items[page->n], 14)) {
             rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
             break;
         }

@@ -1,5 +1,5 @@
-/* store_sqlite_tokens.c: API bearer tokens of the SQLite backend (see store.h): create, find by hash (the
- * tokens.hash column is UNIQUE, hence indexed: one read per lookup), list, revoke, count.
+/* store_sqlite_tokens.c: API bearer tokens of the SQLite backend (see store.h): create, find by
+ * hash (the tokens.hash column is UNIQUE, hence indexed: one read per lookup), list, revoke, count.
  * Secrets never reach storage: callers hand in the hex SHA-256 (api/auth.c). */
 #include "storage/sqlite_int.h"
 

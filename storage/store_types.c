@@ -38,6 +38,7 @@ void store_candidate_free(struct store_candidate *c)
     free(c->stability);
     free(c->error_code);
     free(c->error_message);
+    free(c->metrics);
     for (size_t i = 0; c->scores && i < c->nscores; i++)
         score_row_free(&c->scores[i]);
     free(c->scores);

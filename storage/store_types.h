@@ -153,6 +153,7 @@ struct store_candidate {
     char *error_code;   /* NULL when no error */
     char *error_message;
     char created_at[STORE_TIME_MAX];
+    char *metrics;      /* JSON object text of its labelled metrics, NULL when it has none */
     struct store_score_row *scores; /* malloc'd array */
     size_t nscores;
 };
@@ -222,6 +223,41 @@ struct store_candidate_page {
     int64_t next_seq;
 };
 void store_candidate_page_free(struct store_candidate_page *p);
+
+/* ---- candidate metrics and the agreement report (storage/metrics.h) ---- */
+
+#define STORE_METRICS_MAX 64     /* keys a candidate may hold, after a merge */
+#define STORE_METRIC_NAME_MAX 64 /* bytes of a key */
+#define STORE_NOISE_NAME_MAX 64  /* = TPV_NOISE_NAME_MAX (checked where both are seen) */
+
+/* One score of a candidate (value NaN when it is null). */
+struct store_agree_score {
+    char noise[STORE_NOISE_NAME_MAX];
+    char split[8]; /* "fit" | "probe" */
+    double value;
+};
+
+/* A candidate: its asked metric (has_metric false when it lacks it) and its scores
+ * scores[first .. first + nscores). */
+struct store_agree_cand {
+    char id[STORE_ID_MAX];
+    bool has_metric;
+    double metric;
+    size_t first, nscores;
+};
+
+/* Everything the agreement of one metric needs, from one query: the study's noise models (JSON
+ * text, the order items follow) and version, every candidate in creation order with its scores.
+ * Owns its arrays; free with store_agree_rows_free (NULL-safe, and safe on a zeroed struct). */
+struct store_agree_rows {
+    char *noise_models;
+    int64_t version;
+    struct store_agree_cand *cands;
+    size_t ncands;
+    struct store_agree_score *scores;
+    size_t nscores;
+};
+void store_agree_rows_free(struct store_agree_rows *rows);
 
 /* ---- ranking ---- */
 

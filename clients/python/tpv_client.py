@@ -20,6 +20,8 @@ import hashlib
 import hmac
 import http.client
 import json
+import math
+import numbers
 import os
 import select
 import ssl
@@ -344,6 +346,31 @@ class Client:
         if batch_size is not None:
             body["batch_size"] = batch_size
         return self._request("POST", f"/v1/studies/{sid}/candidates/{cid}/jbr", body)[2]
+
+    # -- metrics and agreement ---------------------------------------------------------------
+
+    def set_metrics(self, sid, cid, metrics=None, **kw):
+        """Merges labelled numbers you have on a candidate (set_metrics(sid, cid, val_loss=0.31),
+        or a dict for names that are not identifiers): keys given replace, None removes a key,
+        others stay.  Returns the candidate, with its "metrics".  Values must be finite numbers
+        (ValueError otherwise, before anything is sent)."""
+        body = dict(metrics or {})
+        body.update(kw)
+        for k, v in body.items():
+            if v is None:
+                continue
+            # numpy scalars are numbers.Real too; bool is an int but not a measurement.
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"metric {k!r}: {v!r} is not a finite number")
+            body[k] = int(v) if isinstance(v, numbers.Integral) else float(v)
+        return self._request("PUT", f"/v1/studies/{sid}/candidates/{cid}/metrics", body)[2]
+
+    def agreement(self, sid, metric):
+        """How each noise model and split of the study ranks against `metric`: a dict with
+        "items" ([{noise, split, n, spearman, kendall, ci}], study order, fit before probe) and
+        "recommended" ({noise, split} with the highest interval lower bound above 0, or None).
+        Raises TPVError not_found when no candidate has the metric."""
+        return self._request("GET", f"/v1/studies/{sid}/agreement", query={"metric": metric})[2]
 
     # -- rankings ----------------------------------------------------------------------------
 

@@ -47,6 +47,14 @@ static const struct {
       "  ranking SID [-b BY] [-s fit|probe] [-x MAX_TRAIN_LOSS] [--csv]\n"
       "      (-b --by, -s --split, -x --max-train-loss); --csv prints rank,candidate_id,name,\n"
       "      value,stderr,stderr_inputs,p_lower_than_next,flags,<metadata keys>\n" },
+    { "metrics",
+      "  metrics put SID CID KEY=VALUE... | metrics put SID CID --json FILE (or --file FILE)\n"
+      "      merges validation numbers into the candidate's metrics (VALUE a number, or null\n"
+      "      to remove KEY; FILE a JSON object, - for stdin); prints the merged metrics\n" },
+    { "agreement",
+      "  agreement SID -m METRIC   (-m --metric)  how each noise model and split ranks\n"
+      "      against METRIC: n, Spearman, Kendall, 95% bootstrap interval, and the\n"
+      "      recommended noise model (the highest interval lower bound above 0)\n" },
     { "jbr",
       "  jbr SID CID [--confidence C] [--batch-size B] [-w [-T SECONDS]]\n"
       "      prints the job id, or with -w (--wait) the units, lowest score first\n" },
@@ -800,6 +808,188 @@ static int cmd_jbr(const struct ctl *c, int argc, char **argv)
     return rc;
 }
 
+/* --- metrics and agreement ----------------------------------------------------------------- */
+
+/* KEY=VALUE with VALUE a finite number or null, into obj.  Prints and returns false otherwise. */
+static bool metric_arg(json_t *obj, const char *arg)
+{
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq == arg) {
+        usage_error("'%s' is not KEY=VALUE", arg);
+        return false;
+    }
+    char key[128];
+    snprintf(key, sizeof key, "%.*s", (int)(eq - arg), arg);
+    const char *v = eq + 1;
+    if (strcmp(v, "null") == 0)
+        return json_object_set_new(obj, key, json_null()) == 0;
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (!v[0] || *end || errno == ERANGE || !isfinite(d)) {
+        usage_error("metric %s: '%s' is not a finite number (or null)", key, v);
+        return false;
+    }
+    return json_object_set_new(obj, key, json_real(d)) == 0;
+}
+
+/* A JSON object from FILE ("-": stdin); prints and returns NULL (with *rc) when it is not one. */
+static json_t *load_object_file(const char *file, int *rc)
+{
+    json_error_t jerr;
+    json_t *j = strcmp(file, "-") == 0 ? json_loadf(stdin, JSON_REJECT_DUPLICATES, &jerr)
+                                      : json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
+    if (!j || !json_is_object(j)) {
+        fprintf(stderr, "tpvctl: %s: %s\n", file, j ? "not a JSON object" : jerr.text);
+        json_decref(j);
+        *rc = CTL_ERR_LOCAL;
+        return NULL;
+    }
+    return j;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* KEY=VALUE lines in byte order of the keys (a stable output for scripts). */
+static void print_metrics_sorted(const json_t *m)
+{
+    size_t n = json_object_size(m), i = 0;
+    const char **keys = calloc(n ? n : 1, sizeof *keys);
+    const char *k;
+    json_t *v;
+    char num[32];
+    if (!keys)
+        return;
+    json_object_foreach((json_t *)m, k, v)
+        keys[i++] = k;
+    qsort(keys, n, sizeof *keys, cmp_str);
+    for (i = 0; i < n; i++) {
+        format_double(json_number_value(json_object_get(m, keys[i])), num);
+        printf("%s=%s\n", keys[i], num);
+    }
+    free(keys);
+}
+
+/* `metrics put SID CID (KEY=VALUE... | --json FILE)`; argv[0] is "put". */
+static int cmd_metrics_put(const struct ctl *c, int argc, char **argv)
+{
+    if (argc < 4 || argv[1][0] == '-' || argv[2][0] == '-')
+        return command_usage("metrics");
+    json_t *body = NULL;
+    int rc = CTL_OK;
+    if (strcmp(argv[3], "--json") == 0 || strcmp(argv[3], "--file") == 0) {
+        if (argc != 5)
+            return command_usage("metrics");
+        if (!(body = load_object_file(argv[4], &rc)))
+            return rc;
+    } else {
+        body = json_object();
+        for (int i = 3; i < argc; i++)
+            if (!body || !metric_arg(body, argv[i])) {
+                json_decref(body);
+                return body ? CTL_ERR_USAGE : CTL_ERR_NOMEM;
+            }
+    }
+    char path[512];
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s/metrics", argv[1], argv[2]);
+    json_t *resp = NULL;
+    rc = ctl_call(c, "PUT", path, body, NULL, NULL, NULL, &resp);
+    if (rc == CTL_OK) {
+        const json_t *m = json_object_get(resp, "metrics");
+        if (json_output) {
+            print_json(resp);
+        } else if (!m || json_object_size(m) == 0) {
+            printf("(no metrics)\n");
+        } else {
+            print_metrics_sorted(m);
+        }
+    }
+    json_decref(body);
+    json_decref(resp);
+    return rc;
+}
+
+static void print_cell(const json_t *v, int width)
+{
+    if (json_is_number(v))
+        printf(" %*.3f", width, json_number_value(v));
+    else
+        printf(" %*s", width, "-");
+}
+
+/* The report as a table, one line per noise model and split, then the recommendation. */
+static void print_agreement(const json_t *r)
+{
+    size_t i;
+    json_t *it;
+    printf("metric %s: %lld of %lld candidates have it\n",
+           str_or(json_object_get(r, "metric"), ""),
+           (long long)json_integer_value(json_object_get(r, "candidates_with_metric")),
+           (long long)json_integer_value(json_object_get(r, "candidates")));
+    printf("%-24s %-6s %5s %9s %9s %17s\n", "noise", "split", "n", "spearman", "kendall",
+           "95% interval");
+    json_array_foreach(json_object_get(r, "items"), i, it) {
+        const json_t *ci = json_object_get(it, "ci");
+        printf("%-24.24s %-6s %5lld", str_or(json_object_get(it, "noise"), ""),
+               str_or(json_object_get(it, "split"), ""),
+               (long long)json_integer_value(json_object_get(it, "n")));
+        print_cell(json_object_get(it, "spearman"), 9);
+        print_cell(json_object_get(it, "kendall"), 9);
+        if (json_array_size(ci) == 2)
+            printf("   [%6.3f, %6.3f]\n", json_number_value(json_array_get(ci, 0)),
+                   json_number_value(json_array_get(ci, 1)));
+        else
+            printf(" %17s\n", "-");
+    }
+    const json_t *rec = json_object_get(r, "recommended");
+    if (json_is_object(rec))
+        printf("recommended: rank by %s on %s (tpvctl ranking SID -b %s -s %s)\n",
+               str_or(json_object_get(rec, "noise"), ""), str_or(json_object_get(rec, "split"), ""),
+               str_or(json_object_get(rec, "noise"), ""), str_or(json_object_get(rec, "split"), ""));
+    else
+        printf("recommended: none (no interval lies above 0: more candidates with the metric, "
+               "or no noise model tracks it)\n");
+}
+
+static int cmd_agreement(const struct ctl *c, int argc, char **argv)
+{
+    static const struct option opts[] = { { "metric", required_argument, 0, 'm' },
+                                          { 0, 0, 0, 0 } };
+    if (argc < 2 || argv[1][0] == '-')
+        return command_usage("agreement");
+    const char *metric = NULL;
+    int opt;
+    optind = 2;
+    while ((opt = getopt_long(argc, argv, "m:", opts, NULL)) != -1) {
+        if (opt != 'm')
+            return command_usage("agreement");
+        metric = optarg;
+    }
+    if (!metric || optind != argc)
+        return command_usage("agreement");
+    char path[1024];
+    char *esc = curl_easy_escape(NULL, metric, 0);
+    if (!esc)
+        return CTL_ERR_NOMEM;
+    int len = snprintf(path, sizeof path, "/v1/studies/%s/agreement?metric=%s", argv[1], esc);
+    curl_free(esc);
+    if (len < 0 || (size_t)len >= sizeof path)
+        return usage_error("arguments too long");
+    json_t *resp = NULL;
+    int rc = ctl_call(c, "GET", path, NULL, NULL, NULL, NULL, &resp);
+    if (rc == CTL_OK) {
+        if (json_output)
+            print_json(resp);
+        else
+            print_agreement(resp);
+    }
+    json_decref(resp);
+    return rc;
+}
+
 /* --- dispatch ------------------------------------------------------------------------------ */
 
 /* `job wait JID [-T S]`. */
@@ -886,6 +1076,10 @@ static int dispatch(const struct ctl *c, int argc, char **argv)
         return cmd_ranking(c, argc, argv);
     if (strcmp(group, "jbr") == 0)
         return cmd_jbr(c, argc, argv);
+    if (IS("metrics", "put"))
+        return cmd_metrics_put(c, argc - 1, argv + 1);
+    if (strcmp(group, "agreement") == 0)
+        return cmd_agreement(c, argc, argv);
     if (IS("blob", "put") && argc == 3)
         return cmd_blob_put(c, argv[2]);
 #undef IS
@@ -902,7 +1096,12 @@ static int take_output_flags(int argc, char **argv, bool *quiet)
     int kept = 0, i = 0;
     for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--json") || !strcmp(a, "-j"))
+        /* `metrics put SID CID --json FILE`: there --json names the body's file. */
+        bool body_file = !strcmp(argv[0], "metrics") && !strcmp(a, "--json") && i + 1 < argc &&
+                         !strchr(argv[i + 1], '=');
+        if (body_file)
+            argv[kept++] = argv[i];
+        else if (!strcmp(a, "--json") || !strcmp(a, "-j"))
             json_output = true;
         else if (!strcmp(a, "--csv"))
             csv_output = true;

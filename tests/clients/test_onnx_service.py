@@ -8,7 +8,8 @@ tpv_export.export_onnx.  Every noise model of one study is scored on fit and pro
 with float64 references computed here from per-sample, per-output autograd gradients: <= 1e-6
 relative for float64 weights, <= 1e-4 for float32.  Then every refusal at submission is a 400 naming
 the field and the node or tensor, a running ONNX job is canceled, and `auto` over a small flop
-budget takes the output-projection Hutchinson path.
+budget takes the output-projection Hutchinson path, and JBR on a CNN graph matches PyTorch's
+autograd scores with units named by the weight initializers.
 """
 
 import copy
@@ -408,11 +409,6 @@ class OnnxServiceTest(unittest.TestCase):
             self.assertEqual(self.c.wait_job(out2["job"]["id"])["state"], "succeeded")
         finally:
             srv.shutdown()
-        # JBR is not there for graphs: said so, not a job that fails later.
-        with self.assertRaises(TPVError) as cm:
-            self.c.jbr(sid, out["candidate"]["id"])
-        self.assertEqual(cm.exception.status, 409)
-        self.assertIn("ONNX", cm.exception.message)
         # An operator the runtime does not have, named with its node.
         self.refused(sid, self.small_graph("unknown_op", [
             helper.make_node("MatMul", ["input", "w"], ["h"], name="mm"),
@@ -470,6 +466,42 @@ class OnnxServiceTest(unittest.TestCase):
         sid = self.c.create_study(tag, models)["id"]
         self.c.set_inputs(sid, "fit", self.path(tag + "_fit.npy"))
         return sid, model, x
+
+    def test_jbr_on_an_onnx_cnn_matches_pytorch(self):
+        """POST .../jbr on an ONNX candidate (was a 409): units named by the weight initializers,
+        scores as tests/torch/onnx_jbr.py computes them by autograd."""
+        sys.path.insert(0, os.path.join(ROOT, "tests", "torch"))
+        import onnx_jbr
+        torch.manual_seed(4)
+        net = onnx_jbr.ChainCNN().double().eval()
+        onnx_jbr.sharpen(net.fc2, 40.0)
+        x = torch.randn(21, 3, 8, 8, dtype=torch.float64)
+        np.save(self.path("jbr_fit.npy"), x.numpy())
+        sid = self.c.create_study("jbr", [{"name": "iso", "kind": "isotropic",
+                                           "sigma": 0.1}])["id"]
+        self.c.set_inputs(sid, "fit", self.path("jbr_fit.npy"))
+        with torch.no_grad():
+            torch.onnx.export(onnx_jbr.Plain(net), (x[:1],), self.path("jbr.onnx"),
+                              opset_version=17, input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+                              training=torch.onnx.TrainingMode.PRESERVE,
+                              do_constant_folding=False)
+        out = self.c.add_candidate(sid, "cnn", onnx=self.path("jbr.onnx"))
+        self.assertEqual(self.c.wait_job(out["job"]["id"])["state"], "succeeded")
+        for conf, batch in ((0.0, 4), (0.97, 5)):
+            want, units, kept = onnx_jbr.jbr(net, x, conf, batch)
+            job = self.c.jbr(sid, out["candidate"]["id"], confidence=conf, batch_size=batch)["job"]
+            job = self.c.wait_job(job["id"])
+            self.assertEqual(job["state"], "succeeded", job)
+            res = job["result"]
+            self.assertEqual(res["kept_samples"], kept)
+            names = [(u["layer"], u["index"]) for u in res["units"]]
+            self.assertEqual(names, [("net." + n, j) for n, c in units for j in range(c)])
+            got = np.array([u["score"] for u in res["units"]])
+            np.testing.assert_allclose(got, want, rtol=1e-9)
+            self.assertEqual([ly["layer"] for ly in res["layers"]],
+                             ["net.c1.weight", "net.c2.weight", "net.fc1.weight"])
+            print(f"jbr confidence {conf}: {len(got)} units, {kept} kept", file=sys.stderr)
 
     def test_openapi_describes_onnx_candidates(self):
         spec = self.c._request("GET", "/openapi.json")[2]

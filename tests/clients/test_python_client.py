@@ -9,6 +9,8 @@ per (noise model, split), each equal to its closed form from sum_i ||J(x_i)||_F^
 with torch autograd in float64 (isotropic sigma^2 times it, sgd lr/(2 batch_size) times it), to
 1e-6 relative.  It also fetches a weights blob by URL from a local http.server and verifies signed
 webhooks the way README.md shows: the receiver thread only records what it saw, the test asserts.
+Metrics put with set_metrics (merge, None removes, non-finite refused locally) and the agreement
+report checked against Spearman / Kendall tau-b computed here (ties from the shared weights).
 Errors must raise TPVError with the server's code.
 """
 
@@ -121,6 +123,29 @@ class Receiver(http.server.BaseHTTPRequestHandler):
 class Files(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
+
+
+def spearman(x, y):
+    """Pearson correlation of average ranks (ties share the mean of their positions)."""
+    def ranks(v):
+        return [sum(b < a for b in v) + (sum(b == a for b in v) + 1) / 2 for a in v]
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return sxy / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+
+
+def kendall_tau_b(x, y):
+    n, c, d, tx, ty = len(x), 0, 0, 0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            sx, sy = (x[i] > x[j]) - (x[i] < x[j]), (y[i] > y[j]) - (y[i] < y[j])
+            tx += sx == 0
+            ty += sy == 0
+            c += sx * sy > 0
+            d += sx * sy < 0
+    p = n * (n - 1) / 2
+    return (c - d) / ((p - tx) * (p - ty)) ** 0.5
 
 
 def serve(handler):
@@ -258,6 +283,45 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(len(values), len(want))
         self.assertTrue(ranking["etag"])
         self.assertIsNone(c.ranking(sid, etag=ranking["etag"]))  # 304
+
+        # Metrics and the agreement report: val_loss follows the iso probe ranking except one
+        # swap; Spearman and Kendall computed here must match, the interval holds the estimate.
+        order = sorted(by_name, key=lambda n: [s["value"] for s in by_name[n]["scores"]
+                                               if s["noise"] == "iso" and s["split"] == "probe"][0])
+        val = {name: 0.1 + 0.05 * r for r, name in enumerate(order)}
+        val[order[0]], val[order[1]] = val[order[1]], val[order[0]]
+        for name in order:
+            cand = c.set_metrics(sid, by_name[name]["id"], val_loss=np.float64(val[name]),
+                                 note=1)
+            self.assertEqual(cand["metrics"], {"val_loss": val[name], "note": 1})
+        cand = c.set_metrics(sid, by_name[order[0]]["id"], {"note": None, "val/acc": 0.5})
+        self.assertEqual(cand["metrics"], {"val_loss": val[order[0]], "val/acc": 0.5})
+        with self.assertRaises(ValueError):
+            c.set_metrics(sid, by_name[order[0]]["id"], val_loss=float("nan"))
+        with self.assertRaises(ValueError):
+            c.set_metrics(sid, by_name[order[0]]["id"], val_loss="0.3")
+        report = c.agreement(sid, "val_loss")
+        items = {(it["noise"], it["split"]): it for it in report["items"]}
+        self.assertEqual([(it["noise"], it["split"]) for it in report["items"]],
+                         [("iso", "fit"), ("iso", "probe"), ("sgd", "fit"), ("sgd", "probe")])
+        it = items[("iso", "probe")]
+        self.assertEqual(it["n"], len(order))
+        # Three candidates share the relu-w8 weights: tied scores, average ranks.
+        x = [[s["value"] for s in by_name[n]["scores"]
+              if s["noise"] == "iso" and s["split"] == "probe"][0] for n in order]
+        y = [val[n] for n in order]
+        self.assertAlmostEqual(it["spearman"], spearman(x, y), places=12)
+        self.assertAlmostEqual(it["kendall"], kendall_tau_b(x, y), places=12)
+        self.assertLessEqual(it["ci"][0], it["spearman"])
+        self.assertLessEqual(it["spearman"], it["ci"][1])
+        best = max((x for x in report["items"] if x["ci"] and x["ci"][0] > 0),
+                   key=lambda x: x["ci"][0], default=None)
+        self.assertEqual(report["recommended"],
+                         best and {"noise": best["noise"], "split": best["split"]})
+        with self.assertRaises(TPVError) as e:
+            c.agreement(sid, "val_los")
+        self.assertEqual(e.exception.code, "not_found")
+        self.assertIn("val_loss", e.exception.message)
 
         # Signed webhooks, verified as README.md shows: what the receiver recorded, checked here.
         deadline = time.monotonic() + 20

@@ -289,6 +289,57 @@ expect_rc 2 "$T" candidate add "$sid1" --name both --onnx "$tmp/lin.onnx" --spec
 expect_rc 2 "$T" candidate add "$sid1" --name p --spec "$tmp/spec.json" --weights "$tmp/w.safetensors" \
   --parameters w
 
+# Metrics and the agreement report: key=value and --json FILE, the merged metrics printed, the
+# table showing the JSON report's numbers and its recommendation, refusals with their codes.
+"$T" --json candidate list "$sid" >"$tmp/cands.json"
+mapfile -t cids < <(/usr/bin/env python3 -c 'import json,sys; [print(c["id"]) for c in json.load(open(sys.argv[1]))]' "$tmp/cands.json")
+[ "${#cids[@]}" -eq 5 ] || fail "five candidates: ${cids[*]}"
+expect_rc 0 "$T" metrics put "$sid" "${cids[0]}" val_loss=0.5 acc=0.9
+[ "$(cat "$tmp/out")" = $'acc=0.9\nval_loss=0.5' ] || fail "metrics put: $(cat "$tmp/out")"
+expect_rc 0 "$T" metrics put "$sid" "${cids[0]}" acc=null
+[ "$(cat "$tmp/out")" = "val_loss=0.5" ] || fail "metrics put null: $(cat "$tmp/out")"
+for i in 1 2 3 4; do
+  printf '{"val_loss": %s}' "0.$((9 - i))" >"$tmp/m$i.json"
+  expect_rc 0 "$T" metrics put "$sid" "${cids[$i]}" --json "$tmp/m$i.json"
+  [ "$(cat "$tmp/out")" = "val_loss=0.$((9 - i))" ] || fail "metrics put --json: $(cat "$tmp/out")"
+done
+expect_rc 0 "$T" metrics put "$sid" "${cids[1]}" val_loss=0.8 --json   # output flag after KEY=VALUE
+grep -q '"val_loss": 0.8' "$tmp/out" || fail "metrics put ... --json output: $(cat "$tmp/out")"
+expect_rc 2 "$T" metrics put "$sid" "${cids[1]}" val_loss=abc
+expect_rc 2 "$T" metrics put "$sid" "${cids[1]}" novalue
+expect_rc 6 "$T" metrics put "$sid" "${cids[1]}" --json "$tmp/no-such-file.json"
+expect_rc 1 "$T" metrics put "$sid" cd_0000000000000000 val_loss=1
+grep -q not_found "$tmp/err" || fail "metrics put 404: $(cat "$tmp/err")"
+expect_rc 2 "$T" metrics
+grep -q "^  metrics put" "$tmp/err" || fail "tpvctl metrics usage: $(cat "$tmp/err")"
+expect_rc 2 "$T" agreement "$sid"                     # no --metric
+expect_rc 1 "$T" agreement "$sid" -m val_los
+grep -q "val_loss" "$tmp/err" || fail "agreement of an unknown metric: $(cat "$tmp/err")"
+expect_rc 0 "$T" agreement "$sid" --metric val_loss --json
+cp "$tmp/out" "$tmp/agree.json"
+expect_rc 0 "$T" agreement "$sid" -m val_loss
+/usr/bin/env python3 - "$tmp/out" "$tmp/agree.json" <<'PY' || fail "agreement table: $(cat "$tmp/out")"
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+r = json.load(open(sys.argv[2]))
+assert r["metric"] == "val_loss" and r["candidates_with_metric"] == 5, r
+assert lines[0] == "metric val_loss: 5 of 5 candidates have it", lines[0]
+assert lines[1].split() == ["noise", "split", "n", "spearman", "kendall", "95%", "interval"], lines[1]
+rows = lines[2:2 + len(r["items"])]
+assert len(r["items"]) == 4, r["items"]          # iso and q8, each on fit and probe
+for row, it in zip(rows, r["items"]):
+    f = row.replace("[", " ").replace("]", " ").replace(",", " ").split()
+    assert f[0] == it["noise"] and f[1] == it["split"] and int(f[2]) == it["n"] == 5, (row, it)
+    assert abs(float(f[3]) - it["spearman"]) <= 5e-4 and abs(float(f[4]) - it["kendall"]) <= 5e-4, (row, it)
+    assert abs(float(f[5]) - it["ci"][0]) <= 5e-4 and abs(float(f[6]) - it["ci"][1]) <= 5e-4, (row, it)
+rec = r["recommended"]
+last = lines[2 + len(r["items"])]
+if rec:
+    assert last.startswith("recommended: rank by %s on %s" % (rec["noise"], rec["split"])), last
+else:
+    assert last.startswith("recommended: none"), last
+PY
+
 kill -TERM "$daemon"
 rc=0; wait "$daemon" || rc=$?
 daemon=

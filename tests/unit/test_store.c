@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "storage/schema_steps.h"
 #include "storage/store.h"
 #include "server/webhook.h"
 #include "tests/unit/store_json.h"
@@ -195,7 +196,9 @@ static void test_schema_and_lock(void **state)
 {
     struct fixture *f = *state;
     struct tpv_err err;
-    assert_int_equal(store_schema_version(f->st), 4);
+    size_t nsteps;
+    schema_steps(&nsteps); /* the last step of the one list, whoever appended it */
+    assert_int_equal(store_schema_version(f->st), (int)nsteps);
     /* A second daemon on the same data dir is refused while the first holds it. */
     struct store *other = NULL;
     assert_int_equal(store_open(&other, f->data, &err), TPV_EPRECONDITION);

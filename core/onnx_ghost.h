@@ -1,0 +1,41 @@
+/* onnx_ghost.h: per-sample squared norms of a Conv node's weight gradient by the cheaper of two
+ * exact forms (issue #11; Li et al. 2022, "ghost norm"; Opacus' per_sample_gradient_norms).
+ *
+ * For sample t with im2col patches a_p (kk = C/g kh kw entries per output position p, P
+ * positions) and output adjoints d_p (the group's Mg channels), dW_t = sum_p d_p a_p^T per group:
+ *  - IM2COL: form dW_t by one GEMM (2 Mg kk P flops per group) and square it;
+ *  - GHOST:  ||dW_t||^2 = sum_{p,p'} (d_p . d_p') (a_p . a_p'), two P x P Gram matrices by SYRK
+ *            (P^2 (kk + Mg) flops per group): cheaper when P < 2 kk Mg / (kk + Mg), i.e. when the
+ *            spatial size is small next to the channel product (late layers of a ResNet).
+ * Both give the same numbers up to rounding. */
+#ifndef TPV_ONNX_GHOST_H
+#define TPV_ONNX_GHOST_H
+
+#include "core/onnx_model.h"
+
+enum tpv_onnx_sqnorm_form {
+    TPV_ONNX_SQNORM_IM2COL = 0,
+    TPV_ONNX_SQNORM_GHOST = 1,
+};
+
+/* "im2col" or "ghost" (what score details say). */
+const char *tpv_onnx_sqnorm_form_name(enum tpv_onnx_sqnorm_form f);
+
+/* Flops of form f for the Conv node nd on input x (N samples) and weight w; -1 when the shapes
+ * do not make a convolution. */
+double tpv_onnx_conv_sqnorm_flops(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                                  const struct tpv_onnx_tensor *w, enum tpv_onnx_sqnorm_form f);
+
+/* The form of fewer flops (IM2COL on a tie). */
+enum tpv_onnx_sqnorm_form tpv_onnx_conv_sqnorm_choose(const struct tpv_onnx_node *nd,
+                                                      const struct tpv_onnx_tensor *x,
+                                                      const struct tpv_onnx_tensor *w);
+
+/* out[t] = ||dW_t||_F^2 for the N samples of x, gy the adjoint of the node's output (N x M x
+ * positions, as a batched reverse pass leaves it), by form f.  Errors: TPV_EINVAL naming the node
+ * (shapes), TPV_ENOMEM. */
+int tpv_onnx_conv_weight_sqnorms(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                                 const struct tpv_onnx_tensor *w, const double *gy,
+                                 enum tpv_onnx_sqnorm_form f, double *out, struct tpv_err *err);
+
+#endif

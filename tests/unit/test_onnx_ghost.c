@@ -1,0 +1,191 @@
+/* test_onnx_ghost.c: per-sample squared weight-gradient norms of Conv (core/onnx_ghost.h) by the
+ * im2col form and the ghost-norm form, on single-Conv graphs of several shapes (stride, padding,
+ * groups incl. depthwise, dilation, 1-D; tests/torch/onnx_ghost_convs.py): both equal, to 1e-12
+ * relative, the squared norm of the weight gradient a batch-1 reverse pass gives per sample; the
+ * flop rule picks ghost on a small-spatial layer and im2col on a large-spatial one. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/onnx_exec.h"
+#include "core/onnx_ghost.h"
+
+#define PYTHON "/usr/bin/python3"
+#define TOL 1e-12
+#define N 3
+
+static char tmpdir[256];
+
+static struct tpv_onnx_model *load(const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s.onnx", tmpdir, name);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    struct tpv_onnx_model *m = NULL;
+    struct tpv_err err;
+    if (tpv_onnx_model_load(&m, buf, (size_t)n, NULL, 0, &err))
+        fail_msg("%s: %s", name, err.message);
+    free(buf);
+    return m;
+}
+
+static void open_at(const struct tpv_onnx_model *m, int rank, const int64_t *shape, int64_t b,
+                    struct tpv_onnx_plan **plan, struct tpv_onnx_exec **ex)
+{
+    struct tpv_onnx_tensor in = {.dtype = TPV_ONNX_F64, .rank = rank};
+    memcpy(in.shape, shape, (size_t)rank * sizeof *shape);
+    in.shape[0] = b;
+    struct tpv_err err;
+    if (tpv_onnx_plan_new(plan, m, &in, &err) || tpv_onnx_exec_new(ex, *plan, &err))
+        fail_msg("plan: %s", err.message);
+}
+
+static double lcg(uint64_t *s)
+{
+    *s = *s * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (double)(*s >> 11) / 9007199254740992.0 - 0.5;
+}
+
+static void check_case(const char *name, int64_t C, int64_t H, int64_t W)
+{
+    struct tpv_onnx_model *m = load(name);
+    int64_t shape[4] = { N, C, H, W };
+    int rank = W ? 4 : 3;
+    struct tpv_onnx_plan *plan, *p1;
+    struct tpv_onnx_exec *ex, *e1;
+    open_at(m, rank, shape, N, &plan, &ex);
+    open_at(m, rank, shape, 1, &p1, &e1);
+    const struct tpv_onnx_node *nd = &m->nodes[0];
+    uint64_t per = (uint64_t)(C * H * (W ? W : 1)), s = 42;
+    double *x = malloc(N * per * sizeof *x);
+    assert_non_null(x);
+    for (uint64_t i = 0; i < N * per; i++)
+        x[i] = lcg(&s);
+    struct tpv_err err;
+    const double *xp = x;
+    assert_int_equal(tpv_onnx_exec_forward(ex, &xp, &err), TPV_OK);
+    const struct tpv_onnx_tensor *y = tpv_onnx_exec_value(ex, nd->out[0]);
+    double *gy = malloc(y->numel * sizeof *gy);
+    assert_non_null(gy);
+    for (uint64_t i = 0; i < y->numel; i++)
+        gy[i] = lcg(&s);
+    const struct tpv_onnx_tensor *xv = tpv_onnx_exec_value(ex, nd->in[0]);
+    const struct tpv_onnx_tensor *wv = tpv_onnx_exec_value(ex, nd->in[1]);
+    double ic[N], gh[N];
+    assert_int_equal(tpv_onnx_conv_weight_sqnorms(nd, xv, wv, gy, TPV_ONNX_SQNORM_IM2COL, ic,
+                                                  &err), TPV_OK);
+    assert_int_equal(tpv_onnx_conv_weight_sqnorms(nd, xv, wv, gy, TPV_ONNX_SQNORM_GHOST, gh,
+                                                  &err), TPV_OK);
+    uint64_t per_y = y->numel / N;
+    for (int t = 0; t < N; t++) {
+        /* the reference: one sample's reverse pass, its weight gradient squared */
+        const double *xt = x + (uint64_t)t * per;
+        assert_int_equal(tpv_onnx_exec_forward(e1, &xt, &err), TPV_OK);
+        assert_int_equal(tpv_onnx_exec_vjp(e1, m->outputs[0], gy + t * per_y, &err), TPV_OK);
+        const double *g = tpv_onnx_exec_grad(e1, nd->in[1]);
+        double want = 0;
+        for (uint64_t i = 0; i < wv->numel; i++)
+            want += g[i] * g[i];
+        assert_true(want > 0);
+        if (!(fabs(ic[t] - want) <= TOL * want) || !(fabs(gh[t] - want) <= TOL * want))
+            fail_msg("%s sample %d: im2col %.17g ghost %.17g reverse pass %.17g", name, t, ic[t],
+                     gh[t], want);
+    }
+    free(x);
+    free(gy);
+    tpv_onnx_exec_free(ex);
+    tpv_onnx_exec_free(e1);
+    tpv_onnx_plan_free(plan);
+    tpv_onnx_plan_free(p1);
+    tpv_onnx_model_free(m);
+}
+
+static void test_forms_agree(void **state)
+{
+    (void)state;
+    char path[512], name[64];
+    snprintf(path, sizeof path, "%s/manifest.txt", tmpdir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    long long C, H, W;
+    int cases = 0;
+    while (fscanf(f, "%63s %lld %lld %lld", name, &C, &H, &W) == 4) {
+        check_case(name, C, H, W);
+        cases++;
+    }
+    fclose(f);
+    assert_int_equal(cases, 8);
+}
+
+/* 16 -> 24 channels 3x3 at 2x2: P = 4 < 2 kk Mg / (kk + Mg) = 41; 4 -> 6 at 7x6: P = 42 > 8.3. */
+static void test_choice_by_flops(void **state)
+{
+    (void)state;
+    static const struct { const char *name; int64_t C, H, W; enum tpv_onnx_sqnorm_form f; } c[] = {
+        { "small_spatial", 16, 2, 2, TPV_ONNX_SQNORM_GHOST },
+        { "plain3x3", 4, 7, 6, TPV_ONNX_SQNORM_IM2COL },
+    };
+    for (size_t i = 0; i < 2; i++) {
+        struct tpv_onnx_model *m = load(c[i].name);
+        int64_t shape[4] = { N, c[i].C, c[i].H, c[i].W };
+        struct tpv_onnx_plan *plan;
+        struct tpv_onnx_exec *ex;
+        open_at(m, 4, shape, N, &plan, &ex);
+        const struct tpv_onnx_node *nd = &m->nodes[0];
+        const struct tpv_onnx_tensor *x = &plan->vals[nd->in[0]], *w = &plan->vals[nd->in[1]];
+        assert_int_equal(tpv_onnx_conv_sqnorm_choose(nd, x, w), c[i].f);
+        assert_true(tpv_onnx_conv_sqnorm_flops(nd, x, w, TPV_ONNX_SQNORM_GHOST) > 0);
+        tpv_onnx_exec_free(ex);
+        tpv_onnx_plan_free(plan);
+        tpv_onnx_model_free(m);
+    }
+    assert_string_equal(tpv_onnx_sqnorm_form_name(TPV_ONNX_SQNORM_GHOST), "ghost");
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    const char *root = getenv("TPV_SOURCE_ROOT");
+    if (!root || access(PYTHON, X_OK) != 0)
+        return -1; /* the test step installs python3-onnx: a missing graph is a failure */
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/tpv-onnx-ghost-XXXXXX");
+    if (!mkdtemp(tmpdir))
+        return -1;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, PYTHON " '%s/tests/torch/onnx_ghost_convs.py' '%s' >/dev/null 2>&1",
+             root, tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_forms_agree),
+        cmocka_unit_test(test_choice_by_flops),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
