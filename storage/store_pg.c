@@ -755,11 +755,13 @@ static int pg_candidate_create_impl(void *impl, const struct store_candidate_new
     return rc;
 }
 
-#define CAND_COLS                                                                                \
+#define CAND_SELECT                                                                                \
     "SELECT c.seq, c.id, c.study_id, c.name, c.metadata, "                                       \
     "CASE WHEN c.source::jsonb ->> 'kind' = 'onnx' THEN 'onnx' ELSE c.source_kind END, "         \
-    "c.state, c.stability, c.job_id, c.created_at, j.progress, j.error_code, j.error_message "   \
-    "FROM candidates c LEFT JOIN jobs j ON j.id = c.job_id "
+    "c.state, c.stability, c.job_id, c.created_at, j.progress, j.error_code, j.error_message, "  \
+    "c.metrics"
+#define CAND_COLS CAND_SELECT CAND_FROM
+#define CAND_FROM " FROM candidates c LEFT JOIN jobs j ON j.id = c.job_id "
 #define SCORE_COLS                                                                               \
     "SELECT s.candidate_id, s.noise, s.kind, s.split, s.value, s.stderr, s.estimator, "          \
     "s.samples, s.seed, s.wall_seconds, s.details FROM scores s "
@@ -800,7 +802,9 @@ static bool candidate_from_row(const struct pg_result *r, int row, struct store_
     o->progress = pg_result_null(r, row, 10) ? 0 : pg_result_double(r, row, 10);
     o->error_code = pg_result_strdup(r, row, 11);
     o->error_message = pg_result_strdup(r, row, 12);
-    return o->name && o->metadata && o->source_kind && o->state &&
+    o->metrics = pg_result_strdup(r, row, 13);
+    return (o->metrics || pg_result_null(r, row, 13)) && o->name && o->metadata &&
+           o->source_kind && o->state &&
            (o->stability || pg_result_null(r, row, 7)) &&
            (o->error_code || pg_result_null(r, row, 11)) &&
            (o->error_message || pg_result_null(r, row, 12));
@@ -919,9 +923,9 @@ static int pg_candidate_list_impl(void *impl, const char *study_id, int64_t afte
     rc = pg_tx_begin(c, PG_REPEATABLE_READ, err); /* the rows and their scores in one snapshot */
     if (rc == TPV_OK)
         rc = pg_exec(c,
-                     CAND_COLS ", LATERAL (SELECT coalesce(sum(coalesce(octet_length(details), 0) "
-                     "+ 2 * octet_length(noise) + 384), 0) AS sb FROM scores "
-                     "WHERE candidate_id = c.id) sc "
+                     CAND_SELECT ", (SELECT coalesce(sum(coalesce(octet_length(details), 0) "
+                     "+ 2 * octet_length(noise) + 384), 0) FROM scores "
+                     "WHERE candidate_id = c.id)" CAND_FROM
                      "WHERE c.study_id = $1 AND c.seq > $2::bigint ORDER BY c.seq LIMIT $3::bigint",
                      3, p, &r, err);
     if (rc == TPV_OK)
@@ -937,8 +941,8 @@ static int pg_candidate_list_impl(void *impl, const char *study_id, int64_t afte
         rc = pgs_oom(err);
     uint64_t used = 0;
     for (int i = 0; rc == TPV_OK && i < rows; i++) {
-        uint64_t more = pgs_row_bytes(r, i, 13, 1u << 4 | 1u << 7) +
-                        (uint64_t)pg_result_int64(r, i, 13);
+        uint64_t more = pgs_row_bytes(r, i, 14, 1u << 4 | 1u << 7 | 1u << 13) +
+                        (uint64_t)pg_result_int64(r, i, 14);
         if (page->n == (size_t)limit || pgs_page_full(page->n, used, more, max_bytes)) {
             page->next_seq = page->items[page->n - 1].seq;
             break;
@@ -1478,6 +1482,9 @@ const struct store_ops store_pg_ops = {
     .jobs_recover = pgs_jobs_recover,
     .jobs_requeue_expired = pgs_jobs_requeue_expired,
     .jobs_queued = pg_jobs_queued_impl,
+    .metrics_merge = pgs_metrics_merge,
+    .metric_names = pgs_metric_names,
+    .agree_rows = pgs_agree_rows,
     .rank_rows = pg_rank_rows_impl,
     .outbox_due = pgs_outbox_due,
     .outbox_next_due = pgs_outbox_next_due,

@@ -48,6 +48,14 @@ int pgs_job_insert(struct pg_conn *c, const char *id, const char *kind, const ch
                    const char *candidate_id, const char *params, const char *now,
                    struct tpv_err *err);
 
+/* store_pg_metrics.c */
+int pgs_metrics_merge(void *impl, const char *study_id, const char *candidate_id,
+                      const char *patch, int64_t *version, struct tpv_err *err);
+int pgs_metric_names(void *impl, const char *study_id, char *names, size_t cap,
+                     struct tpv_err *err);
+int pgs_agree_rows(void *impl, const char *study_id, const char *metric,
+                   struct store_agree_rows *out, struct tpv_err *err);
+
 /* store_pg_jobs.c: the job and outbox ops. */
 int pgs_job_get(void *impl, const char *id, struct store_job *out, struct tpv_err *err);
 int pgs_job_cancel(void *impl, const char *id, const char *now, struct store_job *out,
