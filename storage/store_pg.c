@@ -180,6 +180,8 @@ static void pg_close_impl(void *impl)
     if (!s)
         return;
     pg_listener_stop(s->listener);
+    if (s->pool)
+        pgs_outbox_release_held(s);
     pg_pool_close(s->pool);
     pthread_mutex_destroy(&s->held_lock);
     free(s);

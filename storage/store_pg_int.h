@@ -77,6 +77,7 @@ int pgs_jobs_requeue_expired(void *impl, int max_attempts, double now, const cha
 int pgs_outbox_due(void *impl, double now, int limit, struct store_outbox_item **items,
                    size_t *n, struct tpv_err *err);
 int pgs_outbox_next_due(void *impl, double *at, struct tpv_err *err);
+void pgs_outbox_release_held(struct pgs *s);
 int pgs_outbox_delivered(void *impl, int64_t seq, const char *now, struct tpv_err *err);
 int pgs_outbox_retry(void *impl, int64_t seq, double next_at, const char *error,
                      struct tpv_err *err);

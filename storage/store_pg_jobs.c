@@ -18,7 +18,9 @@
 #include "storage/store_pg_int.h"
 
 #define DB_NOW "extract(epoch FROM clock_timestamp())"
-#define OUTBOX_LEASE_S 60.0 /* a sender's hold on the rows it claimed */
+/* A sender's hold on the rows it claimed: past it another node may send a row again (delivery
+ * is at least once; receivers dedup on the event id), so longer than a delivery's timeout. */
+#define OUTBOX_LEASE_S 30.0
 
 double pgs_clock_now(void)
 {
@@ -561,6 +563,24 @@ int pgs_outbox_due(void *impl, double now, int limit, struct store_outbox_item *
 }
 
 /* The earliest due row; this node's held rows are due now (its senders still owe them). */
+/* At close: rows this node claimed and did not end are due again now, for the next start or
+ * another node, instead of after the lease (a shutdown aborts deliveries in flight). */
+void pgs_outbox_release_held(struct pgs *s)
+{
+    char held[PGS_HELD_MAX * 24 + 4], now[PGS_NUM_MAX];
+    const char *nowp;
+    held_text(s, held, sizeof held);
+    if (strcmp(held, "{}") == 0)
+        return;
+    pgs_fmt_double(now, pgs_clock_now(), &nowp);
+    const char *p[] = { held, nowp };
+    struct tpv_err err;
+    (void)pgs_read(s,
+                   "UPDATE webhook_outbox SET next_attempt_at = least(next_attempt_at, $2::float8) "
+                   "WHERE seq = ANY($1::bigint[]) AND delivered_at IS NULL AND failed_at IS NULL",
+                   2, p, NULL, &err); /* best effort: else the lease runs out */
+}
+
 int pgs_outbox_next_due(void *impl, double *at, struct tpv_err *err)
 {
     struct pgs *s = impl;
