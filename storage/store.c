@@ -17,6 +17,7 @@
 #include "storage/blobs.h"
 #include "storage/metrics.h"
 #include "storage/store_ops.h"
+#include "storage/store_pg.h"
 #include "storage/store_sqlite.h"
 
 /* Study versions as last read, valid while no write has been committed since (see
@@ -158,10 +159,11 @@ static int backend_of(const char *url, const struct store_ops **ops, const char 
         *target = url + 7;
         return TPV_OK;
     }
-    if (url && (strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0))
-        return tpv_err_set(err, TPV_EUNIMPLEMENTED, "database",
-                           "the PostgreSQL backend is not built into this tpvd yet; use "
-                           "sqlite:PATH");
+    if (store_pg_url(url)) {
+        *ops = &store_pg_ops;
+        *target = url;
+        return TPV_OK;
+    }
     return tpv_err_set(err, TPV_EINVAL, "database",
                        "--database must be sqlite:PATH or postgresql://..., not '%.80s'",
                        url ? url : "");

@@ -213,7 +213,70 @@ uid = re.search(r"useradd [^\n]*--uid (\d+)", dockerfile)
 check(uid is not None and k8s_uid is not None and int(uid.group(1)) == int(k8s_uid),
       "the image's user is the uid the pod runs as (%s)" % k8s_uid)
 
+
+# The PostgreSQL deployments (DESIGN.md section 7): several replicas on one database, the URL from
+# a Secret, blobs on a ReadWriteMany volume; compose: PostgreSQL and two nodes sharing blobs.
+pg_text = read("deploy/k8s/tpvd-postgres.yaml")
+pg_comments = "\n".join(l for l in pg_text.splitlines() if l.lstrip().startswith("#"))
+pg_k8s = [d for d in yaml.safe_load_all(pg_text) if d]
+pg_created = {(d["kind"], d["metadata"]["name"]) for d in pg_k8s}
+pg_deps = [d for d in pg_k8s if d["kind"] == "Deployment"]
+check(len(pg_deps) == 1 and pg_deps[0]["spec"]["replicas"] >= 2,
+      "the PostgreSQL manifest has one Deployment of several replicas")
+pg_pod = pg_deps[0]["spec"]["template"]["spec"]
+pg_vols = {v["name"]: v for v in pg_pod["volumes"]}
+pg_c = pg_pod["containers"][0]
+pg_env = {e["name"]: e for e in pg_c.get("env", [])}
+for n in pg_env:
+    check(n in help_envs, "PostgreSQL k8s env %s is in tpvd --help" % n)
+for a in pg_c.get("args", []):
+    if a.startswith("--"):
+        check(a in help_opts, "PostgreSQL k8s arg %s is in tpvd --help" % a)
+ref = pg_env.get("TPVD_DATABASE", {}).get("valueFrom", {}).get("secretKeyRef", {})
+check(bool(ref.get("name")) and bool(ref.get("key")), "TPVD_DATABASE comes from a Secret")
+for kind, name in named_objects(pg_pod):
+    word = {"Secret": r"secret\s+generic"}.get(kind)
+    pat = re.compile(r"kubectl\s+create\s+%s\s+%s\b" % (word, re.escape(name))) if word else None
+    check((kind, name) in pg_created or bool(pat and pat.search(pg_comments)
+                                              and pat.search(deploy_readme)),
+          "%s %s of the PostgreSQL Deployment is created or its kubectl command documented"
+          % (kind, name))
+args = pg_c.get("args", [])
+blob_dir = args[args.index("--blob-dir") + 1] if "--blob-dir" in args else None
+check(blob_dir is not None, "the PostgreSQL pods get --blob-dir")
+shared = [m for m in pg_c.get("volumeMounts", []) if m["mountPath"] == blob_dir]
+check(len(shared) == 1, "the blob dir is a mounted volume")
+claim = pg_vols[shared[0]["name"]]["persistentVolumeClaim"]["claimName"]
+pvc = [d for d in pg_k8s if d["kind"] == "PersistentVolumeClaim"
+       and d["metadata"]["name"] == claim]
+check(len(pvc) == 1 and "ReadWriteMany" in pvc[0]["spec"]["accessModes"],
+      "the blob volume is a ReadWriteMany claim")
+
+pgc = yaml.safe_load(read("deploy/docker-compose.postgres.yml"))
+svcs = pgc["services"]
+check(any(str(s.get("image", "")).startswith("postgres:") for s in svcs.values()),
+      "the PostgreSQL compose file runs PostgreSQL")
+nodes = [s for s in svcs.values() if s.get("image") == "tpvd:latest"]
+check(len(nodes) >= 2, "the PostgreSQL compose file runs two tpvd nodes")
+blob_envs = {n.get("environment", {}).get("TPVD_BLOB_DIR") for n in nodes}
+check(len(blob_envs) == 1 and None not in blob_envs, "the nodes share one --blob-dir")
+bd = blob_envs.pop()
+mounts = [{v.split(":")[0] for v in n.get("volumes", []) if v.split(":")[1] == bd} for n in nodes]
+check(len(mounts[0]) == 1 and all(m == mounts[0] for m in mounts),
+      "every node mounts the same named volume on the blob dir")
+for n in nodes:
+    check("--database" in " ".join(n.get("entrypoint", [])), "each node is given --database")
+    for k in n.get("environment", {}):
+        check(k in help_envs, "PostgreSQL compose env %s is in tpvd --help" % k)
+for name, sec in pgc.get("secrets", {}).items():
+    rel = "deploy/" + sec["file"].lstrip("./")
+    check(rel in docs_flat or sec["file"].lstrip("./") in read("deploy/docker-compose.postgres.yml"),
+          "the compose secret %s is made in the file's comments" % name)
+check("When to move from SQLite to PostgreSQL" in deploy_readme,
+      "deploy/README.md says when to move from SQLite to PostgreSQL")
+
 if failures:
     print("%d check(s) failed" % len(failures), file=sys.stderr)
     sys.exit(1)
 print("all manifest checks passed")
+

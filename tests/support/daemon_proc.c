@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <libpq-fe.h>
+
 static void sleep_ms(long ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
@@ -44,6 +46,57 @@ void test_daemon_dump_log(const struct test_daemon *d)
     fclose(fp);
 }
 
+bool test_daemon_on_pg(void)
+{
+    const char *m = getenv("TPV_TEST_DAEMON_DB");
+    return m && strcmp(m, "pg") == 0;
+}
+
+/* `base` (a postgresql:// URL) with its database name replaced by `name`. */
+static int url_with_db(const char *base, const char *name, char *out, size_t cap)
+{
+    const char *auth = strstr(base, "://");
+    if (!auth)
+        return -1;
+    const char *path = strchr(auth + 3, '/');
+    const char *query = strchr(auth + 3, '?');
+    size_t head = path && (!query || path < query) ? (size_t)(path - base)
+                  : query                          ? (size_t)(query - base)
+                                                   : strlen(base);
+    int n = snprintf(out, cap, "%.*s/%s%s", (int)head, base, name, query ? query : "");
+    return n > 0 && (size_t)n < cap ? 0 : -1;
+}
+
+/* A fresh database for this daemon on the test server (PostgreSQL mode).  0 or -1 with why. */
+static int pg_database_make(struct test_daemon *d)
+{
+    const char *base = getenv("TPV_TEST_PG_URI");
+    if (!base || !base[0]) {
+        fprintf(stderr, "TPV_TEST_DAEMON_DB=pg but TPV_TEST_PG_URI is not set: this test needs "
+                        "PostgreSQL (export TPV_TEST_PG_URI=$(tests/support/pg_server.sh start))\n");
+        return -1;
+    }
+    static int counter;
+    char name[64], sql[128];
+    snprintf(name, sizeof name, "tpvi_%d_%d_%ld", (int)getpid(), ++counter, (long)time(NULL));
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
+    PGconn *c = PQconnectdb(base);
+    int rc = -1;
+    if (PQstatus(c) == CONNECTION_OK) {
+        PGresult *r = PQexec(c, sql);
+        rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
+        PQclear(r);
+    }
+    if (rc != 0)
+        fprintf(stderr, "cannot create test database %s: %s", name, PQerrorMessage(c));
+    PQfinish(c);
+    if (rc == 0 && url_with_db(base, name, d->db_url, sizeof d->db_url) != 0) {
+        fprintf(stderr, "TPV_TEST_PG_URI too long\n");
+        rc = -1;
+    }
+    return rc;
+}
+
 int test_daemon_prepare(struct test_daemon *d)
 {
     if (!d->dir[0]) {
@@ -56,6 +109,12 @@ int test_daemon_prepare(struct test_daemon *d)
     }
     snprintf(d->data_dir, sizeof d->data_dir, "%s/data", d->dir);
     snprintf(d->log_path, sizeof d->log_path, "%s/tpvd.log", d->dir);
+    if (test_daemon_on_pg() && !d->db_url[0] && pg_database_make(d) != 0)
+        return -1;
+    if (d->db_url[0]) {
+        snprintf(d->db_arg, sizeof d->db_arg, "--database=%s", d->db_url);
+        snprintf(d->blob_arg, sizeof d->blob_arg, "--blob-dir=%s/blobs", d->data_dir);
+    }
     return 0;
 }
 
@@ -65,7 +124,8 @@ int test_daemon_token(const struct test_daemon *d, const char *args, char *out, 
     char cmd[1024], line[256] = "";
     if (!bin)
         return -1;
-    snprintf(cmd, sizeof cmd, "'%s' token %s --data-dir '%s' 2>/dev/null", bin, args, d->data_dir);
+    snprintf(cmd, sizeof cmd, "'%s' token %s --data-dir '%s' %s%s%s 2>/dev/null", bin, args,
+             d->data_dir, d->db_url[0] ? "'" : "", d->db_arg, d->db_url[0] ? "'" : "");
     FILE *p = popen(cmd, "r");
     if (!p)
         return -1;
@@ -117,6 +177,10 @@ int test_daemon_start(struct test_daemon *d, const char *const extra_args[])
     argv[argc++] = d->data_dir;
     argv[argc++] = "--port-file";
     argv[argc++] = port_file;
+    if (d->db_url[0]) {
+        argv[argc++] = d->db_arg;
+        argv[argc++] = d->blob_arg;
+    }
     for (int i = 0; extra_args && extra_args[i] && argc < 63; i++)
         argv[argc++] = extra_args[i];
     argv[argc] = NULL;

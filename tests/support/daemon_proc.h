@@ -15,13 +15,22 @@ struct test_daemon {
     char data_dir[300];
     char log_path[300];
     char base_url[64];  /* http://127.0.0.1:PORT */
+    /* TPV_TEST_DAEMON_DB=pg (the integration tests' "-pg" variants): the daemon's own fresh
+     * database on the test server TPV_TEST_PG_URI, made at the first start and kept across
+     * restarts, given as --database with --blob-dir DATA_DIR/blobs.  "" with SQLite. */
+    char db_url[512];
+    char db_arg[540];
+    char blob_arg[340];
 };
 
 /* Creates the temporary folder and names data_dir without starting the daemon, so that a test
  * can prepare the data dir first (tokens); test_daemon_start then uses it.  0 or -1. */
 int test_daemon_prepare(struct test_daemon *d);
 
-/* Runs `tpvd token ARGS --data-dir <data_dir>` (e.g. "create --name ci --role write"); the first
+/* Whether the daemons of this run use PostgreSQL (TPV_TEST_DAEMON_DB=pg). */
+bool test_daemon_on_pg(void);
+
+/* Runs `tpvd token ARGS --data-dir <data_dir>` (and --database in PostgreSQL mode) (e.g. "create --name ci --role write"); the first
  * line of its stdout goes to out (may be NULL).  Returns the command's exit status, -1 if it did
  * not run. */
 int test_daemon_token(const struct test_daemon *d, const char *args, char *out, size_t cap);
