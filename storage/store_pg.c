@@ -766,7 +766,7 @@ static int pg_candidate_create_impl(void *impl, const struct store_candidate_new
 #define CAND_FROM " FROM candidates c LEFT JOIN jobs j ON j.id = c.job_id "
 #define SCORE_COLS                                                                               \
     "SELECT s.candidate_id, s.noise, s.kind, s.split, s.value, s.stderr, s.estimator, "          \
-    "s.samples, s.seed, s.wall_seconds, s.details FROM scores s "
+    "s.samples, s.seed, s.wall_seconds, s.details, s.stderr_inputs FROM scores s "
 
 static bool score_from_row(const struct pg_result *r, int row, struct store_score_row *o)
 {
@@ -781,6 +781,7 @@ static bool score_from_row(const struct pg_result *r, int row, struct store_scor
     o->seed = (uint64_t)pg_result_int64(r, row, 8);
     o->wall_seconds = pg_result_double(r, row, 9);
     o->details = pg_result_strdup(r, row, 10);
+    o->stderr_inputs = pg_result_double(r, row, 11); /* NaN: NULL, none stored */
     if (!o->estimator && pg_result_null(r, row, 6))
         o->estimator = strdup("exact");
     if (!o->details && pg_result_null(r, row, 10))
@@ -1132,7 +1133,7 @@ static int pg_rank_rows_impl(void *impl, const char *study_id, const char *noise
     struct pg_result *r;
     int rc = pgs_read(impl,
                       "SELECT c.id, c.name, c.metadata, c.state, c.train_loss, c.epoch, c.run, "
-                      "s.value, s.stderr FROM candidates c LEFT JOIN scores s ON "
+                      "s.value, s.stderr, s.stderr_inputs FROM candidates c LEFT JOIN scores s ON "
                       "s.candidate_id = c.id AND s.noise = $2 AND s.split = $3 "
                       "WHERE c.study_id = $1 ORDER BY (s.value IS NULL), s.value, c.seq",
                       3, p, &r, err);
@@ -1156,6 +1157,8 @@ static int pg_rank_rows_impl(void *impl, const char *study_id, const char *noise
         o->has_value = !pg_result_null(r, i, 7);
         o->value = pg_result_double(r, i, 7);
         o->stderr_value = pg_result_double(r, i, 8);
+        o->has_stderr_inputs = !pg_result_null(r, i, 9);
+        o->stderr_inputs = pg_result_double(r, i, 9);
         *nrows = (size_t)i + 1;
         if (!o->name || !o->metadata || (!o->run && !pg_result_null(r, i, 6)))
             rc = pgs_oom(err);
@@ -1488,6 +1491,7 @@ const struct store_ops store_pg_ops = {
     .metric_names = pgs_metric_names,
     .agree_rows = pgs_agree_rows,
     .rank_rows = pg_rank_rows_impl,
+    .rank_contributions = pgs_rank_contributions,
     .outbox_due = pgs_outbox_due,
     .outbox_next_due = pgs_outbox_next_due,
     .outbox_delivered = pgs_outbox_delivered,

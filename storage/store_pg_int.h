@@ -56,6 +56,13 @@ int pgs_metric_names(void *impl, const char *study_id, char *names, size_t cap,
 int pgs_agree_rows(void *impl, const char *study_id, const char *metric,
                    struct store_agree_rows *out, struct tpv_err *err);
 
+/* store_pg_contrib.c: per-input contributions as the hex text of their stored BYTEA (*hex NULL,
+ * a SQL NULL, when there are none; malloc'd), and the ranking's one-query load. */
+int pgs_contrib_hex(const double *v, size_t n, char **hex, struct tpv_err *err);
+int pgs_rank_contributions(void *impl, const char *study_id, const char *noise,
+                           const char *split, const char *const *ids, size_t n,
+                           struct store_contrib **out, struct tpv_err *err);
+
 /* store_pg_jobs.c: the job and outbox ops. */
 int pgs_job_get(void *impl, const char *id, struct store_job *out, struct tpv_err *err);
 int pgs_job_cancel(void *impl, const char *id, const char *now, struct store_job *out,

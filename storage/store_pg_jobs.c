@@ -306,22 +306,32 @@ struct end_ctx {
 static int score_insert(struct pg_conn *c, const char *candidate_id, const struct store_score *sc,
                         struct tpv_err *err)
 {
-    char v[PGS_NUM_MAX], se[PGS_NUM_MAX], sa[PGS_NUM_MAX], sd[PGS_NUM_MAX], ws[PGS_NUM_MAX];
-    const char *vp, *sep, *wsp;
+    char v[PGS_NUM_MAX], se[PGS_NUM_MAX], sa[PGS_NUM_MAX], sd[PGS_NUM_MAX], ws[PGS_NUM_MAX],
+        si[PGS_NUM_MAX];
+    const char *vp, *sep, *wsp, *sip;
     pgs_fmt_double(v, sc->value, &vp);
     pgs_fmt_double(se, sc->stderr_value, &sep);
     pgs_fmt_double(ws, sc->wall_seconds, &wsp);
+    /* Without contributions there is no stderr_inputs (as on SQLite: a zeroed row is none). */
+    pgs_fmt_double(si, sc->per_input ? sc->stderr_inputs : NAN, &sip);
     /* seeds are uint64: stored as the same 64 bits, as SQLite does */
     pgs_fmt_int(sa, (int64_t)sc->samples);
     pgs_fmt_int(sd, (int64_t)sc->seed);
+    char *hex = NULL;
+    int rc = pgs_contrib_hex(sc->per_input, sc->n_inputs, &hex, err);
+    if (rc != TPV_OK)
+        return rc;
     const char *p[] = { candidate_id, sc->noise, sc->kind, sc->split, vp, sep,
                         sc->estimator ? sc->estimator : "exact", sa, sd, wsp,
-                        sc->details ? sc->details : "{}" };
-    return pg_exec(c,
-                   "INSERT INTO scores (candidate_id, noise, kind, split, value, stderr, "
-                   "estimator, samples, seed, wall_seconds, details) VALUES ($1, $2, $3, $4, "
-                   "$5::float8, $6::float8, $7, $8::bigint, $9::bigint, $10::float8, $11)",
-                   11, p, NULL, err);
+                        sc->details ? sc->details : "{}", sip, hex };
+    rc = pg_exec(c,
+                 "INSERT INTO scores (candidate_id, noise, kind, split, value, stderr, "
+                 "estimator, samples, seed, wall_seconds, details, stderr_inputs, contributions) "
+                 "VALUES ($1, $2, $3, $4, $5::float8, $6::float8, $7, $8::bigint, $9::bigint, "
+                 "$10::float8, $11, $12::float8, decode($13, 'hex'))",
+                 13, p, NULL, err);
+    free(hex);
+    return rc;
 }
 
 static int end_body(struct pg_conn *c, void *arg, struct tpv_err *err)
