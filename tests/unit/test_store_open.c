@@ -14,6 +14,9 @@
 #include <sqlite3.h>
 
 #include "storage/store.h"
+#include "storage/store_ops.h"
+#include "storage/store_pg.h"
+#include "storage/store_sqlite.h"
 
 static void test_open_migrates_and_reopens(void **state)
 {
@@ -145,12 +148,49 @@ static void test_open_url(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* Every operation of both backends is filled: a member left out of a designated initializer is
+ * NULL and would crash its first caller (the merged PostgreSQL table once lacked
+ * rank_contributions).  The table is a name and then function pointers only, so it is read as
+ * an array of them; a member added to store_ops is checked without touching this test. */
+static size_t ops_missing(const struct store_ops *ops, char *which, size_t cap)
+{
+    typedef int (*any_fn)(void);
+    size_t missing = 0, at = 0;
+    const unsigned char *base = (const unsigned char *)ops;
+    size_t first = offsetof(struct store_ops, name) + sizeof ops->name;
+    for (size_t off = first; off + sizeof(any_fn) <= sizeof *ops; off += sizeof(any_fn)) {
+        any_fn f;
+        memcpy(&f, base + off, sizeof f);
+        if (!f) {
+            missing++;
+            at += (size_t)snprintf(which + at, at < cap ? cap - at : 0, " @%zu", off);
+            if (at >= cap)
+                at = cap - 1;
+        }
+    }
+    return missing;
+}
+
+static void test_ops_tables_complete(void **state)
+{
+    (void)state;
+    char which[512] = "";
+    assert_true((sizeof(struct store_ops) - sizeof(const char *)) % sizeof(int (*)(void)) == 0);
+    if (ops_missing(&store_sqlite_ops, which, sizeof which))
+        fail_msg("store_sqlite_ops has NULL members at byte offsets%s", which);
+    if (ops_missing(&store_pg_ops, which, sizeof which))
+        fail_msg("store_pg_ops has NULL members at byte offsets%s", which);
+    assert_string_equal(store_sqlite_ops.name, "sqlite");
+    assert_string_equal(store_pg_ops.name, "postgresql");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_migrates_and_reopens),
         cmocka_unit_test(test_open_refuses_empty_and_damaged),
         cmocka_unit_test(test_open_url),
+        cmocka_unit_test(test_ops_tables_complete),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
