@@ -78,9 +78,34 @@ static int sample_grad(const struct tpv_jsrc *s, uint64_t x, const double *r, do
     return TPV_OK;
 }
 
+/* The per-sample parts of nc weighted traces that sqdiag_samples asks for beside the diagonal
+ * (jacobian.h): out[m * n + x] += sum_j c[m][j] g_j^2 for each gradient row g of sample x. */
+struct sample_parts {
+    size_t nc;
+    const double *const *c; /* c[m] NULL: all ones */
+    double *out;
+    uint64_t n;
+};
+
+static void add_parts(const struct sample_parts *sp, uint64_t x, const double *g, uint64_t p,
+                      double sumsq)
+{
+    for (size_t m = 0; sp && m < sp->nc; m++) {
+        const double *c = sp->c[m];
+        double t = 0;
+        if (!c) {
+            t = sumsq;
+        } else {
+            for (uint64_t j = 0; j < p; j++)
+                t += c[j] * g[j] * g[j];
+        }
+        sp->out[m * sp->n + x] += t;
+    }
+}
+
 static int sq_accumulate(const struct tpv_jsrc *s, const double *r_all, bool one_hot,
-                         double *diag, double *total, const struct tpv_progress *pg,
-                         struct tpv_err *err)
+                         double *diag, double *total, const struct sample_parts *sp,
+                         const struct tpv_progress *pg, struct tpv_err *err)
 {
     uint64_t K = s->K, p = s->p;
     double *g = malloc(p * sizeof *g), *r = calloc(K, sizeof *r);
@@ -99,6 +124,8 @@ static int sq_accumulate(const struct tpv_jsrc *s, const double *r_all, bool one
             }
             if (total && !one_hot)
                 total[x] = t;
+            if (!rc)
+                add_parts(sp, x, g, p, t);
         }
         if (!rc && tpv_progress_report(pg, 0, 1, x + 1, s->n))
             rc = canceled(err);
@@ -237,7 +264,8 @@ static size_t samples_within(const struct tpv_jsrc *s, uint64_t rows, uint64_t b
 }
 
 /* diag += squares of G's rows; total[t] = row t's squared norm if total is not NULL. */
-static void add_squares(const double *G, size_t b, uint64_t p, double *diag, double *total)
+static void add_squares(const double *G, size_t b, uint64_t p, double *diag, double *total,
+                        const struct sample_parts *sp, uint64_t x0)
 {
     for (size_t t = 0; t < b; t++) {
         const double *g = G + t * p;
@@ -248,12 +276,14 @@ static void add_squares(const double *G, size_t b, uint64_t p, double *diag, dou
         }
         if (total)
             total[t] = sum;
+        add_parts(sp, x0 + t, g, p, sum);
     }
 }
 
 /* sqdiag (r NULL: every one-hot output) or sqdiag_projected (r: one seed row per sample). */
 static int fast_squares(const struct tpv_jsrc *s, const double *r, double *diag, double *total,
-                        const struct tpv_progress *pg, struct tpv_err *err)
+                        const struct sample_parts *sp, const struct tpv_progress *pg,
+                        struct tpv_err *err)
 {
     uint64_t K = s->K, p = s->p;
     size_t bmax = samples_within(s, 1, ((const struct osrc *)s->impl)->panel_bytes);
@@ -268,7 +298,7 @@ static int fast_squares(const struct tpv_jsrc *s, const double *r, double *diag,
                 one_hot(seed, b, K, k);
             rc = pass_grads(s, &ps, r ? r + x0 * K : seed, G, err);
             if (!rc)
-                add_squares(G, b, p, diag, total ? total + x0 : NULL);
+                add_squares(G, b, p, diag, total ? total + x0 : NULL, sp, x0);
         }
         if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
             rc = canceled(err);
@@ -354,16 +384,27 @@ static int os_sqdiag(const struct tpv_jsrc *s, double *diag, const struct tpv_pr
                      struct tpv_err *err)
 {
     if (use_batched(s))
-        return fast_squares(s, NULL, diag, NULL, pg, err);
-    return sq_accumulate(s, NULL, true, diag, NULL, pg, err);
+        return fast_squares(s, NULL, diag, NULL, NULL, pg, err);
+    return sq_accumulate(s, NULL, true, diag, NULL, NULL, pg, err);
+}
+
+/* sqdiag with the per-sample parts of nc weighted traces, from the same gradient rows. */
+static int os_sqdiag_samples(const struct tpv_jsrc *s, double *diag, size_t nc,
+                             const double *const *c, double *out, const struct tpv_progress *pg,
+                             struct tpv_err *err)
+{
+    struct sample_parts sp = { nc, c, out, s->n };
+    if (use_batched(s))
+        return fast_squares(s, NULL, diag, NULL, &sp, pg, err);
+    return sq_accumulate(s, NULL, true, diag, NULL, &sp, pg, err);
 }
 
 static int os_sqdiag_projected(const struct tpv_jsrc *s, const double *r, double *diag,
                                double *total, const struct tpv_progress *pg, struct tpv_err *err)
 {
     if (use_batched(s))
-        return fast_squares(s, r, diag, total, pg, err);
-    return sq_accumulate(s, r, false, diag, total, pg, err);
+        return fast_squares(s, r, diag, total, NULL, pg, err);
+    return sq_accumulate(s, r, false, diag, total, NULL, pg, err);
 }
 
 static int os_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double *out,
@@ -568,6 +609,7 @@ static void os_free(struct tpv_jsrc *s)
 
 static const struct tpv_jsrc_ops onnx_source_ops = {
     .sqdiag = os_sqdiag,
+    .sqdiag_samples = os_sqdiag_samples,
     .gram = os_gram,
     .jvp = os_jvp,
     .sqdiag_projected = os_sqdiag_projected,

@@ -144,6 +144,33 @@ def quant_ref(G, W, bits, scope, nx):
     return total / nx
 
 
+def quant_weights(W, bits, scope):
+    """The per-parameter variance delta_g^2 / 12 of 8-bit rounding noise, dict name -> (numel,)."""
+    levels = 2.0 ** bits - 1
+    if scope == "global":
+        allw = np.concatenate([W[n].reshape(-1) for n in W])
+        d = (allw.max() - allw.min()) / levels
+        return {n: np.full(W[n].size, d * d / 12) for n in W}
+    out = {}
+    for n, w in W.items():
+        if scope == "per_channel" and w.ndim >= 2:
+            rows = w.reshape(w.shape[0], -1)
+            d = (rows.max(axis=1) - rows.min(axis=1)) / levels
+            out[n] = np.repeat(d * d / 12, rows.shape[1])
+        else:
+            d = (w.max() - w.min()) / levels
+            out[n] = np.full(w.size, d * d / 12)
+    return out
+
+
+def stderr_inputs_ref(G, weights, K):
+    """stderr_inputs of a diagonal-family score: the per-input contributions
+    c_x = sum over x's K output rows of sum_j w_j g_j^2, their sample std over sqrt(n)."""
+    rows = sum((G[n] ** 2) @ weights[n] for n in G)   # one value per (sample, output) row
+    c = rows.reshape(-1, K).sum(axis=1)
+    return c.std(ddof=1) / np.sqrt(c.size), c.mean()
+
+
 def label_ref(Jf, Jx, sigma, rcond=1e-10, ridge=0.0, ridge_rel=0.0):
     Gm = Jf @ Jf.T
     lam, Q = np.linalg.eigh(Gm)
@@ -312,6 +339,18 @@ class OnnxServiceTest(unittest.TestCase):
             ref["pm", split] = prune_ref(G, W, mask, n)
             ref["pg", split] = prune_ref(G, W, magnitude_mask(W, 0.3, "global"), n)
             ref["pt", split] = prune_ref(G, W, magnitude_mask(W, 0.3, "per_tensor"), n)
+            # stderr_inputs of the diagonal family, from per-input contributions computed here;
+            # their mean must be the score itself (a check of this reference).
+            ones = {nm: np.ones(W[nm].size) for nm in W}
+            for nm, w in (("iso", {k: 0.01 * v for k, v in ones.items()}),
+                          ("qg", quant_weights(W, 8, "global")),
+                          ("qt", quant_weights(W, 8, "per_tensor")),
+                          ("qc", quant_weights(W, 8, "per_channel")),
+                          ("sgd", {k: LR / (2 * BATCH) * v for k, v in ones.items()}),
+                          ("diag", {k: var[k].reshape(-1) for k in W})):
+                se, mean = stderr_inputs_ref(G, w, K)
+                assert abs(mean - ref[nm, split]) <= 1e-9 * abs(ref[nm, split]), (nm, split)
+                ref["se", nm, split] = se
         return ref
 
     def check_candidate(self, sid, name, onnx_path, ref, rtol, parameters=None):
@@ -325,7 +364,17 @@ class OnnxServiceTest(unittest.TestCase):
         self.assertEqual(cand["source"], "onnx")
         self.assertIn("isotropic_ratio", cand["stability"])
         got = {(s["noise"], s["split"]): s for s in cand["scores"]}
+        se_ref = {k[1:]: v for k, v in ref.items() if k[0] == "se"}
+        ref = {k: v for k, v in ref.items() if k[0] != "se"}
         self.assertEqual(set(got), set(ref))
+        # Confidence (DESIGN section 5): every exact score of a graph has stderr_inputs; the
+        # diagonal family's equals the one from autograd's per-input contributions.
+        for key, s in got.items():
+            self.assertIsNotNone(s.get("stderr_inputs"), key)
+        for key, want in se_ref.items():
+            rel = abs(got[key]["stderr_inputs"] - want) / abs(want)
+            self.assertLessEqual(rel, rtol, f"{name} {key} stderr_inputs: "
+                                 f"{got[key]['stderr_inputs']!r} vs {want!r}")
         worst = 0.0
         for key, want in sorted(ref.items()):
             s = got[key]
