@@ -179,7 +179,8 @@ bool api_auth_is_open(struct api_auth *a);
 
 /* Checks the Authorization header of METHOD PATH against the route's role (env->auth NULL lets
  * everything through).  Returns true when the request may proceed; otherwise fills *resp with
- * 401 unauthenticated (with WWW-Authenticate: Bearer) or 403 permission_denied and returns
+ * 401 unauthenticated (with WWW-Authenticate: Bearer), 403 permission_denied, or 503 unavailable
+ * when the store cannot tell (the database is down), and returns
  * false.  Costs at most one indexed read; meant for the transport's first look at a request,
  * before any body is read. */
 bool api_authorize(const struct api_env *env, struct api_request *req, struct api_response *resp);

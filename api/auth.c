@@ -97,8 +97,11 @@ void api_auth_free(struct api_auth *a)
     free(a);
 }
 
-bool api_auth_is_open(struct api_auth *a)
+/* api_auth_is_open, and in *rc why the store could not say (TPV_OK when it could): a database
+ * that is down is a 503 for the client, not a 401 it would take for a bad token. */
+static bool auth_open_check(struct api_auth *a, int *rc)
 {
+    *rc = TPV_OK;
     if (!a->open_without_tokens || atomic_load(&a->tokens_exist))
         return false;
     int64_t now = mono_ns();
@@ -107,7 +110,8 @@ bool api_auth_is_open(struct api_auth *a)
     int64_t n = 0;
     struct tpv_err err;
     tpv_err_clear(&err);
-    if (store_token_count(a->store, &n, &err) != TPV_OK) {
+    *rc = store_token_count(a->store, &n, &err);
+    if (*rc != TPV_OK) {
         log_error("auth: cannot count tokens: %s", tpv_err_message(&err));
         return false; /* fail closed */
     }
@@ -120,6 +124,12 @@ bool api_auth_is_open(struct api_auth *a)
     }
     atomic_store(&a->tokens_checked_ns, now);
     return true;
+}
+
+bool api_auth_is_open(struct api_auth *a)
+{
+    int rc;
+    return auth_open_check(a, &rc);
 }
 
 /* TPV_OK, or TPV_EINTERNAL when libcrypto fails: md is then undefined and must not be used (an
@@ -184,8 +194,9 @@ int api_token_generate(char out[API_TOKEN_MAX])
 /* Looks the token up: cache first, then the store.  Returns true with *role when it is a live
  * token. */
 static bool token_role(struct api_auth *a, const char *token, size_t len, enum api_role *role,
-                       const char *rid)
+                       const char *rid, int *lookup_rc)
 {
+    *lookup_rc = TPV_OK;
     unsigned char md[32];
     if (sha256(token, len, md) != TPV_OK) {
         log_error("rid=%s auth: SHA-256 failed; token refused", rid ? rid : "-");
@@ -210,6 +221,7 @@ static bool token_role(struct api_auth *a, const char *token, size_t len, enum a
     tpv_err_clear(&err);
     int rc = store_token_find(a->store, hex, &tok, &err);
     if (rc != TPV_OK) {
+        *lookup_rc = rc == TPV_ENOTFOUND ? TPV_OK : rc;
         if (rc != TPV_ENOTFOUND)
             log_error("rid=%s auth: token lookup failed: %s", rid ? rid : "-",
                       tpv_log_text(tpv_err_message(&err), TPV_ERR_MSG_MAX));
@@ -246,8 +258,13 @@ bool api_authorize(const struct api_env *env, struct api_request *req, struct ap
     if (!a)
         return true;
     enum api_role need = api_route_role(req);
-    if (need == API_ROLE_OPEN || api_auth_is_open(a))
+    int store_rc;
+    if (need == API_ROLE_OPEN || auth_open_check(a, &store_rc))
         return true;
+    if (store_rc == TPV_EUNAVAILABLE) {
+        api_reply_errorf(resp, TPV_EUNAVAILABLE, NULL, "storage is not available");
+        return false;
+    }
     const char *h = api_header(req, "Authorization");
     if (!h || !h[0]) {
         reply_unauthenticated(resp, false,
@@ -266,7 +283,11 @@ bool api_authorize(const struct api_env *env, struct api_request *req, struct ap
     while (tlen > 0 && token[tlen - 1] == ' ')
         tlen--;
     enum api_role have = API_ROLE_OPEN;
-    if (tlen == 0 || !token_role(a, token, tlen, &have, req->request_id)) {
+    if (tlen == 0 || !token_role(a, token, tlen, &have, req->request_id, &store_rc)) {
+        if (store_rc == TPV_EUNAVAILABLE) {
+            api_reply_errorf(resp, TPV_EUNAVAILABLE, NULL, "storage is not available");
+            return false;
+        }
         reply_unauthenticated(resp, true, "the bearer token is unknown or revoked");
         return false;
     }
