@@ -384,12 +384,22 @@ static void test_three_nodes(void **state)
         json_t *job = wait_job(&nodes[i % 2 ? 2 : 0], jids[i], 90);
         json_int_t attempts = json_integer_value(json_object_get(job, "attempts"));
         json_decref(job);
-        int successes = 0;
-        for (int k = 0; k < NNODES; k++) {
-            int n = log_count2(&nodes[k], jids[i], "state=succeeded");
-            successes += n;
-            ran_on[k] += n;
+        /* A node writes its success line after the commit that the API shows, so the line may
+         * trail the answer by a moment: look again for up to 3 s before counting. */
+        int successes = 0, per_node[NNODES] = { 0 };
+        for (int tries = 0; tries < 30; tries++) {
+            successes = 0;
+            for (int k = 0; k < NNODES; k++)
+                successes += per_node[k] = log_count2(&nodes[k], jids[i], "state=succeeded");
+            if (successes > 0)
+                break;
+            usleep(100 * 1000);
         }
+        for (int k = 0; k < NNODES; k++)
+            ran_on[k] += per_node[k];
+        /* B may have committed its job and died before writing the line: one attempt, done. */
+        if (successes == 0 && strcmp(jids[i], held) == 0 && attempts == 1)
+            successes = 1;
         if (successes != 1) {
             dump_logs();
             fail_msg("job %s succeeded %d times in the node logs", jids[i], successes);
