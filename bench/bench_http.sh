@@ -7,6 +7,8 @@
 # the ranking p99 latency (target < 10 ms), and the 304 requests-per-second over /healthz's
 # (target >= 0.8), checking that every answer of run 3 was a 304.
 # Needs wrk, curl and python3.  Appends nothing by itself: copy the summary to bench/RESULTS.md.
+# BENCH_DATABASE=postgresql://... runs tpvd on that database (--database, and --blob-dir in the
+# run's temp dir) instead of SQLite in its data dir (bench/bench_pg.sh runs both).
 # BENCH_AUTH=1 creates tokens first (tpvd token create) and sends a read token with every
 # measured request (a write token for the set-up), to measure the cost of access control.
 set -euo pipefail
@@ -27,14 +29,17 @@ cleanup() {
 }
 trap cleanup EXIT
 
-AUTH_W=() AUTH_R=()
+AUTH_W=() AUTH_R=() DB_ARGS=()
+if [ -n "${BENCH_DATABASE:-}" ]; then
+  DB_ARGS=(--database "$BENCH_DATABASE" --blob-dir "$WORK/blobs")
+fi
 if [ "${BENCH_AUTH:-0}" = 1 ]; then
-  W=$("$TPVD" token create --name bench-w --role write --data-dir "$WORK/data" 2>/dev/null)
-  R=$("$TPVD" token create --name bench-r --role read --data-dir "$WORK/data" 2>/dev/null)
+  W=$("$TPVD" token create --name bench-w --role write --data-dir "$WORK/data" "${DB_ARGS[@]}" 2>/dev/null)
+  R=$("$TPVD" token create --name bench-r --role read --data-dir "$WORK/data" "${DB_ARGS[@]}" 2>/dev/null)
   AUTH_W=(-H "Authorization: Bearer $W") AUTH_R=(-H "Authorization: Bearer $R")
 fi
 
-"$TPVD" --listen 127.0.0.1:0 --data-dir "$WORK/data" --port-file "$WORK/port" \
+"$TPVD" --listen 127.0.0.1:0 --data-dir "$WORK/data" --port-file "$WORK/port" "${DB_ARGS[@]}" \
   --workers 1 --http-threads 2 --log-level warn >"$WORK/log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do [ -s "$WORK/port" ] && break; sleep 0.05; done
@@ -99,7 +104,7 @@ to_ms() { # wrk latency "1.23ms" / "512.00us" / "1.01s" -> ms
   awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v} else {sub(/s$/,"",v); print v*1000} }'
 }
 
-echo "tpvd $("$TPVD" --version | awk '{print $2}'), auth=${BENCH_AUTH:-0}, $(nproc) cores, study of $ITEMS ranked candidates ($BYTES-byte body), wrk -t2 -c64 -d${SECS}s"
+echo "tpvd $("$TPVD" --version | awk '{print $2}'), backend=$([ -n "${BENCH_DATABASE:-}" ] && echo postgresql || echo sqlite), auth=${BENCH_AUTH:-0}, $(nproc) cores, study of $ITEMS ranked candidates ($BYTES-byte body), wrk -t2 -c64 -d${SECS}s"
 run healthz "$BASE/healthz";               H_RPS=$RPS; H_P99=$P99
 run ranking "$RANK";                       R_RPS=$RPS; R_P99=$P99
 run ranking304 "$RANK" -H "If-None-Match: $ETAG" -s "$WORK/count.lua"; N_RPS=$RPS; N_P99=$P99
