@@ -116,8 +116,9 @@ static void check_score(const json_t *scores, const char *noise, double want)
         fail_msg("%zu scores named %s", seen, noise);
 }
 
-/* Polls job `jid` on node `d` until it leaves queued/running (`limit` s); returns its JSON
- * (owned by the caller) and fails the test when it did not succeed. */
+/* Polls job `jid` on node `d` until it leaves queued/running (`limit` s), through 503s of a
+ * node that is reconnecting; returns its JSON (owned by the caller) and fails the test when it
+ * did not succeed. */
 static json_t *wait_job(const struct test_daemon *d, const char *jid, double limit)
 {
     char jp[128];
@@ -125,6 +126,14 @@ static json_t *wait_job(const struct test_daemon *d, const char *jid, double lim
     snprintf(jp, sizeof jp, "/v1/jobs/%.64s", jid);
     for (double t0 = now_s();;) {
         assert_int_equal(http_json(d->base_url, "GET", jp, NULL, NULL, &r), 0);
+        /* Right after a database restart a node may still be inside its reconnect back-off: a
+         * 503 "unavailable" there is the contract (it recovers by itself), so poll on. */
+        const char *code = r.status == 503 ? http_json_str(&r, "error.code") : NULL;
+        if (code && strcmp(code, "unavailable") == 0 && now_s() - t0 <= limit) {
+            http_result_free(&r);
+            usleep(100 * 1000);
+            continue;
+        }
         if (r.status != 200) {
             dump_logs();
             fail_msg("GET %s on %s: %ld %s", jp, d->base_url, r.status, r.body);
