@@ -422,7 +422,7 @@ static void test_three_nodes(void **state)
                          (long long)attempts);
         }
         char cp[200];
-        snprintf(cp, sizeof cp, "/v1/studies/%s/candidates/%s", sid, cids[i]);
+        snprintf(cp, sizeof cp, "/v1/studies/%.64s/candidates/%.64s", sid, cids[i]);
         assert_int_equal(http_json(nodes[2].base_url, "GET", cp, NULL, NULL, &r), 0);
         assert_int_equal(r.status, 200);
         json_t *scores = json_object_get(r.json, "scores");
@@ -478,7 +478,7 @@ static void test_three_nodes(void **state)
     assert_int_equal(pst, 202);
     json_decref(wait_job(&nodes[0], jids[NCAND + 1], 60));
     char cp[200];
-    snprintf(cp, sizeof cp, "/v1/studies/%s/candidates/%s", sid, cids[NCAND + 1]);
+    snprintf(cp, sizeof cp, "/v1/studies/%.64s/candidates/%.64s", sid, cids[NCAND + 1]);
     assert_int_equal(http_json(nodes[0].base_url, "GET", cp, NULL, NULL, &r), 0);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_array_size(json_object_get(r.json, "scores")), 2);
