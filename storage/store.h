@@ -24,8 +24,8 @@ struct store;
 
 /* Opens the database of a --database URL: "sqlite:PATH" (the database file, created if needed:
  * WAL, foreign keys, busy timeout, synchronous; an exclusive lock on its folder, one daemon per
- * database) or "postgresql://..." (TPV_EUNIMPLEMENTED, field "database", until that backend is
- * built in), and the blob store at opts->blob_dir (default: "blobs" beside a SQLite file),
+ * database) or "postgresql://..." / "postgres://..." (libpq; TPV_EUNAVAILABLE, field
+ * "database", while the server cannot be reached), and the blob store at opts->blob_dir (default: "blobs" beside a SQLite file),
  * whose stale upload temporaries go; migrates the schema.  `opts` may be NULL for the defaults.
  * On success *out owns the handle (free with store_close).  Errors: TPV_EINVAL (field
  * "database" or "blob_dir"), TPV_EIO, TPV_EINTERNAL, TPV_EPRECONDITION (newer schema, folder in
