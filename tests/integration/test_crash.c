@@ -23,6 +23,7 @@
 #include "tests/support/daemon_proc.h"
 #include "tests/support/http_client.h"
 #include "tests/support/npy.h"
+#include "tests/support/scores.h"
 
 #define NCAND 24
 
@@ -43,44 +44,6 @@ static int count_lines(const char *cmd)
     if (p)
         pclose(p);
     return n;
-}
-
-/* The study's two scores of a (n, p) dump J on the fit split (K = 1): isotropic sigma 0.1 is
- * 0.01/n ||J||_F^2; sgd_curvature lr 0.1, batch 8 is the leave-self-out
- * lr/(2 batch) / (n(n-1)) sum_{i != j} (J_i . J_j)^2 (DESIGN.md section 3). */
-static void closed_forms(const double *J, uint64_t n, uint64_t p, double *iso, double *curv)
-{
-    double fro = 0, off = 0;
-    for (uint64_t i = 0; i < n; i++)
-        for (uint64_t j = 0; j < n; j++) {
-            double g = 0;
-            for (uint64_t c = 0; c < p; c++)
-                g += J[i * p + c] * J[j * p + c];
-            if (i == j)
-                fro += g;
-            else
-                off += g * g;
-        }
-    *iso = 0.01 * fro / (double)n;
-    *curv = 0.1 / (2 * 8) * off / ((double)n * (double)(n - 1));
-}
-
-/* The one fit-split score named `noise` in a candidate's scores equals `want` to 1e-9. */
-static void check_score(const json_t *scores, const char *noise, double want)
-{
-    size_t i, seen = 0;
-    json_t *s;
-    json_array_foreach(scores, i, s) {
-        if (strcmp(json_string_value(json_object_get(s, "noise")), noise) != 0)
-            continue;
-        seen++;
-        assert_string_equal(json_string_value(json_object_get(s, "split")), "fit");
-        double v = json_number_value(json_object_get(s, "value"));
-        if (!(fabs(v - want) <= 1e-9 * fabs(want)))
-            fail_msg("%s: %.17g, want %.17g", noise, v, want);
-    }
-    if (seen != 1)
-        fail_msg("%zu scores named %s", seen, noise);
 }
 
 /* Starts an upload that never finishes: headers and part of the body, then the socket stays open
@@ -120,7 +83,7 @@ static void test_kill9_then_restart(void **state)
     size_t len;
     unsigned char *dump = test_npy_f64(shape, 2, v, &len);
     double want_iso, want_curv;
-    closed_forms(v, n, p, &want_iso, &want_curv);
+    test_closed_forms(v, n, p, &want_iso, &want_curv);
     free(v);
     char url[300];
     snprintf(url, sizeof url, "%s/v1/blobs", d.base_url);
@@ -191,8 +154,8 @@ static void test_kill9_then_restart(void **state)
         assert_int_equal(r.status, 200);
         json_t *scores = json_object_get(r.json, "scores");
         assert_int_equal(json_array_size(scores), 2); /* iso and curv on fit; no probe set */
-        check_score(scores, "iso", want_iso);
-        check_score(scores, "curv", want_curv);
+        test_check_fit_score(scores, "iso", want_iso);
+        test_check_fit_score(scores, "curv", want_curv);
         http_result_free(&r);
     }
 

@@ -25,6 +25,7 @@
 #include "tests/support/daemon_proc.h"
 #include "tests/support/http_client.h"
 #include "tests/support/npy.h"
+#include "tests/support/scores.h"
 #include "tests/support/pg_test.h"
 
 #define NCAND 18
@@ -77,43 +78,6 @@ static bool last_running_job(const struct test_daemon *d, char *out, size_t cap)
     if (fp)
         fclose(fp);
     return found;
-}
-
-/* Isotropic sigma 0.1 on the fit split is 0.01/n ||J||_F^2; sgd_curvature lr 0.1, batch 8 is
- * lr/(2 batch)/(n(n-1)) sum_{i != j} (J_i . J_j)^2 (DESIGN.md section 3). */
-static void closed_forms(const double *J, uint64_t n, uint64_t p, double *iso, double *curv)
-{
-    double fro = 0, off = 0;
-    for (uint64_t i = 0; i < n; i++)
-        for (uint64_t j = 0; j < n; j++) {
-            double g = 0;
-            for (uint64_t c = 0; c < p; c++)
-                g += J[i * p + c] * J[j * p + c];
-            if (i == j)
-                fro += g;
-            else
-                off += g * g;
-        }
-    *iso = 0.01 * fro / (double)n;
-    *curv = 0.1 / (2 * 8) * off / ((double)n * (double)(n - 1));
-}
-
-/* Exactly one score named `noise` on split fit, equal to `want` to 1e-9. */
-static void check_score(const json_t *scores, const char *noise, double want)
-{
-    size_t i, seen = 0;
-    json_t *s;
-    json_array_foreach(scores, i, s) {
-        if (strcmp(json_string_value(json_object_get(s, "noise")), noise) != 0)
-            continue;
-        seen++;
-        assert_string_equal(json_string_value(json_object_get(s, "split")), "fit");
-        double v = json_number_value(json_object_get(s, "value"));
-        if (!(fabs(v - want) <= 1e-9 * fabs(want)))
-            fail_msg("%s: %.17g, want %.17g", noise, v, want);
-    }
-    if (seen != 1)
-        fail_msg("%zu scores named %s", seen, noise);
 }
 
 /* Polls job `jid` on node `d` until it leaves queued/running (`limit` s), through 503s of a
@@ -185,7 +149,7 @@ static void upload_dump(char *digest, size_t cap, double *iso, double *curv)
     size_t len;
     unsigned char *dump = test_npy_f64(shape, 2, v, &len);
     assert_non_null(dump);
-    closed_forms(v, n, p, iso, curv);
+    test_closed_forms(v, n, p, iso, curv);
     free(v);
     char url[300];
     struct http_result r;
@@ -427,8 +391,8 @@ static void test_three_nodes(void **state)
         assert_int_equal(r.status, 200);
         json_t *scores = json_object_get(r.json, "scores");
         assert_int_equal(json_array_size(scores), 2);
-        check_score(scores, "iso", want_iso);
-        check_score(scores, "curv", want_curv);
+        test_check_fit_score(scores, "iso", want_iso);
+        test_check_fit_score(scores, "curv", want_curv);
         http_result_free(&r);
     }
     int nodes_used = 0;
@@ -482,7 +446,7 @@ static void test_three_nodes(void **state)
     assert_int_equal(http_json(nodes[0].base_url, "GET", cp, NULL, NULL, &r), 0);
     assert_int_equal(r.status, 200);
     assert_int_equal(json_array_size(json_object_get(r.json, "scores")), 2);
-    check_score(json_object_get(r.json, "scores"), "iso", want_iso);
+    test_check_fit_score(json_object_get(r.json, "scores"), "iso", want_iso);
     http_result_free(&r);
 
     token_outage(sid);
