@@ -17,8 +17,8 @@
 
 #include "core/onnx_exec.h"
 #include "core/onnx_ghost.h"
+#include "tests/unit/torch_fixture.h"
 
-#define PYTHON "/usr/bin/python3"
 #define TOL 1e-12
 #define N 3
 
@@ -161,24 +161,13 @@ static void test_choice_by_flops(void **state)
 static int setup(void **state)
 {
     (void)state;
-    const char *root = getenv("TPV_SOURCE_ROOT");
-    if (!root || access(PYTHON, X_OK) != 0)
-        return -1; /* the test step installs python3-onnx: a missing graph is a failure */
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/tpv-onnx-ghost-XXXXXX");
-    if (!mkdtemp(tmpdir))
-        return -1;
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, PYTHON " '%s/tests/torch/onnx_ghost_convs.py' '%s' >/dev/null 2>&1",
-             root, tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return torch_fixture_make(tmpdir, sizeof tmpdir, "onnx-ghost", "onnx_ghost_convs.py");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return torch_fixture_remove(tmpdir);
 }
 
 int main(void)

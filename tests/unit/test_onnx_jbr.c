@@ -21,28 +21,11 @@
 
 #include "core/onnx_jbr.h"
 #include "core/tensor.h"
+#include "tests/unit/torch_fixture.h"
 
-#define PYTHON "/usr/bin/python3"
 #define TOL 1e-9
 
 static char tmpdir[256];
-
-static void *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        fail_msg("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    buf[n] = '\0';
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
 
 /* Every unit: its layer name and index as layers.txt lists them, its score as PyTorch's. */
 static void check_units(const char *name, const json_t *res, const double *want, size_t H)
@@ -50,7 +33,7 @@ static void check_units(const char *name, const json_t *res, const double *want,
     char path[512];
     size_t len;
     snprintf(path, sizeof path, "%s/%s.layers.txt", tmpdir, name);
-    char *text = slurp(path, &len);
+    char *text = torch_fixture_slurp(path, &len);
     const json_t *units = json_object_get(res, "units");
     assert_int_equal(json_array_size(units), H);
     size_t u = 0, nlayers = 0;
@@ -92,7 +75,7 @@ static void run_case(const char *name, double confidence, unsigned batch, unsign
     size_t len;
     struct tpv_err err;
     snprintf(path, sizeof path, "%s/%s.onnx", tmpdir, name);
-    void *buf = slurp(path, &len);
+    void *buf = torch_fixture_slurp(path, &len);
     struct tpv_onnx_model *m = NULL;
     if (tpv_onnx_model_load(&m, buf, len, NULL, 0, &err))
         fail_msg("%s: load: %s", name, err.message);
@@ -147,7 +130,7 @@ static void test_sites_and_refusals(void **state)
     size_t len;
     struct tpv_err err;
     snprintf(path, sizeof path, "%s/res_all.onnx", tmpdir);
-    void *buf = slurp(path, &len);
+    void *buf = torch_fixture_slurp(path, &len);
     struct tpv_onnx_model *m = NULL;
     assert_int_equal(tpv_onnx_model_load(&m, buf, len, NULL, 0, &err), TPV_OK);
     free(buf);
@@ -176,24 +159,13 @@ static void test_sites_and_refusals(void **state)
 static int setup(void **state)
 {
     (void)state;
-    const char *root = getenv("TPV_SOURCE_ROOT");
-    if (!root || access(PYTHON, X_OK) != 0)
-        return -1; /* the test step installs python3-torch: a missing reference is a failure */
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/tpv-onnx-jbr-XXXXXX");
-    if (!mkdtemp(tmpdir))
-        return -1;
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, PYTHON " '%s/tests/torch/onnx_jbr.py' '%s' >/dev/null 2>&1", root,
-             tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return torch_fixture_make(tmpdir, sizeof tmpdir, "onnx-jbr", "onnx_jbr.py");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return torch_fixture_remove(tmpdir);
 }
 
 int main(void)

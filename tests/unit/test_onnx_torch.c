@@ -29,28 +29,11 @@
 #include "core/onnx_exec.h"
 #include "core/onnx_source.h"
 #include "core/tensor.h"
+#include "tests/unit/torch_fixture.h"
 
-#define PYTHON "/usr/bin/python3"
 #define TOL 1e-8
 
 static char tmpdir[256];
-
-static void *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        fail_msg("cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
-    buf[n] = '\0';
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-}
 
 static double *npy_f64(const char *path, struct tpv_tensor *shape_out,
                        struct tpv_tensor_file **file)
@@ -72,7 +55,7 @@ static void check_params(const char *name, const struct tpv_onnx_model *m)
     char path[512];
     size_t len;
     snprintf(path, sizeof path, "%s/%s.params.txt", tmpdir, name);
-    char *text = slurp(path, &len);
+    char *text = torch_fixture_slurp(path, &len);
     size_t want = 0;
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         long v = tpv_onnx_model_find(m, line);
@@ -422,7 +405,7 @@ static void check_case(const char *name, int batch1, int has_ref)
     size_t len;
     struct tpv_err err;
     snprintf(path, sizeof path, "%s/%s.onnx", tmpdir, name);
-    void *buf = slurp(path, &len);
+    void *buf = torch_fixture_slurp(path, &len);
     struct tpv_onnx_model *m;
     if (tpv_onnx_model_load(&m, buf, len, NULL, 0, &err))
         fail_msg("%s: load: %s", name, err.message);
@@ -485,24 +468,13 @@ static void test_networks(void **state)
 static int setup(void **state)
 {
     (void)state;
-    const char *root = getenv("TPV_SOURCE_ROOT");
-    if (!root || access(PYTHON, X_OK) != 0)
-        return -1; /* the test step installs python3-torch: a missing reference is a failure */
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/tpv-onnx-torch-XXXXXX");
-    if (!mkdtemp(tmpdir))
-        return -1;
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, PYTHON " '%s/tests/torch/onnx_networks.py' '%s' >/dev/null 2>&1",
-             root, tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return torch_fixture_make(tmpdir, sizeof tmpdir, "onnx-torch", "onnx_networks.py");
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return torch_fixture_remove(tmpdir);
 }
 
 int main(void)
