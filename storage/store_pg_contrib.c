@@ -81,31 +81,6 @@ static bool contrib_from_hex(const char *hex, struct store_contrib *o, bool *oom
     return true;
 }
 
-/* The ids as a JSON array text: the dispatcher's callers pass plain identifiers (checked here
- * too, so that no escaping is needed). */
-static int ids_json(const char *const *ids, size_t n, char **out, struct tpv_err *err)
-{
-    size_t cap = 3;
-    for (size_t i = 0; i < n; i++) {
-        for (const char *p = ids[i]; *p; p++)
-            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-                  (*p >= '0' && *p <= '9') || *p == '_' || *p == '-'))
-                return tpv_err_set(err, TPV_EINVAL, "candidate_id",
-                                   "candidate ids are plain identifiers");
-        cap += strlen(ids[i]) + 3;
-    }
-    char *s = malloc(cap), *w = s;
-    if (!s)
-        return pgs_oom(err);
-    *w++ = '[';
-    for (size_t i = 0; i < n; i++)
-        w += sprintf(w, "%s\"%s\"", i ? "," : "", ids[i]);
-    *w++ = ']';
-    *w = '\0';
-    *out = s;
-    return TPV_OK;
-}
-
 static int cmp_contrib_id(const void *a, const void *b)
 {
     return strcmp(((const struct store_contrib *)a)->id, ((const struct store_contrib *)b)->id);
@@ -116,10 +91,9 @@ int pgs_rank_contributions(void *impl, const char *study_id, const char *noise,
                            struct store_contrib **out, struct tpv_err *err)
 {
     *out = NULL;
-    char *arr = NULL;
-    int rc = ids_json(ids, n, &arr, err);
-    if (rc != TPV_OK)
-        return rc;
+    char *arr = store_ids_json(ids, n, err);
+    if (!arr)
+        return err->code;
     struct store_contrib *v = calloc(n ? n : 1, sizeof *v);
     if (!v) {
         free(arr);
@@ -129,12 +103,12 @@ int pgs_rank_contributions(void *impl, const char *study_id, const char *noise,
         snprintf(v[i].id, sizeof v[i].id, "%s", ids[i]);
     const char *p[] = { study_id, noise, split, arr };
     struct pg_result *r = NULL;
-    rc = pgs_read(impl,
-                  "SELECT s.candidate_id, encode(s.contributions, 'hex') FROM scores s "
-                  "JOIN candidates c ON c.id = s.candidate_id WHERE c.study_id = $1 "
-                  "AND s.noise = $2 AND s.split = $3 AND s.contributions IS NOT NULL "
-                  "AND s.candidate_id IN (SELECT json_array_elements_text($4::json))",
-                  4, p, &r, err);
+    int rc = pgs_read(impl,
+                      "SELECT s.candidate_id, encode(s.contributions, 'hex') FROM scores s "
+                      "JOIN candidates c ON c.id = s.candidate_id WHERE c.study_id = $1 "
+                      "AND s.noise = $2 AND s.split = $3 AND s.contributions IS NOT NULL "
+                      "AND s.candidate_id IN (SELECT json_array_elements_text($4::json))",
+                      4, p, &r, err);
     free(arr);
     /* Rows are matched to ids through a sorted copy (rankings may hold many candidates); the
      * answer keeps the order of ids. */

@@ -25,47 +25,6 @@ int bind_contributions(sqlite3_stmt *s, int i, const double *v, size_t n, struct
     return TPV_OK;
 }
 
-/* Ids go into the query as a JSON array (json_each): only plain identifiers, so that no
- * escaping is needed and nothing else can be spelled. */
-static bool plain_id(const char *id)
-{
-    size_t n = strlen(id);
-    if (n == 0 || n >= STORE_ID_MAX)
-        return false;
-    for (const char *p = id; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '_' || *p == '-'))
-            return false;
-    return true;
-}
-
-static char *ids_json(const char *const *ids, size_t n, struct tpv_err *err)
-{
-    size_t cap = 3 + n * (STORE_ID_MAX + 3), len = 0;
-    char *out = malloc(cap);
-    if (!out) {
-        tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-        return NULL;
-    }
-    out[len++] = '[';
-    for (size_t i = 0; i < n; i++) {
-        if (!plain_id(ids[i])) {
-            free(out);
-            tpv_err_set(err, TPV_EINVAL, "candidate_id", "not a candidate id");
-            return NULL;
-        }
-        size_t k = strlen(ids[i]);
-        if (i)
-            out[len++] = ',';
-        out[len++] = '"';
-        memcpy(out + len, ids[i], k);
-        len += k;
-        out[len++] = '"';
-    }
-    out[len++] = ']';
-    out[len] = '\0';
-    return out;
-}
 
 /* Index of `id` among ids by the sorted order `ord` (binary search), or -1. */
 static long find_id(const char *const *ids, const size_t *ord, size_t n, const char *id)
@@ -97,7 +56,7 @@ int sq_rank_contributions(struct sq_store *st, const char *study_id, const char 
     *out = NULL;
     struct store_contrib *v = calloc(n ? n : 1, sizeof *v);
     size_t *ord = malloc((n ? n : 1) * sizeof *ord);
-    char *arr = v && ord ? ids_json(ids, n, err) : NULL;
+    char *arr = v && ord ? store_ids_json(ids, n, err) : NULL;
     if (!v || !ord || !arr) {
         free(v);
         free(ord);

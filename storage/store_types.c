@@ -3,8 +3,12 @@
  * contributions, shared by every backend. */
 #include "storage/store_types.h"
 
+#include <stdbool.h>
+
 #include <stdlib.h>
 #include <string.h>
+
+#include "core/tpv_error.h"
 
 void store_study_free(struct store_study *s)
 {
@@ -101,4 +105,46 @@ void store_contribs_free(struct store_contrib *c, size_t n)
     for (size_t i = 0; c && i < n; i++)
         free(c[i].values);
     free(c);
+}
+
+/* Only plain identifiers go into the array, so that no escaping is needed and nothing else can
+ * be spelled in a query. */
+static bool plain_id(const char *id)
+{
+    size_t n = strlen(id);
+    if (n == 0 || n >= STORE_ID_MAX)
+        return false;
+    for (const char *p = id; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '-'))
+            return false;
+    return true;
+}
+
+char *store_ids_json(const char *const *ids, size_t n, struct tpv_err *err)
+{
+    size_t cap = 3 + n * (STORE_ID_MAX + 3), len = 0;
+    char *out = malloc(cap);
+    if (!out) {
+        tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        return NULL;
+    }
+    out[len++] = '[';
+    for (size_t i = 0; i < n; i++) {
+        if (!plain_id(ids[i])) {
+            free(out);
+            tpv_err_set(err, TPV_EINVAL, "candidate_id", "not a candidate id");
+            return NULL;
+        }
+        size_t k = strlen(ids[i]);
+        if (i)
+            out[len++] = ',';
+        out[len++] = '"';
+        memcpy(out + len, ids[i], k);
+        len += k;
+        out[len++] = '"';
+    }
+    out[len++] = ']';
+    out[len] = '\0';
+    return out;
 }

@@ -294,6 +294,13 @@ void store_contribs_free(struct store_contrib *c, size_t n); /* and the array */
 void store_contrib_encode(const double *v, size_t n, unsigned char *enc);
 void store_contrib_decode(const unsigned char *enc, size_t n, double *v);
 
+/* ids[0..n) as the text of a JSON array of strings, for a query that takes the ids of a page or
+ * ranking in one parameter (SQLite json_each, PostgreSQL json_array_elements_text).  malloc'd;
+ * NULL with TPV_EINVAL (field "candidate_id") for an id that is not a plain identifier
+ * ([A-Za-z0-9_-], shorter than STORE_ID_MAX) or TPV_ENOMEM. */
+struct tpv_err;
+char *store_ids_json(const char *const *ids, size_t n, struct tpv_err *err);
+
 /* ---- webhook outbox ---- */
 
 /* An event appended to the outbox in the transaction that caused it (DESIGN-phase2.md section
