@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -185,12 +186,17 @@ int test_daemon_start(struct test_daemon *d, const char *const extra_args[])
         argv[argc++] = extra_args[i];
     argv[argc] = NULL;
 
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         perror("fork");
         return -1;
     }
     if (pid == 0) {
+        /* A failed cmocka assertion skips the test's stop and cleanup; the daemon must not
+         * outlive the test binary and hold its port, its data dir or a database's rows. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+            _exit(127);
         int fd = open(d->log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, STDOUT_FILENO);
