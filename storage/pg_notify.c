@@ -20,6 +20,7 @@ struct pg_listener {
     int backoff_min_ms, backoff_max_ms;
     int wake[2]; /* pipe: a byte on wake[1] stops the thread */
     atomic_bool stop;
+    atomic_bool connected; /* LISTEN in place; false from a loss until the resubscription */
     pthread_t thread;
     bool started;
     pthread_mutex_t lock; /* stats */
@@ -103,8 +104,10 @@ static void *listen_main(void *arg)
                 pthread_mutex_lock(&l->lock);
                 l->stats.reconnects++;
                 pthread_mutex_unlock(&l->lock);
+                /* The node drops what it cached before it trusts the listener again. */
                 if (l->hooks.resubscribed)
                     l->hooks.resubscribed(l->hooks.ctx);
+                atomic_store(&l->connected, true);
                 continue;
             }
             backoff = !backoff ? l->backoff_min_ms
@@ -123,8 +126,10 @@ static void *listen_main(void *arg)
         if (rc > 0 && pfd[1].revents)
             break;
         if (rc > 0 && pfd[0].revents &&
-            pg_conn_consume(l->c, on_notify, l, &err) != TPV_OK)
+            pg_conn_consume(l->c, on_notify, l, &err) != TPV_OK) {
             connected = false;
+            atomic_store(&l->connected, false);
+        }
     }
     return NULL;
 }
@@ -160,6 +165,7 @@ int pg_listener_start(struct pg_listener **out, const char *conninfo,
         rc = tpv_err_set(err, TPV_EINTERNAL, NULL, "cannot start the listener thread");
         goto fail;
     }
+    atomic_store(&l->connected, true);
     l->started = true;
     *out = l;
     return TPV_OK;
@@ -185,6 +191,11 @@ void pg_listener_stop(struct pg_listener *l)
         close(l->wake[1]);
     pthread_mutex_destroy(&l->lock);
     free(l);
+}
+
+bool pg_listener_connected(struct pg_listener *l)
+{
+    return l && atomic_load(&l->connected);
 }
 
 void pg_listener_stats(struct pg_listener *l, struct pg_listener_stats *out)

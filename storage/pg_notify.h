@@ -10,6 +10,7 @@
 #ifndef TPV_PG_NOTIFY_H
 #define TPV_PG_NOTIFY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/tpv_error.h"
@@ -45,6 +46,11 @@ int pg_listener_start(struct pg_listener **out, const char *conninfo,
 void pg_listener_stop(struct pg_listener *l);
 
 void pg_listener_stats(struct pg_listener *l, struct pg_listener_stats *out);
+
+/* Whether LISTEN is in place now: false from the moment the thread sees its connection lost
+ * until the resubscription, whose `resubscribed` hook has run by the time this says true again.
+ * Notifications are only complete while it is true. */
+bool pg_listener_connected(struct pg_listener *l);
 
 /* Queues the notification for a study version in the caller's transaction on c: it is delivered
  * at COMMIT, and dropped on ROLLBACK. */

@@ -27,6 +27,7 @@ struct version_slot {
     char id[STORE_ID_MAX];
     int64_t version;
     uint64_t gen; /* commit generation the version was read under */
+    int64_t expires_ms; /* monotonic clock; INT64_MAX: while gen holds */
 };
 
 struct store {
@@ -339,13 +340,22 @@ static struct version_slot *version_slot_of(struct store *st, const char *id)
     return &st->versions[h % VERSION_CACHE_SLOTS];
 }
 
-/* A version read under commit generation `gen` stays valid until the generation moves. */
-static bool version_cached(struct store *st, const char *id, uint64_t gen, int64_t *version)
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A version read under commit generation `gen` stays valid until the generation moves or the
+ * backend's bound on it runs out. */
+static bool version_cached(struct store *st, const char *id, uint64_t gen, int64_t now_ms,
+                           int64_t *version)
 {
     bool hit = false;
     pthread_mutex_lock(&st->version_lock);
     struct version_slot *v = version_slot_of(st, id);
-    if (v->gen == gen && strcmp(v->id, id) == 0) {
+    if (v->gen == gen && now_ms < v->expires_ms && strcmp(v->id, id) == 0) {
         *version = v->version;
         hit = true;
     }
@@ -353,7 +363,8 @@ static bool version_cached(struct store *st, const char *id, uint64_t gen, int64
     return hit;
 }
 
-static void version_remember(struct store *st, const char *id, uint64_t gen, int64_t version)
+static void version_remember(struct store *st, const char *id, uint64_t gen,
+                             int64_t expires_ms, int64_t version)
 {
     if (strlen(id) >= STORE_ID_MAX)
         return;
@@ -362,22 +373,27 @@ static void version_remember(struct store *st, const char *id, uint64_t gen, int
     snprintf(v->id, sizeof v->id, "%s", id);
     v->version = version;
     v->gen = gen;
+    v->expires_ms = expires_ms;
     pthread_mutex_unlock(&st->version_lock);
 }
 
 /* Polls read this on every request: served from memory while no commit happened since it was
- * read (and while the backend says its commits are all seen).  The generation is taken before
+ * read (commits of other nodes count: the backend reports them as it learns of them) and for
+ * as long as the backend trusts that it hears of every commit.  The generation is taken before
  * the read, so a commit racing the read only makes the entry stale (never a stale version under
  * a current generation). */
 int store_study_version(struct store *st, const char *id, int64_t *version, struct tpv_err *err)
 {
     uint64_t gen = atomic_load(&st->commit_gen) + 1; /* +1: a zeroed slot never matches */
-    bool cache = st->ops->versions_cacheable(st->impl);
-    if (cache && version_cached(st, id, gen, version))
+    int64_t valid_ms = st->ops->version_cache_ms(st->impl);
+    int64_t now = valid_ms > 0 ? monotonic_ms() : 0;
+    if (valid_ms > 0 && version_cached(st, id, gen, now, version))
         return TPV_OK;
     int rc = st->ops->study_version(st->impl, id, version, err);
-    if (rc == TPV_OK && cache)
-        version_remember(st, id, gen, *version);
+    if (rc == TPV_OK && valid_ms > 0)
+        version_remember(st, id, gen,
+                         valid_ms == STORE_VERSION_CACHE_FOREVER ? INT64_MAX : now + valid_ms,
+                         *version);
     return rc;
 }
 

@@ -13,6 +13,8 @@
 #include "core/tpv_error.h"
 #include "storage/store_types.h"
 
+#define STORE_VERSION_CACHE_FOREVER INT64_MAX
+
 /* What a backend tells the dispatcher (store.c), always after the transaction committed, from
  * the thread that noticed it; keep the calls short. */
 struct store_sink {
@@ -43,9 +45,13 @@ struct store_ops {
     void (*close)(void *impl); /* NULL is a no-op */
     int (*ping)(void *impl, struct tpv_err *err);
     int (*schema_version)(void *impl, int *version, struct tpv_err *err);
-    /* Whether study versions may be served from the dispatcher's cache right now (SQLite: an
-     * exclusive handle; PostgreSQL: while the listener is connected). */
-    bool (*versions_cacheable)(void *impl);
+    /* How long a study version read now may be served from the dispatcher's cache while the
+     * commit generation does not move, in ms: STORE_VERSION_CACHE_FOREVER (SQLite's exclusive
+     * handle: its WAL hook sees every commit), 0 = not at all (a shared SQLite file; PostgreSQL
+     * while its listener is disconnected), or a bound on what a lost notification can cost
+     * (PostgreSQL while the listener is connected: other nodes' commits arrive as notifications,
+     * and one lost to a silent network failure is outlived by the bound). */
+    int64_t (*version_cache_ms)(void *impl);
     /* Appended to the ranking's ETag so that a version number reused after a crash is not
      * taken for one a client saw ("" for SQLite; the server start time for PostgreSQL). */
     const char *(*version_epoch)(void *impl);

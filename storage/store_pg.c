@@ -142,9 +142,19 @@ int pgs_outbox_put(struct pgs *s, struct pg_conn *c, const struct store_event *e
 
 /* ---- listener hooks: the version cache follows other nodes' commits ---- */
 
+/* Every version bump is NOTIFY'd in its transaction, and a notification moves the dispatcher's
+ * commit generation (on_study_changed), so a cached version is good while the listener is
+ * connected: from the database on every read while it is not (notifications sent then are
+ * lost), and the resubscription drops the cache (on_resubscribed).  The bound covers a loss the
+ * listener does not see (a silent network failure keeps its socket open): no poll answers with
+ * a version older than this after another node's commit. */
+#define PG_VERSION_CACHE_MS 1000
+
 static void on_study_changed(void *ctx, const char *study_id, int64_t version)
 {
     struct pgs *s = ctx;
+    if (s->sink.committed) /* a commit (this node's own comes back too: one more cache miss) */
+        s->sink.committed(s->sink.ctx);
     if (s->sink.study_changed)
         s->sink.study_changed(s->sink.ctx, study_id, version);
 }
@@ -197,6 +207,7 @@ static int pg_open_impl(void **impl, const char *target, const struct store_opti
     if (sink)
         s->sink = *sink;
     pthread_mutex_init(&s->held_lock, NULL);
+    s->version_cache_ms = o && o->version_cache_ms > 0 ? o->version_cache_ms : PG_VERSION_CACHE_MS;
     struct pg_pool_options po = { .size = o && o->pool_size > 0 ? o->pool_size : 8 };
     int rc = pg_pool_open(&s->pool, target, &po, err);
     if (rc == TPV_OK)
@@ -228,13 +239,11 @@ static int pg_schema_version_impl(void *impl, int *version, struct tpv_err *err)
     return schema_pg_version(s->pool, version, err);
 }
 
-/* Versions come from the database on every read: a cached slot could miss a notification lost
- * between the listener's disconnect and its resubscription, and the listener does not say when
- * it is connected.  The long-polls are still woken by notifications (study_changed). */
-static bool pg_versions_cacheable_impl(void *impl)
+/* What store_study_version may serve from memory now: see PG_VERSION_CACHE_MS. */
+static int64_t pg_version_cache_ms_impl(void *impl)
 {
-    (void)impl;
-    return false;
+    struct pgs *s = impl;
+    return pg_listener_connected(s->listener) ? s->version_cache_ms : 0;
 }
 
 static const char *pg_version_epoch_impl(void *impl)
@@ -1459,7 +1468,7 @@ const struct store_ops store_pg_ops = {
     .close = pg_close_impl,
     .ping = pg_ping_impl,
     .schema_version = pg_schema_version_impl,
-    .versions_cacheable = pg_versions_cacheable_impl,
+    .version_cache_ms = pg_version_cache_ms_impl,
     .version_epoch = pg_version_epoch_impl,
     .idem_lookup = pg_idem_lookup_impl,
     .idem_expire = pg_idem_expire_impl,

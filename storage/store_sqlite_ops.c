@@ -33,9 +33,9 @@ static int op_schema_version(void *impl, int *version, struct tpv_err *err)
 
 /* Only an exclusive handle: no other process writes its studies, and every commit of this one
  * is seen by the WAL hook. */
-static bool op_versions_cacheable(void *impl)
+static int64_t op_version_cache_ms(void *impl)
 {
-    return !((struct sq_store *)impl)->shared;
+    return ((struct sq_store *)impl)->shared ? 0 : STORE_VERSION_CACHE_FOREVER;
 }
 
 static const char *op_version_epoch(void *impl)
@@ -341,7 +341,7 @@ const struct store_ops store_sqlite_ops = {
     .close = op_close,
     .ping = op_ping,
     .schema_version = op_schema_version,
-    .versions_cacheable = op_versions_cacheable,
+    .version_cache_ms = op_version_cache_ms,
     .version_epoch = op_version_epoch,
     .idem_lookup = op_idem_lookup,
     .idem_expire = op_idem_expire,

@@ -30,6 +30,9 @@ struct store_options {
     /* The blob folder (--blob-dir); NULL = "blobs" beside a SQLite database file.  A
      * PostgreSQL database needs one (every node shares it). */
     const char *blob_dir;
+    /* PostgreSQL: how long a study version may be served from memory at most, when no
+     * notification says it moved (0 = 1000 ms; see store_pg.c). */
+    int version_cache_ms;
 };
 
 /* ---- idempotency ---- */

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "storage/pg_notify.h"
 #include "storage/store.h"
 #include "storage/store_pg.h"
 #include "tests/support/pg_test.h"
@@ -389,6 +391,122 @@ static void test_database_down_then_back(void **state)
     assert_true(wait_version(&f->lb, 1) >= 1);
 }
 
+/* ---- the dispatcher's version cache on PostgreSQL (storage/store.c over this backend) ---- */
+
+struct cached_node {
+    struct store *st;
+    char blobs[64];
+};
+
+/* --database takes a postgresql:// URL: the server's (postgresql://tpv@/tpvd?host=DIR) with
+ * the fixture's database in place of tpvd. */
+static void database_url(const char *db, char *url, size_t cap)
+{
+    char *name = pg_test_sql(db, "SELECT current_database()");
+    const char *base = pg_test_uri();
+    const char *q = strchr(base, '?');
+    const char *slash = strstr(base, "@/");
+    assert_non_null(name);
+    assert_non_null(q);
+    assert_non_null(slash);
+    int len = snprintf(url, cap, "%.*s/%s%s", (int)(slash + 1 - base), base, name, q);
+    assert_true(len > 0 && (size_t)len < cap);
+    free(name);
+}
+
+static void cached_node_open(struct cached_node *n, const char *db, int cache_ms)
+{
+    char url[512];
+    database_url(db, url, sizeof url);
+    snprintf(n->blobs, sizeof n->blobs, "/tmp/tpv-vcache-XXXXXX");
+    assert_non_null(mkdtemp(n->blobs));
+    struct store_options o = { .blob_dir = n->blobs, .version_cache_ms = cache_ms };
+    struct tpv_err err = { 0 };
+    if (store_open_url(&n->st, url, &o, &err) != TPV_OK)
+        fail_msg("store_open_url: %s", err.message);
+}
+
+static void cached_node_close(struct cached_node *n)
+{
+    store_close(n->st);
+    char cmd[96];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", n->blobs);
+    assert_int_equal(system(cmd), 0);
+}
+
+static int64_t node_version(struct cached_node *n, const char *sid)
+{
+    struct tpv_err err;
+    int64_t v = -1;
+    assert_int_equal(store_study_version(n->st, sid, &v, &err), TPV_OK);
+    return v;
+}
+
+/* Polls node n until it reads `want` (true) or 5 s pass (false). */
+static bool node_sees(struct cached_node *n, const char *sid, int64_t want)
+{
+    for (int i = 0; i < 500; i++) {
+        if (node_version(n, sid) == want)
+            return true;
+        usleep(10000);
+    }
+    return false;
+}
+
+/* A change made behind the backend's back: no NOTIFY, as a lost notification would leave it. */
+static void bump_silently(const char *db, const char *sid)
+{
+    char sql[160];
+    snprintf(sql, sizeof sql, "UPDATE studies SET version = version + 1 WHERE id = '%s'", sid);
+    char *out = pg_test_sql(db, sql);
+    assert_non_null(out);
+    free(out);
+}
+
+/* Versions are served from memory while the listener is up (a bump without a notification is
+ * not seen within the bound), another node's write is seen at once (its notification moves the
+ * generation), and a lost listener connection drops the cache when it resubscribes.  The bound
+ * is 60 s here, so only notifications and the resubscription can explain what is seen. */
+static void test_version_cache_follows_other_nodes(void **state)
+{
+    struct fixture *f = *state;
+    struct cached_node a, b;
+    struct tpv_err err;
+    cached_node_open(&a, f->db, 60000);
+    cached_node_open(&b, f->db, 60000);
+    study_new(f->a, "st_vc", NULL);
+    int64_t v0 = node_version(&a, "st_vc");
+    assert_int_equal(node_version(&b, "st_vc"), v0);
+
+    bump_silently(f->db, "st_vc");
+    usleep(300000);
+    assert_int_equal(node_version(&a, "st_vc"), v0); /* from memory: no round trip */
+
+    /* Another node writes (a candidate bumps the version and notifies): A sees it. */
+    assert_int_equal(cand_new(f->b, "st_vc", "cd_vc", "vc", "jb_vc", &err), TPV_OK);
+    assert_true(node_sees(&a, "st_vc", v0 + 2));
+    assert_int_equal(node_version(&b, "st_vc"), v0 + 2);
+
+    /* The listener loses its connection: after its resubscription nothing cached is trusted. */
+    bump_silently(f->db, "st_vc");
+    assert_int_equal(node_version(&a, "st_vc"), v0 + 2);
+    char *killed = pg_test_sql(f->db, "SELECT count(pg_terminate_backend(pid)) FROM "
+                                      "pg_stat_activity WHERE datname = current_database() "
+                                      "AND query = 'LISTEN " PG_NOTIFY_CHANNEL "'");
+    assert_non_null(killed);
+    assert_true(atoi(killed) >= 1);
+    free(killed);
+    assert_true(node_sees(&a, "st_vc", v0 + 3));
+    assert_true(node_sees(&b, "st_vc", v0 + 3));
+    /* Reads while it was away came from the database; once it is back (100 ms backoff) the
+     * slot cached before the loss must not be served again. */
+    usleep(600000);
+    assert_int_equal(node_version(&a, "st_vc"), v0 + 3);
+    assert_int_equal(node_version(&b, "st_vc"), v0 + 3);
+    cached_node_close(&a);
+    cached_node_close(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -397,6 +515,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_job_lifecycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expired_lease_taken_over, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens_and_blobs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_version_cache_follows_other_nodes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_database_down_then_back, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
