@@ -59,9 +59,19 @@ int pg_notify_study(struct pg_conn *c, const char *study_id, int64_t version,
     return pg_notify_send(c, PG_NOTIFY_CHANNEL, payload, err);
 }
 
+int pg_notify_jobs(struct pg_conn *c, struct tpv_err *err)
+{
+    return pg_notify_send(c, PG_JOBS_CHANNEL, "", err);
+}
+
 static void on_notify(void *ctx, const char *channel, const char *payload)
 {
     struct pg_listener *l = ctx;
+    if (strcmp(channel, PG_JOBS_CHANNEL) == 0) {
+        if (l->hooks.job_queued)
+            l->hooks.job_queued(l->hooks.ctx);
+        return;
+    }
     char sid[64];
     int64_t version;
     bool good = strcmp(channel, PG_NOTIFY_CHANNEL) == 0 &&
@@ -78,8 +88,11 @@ static void on_notify(void *ctx, const char *channel, const char *payload)
 
 static int subscribe(struct pg_listener *l, struct tpv_err *err)
 {
-    /* The channel is a constant identifier: LISTEN takes no parameters. */
-    return pg_exec(l->c, "LISTEN " PG_NOTIFY_CHANNEL, 0, NULL, NULL, err);
+    /* The channels are constant identifiers: LISTEN takes no parameters. */
+    int rc = pg_exec(l->c, "LISTEN " PG_NOTIFY_CHANNEL, 0, NULL, NULL, err);
+    if (rc == TPV_OK && l->hooks.job_queued)
+        rc = pg_exec(l->c, "LISTEN " PG_JOBS_CHANNEL, 0, NULL, NULL, err);
+    return rc;
 }
 
 /* Sleeps up to ms, or until stop is asked.  True when it was. */

@@ -17,6 +17,9 @@
 #include "storage/pg_conn.h"
 
 #define PG_NOTIFY_CHANNEL "tpv_study"
+/* A job became claimable (queued, retried, released or re-queued after its lease): the idle
+ * workers of every node race for it instead of waiting for their next poll.  No payload. */
+#define PG_JOBS_CHANNEL "tpv_jobs"
 
 struct pg_listener;
 
@@ -26,6 +29,8 @@ struct pg_listener_hooks {
     /* LISTEN is in place again after a lost connection (not called for the first one). */
     void (*resubscribed)(void *ctx);
     void *ctx;
+    /* A job became claimable somewhere (PG_JOBS_CHANNEL); NULL: not listened for. */
+    void (*job_queued)(void *ctx);
 };
 
 struct pg_listener_stats {
@@ -56,6 +61,10 @@ bool pg_listener_connected(struct pg_listener *l);
  * at COMMIT, and dropped on ROLLBACK. */
 int pg_notify_study(struct pg_conn *c, const char *study_id, int64_t version,
                     struct tpv_err *err);
+
+/* Queues the PG_JOBS_CHANNEL notification in the caller's transaction on c (delivered at
+ * COMMIT; PostgreSQL folds the copies of one transaction into one). */
+int pg_notify_jobs(struct pg_conn *c, struct tpv_err *err);
 
 /* Parses "<sid>:<version>" (the id is [A-Za-z0-9_]{1,31}, the version a positive integer).
  * TPV_OK or TPV_EINVAL. */

@@ -219,6 +219,8 @@ static int end_body(struct pg_conn *c, void *arg, struct tpv_err *err)
     rc = pg_result_rows(r) == 1 ? follow_rows(c, r, x->id, x->state, err)
                                 : not_held(x->id, x->owner, err);
     pg_result_free(r);
+    if (rc == TPV_OK && strcmp(x->state, "queued") == 0) /* released: claimable again */
+        rc = pg_notify_jobs(c, err);
     return rc;
 }
 

@@ -159,7 +159,14 @@ static void on_study_changed(void *ctx, const char *study_id, int64_t version)
         s->sink.study_changed(s->sink.ctx, study_id, version);
 }
 
-/* Notifications sent while the listener was away are lost: every cached version is stale. */
+/* Another node (or this one: its workers then find nothing and wait again) queued a job. */
+static void on_job_queued(void *ctx)
+{
+    pgs_job_queued(ctx);
+}
+
+/* Notifications sent while the listener was away are lost: every cached version is stale.
+ * Jobs queued meanwhile are found by the workers' own polls. */
 static void on_resubscribed(void *ctx)
 {
     struct pgs *s = ctx;
@@ -215,7 +222,9 @@ static int pg_open_impl(void **impl, const char *target, const struct store_opti
     if (rc == TPV_OK)
         rc = read_epoch(s, err);
     if (rc == TPV_OK) {
-        struct pg_listener_hooks h = { on_study_changed, on_resubscribed, s };
+        struct pg_listener_hooks h = { .study_changed = on_study_changed,
+                                       .resubscribed = on_resubscribed,
+                                       .job_queued = on_job_queued, .ctx = s };
         rc = pg_listener_start(&s->listener, target, &h, 0, 0, err);
     }
     if (rc != TPV_OK) {
@@ -697,10 +706,11 @@ int pgs_job_insert(struct pg_conn *c, const char *id, const char *kind, const ch
                    struct tpv_err *err)
 {
     const char *p[] = { id, kind, study_id, candidate_id, params, now };
-    return pg_exec(c,
-                   "INSERT INTO jobs (id, kind, study_id, candidate_id, state, params, created_at) "
-                   "VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
-                   6, p, NULL, err);
+    int rc = pg_exec(c,
+                     "INSERT INTO jobs (id, kind, study_id, candidate_id, state, params, "
+                     "created_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6)",
+                     6, p, NULL, err);
+    return rc == TPV_OK ? pg_notify_jobs(c, err) : rc;
 }
 
 struct cand_create_ctx {

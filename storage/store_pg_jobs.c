@@ -439,6 +439,8 @@ static int expire_body(struct pg_conn *c, void *arg, struct tpv_err *err)
         }
     }
     pg_result_free(r);
+    if (rc == TPV_OK && x->requeued)
+        rc = pg_notify_jobs(c, err);
     return rc;
 }
 

@@ -391,6 +391,42 @@ static void test_database_down_then_back(void **state)
     assert_true(wait_version(&f->lb, 1) >= 1);
 }
 
+static int queued_count(struct sink_log *l)
+{
+    pthread_mutex_lock(&l->mu);
+    int n = l->queued;
+    pthread_mutex_unlock(&l->mu);
+    return n;
+}
+
+/* Polls until node l was told of more than `before` claimable jobs, up to 3 s. */
+static bool told_of_jobs(struct sink_log *l, int before)
+{
+    for (int i = 0; i < 300 && queued_count(l) <= before; i++)
+        usleep(10000);
+    return queued_count(l) > before;
+}
+
+/* A job queued on one node wakes the workers of the others (PG_JOBS_CHANNEL): they race for it
+ * at once instead of at their next idle poll.  New jobs and released ones. */
+static void test_job_queued_reaches_other_nodes(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    study_new(f->a, "st_q", NULL);
+    int before = queued_count(&f->lb);
+    assert_int_equal(cand_new(f->a, "st_q", "cd_q", "q", "jb_q", &err), TPV_OK);
+    assert_true(told_of_jobs(&f->lb, before));
+
+    struct store_claim cl;
+    assert_int_equal(OPS->job_claim(f->a, "nodeA", 30, 0, "2026-01-01T00:00:02.000Z", &cl, &err),
+                     TPV_OK);
+    store_claim_free(&cl);
+    before = queued_count(&f->lb);
+    assert_int_equal(OPS->job_release(f->a, "jb_q", "nodeA", &err), TPV_OK);
+    assert_true(told_of_jobs(&f->lb, before));
+}
+
 /* ---- the dispatcher's version cache on PostgreSQL (storage/store.c over this backend) ---- */
 
 struct cached_node {
@@ -492,7 +528,7 @@ static void test_version_cache_follows_other_nodes(void **state)
     assert_int_equal(node_version(&a, "st_vc"), v0 + 2);
     char *killed = pg_test_sql(f->db, "SELECT count(pg_terminate_backend(pid)) FROM "
                                       "pg_stat_activity WHERE datname = current_database() "
-                                      "AND query = 'LISTEN " PG_NOTIFY_CHANNEL "'");
+                                      "AND query LIKE 'LISTEN %'");
     assert_non_null(killed);
     assert_true(atoi(killed) >= 1);
     free(killed);
@@ -515,6 +551,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_job_lifecycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expired_lease_taken_over, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tokens_and_blobs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_job_queued_reaches_other_nodes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_version_cache_follows_other_nodes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_database_down_then_back, setup, teardown),
     };
