@@ -41,6 +41,12 @@ static int open_on_backend(struct store_test *t, const struct store_options *opt
         fprintf(stderr, "store_test: open on %s: %s\n", store_test_backend(), err.message);
         return -1;
     }
+    /* The variant runs on the backend it is named for, never on the other one unnoticed. */
+    const char *want = t->pg_conninfo ? "postgresql" : "sqlite";
+    if (strcmp(store_backend_name(t->st), want) != 0) {
+        fprintf(stderr, "store_test: opened %s, wanted %s\n", store_backend_name(t->st), want);
+        return -1;
+    }
     return 0;
 }
 
@@ -59,7 +65,11 @@ int store_test_open(struct store_test *t, const char *tag, const struct store_op
     } else {
         snprintf(t->blobs, sizeof t->blobs, "%s/blobs", t->data);
     }
-    return open_on_backend(t, opts);
+    if (open_on_backend(t, opts) != 0) {
+        store_test_cleanup(t); /* nothing left behind by a failed set-up */
+        return -1;
+    }
+    return 0;
 }
 
 int store_test_reopen(struct store_test *t, const struct store_options *opts)

@@ -27,7 +27,8 @@ struct store_test {
 
 /* Makes the temporary folder /tmp/tpvd-<tag>-XXXXXX (and, on PostgreSQL, a fresh database) and
  * opens the store on it with `opts` (NULL for the defaults; its blob_dir is ignored).  0, or -1
- * with the reason on stderr. */
+ * with the reason on stderr and nothing left behind.  Without a PostgreSQL test server the "pg"
+ * variant fails the running test (it never skips). */
 int store_test_open(struct store_test *t, const char *tag, const struct store_options *opts);
 
 /* Closes and opens the store again on the same database and blob folder (what a restart sees).
