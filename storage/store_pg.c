@@ -925,6 +925,21 @@ static int cand_seq_cmp(const void *a, const void *b)
     return strcmp(x->id, y->id);
 }
 
+/* TPV_ENOTFOUND (field study_id) unless the study exists: an empty page of a missing study would
+ * hide a typo, as on SQLite. */
+static int study_must_exist(struct pg_conn *c, const char *study_id, struct tpv_err *err)
+{
+    const char *p[] = { study_id };
+    struct pg_result *r;
+    int rc = pg_exec(c, "SELECT 1 FROM studies WHERE id = $1", 1, p, &r, err);
+    if (rc != TPV_OK)
+        return rc;
+    if (pg_result_rows(r) == 0)
+        rc = tpv_err_set(err, TPV_ENOTFOUND, "study_id", "study %s not found", study_id);
+    pg_result_free(r);
+    return rc;
+}
+
 static int pg_candidate_list_impl(void *impl, const char *study_id, int64_t after_seq, int limit,
                                   uint64_t max_bytes, struct store_candidate_page *page,
                                   struct tpv_err *err)
@@ -943,6 +958,8 @@ static int pg_candidate_list_impl(void *impl, const char *study_id, int64_t afte
         return rc;
     struct pg_result *r = NULL, *sr = NULL;
     rc = pg_tx_begin(c, PG_REPEATABLE_READ, err); /* the rows and their scores in one snapshot */
+    if (rc == TPV_OK)
+        rc = study_must_exist(c, study_id, err);
     if (rc == TPV_OK)
         rc = pg_exec(c,
                      CAND_SELECT ", (SELECT coalesce(sum(coalesce(octet_length(details), 0) "

@@ -104,6 +104,20 @@ char *pg_test_db_create(const char *tag)
     return ci;
 }
 
+void pg_test_db_url(const char *conninfo, char *url, size_t cap)
+{
+    char *name = pg_test_sql(conninfo, "SELECT current_database()");
+    const char *base = pg_test_uri();
+    const char *q = strchr(base, '?');
+    const char *slash = strstr(base, "@/");
+    assert_non_null(name);
+    assert_non_null(q);
+    assert_non_null(slash);
+    int len = snprintf(url, cap, "%.*s/%s%s", (int)(slash + 1 - base), base, name, q);
+    assert_true(len > 0 && (size_t)len < cap);
+    free(name);
+}
+
 void pg_test_db_drop(char *conninfo)
 {
     if (!conninfo)

@@ -5,12 +5,19 @@
 #ifndef TPV_TEST_PG_TEST_H
 #define TPV_TEST_PG_TEST_H
 
+#include <stddef.h>
+
 /* TPV_TEST_PG_URI, or fails the running cmocka test with how to start a server. */
 const char *pg_test_uri(void);
 
 /* Creates a fresh empty database "tpvt_<tag>_<pid>_<n>" on the test server and returns a
  * malloc'd conninfo for it (fails the test on error).  Free with pg_test_db_drop. */
 char *pg_test_db_create(const char *tag);
+
+/* The postgresql:// URL (what --database and store_open_url take) of the database of `conninfo`
+ * (from pg_test_db_create): the server's URI (postgresql://tpv@/tpvd?host=DIR) with that database
+ * in place of its own.  Fails the running test when it cannot be built in `cap` bytes. */
+void pg_test_db_url(const char *conninfo, char *url, size_t cap);
 
 /* Drops the database of `conninfo` (terminating leftover sessions) and frees the string. */
 void pg_test_db_drop(char *conninfo);

@@ -1,7 +1,7 @@
-/* test_store.c: the SQLite backend behind store.h: schema from an empty file, studies and
- * candidates with versions, idempotency keys, keyset pagination stable under inserts, the job
+/* test_store.c: the storage dispatcher (store.h) on SQLite and, as store-pg, on PostgreSQL:
+ * schema from an empty database, studies and candidates with versions, idempotency keys, keyset pagination stable under inserts, the job
  * queue (two threads never claim the same job, lease expiry, crash recovery, cancel), scores in
- * one transaction, and the data-dir lock. */
+ * one transaction; on SQLite also the data-dir lock. */
 #include <pthread.h>
 #include <time.h>
 #include <stdatomic.h>
@@ -18,26 +18,22 @@
 #include "storage/schema_steps.h"
 #include "storage/store.h"
 #include "server/webhook.h"
+#include "tests/support/store_test.h"
 #include "tests/unit/store_json.h"
 
 struct fixture {
-    char dir[64];
-    char data[96];
+    struct store_test t; /* SQLite, or PostgreSQL with TPV_TEST_STORE_DB=pg */
     struct store *st;
 };
 
 static int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/tpvd-store-XXXXXX");
-    if (!mkdtemp(f->dir))
-        return -1;
-    snprintf(f->data, sizeof f->data, "%s/data", f->dir);
-    struct tpv_err err;
-    if (store_open(&f->st, f->data, &err) != TPV_OK) {
-        fprintf(stderr, "store_open: %s\n", err.message);
+    if (!f || store_test_open(&f->t, "store", NULL) != 0) {
+        free(f);
         return -1;
     }
+    f->st = f->t.st;
     store_set_event_renderer(f->st, srv_webhook_render_event); /* the daemon's */
     *state = f;
     return 0;
@@ -46,13 +42,9 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
-    store_close(f->st);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0)
-        return -1;
+    int rc = store_test_cleanup(&f->t);
     free(f);
-    return 0;
+    return rc;
 }
 
 static void make_study(struct store *st, char id[STORE_ID_MAX], const char *name)
@@ -192,16 +184,23 @@ static void test_ids_times_tokens(void **state)
     assert_int_equal(store_page_token_decode("nope", &seq), TPV_EINVAL);
 }
 
-static void test_schema_and_lock(void **state)
+/* Both backends migrate from the one list of schema steps to its last step. */
+static void test_schema_version(void **state)
 {
     struct fixture *f = *state;
-    struct tpv_err err;
     size_t nsteps;
     schema_steps(&nsteps); /* the last step of the one list, whoever appended it */
     assert_int_equal(store_schema_version(f->st), (int)nsteps);
-    /* A second daemon on the same data dir is refused while the first holds it. */
+}
+
+/* SQLite only: one daemon per database file.  A second daemon on the same data dir is refused
+ * while the first holds the folder lock (PostgreSQL is shared by every node by design). */
+static void test_sqlite_data_dir_lock(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
     struct store *other = NULL;
-    assert_int_equal(store_open(&other, f->data, &err), TPV_EPRECONDITION);
+    assert_int_equal(store_open(&other, f->t.data, &err), TPV_EPRECONDITION);
     assert_null(other);
     assert_non_null(strstr(err.message, "in use"));
 }
@@ -509,11 +508,15 @@ static void test_lease_expiry_and_recovery(void **state)
     assert_int_equal(store_job_finish(f->st, jid, "w1", "failed", "x", "y", &err),
                      TPV_EPRECONDITION);
 
-    /* Crash recovery: attempt 2 and 3 interrupted, then it fails for good. */
+    /* Crash recovery: attempt 2 and 3 interrupted, then it fails for good.  The crashed worker's
+     * lease has run out by the restart: SQLite recovers every running job (one process per
+     * database), PostgreSQL only expired leases (other nodes' jobs are alive), and both must
+     * recover this one. */
     for (int attempt = 2; attempt <= 3; attempt++) {
-        assert_int_equal(store_job_claim(f->st, "w2", 60, &c, &err), TPV_OK);
+        assert_int_equal(store_job_claim(f->st, "w2", 0.2, &c, &err), TPV_OK);
         assert_int_equal(c.attempts, attempt);
         store_claim_free(&c);
+        usleep(300 * 1000);
         assert_int_equal(store_jobs_recover(f->st, 3, &requeued, &failed, &err), TPV_OK);
         assert_int_equal(requeued + failed, 1);
     }
@@ -528,6 +531,28 @@ static void test_lease_expiry_and_recovery(void **state)
     assert_int_equal(tj_candidate_get(f->st, sid, cid, &cand, &err), TPV_OK);
     assert_string_equal(json_string_value(json_object_get(cand, "state")), "failed");
     json_decref(cand);
+}
+
+/* SQLite only: the data-dir lock makes this process the database's only one, so at start-up
+ * every running job was interrupted, however long its lease (PostgreSQL keeps the live leases of
+ * other nodes: test_store_pg.c). */
+static void test_sqlite_recover_takes_live_leases(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], cid[STORE_ID_MAX], jid[STORE_ID_MAX];
+    make_study(f->st, sid, "recover");
+    assert_int_equal(make_candidate(f->st, sid, "c", cid, jid, 0, &err), TPV_OK);
+    struct store_claim c;
+    int requeued = -1, failed = -1;
+    assert_int_equal(store_job_claim(f->st, "w", 3600, &c, &err), TPV_OK);
+    store_claim_free(&c);
+    assert_int_equal(store_jobs_recover(f->st, 3, &requeued, &failed, &err), TPV_OK);
+    assert_int_equal(requeued, 1);
+    assert_int_equal(failed, 0);
+    int64_t q = 0;
+    assert_int_equal(store_jobs_queued(f->st, &q, &err), TPV_OK);
+    assert_int_equal(q, 1);
 }
 
 static void test_scores_cancel_release_ranking(void **state)
@@ -713,9 +738,9 @@ static void test_delete_and_retry(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
+    const struct CMUnitTest both[] = {
         cmocka_unit_test(test_ids_times_tokens),
-        cmocka_unit_test_setup_teardown(test_schema_and_lock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_schema_version, setup, teardown),
         cmocka_unit_test_setup_teardown(test_study_versions_and_inputs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_version_cache_follows_commits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idempotency, setup, teardown),
@@ -727,5 +752,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_webhook_outbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_and_retry, setup, teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest sqlite_only[] = {
+        cmocka_unit_test_setup_teardown(test_sqlite_data_dir_lock, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sqlite_recover_takes_live_leases, setup, teardown),
+    };
+    int failed = cmocka_run_group_tests_name(store_test_on_pg() ? "store on pg" : "store on sqlite",
+                                             both, NULL, NULL);
+    if (!store_test_on_pg())
+        failed += cmocka_run_group_tests_name("store, sqlite only", sqlite_only, NULL, NULL);
+    return failed;
 }

@@ -1,6 +1,6 @@
-/* test_store_metrics.c: storage/metrics.c on a real SQLite store: the RFC 7396 merge (keys
- * replace, null removes, others stay, numbers keep their spelling), the version bump only on a
- * change, the key limit after a merge, 404 for a deleted candidate, the candidate shape showing
+/* test_store_metrics.c: storage/metrics.c on a real store (SQLite; PostgreSQL as
+ * store_metrics-pg): the RFC 7396 merge (keys replace, null removes, others stay, numbers keep
+ * their spelling), the version bump only on a change, the key limit after a merge, 404 for a deleted candidate, the candidate shape showing
  * "metrics" only when there are some, and the agreement's one read (study order, candidates in
  * creation order with their metric and scores). */
 #include <math.h>
@@ -16,11 +16,11 @@
 
 #include "storage/metrics.h"
 #include "storage/store.h"
+#include "tests/support/store_test.h"
 #include "tests/unit/store_json.h"
 
 struct fixture {
-    char dir[64];
-    char data[96];
+    struct store_test t; /* SQLite, or PostgreSQL with TPV_TEST_STORE_DB=pg */
     struct store *st;
     char sid[STORE_ID_MAX];
     char cid[3][STORE_ID_MAX];
@@ -49,12 +49,11 @@ static int setup(void **state)
     struct fixture *f = calloc(1, sizeof *f);
     struct tpv_err err;
     char now[STORE_TIME_MAX];
-    snprintf(f->dir, sizeof f->dir, "/tmp/tpvd-metrics-XXXXXX");
-    if (!mkdtemp(f->dir))
+    if (!f || store_test_open(&f->t, "metrics", NULL) != 0) {
+        free(f);
         return -1;
-    snprintf(f->data, sizeof f->data, "%s/data", f->dir);
-    if (store_open(&f->st, f->data, &err) != TPV_OK)
-        return -1;
+    }
+    f->st = f->t.st;
     store_id_new(f->sid, "st");
     store_now_rfc3339(now);
     struct store_study_new s = {
@@ -84,13 +83,9 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
-    store_close(f->st);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0)
-        return -1;
+    int rc = store_test_cleanup(&f->t);
     free(f);
-    return 0;
+    return rc;
 }
 
 static int64_t version_of(struct fixture *f)

@@ -434,26 +434,10 @@ struct cached_node {
     char blobs[64];
 };
 
-/* --database takes a postgresql:// URL: the server's (postgresql://tpv@/tpvd?host=DIR) with
- * the fixture's database in place of tpvd. */
-static void database_url(const char *db, char *url, size_t cap)
-{
-    char *name = pg_test_sql(db, "SELECT current_database()");
-    const char *base = pg_test_uri();
-    const char *q = strchr(base, '?');
-    const char *slash = strstr(base, "@/");
-    assert_non_null(name);
-    assert_non_null(q);
-    assert_non_null(slash);
-    int len = snprintf(url, cap, "%.*s/%s%s", (int)(slash + 1 - base), base, name, q);
-    assert_true(len > 0 && (size_t)len < cap);
-    free(name);
-}
-
 static void cached_node_open(struct cached_node *n, const char *db, int cache_ms)
 {
     char url[512];
-    database_url(db, url, sizeof url);
+    pg_test_db_url(db, url, sizeof url);
     snprintf(n->blobs, sizeof n->blobs, "/tmp/tpv-vcache-XXXXXX");
     assert_non_null(mkdtemp(n->blobs));
     struct store_options o = { .blob_dir = n->blobs, .version_cache_ms = cache_ms };

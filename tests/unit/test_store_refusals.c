@@ -13,19 +13,21 @@
 #include <cmocka.h>
 
 #include "storage/store.h"
+#include "tests/support/store_test.h"
 
 struct fixture {
-    char dir[64];
+    struct store_test t; /* SQLite, or PostgreSQL with TPV_TEST_STORE_DB=pg */
     struct store *st;
 };
 
 static int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof *f);
-    struct tpv_err err;
-    snprintf(f->dir, sizeof f->dir, "/tmp/tpvd-refuse-XXXXXX");
-    if (!mkdtemp(f->dir) || store_open(&f->st, f->dir, &err) != TPV_OK)
+    if (!f || store_test_open(&f->t, "refuse", NULL) != 0) {
+        free(f);
         return -1;
+    }
+    f->st = f->t.st;
     *state = f;
     return 0;
 }
@@ -33,12 +35,9 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
-    store_close(f->st);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    int rc = system(cmd);
+    int rc = store_test_cleanup(&f->t);
     free(f);
-    return rc == 0 ? 0 : -1;
+    return rc;
 }
 
 static void stats(struct fixture *f, struct store_stats *s)
