@@ -319,12 +319,47 @@ void tpv_split_range(uint64_t n, uint64_t align, int t, int nthreads, uint64_t *
         *count += n % align; /* the remainder stays at the end, as in the whole */
 }
 
-int tpv_split_threads(double work, double min_work_per_thread)
+static _Atomic double split_min_flops = TPV_SPLIT_MIN_FLOPS;
+
+void tpv_split_set_min_flops(double flops)
+{
+    split_min_flops = flops > 0 ? flops : 0;
+}
+
+int tpv_split_threads(double flops)
 {
     int t = tpv_linalg_threads();
-    if (min_work_per_thread > 0 && work / min_work_per_thread < t)
-        t = (int)(work / min_work_per_thread);
+    double min = split_min_flops;
+    if (min > 0 && flops / min < t)
+        t = (int)(flops / min);
     return t < 1 ? 1 : t;
+}
+
+struct par_for {
+    uint64_t n;
+    void (*fn)(void *ctx, uint64_t first, uint64_t count);
+    void *ctx;
+};
+
+static void par_for_part(void *ctx, int t, int nt)
+{
+    const struct par_for *f = ctx;
+    uint64_t first, count;
+    tpv_split_range(f->n, TPV_SPLIT_ALIGN, t, nt, &first, &count);
+    if (count)
+        f->fn(f->ctx, first, count);
+}
+
+void tpv_parallel_for(uint64_t n, double flops_per_item,
+                      void (*fn)(void *ctx, uint64_t first, uint64_t count), void *ctx)
+{
+    if (n == 0)
+        return;
+    struct par_for f = { n, fn, ctx };
+    int nt = tpv_split_threads((double)n * flops_per_item);
+    if ((uint64_t)nt > n)
+        nt = (int)n;
+    tpv_parallel_run(nt, par_for_part, &f);
 }
 
 uint64_t tpv_syevd_work_bytes(uint64_t n)

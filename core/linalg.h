@@ -46,12 +46,21 @@ void tpv_parallel_run(int nthreads, void (*fn)(void *ctx, int t, int nthreads), 
 void tpv_split_range(uint64_t n, uint64_t align, int t, int nthreads, uint64_t *first,
                      uint64_t *count);
 
-/* The threads a loop of `work` units should use: tpv_linalg_threads(), fewer when a thread would
- * get less than `min_work_per_thread` (starting a thread costs tens of microseconds), at least 1.
- * Depends on the sizes only, so a result stays a function of the inputs and the thread count. */
-int tpv_split_threads(double work, double min_work_per_thread);
-/* The minimum share worth a thread for loops measured in flops (~100 us of work). */
+/* The threads a loop of `flops` should use: tpv_linalg_threads(), fewer when a thread would get
+ * less than the minimum share (TPV_SPLIT_MIN_FLOPS, ~100 us of work: starting a thread costs tens
+ * of microseconds), at least 1.  Depends on the sizes only, so a result stays a function of the
+ * inputs and the thread count. */
 #define TPV_SPLIT_MIN_FLOPS 5e5
+int tpv_split_threads(double flops);
+/* Sets that minimum share (0: every loop uses all threads).  For tests, which split small models,
+ * and for tuning. */
+void tpv_split_set_min_flops(double flops);
+
+/* fn(ctx, first, count) over contiguous ranges covering [0, n) on the threads that
+ * tpv_split_threads gives n * flops_per_item (one call on the calling thread when that is 1).
+ * For loops whose items are independent: the results are then those of one call over [0, n). */
+void tpv_parallel_for(uint64_t n, double flops_per_item,
+                      void (*fn)(void *ctx, uint64_t first, uint64_t count), void *ctx);
 
 /* Symmetric eigendecomposition of the n x n row-major matrix A (upper triangle read): on success
  * A holds the eigenvectors as columns and w the ascending eigenvalues.  TPV_ENOMEM, or

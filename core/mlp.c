@@ -685,7 +685,7 @@ void tpv_mlp_ws_forward(const struct tpv_mlp *m, struct tpv_mlp_ws *ws, const do
 {
     ws->rows = rows;
     struct fwd_split f = { m, ws, x, rows };
-    int nt = tpv_split_threads((double)rows * tpv_mlp_sample_flops(m), TPV_SPLIT_MIN_FLOPS);
+    int nt = tpv_split_threads((double)rows * tpv_mlp_sample_flops(m));
     tpv_parallel_run(nt, fwd_part, &f);
 }
 

@@ -134,7 +134,7 @@ static double kback_sample_flops(const struct tpv_mlp *m)
 /* Threads for `rows` samples of `per_sample` flops each (never more than the samples). */
 static int sample_threads(size_t rows, double per_sample)
 {
-    int nt = tpv_split_threads((double)rows * per_sample, TPV_SPLIT_MIN_FLOPS);
+    int nt = tpv_split_threads((double)rows * per_sample);
     return (size_t)nt > rows ? (int)(rows ? rows : 1) : nt;
 }
 
@@ -265,7 +265,7 @@ static void units_run(const struct tpv_mlp *m, const double *S, const double *co
     for (size_t l = 0; l < m->L; l++)
         flops += 2.0 * (double)rows * (double)m->layers[l].in * (double)m->layers[l].out;
     struct units_split u = { m, S, A, cap, rows, acc };
-    tpv_parallel_run(tpv_split_threads(flops, TPV_SPLIT_MIN_FLOPS), units_split_part, &u);
+    tpv_parallel_run(tpv_split_threads(flops), units_split_part, &u);
 }
 
 /* ---- ops ---- */
