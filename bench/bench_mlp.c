@@ -1,12 +1,18 @@
 /* bench_mlp.c: exact per-tensor block traces of a sequential MLP through the structured MLP source
  * (core/mlp_source.c), against PyTorch on the same model and inputs (bench/bench_mlp_torch.py
- * writes them and its own timings to DIR).  Also times the other source products.
+ * writes them and its own timings to DIR).  Also times the other source products, each at 1 and
+ * at 2 job threads in the same run (the runtime's loops and BLAS, core/linalg.h), and prints the
+ * ratio.
  *
  *     /usr/bin/python3 bench/bench_mlp_torch.py DIR --threads 1
  *     OPENBLAS_NUM_THREADS=1 build/bench/bench_mlp DIR [reps]
  *
- * Prints the median of `reps` runs (default 5) of each product, the traces' relative difference
- * from torch's exact loop, and the speed ratios. */
+ * Prints the median of `reps` runs (default 5) of each product (1 and 2 threads alternate, so
+ * both see the same machine load), wall and process CPU seconds, the 1-thread CPU time over the
+ * calling thread's CPU time at 2 threads (its critical path, which a loaded machine's wall
+ * clock hides: thread 0 runs its share and every serial part), the largest relative difference
+ * between the two thread counts' results, the traces' relative difference from torch's exact
+ * loop, and the speed ratios. */
 #include <cblas.h>
 #include <jansson.h>
 #include <math.h>
@@ -15,12 +21,27 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/linalg.h"
 #include "core/mlp_source.h"
 
 static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double thread_cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -45,6 +66,136 @@ static void die(const char *what, const struct tpv_err *err)
 {
     fprintf(stderr, "bench_mlp: %s: %s %s\n", what, err->field, err->message);
     exit(1);
+}
+
+/* The exact paths timed at 1 and 2 threads. */
+enum { OP_SQDIAG, OP_SAMPLES, OP_PROJECTED, OP_GRAM, OP_JVP, OP_VJP, OP_OUTPUTS, NOPS };
+static const char *const op_names[NOPS] = {
+    "sqdiag (all K outputs)", "sqdiag_samples (+ per-sample traces)",
+    "sqdiag_projected (1 probe, + totals)", "gram (first 200 samples)", "jvp", "vjp",
+    "outputs (forward)",
+};
+
+struct bench_ctx {
+    struct tpv_jsrc *s, *ss; /* all samples; the first 200 for the Gram */
+    const struct tpv_mlp *m;
+    const struct tpv_tensor *x;
+    uint64_t nsub;
+    double *res[2], *res2[2]; /* per thread count: the op's outputs (two of them for some) */
+    double *v, *R;
+    uint64_t len, len2;
+};
+
+static int bench_alloc(struct bench_ctx *b)
+{
+    const uint64_t n = b->s->n, K = b->s->K, p = b->s->p, g = b->nsub * K;
+    b->len = p > g * g ? p : g * g;
+    b->len = b->len > n * K ? b->len : n * K;
+    b->len2 = n;
+    for (int i = 0; i < 2; i++) {
+        b->res[i] = malloc(b->len * sizeof(double));
+        b->res2[i] = malloc(b->len2 * sizeof(double));
+    }
+    b->v = malloc(p * sizeof *b->v);
+    b->R = malloc(n * K * sizeof *b->R);
+    if (!b->res[0] || !b->res[1] || !b->res2[0] || !b->res2[1] || !b->v || !b->R)
+        return -1;
+    for (uint64_t j = 0; j < p; j++)
+        b->v[j] = (double)(j % 7) - 3.0;
+    uint64_t seed = 1;
+    for (uint64_t i = 0; i < n * K; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        b->R[i] = (seed >> 63) ? 1.0 : -1.0;
+    }
+    return 0;
+}
+
+static void bench_free(struct bench_ctx *b)
+{
+    for (int i = 0; i < 2; i++)
+        free(b->res[i]), free(b->res2[i]);
+    free(b->v), free(b->R);
+}
+
+/* Runs op once into slot i; returns the lengths of its outputs. */
+static void run_op(struct bench_ctx *b, int op, int i, uint64_t *l1, uint64_t *l2)
+{
+    const struct tpv_jsrc *s = b->s;
+    const uint64_t n = s->n, K = s->K, p = s->p;
+    double *o = b->res[i], *o2 = b->res2[i];
+    const double *none[1] = { NULL };
+    struct tpv_err err;
+    int rc = 0;
+    *l2 = 0;
+    switch (op) {
+    case OP_SQDIAG:
+        memset(o, 0, p * sizeof *o);
+        rc = s->ops->sqdiag(s, o, NULL, &err);
+        *l1 = p;
+        break;
+    case OP_SAMPLES:
+        memset(o, 0, p * sizeof *o);
+        memset(o2, 0, n * sizeof *o2);
+        rc = s->ops->sqdiag_samples(s, o, 1, none, o2, NULL, &err);
+        *l1 = p, *l2 = n;
+        break;
+    case OP_PROJECTED:
+        memset(o, 0, p * sizeof *o);
+        rc = s->ops->sqdiag_projected(s, b->R, o, o2, NULL, &err);
+        *l1 = p, *l2 = n;
+        break;
+    case OP_GRAM:
+        rc = b->ss->ops->gram(b->ss, b->ss, o, NULL, &err);
+        *l1 = b->nsub * K * b->nsub * K;
+        break;
+    case OP_JVP:
+        rc = s->ops->jvp(s, b->v, o, NULL, &err);
+        *l1 = n * K;
+        break;
+    case OP_VJP:
+        rc = s->ops->vjp(s, b->R, o, NULL, &err);
+        *l1 = p;
+        break;
+    case OP_OUTPUTS:
+        rc = s->ops->outputs(s, o, NULL, &err);
+        *l1 = n * K;
+        break;
+    }
+    if (rc)
+        die(op_names[op], &err);
+}
+
+/* max |a - b| / max |b|: normwise, so that entries near zero do not dominate. */
+static double normwise_diff(const double *a, const double *b, uint64_t len)
+{
+    double d = 0, scale = 0;
+    for (uint64_t i = 0; i < len; i++) {
+        d = fmax(d, fabs(a[i] - b[i]));
+        scale = fmax(scale, fabs(b[i]));
+    }
+    return scale > 0 ? d / scale : d;
+}
+
+static void bench_op(struct bench_ctx *b, int op, int reps)
+{
+    double wall[2][100], cpu[2][100], main_cpu[100];
+    uint64_t l1 = 0, l2 = 0;
+    for (int r = 0; r < reps; r++)
+        for (int i = 0; i < 2; i++) {
+            openblas_set_num_threads(i + 1);
+            double w0 = now(), c0 = cpu_now(), m0 = thread_cpu_now();
+            run_op(b, op, i, &l1, &l2);
+            wall[i][r] = now() - w0;
+            cpu[i][r] = cpu_now() - c0;
+            if (i == 1)
+                main_cpu[r] = thread_cpu_now() - m0;
+        }
+    double diff = normwise_diff(b->res[1], b->res[0], l1);
+    if (l2)
+        diff = fmax(diff, normwise_diff(b->res2[1], b->res2[0], l2));
+    double w1 = median(wall[0], reps), w2 = median(wall[1], reps), c1 = median(cpu[0], reps);
+    printf("  %-36s %8.4fs %8.4fs %8.4fs %8.4fs %6.2fx %6.2fx %9.1e\n", op_names[op], w1, w2, c1,
+           median(cpu[1], reps), w1 / w2, c1 / median(main_cpu, reps), diff);
 }
 
 int main(int argc, char **argv)
@@ -80,73 +231,45 @@ int main(int argc, char **argv)
     if (tpv_mlp_source_open(&s, m, x, &err))
         die("source", &err);
     const uint64_t n = s->n, K = s->K, p = s->p;
+    const int preset = openblas_get_num_threads();
     const struct tpv_layout *lo = &s->layout;
     printf("model: d=%llu, %zu linear layers, K=%llu, p=%llu; n=%llu; BLAS threads %d; "
            "scratch %.1f MiB\n", (unsigned long long)m->d, m->L, (unsigned long long)K,
            (unsigned long long)p, (unsigned long long)n, openblas_get_num_threads(),
            (double)s->ops->scratch_bytes(s) / 1048576.0);
 
-    double *diag = malloc(p * sizeof *diag), t[100];
+    double *diag = malloc(p * sizeof *diag);
     double *traces = calloc(lo->nblocks, sizeof *traces);
-    for (int r = 0; r < reps; r++) {
-        memset(diag, 0, p * sizeof *diag);
-        double t0 = now();
-        if (s->ops->sqdiag(s, diag, NULL, &err))
-            die("sqdiag", &err);
-        memset(traces, 0, lo->nblocks * sizeof *traces);
-        for (size_t b = 0; b < lo->nblocks; b++)
-            for (uint64_t j = 0; j < lo->blocks[b].count; j++)
-                traces[b] += diag[lo->blocks[b].offset + j];
-        t[r] = now() - t0;
-    }
-    const double t_exact = median(t, reps);
-    printf("tpvd exact block traces (sqdiag, all %llu outputs): %8.4f s\n", (unsigned long long)K,
-           t_exact);
+    memset(diag, 0, p * sizeof *diag);
+    double t0 = now();
+    if (s->ops->sqdiag(s, diag, NULL, &err))
+        die("sqdiag", &err);
+    for (size_t b = 0; b < lo->nblocks; b++)
+        for (uint64_t j = 0; j < lo->blocks[b].count; j++)
+            traces[b] += diag[lo->blocks[b].offset + j];
+    const double t_exact = now() - t0;
+    printf("tpvd exact block traces (sqdiag, all %llu outputs, 1 run at the preset threads): "
+           "%8.4f s\n", (unsigned long long)K, t_exact);
 
-    double *xd = malloc(n * m->d * sizeof *xd), *fo = malloc(n * K * sizeof *fo);
-    tpv_mlp_read_inputs(m, x, 0, n, xd);
-    for (int r = 0; r < reps; r++) {
-        double t0 = now();
-        tpv_mlp_forward(m, xd, n, fo);
-        t[r] = now() - t0;
-    }
-    printf("  forward:                                 %8.4f s\n", median(t, reps));
-    double *R = malloc(n * K * sizeof *R), *pd = calloc(p, sizeof *pd);
-    uint64_t seed = 1;
-    for (uint64_t i = 0; i < n * K; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        R[i] = (seed >> 63) ? 1.0 : -1.0;
-    }
-    for (int r = 0; r < reps; r++) {
-        double t0 = now();
-        s->ops->sqdiag_projected(s, R, pd, NULL, NULL, &err);
-        t[r] = now() - t0;
-    }
-    printf("  sqdiag_projected (1 Rademacher probe):   %8.4f s\n", median(t, reps));
-    double *v = malloc(p * sizeof *v), *jv = malloc(n * K * sizeof *jv);
-    for (uint64_t j = 0; j < p; j++)
-        v[j] = (double)(j % 7) - 3.0;
-    for (int r = 0; r < reps; r++) {
-        double t0 = now();
-        s->ops->jvp(s, v, jv, NULL, &err);
-        t[r] = now() - t0;
-    }
-    printf("  jvp:                                     %8.4f s\n", median(t, reps));
     struct tpv_tensor sub = *x;
     sub.shape[0] = n < 200 ? n : 200;
     sub.numel = sub.shape[0] * m->d;
     struct tpv_jsrc *ss;
     if (tpv_mlp_source_open(&ss, m, &sub, &err))
         die("source", &err);
-    double *G = malloc(sub.shape[0] * K * sub.shape[0] * K * sizeof *G);
-    for (int r = 0; r < reps; r++) {
-        double t0 = now();
-        ss->ops->gram(ss, ss, G, NULL, &err);
-        t[r] = now() - t0;
-    }
-    printf("  gram (%llu x %llu, first %llu samples):   %8.4f s\n",
-           (unsigned long long)(sub.shape[0] * K), (unsigned long long)(sub.shape[0] * K),
-           (unsigned long long)sub.shape[0], median(t, reps));
+    struct bench_ctx bc = { s, ss, m, x, sub.shape[0] };
+    if (bench_alloc(&bc))
+        die("bench", &(struct tpv_err){ .message = "out of memory" });
+    printf("exact paths at 1 and 2 job threads (median of %d, alternating).  ratio: 1-thread / "
+           "2-thread wall time;\n  cpu ratio: 1-thread CPU / the calling thread's CPU at 2 "
+           "threads (the critical path: what the ratio\n  is on two idle cores); max rel: "
+           "normwise difference of the two results\n", reps);
+    printf("  %-36s %9s %9s %9s %9s %7s %7s %9s\n", "", "wall 1", "wall 2", "cpu 1", "cpu 2",
+           "ratio", "cpu", "max rel");
+    for (int op = 0; op < NOPS; op++)
+        bench_op(&bc, op, reps);
+    bench_free(&bc);
+    openblas_set_num_threads(preset);
 
     printf("block traces (sums over samples):\n");
     for (size_t b = 0; b < lo->nblocks; b++)
@@ -174,7 +297,7 @@ int main(int argc, char **argv)
         }
         json_decref(tr);
     }
-    free(G), free(v), free(jv), free(R), free(pd), free(xd), free(fo), free(diag), free(traces);
+    free(diag), free(traces);
     tpv_jsrc_free(ss);
     tpv_jsrc_free(s);
     tpv_mlp_free(m);

@@ -218,10 +218,46 @@ bool tpv_all_finite(enum tpv_dtype dtype, const void *x, uint64_t count, uint64_
     return true;
 }
 
+/* BLAS runs single-threaded while any split of tpv_parallel_run is active (the split is the
+ * parallelism; OpenBLAS's own threads on top would oversubscribe the job's cores).  OpenBLAS's
+ * setting is process-wide, so the splits of concurrent jobs share one count: the first to start
+ * saves the setting and sets 1, the last to end restores it.  tpv_linalg_threads answers the
+ * saved setting meanwhile, so a job sizes its splits by its configured threads. */
+static pthread_mutex_t blas_mu = PTHREAD_MUTEX_INITIALIZER;
+static int blas_splits;
+static int blas_saved;
+static _Thread_local bool in_split;
+
+static int clamp_threads(int t)
+{
+    return t < 1 ? 1 : t > 64 ? 64 : t;
+}
+
 int tpv_linalg_threads(void)
 {
-    int t = openblas_get_num_threads();
-    return t < 1 ? 1 : t > 64 ? 64 : t;
+    pthread_mutex_lock(&blas_mu);
+    int t = blas_splits > 0 ? blas_saved : openblas_get_num_threads();
+    pthread_mutex_unlock(&blas_mu);
+    return clamp_threads(t);
+}
+
+static void blas_single_begin(void)
+{
+    pthread_mutex_lock(&blas_mu);
+    if (blas_splits++ == 0) {
+        blas_saved = openblas_get_num_threads();
+        if (blas_saved != 1)
+            openblas_set_num_threads(1);
+    }
+    pthread_mutex_unlock(&blas_mu);
+}
+
+static void blas_single_end(void)
+{
+    pthread_mutex_lock(&blas_mu);
+    if (--blas_splits == 0 && blas_saved != 1)
+        openblas_set_num_threads(blas_saved);
+    pthread_mutex_unlock(&blas_mu);
 }
 
 struct par_arg {
@@ -233,6 +269,7 @@ struct par_arg {
 static void *par_main(void *p)
 {
     struct par_arg *a = p;
+    in_split = true;
     a->fn(a->ctx, a->t, a->nthreads);
     return NULL;
 }
@@ -245,13 +282,20 @@ void tpv_parallel_run(int nthreads, void (*fn)(void *ctx, int t, int nthreads), 
     }
     if (nthreads > 64)
         nthreads = 64;
+    if (in_split) { /* nested: the same parts, one after another on this thread */
+        for (int t = 0; t < nthreads; t++)
+            fn(ctx, t, nthreads);
+        return;
+    }
     pthread_t th[64];
     struct par_arg args[64];
     bool started[64] = { false };
+    blas_single_begin();
     for (int t = 1; t < nthreads; t++) {
         args[t] = (struct par_arg){ fn, ctx, t, nthreads };
         started[t] = pthread_create(&th[t], NULL, par_main, &args[t]) == 0;
     }
+    in_split = true;
     fn(ctx, 0, nthreads);
     for (int t = 1; t < nthreads; t++) {
         if (started[t])
@@ -259,6 +303,63 @@ void tpv_parallel_run(int nthreads, void (*fn)(void *ctx, int t, int nthreads), 
         else
             fn(ctx, t, nthreads);
     }
+    in_split = false;
+    blas_single_end();
+}
+
+void tpv_split_range(uint64_t n, uint64_t align, int t, int nthreads, uint64_t *first,
+                     uint64_t *count)
+{
+    align = align ? align : 1;
+    uint64_t chunks = n / align, ut = (uint64_t)t, nt = (uint64_t)nthreads;
+    uint64_t q = chunks / nt, r = chunks % nt;
+    *first = (ut * q + (ut < r ? ut : r)) * align;
+    *count = (q + (ut < r ? 1 : 0)) * align;
+    if (ut + 1 == nt)
+        *count += n % align; /* the remainder stays at the end, as in the whole */
+}
+
+static _Atomic double split_min_flops = TPV_SPLIT_MIN_FLOPS;
+
+void tpv_split_set_min_flops(double flops)
+{
+    split_min_flops = flops > 0 ? flops : 0;
+}
+
+int tpv_split_threads(double flops)
+{
+    int t = tpv_linalg_threads();
+    double min = split_min_flops;
+    if (min > 0 && flops / min < t)
+        t = (int)(flops / min);
+    return t < 1 ? 1 : t;
+}
+
+struct par_for {
+    uint64_t n;
+    void (*fn)(void *ctx, uint64_t first, uint64_t count);
+    void *ctx;
+};
+
+static void par_for_part(void *ctx, int t, int nt)
+{
+    const struct par_for *f = ctx;
+    uint64_t first, count;
+    tpv_split_range(f->n, TPV_SPLIT_ALIGN, t, nt, &first, &count);
+    if (count)
+        f->fn(f->ctx, first, count);
+}
+
+void tpv_parallel_for(uint64_t n, double flops_per_item,
+                      void (*fn)(void *ctx, uint64_t first, uint64_t count), void *ctx)
+{
+    if (n == 0)
+        return;
+    struct par_for f = { n, fn, ctx };
+    int nt = tpv_split_threads((double)n * flops_per_item);
+    if ((uint64_t)nt > n)
+        nt = (int)n;
+    tpv_parallel_run(nt, par_for_part, &f);
 }
 
 uint64_t tpv_syevd_work_bytes(uint64_t n)

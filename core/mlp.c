@@ -1,7 +1,11 @@
 /* mlp.c: `tpv.sequential/v1` parsing and binding to weights, the activation functions with their
  * derivatives, and the batched float64 forward pass (see mlp.h; spec format: DESIGN.md section 4).
- * Every GEMM goes through cblas_dgemm so results depend only on the BLAS thread setting. */
+ * Every GEMM goes through cblas_dgemm; a batch's forward pass is split over its samples on the
+ * job's threads (tpv_parallel_run), and since every row is computed alone the results do not
+ * depend on the split. */
 #include "core/mlp.h"
+
+#include "core/linalg.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -631,24 +635,58 @@ int tpv_mlp_ws_init(struct tpv_mlp_ws *ws, const struct tpv_mlp *m, size_t cap,
     return TPV_OK;
 }
 
-void tpv_mlp_ws_forward(const struct tpv_mlp *m, struct tpv_mlp_ws *ws, const double *x,
-                        size_t rows)
+void tpv_mlp_ws_forward_part(const struct tpv_mlp *m, struct tpv_mlp_ws *ws, const double *x,
+                             size_t r0, size_t rows)
 {
-    ws->rows = rows;
-    tpv_act_chain(m->pre, m->npre, x, ws->a0, NULL, rows * m->d);
-    const double *prev = ws->a0;
+    tpv_act_chain(m->pre, m->npre, x + r0 * m->d, ws->a0 + r0 * m->d, NULL, rows * m->d);
+    const double *prev = ws->a0 + r0 * m->d;
     for (size_t l = 0; l < m->L; l++) {
         const struct tpv_mlp_layer *ml = &m->layers[l];
         int in = (int)ml->in, out = (int)ml->out;
-        double *z = ws->z[l];
+        double *z = ws->z[l] + r0 * ml->out;
         if (ml->b)
             for (size_t r = 0; r < rows; r++)
                 memcpy(z + r * ml->out, ml->b, ml->out * sizeof *z);
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, out, in, 1.0, prev, in,
                     ml->W, in, ml->b ? 1.0 : 0.0, z, out);
-        tpv_act_chain(ml->acts, ml->nacts, z, ws->a[l], ws->dphi[l], rows * ml->out);
-        prev = ws->a[l];
+        tpv_act_chain(ml->acts, ml->nacts, z, ws->a[l] + r0 * ml->out,
+                      ws->dphi[l] + r0 * ml->out, rows * ml->out);
+        prev = ws->a[l] + r0 * ml->out;
     }
+}
+
+double tpv_mlp_sample_flops(const struct tpv_mlp *m)
+{
+    double f = (double)m->d * (double)(m->npre + 1);
+    for (size_t l = 0; l < m->L; l++)
+        f += 2.0 * (double)m->layers[l].in * (double)m->layers[l].out +
+             (double)m->layers[l].out * (double)(m->layers[l].nacts + 1) * 4.0;
+    return f;
+}
+
+struct fwd_split {
+    const struct tpv_mlp *m;
+    struct tpv_mlp_ws *ws;
+    const double *x;
+    size_t rows;
+};
+
+static void fwd_part(void *ctx, int t, int nt)
+{
+    const struct fwd_split *f = ctx;
+    uint64_t r0, nr;
+    tpv_split_range(f->rows, TPV_SPLIT_ALIGN, t, nt, &r0, &nr);
+    if (nr)
+        tpv_mlp_ws_forward_part(f->m, f->ws, f->x, (size_t)r0, (size_t)nr);
+}
+
+void tpv_mlp_ws_forward(const struct tpv_mlp *m, struct tpv_mlp_ws *ws, const double *x,
+                        size_t rows)
+{
+    ws->rows = rows;
+    struct fwd_split f = { m, ws, x, rows };
+    int nt = tpv_split_threads((double)rows * tpv_mlp_sample_flops(m));
+    tpv_parallel_run(nt, fwd_part, &f);
 }
 
 int tpv_mlp_forward(const struct tpv_mlp *m, const double *x, size_t n, double *out)

@@ -133,9 +133,19 @@ int tpv_mlp_ws_init(struct tpv_mlp_ws *ws, const struct tpv_mlp *m, size_t cap,
                     struct tpv_err *err);
 void tpv_mlp_ws_free(struct tpv_mlp_ws *ws);
 
-/* Forward pass of `rows` <= ws->cap samples x (rows x d); fills ws. */
+/* Forward pass of `rows` <= ws->cap samples x (rows x d); fills ws.  Split over the samples on
+ * the job's threads (core/linalg.h) when the batch is large enough to pay; each sample's values
+ * are computed alone, so they do not depend on the split. */
 void tpv_mlp_ws_forward(const struct tpv_mlp *m, struct tpv_mlp_ws *ws, const double *x,
                         size_t rows);
+
+/* Rows [r0, r0 + rows) of that forward pass on the calling thread (x is the whole batch; ws->rows
+ * is left alone): the piece a split of the caller's own runs. */
+void tpv_mlp_ws_forward_part(const struct tpv_mlp *m, struct tpv_mlp_ws *ws, const double *x,
+                             size_t r0, size_t rows);
+
+/* Flops of one sample's forward pass (matrix products and activations), for split sizes. */
+double tpv_mlp_sample_flops(const struct tpv_mlp *m);
 
 /* Applies a chain of activations elementwise: y = phi(x) and, if dy is not NULL, dy = phi'(x). */
 void tpv_act_chain(const struct tpv_act *acts, size_t nacts, const double *x, double *y,

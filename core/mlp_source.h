@@ -4,8 +4,11 @@
  * delta = dF/dz the backpropagated output sensitivities and a the layer input, dF_k/dW = delta_k
  * a^T, so squared diagonals are GEMMs of squared matrices, Gram entries are
  * (delta . delta')(a . a' + 1) summed over layers, JVPs are tangent propagation and VJPs one
- * backward per sample; the (nK x p) Jacobian is never formed.  Samples are processed in fixed-size batches in input order, so with a
- * fixed BLAS thread count the results are bitwise reproducible. */
+ * backward per sample; the (nK x p) Jacobian is never formed.  Samples are processed in
+ * fixed-size batches in input order; within a batch the per-sample work is split over samples and
+ * the reductions over samples are split over output units on the job's threads (core/linalg.h),
+ * every sum in the order of the unsplit loop, so the results are bitwise reproducible and, with
+ * OpenBLAS's kernels (splits aligned to their column blocks), the same for every thread count. */
 #ifndef TPV_MLP_SOURCE_H
 #define TPV_MLP_SOURCE_H
 

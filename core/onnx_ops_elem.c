@@ -1,9 +1,12 @@
 /* onnx_ops_elem.c: elementwise operators for the ONNX runtime (onnx_ops.h): activations, Clip,
  * Identity, Dropout, Cast and broadcasting arithmetic, forward and derivatives.  Normalization
- * and reductions are in core/onnx_ops_norm.c. */
+ * and reductions are in core/onnx_ops_norm.c.  The pointwise loops run on the job's threads
+ * (tpv_parallel_for) when the tensor is large enough to pay; every element is computed alone, so
+ * the results do not depend on the split. */
 #include <math.h>
 #include <string.h>
 
+#include "core/linalg.h"
 #include "core/onnx_attr.h"
 #include "core/onnx_kernels.h"
 #include "onnx.pb-c.h"
@@ -115,6 +118,58 @@ static double unary_apply(enum unary u, double x, double a, double b)
     return x;
 }
 
+static double unary_deriv(enum unary u, double x, double y, double a, double b);
+
+/* Flops-equivalent cost of one element of u (the split threshold's unit): transcendental maps
+ * cost about ten times the piecewise-linear ones. */
+static double unary_cost(enum unary u)
+{
+    switch (u) {
+    case U_RELU: case U_LEAKY: case U_HSIG: case U_HSWISH: case U_NEG: case U_ABS:
+        return 2.0;
+    case U_SIGMOID: case U_TANH: case U_SOFTPLUS: case U_ELU: case U_SQRT: case U_ERF:
+    case U_EXP:
+        return 20.0;
+    }
+    return 20.0;
+}
+
+/* One pointwise pass over a range: forward (y = f(x)), reverse (g_in += g_out f'(x)) or forward
+ * mode (t_out = t_in f'(x), 0 without t_in). */
+enum upass { UP_FORWARD, UP_VJP, UP_JVP };
+
+struct unary_job {
+    enum unary u;
+    enum upass pass;
+    double a, b;
+    const double *x, *y, *g; /* g: g_out or t_in (may be NULL for UP_JVP) */
+    double *dst;
+};
+
+static void unary_range(void *ctx, uint64_t first, uint64_t count)
+{
+    const struct unary_job *j = ctx;
+    const double *x = j->x, *y = j->y, *g = j->g;
+    double *d = j->dst;
+    for (uint64_t i = first; i < first + count; i++)
+        switch (j->pass) {
+        case UP_FORWARD:
+            d[i] = unary_apply(j->u, x[i], j->a, j->b);
+            break;
+        case UP_VJP:
+            d[i] += g[i] * unary_deriv(j->u, x[i], y[i], j->a, j->b);
+            break;
+        case UP_JVP:
+            d[i] = g ? g[i] * unary_deriv(j->u, x[i], y[i], j->a, j->b) : 0.0;
+            break;
+        }
+}
+
+static void unary_run(struct unary_job *j, uint64_t numel)
+{
+    tpv_parallel_for(numel, unary_cost(j->u), unary_range, j);
+}
+
 static int unary_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
                          struct tpv_onnx_tensor *const *out, struct tpv_err *err)
 {
@@ -123,10 +178,8 @@ static int unary_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_t
     int rc = unary_params(nd, u, &a, &b, err);
     if (rc)
         return rc;
-    const double *x = in[0]->data;
-    double *y = out[0]->data;
-    for (uint64_t i = 0; i < in[0]->numel; i++)
-        y[i] = unary_apply(u, x[i], a, b);
+    struct unary_job j = { u, UP_FORWARD, a, b, in[0]->data, NULL, NULL, out[0]->data };
+    unary_run(&j, in[0]->numel);
     return TPV_OK;
 }
 
@@ -376,9 +429,8 @@ static int unary_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tenso
     int rc = unary_params(nd, u, &a, &b, err);
     if (rc || !gin[0] || !gout[0])
         return rc;
-    const double *x = in[0]->data, *y = out[0]->data;
-    for (uint64_t i = 0; i < in[0]->numel; i++)
-        gin[0][i] += gout[0][i] * unary_deriv(u, x[i], y[i], a, b);
+    struct unary_job j = { u, UP_VJP, a, b, in[0]->data, out[0]->data, gout[0], gin[0] };
+    unary_run(&j, in[0]->numel);
     return TPV_OK;
 }
 
@@ -391,9 +443,8 @@ static int unary_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tenso
     int rc = unary_params(nd, u, &a, &b, err);
     if (rc || !tout[0])
         return rc;
-    const double *x = in[0]->data, *y = out[0]->data;
-    for (uint64_t i = 0; i < in[0]->numel; i++)
-        tout[0][i] = tin[0] ? tin[0][i] * unary_deriv(u, x[i], y[i], a, b) : 0.0;
+    struct unary_job j = { u, UP_JVP, a, b, in[0]->data, out[0]->data, tin[0], tout[0] };
+    unary_run(&j, in[0]->numel);
     return TPV_OK;
 }
 

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/linalg.h"
 #include "core/onnx_attr.h"
 #include "core/onnx_kernels.h"
 
@@ -75,26 +76,43 @@ static int bn_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor 
     return tpv_onnx_attr_float(nd, "epsilon", 1e-5, &g->eps, err);
 }
 
+/* BatchNormalization's passes on the job's threads: forward and forward mode per (n, c) plane,
+ * reverse mode per channel (its sums over n and positions run in the sequential order, so the
+ * split changes no bit). */
+struct bn_job {
+    struct bn_geom g;
+    const struct tpv_onnx_tensor *const *in;
+    const double *const *io; /* gout (vjp) or tin (jvp) */
+    double *const *dst;      /* gin (vjp) or tout (jvp); y for the forward pass */
+};
+
+static void bn_forward_planes(void *ctx, uint64_t first, uint64_t count)
+{
+    const struct bn_job *j = ctx;
+    const double *x = j->in[0]->data, *sc = j->in[1]->data, *bi = j->in[2]->data,
+                 *mu = j->in[3]->data, *var = j->in[4]->data;
+    double *y = j->dst[0];
+    const int64_t C = j->g.C, S = j->g.S;
+    for (int64_t p = (int64_t)first; p < (int64_t)(first + count); p++) {
+        int64_t c = p % C;
+        double g = sc[c] / sqrt(var[c] + j->g.eps), h = bi[c] - mu[c] * g;
+        const double *xp = x + p * S;
+        double *yp = y + p * S;
+        for (int64_t s = 0; s < S; s++)
+            yp[s] = xp[s] * g + h;
+    }
+}
+
 static int bn_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
 {
-    struct bn_geom bg;
-    int rc = bn_geom(nd, in[0], &bg, err);
+    struct bn_job j = { .in = in };
+    int rc = bn_geom(nd, in[0], &j.g, err);
     if (rc)
         return rc;
-    const double *x = in[0]->data, *sc = in[1]->data, *bi = in[2]->data, *mu = in[3]->data,
-                 *var = in[4]->data;
     double *y = out[0]->data;
-    const int64_t N = bg.N, C = bg.C, S = bg.S;
-    const double eps = bg.eps;
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t c = 0; c < C; c++) {
-            double g = sc[c] / sqrt(var[c] + eps), h = bi[c] - mu[c] * g;
-            const double *xp = x + (n * C + c) * S;
-            double *yp = y + (n * C + c) * S;
-            for (int64_t s = 0; s < S; s++)
-                yp[s] = xp[s] * g + h;
-        }
+    j.dst = &y;
+    tpv_parallel_for((uint64_t)(j.g.N * j.g.C), 2.0 * (double)j.g.S, bn_forward_planes, &j);
     return TPV_OK;
 }
 
@@ -362,22 +380,17 @@ static int reduce_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_
 /* ==== reverse and forward mode ==== */
 
 /* BatchNormalization: y = (x - mu) g + B with g = s / sqrt(var + eps). */
-static int bn_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
-                  const struct tpv_onnx_tensor *const *out, const double *const *gout,
-                  double *const *gin, struct tpv_err *err)
+static void bn_vjp_channels(void *ctx, uint64_t first, uint64_t count)
 {
-    (void)out;
-    struct bn_geom bg;
-    int rc = bn_geom(nd, in[0], &bg, err);
-    if (rc || !gout[0])
-        return rc;
-    const double *x = in[0]->data, *sc = in[1]->data, *mu = in[3]->data, *var = in[4]->data;
-    const int64_t N = bg.N, C = bg.C, S = bg.S;
-    const double eps = bg.eps;
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t c = 0; c < C; c++) {
-            double is = 1.0 / sqrt(var[c] + eps), g = sc[c] * is;
-            const double *xp = x + (n * C + c) * S, *gp = gout[0] + (n * C + c) * S;
+    const struct bn_job *j = ctx;
+    const double *x = j->in[0]->data, *sc = j->in[1]->data, *mu = j->in[3]->data,
+                 *var = j->in[4]->data;
+    double *const *gin = j->dst;
+    const int64_t N = j->g.N, C = j->g.C, S = j->g.S;
+    for (int64_t c = (int64_t)first; c < (int64_t)(first + count); c++)
+        for (int64_t n = 0; n < N; n++) {
+            double is = 1.0 / sqrt(var[c] + j->g.eps), g = sc[c] * is;
+            const double *xp = x + (n * C + c) * S, *gp = j->io[0] + (n * C + c) * S;
             double sg = 0, sgx = 0;
             for (int64_t s = 0; s < S; s++) {
                 sg += gp[s];
@@ -394,7 +407,41 @@ static int bn_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *
             if (gin[4])
                 gin[4][c] -= 0.5 * sgx * sc[c] * is * is * is;
         }
+}
+
+/* BatchNormalization: y = (x - mu) g + B with g = s / sqrt(var + eps). */
+static int bn_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                  const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                  double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    struct bn_job j = { .in = in, .io = gout, .dst = gin };
+    int rc = bn_geom(nd, in[0], &j.g, err);
+    if (rc || !gout[0])
+        return rc;
+    tpv_parallel_for((uint64_t)j.g.C, 6.0 * (double)(j.g.N * j.g.S), bn_vjp_channels, &j);
     return TPV_OK;
+}
+
+static void bn_jvp_planes(void *ctx, uint64_t first, uint64_t count)
+{
+    const struct bn_job *j = ctx;
+    const double *x = j->in[0]->data, *sc = j->in[1]->data, *mu = j->in[3]->data,
+                 *var = j->in[4]->data;
+    const double *const *tin = j->io;
+    double *t0 = j->dst[0];
+    const int64_t C = j->g.C, S = j->g.S;
+    for (int64_t p = (int64_t)first; p < (int64_t)(first + count); p++) {
+        int64_t c = p % C;
+        double is = 1.0 / sqrt(var[c] + j->g.eps), g = sc[c] * is;
+        double dg = (tin[1] ? tin[1][c] * is : 0.0) -
+                    (tin[4] ? 0.5 * tin[4][c] * sc[c] * is * is * is : 0.0);
+        double dh = (tin[2] ? tin[2][c] : 0.0) - (tin[3] ? tin[3][c] * g : 0.0);
+        for (int64_t s = 0; s < S; s++) {
+            int64_t i = p * S + s;
+            t0[i] = (tin[0] ? tin[0][i] * g : 0.0) + (x[i] - mu[c]) * dg + dh;
+        }
+    }
 }
 
 static int bn_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
@@ -402,24 +449,11 @@ static int bn_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *
                   double *const *tout, struct tpv_err *err)
 {
     (void)out;
-    struct bn_geom bg;
-    int rc = bn_geom(nd, in[0], &bg, err);
+    struct bn_job j = { .in = in, .io = tin, .dst = tout };
+    int rc = bn_geom(nd, in[0], &j.g, err);
     if (rc || !tout[0])
         return rc;
-    const double *x = in[0]->data, *sc = in[1]->data, *mu = in[3]->data, *var = in[4]->data;
-    const int64_t N = bg.N, C = bg.C, S = bg.S;
-    const double eps = bg.eps;
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t c = 0; c < C; c++) {
-            double is = 1.0 / sqrt(var[c] + eps), g = sc[c] * is;
-            double dg = (tin[1] ? tin[1][c] * is : 0.0) -
-                        (tin[4] ? 0.5 * tin[4][c] * sc[c] * is * is * is : 0.0);
-            double dh = (tin[2] ? tin[2][c] : 0.0) - (tin[3] ? tin[3][c] * g : 0.0);
-            for (int64_t s = 0; s < S; s++) {
-                int64_t i = (n * C + c) * S + s;
-                tout[0][i] = (tin[0] ? tin[0][i] * g : 0.0) + (x[i] - mu[c]) * dg + dh;
-            }
-        }
+    tpv_parallel_for((uint64_t)(j.g.N * j.g.C), 5.0 * (double)j.g.S, bn_jvp_planes, &j);
     return TPV_OK;
 }
 

@@ -1,10 +1,11 @@
 /* onnx_persample.c: per-sample parameter gradients from a batched reverse pass
- * (onnx_persample.h). */
+ * (onnx_persample.h), split over the samples on the job's threads. */
 #include "core/onnx_persample.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/linalg.h"
 #include "core/onnx_attr.h"
 #include "core/onnx_ops.h"
 
@@ -195,17 +196,53 @@ static int node_row(const struct tpv_onnx_persample *ps, const struct tpv_onnx_e
     return tpv_onnx_op_get(nd->op)->vjp(nd, in, out, gout, gin, err);
 }
 
+/* Samples [first, first + count) of tpv_onnx_persample_grads: each sample's row collects the
+ * nodes in graph order, as in the sequential loop, so a split over samples changes no bit. */
+struct grads_job {
+    const struct tpv_onnx_persample *ps;
+    const struct tpv_onnx_exec *ex;
+    const uint64_t *offset;
+    uint64_t p, b;
+    double *G;
+    int rc[64];
+    struct tpv_err err[64];
+};
+
+static void grads_part(void *ctx, int t, int nt)
+{
+    struct grads_job *j = ctx;
+    const struct tpv_onnx_model *m = j->ps->m;
+    uint64_t first, count;
+    tpv_split_range(j->b, 1, t, nt, &first, &count);
+    tpv_err_clear(&j->err[t]);
+    j->rc[t] = TPV_OK;
+    for (uint64_t s = first; s < first + count && !j->rc[t]; s++)
+        for (size_t i = 0; i < j->ps->nnodes && !j->rc[t]; i++)
+            j->rc[t] = node_row(j->ps, j->ex, &m->nodes[j->ps->nodes[i]], s, j->offset,
+                                j->G + s * j->p, &j->err[t]);
+}
+
 int tpv_onnx_persample_grads(const struct tpv_onnx_persample *ps, const struct tpv_onnx_exec *ex,
                              const uint64_t *offset, uint64_t p, double *G, struct tpv_err *err)
 {
     const struct tpv_onnx_model *m = ps->m;
     uint64_t b = (uint64_t)ex->vals[m->inputs[0]].shape[0];
     memset(G, 0, b * p * sizeof *G);
-    for (size_t i = 0; i < ps->nnodes; i++)
-        for (uint64_t t = 0; t < b; t++) {
-            int rc = node_row(ps, ex, &m->nodes[ps->nodes[i]], t, offset, G + t * p, err);
-            if (rc)
-                return rc;
-        }
-    return TPV_OK;
+    struct grads_job *j = malloc(sizeof *j);
+    if (!j)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    *j = (struct grads_job){ .ps = ps, .ex = ex, .offset = offset, .p = p, .b = b, .G = G };
+    /* A sample's gradients cost about the parameters they fill times a few flops. */
+    int nt = tpv_split_threads((double)b * 4.0 * (double)p);
+    if ((uint64_t)nt > b)
+        nt = b ? (int)b : 1;
+    if (nt > 64)
+        nt = 64;
+    tpv_parallel_run(nt, grads_part, j);
+    int rc = TPV_OK;
+    for (int t = 0; t < nt && !rc; t++) /* the first failing sample's error, as sequentially */
+        if ((rc = j->rc[t]) != TPV_OK && err)
+            *err = j->err[t];
+    free(j);
+    return rc;
 }

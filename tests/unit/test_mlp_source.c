@@ -8,6 +8,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <cblas.h>
+#include <stdbool.h>
+
+#include "core/linalg.h"
 #include "core/mlp_source.h"
 #include "tests/unit/mlp_testnet.h"
 
@@ -259,9 +263,78 @@ static void test_rademacher_draws(void **state)
 }
 
 /* Batch sizes change only the summation grouping; two runs are bitwise identical. */
-static void test_batching_and_determinism(void **state)
+/* Every product of a source at the current thread setting, for the thread-count comparisons. */
+struct products {
+    double *diag, *gram, *proj, *tot, *jvp, *vjp, *sdiag, *sper, *outs;
+};
+
+static void products_run(struct tpv_jsrc *s, const double *R, const double *v, struct products *o)
+{
+    const uint64_t n = s->n, K = s->K, p = s->p;
+    const double *ones[1] = { NULL };
+    struct tpv_err err;
+    o->diag = calloc(p, 8), o->gram = malloc(n * K * n * K * 8), o->proj = calloc(p, 8);
+    o->tot = malloc(n * 8), o->jvp = malloc(n * K * 8), o->vjp = malloc(p * 8);
+    o->sdiag = calloc(p, 8), o->sper = calloc(n, 8), o->outs = malloc(n * K * 8);
+    assert_int_equal(s->ops->sqdiag(s, o->diag, NULL, &err), TPV_OK);
+    assert_int_equal(s->ops->gram(s, s, o->gram, NULL, &err), TPV_OK);
+    assert_int_equal(s->ops->sqdiag_projected(s, R, o->proj, o->tot, NULL, &err), TPV_OK);
+    assert_int_equal(s->ops->jvp(s, v, o->jvp, NULL, &err), TPV_OK);
+    assert_int_equal(s->ops->vjp(s, R, o->vjp, NULL, &err), TPV_OK);
+    assert_int_equal(s->ops->sqdiag_samples(s, o->sdiag, 1, ones, o->sper, NULL, &err), TPV_OK);
+    assert_int_equal(s->ops->outputs(s, o->outs, NULL, &err), TPV_OK);
+}
+
+/* got against want: bitwise when `bitwise`, else to 1e-13 relative (normwise). */
+static void products_compare(const char *what, const struct tpv_jsrc *s, const struct products *got,
+                             const struct products *want, bool bitwise)
+{
+    const uint64_t n = s->n, K = s->K, p = s->p;
+    const struct { const char *name; const double *a, *b; uint64_t len; } c[] = {
+        { "sqdiag", got->diag, want->diag, p }, { "gram", got->gram, want->gram, n * K * n * K },
+        { "projected", got->proj, want->proj, p }, { "projected totals", got->tot, want->tot, n },
+        { "jvp", got->jvp, want->jvp, n * K }, { "vjp", got->vjp, want->vjp, p },
+        { "sqdiag_samples diag", got->sdiag, want->sdiag, p },
+        { "sqdiag_samples per sample", got->sper, want->sper, n },
+        { "outputs", got->outs, want->outs, n * K },
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        char label[96];
+        snprintf(label, sizeof label, "%s: %s", what, c[i].name);
+        if (bitwise && memcmp(c[i].a, c[i].b, c[i].len * 8) != 0)
+            fail_msg("%s differs bitwise", label);
+        check(label, 0, c[i].a, c[i].b, c[i].len, 1e-13);
+    }
+}
+
+static void products_free(struct products *o)
+{
+    free(o->diag), free(o->gram), free(o->proj), free(o->tot), free(o->jvp), free(o->vjp);
+    free(o->sdiag), free(o->sper), free(o->outs);
+}
+
+/* Runs with the job threads at *state (setup) and every loop split, however small. */
+static int threads_setup(void **state)
+{
+    openblas_set_num_threads(*(int *)*state);
+    tpv_split_set_min_flops(0);
+    return 0;
+}
+
+static int threads_teardown(void **state)
 {
     (void)state;
+    openblas_set_num_threads(1);
+    tpv_split_set_min_flops(TPV_SPLIT_MIN_FLOPS);
+    return 0;
+}
+
+/* At the thread count the setup chose: batch sizes change only rounding, the same source run
+ * twice gives the same bits, and every product equals the one-thread result to 1e-13 (bitwise
+ * with the OpenBLAS kernels the splits are aligned to). */
+static void test_batching_and_determinism(void **state)
+{
+    const int nt = *(int *)*state;
     struct tnet n;
     tnet_init(&n, "[6]", 21);
     tnet_linear(&n, 16, 6, 1);
@@ -320,6 +393,16 @@ static void test_batching_and_determinism(void **state)
     for (uint64_t j = 0; j < p; j++)
         sd += pd1[j];
     check("projected totals vs diag", 0, &st, &sd, 1, 1e-12);
+
+    struct products a, b, one;
+    products_run(s1, R, v, &a);
+    products_run(s1, R, v, &b);
+    products_compare("same threads", s1, &b, &a, true);
+    openblas_set_num_threads(1);
+    products_run(s1, R, v, &one);
+    openblas_set_num_threads(nt);
+    products_compare("vs 1 thread", s1, &a, &one, false);
+    products_free(&a), products_free(&b), products_free(&one);
     free(R), free(pd1), free(pd2), free(t1), free(t2), free(j1), free(j2), free(v);
     free(g1), free(g2), free(g3), free(d1), free(d2), free(d3), free(x);
     tpv_jsrc_free(s1);
@@ -385,10 +468,16 @@ static void test_errors_and_cancel(void **state)
 
 int main(void)
 {
+    static int threads[3] = { 1, 2, 3 };
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fd_all_ops),
         cmocka_unit_test(test_rademacher_draws),
-        cmocka_unit_test(test_batching_and_determinism),
+        cmocka_unit_test_prestate_setup_teardown(test_batching_and_determinism, threads_setup,
+                                                 threads_teardown, &threads[0]),
+        cmocka_unit_test_prestate_setup_teardown(test_batching_and_determinism, threads_setup,
+                                                 threads_teardown, &threads[1]),
+        cmocka_unit_test_prestate_setup_teardown(test_batching_and_determinism, threads_setup,
+                                                 threads_teardown, &threads[2]),
         cmocka_unit_test(test_errors_and_cancel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

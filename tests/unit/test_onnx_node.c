@@ -8,7 +8,9 @@
  * per-precision tolerance.  The pytorch-converted tests (opset 6) are run for the operators whose
  * semantics have not changed since.  A supported test that fails is a failure unless it is in
  * `skips` below with the reason.  Every test run or skipped is printed with the reason, and at
- * least MIN_RUN must run, so the test cannot pass by skipping everything. */
+ * least MIN_RUN must run, so the test cannot pass by skipping everything.  The suite runs at 1, 2
+ * and 3 job threads with every loop split however small; above 1 thread every forward pass must
+ * also give the 1-thread outputs bit for bit. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
+#include "core/linalg.h"
 #include "core/onnx_exec.h"
 #include "core/onnx_ops.h"
 #include "onnx.pb-c.h"
@@ -348,6 +353,43 @@ done:
 }
 
 /* Runs one test directory; returns 0 on a match, -1 with msg set. */
+static int g_threads = 1; /* the job threads of the running test (setup) */
+
+/* Above 1 thread: the outputs of the forward pass just run must be those of 1 thread, bitwise. */
+static int same_at_one_thread(const struct tpv_onnx_model *m, struct tpv_onnx_exec *ex,
+                              const double *const *data, char *msg, size_t cap)
+{
+    if (g_threads == 1)
+        return 0;
+    struct tpv_err err;
+    double *keep[MAX_IO] = {NULL};
+    int rc = 0;
+    for (size_t k = 0; k < m->noutputs && !rc; k++) {
+        const struct tpv_onnx_tensor *o = tpv_onnx_exec_value(ex, m->outputs[k]);
+        keep[k] = malloc(o->numel * 8 + 8);
+        if (!keep[k])
+            rc = -1;
+        else
+            memcpy(keep[k], o->data, o->numel * 8);
+    }
+    openblas_set_num_threads(1);
+    if (!rc && tpv_onnx_exec_forward(ex, data, &err)) {
+        snprintf(msg, cap, "forward at 1 thread: %s", err.message);
+        rc = -1;
+    }
+    openblas_set_num_threads(g_threads);
+    for (size_t k = 0; k < m->noutputs && !rc; k++) {
+        const struct tpv_onnx_tensor *o = tpv_onnx_exec_value(ex, m->outputs[k]);
+        if (memcmp(keep[k], o->data, o->numel * 8) != 0) {
+            snprintf(msg, cap, "output %zu differs between %d threads and 1", k, g_threads);
+            rc = -1;
+        }
+    }
+    for (size_t k = 0; k < m->noutputs; k++)
+        free(keep[k]);
+    return rc;
+}
+
 static int run_case(const char *dir, const void *model, size_t mlen, char *msg, size_t cap)
 {
     struct tpv_err err;
@@ -421,6 +463,8 @@ static int run_case(const char *dir, const void *model, size_t mlen, char *msg, 
             snprintf(msg, cap, "output %zu: %s", k, what);
     }
     if (rc == 0)
+        rc = same_at_one_thread(m, ex, data, msg, cap);
+    if (rc == 0)
         rc = check_derivatives(m, ex, ins, msg, cap);
 out:
     for (size_t k = 0; k < nin; k++)
@@ -481,9 +525,27 @@ static void run_suite(const char *suite, struct tally *t)
     }
 }
 
+static int threads_setup(void **state)
+{
+    g_threads = *(int *)*state;
+    openblas_set_num_threads(g_threads);
+    tpv_split_set_min_flops(0);
+    return 0;
+}
+
+static int threads_teardown(void **state)
+{
+    (void)state;
+    g_threads = 1;
+    openblas_set_num_threads(1);
+    tpv_split_set_min_flops(TPV_SPLIT_MIN_FLOPS);
+    return 0;
+}
+
 static void test_conformance(void **state)
 {
     (void)state;
+    deriv_cases = deriv_checks = 0;
     struct tally t = {0, 0, 0};
     run_suite("node", &t);
     run_suite("pytorch-converted", &t);
@@ -498,8 +560,14 @@ static void test_conformance(void **state)
 
 int main(void)
 {
+    static int threads[3] = { 1, 2, 3 };
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_conformance),
+        cmocka_unit_test_prestate_setup_teardown(test_conformance, threads_setup,
+                                                 threads_teardown, &threads[0]),
+        cmocka_unit_test_prestate_setup_teardown(test_conformance, threads_setup,
+                                                 threads_teardown, &threads[1]),
+        cmocka_unit_test_prestate_setup_teardown(test_conformance, threads_setup,
+                                                 threads_teardown, &threads[2]),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
