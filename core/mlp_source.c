@@ -496,11 +496,12 @@ static int op_jvp(const struct tpv_jsrc *src, const double *v, double *out,
     return rc;
 }
 
-static int op_outputs(const struct tpv_jsrc *src, double *out, const struct tpv_progress *pg,
-                      struct tpv_err *err)
+/* The outputs of `m` (the source's model or a perturbed copy of it: same shapes) over the
+ * source's inputs. */
+static int outputs_of(const struct tpv_jsrc *src, const struct tpv_mlp *m, double *out,
+                      const struct tpv_progress *pg, struct tpv_err *err)
 {
     const struct msrc *s = src->impl;
-    const struct tpv_mlp *m = s->m;
     const size_t cap = s->bone;
     struct onebuf ob;
     int rc = onebuf_init(&ob, s, err);
@@ -519,6 +520,60 @@ static int op_outputs(const struct tpv_jsrc *src, double *out, const struct tpv_
         }
     }
     onebuf_free(&ob);
+    return rc;
+}
+
+static int op_outputs(const struct tpv_jsrc *src, double *out, const struct tpv_progress *pg,
+                      struct tpv_err *err)
+{
+    const struct msrc *s = src->impl;
+    return outputs_of(src, s->m, out, pg, err);
+}
+
+/* The model with parameters w + dw: a shallow copy of the struct whose layers point into its own
+ * parameter vector (activation chains and names stay the model's, read-only). */
+struct shifted_mlp {
+    struct tpv_mlp m;
+    struct tpv_mlp_layer *layers;
+    double *params;
+};
+
+static int shifted_init(struct shifted_mlp *sh, const struct tpv_mlp *m, const double *dw,
+                        struct tpv_err *err)
+{
+    const uint64_t p = m->layout.p;
+    sh->m = *m;
+    sh->layers = malloc((m->L ? m->L : 1) * sizeof *sh->layers);
+    sh->params = alloc_doubles(p ? p : 1, 1);
+    if (!sh->layers || !sh->params) {
+        free(sh->layers);
+        free(sh->params);
+        return nomem(err);
+    }
+    for (uint64_t j = 0; j < p; j++)
+        sh->params[j] = m->params[j] + dw[j];
+    for (size_t l = 0; l < m->L; l++) {
+        sh->layers[l] = m->layers[l];
+        sh->layers[l].W = sh->params + m->layers[l].w_off;
+        if (m->layers[l].b)
+            sh->layers[l].b = sh->params + m->layers[l].b_off;
+    }
+    sh->m.layers = sh->layers;
+    sh->m.params = sh->params;
+    return TPV_OK;
+}
+
+static int op_outputs_perturbed(const struct tpv_jsrc *src, const double *dw, double *out,
+                                const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct msrc *s = src->impl;
+    struct shifted_mlp sh;
+    int rc = shifted_init(&sh, s->m, dw, err);
+    if (rc)
+        return rc;
+    rc = outputs_of(src, &sh.m, out, pg, err);
+    free(sh.layers);
+    free(sh.params);
     return rc;
 }
 
@@ -681,6 +736,7 @@ static const struct tpv_jsrc_ops mlp_source_ops = {
     .vjp = op_vjp,
     .costs = op_costs,
     .outputs = op_outputs,
+    .outputs_perturbed = op_outputs_perturbed,
 };
 
 int tpv_mlp_source_open_batched(struct tpv_jsrc **out, const struct tpv_mlp *model,
