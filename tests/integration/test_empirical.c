@@ -248,6 +248,22 @@ static void test_check_empirical(void **state)
     assert_non_null(strstr(r.body, "nonlinear"));
     http_result_free(&r);
 
+    /* The contract documents the field, the estimator and the flag. */
+    assert_int_equal(http_json(d.base_url, "GET", "/openapi.json", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    const json_t *schemas = json_object_get(json_object_get(r.json, "components"), "schemas");
+    const json_t *nmp = json_object_get(json_object_get(schemas, "NoiseModel"), "properties");
+    assert_string_equal(json_string_value(json_array_get(
+                            json_object_get(json_object_get(nmp, "check"), "enum"), 0)),
+                        "empirical");
+    assert_string_equal(json_string_value(json_array_get(
+                            json_object_get(json_object_get(nmp, "estimator"), "enum"), 4)),
+                        "empirical");
+    const json_t *cf = json_object_get(
+        json_object_get(json_object_get(schemas, "Candidate"), "properties"), "flags");
+    assert_non_null(strstr(json_string_value(json_object_get(cf, "description")), "nonlinear"));
+    http_result_free(&r);
+
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
 }
