@@ -430,16 +430,27 @@ int tpv_empirical_scores(const struct tpv_est_inputs *in, size_t mi, struct tpv_
     return rc;
 }
 
+/* a * b + c, UINT64_MAX when it does not fit (the memory plan refuses such a job) */
+static uint64_t mul_add(uint64_t a, uint64_t b, uint64_t c)
+{
+    uint64_t r;
+    if (a == UINT64_MAX || c == UINT64_MAX || __builtin_mul_overflow(a, b, &r) ||
+        __builtin_add_overflow(r, c, &r))
+        return UINT64_MAX;
+    return r;
+}
+
 uint64_t tpv_empirical_bytes(const struct tpv_est_inputs *in)
 {
-    uint64_t rows = in->fit->n * in->fit->K, n = in->fit->n;
-    if (in->probe && in->probe->n * in->probe->K > rows)
-        rows = in->probe->n * in->probe->K;
+    uint64_t rows = mul_add(in->fit->n, in->fit->K, 0), n = in->fit->n;
+    if (in->probe && mul_add(in->probe->n, in->probe->K, 0) > rows)
+        rows = mul_add(in->probe->n, in->probe->K, 0);
     if (in->probe && in->probe->n > n)
         n = in->probe->n;
     /* base and perturbed outputs, per-input sums twice; dw, the steps and group minima (or the
      * prune mask and dw), and the source's perturbed copy of the weights */
-    return (2 * rows + 2 * n + 4 * in->fit->p) * sizeof(double);
+    uint64_t doubles = mul_add(rows, 2, mul_add(n, 2, mul_add(in->fit->p, 4, 0)));
+    return mul_add(doubles, sizeof(double), 0);
 }
 
 double tpv_empirical_passes(const struct tpv_noise *nm, uint64_t K)

@@ -229,6 +229,53 @@ static void test_mlp(void **state)
     check_net("mlp");
 }
 
+static int calls, cancel_at;
+
+static int cancel_cb(void *ctx, double fraction)
+{
+    (void)ctx;
+    assert_true(fraction >= 0 && fraction <= 1);
+    return ++calls >= cancel_at;
+}
+
+/* A cancel lands inside the draws (each forward pass reports its batches), and the job ends
+ * with nothing left behind. */
+static void test_cancel(void **state)
+{
+    (void)state;
+    json_error_t jerr;
+    json_t *spec = json_load_file(path_in("mlp.spec.json"), 0, &jerr);
+    assert_non_null(spec);
+    struct tpv_candidate_files c = { .source = TPV_SOURCE_MODEL, .spec = spec,
+                                     .weights = path_in("mlp.weights.safetensors"),
+                                     .fit_inputs = path_in("mlp.input.npy") };
+    struct tpv_noise *models;
+    size_t nm;
+    struct tpv_err err;
+    assert_int_equal(tpv_noise_list_load("[{\"name\":\"iso\",\"kind\":\"isotropic\","
+                                         "\"sigma\":0.01,\"estimator\":\"empirical\","
+                                         "\"max_samples\":100000,\"target_rel_error\":1e-12}]",
+                                         &models, &nm, &err), TPV_OK);
+    struct tpv_run_options opts = { 0 };
+    struct tpv_progress pg = { cancel_cb, NULL };
+    static const int at[] = { 1, 3, 10, 200 };
+    for (size_t k = 0; k < sizeof at / sizeof at[0]; k++) {
+        struct tpv_score *sc = (struct tpv_score *)&calls; /* must be reset */
+        size_t ns = 7;
+        json_t *stab = (json_t *)&calls;
+        calls = 0;
+        cancel_at = at[k];
+        assert_int_equal(tpv_candidate_score(&c, models, nm, &opts, &sc, &ns, &stab, &pg, &err),
+                         TPV_ECANCELED);
+        assert_null(sc);
+        assert_int_equal(ns, 0);
+        assert_null(stab);
+        assert_int_equal(calls, at[k]);
+    }
+    free(models);
+    json_decref(spec);
+}
+
 static void test_onnx_cnn(void **state)
 {
     (void)state;
@@ -239,6 +286,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mlp),
+        cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_onnx_cnn),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
