@@ -435,8 +435,8 @@ static void test_empirical(void **state)
     static const char *const ok[] = {
         "{\"name\":\"a\",\"kind\":\"isotropic\",\"sigma\":1,\"check\":\"empirical\"}",
         "{\"name\":\"a\",\"kind\":\"quantization\",\"bits\":8,\"check\":\"empirical\"}",
-        "{\"name\":\"a\",\"kind\":\"prune\",\"rule\":\"magnitude\",\"fraction\":0.5,"
-        "\"check\":\"empirical\"}",
+        ("{\"name\":\"a\",\"kind\":\"prune\",\"rule\":\"magnitude\",\"fraction\":0.5,"
+         "\"check\":\"empirical\"}"),
         "{\"name\":\"a\",\"kind\":\"sgd\",\"lr\":1,\"batch_size\":2,\"check\":\"empirical\"}",
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
