@@ -249,6 +249,21 @@ static json_t *schemas(void)
     json_object_set_new(s, "NoiseModel", obj_schema("name,kind", json_pack(
         "{s:O,s:{s:s,s:[sssssss]}}", "name", str, "kind", "type", "string", "enum", "isotropic",
         "quantization", "sgd", "sgd_curvature", "label", "diagonal", "prune")));
+    /* The estimators and the nonlinear check (core/empirical.h: forward passes of the perturbed
+     * model, so models only). */
+    json_t *nmp = json_object_get(json_object_get(s, "NoiseModel"), "properties");
+    json_object_set_new(nmp, "estimator", json_pack(
+        "{s:s,s:[sssss],s:s}", "type", "string", "enum", "auto", "exact", "hutchinson", "hutchpp",
+        "empirical", "description", "empirical: the mean over inputs and draws of "
+        "||f(w + dw, x) - f(w, x)||^2 by forward passes of the perturbed model (isotropic, sgd, "
+        "quantization, prune; model candidates only), with a stderr over draws"));
+    json_object_set_new(nmp, "check", json_pack(
+        "{s:s,s:[s],s:s}", "type", "string", "enum", "empirical", "description",
+        "the first-order score plus the empirical one beside it: details.empirical {value, "
+        "stderr, samples}, details.ratio {value: first_order / empirical, ci: 95 % interval}, "
+        "details.nonlinear, and the candidate flag nonlinear when the ratio leaves [0.8, 1.25]; "
+        "isotropic, sgd, quantization, prune only (else 400), model candidates only (a "
+        "Jacobian dump is a 400)"));
     json_object_set_new(s, "StudyCreate", obj_schema("name,noise_models", json_pack(
         "{s:O,s:O,s:{s:s,s:o},s:O,s:O,s:O}", "name", str, "description", str, "noise_models",
         "type", "array", "items", ref("NoiseModel"), "rank_by", str, "webhook_url", str,
@@ -302,6 +317,11 @@ static json_t *schemas(void)
         "P(this TPV < the next item's) from the paired per-input differences (normal "
         "approximation of their mean); null on the last item and when the two were not scored "
         "on the same number of inputs", "metadata", obj, "flags", "type", "array", "items", str)));
+    json_object_set_new(json_object_get(json_object_get(json_object_get(s, "RankingItem"),
+                                                        "properties"), "flags"),
+                        "description", json_string("underfit, no_train_loss, tpv_peak, "
+                                                   "before_tpv_peak, nonlinear (the ranked "
+                                                   "score's empirical check)"));
     json_decref(se_in);
     json_object_set_new(s, "Candidate", obj_schema("id,study_id,name,state", json_pack(
         "{s:O,s:O,s:O,s:O,s:o,s:O,s:{s:s,s:o},s:O,s:O,s:O}", "id", str, "study_id", str, "name",
@@ -309,6 +329,11 @@ static json_t *schemas(void)
         json_pack("{s:s,s:[s,s,s]}", "type", "string", "enum", "model", "onnx", "jacobian"),
         "state", str, "scores", "type", "array", "items",
         ref("Score"), "stability", obj, "job_id", str, "created_at", str)));
+    json_object_set_new(json_object_get(json_object_get(s, "Candidate"), "properties"),
+                        "flags", json_pack("{s:s,s:{s:s},s:s}", "type", "array", "items",
+                                           "type", "string", "description",
+                                           "nonlinear: a score's empirical check found "
+                                           "first_order / empirical outside [0.8, 1.25]"));
     /* Only when the candidate has some (PUT .../metrics). */
     json_object_set_new(json_object_get(json_object_get(s, "Candidate"), "properties"),
                         "metrics", json_pack("{s:s,s:{s:s},s:s}", "type", "object",

@@ -293,6 +293,8 @@ static json_t *build_ranking(const char *sid, int64_t version, struct rank_query
         bool out = limited && r->has_train_loss && r->train_loss > q->max_train_loss;
         if (out)
             json_array_insert_new(flags[i], 0, json_string("underfit"));
+        if (r->nonlinear) /* the empirical check: first_order / empirical left [0.8, 1.25] */
+            json_array_append_new(flags[i], json_string("nonlinear"));
         json_t *item = json_pack("{s:s,s:s,s:f,s:f,s:o,s:O}", "candidate_id", r->id, "name",
                                  r->name, "value", r->value, "stderr", r->stderr_value,
                                  "metadata", metadata_json(r->metadata), "flags", flags[i]);

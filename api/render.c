@@ -64,6 +64,22 @@ json_t *api_score_json(const struct store_score_row *s)
                      "details", api_json_text(s->details, json_object()));
 }
 
+/* The candidate's flags from its rendered scores: "nonlinear" when the empirical check of any
+ * score found the first-order value off (details.nonlinear, core/empirical.h). */
+static json_t *candidate_flags(const json_t *scores)
+{
+    json_t *flags = json_array();
+    size_t i;
+    const json_t *sc;
+    json_array_foreach(scores, i, sc) {
+        if (flags && json_is_true(json_object_get(json_object_get(sc, "details"), "nonlinear"))) {
+            json_array_append_new(flags, json_string("nonlinear"));
+            break;
+        }
+    }
+    return flags;
+}
+
 static json_t *error_json(const char *code, const char *message)
 {
     if (!code)
@@ -90,6 +106,11 @@ json_t *api_candidate_json(const struct store_candidate *c)
                             "stability", api_json_text(c->stability, json_null()),
                             "job_id", c->job_id, "progress", c->progress,
                             "error", error ? error : json_null(), "created_at", c->created_at);
+    json_t *flags = out ? candidate_flags(scores) : NULL;
+    if (out && (!flags || json_object_set_new(out, "flags", flags) != 0)) {
+        json_decref(out); /* never a candidate without a flag it has */
+        return NULL;
+    }
     /* "metrics" only when the candidate has some (PUT .../metrics). */
     if (out && c->metrics &&
         json_object_set_new(out, "metrics", api_json_text(c->metrics, json_object())) != 0) {

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/empirical.h"
 #include "core/krylov.h"
 #include "core/linalg.h"
 #include "core/rng.h"
@@ -298,6 +299,10 @@ static struct plan plan_model(const struct tpv_est_inputs *in, const struct tpv_
 {
     struct plan p = { TPV_EST_EXACT, "requested", false, false };
     const struct tpv_jsrc *f = in->fit;
+    if (nm->estimator == TPV_EST_EMPIRICAL) { /* core/empirical.c: forward passes only */
+        p.est = TPV_EST_EMPIRICAL;
+        return p;
+    }
     if (nm->kind == TPV_NOISE_LABEL || nm->kind == TPV_NOISE_SGD_CURVATURE)
         return plan_gram_model(in, opts, nm);
     if (!diag_family(nm->kind)) {
@@ -322,6 +327,7 @@ static struct plan plan_model(const struct tpv_est_inputs *in, const struct tpv_
                    "report anyway";
         return p;
     case TPV_EST_EXACT:
+    case TPV_EST_EMPIRICAL: /* answered above */
         return p;
     case TPV_EST_HUTCHPP:
         if (f->ops->vjp) {
@@ -407,6 +413,8 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
             t = pl_add(t, pl_add(pl_mul(pl_mul(p, s), 16),
                                            pl_add(pl_mul(p, 24), pl_mul(rows, 8))));
         }
+        if (tpv_noise_needs_model(nm))
+            t = pl_add(t, tpv_empirical_bytes(in));
         trans = t > trans ? t : trans;
     }
     mp->base = pl_add(base_bytes(in), percol);
@@ -1579,7 +1587,8 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
                         : plans[i].est == TPV_EST_HUTCHINSON ? (double)nm->max_samples
                         : plans[i].est == TPV_EST_HUTCHPP ? (double)nm->max_samples * 1.7
                                                            : 0;
-        c_model[i] = passes * (c_sq[0] + c_sq[1]);
+        passes = plans[i].est == TPV_EST_EMPIRICAL ? 0 : passes;
+        c_model[i] = (passes + tpv_empirical_passes(nm, in->fit->K)) * (c_sq[0] + c_sq[1]);
         for (int s = 0; s < jb.nsplit; s++) {
             struct tpv_score *x = &sc[i * (size_t)jb.nsplit + (size_t)s];
             snprintf(x->noise, sizeof x->noise, "%s", nm->name);
@@ -1685,9 +1694,12 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
         struct slice sl[2];
         struct tpv_progress sub[2];
         double share = c_sq[0] + c_sq[1] > 0 ? c_sq[0] / (c_sq[0] + c_sq[1]) : 1;
-        sub[0] = slice_make(&sl[0], &pr, c_model[i] * share);
-        sub[1] = slice_make(&sl[1], &pr, c_model[i] * (1 - share));
-        if (diag_family(nm->kind))
+        double c_emp = tpv_empirical_passes(nm, in->fit->K) * (c_sq[0] + c_sq[1]);
+        sub[0] = slice_make(&sl[0], &pr, (c_model[i] - c_emp) * share);
+        sub[1] = slice_make(&sl[1], &pr, (c_model[i] - c_emp) * (1 - share));
+        if (plans[i].est == TPV_EST_EMPIRICAL)
+            rc = TPV_OK; /* the empirical passes below are the score */
+        else if (diag_family(nm->kind))
             rc = score_diag_family(&jb, i, &plans[i], x, sub, err);
         else if (nm->kind == TPV_NOISE_PRUNE)
             rc = score_prune(&jb, i, x, sub, err);
@@ -1699,6 +1711,11 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             rc = score_sgdc_mf(&jb, i, x, sub, err);
         else
             rc = score_sgdc(&jb, i, x, err);
+        if (rc == TPV_OK && tpv_noise_needs_model(nm)) { /* the estimator or the check */
+            sub[0] = slice_make(&sl[0], &pr, c_emp * share);
+            sub[1] = slice_make(&sl[1], &pr, c_emp * (1 - share));
+            rc = tpv_empirical_scores(in, i, x, jb.nsplit, sub, err);
+        }
         if (rc == TPV_OK && pg && pg->fn && pg->fn(pg->ctx, pr.total > 0 ? pr.done / pr.total : 1))
             rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
     }

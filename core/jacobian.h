@@ -94,6 +94,13 @@ struct tpv_jsrc_ops {
     int (*sqdiag_samples)(const struct tpv_jsrc *s, double *diag, size_t nc,
                           const double *const *c, double *out, const struct tpv_progress *pg,
                           struct tpv_err *err);
+    /* Optional (NULL: a Jacobian dump, which has no model to run): the outputs
+     * out[x*K + k] = f_k(w + dw, x) of the model with its parameters moved by dw (p entries, in
+     * the column order), by batched forward passes only (the nonlinear check, core/empirical.h).
+     * The perturbed weights are a copy made by the call: the source's weights, which other
+     * threads may be reading, are never written. */
+    int (*outputs_perturbed)(const struct tpv_jsrc *s, const double *dw, double *out,
+                             const struct tpv_progress *pg, struct tpv_err *err);
 };
 
 /* A source: fields are read-only for users; `impl` is the implementation's state. */

@@ -638,7 +638,14 @@ struct one_split {
     double *out;     /* jvp, outputs: n x K results */
     double *tot;     /* projected: per-sample totals of the batch, NULL if not asked */
     bool square;     /* projected: square the deltas and inputs for the reduction */
+    const struct tpv_mlp *model; /* outputs: the model to run (same shapes), NULL = s->m */
 };
+
+/* The model a part runs: the source's, or the perturbed copy outputs_perturbed gives. */
+static const struct tpv_mlp *split_model(const struct one_split *o)
+{
+    return o->model ? o->model : o->s->m;
+}
 
 /* Inputs and forward pass of part t's samples; false when the part has none. */
 static bool one_forward(const struct one_split *o, int t, int nt, size_t *r0, size_t *nr)
@@ -649,7 +656,7 @@ static bool one_forward(const struct one_split *o, int t, int nt, size_t *r0, si
     *nr = (size_t)b;
     if (b == 0)
         return false;
-    const struct tpv_mlp *m = o->s->m;
+    const struct tpv_mlp *m = split_model(o);
     tpv_mlp_read_inputs(m, &o->s->inputs, o->first + a, (size_t)b, o->ob->x + a * m->d);
     tpv_mlp_ws_forward_part(m, &o->ob->ws, o->ob->x, (size_t)a, (size_t)b);
     return true;
@@ -721,18 +728,19 @@ static int op_jvp(const struct tpv_jsrc *src, const double *v, double *out,
 static void outputs_part(void *ctx, int t, int nt)
 {
     const struct one_split *o = ctx;
-    const struct tpv_mlp *m = o->s->m;
+    const struct tpv_mlp *m = split_model(o);
     size_t r0, rows;
     if (one_forward(o, t, nt, &r0, &rows))
         memcpy(o->out + (o->first + r0) * m->K, o->ob->ws.a[m->L - 1] + r0 * m->K,
                rows * m->K * sizeof *o->out);
 }
 
-static int op_outputs(const struct tpv_jsrc *src, double *out, const struct tpv_progress *pg,
-                      struct tpv_err *err)
+/* The outputs of `m` (the source's model or a perturbed copy of it: same shapes) over the
+ * source's inputs. */
+static int outputs_of(const struct tpv_jsrc *src, const struct tpv_mlp *m, double *out,
+                      const struct tpv_progress *pg, struct tpv_err *err)
 {
     const struct msrc *s = src->impl;
-    const struct tpv_mlp *m = s->m;
     const size_t cap = s->bone;
     struct onebuf ob;
     int rc = onebuf_init(&ob, s, err);
@@ -741,7 +749,8 @@ static int op_outputs(const struct tpv_jsrc *src, double *out, const struct tpv_
     uint64_t nb = (src->n + cap - 1) / cap;
     for (uint64_t b = 0; b < nb; b++) {
         const uint64_t first = b * cap;
-        struct one_split o = { s, &ob, first, min_sz(cap, src->n - first), NULL, out, NULL, false };
+        struct one_split o = { s, &ob, first, min_sz(cap, src->n - first), NULL, out, NULL,
+                               false, m };
         one_run(outputs_part, &o, tpv_mlp_sample_flops(m));
         if (tpv_progress_report(pg, 0, 1, b + 1, nb)) {
             rc = canceled(err);
@@ -749,6 +758,60 @@ static int op_outputs(const struct tpv_jsrc *src, double *out, const struct tpv_
         }
     }
     onebuf_free(&ob);
+    return rc;
+}
+
+static int op_outputs(const struct tpv_jsrc *src, double *out, const struct tpv_progress *pg,
+                      struct tpv_err *err)
+{
+    const struct msrc *s = src->impl;
+    return outputs_of(src, s->m, out, pg, err);
+}
+
+/* The model with parameters w + dw: a shallow copy of the struct whose layers point into its own
+ * parameter vector (activation chains and names stay the model's, read-only). */
+struct shifted_mlp {
+    struct tpv_mlp m;
+    struct tpv_mlp_layer *layers;
+    double *params;
+};
+
+static int shifted_init(struct shifted_mlp *sh, const struct tpv_mlp *m, const double *dw,
+                        struct tpv_err *err)
+{
+    const uint64_t p = m->layout.p;
+    sh->m = *m;
+    sh->layers = malloc((m->L ? m->L : 1) * sizeof *sh->layers);
+    sh->params = alloc_doubles(p ? p : 1, 1);
+    if (!sh->layers || !sh->params) {
+        free(sh->layers);
+        free(sh->params);
+        return nomem(err);
+    }
+    for (uint64_t j = 0; j < p; j++)
+        sh->params[j] = m->params[j] + dw[j];
+    for (size_t l = 0; l < m->L; l++) {
+        sh->layers[l] = m->layers[l];
+        sh->layers[l].W = sh->params + m->layers[l].w_off;
+        if (m->layers[l].b)
+            sh->layers[l].b = sh->params + m->layers[l].b_off;
+    }
+    sh->m.layers = sh->layers;
+    sh->m.params = sh->params;
+    return TPV_OK;
+}
+
+static int op_outputs_perturbed(const struct tpv_jsrc *src, const double *dw, double *out,
+                                const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct msrc *s = src->impl;
+    struct shifted_mlp sh;
+    int rc = shifted_init(&sh, s->m, dw, err);
+    if (rc)
+        return rc;
+    rc = outputs_of(src, &sh.m, out, pg, err);
+    free(sh.layers);
+    free(sh.params);
     return rc;
 }
 
@@ -909,6 +972,7 @@ static const struct tpv_jsrc_ops mlp_source_ops = {
     .vjp = op_vjp,
     .costs = op_costs,
     .outputs = op_outputs,
+    .outputs_perturbed = op_outputs_perturbed,
 };
 
 int tpv_mlp_source_open_batched(struct tpv_jsrc **out, const struct tpv_mlp *model,

@@ -20,7 +20,7 @@ static const char *const scope_names[] = {
 };
 static const char *const estimator_names[] = {
     [TPV_EST_AUTO] = "auto", [TPV_EST_EXACT] = "exact", [TPV_EST_HUTCHINSON] = "hutchinson",
-    [TPV_EST_HUTCHPP] = "hutchpp",
+    [TPV_EST_HUTCHPP] = "hutchpp", [TPV_EST_EMPIRICAL] = "empirical",
 };
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -36,7 +36,7 @@ const char *tpv_estimator_name(enum tpv_estimator est)
 
 /* Keys each kind accepts besides the common ones; NULL-separated lists. */
 static const char *const common_keys[] = { "name", "kind", "estimator", "target_rel_error",
-                                           "max_samples", "seed", NULL };
+                                           "max_samples", "seed", "check", NULL };
 static const char *const kind_keys[][6] = {
     [TPV_NOISE_ISOTROPIC] = { "sigma", NULL },
     [TPV_NOISE_QUANTIZATION] = { "bits", "scope", NULL },
@@ -167,6 +167,31 @@ static bool name_valid(const char *s)
     return true;
 }
 
+/* "check": "empirical" and the estimator empirical exist for the kinds whose perturbation can
+ * be applied to the weights (isotropic, quantization, prune, sgd); the others are refused here,
+ * at study creation, naming the field. */
+static int parse_empirical(struct parse_ctx *pc, struct tpv_noise *nm)
+{
+    const json_t *check = json_object_get(pc->obj, "check");
+    if (check) {
+        if (!json_is_string(check) || strcmp(json_string_value(check), "empirical") != 0)
+            return tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, "check"),
+                               "%s must be \"empirical\"", path_of(pc, "check"));
+        if (nm->estimator == TPV_EST_EMPIRICAL)
+            return tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, "check"),
+                               "%s: the estimator is already empirical; the check compares a "
+                               "first-order estimator with it", path_of(pc, "check"));
+        nm->check_empirical = true;
+    }
+    const char *key = check ? "check" : "estimator";
+    if ((check || nm->estimator == TPV_EST_EMPIRICAL) && !tpv_noise_kind_has_empirical(nm->kind))
+        return tpv_err_set(pc->err, TPV_EINVAL, path_of(pc, key),
+                           "%s: kind %s has no empirical value (it exists for isotropic, "
+                           "quantization, prune and sgd)", path_of(pc, key),
+                           tpv_noise_kind_name(nm->kind));
+    return TPV_OK;
+}
+
 static int parse_common(struct parse_ctx *pc, struct tpv_noise *nm)
 {
     const char *name = json_string_value(json_object_get(pc->obj, "name"));
@@ -206,6 +231,8 @@ static int parse_common(struct parse_ctx *pc, struct tpv_noise *nm)
     nm->estimator = (enum tpv_estimator)est;
     nm->max_samples = (unsigned long)max_samples;
     nm->seed = (unsigned long long)seed;
+    if (rc == TPV_OK)
+        rc = parse_empirical(pc, nm);
     return rc;
 }
 
@@ -402,6 +429,8 @@ json_t *tpv_noise_to_json(const struct tpv_noise *nm)
     json_object_set_new(j, "target_rel_error", json_real(nm->target_rel_error));
     json_object_set_new(j, "max_samples", json_integer((json_int_t)nm->max_samples));
     json_object_set_new(j, "seed", json_integer((json_int_t)nm->seed));
+    if (nm->check_empirical)
+        json_object_set_new(j, "check", json_string("empirical"));
     return j;
 }
 
@@ -419,4 +448,15 @@ bool tpv_noise_needs_names(const struct tpv_noise *nm)
 {
     return nm->kind == TPV_NOISE_DIAGONAL || nm->kind == TPV_NOISE_PRUNE ||
            (nm->kind == TPV_NOISE_QUANTIZATION && nm->scope != TPV_SCOPE_GLOBAL);
+}
+
+bool tpv_noise_kind_has_empirical(enum tpv_noise_kind kind)
+{
+    return kind == TPV_NOISE_ISOTROPIC || kind == TPV_NOISE_QUANTIZATION ||
+           kind == TPV_NOISE_PRUNE || kind == TPV_NOISE_SGD;
+}
+
+bool tpv_noise_needs_model(const struct tpv_noise *nm)
+{
+    return nm->estimator == TPV_EST_EMPIRICAL || nm->check_empirical;
 }

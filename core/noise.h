@@ -29,6 +29,8 @@ enum tpv_estimator {
     TPV_EST_EXACT,
     TPV_EST_HUTCHINSON,
     TPV_EST_HUTCHPP,
+    TPV_EST_EMPIRICAL, /* the nonlinear value: forward passes of the perturbed model
+                        * (core/empirical.h); isotropic, quantization, prune, sgd, models only */
 };
 
 #define TPV_NOISE_NAME_MAX 64
@@ -57,6 +59,9 @@ struct tpv_noise {
     double target_rel_error;  /* hutchinson adaptive stop (default 0.01) */
     unsigned long max_samples; /* hutchinson/hutchpp cap (default 1000) */
     unsigned long long seed;   /* default 0 */
+    /* "check": "empirical": the first-order score plus the empirical one beside it (details
+     * empirical, ratio; the candidate's flag nonlinear).  Same kinds as TPV_EST_EMPIRICAL. */
+    bool check_empirical;
 };
 
 const char *tpv_noise_kind_name(enum tpv_noise_kind kind);
@@ -92,5 +97,11 @@ json_t *tpv_noise_to_json(const struct tpv_noise *nm);
 bool tpv_noise_needs_outputs(const struct tpv_noise *nm);  /* label with sigma_rel: f(x) on the fit set */
 bool tpv_noise_needs_weights(const struct tpv_noise *nm);  /* quantization, prune by rule or mask */
 bool tpv_noise_needs_names(const struct tpv_noise *nm);    /* diagonal, prune, per_tensor/channel */
+/* The estimator empirical or the check empirical: forward passes of the model itself (a spec or
+ * an ONNX graph; a Jacobian dump cannot serve it). */
+bool tpv_noise_needs_model(const struct tpv_noise *nm);
+/* Whether a kind has an empirical (perturbed-forward) value: isotropic, quantization, prune,
+ * sgd.  label, sgd_curvature and diagonal have none. */
+bool tpv_noise_kind_has_empirical(enum tpv_noise_kind kind);
 
 #endif

@@ -545,6 +545,57 @@ static int os_outputs(const struct tpv_jsrc *s, double *out, const struct tpv_pr
     return for_batches(s, outputs_batch, out, pg, err);
 }
 
+/* The parameters w + dw in column order: a copy, the model's initializers stay untouched (other
+ * jobs' threads read them). */
+static double *shifted_params(const struct tpv_jsrc *s, const double *dw)
+{
+    const struct osrc *o = s->impl;
+    double *w = malloc((s->p ? s->p : 1) * sizeof *w);
+    for (size_t j = 0; w && j < s->layout.nblocks; j++) {
+        const struct tpv_block *bl = &s->layout.blocks[j];
+        const double *w0 = o->m->values[o->m->params[j]].t.data;
+        for (uint64_t i = 0; i < bl->count; i++)
+            w[bl->offset + i] = w0[i] + dw[bl->offset + i];
+    }
+    return w;
+}
+
+/* Outputs of the graph with parameters w + dw: batched forward passes whose executors read the
+ * parameters from the copy (an executor's values are its own; the plan's and the model's are
+ * not written). */
+static int os_outputs_perturbed(const struct tpv_jsrc *s, const double *dw, double *out,
+                                const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct osrc *o = s->impl;
+    double *w = shifted_params(s, dw), *x = malloc(o->batch * o->per * sizeof *x);
+    int rc = w && x ? TPV_OK : nomem(err);
+    struct tpv_onnx_plan *plan = NULL;
+    struct tpv_onnx_exec *ex = NULL;
+    size_t open = 0;
+    for (uint64_t x0 = 0; !rc && x0 < s->n; x0 += o->batch) {
+        size_t b = s->n - x0 < o->batch ? (size_t)(s->n - x0) : o->batch;
+        if (b != open) {
+            tpv_onnx_exec_free(ex);
+            tpv_onnx_plan_free(plan);
+            rc = open_batch(o, b, &plan, &ex, err);
+            open = b;
+            for (size_t j = 0; !rc && j < s->layout.nblocks; j++)
+                ex->vals[o->m->params[j]].data = w + s->layout.blocks[j].offset;
+        }
+        if (!rc)
+            rc = forward_rows(o, ex, x0, b, x, err);
+        if (!rc)
+            rc = outputs_batch(s, ex, x0, b, out, err);
+        if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
+            rc = canceled(err);
+    }
+    tpv_onnx_exec_free(ex);
+    tpv_onnx_plan_free(plan);
+    free(x);
+    free(w);
+    return rc;
+}
+
 static uint64_t os_scratch_bytes(const struct tpv_jsrc *s)
 {
     const struct osrc *o = s->impl;
@@ -618,6 +669,7 @@ static const struct tpv_jsrc_ops onnx_source_ops = {
     .vjp = os_vjp,
     .costs = os_costs,
     .outputs = os_outputs,
+    .outputs_perturbed = os_outputs_perturbed,
 };
 
 static int make_layout(struct tpv_jsrc *s, const struct tpv_onnx_model *m, struct tpv_err *err)

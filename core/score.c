@@ -566,6 +566,10 @@ static int resolve_models(struct sources *s, const struct tpv_candidate_files *c
         if (tpv_noise_needs_outputs(nm) && !s->fit->ops->outputs)
             return model_err(err, i, nm, "uses sigma_rel, which scales with the model's outputs "
                              "on the fit set: a Jacobian dump has none (give sigma)");
+        if (tpv_noise_needs_model(nm) && !s->fit->ops->outputs_perturbed)
+            return model_err(err, i, nm, "asks for the empirical check, which runs the model "
+                             "with perturbed weights: it needs a model (a spec or an ONNX "
+                             "graph); a Jacobian dump has none");
         if (tpv_noise_needs_names(nm) && !named)
             return model_err(err, i, nm, "needs tensor names: a flat .npy dump needs a "
                              "\"layout\"");

@@ -171,7 +171,8 @@
                         "count(*) FILTER (WHERE delivered_at IS NOT NULL), "                      \
                         "count(*) FILTER (WHERE failed_at IS NOT NULL) FROM webhook_outbox")      \
     X(RANK_ROWS,        "SELECT c.id, c.name, c.metadata, c.state, c.train_loss, c.epoch, c.run, " \
-                        "s.value, s.stderr, s.stderr_inputs FROM candidates c "                  \
+                        "s.value, s.stderr, s.stderr_inputs, "                                    \
+                        "coalesce(json_extract(s.details, '$.nonlinear'), 0) FROM candidates c "  \
                         "LEFT JOIN scores s ON "                                                  \
                         "s.candidate_id = c.id AND s.noise = ?2 AND s.split = ?3 "                \
                         "WHERE c.study_id = ?1 ORDER BY (s.value IS NULL), s.value, c.seq")       \

@@ -1169,7 +1169,9 @@ static int pg_rank_rows_impl(void *impl, const char *study_id, const char *noise
     struct pg_result *r;
     int rc = pgs_read(impl,
                       "SELECT c.id, c.name, c.metadata, c.state, c.train_loss, c.epoch, c.run, "
-                      "s.value, s.stderr, s.stderr_inputs FROM candidates c LEFT JOIN scores s ON "
+                      "s.value, s.stderr, s.stderr_inputs, "
+                      "coalesce((s.details::jsonb ->> 'nonlinear') = 'true', false) "
+                      "FROM candidates c LEFT JOIN scores s ON "
                       "s.candidate_id = c.id AND s.noise = $2 AND s.split = $3 "
                       "WHERE c.study_id = $1 ORDER BY (s.value IS NULL), s.value, c.seq",
                       3, p, &r, err);
@@ -1195,6 +1197,7 @@ static int pg_rank_rows_impl(void *impl, const char *study_id, const char *noise
         o->stderr_value = pg_result_double(r, i, 8);
         o->has_stderr_inputs = !pg_result_null(r, i, 9);
         o->stderr_inputs = pg_result_double(r, i, 9);
+        o->nonlinear = !pg_result_null(r, i, 10) && pg_result_text(r, i, 10)[0] == 't';
         *nrows = (size_t)i + 1;
         if (!o->name || !o->metadata || (!o->run && !pg_result_null(r, i, 6)))
             rc = pgs_oom(err);

@@ -992,6 +992,7 @@ int sq_rank_rows(struct sq_store *st, const char *study_id, const char *noise, c
         r->stderr_value = sqlite3_column_double(s, 8);
         r->has_stderr_inputs = sqlite3_column_type(s, 9) != SQLITE_NULL;
         r->stderr_inputs = sqlite3_column_double(s, 9);
+        r->nonlinear = sqlite3_column_int(s, 10) != 0;
     }
     if (rc == TPV_OK && step != SQLITE_DONE)
         rc = db_fail(c, step, "ranking", err);

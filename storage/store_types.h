@@ -279,6 +279,7 @@ struct store_rank_row {
     bool has_stderr_inputs; /* false for scores written before contributions were stored */
     double stderr_inputs;
     char *run; /* NULL when absent */
+    bool nonlinear; /* the score's details say nonlinear (the empirical check, core/empirical.h) */
 };
 void store_rank_rows_free(struct store_rank_row *rows, size_t n); /* and the array */
 

@@ -44,8 +44,21 @@ static const char *const all_models =
     " {\"name\":\"diag_pp\",\"kind\":\"diagonal\",\"variances\":\"" DIGEST_VARIANCES "\","
     "  \"estimator\":\"hutchpp\",\"max_samples\":9}]";
 
+/* The nonlinear check (core/empirical.c) on the checkpoint: every kind it serves, as a check and
+ * as the estimator (a dump cannot serve them, so they are a job of their own). */
+static const char *const empirical_models =
+    "[{\"name\":\"iso_c\",\"kind\":\"isotropic\",\"sigma\":0.1,\"check\":\"empirical\","
+    "  \"max_samples\":3},"
+    " {\"name\":\"q_e\",\"kind\":\"quantization\",\"bits\":4,\"scope\":\"per_channel\","
+    "  \"estimator\":\"empirical\",\"max_samples\":2},"
+    " {\"name\":\"sgd_e\",\"kind\":\"sgd\",\"lr\":0.1,\"batch_size\":4,"
+    "  \"estimator\":\"empirical\",\"max_samples\":2},"
+    " {\"name\":\"mask_c\",\"kind\":\"prune\",\"mask\":\"" DIGEST_MASK "\",\"check\":\"empirical\"},"
+    " {\"name\":\"mag_e\",\"kind\":\"prune\",\"rule\":\"magnitude\",\"fraction\":0.25,"
+    "  \"estimator\":\"empirical\"}]";
+
 /* Inputs of the jobs, built once before any fault is armed. */
-static json_t *models_json;
+static json_t *models_json, *empirical_json;
 static json_t *spec;
 static char path_buf[8][512];
 
@@ -88,8 +101,9 @@ static int setup(void **state)
     path_in(7, "mask.safetensors");
     json_error_t jerr;
     models_json = json_loads(all_models, 0, &jerr);
+    empirical_json = models_json ? json_loads(empirical_models, 0, &jerr) : NULL;
     spec = json_load_file(path_in(5, "model/spec.json"), 0, &jerr);
-    if (!models_json || !spec) {
+    if (!models_json || !empirical_json || !spec) {
         fprintf(stderr, "test inputs: %s\n", jerr.text);
         return -1;
     }
@@ -100,6 +114,7 @@ static int teardown(void **state)
 {
     (void)state;
     json_decref(models_json);
+    json_decref(empirical_json);
     json_decref(spec);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -135,11 +150,12 @@ static struct tpv_candidate_files dump_files(void)
 }
 
 /* What the worker does for a score job: parse the study's noise models, check, score. */
-static void score_job(const struct tpv_candidate_files *c, struct job_result *out)
+static void score_job_with(const struct tpv_candidate_files *c, const json_t *list,
+                           struct job_result *out)
 {
     struct tpv_noise *models = NULL;
     size_t nm = 0;
-    out->rc = tpv_noise_list_parse(models_json, &models, &nm, &out->err);
+    out->rc = tpv_noise_list_parse(list, &models, &nm, &out->err);
     if (out->rc != TPV_OK) {
         out->contract = models != NULL;
         return;
@@ -156,10 +172,21 @@ static void score_job(const struct tpv_candidate_files *c, struct job_result *ou
     free(models);
 }
 
+static void score_job(const struct tpv_candidate_files *c, struct job_result *out)
+{
+    score_job_with(c, models_json, out);
+}
+
 static void job_model(struct job_result *out)
 {
     struct tpv_candidate_files c = model_files();
     score_job(&c, out);
+}
+
+static void job_empirical(struct job_result *out)
+{
+    struct tpv_candidate_files c = model_files();
+    score_job_with(&c, empirical_json, out);
 }
 
 static void job_dump(struct job_result *out)
@@ -282,6 +309,13 @@ static void test_dump_job(void **state)
     run_with_faults("dump", job_dump, false);
 }
 
+static void test_empirical_job(void **state)
+{
+    (void)state;
+    run_with_faults("empirical", job_empirical, false);
+    run_with_faults("empirical, persistent", job_empirical, true);
+}
+
 static void test_jbr_job(void **state)
 {
     (void)state;
@@ -303,6 +337,7 @@ int main(void)
         cmocka_unit_test(test_model_job),
         cmocka_unit_test(test_dump_job),
         cmocka_unit_test(test_jbr_job),
+        cmocka_unit_test(test_empirical_job),
         cmocka_unit_test(test_persistent_failures),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

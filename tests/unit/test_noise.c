@@ -423,6 +423,52 @@ static void assert_noise_equal(const struct tpv_noise *a, const struct tpv_noise
     assert_true(a->target_rel_error == b->target_rel_error);
     assert_int_equal(a->max_samples, b->max_samples);
     assert_true(a->seed == b->seed);
+    assert_int_equal(a->check_empirical, b->check_empirical);
+}
+
+/* The nonlinear check: "check": "empirical" and the estimator empirical for isotropic,
+ * quantization, prune and sgd; the other kinds have no empirical value and are refused naming
+ * the field (a study with them is a 400 at creation). */
+static void test_empirical(void **state)
+{
+    (void)state;
+    static const char *const ok[] = {
+        "{\"name\":\"a\",\"kind\":\"isotropic\",\"sigma\":1,\"check\":\"empirical\"}",
+        "{\"name\":\"a\",\"kind\":\"quantization\",\"bits\":8,\"check\":\"empirical\"}",
+        ("{\"name\":\"a\",\"kind\":\"prune\",\"rule\":\"magnitude\",\"fraction\":0.5,"
+         "\"check\":\"empirical\"}"),
+        "{\"name\":\"a\",\"kind\":\"sgd\",\"lr\":1,\"batch_size\":2,\"check\":\"empirical\"}",
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        struct tpv_noise nm = parse_ok(ok[i]);
+        assert_true(nm.check_empirical);
+        assert_int_equal(nm.estimator, TPV_EST_AUTO);
+        assert_true(tpv_noise_needs_model(&nm));
+    }
+    struct tpv_noise nm = parse_ok("{\"name\":\"a\",\"kind\":\"isotropic\",\"sigma\":1,"
+                                   "\"estimator\":\"empirical\"}");
+    assert_int_equal(nm.estimator, TPV_EST_EMPIRICAL);
+    assert_string_equal(tpv_estimator_name(nm.estimator), "empirical");
+    assert_false(nm.check_empirical);
+    assert_true(tpv_noise_needs_model(&nm));
+    nm = parse_ok("{\"name\":\"a\",\"kind\":\"isotropic\",\"sigma\":1}");
+    assert_false(tpv_noise_needs_model(&nm));
+
+    parse_fail("{\"name\":\"a\",\"kind\":\"label\",\"sigma\":1,\"check\":\"empirical\"}",
+               "noise_models[0].check", "kind label has no empirical value");
+    parse_fail("{\"name\":\"a\",\"kind\":\"sgd_curvature\",\"lr\":1,\"batch_size\":2,"
+               "\"check\":\"empirical\"}", "noise_models[0].check", "sgd_curvature");
+    parse_fail("{\"name\":\"a\",\"kind\":\"diagonal\",\"variances\":\"" DIGEST "\","
+               "\"estimator\":\"empirical\"}", "noise_models[0].estimator",
+               "kind diagonal has no empirical value");
+    parse_fail("{\"name\":\"a\",\"kind\":\"label\",\"sigma\":1,\"estimator\":\"empirical\"}",
+               "noise_models[0].estimator", "no empirical value");
+    parse_fail("{\"name\":\"a\",\"kind\":\"isotropic\",\"sigma\":1,\"check\":\"exact\"}",
+               "noise_models[0].check", "must be \"empirical\"");
+    parse_fail("{\"name\":\"a\",\"kind\":\"isotropic\",\"sigma\":1,\"check\":true}",
+               "noise_models[0].check", "must be \"empirical\"");
+    parse_fail("{\"name\":\"a\",\"kind\":\"isotropic\",\"sigma\":1,\"check\":\"empirical\","
+               "\"estimator\":\"empirical\"}", "noise_models[0].check", "already empirical");
 }
 
 static void test_round_trip(void **state)
@@ -443,6 +489,8 @@ static void test_round_trip(void **state)
         "{\"name\":\"pm\",\"kind\":\"prune\",\"mask\":\"" DIGEST "\",\"seed\":9007199254740991}",
         "{\"name\":\"pr\",\"kind\":\"prune\",\"rule\":\"magnitude\",\"fraction\":0.3,"
         "\"scope\":\"per_tensor\",\"estimator\":\"hutchpp\"}",
+        "{\"name\":\"ce\",\"kind\":\"sgd\",\"lr\":0.01,\"batch_size\":4,\"check\":\"empirical\"}",
+        "{\"name\":\"ee\",\"kind\":\"quantization\",\"bits\":4,\"estimator\":\"empirical\"}",
     };
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
         struct tpv_noise a = parse_ok(models[i]), b;
@@ -504,7 +552,7 @@ int main(void)
         cmocka_unit_test(test_sgd),         cmocka_unit_test(test_label),
         cmocka_unit_test(test_diagonal),    cmocka_unit_test(test_prune),
         cmocka_unit_test(test_common_keys), cmocka_unit_test(test_list),
-        cmocka_unit_test(test_round_trip),  cmocka_unit_test(test_integers_and_stored_text),
+        cmocka_unit_test(test_empirical),   cmocka_unit_test(test_round_trip),  cmocka_unit_test(test_integers_and_stored_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

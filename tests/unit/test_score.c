@@ -224,6 +224,23 @@ static void test_refusals(void **state)
     assert_null(json_object_get(st, "isotropic_ratio"));
     tpv_scores_free(sc, ns);
     json_decref(st);
+    /* the empirical check (estimator or check) runs the model: a dump is refused at
+     * submission, and a job that got one anyway fails with the same reason */
+    static const char *const emp[] = {
+        "{\"name\":\"e\",\"kind\":\"isotropic\",\"sigma\":1,\"check\":\"empirical\"}",
+        "{\"name\":\"e\",\"kind\":\"isotropic\",\"sigma\":1,\"estimator\":\"empirical\"}",
+    };
+    for (int k = 0; k < 2; k++) {
+        struct tpv_noise e = one_model(emp[k]);
+        c = files_for(false);
+        assert_int_equal(tpv_candidate_check(&c, &e, 1, &opts, &need, &err), TPV_EINVAL);
+        assert_string_equal(err.field, "noise_models[0]");
+        assert_non_null(strstr(err.message, "'e'"));
+        assert_non_null(strstr(err.message, "needs a model (a spec or an ONNX graph)"));
+        assert_int_equal(tpv_candidate_score(&c, &e, 1, &opts, &sc, &ns, &st, NULL, &err),
+                         TPV_EINVAL);
+        assert_non_null(strstr(err.message, "needs a model"));
+    }
     /* unknown blob */
     c = files_for(false);
     assert_int_equal(tpv_candidate_check(&c, &d, 1, &opts, &need, &err), TPV_EINVAL);
