@@ -1315,6 +1315,21 @@ static int score_label(const struct job *jb, size_t mi, struct tpv_score *sc, st
     return TPV_OK;
 }
 
+/* memcpy of n doubles in 1M-double pieces with a cancel point (reporting fraction `at` of pg)
+ * after each: copying a Gram matrix of a few hundred MB takes seconds where first touches are
+ * slow. */
+static int copy_checked(double *dst, const double *src, uint64_t n, const struct tpv_progress *pg,
+                        double at, struct tpv_err *err)
+{
+    const uint64_t piece = 1u << 20;
+    for (uint64_t i = 0; i < n; i += piece) {
+        memcpy(dst + i, src + i, (size_t)(n - i < piece ? n - i : piece) * sizeof *dst);
+        if (pg && pg->fn && pg->fn(pg->ctx, at))
+            return tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+    }
+    return TPV_OK;
+}
+
 /* ---- blocked exact label ----------------------------------------------------------------------
  * With H = (G + rho I)^-1 (rho > 0), G H = I - rho H, so the eigen path's sums are
  *   fit:   sum_i lambda_i^2 / (lambda_i + rho)^2 = ||I - rho H||_F^2   (rows: per-input parts)
@@ -1386,10 +1401,12 @@ static int score_label_blocked(struct job *jb, size_t mi, struct tpv_score *sc,
     double *L = jb->G;
     if (--jb->blocked_left > 0) {
         if (!jb->Gw)
-            jb->Gw = malloc((size_t)(N * N) * sizeof *jb->Gw);
+            jb->Gw = calloc((size_t)(N * N), sizeof *jb->Gw); /* untouched pages, as G */
         if (!jb->Gw)
             return oom(err);
-        memcpy(jb->Gw, jb->G, (size_t)(N * N) * sizeof *jb->Gw);
+        int rc = copy_checked(jb->Gw, jb->G, N * N, &pg[0], 0, err);
+        if (rc != TPV_OK)
+            return rc;
         L = jb->Gw;
     }
     for (uint64_t i = 0; i < N; i++)
@@ -1643,8 +1660,11 @@ static int phase_gram(struct job *jb, bool label, uint64_t blocked, struct prog 
         gbytes > SIZE_MAX || kbytes > SIZE_MAX)
         return tpv_err_set(err, TPV_ENOSPACE, NULL,
                            "the Gram matrices of this job do not fit in 64-bit sizes");
-    double *G = malloc(gbytes ? (size_t)gbytes : 1);
-    double *KX = M ? malloc((size_t)kbytes) : NULL;
+    /* calloc, not malloc: fresh pages stay untouched until the Gram writes them in calls that
+     * report progress (malloc fills them first when MALLOC_PERTURB_ is set, seconds at nK =
+     * 6000 before any cancel point) */
+    double *G = calloc(gbytes ? (size_t)gbytes : 1, 1);
+    double *KX = M ? calloc((size_t)kbytes, 1) : NULL;
     if (!G || (M && !KX)) {
         free(G);
         free(KX);
@@ -1707,11 +1727,8 @@ static int phase_gram(struct job *jb, bool label, uint64_t blocked, struct prog 
             rc = oom(err);
         if (rc == TPV_OK && blocked) { /* the blocked models read G after this */
             jb->G = G;
-            G = malloc((size_t)gbytes ? (size_t)gbytes : 1);
-            if (G)
-                memcpy(G, jb->G, (size_t)gbytes);
-            else
-                rc = oom(err);
+            G = calloc((size_t)gbytes ? (size_t)gbytes : 1, 1);
+            rc = G ? copy_checked(G, jb->G, N * N, &sub, 1, err) : oom(err);
         }
         /* G now holds Q (eigenvectors as columns).  LAPACK cannot be interrupted, so it runs on
          * a helper thread while this one reports elapsed time against the expected time and
@@ -1721,10 +1738,14 @@ static int phase_gram(struct job *jb, bool label, uint64_t blocked, struct prog 
         if (rc == TPV_OK)
             rc = tpv_syevd_cancellable(N, &G, &jb->lambda, eig_seconds(N), esub.fn, esub.ctx,
                                        err);
-        /* Per-input rows of Q for the label contributions (none without their memory). */
-        for (uint64_t r = 0; rc == TPV_OK && r < N; r++)
+        /* Per-input rows of Q for the label contributions (none without their memory); a cancel
+         * point every 256 rows (the first touch of q_fit takes seconds at nK = 6000). */
+        for (uint64_t r = 0; rc == TPV_OK && r < N; r++) {
             for (uint64_t i = 0; i < N; i++)
                 jb->q_fit[(r / K) * N + i] += G[r * N + i] * G[r * N + i];
+            if (r % 256 == 255 && tpv_progress_report(&esub, 0, 1, 1, 1) != TPV_OK)
+                rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+        }
         sub = slice_make(&sl, pr, c_eig / 2);
         uint64_t R = M ? label_chunk_rows(M, N) : 0;
         double *T = M && rc == TPV_OK ? malloc((size_t)(R * N) * sizeof *T) : NULL;
