@@ -28,6 +28,24 @@
 
 enum { DN = 1500, DK = 4, DP = 150 };
 
+/* The bounds hold for optimised builds.  Under AddressSanitizer the daemon's own loops (value
+ * checks, Gram sums, mirrors) run several times slower between cancel points, so the sanitizer
+ * build checks that the cancel and the shutdown happen with a looser bound. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifdef SANITIZED
+#define CANCEL_LIMIT_S 3.0
+#define SHUTDOWN_LIMIT_S 5.0
+#else
+#define CANCEL_LIMIT_S 1.0
+#define SHUTDOWN_LIMIT_S 2.0
+#endif
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -165,9 +183,9 @@ static void cancel_after(const struct test_daemon *d, const char *jid, double de
     }
     print_message("%s: DELETE %.1f s into the job (progress %.4f): canceled after %.3f s\n",
                   what, now_s() - started, progress, lag);
-    if (!(lag >= 0 && lag < 1.0)) {
+    if (!(lag >= 0 && lag < CANCEL_LIMIT_S)) {
         test_daemon_dump_log(d);
-        fail_msg("%s: the cancel took %.3f s (limit 1 s)", what, lag);
+        fail_msg("%s: the cancel took %.3f s (limit %.1f s)", what, lag, CANCEL_LIMIT_S);
     }
 }
 
@@ -214,9 +232,10 @@ static void test_cancel_and_shutdown(void **state)
     double took = now_s() - t0;
     print_message("SIGTERM 2.0 s into a blocked label job: exited %d after %.3f s\n", rc, took);
     assert_int_equal(rc, 0);
-    if (!(took < 2.0)) {
+    if (!(took < SHUTDOWN_LIMIT_S)) {
         test_daemon_dump_log(&d);
-        fail_msg("shutdown took %.3f s under a running job (limit ~1 s + shutdown work)", took);
+        fail_msg("shutdown took %.3f s under a running job (limit %.1f s: ~1 s + shutdown work)",
+                 took, SHUTDOWN_LIMIT_S);
     }
     assert_true(test_daemon_log_count(&d, "go back to the queue", false) >= 1);
     test_daemon_cleanup(&d);
