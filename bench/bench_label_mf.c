@@ -1,13 +1,16 @@
 /* bench_label_mf.c: label TPV with ridge_rel 0.1 on a tanh MLP, matrix-free (CG + Hutchinson over
  * output projections, core/krylov.c) at a target relative error against the exact Gram +
- * eigendecomposition path in the same run; also sgd_curvature both ways.  Prints both values,
- * the matrix-free stderr, the agreement in stderr units and the time ratio.
+ * eigendecomposition path and the blocked exact path (tiled Cholesky of G + rho I, forced by a
+ * memory limit one byte under the eigendecomposition's plan) in the same run; also
+ * sgd_curvature exact and matrix-free.  Prints the values, the matrix-free stderr, the agreement
+ * in stderr units and the time ratios.
  *
  * Usage: bench_label_mf [n_fit (200)] [K (10)] [width (128)] [n_probe (100)] [target (0.01)]
- *        [exact (1: run the exact path; 0: matrix-free only)] [kinds (2: label and
- *        sgd_curvature; 1: label only)]
+ *        [exact (1: run the eigendecomposition path; 0: skip it)] [kinds (2: label and
+ *        sgd_curvature; 1: label only)] [blocked (1: run the blocked path; 0: skip it)]
  * Times are process CPU seconds (see now()). */
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,9 +30,10 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* blocked: run exact one byte under the eigendecomposition's memory plan (the blocked path). */
 static int run(const struct tpv_jsrc *fit, const struct tpv_jsrc *probe, enum tpv_estimator est,
-               enum tpv_noise_kind kind, double target, double *value, double *se, double *secs,
-               uint64_t *samples, json_t **details)
+               enum tpv_noise_kind kind, double target, bool blocked, double *value, double *se,
+               double *secs, uint64_t *samples, json_t **details)
 {
     struct tpv_noise nm;
     memset(&nm, 0, sizeof nm);
@@ -50,6 +54,14 @@ static int run(const struct tpv_jsrc *fit, const struct tpv_jsrc *probe, enum tp
     size_t ns;
     json_t *st;
     struct tpv_err err;
+    if (blocked) {
+        uint64_t need;
+        if (tpv_estimate_plan(&in, &opts, &need, &err) != TPV_OK) {
+            fprintf(stderr, "bench_label_mf: %s\n", err.message);
+            return 1;
+        }
+        opts.max_memory = need - 1;
+    }
     double t0 = now();
     if (tpv_estimate_scores(&in, &opts, &sc, &ns, &st, NULL, &err) != TPV_OK) {
         fprintf(stderr, "bench_label_mf: %s\n", err.message);
@@ -74,6 +86,7 @@ int main(int argc, char **argv)
     double target = argc > 5 ? atof(argv[5]) : 0.01;
     int exact = argc > 6 ? atoi(argv[6]) : 1;
     int nkinds = argc > 7 && atoi(argv[7]) == 1 ? 1 : 2;
+    int blocked = argc > 8 ? atoi(argv[8]) : 1;
     enum { D = 32 };
     struct tnet net;
     tnet_init(&net, "[32]", 7);
@@ -99,13 +112,26 @@ int main(int argc, char **argv)
            (unsigned long long)m);
     enum tpv_noise_kind kinds[2] = { TPV_NOISE_LABEL, TPV_NOISE_SGD_CURVATURE };
     for (int k = 0; k < nkinds; k++) {
-        double ve = NAN, se_e, te = NAN, vm, sm, tm;
-        uint64_t s_e, s_m;
-        json_t *de = NULL, *dm;
-        if (exact && run(fit, probe, TPV_EST_EXACT, kinds[k], target, &ve, &se_e, &te, &s_e, &de))
+        double ve = NAN, se_e, te = NAN, vm, sm, tm, vb = NAN, se_b, tb = NAN;
+        uint64_t s_e, s_m, s_b;
+        json_t *de = NULL, *dm, *db = NULL;
+        if (exact && run(fit, probe, TPV_EST_EXACT, kinds[k], target, false, &ve, &se_e, &te,
+                         &s_e, &de))
             return 1;
-        if (run(fit, probe, TPV_EST_HUTCHINSON, kinds[k], target, &vm, &sm, &tm, &s_m, &dm))
+        if (blocked && kinds[k] == TPV_NOISE_LABEL &&
+            run(fit, probe, TPV_EST_EXACT, kinds[k], target, true, &vb, &se_b, &tb, &s_b, &db))
             return 1;
+        if (db)
+            printf("%s probe: blocked exact (%s) %.10g in %.2f cpu-s; eigen / blocked = %.2fx, "
+                   "|blocked - eigen| / eigen = %.2g\n", tpv_noise_kind_name(kinds[k]),
+                   json_string_value(json_object_get(db, "path")), vb, tb, te / tb,
+                   fabs(vb - ve) / fabs(ve));
+        if (run(fit, probe, TPV_EST_HUTCHINSON, kinds[k], target, false, &vm, &sm, &tm, &s_m,
+                &dm))
+            return 1;
+        if (db)
+            printf("%s probe: blocked / matrix-free = %.2fx, |mf - blocked| = %.2f stderr\n",
+                   tpv_noise_kind_name(kinds[k]), tb / tm, fabs(vm - vb) / sm);
         printf("%s probe: exact %.6g in %.2f cpu-s; matrix-free %.6g +- %.2g (%.2f %%, %llu samples, "
                "%lld products, CG max %lld it) in %.2f cpu-s; |diff| = %.2f stderr; exact / mf = %.2fx\n",
                tpv_noise_kind_name(kinds[k]), ve, te, vm, sm, 100 * sm / vm,
@@ -114,6 +140,7 @@ int main(int argc, char **argv)
                (long long)json_integer_value(json_object_get(dm, "solver_iterations")), tm,
                fabs(vm - ve) / sm, te / tm);
         json_decref(de);
+        json_decref(db);
         json_decref(dm);
     }
     tpv_jsrc_free(fit);

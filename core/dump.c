@@ -248,6 +248,9 @@ static int dump_sqdiag_samples(const struct tpv_jsrc *s, double *diag, size_t nc
 
 /* ---- gram -------------------------------------------------------------------------------- */
 
+/* Flops of one BLAS call of the Gram (~0.1 s on one core), so that a cancel is seen soon. */
+#define GRAM_CALL_FLOPS 400000000ull
+
 static int dump_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double *out,
                      const struct tpv_progress *pg, struct tpv_err *err)
 {
@@ -267,33 +270,55 @@ static int dump_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double 
         free(bufa);
         return rc;
     }
-    memset(out, 0, (size_t)(NA * NB) * sizeof *out);
+    /* No memset of `out`: the first panel's calls write it with beta = 0, so that the first
+     * touch of its pages (seconds for a few hundred MB on some VMs) is spread over calls that
+     * each report progress. */
+    if (p == 0)
+        memset(out, 0, (size_t)(NA * NB) * sizeof *out);
     rc = tpv_progress_report(pg, 0, 1, 0, p);
     for (uint64_t c0 = 0; rc == TPV_OK && c0 < p;) {
+        double beta = c0 == 0 ? 0.0 : 1.0;
         uint64_t w = panel_width(da, c0, maxw);
         if (!self)
             w = panel_width(db, c0, w);
-        uint64_t lda, ldb;
+        uint64_t lda, ldb = 0;
         const double *A = panel_get(da, c0, w, bufa, &lda);
-        if (self) {
-            cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)NA, (blasint)w, 1.0, A,
-                        (blasint)lda, 1.0, out, (blasint)NA);
-        } else {
-            const double *B = panel_get(db, c0, w, bufb, &ldb);
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)NA, (blasint)NB,
-                        (blasint)w, 1.0, A, (blasint)lda, B, (blasint)ldb, 1.0, out, (blasint)NB);
+        const double *B = self ? NULL : panel_get(db, c0, w, bufb, &ldb);
+        /* Row blocks of about GRAM_CALL_FLOPS each, with a progress report (and cancel point)
+         * after every one: one call over the whole panel ran for seconds at nK = 6000. */
+        uint64_t rb = GRAM_CALL_FLOPS / (2 * (NB ? NB : 1) * (w ? w : 1));
+        rb = rb < 16 ? 16 : rb;
+        for (uint64_t i0 = 0; rc == TPV_OK && i0 < NA; i0 += rb) {
+            uint64_t ib = NA - i0 < rb ? NA - i0 : rb, i1 = i0 + ib;
+            if (self) {
+                cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)ib, (blasint)w,
+                            1.0, A + i0 * lda, (blasint)lda, beta, out + i0 * NA + i0,
+                            (blasint)NA);
+                if (i1 < NA)
+                    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)ib,
+                                (blasint)(NA - i1), (blasint)w, 1.0, A + i0 * lda, (blasint)lda,
+                                A + i1 * lda, (blasint)lda, beta, out + i0 * NA + i1,
+                                (blasint)NA);
+            } else {
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)ib, (blasint)NB,
+                            (blasint)w, 1.0, A + i0 * lda, (blasint)lda, B, (blasint)ldb, beta,
+                            out + i0 * NB, (blasint)NB);
+            }
+            rc = tpv_progress_report(pg, 0, 1, c0 * NA + w * i1, p * NA);
         }
         c0 += w;
-        rc = tpv_progress_report(pg, 0, 1, c0, p);
     }
     free(bufa);
     free(bufb);
+    /* The lower triangle's first touch, a cancel point every 256 rows. */
+    for (uint64_t i = 0; rc == TPV_OK && self && i < NA; i++) {
+        for (uint64_t j = 0; j < i; j++)
+            out[i * NA + j] = out[j * NA + i];
+        if (i % 256 == 255)
+            rc = tpv_progress_report(pg, 0, 1, 1, 1);
+    }
     if (rc != TPV_OK)
         return tpv_err_set(err, rc, NULL, "canceled");
-    if (self)
-        for (uint64_t i = 0; i < NA; i++)
-            for (uint64_t j = 0; j < i; j++)
-                out[i * NA + j] = out[j * NA + i];
     return TPV_OK;
 }
 

@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,11 +185,33 @@ static uint64_t pl_add(uint64_t a, uint64_t b)
     return r;
 }
 
+/* The three paths of label and sgd_curvature (DESIGN.md section 3). */
+enum gram_path {
+    GP_EIGEN,   /* the Gram matrices; for label also the eigendecomposition ("exact") */
+    GP_BLOCKED, /* label with a ridge: Cholesky of G + rho I in tiles ("blocked_exact") */
+    GP_MF,      /* matrix-free Krylov + Hutchinson ("matrix_free") */
+};
+
+static const char *gram_path_name(enum gram_path g)
+{
+    switch (g) {
+    case GP_EIGEN:
+        return "exact";
+    case GP_BLOCKED:
+        return "blocked_exact";
+    case GP_MF:
+        return "matrix_free";
+    }
+    return "exact";
+}
+
 struct plan {
     enum tpv_estimator est;
     const char *reason;
     bool outputs; /* hutchinson over output projections */
     bool mf;      /* label / sgd_curvature: matrix-free (krylov.h) */
+    enum gram_path path; /* label / sgd_curvature */
+    char why[256];       /* label / sgd_curvature: the reason, with the numbers */
 };
 
 /* Estimated flops of the exact diagonals (all splits) and of one output-projected probe. */
@@ -218,24 +241,38 @@ static bool diag_over_budget(const struct tpv_est_inputs *in, const struct tpv_r
     return exact > opts->flop_budget && probe < exact;
 }
 
-/* Bytes and flops of the exact Gram path (G, K_X, the eigendecomposition for label). */
-static void gram_exact_costs(const struct tpv_est_inputs *in, bool label, uint64_t *bytes,
-                             double *flops)
+/* Bytes and flops of the Gram phase: G, K_X and the per-input sums; with `eig` the
+ * eigendecomposition and its per-input rows (the exact label path); with `blocked` label models
+ * on the blocked path, one solve panel of TPV_CHOL_TILE columns and, when G has more than one
+ * consumer (the eigendecomposition and blocked models each overwrite their copy), one working
+ * copy of G.  Flops count one eigendecomposition and `blocked` factorisations. */
+static void gram_phase_costs(const struct tpv_est_inputs *in, bool eig, uint64_t blocked,
+                             uint64_t *bytes, double *flops)
 {
     const struct tpv_jsrc *f = in->fit, *pr = in->probe;
     uint64_t N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
-    uint64_t b = pl_add(pl_mul(pl_mul(N, N), 8), pl_mul(pl_mul(M, N), 8));
+    uint64_t g = pl_mul(pl_mul(N, N), 8);
+    uint64_t b = pl_add(g, pl_mul(pl_mul(M, N), 8));
     uint64_t inputs = pl_add(f->n, pr ? pr->n : 0);
     b = pl_add(b, pl_mul(inputs, 24)); /* per-input row sums (g_rows, g_self, kx_rows) */
-    if (label) {
+    if (eig) {
         b = pl_add(b, pl_add(tpv_syevd_work_bytes(N), pl_mul(N, 16)));
         b = pl_add(b, pl_mul(pl_mul(inputs, N), 8)); /* q_fit, t_probe */
         if (pr)
             b = pl_add(b, pl_mul(pl_mul(label_chunk_rows(M, N), N), 8));
     }
+    if (blocked) {
+        /* the solve panel, LAPACKE's transposed diagonal tile, per-input contributions */
+        uint64_t t = N < TPV_CHOL_TILE ? N : TPV_CHOL_TILE;
+        b = pl_add(b, pl_mul(pl_mul(N, t), 8));
+        b = pl_add(b, pl_add(pl_mul(pl_mul(t, t), 8), pl_mul(inputs, 8)));
+    }
+    if ((eig ? 1 : 0) + blocked > 1)
+        b = pl_add(b, g);
     *bytes = b;
     double dN = (double)N, dM = (double)M, dp = (double)f->p;
-    *flops = dN * dN * dp + dM * dN * dp + (label ? 4.0 * dN * dN * dN + 2 * dM * dN * dN : 0);
+    *flops = dN * dN * dp + dM * dN * dp + (eig ? 4.0 * dN * dN * dN + 2 * dM * dN * dN : 0) +
+             (double)blocked * (5.0 / 3.0 * dN * dN * dN + 2 * dM * dN * dN);
 }
 
 /* What every job holds whatever its models: the diagonals, the caller's buffers and the
@@ -249,48 +286,137 @@ static uint64_t base_bytes(const struct tpv_est_inputs *in)
     return pl_add(pl_add(pl_mul(pl_mul(f->p, 8), pr ? 2 : 1), in->caller_bytes), scratch);
 }
 
-/* Label and sgd_curvature: exact (Gram + eigendecomposition) or matrix-free (krylov.h). */
+/* "3.2 GB" / "640 MB" / "12 kB" for the reasons of `auto`. */
+static void fmt_bytes(char *buf, size_t n, uint64_t b)
+{
+    if (b == UINT64_MAX)
+        snprintf(buf, n, "more than 2^64 bytes");
+    else if (b >= 1000000000ull)
+        snprintf(buf, n, "%.1f GB", (double)b / 1e9);
+    else if (b >= 1000000ull)
+        snprintf(buf, n, "%.0f MB", (double)b / 1e6);
+    else
+        snprintf(buf, n, "%.0f kB", (double)b / 1e3);
+}
+
+/* One candidate path of a Gram model against the job's budgets. */
+struct gram_fit {
+    uint64_t bytes; /* with the job's base */
+    double flops;
+    bool mem_ok, flop_ok;
+};
+
+/* The path's bytes count the job's base and the model's own buffers (the fit outputs of
+ * sigma_rel), so that a path `auto` takes fits the job's memory plan when the model is alone. */
+static struct gram_fit gram_fit_check(const struct tpv_est_inputs *in,
+                                      const struct tpv_run_options *opts,
+                                      const struct tpv_noise *nm, bool eig, uint64_t blocked)
+{
+    struct gram_fit g;
+    gram_phase_costs(in, eig, blocked, &g.bytes, &g.flops);
+    g.bytes = pl_add(g.bytes, base_bytes(in));
+    if (tpv_noise_needs_outputs(nm))
+        g.bytes = pl_add(g.bytes, pl_mul(pl_mul(in->fit->n, in->fit->K), 8));
+    g.mem_ok = g.bytes != UINT64_MAX && !(opts && opts->max_memory && g.bytes > opts->max_memory);
+    g.flop_ok = !(opts && opts->flop_budget > 0 && g.flops > opts->flop_budget);
+    return g;
+}
+
+/* Why a path was left: "gram and eigendecomposition 9.6 GB > budget 2.0 GB" or the flops. */
+static void over_what(char *buf, size_t n, const char *what, const struct gram_fit *g,
+                      const struct tpv_run_options *opts)
+{
+    char a[32], b[32];
+    fmt_bytes(a, sizeof a, g->bytes);
+    if (!g->mem_ok && opts && opts->max_memory) {
+        fmt_bytes(b, sizeof b, opts->max_memory);
+        snprintf(buf, n, "%s %s > memory budget %s", what, a, b);
+    } else if (!g->mem_ok) {
+        snprintf(buf, n, "%s %s does not fit in 64-bit sizes", what, a);
+    } else {
+        snprintf(buf, n, "%s %.2g flops > flop budget %.2g", what, g->flops,
+                 opts ? opts->flop_budget : 0);
+    }
+}
+
+static void plan_set(struct plan *p, enum gram_path path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void plan_set(struct plan *p, enum gram_path path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->why, sizeof p->why, fmt, ap);
+    va_end(ap);
+    p->path = path;
+    p->mf = path == GP_MF;
+    p->est = p->mf ? TPV_EST_HUTCHINSON : TPV_EST_EXACT;
+}
+
+/* Label and sgd_curvature: the exact path (Gram and, for label, its eigendecomposition), the
+ * blocked exact path (label with a ridge: Cholesky of G + rho I in tiles, no eigenvalues) or
+ * matrix-free (krylov.h).  `auto` takes the first that fits the memory and flop budgets, in
+ * that order (exact keeps the spectrum's details); an explicit `exact` takes the blocked path
+ * only when the eigendecomposition does not fit the memory budget. */
 static struct plan plan_gram_model(const struct tpv_est_inputs *in,
                                    const struct tpv_run_options *opts,
                                    const struct tpv_noise *nm)
 {
-    struct plan p = { TPV_EST_EXACT, "requested", false, false };
+    struct plan p = { TPV_EST_EXACT, "requested", false, false, GP_EIGEN, "" };
     bool label = nm->kind == TPV_NOISE_LABEL;
+    bool ridged = label && (nm->ridge > 0 || nm->ridge_rel > 0);
     bool mf_ok = tpv_mf_supported(in->fit) && (!in->probe || tpv_mf_supported(in->probe));
-    if (nm->estimator == TPV_EST_EXACT)
+    const char *ename = label ? "gram and eigendecomposition" : "gram";
+    struct gram_fit ex = gram_fit_check(in, opts, nm, label, 0);
+    struct gram_fit bl = gram_fit_check(in, opts, nm, false, ridged ? 1 : 0);
+    char e[160], b[160];
+    over_what(e, sizeof e, ename, &ex, opts);
+    over_what(b, sizeof b, "blocked gram", &bl, opts);
+    if (nm->estimator == TPV_EST_EXACT) {
+        if (ridged && !ex.mem_ok && bl.mem_ok)
+            plan_set(&p, GP_BLOCKED, "requested exact: %s -> blocked_exact (Cholesky of G + rho "
+                     "I, %llu bytes)", e, (unsigned long long)bl.bytes);
+        else
+            plan_set(&p, GP_EIGEN, "requested exact");
         return p;
+    }
     if (nm->estimator == TPV_EST_HUTCHINSON || nm->estimator == TPV_EST_HUTCHPP) {
         if (!mf_ok) {
-            p.reason = "matrix-free estimation needs J^T u, which this source lacks; computed "
-                       "exactly";
+            plan_set(&p, ridged && !ex.mem_ok && bl.mem_ok ? GP_BLOCKED : GP_EIGEN,
+                     "matrix-free estimation needs J^T u, which this source lacks; computed "
+                     "exactly");
             return p;
         }
-        p.est = TPV_EST_HUTCHINSON;
-        p.mf = true;
-        p.reason = nm->estimator == TPV_EST_HUTCHPP
-                       ? "hutchpp: matrix-free Hutchinson over output projections (no low-rank "
-                         "sketch for this model)"
-                       : "requested: matrix-free Hutchinson over output projections";
+        plan_set(&p, GP_MF, "%s", nm->estimator == TPV_EST_HUTCHPP
+                                      ? "hutchpp: matrix-free Hutchinson over output projections "
+                                        "(no low-rank sketch for this model)"
+                                      : "requested: matrix-free Hutchinson over output projections");
         return p;
     }
-    uint64_t bytes;
-    double flops;
-    gram_exact_costs(in, label, &bytes, &flops);
-    bool mem = opts && opts->max_memory && pl_add(bytes, base_bytes(in)) > opts->max_memory;
-    bool flop = opts && opts->flop_budget > 0 && flops > opts->flop_budget;
-    if (mf_ok && (mem || flop || bytes == UINT64_MAX)) {
-        p.est = TPV_EST_HUTCHINSON;
-        p.mf = true;
-        p.reason = mem ? "auto: the exact Gram and eigendecomposition do not fit the memory "
-                         "limit (details: exact_bytes, max_memory); matrix-free Krylov + "
-                         "Hutchinson"
-                       : "auto: the exact Gram and eigendecomposition exceed the flop budget "
-                         "(details: exact_flops, flop_budget); matrix-free Krylov + Hutchinson";
+    char eb[32];
+    fmt_bytes(eb, sizeof eb, ex.bytes);
+    if (ex.mem_ok && ex.flop_ok) {
+        plan_set(&p, GP_EIGEN, "auto: %s %s and %.2g flops fit the budgets -> exact", ename, eb,
+                 ex.flops);
         return p;
     }
-    p.reason = mf_ok ? "auto: the exact Gram and eigendecomposition fit the memory and flop "
-                       "budgets (details: exact_bytes, exact_flops)"
-                     : "auto: this source has no J^T u, so only the exact Gram path exists";
+    if (ridged && bl.mem_ok && bl.flop_ok) {
+        char bb[32];
+        fmt_bytes(bb, sizeof bb, bl.bytes);
+        plan_set(&p, GP_BLOCKED, "auto: %s; blocked gram %s and %.2g flops fit -> blocked_exact",
+                 e, bb, bl.flops);
+        return p;
+    }
+    if (mf_ok) {
+        plan_set(&p, GP_MF, "auto: %s%s%s -> matrix_free", e, ridged ? "; " : "",
+                 ridged ? b : "");
+        return p;
+    }
+    if (ridged && bl.mem_ok)
+        plan_set(&p, GP_BLOCKED, "auto: %s; this source has no J^T u -> blocked_exact", e);
+    else
+        plan_set(&p, GP_EIGEN, "auto: this source has no J^T u, so only the exact Gram path "
+                 "exists -> exact");
     return p;
 }
 
@@ -385,13 +511,14 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
     uint64_t p = f->p, N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
     uint64_t rows = N > M ? N : M;
     bool label = false, sgdc = false;
-    uint64_t trans = 0, percol = 0;
+    uint64_t trans = 0, percol = 0, blocked = 0;
     for (size_t i = 0; i < in->nmodels; i++) {
         const struct tpv_noise *nm = &in->models[i];
         struct plan pl = plan_model(in, opts, nm);
         uint64_t t = 0;
-        label |= nm->kind == TPV_NOISE_LABEL && !pl.mf;
+        label |= nm->kind == TPV_NOISE_LABEL && !pl.mf && pl.path == GP_EIGEN;
         sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE && !pl.mf;
+        blocked += nm->kind == TPV_NOISE_LABEL && pl.path == GP_BLOCKED;
         if (pl.mf)
             t = mf_bytes(in, nm);
         if (tpv_noise_needs_outputs(nm)) /* the fit set's outputs, before the Gram phase */
@@ -419,9 +546,9 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
     }
     mp->base = pl_add(base_bytes(in), percol);
     mp->gram = 0;
-    if (label || sgdc) {
+    if (label || sgdc || blocked) {
         double unused;
-        gram_exact_costs(in, label, &mp->gram, &unused);
+        gram_phase_costs(in, label, blocked, &mp->gram, &unused);
     }
     mp->transient = trans;
     mp->total = pl_add(pl_add(mp->base, mp->gram), mp->transient);
@@ -875,6 +1002,10 @@ struct job {
     double *per_sample[2];  /* ncols x n of each split, or NULL */
     double *t_probe;      /* n_probe x N: sum over x's rows of (K_X Q)_ri^2 (label) */
     double out_scale;     /* mean |f(x)| over the fit set's n K outputs (sigma_rel), else 0 */
+    /* Blocked exact label: G and K_X kept from the Gram phase, and the number of blocked models
+     * still to run (the last one factors G in place, the others a copy in Gw). */
+    double *G, *KX, *Gw;
+    uint64_t blocked_left;
 };
 
 struct diag_coef {
@@ -1192,6 +1323,150 @@ static int score_label(const struct job *jb, size_t mi, struct tpv_score *sc, st
     return TPV_OK;
 }
 
+/* memcpy of n doubles in 1M-double pieces with a cancel point (reporting fraction `at` of pg)
+ * after each: copying a Gram matrix of a few hundred MB takes seconds where first touches are
+ * slow. */
+static int copy_checked(double *dst, const double *src, uint64_t n, const struct tpv_progress *pg,
+                        double at, struct tpv_err *err)
+{
+    const uint64_t piece = 1u << 20;
+    for (uint64_t i = 0; i < n; i += piece) {
+        memcpy(dst + i, src + i, (size_t)(n - i < piece ? n - i : piece) * sizeof *dst);
+        if (pg && pg->fn && pg->fn(pg->ctx, at))
+            return tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+    }
+    return TPV_OK;
+}
+
+/* ---- blocked exact label ----------------------------------------------------------------------
+ * With H = (G + rho I)^-1 (rho > 0), G H = I - rho H, so the eigen path's sums are
+ *   fit:   sum_i lambda_i^2 / (lambda_i + rho)^2 = ||I - rho H||_F^2   (rows: per-input parts)
+ *   probe: sum_i ||K_X q_i||^2 / (lambda_i + rho)^2 = ||K_X H||_F^2
+ *   effective rank: sum_i lambda_i / (lambda_i + rho) = N - rho Tr H,
+ * from a tiled Cholesky of G + rho I and solves against TPV_CHOL_TILE columns of the identity
+ * and of K_X^T at a time: no eigenvalues, N^2 + one panel of memory, about 5/3 N^3 + 2 M N^2
+ * flops against the eigendecomposition's ~9 N^3, and a progress report every tile. */
+
+/* Progress of one step of the blocked path, mapped into [lo, hi] of the model's slice. */
+struct blk_poll {
+    const struct tpv_progress *pg;
+    double lo, hi;
+};
+
+static int blk_poll_fn(void *ctx, double f)
+{
+    const struct blk_poll *b = ctx;
+    if (!b->pg || !b->pg->fn)
+        return 0;
+    return b->pg->fn(b->pg->ctx, b->lo + (b->hi - b->lo) * f);
+}
+
+/* Solves H X = columns [c0, c0 + r) of the identity (probe == NULL) or of K_X^T (rows [c0, c0 +
+ * r) of KX), then adds each column's squared norm (of I - rho H, or of H K_X^T) to the part of
+ * its input (column / K) in ci and to *sum; *trH += the diagonal of H for the identity. */
+static int blk_panel(uint64_t N, uint64_t K, const double *L, const double *KX, double rho,
+                     uint64_t c0, uint64_t r, double *X, double *ci, double *sum, double *trH,
+                     struct blk_poll *bp, struct tpv_err *err)
+{
+    memset(X, 0, (size_t)(N * r) * sizeof *X);
+    for (uint64_t j = 0; j < r; j++) {
+        if (KX)
+            for (uint64_t i = 0; i < N; i++)
+                X[i * r + j] = KX[(c0 + j) * N + i];
+        else
+            X[(c0 + j) * r + j] = 1.0;
+    }
+    int rc = tpv_chol_solve_tiled(N, L, N, r, X, r, KX ? 0 : c0, blk_poll_fn, bp, err);
+    if (rc != TPV_OK)
+        return rc;
+    for (uint64_t j = 0; j < r; j++) {
+        uint64_t c = c0 + j;
+        double t = 0;
+        for (uint64_t i = 0; i < N; i++) {
+            double v = KX ? X[i * r + j] : (i == c ? 1.0 : 0.0) - rho * X[i * r + j];
+            t += v * v;
+        }
+        if (!KX)
+            *trH += X[c * r + j];
+        ci[c / K] += t;
+        *sum += t;
+    }
+    return TPV_OK;
+}
+
+static int score_label_blocked(struct job *jb, size_t mi, struct tpv_score *sc,
+                               const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct tpv_noise *nm = &jb->in->models[mi];
+    const struct tpv_jsrc *f = jb->in->fit;
+    uint64_t N = f->n * f->K, K = f->K, M = jb->nsplit > 1 ? jb->in->probe->n * K : 0;
+    double rho = nm->ridge > 0 ? nm->ridge : nm->ridge_rel * jb->trG / (double)N;
+    double sigma = nm->sigma_rel > 0 ? nm->sigma_rel * jb->out_scale : nm->sigma;
+    double s2 = sigma * sigma, t0 = now_seconds();
+    if (!(rho > 0))
+        return tpv_err_set(err, TPV_EINTERNAL, NULL, "blocked label path without a ridge");
+    /* The last blocked model factors G itself; the others a copy. */
+    double *L = jb->G;
+    if (--jb->blocked_left > 0) {
+        if (!jb->Gw)
+            jb->Gw = calloc((size_t)(N * N), sizeof *jb->Gw); /* untouched pages, as G */
+        if (!jb->Gw)
+            return oom(err);
+        int rc = copy_checked(jb->Gw, jb->G, N * N, &pg[0], 0, err);
+        if (rc != TPV_OK)
+            return rc;
+        L = jb->Gw;
+    }
+    for (uint64_t i = 0; i < N; i++)
+        L[i * N + i] += rho;
+    uint64_t R = N < TPV_CHOL_TILE ? N : TPV_CHOL_TILE;
+    double *X = malloc((size_t)(N * (R ? R : 1)) * sizeof *X);
+    double *ci[2] = { calloc((size_t)(f->n ? f->n : 1), sizeof(double)),
+                      M ? calloc((size_t)jb->in->probe->n, sizeof(double)) : NULL };
+    int rc = X && ci[0] && (!M || ci[1]) ? TPV_OK : oom(err);
+    /* progress: the factorisation is about a fifth of the fit split's work */
+    struct blk_poll bp = { &pg[0], 0, 0.2 };
+    if (rc == TPV_OK)
+        rc = tpv_chol_tiled(N, L, N, blk_poll_fn, &bp, err);
+    double fitsum = 0, probesum = 0, trH = 0;
+    for (uint64_t c0 = 0; rc == TPV_OK && c0 < N; c0 += R) {
+        uint64_t r = N - c0 < R ? N - c0 : R;
+        bp = (struct blk_poll){ &pg[0], 0.2 + 0.8 * (double)c0 / (double)N,
+                                0.2 + 0.8 * (double)(c0 + r) / (double)N };
+        rc = blk_panel(N, K, L, NULL, rho, c0, r, X, ci[0], &fitsum, &trH, &bp, err);
+    }
+    for (uint64_t r0 = 0; rc == TPV_OK && r0 < M; r0 += R) {
+        uint64_t r = M - r0 < R ? M - r0 : R;
+        bp = (struct blk_poll){ &pg[1], (double)r0 / (double)M, (double)(r0 + r) / (double)M };
+        rc = blk_panel(N, K, L, jb->KX, rho, r0, r, X, ci[1], &probesum, &trH, &bp, err);
+    }
+    free(X);
+    if (L == jb->G) { /* G is spent: nothing reads it after the last blocked model */
+        free(jb->G);
+        jb->G = NULL;
+    }
+    for (int s = 0; rc == TPV_OK && s < jb->nsplit; s++) {
+        uint64_t n = jb->src[s]->n;
+        for (uint64_t x = 0; x < n; x++)
+            ci[s][x] *= s2;
+        tpv_score_set_contributions(&sc[s], ci[s], (size_t)n);
+        ci[s] = NULL;
+        sc[s].value = s2 * (s == 0 ? fitsum : probesum) / (double)n;
+        sc[s].wall_seconds = now_seconds() - t0 + jb->t_gram;
+        json_object_set_new(sc[s].details, "rank", json_integer((json_int_t)N));
+        set_real(sc[s].details, "effective_rank", (double)N - rho * trH);
+        set_real(sc[s].details, "rho", rho);
+        set_real(sc[s].details, "sigma", sigma);
+        json_object_set_new(sc[s].details, "solver", json_string("cholesky"));
+        if (nm->sigma_rel > 0)
+            set_real(sc[s].details, "mean_abs_output", jb->out_scale);
+        set_real(sc[s].details, "shared_seconds", jb->t_gram);
+    }
+    free(ci[0]);
+    free(ci[1]);
+    return rc;
+}
+
 static int score_sgdc(const struct job *jb, size_t mi, struct tpv_score *sc, struct tpv_err *err)
 {
     const struct tpv_noise *nm = &jb->in->models[mi];
@@ -1376,8 +1651,11 @@ static double eig_seconds(uint64_t N)
     return 9 * n * n * n / 2e9 / tpv_linalg_threads();
 }
 
-static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram, double c_kx,
-                      double c_eig, struct tpv_err *err)
+/* G, K_X and their sums; with `label` the eigendecomposition; with `blocked` label models on
+ * the blocked path, G and K_X stay in the job for them (jb->G, jb->KX), and the
+ * eigendecomposition works on a copy. */
+static int phase_gram(struct job *jb, bool label, uint64_t blocked, struct prog *pr,
+                      double c_gram, double c_kx, double c_eig, struct tpv_err *err)
 {
     const struct tpv_jsrc *f = jb->in->fit, *pb = jb->in->probe;
     uint64_t N, M = 0, K = f->K, gbytes, kbytes = 0;
@@ -1390,8 +1668,11 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         gbytes > SIZE_MAX || kbytes > SIZE_MAX)
         return tpv_err_set(err, TPV_ENOSPACE, NULL,
                            "the Gram matrices of this job do not fit in 64-bit sizes");
-    double *G = malloc(gbytes ? (size_t)gbytes : 1);
-    double *KX = M ? malloc((size_t)kbytes) : NULL;
+    /* calloc, not malloc: fresh pages stay untouched until the Gram writes them in calls that
+     * report progress (malloc fills them first when MALLOC_PERTURB_ is set, seconds at nK =
+     * 6000 before any cancel point) */
+    double *G = calloc(gbytes ? (size_t)gbytes : 1, 1);
+    double *KX = M ? calloc((size_t)kbytes, 1) : NULL;
     if (!G || (M && !KX)) {
         free(G);
         free(KX);
@@ -1452,6 +1733,11 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         if (rc == TPV_OK && (!jb->lambda || (M && !jb->proj) || !jb->q_fit ||
                              (M && !jb->t_probe)))
             rc = oom(err);
+        if (rc == TPV_OK && blocked) { /* the blocked models read G after this */
+            jb->G = G;
+            G = calloc((size_t)gbytes ? (size_t)gbytes : 1, 1);
+            rc = G ? copy_checked(G, jb->G, N * N, &sub, 1, err) : oom(err);
+        }
         /* G now holds Q (eigenvectors as columns).  LAPACK cannot be interrupted, so it runs on
          * a helper thread while this one reports elapsed time against the expected time and
          * returns on a cancel (the helper then owns and frees G and lambda). */
@@ -1460,10 +1746,14 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         if (rc == TPV_OK)
             rc = tpv_syevd_cancellable(N, &G, &jb->lambda, eig_seconds(N), esub.fn, esub.ctx,
                                        err);
-        /* Per-input rows of Q for the label contributions (none without their memory). */
-        for (uint64_t r = 0; rc == TPV_OK && r < N; r++)
+        /* Per-input rows of Q for the label contributions (none without their memory); a cancel
+         * point every 256 rows (the first touch of q_fit takes seconds at nK = 6000). */
+        for (uint64_t r = 0; rc == TPV_OK && r < N; r++) {
             for (uint64_t i = 0; i < N; i++)
                 jb->q_fit[(r / K) * N + i] += G[r * N + i] * G[r * N + i];
+            if (r % 256 == 255 && tpv_progress_report(&esub, 0, 1, 1, 1) != TPV_OK)
+                rc = tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+        }
         sub = slice_make(&sl, pr, c_eig / 2);
         uint64_t R = M ? label_chunk_rows(M, N) : 0;
         double *T = M && rc == TPV_OK ? malloc((size_t)(R * N) * sizeof *T) : NULL;
@@ -1490,6 +1780,14 @@ static int phase_gram(struct job *jb, bool label, struct prog *pr, double c_gram
         jb->have_eig = rc == TPV_OK;
     } else {
         pr->done += c_eig;
+    }
+    if (blocked && rc == TPV_OK && !jb->G) {
+        jb->G = G;
+        G = NULL;
+    }
+    if (blocked && rc == TPV_OK) {
+        jb->KX = KX;
+        KX = NULL;
     }
     free(G);
     free(KX);
@@ -1575,20 +1873,27 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
     for (size_t i = 0; rc == TPV_OK && i < in->nmodels; i++) {
         const struct tpv_noise *nm = &in->models[i];
         plans[i] = plan_model(in, opts, nm);
-        label |= nm->kind == TPV_NOISE_LABEL && !plans[i].mf;
+        bool gram_model = nm->kind == TPV_NOISE_LABEL || nm->kind == TPV_NOISE_SGD_CURVATURE;
+        bool blk = nm->kind == TPV_NOISE_LABEL && plans[i].path == GP_BLOCKED;
+        label |= nm->kind == TPV_NOISE_LABEL && !plans[i].mf && !blk;
         sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE && !plans[i].mf;
+        jb.blocked_left += blk;
         /* matrix-free: a few tens of products per sample, each about one K-th of an exact
          * diagonal pass (a rough share; progress inside the model reports per product) */
         double mf_passes = (double)(nm->max_samples < 64 ? nm->max_samples : 64) *
                            (nm->kind == TPV_NOISE_LABEL ? 20.0 : 2.0) /
                            (double)(in->fit->K ? in->fit->K : 1);
-        double passes = plans[i].mf ? mf_passes
+        /* blocked: 5/3 N^3 + 2 M N^2 flops, in the units of c_eig (N^3 for ~9 N^3 flops) */
+        double blk_passes = ((double)N * (double)N * (double)N * 5 / 3 +
+                             2 * (double)M * (double)N * (double)N) / 9;
+        double passes = blk ? 0 : plans[i].mf ? mf_passes
                         : nm->kind == TPV_NOISE_PRUNE ? 1
                         : plans[i].est == TPV_EST_HUTCHINSON ? (double)nm->max_samples
                         : plans[i].est == TPV_EST_HUTCHPP ? (double)nm->max_samples * 1.7
                                                            : 0;
         passes = plans[i].est == TPV_EST_EMPIRICAL ? 0 : passes;
-        c_model[i] = (passes + tpv_empirical_passes(nm, in->fit->K)) * (c_sq[0] + c_sq[1]);
+        c_model[i] = blk ? blk_passes
+                         : (passes + tpv_empirical_passes(nm, in->fit->K)) * (c_sq[0] + c_sq[1]);
         for (int s = 0; s < jb.nsplit; s++) {
             struct tpv_score *x = &sc[i * (size_t)jb.nsplit + (size_t)s];
             snprintf(x->noise, sizeof x->noise, "%s", nm->name);
@@ -1604,15 +1909,28 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             }
             json_object_set_new(x->details, "estimator_requested",
                                 json_string(tpv_estimator_name(nm->estimator)));
-            json_object_set_new(x->details, "estimator_reason", json_string(plans[i].reason));
+            json_object_set_new(x->details, "estimator_reason",
+                                json_string(gram_model ? plans[i].why : plans[i].reason));
+            if (gram_model) {
+                json_object_set_new(x->details, "path",
+                                    json_string(gram_path_name(plans[i].path)));
+                json_object_set_new(x->details, "reason", json_string(plans[i].why));
+            }
             if (nm->estimator == TPV_EST_AUTO && !diag_family(nm->kind) &&
                 nm->kind != TPV_NOISE_PRUNE) {
-                uint64_t eb;
-                double ef;
-                gram_exact_costs(in, nm->kind == TPV_NOISE_LABEL, &eb, &ef);
+                /* the numbers `auto` compared: each path's bytes with the job's base */
+                bool lab = nm->kind == TPV_NOISE_LABEL;
+                struct gram_fit ex = gram_fit_check(in, opts, nm, lab, 0);
                 json_object_set_new(x->details, "exact_bytes", json_integer((json_int_t)(
-                                                    eb > INT64_MAX ? INT64_MAX : eb)));
-                set_real(x->details, "exact_flops", ef);
+                                                    ex.bytes > INT64_MAX ? INT64_MAX : ex.bytes)));
+                set_real(x->details, "exact_flops", ex.flops);
+                if (lab && (nm->ridge > 0 || nm->ridge_rel > 0)) {
+                    struct gram_fit bl = gram_fit_check(in, opts, nm, false, 1);
+                    json_object_set_new(x->details, "blocked_bytes",
+                                        json_integer((json_int_t)(bl.bytes > INT64_MAX
+                                                                      ? INT64_MAX : bl.bytes)));
+                    set_real(x->details, "blocked_flops", bl.flops);
+                }
                 if (opts && opts->flop_budget > 0)
                     set_real(x->details, "flop_budget", opts->flop_budget);
                 if (opts && opts->max_memory)
@@ -1633,7 +1951,7 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
     for (size_t i = 0; i < in->nmodels; i++)
         if (tpv_noise_needs_outputs(&in->models[i]))
             c_fwd = c_sq[0] / (double)(in->fit->K ? in->fit->K : 1);
-    pr.total = c_sq[0] + c_sq[1] + c_fwd + ((label || sgdc) ? c_gram + c_kx : 0) +
+    pr.total = c_sq[0] + c_sq[1] + c_fwd + ((label || sgdc || jb.blocked_left) ? c_gram + c_kx : 0) +
                (label ? c_eig : 0);
     for (size_t i = 0; c_model && i < in->nmodels; i++) /* NULL after a failed calloc */
         pr.total += c_model[i];
@@ -1685,8 +2003,8 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
         rc = phase_output_scale(&jb, &sub, err);
     }
     /* Phase 2: Gram matrices once for label and sgd_curvature. */
-    if (rc == TPV_OK && (label || sgdc))
-        rc = phase_gram(&jb, label, &pr, c_gram, c_kx, label ? c_eig : 0, err);
+    if (rc == TPV_OK && (label || sgdc || jb.blocked_left))
+        rc = phase_gram(&jb, label, jb.blocked_left, &pr, c_gram, c_kx, label ? c_eig : 0, err);
     /* Phase 3: every model. */
     for (size_t i = 0; rc == TPV_OK && i < in->nmodels; i++) {
         const struct tpv_noise *nm = &in->models[i];
@@ -1705,6 +2023,8 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
             rc = score_prune(&jb, i, x, sub, err);
         else if (nm->kind == TPV_NOISE_LABEL && plans[i].mf)
             rc = score_label_mf(&jb, i, x, sub, err);
+        else if (nm->kind == TPV_NOISE_LABEL && plans[i].path == GP_BLOCKED)
+            rc = score_label_blocked(&jb, i, x, sub, err);
         else if (nm->kind == TPV_NOISE_LABEL)
             rc = score_label(&jb, i, x, err);
         else if (plans[i].mf)
@@ -1778,6 +2098,9 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
     free(jb.kx_rows);
     free(jb.q_fit);
     free(jb.t_probe);
+    free(jb.G);
+    free(jb.KX);
+    free(jb.Gw);
     free(plans);
     free(c_model);
     if (rc != TPV_OK) {

@@ -434,6 +434,113 @@ int tpv_orth(uint64_t m, uint64_t k, double *A, struct tpv_err *err)
     return TPV_OK;
 }
 
+/* ---- tiled Cholesky -------------------------------------------------------------------------- */
+
+static int chol_poll(tpv_poll_fn poll, void *ctx, double done, double total, struct tpv_err *err)
+{
+    double f = total > 0 ? done / total : 1;
+    if (poll && poll(ctx, f < 1 ? f : 1))
+        return tpv_err_set(err, TPV_ECANCELED, NULL, "canceled");
+    return TPV_OK;
+}
+
+static bool chol_dims_ok(uint64_t n, uint64_t ld, uint64_t r)
+{
+    return n <= (uint64_t)INT32_MAX && ld <= (uint64_t)INT32_MAX && r <= (uint64_t)INT32_MAX &&
+           ld >= n;
+}
+
+int tpv_chol_tiled(uint64_t n, double *A, uint64_t lda, tpv_poll_fn poll, void *ctx,
+                   struct tpv_err *err)
+{
+    if (!chol_dims_ok(n, lda, 0))
+        return tpv_err_set(err, TPV_ENOSPACE, NULL, "matrix of order %llu is too large for BLAS",
+                           (unsigned long long)n);
+    const uint64_t b = TPV_CHOL_TILE;
+    double dn = (double)n, total = dn * dn * dn / 3 + 1, done = 0;
+    /* Right-looking: factor the diagonal tile, solve the panel below it, then update the
+     * trailing lower triangle one tile row at a time (one GEMM per tile row, which also writes
+     * the strict upper half of the row's diagonal tile: scratch, never read). */
+    for (uint64_t k0 = 0; k0 < n; k0 += b) {
+        uint64_t kb = n - k0 < b ? n - k0 : b, k1 = k0 + kb, rest = n - k1;
+        double *Akk = A + k0 * lda + k0;
+        lapack_int info = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int)kb, Akk,
+                                         (lapack_int)lda);
+        if (info < 0)
+            return tpv_err_set(err, TPV_ENOMEM, NULL, "Cholesky factorisation failed (info %d)",
+                               (int)info);
+        if (info > 0)
+            return tpv_err_set(err, TPV_ENUMERIC, NULL,
+                               "the regularised Gram matrix is not positive definite in floating "
+                               "point (leading minor %llu of %llu): use a larger ridge",
+                               (unsigned long long)(k0 + (uint64_t)info), (unsigned long long)n);
+        done += (double)kb * (double)kb * (double)kb / 3;
+        if (rest == 0)
+            break;
+        double *P = A + k1 * lda + k0;
+        cblas_dtrsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit,
+                    (blasint)rest, (blasint)kb, 1.0, Akk, (blasint)lda, P, (blasint)lda);
+        done += (double)rest * (double)kb * (double)kb;
+        int rc = chol_poll(poll, ctx, done, total, err);
+        for (uint64_t i0 = k1; rc == TPV_OK && i0 < n; i0 += b) {
+            uint64_t ib = n - i0 < b ? n - i0 : b, cols = i0 + ib - k1;
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)ib, (blasint)cols,
+                        (blasint)kb, -1.0, A + i0 * lda + k0, (blasint)lda, P, (blasint)lda, 1.0,
+                        A + i0 * lda + k1, (blasint)lda);
+            done += (double)ib * (double)cols * (double)kb;
+            rc = chol_poll(poll, ctx, done, total, err);
+        }
+        if (rc != TPV_OK)
+            return rc;
+    }
+    return TPV_OK;
+}
+
+int tpv_chol_solve_tiled(uint64_t n, const double *L, uint64_t lda, uint64_t r, double *B,
+                         uint64_t ldb, uint64_t zero_rows, tpv_poll_fn poll, void *ctx,
+                         struct tpv_err *err)
+{
+    if (!chol_dims_ok(n, lda, r) || ldb > (uint64_t)INT32_MAX || ldb < r)
+        return tpv_err_set(err, TPV_ENOSPACE, NULL, "system of order %llu is too large for BLAS",
+                           (unsigned long long)n);
+    if (n == 0 || r == 0)
+        return TPV_OK;
+    const uint64_t b = TPV_CHOL_TILE;
+    uint64_t t0 = zero_rows < n ? zero_rows / b * b : n;
+    double dn = (double)n, dz = (double)(n - t0), dr = (double)r;
+    double total = (dz * dz + dn * dn) * dr + 1, done = 0;
+    int rc = TPV_OK;
+    /* Forward: L Y = B, tile row by tile row (rows before t0 stay zero). */
+    for (uint64_t i0 = t0; rc == TPV_OK && i0 < n; i0 += b) {
+        uint64_t ib = n - i0 < b ? n - i0 : b;
+        if (i0 > t0)
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)ib, (blasint)r,
+                        (blasint)(i0 - t0), -1.0, L + i0 * lda + t0, (blasint)lda, B + t0 * ldb,
+                        (blasint)ldb, 1.0, B + i0 * ldb, (blasint)ldb);
+        cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit, (blasint)ib,
+                    (blasint)r, 1.0, L + i0 * lda + i0, (blasint)lda, B + i0 * ldb, (blasint)ldb);
+        done += 2.0 * (double)ib * (double)(i0 + ib - t0) * dr;
+        rc = chol_poll(poll, ctx, done, total, err);
+    }
+    /* Backward: L^T X = Y from the last tile row up. */
+    uint64_t last = n ? (n - 1) / b * b : 0;
+    for (uint64_t i0 = last; rc == TPV_OK;) {
+        uint64_t ib = n - i0 < b ? n - i0 : b, i1 = i0 + ib;
+        if (i1 < n)
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)ib, (blasint)r,
+                        (blasint)(n - i1), -1.0, L + i1 * lda + i0, (blasint)lda, B + i1 * ldb,
+                        (blasint)ldb, 1.0, B + i0 * ldb, (blasint)ldb);
+        cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, (blasint)ib,
+                    (blasint)r, 1.0, L + i0 * lda + i0, (blasint)lda, B + i0 * ldb, (blasint)ldb);
+        done += 2.0 * (double)ib * (double)(n - i0) * dr;
+        rc = chol_poll(poll, ctx, done, total, err);
+        if (i0 == 0)
+            break;
+        i0 -= b;
+    }
+    return rc;
+}
+
 /* ---- cancellable eigendecomposition ---------------------------------------------------------- */
 
 struct eig_task {

@@ -81,6 +81,27 @@ int tpv_syevd_cancellable(uint64_t n, double **A, double **w, double expected_se
 /* Eigendecompositions abandoned by a cancel and still running (tests and shutdown wait on it). */
 int tpv_syevd_abandoned(void);
 
+/* Tiled Cholesky for the blocked exact label path: every BLAS/LAPACK call works on at most
+ * TPV_CHOL_TILE rows (about 2 n TPV_CHOL_TILE^2 flops), and poll(ctx, f) runs after each with f
+ * the share of the kernel's flops done, so that a factorisation of any order can be reported and
+ * canceled within one such call (LAPACK's dpotrf cannot).  A non-zero poll returns TPV_ECANCELED. */
+#define TPV_CHOL_TILE 256
+typedef int (*tpv_poll_fn)(void *ctx, double fraction);
+
+/* A = L L^T in place for the n x n row-major symmetric positive definite A (leading dimension
+ * lda, lower triangle read).  On success the lower triangle holds L; the strict upper triangle
+ * is scratch afterwards.  TPV_ENUMERIC (naming the leading minor) when A is not positive
+ * definite in floating point, TPV_ENOSPACE for orders LAPACK cannot take. */
+int tpv_chol_tiled(uint64_t n, double *A, uint64_t lda, tpv_poll_fn poll, void *ctx,
+                   struct tpv_err *err);
+
+/* Solves L L^T X = B in place for the n x r row-major B (leading dimension ldb), L from
+ * tpv_chol_tiled.  B's rows before `zero_rows` must be zero: the forward substitution starts at
+ * the tile holding that row (columns of the identity cost a third less).  Polls as above. */
+int tpv_chol_solve_tiled(uint64_t n, const double *L, uint64_t lda, uint64_t r, double *B,
+                         uint64_t ldb, uint64_t zero_rows, tpv_poll_fn poll, void *ctx,
+                         struct tpv_err *err);
+
 /* Orthonormalises the k columns of the row-major m x k matrix A in place (Householder QR,
  * Q returned in A).  Requires m >= k. */
 int tpv_orth(uint64_t m, uint64_t k, double *A, struct tpv_err *err);

@@ -5,7 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "core/linalg.h"
 #include "core/tpv_log.h"
 #include "server/auth.h"
 #include "server/daemon.h"
@@ -52,5 +54,12 @@ int main(int argc, char **argv)
     srv_daemon_stop(daemon);
     srv_config_free(&cfg);
     log_info("stopped");
+    /* A canceled job's eigendecomposition may still run on its helper thread (LAPACK has no
+     * cancel point): returning would run OpenBLAS's exit handler, which waits for (and can
+     * deadlock with) that call.  Storage is closed and the log flushed, so leave at once. */
+    if (tpv_syevd_abandoned() > 0) {
+        fflush(NULL);
+        _exit(0);
+    }
     return 0;
 }

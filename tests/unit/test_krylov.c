@@ -247,8 +247,9 @@ static void test_cg_residual(void **state)
     free(d);
 }
 
-/* auto: exact without budgets, matrix-free past the flop budget or half the memory limit, with
- * the reason and the exact path's costs in details. */
+/* auto: exact without budgets, matrix-free past the flop budget, blocked exact (ridged label)
+ * or matrix-free (unridged) one byte under the exact plan, with the reason and the exact path's
+ * costs in details. */
 static void test_auto_choice(void **state)
 {
     (void)state;
@@ -290,8 +291,24 @@ static void test_auto_choice(void **state)
         fail_msg("plan: %s (exact %llu)", err.message, (unsigned long long)need_exact);
     assert_true(need_mf < need_exact);
     assert_int_equal(tpv_estimate_scores(&in, &mem, &sc, &ns, &st, NULL, &err), TPV_OK);
+    /* ridged label: the eigendecomposition no longer fits, the blocked Cholesky path does (it
+     * is still exact); the sgd_curvature Gram sums fit (test_blocked.c has the boundaries) */
     const struct tpv_score *s = find(sc, ns, "label", TPV_SPLIT_PROBE);
+    assert_string_equal(s->estimator, "exact");
+    assert_string_equal(json_string_value(json_object_get(s->details, "path")), "blocked_exact");
+    assert_non_null(strstr(json_string_value(json_object_get(s->details, "estimator_reason")),
+                           "memory budget"));
+    assert_string_equal(find(sc, ns, "sgdc", TPV_SPLIT_PROBE)->estimator, "exact");
+    json_decref(st);
+    tpv_scores_free(sc, ns);
+    /* unridged label: only the eigendecomposition is exact, so past it matrix-free */
+    m[0].ridge = 0;
+    assert_int_equal(tpv_estimate_plan(&in, &none, &need_exact, &err), TPV_OK);
+    mem.max_memory = need_exact - 1;
+    assert_int_equal(tpv_estimate_scores(&in, &mem, &sc, &ns, &st, NULL, &err), TPV_OK);
+    s = find(sc, ns, "label", TPV_SPLIT_PROBE);
     assert_string_equal(s->estimator, "hutchinson");
+    assert_string_equal(json_string_value(json_object_get(s->details, "path")), "matrix_free");
     assert_non_null(strstr(json_string_value(json_object_get(s->details, "estimator_reason")),
                            "memory"));
     json_decref(st);
