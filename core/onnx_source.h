@@ -38,5 +38,12 @@ void tpv_onnx_source_set_panel_bytes(struct tpv_jsrc *s, uint64_t bytes);
  * and more than one sample's activations and adjoints fit 8 MiB (otherwise the batch spills out
  * of cache and the reference path is faster). */
 bool tpv_onnx_source_batched(const struct tpv_jsrc *s);
+/* For tests and benchmarks: `on` forces the shared path (one sample at a time, up to all K of
+ * its outputs in one reverse pass over copies of its forward pass, every Conv's im2col shared by
+ * them, the samples split over tpv_linalg_threads() threads with BLAS single-threaded inside)
+ * wherever the graph qualifies; it is the default where the batched path does not run. */
+void tpv_onnx_source_set_rows(struct tpv_jsrc *s, bool on);
+/* Whether sqdiag takes the shared path. */
+bool tpv_onnx_source_rows(const struct tpv_jsrc *s);
 
 #endif
