@@ -564,9 +564,12 @@ static void col2im(const struct win *g, const double *col, int64_t c0, int64_t c
             }
 }
 
-static bool stride_one(const struct win *g)
+/* The deep form of the input adjoint pays where its GEMM's inner dimension Mg is thin and the
+ * positions many; with many channels on few positions (a ResNet's last stage at 2 x 2) the
+ * weight's transposition per call would cost a fair share of the product itself. */
+static bool deep_adjoint(const struct win *g, int64_t Mg)
 {
-    return g->sh == 1 && g->sw == 1;
+    return g->sh == 1 && g->sw == 1 && Mg <= 64 && g->H * g->W >= 64;
 }
 
 /* The output adjoint gy (Mg x oh x ow) of one sample and group, laid out for its input adjoint
@@ -610,8 +613,8 @@ static void transpose_groups(const struct win *g, const double *w, int64_t M, in
 }
 
 /* The input adjoint at stride 1 is itself a convolution of the output adjoint (adjoint_col, one
- * GEMM with inner dimension Mg kh kw, no scatter); other strides take the GEMM of inner
- * dimension Mg and col2im. */
+ * GEMM with inner dimension Mg kh kw, no scatter) where deep_adjoint says so; otherwise the GEMM
+ * of inner dimension Mg and col2im. */
 static int conv_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
                     const struct tpv_onnx_tensor *const *out, const double *const *gout,
                     double *const *gin, struct tpv_err *err)
@@ -624,7 +627,7 @@ static int conv_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor
         return rc;
     int64_t M = in[1]->shape[0], Mg = M / gr, Cg = g.C / gr, P = g.oh * g.ow;
     int64_t kk = Cg * g.kh * g.kw, ncol = kk * P;
-    bool deep = gin[0] && stride_one(&g) && Mg && kk && P;
+    bool deep = gin[0] && deep_adjoint(&g, Mg) && Mg && kk && P;
     if (deep && Mg * g.kh * g.kw * g.H * g.W > ncol)
         ncol = Mg * g.kh * g.kw * g.H * g.W;
     double *col = malloc((size_t)(ncol > 0 ? ncol : 1) * sizeof *col);
@@ -984,7 +987,8 @@ int tpv_onnx_conv_rows_grads(const struct tpv_onnx_node *nd, const struct tpv_on
             }
     if (!Mg || !kk || !P || !R)
         return TPV_OK;
-    bool stacked = gr == 1;
+    /* one row or groups: a GEMM per row and group straight into G (no staging copy) */
+    bool stacked = gr == 1 && R > 1;
     size_t ncol = (size_t)(gr * kk * P), ntmp = stacked ? (size_t)R * (size_t)(M * kk) : 1;
     double *col = malloc(ncol * sizeof *col), *tmp = malloc(ntmp * sizeof *tmp);
     if (!col || !tmp) {
