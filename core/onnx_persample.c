@@ -211,8 +211,8 @@ int tpv_onnx_persample_grads(const struct tpv_onnx_persample *ps, const struct t
     return TPV_OK;
 }
 
-/* Conv node i with a parameter weight on a batched input: every row's weight (and bias) gradient
- * by one shared im2col (onnx_ghost.h).  *done false: not such a node. */
+/* A Conv node nd with a parameter weight on a batched input: every row's weight (and bias)
+ * gradient by one shared im2col (onnx_ghost.h).  *done false: not such a node. */
 static int conv_rows(const struct tpv_onnx_persample *ps, const struct tpv_onnx_exec *ex,
                      const struct tpv_onnx_node *nd, const uint64_t *offset, uint64_t p,
                      double *G, bool *done, struct tpv_err *err)
