@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/linalg.h"
 #include "core/onnx_exec.h"
 #include "core/onnx_source.h"
 
@@ -188,14 +189,19 @@ int main(int argc, char **argv)
         die("source", &err);
     if (argc > 3) /* gradient-row budget in MiB (batch size of the batched path) */
         tpv_onnx_source_set_panel_bytes(s, (uint64_t)atol(argv[3]) << 20);
-    printf("resnet20: n=%llu K=%llu p=%llu, batched path %s\n", (unsigned long long)s->n,
-           (unsigned long long)s->K, (unsigned long long)s->p,
-           tpv_onnx_source_batched(s) ? "on" : "OFF");
+    printf("resnet20: n=%llu K=%llu p=%llu, %d threads, batched path %s, shared path %s\n",
+           (unsigned long long)s->n, (unsigned long long)s->K, (unsigned long long)s->p,
+           tpv_linalg_threads(), tpv_onnx_source_batched(s) ? "on" : "OFF",
+           tpv_onnx_source_rows(s) ? "on" : "OFF");
 
     double dg, sg;
     gemm_rates(&dg, &sg);
-    double conv_flops, t_fwd = forward_time(m, x, x->shape[0] < 32 ? (int64_t)x->shape[0] : 32,
-                                            &conv_flops);
+    int64_t bf = x->shape[0] < 32 ? (int64_t)x->shape[0] : 32;
+    double conv_flops, t_fwd = forward_time(m, x, bf, &conv_flops);
+    /* the Conv flops of the exact sqdiag: per sample one forward pass and K reverse passes of
+     * two products each (input and weight adjoints; the first Conv's input adjoint skipped, so
+     * this slightly overcounts) */
+    double conv_sq = conv_flops / (double)bf * (double)s->n * (1.0 + 2.0 * (double)s->K);
 
     double *diag = calloc(s->p, sizeof *diag);
     if (!diag)
@@ -234,7 +240,9 @@ int main(int argc, char **argv)
     double c_hutch = json_real_value(json_object_get(tr, "hutch_cpu_seconds_to_1pct"));
     double iso_t = json_real_value(json_object_get(tr, "iso"));
     double q_t = json_real_value(json_object_get(tr, "qpc8"));
-    const char *path_name = tpv_onnx_source_batched(s) ? "batched" : "reference";
+    const char *path_name = tpv_onnx_source_rows(s)      ? "shared"
+                            : tpv_onnx_source_batched(s) ? "batched"
+                                                         : "reference";
     printf("exact sqdiag (iso + per-channel q8 + sgd): %.2f s default (%s) path, %.2f s reference "
            "path (%ld samples x %.0f), ratio %.2fx\n",
            t_exact, path_name, t_ref, (long)sr->n, (double)s->n / (double)sr->n, t_ref / t_exact);
@@ -253,6 +261,10 @@ int main(int argc, char **argv)
            "dgemm, %.0f%% of sgemm); exact sqdiag by the cost model %.2f\n",
            dg, sg, conv_flops / t_fwd * 1e-9, 100 * conv_flops / t_fwd * 1e-9 / dg,
            100 * conv_flops / t_fwd * 1e-9 / sg, fl_sq / t_exact * 1e-9);
+    printf("GFLOP/s of the exact sqdiag's Conv work over its whole wall time (a lower bound on "
+           "its Conv kernels): %.2f (%.0f%% of dgemm, %.0f%% of sgemm)\n",
+           conv_sq / t_exact * 1e-9, 100 * conv_sq / t_exact * 1e-9 / dg,
+           100 * conv_sq / t_exact * 1e-9 / sg);
     json_decref(tr);
     free(diag);
     tpv_jsrc_free(sr);

@@ -38,4 +38,15 @@ int tpv_onnx_conv_weight_sqnorms(const struct tpv_onnx_node *nd, const struct tp
                                  const struct tpv_onnx_tensor *w, const double *gy,
                                  enum tpv_onnx_sqnorm_form f, double *out, struct tpv_err *err);
 
+/* Per-sample gradients of one sample's Conv weight (and bias) for R output adjoints of the same
+ * sample, e.g. the K seeds e_k of one reverse pass over a batch of R copies of the sample: x is
+ * that one sample (batch 1), gy its R adjoints (R x M x positions).  The sample's im2col is
+ * formed once and shared by the R rows: one (R M) x kk x P GEMM when group = 1 instead of R thin
+ * M x kk x P ones.  Row r of the gradient adds into G + r ldg (weight at woff, bias at boff, no
+ * bias when boff is UINT64_MAX).  Errors: TPV_EINVAL naming the node (shapes), TPV_ENOMEM. */
+int tpv_onnx_conv_rows_grads(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                             const struct tpv_onnx_tensor *w, const double *gy, uint64_t R,
+                             double *G, uint64_t ldg, uint64_t woff, uint64_t boff,
+                             struct tpv_err *err);
+
 #endif

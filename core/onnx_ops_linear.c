@@ -564,6 +564,57 @@ static void col2im(const struct win *g, const double *col, int64_t c0, int64_t c
             }
 }
 
+/* The deep form of the input adjoint pays where its GEMM's inner dimension Mg is thin and the
+ * positions many; with many channels on few positions (a ResNet's last stage at 2 x 2) the
+ * weight's transposition per call would cost a fair share of the product itself. */
+static bool deep_adjoint(const struct win *g, int64_t Mg)
+{
+    return g->sh == 1 && g->sw == 1 && Mg <= 64 && g->H * g->W >= 64;
+}
+
+/* The output adjoint gy (Mg x oh x ow) of one sample and group, laid out for its input adjoint
+ * at stride 1: row (m, i, j) of col (Mg kh kw x H W) holds at input position (iy, ix) the adjoint
+ * of the output that kernel tap (i, j) of channel m read it into (zero where none did). */
+static void adjoint_col(const struct win *g, const double *gy, int64_t Mg, double *col)
+{
+    int64_t HW = g->H * g->W;
+    for (int64_t m = 0; m < Mg; m++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                double *row = col + ((m * g->kh + i) * g->kw + j) * HW;
+                const double *d = gy + m * g->oh * g->ow;
+                for (int64_t iy = 0; iy < g->H; iy++) {
+                    int64_t oy = iy + g->ph0 - i * g->dh;
+                    double *r = row + iy * g->W;
+                    if (oy < 0 || oy >= g->oh) {
+                        memset(r, 0, (size_t)g->W * sizeof *r);
+                        continue;
+                    }
+                    for (int64_t ix = 0; ix < g->W; ix++) {
+                        int64_t ox = ix + g->pw0 - j * g->dw;
+                        r[ix] = ox >= 0 && ox < g->ow ? d[oy * g->ow + ox] : 0.0;
+                    }
+                }
+            }
+}
+
+/* wt, per group q: the Cg x (Mg kh kw) matrix wt[c][(m, i, j)] = w[q Mg + m][c][i][j], the
+ * weight of the input adjoint's GEMM on adjoint_col's rows. */
+static void transpose_groups(const struct win *g, const double *w, int64_t M, int64_t gr,
+                             double *wt)
+{
+    int64_t Mg = M / gr, Cg = g->C / gr, taps = g->kh * g->kw, kk = Cg * taps;
+    for (int64_t q = 0; q < gr; q++)
+        for (int64_t m = 0; m < Mg; m++)
+            for (int64_t c = 0; c < Cg; c++)
+                for (int64_t ij = 0; ij < taps; ij++)
+                    wt[q * Cg * Mg * taps + c * Mg * taps + m * taps + ij] =
+                        w[(q * Mg + m) * kk + c * taps + ij];
+}
+
+/* The input adjoint at stride 1 is itself a convolution of the output adjoint (adjoint_col, one
+ * GEMM with inner dimension Mg kh kw, no scatter) where deep_adjoint says so; otherwise the GEMM
+ * of inner dimension Mg and col2im. */
 static int conv_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
                     const struct tpv_onnx_tensor *const *out, const double *const *gout,
                     double *const *gin, struct tpv_err *err)
@@ -576,11 +627,20 @@ static int conv_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor
         return rc;
     int64_t M = in[1]->shape[0], Mg = M / gr, Cg = g.C / gr, P = g.oh * g.ow;
     int64_t kk = Cg * g.kh * g.kw, ncol = kk * P;
+    bool deep = gin[0] && deep_adjoint(&g, Mg) && Mg && kk && P;
+    if (deep && Mg * g.kh * g.kw * g.H * g.W > ncol)
+        ncol = Mg * g.kh * g.kw * g.H * g.W;
     double *col = malloc((size_t)(ncol > 0 ? ncol : 1) * sizeof *col);
-    if (!col)
+    double *wt = deep ? malloc((size_t)(M * kk) * sizeof *wt) : NULL;
+    if (!col || (deep && !wt)) {
+        free(col);
+        free(wt);
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
     const double *x = in[0]->data, *w = in[1]->data;
     double *gb = nd->nin > 2 && in[2] ? gin[2] : NULL;
+    if (deep)
+        transpose_groups(&g, w, M, gr, wt);
     for (int64_t n = 0; n < g.N; n++) {
         const double *xn = x + n * g.C * g.H * g.W;
         for (int64_t q = 0; q < gr; q++) {
@@ -594,7 +654,13 @@ static int conv_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor
                 cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Mg, (int)kk, (int)P,
                             1.0, gy, (int)P, col, (int)P, 1.0, gin[1] + q * Mg * kk, (int)kk);
             }
-            if (gin[0] && Mg && kk && P) {
+            if (deep) {
+                int64_t HW = g.H * g.W, inner = Mg * g.kh * g.kw;
+                adjoint_col(&g, gy, Mg, col);
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Cg, (int)HW,
+                            (int)inner, 1.0, wt + q * Cg * inner, (int)inner, col, (int)HW, 1.0,
+                            gin[0] + n * g.C * HW + q * Cg * HW, (int)HW);
+            } else if (gin[0] && Mg && kk && P) {
                 cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)P, (int)Mg,
                             1.0, w + q * Mg * kk, (int)kk, gy, (int)P, 0.0, col, (int)P);
                 col2im(&g, col, q * Cg, Cg, gin[0] + n * g.C * g.H * g.W);
@@ -602,6 +668,7 @@ static int conv_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor
         }
     }
     free(col);
+    free(wt);
     return TPV_OK;
 }
 
@@ -892,5 +959,65 @@ int tpv_onnx_conv_weight_sqnorms(const struct tpv_onnx_node *nd, const struct tp
     }
     free(col);
     free(work);
+    return TPV_OK;
+}
+
+int tpv_onnx_conv_rows_grads(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
+                             const struct tpv_onnx_tensor *w, const double *gy, uint64_t R,
+                             double *G, uint64_t ldg, uint64_t woff, uint64_t boff,
+                             struct tpv_err *err)
+{
+    struct win g;
+    int64_t gr;
+    int rc = sqnorm_geom(nd, x, w, &g, &gr, err);
+    if (rc)
+        return rc;
+    int64_t M = w->shape[0], Mg = M / gr, Cg = g.C / gr, P = g.oh * g.ow, kk = Cg * g.kh * g.kw;
+    if (g.N != 1 || R > (uint64_t)(INT_MAX / (M ? M : 1)))
+        return tpv_onnx_shape_error(nd, err, "shared-input gradients take one sample and at "
+                                    "most %lld rows", (long long)(INT_MAX / (M ? M : 1)));
+    if (boff != UINT64_MAX)
+        for (uint64_t r = 0; r < R; r++)
+            for (int64_t m = 0; m < M; m++) {
+                const double *d = gy + (r * (uint64_t)M + (uint64_t)m) * (uint64_t)P;
+                double s = 0;
+                for (int64_t t = 0; t < P; t++)
+                    s += d[t];
+                G[r * ldg + boff + (uint64_t)m] += s;
+            }
+    if (!Mg || !kk || !P || !R)
+        return TPV_OK;
+    /* one row or groups: a GEMM per row and group straight into G (no staging copy) */
+    bool stacked = gr == 1 && R > 1;
+    size_t ncol = (size_t)(gr * kk * P), ntmp = stacked ? (size_t)R * (size_t)(M * kk) : 1;
+    double *col = malloc(ncol * sizeof *col), *tmp = malloc(ntmp * sizeof *tmp);
+    if (!col || !tmp) {
+        free(col);
+        free(tmp);
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    /* all C channels at once: group q's patches are rows [q kk, (q + 1) kk) */
+    im2col(&g, x->data, 0, g.C, col);
+    if (stacked) {
+        /* the R adjoints are R M consecutive rows of P: one GEMM shares the patches */
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(R * (uint64_t)M), (int)kk,
+                    (int)P, 1.0, gy, (int)P, col, (int)P, 0.0, tmp, (int)kk);
+        uint64_t per = (uint64_t)(M * kk);
+        for (uint64_t r = 0; r < R; r++) {
+            double *dst = G + r * ldg + woff;
+            const double *src = tmp + r * per;
+            for (uint64_t i = 0; i < per; i++)
+                dst[i] += src[i];
+        }
+    } else {
+        for (uint64_t r = 0; r < R; r++)
+            for (int64_t q = 0; q < gr; q++)
+                cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Mg, (int)kk, (int)P,
+                            1.0, gy + (r * (uint64_t)M + (uint64_t)(q * Mg)) * (uint64_t)P,
+                            (int)P, col + q * kk * P, (int)P, 1.0,
+                            G + r * ldg + woff + (uint64_t)(q * Mg * kk), (int)kk);
+    }
+    free(col);
+    free(tmp);
     return TPV_OK;
 }

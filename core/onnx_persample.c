@@ -7,6 +7,7 @@
 
 #include "core/linalg.h"
 #include "core/onnx_attr.h"
+#include "core/onnx_ghost.h"
 #include "core/onnx_ops.h"
 
 #define ARGS_MAX 257
@@ -245,4 +246,46 @@ int tpv_onnx_persample_grads(const struct tpv_onnx_persample *ps, const struct t
             *err = j->err[t];
     free(j);
     return rc;
+}
+
+/* A Conv node nd with a parameter weight on a batched input: every row's weight (and bias)
+ * gradient by one shared im2col (onnx_ghost.h).  *done false: not such a node. */
+static int conv_rows(const struct tpv_onnx_persample *ps, const struct tpv_onnx_exec *ex,
+                     const struct tpv_onnx_node *nd, const uint64_t *offset, uint64_t p,
+                     double *G, bool *done, struct tpv_err *err)
+{
+    *done = false;
+    long x = nd->in[0], w = nd->in[1], b = nd->nin > 2 ? nd->in[2] : -1;
+    if (strcmp(nd->op_type, "Conv") != 0 || x < 0 || w < 0 || !ps->batched[x] ||
+        ps->batched[w] || ps->pidx[w] < 0 || (b >= 0 && ps->batched[b]))
+        return TPV_OK;
+    *done = true;
+    const double *gy = row_grad(ps, ex, nd->out[0], 0);
+    if (!gy)
+        return TPV_OK;
+    struct tpv_onnx_tensor x0;
+    row_view(ps, ex, x, 0, &x0);
+    uint64_t boff = b >= 0 && ps->pidx[b] >= 0 ? offset[ps->pidx[b]] : UINT64_MAX;
+    uint64_t rows = (uint64_t)ex->vals[x].shape[0];
+    return tpv_onnx_conv_rows_grads(nd, &x0, &ex->vals[w], gy, rows, G, p,
+                                    offset[ps->pidx[w]], boff, err);
+}
+
+int tpv_onnx_persample_grads_shared(const struct tpv_onnx_persample *ps,
+                                    const struct tpv_onnx_exec *ex, const uint64_t *offset,
+                                    uint64_t p, double *G, struct tpv_err *err)
+{
+    const struct tpv_onnx_model *m = ps->m;
+    uint64_t b = (uint64_t)ex->vals[m->inputs[0]].shape[0];
+    memset(G, 0, b * p * sizeof *G);
+    for (size_t i = 0; i < ps->nnodes; i++) {
+        const struct tpv_onnx_node *nd = &m->nodes[ps->nodes[i]];
+        bool done;
+        int rc = conv_rows(ps, ex, nd, offset, p, G, &done, err);
+        for (uint64_t t = 0; !rc && !done && t < b; t++)
+            rc = node_row(ps, ex, nd, t, offset, G + t * p, err);
+        if (rc)
+            return rc;
+    }
+    return TPV_OK;
 }

@@ -40,4 +40,11 @@ void tpv_onnx_persample_free(struct tpv_onnx_persample *ps);
 int tpv_onnx_persample_grads(const struct tpv_onnx_persample *ps, const struct tpv_onnx_exec *ex,
                              const uint64_t *offset, uint64_t p, double *G, struct tpv_err *err);
 
+/* As tpv_onnx_persample_grads when every row of `ex` is the same sample (row t seeded with its own
+ * output vector, e.g. e_k): each Conv's im2col of that sample is formed once for all rows
+ * (tpv_onnx_conv_rows_grads in core/onnx_ghost.h). */
+int tpv_onnx_persample_grads_shared(const struct tpv_onnx_persample *ps,
+                                    const struct tpv_onnx_exec *ex, const uint64_t *offset,
+                                    uint64_t p, double *G, struct tpv_err *err);
+
 #endif

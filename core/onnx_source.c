@@ -2,10 +2,13 @@
 #include "core/onnx_source.h"
 
 #include <cblas.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/onnx_attr.h"
+#include "core/linalg.h"
 #include "core/onnx_exec.h"
 #include "core/onnx_persample.h"
 
@@ -16,6 +19,12 @@
  * activations (measured on ResNet-20, 5 MiB per sample: CPU time 1.07 s at 1 sample per pass,
  * 1.15 at 2, 1.31 at 4, 1.54 at 8; the reference path 1.0) */
 #define ACT_BUDGET (8u << 20)
+/* Per thread, the values and adjoints of one shared pass (R copies of one sample, one row per
+ * output) plus its R gradient rows: the copies leave the cache past a few samples' worth
+ * (ResNet-20, 5 MiB per copy, CPU s of sqdiag over 16 samples at 1 thread with R outputs per
+ * pass: 1.87 at R = 1, 1.80 at 2, 1.84 at 5, 2.42 at 10; the reference path 1.7-2.4, load 10-16) */
+#define ROWS_BUDGET (32u << 20)
+#define THREADS_MAX 64
 
 struct osrc {
     const struct tpv_onnx_model *m;
@@ -31,6 +40,9 @@ struct osrc {
     bool reference;             /* force one reverse pass per (sample, output) */
     bool force_batched;         /* batched path even at one sample per pass (tests, benchmarks) */
     uint64_t panel_bytes;       /* budget of the batched path's gradient rows (PANEL_BYTES) */
+    uint64_t rows;              /* outputs per shared pass (rows_open); 0: the graph's values
+                                 * cannot be replicated, no shared pass of several outputs */
+    bool force_rows;            /* shared path even where the batched one would run (tests) */
 };
 
 static const struct tpv_jsrc_ops onnx_source_ops;
@@ -371,6 +383,238 @@ static int fast_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double 
     return rc;
 }
 
+/* ---- one sample at a time, its outputs sharing a pass, samples split over the threads ---- */
+
+/* BLAS single-threaded while the job's threads split the samples (the threads' own GEMMs are
+ * small; a threaded BLAS inside each would contend for the same cores).  The setting is the
+ * process's: counted, so that overlapping jobs restore it once, when the last one ends. */
+static pthread_mutex_t blas_lock = PTHREAD_MUTEX_INITIALIZER;
+static int blas_users, blas_saved;
+
+static void blas_single_begin(void)
+{
+    pthread_mutex_lock(&blas_lock);
+    if (blas_users++ == 0) {
+        blas_saved = openblas_get_num_threads();
+        openblas_set_num_threads(1);
+    }
+    pthread_mutex_unlock(&blas_lock);
+}
+
+static void blas_single_end(void)
+{
+    pthread_mutex_lock(&blas_lock);
+    if (--blas_users == 0)
+        openblas_set_num_threads(blas_saved);
+    pthread_mutex_unlock(&blas_lock);
+}
+
+/* A value of the same size at batch 1 and batch R: not per-sample (an initializer, a parameter,
+ * a load-time constant), shared by every row and never copied. */
+static bool same_size(const struct tpv_onnx_plan *one, const struct tpv_onnx_tensor *b, size_t v)
+{
+    return one->known[v] || one->vals[v].numel == 0 || one->vals[v].numel == b->numel;
+}
+
+/* Whether every per-sample value is `R` rows of the batch-1 value (then a batch of R copies of
+ * one sample is the batch-1 pass replicated, not recomputed). */
+static bool replicable(const struct tpv_onnx_plan *one, const struct tpv_onnx_plan *R_plan,
+                       uint64_t R, size_t nvalues)
+{
+    for (size_t v = 0; v < nvalues; v++) {
+        const struct tpv_onnx_tensor *a = &one->vals[v], *b = &R_plan->vals[v];
+        if (same_size(one, b, v))
+            continue;
+        if (b->numel != R * a->numel || a->rank < 1 || a->shape[0] != 1 ||
+            b->shape[0] != (int64_t)R) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* One thread's executors: ex1 for the sample's forward pass, exR (R copies of it, ex1 itself
+ * when R is 1) for the reverse pass of R outputs at once. */
+struct rows_pass {
+    struct tpv_onnx_plan *plan1, *planR;
+    struct tpv_onnx_exec *ex1, *exR;
+    uint64_t R;
+    double *x, *G, *seed;
+};
+
+static void rows_close(struct rows_pass *rp)
+{
+    if (rp->exR != rp->ex1)
+        tpv_onnx_exec_free(rp->exR);
+    tpv_onnx_exec_free(rp->ex1);
+    tpv_onnx_plan_free(rp->planR);
+    tpv_onnx_plan_free(rp->plan1);
+    free(rp->x);
+    free(rp->G);
+    free(rp->seed);
+    memset(rp, 0, sizeof *rp);
+}
+
+static int rows_open(const struct tpv_jsrc *s, uint64_t R, struct rows_pass *rp,
+                     struct tpv_err *err)
+{
+    const struct osrc *o = s->impl;
+    memset(rp, 0, sizeof *rp);
+    rp->R = R;
+    int rc = open_batch(o, 1, &rp->plan1, &rp->ex1, err);
+    if (!rc && R > 1)
+        rc = open_batch(o, R, &rp->planR, &rp->exR, err);
+    else
+        rp->exR = rp->ex1;
+    if (rc)
+        return rc;
+    rp->exR->skip_leaves = true;
+    rp->x = malloc(o->per * sizeof *rp->x);
+    rp->G = malloc(R * s->p * sizeof *rp->G);
+    rp->seed = malloc(R * s->K * sizeof *rp->seed);
+    return rp->x && rp->G && rp->seed ? TPV_OK : nomem(err);
+}
+
+/* exR's values = R copies of ex1's (replicable() holds). */
+static void replicate(const struct tpv_onnx_model *m, struct rows_pass *rp)
+{
+    for (size_t v = 0; v < m->nvalues; v++) {
+        const struct tpv_onnx_tensor *a = &rp->ex1->vals[v];
+        char *dst = rp->exR->vals[v].data;
+        if (same_size(rp->plan1, &rp->exR->vals[v], v) || !a->data || !dst)
+            continue;
+        size_t bytes = a->numel * 8; /* both dtypes are 8 bytes */
+        for (uint64_t r = 0; r < rp->R; r++)
+            memcpy(dst + r * bytes, a->data, bytes);
+    }
+}
+
+struct rows_job {
+    const struct tpv_jsrc *s;
+    const double *r;               /* sqdiag_projected's seeds, or NULL: every one-hot output */
+    double *diag;                  /* nthreads x p, each thread's own sums */
+    double *total;
+    const struct sample_parts *sp;
+    const struct tpv_progress *pg;
+    atomic_uint_fast64_t done;     /* samples finished, over all threads */
+    atomic_int stop;               /* an error or a cancel: every thread ends */
+    int rc[THREADS_MAX];
+    struct tpv_err err[THREADS_MAX];
+};
+
+/* Gradient rows [0, nr) of one sample x: squared into diag, total and the parts. */
+static void rows_squares(const struct rows_job *j, const double *G, uint64_t nr, uint64_t x,
+                         double *diag)
+{
+    uint64_t p = j->s->p;
+    for (uint64_t i = 0; i < nr; i++) {
+        const double *g = G + i * p;
+        double sum = 0;
+        for (uint64_t c = 0; c < p; c++) {
+            diag[c] += g[c] * g[c];
+            sum += g[c] * g[c];
+        }
+        if (j->total)
+            j->total[x] = sum;
+        add_parts(j->sp, x, g, p, sum);
+    }
+}
+
+/* Sample x: one forward pass, then its K outputs R at a time (one pass seeded r_x if projected). */
+static int rows_sample(struct rows_job *j, struct rows_pass *rp, uint64_t x, double *diag,
+                       struct tpv_err *err)
+{
+    const struct tpv_jsrc *s = j->s;
+    const struct osrc *o = s->impl;
+    uint64_t K = s->K, R = rp->R;
+    int rc = forward_rows(o, rp->ex1, x, 1, rp->x, err);
+    if (!rc && R > 1)
+        replicate(o->m, rp);
+    for (uint64_t k0 = 0; !rc && k0 < (j->r ? 1 : K); k0 += R) {
+        uint64_t nr = j->r ? 1 : (K - k0 < R ? K - k0 : R);
+        memset(rp->seed, 0, R * K * sizeof *rp->seed);
+        if (j->r)
+            memcpy(rp->seed, j->r + x * K, K * sizeof *rp->seed);
+        for (uint64_t i = 0; !j->r && i < nr; i++)
+            rp->seed[i * K + k0 + i] = 1.0;
+        rc = tpv_onnx_exec_vjp(rp->exR, o->m->outputs[0], rp->seed, err);
+        if (!rc)
+            rc = tpv_onnx_persample_grads_shared(o->ps, rp->exR, o->offset, s->p, rp->G, err);
+        if (!rc)
+            rows_squares(j, rp->G, nr, x, diag);
+    }
+    return rc;
+}
+
+/* Thread t of nt: samples [n t / nt, n (t + 1) / nt); thread 0 (the caller's) reports. */
+static void rows_main(void *ctx, int t, int nt)
+{
+    struct rows_job *j = ctx;
+    const struct tpv_jsrc *s = j->s;
+    const struct osrc *o = s->impl;
+    struct tpv_err *err = &j->err[t];
+    uint64_t x0 = s->n * (uint64_t)t / (uint64_t)nt, x1 = s->n * (uint64_t)(t + 1) / (uint64_t)nt;
+    struct rows_pass rp;
+    int rc = rows_open(s, j->r ? 1 : o->rows, &rp, err);
+    for (uint64_t x = x0; !rc && x < x1 && !atomic_load(&j->stop); x++) {
+        rc = rows_sample(j, &rp, x, j->diag + (uint64_t)t * s->p, err);
+        uint64_t done = atomic_fetch_add(&j->done, 1) + 1;
+        if (!rc && t == 0 && tpv_progress_report(j->pg, 0, 1, done, s->n))
+            rc = canceled(err);
+    }
+    if (rc)
+        atomic_store(&j->stop, 1);
+    rows_close(&rp);
+    j->rc[t] = rc;
+}
+
+static int rows_threads(const struct tpv_jsrc *s)
+{
+    int nt = tpv_linalg_threads();
+    if (nt > THREADS_MAX)
+        nt = THREADS_MAX;
+    return (uint64_t)nt > s->n ? (int)s->n : nt;
+}
+
+/* sqdiag (r NULL) or sqdiag_projected (r) one sample at a time, its outputs sharing passes
+ * (tpv_onnx_persample_grads_shared), the samples split over the job's threads; each thread sums
+ * its own diagonal, added in thread order (the result depends on the thread count only). */
+static int rows_squares_all(const struct tpv_jsrc *s, const double *r, double *diag,
+                            double *total, const struct sample_parts *sp,
+                            const struct tpv_progress *pg, struct tpv_err *err)
+{
+    int nt = rows_threads(s);
+    struct rows_job *j = calloc(1, sizeof *j);
+    double *d = j ? calloc((size_t)nt * s->p, sizeof *d) : NULL;
+    if (!d) {
+        free(j);
+        return nomem(err);
+    }
+    j->s = s;
+    j->r = r;
+    j->diag = d;
+    j->total = total;
+    j->sp = sp;
+    j->pg = pg;
+    if (nt > 1)
+        blas_single_begin();
+    tpv_parallel_run(nt, rows_main, j);
+    if (nt > 1)
+        blas_single_end();
+    int rc = TPV_OK;
+    for (int t = 0; t < nt && !rc; t++)
+        if (j->rc[t]) {
+            rc = j->rc[t];
+            *err = j->err[t];
+        }
+    for (int t = 0; !rc && t < nt; t++)
+        for (uint64_t c = 0; c < s->p; c++)
+            diag[c] += d[(uint64_t)t * s->p + c];
+    free(d);
+    free(j);
+    return rc;
+}
+
 /* The batched path when the graph qualifies and more than one sample fits a pass: at one sample
  * per pass it does the reference path's work with a second walk over the graph (8 % slower on
  * ResNet-20). */
@@ -380,9 +624,21 @@ static bool use_batched(const struct tpv_jsrc *s)
     return o->ps && !o->reference && (o->force_batched || act_batch(o) > 1);
 }
 
+/* The shared path of one sample at a time: the graph qualifies for per-sample gradients and the
+ * batched path does not run (projected: one output per pass, no replication needed). */
+static bool use_rows(const struct tpv_jsrc *s, bool projected)
+{
+    const struct osrc *o = s->impl;
+    if (!o->ps || o->reference || (!projected && !o->rows))
+        return false;
+    return o->force_rows || !use_batched(s);
+}
+
 static int os_sqdiag(const struct tpv_jsrc *s, double *diag, const struct tpv_progress *pg,
                      struct tpv_err *err)
 {
+    if (use_rows(s, false))
+        return rows_squares_all(s, NULL, diag, NULL, NULL, pg, err);
     if (use_batched(s))
         return fast_squares(s, NULL, diag, NULL, NULL, pg, err);
     return sq_accumulate(s, NULL, true, diag, NULL, NULL, pg, err);
@@ -394,6 +650,8 @@ static int os_sqdiag_samples(const struct tpv_jsrc *s, double *diag, size_t nc,
                              struct tpv_err *err)
 {
     struct sample_parts sp = { nc, c, out, s->n };
+    if (use_rows(s, false))
+        return rows_squares_all(s, NULL, diag, NULL, &sp, pg, err);
     if (use_batched(s))
         return fast_squares(s, NULL, diag, NULL, &sp, pg, err);
     return sq_accumulate(s, NULL, true, diag, NULL, &sp, pg, err);
@@ -402,6 +660,8 @@ static int os_sqdiag_samples(const struct tpv_jsrc *s, double *diag, size_t nc,
 static int os_sqdiag_projected(const struct tpv_jsrc *s, const double *r, double *diag,
                                double *total, const struct tpv_progress *pg, struct tpv_err *err)
 {
+    if (use_rows(s, true))
+        return rows_squares_all(s, r, diag, total, NULL, pg, err);
     if (use_batched(s))
         return fast_squares(s, r, diag, total, NULL, pg, err);
     return sq_accumulate(s, r, false, diag, total, NULL, pg, err);
@@ -428,7 +688,17 @@ void tpv_onnx_source_set_panel_bytes(struct tpv_jsrc *s, uint64_t bytes)
 
 bool tpv_onnx_source_batched(const struct tpv_jsrc *s)
 {
-    return use_batched(s);
+    return !use_rows(s, false) && use_batched(s);
+}
+
+void tpv_onnx_source_set_rows(struct tpv_jsrc *s, bool on)
+{
+    ((struct osrc *)s->impl)->force_rows = on;
+}
+
+bool tpv_onnx_source_rows(const struct tpv_jsrc *s)
+{
+    return use_rows(s, false);
 }
 
 /* What one batched pass does after its forward pass: samples [x0, x0 + b) are in ex. */
@@ -601,7 +871,14 @@ static uint64_t os_scratch_bytes(const struct tpv_jsrc *s)
     const struct osrc *o = s->impl;
     /* one batched executor (values, adjoints, tangents) plus the gram panels */
     uint64_t act = o->plan1->act_bytes * o->batch * 3;
-    return act + PANEL_BYTES + s->p * sizeof(double) * 2;
+    uint64_t batched = act + PANEL_BYTES + s->p * sizeof(double) * 2;
+    /* the shared path, per thread: a batch-1 and an R-row executor (values and adjoints), R
+     * gradient rows and a diagonal */
+    uint64_t R = o->rows ? o->rows : 1, a1 = o->plan1->act_bytes;
+    uint64_t per = tpv_sat_add(tpv_sat_mul(2 * (R + 1), a1),
+                               tpv_sat_mul((R + 1) * sizeof(double), s->p));
+    uint64_t rows = tpv_sat_mul((uint64_t)rows_threads(s), per);
+    return rows > batched ? rows : batched;
 }
 
 /* Multiply-adds x 2 of one sample's forward pass: Conv, Gemm and MatMul by their products, every
@@ -697,6 +974,31 @@ static int make_layout(struct tpv_jsrc *s, const struct tpv_onnx_model *m, struc
     return TPV_OK;
 }
 
+/* Outputs per shared pass: all K if their executor and gradient rows fit ROWS_BUDGET, else as
+ * few passes as fit, of equal size; o->rows stays 0 when the values cannot be replicated. */
+static int open_rows(struct tpv_jsrc *s, struct tpv_onnx_tensor *in, struct tpv_err *err)
+{
+    struct osrc *o = s->impl;
+    uint64_t per = tpv_sat_add(tpv_sat_mul(2, o->plan1->act_bytes), s->p * sizeof(double));
+    uint64_t fit = per ? ROWS_BUDGET / per : s->K;
+    if (fit < 1)
+        fit = 1;
+    uint64_t passes = (s->K + fit - 1) / fit, R = (s->K + passes - 1) / passes;
+    if (R <= 1) {
+        o->rows = 1;
+        return TPV_OK;
+    }
+    struct tpv_onnx_plan *plan = NULL;
+    in->shape[0] = (int64_t)R;
+    struct tpv_err ignore;
+    int rc = tpv_onnx_plan_new(&plan, o->m, in, &ignore);
+    if (rc == TPV_ENOMEM)
+        return nomem(err);
+    o->rows = !rc && replicable(o->plan1, plan, R, o->m->nvalues) ? R : 0;
+    tpv_onnx_plan_free(plan);
+    return TPV_OK;
+}
+
 /* The batched per-sample path when the graph qualifies (checked on a plan at batch 2); a graph
  * that does not, or one with a fixed batch of 1, keeps one reverse pass per sample. */
 static int open_persample(struct tpv_jsrc *s, struct tpv_err *err)
@@ -720,7 +1022,7 @@ static int open_persample(struct tpv_jsrc *s, struct tpv_err *err)
     if (!rc && tpv_onnx_persample_new(&o->ps, o->m, o->plan1, two, &ignore) == TPV_ENOMEM)
         rc = nomem(err);
     tpv_onnx_plan_free(two);
-    return rc;
+    return rc || !o->ps ? rc : open_rows(s, &in, err);
 }
 
 int tpv_onnx_source_new(struct tpv_jsrc **out, const struct tpv_onnx_model *m,

@@ -9,6 +9,9 @@
  *    pass seeded with e_k in every row (one seeded with r for the projected form), each node
  *    that reads a parameter giving every sample's gradient of it; squared and summed per
  *    parameter or paired in (rows x p) panels bounded by PANEL_BYTES: never an n x K x p array.
+ *    Where one sample's activations fill the cache (ResNet-20: 5 MiB), sqdiag takes the shared
+ *    path instead (tpv_onnx_source_set_rows): one sample at a time on each of the job's threads,
+ *    R of its outputs per reverse pass over R copies of its forward pass.
  *    A graph that does not qualify, or one exported with a fixed batch of 1, runs one sample at a
  *    time (the reference path: K reverse passes of one sample).  costs: one
  * sample's forward pass F (Conv, Gemm, MatMul by their products, other nodes by their output
@@ -36,7 +39,15 @@ void tpv_onnx_source_set_reference(struct tpv_jsrc *s, bool on);
 void tpv_onnx_source_set_panel_bytes(struct tpv_jsrc *s, uint64_t bytes);
 /* Whether sqdiag, sqdiag_projected and gram take the batched per-sample path: the graph qualifies
  * and more than one sample's activations and adjoints fit 8 MiB (otherwise the batch spills out
- * of cache and the reference path is faster). */
+ * of cache and sqdiag takes the shared path, gram the reference one), and the shared path is not
+ * forced. */
 bool tpv_onnx_source_batched(const struct tpv_jsrc *s);
+/* For tests and benchmarks: `on` forces the shared path (one sample at a time, up to all K of
+ * its outputs in one reverse pass over copies of its forward pass, every Conv's im2col shared by
+ * them, the samples split over tpv_linalg_threads() threads with BLAS single-threaded inside)
+ * wherever the graph qualifies; it is the default where the batched path does not run. */
+void tpv_onnx_source_set_rows(struct tpv_jsrc *s, bool on);
+/* Whether sqdiag takes the shared path. */
+bool tpv_onnx_source_rows(const struct tpv_jsrc *s);
 
 #endif

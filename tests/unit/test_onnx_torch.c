@@ -20,6 +20,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <cblas.h>
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -281,6 +283,62 @@ static void expect_same_path(const char *name, const char *what, const double *g
         fail_msg("%s: batched %s differs from the reference path: %.3g relative", name, what, e);
 }
 
+/* The shared path (one sample at a time, its K outputs in one reverse pass, the samples split
+ * over the threads) at `threads` threads: sqdiag and the projected diagonal and totals. */
+static void shared_run(struct tpv_jsrc *s, int threads, const double *r, double *d, double *pd,
+                       double *tot)
+{
+    struct tpv_err err;
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(threads);
+    tpv_onnx_source_set_rows(s, true);
+    memset(d, 0, s->p * sizeof *d);
+    memset(pd, 0, s->p * sizeof *pd);
+    assert_int_equal(s->ops->sqdiag(s, d, NULL, &err), TPV_OK);
+    assert_int_equal(s->ops->sqdiag_projected(s, r, pd, tot, NULL, &err), TPV_OK);
+    tpv_onnx_source_set_rows(s, false);
+    openblas_set_num_threads(saved);
+}
+
+/* The shared path at 1 and 2 threads against the reference path's diagonal (want) and projected
+ * diagonal and totals (pwant, twant); 2 threads again gives the same bits (the split is
+ * deterministic). */
+static void check_shared(const char *name, struct tpv_jsrc *s, const double *r,
+                         const double *want, const double *pwant, const double *twant)
+{
+    uint64_t p = s->p, n = s->n;
+    double *d[3], *pd[3], *tot[3];
+    for (int k = 0; k < 3; k++) {
+        d[k] = malloc(p * sizeof *d[k]);
+        pd[k] = malloc(p * sizeof *pd[k]);
+        tot[k] = malloc(n * sizeof *tot[k]);
+        assert_true(d[k] && pd[k] && tot[k]);
+    }
+    tpv_onnx_source_set_rows(s, true);
+    if (!tpv_onnx_source_rows(s))
+        fail_msg("%s: the shared path does not run", name);
+    tpv_onnx_source_set_rows(s, false);
+    for (int k = 0; k < 3; k++)
+        shared_run(s, k == 0 ? 1 : 2, r, d[k], pd[k], tot[k]);
+    for (int k = 0; k < 2; k++) {
+        char what[64];
+        snprintf(what, sizeof what, "shared sqdiag, %d thread(s)", k + 1);
+        expect_same_path(name, what, d[k], want, p);
+        snprintf(what, sizeof what, "shared projected diagonal, %d thread(s)", k + 1);
+        expect_same_path(name, what, pd[k], pwant, p);
+        snprintf(what, sizeof what, "shared projected totals, %d thread(s)", k + 1);
+        expect_same_path(name, what, tot[k], twant, n);
+    }
+    if (memcmp(d[1], d[2], p * sizeof *d[1]) || memcmp(pd[1], pd[2], p * sizeof *pd[1]) ||
+        memcmp(tot[1], tot[2], n * sizeof *tot[1]))
+        fail_msg("%s: the shared path at 2 threads differs between two runs", name);
+    for (int k = 0; k < 3; k++) {
+        free(d[k]);
+        free(pd[k]);
+        free(tot[k]);
+    }
+}
+
 static void check_paths(const char *name, struct tpv_jsrc *s, const double *diag,
                         const double *gram, uint64_t rows)
 {
@@ -315,6 +373,7 @@ static void check_paths(const char *name, struct tpv_jsrc *s, const double *diag
     expect_same_path(name, "gram in panels of 1 sample", gram, g, rows * rows);
     expect_same_path(name, "projected diagonal", pd[0], pd[1], p);
     expect_same_path(name, "projected totals", tot[0], tot[1], n);
+    check_shared(name, s, r, diag, pd[1], tot[1]);
     for (int k = 0; k < 2; k++) {
         free(pd[k]);
         free(tot[k]);
