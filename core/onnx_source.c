@@ -385,30 +385,6 @@ static int fast_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double 
 
 /* ---- one sample at a time, its outputs sharing a pass, samples split over the threads ---- */
 
-/* BLAS single-threaded while the job's threads split the samples (the threads' own GEMMs are
- * small; a threaded BLAS inside each would contend for the same cores).  The setting is the
- * process's: counted, so that overlapping jobs restore it once, when the last one ends. */
-static pthread_mutex_t blas_lock = PTHREAD_MUTEX_INITIALIZER;
-static int blas_users, blas_saved;
-
-static void blas_single_begin(void)
-{
-    pthread_mutex_lock(&blas_lock);
-    if (blas_users++ == 0) {
-        blas_saved = openblas_get_num_threads();
-        openblas_set_num_threads(1);
-    }
-    pthread_mutex_unlock(&blas_lock);
-}
-
-static void blas_single_end(void)
-{
-    pthread_mutex_lock(&blas_lock);
-    if (--blas_users == 0)
-        openblas_set_num_threads(blas_saved);
-    pthread_mutex_unlock(&blas_lock);
-}
-
 /* A value of the same size at batch 1 and batch R: not per-sample (an initializer, a parameter,
  * a load-time constant), shared by every row and never copied. */
 static bool same_size(const struct tpv_onnx_plan *one, const struct tpv_onnx_tensor *b, size_t v)
@@ -596,11 +572,7 @@ static int rows_squares_all(const struct tpv_jsrc *s, const double *r, double *d
     j->total = total;
     j->sp = sp;
     j->pg = pg;
-    if (nt > 1)
-        blas_single_begin();
-    tpv_parallel_run(nt, rows_main, j);
-    if (nt > 1)
-        blas_single_end();
+    tpv_parallel_run(nt, rows_main, j); /* BLAS single-threaded inside, restored after */
     int rc = TPV_OK;
     for (int t = 0; t < nt && !rc; t++)
         if (j->rc[t]) {
