@@ -678,9 +678,11 @@ typedef int (*batch_fn)(const struct tpv_jsrc *s, struct tpv_onnx_exec *ex, uint
                         size_t b, void *ctx, struct tpv_err *err);
 
 /* Batched forward passes over every sample (o->batch at a time; the executor reopened when the
- * last batch is shorter), each followed by fn. */
-static int for_batches(const struct tpv_jsrc *s, batch_fn fn, void *ctx,
-                       const struct tpv_progress *pg, struct tpv_err *err)
+ * last batch is shorter), each followed by fn.  `params` (NULL: the model's) are the parameter
+ * values in column order the executors read instead of the initializers (an executor's values
+ * are its own; the plan's and the model's are not written). */
+static int for_batches_with(const struct tpv_jsrc *s, double *params, batch_fn fn,
+                            void *ctx, const struct tpv_progress *pg, struct tpv_err *err)
 {
     const struct osrc *o = s->impl;
     double *x = malloc(o->batch * o->per * sizeof *x);
@@ -695,6 +697,8 @@ static int for_batches(const struct tpv_jsrc *s, batch_fn fn, void *ctx,
             tpv_onnx_plan_free(plan);
             rc = open_batch(o, b, &plan, &ex, err);
             open = b;
+            for (size_t j = 0; params && !rc && j < s->layout.nblocks; j++)
+                ex->vals[o->m->params[j]].data = params + s->layout.blocks[j].offset;
         }
         if (!rc)
             rc = forward_rows(o, ex, x0, b, x, err);
@@ -707,6 +711,12 @@ static int for_batches(const struct tpv_jsrc *s, batch_fn fn, void *ctx,
     tpv_onnx_plan_free(plan);
     free(x);
     return rc;
+}
+
+static int for_batches(const struct tpv_jsrc *s, batch_fn fn, void *ctx,
+                       const struct tpv_progress *pg, struct tpv_err *err)
+{
+    return for_batches_with(s, NULL, fn, ctx, pg, err);
 }
 
 struct jvp_ctx {
@@ -803,37 +813,12 @@ static double *shifted_params(const struct tpv_jsrc *s, const double *dw)
 }
 
 /* Outputs of the graph with parameters w + dw: batched forward passes whose executors read the
- * parameters from the copy (an executor's values are its own; the plan's and the model's are
- * not written). */
+ * parameters from a copy. */
 static int os_outputs_perturbed(const struct tpv_jsrc *s, const double *dw, double *out,
                                 const struct tpv_progress *pg, struct tpv_err *err)
 {
-    const struct osrc *o = s->impl;
-    double *w = shifted_params(s, dw), *x = malloc(o->batch * o->per * sizeof *x);
-    int rc = w && x ? TPV_OK : nomem(err);
-    struct tpv_onnx_plan *plan = NULL;
-    struct tpv_onnx_exec *ex = NULL;
-    size_t open = 0;
-    for (uint64_t x0 = 0; !rc && x0 < s->n; x0 += o->batch) {
-        size_t b = s->n - x0 < o->batch ? (size_t)(s->n - x0) : o->batch;
-        if (b != open) {
-            tpv_onnx_exec_free(ex);
-            tpv_onnx_plan_free(plan);
-            rc = open_batch(o, b, &plan, &ex, err);
-            open = b;
-            for (size_t j = 0; !rc && j < s->layout.nblocks; j++)
-                ex->vals[o->m->params[j]].data = w + s->layout.blocks[j].offset;
-        }
-        if (!rc)
-            rc = forward_rows(o, ex, x0, b, x, err);
-        if (!rc)
-            rc = outputs_batch(s, ex, x0, b, out, err);
-        if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
-            rc = canceled(err);
-    }
-    tpv_onnx_exec_free(ex);
-    tpv_onnx_plan_free(plan);
-    free(x);
+    double *w = shifted_params(s, dw);
+    int rc = w ? for_batches_with(s, w, outputs_batch, out, pg, err) : nomem(err);
     free(w);
     return rc;
 }
