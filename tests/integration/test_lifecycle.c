@@ -189,6 +189,9 @@ static void test_candidate_delete(void **state)
     get_status(&d, "GET", path, 404);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", "st_0000000000000000", cid4);
     get_status(&d, "DELETE", path, 404); /* not in that study */
+    /* The candidate list of a study that does not exist is a 404, not an empty page (the
+     * PostgreSQL backend answered 200 [] before its fix). */
+    get_status(&d, "GET", "/v1/studies/st_0000000000000000/candidates", 404);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
 }
