@@ -48,7 +48,8 @@ static void fill_group(double *delta, double *lo, uint64_t off, uint64_t count, 
 {
     for (uint64_t e = 0; e < count; e++) {
         delta[off + e] = d;
-        lo[off + e] = l;
+        if (lo)
+            lo[off + e] = l;
     }
 }
 

@@ -48,9 +48,10 @@ int tpv_empirical_run(const struct tpv_jsrc *s, const double *w, const struct tp
                       const double *mask, uint64_t split, struct tpv_empirical_result *out,
                       const struct tpv_progress *pg, struct tpv_err *err);
 
-/* For tests: the per-parameter quantization step delta_g and group minimum lo_g (p entries
- * each) of the first-order path's groups (global, per_tensor, per_channel).  *groups and
- * *delta_max as the first-order details report them. */
+/* The per-parameter quantization step delta_g and group minimum lo_g (p entries each; lo may be
+ * NULL) of the groups (global, per_tensor, per_channel): the one definition the first-order
+ * path (core/estimate.c, variance delta_g^2 / 12) and the empirical draws share.  *groups and
+ * *delta_max as the details report them.  TPV_EINVAL for a grouped scope without names. */
 int tpv_quant_steps(const struct tpv_layout *layout, const double *w, uint64_t p, int bits,
                     enum tpv_scope scope, double *delta, double *lo, uint64_t *groups,
                     double *delta_max, struct tpv_err *err);

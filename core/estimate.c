@@ -1064,24 +1064,14 @@ static int diag_coeffs(const struct job *jb, size_t mi, double *scale, double **
             return oom(err);
         uint64_t groups = 0;
         double dmax = 0;
-        for (size_t b = 0; b < L->nblocks; b++) {
-            const struct tpv_block *bl = &L->blocks[b];
-            uint64_t ng = nm->scope == TPV_SCOPE_PER_CHANNEL && bl->rank >= 2 ? bl->shape[0] : 1;
-            uint64_t per = ng ? bl->count / ng : 0;
-            for (uint64_t g = 0; g < ng; g++) {
-                const double *w = in->weights + bl->offset + g * per;
-                double lo = INFINITY, hi = -INFINITY;
-                for (uint64_t e = 0; e < per; e++) {
-                    lo = w[e] < lo ? w[e] : lo;
-                    hi = w[e] > hi ? w[e] : hi;
-                }
-                double delta = per ? (hi - lo) / levels : 0;
-                dmax = delta > dmax ? delta : dmax;
-                for (uint64_t e = 0; e < per; e++)
-                    cc[bl->offset + g * per + e] = delta * delta / 12.0;
-                groups++;
-            }
+        int rc = tpv_quant_steps(L, in->weights, p, nm->bits, nm->scope, cc, NULL, &groups, &dmax,
+                                 err);
+        if (rc != TPV_OK) {
+            free(cc);
+            return rc;
         }
+        for (uint64_t j = 0; j < p; j++)
+            cc[j] = cc[j] * cc[j] / 12.0; /* uniform rounding noise of width delta_g */
         *scale = 1.0;
         *c = cc;
         *owned = true;
