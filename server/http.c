@@ -489,7 +489,11 @@ int srv_http_start(struct srv_http **out, const struct srv_config *cfg, const st
     if (getrandom(&http->rid_prefix, sizeof http->rid_prefix, 0) != sizeof http->rid_prefix)
         http->rid_prefix = (uint32_t)time(NULL);
 
-    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+    /* poll(), not epoll: with epoll, MHD_quiesce_daemon (shutdown) and the polling thread both
+     * remove the listen FD from the epoll set, and the loser of that race aborts the process
+     * ("Failed to remove listen FD from epoll set", libmicrohttpd 0.9.75 daemon.c, seen once at
+     * a SIGTERM in CI).  With poll() quiesce signals the thread through its ITC instead. */
+    unsigned int flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG |
                          MHD_ALLOW_SUSPEND_RESUME;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
