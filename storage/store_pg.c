@@ -170,7 +170,6 @@ static void on_job_queued(void *ctx)
 static void on_resubscribed(void *ctx)
 {
     struct pgs *s = ctx;
-    atomic_store(&s->listener_gen, atomic_load(&s->listener_gen) + 1);
     if (s->sink.committed)
         s->sink.committed(s->sink.ctx);
 }

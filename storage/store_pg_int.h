@@ -19,7 +19,6 @@ struct pgs {
     struct pg_pool *pool;
     struct pg_listener *listener;
     struct store_sink sink;
-    atomic_uint_fast64_t listener_gen; /* resubscriptions seen */
     int64_t version_cache_ms;          /* bound on a cached version while the listener is up */
     char epoch[32];                    /* pg_postmaster_start_time() at open, seconds */
     /* Outbox rows this node claimed and has not ended: its senders are offered them again
