@@ -13,7 +13,7 @@ RUN apt-get update \
       meson ninja-build pkg-config gcc libc6-dev \
       libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev libsqlite3-dev \
       libopenblas-dev liblapacke-dev libssl-dev libpq-dev \
-      protobuf-c-compiler libprotobuf-c-dev libonnx-dev \
+      protobuf-c-compiler libprotobuf-c-dev libonnx-dev zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -28,7 +28,7 @@ FROM debian:12-slim AS runtime
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libmicrohttpd12 libjansson4 libcurl4 libsqlite3-0 libopenblas0-pthread liblapacke \
-      libssl3 libpq5 libprotobuf-c1 ca-certificates curl \
+      libssl3 libpq5 libprotobuf-c1 zlib1g ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 999 tpvd \
  && useradd --system --uid 999 --gid tpvd --home-dir /var/lib/tpvd --shell /usr/sbin/nologin tpvd \

@@ -246,14 +246,38 @@ void api_cand_files_explain(const struct api_cand_files *cf, struct tpv_err *err
 int api_cache_new(struct api_cache **out, size_t entries, uint64_t max_body);
 void api_cache_free(struct api_cache *c); /* NULL is a no-op */
 
-/* The body cached for `key` at exactly `version`: true with its ETag and, when body is not NULL,
- * a malloc'd copy of it (NUL-terminated) in *body / *len. */
-bool api_cache_get(struct api_cache *c, const char *key, int64_t version, char etag[API_ETAG_MAX],
-                   char **body, size_t *len);
+/* One representation of a cached rendering: its ETag, and when asked for, a malloc'd copy of its
+ * bytes (NUL-terminated when not gzip). */
+struct api_cached {
+    char etag[API_ETAG_MAX];
+    char *body;
+    size_t len;
+    bool gzip; /* the bytes are the gzip coding of the rendering */
+};
+
+/* Bodies shorter than this go out as they are: below a packet gzip saves nothing. */
+#define API_GZIP_MIN 1024
+
+/* The rendering cached for `key` at exactly `version`: true with the representation a client
+ * takes (gzip when accept_gzip and the body is at least API_GZIP_MIN bytes; the gzip coding is
+ * made on its first use and kept with the entry) and, when want_body, its bytes in out->body. */
+bool api_cache_get(struct api_cache *c, const char *key, int64_t version, bool accept_gzip,
+                   bool want_body, struct api_cached *out);
 
 /* Remembers a rendering (copied); keeps a newer version already cached for the key. */
 void api_cache_put(struct api_cache *c, const char *key, int64_t version, const char *etag,
                    const char *body, size_t len);
+
+/* ---- content coding (api/encoding.c) ---- */
+
+/* Whether the request's Accept-Encoding takes gzip (named with a non-zero weight, or "*"). */
+bool api_accepts_gzip(const struct api_request *req);
+
+/* The gzip coding (RFC 1952) of body into a malloc'd *out.  TPV_ENOMEM when zlib fails. */
+int api_gzip(const char *body, size_t len, char **out, size_t *out_len);
+
+/* The ETag of a representation's gzip coding: a different strong tag, derived from the other. */
+void api_etag_for_gzip(char *etag, size_t cap);
 
 /* ---- metrics (api/metrics.c) ---- */
 

@@ -60,6 +60,22 @@ static bool etag_matches(const char *header, const char *etag)
     return false;
 }
 
+/* Whether If-None-Match names this version in either representation (identity or gzip, whose
+ * tags differ: see api_etag_for_gzip); the tag that matched goes to *matched for the 304. */
+static bool version_matches(const char *header, const char *identity_etag,
+                            char matched[API_ETAG_MAX])
+{
+    char gz[API_ETAG_MAX];
+    memcpy(gz, identity_etag, API_ETAG_MAX);
+    api_etag_for_gzip(gz, sizeof gz);
+    const char *tag = etag_matches(header, identity_etag) ? identity_etag
+                      : etag_matches(header, gz)          ? gz
+                                                          : NULL;
+    if (tag)
+        memcpy(matched, tag, API_ETAG_MAX);
+    return tag != NULL;
+}
+
 static bool parse_query(const struct api_env *env, const struct api_request *req,
                         const struct store_study_info *info, struct rank_query *q,
                         struct api_response *resp)
@@ -333,6 +349,7 @@ static void reply_not_modified(const struct api_request *req, struct api_respons
     }
     api_reply_empty(resp, 304);
     api_response_add_header(resp, "ETag", etag);
+    api_response_add_header(resp, "Vary", "Accept-Encoding");
 }
 
 /* ---- CSV (Accept: text/csv) ---- */
@@ -509,8 +526,9 @@ static char *ranking_csv(const json_t *body, size_t *len)
     return b.data;
 }
 
+/* A 200 with the representation chosen: identity JSON/CSV, or its gzip coding. */
 static void reply_body(struct api_response *resp, char *body, size_t len, const char *etag,
-                       bool csv)
+                       bool csv, bool gzip)
 {
     free(resp->body);
     resp->status = 200;
@@ -519,6 +537,15 @@ static void reply_body(struct api_response *resp, char *body, size_t len, const 
     resp->content_type = csv ? "text/csv; charset=utf-8; header=present" : "application/json";
     api_response_add_header(resp, "ETag", etag);
     api_response_add_header(resp, "Cache-Control", "no-cache");
+    api_response_add_header(resp, "Vary", "Accept-Encoding");
+    if (gzip)
+        api_response_add_header(resp, "Content-Encoding", "gzip");
+}
+
+static void reply_cached(struct api_response *resp, struct api_cached *hit, bool csv)
+{
+    reply_body(resp, hit->body, hit->len, hit->etag, csv, hit->gzip);
+    hit->body = NULL; /* owned by the response now */
 }
 
 /* The contributions of every row (one query), aligned with rows. */
@@ -557,7 +584,8 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
     /* Fast path: the rendering of this exact query at the current version. */
     const char *by = api_query(req, "by"), *split = api_query(req, "split");
     const char *mtl = api_query(req, "max_train_loss");
-    bool csv = wants_csv(req);
+    bool csv = wants_csv(req), gzip = api_accepts_gzip(req);
+    struct api_cached hit = { 0 };
     int klen = snprintf(key, sizeof key, "%s\x1f%s\x1f%s\x1f%s%s", sid, by ? by : "",
                         split ? split : "", mtl ? mtl : "", csv ? "\x1f" "csv" : "");
     bool cacheable = env->cache && klen > 0 && (size_t)klen < sizeof key;
@@ -567,13 +595,13 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
             return;
         }
         bool match = false;
-        if (api_cache_get(env->cache, key, version, etag, NULL, NULL) &&
-            (match = etag_matches(inm, etag))) {
+        if (api_cache_get(env->cache, key, version, false, false, &hit) &&
+            (match = version_matches(inm, hit.etag, etag))) {
             reply_not_modified(req, resp, sid, wait, etag);
             return;
         }
-        if (!match && api_cache_get(env->cache, key, version, etag, &text, &len)) {
-            reply_body(resp, text, len, etag, csv);
+        if (!match && api_cache_get(env->cache, key, version, gzip, true, &hit)) {
+            reply_cached(resp, &hit, csv);
             return;
         }
     }
@@ -586,8 +614,9 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
     make_etag(sid, info.version, &q, etag, sizeof etag);
     if (csv)
         etag_for_csv(etag, sizeof etag);
-    if (etag_matches(inm, etag)) {
-        reply_not_modified(req, resp, sid, q.wait, etag);
+    char matched[API_ETAG_MAX];
+    if (version_matches(inm, etag, matched)) {
+        reply_not_modified(req, resp, sid, q.wait, matched);
         goto out;
     }
     if (store_rank_rows(env->store, sid, q.by, q.split, &rows, &nrows, &err) != TPV_OK) {
@@ -610,7 +639,16 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
     }
     if (cacheable)
         api_cache_put(env->cache, key, info.version, etag, text, len);
-    reply_body(resp, text, len, etag, csv);
+    /* A gzip client takes the coding the cache makes and keeps for the next ones; a body the
+     * cache did not keep (too large, evicted already) goes out as it is. */
+    if (cacheable && gzip && len >= API_GZIP_MIN &&
+        api_cache_get(env->cache, key, info.version, true, true, &hit) && hit.gzip) {
+        free(text);
+        reply_cached(resp, &hit, csv);
+        goto out;
+    }
+    free(hit.body);
+    reply_body(resp, text, len, etag, csv, false);
 out:
     store_contribs_free(contribs, nrows);
     store_rank_rows_free(rows, nrows);

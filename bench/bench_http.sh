@@ -3,7 +3,9 @@
 #   1. GET /healthz                                   (the ceiling: a tiny static JSON body)
 #   2. GET /v1/studies/{sid}/ranking of 200 candidates (one query + JSON of 200 items)
 #   3. the same with If-None-Match of the current ETag (what polling dashboards send)
+#   4. the ranking with Accept-Encoding: gzip (what browsers, the Python client and tpvctl send)
 # in the same run, and reports the ranking/healthz requests-per-second ratio (target >= 0.5),
+# for the identity body and for the gzip one (checking that every answer of run 4 was gzip'd),
 # the ranking p99 latency (target < 10 ms), and the 304 requests-per-second over /healthz's
 # (target >= 0.8), checking that every answer of run 3 was a 304.
 # Needs wrk, curl and python3.  Appends nothing by itself: copy the summary to bench/RESULTS.md.
@@ -76,20 +78,23 @@ for _ in $(seq 600); do
 done
 ITEMS=$(curl -sf "${AUTH_R[@]}" "$RANK" | json '["items"].__len__()')
 BYTES=$(curl -sf "${AUTH_R[@]}" "$RANK" | wc -c)
+GZBYTES=$(curl -sf "${AUTH_R[@]}" -H 'Accept-Encoding: gzip' "$RANK" | wc -c)
 ETAG=$(curl -sfI "${AUTH_R[@]}" "$RANK" | tr -d '\r' | awk -F': ' 'tolower($1)=="etag"{print $2}')
 
 cat >"$WORK/count.lua" <<'LUA'
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) c304 = 0; call = 0 end
+function init(args) c304 = 0; cgz = 0; call = 0 end
 function response(status, headers, body)
   call = call + 1
   if status == 304 then c304 = c304 + 1 end
+  if status == 200 and headers["Content-Encoding"] == "gzip" then cgz = cgz + 1 end
 end
 function done(summary, latency, requests)
-  local a, b = 0, 0
-  for _, t in ipairs(threads) do a = a + t:get("c304"); b = b + t:get("call") end
+  local a, g, b = 0, 0, 0
+  for _, t in ipairs(threads) do a = a + t:get("c304"); g = g + t:get("cgz"); b = b + t:get("call") end
   io.write(string.format("STATUS304 %d %d\n", a, b))
+  io.write(string.format("GZIP200 %d %d\n", g, b))
 end
 LUA
 
@@ -104,11 +109,15 @@ to_ms() { # wrk latency "1.23ms" / "512.00us" / "1.01s" -> ms
   awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v} else {sub(/s$/,"",v); print v*1000} }'
 }
 
-echo "tpvd $("$TPVD" --version | awk '{print $2}'), backend=$([ -n "${BENCH_DATABASE:-}" ] && echo postgresql || echo sqlite), auth=${BENCH_AUTH:-0}, $(nproc) cores, study of $ITEMS ranked candidates ($BYTES-byte body), wrk -t2 -c64 -d${SECS}s"
+echo "tpvd $("$TPVD" --version | awk '{print $2}'), backend=$([ -n "${BENCH_DATABASE:-}" ] && echo postgresql || echo sqlite), auth=${BENCH_AUTH:-0}, $(nproc) cores, study of $ITEMS ranked candidates ($BYTES-byte body, $GZBYTES gzip'd), wrk -t2 -c64 -d${SECS}s"
 run healthz "$BASE/healthz";               H_RPS=$RPS; H_P99=$P99
 run ranking "$RANK";                       R_RPS=$RPS; R_P99=$P99
 run ranking304 "$RANK" -H "If-None-Match: $ETAG" -s "$WORK/count.lua"; N_RPS=$RPS; N_P99=$P99
+run ranking_gzip "$RANK" -H "Accept-Encoding: gzip" -s "$WORK/count.lua"; G_RPS=$RPS; G_P99=$P99
 read -r C304 CALLS < <(awk '/^STATUS304/{print $2, $3}' "$WORK/ranking304.txt")
+read -r CGZ GCALLS < <(awk '/^GZIP200/{print $2, $3}' "$WORK/ranking_gzip.txt")
+GZSHARE=$(awk -v a="$CGZ" -v b="$GCALLS" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')
+GZRATIO=$(awk -v a="$G_RPS" -v b="$H_RPS" 'BEGIN{printf "%.2f", a/b}')
 RATIO=$(awk -v a="$R_RPS" -v b="$H_RPS" 'BEGIN{printf "%.2f", a/b}')
 SHARE=$(awk -v a="$C304" -v b="$CALLS" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')
 RATIO304=$(awk -v a="$N_RPS" -v b="$H_RPS" 'BEGIN{printf "%.2f", a/b}')
@@ -119,8 +128,10 @@ echo "|---|---|---|"
 echo "| GET /healthz | $H_RPS | $H_P99 |"
 echo "| GET ranking (200 candidates, 200 OK) | $R_RPS | $R_P99 |"
 echo "| GET ranking with If-None-Match (304) | $N_RPS | $N_P99 |"
+echo "| GET ranking, Accept-Encoding: gzip (200 OK) | $G_RPS | $G_P99 |"
 echo
-echo "ranking/healthz rps ratio: $RATIO (target >= 0.5)"
+echo "ranking/healthz rps ratio: $RATIO identity, $GZRATIO gzip (target >= 0.5)"
 echo "ranking p99: ${R_P99_MS} ms (target < 10 ms)"
 echo "304/healthz rps ratio: $RATIO304 (target >= 0.8)"
 echo "answers of run 3 that were 304: $SHARE ($C304 of $CALLS; must be 1.000)"
+echo "answers of run 4 that were gzip'd 200s: $GZSHARE ($CGZ of $GCALLS; must be 1.000)"

@@ -283,6 +283,11 @@ class PythonClientTest(unittest.TestCase):
         self.assertEqual(len(values), len(want))
         self.assertTrue(ranking["etag"])
         self.assertIsNone(c.ranking(sid, etag=ranking["etag"]))  # 304
+        # The client takes the gzip coding of a ranking over a kilobyte and inflates it.
+        status, rh, body = c._request("GET", f"/v1/studies/{sid}/ranking")
+        self.assertEqual(rh.get("Content-Encoding"), "gzip")
+        self.assertEqual(rh.get("ETag"), ranking["etag"])
+        self.assertEqual(body, {k: v for k, v in ranking.items() if k != "etag"})
 
         # Metrics and the agreement report: val_loss follows the iso probe ranking except one
         # swap; Spearman and Kendall computed here must match, the interval holds the estimate.

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""test_doc_paths.py: every file README.md and deploy/README.md point at is in a clone.
+"""test_doc_paths.py: every file README.md and deploy/README.md point at is in a clone, and no
+tracked text file keeps a merge's conflict markers (one reached README once).
 
 Markdown links and `backticked` relative paths (with a '/' or a known suffix; a bare file name
 anywhere in the tree) must be files or folders git tracks, unless the docs' own steps make them (build/, var/, out/, the token files).
@@ -43,7 +44,19 @@ for doc in ("README.md", "deploy/README.md"):
         print(("ok   " if ok else "FAIL ") + "%s: %s" % (doc, c))
         if not ok:
             failures.append((doc, c))
+marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.M)
+for p in tracked:
+    try:
+        text = open(os.path.join(ROOT, p), encoding="utf-8").read()
+    except (UnicodeDecodeError, IsADirectoryError, FileNotFoundError):
+        continue  # binary test data, submodules, files deleted in the work tree
+    m = marker.search(text)
+    if m:
+        line = text.count("\n", 0, m.start()) + 1
+        print("FAIL %s:%d: a merge conflict marker" % (p, line))
+        failures.append((p, "conflict marker"))
 if failures:
-    print("%d path(s) a clone does not have" % len(failures), file=sys.stderr)
+    print("%d problem(s): paths a clone does not have, conflict markers" % len(failures),
+          file=sys.stderr)
     sys.exit(1)
-print("every path the docs name is in a clone")
+print("every path the docs name is in a clone; no conflict markers")

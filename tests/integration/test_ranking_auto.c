@@ -3,7 +3,8 @@
  * names the value and the rule, candidates above it are excluded (flag underfit), candidates
  * without train_loss stay ranked (flag no_train_loss), the CSV form keeps the same rows, the
  * ETag/304 path holds until a new candidate moves the threshold, and a study without any
- * train_loss excludes nothing. */
+ * train_loss excludes nothing.  Also the gzip coding of rankings: the same bytes once inflated,
+ * a tag of its own, 304s on either tag, refused with q=0, for JSON and CSV. */
 #include <math.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 #include <cmocka.h>
 
 #include "tests/support/daemon_proc.h"
@@ -282,11 +284,144 @@ static void test_auto_without_train_loss(void **state)
     test_daemon_cleanup(&d);
 }
 
+/* The inflation of a gzip body, NUL-terminated (malloc'd). */
+static char *gunzip(const char *in, size_t len, size_t *out_len)
+{
+    z_stream z = { 0 };
+    assert_int_equal(inflateInit2(&z, 15 + 16), Z_OK);
+    size_t cap = 1 << 20;
+    char *out = malloc(cap + 1);
+    assert_non_null(out);
+    z.next_in = (Bytef *)(uintptr_t)in;
+    z.avail_in = (uInt)len;
+    z.next_out = (Bytef *)out;
+    z.avail_out = (uInt)cap;
+    assert_int_equal(inflate(&z, Z_FINISH), Z_STREAM_END);
+    assert_int_equal(z.avail_in, 0); /* nothing after the gzip member */
+    *out_len = z.total_out;
+    out[*out_len] = '\0';
+    inflateEnd(&z);
+    return out;
+}
+
+static void get_raw(const struct test_daemon *d, const char *path, const char *const *hdrs,
+                    long want, struct http_result *r)
+{
+    char url[512];
+    snprintf(url, sizeof url, "%s%s", d->base_url, path);
+    assert_int_equal(http_request("GET", url, NULL, 0, hdrs, r), 0);
+    if (r->status != want)
+        fail_msg("GET %s: want %ld, got %ld", path, want, r->status);
+}
+
+/* Asserts that a gzip answer inflates to exactly `identity` and carries its own tag; returns the
+ * tag in gz_etag. */
+static void expect_gzip_of(const struct http_result *r, const struct http_result *identity,
+                           const char *identity_etag, char gz_etag[96])
+{
+    char buf[96];
+    size_t n;
+    if (!http_result_header(r, "Content-Encoding", buf, sizeof buf))
+        fail_msg("no Content-Encoding: %s (body %zu bytes)", r->headers, r->body_len);
+    assert_string_equal(buf, "gzip");
+    assert_non_null(http_result_header(r, "Vary", buf, sizeof buf));
+    assert_string_equal(buf, "Accept-Encoding");
+    assert_non_null(http_result_header(r, "ETag", gz_etag, 96));
+    assert_string_not_equal(gz_etag, identity_etag);
+    if (r->body_len * 2 > identity->body_len) /* rows of alike keys and ids */
+        fail_msg("gzip %zu of %zu bytes", r->body_len, identity->body_len);
+    char *plain = gunzip(r->body, r->body_len, &n);
+    assert_int_equal(n, identity->body_len);
+    assert_memory_equal(plain, identity->body, n);
+    free(plain);
+}
+
+static void test_gzip_coding(void **state)
+{
+    (void)state;
+    struct test_daemon d = { 0 };
+    const char *args[] = { "--workers", "1", NULL };
+    struct http_result id, r;
+    char sid[64], path[256], etag[96], gz_etag[96], again[96], inm[160], buf[96];
+    assert_int_equal(test_daemon_start(&d, args), 0);
+    make_study(&d, "gzip", sid);
+    for (int i = 0; i < 14; i++) {
+        char name[16], meta[96];
+        snprintf(name, sizeof name, "m%d", i);
+        snprintf(meta, sizeof meta, "{\"train_loss\":0.%02d,\"run\":\"r\",\"epoch\":%d}", i + 1,
+                 i);
+        add_scored(&d, sid, name, 1.0 + i, meta);
+    }
+    snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=fit", sid);
+
+    /* Without Accept-Encoding: the identity body, which is large enough to be coded. */
+    get_raw(&d, path, NULL, 200, &id);
+    assert_null(http_result_header(&id, "Content-Encoding", buf, sizeof buf));
+    assert_non_null(http_result_header(&id, "ETag", etag, sizeof etag));
+    assert_true(id.body_len >= 1024);
+
+    /* gzip, twice: made on the first request, then served from the cache entry. */
+    const char *gz[] = { "Accept-Encoding: deflate, gzip;q=0.5", NULL };
+    for (int round = 0; round < 2; round++) {
+        get_raw(&d, path, gz, 200, &r);
+        expect_gzip_of(&r, &id, etag, round ? again : gz_etag);
+        http_result_free(&r);
+    }
+    assert_string_equal(again, gz_etag);
+
+    /* Either tag names this version: 304 with the tag the client holds. */
+    const char *tags[] = { gz_etag, etag };
+    for (int k = 0; k < 2; k++) {
+        snprintf(inm, sizeof inm, "If-None-Match: %s", tags[k]);
+        const char *h[] = { gz[0], inm, NULL };
+        get_raw(&d, path, h, 304, &r);
+        assert_non_null(http_result_header(&r, "ETag", buf, sizeof buf));
+        assert_string_equal(buf, tags[k]);
+        http_result_free(&r);
+    }
+
+    /* Refused (q=0) or not offered: identity with the identity tag. */
+    const char *no[] = { "Accept-Encoding: gzip;q=0, identity", NULL };
+    get_raw(&d, path, no, 200, &r);
+    assert_null(http_result_header(&r, "Content-Encoding", buf, sizeof buf));
+    assert_non_null(http_result_header(&r, "ETag", buf, sizeof buf));
+    assert_string_equal(buf, etag);
+    assert_int_equal(r.body_len, id.body_len);
+    http_result_free(&r);
+
+    /* CSV codes the same way. */
+    struct http_result csv;
+    const char *csv_h[] = { "Accept: text/csv", NULL }, *csv_gz[] = { "Accept: text/csv", gz[0], NULL };
+    char csv_etag[96];
+    get_raw(&d, path, csv_h, 200, &csv);
+    assert_true(csv.body_len >= 1024);
+    assert_non_null(http_result_header(&csv, "ETag", csv_etag, sizeof csv_etag));
+    get_raw(&d, path, csv_gz, 200, &r);
+    expect_gzip_of(&r, &csv, csv_etag, again);
+    http_result_free(&r);
+    http_result_free(&csv);
+
+    /* A new candidate: the gzip answer follows the new version, not the cached coding. */
+    add_scored(&d, sid, "late", 0.5, "{\"train_loss\":0.05}");
+    http_result_free(&id);
+    get_raw(&d, path, NULL, 200, &id);
+    assert_non_null(http_result_header(&id, "ETag", etag, sizeof etag));
+    get_raw(&d, path, gz, 200, &r);
+    expect_gzip_of(&r, &id, etag, again);
+    assert_string_not_equal(again, gz_etag);
+    assert_non_null(strstr(id.body, "\"late\""));
+    http_result_free(&r);
+    http_result_free(&id);
+    assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
+    test_daemon_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auto_threshold),
         cmocka_unit_test(test_auto_without_train_loss),
+        cmocka_unit_test(test_gzip_coding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

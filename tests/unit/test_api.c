@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 #include <cmocka.h>
 
 #include "api/api.h"
@@ -424,12 +425,94 @@ static void test_idempotency_hash_failure(void **state)
     expect(f, "POST", "/v1/studies", STUDY, &t, 201, NULL); /* the key is still free */
 }
 
+/* Accept-Encoding as RFC 9110 reads it: gzip named with a non-zero weight, or "*" unless gzip is
+ * named with weight 0. */
+static void test_accepts_gzip(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *header;
+        bool gzip;
+    } cases[] = {
+        { "gzip", true },           { "GZIP", true },          { "x-gzip", true },
+        { "gzip, deflate, br", true }, { "deflate, gzip;q=0.5", true }, { "br;q=1, gzip ; q=0.1", true },
+        { "*", true },              { "identity, *;q=0.3", true },
+        { "gzip;q=0", false },      { "gzip;q=0.0, *", false }, { "*, gzip;q=0", false },
+        { "deflate, br", false },   { "identity", false },     { "", false },
+        { "gzipx", false },         { "*;q=0", false },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct fake t = { .headers = { { "Accept-Encoding", cases[i].header } } };
+        struct api_request req = { .header = fake_header, .transport = &t };
+        if (api_accepts_gzip(&req) != cases[i].gzip)
+            fail_msg("Accept-Encoding: %s: want %d", cases[i].header, cases[i].gzip);
+    }
+    struct fake none = { 0 };
+    struct api_request req = { .header = fake_header, .transport = &none };
+    assert_false(api_accepts_gzip(&req));
+}
+
+/* The cache's gzip representation: made on first use, inflates to the body, has its own tag,
+ * is dropped with its entry when a newer version comes, and small bodies stay identity. */
+static void test_cache_gzip(void **state)
+{
+    (void)state;
+    struct api_cache *c;
+    struct api_cached hit;
+    char body[4096];
+    assert_int_equal(api_cache_new(&c, 2, 1 << 20), TPV_OK);
+    for (size_t i = 0; i < sizeof body - 1; i++)
+        body[i] = "{\"value\":0.125,"[i % 15];
+    body[sizeof body - 1] = '\0';
+    api_cache_put(c, "k", 3, "\"v3-ab\"", body, strlen(body));
+    /* The tag alone, before any coding exists. */
+    assert_true(api_cache_get(c, "k", 3, true, false, &hit));
+    assert_true(hit.gzip);
+    assert_string_equal(hit.etag, "\"v3-abz\"");
+    assert_null(hit.body);
+    for (int round = 0; round < 2; round++) {
+        assert_true(api_cache_get(c, "k", 3, true, true, &hit));
+        assert_true(hit.gzip);
+        assert_string_equal(hit.etag, "\"v3-abz\"");
+        assert_true(hit.len < 200);
+        char plain[sizeof body];
+        uLongf n = sizeof plain;
+        z_stream z = { 0 };
+        assert_int_equal(inflateInit2(&z, 15 + 16), Z_OK);
+        z.next_in = (Bytef *)hit.body;
+        z.avail_in = (uInt)hit.len;
+        z.next_out = (Bytef *)plain;
+        z.avail_out = (uInt)n;
+        assert_int_equal(inflate(&z, Z_FINISH), Z_STREAM_END);
+        assert_int_equal(z.total_out, strlen(body));
+        assert_memory_equal(plain, body, strlen(body));
+        inflateEnd(&z);
+        free(hit.body);
+    }
+    assert_true(api_cache_get(c, "k", 3, false, true, &hit));
+    assert_false(hit.gzip);
+    assert_string_equal(hit.etag, "\"v3-ab\"");
+    assert_int_equal(hit.len, strlen(body));
+    assert_string_equal(hit.body, body);
+    free(hit.body);
+    /* Another version of the key replaces the entry and its coding. */
+    api_cache_put(c, "k", 4, "\"v4-ab\"", "{}", 2);
+    assert_false(api_cache_get(c, "k", 3, true, true, &hit));
+    assert_true(api_cache_get(c, "k", 4, true, true, &hit));
+    assert_false(hit.gzip); /* below API_GZIP_MIN */
+    assert_string_equal(hit.body, "{}");
+    free(hit.body);
+    api_cache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_study_validation_and_idempotency, setup, teardown),
         cmocka_unit_test_setup_teardown(test_inputs_and_candidates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ranking_etag_and_hold, setup, teardown),
+        cmocka_unit_test(test_accepts_gzip),
+        cmocka_unit_test(test_cache_gzip),
         cmocka_unit_test_setup_teardown(test_blob_routes_and_metrics, setup, teardown),
         cmocka_unit_test(test_reals_shortest),
         cmocka_unit_test_setup_teardown(test_response_reals_shortest, setup, teardown),
