@@ -1,5 +1,5 @@
 /* encoding.c: gzip content coding of rendered bodies (see api.h).  A 200-candidate ranking is
- * about 50 KB of JSON and compresses about tenfold; dashboards and polling clients fetch it after
+ * about 50 KB of JSON and gzip makes it about 11 KB; dashboards and polling clients fetch it after
  * every change, and on loopback or a LAN the bytes, not the rendering, are what such a reply
  * costs.  Compression runs once per cached rendering (api/cache.c), never per request. */
 #include "api/api.h"

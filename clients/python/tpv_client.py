@@ -116,7 +116,7 @@ class Client:
             data = body
         if self.token:
             hdrs["Authorization"] = "Bearer " + self.token
-        # Rankings are large, alike JSON: the server sends them gzip'd, about a tenth the bytes.
+        # Rankings are large, alike JSON: the server sends them gzip'd, about a fifth of the bytes.
         hdrs.setdefault("Accept-Encoding", "gzip")
         req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
         try:

@@ -102,7 +102,7 @@ static int transfer(CURL *curl, const struct ctl *c, const char *path, struct cu
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, body);
     curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-    /* "": every coding this libcurl decodes (gzip): rankings come a tenth of their size. */
+    /* "": every coding this libcurl decodes (gzip): rankings come at about a fifth of their size. */
     curl_easy_setopt(curl, CURLOPT_ACCEPT_ENCODING, "");
     CURLcode cc = curl_easy_perform(curl);
     int rc = CTL_OK;
