@@ -98,22 +98,30 @@ function done(summary, latency, requests)
 end
 LUA
 
+# tpvd's CPU time so far (user + system, in clock ticks): wrk runs on the same cores, and a large
+# body costs wrk's parser as much as the server's send, so the req/s ratios mix client and server;
+# CPU per request is the server's side alone.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$PID/stat"; }
 run() { # run NAME URL [wrk args...]
   local name="$1" url="$2"; shift 2
+  local t0; t0=$(cpu_ticks)
   wrk -t2 -c64 -d"${SECS}s" --latency "${AUTH_R[@]}" "$@" "$url" >"$WORK/$name.txt"
   RPS=$(awk '/Requests\/sec/{print $2}' "$WORK/$name.txt")
   P99=$(awk '$1=="99%"{print $2}' "$WORK/$name.txt")
-  echo "$name rps=$RPS p99=$P99"
+  local reqs; reqs=$(awk '/requests in/{print $1}' "$WORK/$name.txt")
+  CPU_US=$(awk -v t="$(( $(cpu_ticks) - t0 ))" -v hz="$(getconf CLK_TCK)" -v n="$reqs" \
+    'BEGIN{printf "%.1f", (n>0)? t/hz*1e6/n : 0}')
+  echo "$name rps=$RPS p99=$P99 tpvd_cpu_us_per_request=$CPU_US"
 }
 to_ms() { # wrk latency "1.23ms" / "512.00us" / "1.01s" -> ms
   awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v} else {sub(/s$/,"",v); print v*1000} }'
 }
 
 echo "tpvd $("$TPVD" --version | awk '{print $2}'), backend=$([ -n "${BENCH_DATABASE:-}" ] && echo postgresql || echo sqlite), auth=${BENCH_AUTH:-0}, $(nproc) cores, study of $ITEMS ranked candidates ($BYTES-byte body, $GZBYTES gzip'd), wrk -t2 -c64 -d${SECS}s"
-run healthz "$BASE/healthz";               H_RPS=$RPS; H_P99=$P99
-run ranking "$RANK";                       R_RPS=$RPS; R_P99=$P99
-run ranking304 "$RANK" -H "If-None-Match: $ETAG" -s "$WORK/count.lua"; N_RPS=$RPS; N_P99=$P99
-run ranking_gzip "$RANK" -H "Accept-Encoding: gzip" -s "$WORK/count.lua"; G_RPS=$RPS; G_P99=$P99
+run healthz "$BASE/healthz";               H_RPS=$RPS; H_P99=$P99; H_CPU=$CPU_US
+run ranking "$RANK";                       R_RPS=$RPS; R_P99=$P99; R_CPU=$CPU_US
+run ranking304 "$RANK" -H "If-None-Match: $ETAG" -s "$WORK/count.lua"; N_RPS=$RPS; N_P99=$P99; N_CPU=$CPU_US
+run ranking_gzip "$RANK" -H "Accept-Encoding: gzip" -s "$WORK/count.lua"; G_RPS=$RPS; G_P99=$P99; G_CPU=$CPU_US
 read -r C304 CALLS < <(awk '/^STATUS304/{print $2, $3}' "$WORK/ranking304.txt")
 read -r CGZ GCALLS < <(awk '/^GZIP200/{print $2, $3}' "$WORK/ranking_gzip.txt")
 GZSHARE=$(awk -v a="$CGZ" -v b="$GCALLS" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')
@@ -123,15 +131,16 @@ SHARE=$(awk -v a="$C304" -v b="$CALLS" 'BEGIN{printf "%.3f", (b>0)?a/b:0}')
 RATIO304=$(awk -v a="$N_RPS" -v b="$H_RPS" 'BEGIN{printf "%.2f", a/b}')
 R_P99_MS=$(to_ms "$R_P99")
 echo
-echo "| run | req/s | p99 |"
-echo "|---|---|---|"
-echo "| GET /healthz | $H_RPS | $H_P99 |"
-echo "| GET ranking (200 candidates, 200 OK) | $R_RPS | $R_P99 |"
-echo "| GET ranking with If-None-Match (304) | $N_RPS | $N_P99 |"
-echo "| GET ranking, Accept-Encoding: gzip (200 OK) | $G_RPS | $G_P99 |"
+echo "| run | req/s | p99 | tpvd CPU us/request |"
+echo "|---|---|---|---|"
+echo "| GET /healthz | $H_RPS | $H_P99 | $H_CPU |"
+echo "| GET ranking (200 candidates, 200 OK) | $R_RPS | $R_P99 | $R_CPU |"
+echo "| GET ranking with If-None-Match (304) | $N_RPS | $N_P99 | $N_CPU |"
+echo "| GET ranking, Accept-Encoding: gzip (200 OK) | $G_RPS | $G_P99 | $G_CPU |"
 echo
 echo "ranking/healthz rps ratio: $RATIO identity, $GZRATIO gzip (target >= 0.5)"
 echo "ranking p99: ${R_P99_MS} ms (target < 10 ms)"
+echo "tpvd CPU per request, healthz/ranking (the server's own capacity ratio): $(awk -v a="$H_CPU" -v b="$R_CPU" 'BEGIN{printf "%.2f", (b>0)?a/b:0}') identity, $(awk -v a="$H_CPU" -v b="$G_CPU" 'BEGIN{printf "%.2f", (b>0)?a/b:0}') gzip"
 echo "304/healthz rps ratio: $RATIO304 (target >= 0.8)"
 echo "answers of run 3 that were 304: $SHARE ($C304 of $CALLS; must be 1.000)"
 echo "answers of run 4 that were gzip'd 200s: $GZSHARE ($CGZ of $GCALLS; must be 1.000)"
