@@ -38,22 +38,6 @@ static const char sql_release[] =
     "WHERE id = $1 AND lease_owner = $2 AND state = 'running' "
     "RETURNING kind, study_id, candidate_id";
 
-/* $1 max_attempts, $2 now (RFC 3339). */
-static const char sql_expire[] =
-    "WITH stale AS (SELECT id FROM jobs WHERE state = 'running' AND lease_expires < " DB_NOW
-    "               FOR UPDATE SKIP LOCKED), "
-    "d AS (SELECT j.id, j.attempts >= $1::int AS give_up FROM jobs j JOIN stale USING (id)) "
-    "UPDATE jobs j SET "
-    "  state = CASE WHEN d.give_up THEN 'failed' ELSE 'queued' END, "
-    "  error_code = CASE WHEN d.give_up THEN 'aborted' END, "
-    "  error_message = CASE WHEN d.give_up THEN 'the job was interrupted ' || j.attempts || "
-    "    ' times (a node stopped or its lease expired while it ran); giving up after "
-    "--max-attempts=' || $1 END, "
-    "  finished_at = CASE WHEN d.give_up THEN $2 END, "
-    "  lease_owner = NULL, lease_expires = NULL, progress = 0 "
-    "FROM d WHERE j.id = d.id "
-    "RETURNING j.kind, j.study_id, j.candidate_id, j.id, j.state";
-
 static void now_rfc3339(char out[32])
 {
     struct timespec ts;
@@ -244,47 +228,4 @@ int pg_queue_release(struct pg_pool *p, const char *id, const char *owner, struc
     const char *params[] = { id, owner };
     struct end_ctx x = { params, 2, sql_release, id, owner, "queued" };
     return pg_tx_run(p, PG_READ_COMMITTED, end_body, &x, err);
-}
-
-/* ---- expired leases ---- */
-
-struct expire_ctx {
-    char max[16];
-    int requeued, failed;
-};
-
-static int expire_body(struct pg_conn *c, void *arg, struct tpv_err *err)
-{
-    struct expire_ctx *x = arg;
-    x->requeued = x->failed = 0;
-    char now[32];
-    now_rfc3339(now);
-    const char *params[] = { x->max, now };
-    struct pg_result *r;
-    int rc = pg_exec(c, sql_expire, 2, params, &r, err);
-    if (rc != TPV_OK)
-        return rc;
-    for (int i = 0; i < pg_result_rows(r); i++) {
-        if (strcmp(pg_result_text(r, i, 4), "failed") == 0)
-            x->failed++;
-        else
-            x->requeued++;
-    }
-    rc = follow_rows(c, r, NULL, NULL, err);
-    pg_result_free(r);
-    return rc;
-}
-
-int pg_queue_requeue_expired(struct pg_pool *p, int max_attempts, int *requeued, int *failed,
-                             struct tpv_err *err)
-{
-    struct expire_ctx x = { .requeued = 0 };
-    snprintf(x.max, sizeof x.max, "%d", max_attempts > 0 ? max_attempts : 1);
-    *requeued = *failed = 0;
-    int rc = pg_tx_run(p, PG_READ_COMMITTED, expire_body, &x, err);
-    if (rc == TPV_OK) {
-        *requeued = x.requeued;
-        *failed = x.failed;
-    }
-    return rc;
 }

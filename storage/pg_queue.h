@@ -1,9 +1,10 @@
 /* pg_queue.h: the durable job queue on PostgreSQL (DESIGN.md section 7), for several tpvd nodes
  * on one database.  A claim takes the oldest queued job with `FOR UPDATE SKIP LOCKED` (claimers
  * never wait for each other and never get the same job) and gives it a lease (owner,
- * lease_expires) that the running worker renews; a node killed with SIGKILL stops renewing, any
- * node's pg_queue_requeue_expired puts its jobs back in the queue, or fails them with a clear
- * error past the attempts limit.  Only the current owner may renew, finish or release a job.
+ * lease_expires) that the running worker renews; a node killed with SIGKILL stops renewing, and
+ * any node's store_jobs_requeue_expired (storage/store_pg_jobs.c, which also tells the outbox)
+ * puts its jobs back in the queue, or fails them with a clear error past the attempts limit.
+ * Only the current owner may renew, finish or release a job.
  *
  * Lease times are the database server's clock (clock_timestamp()), never a node's, so that nodes
  * whose clocks disagree still agree on which lease expired.  Every transition of a score job
@@ -55,11 +56,5 @@ int pg_queue_finish(struct pg_pool *p, const char *id, const char *owner, const 
 
 /* Gives a job held by `owner` back to the queue (shutdown); the attempt is not counted. */
 int pg_queue_release(struct pg_pool *p, const char *id, const char *owner, struct tpv_err *err);
-
-/* Every running job whose lease expired goes back to the queue, or, when it already had
- * `max_attempts` attempts, fails with error code "aborted" and a message saying why.  Safe to run
- * on every node at once (SKIP LOCKED: each expired job is handled by one of them). */
-int pg_queue_requeue_expired(struct pg_pool *p, int max_attempts, int *requeued, int *failed,
-                             struct tpv_err *err);
 
 #endif

@@ -20,6 +20,7 @@
 #include "storage/pg_notify.h"
 #include "storage/pg_queue.h"
 #include "storage/schema_pg.h"
+#include "storage/store.h"
 #include "tests/support/pg_test.h"
 
 struct fixture {
@@ -248,6 +249,26 @@ static void test_claim_latency_three_claimers(void **state)
     measure_claims(f->db, 300, false);
 }
 
+/* Lease expiry as a node runs it: store_jobs_requeue_expired on a store opened on the fixture's
+ * database (storage/store_pg_jobs.c: the candidate follows, the outbox hears of failures). */
+static void requeue_expired(const char *db, int max_attempts, int *requeued, int *failed)
+{
+    char url[512], blobs[] = "/tmp/tpvd-pgq-blobs-XXXXXX", cmd[128];
+    struct store *st;
+    struct tpv_err err;
+    assert_non_null(mkdtemp(blobs));
+    pg_test_db_url(db, url, sizeof url);
+    struct store_options o = { .blob_dir = blobs };
+    if (store_open_url(&st, url, &o, &err) != TPV_OK)
+        fail_msg("store_open_url: %s", err.message);
+    *requeued = *failed = -1;
+    if (store_jobs_requeue_expired(st, max_attempts, 0, requeued, failed, &err) != TPV_OK)
+        fail_msg("store_jobs_requeue_expired: %s", err.message);
+    store_close(st);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", blobs);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void test_expired_lease_requeued_and_run_elsewhere(void **state)
 {
     struct fixture *f = *state;
@@ -267,13 +288,13 @@ static void test_expired_lease_requeued_and_run_elsewhere(void **state)
     assert_false(cancel);
     /* Not expired yet: nothing to re-queue. */
     int requeued = -1, failed = -1;
-    assert_int_equal(pg_queue_requeue_expired(node_b, 3, &requeued, &failed, &err), TPV_OK);
+    requeue_expired(f->db, 3, &requeued, &failed);
     assert_int_equal(requeued, 0);
     assert_int_equal(failed, 0);
 
     /* Node a stops renewing (killed); its lease runs out and node b re-queues and runs it. */
     usleep(500000);
-    assert_int_equal(pg_queue_requeue_expired(node_b, 3, &requeued, &failed, &err), TPV_OK);
+    requeue_expired(f->db, 3, &requeued, &failed);
     assert_int_equal(requeued, 1);
     assert_int_equal(failed, 0);
     assert_int_equal(sql_int(f->db, "SELECT count(*) FROM candidates WHERE state = 'queued'"), 1);
@@ -313,7 +334,7 @@ static void test_attempts_limit(void **state)
         assert_int_equal(j.attempts, attempt);
         pg_job_claim_free(&j);
         usleep(350000);
-        assert_int_equal(pg_queue_requeue_expired(f->pool, 2, &requeued, &failed, &err), TPV_OK);
+        requeue_expired(f->db, 2, &requeued, &failed);
         assert_int_equal(requeued, attempt == 1 ? 1 : 0);
         assert_int_equal(failed, attempt == 2 ? 1 : 0);
     }
