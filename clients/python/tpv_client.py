@@ -211,6 +211,11 @@ class Client:
         status, _, _ = self._request("HEAD", "/v1/blobs/" + digest, expect=(200, 404))
         return status == 200
 
+    def delete_blob(self, digest):
+        """Deletes a blob nothing uses; while a study, candidate or job uses it, raises
+        TPVError(409, "failed_precondition") naming that user."""
+        self._request("DELETE", "/v1/blobs/" + digest)
+
     def put_blob(self, path, progress=None):
         """Uploads a file unless the server has it; returns "sha256:<hex>"."""
         digest = "sha256:" + sha256_file(path)
@@ -248,6 +253,10 @@ class Client:
         if webhook_url:
             body["webhook_url"] = webhook_url
         return self._request("POST", "/v1/studies", body)[2]
+
+    def delete_study(self, sid):
+        """Deletes the study with its inputs, candidates, scores and jobs."""
+        self._request("DELETE", f"/v1/studies/{sid}")
 
     def get_study(self, sid):
         return self._request("GET", f"/v1/studies/{sid}")[2]
@@ -306,6 +315,16 @@ class Client:
 
     def list_candidates(self, sid, page_size=100):
         return list(self._pages(f"/v1/studies/{sid}/candidates", page_size))
+
+    def delete_candidate(self, sid, cid):
+        """Deletes the candidate with its scores and jobs (a running job stops within a second);
+        its name is free again."""
+        self._request("DELETE", f"/v1/studies/{sid}/candidates/{cid}")
+
+    def retry_candidate(self, sid, cid):
+        """A new score job for a failed or canceled candidate; returns {"job": ...}.  Any other
+        state raises TPVError(409, "failed_precondition")."""
+        return self._request("POST", f"/v1/studies/{sid}/candidates/{cid}/retry")[2]
 
     def get_job(self, jid):
         return self._request("GET", f"/v1/jobs/{jid}")[2]

@@ -29,7 +29,8 @@ static const struct {
       "      MODEL is JSON ('{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.01}') or\n"
       "      key=value pairs (name=iso,kind=isotropic,sigma=0.01); prints the study id\n"
       "      (and, with --webhook, the signing secret on stderr: it is shown only once)\n"
-      "  study list | study get SID\n" },
+      "  study list | study get SID\n"
+      "  study delete SID         the study with its inputs, candidates, scores and jobs\n" },
     { "inputs",
       "  inputs put SID fit|probe FILE              upload an input set (.npy/.safetensors)\n" },
     { "candidate",
@@ -40,7 +41,10 @@ static const struct {
       "       -l --layout, -L --train-loss, -e --epoch, -r --run, -M --meta, -w --wait,\n"
       "       -T --timeout); uploads files the server lacks (HEAD first), prints the job id\n"
       "  candidate list SID       id, name, state and the score the study ranks by\n"
-      "  candidate get SID CID\n" },
+      "  candidate get SID CID\n"
+      "  candidate delete SID CID  its scores and jobs too (a running job stops); the name is free\n"
+      "  candidate retry SID CID [-w [-T SECONDS]]  a new score job for a failed or canceled\n"
+      "      candidate; prints the job id, or with -w waits for it\n" },
     { "job",
       "  job get JID | job cancel JID | job wait JID [-T SECONDS]\n" },
     { "ranking",
@@ -59,7 +63,8 @@ static const struct {
       "  jbr SID CID [--confidence C] [--batch-size B] [-w [-T SECONDS]]\n"
       "      prints the job id, or with -w (--wait) the units, lowest score first\n" },
     { "blob",
-      "  blob put FILE            prints the digest alone on stdout (also when already there)\n" },
+      "  blob put FILE            prints the digest alone on stdout (also when already there)\n"
+      "  blob delete sha256:HEX   refused (exit 1) while a study, candidate or job uses it\n" },
 };
 
 static void usage(FILE *out)
@@ -990,6 +995,54 @@ static int cmd_agreement(const struct ctl *c, int argc, char **argv)
     return rc;
 }
 
+/* --- lifecycle ----------------------------------------------------------------------------- */
+
+/* DELETE of a study, candidate or blob: 204, silent but for a note on stderr. */
+static int delete_resource(const struct ctl *c, const char *path, const char *what)
+{
+    int rc = ctl_call(c, "DELETE", path, NULL, NULL, NULL, NULL, NULL);
+    if (rc == CTL_OK && !c->quiet)
+        fprintf(stderr, "deleted %s\n", what);
+    return rc;
+}
+
+/* `candidate retry SID CID [-w [-T S]]`: the new job's id, or its end with --wait. */
+static int cmd_candidate_retry(const struct ctl *c, int argc, char **argv)
+{
+    static const struct option opts[] = { { "wait", no_argument, 0, 'w' },
+                                          { "timeout", required_argument, 0, 'T' },
+                                          { 0, 0, 0, 0 } };
+    bool wait = false;
+    double timeout = 0;
+    int opt;
+    optind = 3;
+    while ((opt = getopt_long(argc, argv, "wT:", opts, NULL)) != -1) {
+        if (opt == 'w')
+            wait = true;
+        else if (opt == 'T')
+            timeout = atof(optarg);
+        else
+            return command_usage("candidate");
+    }
+    if (optind != argc)
+        return command_usage("candidate");
+    char path[512];
+    json_t *resp = NULL;
+    snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s/retry", argv[1], argv[2]);
+    int rc = ctl_call(c, "POST", path, NULL, NULL, NULL, NULL, &resp);
+    if (rc == CTL_OK) {
+        const char *jid = json_string_value(json_object_get(json_object_get(resp, "job"), "id"));
+        if (json_output && !wait)
+            print_json(resp);
+        else if (!wait)
+            printf("%s\n", jid ? jid : "");
+        if (wait && jid)
+            rc = job_wait(c, jid, timeout, NULL);
+    }
+    json_decref(resp);
+    return rc;
+}
+
 /* --- dispatch ------------------------------------------------------------------------------ */
 
 /* `job wait JID [-T S]`. */
@@ -1035,6 +1088,10 @@ static int dispatch(const struct ctl *c, int argc, char **argv)
         snprintf(path, sizeof path, "/v1/studies/%s", argv[2]);
         return get_and_print(c, path);
     }
+    if (IS("study", "delete") && argc == 3) {
+        snprintf(path, sizeof path, "/v1/studies/%s", argv[2]);
+        return delete_resource(c, path, argv[2]);
+    }
     if (IS("inputs", "put") && argc == 5) {
         int rc;
         json_t *ref = ctl_blob_ref(c, argv[4], &rc);
@@ -1057,6 +1114,12 @@ static int dispatch(const struct ctl *c, int argc, char **argv)
         snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", argv[2], argv[3]);
         return get_and_print(c, path);
     }
+    if (IS("candidate", "delete") && argc == 4) {
+        snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", argv[2], argv[3]);
+        return delete_resource(c, path, argv[3]);
+    }
+    if (IS("candidate", "retry") && argc >= 4)
+        return cmd_candidate_retry(c, argc - 1, argv + 1);
     if (IS("job", "get") && argc == 3) {
         snprintf(path, sizeof path, "/v1/jobs/%s", argv[2]);
         return get_and_print(c, path);
@@ -1082,6 +1145,10 @@ static int dispatch(const struct ctl *c, int argc, char **argv)
         return cmd_agreement(c, argc, argv);
     if (IS("blob", "put") && argc == 3)
         return cmd_blob_put(c, argv[2]);
+    if (IS("blob", "delete") && argc == 3) {
+        snprintf(path, sizeof path, "/v1/blobs/%s", argv[2]);
+        return delete_resource(c, path, argv[2]);
+    }
 #undef IS
     /* A known command with a missing or wrong verb or arguments: that command's usage. */
     int rc = command_usage(group);

@@ -344,6 +344,48 @@ class PythonClientTest(unittest.TestCase):
             self.assertIsNotNone(e["payload"], e)
             self.assertEqual(e["event_id"], e["payload"]["id"], e)
 
+    def test_lifecycle(self):
+        """Delete, retry and blob delete through the client, against the daemon."""
+        c = Client(self.url)
+        sid = c.create_study("life", [{"name": "iso", "kind": "isotropic", "sigma": 0.1}])["id"]
+        good, bad = os.path.join(self.tmp, "life-good.npy"), os.path.join(self.tmp, "life-bad.npy")
+        np.save(good, np.arange(12, dtype=np.float64).reshape(4, 3) / 10)
+        nan = np.ones((4, 3))
+        nan[2, 1] = np.nan
+        np.save(bad, nan)
+        ok = c.add_candidate(sid, "ok", jacobian_fit=good)
+        broken = c.add_candidate(sid, "broken", jacobian_fit=bad)
+        self.assertEqual(c.wait_job(ok["job"]["id"], timeout=60)["state"], "succeeded")
+        self.assertEqual(c.wait_job(broken["job"]["id"], timeout=60)["state"], "failed")
+
+        # A failed candidate gets a new job; a succeeded one is refused.
+        again = c.retry_candidate(sid, broken["candidate"]["id"])
+        self.assertNotEqual(again["job"]["id"], broken["job"]["id"])
+        self.assertEqual(c.wait_job(again["job"]["id"], timeout=60)["state"], "failed")
+        with self.assertRaises(TPVError) as e:
+            c.retry_candidate(sid, ok["candidate"]["id"])
+        self.assertEqual((e.exception.status, e.exception.code), (409, "failed_precondition"))
+
+        # A blob in use cannot go; once its candidate is deleted it can.
+        digest = "sha256:" + tpv_client.sha256_file(good)
+        with self.assertRaises(TPVError) as e:
+            c.delete_blob(digest)
+        self.assertEqual(e.exception.status, 409)
+        self.assertIn(ok["candidate"]["id"], e.exception.message)
+        c.delete_candidate(sid, ok["candidate"]["id"])
+        with self.assertRaises(TPVError) as e:
+            c.get_candidate(sid, ok["candidate"]["id"])
+        self.assertEqual(e.exception.status, 404)
+        c.delete_blob(digest)
+        self.assertFalse(c.has_blob(digest))
+        again_ok = c.add_candidate(sid, "ok", jacobian_fit=good)  # the name is free again
+        self.assertEqual(again_ok["candidate"]["name"], "ok")
+
+        c.delete_study(sid)
+        with self.assertRaises(TPVError) as e:
+            c.get_study(sid)
+        self.assertEqual(e.exception.status, 404)
+
     def test_errors(self):
         c = Client(self.url)
         with self.assertRaises(TPVError) as e:

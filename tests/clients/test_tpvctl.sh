@@ -6,7 +6,7 @@
 # blob put (the digest alone on stdout), output flags after the command, short flags, a command
 # without its verb (its usage, exit 2), progress bars (none off a terminal, at most 10 frames a
 # second on one), and the exit codes scripts rely on: 1 server error, 2 usage, 3 unreachable or
-# response over --max-response, 4 job failed.
+# response over --max-response, 4 job failed; lifecycle (retry, candidate, study and blob delete).
 #   TPVD_BIN, TPVCTL_BIN, TPV_SOURCE_ROOT come from meson (tests/clients/meson.build).
 set -euo pipefail
 
@@ -339,6 +339,44 @@ if rec:
 else:
     assert last.startswith("recommended: none"), last
 PY
+
+# Lifecycle: retry a failed candidate (a NaN in its dump), refuse to retry a succeeded one,
+# blob delete refused while used (exit 1 naming the user), candidate and study delete.
+/usr/bin/env python3 - "$tmp" <<'PY'
+import struct, sys
+def npy(path, vals):
+    hdr = "{'descr': '<f8', 'fortran_order': False, 'shape': (4, 3), }"
+    hdr += " " * (64 - (10 + len(hdr) + 1) % 64) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(hdr)) + hdr.encode())
+        f.write(struct.pack("<12d", *vals))
+npy(sys.argv[1] + "/good.npy", [0.1 * i for i in range(12)])
+npy(sys.argv[1] + "/bad.npy", [1.0] * 7 + [float("nan")] + [1.0] * 4)
+PY
+expect_rc 0 "$T" study create -n life -m name=iso,kind=isotropic,sigma=0.01
+sid_life=$(cat "$tmp/out")
+expect_rc 0 "$T" candidate add "$sid_life" -n ok -f "$tmp/good.npy" -w
+expect_rc 4 "$T" candidate add "$sid_life" -n broken -f "$tmp/bad.npy" -w
+cid_of() { "$T" --json candidate list "$1" | /usr/bin/env python3 -c \
+  'import json,sys; print([c["id"] for c in json.load(sys.stdin) if c["name"]==sys.argv[1]][0])' "$2"; }
+cid_ok=$(cid_of "$sid_life" ok); cid_broken=$(cid_of "$sid_life" broken)
+expect_rc 0 "$T" candidate retry "$sid_life" "$cid_broken"
+[[ "$(cat "$tmp/out")" == jb_* ]] || fail "retry prints the new job id: $(cat "$tmp/out")"
+expect_rc 4 "$T" job wait "$(cat "$tmp/out")"
+expect_rc 4 "$T" candidate retry "$sid_life" "$cid_broken" -w
+expect_rc 1 "$T" candidate retry "$sid_life" "$cid_ok"
+grep -q 'failed_precondition' "$tmp/err" || fail "retry of a succeeded candidate: $(cat "$tmp/err")"
+good_digest="sha256:$(sha256sum "$tmp/good.npy" | cut -d' ' -f1)"
+expect_rc 1 "$T" blob delete "$good_digest"
+grep -q "$cid_ok" "$tmp/err" || fail "blob delete in use does not name the candidate: $(cat "$tmp/err")"
+expect_rc 0 "$T" candidate delete "$sid_life" "$cid_ok"
+expect_rc 1 "$T" candidate get "$sid_life" "$cid_ok"
+grep -q 'not_found' "$tmp/err" || fail "deleted candidate: $(cat "$tmp/err")"
+expect_rc 0 "$T" blob delete "$good_digest"
+expect_rc 1 "$T" blob delete "$good_digest"
+expect_rc 0 "$T" study delete "$sid_life"
+expect_rc 1 "$T" study get "$sid_life"
+expect_rc 2 "$T" candidate delete "$sid_life"
 
 kill -TERM "$daemon"
 rc=0; wait "$daemon" || rc=$?
