@@ -14,22 +14,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "tests/support/daemon_proc.h"
 #include "tests/support/http_client.h"
+#include "tests/support/service_steps.h"
 #include "tests/support/npy.h"
 
 #define NCAND 9
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static uint64_t lcg(uint64_t *s)
 {
@@ -46,43 +39,14 @@ static void upload_dump(const struct test_daemon *d, uint64_t seed, double scale
     uint64_t shape[2] = { 10, 3 };
     size_t len;
     unsigned char *b = test_npy_f64(shape, 2, v, &len);
-    char url[256];
-    struct http_result r;
-    snprintf(url, sizeof url, "%s/v1/blobs", d->base_url);
-    assert_int_equal(http_request("PUT", url, b, len, NULL, &r), 0);
-    if (r.status != 201 && r.status != 200)
-        fail_msg("PUT /v1/blobs: %ld %s", r.status, r.body);
-    snprintf(out, 80, "%s", http_json_str(&r, "digest"));
-    http_result_free(&r);
+    test_put_blob(d, b, len, out);
     free(b);
-}
-
-static void expect_error(const struct http_result *r, long status, const char *code,
-                         const char *field)
-{
-    if (r->status != status)
-        fail_msg("want %ld, got %ld: %s", status, r->status, r->body);
-    assert_string_equal(http_json_str(r, "error.code"), code);
-    if (field)
-        assert_string_equal(http_json_str(r, "error.details.field"), field);
 }
 
 static void call(const struct test_daemon *d, const char *method, const char *path,
                  const char *body, struct http_result *r)
 {
     assert_int_equal(http_json(d->base_url, method, path, body, NULL, r), 0);
-}
-
-static json_int_t study_version(const struct test_daemon *d, const char *sid)
-{
-    struct http_result r;
-    char path[128];
-    snprintf(path, sizeof path, "/v1/studies/%s", sid);
-    call(d, "GET", path, NULL, &r);
-    assert_int_equal(r.status, 200);
-    json_int_t v = json_integer_value(json_object_get(r.json, "version"));
-    http_result_free(&r);
-    return v;
 }
 
 /* ---- the test's own statistics (pairs and ranks by counting, O(n^2)) ---- */
@@ -157,38 +121,18 @@ static void study_make(struct study *st)
     struct http_result r;
     char path[160], body[256], dig[80], jid[NCAND][64];
     assert_int_equal(test_daemon_start(&st->d, args), 0);
-    call(&st->d, "POST", "/v1/studies",
-         "{\"name\":\"agree\",\"noise_models\":[{\"name\":\"iso\",\"kind\":\"isotropic\","
-         "\"sigma\":0.1},{\"name\":\"lab\",\"kind\":\"label\",\"sigma\":0.1,\"ridge_rel\":0.5}]}",
-         &r);
-    assert_int_equal(r.status, 201);
-    snprintf(st->sid, sizeof st->sid, "%s", http_json_str(&r, "id"));
-    http_result_free(&r);
+    test_create_study(&st->d,
+                      "{\"name\":\"agree\",\"noise_models\":[{\"name\":\"iso\",\"kind\":"
+                      "\"isotropic\",\"sigma\":0.1},{\"name\":\"lab\",\"kind\":\"label\","
+                      "\"sigma\":0.1,\"ridge_rel\":0.5}]}",
+                      st->sid);
     for (int i = 0; i < NCAND; i++) {
         upload_dump(&st->d, 100 + (uint64_t)i, 0.5 + 0.25 * i, dig);
-        snprintf(path, sizeof path, "/v1/studies/%s/candidates", st->sid);
         snprintf(body, sizeof body, "{\"name\":\"c%d\",\"jacobian\":{\"fit\":\"%s\"}}", i, dig);
-        call(&st->d, "POST", path, body, &r);
-        if (r.status != 202)
-            fail_msg("POST %s: %ld %s", path, r.status, r.body);
-        snprintf(st->cid[i], 64, "%s", http_json_str(&r, "candidate.id"));
-        snprintf(jid[i], 64, "%s", http_json_str(&r, "job.id"));
-        http_result_free(&r);
+        test_submit(&st->d, st->sid, body, st->cid[i], jid[i]);
     }
     for (int i = 0; i < NCAND; i++) {
-        snprintf(path, sizeof path, "/v1/jobs/%.64s", jid[i]);
-        for (double t0 = now_s();; usleep(20 * 1000)) {
-            call(&st->d, "GET", path, NULL, &r);
-            const char *state = http_json_str(&r, "state");
-            bool done = state && strcmp(state, "queued") != 0 && strcmp(state, "running") != 0;
-            if (done && strcmp(state, "succeeded") != 0)
-                fail_msg("job %s: %s", jid[i], r.body);
-            http_result_free(&r);
-            if (done)
-                break;
-            if (now_s() - t0 > 30)
-                fail_msg("job %s did not finish", jid[i]);
-        }
+        test_wait_succeeded(&st->d, jid[i], 30);
         snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", st->sid, st->cid[i]);
         call(&st->d, "GET", path, NULL, &r);
         assert_int_equal(r.status, 200);
@@ -270,7 +214,7 @@ static void test_report(void **state)
     bool has[NCAND];
     study_make(&st);
     get_report(&st, "val", &r);
-    expect_error(&r, 404, "not_found", "metric");
+    test_expect_error(&r, 404, "not_found", "metric");
     http_result_free(&r);
     /* val is the rank order of iso with ranks 1 and 2 swapped and ranks 5 and 6 tied. */
     static const int target[NCAND] = { 0, 2, 1, 3, 4, 5, 5, 7, 8 };
@@ -281,7 +225,7 @@ static void test_report(void **state)
         val[i] = 0.1 * target[rank] + 0.01;
         has[i] = i != 4;
     }
-    json_int_t v0 = study_version(&st.d, st.sid);
+    json_int_t v0 = test_study_version(&st.d, st.sid);
     for (int i = 0; i < NCAND; i++) {
         if (!has[i])
             continue;
@@ -294,7 +238,7 @@ static void test_report(void **state)
                                                              "val")), val[i], 0);
         http_result_free(&r);
     }
-    assert_int_equal(study_version(&st.d, st.sid), v0 + NCAND - 1); /* each PUT bumped it */
+    assert_int_equal(test_study_version(&st.d, st.sid), v0 + NCAND - 1); /* each PUT bumped it */
 
     get_report(&st, "val", &r);
     if (r.status != 200)
@@ -341,7 +285,7 @@ static void test_report(void **state)
     assert_int_equal(r.status, 204);
     http_result_free(&r);
     put_metrics(&st, 0, "{\"val\":1}", &r);
-    expect_error(&r, 404, "not_found", "candidate_id");
+    test_expect_error(&r, 404, "not_found", "candidate_id");
     http_result_free(&r);
     get_report(&st, "val", &r);
     assert_int_equal(r.status, 200);
@@ -363,7 +307,7 @@ static void test_merge_and_refusals(void **state)
     put_metrics(&st, 1, "{\"val_loss\":0.31,\"acc\":0.9}", &r);
     assert_int_equal(r.status, 200);
     http_result_free(&r);
-    json_int_t v = study_version(&st.d, st.sid);
+    json_int_t v = test_study_version(&st.d, st.sid);
     put_metrics(&st, 1, "{\"val_loss\":0.25,\"acc\":null,\"epoch\":3}", &r);
     assert_int_equal(r.status, 200);
     json_t *m = json_object_get(r.json, "metrics");
@@ -372,11 +316,11 @@ static void test_merge_and_refusals(void **state)
     assert_float_equal(json_number_value(json_object_get(m, "epoch")), 3, 0);
     assert_null(json_object_get(m, "acc"));
     http_result_free(&r);
-    assert_int_equal(study_version(&st.d, st.sid), v + 1);
+    assert_int_equal(test_study_version(&st.d, st.sid), v + 1);
     put_metrics(&st, 1, "{\"val_loss\":0.25,\"acc\":null,\"epoch\":3}", &r);
     assert_int_equal(r.status, 200);
     http_result_free(&r);
-    assert_int_equal(study_version(&st.d, st.sid), v + 1); /* nothing changed */
+    assert_int_equal(test_study_version(&st.d, st.sid), v + 1); /* nothing changed */
     snprintf(path, sizeof path, "/v1/studies/%s/candidates", st.sid);
     call(&st.d, "GET", path, NULL, &r);
     assert_int_equal(r.status, 200);
@@ -413,29 +357,29 @@ static void test_merge_and_refusals(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         put_metrics(&st, 2, bad[i].body, &r);
-        expect_error(&r, 400, "invalid_argument", bad[i].field);
+        test_expect_error(&r, 400, "invalid_argument", bad[i].field);
         http_result_free(&r);
     }
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/cd_0000000000000000/metrics", st.sid);
     call(&st.d, "PUT", path, "{\"a\":1}", &r);
-    expect_error(&r, 404, "not_found", "candidate_id");
+    test_expect_error(&r, 404, "not_found", "candidate_id");
     http_result_free(&r);
 
     /* The report: metric required, unknown ones 404 naming what exists, typos in names 400. */
     snprintf(path, sizeof path, "/v1/studies/%s/agreement", st.sid);
     call(&st.d, "GET", path, NULL, &r);
-    expect_error(&r, 400, "invalid_argument", "metric");
+    test_expect_error(&r, 400, "invalid_argument", "metric");
     http_result_free(&r);
     get_report(&st, "val_los", &r);
-    expect_error(&r, 404, "not_found", "metric");
+    test_expect_error(&r, 404, "not_found", "metric");
     assert_non_null(strstr(http_json_str(&r, "error.message"), "val_loss"));
     http_result_free(&r);
     snprintf(path, sizeof path, "/v1/studies/%s/agreement?metric=val_loss&metrc=1", st.sid);
     call(&st.d, "GET", path, NULL, &r);
-    expect_error(&r, 400, "invalid_argument", "metrc");
+    test_expect_error(&r, 400, "invalid_argument", "metrc");
     http_result_free(&r);
     call(&st.d, "GET", "/v1/studies/st_0000000000000000/agreement?metric=val_loss", NULL, &r);
-    expect_error(&r, 404, "not_found", "study_id");
+    test_expect_error(&r, 404, "not_found", "study_id");
     http_result_free(&r);
     /* 64 keys are fine; one more after the merge is refused. */
     used = (size_t)snprintf(many, sizeof many, "{");
@@ -446,10 +390,10 @@ static void test_merge_and_refusals(void **state)
     assert_int_equal(r.status, 200);
     http_result_free(&r);
     put_metrics(&st, 2, "{\"one_more\":1}", &r);
-    expect_error(&r, 400, "invalid_argument", "metrics");
+    test_expect_error(&r, 400, "invalid_argument", "metrics");
     http_result_free(&r);
     get_report(&st, "nope", &r); /* 66 names now: the first 16 and "..." */
-    expect_error(&r, 404, "not_found", "metric");
+    test_expect_error(&r, 404, "not_found", "metric");
     assert_non_null(strstr(http_json_str(&r, "error.message"), "epoch, m0, m1, m10,"));
     assert_non_null(strstr(http_json_str(&r, "error.message"), ", ...)"));
     http_result_free(&r);

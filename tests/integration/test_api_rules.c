@@ -23,21 +23,10 @@
 
 #include "tests/support/daemon_proc.h"
 #include "tests/support/http_client.h"
+#include "tests/support/service_steps.h"
 #include "tests/support/npy.h"
 
 /* ---- helpers ---- */
-
-static void upload(const struct test_daemon *d, const void *buf, size_t len, char out[80])
-{
-    char url[256];
-    struct http_result r;
-    snprintf(url, sizeof url, "%s/v1/blobs", d->base_url);
-    assert_int_equal(http_request("PUT", url, buf, len, NULL, &r), 0);
-    if (r.status != 201 && r.status != 200)
-        fail_msg("PUT /v1/blobs: %ld %s", r.status, r.body);
-    snprintf(out, 80, "%s", http_json_str(&r, "digest"));
-    http_result_free(&r);
-}
 
 /* A float64 .npy of shape (n, p) with entries (i + 2j + 1) / 10, and `bad` (NaN, Inf) at flat
  * index bad_at when bad_at < n * p. */
@@ -58,27 +47,9 @@ static unsigned char *make_npy(uint64_t n, uint64_t p, uint64_t bad_at, double b
 static void create_study(const struct test_daemon *d, const char *name, char sid[64])
 {
     char body[256];
-    struct http_result r;
     snprintf(body, sizeof body, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
              "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
-    assert_int_equal(http_json(d->base_url, "POST", "/v1/studies", body, NULL, &r), 0);
-    if (r.status != 201)
-        fail_msg("POST /v1/studies: %ld %s", r.status, r.body);
-    snprintf(sid, 64, "%s", http_json_str(&r, "id"));
-    http_result_free(&r);
-}
-
-static void expect_error(const struct http_result *r, long status, const char *code,
-                         const char *field)
-{
-    if (r->status != status)
-        fail_msg("want %ld, got %ld: %s", status, r->status, r->body);
-    assert_string_equal(http_json_str(r, "error.code"), code);
-    if (field) {
-        const char *got = http_json_str(r, "error.details.field");
-        if (!got || strcmp(got, field) != 0)
-            fail_msg("want field %s: %s", field, r->body);
-    }
+    test_create_study(d, body, sid);
 }
 
 /* Fails when a real in the JSON text `body` is longer than needed: a %.15g spelling that reads
@@ -210,7 +181,7 @@ static void test_idempotency_race(void **state)
     size_t len;
     char dump[80], sid[64], path[128];
     unsigned char *npy = make_npy(64, 32, UINT64_MAX, 0, &len);
-    upload(&d, npy, len, dump);
+    test_put_blob(&d, npy, len, dump);
     free(npy);
     create_study(&d, "race", sid);
     int wrong = race(&d, "/v1/studies", "study", study_body, NULL, 201);
@@ -249,13 +220,13 @@ static void test_inputs_frozen_with_candidates(void **state)
     size_t len;
     char x1[80], x2[80], dump[80], sid[64], path[160], body[256];
     unsigned char *b = make_npy(5, 3, UINT64_MAX, 0, &len);
-    upload(&d, b, len, x1);
+    test_put_blob(&d, b, len, x1);
     free(b);
     b = make_npy(6, 3, UINT64_MAX, 0, &len);
-    upload(&d, b, len, x2);
+    test_put_blob(&d, b, len, x2);
     free(b);
     b = make_npy(4, 3, UINT64_MAX, 0, &len);
-    upload(&d, b, len, dump);
+    test_put_blob(&d, b, len, dump);
     free(b);
     create_study(&d, "frozen", sid);
     struct http_result r;
@@ -303,11 +274,11 @@ static void test_inputs_frozen_with_candidates(void **state)
     http_result_free(&r);
     /* Other inputs would mix two input sets in one ranking. */
     put_inputs(&d, sid, "fit", x1, &r);
-    expect_error(&r, 409, "failed_precondition", "inputs.fit");
+    test_expect_error(&r, 409, "failed_precondition", "inputs.fit");
     assert_non_null(strstr(http_json_str(&r, "error.message"), "new study"));
     http_result_free(&r);
     put_inputs(&d, sid, "probe", x1, &r);
-    expect_error(&r, 409, "failed_precondition", "inputs.probe");
+    test_expect_error(&r, 409, "failed_precondition", "inputs.probe");
     http_result_free(&r);
     snprintf(path, sizeof path, "/v1/studies/%s", sid);
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
@@ -336,11 +307,11 @@ static void test_inputs_must_be_finite(void **state)
     for (int i = 0; i < 3; i++) {
         size_t len;
         unsigned char *b = make_npy(4, 3, 7, bad[i], &len); /* row 2, column 1 */
-        upload(&d, b, len, digest);
+        test_put_blob(&d, b, len, digest);
         free(b);
         struct http_result r;
         put_inputs(&d, sid, i == 0 ? "fit" : "probe", digest, &r);
-        expect_error(&r, 400, "invalid_argument", "blob");
+        test_expect_error(&r, 400, "invalid_argument", "blob");
         const char *msg = http_json_str(&r, "error.message");
         if (!strstr(msg, "index 7") && !strstr(msg, "[2, 1]") && !strstr(msg, "(2, 1)"))
             fail_msg("the message names no bad index: %s", msg);
@@ -437,7 +408,7 @@ static void test_list_pages_bounded_in_bytes(void **state)
     snprintf(body, 2 * META_BYTES, "{\"name\":\"big\",\"metadata\":%s,\"noise_models\":"
              "[{\"name\":\"iso\",\"kind\":\"isotropic\",\"sigma\":0.1}]}", big);
     assert_int_equal(http_json(d.base_url, "POST", "/v1/studies", body, NULL, &r), 0);
-    expect_error(&r, 413, "payload_too_large", "metadata");
+    test_expect_error(&r, 413, "payload_too_large", "metadata");
     assert_non_null(strstr(http_json_str(&r, "error.message"), "--max-metadata-bytes"));
     http_result_free(&r);
 
@@ -450,7 +421,7 @@ static void test_list_pages_bounded_in_bytes(void **state)
     char sid[64], path[160], dump[80];
     size_t len;
     unsigned char *npy = make_npy(4, 3, UINT64_MAX, 0, &len);
-    upload(&d, npy, len, dump);
+    test_put_blob(&d, npy, len, dump);
     free(npy);
     create_study(&d, "paged", sid);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
@@ -465,7 +436,7 @@ static void test_list_pages_bounded_in_bytes(void **state)
     snprintf(body, 2 * META_BYTES, "{\"name\":\"big\",\"metadata\":%s,\"jacobian\":"
              "{\"fit\":\"%s\"}}", big, dump);
     assert_int_equal(http_json(d.base_url, "POST", path, body, NULL, &r), 0);
-    expect_error(&r, 413, "payload_too_large", "metadata");
+    test_expect_error(&r, 413, "payload_too_large", "metadata");
     http_result_free(&r);
     names = page_all(&d, path, &pages);
     assert_each_once(names, "c", CANDIDATES);
@@ -547,7 +518,7 @@ static void test_no_server_path_in_errors(void **state)
     bad[nbad].len = 0;
     nbad++;
     char gooddigest[80];
-    upload(&d, good, len, gooddigest);
+    test_put_blob(&d, good, len, gooddigest);
     free(good);
     for (int i = 0; i < nbad; i++) {
         char digest[80], what[160];
@@ -564,7 +535,7 @@ static void test_no_server_path_in_errors(void **state)
             snprintf(digest, sizeof digest, "%s", http_json_str(&r, "digest"));
             http_result_free(&r);
         } else {
-            upload(&d, bad[i].bytes, bad[i].len, digest);
+            test_put_blob(&d, bad[i].bytes, bad[i].len, digest);
         }
         snprintf(path, sizeof path, "/v1/studies/%s/inputs/fit", sid);
         snprintf(body, sizeof body, "{\"blob\":\"%s\"}", digest);
@@ -599,7 +570,7 @@ static void test_no_server_path_in_errors(void **state)
     http_result_free(&r);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates", msid);
     char textdigest[80];
-    upload(&d, "not a tensor at all", 19, textdigest);
+    test_put_blob(&d, "not a tensor at all", 19, textdigest);
     snprintf(body, sizeof body, "{\"name\":\"m1\",\"model\":{\"spec\":{\"format\":"
              "\"tpv.sequential/v1\",\"input_shape\":[3],\"layers\":[{\"type\":\"linear\","
              "\"weight\":\"w\"}]},\"weights\":\"%s\"}}", textdigest);
@@ -627,7 +598,7 @@ static void test_no_server_path_in_errors(void **state)
     /* A blob whose file went missing behind the database's back (an operator's mistake). */
     unsigned char *gone = make_npy(3, 3, UINT64_MAX, 0, &len);
     char gonedigest[80], file[700];
-    upload(&d, gone, len, gonedigest);
+    test_put_blob(&d, gone, len, gonedigest);
     free(gone);
     snprintf(file, sizeof file, "%s/blobs/sha256/%.2s/%s", d.data_dir, gonedigest + 7,
              gonedigest + 7);

@@ -17,13 +17,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <jansson.h>
 
 #include "tests/support/daemon_proc.h"
 #include "tests/support/http_client.h"
+#include "tests/support/service_steps.h"
 #include "tests/support/npy.h"
 
 enum { DN = 1500, DK = 4, DP = 150 };
@@ -46,13 +46,6 @@ enum { DN = 1500, DK = 4, DP = 150 };
 #define SHUTDOWN_LIMIT_S 2.0
 #endif
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* A (DN, DK, DP) dump of reproducible pseudo-random values in [-1, 1). */
 static void upload_dump(const struct test_daemon *d, char out[80])
 {
@@ -67,44 +60,26 @@ static void upload_dump(const struct test_daemon *d, char out[80])
     uint64_t shape[3] = { DN, DK, DP };
     unsigned char *b = test_npy_f64(shape, 3, v, &len);
     free(v);
-    char url[256];
-    struct http_result r;
-    snprintf(url, sizeof url, "%s/v1/blobs", d->base_url);
-    assert_int_equal(http_request("PUT", url, b, len, NULL, &r), 0);
+    test_put_blob(d, b, len, out);
     free(b);
-    if (r.status != 201 && r.status != 200)
-        fail_msg("PUT /v1/blobs: %ld %s", r.status, r.body);
-    snprintf(out, 80, "%s", http_json_str(&r, "digest"));
-    http_result_free(&r);
 }
 
 static void make_study(const struct test_daemon *d, const char *name, const char *estimator,
                        char sid[64])
 {
-    struct http_result r;
     char buf[512];
     snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"label\","
              "\"kind\":\"label\",\"sigma\":0.1,\"ridge_rel\":0.1,\"estimator\":\"%s\"}]}", name,
              estimator);
-    assert_int_equal(http_json(d->base_url, "POST", "/v1/studies", buf, NULL, &r), 0);
-    if (r.status != 201)
-        fail_msg("POST /v1/studies: %ld %s", r.status, r.body);
-    snprintf(sid, 64, "%s", http_json_str(&r, "id"));
-    http_result_free(&r);
+    test_create_study(d, buf, sid);
 }
 
 static void submit(const struct test_daemon *d, const char *sid, const char *name,
                    const char *digest, char jid[64])
 {
-    struct http_result r;
-    char path[160], body[256];
-    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    char body[256];
     snprintf(body, sizeof body, "{\"name\":\"%s\",\"jacobian\":{\"fit\":\"%s\"}}", name, digest);
-    assert_int_equal(http_json(d->base_url, "POST", path, body, NULL, &r), 0);
-    if (r.status != 202)
-        fail_msg("POST %s: %ld %s", path, r.status, r.body);
-    snprintf(jid, 64, "%s", http_json_str(&r, "job.id"));
-    http_result_free(&r);
+    test_submit(d, sid, body, NULL, jid);
 }
 
 /* The job's state ("" when the request fails). */
@@ -127,10 +102,10 @@ static void job_state(const struct test_daemon *d, const char *jid, char st[32],
 static double wait_running(const struct test_daemon *d, const char *jid)
 {
     char st[32];
-    for (double t0 = now_s(); now_s() - t0 < 60; usleep(10 * 1000)) {
+    for (double t0 = test_now_s(); test_now_s() - t0 < 60; usleep(10 * 1000)) {
         job_state(d, jid, st, NULL);
         if (strcmp(st, "running") == 0)
-            return now_s();
+            return test_now_s();
         if (strcmp(st, "queued") != 0) {
             test_daemon_dump_log(d);
             fail_msg("job %s is %s before it ran", jid, st);
@@ -152,9 +127,9 @@ static void cancel_after(const struct test_daemon *d, const char *jid, double de
     double progress = 0;
     for (;;) {
         job_state(d, jid, st, &progress);
-        if (strcmp(st, "running") != 0 || (now_s() - started >= delay && progress >= min_progress))
+        if (strcmp(st, "running") != 0 || (test_now_s() - started >= delay && progress >= min_progress))
             break;
-        if (now_s() - started > 120)
+        if (test_now_s() - started > 120)
             fail_msg("%s: job %s at progress %.4f after 120 s", what, jid, progress);
         usleep(20 * 1000);
     }
@@ -165,16 +140,16 @@ static void cancel_after(const struct test_daemon *d, const char *jid, double de
                  "enough to time a cancel", what, jid, st, delay);
     snprintf(path, sizeof path, "/v1/jobs/%.64s", jid);
     struct http_result r;
-    double t0 = now_s();
+    double t0 = test_now_s();
     assert_int_equal(http_json(d->base_url, "DELETE", path, NULL, NULL, &r), 0);
     if (r.status != 200)
         fail_msg("DELETE %s: %ld %s", path, r.status, r.body);
     http_result_free(&r);
     double lag = -1;
-    while (now_s() - t0 < 30) {
+    while (test_now_s() - t0 < 30) {
         job_state(d, jid, st, NULL);
         if (strcmp(st, "canceled") == 0) {
-            lag = now_s() - t0;
+            lag = test_now_s() - t0;
             break;
         }
         if (strcmp(st, "running") != 0)
@@ -182,7 +157,7 @@ static void cancel_after(const struct test_daemon *d, const char *jid, double de
         usleep(5 * 1000);
     }
     print_message("%s: DELETE %.1f s into the job (progress %.4f): canceled after %.3f s\n",
-                  what, now_s() - started, progress, lag);
+                  what, test_now_s() - started, progress, lag);
     if (!(lag >= 0 && lag < CANCEL_LIMIT_S)) {
         test_daemon_dump_log(d);
         fail_msg("%s: the cancel took %.3f s (limit %.1f s)", what, lag, CANCEL_LIMIT_S);
@@ -225,11 +200,11 @@ static void test_cancel_and_shutdown(void **state)
      * and the exit must not wait for it either */
     submit(&d, blk, "term", dig, jid);
     double started = wait_running(&d, jid);
-    while (now_s() - started < 2.0)
+    while (test_now_s() - started < 2.0)
         usleep(10 * 1000);
-    double t0 = now_s();
+    double t0 = test_now_s();
     int rc = test_daemon_stop(&d, SIGTERM);
-    double took = now_s() - t0;
+    double took = test_now_s() - t0;
     print_message("SIGTERM 2.0 s into a blocked label job: exited %d after %.3f s\n", rc, took);
     assert_int_equal(rc, 0);
     if (!(took < SHUTDOWN_LIMIT_S)) {

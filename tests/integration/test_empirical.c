@@ -17,58 +17,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "tests/support/daemon_proc.h"
 #include "tests/support/http_client.h"
+#include "tests/support/service_steps.h"
 #include "tests/support/npy.h"
 
 #define N_FIT 16
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void upload(const struct test_daemon *d, const void *b, size_t len, char out[80])
-{
-    char url[256];
-    struct http_result r;
-    snprintf(url, sizeof url, "%s/v1/blobs", d->base_url);
-    assert_int_equal(http_request("PUT", url, b, len, NULL, &r), 0);
-    if (r.status != 201 && r.status != 200)
-        fail_msg("PUT /v1/blobs: %ld %s", r.status, r.body);
-    snprintf(out, 80, "%s", http_json_str(&r, "digest"));
-    http_result_free(&r);
-}
-
-static void wait_succeeded(const struct test_daemon *d, const char *jid)
-{
-    char path[128];
-    struct http_result r;
-    snprintf(path, sizeof path, "/v1/jobs/%.64s", jid);
-    for (double t0 = now_s(); now_s() - t0 < 60;) {
-        assert_int_equal(http_json(d->base_url, "GET", path, NULL, NULL, &r), 0);
-        assert_int_equal(r.status, 200);
-        const char *st = http_json_str(&r, "state");
-        if (st && strcmp(st, "succeeded") == 0) {
-            http_result_free(&r);
-            return;
-        }
-        if (st && (strcmp(st, "failed") == 0 || strcmp(st, "canceled") == 0))
-            fail_msg("job %s: %s", jid, r.body);
-        http_result_free(&r);
-        usleep(50 * 1000);
-    }
-    test_daemon_dump_log(d);
-    fail_msg("job %s did not finish", jid);
-}
-
-/* The fit score of noise model `noise` in a candidate body. */
 static const json_t *fit_score(const json_t *cand, const char *noise)
 {
     size_t i;
@@ -139,13 +97,13 @@ static void upload_model(const struct test_daemon *d, char dig_x[80], char dig_w
     uint64_t xs[2] = { N_FIT, 3 };
     unsigned char *b = test_npy_f64(xs, 2, x, &len);
     assert_non_null(b);
-    upload(d, b, len, dig_x);
+    test_put_blob(d, b, len, dig_x);
     free(b);
     struct test_st_tensor t[3] = { { "l0.weight", 2, { 8, 3 }, w1 }, { "l0.bias", 1, { 8 }, b1 },
                                    { "l2.weight", 2, { 2, 8 }, w2 } };
     b = test_safetensors_f64(t, 3, &len);
     assert_non_null(b);
-    upload(d, b, len, dig_w);
+    test_put_blob(d, b, len, dig_w);
     free(b);
 }
 
@@ -210,7 +168,7 @@ static void test_check_empirical(void **state)
     snprintf(jid, sizeof jid, "%s", http_json_str(&r, "job.id"));
     snprintf(cid, sizeof cid, "%s", http_json_str(&r, "candidate.id"));
     http_result_free(&r);
-    wait_succeeded(&d, jid);
+    test_wait_succeeded(&d, jid, 60);
 
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", sid, cid);
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);

@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <zlib.h>
 #include <cmocka.h>
@@ -23,85 +22,39 @@
 #include "tests/support/daemon_proc.h"
 #include "tests/support/http_client.h"
 #include "tests/support/npy.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#include "tests/support/service_steps.h"
 
 /* A (4, 3) Jacobian dump scaled by `scale` (a larger scale, a larger TPV). */
 static void upload_dump(const struct test_daemon *d, double scale, char out[80])
 {
-    char url[256];
     double v[12];
-    struct http_result r;
     for (int i = 0; i < 12; i++)
         v[i] = scale * (0.1 * i + 0.05);
     uint64_t shape[2] = { 4, 3 };
     size_t len;
     unsigned char *b = test_npy_f64(shape, 2, v, &len);
-    snprintf(url, sizeof url, "%s/v1/blobs", d->base_url);
-    assert_int_equal(http_request("PUT", url, b, len, NULL, &r), 0);
+    test_put_blob(d, b, len, out);
     free(b);
-    if (r.status != 201 && r.status != 200)
-        fail_msg("PUT /v1/blobs: %ld %s", r.status, r.body);
-    snprintf(out, 80, "%s", http_json_str(&r, "digest"));
-    http_result_free(&r);
 }
 
 static void make_study(const struct test_daemon *d, const char *name, char sid[64])
 {
-    struct http_result r;
     char buf[256];
     snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
              "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
-    assert_int_equal(http_json(d->base_url, "POST", "/v1/studies", buf, NULL, &r), 0);
-    assert_int_equal(r.status, 201);
-    snprintf(sid, 64, "%s", http_json_str(&r, "id"));
-    http_result_free(&r);
-}
-
-/* Polls a job until it succeeds (20 s at most). */
-static void wait_succeeded(const struct test_daemon *d, const char *jid)
-{
-    char path[128];
-    struct http_result r;
-    snprintf(path, sizeof path, "/v1/jobs/%.64s", jid);
-    for (double t0 = now_s(); now_s() - t0 < 20;) {
-        assert_int_equal(http_json(d->base_url, "GET", path, NULL, NULL, &r), 0);
-        assert_int_equal(r.status, 200);
-        const char *st = http_json_str(&r, "state");
-        if (st && strcmp(st, "succeeded") == 0) {
-            http_result_free(&r);
-            return;
-        }
-        if (st && (strcmp(st, "failed") == 0 || strcmp(st, "canceled") == 0))
-            fail_msg("job %s: %s", jid, r.body);
-        http_result_free(&r);
-        usleep(20 * 1000);
-    }
-    test_daemon_dump_log(d);
-    fail_msg("job %s did not finish", jid);
+    test_create_study(d, buf, sid);
 }
 
 /* Submits a dump candidate with metadata (a JSON object text) and waits for its score. */
 static void add_scored(const struct test_daemon *d, const char *sid, const char *name,
                        double scale, const char *metadata)
 {
-    struct http_result r;
-    char path[160], body[512], dig[80], jid[64];
+    char body[512], dig[80], jid[64];
     upload_dump(d, scale, dig);
-    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
     snprintf(body, sizeof body, "{\"name\":\"%s\",\"metadata\":%s,\"jacobian\":{\"fit\":\"%s\"}}",
              name, metadata, dig);
-    assert_int_equal(http_json(d->base_url, "POST", path, body, NULL, &r), 0);
-    if (r.status != 202)
-        fail_msg("POST %s: %ld %s", path, r.status, r.body);
-    snprintf(jid, sizeof jid, "%s", http_json_str(&r, "job.id"));
-    http_result_free(&r);
-    wait_succeeded(d, jid);
+    test_submit(d, sid, body, NULL, jid);
+    test_wait_succeeded(d, jid, 20);
 }
 
 /* The names of a ranking array ("items" or "excluded"), comma-joined in order. */
