@@ -618,6 +618,7 @@ static void test_unknown_query_parameters(void **state)
         { "POST", "/v1/studies/", "/candidates?dry_run=1", "dry_run" },
         { "GET", "/healthz?probe=1", NULL, "probe" },
         { "GET", "/v1/jobs/jb_0000000000000000?timeout=3", NULL, "timeout" },
+        { "GET", "/ui/studies/", "?candidat=cd_0000000000000000", "candidat" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(path, sizeof path, "%s%s%s", cases[i].before, cases[i].after ? sid : "",
@@ -639,6 +640,12 @@ static void test_unknown_query_parameters(void **state)
              sid);
     get_status(&d, "GET", path, 200);
     get_status(&d, "GET", "/v1/studies?page_size=2", 200);
+    /* The dashboard's own address keeps its view (a reload, a shared link): the page. */
+    snprintf(path, sizeof path,
+             "/ui/studies/%s?by=iso&split=fit&max_train_loss=0.1&candidate=cd_0000000000000000"
+             "&metric=val_loss", sid);
+    get_status(&d, "GET", path, 200);
+    get_status(&d, "GET", "/ui/?by=iso", 200);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
 }
