@@ -334,6 +334,14 @@ static json_t *schemas(void)
                                            "type", "string", "description",
                                            "nonlinear: a score's empirical check found "
                                            "first_order / empirical outside [0.8, 1.25]"));
+    json_object_set_new(json_object_get(json_object_get(s, "Candidate"), "properties"),
+                        "jbr_jobs", json_pack(
+                            "{s:s,s:o,s:s}", "type", "array", "items",
+                            obj_schema("id,state,created_at",
+                                       json_pack("{s:O,s:O,s:O}", "id", str, "state", str,
+                                                 "created_at", str)),
+                            "description", "the candidate's JBR jobs (POST .../jbr), newest "
+                            "first; [] when none.  GET /v1/jobs/{id} gives a job's result"));
     /* Only when the candidate has some (PUT .../metrics). */
     json_object_set_new(json_object_get(json_object_get(s, "Candidate"), "properties"),
                         "metrics", json_pack("{s:s,s:{s:s},s:s}", "type", "object",

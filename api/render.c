@@ -87,6 +87,22 @@ static json_t *error_json(const char *code, const char *message)
     return json_pack("{s:s,s:s}", "code", code, "message", message ? message : "");
 }
 
+/* The candidate's JBR jobs, newest first: [{"id","state","created_at"}]; NULL when out of
+ * memory (never a job short). */
+static json_t *jbr_jobs_json(const struct store_candidate *c)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < c->njbr_jobs; i++) {
+        const struct store_job_ref *j = &c->jbr_jobs[i];
+        if (json_array_append_new(arr, json_pack("{s:s,s:s,s:s}", "id", j->id, "state",
+                                                 j->state, "created_at", j->created_at)) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    return arr;
+}
+
 json_t *api_candidate_json(const struct store_candidate *c)
 {
     json_t *scores = json_array();
@@ -109,6 +125,11 @@ json_t *api_candidate_json(const struct store_candidate *c)
     json_t *flags = out ? candidate_flags(scores) : NULL;
     if (out && (!flags || json_object_set_new(out, "flags", flags) != 0)) {
         json_decref(out); /* never a candidate without a flag it has */
+        return NULL;
+    }
+    json_t *jbr = out ? jbr_jobs_json(c) : NULL;
+    if (out && (!jbr || json_object_set_new(out, "jbr_jobs", jbr) != 0)) {
+        json_decref(out); /* never a candidate without a JBR job it has */
         return NULL;
     }
     /* "metrics" only when the candidate has some (PUT .../metrics). */

@@ -17,7 +17,8 @@ json_t *api_json_text(const char *text, json_t *fallback);
 
 json_t *api_study_json(const struct store_study *s);
 json_t *api_score_json(const struct store_score_row *s);
-/* With "scores", "stability" and "error" ({code, message} or null). */
+/* With "scores", "stability", "error" ({code, message} or null), "flags" and "jbr_jobs" (its
+ * JBR jobs newest first, each {"id","state","created_at"}; [] when none). */
 json_t *api_candidate_json(const struct store_candidate *c);
 json_t *api_job_json(const struct store_job *j);
 /* {"name","role","created_at","revoked_at"|null}: never the hash. */

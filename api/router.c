@@ -65,6 +65,9 @@ static const char *const q_page[] = { "page_size", "page_token", NULL };
 static const char *const q_ranking[] = { "by", "split", "max_train_loss", "wait", NULL };
 static const char *const q_wait[] = { "wait", NULL };
 static const char *const q_agreement[] = { "metric", NULL };
+/* The dashboard keeps its view in its own address (api/ui_assets/app.js): a reload or a shared
+ * link brings these back to the page, which reads them itself. */
+static const char *const q_ui[] = { "by", "split", "max_train_loss", "candidate", "metric", NULL };
 static const struct {
     const char *method;
     const char *pattern;
@@ -75,6 +78,8 @@ static const struct {
     { "GET", "/v1/studies/{sid}/ranking", q_ranking },
     { "GET", "/v1/jobs/{jid}", q_wait },
     { "GET", "/v1/studies/{sid}/agreement", q_agreement },
+    { "GET", "/ui/", q_ui },
+    { "GET", "/ui/{page}", q_ui },
 };
 
 static const char *const *route_allowed_query(const struct api_route *r)

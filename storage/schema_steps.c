@@ -310,6 +310,19 @@ static const struct schema_step steps[] = {
         "ALTER TABLE scores ADD COLUMN stderr_inputs DOUBLE PRECISION;"
         "ALTER TABLE scores ADD COLUMN contributions BYTEA;",
     },
+    /* 6 -> 7: a candidate's jobs by creation order, for its JBR jobs (the candidate shape's
+     * jbr_jobs, newest first, read with every candidate and list page) and for the cascading
+     * delete of a candidate, which scanned every job on SQLite.  PostgreSQL had the index on
+     * candidate_id alone (step 2); it gets the same two columns. */
+    {
+        .version = 7,
+        .what = "jobs by candidate and creation order",
+        .sqlite =
+        "CREATE INDEX jobs_by_candidate ON jobs (candidate_id, seq);",
+        .postgres =
+        "DROP INDEX jobs_by_candidate;"
+        "CREATE INDEX jobs_by_candidate ON jobs (candidate_id, seq);",
+    },
 };
 
 const struct schema_step *schema_steps(size_t *n)

@@ -72,7 +72,8 @@
                         "j.error_code, j.error_message, "                                          \
                         "(SELECT coalesce(sum(coalesce(length(CAST(details AS BLOB)), 0) + "      \
                         "2 * length(CAST(noise AS BLOB)) + 384), 0) "                             \
-                        "FROM scores WHERE candidate_id = c.id), c.metrics "                      \
+                        "FROM scores WHERE candidate_id = c.id) + (SELECT 96 * count(*) "         \
+                        "FROM jobs WHERE candidate_id = c.id AND kind = 'jbr'), c.metrics "       \
                         "FROM candidates c LEFT JOIN jobs j ON j.id = c.job_id "                  \
                         "WHERE c.study_id = ?1 AND c.seq > ?2 ORDER BY c.seq LIMIT ?3")           \
     X(CAND_SCORES,      "SELECT candidate_id, noise, kind, split, value, stderr, estimator, "     \
@@ -84,6 +85,13 @@
                         "s.stderr_inputs FROM scores s "                                          \
                         "WHERE s.candidate_id IN (SELECT id FROM candidates WHERE study_id = ?1 " \
                         "AND seq > ?2 ORDER BY seq LIMIT ?3) ORDER BY s.rowid")                   \
+    /* A candidate's JBR jobs, newest first (jbr_jobs), of one candidate or of a page. */       \
+    X(CAND_JBR,         "SELECT candidate_id, id, state, created_at FROM jobs "                   \
+                        "WHERE candidate_id = ?1 AND kind = 'jbr' ORDER BY seq DESC")             \
+    X(CAND_LIST_JBR,    "SELECT j.candidate_id, j.id, j.state, j.created_at FROM jobs j "         \
+                        "WHERE j.kind = 'jbr' AND j.candidate_id IN (SELECT id FROM candidates "  \
+                        "WHERE study_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3) "                \
+                        "ORDER BY j.seq DESC")                                                    \
     X(CAND_SOURCE,      "SELECT c.source, "                                                        \
                         "CASE WHEN json_extract(c.source, '$.kind') = 'onnx' THEN 'onnx' "     \
                         "ELSE c.source_kind END "                                                 \
@@ -251,8 +259,11 @@ int stmt_exec(struct store_conn *c, sqlite3_stmt *s, struct tpv_err *err);
  * constraint -> TPV_EEXIST, else TPV_EINTERNAL; `what` prefixes the message. */
 int db_fail(struct store_conn *c, int sqlite_rc, const char *what, struct tpv_err *err);
 
-/* Transactions: BEGIN IMMEDIATE (writers), COMMIT, ROLLBACK (never fails loudly). */
+/* Transactions: BEGIN IMMEDIATE (writers), BEGIN (a read of several statements from one
+ * snapshot, taken at its first read; end it with tx_rollback), COMMIT, ROLLBACK (never fails
+ * loudly). */
 int tx_begin(struct store_conn *c, struct tpv_err *err);
+int tx_begin_read(struct store_conn *c, struct tpv_err *err);
 int tx_commit(struct store_conn *c, struct tpv_err *err);
 void tx_rollback(struct store_conn *c);
 

@@ -32,6 +32,13 @@ struct store_sink {
     char *(*render_event)(void *ctx, const struct store_event *ev, const char *event_id);
 };
 
+/* Appends a JBR job to c->jbr_jobs (capacity *cap, 0 for an empty list): how both backends
+ * fill a candidate's list from their rows, which come newest first.  false when out of memory
+ * (nothing appended; the list stays the caller's to free with the candidate).
+ * storage/store_types.c. */
+bool store_candidate_add_jbr(struct store_candidate *c, size_t *cap, const char *id,
+                             const char *state, const char *created_at);
+
 struct store_ops {
     const char *name; /* "sqlite" | "postgresql", for logs and /metrics */
 

@@ -852,6 +852,20 @@ static bool candidate_add_score(struct store_candidate *cand, size_t *cap,
     return true;
 }
 
+#define JBR_COLS "SELECT j.candidate_id, j.id, j.state, j.created_at FROM jobs j "
+
+/* The JBR rows of r (JBR_COLS, one candidate's, newest first) into cand's jbr_jobs; false when
+ * out of memory. */
+static bool candidate_add_jbr_rows(struct store_candidate *cand, const struct pg_result *r)
+{
+    size_t cap = 0;
+    for (int i = 0; i < pg_result_rows(r); i++)
+        if (!store_candidate_add_jbr(cand, &cap, pg_result_text(r, i, 1),
+                                     pg_result_text(r, i, 2), pg_result_text(r, i, 3)))
+            return false;
+    return true;
+}
+
 static int pg_candidate_get_impl(void *impl, const char *study_id, const char *id,
                                  struct store_candidate *out, struct tpv_err *err)
 {
@@ -861,7 +875,7 @@ static int pg_candidate_get_impl(void *impl, const char *study_id, const char *i
     int rc = pg_pool_acquire(s->pool, &c, err);
     if (rc != TPV_OK)
         return rc;
-    /* One snapshot for the row and its scores. */
+    /* One snapshot for the row, its scores and its JBR jobs. */
     rc = pg_tx_begin(c, PG_REPEATABLE_READ, err);
     const char *p[] = { study_id, id };
     struct pg_result *r = NULL;
@@ -883,6 +897,13 @@ static int pg_candidate_get_impl(void *impl, const char *study_id, const char *i
     for (int i = 0; rc == TPV_OK && i < pg_result_rows(r); i++)
         if (!candidate_add_score(out, &cap, r, i))
             rc = pgs_oom(err);
+    pg_result_free(r);
+    r = NULL;
+    if (rc == TPV_OK)
+        rc = pg_exec(c, JBR_COLS "WHERE j.candidate_id = $1 AND j.kind = 'jbr' ORDER BY j.seq DESC",
+                     1, p + 1, &r, err);
+    if (rc == TPV_OK && !candidate_add_jbr_rows(out, r))
+        rc = pgs_oom(err);
     pg_result_free(r);
     pg_tx_rollback(c);
     pg_pool_release(s->pool, c);
@@ -955,15 +976,17 @@ static int pg_candidate_list_impl(void *impl, const char *study_id, int64_t afte
     int rc = pg_pool_acquire(s->pool, &c, err);
     if (rc != TPV_OK)
         return rc;
-    struct pg_result *r = NULL, *sr = NULL;
-    rc = pg_tx_begin(c, PG_REPEATABLE_READ, err); /* the rows and their scores in one snapshot */
+    struct pg_result *r = NULL, *sr = NULL, *jr = NULL;
+    /* The rows, their scores and their JBR jobs in one snapshot. */
+    rc = pg_tx_begin(c, PG_REPEATABLE_READ, err);
     if (rc == TPV_OK)
         rc = study_must_exist(c, study_id, err);
     if (rc == TPV_OK)
         rc = pg_exec(c,
                      CAND_SELECT ", (SELECT coalesce(sum(coalesce(octet_length(details), 0) "
                      "+ 2 * octet_length(noise) + 384), 0) FROM scores "
-                     "WHERE candidate_id = c.id)" CAND_FROM
+                     "WHERE candidate_id = c.id) + (SELECT 96 * count(*) FROM jobs "
+                     "WHERE candidate_id = c.id AND kind = 'jbr')" CAND_FROM
                      "WHERE c.study_id = $1 AND c.seq > $2::bigint ORDER BY c.seq LIMIT $3::bigint",
                      3, p, &r, err);
     if (rc == TPV_OK)
@@ -972,6 +995,12 @@ static int pg_candidate_list_impl(void *impl, const char *study_id, int64_t afte
                      "study_id = $1 AND seq > $2::bigint ORDER BY seq LIMIT $3::bigint) "
                      "ORDER BY s.ctid",
                      3, p, &sr, err);
+    if (rc == TPV_OK)
+        rc = pg_exec(c,
+                     JBR_COLS "WHERE j.kind = 'jbr' AND j.candidate_id IN (SELECT id FROM "
+                     "candidates WHERE study_id = $1 AND seq > $2::bigint ORDER BY seq "
+                     "LIMIT $3::bigint) ORDER BY j.seq DESC",
+                     3, p, &jr, err);
     pg_tx_rollback(c);
     pg_pool_release(s->pool, c);
     int rows = rc == TPV_OK ? pg_result_rows(r) : 0;
@@ -1020,10 +1049,26 @@ static int pg_candidate_list_impl(void *impl, const char *study_id, int64_t afte
                 rc = pgs_oom(err);
         }
     }
+    /* JBR jobs the same way, newest first as they come. */
+    if (rc == TPV_OK && page->n) {
+        memset(caps, 0, page->n * sizeof *caps);
+        for (int i = 0; rc == TPV_OK && i < pg_result_rows(jr); i++) {
+            struct store_candidate key;
+            snprintf(key.id, sizeof key.id, "%s", pg_result_text(jr, i, 0));
+            struct store_candidate *hit =
+                bsearch(&key, byid, page->n, sizeof *byid, cand_seq_cmp);
+            if (hit && !store_candidate_add_jbr(&page->items[hit->seq], &caps[hit->seq],
+                                                pg_result_text(jr, i, 1),
+                                                pg_result_text(jr, i, 2),
+                                                pg_result_text(jr, i, 3)))
+                rc = pgs_oom(err);
+        }
+    }
     free(byid);
     free(caps);
     pg_result_free(r);
     pg_result_free(sr);
+    pg_result_free(jr);
     if (rc != TPV_OK)
         store_candidate_page_free(page);
     return rc;

@@ -88,6 +88,11 @@ int tx_begin(struct store_conn *c, struct tpv_err *err)
     return run_simple(c, STMT_BEGIN, err);
 }
 
+int tx_begin_read(struct store_conn *c, struct tpv_err *err)
+{
+    return run_simple(c, STMT_BEGIN_READ, err);
+}
+
 int tx_commit(struct store_conn *c, struct tpv_err *err)
 {
     int rc = run_simple(c, STMT_COMMIT, err);

@@ -532,15 +532,74 @@ static bool candidate_from_row(sqlite3_stmt *s, struct store_candidate *o, int m
     return false;
 }
 
+/* The page's candidate of id `id` (items are in seq order, ids unordered: a sorted index). */
+struct cand_index {
+    const char *id;
+    size_t at;
+};
+
+static int cand_index_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct cand_index *)a)->id, ((const struct cand_index *)b)->id);
+}
+
+static struct store_candidate *cand_find(struct store_candidate_page *page,
+                                         const struct cand_index *index, const char *id)
+{
+    struct cand_index key = { .id = id };
+    const struct cand_index *hit = bsearch(&key, index, page->n, sizeof *index, cand_index_cmp);
+    return hit ? &page->items[hit->at] : NULL;
+}
+
+/* Steps `s` (bound: STMT_CAND_JBR or STMT_CAND_LIST_JBR, rows newest first, column 0 the
+ * candidate, then id, state, created_at) into the jbr_jobs of the page's candidates; `index` is
+ * the page's id index.  Rows of candidates outside the page (cut by the byte bound) are skipped.
+ * Resets s. */
+static int page_jbr_jobs(struct store_conn *c, sqlite3_stmt *s, struct store_candidate_page *page,
+                         const struct cand_index *index, struct tpv_err *err)
+{
+    size_t *caps = calloc(page->n ? page->n : 1, sizeof *caps);
+    int rc = TPV_OK, step = SQLITE_DONE;
+    if (!caps)
+        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    while (rc == TPV_OK && (step = sqlite3_step(s)) == SQLITE_ROW) {
+        struct store_candidate *cand = cand_find(page, index, col_text(s, 0));
+        if (cand && !store_candidate_add_jbr(cand, &caps[cand - page->items], col_text(s, 1),
+                                             col_text(s, 2), col_text(s, 3)))
+            rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    if (rc == TPV_OK && step != SQLITE_DONE)
+        rc = db_fail(c, step, "read JBR jobs", err);
+    stmt_done(s);
+    free(caps);
+    return rc;
+}
+
+/* The candidate's JBR jobs (a page of one). */
+static int candidate_jbr_jobs(struct store_conn *c, struct store_candidate *cand,
+                              struct tpv_err *err)
+{
+    struct store_candidate_page one = { .items = cand, .n = 1 };
+    const struct cand_index index = { .id = cand->id, .at = 0 };
+    sqlite3_stmt *s = conn_stmt(c, STMT_CAND_JBR, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, cand->id);
+    return page_jbr_jobs(c, s, &one, &index, err);
+}
+
 int sq_candidate_get(struct sq_store *st, const char *study_id, const char *id,
                         struct store_candidate *out, struct tpv_err *err)
 {
     memset(out, 0, sizeof *out);
     struct store_conn *c = conn_get(st);
-    int rc = TPV_OK, step;
+    int rc, step;
     size_t cap = 0;
-    sqlite3_stmt *s = conn_stmt(c, STMT_CAND_GET, err);
-    if (!s) {
+    sqlite3_stmt *s = NULL;
+    /* One snapshot for the row, its scores and its JBR jobs. */
+    if ((rc = tx_begin_read(c, err)) != TPV_OK)
+        goto out;
+    if (!(s = conn_stmt(c, STMT_CAND_GET, err))) {
         rc = err->code;
         goto out;
     }
@@ -572,7 +631,10 @@ int sq_candidate_get(struct sq_store *st, const char *study_id, const char *id,
     if (rc == TPV_OK && step != SQLITE_DONE)
         rc = db_fail(c, step, "read scores", err);
     stmt_done(s);
+    if (rc == TPV_OK)
+        rc = candidate_jbr_jobs(c, out, err);
 out:
+    tx_rollback(c); /* the read's snapshot */
     conn_put(st, c);
     if (rc != TPV_OK)
         store_candidate_free(out);
@@ -608,40 +670,30 @@ int sq_candidate_source(struct sq_store *st, const char *study_id, const char *i
     return rc;
 }
 
-/* The page's candidate of id `id` (items are in seq order, ids unordered: a sorted index). */
-struct cand_index {
-    const char *id;
-    size_t at;
-};
-
-static int cand_index_cmp(const void *a, const void *b)
-{
-    return strcmp(((const struct cand_index *)a)->id, ((const struct cand_index *)b)->id);
-}
-
-static struct store_candidate *cand_find(struct store_candidate_page *page,
-                                         const struct cand_index *index, const char *id)
-{
-    struct cand_index key = { .id = id };
-    const struct cand_index *hit = bsearch(&key, index, page->n, sizeof *index, cand_index_cmp);
-    return hit ? &page->items[hit->at] : NULL;
-}
-
-/* Second and last query of a page: the scores of exactly its candidates. */
-static int page_scores(struct store_conn *c, const char *study_id, int64_t after_seq,
-                       struct store_candidate_page *page, struct tpv_err *err)
+/* The page's candidates by id (`index`, sorted; free it), NULL when out of memory. */
+static struct cand_index *page_index(const struct store_candidate_page *page)
 {
     struct cand_index *index = calloc(page->n, sizeof *index);
-    size_t *caps = calloc(page->n, sizeof *caps);
-    int rc = TPV_OK, step;
-    sqlite3_stmt *s = NULL;
-    if (!index || !caps) {
-        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-        goto out;
-    }
+    if (!index)
+        return NULL;
     for (size_t i = 0; i < page->n; i++)
         index[i] = (struct cand_index){ .id = page->items[i].id, .at = i };
     qsort(index, page->n, sizeof *index, cand_index_cmp);
+    return index;
+}
+
+/* Second query of a page: the scores of exactly its candidates. */
+static int page_scores(struct store_conn *c, const char *study_id, int64_t after_seq,
+                       struct store_candidate_page *page, const struct cand_index *index,
+                       struct tpv_err *err)
+{
+    size_t *caps = calloc(page->n, sizeof *caps);
+    int rc = TPV_OK, step;
+    sqlite3_stmt *s = NULL;
+    if (!caps) {
+        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        goto out;
+    }
     if (!(s = conn_stmt(c, STMT_CAND_LIST_SCORES, err))) {
         rc = err->code;
         goto out;
@@ -660,9 +712,22 @@ static int page_scores(struct store_conn *c, const char *study_id, int64_t after
         rc = db_fail(c, step, "list scores", err);
 out:
     stmt_done(s);
-    free(index);
     free(caps);
     return rc;
+}
+
+/* Third and last query of a page: the JBR jobs of exactly its candidates. */
+static int page_jbr(struct store_conn *c, const char *study_id, int64_t after_seq,
+                    struct store_candidate_page *page, const struct cand_index *index,
+                    struct tpv_err *err)
+{
+    sqlite3_stmt *s = conn_stmt(c, STMT_CAND_LIST_JBR, err);
+    if (!s)
+        return err->code;
+    bind_text(s, 1, study_id);
+    sqlite3_bind_int64(s, 2, after_seq);
+    sqlite3_bind_int64(s, 3, (int64_t)page->n);
+    return page_jbr_jobs(c, s, page, index, err);
 }
 
 int sq_candidate_list(struct sq_store *st, const char *study_id, int64_t after_seq, int limit,
@@ -677,6 +742,9 @@ int sq_candidate_list(struct sq_store *st, const char *study_id, int64_t after_s
     uint64_t used = 0;
     size_t cap = 0;
     sqlite3_stmt *s;
+    /* One snapshot for the rows, their scores and their JBR jobs. */
+    if ((rc = tx_begin_read(c, err)) != TPV_OK)
+        goto out;
     /* The study must exist (an empty page of a missing study would hide a typo). */
     s = conn_stmt(c, STMT_STUDY_VERSION, err);
     if (!s) {
@@ -701,8 +769,8 @@ int sq_candidate_list(struct sq_store *st, const char *study_id, int64_t after_s
     sqlite3_bind_int64(s, 2, after_seq);
     sqlite3_bind_int(s, 3, limit + 1);
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        /* Column 13 estimates the candidate's scores (second query) in bytes; the JSON columns
-         * are metadata, stability and metrics. */
+        /* Column 13 estimates the candidate's scores and JBR jobs (second and third queries)
+         * in bytes; the JSON columns are metadata, stability and metrics. */
         uint64_t more = row_bytes(s, 1u << 4 | 1u << 7 | 1u << 14) +
                         (uint64_t)sqlite3_column_int64(s, 13);
         if (page->n == (size_t)limit || page_full((int)page->n, used, more, max_bytes)) {
@@ -720,9 +788,16 @@ int sq_candidate_list(struct sq_store *st, const char *study_id, int64_t after_s
     if (rc == TPV_OK && step != SQLITE_ROW && step != SQLITE_DONE)
         rc = db_fail(c, step, "list candidates", err);
     stmt_done(s);
+    struct cand_index *index = NULL;
+    if (rc == TPV_OK && page->n > 0 && !(index = page_index(page)))
+        rc = tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     if (rc == TPV_OK && page->n > 0)
-        rc = page_scores(c, study_id, after_seq, page, err);
+        rc = page_scores(c, study_id, after_seq, page, index, err);
+    if (rc == TPV_OK && page->n > 0)
+        rc = page_jbr(c, study_id, after_seq, page, index, err);
+    free(index);
 out:
+    tx_rollback(c); /* the read's snapshot */
     conn_put(st, c);
     if (rc != TPV_OK)
         store_candidate_page_free(page);

@@ -4,11 +4,13 @@
 #include "storage/store_types.h"
 
 #include <stdbool.h>
-
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/tpv_error.h"
+#include "storage/store_ops.h"
 
 void store_study_free(struct store_study *s)
 {
@@ -47,7 +49,28 @@ void store_candidate_free(struct store_candidate *c)
     for (size_t i = 0; c->scores && i < c->nscores; i++)
         score_row_free(&c->scores[i]);
     free(c->scores);
+    free(c->jbr_jobs);
     memset(c, 0, sizeof *c);
+}
+
+bool store_candidate_add_jbr(struct store_candidate *c, size_t *cap, const char *id,
+                             const char *state, const char *created_at)
+{
+    if (c->njbr_jobs == *cap) {
+        size_t want = *cap ? *cap * 2 : 4;
+        struct store_job_ref *p = want <= SIZE_MAX / sizeof *p
+                                      ? realloc(c->jbr_jobs, want * sizeof *p)
+                                      : NULL;
+        if (!p)
+            return false;
+        c->jbr_jobs = p;
+        *cap = want;
+    }
+    struct store_job_ref *r = &c->jbr_jobs[c->njbr_jobs++];
+    snprintf(r->id, sizeof r->id, "%s", id);
+    snprintf(r->state, sizeof r->state, "%s", state);
+    snprintf(r->created_at, sizeof r->created_at, "%s", created_at);
+    return true;
 }
 
 void store_job_free(struct store_job *j)

@@ -142,7 +142,15 @@ struct store_score_row {
     double stderr_inputs; /* NaN: none (written before contributions were stored, or absent) */
 };
 
-/* A candidate row with its scores in write order. */
+/* One of a candidate's JBR jobs as its candidate shows it (the candidate shape's "jbr_jobs"):
+ * enough to find the job (GET /v1/jobs/{id}) and tell whether it is worth reading. */
+struct store_job_ref {
+    char id[STORE_ID_MAX];
+    char state[STORE_KIND_MAX];
+    char created_at[STORE_TIME_MAX];
+};
+
+/* A candidate row with its scores in write order and its JBR jobs, newest first. */
 struct store_candidate {
     int64_t seq;
     char id[STORE_ID_MAX];
@@ -160,8 +168,10 @@ struct store_candidate {
     char *metrics;      /* JSON object text of its labelled metrics, NULL when it has none */
     struct store_score_row *scores; /* malloc'd array */
     size_t nscores;
+    struct store_job_ref *jbr_jobs; /* malloc'd array, newest first (never its score job) */
+    size_t njbr_jobs;
 };
-void store_candidate_free(struct store_candidate *c); /* the strings and scores */
+void store_candidate_free(struct store_candidate *c); /* the strings, scores and JBR jobs */
 
 /* ---- jobs ---- */
 

@@ -3,11 +3,18 @@
  *
  * Views: /ui/ lists the studies; /ui/studies/{sid} shows one study.  A study view keeps exactly
  * one request in flight: a loop that long-polls the ranking with its ETag (wait= with
- * If-None-Match) and, when the ranking changed, reads the candidate list; changing a selector
- * aborts the request in flight and restarts the loop. */
+ * If-None-Match) and, when the ranking changed, reads the candidate list, then the selected
+ * candidate's score job and newest JBR job (GET /v1/jobs/{jid}); changing a selector aborts the
+ * request in flight and restarts the loop. */
 'use strict';
 
 const WAIT_S = 25;
+/* While the selected candidate's newest JBR job is not over, the ranking is held this long at a
+ * time and the job read again after each hold: a JBR job moves no study version, so nothing else
+ * would tell the page that it ended. */
+const JBR_FOLLOW_S = 2;
+const JBR_ROWS = 50; /* units shown of a JBR result, the lowest scores */
+const TERMINAL = ['succeeded', 'failed', 'canceled'];
 const TOKEN_KEY = 'tpvd.token';
 const SVGNS = 'http://www.w3.org/2000/svg';
 const RUN_COLORS = ['#2f6fdf', '#17a589', '#8e44ad', '#d35400', '#c0392b', '#16a085', '#7f8c8d',
@@ -422,7 +429,7 @@ function kv(obj) {
 
 function detailCard(st) {
   const c = st.candidates.get(st.selected);
-  if (!c) return h('p', { class: 'muted' }, 'Click a row or a mark for a candidate\'s scores, job and details.');
+  if (!c) return h('p', { class: 'muted' }, 'Click a row or a mark for a candidate\'s scores, job, details and JBR results.');
   const scores = h('tbody');
   for (const x of c.scores || [])
     scores.append(h('tr', {}, h('td', {}, x.noise), h('td', {}, x.kind), h('td', {}, x.split),
@@ -435,7 +442,7 @@ function detailCard(st) {
     h('h2', {}, c.name, ' ', h('span', { class: 'muted' }, c.id)),
     kv({ state: c.state, source: c.source, created_at: c.created_at, job_id: c.job_id }),
     h('h2', {}, 'scores'),
-    h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {},
+    h('div', { class: 'scroll' }, h('table', { id: 'detail-scores' }, h('thead', {}, h('tr', {},
       ['noise', 'kind', 'split', 'value', 'stderr', 'stderr_inputs', 'estimator', 'samples', 'seed',
        'details'].map((t) => h('th', {}, t)))), scores)),
     h('h2', {}, 'metadata'), kv(c.metadata),
@@ -447,7 +454,53 @@ function detailCard(st) {
                                     finished_at: job.finished_at,
                                     error: job.error ? job.error.code + ': ' + job.error.message : null }),
                                job.result ? h('pre', {}, JSON.stringify(job.result, null, 1)) : null]
-                            : h('p', { class: 'muted' }, c.job_id ? 'loading\u2026' : 'none'));
+                            : h('p', { class: 'muted' }, c.job_id ? 'loading\u2026' : 'none'),
+    jbrSection(st, c));
+}
+
+/* The candidate's newest JBR job (jbr_jobs comes newest first): its state and, once it
+ * succeeded, its units by rank; "none" when the candidate has no JBR job. */
+function jbrSection(st, c) {
+  const jobs = c.jbr_jobs || [];
+  const newest = jobs[0];
+  const head = h('h2', {}, 'JBR');
+  if (!newest) return h('div', { id: 'detail-jbr' }, head, h('p', { class: 'muted' }, 'none'));
+  const job = st.jbr && st.jbr.id === newest.id ? st.jbr : null;
+  const more = jobs.length > 1 ? `the newest of ${jobs.length} JBR jobs` : '';
+  if (!job)
+    return h('div', { id: 'detail-jbr', 'data-job-id': newest.id }, head,
+             h('p', { class: 'muted' }, [newest.state, more, 'loading\u2026'].filter(Boolean).join(', ')));
+  const res = job.result || {};
+  const info = { state: job.state, job_id: job.id, created_at: job.created_at };
+  if (job.finished_at) info.finished_at = job.finished_at;
+  if (job.error) info.error = job.error.code + ': ' + job.error.message;
+  if (job.state === 'running') info.progress = job.progress;
+  for (const k of ['kept_samples', 'batches', 'batch_size', 'confidence'])
+    if (res[k] !== undefined) info[k] = res[k];
+  return h('div', { id: 'detail-jbr', 'data-job-id': job.id, 'data-state': job.state }, head,
+    more ? h('p', { class: 'muted' }, more) : null, kv(info),
+    job.state === 'succeeded' ? jbrTable(res) : null);
+}
+
+/* A JBR result's units in `order` (lowest score first: the safest to prune), at most JBR_ROWS
+ * of them, with a note of how many there are. */
+function jbrTable(res) {
+  const units = Array.isArray(res.units) ? res.units : [];
+  const order = Array.isArray(res.order) ? res.order : [];
+  const body = h('tbody');
+  const shown = Math.min(order.length, JBR_ROWS);
+  for (let r = 0; r < shown; r++) {
+    const u = units[order[r]] || {};
+    body.append(h('tr', { 'data-unit': order[r] }, h('td', { class: 'num rank' }, r + 1),
+      h('td', { class: 'layer' }, u.layer), h('td', { class: 'num index' }, u.index),
+      numCell(u.score, 'score')));
+  }
+  const note = order.length > shown
+    ? `the ${shown} lowest scores of ${order.length} units (lower = safer to prune)`
+    : `${order.length} units, lowest score first (lower = safer to prune)`;
+  return h('div', {}, h('p', { class: 'muted', id: 'jbr-note', 'data-units': order.length }, note),
+    h('div', { class: 'scroll' }, h('table', { id: 'jbr-units' }, h('thead', {}, h('tr', {},
+      ['rank', 'layer', 'index', 'score'].map((t) => h('th', {}, t)))), body)));
 }
 
 /* The metric keys some candidate carries (PUT .../metrics), sorted. */
@@ -547,7 +600,7 @@ class StudyView {
     this.st = { by: q.get('by') || '', split: q.get('split') || 'probe',
                 maxTrainLoss: q.get('max_train_loss') ? Number(q.get('max_train_loss')) : null,
                 selected: q.get('candidate') || null, ranking: null, candidates: new Map(),
-                etag: null, job: null, renderMs: null,
+                etag: null, job: null, jbr: null, jbrStale: false, renderMs: null,
                 metric: q.get('metric') || null, agreement: null, agreementKey: null };
   }
 
@@ -628,6 +681,7 @@ class StudyView {
     const etag = this.st.etag;
     this.st.selected = cid;
     this.st.job = null;
+    this.st.jbr = null;
     this.change({});
     this.st.etag = etag;
   }
@@ -643,7 +697,7 @@ class StudyView {
   rankingPath(wait) {
     const q = new URLSearchParams({ by: this.st.by, split: this.st.split });
     if (this.st.maxTrainLoss !== null && this.st.maxTrainLoss > 0) q.set('max_train_loss', this.st.maxTrainLoss);
-    if (wait) q.set('wait', WAIT_S);
+    if (wait) q.set('wait', this.followingJbr() ? JBR_FOLLOW_S : WAIT_S);
     return `/v1/studies/${encodeURIComponent(this.sid)}/ranking?${q}`;
   }
 
@@ -661,6 +715,13 @@ class StudyView {
           this.render();
           continue;
         }
+        if (this.st.ranking && this.needJbr()) {
+          const c = this.st.candidates.get(this.st.selected);
+          this.st.jbrStale = false;
+          this.st.jbr = (await apiGet(`/v1/jobs/${encodeURIComponent(c.jbr_jobs[0].id)}`, { signal })).body;
+          this.render();
+          continue;
+        }
         if (this.st.ranking && this.needAgreement()) {
           this.st.agreement = await this.agreement(signal);
           this.render();
@@ -670,12 +731,16 @@ class StudyView {
         const r = await apiGet(this.rankingPath(wait), { etag: this.st.etag, signal });
         setLive('on');
         failures = 0;
-        if (r.status === 304) continue;
+        if (r.status === 304) {
+          if (this.followingJbr()) this.st.jbrStale = true; /* read it again: it may have ended */
+          continue;
+        }
         const list = await apiAll(`/v1/studies/${encodeURIComponent(this.sid)}/candidates`, signal);
         this.st.ranking = r.body;
         this.st.etag = r.etag;
         this.st.candidates = new Map(list.map((c) => [c.id, c]));
         this.st.job = null; /* a version change may be the selected candidate's job moving on */
+        this.st.jbrStale = true; /* ... or bring it a newer JBR job */
         this.slots.error.textContent = '';
         this.render();
         /* The agreement of this version (metrics and scores both bump it) is the loop's next
@@ -730,6 +795,25 @@ class StudyView {
       this.slots.error.textContent = 'Agreement unavailable: ' + e.message;
       return null;
     }
+  }
+
+  /* The selected candidate's newest JBR job, when it is not the one shown or the one shown may
+   * have moved on (a new version, or a hold that ended while it was not over). */
+  needJbr() {
+    const c = this.st.selected && this.st.candidates.get(this.st.selected);
+    const newest = c && c.jbr_jobs && c.jbr_jobs[0];
+    if (!newest) return false;
+    const shown = this.st.jbr;
+    if (!shown || shown.id !== newest.id) return true;
+    return this.st.jbrStale && !TERMINAL.includes(shown.state);
+  }
+
+  /* Whether the JBR job shown is still queued or running. */
+  followingJbr() {
+    const c = this.st.selected && this.st.candidates.get(this.st.selected);
+    const newest = c && c.jbr_jobs && c.jbr_jobs[0];
+    return !!(newest && this.st.jbr && this.st.jbr.id === newest.id &&
+              !TERMINAL.includes(this.st.jbr.state));
   }
 
   needJob() {

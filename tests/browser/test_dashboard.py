@@ -11,6 +11,8 @@ candidate is flagged and marked; a candidate added while the page is open appear
 reload, within a second of its job ending, with never more than one request in flight; a
 500-candidate study renders (time reported); and once a token exists the page asks for it.
 
+JBR: a JBR job submitted for one MLP candidate shows in its detail, its units by rank.
+
 Confidence and agreement: every ranked row shows the API's stderr_inputs and, but on the last,
 p_lower_than_next (two decimals, a cue when 0.05 < p < 0.95); metrics put on the candidates
 (PUT .../metrics) while the page is open bring the agreement table without a reload, its rows
@@ -57,10 +59,10 @@ def quickstart_models():
 # Counts the page's requests in flight (window.fetch is looked up at each call, so wrapping it
 # after load sees every later request of the page).
 WRAP_FETCH = """
-window.__inflight = 0; window.__maxInflight = 0; window.__requests = 0;
+window.__inflight = 0; window.__maxInflight = 0; window.__requests = 0; window.__urls = [];
 const orig = window.fetch;
 window.fetch = function (...a) {
-  window.__inflight++; window.__requests++;
+  window.__inflight++; window.__requests++; window.__urls.push(String(a[0]));
   window.__maxInflight = Math.max(window.__maxInflight, window.__inflight);
   return orig.apply(this, a).finally(() => { window.__inflight--; });
 };
@@ -193,7 +195,7 @@ class DashboardTest(unittest.TestCase):
                             "d.textContent.includes('succeeded') && d.textContent", 10)
         cand = self.client.get_candidate(sid, cid)
         self.assertIn(cand["name"], detail)
-        nscores = b.execute("return document.querySelectorAll('#detail tbody tr').length")
+        nscores = b.execute("return document.querySelectorAll('#detail-scores tbody tr').length")
         self.assertEqual(nscores, len(cand["scores"]))
         self.assertEqual(len(cand["scores"]), 4)  # two noise models, fit and probe
         self.shot("study-detail.png")
@@ -361,6 +363,105 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual(sorted(metrics), sorted(cand["metrics"]))
         self.shot("study-confidence-detail.png")
         # Back to the study's own ranking for the tests after this one.
+        b.get(self.url + "/ui/studies/" + sid)
+
+    def jbr_rows(self):
+        return self.browser.execute("""
+            return [...document.querySelectorAll('#jbr-units tbody tr')].map(r => [
+              Number(r.querySelector('.rank').textContent), r.querySelector('.layer').textContent,
+              Number(r.querySelector('.index').textContent),
+              Number(r.querySelector('.score').getAttribute('data-value'))]);""")
+
+    def select_row(self, cid):
+        self.browser.execute("document.querySelector('#card-ranking tr[data-candidate-id=\"' + "
+                             "arguments[0] + '\"], #card-excluded tr[data-candidate-id=\"' + "
+                             "arguments[0] + '\"]').click(); return 1", cid)
+
+    def test_ac_jbr_detail(self):
+        """A candidate's JBR results in its detail: "none" without a JBR job; a JBR job submitted
+        while the page shows the candidate appears with the next version (one GET of the job),
+        its state and its units by rank, lowest score first, the first 50 with a note of how
+        many there are; a job not over when read is followed until it ends."""
+        b, sid = self.browser, self.sid
+        rk = self.ranking(sid)
+        by_name = {it["name"]: it["candidate_id"] for it in rk["items"] + rk["excluded"]}
+        cid = by_name["mlp-w64-d2-wd0.1"]  # two hidden layers of 64: more units than shown
+        other = by_name["mlp-w32-d1-wd0"]
+        self.assertEqual(self.client.get_candidate(sid, cid)["jbr_jobs"], [])
+        b.get(self.url + "/ui/studies/" + sid + "?candidate=" + cid)
+        # The page's own address with a selection (a reload, a shared link) is the page.
+        b.wait_for("const d = document.getElementById('detail-jbr'); return d && "
+                   "d.textContent === 'JBRnone'", 20)
+        b.execute(WRAP_FETCH)
+        time.sleep(0.5)  # in the long-poll
+
+        acc = self.client.jbr(sid, cid, confidence=0)
+        job = self.client.wait_job(acc["job"]["id"], timeout=120, poll=0.05)
+        self.assertEqual(job["state"], "succeeded", job)
+        jobs = self.client.get_candidate(sid, cid)["jbr_jobs"]
+        self.assertEqual([(j["id"], j["state"]) for j in jobs], [(job["id"], "succeeded")])
+        units, order = job["result"]["units"], job["result"]["order"]
+        self.assertGreater(len(order), 50)
+        self.assertEqual(sorted(order), list(range(len(units))))
+        # A JBR job moves no study version: the next one (a metric changed) brings it.
+        self.client.set_metrics(sid, other, {"val_loss": 0.123})
+        n = b.wait_for("return document.querySelectorAll('#jbr-units tbody tr').length", 10, 0.05)
+        self.assertEqual(n, 50)
+        rows = self.jbr_rows()
+        want = [[k + 1, units[u]["layer"], units[u]["index"], units[u]["score"]]
+                for k, u in enumerate(order[:50])]
+        self.assertEqual(rows, want)
+        self.assertEqual(rows[0][1], units[order[0]]["layer"])
+        scores = [r[3] for r in rows]
+        self.assertEqual(scores, sorted(scores))  # lowest first
+        info = b.execute("const d = document.getElementById('detail-jbr'); return "
+                         "[d.getAttribute('data-job-id'), d.getAttribute('data-state'), "
+                         "document.getElementById('jbr-note').getAttribute('data-units'), "
+                         "document.getElementById('jbr-note').textContent]")
+        self.assertEqual(info[:3], [job["id"], "succeeded", str(len(order))])
+        self.assertIn("of %d units" % len(order), info[3])
+        urls = b.execute("return window.__urls")
+        self.assertEqual(sum(u == "/v1/jobs/" + job["id"] for u in urls), 1, urls)
+        b.execute("document.getElementById('detail-jbr').scrollIntoView(); return 1")
+        self.shot("study-jbr.png")
+
+        # Another candidate has none; back on this one, its JBR job is read again (one GET).
+        self.select_row(other)
+        b.wait_for("const d = document.getElementById('detail-jbr'); return d && "
+                   "d.textContent === 'JBRnone' && "
+                   "document.getElementById('detail').textContent.includes(arguments[0])", 10,
+                   0.05, "mlp-w32-d1-wd0")
+        self.select_row(cid)
+        b.wait_for("return document.querySelectorAll('#jbr-units tbody tr').length === 50", 10, 0.05)
+        self.assertEqual(self.jbr_rows(), want)
+        state = b.execute("return [window.__noReload, window.__maxInflight, window.__urls]")
+        self.assertEqual(state[:2], ["kept", 1])
+        self.assertEqual(sum(u == "/v1/jobs/" + job["id"] for u in state[2]), 2, state[2])
+
+        # A JBR job that is not over when the page reads it is followed until it ends, though it
+        # moves no version of this study: queued behind the score jobs of another study.
+        filler = self.make_study("jbr-filler", NOISE[:1])
+        fill = [self.add_model(filler, m, "f%03d-%s" % (i, m), {})["job"]["id"]
+                for i, (m, _) in enumerate(self.models * 30)]
+        acc = self.client.jbr(sid, cid, confidence=0)
+        self.client.set_metrics(sid, other, {"val_loss": 0.124})  # brings the new job's id
+        version = self.client.get_study(sid)["version"]
+        t0 = time.monotonic()
+        seen = b.wait_for("const d = document.getElementById('detail-jbr'); return d && "
+                          "d.getAttribute('data-job-id') === arguments[0] && "
+                          "d.getAttribute('data-state')", 10, 0.02, acc["job"]["id"])
+        self.assertIn(seen, ["queued", "running"])  # read before it ended
+        b.wait_for("const d = document.getElementById('detail-jbr'); return "
+                   "d.getAttribute('data-state') === 'succeeded' && "
+                   "document.querySelectorAll('#jbr-units tbody tr').length === 50", 120, 0.05)
+        followed = time.monotonic() - t0
+        job2 = self.client.get_job(acc["job"]["id"])
+        self.assertEqual(job2["state"], "succeeded")
+        self.assertEqual(self.client.get_study(sid)["version"], version)  # no version moved
+        self.assertEqual(self.jbr_rows(), want)  # same model, same inputs, same scores
+        self.assertEqual(b.execute("return window.__maxInflight"), 1)
+        print("JBR job followed: seen %s, shown succeeded %.2f s later" % (seen, followed))
+        self.client.wait_all(fill, timeout=600)
         b.get(self.url + "/ui/studies/" + sid)
 
     def test_b_study_list(self):

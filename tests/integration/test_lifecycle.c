@@ -378,14 +378,15 @@ static void submit_mlp(const struct test_daemon *d, const char *sid, char cid[64
 }
 
 /* GET /v1/jobs/{jid}?wait=s on a JBR job: JBR jobs change no candidate or ranking (no version
- * bump), yet their end must still wake the held request rather than leave it to time out. */
+ * bump), yet their end must still wake the held request rather than leave it to time out.  The
+ * candidate then lists them (jbr_jobs, newest first, never its score job). */
 static void test_jbr_job_wait(void **state)
 {
     (void)state;
     struct test_daemon d = { 0 };
     const char *args[] = { "--workers", "1", NULL };
     struct http_result r;
-    char sid[64], cid[64], jid[64], jbr[64], path[256];
+    char sid[64], cid[64], jid[64], jbr[64], path[256], jbrs[2][64];
     assert_int_equal(test_daemon_start(&d, args), 0);
     make_study(&d, "jbr-wait", sid);
     submit_mlp(&d, sid, cid, jid);
@@ -403,6 +404,7 @@ static void test_jbr_job_wait(void **state)
         if (r.status != 202)
             fail_msg("POST %s: %ld %s", path, r.status, r.body);
         snprintf(jbr, sizeof jbr, "%s", http_json_str(&r, "job.id"));
+        snprintf(jbrs[i], sizeof jbrs[i], "%s", jbr);
         http_result_free(&r);
         snprintf(path, sizeof path, "/v1/jobs/%s?wait=20", jbr);
         double t0 = now_s();
@@ -419,6 +421,30 @@ static void test_jbr_job_wait(void **state)
     }
     /* ...and the ranking's version did not move (a JBR changes no ranking). */
     assert_int_equal(study_version(&d, sid), version);
+    /* The candidate lists its JBR jobs, newest first, and not its score job: in its GET and in
+     * the study's list. */
+    const char *want[2][2] = { { jbrs[1], "succeeded" }, { jbrs[0], "failed" } };
+    for (int list = 0; list < 2; list++) {
+        if (list)
+            snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+        else
+            snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", sid, cid);
+        assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
+        assert_int_equal(r.status, 200);
+        json_t *cand = list ? json_array_get(json_object_get(r.json, "items"), 0) : r.json;
+        assert_string_equal(json_string_value(json_object_get(cand, "id")), cid);
+        assert_string_equal(json_string_value(json_object_get(cand, "job_id")), jid);
+        json_t *jobs = json_object_get(cand, "jbr_jobs");
+        if (json_array_size(jobs) != 2)
+            fail_msg("GET %s: want 2 JBR jobs: %s", path, r.body);
+        for (size_t k = 0; k < 2; k++) {
+            json_t *it = json_array_get(jobs, k);
+            assert_string_equal(json_string_value(json_object_get(it, "id")), want[k][0]);
+            assert_string_equal(json_string_value(json_object_get(it, "state")), want[k][1]);
+            assert_non_null(json_string_value(json_object_get(it, "created_at")));
+        }
+        http_result_free(&r);
+    }
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
 }
@@ -592,6 +618,7 @@ static void test_unknown_query_parameters(void **state)
         { "POST", "/v1/studies/", "/candidates?dry_run=1", "dry_run" },
         { "GET", "/healthz?probe=1", NULL, "probe" },
         { "GET", "/v1/jobs/jb_0000000000000000?timeout=3", NULL, "timeout" },
+        { "GET", "/ui/studies/", "?candidat=cd_0000000000000000", "candidat" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(path, sizeof path, "%s%s%s", cases[i].before, cases[i].after ? sid : "",
@@ -613,6 +640,12 @@ static void test_unknown_query_parameters(void **state)
              sid);
     get_status(&d, "GET", path, 200);
     get_status(&d, "GET", "/v1/studies?page_size=2", 200);
+    /* The dashboard's own address keeps its view (a reload, a shared link): the page. */
+    snprintf(path, sizeof path,
+             "/ui/studies/%s?by=iso&split=fit&max_train_loss=0.1&candidate=cd_0000000000000000"
+             "&metric=val_loss", sid);
+    get_status(&d, "GET", path, 200);
+    get_status(&d, "GET", "/ui/?by=iso", 200);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
 }

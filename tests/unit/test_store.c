@@ -736,6 +736,128 @@ static void test_delete_and_retry(void **state)
     store_outbox_items_free(items, n);
 }
 
+/* Whether the candidate's JBR jobs are exactly ids[0..n), in that order (newest first), each
+ * with its state and a creation time. */
+static void expect_jbr(const struct store_candidate *c, const char *const *ids,
+                       const char *const *states, size_t n)
+{
+    assert_int_equal(c->njbr_jobs, n);
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(c->jbr_jobs[i].id, ids[i]);
+        assert_string_equal(c->jbr_jobs[i].state, states[i]);
+        assert_int_equal(strlen(c->jbr_jobs[i].created_at), strlen("2026-01-02T03:04:05.678Z"));
+    }
+}
+
+static struct store_candidate *page_item(struct store_candidate_page *p, const char *id)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (strcmp(p->items[i].id, id) == 0)
+            return &p->items[i];
+    fail_msg("candidate %s not on the page", id);
+    return NULL;
+}
+
+/* A candidate's JBR jobs (the candidate shape's jbr_jobs): exactly its own JBR jobs, newest
+ * first, with their states, never its score job nor another candidate's; the same on a page of
+ * the list (one query for all of them) and across pages; rendered as [] when none; they go
+ * with the candidate. */
+static void test_candidate_jbr_jobs(void **state)
+{
+    struct fixture *f = *state;
+    struct tpv_err err;
+    char sid[STORE_ID_MAX], c[3][STORE_ID_MAX], j[3][STORE_ID_MAX], jbr[4][STORE_ID_MAX];
+    make_study(f->st, sid, "jbr-jobs");
+    const char *names[3] = { "one", "two", "three" };
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(make_candidate(f->st, sid, names[i], c[i], j[i], 0, &err), TPV_OK);
+    /* Three on the first candidate, then one on the second: creation order interleaves them
+     * with nothing else, so a list ordered by anything but the job's own order would show. */
+    for (int k = 0; k < 4; k++) {
+        store_id_new(jbr[k], "jb");
+        assert_int_equal(store_jbr_create(f->st, sid, c[k < 3 ? 0 : 1], jbr[k],
+                                          "{\"confidence\":0}", 0, &err), TPV_OK);
+    }
+    json_t *job;
+    assert_int_equal(tj_job_cancel(f->st, jbr[0], &job, &err), TPV_OK);
+    json_decref(job);
+    /* The three score jobs, then jbr[1] (jbr[0] is canceled): that one succeeds. */
+    for (int k = 0; k < 4; k++) {
+        struct store_claim cl;
+        assert_int_equal(store_job_claim(f->st, "w", 60, &cl, &err), TPV_OK);
+        assert_string_equal(cl.id, k < 3 ? j[k] : jbr[1]);
+        store_claim_free(&cl);
+    }
+    assert_int_equal(store_job_succeed(f->st, jbr[1], "w", NULL, 0, NULL,
+                                       "{\"units\":[],\"order\":[]}", &err), TPV_OK);
+
+    const char *ids0[3] = { jbr[2], jbr[1], jbr[0] };
+    const char *states0[3] = { "queued", "succeeded", "canceled" };
+    const char *ids1[1] = { jbr[3] };
+    const char *states1[1] = { "queued" };
+    struct store_candidate cand;
+    assert_int_equal(store_candidate_get(f->st, sid, c[0], &cand, &err), TPV_OK);
+    expect_jbr(&cand, ids0, states0, 3);
+    assert_string_equal(cand.job_id, j[0]); /* the score job is the candidate's job_id only */
+    store_candidate_free(&cand);
+    assert_int_equal(store_candidate_get(f->st, sid, c[1], &cand, &err), TPV_OK);
+    expect_jbr(&cand, ids1, states1, 1);
+    store_candidate_free(&cand);
+    assert_int_equal(store_candidate_get(f->st, sid, c[2], &cand, &err), TPV_OK);
+    expect_jbr(&cand, NULL, NULL, 0);
+    store_candidate_free(&cand);
+
+    /* The list: all on one page, then pages of two (the second page's candidate has none). */
+    struct store_candidate_page page;
+    assert_int_equal(store_candidate_list(f->st, sid, 0, 10, 0, &page, &err), TPV_OK);
+    assert_int_equal(page.n, 3);
+    expect_jbr(page_item(&page, c[0]), ids0, states0, 3);
+    expect_jbr(page_item(&page, c[1]), ids1, states1, 1);
+    expect_jbr(page_item(&page, c[2]), NULL, NULL, 0);
+    store_candidate_page_free(&page);
+    assert_int_equal(store_candidate_list(f->st, sid, 0, 2, 0, &page, &err), TPV_OK);
+    assert_int_equal(page.n, 2);
+    expect_jbr(page_item(&page, c[0]), ids0, states0, 3);
+    expect_jbr(page_item(&page, c[1]), ids1, states1, 1);
+    int64_t next = page.next_seq;
+    store_candidate_page_free(&page);
+    assert_int_equal(store_candidate_list(f->st, sid, next, 2, 0, &page, &err), TPV_OK);
+    assert_int_equal(page.n, 1);
+    expect_jbr(page_item(&page, c[2]), NULL, NULL, 0);
+    store_candidate_page_free(&page);
+    /* A page ended by the byte bound keeps its candidates' jobs (and only theirs). */
+    assert_int_equal(store_candidate_list(f->st, sid, 0, 10, 1, &page, &err), TPV_OK);
+    assert_int_equal(page.n, 1);
+    expect_jbr(page_item(&page, c[0]), ids0, states0, 3);
+    store_candidate_page_free(&page);
+
+    /* Rendered: the API's shape, [] when none. */
+    json_t *jc;
+    assert_int_equal(tj_candidate_get(f->st, sid, c[0], &jc, &err), TPV_OK);
+    json_t *arr = json_object_get(jc, "jbr_jobs");
+    assert_int_equal(json_array_size(arr), 3);
+    for (size_t i = 0; i < 3; i++) {
+        json_t *it = json_array_get(arr, i);
+        assert_int_equal(json_object_size(it), 3);
+        assert_string_equal(json_string_value(json_object_get(it, "id")), ids0[i]);
+        assert_string_equal(json_string_value(json_object_get(it, "state")), states0[i]);
+        assert_non_null(json_string_value(json_object_get(it, "created_at")));
+    }
+    json_decref(jc);
+    assert_int_equal(tj_candidate_get(f->st, sid, c[2], &jc, &err), TPV_OK);
+    assert_true(json_is_array(json_object_get(jc, "jbr_jobs")));
+    assert_int_equal(json_array_size(json_object_get(jc, "jbr_jobs")), 0);
+    json_decref(jc);
+
+    /* Deleting the candidate deletes its JBR jobs; the other candidate keeps its own. */
+    assert_int_equal(store_candidate_delete(f->st, sid, c[0], &err), TPV_OK);
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(tj_job_get(f->st, jbr[k], &job, &err), TPV_ENOTFOUND);
+    assert_int_equal(store_candidate_get(f->st, sid, c[1], &cand, &err), TPV_OK);
+    expect_jbr(&cand, ids1, states1, 1);
+    store_candidate_free(&cand);
+}
+
 int main(void)
 {
     const struct CMUnitTest both[] = {
@@ -751,6 +873,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_scores_cancel_release_ranking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_webhook_outbox, setup, teardown),
         cmocka_unit_test_setup_teardown(test_delete_and_retry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_candidate_jbr_jobs, setup, teardown),
     };
     const struct CMUnitTest sqlite_only[] = {
         cmocka_unit_test_setup_teardown(test_sqlite_data_dir_lock, setup, teardown),
