@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,19 @@ from tpv_client import Client  # noqa: E402
 from webdriver import Browser  # noqa: E402
 
 QS = os.path.join(ROOT, "examples", "quickstart")
+
+
+def write_npy(path, n, p):
+    """A float64 .npy of shape (n, p) with reproducible values in [-1, 1) (an LCG)."""
+    hdr = "{'descr': '<f8', 'fortran_order': False, 'shape': (%d, %d), }" % (n, p)
+    hdr += " " * (64 - (10 + len(hdr) + 1) % 64) + "\n"
+    s, vals = 12345, []
+    for _ in range(n * p):
+        s = (s * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        vals.append((s >> 11) / float(1 << 52) - 1.0)
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(hdr)) + hdr.encode())
+        f.write(struct.pack("<%dd" % len(vals), *vals))
 ART = os.environ.get("TPV_ARTIFACT_DIR") or tempfile.mkdtemp(prefix="tpv-ui-artifacts-")
 MAX_TRAIN_LOSS = 0.1
 NOISE = [{"name": "iso", "kind": "isotropic", "sigma": 0.01},
@@ -439,10 +453,20 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual(sum(u == "/v1/jobs/" + job["id"] for u in state[2]), 2, state[2])
 
         # A JBR job that is not over when the page reads it is followed until it ends, though it
-        # moves no version of this study: queued behind the score jobs of another study.
-        filler = self.make_study("jbr-filler", NOISE[:1])
-        fill = [self.add_model(filler, m, "f%03d-%s" % (i, m), {})["job"]["id"]
-                for i, (m, _) in enumerate(self.models * 30)]
+        # moves no version of this study: queued behind two slow jobs of another study that hold
+        # both workers (exact unridged label TPV of a 4000 x 64 dump: an eigendecomposition of
+        # seconds), canceled once the page has shown it queued.
+        filler = self.client.create_study("jbr-filler", [{"name": "lab", "kind": "label",
+                                                          "sigma": 0.1, "estimator": "exact"}])
+        dump = os.path.join(self.tmp, "slow-dump.npy")
+        write_npy(dump, 4000, 64)
+        fill = [self.client.add_candidate(filler["id"], "slow%d" % i,
+                                          jacobian_fit=dump)["job"]["id"] for i in range(2)]
+        for jid in fill:
+            for _ in range(600):
+                if self.client.get_job(jid)["state"] == "running":
+                    break
+                time.sleep(0.02)
         acc = self.client.jbr(sid, cid, confidence=0)
         self.client.set_metrics(sid, other, {"val_loss": 0.124})  # brings the new job's id
         version = self.client.get_study(sid)["version"]
@@ -450,6 +474,8 @@ class DashboardTest(unittest.TestCase):
         seen = b.wait_for("const d = document.getElementById('detail-jbr'); return d && "
                           "d.getAttribute('data-job-id') === arguments[0] && "
                           "d.getAttribute('data-state')", 10, 0.02, acc["job"]["id"])
+        for jid in fill:
+            self.client.cancel_job(jid)
         self.assertIn(seen, ["queued", "running"])  # read before it ended
         b.wait_for("const d = document.getElementById('detail-jbr'); return "
                    "d.getAttribute('data-state') === 'succeeded' && "
@@ -461,7 +487,8 @@ class DashboardTest(unittest.TestCase):
         self.assertEqual(self.jbr_rows(), want)  # same model, same inputs, same scores
         self.assertEqual(b.execute("return window.__maxInflight"), 1)
         print("JBR job followed: seen %s, shown succeeded %.2f s later" % (seen, followed))
-        self.client.wait_all(fill, timeout=600)
+        self.assertEqual({j["state"] for j in self.client.wait_all(fill, timeout=60).values()},
+                         {"canceled"})
         b.get(self.url + "/ui/studies/" + sid)
 
     def test_b_study_list(self):
