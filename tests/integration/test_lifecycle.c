@@ -12,32 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "tests/support/daemon_proc.h"
 #include "tests/support/http_client.h"
 #include "tests/support/npy.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void upload(const struct test_daemon *d, const void *buf, size_t len, char out[80])
-{
-    char url[256];
-    struct http_result r;
-    snprintf(url, sizeof url, "%s/v1/blobs", d->base_url);
-    assert_int_equal(http_request("PUT", url, buf, len, NULL, &r), 0);
-    if (r.status != 201 && r.status != 200)
-        fail_msg("PUT /v1/blobs: %ld %s", r.status, r.body);
-    snprintf(out, 80, "%s", http_json_str(&r, "digest"));
-    http_result_free(&r);
-}
+#include "tests/support/service_steps.h"
 
 /* A (4, 3) dump; `bad` puts a NaN in it (the worker then fails the job). */
 static void upload_dump(const struct test_daemon *d, double scale, bool bad, char out[80])
@@ -50,81 +31,25 @@ static void upload_dump(const struct test_daemon *d, double scale, bool bad, cha
     uint64_t shape[2] = { 4, 3 };
     size_t len;
     unsigned char *b = test_npy_f64(shape, 2, v, &len);
-    upload(d, b, len, out);
+    test_put_blob(d, b, len, out);
     free(b);
-}
-
-static void expect_error(const struct http_result *r, long status, const char *code,
-                         const char *field)
-{
-    if (r->status != status)
-        fail_msg("want %ld, got %ld: %s", status, r->status, r->body);
-    assert_string_equal(http_json_str(r, "error.code"), code);
-    if (field)
-        assert_string_equal(http_json_str(r, "error.details.field"), field);
 }
 
 static void make_study(const struct test_daemon *d, const char *name, char sid[64])
 {
-    struct http_result r;
     char buf[256];
     snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
              "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
-    assert_int_equal(http_json(d->base_url, "POST", "/v1/studies", buf, NULL, &r), 0);
-    assert_int_equal(r.status, 201);
-    snprintf(sid, 64, "%s", http_json_str(&r, "id"));
-    http_result_free(&r);
+    test_create_study(d, buf, sid);
 }
 
 /* Submits a Jacobian candidate; its id and job id go to cid / jid. */
 static void submit(const struct test_daemon *d, const char *sid, const char *name,
                    const char *digest, char cid[64], char jid[64])
 {
-    struct http_result r;
-    char path[160], body[256];
-    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
+    char body[256];
     snprintf(body, sizeof body, "{\"name\":\"%s\",\"jacobian\":{\"fit\":\"%s\"}}", name, digest);
-    assert_int_equal(http_json(d->base_url, "POST", path, body, NULL, &r), 0);
-    if (r.status != 202)
-        fail_msg("POST %s: %ld %s", path, r.status, r.body);
-    snprintf(cid, 64, "%s", http_json_str(&r, "candidate.id"));
-    snprintf(jid, 64, "%s", http_json_str(&r, "job.id"));
-    http_result_free(&r);
-}
-
-static bool terminal(const char *st)
-{
-    return st && (strcmp(st, "succeeded") == 0 || strcmp(st, "failed") == 0 ||
-                  strcmp(st, "canceled") == 0);
-}
-
-/* Polls a job until it is terminal (20 s at most). */
-static void wait_job(const struct test_daemon *d, const char *jid, struct http_result *r)
-{
-    char path[128];
-    snprintf(path, sizeof path, "/v1/jobs/%.64s", jid);
-    for (double t0 = now_s(); now_s() - t0 < 20;) {
-        assert_int_equal(http_json(d->base_url, "GET", path, NULL, NULL, r), 0);
-        assert_int_equal(r->status, 200);
-        if (terminal(http_json_str(r, "state")))
-            return;
-        http_result_free(r);
-        usleep(20 * 1000);
-    }
-    test_daemon_dump_log(d);
-    fail_msg("job %s did not finish", jid);
-}
-
-static json_int_t study_version(const struct test_daemon *d, const char *sid)
-{
-    struct http_result r;
-    char path[128];
-    snprintf(path, sizeof path, "/v1/studies/%s", sid);
-    assert_int_equal(http_json(d->base_url, "GET", path, NULL, NULL, &r), 0);
-    assert_int_equal(r.status, 200);
-    json_int_t v = json_integer_value(json_object_get(r.json, "version"));
-    http_result_free(&r);
-    return v;
+    test_submit(d, sid, body, cid, jid);
 }
 
 static void get_status(const struct test_daemon *d, const char *method, const char *path,
@@ -150,10 +75,10 @@ static void test_candidate_delete(void **state)
     make_study(&d, "del", sid);
     upload_dump(&d, 1.0, false, dig);
     submit(&d, sid, "a", dig, cid, jid);
-    wait_job(&d, jid, &r);
+    test_wait_job(&d, jid, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "succeeded");
     http_result_free(&r);
-    json_int_t v0 = study_version(&d, sid);
+    json_int_t v0 = test_study_version(&d, sid);
 
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", sid, cid);
     get_status(&d, "DELETE", path, 204);
@@ -161,7 +86,7 @@ static void test_candidate_delete(void **state)
     get_status(&d, "DELETE", path, 404);
     snprintf(path, sizeof path, "/v1/jobs/%s", jid);
     get_status(&d, "GET", path, 404);
-    assert_true(study_version(&d, sid) > v0);
+    assert_true(test_study_version(&d, sid) > v0);
     snprintf(path, sizeof path, "/v1/studies/%s/ranking", sid);
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
     assert_int_equal(r.status, 200);
@@ -171,7 +96,7 @@ static void test_candidate_delete(void **state)
     /* The name is free again, and the new candidate is scored. */
     submit(&d, sid, "a", dig, cid2, jid2);
     assert_string_not_equal(cid, cid2);
-    wait_job(&d, jid2, &r);
+    test_wait_job(&d, jid2, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "succeeded");
     http_result_free(&r);
 
@@ -182,7 +107,7 @@ static void test_candidate_delete(void **state)
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", sid, cid3);
     get_status(&d, "DELETE", path, 204);
     submit(&d, sid, "c", dig, cid4, jid4);
-    wait_job(&d, jid4, &r);
+    test_wait_job(&d, jid4, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "succeeded");
     http_result_free(&r);
     snprintf(path, sizeof path, "/v1/jobs/%s", jid3);
@@ -212,7 +137,7 @@ static void test_study_delete(void **state)
     submit(&d, sid, "a", dig, cid[0], jid[0]);
     submit(&d, other, "a", dig, ocid, ojid);
     submit(&d, sid, "b", dig, cid[1], jid[1]);
-    wait_job(&d, jid[0], &r);
+    test_wait_job(&d, jid[0], 20, &r);
     http_result_free(&r);
     snprintf(path, sizeof path, "/v1/studies/%s", sid);
     get_status(&d, "DELETE", path, 204);
@@ -226,7 +151,7 @@ static void test_study_delete(void **state)
         snprintf(path, sizeof path, "/v1/jobs/%s", jid[i]);
         get_status(&d, "GET", path, 404);
     }
-    wait_job(&d, ojid, &r);
+    test_wait_job(&d, ojid, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "succeeded");
     http_result_free(&r);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s", other, ocid);
@@ -250,13 +175,13 @@ static void test_candidate_retry(void **state)
     upload_dump(&d, 2.0, false, good);
     submit(&d, sid, "bad", bad, cid, jid);
     submit(&d, sid, "good", good, okc, okj);
-    wait_job(&d, jid, &r);
+    test_wait_job(&d, jid, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "failed");
     http_result_free(&r);
-    wait_job(&d, okj, &r);
+    test_wait_job(&d, okj, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "succeeded");
     http_result_free(&r);
-    json_int_t v0 = study_version(&d, sid);
+    json_int_t v0 = test_study_version(&d, sid);
 
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s/retry", sid, cid);
     assert_int_equal(http_json(d.base_url, "POST", path, NULL, NULL, &r), 0);
@@ -274,8 +199,8 @@ static void test_candidate_retry(void **state)
     assert_int_equal(nattempts, strcmp(nstate, "queued") == 0 ? 0 : 1);
     assert_non_null(http_result_header(&r, "Location", loc, sizeof loc));
     http_result_free(&r);
-    assert_true(study_version(&d, sid) > v0);
-    wait_job(&d, njid, &r);
+    assert_true(test_study_version(&d, sid) > v0);
+    test_wait_job(&d, njid, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "failed"); /* the same bad dump */
     assert_int_equal(json_integer_value(json_object_get(r.json, "attempts")), 1);
     http_result_free(&r);
@@ -286,13 +211,13 @@ static void test_candidate_retry(void **state)
 
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s/retry", sid, okc);
     assert_int_equal(http_json(d.base_url, "POST", path, NULL, NULL, &r), 0);
-    expect_error(&r, 409, "failed_precondition", "state");
+    test_expect_error(&r, 409, "failed_precondition", "state");
     http_result_free(&r);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/cd_0000000000000000/retry", sid);
     get_status(&d, "POST", path, 404);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates/%s/retry", sid, cid);
     assert_int_equal(http_json(d.base_url, "POST", path, "{\"force\":true}", NULL, &r), 0);
-    expect_error(&r, 400, "invalid_argument", "force");
+    test_expect_error(&r, 400, "invalid_argument", "force");
     http_result_free(&r);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
@@ -312,19 +237,19 @@ static void test_job_wait(void **state)
     upload_dump(&d, 1.0, false, dig);
     submit(&d, sid, "a", dig, cid, jid);
     snprintf(path, sizeof path, "/v1/jobs/%s?wait=20", jid);
-    double t0 = now_s();
+    double t0 = test_now_s();
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
-    double took = now_s() - t0;
+    double took = test_now_s() - t0;
     assert_int_equal(r.status, 200);
     assert_string_equal(http_json_str(&r, "state"), "succeeded");
     http_result_free(&r);
     assert_true(took < 10);
-    t0 = now_s();
+    t0 = test_now_s();
     get_status(&d, "GET", path, 200);
-    assert_true(now_s() - t0 < 2);
+    assert_true(test_now_s() - t0 < 2);
     snprintf(path, sizeof path, "/v1/jobs/%s?wait=soon", jid);
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
-    expect_error(&r, 400, "invalid_argument", "wait");
+    test_expect_error(&r, 400, "invalid_argument", "wait");
     http_result_free(&r);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
@@ -349,17 +274,17 @@ static void submit_mlp(const struct test_daemon *d, const char *sid, char cid[64
     unsigned char *b = test_safetensors_f64(t, 3, &len);
     assert_non_null(b);
     char dw[80], dx[80], dspec[80], path[160], body[512];
-    upload(d, b, len, dw);
+    test_put_blob(d, b, len, dw);
     free(b);
     uint64_t xs[2] = { 6, 3 };
     b = test_npy_f64(xs, 2, x, &len);
     assert_non_null(b);
-    upload(d, b, len, dx);
+    test_put_blob(d, b, len, dx);
     free(b);
     const char *spec = "{\"format\":\"tpv.sequential/v1\",\"input_shape\":[3],\"layers\":["
                        "{\"type\":\"linear\",\"weight\":\"l0.weight\",\"bias\":\"l0.bias\"},"
                        "{\"type\":\"relu\"},{\"type\":\"linear\",\"weight\":\"l2.weight\"}]}";
-    upload(d, spec, strlen(spec), dspec);
+    test_put_blob(d, spec, strlen(spec), dspec);
     struct http_result r;
     snprintf(path, sizeof path, "/v1/studies/%s/inputs/fit", sid);
     snprintf(body, sizeof body, "{\"blob\":\"%s\"}", dx);
@@ -390,10 +315,10 @@ static void test_jbr_job_wait(void **state)
     assert_int_equal(test_daemon_start(&d, args), 0);
     make_study(&d, "jbr-wait", sid);
     submit_mlp(&d, sid, cid, jid);
-    wait_job(&d, jid, &r);
+    test_wait_job(&d, jid, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "succeeded");
     http_result_free(&r);
-    json_int_t version = study_version(&d, sid);
+    json_int_t version = test_study_version(&d, sid);
     /* Confidence 0.9 keeps none of these inputs (the job fails), 0 keeps them all. */
     struct {
         const char *body, *state;
@@ -407,9 +332,9 @@ static void test_jbr_job_wait(void **state)
         snprintf(jbrs[i], sizeof jbrs[i], "%s", jbr);
         http_result_free(&r);
         snprintf(path, sizeof path, "/v1/jobs/%s?wait=20", jbr);
-        double t0 = now_s();
+        double t0 = test_now_s();
         assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
-        double took = now_s() - t0;
+        double took = test_now_s() - t0;
         assert_int_equal(r.status, 200);
         if (strcmp(http_json_str(&r, "state"), runs[i].state) != 0)
             fail_msg("JBR job, want %s: %s", runs[i].state, r.body);
@@ -420,7 +345,7 @@ static void test_jbr_job_wait(void **state)
             fail_msg("the held GET was answered after %.1f s, not when the job ended", took);
     }
     /* ...and the ranking's version did not move (a JBR changes no ranking). */
-    assert_int_equal(study_version(&d, sid), version);
+    assert_int_equal(test_study_version(&d, sid), version);
     /* The candidate lists its JBR jobs, newest first, and not its score job: in its GET and in
      * the study's list. */
     const char *want[2][2] = { { jbrs[1], "succeeded" }, { jbrs[0], "failed" } };
@@ -463,7 +388,7 @@ static bool blob_becomes(const struct test_daemon *d, const char *digest, long w
                          double seconds)
 {
     struct http_result r;
-    for (double t0 = now_s(); now_s() - t0 < seconds; usleep(100 * 1000)) {
+    for (double t0 = test_now_s(); test_now_s() - t0 < seconds; usleep(100 * 1000)) {
         long st = blob_status(d, "HEAD", digest, &r);
         http_result_free(&r);
         if (st == want)
@@ -491,7 +416,7 @@ static void test_blob_delete_and_gc(void **state)
     upload_dump(&d, 5.0, false, spare);
 
     assert_int_equal(blob_status(&d, "DELETE", used, &r), 409);
-    expect_error(&r, 409, "failed_precondition", "digest");
+    test_expect_error(&r, 409, "failed_precondition", "digest");
     assert_non_null(strstr(http_json_str(&r, "error.message"), cid));
     http_result_free(&r);
     assert_int_equal(blob_status(&d, "DELETE", spare, &r), 204);
@@ -510,7 +435,7 @@ static void test_blob_delete_and_gc(void **state)
     }
     assert_int_equal(blob_status(&d, "HEAD", used, &r), 200);
     http_result_free(&r);
-    wait_job(&d, jid, &r);
+    test_wait_job(&d, jid, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "succeeded");
     http_result_free(&r);
 
@@ -549,7 +474,7 @@ static void test_ranking_csv(void **state)
         http_result_free(&r);
     }
     for (int i = 0; i < 2; i++) {
-        wait_job(&d, jid[i], &r);
+        test_wait_job(&d, jid[i], 20, &r);
         assert_string_equal(http_json_str(&r, "state"), "succeeded");
         http_result_free(&r);
     }
@@ -628,13 +553,13 @@ static void test_unknown_query_parameters(void **state)
                          0);
         if (r.status != 400)
             fail_msg("%s %s: %ld %s", cases[i].method, path, r.status, r.body);
-        expect_error(&r, 400, "invalid_argument", cases[i].param);
+        test_expect_error(&r, 400, "invalid_argument", cases[i].param);
         assert_non_null(strstr(http_json_str(&r, "error.message"), cases[i].param));
         http_result_free(&r);
     }
     snprintf(url, sizeof url, "%s/v1/blobs?compress=1", d.base_url);
     assert_int_equal(http_request("PUT", url, "abc", 3, NULL, &r), 0);
-    expect_error(&r, 400, "invalid_argument", "compress");
+    test_expect_error(&r, 400, "invalid_argument", "compress");
     http_result_free(&r);
     snprintf(path, sizeof path, "/v1/studies/%s/ranking?by=iso&split=fit&max_train_loss=1&wait=0",
              sid);

@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <curl/curl.h>
@@ -24,13 +23,7 @@
 #include "tests/support/daemon_proc.h"
 #include "tests/support/http_client.h"
 #include "tests/support/npy.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+#include "tests/support/service_steps.h"
 
 /* Uploads bytes; returns the digest (static buffer copy in out). */
 static void upload(const struct test_daemon *d, const void *buf, size_t len, char out[80],
@@ -65,35 +58,6 @@ static unsigned char *make_dump(uint64_t n, uint64_t p, double scale, size_t *le
     return b;
 }
 
-static void expect_error(const struct http_result *r, long status, const char *code,
-                         const char *field)
-{
-    if (r->status != status)
-        fail_msg("want %ld, got %ld: %s", status, r->status, r->body);
-    assert_string_equal(http_json_str(r, "error.code"), code);
-    if (field)
-        assert_string_equal(http_json_str(r, "error.details.field"), field);
-}
-
-/* Polls a job until it is terminal (20 s at most); returns its JSON (caller frees r). */
-static void wait_job(const struct test_daemon *d, const char *jid, struct http_result *r)
-{
-    char path[128];
-    snprintf(path, sizeof path, "/v1/jobs/%.64s", jid);
-    for (double t0 = now_s(); now_s() - t0 < 20;) {
-        assert_int_equal(http_json(d->base_url, "GET", path, NULL, NULL, r), 0);
-        assert_int_equal(r->status, 200);
-        const char *st = http_json_str(r, "state");
-        if (strcmp(st, "succeeded") == 0 || strcmp(st, "failed") == 0 ||
-            strcmp(st, "canceled") == 0)
-            return;
-        http_result_free(r);
-        usleep(20 * 1000);
-    }
-    test_daemon_dump_log(d);
-    fail_msg("job %s did not finish", jid);
-}
-
 struct longpoll {
     const struct test_daemon *d;
     char path[300];
@@ -110,14 +74,14 @@ static void *longpoll_main(void *arg)
     snprintf(hdr, sizeof hdr, "If-None-Match: %s", lp->etag);
     const char *hdrs[] = { hdr, NULL };
     struct http_result r;
-    double t0 = now_s();
+    double t0 = test_now_s();
     if (http_json(lp->d->base_url, "GET", lp->path, NULL, hdrs, &r) == 0) {
         lp->status = r.status;
         if (r.json)
             lp->version = json_integer_value(json_object_get(r.json, "version"));
         http_result_free(&r);
     }
-    lp->seconds = now_s() - t0;
+    lp->seconds = test_now_s() - t0;
     return NULL;
 }
 
@@ -184,7 +148,7 @@ static void test_full_flow(void **state)
     char url[400];
     snprintf(url, sizeof url, "%s/v1/blobs/%s", d.base_url, dprobe);
     assert_int_equal(http_request("PUT", url, fit, lf, NULL, &r), 0); /* wrong bytes */
-    expect_error(&r, 400, "invalid_argument", "digest");
+    test_expect_error(&r, 400, "invalid_argument", "digest");
     http_result_free(&r);
     assert_int_equal(http_request("PUT", url, probe, lpr, NULL, &r), 0);
     assert_int_equal(r.status, 200);
@@ -212,7 +176,7 @@ static void test_full_flow(void **state)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(http_json(d.base_url, "POST", "/v1/studies", bad[i][0], NULL, &r), 0);
-        expect_error(&r, 400, "invalid_argument", bad[i][1]);
+        test_expect_error(&r, 400, "invalid_argument", bad[i][1]);
         http_result_free(&r);
     }
     const char *study_body =
@@ -240,7 +204,7 @@ static void test_full_flow(void **state)
     /* Inputs: the blob must exist and be a tensor; n is its first dimension. */
     snprintf(path, sizeof path, "/v1/studies/%s/inputs/fit", sid);
     assert_int_equal(http_json(d.base_url, "PUT", path, "{\"blob\":\"sha256:00\"}", NULL, &r), 0);
-    expect_error(&r, 400, "invalid_argument", "blob");
+    test_expect_error(&r, 400, "invalid_argument", "blob");
     http_result_free(&r);
     snprintf(buf, sizeof buf, "{\"blob\":\"%s\"}", dfit);
     assert_int_equal(http_json(d.base_url, "PUT", path, buf, NULL, &r), 0);
@@ -252,7 +216,7 @@ static void test_full_flow(void **state)
     /* ---- ranking before any candidate: fit split, empty; probe is a 409 ---- */
     snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=probe", sid);
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
-    expect_error(&r, 409, "failed_precondition", "split");
+    test_expect_error(&r, 409, "failed_precondition", "split");
     http_result_free(&r);
 
     /* ---- candidates ---- */
@@ -269,7 +233,7 @@ static void test_full_flow(void **state)
     };
     for (size_t i = 0; i < sizeof badc / sizeof badc[0]; i++) {
         assert_int_equal(http_json(d.base_url, "POST", path, badc[i][0], NULL, &r), 0);
-        expect_error(&r, 400, "invalid_argument", badc[i][1]);
+        test_expect_error(&r, 400, "invalid_argument", badc[i][1]);
         http_result_free(&r);
     }
     /* A blob that is not a tensor: the core's check answers 400 naming the field. */
@@ -277,7 +241,7 @@ static void test_full_flow(void **state)
     upload(&d, "not a tensor at all", 19, dbad, 201);
     snprintf(buf, sizeof buf, "{\"name\":\"junk\",\"jacobian\":{\"fit\":\"%s\"}}", dbad);
     assert_int_equal(http_json(d.base_url, "POST", path, buf, NULL, &r), 0);
-    expect_error(&r, 400, "invalid_argument", "jacobian.fit");
+    test_expect_error(&r, 400, "invalid_argument", "jacobian.fit");
     assert_null(strstr(r.body, d.data_dir)); /* no server paths in messages */
     http_result_free(&r);
 
@@ -308,19 +272,19 @@ static void test_full_flow(void **state)
             http_result_free(&r);
             /* same key, other body: refused */
             assert_int_equal(http_json(d.base_url, "POST", path, "{\"name\":\"zz\"}", h, &r), 0);
-            expect_error(&r, 409, "failed_precondition", "Idempotency-Key");
+            test_expect_error(&r, 409, "failed_precondition", "Idempotency-Key");
             http_result_free(&r);
         }
         free(body0);
     }
     snprintf(buf, sizeof buf, "{\"name\":\"c0\",\"jacobian\":{\"fit\":\"%s\"}}", dfit);
     assert_int_equal(http_json(d.base_url, "POST", path, buf, NULL, &r), 0);
-    expect_error(&r, 409, "already_exists", "name");
+    test_expect_error(&r, 409, "already_exists", "name");
     http_result_free(&r);
 
     /* ---- jobs: every one succeeds (an "unimplemented" failure is a regression) ---- */
     for (int i = 0; i < 3; i++) {
-        wait_job(&d, jids[i], &r);
+        test_wait_job(&d, jids[i], 20, &r);
         if (strcmp(http_json_str(&r, "state"), "succeeded") != 0) {
             test_daemon_dump_log(&d);
             fail_msg("job %d: %s", i, r.body);
@@ -333,7 +297,7 @@ static void test_full_flow(void **state)
     assert_int_equal(r.status, 409); /* already terminal */
     http_result_free(&r);
     assert_int_equal(http_json(d.base_url, "GET", "/v1/jobs/jb_nope", NULL, NULL, &r), 0);
-    expect_error(&r, 404, "not_found", "job_id");
+    test_expect_error(&r, 404, "not_found", "job_id");
     http_result_free(&r);
 
     /* Candidate with its scores: every (noise model, split) once, at its closed form. */
@@ -358,7 +322,7 @@ static void test_full_flow(void **state)
     http_result_free(&r);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates?page_token=garbage", sid);
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
-    expect_error(&r, 400, "invalid_argument", "page_token");
+    test_expect_error(&r, 400, "invalid_argument", "page_token");
     http_result_free(&r);
 
     /* ---- ranking: probe is the default now that dumps brought a probe set ---- */
@@ -407,14 +371,14 @@ static void test_full_flow(void **state)
     usleep(300 * 1000);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
     snprintf(buf, sizeof buf, "{\"name\":\"late\",\"jacobian\":{\"fit\":\"%s\"}}", dfit2);
-    double t_submit = now_s();
+    double t_submit = test_now_s();
     assert_int_equal(http_json(d.base_url, "POST", path, buf, NULL, &r), 0);
     assert_int_equal(r.status, 202);
     http_result_free(&r);
     pthread_join(t, NULL);
     assert_int_equal(lp.status, 200);
     assert_true(lp.seconds < 10);
-    assert_true(now_s() - t_submit < 5);
+    assert_true(test_now_s() - t_submit < 5);
 
     /* ---- service endpoints ---- */
     assert_int_equal(http_json(d.base_url, "GET", "/metrics", NULL, NULL, &r), 0);
@@ -443,27 +407,10 @@ static void test_full_flow(void **state)
 /* Creates a study with one isotropic noise model; its id goes to sid. */
 static void make_study(const struct test_daemon *d, const char *name, char sid[64])
 {
-    struct http_result r;
     char buf[256];
     snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
              "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
-    assert_int_equal(http_json(d->base_url, "POST", "/v1/studies", buf, NULL, &r), 0);
-    assert_int_equal(r.status, 201);
-    snprintf(sid, 64, "%s", http_json_str(&r, "id"));
-    http_result_free(&r);
-}
-
-/* Submits a candidate body; returns its job id in jid (202 expected). */
-static void submit(const struct test_daemon *d, const char *sid, const char *body, char jid[64])
-{
-    struct http_result r;
-    char path[160];
-    snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
-    assert_int_equal(http_json(d->base_url, "POST", path, body, NULL, &r), 0);
-    if (r.status != 202)
-        fail_msg("POST %s: %ld %s", path, r.status, r.body);
-    snprintf(jid, 64, "%s", http_json_str(&r, "job.id"));
-    http_result_free(&r);
+    test_create_study(d, buf, sid);
 }
 
 /* Jacobian candidates sent without a probe dump: the study has no probe split, so the default
@@ -485,10 +432,10 @@ static void test_fit_only_dumps_rank_on_fit(void **state)
         upload(&d, b, len, dig[i], 201);
         free(b);
         snprintf(buf, sizeof buf, "{\"name\":\"c%d\",\"jacobian\":{\"fit\":\"%s\"}}", i, dig[i]);
-        submit(&d, sid, buf, jid[i]);
+        test_submit(&d, sid, buf, NULL, jid[i]);
     }
     for (int i = 0; i < 2; i++) {
-        wait_job(&d, jid[i], &r);
+        test_wait_job(&d, jid[i], 20, &r);
         assert_string_equal(http_json_str(&r, "state"), "succeeded");
         http_result_free(&r);
     }
@@ -501,7 +448,7 @@ static void test_fit_only_dumps_rank_on_fit(void **state)
     http_result_free(&r);
     snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=probe", sid);
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
-    expect_error(&r, 409, "failed_precondition", "split");
+    test_expect_error(&r, 409, "failed_precondition", "split");
     http_result_free(&r);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
@@ -521,7 +468,7 @@ static void test_one_rule_at_submission(void **state)
     const char *sgd = "{\"name\":\"sgd\",\"noise_models\":[{\"name\":\"s\",\"kind\":\"sgd\","
                       "\"lr\":0.1,\"batch_size\":1.5}]}";
     assert_int_equal(http_json(d.base_url, "POST", "/v1/studies", sgd, NULL, &r), 0);
-    expect_error(&r, 400, "invalid_argument", "noise_models[0].batch_size");
+    test_expect_error(&r, 400, "invalid_argument", "noise_models[0].batch_size");
     http_result_free(&r);
 
     make_study(&d, "rules", sid);
@@ -531,7 +478,7 @@ static void test_one_rule_at_submission(void **state)
     upload(&d, b, len, dig, 201);
     free(b);
     snprintf(buf, sizeof buf, "{\"name\":\"c\",\"jacobian\":{\"fit\":\"%s\"}}", dig);
-    submit(&d, sid, buf, jid);
+    test_submit(&d, sid, buf, NULL, jid);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
     assert_int_equal(http_json(d.base_url, "GET", path, NULL, NULL, &r), 0);
     char cid[64];
@@ -555,7 +502,7 @@ static void test_one_rule_at_submission(void **state)
     };
     for (size_t i = 0; i < sizeof jbr / sizeof jbr[0]; i++) {
         assert_int_equal(http_json(d.base_url, "POST", path, jbr[i].body, NULL, &r), 0);
-        expect_error(&r, jbr[i].status, jbr[i].code, jbr[i].field);
+        test_expect_error(&r, jbr[i].status, jbr[i].code, jbr[i].field);
         http_result_free(&r);
     }
 
@@ -580,11 +527,11 @@ static void test_one_rule_at_submission(void **state)
     snprintf(buf, sizeof buf, "{\"name\":\"dup\",\"model\":{\"spec\":\"%s\",\"weights\":\"%s\"}}",
              dspec, dig);
     assert_int_equal(http_json(d.base_url, "POST", path, buf, NULL, &r), 0);
-    expect_error(&r, 400, "invalid_argument", "model.spec");
+    test_expect_error(&r, 400, "invalid_argument", "model.spec");
     assert_non_null(strstr(http_json_str(&r, "error.message"), "duplicate"));
     http_result_free(&r);
 
-    wait_job(&d, jid, &r);
+    test_wait_job(&d, jid, 20, &r);
     http_result_free(&r);
     assert_int_equal(test_daemon_stop(&d, SIGTERM), 0);
     test_daemon_cleanup(&d);
@@ -611,8 +558,8 @@ static void test_values_scanned_by_the_worker(void **state)
     upload(&d, b, len, dig, 201);
     free(b);
     snprintf(buf, sizeof buf, "{\"name\":\"nan\",\"jacobian\":{\"fit\":\"%s\"}}", dig);
-    submit(&d, sid, buf, jid);
-    wait_job(&d, jid, &r);
+    test_submit(&d, sid, buf, NULL, jid);
+    test_wait_job(&d, jid, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "failed");
     assert_string_equal(http_json_str(&r, "error.code"), "invalid_argument");
     const char *msg = http_json_str(&r, "error.message");
@@ -680,10 +627,10 @@ static void test_ranking_confidence(void **state)
         upload(&d, b, len, dig[c], 201);
         free(b);
         snprintf(buf, sizeof buf, "{\"name\":\"c%d\",\"jacobian\":{\"fit\":\"%s\"}}", c, dig[c]);
-        submit(&d, sid, buf, jid[c]);
+        test_submit(&d, sid, buf, NULL, jid[c]);
     }
     for (int c = 0; c < 3; c++) {
-        wait_job(&d, jid[c], &r);
+        test_wait_job(&d, jid[c], 20, &r);
         assert_string_equal(http_json_str(&r, "state"), "succeeded");
         if (c == 0)
             snprintf(cid0, sizeof cid0, "%s", http_json_str(&r, "candidate_id"));
