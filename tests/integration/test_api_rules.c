@@ -44,14 +44,6 @@ static unsigned char *make_npy(uint64_t n, uint64_t p, uint64_t bad_at, double b
     return b;
 }
 
-static void create_study(const struct test_daemon *d, const char *name, char sid[64])
-{
-    char body[256];
-    snprintf(body, sizeof body, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
-             "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
-    test_create_study(d, body, sid);
-}
-
 /* Fails when a real in the JSON text `body` is longer than needed: a %.15g spelling that reads
  * back to the same double and is shorter (jansson alone writes 0.10000000000000001). */
 static void assert_reals_shortest(const char *what, const char *body)
@@ -183,7 +175,7 @@ static void test_idempotency_race(void **state)
     unsigned char *npy = make_npy(64, 32, UINT64_MAX, 0, &len);
     test_put_blob(&d, npy, len, dump);
     free(npy);
-    create_study(&d, "race", sid);
+    test_create_iso_study(&d, "race", sid);
     int wrong = race(&d, "/v1/studies", "study", study_body, NULL, 201);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
     wrong += race(&d, path, "candidate", candidate_body, dump, 202);
@@ -228,7 +220,7 @@ static void test_inputs_frozen_with_candidates(void **state)
     b = make_npy(4, 3, UINT64_MAX, 0, &len);
     test_put_blob(&d, b, len, dump);
     free(b);
-    create_study(&d, "frozen", sid);
+    test_create_iso_study(&d, "frozen", sid);
     struct http_result r;
     assert_int_equal(put_inputs(&d, sid, "fit", x1, &r), 200);
     http_result_free(&r);
@@ -302,7 +294,7 @@ static void test_inputs_must_be_finite(void **state)
     struct test_daemon d = { 0 };
     assert_int_equal(test_daemon_start(&d, NULL), 0);
     char sid[64], digest[80];
-    create_study(&d, "finite", sid);
+    test_create_iso_study(&d, "finite", sid);
     const double bad[] = { NAN, INFINITY, -INFINITY };
     for (int i = 0; i < 3; i++) {
         size_t len;
@@ -423,7 +415,7 @@ static void test_list_pages_bounded_in_bytes(void **state)
     unsigned char *npy = make_npy(4, 3, UINT64_MAX, 0, &len);
     test_put_blob(&d, npy, len, dump);
     free(npy);
-    create_study(&d, "paged", sid);
+    test_create_iso_study(&d, "paged", sid);
     snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
     for (int i = 0; i < CANDIDATES; i++) {
         snprintf(body, 2 * META_BYTES, "{\"name\":\"c%d\",\"metadata\":%s,\"jacobian\":"
@@ -484,7 +476,7 @@ static void test_no_server_path_in_errors(void **state)
     struct test_daemon d = { 0 };
     assert_int_equal(test_daemon_start(&d, NULL), 0);
     char sid[64], path[256], body[1024];
-    create_study(&d, "paths", sid);
+    test_create_iso_study(&d, "paths", sid);
 
     /* Files that are not what they claim to be, each as inputs, dump, weights and spec. */
     size_t len;
@@ -561,7 +553,7 @@ static void test_no_server_path_in_errors(void **state)
     }
     /* Model candidates need the fit set: give the study a good one first. */
     char msid[64];
-    create_study(&d, "paths-model", msid);
+    test_create_iso_study(&d, "paths-model", msid);
     snprintf(path, sizeof path, "/v1/studies/%s/inputs/fit", msid);
     snprintf(body, sizeof body, "{\"blob\":\"%s\"}", gooddigest);
     struct http_result r;

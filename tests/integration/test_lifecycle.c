@@ -20,29 +20,6 @@
 #include "tests/support/npy.h"
 #include "tests/support/service_steps.h"
 
-/* A (4, 3) dump; `bad` puts a NaN in it (the worker then fails the job). */
-static void upload_dump(const struct test_daemon *d, double scale, bool bad, char out[80])
-{
-    double v[12];
-    for (int i = 0; i < 12; i++)
-        v[i] = scale * (0.1 * i + 0.05);
-    if (bad)
-        v[7] = NAN;
-    uint64_t shape[2] = { 4, 3 };
-    size_t len;
-    unsigned char *b = test_npy_f64(shape, 2, v, &len);
-    test_put_blob(d, b, len, out);
-    free(b);
-}
-
-static void make_study(const struct test_daemon *d, const char *name, char sid[64])
-{
-    char buf[256];
-    snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
-             "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
-    test_create_study(d, buf, sid);
-}
-
 /* Submits a Jacobian candidate; its id and job id go to cid / jid. */
 static void submit(const struct test_daemon *d, const char *sid, const char *name,
                    const char *digest, char cid[64], char jid[64])
@@ -72,8 +49,8 @@ static void test_candidate_delete(void **state)
     struct http_result r;
     char sid[64], cid[64], jid[64], cid2[64], jid2[64], dig[80], path[256];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "del", sid);
-    upload_dump(&d, 1.0, false, dig);
+    test_create_iso_study(&d, "del", sid);
+    test_put_small_dump(&d, 1.0, false, dig);
     submit(&d, sid, "a", dig, cid, jid);
     test_wait_job(&d, jid, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "succeeded");
@@ -131,9 +108,9 @@ static void test_study_delete(void **state)
     struct http_result r;
     char sid[64], other[64], cid[2][64], jid[2][64], ocid[64], ojid[64], dig[80], path[256];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "gone", sid);
-    make_study(&d, "kept", other);
-    upload_dump(&d, 1.0, false, dig);
+    test_create_iso_study(&d, "gone", sid);
+    test_create_iso_study(&d, "kept", other);
+    test_put_small_dump(&d, 1.0, false, dig);
     submit(&d, sid, "a", dig, cid[0], jid[0]);
     submit(&d, other, "a", dig, ocid, ojid);
     submit(&d, sid, "b", dig, cid[1], jid[1]);
@@ -170,9 +147,9 @@ static void test_candidate_retry(void **state)
     struct http_result r;
     char sid[64], cid[64], jid[64], okc[64], okj[64], bad[80], good[80], path[256], loc[128];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "retry", sid);
-    upload_dump(&d, 1.0, true, bad);
-    upload_dump(&d, 2.0, false, good);
+    test_create_iso_study(&d, "retry", sid);
+    test_put_small_dump(&d, 1.0, true, bad);
+    test_put_small_dump(&d, 2.0, false, good);
     submit(&d, sid, "bad", bad, cid, jid);
     submit(&d, sid, "good", good, okc, okj);
     test_wait_job(&d, jid, 20, &r);
@@ -233,8 +210,8 @@ static void test_job_wait(void **state)
     struct http_result r;
     char sid[64], cid[64], jid[64], dig[80], path[256];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "wait", sid);
-    upload_dump(&d, 1.0, false, dig);
+    test_create_iso_study(&d, "wait", sid);
+    test_put_small_dump(&d, 1.0, false, dig);
     submit(&d, sid, "a", dig, cid, jid);
     snprintf(path, sizeof path, "/v1/jobs/%s?wait=20", jid);
     double t0 = test_now_s();
@@ -313,7 +290,7 @@ static void test_jbr_job_wait(void **state)
     struct http_result r;
     char sid[64], cid[64], jid[64], jbr[64], path[256], jbrs[2][64];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "jbr-wait", sid);
+    test_create_iso_study(&d, "jbr-wait", sid);
     submit_mlp(&d, sid, cid, jid);
     test_wait_job(&d, jid, 20, &r);
     assert_string_equal(http_json_str(&r, "state"), "succeeded");
@@ -409,11 +386,11 @@ static void test_blob_delete_and_gc(void **state)
     struct http_result r;
     char sid[64], cid[64], jid[64], used[80], loose[80], spare[80], path[256];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "blobs", sid);
-    upload_dump(&d, 1.0, false, used);
+    test_create_iso_study(&d, "blobs", sid);
+    test_put_small_dump(&d, 1.0, false, used);
     submit(&d, sid, "a", used, cid, jid); /* right after the upload: never raced by the GC */
-    upload_dump(&d, 3.0, false, loose);
-    upload_dump(&d, 5.0, false, spare);
+    test_put_small_dump(&d, 3.0, false, loose);
+    test_put_small_dump(&d, 5.0, false, spare);
 
     assert_int_equal(blob_status(&d, "DELETE", used, &r), 409);
     test_expect_error(&r, 409, "failed_precondition", "digest");
@@ -460,10 +437,10 @@ static void test_ranking_csv(void **state)
     struct http_result r;
     char sid[64], dig[2][80], path[256], body[512], jid[2][64], etag[96], jetag[96], hdr[128];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "csv", sid);
+    test_create_iso_study(&d, "csv", sid);
     const char *meta[2] = { "{\"lr\":0.1,\"note\":\"a,\\\"b\\\"\"}", "{\"epochs\":3}" };
     for (int i = 0; i < 2; i++) {
-        upload_dump(&d, 1.0 + 2.0 * i, false, dig[i]);
+        test_put_small_dump(&d, 1.0 + 2.0 * i, false, dig[i]);
         snprintf(path, sizeof path, "/v1/studies/%s/candidates", sid);
         snprintf(body, sizeof body, "{\"name\":\"c%d\",\"metadata\":%s,"
                  "\"jacobian\":{\"fit\":\"%s\"}}", i, meta[i], dig[i]);
@@ -529,7 +506,7 @@ static void test_unknown_query_parameters(void **state)
     struct http_result r;
     char sid[64], path[256], url[300];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "query", sid);
+    test_create_iso_study(&d, "query", sid);
     struct {
         const char *method;
         const char *before, *after; /* the path is before + sid + after, or before alone */

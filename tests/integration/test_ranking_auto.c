@@ -24,33 +24,12 @@
 #include "tests/support/npy.h"
 #include "tests/support/service_steps.h"
 
-/* A (4, 3) Jacobian dump scaled by `scale` (a larger scale, a larger TPV). */
-static void upload_dump(const struct test_daemon *d, double scale, char out[80])
-{
-    double v[12];
-    for (int i = 0; i < 12; i++)
-        v[i] = scale * (0.1 * i + 0.05);
-    uint64_t shape[2] = { 4, 3 };
-    size_t len;
-    unsigned char *b = test_npy_f64(shape, 2, v, &len);
-    test_put_blob(d, b, len, out);
-    free(b);
-}
-
-static void make_study(const struct test_daemon *d, const char *name, char sid[64])
-{
-    char buf[256];
-    snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
-             "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
-    test_create_study(d, buf, sid);
-}
-
 /* Submits a dump candidate with metadata (a JSON object text) and waits for its score. */
 static void add_scored(const struct test_daemon *d, const char *sid, const char *name,
                        double scale, const char *metadata)
 {
     char body[512], dig[80], jid[64];
-    upload_dump(d, scale, dig);
+    test_put_small_dump(d, scale, false, dig);
     snprintf(body, sizeof body, "{\"name\":\"%s\",\"metadata\":%s,\"jacobian\":{\"fit\":\"%s\"}}",
              name, metadata, dig);
     test_submit(d, sid, body, NULL, jid);
@@ -102,7 +81,7 @@ static void test_auto_threshold(void **state)
     struct http_result r;
     char sid[64], path[256], names[256], etag[96], hdr[160], cetag[96];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "auto", sid);
+    test_create_iso_study(&d, "auto", sid);
     /* Train losses 0.01 .. 2: the median of the five is 0.04; u has none.  The underfit ones get
      * the smallest TPV (smallest dumps), the regime the exclusion is for. */
     static const struct {
@@ -201,7 +180,7 @@ static void test_auto_without_train_loss(void **state)
     struct http_result r;
     char sid[64], path[256], names[256];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "none", sid);
+    test_create_iso_study(&d, "none", sid);
     add_scored(&d, sid, "p", 1.0, "{}");
     add_scored(&d, sid, "q", 2.0, "{\"epoch\":3}");
     snprintf(path, sizeof path, "/v1/studies/%s/ranking?split=fit&max_train_loss=auto", sid);
@@ -297,7 +276,7 @@ static void test_gzip_coding(void **state)
     struct http_result id, r;
     char sid[64], path[256], etag[96], gz_etag[96], again[96], inm[160], buf[96];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "gzip", sid);
+    test_create_iso_study(&d, "gzip", sid);
     for (int i = 0; i < 14; i++) {
         char name[16], meta[96];
         snprintf(name, sizeof name, "m%d", i);

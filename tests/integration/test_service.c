@@ -404,15 +404,6 @@ static void test_full_flow(void **state)
     test_daemon_cleanup(&d);
 }
 
-/* Creates a study with one isotropic noise model; its id goes to sid. */
-static void make_study(const struct test_daemon *d, const char *name, char sid[64])
-{
-    char buf[256];
-    snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
-             "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
-    test_create_study(d, buf, sid);
-}
-
 /* Jacobian candidates sent without a probe dump: the study has no probe split, so the default
  * ranking is the fit split and lists them (a stored "probe": null once made the study believe it
  * had probe dumps: split probe, every candidate pending, items []). */
@@ -424,7 +415,7 @@ static void test_fit_only_dumps_rank_on_fit(void **state)
     struct http_result r;
     char buf[512], path[256], sid[64], jid[2][64], dig[2][80];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "fit-only", sid);
+    test_create_iso_study(&d, "fit-only", sid);
     for (int i = 0; i < 2; i++) {
         size_t len;
         double fro;
@@ -471,7 +462,7 @@ static void test_one_rule_at_submission(void **state)
     test_expect_error(&r, 400, "invalid_argument", "noise_models[0].batch_size");
     http_result_free(&r);
 
-    make_study(&d, "rules", sid);
+    test_create_iso_study(&d, "rules", sid);
     size_t len;
     double fro;
     unsigned char *b = make_dump(4, 3, 1.0, &len, &fro);
@@ -509,7 +500,7 @@ static void test_one_rule_at_submission(void **state)
     /* A spec blob with a duplicate key is refused like an inline one (in a study of its own:
      * input sets are frozen once a study has candidates). */
     char sid2[64];
-    make_study(&d, "rules-spec", sid2);
+    test_create_iso_study(&d, "rules-spec", sid2);
     const char *spec = "{\"format\":\"tpv.sequential/v1\",\"format\":\"tpv.sequential/v1\","
                        "\"input_shape\":[3],\"layers\":[{\"type\":\"linear\",\"weight\":\"w\"}]}";
     upload(&d, spec, strlen(spec), dspec, 201);
@@ -547,7 +538,7 @@ static void test_values_scanned_by_the_worker(void **state)
     struct http_result r;
     char buf[256], sid[64], jid[64], dig[80];
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "scan", sid);
+    test_create_iso_study(&d, "scan", sid);
     double v[12];
     for (int i = 0; i < 12; i++)
         v[i] = 0.1 * i;
@@ -616,7 +607,7 @@ static void test_ranking_confidence(void **state)
     struct http_result r;
     char buf[512], path[256], sid[64], jid[3][64], dig[3][80], cid0[64] = "";
     assert_int_equal(test_daemon_start(&d, args), 0);
-    make_study(&d, "confidence", sid);
+    test_create_iso_study(&d, "confidence", sid);
     for (int c = 0; c < 3; c++) {
         double J[CN * 2];
         for (int i = 0; i < CN; i++)

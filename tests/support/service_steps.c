@@ -1,12 +1,16 @@
 /* service_steps.c: see service_steps.h. */
 #include "tests/support/service_steps.h"
 
+#include "tests/support/npy.h"
+
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -41,6 +45,29 @@ void test_create_study(const struct test_daemon *d, const char *body, char sid[6
         fail_msg("POST /v1/studies: %ld %s", r.status, r.body);
     snprintf(sid, 64, "%s", http_json_str(&r, "id"));
     http_result_free(&r);
+}
+
+void test_create_iso_study(const struct test_daemon *d, const char *name, char sid[64])
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "{\"name\":\"%s\",\"noise_models\":[{\"name\":\"iso\","
+             "\"kind\":\"isotropic\",\"sigma\":0.1}]}", name);
+    test_create_study(d, buf, sid);
+}
+
+void test_put_small_dump(const struct test_daemon *d, double scale, bool nan, char digest[80])
+{
+    double v[12];
+    for (int i = 0; i < 12; i++)
+        v[i] = scale * (0.1 * i + 0.05);
+    if (nan)
+        v[7] = NAN;
+    uint64_t shape[2] = { 4, 3 };
+    size_t len;
+    unsigned char *b = test_npy_f64(shape, 2, v, &len);
+    assert_non_null(b);
+    test_put_blob(d, b, len, digest);
+    free(b);
 }
 
 void test_submit(const struct test_daemon *d, const char *sid, const char *body, char cid[64],

@@ -6,6 +6,7 @@
 #define TPV_TEST_SERVICE_STEPS_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "tests/support/daemon_proc.h"
@@ -19,6 +20,13 @@ void test_put_blob(const struct test_daemon *d, const void *buf, size_t len, cha
 
 /* POST /v1/studies with a JSON body: 201; the study id into sid. */
 void test_create_study(const struct test_daemon *d, const char *body, char sid[64]);
+
+/* A study named `name` with one noise model, isotropic with sigma 0.1 (test_create_study). */
+void test_create_iso_study(const struct test_daemon *d, const char *name, char sid[64]);
+
+/* A small (4, 3) float64 Jacobian dump, entries scale * (0.1 i + 0.05) (a larger scale, a larger
+ * TPV), put as a blob; `nan` puts a NaN at flat index 7 (the worker then fails the job). */
+void test_put_small_dump(const struct test_daemon *d, double scale, bool nan, char digest[80]);
 
 /* POST /v1/studies/{sid}/candidates with a JSON body: 202; the job id into jid and, when cid is
  * not NULL, the candidate id into cid. */
