@@ -198,28 +198,68 @@ static int conv_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tens
     return rc ? rc : win_out_shape(nd, &g, in[1]->shape[0], out[0], err);
 }
 
-/* col ((C kh kw) x (oh ow)) for channels [c0, c0 + cn) of one sample x (C x H x W). */
+/* The output columns [*lo, *hi) whose input column ox s - p0 + j d lies inside [0, W): a window
+ * tap reads a contiguous run of each input row (a strided one at stride s), zeros on both sides. */
+static void tap_span(int64_t ow, int64_t W, int64_t s, int64_t p0, int64_t jd, int64_t *lo,
+                     int64_t *hi)
+{
+    int64_t first = p0 - jd;            /* ox s >= first */
+    int64_t last = W - 1 + p0 - jd;     /* ox s <= last */
+    *lo = first <= 0 ? 0 : (first + s - 1) / s;
+    *hi = last < 0 ? 0 : last / s + 1;
+    if (*hi > ow)
+        *hi = ow;
+    if (*lo > *hi)
+        *lo = *hi;
+}
+
+/* col ((C kh kw) x (oh ow)) for channels [c0, c0 + cn) of one sample x (C x H x W), in T (double,
+ * or float for the float32 weight gradients): per kernel tap and output row, zeros, one run of
+ * the input row, zeros (the run a memcpy at stride 1), the same values as an element-wise loop. */
+#define IM2COL_BODY(T)                                                                          \
+    int64_t P = g->oh * g->ow;                                                                 \
+    for (int64_t c = 0; c < cn; c++)                                                           \
+        for (int64_t i = 0; i < g->kh; i++)                                                    \
+            for (int64_t j = 0; j < g->kw; j++) {                                              \
+                T *row = col + ((c * g->kh + i) * g->kw + j) * P;                              \
+                const double *xc = x + (c0 + c) * g->H * g->W;                                 \
+                int64_t lo, hi, jd = j * g->dw;                                                \
+                tap_span(g->ow, g->W, g->sw, g->pw0, jd, &lo, &hi);                            \
+                for (int64_t oy = 0; oy < g->oh; oy++) {                                       \
+                    int64_t iy = oy * g->sh - g->ph0 + i * g->dh;                              \
+                    T *r = row + oy * g->ow;                                                   \
+                    if (iy < 0 || iy >= g->H) {                                                \
+                        memset(r, 0, (size_t)g->ow * sizeof *r);                               \
+                        continue;                                                              \
+                    }                                                                          \
+                    int64_t base = iy * g->W - g->pw0 + jd; /* input of ox = 0, maybe < 0 */   \
+                    for (int64_t ox = 0; ox < lo; ox++)                                        \
+                        r[ox] = 0;                                                             \
+                    IM2COL_RUN(T)                                                              \
+                    for (int64_t ox = hi; ox < g->ow; ox++)                                    \
+                        r[ox] = 0;                                                             \
+                }                                                                              \
+            }
+
 static void im2col(const struct win *g, const double *x, int64_t c0, int64_t cn, double *col)
 {
-    int64_t P = g->oh * g->ow;
-    for (int64_t c = 0; c < cn; c++)
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++) {
-                double *row = col + ((c * g->kh + i) * g->kw + j) * P;
-                const double *xc = x + (c0 + c) * g->H * g->W;
-                for (int64_t oy = 0; oy < g->oh; oy++) {
-                    int64_t iy = oy * g->sh - g->ph0 + i * g->dh;
-                    double *r = row + oy * g->ow;
-                    if (iy < 0 || iy >= g->H) {
-                        memset(r, 0, (size_t)g->ow * sizeof *r);
-                        continue;
-                    }
-                    for (int64_t ox = 0; ox < g->ow; ox++) {
-                        int64_t ix = ox * g->sw - g->pw0 + j * g->dw;
-                        r[ox] = ix >= 0 && ix < g->W ? xc[iy * g->W + ix] : 0.0;
-                    }
-                }
-            }
+#define IM2COL_RUN(T)                                                                           \
+    if (g->sw == 1)                                                                            \
+        memcpy(r + lo, xc + base + lo, (size_t)(hi - lo) * sizeof *r);                         \
+    else                                                                                       \
+        for (int64_t ox = lo; ox < hi; ox++)                                                   \
+            r[ox] = xc[base + ox * g->sw];
+    IM2COL_BODY(double)
+#undef IM2COL_RUN
+}
+
+__attribute__((unused)) static void im2col_f32(const struct win *g, const double *x, int64_t c0, int64_t cn, float *col)
+{
+#define IM2COL_RUN(T)                                                                           \
+    for (int64_t ox = lo; ox < hi; ox++)                                                       \
+        r[ox] = (T)xc[base + ox * g->sw];
+    IM2COL_BODY(float)
+#undef IM2COL_RUN
 }
 
 static int conv_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
@@ -583,6 +623,13 @@ static void adjoint_col(const struct win *g, const double *gy, int64_t Mg, doubl
             for (int64_t j = 0; j < g->kw; j++) {
                 double *row = col + ((m * g->kh + i) * g->kw + j) * HW;
                 const double *d = gy + m * g->oh * g->ow;
+                /* input columns ix whose output column ix + pw0 - j dw lies in [0, ow): one
+                 * run per row, copied, zeros on both sides */
+                int64_t shift = g->pw0 - j * g->dw;
+                int64_t lo = shift >= 0 ? 0 : -shift, hi = g->ow - shift;
+                hi = hi < 0 ? 0 : hi > g->W ? g->W : hi;
+                if (lo > hi)
+                    lo = hi;
                 for (int64_t iy = 0; iy < g->H; iy++) {
                     int64_t oy = iy + g->ph0 - i * g->dh;
                     double *r = row + iy * g->W;
@@ -590,10 +637,9 @@ static void adjoint_col(const struct win *g, const double *gy, int64_t Mg, doubl
                         memset(r, 0, (size_t)g->W * sizeof *r);
                         continue;
                     }
-                    for (int64_t ix = 0; ix < g->W; ix++) {
-                        int64_t ox = ix + g->pw0 - j * g->dw;
-                        r[ix] = ox >= 0 && ox < g->ow ? d[oy * g->ow + ox] : 0.0;
-                    }
+                    memset(r, 0, (size_t)lo * sizeof *r);
+                    memcpy(r + lo, d + oy * g->ow + lo + shift, (size_t)(hi - lo) * sizeof *r);
+                    memset(r + hi, 0, (size_t)(g->W - hi) * sizeof *r);
                 }
             }
 }
