@@ -189,10 +189,15 @@ int main(int argc, char **argv)
         die("source", &err);
     if (argc > 3) /* gradient-row budget in MiB (batch size of the batched path) */
         tpv_onnx_source_set_panel_bytes(s, (uint64_t)atol(argv[3]) << 20);
-    printf("resnet20: n=%llu K=%llu p=%llu, %d threads, batched path %s, shared path %s\n",
+    const char *f64 = getenv("TPV_BENCH_FLOAT64");
+    bool float64 = f64 && strcmp(f64, "1") == 0;
+    tpv_onnx_source_set_float64(s, float64);
+    printf("resnet20: n=%llu K=%llu p=%llu, %d threads, batched path %s, shared path %s, "
+           "weight-gradient products in %s\n",
            (unsigned long long)s->n, (unsigned long long)s->K, (unsigned long long)s->p,
            tpv_linalg_threads(), tpv_onnx_source_batched(s) ? "on" : "OFF",
-           tpv_onnx_source_rows(s) ? "on" : "OFF");
+           tpv_onnx_source_rows(s) ? "on" : "OFF",
+           float64 ? "float64 (TPV_BENCH_FLOAT64=1)" : "float32 for the float32 weights");
 
     double dg, sg;
     gemm_rates(&dg, &sg);
