@@ -283,12 +283,15 @@ static int conv_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_te
         const double *xn = x + n * g.C * g.H * g.W;
         for (int64_t q = 0; q < gr; q++) {
             double *yq = y + (n * M + q * Mg) * P;
-            for (int64_t m = 0; m < Mg; m++)
+            for (int64_t m = 0; b && m < Mg; m++)
                 for (int64_t t = 0; t < P; t++)
-                    yq[m * P + t] = b ? b[q * Mg + m] : 0.0;
+                    yq[m * P + t] = b[q * Mg + m];
+            if (!b && (!kk || !P)) /* the GEMM with beta 0 writes nothing then */
+                memset(yq, 0, (size_t)(Mg * P) * sizeof *yq);
             im2col(&g, xn, q * Cg, Cg, col);
+            /* no bias: beta 0 instead of a pass of zeros (0 + the sum is the sum, same bits) */
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Mg, (int)P, (int)kk, 1.0,
-                        w + q * Mg * kk, (int)kk, col, (int)P, 1.0, yq, (int)P);
+                        w + q * Mg * kk, (int)kk, col, (int)P, b ? 1.0 : 0.0, yq, (int)P);
         }
     }
     free(col);
