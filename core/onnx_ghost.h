@@ -38,15 +38,31 @@ int tpv_onnx_conv_weight_sqnorms(const struct tpv_onnx_node *nd, const struct tp
                                  const struct tpv_onnx_tensor *w, const double *gy,
                                  enum tpv_onnx_sqnorm_form f, double *out, struct tpv_err *err);
 
+/* Scratch memory a caller keeps across calls of tpv_onnx_conv_rows_grads, one per thread (a
+ * reverse pass calls it once per Conv node: a fresh buffer per call cost page faults and
+ * zeroing).  Zero-initialized by the caller, grown on demand, released by
+ * tpv_onnx_scratch_release (which leaves it empty and reusable). */
+struct tpv_onnx_scratch {
+    void *p;
+    size_t bytes;
+};
+
+void tpv_onnx_scratch_release(struct tpv_onnx_scratch *s);
+
 /* Per-sample gradients of one sample's Conv weight (and bias) for R output adjoints of the same
  * sample, e.g. the K seeds e_k of one reverse pass over a batch of R copies of the sample: x is
  * that one sample (batch 1), gy its R adjoints (R x M x positions).  The sample's im2col is
  * formed once and shared by the R rows: one (R M) x kk x P GEMM when group = 1 instead of R thin
  * M x kk x P ones.  Row r of the gradient adds into G + r ldg (weight at woff, bias at boff, no
- * bias when boff is UINT64_MAX).  Errors: TPV_EINVAL naming the node (shapes), TPV_ENOMEM. */
+ * bias when boff is UINT64_MAX).  `single`: the weight's products may run in float32 (the
+ * caller's rule, core/onnx_persample.h: the graph stores the weight in float32 or narrower);
+ * the products are then summed in float32 over at most TPV_ONNX_F32_SPAN output positions and
+ * the partial sums and the bias in float64.  ws: the caller's scratch.  Errors: TPV_EINVAL
+ * naming the node (shapes), TPV_ENOMEM. */
+#define TPV_ONNX_F32_SPAN 1024
 int tpv_onnx_conv_rows_grads(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
                              const struct tpv_onnx_tensor *w, const double *gy, uint64_t R,
-                             double *G, uint64_t ldg, uint64_t woff, uint64_t boff,
-                             struct tpv_err *err);
+                             double *G, uint64_t ldg, uint64_t woff, uint64_t boff, bool single,
+                             struct tpv_onnx_scratch *ws, struct tpv_err *err);
 
 #endif

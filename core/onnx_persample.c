@@ -9,6 +9,7 @@
 #include "core/onnx_attr.h"
 #include "core/onnx_ghost.h"
 #include "core/onnx_ops.h"
+#include "onnx.pb-c.h"
 
 #define ARGS_MAX 257
 
@@ -248,11 +249,23 @@ int tpv_onnx_persample_grads(const struct tpv_onnx_persample *ps, const struct t
     return rc;
 }
 
+/* Whether the graph stores value v in float32 or narrower: its weight gradient's products may
+ * then run in float32 (tpv_onnx_conv_rows_grads); a float64 weight keeps float64 products and the
+ * 1e-6 agreement with float64 references. */
+static bool narrow_float(const struct tpv_onnx_model *m, long v)
+{
+    int t = m->values[v].elem_type;
+    return t == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT ||
+           t == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16 ||
+           t == ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16;
+}
+
 /* A Conv node nd with a parameter weight on a batched input: every row's weight (and bias)
  * gradient by one shared im2col (onnx_ghost.h).  *done false: not such a node. */
 static int conv_rows(const struct tpv_onnx_persample *ps, const struct tpv_onnx_exec *ex,
                      const struct tpv_onnx_node *nd, const uint64_t *offset, uint64_t p,
-                     double *G, bool *done, struct tpv_err *err)
+                     bool single, struct tpv_onnx_scratch *ws, double *G, bool *done,
+                     struct tpv_err *err)
 {
     *done = false;
     long x = nd->in[0], w = nd->in[1], b = nd->nin > 2 ? nd->in[2] : -1;
@@ -267,13 +280,14 @@ static int conv_rows(const struct tpv_onnx_persample *ps, const struct tpv_onnx_
     row_view(ps, ex, x, 0, &x0);
     uint64_t boff = b >= 0 && ps->pidx[b] >= 0 ? offset[ps->pidx[b]] : UINT64_MAX;
     uint64_t rows = (uint64_t)ex->vals[x].shape[0];
-    return tpv_onnx_conv_rows_grads(nd, &x0, &ex->vals[w], gy, rows, G, p,
-                                    offset[ps->pidx[w]], boff, err);
+    return tpv_onnx_conv_rows_grads(nd, &x0, &ex->vals[w], gy, rows, G, p, offset[ps->pidx[w]],
+                                    boff, single && narrow_float(ps->m, w), ws, err);
 }
 
 int tpv_onnx_persample_grads_shared(const struct tpv_onnx_persample *ps,
                                     const struct tpv_onnx_exec *ex, const uint64_t *offset,
-                                    uint64_t p, double *G, struct tpv_err *err)
+                                    uint64_t p, bool single, struct tpv_onnx_scratch *ws,
+                                    double *G, struct tpv_err *err)
 {
     const struct tpv_onnx_model *m = ps->m;
     uint64_t b = (uint64_t)ex->vals[m->inputs[0]].shape[0];
@@ -281,7 +295,7 @@ int tpv_onnx_persample_grads_shared(const struct tpv_onnx_persample *ps,
     for (size_t i = 0; i < ps->nnodes; i++) {
         const struct tpv_onnx_node *nd = &m->nodes[ps->nodes[i]];
         bool done;
-        int rc = conv_rows(ps, ex, nd, offset, p, G, &done, err);
+        int rc = conv_rows(ps, ex, nd, offset, p, single, ws, G, &done, err);
         for (uint64_t t = 0; !rc && !done && t < b; t++)
             rc = node_row(ps, ex, nd, t, offset, G + t * p, err);
         if (rc)

@@ -21,6 +21,7 @@
 #define TPV_ONNX_PERSAMPLE_H
 
 #include "core/onnx_exec.h"
+#include "core/onnx_ghost.h"
 
 struct tpv_onnx_persample;
 
@@ -42,9 +43,13 @@ int tpv_onnx_persample_grads(const struct tpv_onnx_persample *ps, const struct t
 
 /* As tpv_onnx_persample_grads when every row of `ex` is the same sample (row t seeded with its own
  * output vector, e.g. e_k): each Conv's im2col of that sample is formed once for all rows
- * (tpv_onnx_conv_rows_grads in core/onnx_ghost.h). */
+ * (tpv_onnx_conv_rows_grads in core/onnx_ghost.h).  `single`: a Conv weight the graph stores in
+ * float32 (or float16, bfloat16) gets its per-sample gradient products in float32, summed in
+ * float64 (tpv_onnx_conv_rows_grads); false keeps every product in float64.  ws: the calling
+ * thread's scratch (core/onnx_ghost.h). */
 int tpv_onnx_persample_grads_shared(const struct tpv_onnx_persample *ps,
                                     const struct tpv_onnx_exec *ex, const uint64_t *offset,
-                                    uint64_t p, double *G, struct tpv_err *err);
+                                    uint64_t p, bool single, struct tpv_onnx_scratch *ws,
+                                    double *G, struct tpv_err *err);
 
 #endif

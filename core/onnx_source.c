@@ -43,6 +43,8 @@ struct osrc {
     uint64_t rows;              /* outputs per shared pass (rows_open); 0: the graph's values
                                  * cannot be replicated, no shared pass of several outputs */
     bool force_rows;            /* shared path even where the batched one would run (tests) */
+    bool float64;               /* the shared path's products in float64 for float32 weights
+                                 * too (tests, benchmarks) */
 };
 
 static const struct tpv_jsrc_ops onnx_source_ops;
@@ -416,6 +418,7 @@ struct rows_pass {
     struct tpv_onnx_exec *ex1, *exR;
     uint64_t R;
     double *x, *G, *seed;
+    struct tpv_onnx_scratch ws; /* the Conv kernels' buffers, reused over the thread's passes */
 };
 
 static void rows_close(struct rows_pass *rp)
@@ -428,6 +431,7 @@ static void rows_close(struct rows_pass *rp)
     free(rp->x);
     free(rp->G);
     free(rp->seed);
+    tpv_onnx_scratch_release(&rp->ws);
     memset(rp, 0, sizeof *rp);
 }
 
@@ -515,7 +519,8 @@ static int rows_sample(struct rows_job *j, struct rows_pass *rp, uint64_t x, dou
             rp->seed[i * K + k0 + i] = 1.0;
         rc = tpv_onnx_exec_vjp(rp->exR, o->m->outputs[0], rp->seed, err);
         if (!rc)
-            rc = tpv_onnx_persample_grads_shared(o->ps, rp->exR, o->offset, s->p, rp->G, err);
+            rc = tpv_onnx_persample_grads_shared(o->ps, rp->exR, o->offset, s->p, !o->float64,
+                                                 &rp->ws, rp->G, err);
         if (!rc)
             rows_squares(j, rp->G, nr, x, diag);
     }
@@ -671,6 +676,11 @@ void tpv_onnx_source_set_rows(struct tpv_jsrc *s, bool on)
 bool tpv_onnx_source_rows(const struct tpv_jsrc *s)
 {
     return use_rows(s, false);
+}
+
+void tpv_onnx_source_set_float64(struct tpv_jsrc *s, bool on)
+{
+    ((struct osrc *)s->impl)->float64 = on;
 }
 
 /* What one batched pass does after its forward pass: samples [x0, x0 + b) are in ex. */

@@ -11,7 +11,10 @@
  *    parameter or paired in (rows x p) panels bounded by PANEL_BYTES: never an n x K x p array.
  *    Where one sample's activations fill the cache (ResNet-20: 5 MiB), sqdiag takes the shared
  *    path instead (tpv_onnx_source_set_rows): one sample at a time on each of the job's threads,
- *    R of its outputs per reverse pass over R copies of its forward pass.
+ *    R of its outputs per reverse pass over R copies of its forward pass; there a Conv weight
+ *    the graph stores in float32 (as PyTorch exports) gets its per-sample gradient products in
+ *    float32 with float64 sums (core/onnx_persample.h; within 1e-4 of float64 autograd, the
+ *    tolerance of a float32 model), a float64 weight float64 products.
  *    A graph that does not qualify, or one exported with a fixed batch of 1, runs one sample at a
  *    time (the reference path: K reverse passes of one sample).  costs: one
  * sample's forward pass F (Conv, Gemm, MatMul by their products, other nodes by their output
@@ -49,5 +52,8 @@ bool tpv_onnx_source_batched(const struct tpv_jsrc *s);
 void tpv_onnx_source_set_rows(struct tpv_jsrc *s, bool on);
 /* Whether sqdiag takes the shared path. */
 bool tpv_onnx_source_rows(const struct tpv_jsrc *s);
+/* For tests and benchmarks: `on` keeps the shared path's products in float64 for float32 weights
+ * too (the default takes float32 products for them). */
+void tpv_onnx_source_set_float64(struct tpv_jsrc *s, bool on);
 
 #endif

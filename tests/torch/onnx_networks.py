@@ -179,6 +179,10 @@ def main():
     lines.append(export(out, "cnn_fresh", cnn, torch.randn(4, 3, 12, 12)))  # all BN weights equal
     randomize_bn(cnn, gen)
     lines.append(export(out, "cnn_trained", cnn, torch.randn(4, 3, 12, 12), reference=True))
+    # float64 weights: the shared path keeps float64 products for them (float32 weights get
+    # float32 ones)
+    lines.append(export(out, "cnn_f64", copy.deepcopy(cnn).double(),
+                        torch.randn(4, 3, 12, 12, dtype=torch.float64), reference=True))
     lines.append(export(out, "resmlp", ResMLP(), torch.randn(5, 10), reference=True))
     lines.append(export(out, "resmlp_opset15", ResMLP(), torch.randn(5, 10)))
     lines.append(export(out, "conv1d", Conv1dNet(), torch.randn(3, 2, 16), reference=True))
