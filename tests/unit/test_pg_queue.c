@@ -249,24 +249,40 @@ static void test_claim_latency_three_claimers(void **state)
     measure_claims(f->db, 300, false);
 }
 
-/* Lease expiry as a node runs it: store_jobs_requeue_expired on a store opened on the fixture's
- * database (storage/store_pg_jobs.c: the candidate follows, the outbox hears of failures). */
-static void requeue_expired(const char *db, int max_attempts, int *requeued, int *failed)
-{
-    char url[512], blobs[] = "/tmp/tpvd-pgq-blobs-XXXXXX", cmd[128];
+/* Another node's store on the fixture's database, for lease expiry as the daemon runs it
+ * (store_jobs_requeue_expired, storage/store_pg_jobs.c: the candidate follows, the outbox hears
+ * of failures).  Opened before the timed steps: opening migrates and starts a listener. */
+struct node_store {
     struct store *st;
+    char blobs[32];
+};
+
+static void node_store_open(struct node_store *n, const char *db)
+{
+    char url[512];
     struct tpv_err err;
-    assert_non_null(mkdtemp(blobs));
+    snprintf(n->blobs, sizeof n->blobs, "/tmp/tpvd-pgq-XXXXXX");
+    assert_non_null(mkdtemp(n->blobs));
     pg_test_db_url(db, url, sizeof url);
-    struct store_options o = { .blob_dir = blobs };
-    if (store_open_url(&st, url, &o, &err) != TPV_OK)
+    struct store_options o = { .blob_dir = n->blobs };
+    if (store_open_url(&n->st, url, &o, &err) != TPV_OK)
         fail_msg("store_open_url: %s", err.message);
-    *requeued = *failed = -1;
-    if (store_jobs_requeue_expired(st, max_attempts, 0, requeued, failed, &err) != TPV_OK)
-        fail_msg("store_jobs_requeue_expired: %s", err.message);
-    store_close(st);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", blobs);
+}
+
+static void node_store_close(struct node_store *n)
+{
+    char cmd[64];
+    store_close(n->st);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", n->blobs);
     assert_int_equal(system(cmd), 0);
+}
+
+static void requeue_expired(struct node_store *n, int max_attempts, int *requeued, int *failed)
+{
+    struct tpv_err err;
+    *requeued = *failed = -1;
+    if (store_jobs_requeue_expired(n->st, max_attempts, 0, requeued, failed, &err) != TPV_OK)
+        fail_msg("store_jobs_requeue_expired: %s", err.message);
 }
 
 static void test_expired_lease_requeued_and_run_elsewhere(void **state)
@@ -275,7 +291,9 @@ static void test_expired_lease_requeued_and_run_elsewhere(void **state)
     make_jobs(f->db, 1);
     struct tpv_err err;
     struct pg_pool *node_b;
+    struct node_store nb;
     assert_int_equal(pg_pool_open(&node_b, f->db, NULL, &err), TPV_OK);
+    node_store_open(&nb, f->db);
 
     struct pg_job_claim a, b;
     assert_int_equal(pg_queue_claim(f->pool, "node-a/0", 0.3, &a, &err), TPV_OK);
@@ -284,17 +302,18 @@ static void test_expired_lease_requeued_and_run_elsewhere(void **state)
     /* Claimed: nothing left for node b. */
     assert_int_equal(pg_queue_claim(node_b, "node-b/0", 0.3, &b, &err), TPV_ENOTFOUND);
     bool cancel = true;
-    assert_int_equal(pg_queue_renew(f->pool, a.id, "node-a/0", 0.5, 0.3, &cancel, &err), TPV_OK);
+    /* Renewed for 1.5 s: long enough that the check below runs inside it on a loaded machine. */
+    assert_int_equal(pg_queue_renew(f->pool, a.id, "node-a/0", 0.5, 1.5, &cancel, &err), TPV_OK);
     assert_false(cancel);
     /* Not expired yet: nothing to re-queue. */
     int requeued = -1, failed = -1;
-    requeue_expired(f->db, 3, &requeued, &failed);
+    requeue_expired(&nb, 3, &requeued, &failed);
     assert_int_equal(requeued, 0);
     assert_int_equal(failed, 0);
 
     /* Node a stops renewing (killed); its lease runs out and node b re-queues and runs it. */
-    usleep(500000);
-    requeue_expired(f->db, 3, &requeued, &failed);
+    usleep(1700000);
+    requeue_expired(&nb, 3, &requeued, &failed);
     assert_int_equal(requeued, 1);
     assert_int_equal(failed, 0);
     assert_int_equal(sql_int(f->db, "SELECT count(*) FROM candidates WHERE state = 'queued'"), 1);
@@ -320,6 +339,7 @@ static void test_expired_lease_requeued_and_run_elsewhere(void **state)
     pg_job_claim_free(&a);
     pg_job_claim_free(&b);
     pg_pool_close(node_b);
+    node_store_close(&nb);
 }
 
 static void test_attempts_limit(void **state)
@@ -328,13 +348,15 @@ static void test_attempts_limit(void **state)
     make_jobs(f->db, 1);
     struct tpv_err err;
     struct pg_job_claim j;
+    struct node_store nb;
     int requeued, failed;
+    node_store_open(&nb, f->db);
     for (int attempt = 1; attempt <= 2; attempt++) {
         assert_int_equal(pg_queue_claim(f->pool, "node-a/0", 0.2, &j, &err), TPV_OK);
         assert_int_equal(j.attempts, attempt);
         pg_job_claim_free(&j);
         usleep(350000);
-        requeue_expired(f->db, 2, &requeued, &failed);
+        requeue_expired(&nb, 2, &requeued, &failed);
         assert_int_equal(requeued, attempt == 1 ? 1 : 0);
         assert_int_equal(failed, attempt == 2 ? 1 : 0);
     }
@@ -346,6 +368,7 @@ static void test_attempts_limit(void **state)
     assert_non_null(strstr(msg, "--max-attempts=2"));
     free(msg);
     assert_int_equal(sql_int(f->db, "SELECT count(*) FROM candidates WHERE state = 'failed'"), 1);
+    node_store_close(&nb);
 }
 
 static void test_release_and_cancel_flag(void **state)
