@@ -248,6 +248,48 @@ static void test_cg_residual(void **state)
     free(d);
 }
 
+/* The Nystrom preconditioner: on G of rank 36, a full sketch (rank 36) and a partial one (rank
+ * 8) both give every solve below its tolerance, in fewer iterations than plain CG (the full one
+ * in at most 2), and the same value as plain CG on the same probes; the sketch's products are
+ * counted.  Solving the probes one at a time or 16 per round gives the same samples and value. */
+static void test_pcg(void **state)
+{
+    (void)state;
+    struct dumps *d = calloc(1, sizeof *d);
+    open_dumps(d, 43);
+    struct tpv_mf_opts base = { .seed = 4, .max_samples = 20, .rho = 0.05, .tol = 1e-11 };
+    struct tpv_mf_opts o[4] = { base, base, base, base };
+    o[0].plain_cg = true;
+    o[2].precond_rank = 8;
+    o[3].block = 1;
+    struct tpv_mf_result r[4];
+    struct tpv_err err;
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(tpv_label_mf(d->fit, d->probe, &o[i], &r[i], NULL, &err), TPV_OK);
+        print_message("pcg %d: rank %llu (lambda_min %.3g), CG max %llu, residual %.2g, "
+                      "%llu products, value %.14g\n", i, (unsigned long long)r[i].precond_rank,
+                      r[i].precond_lambda_min, (unsigned long long)r[i].iterations_max,
+                      r[i].residual_max, (unsigned long long)r[i].gram_products, r[i].value);
+        assert_true(r[i].solver_converged);
+        assert_true(r[i].residual_max <= 1e-11);
+        assert_int_equal(r[i].samples, 20);
+        assert_true(fabs(r[i].value - r[0].value) <= 1e-9 * r[0].value);
+    }
+    assert_int_equal(r[0].precond_rank, 0);
+    assert_int_equal(r[1].precond_rank, DN * DK);
+    assert_int_equal(r[2].precond_rank, 8);
+    assert_true(r[1].iterations_max <= 2);
+    assert_true(r[2].iterations_max < r[0].iterations_max);
+    /* plain CG: 20 right-hand sides and one product per iteration; preconditioned: the sketch's
+     * columns on top */
+    assert_int_equal(r[0].gram_products, 20 + r[0].iterations_total);
+    assert_int_equal(r[1].gram_products, 20 + r[1].iterations_total + DN * DK);
+    assert_true(fabs(r[3].value - r[1].value) <= 1e-12 * r[1].value); /* GEMM widths round */
+    tpv_jsrc_free(d->fit);
+    tpv_jsrc_free(d->probe);
+    free(d);
+}
+
 /* auto: exact without budgets, matrix-free past the flop budget, blocked exact (ridged label)
  * or matrix-free (unridged) one byte under the exact plan, with the reason and the exact path's
  * costs in details. */
@@ -444,7 +486,7 @@ static void test_cancel_lands_within_a_second(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cg_residual),        cmocka_unit_test(test_dump_matches_exact),
+        cmocka_unit_test(test_cg_residual),        cmocka_unit_test(test_pcg),        cmocka_unit_test(test_dump_matches_exact),
         cmocka_unit_test(test_rank_deficient_cut), cmocka_unit_test(test_mlp_matches_exact),
         cmocka_unit_test(test_auto_choice),        cmocka_unit_test(test_cancel_inside),
         cmocka_unit_test(test_cancel_lands_within_a_second),
