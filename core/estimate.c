@@ -1594,14 +1594,30 @@ static int score_label_mf(const struct job *jb, size_t mi, struct tpv_score *sc,
     }
     double rho = nm->ridge > 0 ? nm->ridge : nm->ridge_rel > 0 ? nm->ridge_rel * trG / N : 0;
     double sigma = nm->sigma_rel > 0 ? nm->sigma_rel * jb->out_scale : nm->sigma, s2 = sigma * sigma;
+    /* J_fit copied once for both splits where every split's run would copy it */
+    double *jf = NULL;
+    bool share = true;
     for (int s = 0; s < jb->nsplit; s++) {
         struct tpv_mf_opts o = mf_opts(nm, s, rho, jb->mf_budget);
+        share = share && tpv_mf_copies_fit(f, s ? jb->src[s] : NULL, &o);
+    }
+    if (share && jb->nsplit > 1) {
+        struct tpv_progress sub = pg[0];
+        int rc = tpv_mf_copy_fit(f, &jf, &sub, err);
+        if (rc != TPV_OK)
+            return rc;
+    }
+    for (int s = 0; s < jb->nsplit; s++) {
+        struct tpv_mf_opts o = mf_opts(nm, s, rho, jb->mf_budget);
+        o.jacobian_fit = jf;
         struct tpv_mf_result r;
         double t0 = now_seconds();
         struct tpv_progress sub = pg[s];
         int rc = tpv_label_mf(f, s ? jb->src[s] : NULL, &o, &r, &sub, err);
-        if (rc != TPV_OK)
+        if (rc != TPV_OK) {
+            free(jf);
             return rc;
+        }
         double nX = (double)jb->src[s]->n;
         sc[s].value = s2 * r.value / nX;
         sc[s].stderr_value = s2 * r.stderr_value / nX;
@@ -1617,6 +1633,7 @@ static int score_label_mf(const struct job *jb, size_t mi, struct tpv_score *sc,
         if (nm->sigma_rel > 0)
             set_real(sc[s].details, "mean_abs_output", jb->out_scale);
     }
+    free(jf);
     return TPV_OK;
 }
 

@@ -33,6 +33,7 @@ struct mf {
     /* Block products: J_fit (N x p) and J_X (rows x p), row-major, computed once when they fit
      * the budget (NULL: every product runs the source's ops), and their scratch. */
     double *Jf, *Jx;
+    bool Jf_borrowed;          /* Jf is tpv_mf_opts.jacobian_fit */
     double *bin, *bout, *bpv;  /* packed block: max(N, rows) x B in, N x B out, p x B */
     uint64_t B;                /* probes per round */
     /* One round of PCG solves, column-major N x B each: right-hand sides, solutions,
@@ -354,30 +355,55 @@ uint64_t tpv_mf_work_bytes(const struct tpv_jsrc *fit, const struct tpv_jsrc *x,
     return mf_plan(fit, x, o).bytes;
 }
 
-/* J_src (rows x p, row-major) = J_src I by block products, up to 256 identity columns a pass. */
-static int copy_jacobian(struct mf *m, const struct tpv_jsrc *s, double *J, struct tpv_err *err)
+/* J_s (rows x p, row-major) = J_s I by block products, up to 256 identity columns a pass. */
+static int copy_jacobian(const struct tpv_jsrc *s, double *J, const struct tpv_progress *in,
+                         struct tpv_err *err)
 {
     uint64_t p = s->p, rows = s->n * s->K, w = min64(p, 256);
     double *eye = calloc((size_t)(p * w), sizeof *eye);
     double *out = w < p ? malloc((size_t)(rows * w) * sizeof *out) : J;
-    struct tpv_progress in = { inner_fn, m };
     int rc = eye && out ? TPV_OK : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     for (uint64_t c0 = 0; rc == TPV_OK && c0 < p; c0 += w) {
         uint64_t cw = min64(w, p - c0);
         memset(eye, 0, (size_t)(p * cw) * sizeof *eye);
         for (uint64_t j = 0; j < cw; j++)
             eye[(c0 + j) * cw + j] = 1.0;
-        rc = s->ops->jvp_block(s, eye, cw, out, &in, err);
+        rc = s->ops->jvp_block(s, eye, cw, out, in, err);
         for (uint64_t i = 0; rc == TPV_OK && out != J && i < rows; i++)
             memcpy(J + i * p + c0, out + i * cw, (size_t)cw * sizeof *J);
-        if (rc == TPV_OK && m->pg && m->pg->fn && m->pg->fn(m->pg->ctx, 0))
-            rc = canceled(err);
     }
     free(eye);
     if (out != J)
         free(out);
     return rc;
 }
+
+bool tpv_mf_copies_fit(const struct tpv_jsrc *fit, const struct tpv_jsrc *x,
+                       const struct tpv_mf_opts *o)
+{
+    return mf_plan(fit, x, o).cache;
+}
+
+int tpv_mf_copy_fit(const struct tpv_jsrc *fit, double **J, const struct tpv_progress *pg,
+                    struct tpv_err *err)
+{
+    *J = NULL;
+    if (!fit->ops->jvp_block)
+        return tpv_err_set(err, TPV_EUNIMPLEMENTED, NULL, "this source has no block products");
+    uint64_t cells = fit->n * fit->K * fit->p;
+    double *c = malloc((size_t)(cells ? cells : 1) * sizeof *c);
+    if (!c)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    int rc = copy_jacobian(fit, c, pg, err);
+    if (rc != TPV_OK) {
+        free(c);
+        return rc;
+    }
+    *J = c;
+    return TPV_OK;
+}
+
+static int poll(struct mf *m, struct tpv_err *err);
 
 static int mf_open(struct mf *m, const struct tpv_jsrc *fit, const struct tpv_jsrc *x,
                    const struct tpv_mf_opts *o, bool lanczos_basis, struct tpv_mf_result *out,
@@ -438,7 +464,8 @@ static int mf_open(struct mf *m, const struct tpv_jsrc *fit, const struct tpv_js
         ok = m->V && m->alpha && m->beta && m->dd && m->ee && m->z;
     }
     if (ok && pl.cache) {
-        m->Jf = malloc(N * P * sizeof(double));
+        m->Jf_borrowed = o->jacobian_fit != NULL;
+        m->Jf = m->Jf_borrowed ? (double *)o->jacobian_fit : malloc(N * P * sizeof(double));
         m->Jx = x ? malloc(R * P * sizeof(double)) : NULL;
         ok = m->Jf && (!x || m->Jx);
     }
@@ -447,15 +474,20 @@ static int mf_open(struct mf *m, const struct tpv_jsrc *fit, const struct tpv_js
     if (!pl.cache)
         return TPV_OK;
     /* J_fit and J_X once: every later product is two GEMMs instead of a pass over the model */
-    int rc = copy_jacobian(m, fit, m->Jf, err);
+    struct tpv_progress in = { inner_fn, m };
+    int rc = m->Jf_borrowed ? TPV_OK : copy_jacobian(fit, m->Jf, &in, err);
     if (rc == TPV_OK && x)
-        rc = copy_jacobian(m, x, m->Jx, err);
+        rc = copy_jacobian(x, m->Jx, &in, err);
+    if (rc == TPV_OK)
+        rc = poll(m, err);
     out->jacobian_cached = rc == TPV_OK;
     return rc;
 }
 
 static void mf_close(struct mf *m)
 {
+    if (m->Jf_borrowed)
+        m->Jf = NULL;
     double *bufs[] = { m->pv, m->t, m->y, m->r, m->d, m->q, m->probe,
                        m->V, m->alpha, m->beta, m->dd, m->ee, m->z,
                        m->Jf, m->Jx, m->bin, m->bout, m->bpv,

@@ -43,6 +43,9 @@ struct tpv_mf_opts {
     uint64_t precond_rank;   /* largest Nystrom rank (0 = TPV_NYSTROM_MAX) */
     bool plain_cg;           /* no preconditioner (tests, comparisons) */
     bool no_cache;           /* never copy the Jacobians: every product runs the source's ops */
+    /* Borrowed: J_fit (n K x p, row-major) from tpv_mf_copy_fit, shared by the runs over one fit
+     * set (the job's two splits) where tpv_mf_copies_fit; NULL: a run copies its own. */
+    const double *jacobian_fit;
 };
 
 /* Default budget of tpv_mf_opts.max_bytes. */
@@ -79,6 +82,16 @@ bool tpv_mf_supported(const struct tpv_jsrc *s);
 /* Working bytes of tpv_label_mf / tpv_sgdc_mf for these sources (saturating). */
 uint64_t tpv_mf_work_bytes(const struct tpv_jsrc *fit, const struct tpv_jsrc *x,
                            const struct tpv_mf_opts *o);
+
+/* Whether runs with these options copy J_fit (and J_X) and apply G as GEMMs: the sources have
+ * block products and run a model for each (a dump is a stored matrix already), and the copies
+ * fit max_bytes beside the rest of the plan. */
+bool tpv_mf_copies_fit(const struct tpv_jsrc *fit, const struct tpv_jsrc *x,
+                       const struct tpv_mf_opts *o);
+/* *J (owned by the caller, free()) = J_fit, n K x p row-major, by fit's block products.
+ * TPV_EUNIMPLEMENTED without them, TPV_ENOMEM, TPV_ECANCELED through pg. */
+int tpv_mf_copy_fit(const struct tpv_jsrc *fit, double **J, const struct tpv_progress *pg,
+                    struct tpv_err *err);
 
 /* Label TPV sum on X (x == NULL: the fit set itself); see the header comment.  TPV_ECANCELED
  * through pg (checked at every product), TPV_EINVAL for bad options, TPV_EUNIMPLEMENTED when the
