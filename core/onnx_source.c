@@ -781,8 +781,9 @@ static int os_vjp(const struct tpv_jsrc *s, const double *u, double *out,
 
 /* ---- block products (jacobian.h jvp_block / vjp_block) ---- */
 
-/* Gradient rows of samples [x0, x0 + b) into panel (b K x p): the batched per-sample path where
- * it runs, else one reverse pass per (sample, output). */
+/* One pass of block products: per batch of samples their gradient rows (b K x p), then a GEMM
+ * with the block, so that a block of vectors costs one pass of K reverse passes per sample
+ * instead of one forward and one tangent or reverse pass per vector. */
 struct block_pass {
     struct pass ps;
     double *seed, *G, *panel;
@@ -808,6 +809,8 @@ static void block_close(struct block_pass *bp)
     free(bp->panel);
 }
 
+/* Gradient rows of samples [x0, x0 + b) into bp->panel: the batched per-sample path where it
+ * runs, else one reverse pass per (sample, output). */
 static int block_panel(const struct tpv_jsrc *s, struct block_pass *bp, uint64_t x0, size_t b,
                        struct tpv_err *err)
 {

@@ -248,6 +248,38 @@ static void test_cg_residual(void **state)
     free(d);
 }
 
+/* The dump's block products against 5 calls of its jvp / vjp. */
+static void test_dump_block_ops(void **state)
+{
+    (void)state;
+    enum { B = 5, N = DN * DK };
+    struct dumps *d = calloc(1, sizeof *d);
+    open_dumps(d, 47);
+    const struct tpv_jsrc *s = d->fit;
+    assert_non_null(s->ops->jvp_block);
+    double V[DP * B], U[N * B], ob[N * B], pb[DP * B], v[DP], u[N], t[(int)DP > (int)N ? (int)DP : (int)N];
+    fill_normal(V, DP * B, 5);
+    fill_normal(U, N * B, 6);
+    struct tpv_err err;
+    assert_int_equal(s->ops->jvp_block(s, V, B, ob, NULL, &err), TPV_OK);
+    assert_int_equal(s->ops->vjp_block(s, U, B, pb, NULL, &err), TPV_OK);
+    for (int j = 0; j < B; j++) {
+        for (int i = 0; i < DP; i++)
+            v[i] = V[i * B + j];
+        for (int i = 0; i < N; i++)
+            u[i] = U[i * B + j];
+        assert_int_equal(s->ops->jvp(s, v, t, NULL, &err), TPV_OK);
+        for (int i = 0; i < N; i++)
+            assert_true(fabs(ob[i * B + j] - t[i]) <= 1e-12 * (1 + fabs(t[i])));
+        assert_int_equal(s->ops->vjp(s, u, t, NULL, &err), TPV_OK);
+        for (int i = 0; i < DP; i++)
+            assert_true(fabs(pb[i * B + j] - t[i]) <= 1e-12 * (1 + fabs(t[i])));
+    }
+    tpv_jsrc_free(d->fit);
+    tpv_jsrc_free(d->probe);
+    free(d);
+}
+
 /* The Nystrom preconditioner: on G of rank 36, a full sketch (rank 36) and a partial one (rank
  * 8) both give every solve below its tolerance, in fewer iterations than plain CG (the full one
  * in at most 2), and the same value as plain CG on the same probes; the sketch's products are
@@ -486,7 +518,8 @@ static void test_cancel_lands_within_a_second(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cg_residual),        cmocka_unit_test(test_pcg),        cmocka_unit_test(test_dump_matches_exact),
+        cmocka_unit_test(test_cg_residual),        cmocka_unit_test(test_pcg),
+        cmocka_unit_test(test_dump_block_ops),        cmocka_unit_test(test_dump_matches_exact),
         cmocka_unit_test(test_rank_deficient_cut), cmocka_unit_test(test_mlp_matches_exact),
         cmocka_unit_test(test_auto_choice),        cmocka_unit_test(test_cancel_inside),
         cmocka_unit_test(test_cancel_lands_within_a_second),
