@@ -485,7 +485,9 @@ static struct tpv_mf_opts mf_opts(const struct tpv_noise *nm, int s, double rho,
     return (struct tpv_mf_opts){ .seed = nm->seed, .stream = (uint64_t)s,
                                  .target_rel_error = nm->target_rel_error,
                                  .max_samples = nm->max_samples, .rho = rho, .rcond = nm->rcond,
-                                 .max_bytes = budget };
+                                 .max_bytes = budget,
+                                 /* sgd_curvature solves nothing: no preconditioner to plan */
+                                 .plain_cg = nm->kind != TPV_NOISE_LABEL };
 }
 
 /* Largest working set of a matrix-free model over the job's splits. */
