@@ -371,6 +371,57 @@ static int dump_vjp(const struct tpv_jsrc *s, const double *u, double *out,
     return rc == TPV_OK ? TPV_OK : tpv_err_set(err, rc, NULL, "canceled");
 }
 
+/* out (rows x b) = J V (V: p x b), the GEMM form of dump_jvp over the same column panels. */
+static int dump_jvp_block(const struct tpv_jsrc *s, const double *V, uint64_t b, double *out,
+                          const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct dump *d = s->impl;
+    if (refuse_headers_only(d, err) != TPV_OK)
+        return TPV_EINTERNAL;
+    uint64_t maxw = panel_max_width(d->rows, s->p);
+    double *buf;
+    int rc = alloc_panel(d, d->rows, maxw, &buf, err);
+    if (rc != TPV_OK)
+        return rc;
+    memset(out, 0, (size_t)(d->rows * b) * sizeof *out);
+    for (uint64_t c0 = 0; rc == TPV_OK && c0 < s->p;) {
+        uint64_t w = panel_width(d, c0, maxw), ld;
+        const double *P = panel_get(d, c0, w, buf, &ld);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)d->rows, (blasint)b,
+                    (blasint)w, 1.0, P, (blasint)ld, V + c0 * b, (blasint)b, 1.0, out,
+                    (blasint)b);
+        c0 += w;
+        rc = tpv_progress_report(pg, 0, 1, c0, s->p);
+    }
+    free(buf);
+    return rc == TPV_OK ? TPV_OK : tpv_err_set(err, rc, NULL, "canceled");
+}
+
+/* out (p x b) = J^T U (U: rows x b), the GEMM form of dump_vjp. */
+static int dump_vjp_block(const struct tpv_jsrc *s, const double *U, uint64_t b, double *out,
+                          const struct tpv_progress *pg, struct tpv_err *err)
+{
+    const struct dump *d = s->impl;
+    if (refuse_headers_only(d, err) != TPV_OK)
+        return TPV_EINTERNAL;
+    uint64_t maxw = panel_max_width(d->rows, s->p);
+    double *buf;
+    int rc = alloc_panel(d, d->rows, maxw, &buf, err);
+    if (rc != TPV_OK)
+        return rc;
+    for (uint64_t c0 = 0; rc == TPV_OK && c0 < s->p;) {
+        uint64_t w = panel_width(d, c0, maxw), ld;
+        const double *P = panel_get(d, c0, w, buf, &ld);
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)w, (blasint)b,
+                    (blasint)d->rows, 1.0, P, (blasint)ld, U, (blasint)b, 0.0, out + c0 * b,
+                    (blasint)b);
+        c0 += w;
+        rc = tpv_progress_report(pg, 0, 1, c0, s->p);
+    }
+    free(buf);
+    return rc == TPV_OK ? TPV_OK : tpv_err_set(err, rc, NULL, "canceled");
+}
+
 static int dump_sqdiag_projected(const struct tpv_jsrc *s, const double *r, double *diag,
                                  double *total, const struct tpv_progress *pg,
                                  struct tpv_err *err)
@@ -431,6 +482,8 @@ static const struct tpv_jsrc_ops dump_ops = {
     .scratch_bytes = dump_scratch_bytes,
     .free = dump_free,
     .vjp = dump_vjp,
+    .jvp_block = dump_jvp_block,
+    .vjp_block = dump_vjp_block,
 };
 
 /* ---- construction ------------------------------------------------------------------------ */

@@ -477,20 +477,26 @@ static uint64_t hpp_sketch(uint64_t m, uint64_t p)
     return s < p ? s : p;
 }
 
+static uint64_t mf_budget(const struct tpv_est_inputs *in, const struct tpv_run_options *opts);
+
 /* Options of one matrix-free run of model `nm` on split `s` (rho resolved by the caller). */
-static struct tpv_mf_opts mf_opts(const struct tpv_noise *nm, int s, double rho)
+static struct tpv_mf_opts mf_opts(const struct tpv_noise *nm, int s, double rho, uint64_t budget)
 {
     return (struct tpv_mf_opts){ .seed = nm->seed, .stream = (uint64_t)s,
                                  .target_rel_error = nm->target_rel_error,
-                                 .max_samples = nm->max_samples, .rho = rho, .rcond = nm->rcond };
+                                 .max_samples = nm->max_samples, .rho = rho, .rcond = nm->rcond,
+                                 .max_bytes = budget,
+                                 /* sgd_curvature solves nothing: no preconditioner to plan */
+                                 .plain_cg = nm->kind != TPV_NOISE_LABEL };
 }
 
 /* Largest working set of a matrix-free model over the job's splits. */
-static uint64_t mf_bytes(const struct tpv_est_inputs *in, const struct tpv_noise *nm)
+static uint64_t mf_bytes(const struct tpv_est_inputs *in, const struct tpv_noise *nm,
+                         uint64_t budget)
 {
     /* ridge_rel's rho is only known at run time: any positive value plans the same buffers */
     double rho = nm->kind == TPV_NOISE_LABEL ? (nm->ridge > 0 || nm->ridge_rel > 0 ? 1 : 0) : 1;
-    struct tpv_mf_opts o = mf_opts(nm, 0, rho);
+    struct tpv_mf_opts o = mf_opts(nm, 0, rho, budget);
     uint64_t b = tpv_mf_work_bytes(in->fit, NULL, &o);
     if (in->probe) {
         uint64_t bp = tpv_mf_work_bytes(in->fit, in->probe, &o);
@@ -504,9 +510,45 @@ struct mem_plan {
     uint64_t base, gram, transient;
 };
 
+/* The Gram phase's bytes (G, K_X, the eigendecomposition, the blocked copies) for the paths the
+ * models take. */
+static uint64_t gram_bytes(const struct tpv_est_inputs *in, const struct tpv_run_options *opts)
+{
+    bool label = false, sgdc = false;
+    uint64_t blocked = 0, g = 0;
+    for (size_t i = 0; i < in->nmodels; i++) {
+        const struct tpv_noise *nm = &in->models[i];
+        struct plan pl = plan_model(in, opts, nm);
+        label |= nm->kind == TPV_NOISE_LABEL && !pl.mf && pl.path == GP_EIGEN;
+        sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE && !pl.mf;
+        blocked += nm->kind == TPV_NOISE_LABEL && pl.path == GP_BLOCKED;
+    }
+    if (label || sgdc || blocked) {
+        double unused;
+        gram_phase_costs(in, label, blocked, &g, &unused);
+    }
+    return g;
+}
+
+/* The matrix-free runs' budget (krylov.h max_bytes: the Jacobian copies, the preconditioner and
+ * the rounds' width shrink to fit it): the run's memory limit less what lives beside them (the
+ * diagonals and panels, the Gram phase of the other models, the fit outputs); krylov's default
+ * without a limit.  At least 1: then the smallest plan is planned, and refused if over. */
+static uint64_t mf_budget(const struct tpv_est_inputs *in, const struct tpv_run_options *opts)
+{
+    if (!opts || !opts->max_memory)
+        return 0;
+    uint64_t n = pl_add(in->fit->n, in->probe ? in->probe->n : 0);
+    uint64_t side = pl_add(pl_add(base_bytes(in), gram_bytes(in, opts)),
+                           pl_add(pl_mul(pl_mul(in->fit->n, in->fit->K), 8),
+                                  pl_mul(pl_mul(n, 8), in->nmodels)));
+    return opts->max_memory > side ? opts->max_memory - side : 1;
+}
+
 static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_options *opts,
                         struct mem_plan *mp)
 {
+    uint64_t budget = mf_budget(in, opts);
     const struct tpv_jsrc *f = in->fit, *pr = in->probe;
     uint64_t p = f->p, N = pl_mul(f->n, f->K), M = pr ? pl_mul(pr->n, pr->K) : 0;
     uint64_t rows = N > M ? N : M;
@@ -520,7 +562,7 @@ static void memory_plan(const struct tpv_est_inputs *in, const struct tpv_run_op
         sgdc |= nm->kind == TPV_NOISE_SGD_CURVATURE && !pl.mf;
         blocked += nm->kind == TPV_NOISE_LABEL && pl.path == GP_BLOCKED;
         if (pl.mf)
-            t = mf_bytes(in, nm);
+            t = mf_bytes(in, nm, budget);
         if (tpv_noise_needs_outputs(nm)) /* the fit set's outputs, before the Gram phase */
             t = pl_add(t, pl_mul(N, 8));
         if (nm->kind == TPV_NOISE_QUANTIZATION && nm->scope != TPV_SCOPE_GLOBAL)
@@ -1006,6 +1048,7 @@ struct job {
      * still to run (the last one factors G in place, the others a copy in Gw). */
     double *G, *KX, *Gw;
     uint64_t blocked_left;
+    uint64_t mf_budget;   /* krylov.h max_bytes of the matrix-free models (mf_budget) */
 };
 
 struct diag_coef {
@@ -1513,6 +1556,12 @@ static void mf_details(json_t *d, const struct tpv_noise *nm, const struct tpv_m
     json_object_set_new(d, "solver_iterations_total",
                         json_integer((json_int_t)r->iterations_total));
     json_object_set_new(d, "solver_converged", json_boolean(r->solver_converged));
+    json_object_set_new(d, "jacobian_cached", json_boolean(r->jacobian_cached));
+    if (nm->kind == TPV_NOISE_LABEL && r->precond_rank) {
+        json_object_set_new(d, "preconditioner", json_string("nystrom"));
+        json_object_set_new(d, "preconditioner_rank", json_integer((json_int_t)r->precond_rank));
+        set_real(d, "preconditioner_lambda_min", r->precond_lambda_min);
+    }
 }
 
 /* Tr G = ||J_fit||_F^2 by one exact sqdiag pass: when the job's traces were estimated (over the
@@ -1547,14 +1596,30 @@ static int score_label_mf(const struct job *jb, size_t mi, struct tpv_score *sc,
     }
     double rho = nm->ridge > 0 ? nm->ridge : nm->ridge_rel > 0 ? nm->ridge_rel * trG / N : 0;
     double sigma = nm->sigma_rel > 0 ? nm->sigma_rel * jb->out_scale : nm->sigma, s2 = sigma * sigma;
+    /* J_fit copied once for both splits where every split's run would copy it */
+    double *jf = NULL;
+    bool share = true;
     for (int s = 0; s < jb->nsplit; s++) {
-        struct tpv_mf_opts o = mf_opts(nm, s, rho);
+        struct tpv_mf_opts o = mf_opts(nm, s, rho, jb->mf_budget);
+        share = share && tpv_mf_copies_fit(f, s ? jb->src[s] : NULL, &o);
+    }
+    if (share && jb->nsplit > 1) {
+        struct tpv_progress sub = pg[0];
+        int rc = tpv_mf_copy_fit(f, &jf, &sub, err);
+        if (rc != TPV_OK)
+            return rc;
+    }
+    for (int s = 0; s < jb->nsplit; s++) {
+        struct tpv_mf_opts o = mf_opts(nm, s, rho, jb->mf_budget);
+        o.jacobian_fit = jf;
         struct tpv_mf_result r;
         double t0 = now_seconds();
         struct tpv_progress sub = pg[s];
         int rc = tpv_label_mf(f, s ? jb->src[s] : NULL, &o, &r, &sub, err);
-        if (rc != TPV_OK)
+        if (rc != TPV_OK) {
+            free(jf);
             return rc;
+        }
         double nX = (double)jb->src[s]->n;
         sc[s].value = s2 * r.value / nX;
         sc[s].stderr_value = s2 * r.stderr_value / nX;
@@ -1570,6 +1635,7 @@ static int score_label_mf(const struct job *jb, size_t mi, struct tpv_score *sc,
         if (nm->sigma_rel > 0)
             set_real(sc[s].details, "mean_abs_output", jb->out_scale);
     }
+    free(jf);
     return TPV_OK;
 }
 
@@ -1581,7 +1647,7 @@ static int score_sgdc_mf(const struct job *jb, size_t mi, struct tpv_score *sc,
     const struct tpv_jsrc *f = jb->in->fit;
     double a = nm->lr / (2.0 * nm->batch_size), n = (double)f->n;
     for (int s = 0; s < jb->nsplit; s++) {
-        struct tpv_mf_opts o = mf_opts(nm, s, 1);
+        struct tpv_mf_opts o = mf_opts(nm, s, 1, jb->mf_budget);
         struct tpv_mf_result r;
         double t0 = now_seconds();
         struct tpv_progress sub = pg[s];
@@ -1841,7 +1907,8 @@ int tpv_estimate_scores(const struct tpv_est_inputs *in, const struct tpv_run_op
     int rc = tpv_estimate_memory(in, opts, &need, err);
     if (rc != TPV_OK)
         return rc;
-    struct job jb = { .in = in, .src = { in->fit, in->probe }, .nsplit = in->probe ? 2 : 1 };
+    struct job jb = { .in = in, .src = { in->fit, in->probe }, .nsplit = in->probe ? 2 : 1,
+                      .mf_budget = mf_budget(in, opts) };
     size_t ns = in->nmodels * (size_t)jb.nsplit;
     struct tpv_score *sc = calloc(ns ? ns : 1, sizeof *sc);
     struct plan *plans = calloc(in->nmodels ? in->nmodels : 1, sizeof *plans);

@@ -101,6 +101,14 @@ struct tpv_jsrc_ops {
      * threads may be reading, are never written. */
     int (*outputs_perturbed)(const struct tpv_jsrc *s, const double *dw, double *out,
                              const struct tpv_progress *pg, struct tpv_err *err);
+    /* Optional (NULL: callers loop jvp / vjp over the columns): block products for b vectors at
+     * once, so that the Krylov solvers (core/krylov.h) pay one pass over the data per block
+     * instead of one per vector.  jvp_block: out (n K x b, row-major) = J V with V (p x b,
+     * row-major); vjp_block: out (p x b, row-major, overwritten) = J^T U with U (n K x b). */
+    int (*jvp_block)(const struct tpv_jsrc *s, const double *V, uint64_t b, double *out,
+                     const struct tpv_progress *pg, struct tpv_err *err);
+    int (*vjp_block)(const struct tpv_jsrc *s, const double *U, uint64_t b, double *out,
+                     const struct tpv_progress *pg, struct tpv_err *err);
 };
 
 /* A source: fields are read-only for users; `impl` is the implementation's state. */

@@ -789,6 +789,88 @@ static int os_vjp(const struct tpv_jsrc *s, const double *u, double *out,
     return for_batches(s, vjp_batch, &c, pg, err);
 }
 
+/* ---- block products (jacobian.h jvp_block / vjp_block) ---- */
+
+/* One pass of block products: per batch of samples their gradient rows (b K x p), then a GEMM
+ * with the block, so that a block of vectors costs one pass of K reverse passes per sample
+ * instead of one forward and one tangent or reverse pass per vector. */
+struct block_pass {
+    struct pass ps;
+    double *seed, *G, *panel;
+    size_t bs; /* samples per panel */
+};
+
+static int block_open(const struct tpv_jsrc *s, struct block_pass *bp, struct tpv_err *err)
+{
+    const struct osrc *o = s->impl;
+    memset(bp, 0, sizeof *bp);
+    bp->bs = samples_within(s, s->K, o->panel_bytes);
+    bp->seed = malloc(bp->bs * s->K * sizeof *bp->seed);
+    bp->G = malloc(bp->bs * s->p * sizeof *bp->G);
+    bp->panel = malloc(bp->bs * s->K * s->p * sizeof *bp->panel);
+    return bp->seed && bp->G && bp->panel ? TPV_OK : nomem(err);
+}
+
+static void block_close(struct block_pass *bp)
+{
+    pass_close(&bp->ps);
+    free(bp->seed);
+    free(bp->G);
+    free(bp->panel);
+}
+
+/* Gradient rows of samples [x0, x0 + b) into bp->panel: the batched per-sample path where it
+ * runs, else one reverse pass per (sample, output). */
+static int block_panel(const struct tpv_jsrc *s, struct block_pass *bp, uint64_t x0, size_t b,
+                       struct tpv_err *err)
+{
+    if (use_batched(s))
+        return fast_panel(s, &bp->ps, x0, b, bp->seed, bp->G, bp->panel, err);
+    return grad_panel(s, x0 * s->K, b * s->K, bp->panel, err);
+}
+
+/* out (n K x nb) = J V, V (p x nb): one gradient panel per batch of samples, then a GEMM. */
+static int os_jvp_block(const struct tpv_jsrc *s, const double *V, uint64_t nb, double *out,
+                        const struct tpv_progress *pg, struct tpv_err *err)
+{
+    struct block_pass bp;
+    int rc = block_open(s, &bp, err);
+    for (uint64_t x0 = 0; !rc && x0 < s->n; x0 += bp.bs) {
+        size_t b = s->n - x0 < bp.bs ? (size_t)(s->n - x0) : bp.bs;
+        rc = block_panel(s, &bp, x0, b, err);
+        if (!rc)
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(b * s->K), (int)nb,
+                        (int)s->p, 1.0, bp.panel, (int)s->p, V, (int)nb, 0.0,
+                        out + x0 * s->K * nb, (int)nb);
+        if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
+            rc = canceled(err);
+    }
+    block_close(&bp);
+    return rc;
+}
+
+/* out (p x nb) = J^T U, U (n K x nb): the panels of os_jvp_block, transposed. */
+static int os_vjp_block(const struct tpv_jsrc *s, const double *U, uint64_t nb, double *out,
+                        const struct tpv_progress *pg, struct tpv_err *err)
+{
+    struct block_pass bp;
+    int rc = block_open(s, &bp, err);
+    if (!rc)
+        memset(out, 0, s->p * nb * sizeof *out);
+    for (uint64_t x0 = 0; !rc && x0 < s->n; x0 += bp.bs) {
+        size_t b = s->n - x0 < bp.bs ? (size_t)(s->n - x0) : bp.bs;
+        rc = block_panel(s, &bp, x0, b, err);
+        if (!rc)
+            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)s->p, (int)nb,
+                        (int)(b * s->K), 1.0, bp.panel, (int)s->p, U + x0 * s->K * nb, (int)nb,
+                        1.0, out, (int)nb);
+        if (!rc && tpv_progress_report(pg, 0, 1, x0 + b, s->n))
+            rc = canceled(err);
+    }
+    block_close(&bp);
+    return rc;
+}
+
 static int outputs_batch(const struct tpv_jsrc *s, struct tpv_onnx_exec *ex, uint64_t x0,
                          size_t b, void *ctx, struct tpv_err *err)
 {
@@ -914,6 +996,8 @@ static const struct tpv_jsrc_ops onnx_source_ops = {
     .costs = os_costs,
     .outputs = os_outputs,
     .outputs_perturbed = os_outputs_perturbed,
+    .jvp_block = os_jvp_block,
+    .vjp_block = os_vjp_block,
 };
 
 static int make_layout(struct tpv_jsrc *s, const struct tpv_onnx_model *m, struct tpv_err *err)

@@ -4,6 +4,8 @@
  * Columns are the model's parameters in m->params order, each flattened row-major (PyTorch's
  * layout).  Products:
  *  - jvp and vjp: batched forward-mode / reverse-mode passes (BATCH samples at a time);
+ *  - jvp_block and vjp_block (b vectors at once, the Krylov solvers' products): the gradient
+ *    rows of each batch of samples as gram builds them, then one GEMM with the block;
  *  - sqdiag, sqdiag_projected, gram: exact per-sample, per-output gradients from batched reverse
  *    passes (core/onnx_persample.h): per batch one forward pass, then per output k one reverse
  *    pass seeded with e_k in every row (one seeded with r for the projected form), each node
