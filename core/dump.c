@@ -324,9 +324,23 @@ static int dump_gram(const struct tpv_jsrc *a, const struct tpv_jsrc *b, double 
 
 /* ---- jvp / vjp / projected sqdiag -------------------------------------------------------- */
 
-static int dump_jvp(const struct tpv_jsrc *s, const double *v, double *out,
-                    const struct tpv_progress *pg, struct tpv_err *err)
+/* What a product does with one column panel P (rows x w, row stride ld) at column c0. */
+struct panel_job {
+    const struct tpv_jsrc *s;
+    const double *in; /* v, u, V, U or r, as the product reads it */
+    double *out, *out2;
+    double *y;        /* scratch of the projected sqdiag: one row of w */
+    uint64_t b;       /* block width of the block products */
+    void (*apply)(const struct panel_job *j, const double *P, uint64_t ld, uint64_t c0,
+                  uint64_t w);
+};
+
+/* Runs j->apply over the dump's column panels in order, with progress and cancel between
+ * panels: the one loop of every product, so that they read the dump the same way. */
+static int each_panel(const struct panel_job *j, const struct tpv_progress *pg,
+                      struct tpv_err *err)
 {
+    const struct tpv_jsrc *s = j->s;
     const struct dump *d = s->impl;
     if (refuse_headers_only(d, err) != TPV_OK)
         return TPV_EINTERNAL;
@@ -335,12 +349,10 @@ static int dump_jvp(const struct tpv_jsrc *s, const double *v, double *out,
     int rc = alloc_panel(d, d->rows, maxw, &buf, err);
     if (rc != TPV_OK)
         return rc;
-    memset(out, 0, (size_t)d->rows * sizeof *out);
     for (uint64_t c0 = 0; rc == TPV_OK && c0 < s->p;) {
         uint64_t w = panel_width(d, c0, maxw), ld;
         const double *P = panel_get(d, c0, w, buf, &ld);
-        cblas_dgemv(CblasRowMajor, CblasNoTrans, (blasint)d->rows, (blasint)w, 1.0, P,
-                    (blasint)ld, v + c0, 1, 1.0, out, 1);
+        j->apply(j, P, ld, c0, w);
         c0 += w;
         rc = tpv_progress_report(pg, 0, 1, c0, s->p);
     }
@@ -348,27 +360,74 @@ static int dump_jvp(const struct tpv_jsrc *s, const double *v, double *out,
     return rc == TPV_OK ? TPV_OK : tpv_err_set(err, rc, NULL, "canceled");
 }
 
-static int dump_vjp(const struct tpv_jsrc *s, const double *u, double *out,
+static blasint rows_of(const struct panel_job *j)
+{
+    return (blasint)((const struct dump *)j->s->impl)->rows;
+}
+
+static void jvp_panel(const struct panel_job *j, const double *P, uint64_t ld, uint64_t c0,
+                      uint64_t w)
+{
+    cblas_dgemv(CblasRowMajor, CblasNoTrans, rows_of(j), (blasint)w, 1.0, P, (blasint)ld,
+                j->in + c0, 1, 1.0, j->out, 1);
+}
+
+static void vjp_panel(const struct panel_job *j, const double *P, uint64_t ld, uint64_t c0,
+                      uint64_t w)
+{
+    cblas_dgemv(CblasRowMajor, CblasTrans, rows_of(j), (blasint)w, 1.0, P, (blasint)ld, j->in,
+                1, 0.0, j->out + c0, 1);
+}
+
+static void jvp_block_panel(const struct panel_job *j, const double *P, uint64_t ld,
+                            uint64_t c0, uint64_t w)
+{
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows_of(j), (blasint)j->b,
+                (blasint)w, 1.0, P, (blasint)ld, j->in + c0 * j->b, (blasint)j->b, 1.0, j->out,
+                (blasint)j->b);
+}
+
+static void vjp_block_panel(const struct panel_job *j, const double *P, uint64_t ld,
+                            uint64_t c0, uint64_t w)
+{
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)w, (blasint)j->b, rows_of(j),
+                1.0, P, (blasint)ld, j->in, (blasint)j->b, 0.0, j->out + c0 * j->b,
+                (blasint)j->b);
+}
+
+/* diag[c] += sum_x (r_x . J_x[:, c])^2 over the panel's columns; total[x] += the row's sum. */
+static void projected_panel(const struct panel_job *j, const double *P, uint64_t ld,
+                            uint64_t c0, uint64_t w)
+{
+    const struct tpv_jsrc *s = j->s;
+    double *diag = j->out, *total = j->out2, *y = j->y;
+    for (uint64_t x = 0; x < s->n; x++) {
+        cblas_dgemv(CblasRowMajor, CblasTrans, (blasint)s->K, (blasint)w, 1.0,
+                    P + x * s->K * ld, (blasint)ld, j->in + x * s->K, 1, 0.0, y, 1);
+        double t = 0;
+        for (uint64_t c = 0; c < w; c++) {
+            diag[c0 + c] += y[c] * y[c];
+            t += y[c] * y[c];
+        }
+        if (total)
+            total[x] += t;
+    }
+}
+
+static int dump_jvp(const struct tpv_jsrc *s, const double *v, double *out,
                     const struct tpv_progress *pg, struct tpv_err *err)
 {
     const struct dump *d = s->impl;
-    if (refuse_headers_only(d, err) != TPV_OK)
-        return TPV_EINTERNAL;
-    uint64_t maxw = panel_max_width(d->rows, s->p);
-    double *buf;
-    int rc = alloc_panel(d, d->rows, maxw, &buf, err);
-    if (rc != TPV_OK)
-        return rc;
-    for (uint64_t c0 = 0; rc == TPV_OK && c0 < s->p;) {
-        uint64_t w = panel_width(d, c0, maxw), ld;
-        const double *P = panel_get(d, c0, w, buf, &ld);
-        cblas_dgemv(CblasRowMajor, CblasTrans, (blasint)d->rows, (blasint)w, 1.0, P, (blasint)ld,
-                    u, 1, 0.0, out + c0, 1);
-        c0 += w;
-        rc = tpv_progress_report(pg, 0, 1, c0, s->p);
-    }
-    free(buf);
-    return rc == TPV_OK ? TPV_OK : tpv_err_set(err, rc, NULL, "canceled");
+    memset(out, 0, (size_t)d->rows * sizeof *out);
+    struct panel_job j = { .s = s, .in = v, .out = out, .apply = jvp_panel };
+    return each_panel(&j, pg, err);
+}
+
+static int dump_vjp(const struct tpv_jsrc *s, const double *u, double *out,
+                    const struct tpv_progress *pg, struct tpv_err *err)
+{
+    struct panel_job j = { .s = s, .in = u, .out = out, .apply = vjp_panel };
+    return each_panel(&j, pg, err);
 }
 
 /* out (rows x b) = J V (V: p x b), the GEMM form of dump_jvp over the same column panels. */
@@ -376,50 +435,17 @@ static int dump_jvp_block(const struct tpv_jsrc *s, const double *V, uint64_t b,
                           const struct tpv_progress *pg, struct tpv_err *err)
 {
     const struct dump *d = s->impl;
-    if (refuse_headers_only(d, err) != TPV_OK)
-        return TPV_EINTERNAL;
-    uint64_t maxw = panel_max_width(d->rows, s->p);
-    double *buf;
-    int rc = alloc_panel(d, d->rows, maxw, &buf, err);
-    if (rc != TPV_OK)
-        return rc;
     memset(out, 0, (size_t)(d->rows * b) * sizeof *out);
-    for (uint64_t c0 = 0; rc == TPV_OK && c0 < s->p;) {
-        uint64_t w = panel_width(d, c0, maxw), ld;
-        const double *P = panel_get(d, c0, w, buf, &ld);
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)d->rows, (blasint)b,
-                    (blasint)w, 1.0, P, (blasint)ld, V + c0 * b, (blasint)b, 1.0, out,
-                    (blasint)b);
-        c0 += w;
-        rc = tpv_progress_report(pg, 0, 1, c0, s->p);
-    }
-    free(buf);
-    return rc == TPV_OK ? TPV_OK : tpv_err_set(err, rc, NULL, "canceled");
+    struct panel_job j = { .s = s, .in = V, .out = out, .b = b, .apply = jvp_block_panel };
+    return each_panel(&j, pg, err);
 }
 
 /* out (p x b) = J^T U (U: rows x b), the GEMM form of dump_vjp. */
 static int dump_vjp_block(const struct tpv_jsrc *s, const double *U, uint64_t b, double *out,
                           const struct tpv_progress *pg, struct tpv_err *err)
 {
-    const struct dump *d = s->impl;
-    if (refuse_headers_only(d, err) != TPV_OK)
-        return TPV_EINTERNAL;
-    uint64_t maxw = panel_max_width(d->rows, s->p);
-    double *buf;
-    int rc = alloc_panel(d, d->rows, maxw, &buf, err);
-    if (rc != TPV_OK)
-        return rc;
-    for (uint64_t c0 = 0; rc == TPV_OK && c0 < s->p;) {
-        uint64_t w = panel_width(d, c0, maxw), ld;
-        const double *P = panel_get(d, c0, w, buf, &ld);
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)w, (blasint)b,
-                    (blasint)d->rows, 1.0, P, (blasint)ld, U, (blasint)b, 0.0, out + c0 * b,
-                    (blasint)b);
-        c0 += w;
-        rc = tpv_progress_report(pg, 0, 1, c0, s->p);
-    }
-    free(buf);
-    return rc == TPV_OK ? TPV_OK : tpv_err_set(err, rc, NULL, "canceled");
+    struct panel_job j = { .s = s, .in = U, .out = out, .b = b, .apply = vjp_block_panel };
+    return each_panel(&j, pg, err);
 }
 
 static int dump_sqdiag_projected(const struct tpv_jsrc *s, const double *r, double *diag,
@@ -427,38 +453,16 @@ static int dump_sqdiag_projected(const struct tpv_jsrc *s, const double *r, doub
                                  struct tpv_err *err)
 {
     const struct dump *d = s->impl;
-    if (refuse_headers_only(d, err) != TPV_OK)
-        return TPV_EINTERNAL;
-    uint64_t maxw = panel_max_width(d->rows, s->p);
-    double *buf, *y = malloc((size_t)maxw * sizeof *y);
-    int rc = y ? alloc_panel(d, d->rows, maxw, &buf, err)
-               : tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-    if (rc != TPV_OK) {
-        free(y);
-        return rc;
-    }
+    double *y = malloc((size_t)panel_max_width(d->rows, s->p) * sizeof *y);
+    if (!y)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     if (total)
         memset(total, 0, (size_t)s->n * sizeof *total);
-    for (uint64_t c0 = 0; rc == TPV_OK && c0 < s->p;) {
-        uint64_t w = panel_width(d, c0, maxw), ld;
-        const double *P = panel_get(d, c0, w, buf, &ld);
-        for (uint64_t x = 0; x < s->n; x++) {
-            cblas_dgemv(CblasRowMajor, CblasTrans, (blasint)s->K, (blasint)w, 1.0,
-                        P + x * s->K * ld, (blasint)ld, r + x * s->K, 1, 0.0, y, 1);
-            double t = 0;
-            for (uint64_t c = 0; c < w; c++) {
-                diag[c0 + c] += y[c] * y[c];
-                t += y[c] * y[c];
-            }
-            if (total)
-                total[x] += t;
-        }
-        c0 += w;
-        rc = tpv_progress_report(pg, 0, 1, c0, s->p);
-    }
-    free(buf);
+    struct panel_job j = { .s = s, .in = r, .out = diag, .out2 = total, .y = y,
+                           .apply = projected_panel };
+    int rc = each_panel(&j, pg, err);
     free(y);
-    return rc == TPV_OK ? TPV_OK : tpv_err_set(err, rc, NULL, "canceled");
+    return rc;
 }
 
 static uint64_t dump_scratch_bytes(const struct tpv_jsrc *s)
