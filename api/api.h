@@ -276,7 +276,11 @@ bool api_accepts_gzip(const struct api_request *req);
 /* The gzip coding (RFC 1952) of body into a malloc'd *out.  TPV_ENOMEM when zlib fails. */
 int api_gzip(const char *body, size_t len, char **out, size_t *out_len);
 
-/* The ETag of a representation's gzip coding: a different strong tag, derived from the other. */
+/* A variant's ETag: the rendering's tag with `mark` before its closing quote (a different strong
+ * tag per representation: CSV 'c', gzip 'z'). */
+void api_etag_variant(char *etag, size_t cap, char mark);
+
+/* The ETag of a representation's gzip coding: api_etag_variant with 'z'. */
 void api_etag_for_gzip(char *etag, size_t cap);
 
 /* ---- metrics (api/metrics.c) ---- */

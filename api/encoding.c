@@ -86,14 +86,19 @@ int api_gzip(const char *body, size_t len, char **out, size_t *out_len)
     return TPV_OK;
 }
 
-void api_etag_for_gzip(char *etag, size_t cap)
+void api_etag_variant(char *etag, size_t cap, char mark)
 {
-    /* A strong ETag names one representation (RFC 9110 8.8.3), so the gzip one differs:
-     * "v12-abcd" becomes "v12-abcdz". */
+    /* A strong ETag names one representation (RFC 9110 8.8.3), so each variant of a rendering
+     * gets its own tag: "v12-abcd" becomes "v12-abcd<mark>". */
     size_t n = strlen(etag);
     if (n >= 2 && n + 1 < cap && etag[n - 1] == '"') {
-        etag[n - 1] = 'z';
+        etag[n - 1] = mark;
         etag[n] = '"';
         etag[n + 1] = '\0';
     }
+}
+
+void api_etag_for_gzip(char *etag, size_t cap)
+{
+    api_etag_variant(etag, cap, 'z');
 }

@@ -369,17 +369,6 @@ static bool wants_csv(const struct api_request *req)
     return false;
 }
 
-/* The CSV representation has its own ETag: the JSON one with a 'c' before the closing quote. */
-static void etag_for_csv(char *etag, size_t cap)
-{
-    size_t n = strlen(etag);
-    if (n >= 2 && n + 1 < cap && etag[n - 1] == '"') {
-        etag[n - 1] = 'c';
-        etag[n] = '"';
-        etag[n + 1] = '\0';
-    }
-}
-
 struct csv_buf {
     char *data;
     size_t len, cap;
@@ -613,7 +602,7 @@ void api_handle_ranking(const struct api_env *env, struct api_request *req, stru
         goto out;
     make_etag(sid, info.version, &q, etag, sizeof etag);
     if (csv)
-        etag_for_csv(etag, sizeof etag);
+        api_etag_variant(etag, sizeof etag, 'c');
     char matched[API_ETAG_MAX];
     if (version_matches(inm, etag, matched)) {
         reply_not_modified(req, resp, sid, q.wait, matched);
