@@ -1,6 +1,6 @@
 /* linalg.h: the small numerical kernels under the Jacobian sources and estimators: dtype
- * conversion of panels, blocked column sums of squares, a deterministic thread split, and thin
- * checked wrappers over LAPACKE (symmetric eigendecomposition, QR orthonormalisation).
+ * conversion of panels, blocked column sums of squares, and thin checked wrappers over LAPACKE
+ * (symmetric eigendecomposition, QR orthonormalisation); the thread split is core/parallel.h.
  *
  * Every kernel gives results that depend only on its inputs and the thread count passed in: work
  * is split by columns, never by reductions whose order depends on timing. */
@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/parallel.h"
 #include "core/tensor.h"
 #include "core/tpv_error.h"
 
@@ -25,42 +26,6 @@ void tpv_sqsum_cols(enum tpv_dtype dtype, const void *x, uint64_t rows, uint64_t
 
 /* True when every value of the `count` elements is finite; else *first_bad = its index. */
 bool tpv_all_finite(enum tpv_dtype dtype, const void *x, uint64_t count, uint64_t *first_bad);
-
-/* Threads the numerical kernels use: the job's threads, which are OpenBLAS's setting (the
- * daemon sets it from --threads-per-job), at least 1. */
-int tpv_linalg_threads(void);
-
-/* Runs fn(ctx, t, nthreads) for t < nthreads, t = 0 on the calling thread; falls back to running
- * them one after another if a thread cannot be created.  Deterministic as long as fn's result for
- * each t does not depend on the others.  While the parts run, BLAS is single-threaded (the split
- * is the parallelism; OpenBLAS's setting is restored afterwards), so fn may call BLAS on its share
- * of the data.  Called from inside a part, it runs the parts one after another on that thread. */
-void tpv_parallel_run(int nthreads, void (*fn)(void *ctx, int t, int nthreads), void *ctx);
-
-/* Part t of nthreads of [0, n): contiguous ranges in order, each starting at a multiple of
- * `align` (>= 1), their sizes differing by at most `align` except the last, which also takes the
- * n % align remainder.  A BLAS call on a part then sees the same column blocks as the call on the
- * whole (OpenBLAS's kernels treat the edge columns of a product differently, so an unaligned
- * split changes the rounding of those; TPV_SPLIT_ALIGN is a multiple of their unroll). */
-#define TPV_SPLIT_ALIGN 8
-void tpv_split_range(uint64_t n, uint64_t align, int t, int nthreads, uint64_t *first,
-                     uint64_t *count);
-
-/* The threads a loop of `flops` should use: tpv_linalg_threads(), fewer when a thread would get
- * less than the minimum share (TPV_SPLIT_MIN_FLOPS, ~100 us of work: starting a thread costs tens
- * of microseconds), at least 1.  Depends on the sizes only, so a result stays a function of the
- * inputs and the thread count. */
-#define TPV_SPLIT_MIN_FLOPS 5e5
-int tpv_split_threads(double flops);
-/* Sets that minimum share (0: every loop uses all threads).  For tests, which split small models,
- * and for tuning. */
-void tpv_split_set_min_flops(double flops);
-
-/* fn(ctx, first, count) over contiguous ranges covering [0, n) on the threads that
- * tpv_split_threads gives n * flops_per_item (one call on the calling thread when that is 1).
- * For loops whose items are independent: the results are then those of one call over [0, n). */
-void tpv_parallel_for(uint64_t n, double flops_per_item,
-                      void (*fn)(void *ctx, uint64_t first, uint64_t count), void *ctx);
 
 /* Symmetric eigendecomposition of the n x n row-major matrix A (upper triangle read): on success
  * A holds the eigenvectors as columns and w the ascending eigenvalues.  TPV_ENOMEM, or
