@@ -343,6 +343,19 @@ int main(int argc, char **argv)
            t_vmap, c_vmap, t_vmap / t_exact, c_vmap / c_exact);
     printf("reference estimator to 1%% s.e.: %.2f s cpu -> tpvd %.2fx (cpu)\n", c_hutch,
            c_hutch / c_exact);
+    double c_hutch32 = json_real_value(json_object_get(tr, "hutch_float32_cpu_seconds_to_1pct"));
+    if (c_hutch32 > 0)
+        printf("reference estimator to 1%% s.e., float32 model (as the reference code runs): "
+               "%.2f s cpu -> tpvd %.2fx (cpu)\n",
+               c_hutch32, c_hutch32 / c_exact);
+    /* The exact traces take n K reverse passes (one per sample and output), the estimator one per
+     * draw: the ratio above is bounded by (its draws / n K) times the per-pass cost ratio. */
+    double draws = json_real_value(json_object_get(tr, "hutch_draws_for_1pct"));
+    if (draws > 0)
+        printf("per reverse pass: tpvd %.2f ms cpu (%llu passes), the estimator %.2f ms cpu per "
+               "draw (%.0f draws) -> %.1fx\n",
+               1e3 * c_exact / (double)(s->n * s->K), (unsigned long long)(s->n * s->K),
+               1e3 * c_hutch / draws, draws, (c_hutch / draws) / (c_exact / (double)(s->n * s->K)));
     printf("reference estimator to 1%% s.e.: %.2f s (%.0f draws) -> tpvd %.2fx faster\n",
            t_hutch, json_real_value(json_object_get(tr, "hutch_draws_for_1pct")),
            t_hutch / t_exact);

@@ -15,13 +15,15 @@ torch.onnx.export (DIR/resnet20.onnx, DIR/x.npy) and times, in float64 on --thre
   hutch     the reference code's estimator: per draw a sample x and a Rademacher output vector v,
             one backward of <v, f(x)>, (J(x)^T v)^2 accumulated; --probes passes over the n samples
             give the relative standard error of the traces, and the time to a 1 % standard error
-            is extrapolated from it (draws needed = n probes (se / 0.01)^2, per-draw cost constant)
+            is extrapolated from it (draws needed = n probes (se / 0.01)^2, per-draw cost constant);
+            also timed over one pass on the float32 model, as the reference code runs it
 
 Wall and CPU seconds (the machine may be shared: CPU seconds compare under load) and traces go to
 DIR/torch_results.json.
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -156,6 +158,13 @@ def main():
     est = hutch(model, xd, a.probes, gen)
     t_probe = (time.perf_counter() - t0) / a.probes
     c_probe = (time.process_time() - c0) / a.probes
+    # The reference code runs in float32: the same estimator on the float32 model, timed over one
+    # pass (its draws to 1 % are the float64 run's: the variance is the estimator's, not the
+    # precision's).
+    m32 = copy.deepcopy(model).float()
+    t0, c0 = time.perf_counter(), time.process_time()
+    hutch(m32, x, 1, gen)
+    t_probe32, c_probe32 = time.perf_counter() - t0, time.process_time() - c0
     mean = est.mean(0)
     rel_sd = est.std(0, ddof=1) / np.abs(mean)  # of one probe (n draws)
     probes_needed = max(1.0, float((rel_sd.max() / 0.01) ** 2))
@@ -167,6 +176,8 @@ def main():
         "hutch_probes_for_1pct": probes_needed,
         "hutch_seconds_to_1pct": t_probe * probes_needed,
         "hutch_cpu_seconds_to_1pct": c_probe * probes_needed,
+        "hutch_float32_seconds_to_1pct": t_probe32 * probes_needed,
+        "hutch_float32_cpu_seconds_to_1pct": c_probe32 * probes_needed,
         "hutch_draws_for_1pct": probes_needed * a.n,
     }
     with open(os.path.join(a.dir, "torch_results.json"), "w") as f:
