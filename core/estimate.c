@@ -486,8 +486,10 @@ static struct tpv_mf_opts mf_opts(const struct tpv_noise *nm, int s, double rho,
                                  .target_rel_error = nm->target_rel_error,
                                  .max_samples = nm->max_samples, .rho = rho, .rcond = nm->rcond,
                                  .max_bytes = budget,
-                                 /* sgd_curvature solves nothing: no preconditioner to plan */
-                                 .plain_cg = nm->kind != TPV_NOISE_LABEL };
+                                 /* sgd_curvature solves nothing: no preconditioner to plan,
+                                  * and its probes go one at a time (no rounds to hold) */
+                                 .plain_cg = nm->kind != TPV_NOISE_LABEL,
+                                 .block = nm->kind == TPV_NOISE_LABEL ? 0 : 1 };
 }
 
 /* Largest working set of a matrix-free model over the job's splits. */

@@ -927,6 +927,10 @@ static int sgdc_fit_sample(struct mf *m, uint64_t i, double *self, double *off,
 int tpv_sgdc_mf(const struct tpv_jsrc *fit, const struct tpv_jsrc *x, const struct tpv_mf_opts *o,
                 struct tpv_mf_result *out, const struct tpv_progress *pg, struct tpv_err *err)
 {
+    /* one probe at a time (single-vector products): rounds of several would only hold memory */
+    struct tpv_mf_opts one = o ? *o : (struct tpv_mf_opts){ 0 };
+    one.block = 1;
+    o = &one;
     struct mf m;
     int rc = mf_open(&m, fit, x, o, false, out, pg, err);
     struct welford w = { 0 }, ws = { 0 };
