@@ -9,7 +9,6 @@
 #include "core/onnx_attr.h"
 #include "core/onnx_ghost.h"
 #include "core/onnx_ops.h"
-#include "onnx.pb-c.h"
 
 #define ARGS_MAX 257
 
@@ -249,17 +248,6 @@ int tpv_onnx_persample_grads(const struct tpv_onnx_persample *ps, const struct t
     return rc;
 }
 
-/* Whether the graph stores value v in float32 or narrower: its weight gradient's products may
- * then run in float32 (tpv_onnx_conv_rows_grads); a float64 weight keeps float64 products and the
- * 1e-6 agreement with float64 references. */
-static bool narrow_float(const struct tpv_onnx_model *m, long v)
-{
-    int t = m->values[v].elem_type;
-    return t == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT ||
-           t == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16 ||
-           t == ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16;
-}
-
 /* A Conv node nd with a parameter weight on a batched input: every row's weight (and bias)
  * gradient by one shared im2col (onnx_ghost.h).  *done false: not such a node. */
 static int conv_rows(const struct tpv_onnx_persample *ps, const struct tpv_onnx_exec *ex,
@@ -281,7 +269,7 @@ static int conv_rows(const struct tpv_onnx_persample *ps, const struct tpv_onnx_
     uint64_t boff = b >= 0 && ps->pidx[b] >= 0 ? offset[ps->pidx[b]] : UINT64_MAX;
     uint64_t rows = (uint64_t)ex->vals[x].shape[0];
     return tpv_onnx_conv_rows_grads(nd, &x0, &ex->vals[w], gy, rows, G, p, offset[ps->pidx[w]],
-                                    boff, single && narrow_float(ps->m, w), ws, err);
+                                    boff, single && tpv_onnx_value_narrow(ps->m, w), ws, err);
 }
 
 int tpv_onnx_persample_grads_shared(const struct tpv_onnx_persample *ps,
