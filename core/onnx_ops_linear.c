@@ -1124,7 +1124,8 @@ struct rows_geom {
 /* Float64 products: one im2col of all C channels (group q's patches are rows [q kk, (q + 1) kk)),
  * the R adjoints R M consecutive rows of P sharing it in one GEMM when group = 1. */
 static int rows_grads_f64(const struct rows_geom *rg, const double *x, const double *gy,
-                          double *G, uint64_t ldg, uint64_t woff, struct tpv_onnx_scratch *ws)
+                          double *G, uint64_t ldg, uint64_t woff, bool set,
+                          struct tpv_onnx_scratch *ws)
 {
     uint64_t R = rg->R;
     int64_t M = rg->M, gr = rg->gr, Mg = M / gr, kk = rg->kk, P = rg->P;
@@ -1141,8 +1142,11 @@ static int rows_grads_f64(const struct rows_geom *rg, const double *x, const dou
         for (uint64_t r = 0; r < R; r++) {
             double *dst = G + r * ldg + woff;
             const double *src = tmp + r * per;
-            for (uint64_t i = 0; i < per; i++)
-                dst[i] += src[i];
+            if (set)
+                memcpy(dst, src, per * sizeof *dst);
+            else
+                for (uint64_t i = 0; i < per; i++)
+                    dst[i] += src[i];
         }
         return TPV_OK;
     }
@@ -1151,7 +1155,7 @@ static int rows_grads_f64(const struct rows_geom *rg, const double *x, const dou
         for (int64_t q = 0; q < gr; q++)
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Mg, (int)kk, (int)P, 1.0,
                         gy + (r * (uint64_t)M + (uint64_t)(q * Mg)) * (uint64_t)P, (int)P,
-                        col + q * kk * P, (int)P, 1.0,
+                        col + q * kk * P, (int)P, set ? 0.0 : 1.0,
                         G + r * ldg + woff + (uint64_t)(q * Mg * kk), (int)kk);
     return TPV_OK;
 }
@@ -1164,7 +1168,8 @@ static int rows_grads_f64(const struct rows_geom *rg, const double *x, const dou
  * (tests/unit/test_onnx_torch.c, F32_TOL) and 5e-10 on ResNet-20's isotropic trace, far inside
  * the 1e-4 the issue allows a float32 model against float64 autograd. */
 static int rows_grads_f32(const struct rows_geom *rg, const double *x, const double *gy,
-                          double *G, uint64_t ldg, uint64_t woff, struct tpv_onnx_scratch *ws)
+                          double *G, uint64_t ldg, uint64_t woff, bool set,
+                          struct tpv_onnx_scratch *ws)
 {
     uint64_t R = rg->R;
     int64_t M = rg->M, gr = rg->gr, Mg = M / gr, kk = rg->kk, P = rg->P;
@@ -1195,8 +1200,12 @@ static int rows_grads_f32(const struct rows_geom *rg, const double *x, const dou
         for (uint64_t r = 0; r < R; r++) {
             double *dst = G + r * ldg + woff;
             const float *src = tmp + r * per;
-            for (uint64_t i = 0; i < per; i++)
-                dst[i] += (double)src[i];
+            if (set && p0 == 0)
+                for (uint64_t i = 0; i < per; i++)
+                    dst[i] = (double)src[i];
+            else
+                for (uint64_t i = 0; i < per; i++)
+                    dst[i] += (double)src[i];
         }
     }
     return TPV_OK;
@@ -1205,7 +1214,7 @@ static int rows_grads_f32(const struct rows_geom *rg, const double *x, const dou
 int tpv_onnx_conv_rows_grads(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
                              const struct tpv_onnx_tensor *w, const double *gy, uint64_t R,
                              double *G, uint64_t ldg, uint64_t woff, uint64_t boff, bool single,
-                             struct tpv_onnx_scratch *ws, struct tpv_err *err)
+                             bool set, struct tpv_onnx_scratch *ws, struct tpv_err *err)
 {
     struct win g;
     int64_t gr;
@@ -1225,11 +1234,14 @@ int tpv_onnx_conv_rows_grads(const struct tpv_onnx_node *nd, const struct tpv_on
                     s += d[t];
                 G[r * ldg + boff + (uint64_t)m] += s;
             }
-    if (!Mg || !kk || !P || !R)
+    if (!Mg || !kk || !P || !R) {
+        for (uint64_t r = 0; set && r < R; r++) /* no products: a zero gradient */
+            memset(G + r * ldg + woff, 0, (size_t)(M * kk) * sizeof *G);
         return TPV_OK;
+    }
     struct rows_geom rg = { &g, R, M, gr, kk, P };
-    rc = single ? rows_grads_f32(&rg, x->data, gy, G, ldg, woff, ws)
-                : rows_grads_f64(&rg, x->data, gy, G, ldg, woff, ws);
+    rc = single ? rows_grads_f32(&rg, x->data, gy, G, ldg, woff, set, ws)
+                : rows_grads_f64(&rg, x->data, gy, G, ldg, woff, set, ws);
     return rc ? tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory") : TPV_OK;
 }
 
