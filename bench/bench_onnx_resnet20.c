@@ -202,8 +202,8 @@ static double rows_kernel_rate(const struct tpv_onnx_model *m, const struct tpv_
                 gy[k] = (double)(k % 7) / 7.0 - 0.5;
             xv.data = xd;
             double t0 = now();
-            if (tpv_onnx_conv_rows_grads(nd, &xv, w, gy, R, G, nw, 0, UINT64_MAX, single, &ws,
-                                         &err))
+            if (tpv_onnx_conv_rows_grads(nd, &xv, w, gy, R, G, nw, 0, UINT64_MAX, single, false,
+                                         &ws, &err))
                 die("rows_grads", &err);
             t += now() - t0;
             flops += 2.0 * (double)R * (double)nw * (double)(y->numel / (uint64_t)y->shape[1]);

@@ -54,7 +54,13 @@ void tpv_onnx_exec_free(struct tpv_onnx_exec *ex)
         if (ex->tan)
             free(ex->tan[v]);
     }
+    for (size_t i = 0; ex->narrow_w && i < ex->plan->m->nnodes; i++)
+        free(ex->narrow_w[i]);
+    free(ex->narrow_w);
+    tpv_onnx_scratch_release(&ex->ws);
     free(ex->grad);
+    free(ex->grad_ready);
+    free(ex->grad_zero);
     free(ex->tan);
     free(ex->vals);
     free(ex->owned);
@@ -114,8 +120,9 @@ static bool differentiable(const struct tpv_onnx_exec *ex, long v)
     return v >= 0 && !ex->plan->known[v] && ex->vals[v].dtype == TPV_ONNX_F64;
 }
 
-/* Zeroed per-value buffers for the differentiable values (allocated once, reused). */
-static int deriv_buffers(struct tpv_onnx_exec *ex, double ***bufs, struct tpv_err *err)
+/* Per-value buffers for the differentiable values (allocated once, reused), zeroed unless
+ * `lazy` (the reverse pass zeroes its adjoints as it first writes them, grad_zero). */
+static int deriv_buffers(struct tpv_onnx_exec *ex, double ***bufs, bool lazy, struct tpv_err *err)
 {
     size_t nv = ex->plan->m->nvalues;
     if (!*bufs) {
@@ -131,10 +138,39 @@ static int deriv_buffers(struct tpv_onnx_exec *ex, double ***bufs, struct tpv_er
             (*bufs)[v] = calloc(n ? n : 1, sizeof(double));
             if (!(*bufs)[v])
                 return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
-        } else {
+        } else if (!lazy) {
             memset((*bufs)[v], 0, n * sizeof(double));
         }
     }
+    return TPV_OK;
+}
+
+/* The reverse pass's zeroing: an adjoint is zeroed just before its first write of the pass (its
+ * memory then in cache for the accumulation that follows, not zeroed tens of megabytes earlier),
+ * and not at all when it still holds the zeros of a former pass: parameter adjoints under
+ * skip_leaves are never written.  grad_ready[v]: v's adjoint holds this pass's partial sum;
+ * grad_zero[v]: its buffer is known to be all zeros. */
+static void grad_touch(struct tpv_onnx_exec *ex, long v)
+{
+    if (ex->grad_ready[v])
+        return;
+    if (!ex->grad_zero[v])
+        memset(ex->grad[v], 0, ex->vals[v].numel * sizeof(double));
+    ex->grad_ready[v] = true;
+    ex->grad_zero[v] = false; /* about to be written (or read as the zeros it now holds) */
+}
+
+static int grad_state(struct tpv_onnx_exec *ex, struct tpv_err *err)
+{
+    size_t nv = ex->plan->m->nvalues ? ex->plan->m->nvalues : 1;
+    if (!ex->grad_ready) {
+        ex->grad_ready = calloc(nv, sizeof *ex->grad_ready);
+        ex->grad_zero = malloc(nv * sizeof *ex->grad_zero);
+        if (!ex->grad_ready || !ex->grad_zero)
+            return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+        memset(ex->grad_zero, 1, nv * sizeof *ex->grad_zero); /* calloc'd by deriv_buffers */
+    }
+    memset(ex->grad_ready, 0, nv * sizeof *ex->grad_ready);
     return TPV_OK;
 }
 
@@ -152,16 +188,71 @@ static int no_derivative(const struct tpv_onnx_node *nd, const char *mode, struc
                        nd->op_type, mode);
 }
 
+/* Whether node nd's input adjoint runs with float32 products (narrow_conv): narrow_products, a
+ * Conv with a float32 initializer weight, its input's adjoint wanted. */
+static bool narrow_node(const struct tpv_onnx_exec *ex, const struct tpv_onnx_node *nd,
+                        double *const *gin, const double *const *gout)
+{
+    const struct tpv_onnx_model *m = ex->plan->m;
+    return ex->narrow_products && strcmp(nd->op_type, "Conv") == 0 && nd->nin >= 2 && gin[0] &&
+           gout[0] && nd->in[1] >= 0 && m->values[nd->in[1]].kind == TPV_ONNX_VINIT &&
+           tpv_onnx_value_narrow(m, nd->in[1]);
+}
+
+/* Conv node i's input adjoint with float32 products (overwriting it when `set`), then its other
+ * adjoints (if wanted) by its VJP. */
+static int narrow_conv(struct tpv_onnx_exec *ex, size_t i, const struct tpv_onnx_tensor *const *in,
+                       const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                       double **gin, bool set, struct tpv_err *err)
+{
+    const struct tpv_onnx_model *m = ex->plan->m;
+    const struct tpv_onnx_node *nd = &m->nodes[i];
+    if (!ex->narrow_w) {
+        ex->narrow_w = calloc(m->nnodes ? m->nnodes : 1, sizeof *ex->narrow_w);
+        if (!ex->narrow_w)
+            return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    }
+    int rc = TPV_OK;
+    if (!ex->narrow_w[i])
+        rc = tpv_onnx_conv_adjoint_weight_f32(nd, in[0], in[1], &ex->narrow_w[i], err);
+    if (!rc)
+        rc = tpv_onnx_conv_input_adjoint_f32(nd, in[0], in[1], ex->narrow_w[i], gout[0], gin[0],
+                                             set, &ex->ws, err);
+    bool rest = false;
+    for (size_t k = 1; k < nd->nin; k++)
+        rest = rest || gin[k];
+    if (rc || !rest)
+        return rc;
+    double *g0 = gin[0];
+    gin[0] = NULL;
+    rc = tpv_onnx_op_get(nd->op)->vjp(nd, in, out, gout, gin, err);
+    gin[0] = g0;
+    return rc;
+}
+
+/* Whether input slot k of nd shares its value with another slot whose adjoint is written. */
+static bool shared_slot(const struct tpv_onnx_node *nd, double *const *gin, size_t k)
+{
+    for (size_t j = 0; j < nd->nin; j++)
+        if (j != k && gin[j] && nd->in[j] == nd->in[k])
+            return true;
+    return false;
+}
+
 int tpv_onnx_exec_vjp(struct tpv_onnx_exec *ex, long v, const double *gy, struct tpv_err *err)
 {
     const struct tpv_onnx_model *m = ex->plan->m;
-    int rc = deriv_buffers(ex, &ex->grad, err);
-    if (rc)
-        return rc;
     if (!differentiable(ex, v))
         return tpv_err_set(err, TPV_EINVAL, m->values[v].name, "value '%s' is not differentiable",
                            m->values[v].name);
+    int rc = deriv_buffers(ex, &ex->grad, true, err);
+    if (!rc)
+        rc = grad_state(ex, err);
+    if (rc)
+        return rc;
     memcpy(ex->grad[v], gy, ex->vals[v].numel * sizeof(double));
+    ex->grad_ready[v] = true;
+    ex->grad_zero[v] = false;
     for (size_t i = m->nnodes; i-- > 0;) {
         if (!ex->plan->run[i])
             continue;
@@ -169,6 +260,7 @@ int tpv_onnx_exec_vjp(struct tpv_onnx_exec *ex, long v, const double *gy, struct
         struct tpv_onnx_tensor *in[ARGS_MAX], *out[ARGS_MAX];
         const double *gout[ARGS_MAX];
         double *gin[ARGS_MAX];
+        bool fresh[ARGS_MAX];
         tpv_onnx_node_args(ex->vals, nd, in, out);
         bool any = false;
         for (size_t k = 0; k < nd->nout; k++) {
@@ -187,11 +279,41 @@ int tpv_onnx_exec_vjp(struct tpv_onnx_exec *ex, long v, const double *gy, struct
         const struct tpv_onnx_op *op = tpv_onnx_op_get(nd->op);
         if (!op->vjp)
             return no_derivative(nd, "reverse mode", err);
-        rc = op->vjp(nd, (const struct tpv_onnx_tensor *const *)in,
-                     (const struct tpv_onnx_tensor *const *)out, gout, gin, err);
+        for (size_t k = 0; k < nd->nout; k++)
+            if (gout[k])
+                grad_touch(ex, nd->out[k]); /* no consumer wrote it: zeros */
+        /* an adjoint's first writer overwrites it where the kernel can (no zeroing pass) */
+        bool narrow = narrow_node(ex, nd, gin, gout);
+        for (size_t k = 0; k < nd->nin; k++) {
+            fresh[k] = false;
+            if (!gin[k])
+                continue;
+            long u = nd->in[k];
+            if ((narrow ? k == 0 : op->vjp_set != NULL) && !ex->grad_ready[u] &&
+                !shared_slot(nd, gin, k)) {
+                fresh[k] = true;
+                ex->grad_ready[u] = true;
+                ex->grad_zero[u] = false;
+            } else {
+                grad_touch(ex, u);
+            }
+        }
+        const struct tpv_onnx_tensor *const *cin = (const struct tpv_onnx_tensor *const *)in;
+        const struct tpv_onnx_tensor *const *cout = (const struct tpv_onnx_tensor *const *)out;
+        if (narrow)
+            rc = narrow_conv(ex, i, cin, cout, gout, gin, fresh[0], err);
+        else if (op->vjp_set)
+            rc = op->vjp_set(nd, cin, cout, gout, gin, fresh, err);
+        else
+            rc = op->vjp(nd, cin, cout, gout, gin, err);
         if (rc)
             return rc;
     }
+    for (size_t u = 0; u < m->nvalues; u++) /* what the pass did not reach: zeros */
+        if (differentiable(ex, (long)u) && !ex->grad_ready[u] && !ex->grad_zero[u]) {
+            memset(ex->grad[u], 0, ex->vals[u].numel * sizeof(double));
+            ex->grad_zero[u] = true;
+        }
     return TPV_OK;
 }
 
@@ -203,7 +325,7 @@ const double *tpv_onnx_exec_grad(const struct tpv_onnx_exec *ex, long v)
 int tpv_onnx_exec_jvp(struct tpv_onnx_exec *ex, const double *const *seed, struct tpv_err *err)
 {
     const struct tpv_onnx_model *m = ex->plan->m;
-    int rc = deriv_buffers(ex, &ex->tan, err);
+    int rc = deriv_buffers(ex, &ex->tan, false, err);
     if (rc)
         return rc;
     for (size_t v = 0; seed && v < m->nvalues; v++)

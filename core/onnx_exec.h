@@ -6,6 +6,7 @@
 #ifndef TPV_ONNX_EXEC_H
 #define TPV_ONNX_EXEC_H
 
+#include "core/onnx_ghost.h"
 #include "core/onnx_plan.h"
 
 struct tpv_onnx_exec {
@@ -14,11 +15,20 @@ struct tpv_onnx_exec {
                                        * executor's buffer or at the known data */
     bool *owned;
     double **grad;                    /* per float value: reverse-mode adjoint (lazily allocated) */
+    bool *grad_ready, *grad_zero;     /* per value: the reverse pass's zeroing (onnx_exec.c) */
     double **tan;                     /* per float value: forward-mode tangent (lazily allocated) */
     bool skip_leaves;                 /* set by per-sample users (core/onnx_persample.h): the
                                        * reverse pass leaves the adjoints of graph inputs and
                                        * initializers at zero (their batch sums are not needed,
                                        * and cost as much as the rest of the pass) */
+    bool narrow_products;             /* set by the shared per-sample rows path
+                                       * (core/onnx_source.c): the reverse pass's Conv input
+                                       * adjoints run float32 products where the graph stores the
+                                       * weight in float32 (tpv_onnx_conv_input_adjoint_f32);
+                                       * false (the default) keeps float64 everywhere, as the
+                                       * Krylov and label paths' products need */
+    float **narrow_w;                 /* per node: its weight's float32 copy (lazily made) */
+    struct tpv_onnx_scratch ws;       /* the float32 input adjoints' buffers */
 };
 
 /* Allocates the buffers for `plan` (plan->act_bytes plus the float inputs).  *out is owned by

@@ -54,7 +54,8 @@ void tpv_onnx_scratch_release(struct tpv_onnx_scratch *s);
  * that one sample (batch 1), gy its R adjoints (R x M x positions).  The sample's im2col is
  * formed once and shared by the R rows: one (R M) x kk x P GEMM when group = 1 instead of R thin
  * M x kk x P ones.  Row r of the gradient adds into G + r ldg (weight at woff, bias at boff, no
- * bias when boff is UINT64_MAX).  `single`: the weight's products may run in float32 (the
+ * bias when boff is UINT64_MAX); `set`: the weight's block of each row is overwritten instead
+ * (the caller need not zero it; the bias is still added).  `single`: the weight's products may run in float32 (the
  * caller's rule, core/onnx_persample.h: the graph stores the weight in float32 or narrower);
  * the products are then summed in float32 over at most TPV_ONNX_F32_SPAN output positions and
  * the partial sums and the bias in float64.  ws: the caller's scratch.  Errors: TPV_EINVAL
@@ -63,6 +64,26 @@ void tpv_onnx_scratch_release(struct tpv_onnx_scratch *s);
 int tpv_onnx_conv_rows_grads(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
                              const struct tpv_onnx_tensor *w, const double *gy, uint64_t R,
                              double *G, uint64_t ldg, uint64_t woff, uint64_t boff, bool single,
-                             struct tpv_onnx_scratch *ws, struct tpv_err *err);
+                             bool set, struct tpv_onnx_scratch *ws, struct tpv_err *err);
+
+/* The float32 input adjoint of a Conv node whose weight the graph stores in float32 (the caller's
+ * rule: tpv_onnx_value_narrow, and an executor that asks for it, core/onnx_exec.h
+ * narrow_products).  tpv_onnx_conv_adjoint_weight_f32 makes the weight's float32 copy in the
+ * layout the input adjoint's GEMM reads for input x's geometry (*out the caller's, free());
+ * tpv_onnx_conv_input_adjoint_f32 then adds into gx (x's shape; overwrites it when `set`) the
+ * adjoint of x for the output adjoint gy, as the node's VJP does, with float32 products: the weight and gy rounded to float32
+ * (relative 6e-8 each), each sum over at most TPV_ONNX_F32_SPAN terms (Mg kh kw at stride 1
+ * where the deep form runs, Mg otherwise) in float32 and added into gx in float64, so that
+ * |gx_32 - gx_64| <= (span + 3) 2^-24 (|W|^T |gy|) entrywise.  ws: the caller's scratch.
+ * Errors: TPV_EINVAL naming the node (shapes), TPV_ENOMEM. */
+int tpv_onnx_conv_adjoint_weight_f32(const struct tpv_onnx_node *nd,
+                                     const struct tpv_onnx_tensor *x,
+                                     const struct tpv_onnx_tensor *w, float **out,
+                                     struct tpv_err *err);
+int tpv_onnx_conv_input_adjoint_f32(const struct tpv_onnx_node *nd,
+                                    const struct tpv_onnx_tensor *x,
+                                    const struct tpv_onnx_tensor *w, const float *wf,
+                                    const double *gy, double *gx, bool set,
+                                    struct tpv_onnx_scratch *ws, struct tpv_err *err);
 
 #endif

@@ -215,6 +215,16 @@ struct builder {
     size_t vcap, ncap;
 };
 
+bool tpv_onnx_value_narrow(const struct tpv_onnx_model *m, long v)
+{
+    if (v < 0 || (size_t)v >= m->nvalues || m->values[v].kind == TPV_ONNX_VNODE)
+        return false;
+    int t = m->values[v].elem_type;
+    return t == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT ||
+           t == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16 ||
+           t == ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16;
+}
+
 long tpv_onnx_model_find(const struct tpv_onnx_model *m, const char *name)
 {
     for (size_t i = m->nvalues; i-- > 0;)

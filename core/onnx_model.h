@@ -110,6 +110,11 @@ void tpv_onnx_model_free(struct tpv_onnx_model *m);
 /* Index of the value called `name`, or -1. */
 long tpv_onnx_model_find(const struct tpv_onnx_model *m, const char *name);
 
+/* Whether the graph stores value v in float32 or narrower (FLOAT, FLOAT16, BFLOAT16): products
+ * on it may then run in float32 within the accuracy a float32 model has anyway; a float64 value
+ * keeps float64 products.  False for computed values (their elem_type is not recorded). */
+bool tpv_onnx_value_narrow(const struct tpv_onnx_model *m, long v);
+
 /* Converts a serialized TensorProto (the conformance data's input_*.pb) into a tensor with owned
  * data (free t->data).  Same dtype rules and checks as initializers; `what` names it in errors. */
 int tpv_onnx_tensor_parse(struct tpv_onnx_tensor *t, int *elem_type, const void *buf, size_t len,

@@ -29,6 +29,16 @@ typedef int (*tpv_onnx_vjp_fn)(const struct tpv_onnx_node *nd,
                                const struct tpv_onnx_tensor *const *out,
                                const double *const *gout, double *const *gin,
                                struct tpv_err *err);
+/* Reverse mode that may overwrite: as tpv_onnx_vjp_fn, but gin[k] with fresh[k] true holds
+ * garbage (no other writer came first) and must be overwritten in full, every entry (zeros where
+ * in[k] has no influence), so that the caller need not zero it; fresh NULL: every gin[k] is
+ * accumulated into, as the plain VJP.  The caller sets fresh[k] only for an input whose value no
+ * other input slot of the node shares. */
+typedef int (*tpv_onnx_vjp_set_fn)(const struct tpv_onnx_node *nd,
+                                   const struct tpv_onnx_tensor *const *in,
+                                   const struct tpv_onnx_tensor *const *out,
+                                   const double *const *gout, double *const *gin,
+                                   const bool *fresh, struct tpv_err *err);
 /* Forward mode: tout[k] = sum_j (d out[k] / d in[j]) tin[j] (overwritten) for outputs with
  * tout[k] != NULL; tin[j] NULL is a zero tangent. */
 typedef int (*tpv_onnx_jvp_fn)(const struct tpv_onnx_node *nd,
@@ -45,6 +55,7 @@ struct tpv_onnx_op {
     tpv_onnx_forward_fn forward;
     tpv_onnx_vjp_fn vjp;
     tpv_onnx_jvp_fn jvp;
+    tpv_onnx_vjp_set_fn vjp_set; /* NULL: only vjp (the reverse pass zeroes gin first) */
 };
 
 /* JVP of an operator linear in its float inputs: the forward pass applied to the tangents (zero

@@ -134,9 +134,9 @@ static double unary_cost(enum unary u)
     return 20.0;
 }
 
-/* One pointwise pass over a range: forward (y = f(x)), reverse (g_in += g_out f'(x)) or forward
- * mode (t_out = t_in f'(x), 0 without t_in). */
-enum upass { UP_FORWARD, UP_VJP, UP_JVP };
+/* One pointwise pass over a range: forward (y = f(x)), reverse (g_in += g_out f'(x), or = for a
+ * fresh g_in) or forward mode (t_out = t_in f'(x), 0 without t_in). */
+enum upass { UP_FORWARD, UP_VJP, UP_VJP_SET, UP_JVP };
 
 struct unary_job {
     enum unary u;
@@ -159,14 +159,36 @@ static void unary_range(void *ctx, uint64_t first, uint64_t count)
         case UP_VJP:
             d[i] += g[i] * unary_deriv(j->u, x[i], y[i], j->a, j->b);
             break;
+        case UP_VJP_SET:
+            d[i] = g[i] * unary_deriv(j->u, x[i], y[i], j->a, j->b);
+            break;
         case UP_JVP:
             d[i] = g ? g[i] * unary_deriv(j->u, x[i], y[i], j->a, j->b) : 0.0;
             break;
         }
 }
 
+/* Relu's reverse pass as one branch-free loop (the per-element switches of unary_range hoisted):
+ * g_out times the 0 / 1 unary_deriv gives, the same products. */
+static void relu_vjp_range(void *ctx, uint64_t first, uint64_t count)
+{
+    const struct unary_job *j = ctx;
+    const double *x = j->x, *g = j->g;
+    double *d = j->dst;
+    if (j->pass == UP_VJP_SET)
+        for (uint64_t i = first; i < first + count; i++)
+            d[i] = g[i] * (x[i] > 0 ? 1.0 : 0.0);
+    else
+        for (uint64_t i = first; i < first + count; i++)
+            d[i] += g[i] * (x[i] > 0 ? 1.0 : 0.0);
+}
+
 static void unary_run(struct unary_job *j, uint64_t numel)
 {
+    if (j->u == U_RELU && (j->pass == UP_VJP || j->pass == UP_VJP_SET)) {
+        tpv_parallel_for(numel, unary_cost(j->u), relu_vjp_range, j);
+        return;
+    }
     tpv_parallel_for(numel, unary_cost(j->u), unary_range, j);
 }
 
@@ -420,18 +442,29 @@ static double unary_deriv(enum unary u, double x, double y, double a, double b)
     return 0.0;
 }
 
-static int unary_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
-                     const struct tpv_onnx_tensor *const *out, const double *const *gout,
-                     double *const *gin, struct tpv_err *err)
+static int unary_vjp_set(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                         const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                         double *const *gin, const bool *fresh, struct tpv_err *err)
 {
     enum unary u = unary_of(nd->op_type);
     double a, b;
     int rc = unary_params(nd, u, &a, &b, err);
+    bool set = fresh && fresh[0];
+    if (!rc && gin[0] && !gout[0] && set)
+        memset(gin[0], 0, in[0]->numel * sizeof *gin[0]);
     if (rc || !gin[0] || !gout[0])
         return rc;
-    struct unary_job j = { u, UP_VJP, a, b, in[0]->data, out[0]->data, gout[0], gin[0] };
+    struct unary_job j = { u, set ? UP_VJP_SET : UP_VJP, a, b, in[0]->data, out[0]->data,
+                           gout[0], gin[0] };
     unary_run(&j, in[0]->numel);
     return TPV_OK;
+}
+
+static int unary_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                     double *const *gin, struct tpv_err *err)
+{
+    return unary_vjp_set(nd, in, out, gout, gin, NULL, err);
 }
 
 static int unary_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
@@ -567,17 +600,87 @@ static enum binop binop_of(const char *op)
     return B_ADD;
 }
 
-static int binary_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
-                      const struct tpv_onnx_tensor *const *out, const double *const *gout,
-                      double *const *gin, struct tpv_err *err)
+/* g (+)= s gy over n entries: the products gy 1 and gy (-1) are exact, so Add's and Sub's
+ * adjoints are these plain loops, the same bits as bin_deriv's. */
+static void add_scaled(double *g, const double *gy, double s, uint64_t n, bool set)
+{
+    if (set)
+        for (uint64_t i = 0; i < n; i++)
+            g[i] = gy[i] * s;
+    else
+        for (uint64_t i = 0; i < n; i++)
+            g[i] += gy[i] * s;
+}
+
+/* g (+)= gy f elementwise (Mul's adjoints). */
+static void add_product(double *g, const double *gy, const double *f, uint64_t n, bool set)
+{
+    if (set)
+        for (uint64_t i = 0; i < n; i++)
+            g[i] = gy[i] * f[i];
+    else
+        for (uint64_t i = 0; i < n; i++)
+            g[i] += gy[i] * f[i];
+}
+
+/* Both operands of the output's shape (no broadcast): Add, Sub and Mul as plain loops, the
+ * others by bin_deriv without the broadcast walk; the same products and sums as the walk. */
+static void binary_vjp_same(enum binop op, const double *a, const double *b, const double *y,
+                            const double *gy, uint64_t n, double *ga, double *gb, bool seta,
+                            bool setb)
+{
+    switch (op) {
+    case B_ADD: case B_SUB:
+        if (ga)
+            add_scaled(ga, gy, 1.0, n, seta);
+        if (gb)
+            add_scaled(gb, gy, op == B_ADD ? 1.0 : -1.0, n, setb);
+        return;
+    case B_MUL:
+        if (ga)
+            add_product(ga, gy, b, n, seta);
+        if (gb)
+            add_product(gb, gy, a, n, setb);
+        return;
+    case B_DIV: case B_POW:
+        for (uint64_t i = 0; i < n; i++) {
+            double da, db;
+            bin_deriv(op, a[i], b[i], y[i], &da, &db);
+            if (ga)
+                ga[i] = (seta ? 0.0 : ga[i]) + gy[i] * da;
+            if (gb)
+                gb[i] = (setb ? 0.0 : gb[i]) + gy[i] * db;
+        }
+        return;
+    }
+}
+
+static int binary_vjp_set(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                          const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                          double *const *gin, const bool *fresh, struct tpv_err *err)
 {
     (void)err;
     const struct tpv_onnx_tensor *a = in[0], *b = in[1], *o = out[0];
-    if (o->dtype != TPV_ONNX_F64 || !gout[0])
-        return TPV_OK;
     double *ga = a->dtype == TPV_ONNX_F64 ? gin[0] : NULL;
     double *gb = b->dtype == TPV_ONNX_F64 ? gin[1] : NULL;
+    bool seta = fresh && fresh[0] && ga, setb = fresh && fresh[1] && gb;
+    if (o->dtype != TPV_ONNX_F64 || !gout[0]) {
+        if (seta)
+            memset(ga, 0, a->numel * sizeof *ga);
+        if (setb)
+            memset(gb, 0, b->numel * sizeof *gb);
+        return TPV_OK;
+    }
     enum binop op = binop_of(nd->op_type);
+    if (a->dtype == TPV_ONNX_F64 && b->dtype == TPV_ONNX_F64 && a->numel == o->numel &&
+        b->numel == o->numel) {
+        binary_vjp_same(op, a->data, b->data, o->data, gout[0], o->numel, ga, gb, seta, setb);
+        return TPV_OK;
+    }
+    if (seta) /* broadcast: an input entry collects several outputs' terms */
+        memset(ga, 0, a->numel * sizeof *ga);
+    if (setb)
+        memset(gb, 0, b->numel * sizeof *gb);
     struct bwalk w;
     bwalk_init(&w, a, b, o);
     const double *y = o->data;
@@ -590,6 +693,13 @@ static int binary_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tens
             gb[w.pb] += gout[0][i] * db;
     }
     return TPV_OK;
+}
+
+static int binary_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                      double *const *gin, struct tpv_err *err)
+{
+    return binary_vjp_set(nd, in, out, gout, gin, NULL, err);
 }
 
 static int binary_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
@@ -615,27 +725,32 @@ static int binary_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tens
 }
 
 const struct tpv_onnx_op tpv_onnx_ops_elem[] = {
-    {"Relu", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"LeakyRelu", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"Sigmoid", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"Tanh", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"Softplus", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"Elu", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"HardSigmoid", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"HardSwish", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"Sqrt", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"Erf", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"Neg", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"Exp", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
-    {"Abs", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp},
+    {"Relu", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"LeakyRelu", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"Sigmoid", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"Tanh", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"Softplus", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"Elu", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"HardSigmoid", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"HardSwish", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"Sqrt", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"Erf", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"Neg", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"Exp", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    {"Abs", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
     {"Identity", 1, 1, 1, 1, NULL, same_shape_infer, copy_forward, pass_vjp, tpv_onnx_jvp_linear},
     {"Dropout", 1, 3, 1, 1, NULL, dropout_infer, copy_forward, pass_vjp, tpv_onnx_jvp_linear},
     {"Clip", 1, 3, 1, 1, NULL, clip_infer, clip_forward, clip_vjp, clip_jvp},
     {"Cast", 1, 1, 1, 1, cast_check, cast_infer, cast_forward, pass_vjp, cast_jvp},
-    {"Add", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp},
-    {"Sub", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp},
-    {"Mul", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp},
-    {"Div", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp},
-    {"Pow", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp},
+    {"Add", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,
+     binary_vjp_set},
+    {"Sub", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,
+     binary_vjp_set},
+    {"Mul", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,
+     binary_vjp_set},
+    {"Div", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,
+     binary_vjp_set},
+    {"Pow", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,
+     binary_vjp_set},
 };
 const size_t tpv_onnx_ops_elem_n = sizeof tpv_onnx_ops_elem / sizeof tpv_onnx_ops_elem[0];

@@ -586,26 +586,36 @@ static int matmul_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_
 
 /* ==== reverse and forward mode ==== */
 
-/* Adds col ((C kh kw) x (oh ow)) back into channels [c0, c0 + cn) of gx: the adjoint of im2col. */
+/* Adds col ((C kh kw) x (oh ow), of T: double, or float for the float32 input adjoint) back into
+ * channels [c0, c0 + cn) of gx: the adjoint of im2col. */
+#define COL2IM_BODY(T)                                                                          \
+    int64_t P = g->oh * g->ow;                                                                 \
+    for (int64_t c = 0; c < cn; c++)                                                           \
+        for (int64_t i = 0; i < g->kh; i++)                                                    \
+            for (int64_t j = 0; j < g->kw; j++) {                                              \
+                const T *row = col + ((c * g->kh + i) * g->kw + j) * P;                        \
+                double *gc = gx + (c0 + c) * g->H * g->W;                                      \
+                for (int64_t oy = 0; oy < g->oh; oy++) {                                       \
+                    int64_t iy = oy * g->sh - g->ph0 + i * g->dh;                              \
+                    if (iy < 0 || iy >= g->H)                                                  \
+                        continue;                                                              \
+                    for (int64_t ox = 0; ox < g->ow; ox++) {                                   \
+                        int64_t ix = ox * g->sw - g->pw0 + j * g->dw;                          \
+                        if (ix >= 0 && ix < g->W)                                              \
+                            gc[iy * g->W + ix] += (double)row[oy * g->ow + ox];                \
+                    }                                                                          \
+                }                                                                              \
+            }
+
 static void col2im(const struct win *g, const double *col, int64_t c0, int64_t cn, double *gx)
 {
-    int64_t P = g->oh * g->ow;
-    for (int64_t c = 0; c < cn; c++)
-        for (int64_t i = 0; i < g->kh; i++)
-            for (int64_t j = 0; j < g->kw; j++) {
-                const double *row = col + ((c * g->kh + i) * g->kw + j) * P;
-                double *gc = gx + (c0 + c) * g->H * g->W;
-                for (int64_t oy = 0; oy < g->oh; oy++) {
-                    int64_t iy = oy * g->sh - g->ph0 + i * g->dh;
-                    if (iy < 0 || iy >= g->H)
-                        continue;
-                    for (int64_t ox = 0; ox < g->ow; ox++) {
-                        int64_t ix = ox * g->sw - g->pw0 + j * g->dw;
-                        if (ix >= 0 && ix < g->W)
-                            gc[iy * g->W + ix] += row[oy * g->ow + ox];
-                    }
-                }
-            }
+    COL2IM_BODY(double)
+}
+
+static void col2im_f32(const struct win *g, const float *col, int64_t c0, int64_t cn,
+                       double *gx)
+{
+    COL2IM_BODY(float)
 }
 
 /* The deep form of the input adjoint pays where its GEMM's inner dimension Mg is thin and the
@@ -648,18 +658,92 @@ static void adjoint_col(const struct win *g, const double *gy, int64_t Mg, doubl
             }
 }
 
+/* The float32 deep form works on a widened grid: input rows of Wp = W + (kw - 1) dw columns (the
+ * last Wp - W of each row junk, never read back), so that kernel tap (i, j) of channel m reads
+ * one contiguous run of H Wp entries of the zero-padded output adjoint (Hp = H + (kh - 1) dh
+ * rows of Wp, plus (kw - 1) dw entries of slack a plane) at offset (kh-1-i) dh Wp + (kw-1-j) dw:
+ * adjoint_col's rows are then each one memcpy. */
+struct wide {
+    int64_t Hp, Wp, plane, HWp;
+};
+
+static struct wide wide_of(const struct win *g)
+{
+    struct wide w;
+    w.Hp = g->H + (g->kh - 1) * g->dh;
+    w.Wp = g->W + (g->kw - 1) * g->dw;
+    w.plane = w.Hp * w.Wp + (g->kw - 1) * g->dw;
+    w.HWp = g->H * w.Wp;
+    return w;
+}
+
+/* pad (Mg planes of wd->plane): padded row r, column c of plane m holds gy[m][oy][ox] at
+ * oy = r + ph0 - (kh - 1) dh, ox = c + pw0 - (kw - 1) dw when inside the output, else 0. */
+static void adjoint_pad_f32(const struct win *g, const struct wide *wd, const double *gy,
+                            int64_t Mg, float *pad)
+{
+    int64_t y0 = g->ph0 - (g->kh - 1) * g->dh, x0 = g->pw0 - (g->kw - 1) * g->dw;
+    int64_t lo = x0 >= 0 ? 0 : -x0, hi = g->ow - x0; /* columns c with ox in [0, ow) */
+    hi = hi < 0 ? 0 : hi > wd->Wp ? wd->Wp : hi;
+    if (lo > hi)
+        lo = hi;
+    for (int64_t m = 0; m < Mg; m++) {
+        float *pm = pad + m * wd->plane;
+        const double *d = gy + m * g->oh * g->ow;
+        for (int64_t r = 0; r < wd->Hp; r++) {
+            float *row = pm + r * wd->Wp;
+            int64_t oy = r + y0;
+            if (oy < 0 || oy >= g->oh) {
+                memset(row, 0, (size_t)wd->Wp * sizeof *row);
+                continue;
+            }
+            const double *src = d + oy * g->ow + x0;
+            for (int64_t c = 0; c < lo; c++)
+                row[c] = 0;
+            for (int64_t c = lo; c < hi; c++)
+                row[c] = (float)src[c];
+            for (int64_t c = hi; c < wd->Wp; c++)
+                row[c] = 0;
+        }
+        memset(pm + wd->Hp * wd->Wp, 0, (size_t)(wd->plane - wd->Hp * wd->Wp) * sizeof *pm);
+    }
+}
+
+/* col ((Mg kh kw) x (H Wp)): row (m, i, j) the run of plane m that tap (i, j) reads. */
+static void adjoint_col_f32(const struct win *g, const struct wide *wd, const float *pad,
+                            int64_t Mg, float *col)
+{
+    for (int64_t m = 0; m < Mg; m++)
+        for (int64_t i = 0; i < g->kh; i++)
+            for (int64_t j = 0; j < g->kw; j++) {
+                float *row = col + ((m * g->kh + i) * g->kw + j) * wd->HWp;
+                const float *src = pad + m * wd->plane + (g->kh - 1 - i) * g->dh * wd->Wp +
+                                   (g->kw - 1 - j) * g->dw;
+                memcpy(row, src, (size_t)wd->HWp * sizeof *row);
+            }
+}
+
 /* wt, per group q: the Cg x (Mg kh kw) matrix wt[c][(m, i, j)] = w[q Mg + m][c][i][j], the
- * weight of the input adjoint's GEMM on adjoint_col's rows. */
+ * weight of the input adjoint's GEMM on adjoint_col's rows (wt of T: double or float). */
+#define TRANSPOSE_GROUPS_BODY                                                                   \
+    int64_t Mg = M / gr, Cg = g->C / gr, taps = g->kh * g->kw, kk = Cg * taps;                 \
+    for (int64_t q = 0; q < gr; q++)                                                           \
+        for (int64_t m = 0; m < Mg; m++)                                                       \
+            for (int64_t c = 0; c < Cg; c++)                                                   \
+                for (int64_t ij = 0; ij < taps; ij++)                                          \
+                    wt[q * Cg * Mg * taps + c * Mg * taps + m * taps + ij] =                   \
+                        w[(q * Mg + m) * kk + c * taps + ij];
+
 static void transpose_groups(const struct win *g, const double *w, int64_t M, int64_t gr,
                              double *wt)
 {
-    int64_t Mg = M / gr, Cg = g->C / gr, taps = g->kh * g->kw, kk = Cg * taps;
-    for (int64_t q = 0; q < gr; q++)
-        for (int64_t m = 0; m < Mg; m++)
-            for (int64_t c = 0; c < Cg; c++)
-                for (int64_t ij = 0; ij < taps; ij++)
-                    wt[q * Cg * Mg * taps + c * Mg * taps + m * taps + ij] =
-                        w[(q * Mg + m) * kk + c * taps + ij];
+    TRANSPOSE_GROUPS_BODY
+}
+
+static void transpose_groups_f32(const struct win *g, const double *w, int64_t M, int64_t gr,
+                                 float *wt)
+{
+    TRANSPOSE_GROUPS_BODY
 }
 
 /* The input adjoint at stride 1 is itself a convolution of the output adjoint (adjoint_col, one
@@ -1040,7 +1124,8 @@ struct rows_geom {
 /* Float64 products: one im2col of all C channels (group q's patches are rows [q kk, (q + 1) kk)),
  * the R adjoints R M consecutive rows of P sharing it in one GEMM when group = 1. */
 static int rows_grads_f64(const struct rows_geom *rg, const double *x, const double *gy,
-                          double *G, uint64_t ldg, uint64_t woff, struct tpv_onnx_scratch *ws)
+                          double *G, uint64_t ldg, uint64_t woff, bool set,
+                          struct tpv_onnx_scratch *ws)
 {
     uint64_t R = rg->R;
     int64_t M = rg->M, gr = rg->gr, Mg = M / gr, kk = rg->kk, P = rg->P;
@@ -1057,8 +1142,11 @@ static int rows_grads_f64(const struct rows_geom *rg, const double *x, const dou
         for (uint64_t r = 0; r < R; r++) {
             double *dst = G + r * ldg + woff;
             const double *src = tmp + r * per;
-            for (uint64_t i = 0; i < per; i++)
-                dst[i] += src[i];
+            if (set)
+                memcpy(dst, src, per * sizeof *dst);
+            else
+                for (uint64_t i = 0; i < per; i++)
+                    dst[i] += src[i];
         }
         return TPV_OK;
     }
@@ -1067,7 +1155,7 @@ static int rows_grads_f64(const struct rows_geom *rg, const double *x, const dou
         for (int64_t q = 0; q < gr; q++)
             cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Mg, (int)kk, (int)P, 1.0,
                         gy + (r * (uint64_t)M + (uint64_t)(q * Mg)) * (uint64_t)P, (int)P,
-                        col + q * kk * P, (int)P, 1.0,
+                        col + q * kk * P, (int)P, set ? 0.0 : 1.0,
                         G + r * ldg + woff + (uint64_t)(q * Mg * kk), (int)kk);
     return TPV_OK;
 }
@@ -1080,7 +1168,8 @@ static int rows_grads_f64(const struct rows_geom *rg, const double *x, const dou
  * (tests/unit/test_onnx_torch.c, F32_TOL) and 5e-10 on ResNet-20's isotropic trace, far inside
  * the 1e-4 the issue allows a float32 model against float64 autograd. */
 static int rows_grads_f32(const struct rows_geom *rg, const double *x, const double *gy,
-                          double *G, uint64_t ldg, uint64_t woff, struct tpv_onnx_scratch *ws)
+                          double *G, uint64_t ldg, uint64_t woff, bool set,
+                          struct tpv_onnx_scratch *ws)
 {
     uint64_t R = rg->R;
     int64_t M = rg->M, gr = rg->gr, Mg = M / gr, kk = rg->kk, P = rg->P;
@@ -1111,8 +1200,12 @@ static int rows_grads_f32(const struct rows_geom *rg, const double *x, const dou
         for (uint64_t r = 0; r < R; r++) {
             double *dst = G + r * ldg + woff;
             const float *src = tmp + r * per;
-            for (uint64_t i = 0; i < per; i++)
-                dst[i] += (double)src[i];
+            if (set && p0 == 0)
+                for (uint64_t i = 0; i < per; i++)
+                    dst[i] = (double)src[i];
+            else
+                for (uint64_t i = 0; i < per; i++)
+                    dst[i] += (double)src[i];
         }
     }
     return TPV_OK;
@@ -1121,7 +1214,7 @@ static int rows_grads_f32(const struct rows_geom *rg, const double *x, const dou
 int tpv_onnx_conv_rows_grads(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *x,
                              const struct tpv_onnx_tensor *w, const double *gy, uint64_t R,
                              double *G, uint64_t ldg, uint64_t woff, uint64_t boff, bool single,
-                             struct tpv_onnx_scratch *ws, struct tpv_err *err)
+                             bool set, struct tpv_onnx_scratch *ws, struct tpv_err *err)
 {
     struct win g;
     int64_t gr;
@@ -1141,10 +1234,115 @@ int tpv_onnx_conv_rows_grads(const struct tpv_onnx_node *nd, const struct tpv_on
                     s += d[t];
                 G[r * ldg + boff + (uint64_t)m] += s;
             }
-    if (!Mg || !kk || !P || !R)
+    if (!Mg || !kk || !P || !R) {
+        for (uint64_t r = 0; set && r < R; r++) /* no products: a zero gradient */
+            memset(G + r * ldg + woff, 0, (size_t)(M * kk) * sizeof *G);
         return TPV_OK;
+    }
     struct rows_geom rg = { &g, R, M, gr, kk, P };
-    rc = single ? rows_grads_f32(&rg, x->data, gy, G, ldg, woff, ws)
-                : rows_grads_f64(&rg, x->data, gy, G, ldg, woff, ws);
+    rc = single ? rows_grads_f32(&rg, x->data, gy, G, ldg, woff, set, ws)
+                : rows_grads_f64(&rg, x->data, gy, G, ldg, woff, set, ws);
     return rc ? tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory") : TPV_OK;
+}
+
+/* ---- the float32 input adjoint (onnx_ghost.h) ---- */
+
+int tpv_onnx_conv_adjoint_weight_f32(const struct tpv_onnx_node *nd,
+                                     const struct tpv_onnx_tensor *x,
+                                     const struct tpv_onnx_tensor *w, float **out,
+                                     struct tpv_err *err)
+{
+    *out = NULL;
+    struct win g;
+    int64_t gr;
+    int rc = sqnorm_geom(nd, x, w, &g, &gr, err);
+    if (rc)
+        return rc;
+    int64_t M = w->shape[0];
+    const double *wd = w->data;
+    float *wf = malloc((size_t)(w->numel ? w->numel : 1) * sizeof *wf);
+    if (!wf)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    if (deep_adjoint(&g, M / gr))
+        transpose_groups_f32(&g, wd, M, gr, wf);
+    else
+        for (uint64_t i = 0; i < w->numel; i++)
+            wf[i] = (float)wd[i];
+    *out = wf;
+    return TPV_OK;
+}
+
+/* The forms of conv_vjp's input adjoint with float32 products: the deep form's GEMM (inner
+ * dimension Mg kh kw) on adjoint_col_f32's rows, or the GEMM of inner dimension Mg and
+ * col2im_f32; either inner dimension cut into spans of at most TPV_ONNX_F32_SPAN, each span's
+ * float32 result added into gx in float64. */
+int tpv_onnx_conv_input_adjoint_f32(const struct tpv_onnx_node *nd,
+                                    const struct tpv_onnx_tensor *x,
+                                    const struct tpv_onnx_tensor *w, const float *wf,
+                                    const double *gy, double *gx, bool set,
+                                    struct tpv_onnx_scratch *ws, struct tpv_err *err)
+{
+    struct win g;
+    int64_t gr;
+    int rc = sqnorm_geom(nd, x, w, &g, &gr, err);
+    if (rc)
+        return rc;
+    int64_t M = w->shape[0], Mg = M / gr, Cg = g.C / gr, P = g.oh * g.ow;
+    int64_t kk = Cg * g.kh * g.kw, HW = g.H * g.W;
+    bool deep = deep_adjoint(&g, Mg) && Mg && kk && P && HW;
+    /* the deep form writes every entry of gx once per span; col2im leaves the inputs no window
+     * reads (a 1 x 1 kernel at stride 2) untouched */
+    if (set && !deep)
+        memset(gx, 0, x->numel * sizeof *gx);
+    set = set && deep;
+    if (!Mg || !kk || !P || !HW)
+        return TPV_OK;
+    struct wide wd = wide_of(&g);
+    int64_t inner = deep ? Mg * g.kh * g.kw : Mg;
+    if (deep && (inner > INT_MAX / wd.HWp || Cg > INT_MAX / wd.HWp || Mg > INT_MAX / wd.plane))
+        return tpv_onnx_shape_error(nd, err, "the convolution is too large");
+    size_t npad = (size_t)(deep ? Mg * wd.plane : 0);
+    size_t ncol = (size_t)(deep ? inner * wd.HWp : Mg * P);
+    size_t nout = (size_t)(deep ? Cg * wd.HWp : kk * P);
+    float *pad = scratch_get(ws, (npad + ncol + nout) * sizeof *pad);
+    if (!pad)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    float *col = pad + npad, *tmp = col + ncol;
+    for (int64_t n = 0; n < g.N; n++)
+        for (int64_t q = 0; q < gr; q++) {
+            const double *d = gy + (n * M + q * Mg) * P;
+            if (deep) {
+                double *gq = gx + (n * g.C + q * Cg) * HW;
+                adjoint_pad_f32(&g, &wd, d, Mg, pad);
+                adjoint_col_f32(&g, &wd, pad, Mg, col);
+                for (int64_t i0 = 0; i0 < inner; i0 += TPV_ONNX_F32_SPAN) {
+                    int64_t ni = inner - i0 < TPV_ONNX_F32_SPAN ? inner - i0 : TPV_ONNX_F32_SPAN;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Cg, (int)wd.HWp,
+                                (int)ni, 1.0f, wf + q * Cg * inner + i0, (int)inner,
+                                col + i0 * wd.HWp, (int)wd.HWp, 0.0f, tmp, (int)wd.HWp);
+                    for (int64_t c = 0; c < Cg; c++)
+                        for (int64_t iy = 0; iy < g.H; iy++) {
+                            double *dst = gq + c * HW + iy * g.W;
+                            const float *src = tmp + c * wd.HWp + iy * wd.Wp;
+                            if (set && i0 == 0)
+                                for (int64_t ix = 0; ix < g.W; ix++)
+                                    dst[ix] = (double)src[ix];
+                            else
+                                for (int64_t ix = 0; ix < g.W; ix++)
+                                    dst[ix] += (double)src[ix];
+                        }
+                }
+            } else {
+                for (size_t i = 0; i < ncol; i++)
+                    col[i] = (float)d[i];
+                for (int64_t i0 = 0; i0 < Mg; i0 += TPV_ONNX_F32_SPAN) {
+                    int64_t ni = Mg - i0 < TPV_ONNX_F32_SPAN ? Mg - i0 : TPV_ONNX_F32_SPAN;
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kk, (int)P,
+                                (int)ni, 1.0f, wf + (q * Mg + i0) * kk, (int)kk, col + i0 * P,
+                                (int)P, 0.0f, tmp, (int)P);
+                    col2im_f32(&g, tmp, q * Cg, Cg, gx + n * g.C * HW);
+                }
+            }
+        }
+    return TPV_OK;
 }

@@ -84,6 +84,7 @@ struct bn_job {
     const struct tpv_onnx_tensor *const *in;
     const double *const *io; /* gout (vjp) or tin (jvp) */
     double *const *dst;      /* gin (vjp) or tout (jvp); y for the forward pass */
+    bool set0;               /* vjp: gin[0] is overwritten, not accumulated into */
 };
 
 static void bn_forward_planes(void *ctx, uint64_t first, uint64_t count)
@@ -380,6 +381,9 @@ static int reduce_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_
 /* ==== reverse and forward mode ==== */
 
 /* BatchNormalization: y = (x - mu) g + B with g = s / sqrt(var + eps). */
+/* Per channel and sample: the input's adjoint as one loop (g_out times the channel's scale), and
+ * only when a statistic or parameter adjoint is wanted the two sums they need (a second loop, the
+ * sums in the same order as before). */
 static void bn_vjp_channels(void *ctx, uint64_t first, uint64_t count)
 {
     const struct bn_job *j = ctx;
@@ -387,16 +391,24 @@ static void bn_vjp_channels(void *ctx, uint64_t first, uint64_t count)
                  *var = j->in[4]->data;
     double *const *gin = j->dst;
     const int64_t N = j->g.N, C = j->g.C, S = j->g.S;
+    bool sums = gin[1] || gin[2] || gin[3] || gin[4];
     for (int64_t c = (int64_t)first; c < (int64_t)(first + count); c++)
         for (int64_t n = 0; n < N; n++) {
             double is = 1.0 / sqrt(var[c] + j->g.eps), g = sc[c] * is;
             const double *xp = x + (n * C + c) * S, *gp = j->io[0] + (n * C + c) * S;
+            double *d = gin[0] ? gin[0] + (n * C + c) * S : NULL;
+            if (d && j->set0)
+                for (int64_t s = 0; s < S; s++)
+                    d[s] = gp[s] * g;
+            else if (d)
+                for (int64_t s = 0; s < S; s++)
+                    d[s] += gp[s] * g;
+            if (!sums)
+                continue;
             double sg = 0, sgx = 0;
             for (int64_t s = 0; s < S; s++) {
                 sg += gp[s];
                 sgx += gp[s] * (xp[s] - mu[c]);
-                if (gin[0])
-                    gin[0][(n * C + c) * S + s] += gp[s] * g;
             }
             if (gin[1])
                 gin[1][c] += sgx * is;
@@ -409,18 +421,31 @@ static void bn_vjp_channels(void *ctx, uint64_t first, uint64_t count)
         }
 }
 
-/* BatchNormalization: y = (x - mu) g + B with g = s / sqrt(var + eps). */
-static int bn_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
-                  const struct tpv_onnx_tensor *const *out, const double *const *gout,
-                  double *const *gin, struct tpv_err *err)
+/* BatchNormalization: y = (x - mu) g + B with g = s / sqrt(var + eps).  Only input 0 may be
+ * fresh: the others are per-channel sums over the batch. */
+static int bn_vjp_set(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                      double *const *gin, const bool *fresh, struct tpv_err *err)
 {
     (void)out;
-    struct bn_job j = { .in = in, .io = gout, .dst = gin };
+    struct bn_job j = { .in = in, .io = gout, .dst = gin, .set0 = fresh && fresh[0] };
+    for (size_t k = 1; fresh && k < nd->nin && k < 5; k++)
+        if (fresh[k] && gin[k])
+            memset(gin[k], 0, in[k]->numel * sizeof *gin[k]);
     int rc = bn_geom(nd, in[0], &j.g, err);
+    if (!rc && !gout[0] && j.set0 && gin[0])
+        memset(gin[0], 0, in[0]->numel * sizeof *gin[0]);
     if (rc || !gout[0])
         return rc;
     tpv_parallel_for((uint64_t)j.g.C, 6.0 * (double)(j.g.N * j.g.S), bn_vjp_channels, &j);
     return TPV_OK;
+}
+
+static int bn_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                  const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                  double *const *gin, struct tpv_err *err)
+{
+    return bn_vjp_set(nd, in, out, gout, gin, NULL, err);
 }
 
 static void bn_jvp_planes(void *ctx, uint64_t first, uint64_t count)
@@ -615,7 +640,8 @@ static int reduce_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tens
 }
 
 const struct tpv_onnx_op tpv_onnx_ops_norm[] = {
-    {"BatchNormalization", 5, 5, 1, 1, bn_check, bn_infer, bn_forward, bn_vjp, bn_jvp},
+    {"BatchNormalization", 5, 5, 1, 1, bn_check, bn_infer, bn_forward, bn_vjp, bn_jvp,
+     bn_vjp_set},
     {"Softmax", 1, 1, 1, 1, NULL, softmax_infer, softmax_forward, softmax_vjp, softmax_jvp},
     {"LayerNormalization", 2, 3, 1, 3, NULL, ln_infer, ln_forward, ln_vjp, ln_jvp},
     {"ReduceMean", 1, 1, 1, 1, NULL, reduce_infer, reduce_forward, reduce_vjp, tpv_onnx_jvp_linear},

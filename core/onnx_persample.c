@@ -9,7 +9,6 @@
 #include "core/onnx_attr.h"
 #include "core/onnx_ghost.h"
 #include "core/onnx_ops.h"
-#include "onnx.pb-c.h"
 
 #define ARGS_MAX 257
 
@@ -19,6 +18,8 @@ struct tpv_onnx_persample {
     size_t *nodes;   /* nodes reading a parameter, in graph order */
     bool *batched;   /* per value: computed from the graph input (rows are samples) */
     long *pidx;      /* per value: its index in m->params, or -1 */
+    bool *sole;      /* per parameter: the weight of one conv_rows node and read nowhere else, so
+                      * that node overwrites its block of G (grads_shared zeroes the others) */
 };
 
 /* Operators whose rows are independent samples and whose VJP on one row is that sample's
@@ -91,6 +92,36 @@ static int check_node(struct tpv_onnx_persample *ps, const struct tpv_onnx_plan 
     return TPV_OK;
 }
 
+/* A Conv node with a parameter weight on a batched input (and no batched weight or bias):
+ * tpv_onnx_persample_grads_shared gives its rows by tpv_onnx_conv_rows_grads. */
+static bool conv_rows_node(const struct tpv_onnx_persample *ps, const struct tpv_onnx_node *nd)
+{
+    long x = nd->nin > 0 ? nd->in[0] : -1, w = nd->nin > 1 ? nd->in[1] : -1;
+    long b = nd->nin > 2 ? nd->in[2] : -1;
+    return strcmp(nd->op_type, "Conv") == 0 && x >= 0 && w >= 0 && ps->batched[x] &&
+           !ps->batched[w] && ps->pidx[w] >= 0 && (b < 0 || !ps->batched[b]);
+}
+
+/* ps->sole: parameters read by exactly one input slot of the nodes, the weight slot of a
+ * conv_rows_node (a weight shared by two nodes accumulates, so it is zeroed first). */
+static void sole_weights(struct tpv_onnx_persample *ps)
+{
+    const struct tpv_onnx_model *m = ps->m;
+    for (size_t j = 0; j < m->nparams; j++) {
+        int reads = 0;
+        bool conv = false;
+        for (size_t i = 0; i < ps->nnodes; i++) {
+            const struct tpv_onnx_node *nd = &m->nodes[ps->nodes[i]];
+            for (size_t k = 0; k < nd->nin; k++)
+                if (nd->in[k] == m->params[j]) {
+                    reads++;
+                    conv = k == 1 && conv_rows_node(ps, nd);
+                }
+        }
+        ps->sole[j] = reads == 1 && conv;
+    }
+}
+
 int tpv_onnx_persample_new(struct tpv_onnx_persample **out, const struct tpv_onnx_model *m,
                            const struct tpv_onnx_plan *one, const struct tpv_onnx_plan *two,
                            struct tpv_err *err)
@@ -104,7 +135,8 @@ int tpv_onnx_persample_new(struct tpv_onnx_persample **out, const struct tpv_onn
     ps->nodes = calloc(m->nnodes ? m->nnodes : 1, sizeof *ps->nodes);
     ps->batched = calloc(nv, sizeof *ps->batched);
     ps->pidx = malloc(nv * sizeof *ps->pidx);
-    if (!ps->nodes || !ps->batched || !ps->pidx) {
+    ps->sole = calloc(m->nparams ? m->nparams : 1, sizeof *ps->sole);
+    if (!ps->nodes || !ps->batched || !ps->pidx || !ps->sole) {
         tpv_onnx_persample_free(ps);
         return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
     }
@@ -127,6 +159,7 @@ int tpv_onnx_persample_new(struct tpv_onnx_persample **out, const struct tpv_onn
         tpv_onnx_persample_free(ps);
         return rc;
     }
+    sole_weights(ps);
     *out = ps;
     return TPV_OK;
 }
@@ -138,6 +171,7 @@ void tpv_onnx_persample_free(struct tpv_onnx_persample *ps)
     free(ps->nodes);
     free(ps->batched);
     free(ps->pidx);
+    free(ps->sole);
     free(ps);
 }
 
@@ -249,17 +283,6 @@ int tpv_onnx_persample_grads(const struct tpv_onnx_persample *ps, const struct t
     return rc;
 }
 
-/* Whether the graph stores value v in float32 or narrower: its weight gradient's products may
- * then run in float32 (tpv_onnx_conv_rows_grads); a float64 weight keeps float64 products and the
- * 1e-6 agreement with float64 references. */
-static bool narrow_float(const struct tpv_onnx_model *m, long v)
-{
-    int t = m->values[v].elem_type;
-    return t == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT ||
-           t == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16 ||
-           t == ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16;
-}
-
 /* A Conv node nd with a parameter weight on a batched input: every row's weight (and bias)
  * gradient by one shared im2col (onnx_ghost.h).  *done false: not such a node. */
 static int conv_rows(const struct tpv_onnx_persample *ps, const struct tpv_onnx_exec *ex,
@@ -268,20 +291,23 @@ static int conv_rows(const struct tpv_onnx_persample *ps, const struct tpv_onnx_
                      struct tpv_err *err)
 {
     *done = false;
-    long x = nd->in[0], w = nd->in[1], b = nd->nin > 2 ? nd->in[2] : -1;
-    if (strcmp(nd->op_type, "Conv") != 0 || x < 0 || w < 0 || !ps->batched[x] ||
-        ps->batched[w] || ps->pidx[w] < 0 || (b >= 0 && ps->batched[b]))
+    if (!conv_rows_node(ps, nd))
         return TPV_OK;
     *done = true;
+    long x = nd->in[0], w = nd->in[1], b = nd->nin > 2 ? nd->in[2] : -1;
+    uint64_t rows = (uint64_t)ex->vals[x].shape[0], woff = offset[ps->pidx[w]];
+    bool set = ps->sole[ps->pidx[w]];
     const double *gy = row_grad(ps, ex, nd->out[0], 0);
-    if (!gy)
+    if (!gy) {
+        for (uint64_t r = 0; set && r < rows; r++) /* no adjoint: a zero gradient */
+            memset(G + r * p + woff, 0, ex->vals[w].numel * sizeof *G);
         return TPV_OK;
+    }
     struct tpv_onnx_tensor x0;
     row_view(ps, ex, x, 0, &x0);
     uint64_t boff = b >= 0 && ps->pidx[b] >= 0 ? offset[ps->pidx[b]] : UINT64_MAX;
-    uint64_t rows = (uint64_t)ex->vals[x].shape[0];
-    return tpv_onnx_conv_rows_grads(nd, &x0, &ex->vals[w], gy, rows, G, p, offset[ps->pidx[w]],
-                                    boff, single && narrow_float(ps->m, w), ws, err);
+    return tpv_onnx_conv_rows_grads(nd, &x0, &ex->vals[w], gy, rows, G, p, woff, boff,
+                                    single && tpv_onnx_value_narrow(ps->m, w), set, ws, err);
 }
 
 int tpv_onnx_persample_grads_shared(const struct tpv_onnx_persample *ps,
@@ -291,7 +317,27 @@ int tpv_onnx_persample_grads_shared(const struct tpv_onnx_persample *ps,
 {
     const struct tpv_onnx_model *m = ps->m;
     uint64_t b = (uint64_t)ex->vals[m->inputs[0]].shape[0];
-    memset(G, 0, b * p * sizeof *G);
+    /* zeros where no kernel overwrites: every column but the sole Conv weights' blocks (with
+     * the blocks in column order, as the source lays them out; else all of G) */
+    bool ordered = true;
+    for (size_t j = 0, end = 0; j < m->nparams; j++) {
+        ordered = ordered && offset[j] >= end;
+        end = offset[j] + m->values[m->params[j]].t.numel;
+        ordered = ordered && end <= p;
+    }
+    if (!ordered)
+        memset(G, 0, b * p * sizeof *G);
+    for (uint64_t t = 0; ordered && t < b; t++) {
+        double *g = G + t * p;
+        uint64_t c = 0; /* columns [0, c) handled */
+        for (size_t j = 0; j < m->nparams; j++) {
+            if (!ps->sole[j])
+                continue;
+            memset(g + c, 0, (offset[j] - c) * sizeof *g);
+            c = offset[j] + m->values[m->params[j]].t.numel;
+        }
+        memset(g + c, 0, (p - c) * sizeof *g);
+    }
     for (size_t i = 0; i < ps->nnodes; i++) {
         const struct tpv_onnx_node *nd = &m->nodes[ps->nodes[i]];
         bool done;

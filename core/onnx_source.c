@@ -449,6 +449,7 @@ static int rows_open(const struct tpv_jsrc *s, uint64_t R, struct rows_pass *rp,
     if (rc)
         return rc;
     rp->exR->skip_leaves = true;
+    rp->exR->narrow_products = !o->float64; /* as the weight gradients' products (single) */
     rp->x = malloc(o->per * sizeof *rp->x);
     rp->G = malloc(R * s->p * sizeof *rp->G);
     rp->seed = malloc(R * s->K * sizeof *rp->seed);

@@ -22,6 +22,12 @@ CASES = [
     ("small_spatial", 16, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (2, 2)),
     ("pointwise", 8, 3, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (4, 3)),
     ("conv1d", 3, 4, (5,), (2,), (2, 1), (1,), 1, (17,)),
+    # stride 1 on 64 positions or more: the input adjoint's deep form (core/onnx_ops_linear.c
+    # deep_adjoint), plain, with groups, dilation and uneven pads, and with Mg kh kw = 1200 over
+    # two float32 spans (TPV_ONNX_F32_SPAN)
+    ("deep3x3", 4, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (9, 8)),
+    ("deep_groups", 6, 4, (3, 2), (1, 1), (2, 0, 1, 1), (2, 3), 2, (10, 9)),
+    ("deep_spans", 3, 48, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 1, (8, 8)),
 ]
 
 
