@@ -119,9 +119,9 @@ static void check_case(const char *name, int64_t C, int64_t H, int64_t W)
     tpv_onnx_model_free(m);
 }
 
-static void test_forms_agree(void **state)
+/* check(name, C, H, W) on every Conv case of the fixture's manifest (all 11 of them). */
+static void each_case(void (*check)(const char *name, int64_t C, int64_t H, int64_t W))
 {
-    (void)state;
     char path[512], name[64];
     snprintf(path, sizeof path, "%s/manifest.txt", tmpdir);
     FILE *f = fopen(path, "r");
@@ -129,11 +129,17 @@ static void test_forms_agree(void **state)
     long long C, H, W;
     int cases = 0;
     while (fscanf(f, "%63s %lld %lld %lld", name, &C, &H, &W) == 4) {
-        check_case(name, C, H, W);
+        check(name, (int64_t)C, (int64_t)H, (int64_t)W);
         cases++;
     }
     fclose(f);
     assert_int_equal(cases, 11);
+}
+
+static void test_forms_agree(void **state)
+{
+    (void)state;
+    each_case(check_case);
 }
 
 /* 16 -> 24 channels 3x3 at 2x2: P = 4 < 2 kk Mg / (kk + Mg) = 41; 4 -> 6 at 7x6: P = 42 > 8.3. */
@@ -283,18 +289,7 @@ static void check_narrow(const char *name, int64_t C, int64_t H, int64_t W)
 static void test_narrow_input_adjoint(void **state)
 {
     (void)state;
-    char path[512], name[64];
-    snprintf(path, sizeof path, "%s/manifest.txt", tmpdir);
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
-    long long C, H, W;
-    int cases = 0;
-    while (fscanf(f, "%63s %lld %lld %lld", name, &C, &H, &W) == 4) {
-        check_narrow(name, C, H, W);
-        cases++;
-    }
-    fclose(f);
-    assert_int_equal(cases, 11);
+    each_case(check_narrow);
 }
 
 static int setup(void **state)
