@@ -724,33 +724,36 @@ static int binary_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tens
     return TPV_OK;
 }
 
+/* The pointwise families' rows: every unary and binary operator shares its kernels (the op is
+ * told apart by its op_type inside them). */
+#define UNARY_OP(name, check)                                                                   \
+    { name, 1, 1, 1, 1, check, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set }
+#define BINARY_OP(name)                                                                         \
+    { name, 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,            \
+      binary_vjp_set }
+
 const struct tpv_onnx_op tpv_onnx_ops_elem[] = {
-    {"Relu", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"LeakyRelu", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"Sigmoid", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"Tanh", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"Softplus", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"Elu", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"HardSigmoid", 1, 1, 1, 1, unary_check, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"HardSwish", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"Sqrt", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"Erf", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"Neg", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"Exp", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
-    {"Abs", 1, 1, 1, 1, NULL, float_infer, unary_forward, unary_vjp, unary_jvp, unary_vjp_set},
+    UNARY_OP("Relu", NULL),
+    UNARY_OP("LeakyRelu", unary_check),
+    UNARY_OP("Sigmoid", NULL),
+    UNARY_OP("Tanh", NULL),
+    UNARY_OP("Softplus", NULL),
+    UNARY_OP("Elu", unary_check),
+    UNARY_OP("HardSigmoid", unary_check),
+    UNARY_OP("HardSwish", NULL),
+    UNARY_OP("Sqrt", NULL),
+    UNARY_OP("Erf", NULL),
+    UNARY_OP("Neg", NULL),
+    UNARY_OP("Exp", NULL),
+    UNARY_OP("Abs", NULL),
     {"Identity", 1, 1, 1, 1, NULL, same_shape_infer, copy_forward, pass_vjp, tpv_onnx_jvp_linear},
     {"Dropout", 1, 3, 1, 1, NULL, dropout_infer, copy_forward, pass_vjp, tpv_onnx_jvp_linear},
     {"Clip", 1, 3, 1, 1, NULL, clip_infer, clip_forward, clip_vjp, clip_jvp},
     {"Cast", 1, 1, 1, 1, cast_check, cast_infer, cast_forward, pass_vjp, cast_jvp},
-    {"Add", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,
-     binary_vjp_set},
-    {"Sub", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,
-     binary_vjp_set},
-    {"Mul", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,
-     binary_vjp_set},
-    {"Div", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,
-     binary_vjp_set},
-    {"Pow", 2, 2, 1, 1, NULL, binary_infer, binary_forward, binary_vjp, binary_jvp,
-     binary_vjp_set},
+    BINARY_OP("Add"),
+    BINARY_OP("Sub"),
+    BINARY_OP("Mul"),
+    BINARY_OP("Div"),
+    BINARY_OP("Pow"),
 };
 const size_t tpv_onnx_ops_elem_n = sizeof tpv_onnx_ops_elem / sizeof tpv_onnx_ops_elem[0];
