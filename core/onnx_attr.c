@@ -84,6 +84,22 @@ int tpv_onnx_attr_str_is(const struct tpv_onnx_node *nd, const char *name, const
     return TPV_OK;
 }
 
+int tpv_onnx_attr_str(const struct tpv_onnx_node *nd, const char *name, char *out, size_t cap,
+                      struct tpv_err *err)
+{
+    const Onnx__AttributeProto *a = find(nd, name);
+    out[0] = 0;
+    if (!a)
+        return TPV_OK;
+    if (a->type != ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING)
+        return wrong_type(nd, name, "a string", err);
+    if (a->s.len >= cap || memchr(a->s.data, 0, a->s.len))
+        return tpv_onnx_attr_unsupported(err, nd, name, "longer than %zu characters", cap - 1);
+    memcpy(out, a->s.data, a->s.len);
+    out[a->s.len] = 0;
+    return TPV_OK;
+}
+
 const void *tpv_onnx_attr_tensor(const struct tpv_onnx_node *nd, const char *name)
 {
     const Onnx__AttributeProto *a = find(nd, name);

@@ -25,6 +25,9 @@ int tpv_onnx_attr_ints(const struct tpv_onnx_node *nd, const char *name, int64_t
 /* STRING attribute compared with `want` (absent = `def_is_want`): sets *eq. */
 int tpv_onnx_attr_str_is(const struct tpv_onnx_node *nd, const char *name, const char *want,
                          bool def_is_want, bool *eq, struct tpv_err *err);
+/* STRING attribute into out[cap] (NUL-terminated; "" when absent); longer ones are an error. */
+int tpv_onnx_attr_str(const struct tpv_onnx_node *nd, const char *name, char *out, size_t cap,
+                      struct tpv_err *err);
 /* The TENSOR attribute's protobuf (Onnx__TensorProto *), or NULL when absent. */
 const void *tpv_onnx_attr_tensor(const struct tpv_onnx_node *nd, const char *name);
 

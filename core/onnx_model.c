@@ -208,6 +208,12 @@ int tpv_onnx_tensor_parse(struct tpv_onnx_tensor *t, int *elem_type, const void 
     return rc;
 }
 
+int tpv_onnx_tensor_from_attr(struct tpv_onnx_tensor *t, const void *tensor_proto,
+                              const char *what, struct tpv_err *err)
+{
+    return tensor_from_proto(t, tensor_proto, what, err);
+}
+
 /* ---- model building ---- */
 
 struct builder {

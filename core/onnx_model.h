@@ -120,6 +120,11 @@ bool tpv_onnx_value_narrow(const struct tpv_onnx_model *m, long v);
 int tpv_onnx_tensor_parse(struct tpv_onnx_tensor *t, int *elem_type, const void *buf, size_t len,
                           const char *what, struct tpv_err *err);
 
+/* The same for a TENSOR attribute's protobuf (tpv_onnx_attr_tensor): a tensor with owned data
+ * (free t->data). */
+int tpv_onnx_tensor_from_attr(struct tpv_onnx_tensor *t, const void *tensor_proto,
+                              const char *what, struct tpv_err *err);
+
 /* Element count of a shape, or -1 on a negative dimension or overflow. */
 int64_t tpv_onnx_numel(int rank, const int64_t *shape);
 

@@ -1,9 +1,10 @@
 /* onnx_ops_elem.c: elementwise operators for the ONNX runtime (onnx_ops.h): activations, Clip,
- * Identity, Dropout, Cast and broadcasting arithmetic, forward and derivatives.  Normalization
- * and reductions are in core/onnx_ops_norm.c.  The pointwise loops run on the job's threads
+ * Identity, Dropout, Cast, broadcasting arithmetic, Mod, Expand, Where, comparisons and logic,
+ * forward and derivatives.  Normalization and reductions are in core/onnx_ops_norm.c.  The pointwise loops run on the job's threads
  * (tpv_parallel_for) when the tensor is large enough to pay; every element is computed alone, so
  * the results do not depend on the split. */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "core/linalg.h"
@@ -256,11 +257,12 @@ static int cast_target(const struct tpv_onnx_node *nd, enum tpv_onnx_dtype *dt, 
     case ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT16:
     case ONNX__TENSOR_PROTO__DATA_TYPE__BFLOAT16: *dt = TPV_ONNX_F64; return TPV_OK;
     case ONNX__TENSOR_PROTO__DATA_TYPE__INT64:
-    case ONNX__TENSOR_PROTO__DATA_TYPE__INT32: *dt = TPV_ONNX_I64; return TPV_OK;
+    case ONNX__TENSOR_PROTO__DATA_TYPE__INT32:
+    case ONNX__TENSOR_PROTO__DATA_TYPE__BOOL: *dt = TPV_ONNX_I64; return TPV_OK;
     default:
         return tpv_onnx_attr_unsupported(err, nd, "to",
                                          "element type %lld (float, double, float16, bfloat16, "
-                                         "int32 and int64 are supported)",
+                                         "int32, int64 and bool are supported)",
                                          (long long)to);
     }
 }
@@ -287,11 +289,17 @@ static int cast_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_te
 {
     enum tpv_onnx_dtype dt = TPV_ONNX_F64;
     bool f32 = false;
+    int64_t to = 0;
     int rc = cast_target(nd, &dt, &f32, err);
+    if (!rc)
+        rc = tpv_onnx_attr_int(nd, "to", 0, &to, err);
     if (rc)
         return rc;
+    bool to_bool = to == ONNX__TENSOR_PROTO__DATA_TYPE__BOOL;
     for (uint64_t i = 0; i < in[0]->numel; i++) {
-        if (dt == TPV_ONNX_I64)
+        if (to_bool)
+            ((int64_t *)out[0]->data)[i] = tpv_onnx_get_f(in[0], i) != 0;
+        else if (dt == TPV_ONNX_I64)
             ((int64_t *)out[0]->data)[i] = tpv_onnx_get_i(in[0], i);
         else
             ((double *)out[0]->data)[i] = tpv_onnx_get_f(in[0], i);
@@ -395,6 +403,342 @@ static int binary_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_
             ob -= (uint64_t)(sb[d] * idx[d]);
             idx[d] = 0;
         }
+    }
+    return TPV_OK;
+}
+
+/* ---- Expand, Where, Equal (broadcast selection; torchvision's exports need them: a ViT's class
+ * token expanded to the batch, masked_fill of a Swin attention mask) ---- */
+
+/* Walks the broadcast output o giving each element's offsets into up to three inputs. */
+struct bwalk3 {
+    int r, n;
+    int64_t st[3][TPV_MAX_RANK], idx[TPV_MAX_RANK];
+    uint64_t off[3];
+    const struct tpv_onnx_tensor *o;
+};
+
+static void bwalk3_init(struct bwalk3 *w, const struct tpv_onnx_tensor *const *x, int n,
+                        const struct tpv_onnx_tensor *o)
+{
+    memset(w, 0, sizeof *w);
+    w->r = o->rank;
+    w->n = n;
+    w->o = o;
+    for (int k = 0; k < n; k++)
+        bcast_strides(x[k], o, w->st[k]);
+}
+
+static void bwalk3_next(struct bwalk3 *w)
+{
+    for (int d = w->r - 1; d >= 0; d--) {
+        w->idx[d]++;
+        for (int k = 0; k < w->n; k++)
+            w->off[k] += (uint64_t)w->st[k][d];
+        if (w->idx[d] < w->o->shape[d])
+            return;
+        for (int k = 0; k < w->n; k++)
+            w->off[k] -= (uint64_t)(w->st[k][d] * w->idx[d]);
+        w->idx[d] = 0;
+    }
+}
+
+static int expand_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                        struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    const struct tpv_onnx_tensor *s = in[1];
+    if (!s->data)
+        return tpv_onnx_need_static(nd, 1, err);
+    if (s->dtype != TPV_ONNX_I64 || s->rank != 1 || s->numel > TPV_MAX_RANK)
+        return tpv_onnx_shape_error(nd, err, "the shape input must be an int64 list of at most "
+                                    "%d dims", TPV_MAX_RANK);
+    struct tpv_onnx_tensor want = {.dtype = in[0]->dtype, .rank = (int)s->numel};
+    for (uint64_t i = 0; i < s->numel; i++)
+        want.shape[i] = ((const int64_t *)s->data)[i];
+    out[0]->dtype = in[0]->dtype;
+    return tpv_onnx_broadcast(nd, in[0], &want, out[0], err);
+}
+
+/* Expand and its tangent: each output element is its broadcast input's (8-byte elements). */
+static int expand_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                          struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    struct bwalk3 w;
+    bwalk3_init(&w, in, 1, out[0]);
+    const uint64_t *x = in[0]->data;
+    uint64_t *y = out[0]->data;
+    for (uint64_t i = 0; i < out[0]->numel; i++, bwalk3_next(&w))
+        y[i] = x[w.off[0]];
+    return TPV_OK;
+}
+
+static int expand_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                      const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                      double *const *gin, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    if (!gin[0] || !gout[0] || in[0]->dtype != TPV_ONNX_F64)
+        return TPV_OK;
+    struct bwalk3 w;
+    bwalk3_init(&w, in, 1, out[0]);
+    for (uint64_t i = 0; i < out[0]->numel; i++, bwalk3_next(&w))
+        gin[0][w.off[0]] += gout[0][i];
+    return TPV_OK;
+}
+
+static int where_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    if (in[0]->dtype != TPV_ONNX_I64 || in[1]->dtype != in[2]->dtype)
+        return tpv_err_set(err, TPV_EINVAL, nd->name,
+                           "node '%s' (Where): the condition must be bool and X, Y of one type",
+                           nd->name);
+    struct tpv_onnx_tensor xy;
+    int rc = tpv_onnx_broadcast(nd, in[1], in[2], &xy, err);
+    if (!rc)
+        rc = tpv_onnx_broadcast(nd, in[0], &xy, out[0], err);
+    out[0]->dtype = in[1]->dtype;
+    return rc;
+}
+
+static int where_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                         struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    struct bwalk3 w;
+    bwalk3_init(&w, in, 3, out[0]);
+    const int64_t *c = in[0]->data;
+    const uint64_t *x = in[1]->data, *y = in[2]->data;
+    uint64_t *o = out[0]->data;
+    for (uint64_t i = 0; i < out[0]->numel; i++, bwalk3_next(&w))
+        o[i] = c[w.off[0]] ? x[w.off[1]] : y[w.off[2]];
+    return TPV_OK;
+}
+
+/* Where passes the adjoint to X where the condition holds, to Y elsewhere (a broadcast input
+ * collects the entries it was read into). */
+static int where_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                     double *const *gin, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    if (!gout[0] || out[0]->dtype != TPV_ONNX_F64 || (!gin[1] && !gin[2]))
+        return TPV_OK;
+    struct bwalk3 w;
+    bwalk3_init(&w, in, 3, out[0]);
+    const int64_t *c = in[0]->data;
+    for (uint64_t i = 0; i < out[0]->numel; i++, bwalk3_next(&w)) {
+        double *g = c[w.off[0]] ? gin[1] : gin[2];
+        if (g)
+            g[w.off[c[w.off[0]] ? 1 : 2]] += gout[0][i];
+    }
+    return TPV_OK;
+}
+
+static int where_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                     double *const *tout, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    if (!tout[0] || out[0]->dtype != TPV_ONNX_F64)
+        return TPV_OK;
+    struct bwalk3 w;
+    bwalk3_init(&w, in, 3, out[0]);
+    const int64_t *c = in[0]->data;
+    for (uint64_t i = 0; i < out[0]->numel; i++, bwalk3_next(&w)) {
+        const double *t = c[w.off[0]] ? tin[1] : tin[2];
+        tout[0][i] = t ? t[w.off[c[w.off[0]] ? 1 : 2]] : 0.0;
+    }
+    return TPV_OK;
+}
+
+/* ---- comparisons and logic (bool results, as int64 0 / 1): the integer arithmetic torch
+ * writes for shapes (floor division: Div, Less, Xor, Not, Equal, And) and masks ---- */
+
+enum cmp { C_EQ, C_LT, C_GT, C_LE, C_GE, C_AND, C_OR, C_XOR };
+
+static enum cmp cmp_of(const char *op)
+{
+    static const char *names[] = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+                                  "And", "Or", "Xor"};
+    for (int i = 0; i < 8; i++)
+        if (strcmp(op, names[i]) == 0)
+            return (enum cmp)i;
+    return C_EQ;
+}
+
+static int cmp_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    if (in[0]->dtype != in[1]->dtype || (cmp_of(nd->op_type) >= C_AND &&
+                                         in[0]->dtype != TPV_ONNX_I64))
+        return tpv_err_set(err, TPV_EINVAL, nd->name,
+                           "node '%s' (%s): inputs of different element types (or a float "
+                           "input to a logical operator)",
+                           nd->name, nd->op_type);
+    out[0]->dtype = TPV_ONNX_I64; /* bool */
+    return tpv_onnx_broadcast(nd, in[0], in[1], out[0], err);
+}
+
+static bool cmp_apply(enum cmp c, double a, double b)
+{
+    switch (c) {
+    case C_EQ: return a == b;
+    case C_LT: return a < b;
+    case C_GT: return a > b;
+    case C_LE: return a <= b;
+    case C_GE: return a >= b;
+    case C_AND: return a != 0 && b != 0;
+    case C_OR: return a != 0 || b != 0;
+    case C_XOR: return (a != 0) != (b != 0);
+    }
+    return false;
+}
+
+static bool cmp_apply_i(enum cmp c, int64_t a, int64_t b)
+{
+    switch (c) {
+    case C_EQ: return a == b;
+    case C_LT: return a < b;
+    case C_GT: return a > b;
+    case C_LE: return a <= b;
+    case C_GE: return a >= b;
+    default: return cmp_apply(c, (double)(a != 0), (double)(b != 0));
+    }
+}
+
+/* Floats compare as their float64 values (a float32 input's are exact in them). */
+static int cmp_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)err;
+    enum cmp c = cmp_of(nd->op_type);
+    struct bwalk3 w;
+    bwalk3_init(&w, in, 2, out[0]);
+    bool fl = in[0]->dtype == TPV_ONNX_F64;
+    int64_t *o = out[0]->data;
+    for (uint64_t i = 0; i < out[0]->numel; i++, bwalk3_next(&w))
+        o[i] = fl ? cmp_apply(c, ((const double *)in[0]->data)[w.off[0]],
+                              ((const double *)in[1]->data)[w.off[1]])
+                  : cmp_apply_i(c, ((const int64_t *)in[0]->data)[w.off[0]],
+                                ((const int64_t *)in[1]->data)[w.off[1]]);
+    return TPV_OK;
+}
+
+static int not_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    if (in[0]->dtype != TPV_ONNX_I64)
+        return tpv_err_set(err, TPV_EINVAL, nd->name, "node '%s' (Not): a bool input expected",
+                           nd->name);
+    return same_shape_infer(nd, in, out, err);
+}
+
+static int not_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    for (uint64_t i = 0; i < in[0]->numel; i++)
+        ((int64_t *)out[0]->data)[i] = ((const int64_t *)in[0]->data)[i] == 0;
+    return TPV_OK;
+}
+
+/* ---- Mod (torch's % on shapes; fmod 0: the sign of the divisor, as Python) ---- */
+
+static int mod_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
+{
+    int64_t f;
+    int rc = tpv_onnx_attr_int(nd, "fmod", 0, &f, err);
+    if (!rc && f != 0 && f != 1)
+        rc = tpv_onnx_attr_unsupported(err, nd, "fmod", "%lld (0 or 1)", (long long)f);
+    return rc;
+}
+
+static int mod_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    int64_t f = 0;
+    int rc = tpv_onnx_attr_int(nd, "fmod", 0, &f, err);
+    if (rc)
+        return rc;
+    if (in[0]->dtype != in[1]->dtype || (in[0]->dtype == TPV_ONNX_F64 && !f))
+        return tpv_err_set(err, TPV_EINVAL, nd->name,
+                           "node '%s' (Mod): inputs of different element types, or float inputs "
+                           "without fmod=1", nd->name);
+    out[0]->dtype = in[0]->dtype;
+    return tpv_onnx_broadcast(nd, in[0], in[1], out[0], err);
+}
+
+static int64_t mod_i(int64_t a, int64_t b, bool f)
+{
+    if (b == 0 || (b == -1 && a == INT64_MIN))
+        return 0;
+    int64_t r = a % b;
+    return !f && r != 0 && ((r < 0) != (b < 0)) ? r + b : r;
+}
+
+static int mod_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    int64_t f = 0;
+    int rc = tpv_onnx_attr_int(nd, "fmod", 0, &f, err);
+    if (rc)
+        return rc;
+    struct bwalk3 w;
+    bwalk3_init(&w, in, 2, out[0]);
+    for (uint64_t i = 0; i < out[0]->numel; i++, bwalk3_next(&w)) {
+        if (out[0]->dtype == TPV_ONNX_F64)
+            ((double *)out[0]->data)[i] = fmod(((const double *)in[0]->data)[w.off[0]],
+                                               ((const double *)in[1]->data)[w.off[1]]);
+        else
+            ((int64_t *)out[0]->data)[i] = mod_i(((const int64_t *)in[0]->data)[w.off[0]],
+                                                 ((const int64_t *)in[1]->data)[w.off[1]], f);
+    }
+    return TPV_OK;
+}
+
+/* fmod(a, b) = a - q b with q = trunc(a / b) piecewise constant: d/da 1, d/db -q. */
+static int mod_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                   const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                   double *const *gin, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    if (!gout[0] || out[0]->dtype != TPV_ONNX_F64)
+        return TPV_OK;
+    struct bwalk3 w;
+    bwalk3_init(&w, in, 2, out[0]);
+    const double *a = in[0]->data, *b = in[1]->data, *y = out[0]->data;
+    for (uint64_t i = 0; i < out[0]->numel; i++, bwalk3_next(&w)) {
+        if (gin[0])
+            gin[0][w.off[0]] += gout[0][i];
+        if (gin[1])
+            gin[1][w.off[1]] -= gout[0][i] * trunc((a[w.off[0]] - y[i]) / b[w.off[1]]);
+    }
+    return TPV_OK;
+}
+
+static int mod_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                   const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                   double *const *tout, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    if (!tout[0] || out[0]->dtype != TPV_ONNX_F64)
+        return TPV_OK;
+    struct bwalk3 w;
+    bwalk3_init(&w, in, 2, out[0]);
+    const double *a = in[0]->data, *b = in[1]->data, *y = out[0]->data;
+    for (uint64_t i = 0; i < out[0]->numel; i++, bwalk3_next(&w)) {
+        double q = trunc((a[w.off[0]] - y[i]) / b[w.off[1]]);
+        tout[0][i] = (tin[0] ? tin[0][w.off[0]] : 0.0) - (tin[1] ? q * tin[1][w.off[1]] : 0.0);
     }
     return TPV_OK;
 }
@@ -755,5 +1099,18 @@ const struct tpv_onnx_op tpv_onnx_ops_elem[] = {
     BINARY_OP("Mul"),
     BINARY_OP("Div"),
     BINARY_OP("Pow"),
+    {"Expand", 2, 2, 1, 1, NULL, expand_infer, expand_forward, expand_vjp, tpv_onnx_jvp_linear},
+    {"Where", 3, 3, 1, 1, NULL, where_infer, where_forward, where_vjp, where_jvp},
+#define CMP_OP(name) { name, 2, 2, 1, 1, NULL, cmp_infer, cmp_forward, NULL, NULL }
+    CMP_OP("Equal"),
+    CMP_OP("Less"),
+    CMP_OP("Greater"),
+    CMP_OP("LessOrEqual"),
+    CMP_OP("GreaterOrEqual"),
+    CMP_OP("And"),
+    CMP_OP("Or"),
+    CMP_OP("Xor"),
+    {"Not", 1, 1, 1, 1, NULL, not_infer, not_forward, NULL, NULL},
+    {"Mod", 2, 2, 1, 1, mod_check, mod_infer, mod_forward, mod_vjp, mod_jvp},
 };
 const size_t tpv_onnx_ops_elem_n = sizeof tpv_onnx_ops_elem / sizeof tpv_onnx_ops_elem[0];

@@ -982,6 +982,223 @@ static int matmul_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tens
     return TPV_OK;
 }
 
+/* ---- Einsum (explicit or implicit output, one or two operands, no ellipsis) ----
+ * MaxViT's attention is exported as Einsum ("B G H I D, B G H J D -> B G H I J").  Evaluated as
+ * one odometer over every label of the equation: out[o] += prod_k in_k[off_k], so a repeated
+ * label (a diagonal) and a summed one need no special case; its VJP walks the same indices. */
+
+#define EIN_LABELS 52
+#define EIN_EQ_MAX 256
+
+struct ein {
+    int nin, nl;                       /* operands, distinct labels */
+    int64_t dim[EIN_LABELS];           /* size of label l */
+    int64_t st[3][EIN_LABELS];         /* stride of label l in operand k (the output is k = 2) */
+    int orank, olab[TPV_MAX_RANK];     /* the output's labels */
+};
+
+static int ein_label(char c)
+{
+    return c >= 'a' && c <= 'z' ? c - 'a' : c >= 'A' && c <= 'Z' ? 26 + c - 'A' : -1;
+}
+
+/* Parses the equation into per-operand label lists (terms[k], lens[k]) and the output's. */
+static int ein_parse(const struct tpv_onnx_node *nd, int nin, int terms[3][TPV_MAX_RANK],
+                     int *lens, struct tpv_err *err)
+{
+    char eq[EIN_EQ_MAX];
+    int rc = tpv_onnx_attr_str(nd, "equation", eq, sizeof eq, err);
+    if (rc)
+        return rc;
+    if (!eq[0])
+        return tpv_onnx_attr_unsupported(err, nd, "equation", "missing (required)");
+    int k = 0, count[EIN_LABELS] = {0}, nops = 1;
+    bool arrow = false;
+    lens[0] = lens[1] = lens[2] = 0;
+    for (const char *c = eq; *c; c++) {
+        if (*c == ' ')
+            continue;
+        if (*c == ',' && !arrow && k + 1 < 2) {
+            k++;
+            nops++;
+            continue;
+        }
+        if (c[0] == '-' && c[1] == '>' && !arrow) {
+            arrow = true;
+            k = 2;
+            c++;
+            continue;
+        }
+        int l = ein_label(*c);
+        if (l < 0)
+            return tpv_onnx_attr_unsupported(err, nd, "equation",
+                                             "'%s' (letters, ',' and '->' are supported; no "
+                                             "ellipsis)", eq);
+        if (lens[k] == TPV_MAX_RANK)
+            return tpv_onnx_attr_unsupported(err, nd, "equation", "a term of rank above %d",
+                                             TPV_MAX_RANK);
+        terms[k][lens[k]++] = l;
+        if (k < 2)
+            count[l]++;
+    }
+    if (nops != nin)
+        return tpv_onnx_attr_unsupported(err, nd, "equation", "'%s' does not have %d operand(s)",
+                                         eq, nin);
+    if (!arrow) /* implicit output: the labels seen once, in alphabetical order */
+        for (int l = 0; l < EIN_LABELS; l++)
+            if (count[l] == 1) {
+                if (lens[2] == TPV_MAX_RANK)
+                    return tpv_onnx_attr_unsupported(err, nd, "equation", "output rank");
+                terms[2][lens[2]++] = l;
+            }
+    for (int i = 0; i < lens[2]; i++) {
+        if (!count[terms[2][i]])
+            return tpv_onnx_attr_unsupported(err, nd, "equation",
+                                             "'%s': an output label no operand has", eq);
+        for (int j = 0; j < i; j++)
+            if (terms[2][j] == terms[2][i])
+                return tpv_onnx_attr_unsupported(err, nd, "equation",
+                                                 "'%s': an output label repeated", eq);
+    }
+    return TPV_OK;
+}
+
+static int ein_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
+{
+    int terms[3][TPV_MAX_RANK], lens[3];
+    if (nd->nin < 1 || nd->nin > 2)
+        return tpv_onnx_attr_unsupported(err, nd, "inputs", "%zu operands (1 or 2)", nd->nin);
+    return ein_parse(nd, (int)nd->nin, terms, lens, err);
+}
+
+/* The geometry for inputs in (and the output's shape): label sizes must agree. */
+static int ein_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                    struct ein *e, struct tpv_err *err)
+{
+    int terms[3][TPV_MAX_RANK], lens[3], slot[EIN_LABELS];
+    memset(e, 0, sizeof *e);
+    e->nin = (int)nd->nin;
+    int rc = ein_parse(nd, e->nin, terms, lens, err);
+    if (rc)
+        return rc;
+    for (int l = 0; l < EIN_LABELS; l++)
+        slot[l] = -1;
+    for (int k = 0; k < e->nin; k++) {
+        if (in[k]->dtype != TPV_ONNX_F64 || in[k]->rank != lens[k])
+            return tpv_onnx_shape_error(nd, err, "operand %d: a float tensor of rank %d expected",
+                                        k, lens[k]);
+        for (int i = 0; i < lens[k]; i++) {
+            int l = terms[k][i];
+            if (slot[l] < 0) {
+                slot[l] = e->nl++;
+                e->dim[slot[l]] = in[k]->shape[i];
+            } else if (e->dim[slot[l]] != in[k]->shape[i]) {
+                return tpv_onnx_shape_error(nd, err, "label '%c' has sizes %lld and %lld",
+                                            l < 26 ? 'a' + l : 'A' + l - 26,
+                                            (long long)e->dim[slot[l]],
+                                            (long long)in[k]->shape[i]);
+            }
+        }
+    }
+    for (int k = 0; k < 3; k++) {
+        int64_t s = 1;
+        for (int i = lens[k] - 1; i >= 0; i--) {
+            int64_t d = k < 2 ? in[k]->shape[i] : e->dim[slot[terms[2][i]]];
+            e->st[k][slot[terms[k][i]]] += s; /* a repeated label: its diagonal */
+            s *= d;
+        }
+    }
+    e->orank = lens[2];
+    for (int i = 0; i < lens[2]; i++)
+        e->olab[i] = slot[terms[2][i]];
+    int64_t total = tpv_onnx_numel(e->nl, e->dim);
+    if (total < 0)
+        return tpv_onnx_shape_error(nd, err, "the index space is too large");
+    return TPV_OK;
+}
+
+static int ein_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct ein e;
+    int rc = ein_geom(nd, in, &e, err);
+    if (rc)
+        return rc;
+    int64_t shape[TPV_MAX_RANK];
+    for (int i = 0; i < e.orank; i++)
+        shape[i] = e.dim[e.olab[i]];
+    out[0]->dtype = TPV_ONNX_F64;
+    return tpv_onnx_set_shape(nd, out[0], e.orank, shape, err);
+}
+
+/* One pass over every label combination.  mode 0: y += a b (forward); mode 1: ga += gy b;
+ * mode 2: gb += gy a (operand 1 of two).  With one operand b is 1. */
+static void ein_walk(const struct ein *e, int mode, const double *a, const double *b, double *y,
+                     double *ga, double *gb)
+{
+    int64_t idx[EIN_LABELS] = {0};
+    uint64_t off[3] = {0, 0, 0};
+    uint64_t total = (uint64_t)tpv_onnx_numel(e->nl, e->dim);
+    for (uint64_t t = 0; t < total; t++) {
+        double vb = e->nin == 2 ? b[off[1]] : 1.0;
+        if (mode == 0)
+            y[off[2]] += a[off[0]] * vb;
+        else if (mode == 1)
+            ga[off[0]] += y[off[2]] * vb;
+        else
+            gb[off[1]] += y[off[2]] * a[off[0]];
+        for (int l = e->nl - 1; l >= 0; l--) {
+            idx[l]++;
+            for (int k = 0; k < 3; k++)
+                off[k] += (uint64_t)e->st[k][l];
+            if (idx[l] < e->dim[l])
+                break;
+            for (int k = 0; k < 3; k++)
+                off[k] -= (uint64_t)(e->st[k][l] * idx[l]);
+            idx[l] = 0;
+        }
+    }
+}
+
+static int ein_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct ein e;
+    int rc = ein_geom(nd, in, &e, err);
+    if (rc)
+        return rc;
+    memset(out[0]->data, 0, out[0]->numel * sizeof(double));
+    ein_walk(&e, 0, in[0]->data, e.nin == 2 ? in[1]->data : NULL, out[0]->data, NULL, NULL);
+    return TPV_OK;
+}
+
+static int ein_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                   const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                   double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    struct ein e;
+    int rc = ein_geom(nd, in, &e, err);
+    if (rc || !gout[0])
+        return rc;
+    const double *b = e.nin == 2 ? in[1]->data : NULL;
+    /* the walk reads gy through y's offsets */
+    if (gin[0])
+        ein_walk(&e, 1, in[0]->data, b, (double *)gout[0], gin[0], NULL);
+    if (e.nin == 2 && gin[1])
+        ein_walk(&e, 2, in[0]->data, b, (double *)gout[0], NULL, gin[1]);
+    return TPV_OK;
+}
+
+/* Linear in its operand with one, bilinear in (operand 0) x (operand 1) with two. */
+static int ein_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                   const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                   double *const *tout, struct tpv_err *err)
+{
+    return nd->nin == 1 ? tpv_onnx_jvp_linear(nd, in, out, tin, tout, err)
+                        : tpv_onnx_jvp_bilinear(nd, in, out, tin, tout, err);
+}
+
 #define BIL tpv_onnx_jvp_bilinear
 
 const struct tpv_onnx_op tpv_onnx_ops_linear[] = {
@@ -991,6 +1208,7 @@ const struct tpv_onnx_op tpv_onnx_ops_linear[] = {
     {"GlobalAveragePool", 1, 1, 1, 1, NULL, gap_infer, gap_forward, gap_vjp, tpv_onnx_jvp_linear},
     {"Gemm", 2, 3, 1, 1, gemm_check, gemm_infer, gemm_forward, gemm_vjp, BIL},
     {"MatMul", 2, 2, 1, 1, NULL, matmul_infer, matmul_forward, matmul_vjp, BIL},
+    {"Einsum", 1, 2, 1, 1, ein_check, ein_infer, ein_forward, ein_vjp, ein_jvp},
 };
 const size_t tpv_onnx_ops_linear_n = sizeof tpv_onnx_ops_linear / sizeof tpv_onnx_ops_linear[0];
 

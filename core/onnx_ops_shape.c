@@ -1,6 +1,9 @@
 /* onnx_ops_shape.c: shape and data-movement operators for the ONNX runtime (onnx_ops.h): Reshape,
- * Flatten, Transpose, Squeeze, Unsqueeze, Concat, Slice, Split, Gather, Shape, Pad.  Elements are
- * 8 bytes whatever their type, so these run on float64 data and on int64 shape tensors alike. */
+ * Flatten, Transpose, Squeeze, Unsqueeze, Concat, Slice, Split, Gather, Shape, Pad,
+ * ConstantOfShape, Range, ScatterND.  Elements are 8 bytes whatever their type, so these run on float64 data and
+ * on int64 shape tensors alike. */
+#include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/onnx_attr.h"
@@ -684,6 +687,205 @@ static int pad_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_ten
     return TPV_OK;
 }
 
+/* ---- ConstantOfShape (a static shape: evaluated at load, never differentiated) ---- */
+
+static int cos_value(const struct tpv_onnx_node *nd, struct tpv_onnx_tensor *v, struct tpv_err *err)
+{
+    const void *tp = tpv_onnx_attr_tensor(nd, "value");
+    memset(v, 0, sizeof *v);
+    if (!tp) { /* the default: float 0 */
+        static double zero = 0;
+        v->dtype = TPV_ONNX_F64;
+        v->numel = 1;
+        v->data = &zero;
+        return TPV_OK;
+    }
+    int rc = tpv_onnx_tensor_from_attr(v, tp, nd->name, err);
+    if (!rc && v->numel != 1) {
+        free(v->data);
+        v->data = NULL;
+        rc = tpv_onnx_attr_unsupported(err, nd, "value", "must hold one element");
+    }
+    return rc;
+}
+
+static void cos_release(const struct tpv_onnx_node *nd, struct tpv_onnx_tensor *v)
+{
+    if (tpv_onnx_attr_tensor(nd, "value"))
+        free(v->data);
+}
+
+static int cos_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
+{
+    struct tpv_onnx_tensor v;
+    int rc = cos_value(nd, &v, err);
+    if (!rc)
+        cos_release(nd, &v);
+    return rc;
+}
+
+static int cos_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    int rc = static_ints(nd, in[0], 0, err);
+    if (rc)
+        return rc;
+    if (in[0]->rank != 1 || in[0]->numel > TPV_MAX_RANK)
+        return tpv_onnx_shape_error(nd, err, "the shape input must be a list of at most %d dims",
+                                    TPV_MAX_RANK);
+    struct tpv_onnx_tensor v;
+    rc = cos_value(nd, &v, err);
+    if (rc)
+        return rc;
+    out[0]->dtype = v.dtype;
+    cos_release(nd, &v);
+    return tpv_onnx_set_shape(nd, out[0], (int)in[0]->numel, in[0]->data, err);
+}
+
+static int cos_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)in;
+    struct tpv_onnx_tensor v;
+    int rc = cos_value(nd, &v, err);
+    if (rc)
+        return rc;
+    elem fill;
+    memcpy(&fill, v.data, sizeof fill);
+    for (uint64_t i = 0; i < out[0]->numel; i++)
+        ((elem *)out[0]->data)[i] = fill;
+    cos_release(nd, &v);
+    return TPV_OK;
+}
+
+/* ---- Range (bounds known at load: its length is a shape) ---- */
+
+static int range_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                       struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    for (unsigned k = 0; k < 3; k++) {
+        if (!in[k]->data)
+            return tpv_onnx_need_static(nd, k, err);
+        if (in[k]->numel != 1 || in[k]->dtype != in[0]->dtype)
+            return tpv_onnx_shape_error(nd, err, "start, limit and delta must be scalars of one "
+                                        "type");
+    }
+    double start = tpv_onnx_get_f(in[0], 0), limit = tpv_onnx_get_f(in[1], 0);
+    double delta = tpv_onnx_get_f(in[2], 0);
+    if (delta == 0)
+        return tpv_onnx_shape_error(nd, err, "delta 0");
+    double n = ceil((limit - start) / delta);
+    if (!(n <= (double)(INT64_C(1) << 40)))
+        return tpv_onnx_shape_error(nd, err, "too many elements");
+    int64_t len = n > 0 ? (int64_t)n : 0;
+    out[0]->dtype = in[0]->dtype;
+    return tpv_onnx_set_shape(nd, out[0], 1, &len, err);
+}
+
+static int range_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                         struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    for (uint64_t i = 0; i < out[0]->numel; i++) {
+        if (out[0]->dtype == TPV_ONNX_I64)
+            ((int64_t *)out[0]->data)[i] =
+                tpv_onnx_get_i(in[0], 0) + (int64_t)i * tpv_onnx_get_i(in[2], 0);
+        else
+            ((double *)out[0]->data)[i] =
+                tpv_onnx_get_f(in[0], 0) + (double)i * tpv_onnx_get_f(in[2], 0);
+    }
+    return TPV_OK;
+}
+
+/* ---- ScatterND (reduction none: torch's slice assignment, e.g. a Swin attention mask) ---- */
+
+static int scatternd_check(const struct tpv_onnx_node *nd, struct tpv_err *err)
+{
+    bool none;
+    int rc = tpv_onnx_attr_str_is(nd, "reduction", "none", true, &none, err);
+    if (!rc && !none)
+        rc = tpv_onnx_attr_unsupported(err, nd, "reduction", "only 'none' is supported");
+    return rc;
+}
+
+/* The geometry: q index tuples of length r into data's leading dims, each a slice of `inner`. */
+struct scat {
+    uint64_t q, inner;
+    int r;
+};
+
+static int scat_geom(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     struct scat *g, struct tpv_err *err)
+{
+    const struct tpv_onnx_tensor *x = in[0], *ix = in[1], *u = in[2];
+    int rc = static_ints(nd, ix, 1, err);
+    if (rc)
+        return rc;
+    if (ix->rank < 1 || ix->shape[ix->rank - 1] > x->rank)
+        return tpv_onnx_shape_error(nd, err, "the indices' last dimension exceeds the rank");
+    g->r = (int)ix->shape[ix->rank - 1];
+    g->q = ix->numel / (uint64_t)(g->r ? g->r : 1);
+    g->inner = 1;
+    for (int i = g->r; i < x->rank; i++)
+        g->inner *= (uint64_t)x->shape[i];
+    /* updates: indices.shape[:-1] + data.shape[r:] */
+    int ur = ix->rank - 1 + x->rank - g->r;
+    bool ok = u->rank == ur && u->dtype == x->dtype;
+    for (int i = 0; ok && i < ix->rank - 1; i++)
+        ok = u->shape[i] == ix->shape[i];
+    for (int i = g->r; ok && i < x->rank; i++)
+        ok = u->shape[ix->rank - 1 + i - g->r] == x->shape[i];
+    if (!ok)
+        return tpv_onnx_shape_error(nd, err, "updates do not have the shape the indices select");
+    const int64_t *iv = ix->data;
+    for (uint64_t j = 0; j < g->q * (uint64_t)g->r; j++) {
+        int64_t d = x->shape[j % (uint64_t)g->r];
+        if (iv[j] < -d || iv[j] >= d)
+            return tpv_onnx_shape_error(nd, err, "index %lld out of range", (long long)iv[j]);
+    }
+    return TPV_OK;
+}
+
+/* The offset in data of index tuple j's slice. */
+static uint64_t scat_offset(const struct tpv_onnx_tensor *x, const struct scat *g,
+                            const int64_t *iv, uint64_t j)
+{
+    uint64_t off = 0;
+    for (int d = 0; d < g->r; d++) {
+        int64_t v = iv[j * (uint64_t)g->r + (uint64_t)d];
+        off = off * (uint64_t)x->shape[d] + (uint64_t)(v < 0 ? v + x->shape[d] : v);
+    }
+    return off * g->inner;
+}
+
+static int scatternd_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                           struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct scat g;
+    int rc = scat_geom(nd, in, &g, err);
+    if (rc)
+        return rc;
+    out[0]->dtype = in[0]->dtype;
+    return tpv_onnx_set_shape(nd, out[0], in[0]->rank, in[0]->shape, err);
+}
+
+static int scatternd_forward(const struct tpv_onnx_node *nd,
+                             const struct tpv_onnx_tensor *const *in,
+                             struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    struct scat g;
+    int rc = scat_geom(nd, in, &g, err);
+    if (rc)
+        return rc;
+    elem *y = out[0]->data;
+    memcpy(y, in[0]->data, in[0]->numel * sizeof *y);
+    for (uint64_t j = 0; j < g.q; j++)
+        memcpy(y + scat_offset(in[0], &g, in[1]->data, j), (const elem *)in[2]->data + j * g.inner,
+               g.inner * sizeof *y);
+    return TPV_OK;
+}
+
 /* ==== reverse mode (forward mode: all of these are linear, tpv_onnx_jvp_linear) ==== */
 
 /* g[base + sum_d idx_d * st[d]] += gout[i] over the output's index space: the adjoint of
@@ -872,6 +1074,66 @@ static int pad_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor 
     return TPV_OK;
 }
 
+/* ScatterND: the data's adjoint is the output's where nothing was written, the updates' is the
+ * output's at the slices they were written to (duplicate indices: ONNX leaves the order open). */
+static int scatternd_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                         const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                         double *const *gin, struct tpv_err *err)
+{
+    (void)out;
+    struct scat g;
+    int rc = scat_geom(nd, in, &g, err);
+    if (rc || !gout[0] || in[0]->dtype != TPV_ONNX_F64 || (!gin[0] && !gin[2]))
+        return rc;
+    bool *hit = calloc(in[0]->numel ? in[0]->numel : 1, sizeof *hit);
+    if (!hit)
+        return tpv_err_set(err, TPV_ENOMEM, NULL, "out of memory");
+    for (uint64_t j = 0; j < g.q; j++) {
+        uint64_t off = scat_offset(in[0], &g, in[1]->data, j);
+        for (uint64_t t = 0; t < g.inner; t++) {
+            hit[off + t] = true;
+            if (gin[2])
+                gin[2][j * g.inner + t] += gout[0][off + t];
+        }
+    }
+    for (uint64_t i = 0; gin[0] && i < in[0]->numel; i++)
+        if (!hit[i])
+            gin[0][i] += gout[0][i];
+    free(hit);
+    return TPV_OK;
+}
+
+/* Range: out[i] = start + i delta. */
+static int range_vjp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     const struct tpv_onnx_tensor *const *out, const double *const *gout,
+                     double *const *gin, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    if (!gout[0] || in[0]->dtype != TPV_ONNX_F64)
+        return TPV_OK;
+    for (uint64_t i = 0; i < out[0]->numel; i++) {
+        if (gin[0])
+            gin[0][0] += gout[0][i];
+        if (gin[2])
+            gin[2][0] += (double)i * gout[0][i];
+    }
+    return TPV_OK;
+}
+
+static int range_jvp(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                     const struct tpv_onnx_tensor *const *out, const double *const *tin,
+                     double *const *tout, struct tpv_err *err)
+{
+    (void)nd;
+    (void)err;
+    if (!tout[0] || in[0]->dtype != TPV_ONNX_F64)
+        return TPV_OK;
+    for (uint64_t i = 0; i < out[0]->numel; i++)
+        tout[0][i] = (tin[0] ? tin[0][0] : 0.0) + (tin[2] ? (double)i * tin[2][0] : 0.0);
+    return TPV_OK;
+}
+
 #define LIN tpv_onnx_jvp_linear
 
 const struct tpv_onnx_op tpv_onnx_ops_shape[] = {
@@ -886,5 +1148,9 @@ const struct tpv_onnx_op tpv_onnx_ops_shape[] = {
     {"Gather", 2, 2, 1, 1, NULL, gather_infer, gather_forward, gather_vjp, LIN},
     {"Shape", 1, 1, 1, 1, shape_check, shape_infer, shape_forward, NULL, NULL},
     {"Pad", 2, 3, 1, 1, pad_check, pad_infer, pad_forward, pad_vjp, LIN},
+    {"ConstantOfShape", 1, 1, 1, 1, cos_check, cos_infer, cos_forward, NULL, NULL},
+    {"Range", 3, 3, 1, 1, NULL, range_infer, range_forward, range_vjp, range_jvp},
+    {"ScatterND", 3, 3, 1, 1, scatternd_check, scatternd_infer, scatternd_forward,
+     scatternd_vjp, LIN},
 };
 const size_t tpv_onnx_ops_shape_n = sizeof tpv_onnx_ops_shape / sizeof tpv_onnx_ops_shape[0];
