@@ -231,13 +231,34 @@ static int clip_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_te
 static int dropout_infer(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
                          struct tpv_onnx_tensor *const *out, struct tpv_err *err)
 {
-    const struct tpv_onnx_tensor *tm = IN(2);
-    if (tm && (!tm->data || tm->numel != 1 || tpv_onnx_get_f(tm, 0) != 0))
+    /* training mode with a ratio of 0 (torchvision's Swin passes training=True to a dropout of
+     * p 0) drops nothing: the identity too */
+    const struct tpv_onnx_tensor *tm = IN(2), *ratio = IN(1);
+    bool train = tm && (!tm->data || tm->numel != 1 || tpv_onnx_get_f(tm, 0) != 0);
+    bool zero = ratio && ratio->data && ratio->numel == 1 && tpv_onnx_get_f(ratio, 0) == 0;
+    if (train && !zero)
         return tpv_err_set(err, TPV_EINVAL, nd->name,
-                           "node '%s' (Dropout): only inference (training_mode false) is "
-                           "supported",
+                           "node '%s' (Dropout): only inference (training_mode false, or a "
+                           "ratio of 0) is supported",
                            nd->name);
-    return same_shape_infer(nd, in, out, err);
+    int rc = same_shape_infer(nd, in, out, err);
+    if (!rc && nd->nout > 1 && out[1]) { /* the mask (bool) */
+        out[1]->dtype = TPV_ONNX_I64;
+        rc = tpv_onnx_set_shape(nd, out[1], in[0]->rank, in[0]->shape, err);
+    }
+    return rc;
+}
+
+/* Inference: the input passes, and the mask (torch exports it for a functional dropout) keeps
+ * every element. */
+static int dropout_forward(const struct tpv_onnx_node *nd, const struct tpv_onnx_tensor *const *in,
+                           struct tpv_onnx_tensor *const *out, struct tpv_err *err)
+{
+    (void)err;
+    memcpy(out[0]->data, in[0]->data, in[0]->numel * 8);
+    for (uint64_t i = 0; nd->nout > 1 && out[1] && i < out[1]->numel; i++)
+        ((int64_t *)out[1]->data)[i] = 1;
+    return TPV_OK;
 }
 
 /* ---- Cast ---- */
@@ -1091,7 +1112,7 @@ const struct tpv_onnx_op tpv_onnx_ops_elem[] = {
     UNARY_OP("Exp", NULL),
     UNARY_OP("Abs", NULL),
     {"Identity", 1, 1, 1, 1, NULL, same_shape_infer, copy_forward, pass_vjp, tpv_onnx_jvp_linear},
-    {"Dropout", 1, 3, 1, 1, NULL, dropout_infer, copy_forward, pass_vjp, tpv_onnx_jvp_linear},
+    {"Dropout", 1, 3, 1, 2, NULL, dropout_infer, dropout_forward, pass_vjp, tpv_onnx_jvp_linear},
     {"Clip", 1, 3, 1, 1, NULL, clip_infer, clip_forward, clip_vjp, clip_jvp},
     {"Cast", 1, 1, 1, 1, cast_check, cast_infer, cast_forward, pass_vjp, cast_jvp},
     BINARY_OP("Add"),

@@ -113,13 +113,18 @@ VARIANTS = {  # name: (opset, preserve, fixed batch 1)
 
 
 def randomize(model, gen):
-    """Trained-looking batch norm, and layer scales of ConvNeXt away from their 1e-6 init."""
+    """Trained-looking batch norm, layer scales of ConvNeXt away from their 1e-6 init, and no
+    all-zero classifier (a ViT's head starts at zero: every gradient but its own would be 0)."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             with torch.no_grad():
                 m.running_mean.uniform_(-0.5, 0.5, generator=gen)
                 m.running_var.uniform_(0.5, 2.0, generator=gen)
                 m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.uniform_(-0.2, 0.2, generator=gen)
+        if isinstance(m, nn.Linear) and not m.weight.detach().any():  # a ViT's zero head
+            with torch.no_grad():
+                m.weight.normal_(0, 0.2, generator=gen)
                 m.bias.uniform_(-0.2, 0.2, generator=gen)
     for n, p in model.named_parameters():
         if n.endswith("layer_scale"):

@@ -75,7 +75,9 @@ static const char *const stable_ops[] = {
     "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "LeakyRelu", "Sigmoid",
     "Tanh", "Softplus", "Elu", "MatMul", "Transpose", "Reshape", "Flatten", "Identity",
     "BatchNormalization", "Gemm", "Concat", "Constant", "Sqrt", "Neg", "Exp", "Abs",
-    "Einsum", "ConstantOfShape", /* one version each up to opset 17 (12, 9) */
+    /* one version each up to opset 17: Einsum 12, ConstantOfShape 9, Range 11, Not 1, And, Or
+     * and Xor 7 (NumPy broadcasting) */
+    "Einsum", "ConstantOfShape", "Range", "Not", "And", "Or", "Xor",
 };
 
 static const char *const bcast_ops[] = {"Add", "Sub", "Mul", "Div", "Pow"};
