@@ -194,6 +194,19 @@ def main():
     mn = torchvision.models.mobilenet_v2(num_classes=7)
     randomize_bn(mn, gen)
     lines.append(export(out, "mobilenet_v2", mn, torch.randn(2, 3, 32, 32)))
+    # transformers whose exports need Expand, Where, Equal and ConstantOfShape (a ViT's class
+    # token and its MultiheadAttention), Mod, Range, ScatterND and Dropout's mask output (Swin's
+    # shifted-window mask and padding), Einsum (MaxViT's attention); issue 11's sweep
+    # (tests/torch/onnx_sweep.py) found them refused
+    vit = torchvision.models.VisionTransformer(16, 8, 1, 2, 8, 16, num_classes=4)
+    with torch.no_grad():  # the head starts at zero: every other gradient would be 0
+        vit.heads.head.weight.normal_(0, 0.3, generator=gen)
+    lines.append(export(out, "vit", vit, torch.randn(2, 3, 16, 16), reference=True))
+    swin = torchvision.models.SwinTransformer([4, 4], 8, [2], [2], [2, 2], num_classes=3)
+    lines.append(export(out, "swin", swin, torch.randn(2, 3, 16, 16), reference=True))
+    maxvit = torchvision.models.MaxVit((16, 16), 8, 2, [8], [1], 4, 0.0, num_classes=3)
+    randomize_bn(maxvit, gen)
+    lines.append(export(out, "maxvit", maxvit, torch.randn(2, 3, 16, 16), reference=True))
     with open(os.path.join(out, "manifest.txt"), "w") as f:
         f.writelines(lines)
 
