@@ -344,6 +344,13 @@ static void test_unsupported_attribute(void **state)
     n->n_input = 5;
     mb_attr_int(n, "training_mode", 1);
     expect_refusal(TPV_EINVAL, "bn7", "training_mode");
+    /* an Einsum with an ellipsis (issue 11: torchvision's MaxViT writes explicit labels) */
+    mb_reset(17);
+    mb_io(0, "x", 2, x2);
+    mb_io(1, "y", 2, x2);
+    n = mb_node("Einsum", "ein", "x", "x", NULL, "y");
+    mb_attr_str(n, "equation", "...i,...i->...i");
+    expect_refusal(TPV_EINVAL, "ein", "equation");
 }
 
 static void test_external_data(void **state)
