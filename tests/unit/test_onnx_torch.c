@@ -581,7 +581,7 @@ static void test_networks(void **state)
         cases++;
     }
     fclose(f);
-    assert_int_equal(cases, 9);
+    assert_int_equal(cases, 10);
 }
 
 static int setup(void **state)
