@@ -59,6 +59,9 @@ def block_traces_loop(net, x, params):
 def block_traces_vmap(net, x, chunk=1):
     import functorch
     fmodel, params = functorch.make_functional(net)
+    # jacrev differentiates with respect to its argument; parameters that require grad would also
+    # make autograd record the Jacobian computation itself
+    params = tuple(p.detach() for p in params)
 
     def f1(p, xi):
         return fmodel(p, xi.unsqueeze(0))[0]

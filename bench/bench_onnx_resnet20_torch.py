@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch side of the ONNX ResNet-20 benchmark (bench/bench_onnx_resnet20.c reads what this writes).
 
-    /usr/bin/python3 bench/bench_onnx_resnet20_torch.py DIR [--n 256] [--threads 2] [--probes 4]
+    /usr/bin/python3 bench/bench_onnx_resnet20_torch.py DIR [--n 256] [--threads 2] [--draws N]
     OPENBLAS_NUM_THREADS=2 build/bench/bench_onnx_resnet20 DIR
 
 Builds a CIFAR ResNet-20 (He et al. 2016: 16/32/64 channels, 3 basic blocks per stage, batch
@@ -12,11 +12,15 @@ torch.onnx.export (DIR/resnet20.onnx, DIR/x.npy) and times, in float64 on --thre
   vmap      the exact per-parameter squared diagonal sum_x sum_k (dF_k(x)/dw)^2 from functorch
             vmap(jacrev) per-sample Jacobians (chunks of 4 samples), from which the isotropic,
             8-bit per-channel quantization and sgd traces follow
-  hutch     the reference code's estimator: per draw a sample x and a Rademacher output vector v,
-            one backward of <v, f(x)>, (J(x)^T v)^2 accumulated; --probes passes over the n samples
-            give the relative standard error of the traces, and the time to a 1 % standard error
-            is extrapolated from it (draws needed = n probes (se / 0.01)^2, per-draw cost constant);
-            also timed over one pass on the float32 model, as the reference code runs it
+  hutch     the reference code's estimator (tpv/tpv_base.py compute_hutchinson_trace_heff): per
+            draw a sample x drawn uniformly from the n inputs and a Rademacher output vector v,
+            one backward of <v, f(x)>, (J(x)^T v)^2 accumulated per parameter, so one set of draws
+            gives all three traces (the reference as written runs one estimate per noise model).
+            Its draws to a 1 % standard error come from the exact variance of one draw,
+            Var_x ||J(x)||^2_W + E_x Var_v, computed from the vmap Jacobians (per sample, the K x K
+            Gram M = J W J^T: Var_v = 2 sum_{k != l} M_kl^2), for each trace; the larger count
+            wins. The per-draw cost is timed over --draws draws in float64 and, as the reference
+            code runs, in float32; the timed draws' own spread is printed as a check.
 
 Wall and CPU seconds (the machine may be shared: CPU seconds compare under load) and traces go to
 DIR/torch_results.json.
@@ -83,46 +87,90 @@ def randomize_bn(model, gen):
             mod.bias.data.copy_(0.1 * torch.randn(c, generator=gen))
 
 
-def traces(model, diag):
-    """isotropic (= sgd's Tr H_eff) and 8-bit per-channel quantization traces, per sample."""
-    iso, q = 0.0, 0.0
-    for (name, w), d in zip(model.named_parameters(), diag):
-        iso += float(d.sum())
+def qpc8_weights(model):
+    """delta_g^2 / 12 of each parameter entry's 8-bit per-channel group (DESIGN.md section 3)."""
+    out = []
+    for w in model.parameters():
         rows = w.shape[0] if w.dim() >= 2 else 1
-        wr, dr = w.detach().reshape(rows, -1), d.reshape(rows, -1)
+        wr = w.detach().reshape(rows, -1)
         delta = (wr.max(1).values - wr.min(1).values) / 255.0
-        q += float((delta * delta / 12.0 * dr.sum(1)).sum())
+        out.append((delta * delta / 12.0).reshape(rows, 1).expand_as(wr).reshape(w.shape))
+    return out
+
+
+def traces(wq, diag):
+    """isotropic (= sgd's Tr H_eff) and 8-bit per-channel quantization traces of a squared
+    diagonal; wq = qpc8_weights(model)."""
+    iso = sum(float(d.sum()) for d in diag)
+    q = sum(float((w * d).sum()) for w, d in zip(wq, diag))
     return iso, q
 
 
 def diag_vmap(model, x, chunk=4):
+    """The exact squared diagonal, and per sample the K x K Grams J J^T (isotropic) and
+    J W J^T (per-channel quantization) that give the reference estimator's draw variance, with
+    the seconds spent on those Grams (the caller leaves them out of vmap's time)."""
     fmodel, params, buffers = make_functional_with_buffers(model)
+    # jacrev differentiates with respect to its argument; parameters that require grad would
+    # also make autograd record every chunk's Jacobians and sums (its graph kept alive with the
+    # results: slower, and it slowed the estimator timed afterwards by about 10x)
+    params = tuple(p.detach() for p in params)
+    wq = qpc8_weights(model)
 
     def f(p, xi):
         return fmodel(p, buffers, xi.unsqueeze(0)).squeeze(0)
 
     jac = vmap(jacrev(f), in_dims=(None, 0))
     acc = [torch.zeros_like(p) for p in params]
+    grams = {"iso": [], "qpc8": []}
+    spent = [0.0, 0.0]  # the Grams' wall and CPU seconds, not part of the timed computation
     for i in range(0, x.shape[0], chunk):
         js = jac(params, x[i:i + chunk])
         for a, j in zip(acc, js):
             a += (j * j).sum((0, 1))
-    return acc
+        t0, c0 = time.perf_counter(), time.process_time()
+        flat = [j.flatten(2) for j in js]
+        grams["iso"].append(sum(torch.einsum("bkp,blp->bkl", j, j) for j in flat))
+        grams["qpc8"].append(sum(torch.einsum("bkp,blp->bkl", j * w.flatten(), j)
+                                 for j, w in zip(flat, wq)))
+        spent[0] += time.perf_counter() - t0
+        spent[1] += time.process_time() - c0
+    return acc, {k: torch.cat(v) for k, v in grams.items()}, spent
 
 
-def hutch(model, x, probes, gen):
+def draws_for_1pct(gram):
+    """Draws of (x uniform, v Rademacher) for a 1 % standard error of mean_x tr M(x): one draw is
+    v^T M(x) v, whose variance is Var_x tr M(x) + E_x 2 sum_{k != l} M_kl(x)^2."""
+    diag = torch.diagonal(gram, dim1=1, dim2=2)
+    t = diag.sum(1)
+    off = gram - torch.diag_embed(diag)
+    var_draw = float(t.var(unbiased=False) + (2 * (off * off).sum((1, 2))).mean())
+    mu = float(t.mean())
+    return var_draw / (0.01 * mu) ** 2, math.sqrt(var_draw) / mu
+
+
+def reference_draws(model, x, draws, gen):
+    """The reference code's estimator: x uniform over the inputs (without replacement while
+    draws <= n, then with), v Rademacher, one backward per draw; (J^T v)^2 per parameter kept per
+    draw for the traces. Returns per-draw (iso, qpc8) values."""
     params = list(model.parameters())
-    per_probe = []
-    for _ in range(probes):
-        acc = [torch.zeros_like(p) for p in params]
-        for i in range(x.shape[0]):
-            v = torch.randint(0, 2, (1, K), generator=gen, dtype=torch.float64) * 2 - 1
-            y = model(x[i:i + 1])
-            gs = torch.autograd.grad((y * v).sum(), params)
-            for a, g in zip(acc, gs):
-                a += g * g
-        per_probe.append(traces(model, acc))
-    return np.array(per_probe)
+    wq = qpc8_weights(model)
+    n = x.shape[0]
+    idx = (torch.randperm(n, generator=gen)[:draws] if draws <= n
+           else torch.randint(0, n, (draws,), generator=gen))
+    out = []
+    for i in idx.tolist():
+        v = torch.randint(0, 2, (1, K), generator=gen, dtype=x.dtype) * 2 - 1
+        y = model(x[i:i + 1])
+        gs = torch.autograd.grad((y * v).sum(), params)
+        out.append(traces(wq, [g * g for g in gs]))
+    return np.array(out)
+
+
+def timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = fn()
+    return r, time.perf_counter() - t0, time.process_time() - c0
 
 
 def main():
@@ -130,7 +178,8 @@ def main():
     ap.add_argument("dir")
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--probes", type=int, default=4)
+    ap.add_argument("--draws", type=int, default=0,
+                    help="draws timed for the estimator's per-draw cost (default n)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     os.makedirs(a.dir, exist_ok=True)
@@ -149,36 +198,32 @@ def main():
     xd = x.double()
     nparams = sum(p.numel() for p in model.parameters())
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    diag = diag_vmap(model, xd)
-    t_vmap, c_vmap = time.perf_counter() - t0, time.process_time() - c0
-    iso, q = traces(model, diag)
+    (diag, grams, spent), t_vmap, c_vmap = timed(lambda: diag_vmap(model, xd))
+    t_vmap, c_vmap = t_vmap - spent[0], c_vmap - spent[1]
+    iso, q = traces(qpc8_weights(model), diag)
+    need = {k: draws_for_1pct(g) for k, g in grams.items()}
+    draws_needed = max(d for d, _ in need.values())
 
-    t0, c0 = time.perf_counter(), time.process_time()
-    est = hutch(model, xd, a.probes, gen)
-    t_probe = (time.perf_counter() - t0) / a.probes
-    c_probe = (time.process_time() - c0) / a.probes
-    # The reference code runs in float32: the same estimator on the float32 model, timed over one
-    # pass (its draws to 1 % are the float64 run's: the variance is the estimator's, not the
-    # precision's).
+    draws = a.draws or a.n
     m32 = copy.deepcopy(model).float()
-    t0, c0 = time.perf_counter(), time.process_time()
-    hutch(m32, x, 1, gen)
-    t_probe32, c_probe32 = time.perf_counter() - t0, time.process_time() - c0
+    for m, xs in ((model, xd), (m32, x)):  # untimed: the first backwards pay allocator warm-up
+        reference_draws(m, xs, 8, gen)
+    est, t64, c64 = timed(lambda: reference_draws(model, xd, draws, gen))
+    _, t32, c32 = timed(lambda: reference_draws(m32, x, draws, gen))
     mean = est.mean(0)
-    rel_sd = est.std(0, ddof=1) / np.abs(mean)  # of one probe (n draws)
-    probes_needed = max(1.0, float((rel_sd.max() / 0.01) ** 2))
     res = {
         "n": a.n, "K": K, "p": nparams, "threads": a.threads,
-        "vmap_seconds": t_vmap, "vmap_cpu_seconds": c_vmap, "iso": iso / a.n, "qpc8": q / a.n, "sgd_trace": iso / a.n,
-        "hutch_seconds_per_probe": t_probe, "hutch_probes_measured": a.probes,
-        "hutch_rel_sd_per_probe": rel_sd.tolist(),
-        "hutch_probes_for_1pct": probes_needed,
-        "hutch_seconds_to_1pct": t_probe * probes_needed,
-        "hutch_cpu_seconds_to_1pct": c_probe * probes_needed,
-        "hutch_float32_seconds_to_1pct": t_probe32 * probes_needed,
-        "hutch_float32_cpu_seconds_to_1pct": c_probe32 * probes_needed,
-        "hutch_draws_for_1pct": probes_needed * a.n,
+        "vmap_seconds": t_vmap, "vmap_cpu_seconds": c_vmap, "iso": iso / a.n, "qpc8": q / a.n,
+        "sgd_trace": iso / a.n,
+        "hutch_draws_timed": draws,
+        "hutch_rel_sd_per_draw": {k: r for k, (_, r) in need.items()},
+        "hutch_rel_sd_per_draw_timed": (est.std(0, ddof=1) / np.abs(mean)).tolist(),
+        "hutch_timed_mean_vs_exact": [float(mean[0] / (iso / a.n)), float(mean[1] / (q / a.n))],
+        "hutch_draws_for_1pct": draws_needed,
+        "hutch_seconds_to_1pct": t64 / draws * draws_needed,
+        "hutch_cpu_seconds_to_1pct": c64 / draws * draws_needed,
+        "hutch_float32_seconds_to_1pct": t32 / draws * draws_needed,
+        "hutch_float32_cpu_seconds_to_1pct": c32 / draws * draws_needed,
     }
     with open(os.path.join(a.dir, "torch_results.json"), "w") as f:
         json.dump(res, f, indent=1)

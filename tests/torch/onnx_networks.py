@@ -86,6 +86,23 @@ class Conv1dNet(nn.Module):
                                                                                  ).unsqueeze(1)
 
 
+class SharedConv(nn.Module):
+    """One Conv applied twice (one initializer read by two Conv nodes): its per-sample weight
+    gradients add up over both uses, where the shared path overwrites a sole Conv's rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Conv2d(3, 4, 1)
+        self.c = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        h = torch.tanh(self.c(h))
+        h = self.c(h) + h
+        return self.fc(nn.functional.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
 def randomize_bn(model, gen):
     """Trained-looking batch norm: running stats and affine parameters away from 0/1."""
     for m in model.modules():
@@ -188,6 +205,7 @@ def main():
     lines.append(export(out, "conv1d", Conv1dNet(), torch.randn(3, 2, 16), reference=True))
     lines.append(export(out, "cnn_batch1", CNN(), torch.randn(3, 3, 12, 12), dynamic=False,
                         reference=True))
+    lines.append(export(out, "shared_conv", SharedConv(), torch.randn(3, 3, 9, 9), reference=True))
     rn = torchvision.models.resnet18(num_classes=10)
     randomize_bn(rn, gen)
     lines.append(export(out, "resnet18", rn, torch.randn(2, 3, 32, 32)))

@@ -588,7 +588,7 @@ static void test_networks(void **state)
         cases++;
     }
     fclose(f);
-    assert_int_equal(cases, 12);
+    assert_int_equal(cases, 13);
 }
 
 static int setup(void **state)
