@@ -35,6 +35,7 @@ from torchvision.models import regnet as tvr
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
 import ref_dump  # noqa: E402  (the reference formulas of DESIGN.md section 3)
+from onnx_networks import randomize_bn  # noqa: E402  (this folder: the tests' batch-norm rule)
 
 
 def vgg_small():
@@ -115,13 +116,8 @@ VARIANTS = {  # name: (opset, preserve, fixed batch 1)
 def randomize(model, gen):
     """Trained-looking batch norm, layer scales of ConvNeXt away from their 1e-6 init, and no
     all-zero classifier (a ViT's head starts at zero: every gradient but its own would be 0)."""
+    randomize_bn(model, gen)
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.running_mean.uniform_(-0.5, 0.5, generator=gen)
-                m.running_var.uniform_(0.5, 2.0, generator=gen)
-                m.weight.uniform_(0.5, 1.5, generator=gen)
-                m.bias.uniform_(-0.2, 0.2, generator=gen)
         if isinstance(m, nn.Linear) and not m.weight.detach().any():  # a ViT's zero head
             with torch.no_grad():
                 m.weight.normal_(0, 0.2, generator=gen)
