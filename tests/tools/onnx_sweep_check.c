@@ -21,28 +21,9 @@
 #include "core/onnx_exec.h"
 #include "core/score.h"
 #include "core/tensor.h"
+#include "tests/support/onnx_check.h"
 
 static const char *dir;
-
-static void *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc(n > 0 ? (size_t)n + 1 : 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf)
-        buf[n] = 0;
-    *len = (size_t)n;
-    return buf;
-}
 
 static const char *path_of(char *buf, size_t cap, const char *model, const char *suffix)
 {
@@ -56,7 +37,7 @@ static void check_params(const char *model, const struct tpv_onnx_model *m, char
 {
     char path[600];
     size_t len, want = 0;
-    char *text = slurp(path_of(path, sizeof path, model, "params.txt"), &len);
+    char *text = tpv_test_read_file(path_of(path, sizeof path, model, "params.txt"), &len);
     msg[0] = 0;
     if (!text) {
         snprintf(msg, cap, "no params.txt");
@@ -73,17 +54,6 @@ static void check_params(const char *model, const struct tpv_onnx_model *m, char
     free(text);
 }
 
-static double relerr(const double *got, const double *want, uint64_t n)
-{
-    double num = 0, den = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        num = fmax(num, fabs(got[i] - want[i]));
-        den = fmax(den, fabs(want[i]));
-    }
-    return den > 0 ? num / den : num;
-}
-
-/* Forward of samples [first, first + count) of x into out (count K values); -1 with msg. */
 static int forward(const struct tpv_onnx_model *m, const struct tpv_tensor *x, const double *xd,
                    uint64_t first, uint64_t count, double *out, uint64_t K, char *msg, size_t cap)
 {
@@ -115,14 +85,6 @@ static int forward(const struct tpv_onnx_model *m, const struct tpv_tensor *x, c
     return rc;
 }
 
-static uint64_t rng = 0x2545f4914f6cdd1dull;
-
-static double urand(void)
-{
-    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
-    return (double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
-
 /* JVP (input and every parameter) against central differences at h, and the VJP dot test, on
  * the first `b` samples; *fd and *dot get the relative errors.  -1 with msg on an error. */
 static int derivatives(struct tpv_onnx_model *m, const struct tpv_tensor *x, const double *xd,
@@ -135,104 +97,21 @@ static int derivatives(struct tpv_onnx_model *m, const struct tpv_tensor *x, con
         snprintf(msg, cap, "plan: %s", err.message);
         return -1;
     }
-    uint64_t nx = x->numel / x->shape[0] * b;
-    uint64_t ny = tpv_onnx_exec_value(ex, m->outputs[0])->numel;
-    const double **seed = calloc(m->nvalues, sizeof *seed);
-    double **tp = calloc(m->nparams, sizeof *tp), **w0 = calloc(m->nparams, sizeof *w0);
-    double *xv = malloc(nx * sizeof *xv), *tx = malloc(nx * sizeof *tx);
-    double *u = malloc(ny * sizeof *u), *jv = malloc(ny * sizeof *jv);
-    double *yp = malloc(ny * sizeof *yp), *ym = malloc(ny * sizeof *ym);
-    int rc = -1;
-    if (!seed || !tp || !w0 || !xv || !tx || !u || !jv || !yp || !ym) {
-        snprintf(msg, cap, "out of memory");
-        goto out;
-    }
-    for (uint64_t i = 0; i < nx; i++) {
-        xv[i] = xd[i];
-        tx[i] = urand();
-    }
-    for (uint64_t i = 0; i < ny; i++)
-        u[i] = urand();
-    seed[m->inputs[0]] = tx;
-    for (size_t j = 0; j < m->nparams; j++) {
-        const struct tpv_onnx_tensor *t = &m->values[m->params[j]].t;
-        tp[j] = malloc((t->numel + 1) * sizeof *tp[j]);
-        w0[j] = malloc((t->numel + 1) * sizeof *w0[j]);
-        if (!tp[j] || !w0[j]) {
-            snprintf(msg, cap, "out of memory");
-            goto out;
-        }
-        memcpy(w0[j], t->data, t->numel * sizeof *w0[j]);
-        for (uint64_t i = 0; i < t->numel; i++) /* relative: weights of any scale */
-            tp[j][i] = urand() * (fabs(w0[j][i]) + 1e-3);
-        seed[m->params[j]] = tp[j];
-    }
-    const double *xp = xv;
-    if (tpv_onnx_exec_forward(ex, &xp, &err) || tpv_onnx_exec_jvp(ex, seed, &err) ||
-        tpv_onnx_exec_vjp(ex, m->outputs[0], u, &err)) {
-        snprintf(msg, cap, "derivatives: %s", err.message);
-        goto out;
-    }
-    memcpy(jv, tpv_onnx_exec_tangent(ex, m->outputs[0]), ny * sizeof *jv);
-    double lhs = 0, rhs = 0, scale = 0;
-    for (uint64_t i = 0; i < ny; i++) {
-        rhs += u[i] * jv[i];
-        scale += fabs(u[i] * jv[i]);
-    }
-    const double *gx = tpv_onnx_exec_grad(ex, m->inputs[0]);
-    for (uint64_t i = 0; i < nx; i++)
-        lhs += gx[i] * tx[i];
-    for (size_t j = 0; j < m->nparams; j++) {
-        const double *g = tpv_onnx_exec_grad(ex, m->params[j]);
-        for (uint64_t i = 0; g && i < m->values[m->params[j]].t.numel; i++)
-            lhs += g[i] * tp[j][i];
-    }
-    *dot = fabs(lhs - rhs) / scale;
     /* SWEEP_FD_H: a smaller step for networks with millions of ReLU kinks (VGG-11 at 224: at
      * 1e-7 about one of them lies within h |t| of its crossing) */
     const double h = getenv("SWEEP_FD_H") ? atof(getenv("SWEEP_FD_H")) : 1e-7;
-    for (int k = 0; k < 2; k++) {
-        double s = k ? -h : h;
-        for (uint64_t i = 0; i < nx; i++)
-            xv[i] = xd[i] + s * tx[i];
-        for (size_t j = 0; j < m->nparams; j++) {
-            struct tpv_onnx_tensor *t = &m->values[m->params[j]].t;
-            for (uint64_t i = 0; i < t->numel; i++)
-                ((double *)t->data)[i] = w0[j][i] + s * tp[j][i];
-        }
-        if (tpv_onnx_exec_forward(ex, &xp, &err)) {
-            snprintf(msg, cap, "forward: %s", err.message);
-            goto out;
-        }
-        memcpy(k ? ym : yp, tpv_onnx_exec_value(ex, m->outputs[0])->data, ny * sizeof *yp);
+    struct tpv_test_derivs d;
+    int rc = tpv_test_onnx_derivatives(m, ex, xd, x->numel / x->shape[0] * b, h, true, 11, &d,
+                                       &err);
+    if (rc) {
+        snprintf(msg, cap, "derivatives: %s", err.message);
+    } else {
+        *dot = fabs(d.lhs - d.rhs) / d.scale;
+        *fd = d.fd_jmax > 0 ? d.fd_emax / d.fd_jmax : d.fd_emax;
     }
-    for (size_t j = 0; j < m->nparams; j++)
-        memcpy(m->values[m->params[j]].t.data, w0[j],
-               m->values[m->params[j]].t.numel * sizeof *w0[j]);
-    double emax = 0, jmax = 0;
-    for (uint64_t i = 0; i < ny; i++) {
-        emax = fmax(emax, fabs((yp[i] - ym[i]) / (2 * h) - jv[i]));
-        jmax = fmax(jmax, fabs(jv[i]));
-    }
-    *fd = jmax > 0 ? emax / jmax : emax;
-    rc = 0;
-out:
-    for (size_t j = 0; tp && w0 && j < m->nparams; j++) {
-        free(tp[j]);
-        free(w0[j]);
-    }
-    free(tp);
-    free(w0);
-    free(seed);
-    free(xv);
-    free(tx);
-    free(u);
-    free(jv);
-    free(yp);
-    free(ym);
     tpv_onnx_exec_free(ex);
     tpv_onnx_plan_free(plan);
-    return rc;
+    return rc ? -1 : 0;
 }
 
 struct blobs {
@@ -349,7 +228,7 @@ static int check_case(const char *model, const char *variant, int batch1, int ha
     double t0 = now();
     snprintf(onnx, sizeof onnx, "%s/%s.%s.onnx", dir, model, variant);
     printf("%-22s %-7s ", model, variant);
-    void *buf = slurp(onnx, &len);
+    void *buf = tpv_test_read_file(onnx, &len);
     struct tpv_onnx_model *m = NULL;
     if (!buf || tpv_onnx_model_load(&m, buf, len, NULL, 0, &err)) {
         printf("LOAD FAIL: %s\n", buf ? err.message : "unreadable");
@@ -382,7 +261,7 @@ static int check_case(const char *model, const char *variant, int batch1, int ha
         bad = 1;
         goto done;
     }
-    double fe = relerr(got, want, n * K), fd = 0, dot = 0;
+    double fe = tpv_test_max_relerr(got, want, n * K), fd = 0, dot = 0;
     printf("fwd %.1e ", fe);
     bad |= !(fe <= 1e-6);
     if (derivatives(m, x, xd, batch1 ? 1 : n, &fd, &dot, msg, sizeof msg)) {

@@ -30,6 +30,7 @@
 #include "core/onnx_exec.h"
 #include "core/onnx_ops.h"
 #include "onnx.pb-c.h"
+#include "tests/support/onnx_check.h"
 
 #define DEFAULT_DIR "/usr/share/libonnx-testdata/data"
 #define MIN_RUN 150
@@ -92,24 +93,6 @@ static const char *skip_reason(const char *name)
         if (fnmatch(skips[i].pattern, name, 0) == 0)
             return skips[i].why;
     return NULL;
-}
-
-static void *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *buf = malloc(n > 0 ? (size_t)n : 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
 }
 
 /* Why the test cannot run (an unsupported operator or opset), or NULL. */
@@ -425,7 +408,7 @@ static int run_case(const char *dir, const void *model, size_t mlen, char *msg, 
         char path[1200];
         size_t len;
         snprintf(path, sizeof path, "%s/test_data_set_0/input_%zu.pb", dir, nin);
-        void *buf = read_file(path, &len);
+        void *buf = tpv_test_read_file(path, &len);
         if (!buf) {
             snprintf(msg, cap, "missing %.300s", path);
             goto out;
@@ -441,7 +424,7 @@ static int run_case(const char *dir, const void *model, size_t mlen, char *msg, 
         char path[1200];
         size_t len;
         snprintf(path, sizeof path, "%s/test_data_set_0/output_%zu.pb", dir, nout);
-        void *buf = read_file(path, &len);
+        void *buf = tpv_test_read_file(path, &len);
         if (!buf) {
             snprintf(msg, cap, "missing %.300s", path);
             goto out;
@@ -513,7 +496,7 @@ static void run_suite(const char *suite, struct tally *t)
         size_t len;
         snprintf(dir, sizeof dir, "%s/%s", base, names[i]);
         snprintf(path, sizeof path, "%s/model.onnx", dir);
-        void *model = read_file(path, &len);
+        void *model = tpv_test_read_file(path, &len);
         Onnx__ModelProto *mp = model ? onnx__model_proto__unpack(NULL, len, model) : NULL;
         const char *reason = mp ? unsupported(mp, why, sizeof why) : "unreadable";
         if (!reason)

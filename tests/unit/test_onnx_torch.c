@@ -35,6 +35,7 @@
 #include "core/onnx_exec.h"
 #include "core/onnx_source.h"
 #include "core/tensor.h"
+#include "tests/support/onnx_check.h"
 #include "tests/unit/torch_fixture.h"
 
 #define TOL 1e-8
@@ -112,34 +113,11 @@ static double urand(void) /* uniform in [-1, 1) */
     return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
 }
 
-static double *rand_vec(uint64_t n)
-{
-    double *v = malloc((n ? n : 1) * sizeof *v);
-    assert_non_null(v);
-    for (uint64_t i = 0; i < n; i++)
-        v[i] = urand();
-    return v;
-}
-
-/* Moves the input and every parameter by s * their tangents (in place: the plan borrows the
- * model's initializer data). */
-static void shift(struct tpv_onnx_model *m, double *x, const double *tx, uint64_t nx,
-                  double *const *tp, double s)
-{
-    for (uint64_t i = 0; i < nx; i++)
-        x[i] += s * tx[i];
-    for (size_t j = 0; j < m->nparams; j++) {
-        struct tpv_onnx_tensor *t = &m->values[m->params[j]].t;
-        for (uint64_t i = 0; i < t->numel; i++)
-            ((double *)t->data)[i] += s * tp[j][i];
-    }
-}
-
 /* Derivatives through the whole graph w.r.t. the input and every parameter: the JVP along a
  * random direction against central differences, and <VJP(u), t> = <u, JVP(t)>, where the VJP's
  * parameter adjoints are summed over the batch. */
 static void check_derivatives(const char *name, struct tpv_onnx_model *m,
-                              const struct tpv_tensor *xs, double *x)
+                              const struct tpv_tensor *xs, const double *x)
 {
     struct tpv_err err;
     struct tpv_onnx_tensor in = {.dtype = TPV_ONNX_F64, .rank = xs->rank};
@@ -149,81 +127,22 @@ static void check_derivatives(const char *name, struct tpv_onnx_model *m,
     struct tpv_onnx_exec *ex;
     if (tpv_onnx_plan_new(&plan, m, &in, &err) || tpv_onnx_exec_new(&ex, plan, &err))
         fail_msg("%s: %s", name, err.message);
-    uint64_t nx = xs->numel, ny = tpv_onnx_exec_value(ex, m->outputs[0])->numel;
-    const double **seed = calloc(m->nvalues, sizeof *seed);
-    double **tp = calloc(m->nparams, sizeof *tp);
-    assert_true(seed && tp);
-    double *tx = rand_vec(nx), *u = rand_vec(ny), *jv = malloc(ny * sizeof *jv);
-    double *yp = malloc(ny * sizeof *yp), *ym = malloc(ny * sizeof *ym);
-    seed[m->inputs[0]] = tx;
-    for (size_t j = 0; j < m->nparams; j++) {
-        tp[j] = rand_vec(m->values[m->params[j]].t.numel);
-        seed[m->params[j]] = tp[j];
-    }
-    const double *xp = x;
-    if (tpv_onnx_exec_forward(ex, &xp, &err) || tpv_onnx_exec_jvp(ex, seed, &err) ||
-        tpv_onnx_exec_vjp(ex, m->outputs[0], u, &err))
-        fail_msg("%s: %s", name, err.message);
-    memcpy(jv, tpv_onnx_exec_tangent(ex, m->outputs[0]), ny * sizeof *jv);
-    double lhs = 0, rhs = 0, scale = 0;
-    for (uint64_t i = 0; i < ny; i++) {
-        rhs += u[i] * jv[i];
-        scale += fabs(u[i] * jv[i]);
-    }
-    const double *gx = tpv_onnx_exec_grad(ex, m->inputs[0]);
-    for (uint64_t i = 0; i < nx; i++)
-        lhs += gx[i] * tx[i];
-    for (size_t j = 0; j < m->nparams; j++) {
-        const double *g = tpv_onnx_exec_grad(ex, m->params[j]);
-        assert_non_null(g);
-        for (uint64_t i = 0; i < m->values[m->params[j]].t.numel; i++)
-            lhs += g[i] * tp[j][i];
-    }
-    if (!(fabs(lhs - rhs) <= 1e-10 * scale))
-        fail_msg("%s: <VJP(u), t> = %.15g, <u, JVP(t)> = %.15g", name, lhs, rhs);
     /* small: ResNet-18 has ~10^5 ReLU and max-pool kinks, some within h * |t| of a crossing */
     const double h = 1e-8;
-    double *pyv[2] = {yp, ym};
-    for (int k = 0; k < 2; k++) {
-        double sgn = k == 0 ? 1.0 : -1.0;
-        shift(m, x, tx, nx, tp, sgn * h);
-        if (tpv_onnx_exec_forward(ex, &xp, &err))
-            fail_msg("%s: %s", name, err.message);
-        memcpy(pyv[k], tpv_onnx_exec_value(ex, m->outputs[0])->data, ny * sizeof *yp);
-        shift(m, x, tx, nx, tp, -sgn * h);
-    }
-    double emax = 0, jmax = 0;
-    for (uint64_t i = 0; i < ny; i++) {
-        emax = fmax(emax, fabs((yp[i] - ym[i]) / (2 * h) - jv[i]));
-        jmax = fmax(jmax, fabs(jv[i]));
-    }
+    struct tpv_test_derivs d;
+    if (tpv_test_onnx_derivatives(m, ex, x, xs->numel, h, false, 11, &d, &err))
+        fail_msg("%s: %s", name, err.message);
+    assert_int_equal(d.params_without_adjoint, 0);
+    if (!(fabs(d.lhs - d.rhs) <= 1e-10 * d.scale))
+        fail_msg("%s: <VJP(u), t> = %.15g, <u, JVP(t)> = %.15g", name, d.lhs, d.rhs);
     if (getenv("TPV_TEST_VERBOSE"))
         print_message("%s: JVP vs central differences %.3g relative, dot test %.3g\n", name,
-                      emax / jmax, fabs(lhs - rhs) / scale);
-    if (!(emax <= 1e-6 * jmax))
-        fail_msg("%s: JVP differs from central differences: %.3g (max |JVP| %.3g)", name, emax,
-                 jmax);
-    for (size_t j = 0; j < m->nparams; j++)
-        free(tp[j]);
-    free(tp);
-    free(seed);
-    free(tx);
-    free(u);
-    free(jv);
-    free(yp);
-    free(ym);
+                      d.fd_emax / d.fd_jmax, fabs(d.lhs - d.rhs) / d.scale);
+    if (!(d.fd_emax <= 1e-6 * d.fd_jmax))
+        fail_msg("%s: JVP differs from central differences: %.3g (max |JVP| %.3g)", name,
+                 d.fd_emax, d.fd_jmax);
     tpv_onnx_exec_free(ex);
     tpv_onnx_plan_free(plan);
-}
-
-static double relerr(const double *got, const double *want, uint64_t n)
-{
-    double num = 0, den = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        num = fmax(num, fabs(got[i] - want[i]));
-        den = fmax(den, fabs(want[i]));
-    }
-    return den > 0 ? num / den : num;
 }
 
 static const double *ref_get(struct tpv_tensor_file *ref, const char *key, uint64_t numel,
@@ -243,7 +162,7 @@ static const double *ref_get(struct tpv_tensor_file *ref, const char *key, uint6
 static void expect_close(const char *name, const char *what, const double *got,
                          const double *want, uint64_t n)
 {
-    double e = relerr(got, want, n);
+    double e = tpv_test_max_relerr(got, want, n);
     if (getenv("TPV_TEST_VERBOSE"))
         print_message("%s: source %s rel err %.3g\n", name, what, e);
     if (!(e <= SRC_TOL))
@@ -280,7 +199,7 @@ static double quant_per_channel(const struct tpv_onnx_model *m, const struct tpv
 static void expect_same_path(const char *name, const char *what, const double *got,
                              const double *want, uint64_t n)
 {
-    double e = relerr(got, want, n);
+    double e = tpv_test_max_relerr(got, want, n);
     if (getenv("TPV_TEST_VERBOSE"))
         print_message("%s: batched %s vs reference path %.3g\n", name, what, e);
     if (!(e <= PATH_TOL))
@@ -328,7 +247,7 @@ static bool float32_conv(const struct tpv_onnx_model *m)
 static void expect_f32_path(const char *name, const char *what, const double *got,
                             const double *want, const double *f64, uint64_t n, bool f32)
 {
-    double e = relerr(got, want, n);
+    double e = tpv_test_max_relerr(got, want, n);
     if (getenv("TPV_TEST_VERBOSE"))
         print_message("%s: %s with float32 products vs reference path %.3g\n", name, what, e);
     if (!(e <= F32_TOL))
@@ -390,7 +309,7 @@ static void check_shared(const char *name, const struct tpv_onnx_model *m, struc
         fail_msg("%s: the shared path at 2 threads differs between two runs", name);
     /* float32 products: the sums still per thread in sample order, at 1 and 2 threads equal up
      * to the order of the threads' diagonals only */
-    double e = relerr(d[4], d[3], p);
+    double e = tpv_test_max_relerr(d[4], d[3], p);
     if (!(e <= PATH_TOL))
         fail_msg("%s: float32 products at 2 threads differ from 1 thread by %.3g", name, e);
     for (int k = 0; k < 5; k++) {
