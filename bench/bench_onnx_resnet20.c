@@ -325,9 +325,9 @@ int main(int argc, char **argv)
     else
         printf("traces: iso %.10g  qpc8 %.10g (torch's are of other inputs, not compared)\n", iso,
                q);
-    /* torch measured at another n (the n = 64 run, vmap too slow at 256): vmap is linear in n;
-     * the estimator's draws to 1 % are not (its per-pass relative s.d. falls as 1/sqrt(n)), so
-     * its time to 1 % is taken as measured */
+    /* torch measured at another n (a quicker run): vmap is linear in n; the estimator's draws
+     * to 1 % come from the variance of one draw, which does not grow with n, so its time to 1 %
+     * is taken as measured */
     double n_t = json_real_value(json_object_get(tr, "n"));
     if (!(n_t > 0))
         n_t = json_integer_value(json_object_get(tr, "n"));
