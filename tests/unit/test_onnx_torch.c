@@ -123,8 +123,8 @@ static void check_derivatives(const char *name, struct tpv_onnx_model *m,
     struct tpv_onnx_tensor in = {.dtype = TPV_ONNX_F64, .rank = xs->rank};
     for (int i = 0; i < xs->rank; i++)
         in.shape[i] = (int64_t)xs->shape[i];
-    struct tpv_onnx_plan *plan;
-    struct tpv_onnx_exec *ex;
+    struct tpv_onnx_plan *plan = NULL;
+    struct tpv_onnx_exec *ex = NULL;
     if (tpv_onnx_plan_new(&plan, m, &in, &err) || tpv_onnx_exec_new(&ex, plan, &err))
         fail_msg("%s: %s", name, err.message);
     /* small: ResNet-18 has ~10^5 ReLU and max-pool kinks, some within h * |t| of a crossing */
